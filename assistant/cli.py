@@ -1,0 +1,76 @@
+"""`assistant` command line: one subcommand per module.
+
+Each module named here defines `add_arguments(parser)` and `run(args) -> int | None`.
+Modules are imported only when their subcommand runs, so `assistant --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "serve": ("server.app", "run the real-time server (websocket, web page, metrics)"),
+    "respond": ("assistant.respond", "answer a WAV file offline, frame by frame"),
+    "talk": ("assistant.talk", "talk to the assistant with a microphone and headphones"),
+}
+
+BENCHMARKS = {
+    "codec": ("audio.bench_codec", "streaming Mimi encode/decode speed"),
+    "engine": ("assistant.bench_engine", "engine step speed, split by part"),
+    "server": ("server.bench", "server CPU cost, frame-clock jitter and capacity"),
+}
+
+
+def _add_module_parser(subparsers, name: str, module: str, help_text: str) -> None:
+    parser = subparsers.add_parser(name, help=help_text, description=help_text)
+    parser.set_defaults(_module=module)
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            parser.set_defaults(_missing=f"'{name}' is not available in this build ({module} is missing)")
+            return
+        raise
+    mod.add_arguments(parser)
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="assistant", description="Full-duplex speech-to-speech assistant")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in COMMANDS.items():
+        if name == wanted:
+            _add_module_parser(subparsers, name, module, help_text)
+        else:
+            subparsers.add_parser(name, help=help_text)
+    bench = subparsers.add_parser("bench", help="benchmarks (print figures, never fail on speed)")
+    bench_sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    rest = [a for a in argv if not a.startswith("-")]
+    wanted_bench = rest[1] if len(rest) > 1 and rest[0] == "bench" else None
+    for name, (module, help_text) in BENCHMARKS.items():
+        if name == wanted_bench:
+            _add_module_parser(bench_sub, name, module, help_text)
+        else:
+            bench_sub.add_parser(name, help=help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if getattr(args, "_missing", None):
+        print(args._missing, file=sys.stderr)
+        return 2
+    module = getattr(args, "_module", None)
+    if module is None:
+        parser.print_help()
+        return 0 if not argv else 2
+    result = importlib.import_module(module).run(args)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

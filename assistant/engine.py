@@ -1,0 +1,115 @@
+"""The engine interface: one batched step of the duplex loop per 80 ms frame.
+
+An engine owns B slots, one per live conversation. `step` advances every slot by one
+frame at once; closed slots are fed silence and their outputs are ignored by callers.
+Backends: `moshi` (the real speech LM), `scripted` and `silence` (no weights, for tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SAMPLE_RATE_HZ = 24_000
+FRAME_SAMPLES = 1920  # 80 ms at 24 kHz, one Mimi frame
+FRAME_MS = 80
+
+
+@dataclass
+class StepOutput:
+    """What one engine step produced for every slot.
+
+    pcm_out: float32 (B, 1920) in [-1, 1], the assistant's audio for this frame.
+    text: B strings, the text piece each slot's assistant produced this frame ("" for none).
+    speaking: bool (B,), whether the assistant produced speech (not silence) this frame.
+    """
+
+    pcm_out: np.ndarray
+    text: list[str]
+    speaking: np.ndarray
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SlotOptions:
+    """Per-conversation options a client may set when a slot is opened or updated."""
+
+    seed: int | None = None
+    temperature: float | None = None  # audio sampling temperature; None = backend default
+    text_temperature: float | None = None
+    top_k: int | None = None
+    text_top_k: int | None = None
+
+
+class Engine:
+    """Base class of every backend. Subclasses implement `_step` and the slot hooks."""
+
+    name: str = "engine"
+    model_name: str = ""
+    sample_rate_hz: int = SAMPLE_RATE_HZ
+    frame_samples: int = FRAME_SAMPLES
+
+    def __init__(self, batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.live = np.zeros(batch_size, dtype=bool)
+        self.silenced = np.zeros(batch_size, dtype=bool)
+
+    # -- slots -------------------------------------------------------------------------
+    def free_slot(self) -> int | None:
+        """Index of a closed slot, or None when every slot is taken."""
+        free = np.flatnonzero(~self.live)
+        return int(free[0]) if free.size else None
+
+    def open(self, slot: int, options: SlotOptions | None = None) -> None:
+        """Start a new conversation in `slot` from a clean state."""
+        self._check_slot(slot)
+        if self.live[slot]:
+            raise RuntimeError(f"slot {slot} is already open")
+        self._reset_slot(slot, options or SlotOptions())
+        self.live[slot] = True
+        self.silenced[slot] = False
+
+    def close(self, slot: int) -> None:
+        """End the conversation in `slot`; its state is wiped so nothing leaks to the next one."""
+        self._check_slot(slot)
+        self.live[slot] = False
+        self.silenced[slot] = False
+        self._reset_slot(slot, SlotOptions())
+
+    def update(self, slot: int, options: SlotOptions) -> None:
+        """Change sampling options of an open slot (backends without sampling ignore it)."""
+        self._check_slot(slot)
+
+    def force_silence(self, slot: int, silent: bool) -> None:
+        """Keep the assistant in `slot` silent (barge-in policy `vad`, manual turns)."""
+        self._check_slot(slot)
+        self.silenced[slot] = bool(silent)
+
+    # -- the step ----------------------------------------------------------------------
+    def step(self, pcm_in: np.ndarray) -> StepOutput:
+        """Advance every slot by one frame.
+
+        pcm_in: float32 (B, 1920) in [-1, 1], the users' audio for this frame.
+        """
+        pcm_in = np.asarray(pcm_in, dtype=np.float32)
+        if pcm_in.shape != (self.batch_size, self.frame_samples):
+            raise ValueError(
+                f"pcm_in must have shape ({self.batch_size}, {self.frame_samples}), got {pcm_in.shape}"
+            )
+        return self._step(pcm_in)
+
+    def _step(self, pcm_in: np.ndarray) -> StepOutput:
+        raise NotImplementedError
+
+    def _reset_slot(self, slot: int, options: SlotOptions) -> None:
+        raise NotImplementedError
+
+    def _check_slot(self, slot: int) -> None:
+        if not 0 <= slot < self.batch_size:
+            raise IndexError(f"slot {slot} out of range 0..{self.batch_size - 1}")
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "model": self.model_name, "batch_size": self.batch_size}
