@@ -39,5 +39,7 @@ def build_engine(
         # Imported lazily: it pulls in torch and transformers, which the test backends never need.
         from assistant.backends.moshi import MoshiEngine
 
-        return MoshiEngine.from_pretrained(model, batch_size=batch_size, device=device, dtype=dtype, **options)
+        return MoshiEngine.from_pretrained(
+            model, batch_size=batch_size, device=device, dtype=dtype, **options
+        )
     raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
