@@ -1,0 +1,536 @@
+// The conversation client: microphone -> websocket -> playout buffer, no DOM.
+//
+// One AssistantClient per page. `start()` asks for the microphone, opens the audio graph and
+// the websocket (native protocol, docs/protocol.md); the conversation runs until `stop()`, an
+// error, or the server ends it. It never reconnects by itself: the user presses Start again.
+// It emits "statechange", "event" (every server JSON event), "levels", "stats" and "error".
+
+const SUPPORTED_RATES = [8000, 16000, 24000, 44100, 48000];
+const FALLBACK_RATE = 48000;
+const CHUNK_MS = 20; // capture chunk: small enough for low latency, big enough for few frames
+const PLAYOUT_TARGET_MS = 100;
+const POSITION_EVERY_MS = 200;
+const CONNECT_TIMEOUT_MS = 10_000;
+const END_WAIT_MS = 1500;
+// More than this much unsent audio means the network cannot keep up: drop rather than lag.
+const MAX_SEND_BACKLOG_BYTES = 96_000;
+const INTERRUPTED_HOLD_MS = 1500;
+
+export const STATES = {
+  idle: "Ready",
+  connecting: "Connecting…",
+  listening: "Listening",
+  speaking: "Assistant speaking",
+  interrupted: "You interrupted",
+  stopping: "Ending…",
+};
+
+/** An error a person can act on: what happened, and what to do about it. */
+export class UserError extends Error {
+  constructor(code, message, action) {
+    super(message);
+    this.code = code;
+    this.action = action;
+  }
+}
+
+const ERRORS = {
+  insecure: () =>
+    new UserError(
+      "insecure",
+      "This page cannot use the microphone over an insecure connection.",
+      "Open it at http://localhost:8998 on the machine running the server, or serve it over https (--ssl-cert/--ssl-key).",
+    ),
+  unsupported: () =>
+    new UserError(
+      "unsupported",
+      "This browser does not support AudioWorklet, which the page needs for live audio.",
+      "Use a current version of Chrome, Edge, Firefox or Safari.",
+    ),
+  micDenied: () =>
+    new UserError(
+      "mic_denied",
+      "Microphone access was denied.",
+      "Allow the microphone for this page (the icon at the left of the address bar), then press Start again.",
+    ),
+  micMissing: () =>
+    new UserError("mic_missing", "No microphone was found.", "Connect a microphone, then press Start again."),
+  micBusy: () =>
+    new UserError(
+      "mic_busy",
+      "The microphone could not be opened; another application may be using it.",
+      "Close other apps that use the microphone, then press Start again.",
+    ),
+  unreachable: (host) =>
+    new UserError(
+      "unreachable",
+      `The assistant server at ${host} cannot be reached.`,
+      "Check that `assistant serve` is running and that this computer can reach it, then press Start again.",
+    ),
+  auth: () =>
+    new UserError(
+      "auth",
+      "The server refused the access token.",
+      "Enter the server's token under Settings (or open the page with ?token=…), then press Start again.",
+    ),
+  origin: (origin) =>
+    new UserError(
+      "origin",
+      `The server does not accept connections from this page's address (${origin}).`,
+      "Open the page from the server's own address, or add it to the server's --allowed-origins.",
+    ),
+  refused: () =>
+    new UserError(
+      "refused",
+      "The server refused the connection.",
+      "Check the server's log for the reason, then press Start again.",
+    ),
+  full: (reason) =>
+    new UserError(
+      "full",
+      `The server is full right now${reason ? ` (${reason})` : ""}.`,
+      "Every conversation slot is taken. Wait a minute, then press Start again.",
+    ),
+  lost: () =>
+    new UserError(
+      "lost",
+      "The connection to the server was lost.",
+      "The server may have stopped or the network dropped. Press Start to reconnect once it is back.",
+    ),
+  serverStopped: () =>
+    new UserError("server_stopped", "The server shut down.", "Press Start to reconnect once it is running again."),
+  ended: (reason) =>
+    new UserError("ended", `The conversation ended (${reason}).`, "Press Start to begin a new one."),
+  closed: (code, reason) =>
+    new UserError(
+      "closed",
+      `The server closed the conversation (code ${code}${reason ? `: ${reason}` : ""}).`,
+      "Press Start to begin a new one.",
+    ),
+  refusedStart: (message) =>
+    new UserError("session_refused", `The server refused to start the conversation: ${message}`, "Press Start to try again."),
+};
+
+/** Map a getUserMedia failure to words. */
+function microphoneError(err) {
+  switch (err?.name) {
+    case "NotAllowedError":
+    case "SecurityError":
+      return ERRORS.micDenied();
+    case "NotFoundError":
+    case "OverconstrainedError":
+      return ERRORS.micMissing();
+    default:
+      return ERRORS.micBusy();
+  }
+}
+
+/**
+ * Why did the websocket handshake fail? Browsers hide the HTTP status (the socket just closes
+ * with 1006), so ask over plain HTTP: no answer from /healthz means unreachable; otherwise a
+ * GET of the same /ws URL goes through the same auth and origin checks and returns their
+ * status (401 or 403) before the server notices it is not an upgrade.
+ */
+async function diagnoseHandshakeFailure(wsPath, host) {
+  try {
+    await fetch("/healthz", { cache: "no-store" });
+  } catch {
+    return ERRORS.unreachable(host);
+  }
+  try {
+    const probe = await fetch(wsPath, { cache: "no-store" });
+    if (probe.status === 401) return ERRORS.auth();
+    if (probe.status === 403) return ERRORS.origin(location.origin);
+  } catch {
+    return ERRORS.unreachable(host);
+  }
+  return ERRORS.refused();
+}
+
+export class AssistantClient extends EventTarget {
+  constructor(settings) {
+    super();
+    this.settings = settings; // {outputMode: "headphones"|"speakers", bargeIn: "model"|"vad", token}
+    this.state = "idle";
+    this.stateHistory = [];
+    this.error = null;
+    this.sessionId = null;
+    this.sampleRate = null;
+    this.stats = AssistantClient.freshStats();
+    this.serverStats = null;
+    this.run = null; // everything owned by the current conversation
+    this.interruptedTimer = null;
+    this.runCount = 0;
+  }
+
+  static freshStats() {
+    return {
+      framesSent: 0,
+      framesReceived: 0,
+      samplesPlayed: 0,
+      samplesDropped: 0,
+      underruns: 0,
+      bufferedMs: 0,
+      lastLatencyMs: null,
+      responseGapMs: null,
+      serverOverheadMs: null,
+      clears: 0,
+      lastClearMs: null,
+      clearLatenciesMs: [],
+      sendDrops: 0,
+    };
+  }
+
+  setState(state) {
+    if (state === this.state) return;
+    this.state = state;
+    this.stateHistory.push({ state, t: performance.now() });
+    this.dispatchEvent(new CustomEvent("statechange", { detail: { state } }));
+  }
+
+  get live() {
+    return this.run !== null;
+  }
+
+  async start() {
+    if (this.run) return;
+    const run = { id: ++this.runCount, ws: null, ready: false, opened: false, userStopped: false };
+    this.run = run;
+    this.error = null;
+    this.stats = AssistantClient.freshStats();
+    this.serverStats = null;
+    this.setState("connecting");
+    try {
+      await this.openAudio(run);
+      if (this.run !== run) return;
+      this.connect(run);
+    } catch (err) {
+      this.fail(run, err instanceof UserError ? err : ERRORS.micBusy());
+    }
+  }
+
+  async openAudio(run) {
+    if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) throw ERRORS.insecure();
+    if (typeof AudioWorkletNode === "undefined") throw ERRORS.unsupported();
+    // Speakers need the browser's echo canceller or the assistant hears itself; headphones
+    // sound better without any processing.
+    const processing = this.settings.outputMode === "speakers";
+    try {
+      run.stream = await navigator.mediaDevices.getUserMedia({
+        audio: {
+          channelCount: 1,
+          echoCancellation: processing,
+          noiseSuppression: processing,
+          autoGainControl: processing,
+        },
+      });
+    } catch (err) {
+      throw microphoneError(err);
+    }
+    if (this.run !== run) {
+      run.stream.getTracks().forEach((t) => t.stop());
+      return;
+    }
+    let context = new AudioContext({ latencyHint: "interactive" });
+    if (!SUPPORTED_RATES.includes(context.sampleRate)) {
+      // The server accepts a few rates only; let the browser resample to one of them.
+      await context.close();
+      context = new AudioContext({ latencyHint: "interactive", sampleRate: FALLBACK_RATE });
+    }
+    run.context = context;
+    await context.audioWorklet.addModule(new URL("./capture-worklet.js", import.meta.url));
+    await context.audioWorklet.addModule(new URL("./playback-worklet.js", import.meta.url));
+    if (context.state !== "running") await context.resume();
+
+    run.source = context.createMediaStreamSource(run.stream);
+    run.capture = new AudioWorkletNode(context, "capture-processor", {
+      numberOfInputs: 1,
+      numberOfOutputs: 0,
+      channelCount: 1,
+      channelCountMode: "explicit",
+      processorOptions: { chunkMs: CHUNK_MS },
+    });
+    run.capture.port.onmessage = (e) => this.onCaptureChunk(run, e.data);
+    run.source.connect(run.capture);
+
+    run.playback = new AudioWorkletNode(context, "playback-processor", {
+      numberOfInputs: 0,
+      numberOfOutputs: 1,
+      outputChannelCount: [1],
+      processorOptions: { targetMs: PLAYOUT_TARGET_MS },
+    });
+    run.playback.port.onmessage = (e) => this.onPlaybackMessage(run, e.data);
+    run.playback.connect(context.destination);
+    this.sampleRate = context.sampleRate;
+  }
+
+  wsUrl() {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    return `${scheme}//${location.host}${this.wsPath()}`;
+  }
+
+  wsPath() {
+    const token = this.settings.token?.trim();
+    return token ? `/ws?token=${encodeURIComponent(token)}` : "/ws";
+  }
+
+  connect(run) {
+    const ws = new WebSocket(this.wsUrl());
+    ws.binaryType = "arraybuffer";
+    run.ws = ws;
+    run.connectTimer = setTimeout(() => {
+      if (!run.opened) this.fail(run, ERRORS.unreachable(location.host));
+    }, CONNECT_TIMEOUT_MS);
+    ws.onopen = () => {
+      run.opened = true;
+      clearTimeout(run.connectTimer);
+      ws.send(
+        JSON.stringify({
+          type: "session.start",
+          sample_rate: run.context.sampleRate,
+          barge_in: this.settings.bargeIn,
+          captions: true,
+        }),
+      );
+    };
+    ws.onmessage = (e) => {
+      if (this.run !== run) return;
+      // e.timeStamp: when the message arrived, on the same clock as performance.now().
+      if (typeof e.data === "string") this.onServerEvent(run, e.data, e.timeStamp || performance.now());
+      else this.onServerAudio(run, e.data);
+    };
+    ws.onclose = (e) => this.onClose(run, e);
+  }
+
+  onServerAudio(run, data) {
+    this.stats.framesReceived += 1;
+    run.playback.port.postMessage({ type: "audio", pcm: data }, [data]);
+  }
+
+  onServerEvent(run, text, receivedAt) {
+    let event;
+    try {
+      event = JSON.parse(text);
+    } catch {
+      return; // the server only sends JSON text; anything else is not ours to act on
+    }
+    switch (event.type) {
+      case "session.ready":
+        run.ready = true;
+        this.sessionId = event.session_id;
+        run.positionTimer = setInterval(() => this.sendPosition(run), POSITION_EVERY_MS);
+        this.setState("listening");
+        break;
+      case "assistant.speech_started":
+        // How long the first reply sample waits in our buffer: the page's share of the latency.
+        run.bufferAtReplyMs = this.stats.bufferedMs;
+        if (this.state !== "interrupted") this.setState("speaking");
+        break;
+      case "assistant.speech_stopped":
+        if (this.state === "speaking") this.setState("listening");
+        break;
+      case "playback.clear":
+        this.clearPlayback(run, receivedAt);
+        break;
+      case "barge_in":
+        this.showInterrupted();
+        break;
+      case "stats":
+        this.onServerStats(run, event);
+        break;
+      case "error":
+        if (!run.ready) {
+          this.fail(run, ERRORS.refusedStart(event.message ?? event.code));
+          return;
+        }
+        this.dispatchEvent(new CustomEvent("notice", { detail: event }));
+        break;
+      case "session.ended":
+        run.endReason = event.reason ?? "ended";
+        break;
+      default:
+        break;
+    }
+    this.dispatchEvent(new CustomEvent("event", { detail: event }));
+  }
+
+  /** Drop all queued playback; the worklet's answer tells how long emptying the buffer took. */
+  clearPlayback(run, receivedAt) {
+    this.stats.clears += 1;
+    run.clearSentAt ??= new Map();
+    const id = this.stats.clears;
+    run.clearSentAt.set(id, receivedAt);
+    run.playback.port.postMessage({ type: "clear", id });
+  }
+
+  showInterrupted() {
+    this.setState("interrupted");
+    clearTimeout(this.interruptedTimer);
+    this.interruptedTimer = setTimeout(() => {
+      if (this.state === "interrupted") this.setState("listening");
+    }, INTERRUPTED_HOLD_MS);
+  }
+
+  onServerStats(run, event) {
+    this.serverStats = event;
+    if (typeof event.response_gap_ms === "number") {
+      this.stats.responseGapMs = event.response_gap_ms;
+      this.stats.serverOverheadMs = event.server_overhead_ms ?? null;
+      // End to end = capture chunking + server (last voiced sample -> first reply sample sent)
+      // + the time that sample then waited in this page's playout buffer. Loopback/LAN network
+      // time is not measured and is small next to these.
+      const buffered = run.bufferAtReplyMs ?? this.stats.bufferedMs;
+      this.stats.lastLatencyMs = Math.round(CHUNK_MS + event.response_gap_ms + buffered);
+    }
+    this.dispatchEvent(new CustomEvent("stats", { detail: this.stats }));
+  }
+
+  onCaptureChunk(run, message) {
+    if (message.type !== "chunk") return;
+    this.dispatchEvent(new CustomEvent("levels", { detail: { mic: message.rms } }));
+    const ws = run.ws;
+    if (!run.ready || ws?.readyState !== WebSocket.OPEN) return;
+    if (ws.bufferedAmount > MAX_SEND_BACKLOG_BYTES) {
+      this.stats.sendDrops += 1;
+      return;
+    }
+    ws.send(message.pcm);
+    this.stats.framesSent += 1;
+  }
+
+  onPlaybackMessage(run, message) {
+    const rate = run.context.sampleRate;
+    this.stats.samplesPlayed = message.samplesPlayed;
+    this.stats.samplesDropped = message.samplesDropped;
+    this.stats.underruns = message.underruns;
+    this.stats.bufferedMs = (message.bufferedSamples / rate) * 1000;
+    if (message.type === "cleared") {
+      const sentAt = run.clearSentAt?.get(message.id);
+      if (sentAt !== undefined) {
+        this.stats.lastClearMs = performance.now() - sentAt;
+        this.stats.clearLatenciesMs.push(this.stats.lastClearMs);
+        run.clearSentAt.delete(message.id);
+      }
+    } else if (message.type === "report") {
+      this.dispatchEvent(new CustomEvent("levels", { detail: { assistant: message.rms } }));
+    }
+  }
+
+  /**
+   * Playhead on the server's output timeline: played, cleared and dropped samples all move it,
+   * so the server can line it up with the `at_ms` of what it sent (what was heard vs cut).
+   */
+  playedMs() {
+    if (!this.sampleRate) return 0;
+    return ((this.stats.samplesPlayed + this.stats.samplesDropped) / this.sampleRate) * 1000;
+  }
+
+  sendPosition(run) {
+    if (run.ws?.readyState !== WebSocket.OPEN) return;
+    run.ws.send(JSON.stringify({ type: "playback.position", played_ms: Math.round(this.playedMs()) }));
+  }
+
+  /** Change the barge-in policy; a live session is updated at once. */
+  setBargeIn(policy) {
+    this.settings.bargeIn = policy;
+    const ws = this.run?.ws;
+    if (this.run?.ready && ws?.readyState === WebSocket.OPEN) {
+      ws.send(JSON.stringify({ type: "session.update", barge_in: policy }));
+    }
+  }
+
+  /** Switch the microphone's processing for headphones or speakers, live when the browser can. */
+  async setOutputMode(mode) {
+    this.settings.outputMode = mode;
+    const track = this.run?.stream?.getAudioTracks()[0];
+    if (!track) return;
+    const processing = mode === "speakers";
+    await track
+      .applyConstraints({ echoCancellation: processing, noiseSuppression: processing, autoGainControl: processing })
+      .catch(() => {}); // some browsers only apply these at the next start; nothing else to do
+  }
+
+  async onClose(run, event) {
+    if (this.run !== run) return;
+    clearTimeout(run.connectTimer);
+    if (run.userStopped) {
+      this.finish(run, null);
+      return;
+    }
+    let error;
+    if (!run.opened) {
+      error = await diagnoseHandshakeFailure(this.wsPath(), location.host);
+    } else if (event.code === 1013) {
+      error = ERRORS.full(event.reason);
+    } else if (run.endReason) {
+      error = /shut ?down/i.test(run.endReason) ? ERRORS.serverStopped() : ERRORS.ended(run.endReason);
+    } else if (event.code === 1001 || event.code === 1012) {
+      error = ERRORS.serverStopped();
+    } else if (event.code === 1006) {
+      error = ERRORS.lost();
+    } else {
+      error = ERRORS.closed(event.code, event.reason);
+    }
+    this.finish(run, error);
+  }
+
+  fail(run, error) {
+    if (this.run !== run) return;
+    const ws = run.ws;
+    if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
+    this.finish(run, error);
+  }
+
+  /** Tear down everything the conversation owns and return to idle (with an error, or none). */
+  finish(run, error) {
+    if (this.run !== run) return;
+    this.run = null;
+    clearTimeout(run.connectTimer);
+    clearInterval(run.positionTimer);
+    clearTimeout(this.interruptedTimer);
+    if (run.ws) {
+      run.ws.onmessage = null;
+      run.ws.onclose = null;
+    }
+    run.capture?.port.postMessage({ type: "stop" });
+    run.playback?.port.postMessage({ type: "stop" });
+    run.stream?.getTracks().forEach((t) => t.stop());
+    run.context?.close().catch(() => {});
+    this.error = error;
+    this.setState("idle");
+    if (error) this.dispatchEvent(new CustomEvent("error", { detail: error }));
+  }
+
+  /** End the conversation politely: session.end, wait briefly for session.ended, close. */
+  stop() {
+    const run = this.run;
+    if (!run) return;
+    run.userStopped = true;
+    const ws = run.ws;
+    if (ws?.readyState === WebSocket.OPEN) {
+      this.setState("stopping");
+      run.stream?.getTracks().forEach((t) => t.stop());
+      ws.send(JSON.stringify({ type: "session.end" }));
+      setTimeout(() => {
+        if (ws.readyState <= WebSocket.OPEN) ws.close(1000);
+        this.finish(run, null);
+      }, END_WAIT_MS);
+    } else {
+      if (ws && ws.readyState === WebSocket.CONNECTING) ws.close(1000);
+      this.finish(run, null);
+    }
+  }
+
+  /** The tab is going away: tell the server now, there is no time to wait for an answer. */
+  endNow() {
+    const run = this.run;
+    if (!run) return;
+    run.userStopped = true;
+    const ws = run.ws;
+    if (ws?.readyState === WebSocket.OPEN) {
+      ws.send(JSON.stringify({ type: "session.end" }));
+      ws.close(1000);
+    }
+    this.finish(run, null);
+  }
+}
