@@ -1,0 +1,243 @@
+"""`assistant talk` without a server: device errors, argument checks, the caption view, file clock."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from assistant import cli, talk
+from assistant.client import ServerEvent
+from assistant.playout import PlayoutBuffer
+
+
+# -- sound device errors --------------------------------------------------------------------
+class FakePortAudioError(Exception):
+    pass
+
+
+def fake_sounddevice(devices: list[dict] | None, default_input: int | None = 0, default_output: int | None = 0):
+    """A stand-in for the sounddevice module that answers query_devices like the real one."""
+
+    def query_devices(device=None, kind=None):
+        if device is None:
+            index = default_input if kind == "input" else default_output
+            if index is None or not devices:
+                raise FakePortAudioError("Error querying device -1")
+            return devices[index]
+        if isinstance(device, int):
+            if not 0 <= device < len(devices or []):
+                raise ValueError(f"Error querying device {device}")
+            return devices[device]
+        matches = [d for d in devices or [] if device.lower() in d["name"].lower() and d[f"max_{kind}_channels"]]
+        if not matches:
+            raise ValueError(f"No {kind} device matching {device!r}")
+        return matches[0]
+
+    def check_settings(device=None, channels=None, samplerate=None, dtype=None):
+        if samplerate not in (44100, 48000):
+            raise FakePortAudioError(f"Invalid sample rate {samplerate}")
+
+    return SimpleNamespace(
+        PortAudioError=FakePortAudioError,
+        query_devices=query_devices,
+        check_input_settings=check_settings,
+        check_output_settings=check_settings,
+    )
+
+
+HEADSET = [
+    {"index": 0, "name": "USB Headset Mic", "max_input_channels": 1, "max_output_channels": 0,
+     "default_samplerate": 44100.0},
+    {"index": 1, "name": "USB Headset Phones", "max_input_channels": 0, "max_output_channels": 2,
+     "default_samplerate": 48000.0},
+]
+
+
+def use_sounddevice(monkeypatch, module):
+    real_import = talk.importlib.import_module
+
+    def import_module(name, *a, **k):
+        if name == "sounddevice":
+            if isinstance(module, BaseException):
+                raise module
+            return module
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(talk.importlib, "import_module", import_module)
+
+
+def test_missing_portaudio_names_the_package_to_install(monkeypatch, capsys):
+    use_sounddevice(monkeypatch, OSError("PortAudio library not found"))
+    assert cli.main(["talk"]) == 1
+    err = capsys.readouterr().err
+    assert "PortAudio library not found" in err and "libportaudio2" in err and "--input-file" in err
+    assert cli.main(["talk", "--list-devices"]) == 1
+    assert "libportaudio2" in capsys.readouterr().err
+
+
+def test_unknown_device_name_points_to_list_devices(monkeypatch, capsys):
+    use_sounddevice(monkeypatch, fake_sounddevice(HEADSET, default_input=0, default_output=1))
+    assert cli.main(["talk", "--input-device", "Blue Yeti"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown input device 'Blue Yeti'" in err and "--list-devices" in err
+    assert cli.main(["talk", "--output-device", "7"]) == 1
+    assert "unknown output device '7'" in capsys.readouterr().err
+
+
+def test_no_audio_devices_says_what_to_connect(monkeypatch, capsys):
+    use_sounddevice(monkeypatch, fake_sounddevice([], default_input=None, default_output=None))
+    assert cli.main(["talk"]) == 1
+    err = capsys.readouterr().err
+    assert "no input device available" in err and "microphone" in err and "--input-file" in err
+
+
+def test_output_only_device_is_refused_as_microphone(monkeypatch, capsys):
+    use_sounddevice(monkeypatch, fake_sounddevice(HEADSET, default_input=1, default_output=1))
+    assert cli.main(["talk"]) == 1
+    assert "has no input channels" in capsys.readouterr().err
+
+
+def test_devices_by_name_share_a_supported_rate(monkeypatch):
+    sd = fake_sounddevice(HEADSET)
+    mic = talk.find_device(sd, "headset mic", "input")
+    phones = talk.find_device(sd, "1", "output")
+    assert (mic["name"], phones["name"]) == ("USB Headset Mic", "USB Headset Phones")
+    assert talk.pick_sample_rate(sd, mic, phones, None) == 44100, "the mic's native rate comes first"
+    assert talk.pick_sample_rate(sd, mic, phones, 48000) == 48000
+    with pytest.raises(talk.TalkError, match="--sample-rate"):
+        talk.pick_sample_rate(sd, mic, phones, 16000)
+
+
+# -- arguments ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--input-file", "in.wav"], "--input-file and --output-file go together"),
+        (["--input-file", "/nonexistent/in.wav", "--output-file", "out.wav"], "does not exist"),
+        (["--local"], "needs --model"),
+        (["--local", "--backend", "scripted", "--barge-in", "vad"], "--barge-in vad needs the server"),
+        (["--block-ms", "100"], "--block-ms must be between"),
+    ],
+)
+def test_bad_arguments_are_refused_with_the_fix(argv, message, capsys):
+    assert cli.main(["talk", *argv]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_unreachable_server_says_to_start_one(tmp_path, capsys, free_port):
+    wav = tmp_path / "in.wav"
+    sf.write(wav, np.zeros(2400, dtype=np.float32), 24000)
+    url = f"ws://127.0.0.1:{free_port}/ws"
+    assert cli.main(["talk", "--server", url, "--input-file", str(wav), "--output-file", str(tmp_path / "o.wav")]) == 1
+    err = capsys.readouterr().err
+    assert url in err and "assistant serve" in err
+
+
+@pytest.fixture
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- the caption view -----------------------------------------------------------------------
+def ev(type_: str, **data) -> ServerEvent:
+    return ServerEvent(type_, data)
+
+
+def test_assistant_text_appears_as_it_is_played_and_the_line_ends_with_the_stretch():
+    view = talk.TalkView()
+    view.on_event(ev("assistant.speech_started", at_ms=0))
+    for i, piece in enumerate(["Hello", " there", " friend."]):
+        view.on_event(ev("assistant.text", text=piece, at_ms=80 * i))
+    view.on_event(ev("assistant.speech_stopped", at_ms=240))
+    assert view.state == "listening"
+    view.on_played(100)
+    assert view.turns[-1].text == "Hello there", "only the words whose audio was played are shown"
+    assert view.take_lines() == ["-- assistant speaking"]
+    view.on_played(170)
+    assert view.take_lines() == ["assistant: Hello there friend."]
+
+
+def test_barge_in_marks_what_was_cut_and_the_state():
+    view = talk.TalkView()
+    view.on_event(ev("assistant.speech_started", at_ms=0))
+    for i, piece in enumerate(["Once", " upon", " a", " time"]):
+        view.on_event(ev("assistant.text", text=piece, at_ms=80 * i))
+    view.on_played(90)  # "Once" and " upon" reached the listener
+    view.on_event(ev("playback.clear", reason="barge_in"))
+    view.on_played(10_000)  # the clear moved the stream past the dropped audio: nothing more is revealed
+    # The server counts a word cut unless its whole frame was played, so " upon" is in both.
+    view.on_event(ev("barge_in", at_ms=5000, cut_text="upon a time"))
+    assert view.state == "interrupted"
+    assert view.turns[-1].text == "Once" and view.turns[-1].cut == "upon a time"
+    assert view.take_lines() == ["-- assistant speaking", "assistant: Once [cut: upon a time]", "-- interrupted"]
+    view.on_event(ev("input.speech_stopped", at_ms=6000))
+    assert view.state == "listening"
+
+
+def test_user_transcript_and_latency_lines():
+    view = talk.TalkView()
+    view.on_event(ev("user.transcript", text=" What is the capital? ", start_ms=0, end_ms=900))
+    view.on_event(ev("stats", response_gap_ms=None, server_overhead_ms=None))
+    view.on_event(ev("stats", response_gap_ms=612.4, server_overhead_ms=21.0, step_ms=3.2))
+    view.on_event(ev("stats", response_gap_ms=612.4, server_overhead_ms=21.0, step_ms=3.1))
+    lines = view.take_lines()
+    assert lines[0] == "user: What is the capital?"
+    assert len(lines) == 2, "a latency line per new turn, not per stats event"
+    assert "response gap 612 ms" in lines[1] and "server 21 ms" in lines[1]
+
+
+def test_mic_level_in_dbfs():
+    view = talk.TalkView()
+    view.on_mic(np.full(480, 0.1, dtype=np.float32))
+    assert view.mic_db == pytest.approx(-20.0, abs=0.01)
+    view.on_mic(np.zeros(480, dtype=np.float32))
+    assert view.mic_db <= -100
+
+
+def test_live_panel_shows_state_captions_and_cut_text():
+    from rich.console import Console
+
+    view = talk.TalkView()
+    view.on_event(ev("user.transcript", text="Tell me a story"))
+    view.on_event(ev("assistant.text", text="Once upon", at_ms=0))
+    view.on_played(0)
+    view.on_event(ev("barge_in", at_ms=100, cut_text="a time"))
+    display = talk.LiveDisplay.__new__(talk.LiveDisplay)  # render only: no live terminal needed
+    display.title = "t"
+    console = Console(file=io.StringIO(), width=100, record=True)
+    console.print(display.render(view))
+    text = console.export_text()
+    assert "INTERRUPTED" in text and "Tell me a story" in text and "Once upon" in text and "a time" in text
+
+
+# -- the simulated device clock -------------------------------------------------------------
+def test_file_clock_is_real_time_and_sample_aligned(tmp_path):
+    """An echo (input pushed straight to the playout) comes out exactly one device block later."""
+    rate, block_ms = 24000, 20
+    rng = np.random.default_rng(0)
+    signal = (rng.uniform(-0.5, 0.5, 12_000)).astype(np.float32)  # 0.5 s
+    wav = tmp_path / "in.wav"
+    sf.write(wav, signal, rate, subtype="FLOAT")
+    audio = talk.FileAudio(wav, tmp_path / "out.wav", block_ms=block_ms, tail_seconds=0.1)
+    playout = PlayoutBuffer(rate, prebuffer_ms=0)
+    start = time.monotonic()
+    asyncio.run(audio.run(playout.push, playout))
+    elapsed = time.monotonic() - start
+    assert elapsed >= 0.59, f"0.6 s of audio must take 0.6 s of wall clock, took {elapsed:.3f}"
+    block = rate * block_ms // 1000
+    assert audio.output.shape[0] == 12_000 + 2400
+    np.testing.assert_array_equal(audio.output[:block], 0)
+    np.testing.assert_array_equal(audio.output[block : 12_000 + block], signal)
+    audio.finish()
+    written, written_rate = sf.read(tmp_path / "out.wav", dtype="float32")
+    assert written_rate == rate and written.shape == audio.output.shape
