@@ -18,6 +18,7 @@ COMMANDS = {
 
 BENCHMARKS = {
     "codec": ("audio.bench_codec", "streaming Mimi encode/decode speed"),
+    "vad": ("audio.bench_vad", "VAD CPU cost per 80 ms frame and turn accuracy, both backends"),
     "engine": ("assistant.bench_engine", "engine step speed, split by part"),
     "server": ("server.bench", "server CPU cost, frame-clock jitter and capacity"),
 }

@@ -37,9 +37,9 @@ _COST_FRAME_MS = 80.0  # costs are reported per 80 ms frame, the server's frame 
 class VadConfig:
     """How speech is detected and how turns are cut.
 
-    backend: "webrtc" (default; ~0.03 ms CPU per 80 ms frame including the 24->16 kHz resampling) or
-        "silero" (Silero VAD v5 ONNX, ~0.5 ms CPU per 80 ms frame; more robust to noise and music).
-        Both meet the onset (<100 ms) / end (<250 ms) accuracy on the shared test speech.
+    backend: "webrtc" (default: ~0.1 ms CPU per 80 ms frame, resampling included) or "silero" (Silero
+        VAD ONNX, ~0.6 ms per 80 ms frame, p99 ~1.1 ms: 2-3 model calls per frame). Both meet the
+        onset (<100 ms) / end (<250 ms) accuracy on the shared test speech; `assistant bench vad`.
     threshold: Silero speech probability above which a frame counts as voiced (webrtc gives 0 or 1).
     aggressiveness: webrtcvad mode 0 (keeps most audio as speech) .. 3 (most aggressive at rejecting noise).
     min_speech_ms: voiced audio needed (gaps under 100 ms bridged, not counted) to start a turn. The
@@ -61,6 +61,14 @@ class VadConfig:
     prefix_padding_ms: int = 300
 
     def __post_init__(self) -> None:
+        # Configs arrive as JSON from clients: reject non-numbers here rather than deep in a classifier.
+        for name in ("threshold", "aggressiveness", "min_speech_ms", "min_silence_ms", "prefix_padding_ms"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"VAD {name} must be a number, got {value!r}")
+        if self.aggressiveness != int(self.aggressiveness):
+            raise ValueError(f"webrtc VAD aggressiveness must be 0, 1, 2 or 3, got {self.aggressiveness}")
+        self.aggressiveness = int(self.aggressiveness)
         if self.backend not in BACKENDS:
             raise ValueError(f"VAD backend {self.backend!r} is unknown; use one of {BACKENDS}")
         if not 0.0 < self.threshold < 1.0:
@@ -181,15 +189,17 @@ class WebRtcClassifier:
     frame_samples = WEBRTC_FRAME_SAMPLES
 
     def __init__(self, aggressiveness: int = 2):
-        import webrtcvad
-
-        self._vad = webrtcvad.Vad(aggressiveness)
+        self.aggressiveness = aggressiveness
+        self.reset()
 
     def __call__(self, frame: np.ndarray) -> float:
         return 1.0 if self._vad.is_speech(float32_to_pcm16(frame), self.sample_rate_hz) else 0.0
 
     def reset(self) -> None:
-        pass  # webrtcvad keeps only slow noise-floor adaptation, which is fine to carry over
+        import webrtcvad
+
+        # A fresh detector: webrtcvad adapts its noise model to what it heard, which belongs to one stream.
+        self._vad = webrtcvad.Vad(self.aggressiveness)
 
 
 def _silero_model_path() -> Path:
@@ -240,7 +250,9 @@ class SileroClassifier:
         # The input row is [previous 64 samples | this frame]; shift the context in place.
         self._input[0, :_SILERO_CONTEXT_SAMPLES] = self._input[0, -_SILERO_CONTEXT_SAMPLES:]
         self._input[0, _SILERO_CONTEXT_SAMPLES:] = frame
-        prob, self._state = self._session.run(None, {"input": self._input, "state": self._state, "sr": self._sr})
+        prob, self._state = self._session.run(
+            None, {"input": self._input, "state": self._state, "sr": self._sr}
+        )
         return float(prob[0, 0])
 
 
@@ -253,11 +265,15 @@ class StreamingVad:
 
     def __init__(self, config: VadConfig | None = None, sample_rate_hz: int = 24000):
         if sample_rate_hz not in SUPPORTED_RATES:
-            raise ValueError(f"VAD sample_rate_hz={sample_rate_hz} is not supported; use one of {SUPPORTED_RATES}")
+            raise ValueError(
+                f"VAD sample_rate_hz={sample_rate_hz} is not supported; use one of {SUPPORTED_RATES}"
+            )
         self.config = config or VadConfig()
         self.sample_rate_hz = int(sample_rate_hz)
         if self.config.backend == "webrtc":
-            self._classifier: WebRtcClassifier | SileroClassifier = WebRtcClassifier(self.config.aggressiveness)
+            self._classifier: WebRtcClassifier | SileroClassifier = WebRtcClassifier(
+                self.config.aggressiveness
+            )
             threshold = 0.5  # webrtc decisions are 0 or 1
         else:
             self._classifier = SileroClassifier()

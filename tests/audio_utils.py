@@ -14,7 +14,9 @@ SHARED_AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
 def shared_audio_dir() -> Path:
     """The shared/audio folder next to the repo; skips the calling test if it is absent."""
     if not (SHARED_AUDIO / "conversation.wav").is_file():
-        pytest.skip(f"shared test speech not found at {SHARED_AUDIO} (expected ../shared/audio next to the repo)")
+        pytest.skip(
+            f"shared test speech not found at {SHARED_AUDIO} (expected ../shared/audio next to the repo)"
+        )
     return SHARED_AUDIO
 
 

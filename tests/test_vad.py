@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from audio_utils import load_wav
+from audio_utils import load_wav, shared_audio_dir
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +26,9 @@ def _feed(h: TurnHysteresis, pattern: str, frame_ms: int = 10, start: int = 0) -
 
 
 def _hyst(**kw) -> TurnHysteresis:
-    args = dict(min_speech_ms=150, min_silence_ms=500, prefix_padding_ms=300, threshold=0.5, max_onset_gap_ms=100)
+    args = dict(
+        min_speech_ms=150, min_silence_ms=500, prefix_padding_ms=300, threshold=0.5, max_onset_gap_ms=100
+    )
     args.update(kw)
     return TurnHysteresis(1000, **args)
 
@@ -322,7 +324,28 @@ def test_bad_config_and_input_are_clear_errors():
         VadConfig(threshold=1.5)
     with pytest.raises(ValueError, match="min_silence_ms"):
         VadConfig(min_silence_ms=-1)
+    with pytest.raises(ValueError, match="number"):
+        VadConfig(min_speech_ms="long")
+    with pytest.raises(ValueError, match="aggressiveness"):
+        VadConfig(aggressiveness=1.5)
+    assert VadConfig(aggressiveness=3.0).aggressiveness == 3  # JSON numbers may arrive as floats
     with pytest.raises(ValueError, match="sample_rate_hz"):
         StreamingVad(sample_rate_hz=22050)
     with pytest.raises(ValueError, match="1-D"):
         StreamingVad().push(np.zeros((10, 2), dtype=np.float32))
+
+
+def test_bench_prints_cost_and_accuracy_for_both_backends(capsys):
+    import argparse
+
+    from audio import bench_vad
+
+    wav = shared_audio_dir() / "conversation.wav"
+    parser = argparse.ArgumentParser()
+    bench_vad.add_arguments(parser)
+    assert bench_vad.run(parser.parse_args(["--wav", str(wav), "--repeat", "1", "--no-jit"])) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    for backend in BACKENDS:
+        cost = float(rows[backend].split()[1])
+        assert 0 < cost < 80  # CPU ms per 80 ms frame: a number, and real-time on any machine
+        assert "expected" not in rows[backend]  # found the same number of turns as the reference
