@@ -1,0 +1,477 @@
+"""The OpenAI Realtime protocol as pure code: parsing, errors, and the response/item state machine.
+
+Every server event the state machine emits is validated against the official `openai` SDK's GA
+event models, so a schema drift shows up here rather than in a client.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pydantic
+import pytest
+from openai.types.realtime import RealtimeServerEvent
+
+from server.realtime_protocol import (
+    ConfigureInput,
+    Conversation,
+    PushAudio,
+    SetSilenced,
+    TurnDetection,
+)
+
+SERVER_EVENT = pydantic.TypeAdapter(RealtimeServerEvent)
+FRAME_BYTES = 1920 * 2
+VOICE = b"\x10\x00" * 1920  # one 80 ms frame of (quiet) non-zero PCM16
+QUIET = b"\x00\x00" * 1920
+
+
+def new_conversation(**kwargs) -> tuple[Conversation, list]:
+    conv = Conversation(session_id="sess_test", model="moshi-test", voice="moshi", id_prefix="t",
+                        captions_model=kwargs.pop("captions_model", "whisper-test"), **kwargs)
+    return conv, checked(conv.start())
+
+
+def checked(out: list) -> list:
+    """Validate every server event against the SDK's GA models (actions pass through)."""
+    for item in out:
+        if isinstance(item, dict):
+            json.dumps(item)
+            SERVER_EVENT.validate_python(item)
+    return out
+
+
+def events(out: list) -> list[dict]:
+    return [e for e in out if isinstance(e, dict)]
+
+
+def types(out: list) -> list[str]:
+    return [e["type"] for e in events(out)]
+
+
+def of_type(out: list, type_: str) -> list[dict]:
+    return [e for e in events(out) if e["type"] == type_]
+
+
+def send(conv: Conversation, **event) -> list:
+    return checked(conv.receive(json.dumps(event)))
+
+
+def b64(pcm: bytes) -> str:
+    return base64.b64encode(pcm).decode()
+
+
+def speak(conv: Conversation, frames: int, text: str = "") -> list:
+    out: list = []
+    for _ in range(frames):
+        out += conv.output_audio(VOICE, True)
+        out += conv.output_text(text)
+    return checked(out)
+
+
+def quiet(conv: Conversation, frames: int) -> list:
+    out: list = []
+    for _ in range(frames):
+        out += conv.output_audio(QUIET, False)
+    return checked(out)
+
+
+def delta_bytes(out: list) -> int:
+    return sum(len(base64.b64decode(e["delta"])) for e in of_type(out, "response.output_audio.delta"))
+
+
+def manual(conv: Conversation) -> list:
+    return send(conv, type="session.update", session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
+
+
+# -- errors -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "param"),
+    [
+        ("{not json", "invalid_json", None),
+        ("[1, 2]", "invalid_json", None),
+        (json.dumps({"event_id": "e1"}), "missing_field", "type"),
+        (json.dumps({"type": "session.start", "event_id": "e1"}), "unknown_event", "type"),
+        (json.dumps({"type": "conversation.item.delete", "item_id": "x", "event_id": "e1"}), "unsupported_event",
+         "type"),
+        (json.dumps({"type": "input_audio_buffer.append", "audio": "%%%not base64", "event_id": "e1"}),
+         "invalid_audio", "audio"),
+        (json.dumps({"type": "input_audio_buffer.append", "audio": b64(b"\x01\x02\x03"), "event_id": "e1"}),
+         "invalid_audio", "audio"),
+        (json.dumps({"type": "input_audio_buffer.append", "event_id": "e1"}), "missing_field", "audio"),
+        (json.dumps({"type": "input_audio_buffer.append", "audio": 5, "event_id": "e1"}), "invalid_value", "audio"),
+        (json.dumps({"type": "session.update", "event_id": "e1",
+                     "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}}}}}),
+         "unsupported_audio_format", "session.audio.input.format"),
+        (json.dumps({"type": "session.update", "event_id": "e1",
+                     "session": {"audio": {"output": {"format": {"type": "audio/pcm", "rate": 16000}}}}}),
+         "unsupported_audio_format", "session.audio.output.format"),
+        (json.dumps({"type": "session.update", "event_id": "e1",
+                     "session": {"audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 1.5}}}}}),
+         "invalid_value", "session.audio.input.turn_detection.threshold"),
+        (json.dumps({"type": "session.update", "event_id": "e1", "session": {"type": "transcription"}}),
+         "unsupported_feature", "session.type"),
+        (json.dumps({"type": "session.update", "event_id": "e1", "session": {"output_modalities": ["text"]}}),
+         "unsupported_feature", "session.output_modalities"),
+        (json.dumps({"type": "session.update", "event_id": "e1", "session": {"max_output_tokens": 0}}),
+         "invalid_value", "session.max_output_tokens"),
+        (json.dumps({"type": "conversation.item.create", "event_id": "e1",
+                     "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}}),
+         "unsupported_feature", "item.content[0].type"),
+        (json.dumps({"type": "conversation.item.create", "event_id": "e1",
+                     "item": {"type": "function_call_output", "call_id": "c", "output": "{}"}}),
+         "unsupported_feature", "item.type"),
+        (json.dumps({"type": "conversation.item.truncate", "event_id": "e1", "item_id": "x", "audio_end_ms": -1}),
+         "invalid_value", "audio_end_ms"),
+        (json.dumps({"type": "response.create", "event_id": "e1", "response": {"conversation": "none"}}),
+         "unsupported_feature", "response.conversation"),
+    ],
+)
+def test_malformed_or_unsupported_events_get_an_error_event_with_code_param_and_event_id(message, code, param):
+    conv, _ = new_conversation()
+    out = checked(conv.receive(message))
+    assert types(out) == ["error"]
+    error = out[0]["error"]
+    assert error["code"] == code
+    assert error["param"] == param
+    assert error["type"] == "invalid_request_error"
+    assert error["message"]
+    # The client's own event_id comes back when it could be read.
+    assert error["event_id"] == ("e1" if "e1" in message else None)
+
+
+def test_binary_frames_are_refused_with_a_hint_to_send_json():
+    conv, _ = new_conversation()
+    out = checked(conv.receive(b"\x00\x01"))
+    assert out[0]["error"]["code"] == "invalid_json"
+    assert "base64" in out[0]["error"]["message"]
+
+
+def test_a_refused_session_update_changes_nothing():
+    conv, _ = new_conversation()
+    out = send(conv, type="session.update", session={
+        "instructions": "be brief",
+        "audio": {"input": {"turn_detection": None, "format": {"type": "audio/pcma"}}},
+    })
+    assert types(out) == ["error"]
+    assert conv.turn_detection == TurnDetection()
+    assert not [a for a in out if isinstance(a, SetSilenced | ConfigureInput)]
+
+
+# -- session ------------------------------------------------------------------------------------------
+
+
+def test_session_created_reports_model_pcm_24k_and_server_vad_and_gives_the_model_the_floor():
+    conv, out = new_conversation()
+    (created,) = of_type(out, "session.created")
+    session = created["session"]
+    assert session["model"] == "moshi-test"
+    assert session["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert session["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert session["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+    assert ConfigureInput(TurnDetection(), captions=False) in out
+    assert SetSilenced(False) in out
+
+
+def test_instructions_voice_and_tools_are_accepted_but_reported_unsupported_not_pretended():
+    conv, _ = new_conversation()
+    out = send(conv, type="session.update", session={
+        "type": "realtime", "instructions": "You are a pirate.", "tools": [{"type": "function", "name": "f"}],
+        "audio": {"output": {"voice": "alloy"}},
+    })
+    (updated,) = of_type(out, "session.updated")
+    session = updated["session"]
+    assert session["instructions"] == ""
+    assert session["tools"] == []
+    assert session["audio"]["output"]["voice"] == "moshi"
+    warned = {w["param"] for w in updated["warnings"]}
+    assert {"session.instructions", "session.tools", "session.audio.output.voice"} <= warned
+
+
+def test_vad_settings_are_applied_and_null_turn_detection_holds_the_engine_silent():
+    conv, _ = new_conversation()
+    out = send(conv, type="session.update", session={"audio": {"input": {"turn_detection": {
+        "type": "server_vad", "threshold": 0.7, "prefix_padding_ms": 200, "silence_duration_ms": 400,
+        "create_response": True, "interrupt_response": False}}}})
+    td = TurnDetection(0.7, 200, 400, True, False)
+    assert ConfigureInput(td, captions=False) in out
+    assert of_type(out, "session.updated")[0]["session"]["audio"]["input"]["turn_detection"] == td.to_json()
+    out = manual(conv)
+    assert ConfigureInput(None, captions=False) in out
+    assert SetSilenced(True) in out
+    assert of_type(out, "session.updated")[0]["session"]["audio"]["input"]["turn_detection"] is None
+
+
+def test_semantic_vad_is_served_by_server_vad_and_says_so():
+    conv, _ = new_conversation()
+    out = send(conv, type="session.update", session={"audio": {"input": {"turn_detection": {
+        "type": "semantic_vad", "eagerness": "high"}}}})
+    (updated,) = of_type(out, "session.updated")
+    assert updated["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+    assert any("semantic_vad" in w["message"] for w in updated["warnings"])
+
+
+def test_transcription_turns_captions_on_or_warns_when_the_server_has_none():
+    conv, _ = new_conversation()
+    out = send(conv, type="session.update", session={"audio": {"input": {"transcription": {"model": "whisper-1"}}}})
+    assert ConfigureInput(TurnDetection(), captions=True) in out
+    assert of_type(out, "session.updated")[0]["session"]["audio"]["input"]["transcription"]["model"] == "whisper-test"
+    conv, _ = new_conversation(captions_model=None)
+    out = send(conv, type="session.update", session={"audio": {"input": {"transcription": {"model": "whisper-1"}}}})
+    (updated,) = of_type(out, "session.updated")
+    assert updated["session"]["audio"]["input"]["transcription"] is None
+    assert updated["warnings"][0]["param"] == "session.audio.input.transcription"
+
+
+# -- server VAD turns and responses ---------------------------------------------------------------------
+
+
+def user_turn(conv: Conversation, start_ms: float, stop_ms: float) -> list:
+    conv.receive(json.dumps({"type": "input_audio_buffer.append", "audio": b64(b"\x00\x00" * 24 * int(stop_ms))}))
+    return checked(conv.user_speech_started(start_ms) + conv.user_speech_stopped(stop_ms))
+
+
+def test_a_user_turn_becomes_a_committed_user_item():
+    conv, _ = new_conversation()
+    out = user_turn(conv, 300, 1800)
+    assert types(out) == ["input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
+                          "input_audio_buffer.committed", "conversation.item.added", "conversation.item.done"]
+    started, stopped, committed = out[0], out[1], out[2]
+    assert started["audio_start_ms"] == 300 and stopped["audio_end_ms"] == 1800
+    assert started["item_id"] == stopped["item_id"] == committed["item_id"]
+    assert out[3]["item"]["role"] == "user"
+
+
+def test_one_stretch_of_speech_is_one_response_with_one_item_and_no_silence_deltas():
+    conv, _ = new_conversation()
+    user_turn(conv, 300, 1800)
+    out = quiet(conv, 5)  # silence before the reply: nothing is sent
+    assert events(out) == []
+    out = speak(conv, 4, " hello") + quiet(conv, 2) + speak(conv, 3, " world")  # a short pause inside
+    out += quiet(conv, 3)
+    assert "response.done" not in types(out)  # still within the hangover
+    out += quiet(conv, 1) + quiet(conv, 5)
+    assert types(out)[:4] == ["response.created", "response.output_item.added", "conversation.item.added",
+                              "response.content_part.added"]
+    assert types(out)[-6:] == ["response.output_audio.done", "response.output_audio_transcript.done",
+                               "response.content_part.done", "response.output_item.done", "conversation.item.done",
+                               "response.done"]
+    assert len({e["response"]["id"] for e in of_type(out, "response.created")}) == 1
+    # Speech and the pause inside it are sent; the trailing silence is not.
+    assert delta_bytes(out) == (4 + 2 + 3) * FRAME_BYTES
+    transcript = "".join(e["delta"] for e in of_type(out, "response.output_audio_transcript.delta"))
+    assert transcript == " hello" * 4 + " world" * 3
+    assert of_type(out, "response.output_audio_transcript.done")[0]["transcript"] == transcript
+    (done,) = of_type(out, "response.done")
+    assert done["response"]["status"] == "completed"
+    assert done["response"]["output"][0]["status"] == "completed"
+    assert done["response"]["usage"]["output_tokens"] == 9
+
+
+def test_two_stretches_are_two_responses():
+    conv, _ = new_conversation()
+    out = speak(conv, 3) + quiet(conv, 4) + speak(conv, 2) + quiet(conv, 4)
+    dones = of_type(out, "response.done")
+    assert len(dones) == 2
+    assert dones[0]["response"]["id"] != dones[1]["response"]["id"]
+    assert delta_bytes(out) == 5 * FRAME_BYTES
+
+
+def test_text_just_before_the_speech_lands_in_the_transcript():
+    conv, _ = new_conversation()
+    out = checked(conv.output_audio(QUIET, False) + conv.output_text("Hi"))
+    out += speak(conv, 2, "!") + quiet(conv, 4)
+    assert of_type(out, "response.done")[0]["response"]["output"][0]["content"][0]["transcript"] == "Hi!!"
+
+
+def test_user_speech_interrupts_the_response_and_holds_the_engine_until_the_user_stops():
+    conv, _ = new_conversation()
+    out = speak(conv, 5, " word")
+    response_id = of_type(out, "response.created")[0]["response"]["id"]
+    out = checked(conv.user_speech_started(2000))
+    assert types(out)[0] == "input_audio_buffer.speech_started"
+    (done,) = of_type(out, "response.done")
+    assert done["response"]["id"] == response_id
+    assert done["response"]["status"] == "cancelled"
+    assert done["response"]["status_details"]["reason"] == "turn_detected"
+    assert SetSilenced(True) in out
+    # Frames the engine produced before the hold took effect are not sent.
+    assert events(speak(conv, 2)) == []
+    out = checked(conv.user_speech_stopped(3000))
+    assert SetSilenced(False) in out
+    assert "conversation.item.done" in types(out)
+    # The next stretch is a new response.
+    out = quiet(conv, 4) + speak(conv, 2)
+    assert of_type(out, "response.created")[0]["response"]["id"] != response_id
+
+
+def test_without_interrupt_response_user_speech_does_not_cancel():
+    conv, _ = new_conversation()
+    send(conv, type="session.update", session={"audio": {"input": {"turn_detection": {
+        "type": "server_vad", "interrupt_response": False}}}})
+    speak(conv, 3)
+    out = checked(conv.user_speech_started(1000))
+    assert "response.done" not in types(out)
+    assert not [a for a in out if isinstance(a, SetSilenced)]
+    assert delta_bytes(speak(conv, 2)) == 2 * FRAME_BYTES
+
+
+def test_truncate_trims_the_item_to_what_was_played_and_refuses_beyond_the_audio_sent():
+    conv, _ = new_conversation()
+    out = speak(conv, 5, " w") + quiet(conv, 4)
+    item_id = of_type(out, "response.output_item.added")[0]["item"]["id"]
+    out = send(conv, type="conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=401,
+               event_id="tr1")
+    assert out[0]["error"]["code"] == "invalid_audio_end_ms"
+    assert out[0]["error"]["event_id"] == "tr1"
+    out = send(conv, type="conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=170)
+    (truncated,) = of_type(out, "conversation.item.truncated")
+    assert truncated["item_id"] == item_id and truncated["audio_end_ms"] == 170
+    assert conv.items[item_id].text == " w w w"  # pieces of frames starting at 0, 80 and 160 ms
+    out = send(conv, type="conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=200)
+    assert out[0]["error"]["code"] == "invalid_audio_end_ms"  # the item is now 170 ms long
+    out = send(conv, type="conversation.item.truncate", item_id="item_nope", content_index=0, audio_end_ms=0)
+    assert out[0]["error"]["code"] == "item_not_found"
+
+
+def test_truncating_the_item_still_being_spoken_cancels_its_response():
+    conv, _ = new_conversation()
+    out = speak(conv, 5)
+    item_id = of_type(out, "response.output_item.added")[0]["item"]["id"]
+    out = send(conv, type="conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=160)
+    assert types(out).index("response.done") < types(out).index("conversation.item.truncated")
+    assert of_type(out, "response.done")[0]["response"]["status"] == "cancelled"
+    assert SetSilenced(True) in out
+    assert events(speak(conv, 3)) == []
+
+
+def test_truncating_a_user_item_is_refused():
+    conv, _ = new_conversation()
+    out = user_turn(conv, 100, 900)
+    item_id = of_type(out, "conversation.item.done")[0]["item"]["id"]
+    out = send(conv, type="conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=0)
+    assert out[0]["error"]["code"] == "invalid_value"
+
+
+# -- manual turns -------------------------------------------------------------------------------------
+
+
+def test_manual_turns_speak_only_after_response_create_and_stop_at_response_cancel():
+    conv, _ = new_conversation()
+    manual(conv)
+    # No VAD events, and speech without a response is never sent.
+    assert checked(conv.user_speech_started(100) + conv.user_speech_stopped(900)) == []
+    assert events(speak(conv, 3)) == []
+    out = send(conv, type="input_audio_buffer.commit", event_id="c0")
+    assert out[0]["error"]["code"] == "input_audio_buffer_commit_empty"
+    out = send(conv, type="input_audio_buffer.append", audio=b64(b"\x00\x00" * 2400 * 3))
+    assert out == [PushAudio(b"\x00\x00" * 7200)]
+    out = send(conv, type="input_audio_buffer.commit")
+    assert types(out) == ["input_audio_buffer.committed", "conversation.item.added", "conversation.item.done"]
+    out = send(conv, type="response.create", response={"metadata": {"turn": "1"}})
+    assert types(out) == ["response.created"]
+    assert out[0]["response"]["metadata"] == {"turn": "1"}
+    assert SetSilenced(False) in out
+    out = send(conv, type="response.create", event_id="rc2")
+    assert out[0]["error"]["code"] == "conversation_already_has_active_response"
+    out = speak(conv, 3)
+    assert delta_bytes(out) == 3 * FRAME_BYTES
+    out = send(conv, type="response.cancel")
+    (done,) = of_type(out, "response.done")
+    assert done["response"]["status"] == "cancelled"
+    assert done["response"]["status_details"]["reason"] == "client_cancelled"
+    assert SetSilenced(True) in out
+    assert events(speak(conv, 2)) == []
+    out = send(conv, type="response.cancel", event_id="rc3")
+    assert out[0]["error"]["code"] == "response_cancel_not_active"
+    assert out[0]["error"]["event_id"] == "rc3"
+
+
+def test_a_requested_response_completes_when_the_stretch_ends_and_the_engine_is_held_again():
+    conv, _ = new_conversation()
+    manual(conv)
+    send(conv, type="response.create")
+    out = quiet(conv, 2) + speak(conv, 3) + quiet(conv, 4)
+    assert of_type(out, "response.done")[0]["response"]["status"] == "completed"
+    assert SetSilenced(True) in out
+
+
+def test_a_requested_response_the_model_never_starts_completes_empty():
+    conv, _ = new_conversation(response_start_timeout_ms=800)
+    manual(conv)
+    send(conv, type="response.create")
+    out = quiet(conv, 10)
+    (done,) = of_type(out, "response.done")
+    assert done["response"]["status"] == "completed" and done["response"]["output"] == []
+    assert SetSilenced(True) in out
+
+
+def test_max_output_tokens_cuts_the_response_as_incomplete():
+    conv, _ = new_conversation()
+    send(conv, type="session.update", session={"max_output_tokens": 3})
+    out = speak(conv, 6)
+    assert delta_bytes(out) == 3 * FRAME_BYTES
+    (done,) = of_type(out, "response.done")
+    assert done["response"]["status"] == "incomplete"
+    assert done["response"]["status_details"]["reason"] == "max_output_tokens"
+    assert SetSilenced(True) in out
+    # Held until the user's next turn.
+    assert SetSilenced(False) in checked(conv.user_speech_started(5000))
+
+
+def test_create_response_false_holds_the_engine_but_still_reports_vad():
+    conv, _ = new_conversation()
+    out = send(conv, type="session.update", session={"audio": {"input": {"turn_detection": {
+        "type": "server_vad", "create_response": False}}}})
+    assert SetSilenced(True) in out
+    assert "input_audio_buffer.speech_started" in types(user_turn(conv, 100, 900))
+    assert events(speak(conv, 2)) == []
+
+
+# -- items and captions -------------------------------------------------------------------------------
+
+
+def test_user_audio_item_is_fed_paced_and_its_own_vad_turn_is_not_a_second_item():
+    conv, _ = new_conversation()
+    pcm = b"\x01\x00" * 24_000  # 1 s
+    out = send(conv, type="conversation.item.create", item={
+        "type": "message", "role": "user", "content": [{"type": "input_audio", "audio": b64(pcm)}]})
+    assert out[0] == PushAudio(pcm, paced=True)
+    assert types(out) == ["conversation.item.added", "conversation.item.done"]
+    assert checked(conv.user_speech_started(100) + conv.user_speech_stopped(1400)) == []
+
+
+def test_captions_become_input_audio_transcription_completed_on_the_matching_item():
+    conv, _ = new_conversation()
+    send(conv, type="session.update", session={"audio": {"input": {"transcription": {"model": "whisper-1"}}}})
+    first = of_type(user_turn(conv, 200, 1500), "conversation.item.done")[0]["item"]["id"]
+    second = of_type(user_turn(conv, 2000, 3000), "conversation.item.done")[0]["item"]["id"]
+    out = checked(conv.user_transcript("What is it?", 2100, 2900))
+    (completed,) = of_type(out, "conversation.item.input_audio_transcription.completed")
+    assert completed["item_id"] == second and completed["transcript"] == "What is it?"
+    out = checked(conv.user_transcript("Hello there.", 250, 1400))
+    assert of_type(out, "conversation.item.input_audio_transcription.completed")[0]["item_id"] == first
+
+
+def test_captions_are_not_sent_unless_transcription_is_on():
+    conv, _ = new_conversation()
+    user_turn(conv, 200, 1500)
+    assert conv.user_transcript("hello", 200, 1400) == []
+
+
+def test_clear_reports_cleared_and_empties_the_buffer():
+    conv, _ = new_conversation()
+    manual(conv)
+    send(conv, type="input_audio_buffer.append", audio=b64(b"\x00\x00" * 4800))
+    assert types(send(conv, type="input_audio_buffer.clear")) == ["input_audio_buffer.cleared"]
+    assert send(conv, type="input_audio_buffer.commit")[0]["error"]["code"] == "input_audio_buffer_commit_empty"
+
+
+def test_event_ids_are_unique():
+    conv, out = new_conversation()
+    out += user_turn(conv, 100, 900) + speak(conv, 3, "x") + quiet(conv, 4)
+    ids = [e["event_id"] for e in events(out)]
+    assert len(ids) == len(set(ids))
