@@ -1,0 +1,1 @@
+"""The Moshi speech LM on transformers' model definitions: checkpoint loading, the streaming step, sampling."""

@@ -1,0 +1,254 @@
+"""One streaming step of Moshi per 80 ms frame, driving transformers' Moshi modules directly.
+
+Per step and per row (slot): write the user's codes into the delayed token ring, read this
+step's 17 input tokens (text, 8 assistant, 8 user codebooks; initial tokens while a stream has
+not reached its delay), run one position of the temporal transformer against a per-row ring
+KV cache (bounded, static shapes: the sliding window of `context` frames), sample the text
+token, then run the depth transformer over the 8 codebooks with its own small cache, and
+return the un-delayed frame (text + 8 assistant codes) once one is complete.
+
+Rows are independent: each has its own position counter, ring and cache rows, so a slot can be
+reset at any step without touching the others.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from assistant.moshi.sampling import sample_tokens
+
+UNGENERATED = -2  # ring value never read: a stream's initial token is used until it has real ones
+
+
+class RingKVCache:
+    """Per-layer key/value ring buffers (B, H_kv, window, head_dim) with per-row write positions.
+
+    Duck-types the `update(key, value, layer_idx)` call transformers' MoshiAttention makes.
+    """
+
+    def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, window: int, head_dim: int,
+                 device, dtype):
+        shape = (batch_size, num_kv_heads, window, head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.window = window
+        self.filled = torch.zeros(batch_size, window, dtype=torch.bool, device=device)
+        self._rows = torch.arange(batch_size, device=device)
+        self._write = torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    def begin_step(self, positions: torch.Tensor, dtype) -> torch.Tensor:
+        """Choose this step's ring slot per row; return the additive attention mask (B, 1, 1, window)."""
+        self._write = positions % self.window
+        self.filled[self._rows, self._write] = True
+        mask = torch.zeros(self.filled.shape, device=self.filled.device, dtype=dtype)
+        mask.masked_fill_(~self.filled, torch.finfo(dtype).min)
+        return mask[:, None, None, :]
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        self.keys[layer_idx][self._rows, :, self._write] = key_states[:, :, 0]
+        self.values[layer_idx][self._rows, :, self._write] = value_states[:, :, 0]
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def reset_rows(self, rows: torch.Tensor) -> None:
+        self.filled[rows] = False
+        for k, v in zip(self.keys, self.values, strict=True):
+            k[rows] = 0
+            v[rows] = 0
+
+
+class DepthCache:
+    """Key/value cache of the depth transformer for one frame: codebook steps 0..K-1, all rows alike."""
+
+    def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, steps: int, head_dim: int,
+                 device, dtype):
+        shape = (batch_size, num_kv_heads, steps, head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.step = 0
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        self.keys[layer_idx][:, :, self.step] = key_states[:, :, 0]
+        self.values[layer_idx][:, :, self.step] = value_states[:, :, 0]
+        return self.keys[layer_idx][:, :, : self.step + 1], self.values[layer_idx][:, :, : self.step + 1]
+
+
+@dataclass
+class Sampling:
+    """Per-row sampling settings as tensors on the model's device. Temperature 0 = greedy."""
+
+    text_temperature: torch.Tensor  # float (B,)
+    text_top_k: torch.Tensor  # long (B,)
+    audio_temperature: torch.Tensor  # float (B,)
+    audio_top_k: torch.Tensor  # long (B,)
+    uniform: torch.Tensor  # float (B, 1 + K): this frame's draws, text first
+
+
+@dataclass
+class LMStep:
+    """What one step produced.
+
+    text: long (B,) and audio: long (B, K), the un-delayed frame (meaningful where `ready`).
+    ready: bool (B,), False for a row's first max_delay steps (no complete frame yet).
+    text_logits: float (B, text_vocab) of this step. sampled_text / sampled_audio: this step's raw tokens.
+    inputs: long (B, 17), the tokens fed to the temporal transformer this step.
+    """
+
+    text: torch.Tensor
+    audio: torch.Tensor
+    ready: torch.Tensor
+    text_logits: torch.Tensor
+    sampled_text: torch.Tensor
+    sampled_audio: torch.Tensor
+    inputs: torch.Tensor
+    timings_ms: dict[str, float]
+
+
+class MoshiStreamingLM:
+    """Streaming state + step for a MoshiForConditionalGeneration over `batch_size` independent rows."""
+
+    def __init__(self, model, batch_size: int, delays=None, context: int | None = None):
+        config = model.config
+        self.model = model
+        self.batch_size = batch_size
+        self.num_codebooks = K = config.num_codebooks
+        self.delays = list(delays) if delays is not None else [0, 0] + [1] * (K - 1) + [0] + [1] * (K - 1)
+        if len(self.delays) != 1 + 2 * K:
+            raise ValueError(f"delays must have {1 + 2 * K} entries (text + 2 x {K} codebooks), got {self.delays}")
+        self.max_delay = max(self.delays)
+        self.text_card = config.vocab_size
+        self.card = config.audio_vocab_size
+        self.context = int(context or config.sliding_window or config.max_position_embeddings)
+        param = next(model.decoder.parameters())
+        self.device, self.dtype = param.device, param.dtype
+
+        self.text_embed = model.decoder.model.embed_tokens
+        self.audio_embeds = model.embed_tokens
+        self.layers = model.decoder.model.layers
+        self.out_norm = model.decoder.model.norm
+        self.text_head = model.decoder.lm_head
+        self.depth = model.depth_decoder
+
+        B, dev = batch_size, self.device
+        self._delays_t = torch.tensor(self.delays, device=dev)
+        self._ring_len = self.max_delay + 2
+        self.tokens = torch.full((B, 1 + 2 * K, self._ring_len), UNGENERATED, dtype=torch.long, device=dev)
+        self.offsets = torch.zeros(B, dtype=torch.long, device=dev)
+        self._initial = torch.tensor([self.text_card] + [self.card] * (2 * K), device=dev)
+        self.kv = RingKVCache(config.num_hidden_layers, B, config.num_key_value_heads, self.context,
+                              config.head_dim, dev, self.dtype)
+        dep = self.depth.config
+        self._depth_shape = (dep.num_hidden_layers, B, dep.num_key_value_heads, K, dep.head_dim)
+        self._codebook_idx = [torch.tensor([k], device=dev) for k in range(K)]
+        self._rows = torch.arange(B, device=dev)
+
+    # -- state ---------------------------------------------------------------------------------
+    def reset(self, rows) -> None:
+        """Forget everything of `rows` (int, list or tensor): tokens, positions, KV cache."""
+        rows = torch.as_tensor(rows, device=self.device).reshape(-1)
+        self.tokens[rows] = UNGENERATED
+        self.offsets[rows] = 0
+        self.kv.reset_rows(rows)
+
+    # -- the step ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, user_codes: torch.Tensor, sampling: Sampling, *, force_mask: torch.Tensor | None = None,
+             force_text: torch.Tensor | None = None, force_audio: torch.Tensor | None = None,
+             profile: bool = False) -> LMStep:
+        """Advance every row by one frame.
+
+        user_codes: long (B, K), the user's Mimi codes for this frame.
+        force_mask: bool (B,); where True, the sampled text / audio tokens are replaced by
+        force_text (B,) / force_audio (B, K) (silence forcing, teacher forcing in tests).
+        """
+        K, dev = self.num_codebooks, self.device
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        user_codes = user_codes.to(dev, torch.long)
+        # The user's frame s is written at step s, each codebook at its delay.
+        user_delays = self._delays_t[1 + K:]
+        write = (self.offsets[:, None] + user_delays[None, :]) % self._ring_len
+        self.tokens[self._rows[:, None], (1 + K) + torch.arange(K, device=dev)[None, :], write] = user_codes
+        position = self.offsets % self._ring_len
+        current = self.tokens[self._rows, :, position]  # (B, 17)
+        is_init = self.offsets[:, None] <= self._delays_t[None, :]
+        inputs = torch.where(is_init, self._initial[None, :], current)
+
+        hidden, text_logits = self._temporal(inputs)
+        if profile:
+            _sync(dev)
+            timings["temporal_ms"] = (time.perf_counter() - t0) * 1000
+        t1 = time.perf_counter()
+
+        text = sample_tokens(text_logits, sampling.text_temperature, sampling.text_top_k,
+                             int(sampling.text_top_k.max()), sampling.uniform[:, 0])
+        if force_mask is not None:
+            text = torch.where(force_mask, force_text.to(dev), text)
+        audio = self._depth(hidden, text, sampling, force_mask, force_audio)
+        if profile:
+            _sync(dev)
+            timings["depth_ms"] = (time.perf_counter() - t1) * 1000
+
+        self.offsets += 1
+        position = self.offsets % self._ring_len
+        self.tokens[self._rows, 0, position] = text
+        self.tokens[self._rows[:, None], 1 + torch.arange(K, device=dev)[None, :], position[:, None]] = audio
+        # Un-delay: stream k of the frame completed now was generated delays[k] steps ago.
+        read = (self.offsets[:, None] - self.max_delay + self._delays_t[None, : 1 + K]) % self._ring_len
+        frame = self.tokens[self._rows[:, None], torch.arange(1 + K, device=dev)[None, :], read]
+        ready = self.offsets > self.max_delay
+        return LMStep(text=frame[:, 0], audio=frame[:, 1:], ready=ready, text_logits=text_logits,
+                      sampled_text=text, sampled_audio=audio, inputs=inputs, timings_ms=timings)
+
+    def _temporal(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One position of the temporal transformer. Returns normed hidden (B, 1, D), text logits (B, V)."""
+        K = self.num_codebooks
+        embeds = self.text_embed(inputs[:, 0])
+        for k in range(2 * K):
+            embeds = embeds + self.audio_embeds[k](inputs[:, 1 + k])
+        hidden = embeds[:, None, :]
+        mask = self.kv.begin_step(self.offsets, hidden.dtype)
+        positions = self.offsets[:, None]
+        for layer in self.layers:
+            hidden = layer(hidden, attention_mask=mask, position_ids=positions, past_key_values=self.kv)
+        hidden = self.out_norm(hidden)
+        return hidden, self.text_head(hidden)[:, 0].float()
+
+    def _depth_step(self, k: int, previous: torch.Tensor, hidden: torch.Tensor, cache: DepthCache) -> torch.Tensor:
+        """Codebook k's logits (B, card): input is the previous token (text for k = 0) + its projection."""
+        depth, idx = self.depth, self._codebook_idx[k]
+        embed = depth.text_embed_tokens(previous) if k == 0 else depth.embed_tokens[k - 1](previous)
+        x = embed[:, None, :] + depth.input_projections(hidden, idx)
+        cache.step = k
+        for layer in depth.layers:
+            x = layer(x, past_key_values=cache, codebook_idx=idx)
+        return depth.lm_heads(x, idx)[:, 0].float()
+
+    def _depth(self, hidden: torch.Tensor, text: torch.Tensor, sampling: Sampling,
+               force_mask: torch.Tensor | None, force_audio: torch.Tensor | None) -> torch.Tensor:
+        """The depth transformer's K codebook steps, each fed the token chosen at the step before."""
+        cache = DepthCache(*self._depth_shape, self.device, self.dtype)
+        kmax = int(sampling.audio_top_k.max())
+        previous = text
+        out = []
+        for k in range(self.num_codebooks):
+            logits = self._depth_step(k, previous, hidden, cache)
+            token = sample_tokens(logits, sampling.audio_temperature, sampling.audio_top_k, kmax,
+                                  sampling.uniform[:, 1 + k])
+            if force_mask is not None:
+                token = torch.where(force_mask, force_audio[:, k].to(self.device), token)
+            out.append(token)
+            previous = token
+        return torch.stack(out, dim=1)
+
+    def depth_logits(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Depth logits (B, K, card) for given text + audio tokens (B, 1 + K); what `_depth` sees when forced."""
+        cache = DepthCache(*self._depth_shape, self.device, self.dtype)
+        return torch.stack([self._depth_step(k, tokens[:, k], hidden, cache) for k in range(self.num_codebooks)], 1)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
