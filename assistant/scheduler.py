@@ -1,0 +1,262 @@
+"""The 12.5 Hz frame clock: one batched engine step per 80 ms for every live session.
+
+Each tick (absolute wall-clock deadlines start + k * 80 ms, so no drift accumulates):
+  1. apply queued slot changes (open, close, force_silence, update) while no step is running,
+  2. take one input frame from every live session (silence on underrun; the session counts it),
+  3. run `engine.step` on the whole batch in a worker thread (the event loop stays free),
+  4. hand each session its row of the output at once.
+A step that overruns makes the clock skip the ticks it missed instead of bursting to catch up.
+
+The policy parts (`FrameClock`, `gather_batch`) are pure and tested without threads or sockets.
+A session is anything with `take_frame() -> float32 (1920,) | None`, `deliver(pcm, text,
+speaking, step_ms)` and `check_limits(now)` (server/session.py's Session).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from assistant.engine import FRAME_MS, Engine, SlotOptions
+
+log = logging.getLogger(__name__)
+
+
+class FrameSource(Protocol):
+    def take_frame(self) -> np.ndarray | None: ...
+
+    def deliver(self, pcm: np.ndarray, text: str, speaking: bool, step_ms: float) -> None: ...
+
+    def check_limits(self, now: float) -> None: ...
+
+    def end(self, reason: str) -> None: ...
+
+
+# -- pure policy ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Tick:
+    index: int  # tick number since the clock started
+    deadline: float  # when it is due (clock seconds)
+    skipped: int  # ticks given up since the previous one because a step overran
+
+
+class FrameClock:
+    """Absolute deadlines `start + k * period_s`.
+
+    `next_tick(now)` returns the next tick to run. When we are late by half a period or more
+    (a step overran), the missed ticks are skipped and the next deadline in the future is used,
+    so the clock never bursts steps back to back to catch up.
+    """
+
+    def __init__(self, period_s: float, start: float):
+        if period_s <= 0:
+            raise ValueError(f"period_s must be > 0, got {period_s}")
+        self.period_s = period_s
+        self.start = start
+        self._next = 0
+
+    def deadline(self, index: int) -> float:
+        return self.start + index * self.period_s
+
+    def next_tick(self, now: float) -> Tick:
+        index = self._next
+        skipped = 0
+        if now - self.deadline(index) >= self.period_s / 2:
+            later = math.ceil((now - self.start) / self.period_s)
+            skipped = later - index
+            index = later
+        self._next = index + 1
+        return Tick(index=index, deadline=self.deadline(index), skipped=skipped)
+
+
+def gather_batch(
+    batch: np.ndarray, sessions: dict[int, FrameSource]
+) -> tuple[np.ndarray, list[int]]:
+    """Fill `batch` (B, 1920) with one frame per session row (zeros for idle rows and underruns).
+
+    Returns the batch and the slots that underran.
+    """
+    batch.fill(0.0)
+    underran = []
+    for slot, session in sessions.items():
+        frame = session.take_frame()
+        if frame is None:
+            underran.append(slot)
+        else:
+            batch[slot] = frame
+    return batch, underran
+
+
+# -- slots ---------------------------------------------------------------------------------------
+
+
+class SlotHandle:
+    """One reserved engine slot. The session holds it; every engine call is queued for the clock."""
+
+    def __init__(self, scheduler: Scheduler, slot: int):
+        self.scheduler = scheduler
+        self.slot = slot
+        self.released = False
+
+    def attach(self, session: FrameSource, options: SlotOptions | None = None) -> None:
+        """Open the engine slot with `options` and start feeding `session` from the next tick."""
+        self.scheduler._ops.append(("open", self.slot, options or SlotOptions()))
+        self.scheduler._sessions[self.slot] = session
+
+    def force_silence(self, silent: bool) -> None:
+        if not self.released:
+            self.scheduler._ops.append(("silence", self.slot, bool(silent)))
+
+    def update(self, options: SlotOptions) -> None:
+        if not self.released:
+            self.scheduler._ops.append(("update", self.slot, options))
+
+    def release(self) -> None:
+        """Stop feeding the session; the slot is wiped and freed before the next step."""
+        if self.released:
+            return
+        self.released = True
+        self.scheduler._sessions.pop(self.slot, None)
+        self.scheduler._ops.append(("close", self.slot, None))
+
+
+# -- the clock -----------------------------------------------------------------------------------
+
+
+class Scheduler:
+    """Drives one engine at 12.5 Hz for every attached session."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        frame_ms: float = FRAME_MS,
+        metrics: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.engine = engine
+        self.period_s = frame_ms / 1000.0
+        self.metrics = metrics
+        self.clock = clock
+        self._sessions: dict[int, FrameSource] = {}
+        self._reserved: set[int] = set()
+        self._ops: list[tuple[str, int, Any]] = []
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-step")
+        self._batch = np.zeros((engine.batch_size, engine.frame_samples), dtype=np.float32)
+        self._stop = asyncio.Event()
+        self.ticks = 0
+        self.skipped = 0
+        self.late_ms: collections.deque[float] = collections.deque(maxlen=10_000)  # tick start - deadline
+        self.step_ms: collections.deque[float] = collections.deque(maxlen=10_000)
+
+    @property
+    def capacity(self) -> int:
+        return self.engine.batch_size
+
+    @property
+    def live_sessions(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def free_slots(self) -> int:
+        return self.capacity - len(self._reserved)
+
+    def reserve(self) -> SlotHandle | None:
+        """A free slot for a new session, or None when the server is full."""
+        for slot in range(self.capacity):
+            if slot not in self._reserved:
+                self._reserved.add(slot)
+                return SlotHandle(self, slot)
+        return None
+
+    def sessions(self) -> list[FrameSource]:
+        return list(self._sessions.values())
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _apply_ops(self) -> None:
+        ops, self._ops = self._ops, []
+        for kind, slot, arg in ops:
+            try:
+                if kind == "open":
+                    if self.engine.live[slot]:
+                        self.engine.close(slot)
+                    self.engine.open(slot, arg)
+                elif kind == "close":
+                    if self.engine.live[slot]:
+                        self.engine.close(slot)
+                    self._reserved.discard(slot)
+                elif kind == "silence" and self.engine.live[slot]:
+                    self.engine.force_silence(slot, arg)
+                elif kind == "update" and self.engine.live[slot]:
+                    self.engine.update(slot, arg)
+            except Exception:  # one bad slot change must not stop the clock for everyone
+                log.exception("engine %s of slot %d failed", kind, slot)
+                if kind == "close":
+                    self._reserved.discard(slot)
+
+    async def tick(self, step_ms_out: list[float] | None = None) -> None:
+        """One frame: apply slot changes, gather, step in the worker thread, dispatch."""
+        self._apply_ops()
+        now = self.clock()
+        for session in list(self._sessions.values()):
+            session.check_limits(now)
+        if not self._sessions:
+            return
+        sessions = dict(self._sessions)
+        batch, underran = gather_batch(self._batch, sessions)
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        out = await loop.run_in_executor(self._executor, self.engine.step, batch)
+        step_ms = (time.perf_counter() - t0) * 1000.0
+        self.step_ms.append(step_ms)
+        if self.metrics:
+            self.metrics.observe("step_ms", step_ms)
+        for slot, session in sessions.items():
+            # A session that left during the step gets nothing more.
+            if self._sessions.get(slot) is not session:
+                continue
+            try:
+                session.deliver(out.pcm_out[slot], out.text[slot], bool(out.speaking[slot]), step_ms)
+            except Exception:
+                log.exception("session in slot %d failed to take its output; ending it", slot)
+                session.end("internal_error")
+
+    async def run(self) -> None:
+        """Tick until stop(); slot changes made meanwhile apply at the next tick."""
+        clock = FrameClock(self.period_s, self.clock())
+        try:
+            while not self._stop.is_set():
+                tick = clock.next_tick(self.clock())
+                if tick.skipped:
+                    self.skipped += tick.skipped
+                    if self.metrics:
+                        self.metrics.inc("skipped_ticks", tick.skipped)
+                wait = tick.deadline - self.clock()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if self._stop.is_set():
+                    break
+                late_ms = (self.clock() - tick.deadline) * 1000.0
+                self.late_ms.append(late_ms)
+                if self.metrics:
+                    self.metrics.observe("tick_late_ms", late_ms)
+                self.ticks += 1
+                await self.tick()
+        finally:
+            self._apply_ops()
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True)

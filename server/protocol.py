@@ -1,0 +1,211 @@
+"""The native websocket protocol (docs/protocol.md) as pure encode/decode functions.
+
+Nothing here touches a socket: `decode_text` turns one text frame into a typed client event
+(or raises `ProtocolError` with the wire error code), `check_audio` validates one binary frame,
+and `encode_event` turns a session event (server/session.py) into the JSON text to send.
+The asyncio shell in server/app.py only moves bytes between the socket and these functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from server.session import BARGE_IN_POLICIES, SUPPORTED_SAMPLE_RATES, AudioOut, Event
+
+MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB, text or binary; bigger closes the socket with 1009
+
+# Close codes (RFC 6455 numbers with the meaning this server gives them).
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008  # event flood, too slow a reader
+CLOSE_TOO_LARGE = 1009
+CLOSE_TRY_AGAIN_LATER = 1013  # server full
+
+ERROR_CODES = (
+    "invalid_json",
+    "unknown_event",
+    "missing_field",
+    "invalid_value",
+    "not_started",
+    "already_started",
+    "unsupported_sample_rate",
+    "message_too_large",
+    "rate_limited",
+    "bad_audio",
+)
+
+
+class ProtocolError(Exception):
+    """A client message was refused; `code` is one of ERROR_CODES, `message` says what to fix."""
+
+    def __init__(self, code: str, message: str):
+        assert code in ERROR_CODES, code
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+# -- client -> server events ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionStart:
+    sample_rate: int
+    options: dict[str, Any]  # validated SessionOptions fields that the client set
+
+
+@dataclass(frozen=True)
+class SessionUpdate:
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PlaybackPosition:
+    played_ms: float
+
+
+@dataclass(frozen=True)
+class SessionEnd:
+    pass
+
+
+ClientEvent = SessionStart | SessionUpdate | PlaybackPosition | SessionEnd
+
+_OPTION_FIELDS = {"barge_in", "vad", "min_interrupt_ms", "seed", "temperature", "text_temperature", "captions"}
+_VAD_FIELDS = {"threshold", "min_speech_ms", "min_silence_ms", "prefix_padding_ms"}
+
+
+def _number(name: str, value: Any, lo: float, hi: float) -> float:
+    # bool is an int subclass in Python; `true` is not a number on the wire.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ProtocolError("invalid_value", f"{name} must be a number, got {value!r}")
+    if not lo <= value <= hi:
+        raise ProtocolError("invalid_value", f"{name} must be between {lo:g} and {hi:g}, got {value!r}")
+    return value
+
+
+def parse_options(raw: dict[str, Any]) -> dict[str, Any]:
+    """Validate the option fields of a session.start / session.update event.
+
+    Returns only the options the client set, ready for `SessionOptions.replace(**opts)`.
+    Unknown keys other than `type`/`sample_rate` are refused so typos do not pass silently.
+    """
+    opts: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in ("type", "sample_rate"):
+            continue
+        if key not in _OPTION_FIELDS:
+            raise ProtocolError("invalid_value", f"unknown option {key!r}; known: {sorted(_OPTION_FIELDS)}")
+        if key == "barge_in":
+            if value not in BARGE_IN_POLICIES:
+                raise ProtocolError("invalid_value", f"barge_in must be one of {BARGE_IN_POLICIES}, got {value!r}")
+            opts[key] = value
+        elif key == "vad":
+            if not isinstance(value, dict):
+                raise ProtocolError("invalid_value", f"vad must be an object, got {value!r}")
+            vad: dict[str, float] = {}
+            for vkey, vval in value.items():
+                if vkey not in _VAD_FIELDS:
+                    raise ProtocolError("invalid_value", f"unknown vad option {vkey!r}; known: {sorted(_VAD_FIELDS)}")
+                if vkey == "threshold":
+                    vad[vkey] = float(_number("vad.threshold", vval, 0.0, 1.0))
+                else:
+                    vad[vkey] = int(_number(f"vad.{vkey}", vval, 0, 5000))
+            opts[key] = vad
+        elif key == "min_interrupt_ms":
+            opts[key] = int(_number(key, value, 0, 5000))
+        elif key == "seed":
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ProtocolError("invalid_value", f"seed must be an integer or null, got {value!r}")
+            opts[key] = value
+        elif key in ("temperature", "text_temperature"):
+            opts[key] = None if value is None else float(_number(key, value, 0.0, 5.0))
+        elif key == "captions":
+            if not isinstance(value, bool):
+                raise ProtocolError("invalid_value", f"captions must be true or false, got {value!r}")
+            opts[key] = value
+    return opts
+
+
+def decode_text(text: str | bytes) -> ClientEvent:
+    """Decode one JSON text frame into a client event; raise ProtocolError if it is not one."""
+    if len(text) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("message_too_large", f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
+    try:
+        msg = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError("invalid_json", f"text frames must be JSON objects: {exc}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("invalid_json", f"text frames must be JSON objects, got {type(msg).__name__}")
+    kind = msg.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("missing_field", "every event needs a string 'type'")
+    if kind == "session.start":
+        if "sample_rate" not in msg:
+            raise ProtocolError("missing_field", f"session.start needs sample_rate, one of {SUPPORTED_SAMPLE_RATES}")
+        rate = msg["sample_rate"]
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or rate not in SUPPORTED_SAMPLE_RATES:
+            raise ProtocolError(
+                "unsupported_sample_rate",
+                f"sample_rate {rate!r} is not supported; use one of {SUPPORTED_SAMPLE_RATES}",
+            )
+        return SessionStart(sample_rate=int(rate), options=parse_options(msg))
+    if kind == "session.update":
+        return SessionUpdate(options=parse_options(msg))
+    if kind == "playback.position":
+        if "played_ms" not in msg:
+            raise ProtocolError("missing_field", "playback.position needs played_ms")
+        return PlaybackPosition(played_ms=float(_number("played_ms", msg["played_ms"], 0, 1e10)))
+    if kind == "session.end":
+        return SessionEnd()
+    raise ProtocolError(
+        "unknown_event",
+        f"unknown event type {kind!r}; expected session.start, session.update, playback.position or session.end",
+    )
+
+
+def check_audio(data: bytes, *, started: bool) -> None:
+    """Validate one binary (audio) frame; raise ProtocolError if the session cannot take it."""
+    if not started:
+        raise ProtocolError("not_started", "send session.start before any audio")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("message_too_large", f"audio frames are limited to {MAX_MESSAGE_BYTES} bytes")
+    if len(data) % 2:
+        raise ProtocolError("bad_audio", f"audio must be 16-bit PCM (an even number of bytes), got {len(data)} bytes")
+
+
+# -- server -> client events ------------------------------------------------------------------
+
+
+def encode_event(event: Event) -> str | bytes:
+    """One session event -> the frame to send: JSON text, or raw PCM16 bytes for audio."""
+    if isinstance(event, AudioOut):
+        return event.pcm16
+    body = {"type": event.type}
+    body.update(dataclasses.asdict(event))
+    return json.dumps(body, separators=(",", ":"))
+
+
+def error_event(code: str, message: str) -> str:
+    return json.dumps({"type": "error", "code": code, "message": message}, separators=(",", ":"))
+
+
+class RateLimiter:
+    """Token bucket: `rate_per_s` messages a second on average, bursts up to `burst`. Pure."""
+
+    def __init__(self, rate_per_s: float, burst: float, now: float = 0.0):
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self._tokens = burst
+        self._last = now
+
+    def allow(self, now: float) -> bool:
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate_per_s)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False

@@ -1,0 +1,647 @@
+"""The conversation session: the core every wire protocol adapter drives.
+
+A `Session` is one conversation in one engine slot. It knows nothing of sockets or JSON; an
+adapter (the native `/ws` protocol in server/app.py, the OpenAI Realtime adapter in
+server/realtime.py) feeds it and turns what it emits into frames.
+
+Core API (stable; adapters rely on it)::
+
+    ctx.open_session(sample_rate_hz, options, emit) -> Session   # server/app.py ServerContext
+    session.push_audio(pcm16: bytes)        # client audio, PCM16 LE mono at sample_rate_hz, any length
+    session.update(**options)               # SessionOptions fields; emits SessionUpdated
+    session.set_played_ms(ms)               # how much assistant audio the listener has played
+    session.force_silence(True/False)       # keep the assistant quiet (manual turn control)
+    session.clear_playback(reason)          # the adapter's own "cancel response": emits PlaybackClear
+    session.end(reason)                     # emits SessionEnded and frees the slot (idempotent)
+    session.stats() -> dict                 # latency / underrun / drop figures
+
+    emit(event) is called on the event loop thread with one of the frozen dataclasses below
+    (each has a `type`, the native wire name). `AudioOut` carries 80 ms of the assistant's
+    voice as PCM16 LE at sample_rate_hz, one every frame, silence included.
+
+The frame clock (assistant/scheduler.py) calls `take_frame` before each batched engine step and
+`deliver` after it. Inside, the input is resampled to 24 kHz, re-chunked into 80 ms frames with
+a bounded backlog (older frames are dropped so latency cannot grow), and run through a streaming
+VAD whose events drive `TurnTaking`, the pure turn-taking state machine (listening / assistant
+speaking / user barging in). Barge-in clears the client's playback at once, and with the `vad`
+policy keeps the engine silent until the user's turn ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import collections
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from assistant.engine import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE_HZ, SlotOptions
+from audio.pcm import FrameChunker, float32_to_pcm16, pcm16_to_float32
+from audio.resample import SUPPORTED_RATES, StreamResampler
+from audio.vad import StreamingVad, VadConfig
+
+SUPPORTED_SAMPLE_RATES = tuple(SUPPORTED_RATES)
+BARGE_IN_POLICIES = ("model", "vad")
+_SAMPLES_PER_MS = SAMPLE_RATE_HZ // 1000
+
+
+# -- options ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """What a client may set per conversation (session.start / session.update)."""
+
+    barge_in: str = "model"
+    vad: dict[str, float] = field(default_factory=dict)  # overrides of VadConfig fields
+    min_interrupt_ms: int = 120  # user speech overlapping the assistant's needed to count as a barge-in
+    seed: int | None = None
+    temperature: float | None = None
+    text_temperature: float | None = None
+    captions: bool = False
+
+    def __post_init__(self):
+        if self.barge_in not in BARGE_IN_POLICIES:
+            raise ValueError(f"barge_in must be one of {BARGE_IN_POLICIES}, got {self.barge_in!r}")
+        if self.min_interrupt_ms < 0:
+            raise ValueError(f"min_interrupt_ms must be >= 0, got {self.min_interrupt_ms}")
+
+    def replace(self, **changes: Any) -> SessionOptions:
+        if "vad" in changes:
+            changes["vad"] = {**self.vad, **changes["vad"]}
+        return dataclasses.replace(self, **changes)
+
+    def slot_options(self) -> SlotOptions:
+        return SlotOptions(seed=self.seed, temperature=self.temperature, text_temperature=self.text_temperature)
+
+    def vad_config(self, base: VadConfig) -> VadConfig:
+        return dataclasses.replace(base, **self.vad) if self.vad else base
+
+    def as_dict(self, base_vad: VadConfig) -> dict[str, Any]:
+        vad = self.vad_config(base_vad)
+        return {
+            "barge_in": self.barge_in,
+            "vad": {
+                "threshold": vad.threshold,
+                "min_speech_ms": vad.min_speech_ms,
+                "min_silence_ms": vad.min_silence_ms,
+                "prefix_padding_ms": vad.prefix_padding_ms,
+            },
+            "min_interrupt_ms": self.min_interrupt_ms,
+            "seed": self.seed,
+            "temperature": self.temperature,
+            "text_temperature": self.text_temperature,
+            "captions": self.captions,
+        }
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """Server-wide limits applied to every session."""
+
+    max_backlog_frames: int = 3  # queued input beyond this many frames is dropped (oldest first)
+    idle_timeout_s: float | None = 60.0  # no input audio for this long ends the session
+    max_session_s: float | None = 3600.0
+    stats_every_frames: int = 12  # ~1 s
+    assistant_hangover_frames: int = 3  # silent frames before the assistant's stretch counts as over
+
+
+# -- events (emitted to the adapter) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    type: ClassVar[str] = ""
+
+
+@dataclass(frozen=True)
+class AudioOut(Event):
+    type: ClassVar[str] = "audio"
+    pcm16: bytes  # 80 ms of the assistant's voice, PCM16 LE mono at the session's sample rate
+    at_ms: float  # output timeline position of the first sample
+
+
+@dataclass(frozen=True)
+class SessionReady(Event):
+    type: ClassVar[str] = "session.ready"
+    session_id: str
+    sample_rate: int
+    frame_ms: int
+    options: dict
+
+
+@dataclass(frozen=True)
+class SessionUpdated(Event):
+    type: ClassVar[str] = "session.updated"
+    options: dict
+
+
+@dataclass(frozen=True)
+class InputSpeechStarted(Event):
+    type: ClassVar[str] = "input.speech_started"
+    at_ms: float
+
+
+@dataclass(frozen=True)
+class InputSpeechStopped(Event):
+    type: ClassVar[str] = "input.speech_stopped"
+    at_ms: float
+
+
+@dataclass(frozen=True)
+class AssistantSpeechStarted(Event):
+    type: ClassVar[str] = "assistant.speech_started"
+    at_ms: float
+
+
+@dataclass(frozen=True)
+class AssistantSpeechStopped(Event):
+    type: ClassVar[str] = "assistant.speech_stopped"
+    at_ms: float
+
+
+@dataclass(frozen=True)
+class AssistantText(Event):
+    type: ClassVar[str] = "assistant.text"
+    text: str
+    at_ms: float
+
+
+@dataclass(frozen=True)
+class PlaybackClear(Event):
+    type: ClassVar[str] = "playback.clear"
+    reason: str
+
+
+@dataclass(frozen=True)
+class BargeIn(Event):
+    type: ClassVar[str] = "barge_in"
+    at_ms: float
+    cut_text: str
+
+
+@dataclass(frozen=True)
+class Stats(Event):
+    type: ClassVar[str] = "stats"
+    response_gap_ms: float | None
+    server_overhead_ms: float | None
+    underruns: int
+    drops: int
+    step_ms: float
+    played_ms: float
+    sent_ms: float
+
+
+@dataclass(frozen=True)
+class Error(Event):
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class SessionEnded(Event):
+    type: ClassVar[str] = "session.ended"
+    reason: str
+
+
+# -- turn taking (pure) -------------------------------------------------------------------------
+
+LISTENING = "listening"
+ASSISTANT_SPEAKING = "assistant_speaking"
+USER_BARGING_IN = "user_barging_in"
+
+# Actions TurnTaking asks its owner to carry out.
+ASSISTANT_STARTED = "assistant_started"
+ASSISTANT_STOPPED = "assistant_stopped"
+BARGE_IN = "barge_in"  # clear the client's playback, report the cut
+SILENCE_ON = "silence_on"  # keep the engine silent (barge-in policy vad)
+SILENCE_OFF = "silence_off"
+
+
+class TurnTaking:
+    """Who holds the floor, from VAD events on the input and the engine's speaking flag.
+
+    Positions are input samples (24 kHz) since the session started. Each method returns the
+    list of actions to carry out, in order. Pure: no clocks, no I/O.
+    """
+
+    def __init__(self, barge_in: str = "model", min_interrupt_samples: int = 0, hangover_frames: int = 3):
+        self.barge_in = barge_in
+        self.min_interrupt_samples = min_interrupt_samples
+        self.hangover_frames = hangover_frames
+        self.state = LISTENING
+        self.user_speaking = False
+        self.assistant_speaking = False  # within a stretch of speech (hangover included)
+        self._user_onset: int | None = None
+        self._assistant_onset: int | None = None  # input position when the assistant's stretch began
+        self._quiet_frames = 0
+        self.silenced = False
+
+    def user_speech_started(self, onset_sample: int, now_sample: int) -> list[str]:
+        self.user_speaking = True
+        self._user_onset = onset_sample
+        return self.user_input(now_sample)
+
+    def user_input(self, now_sample: int) -> list[str]:
+        """More input arrived (call after every push); may detect a barge-in."""
+        if self.state != ASSISTANT_SPEAKING or not self.user_speaking:
+            return []
+        overlap_start = max(self._user_onset or 0, self._assistant_onset or 0)
+        if now_sample - overlap_start < self.min_interrupt_samples:
+            return []
+        self.state = USER_BARGING_IN
+        actions = [BARGE_IN]
+        if self.barge_in == "vad":
+            self.silenced = True
+            actions.append(SILENCE_ON)
+        return actions
+
+    def user_speech_stopped(self) -> list[str]:
+        self.user_speaking = False
+        self._user_onset = None
+        actions: list[str] = []
+        if self.state == USER_BARGING_IN:
+            self.state = ASSISTANT_SPEAKING if self.assistant_speaking else LISTENING
+            if self.state == ASSISTANT_SPEAKING:
+                # A fresh overlap is needed for the next barge-in.
+                self._assistant_onset = None
+        if self.silenced:
+            self.silenced = False
+            actions.append(SILENCE_OFF)
+        return actions
+
+    def assistant_frame(self, speaking: bool, now_sample: int) -> list[str]:
+        """One output frame from the engine; `speaking` is its voice-activity flag."""
+        actions: list[str] = []
+        if speaking:
+            self._quiet_frames = 0
+            if not self.assistant_speaking:
+                self.assistant_speaking = True
+                self._assistant_onset = now_sample
+                actions.append(ASSISTANT_STARTED)
+                if self.state == LISTENING:
+                    self.state = ASSISTANT_SPEAKING
+                    actions += self.user_input(now_sample)
+        elif self.assistant_speaking:
+            self._quiet_frames += 1
+            if self._quiet_frames > self.hangover_frames:
+                self.assistant_speaking = False
+                self._assistant_onset = None
+                actions.append(ASSISTANT_STOPPED)
+                if self.state == ASSISTANT_SPEAKING:
+                    self.state = LISTENING
+        return actions
+
+
+# -- the session ----------------------------------------------------------------------------------
+
+
+class SlotControl:
+    """What a session may ask of its engine slot; the scheduler applies it between steps."""
+
+    def force_silence(self, silent: bool) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def update(self, options: SlotOptions) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def release(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass
+class TurnLatency:
+    """One user turn: when it ended and how fast the assistant answered (ms)."""
+
+    response_gap_ms: float
+    server_overhead_ms: float
+
+
+class Session:
+    """One conversation. Call everything from the event loop thread."""
+
+    def __init__(
+        self,
+        session_id: str,
+        sample_rate_hz: int,
+        emit: Callable[[Event], None],
+        *,
+        options: SessionOptions | None = None,
+        limits: SessionLimits | None = None,
+        vad_config: VadConfig | None = None,
+        slot: SlotControl | None = None,
+        recorder=None,
+        metrics=None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if sample_rate_hz not in SUPPORTED_SAMPLE_RATES:
+            raise ValueError(f"sample_rate {sample_rate_hz} is not supported; use one of {SUPPORTED_SAMPLE_RATES}")
+        self.session_id = session_id
+        self.sample_rate_hz = sample_rate_hz
+        self.emit = emit
+        self.options = options or SessionOptions()
+        self.limits = limits or SessionLimits()
+        self.base_vad = vad_config or VadConfig()
+        self.slot = slot
+        self.recorder = recorder
+        self.metrics = metrics
+        self.clock = clock
+        self.ended: str | None = None
+
+        self._resample_in = StreamResampler(sample_rate_hz, SAMPLE_RATE_HZ)
+        self._resample_out = StreamResampler(SAMPLE_RATE_HZ, sample_rate_hz)
+        self._chunker = FrameChunker(FRAME_SAMPLES)
+        self._frames: collections.deque[np.ndarray] = collections.deque()
+        self._vad = StreamingVad(self.options.vad_config(self.base_vad), sample_rate_hz=SAMPLE_RATE_HZ)
+        self.turns = TurnTaking(
+            self.options.barge_in,
+            self.options.min_interrupt_ms * _SAMPLES_PER_MS,
+            self.limits.assistant_hangover_frames,
+        )
+
+        now = clock()
+        self.started_at = now
+        self.last_input_at = now
+        self.samples_in = 0  # input timeline, 24 kHz samples received
+        self.frames_out = 0  # output timeline, 80 ms frames sent
+        self.underruns = 0
+        self.drops = 0  # input frames dropped to bound latency
+        self.barge_ins = 0
+        self.last_step_ms = 0.0
+        self.played_ms: float | None = None  # from playback.position; None until the client reports
+        # (input sample position at the end of a push, arrival time), to time the last voiced sample.
+        self._arrivals: collections.deque[tuple[int, float]] = collections.deque(maxlen=256)
+        self._turn_end: tuple[float, float] | None = None  # (last voiced sample arrival, end detected)
+        self.latencies: list[TurnLatency] = []
+        self._turn_text: list[tuple[float, str]] = []  # (output ms, piece) of the assistant's stretch
+        self._pending_user_frame: np.ndarray | None = None
+
+    # -- adapter-facing API --------------------------------------------------------------------
+    def start(self) -> None:
+        """Announce the session (emits SessionReady)."""
+        self.emit(
+            SessionReady(
+                session_id=self.session_id,
+                sample_rate=self.sample_rate_hz,
+                frame_ms=FRAME_MS,
+                options=self.options.as_dict(self.base_vad),
+            )
+        )
+        self._log({"event": "session.ready", "sample_rate": self.sample_rate_hz,
+                   "options": self.options.as_dict(self.base_vad)})
+
+    def push_audio(self, pcm16: bytes) -> None:
+        """Client audio: PCM16 LE mono at sample_rate_hz, any (even) length."""
+        if self.ended:
+            return
+        now = self.clock()
+        self.last_input_at = now
+        x = self._resample_in.process(pcm16_to_float32(pcm16))
+        if x.shape[0] == 0:
+            return
+        self.samples_in += x.shape[0]
+        self._arrivals.append((self.samples_in, now))
+        for ev in self._vad.push(x):
+            self._on_vad(ev, now)
+        self._act(self.turns.user_input(self.samples_in))
+        for frame in self._chunker.push(x):
+            self._frames.append(frame)
+        excess = len(self._frames) - self.limits.max_backlog_frames
+        if excess > 0:
+            for _ in range(excess):
+                self._frames.popleft()
+            self.drops += excess
+            if self.metrics:
+                self.metrics.inc("drops", excess)
+
+    def update(self, **changes: Any) -> None:
+        """Change options (SessionOptions fields); emits SessionUpdated."""
+        self.options = self.options.replace(**changes)
+        self.turns.barge_in = self.options.barge_in
+        self.turns.min_interrupt_samples = self.options.min_interrupt_ms * _SAMPLES_PER_MS
+        if "vad" in changes:
+            # A new VAD starts from silence; the turn state follows its events from here on.
+            self._vad = StreamingVad(self.options.vad_config(self.base_vad), sample_rate_hz=SAMPLE_RATE_HZ)
+            if self.turns.user_speaking:
+                self._act(self.turns.user_speech_stopped())
+        if self.slot and changes.keys() & {"seed", "temperature", "text_temperature"}:
+            self.slot.update(self.options.slot_options())
+        if self.turns.silenced and self.options.barge_in != "vad":
+            self.turns.silenced = False
+            self._act([SILENCE_OFF])
+        self.emit(SessionUpdated(options=self.options.as_dict(self.base_vad)))
+        self._log({"event": "session.updated", "options": self.options.as_dict(self.base_vad)})
+
+    def set_played_ms(self, played_ms: float) -> None:
+        self.played_ms = min(float(played_ms), self.sent_ms)
+
+    def force_silence(self, silent: bool) -> None:
+        if self.slot:
+            self.slot.force_silence(silent)
+
+    def clear_playback(self, reason: str) -> None:
+        self.emit(PlaybackClear(reason=reason))
+
+    def end(self, reason: str) -> None:
+        """End the session: emit SessionEnded, free the slot, finalise the recording. Idempotent."""
+        if self.ended:
+            return
+        self.ended = reason
+        self.emit(SessionEnded(reason=reason))
+        self._log({"event": "session.ended", "reason": reason, **self.stats()})
+        if self.slot:
+            self.slot.release()
+        if self.recorder:
+            self.recorder.close()
+
+    @property
+    def sent_ms(self) -> float:
+        return self.frames_out * FRAME_MS
+
+    def stats(self) -> dict[str, Any]:
+        last = self.latencies[-1] if self.latencies else None
+        return {
+            "response_gap_ms": None if last is None else round(last.response_gap_ms, 1),
+            "server_overhead_ms": None if last is None else round(last.server_overhead_ms, 1),
+            "underruns": self.underruns,
+            "drops": self.drops,
+            "step_ms": round(self.last_step_ms, 2),
+            "played_ms": round(self._played_estimate(), 1),
+            "sent_ms": self.sent_ms,
+        }
+
+    # -- scheduler-facing API ------------------------------------------------------------------
+    def take_frame(self) -> np.ndarray | None:
+        """The next 80 ms input frame, float32 (1920,) at 24 kHz, or None on underrun."""
+        if self._frames:
+            frame = self._frames.popleft()
+        else:
+            frame = None
+            self.underruns += 1
+            if self.metrics:
+                self.metrics.inc("underruns")
+        self._pending_user_frame = frame
+        return frame
+
+    def deliver(self, pcm: np.ndarray, text: str, speaking: bool, step_ms: float) -> None:
+        """The engine's output for this session's slot: float32 (1920,) at 24 kHz."""
+        if self.ended:
+            return
+        now = self.clock()
+        self.last_step_ms = step_ms
+        at_ms = float(self.sent_ms)
+        for action in self.turns.assistant_frame(bool(speaking), self.samples_in):
+            if action == ASSISTANT_STARTED:
+                self._turn_text = []
+                self.emit(AssistantSpeechStarted(at_ms=at_ms))
+                self._log({"event": "assistant.speech_started", "at_ms": at_ms})
+            elif action == ASSISTANT_STOPPED:
+                self.emit(AssistantSpeechStopped(at_ms=at_ms))
+                self._log({"event": "assistant.speech_stopped", "at_ms": at_ms})
+            else:
+                self._act([action])
+        out = self._resample_out.process(pcm)
+        self.emit(AudioOut(pcm16=float32_to_pcm16(out), at_ms=at_ms))
+        if speaking and self._turn_end is not None:
+            voiced_at, detected_at = self._turn_end
+            self._turn_end = None
+            lat = TurnLatency((now - voiced_at) * 1000.0, (now - detected_at) * 1000.0)
+            self.latencies.append(lat)
+            self._log({"event": "latency", "response_gap_ms": lat.response_gap_ms,
+                       "server_overhead_ms": lat.server_overhead_ms})
+            if self.metrics:
+                self.metrics.observe("response_gap_ms", lat.response_gap_ms)
+        if text:
+            self._turn_text.append((at_ms, text))
+            self.emit(AssistantText(text=text, at_ms=at_ms))
+            self._log({"event": "assistant.text", "text": text, "at_ms": at_ms})
+        if self.recorder:
+            user = self._pending_user_frame
+            self.recorder.write(np.zeros(FRAME_SAMPLES, np.float32) if user is None else user, pcm)
+        self._pending_user_frame = None
+        self.frames_out += 1
+        if self.frames_out % self.limits.stats_every_frames == 0:
+            self.emit(Stats(**self.stats()))
+
+    def check_limits(self, now: float) -> None:
+        """End the session when it has been idle or live too long (called once per tick)."""
+        if self.ended:
+            return
+        if self.limits.idle_timeout_s is not None and now - self.last_input_at > self.limits.idle_timeout_s:
+            self.end(f"idle_timeout: no audio for {self.limits.idle_timeout_s:g} s")
+        elif self.limits.max_session_s is not None and now - self.started_at > self.limits.max_session_s:
+            self.end(f"max_duration: sessions are limited to {self.limits.max_session_s:g} s")
+
+    # -- internals -----------------------------------------------------------------------------
+    def _played_estimate(self) -> float:
+        # Without reports from the client, assume it plays what it gets as it gets it.
+        return self.sent_ms if self.played_ms is None else self.played_ms
+
+    def _arrival_of(self, sample: int) -> float:
+        """Wall time when input sample `sample` reached the server."""
+        ends = [end for end, _ in self._arrivals]
+        i = bisect.bisect_left(ends, sample)
+        if i >= len(self._arrivals):
+            return self._arrivals[-1][1] if self._arrivals else self.clock()
+        return self._arrivals[i][1]
+
+    def _on_vad(self, ev, now: float) -> None:
+        at_ms = ev.sample / _SAMPLES_PER_MS
+        if ev.type == "speech_started":
+            onset = ev.sample
+            self._turn_end = None
+            self.emit(InputSpeechStarted(at_ms=at_ms))
+            self._log({"event": "input.speech_started", "at_ms": at_ms})
+            self._act(self.turns.user_speech_started(onset, self.samples_in))
+        elif ev.type == "speech_stopped":
+            # ev.sample is the end of speech (last voiced sample + 1).
+            self._turn_end = (self._arrival_of(ev.sample - 1), now)
+            self.emit(InputSpeechStopped(at_ms=at_ms))
+            self._log({"event": "input.speech_stopped", "at_ms": at_ms})
+            self._act(self.turns.user_speech_stopped())
+
+    def _act(self, actions: list[str]) -> None:
+        for action in actions:
+            if action == BARGE_IN:
+                self.barge_ins += 1
+                played = self._played_estimate()
+                cut = "".join(t for at, t in self._turn_text if at + FRAME_MS > played).strip()
+                at_ms = self.samples_in / _SAMPLES_PER_MS
+                self.emit(PlaybackClear(reason="barge_in"))
+                self.emit(BargeIn(at_ms=at_ms, cut_text=cut))
+                self._log({"event": "barge_in", "at_ms": at_ms, "played_ms": played, "cut_text": cut,
+                           "heard_text": "".join(t for at, t in self._turn_text if at + FRAME_MS <= played)})
+                if self.metrics:
+                    self.metrics.inc("barge_ins")
+            elif action == SILENCE_ON:
+                self.force_silence(True)
+            elif action == SILENCE_OFF:
+                self.force_silence(False)
+
+    def _log(self, record: dict) -> None:
+        if self.recorder:
+            self.recorder.log(record)
+
+
+# -- outgoing queue -------------------------------------------------------------------------------
+
+
+class SlowClient(Exception):
+    """The client does not read fast enough; the adapter closes it (1008)."""
+
+
+class Outbox:
+    """A bounded outgoing queue with one writer task, so a stalled reader never blocks the clock.
+
+    `put` never waits. It raises SlowClient once `max_items` are queued or the oldest item has
+    waited `max_lag_s`; the adapter then disconnects that client. Transport-agnostic: `send`
+    is any coroutine function taking one item.
+    """
+
+    def __init__(self, send: Callable[[Any], Awaitable[None]], *, max_items: int = 64, max_lag_s: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self._send = send
+        self.max_items = max_items
+        self.max_lag_s = max_lag_s
+        self.clock = clock
+        self._items: collections.deque[tuple[float, Any]] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def lag_s(self) -> float:
+        return self.clock() - self._items[0][0] if self._items else 0.0
+
+    def put(self, item: Any) -> None:
+        if self._closed:
+            return
+        if len(self._items) >= self.max_items or self.lag_s() > self.max_lag_s:
+            raise SlowClient(
+                f"client too slow reading: {len(self._items)} messages ({self.lag_s():.1f} s) queued unsent"
+            )
+        self._items.append((self.clock(), item))
+        self._wakeup.set()
+
+    def close(self) -> None:
+        """Stop accepting items; the writer finishes what is queued, then returns."""
+        self._closed = True
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        while True:
+            while self._items:
+                _, item = self._items[0]
+                await self._send(item)
+                self._items.popleft()
+            if self._closed:
+                return
+            self._wakeup.clear()
+            await self._wakeup.wait()

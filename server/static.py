@@ -1,0 +1,60 @@
+"""Static files of `web/` for GET requests: content types, no listings, no path traversal.
+
+`resolve(root, url_path)` is pure path logic (tested directly); `load(root, url_path)` returns
+(status, content type, body) for the HTTP shell in server/app.py.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+WEB_ROOT = Path(__file__).resolve().parents[1] / "web"
+
+# Explicit types for what the page uses; AudioWorklet modules must be served as JavaScript.
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".wav": "audio/wav",
+    ".wasm": "application/wasm",
+    ".txt": "text/plain; charset=utf-8",
+    ".map": "application/json",
+}
+
+
+def resolve(root: Path, url_path: str) -> Path | None:
+    """The file under `root` that `url_path` names, or None (missing, a directory, or outside root)."""
+    path = unquote(urlsplit(url_path).path)
+    if path in ("", "/"):
+        path = "/index.html"
+    if "\x00" in path or "\\" in path:
+        return None
+    parts = [p for p in path.split("/") if p]
+    if any(p in (".", "..") or p.startswith(".") for p in parts):
+        return None  # no traversal, no dotfiles
+    root = root.resolve()
+    candidate = (root / Path(*parts)).resolve() if parts else root
+    try:
+        candidate.relative_to(root)
+    except ValueError:
+        return None  # a symlink pointing out of root
+    return candidate if candidate.is_file() else None
+
+
+def content_type(path: Path) -> str:
+    return CONTENT_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+def load(root: Path, url_path: str) -> tuple[int, str, bytes]:
+    """(status, content type, body) for a GET of `url_path`."""
+    path = resolve(root, url_path)
+    if path is None:
+        return 404, "text/plain; charset=utf-8", b"404 not found\n"
+    return 200, content_type(path), path.read_bytes()
