@@ -124,6 +124,7 @@ class AudioOut(Event):
     type: ClassVar[str] = "audio"
     pcm16: bytes  # 80 ms of the assistant's voice, PCM16 LE mono at the session's sample rate
     at_ms: float  # output timeline position of the first sample
+    speaking: bool = False  # the engine's voice-activity flag for this frame (Realtime deltas)
 
 
 @dataclass(frozen=True)
@@ -507,7 +508,7 @@ class Session:
             else:
                 self._act([action])
         out = self._resample_out.process(pcm)
-        self.emit(AudioOut(pcm16=float32_to_pcm16(out), at_ms=at_ms))
+        self.emit(AudioOut(pcm16=float32_to_pcm16(out), at_ms=at_ms, speaking=bool(speaking)))
         if speaking and self._turn_end is not None:
             voiced_at, detected_at = self._turn_end
             self._turn_end = None
