@@ -7,6 +7,19 @@ import numpy as np
 _INT16_SCALE = 32768.0
 
 
+def as_mono_float32(x: np.ndarray) -> np.ndarray:
+    """Validate float samples (1-D, any float dtype) and return them as contiguous float32 (n,)."""
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise ValueError(f"expected 1-D mono samples, got shape {x.shape}")
+    # Integer PCM would pass through as values up to 32767 and clip to a full-scale square wave.
+    if x.size and not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(
+            f"expected float samples in [-1, 1], got {x.dtype}; decode PCM16 with pcm16_to_float32"
+        )
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
 def pcm16_to_float32(data: bytes) -> np.ndarray:
     """Decode little-endian int16 PCM bytes to float32 samples in [-1, 1).
 
@@ -25,9 +38,7 @@ def float32_to_pcm16(x: np.ndarray) -> bytes:
 
     x: float (n,)  ->  bytes of length 2 * n
     """
-    x = np.asarray(x)
-    if x.ndim != 1:
-        raise ValueError(f"expected 1-D mono samples, got shape {x.shape}")
+    x = as_mono_float32(x)
     # +1.0 maps to 32767 (not 32768, which would overflow int16); -1.0 maps to -32768.
     scaled = np.rint(np.clip(x.astype(np.float64), -1.0, 1.0) * _INT16_SCALE)
     return np.clip(scaled, -32768, 32767).astype("<i2").tobytes()
@@ -54,9 +65,7 @@ class FrameChunker:
 
     def push(self, x: np.ndarray) -> list[np.ndarray]:
         """Append samples (1-D, any length including 0) and return every frame completed so far."""
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 1:
-            raise ValueError(f"expected 1-D mono samples, got shape {x.shape}")
+        x = as_mono_float32(x)
         need = self._len + x.shape[0]
         if need > self._buf.shape[0]:
             grown = np.zeros(max(need, 2 * self._buf.shape[0]), dtype=np.float32)

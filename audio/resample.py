@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
+from audio.pcm import as_mono_float32
+
 SUPPORTED_RATES = (8000, 16000, 24000, 44100, 48000)
 # soxr "HQ": 20-bit precision, flat to ~0.95 Nyquist; VHQ costs more for no audible gain on speech.
 _QUALITY = "HQ"
@@ -16,18 +18,11 @@ def _check_rate(name: str, rate: int) -> int:
     return int(rate)
 
 
-def _as_mono_float32(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim != 1:
-        raise ValueError(f"expected 1-D mono samples, got shape {x.shape}")
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
 def resample(x: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:
     """Resample a whole signal: float (n,) at in_rate -> float32 (round(n * out_rate / in_rate),)."""
     _check_rate("in_rate", in_rate)
     _check_rate("out_rate", out_rate)
-    x = _as_mono_float32(x)
+    x = as_mono_float32(x)
     if in_rate == out_rate:
         return x.copy()
     if x.shape[0] == 0:
@@ -53,7 +48,7 @@ class StreamResampler:
 
     def process(self, x: np.ndarray) -> np.ndarray:
         """Feed float (n,) samples (n may be 0); return float32 output samples that are ready."""
-        x = _as_mono_float32(x)
+        x = as_mono_float32(x)
         if self._stream is None:
             return x.copy()
         if x.shape[0] == 0:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audio.pcm import FrameChunker, float32_to_pcm16
+from audio.pcm import FrameChunker, as_mono_float32, float32_to_pcm16
 from audio.resample import SUPPORTED_RATES, StreamResampler
 
 BACKENDS = ("webrtc", "silero")
@@ -326,9 +326,7 @@ class StreamingVad:
 
     def push(self, pcm: np.ndarray) -> list[VadEvent]:
         """Feed float32 mono samples (1-D, any length, 0 allowed) at sample_rate_hz; return events in order."""
-        pcm = np.asarray(pcm)
-        if pcm.ndim != 1:
-            raise ValueError(f"VAD expects 1-D mono samples, got shape {pcm.shape}")
+        pcm = as_mono_float32(pcm)
         t0 = time.thread_time_ns()
         self._position += pcm.shape[0]
         events: list[VadEvent] = []

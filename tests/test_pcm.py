@@ -47,9 +47,15 @@ def test_rounding_is_to_nearest():
     assert np.frombuffer(float32_to_pcm16(x), dtype="<i2").tolist() == [1, 0, -1]
 
 
-def test_float32_to_pcm16_rejects_multichannel():
+def test_float32_to_pcm16_rejects_multichannel_and_integer_samples():
     with pytest.raises(ValueError, match="1-D"):
         float32_to_pcm16(np.zeros((10, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match="pcm16_to_float32"):
+        float32_to_pcm16(np.array([1000, -1000], dtype=np.int16))
+    # float64 input is fine (numpy's default dtype)
+    assert float32_to_pcm16(np.array([0.5, -0.5])) == float32_to_pcm16(
+        np.array([0.5, -0.5], dtype=np.float32)
+    )
 
 
 @settings(max_examples=150, deadline=None)
@@ -134,3 +140,5 @@ def test_bad_arguments_are_rejected():
         FrameChunker(4).drop(-1)
     with pytest.raises(ValueError, match="1-D"):
         FrameChunker(4).push(np.zeros((2, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match="float samples"):
+        FrameChunker(4).push(np.zeros(4, dtype=np.int16))

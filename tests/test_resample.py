@@ -92,4 +92,6 @@ def test_unsupported_rate_and_bad_shape_are_clear_errors():
         resample(np.zeros(10, dtype=np.float32), 24000, 11025)
     with pytest.raises(ValueError, match="1-D"):
         StreamResampler(16000, 24000).process(np.zeros((10, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match="float samples"):
+        resample(np.zeros(10, dtype=np.int16), 16000, 24000)
     assert 24000 in SUPPORTED_RATES

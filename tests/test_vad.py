@@ -333,6 +333,8 @@ def test_bad_config_and_input_are_clear_errors():
         StreamingVad(sample_rate_hz=22050)
     with pytest.raises(ValueError, match="1-D"):
         StreamingVad().push(np.zeros((10, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match="float samples"):
+        StreamingVad().push(np.zeros(10, dtype=np.int16))
 
 
 def test_bench_prints_cost_and_accuracy_for_both_backends(capsys):
