@@ -173,7 +173,8 @@ client.addEventListener("event", (e) => {
     case "session.ready":
       assistantTurn = null;
       break;
-    case "assistant.speech_started":
+    case "input.speech_started":
+      // Whatever the assistant says after the user spoke is a new turn, even without a barge-in.
       if (assistantTurn?.text.trim()) assistantTurn = null;
       break;
     case "assistant.text":

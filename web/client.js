@@ -61,6 +61,12 @@ const ERRORS = {
       "The microphone could not be opened; another application may be using it.",
       "Close other apps that use the microphone, then press Start again.",
     ),
+  audioFailed: (err) =>
+    new UserError(
+      "audio_failed",
+      `Audio could not be started (${err?.message || err}).`,
+      "Reload the page and press Start again; if it keeps failing, try another browser.",
+    ),
   unreachable: (host) =>
     new UserError(
       "unreachable",
@@ -131,12 +137,17 @@ function microphoneError(err) {
  * GET of the same /ws URL goes through the same auth and origin checks and returns their
  * status (401 or 403) before the server notices it is not an upgrade.
  */
-async function diagnoseHandshakeFailure(wsPath, host) {
+async function serverReachable() {
   try {
     await fetch("/healthz", { cache: "no-store" });
+    return true;
   } catch {
-    return ERRORS.unreachable(host);
+    return false;
   }
+}
+
+async function diagnoseHandshakeFailure(wsPath, host) {
+  if (!(await serverReachable())) return ERRORS.unreachable(host);
   try {
     const probe = await fetch(wsPath, { cache: "no-store" });
     if (probe.status === 401) return ERRORS.auth();
@@ -205,7 +216,7 @@ export class AssistantClient extends EventTarget {
       if (this.run !== run) return;
       this.connect(run);
     } catch (err) {
-      this.fail(run, err instanceof UserError ? err : ERRORS.micBusy());
+      this.fail(run, err instanceof UserError ? err : ERRORS.audioFailed(err));
     }
   }
 
@@ -238,8 +249,13 @@ export class AssistantClient extends EventTarget {
       context = new AudioContext({ latencyHint: "interactive", sampleRate: FALLBACK_RATE });
     }
     run.context = context;
-    await context.audioWorklet.addModule(new URL("./capture-worklet.js", import.meta.url));
-    await context.audioWorklet.addModule(new URL("./playback-worklet.js", import.meta.url));
+    try {
+      await context.audioWorklet.addModule(new URL("./capture-worklet.js", import.meta.url));
+      await context.audioWorklet.addModule(new URL("./playback-worklet.js", import.meta.url));
+    } catch (err) {
+      // The modules come from the server: failing to load them usually means it is gone.
+      throw (await serverReachable()) ? ERRORS.audioFailed(err) : ERRORS.unreachable(location.host);
+    }
     if (context.state !== "running") await context.resume();
 
     run.source = context.createMediaStreamSource(run.stream);

@@ -1,0 +1,228 @@
+"""The web page in a real browser: headless Chromium, a WAV file as the microphone, `assistant serve`.
+
+The fake microphone plays /work/shared/audio/conversation.wav (a question, 3 s of silence for the
+reply, an interruption) once, so a test hears the scripted reply and cuts it off, in real time.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import urllib.request
+from pathlib import Path
+
+import pytest
+from browser_utils import AUDIO_DIR, CHROMIUM, chromium_args, chromium_missing_reason, fake_mic_wav
+from server_utils import start_server
+
+REPO = Path(__file__).resolve().parents[1]
+TOKEN = "browser-test-token"
+CONVERSATION_WAV = AUDIO_DIR / "conversation.wav"
+# What the scripted backend says (assistant/data/reply.txt beside its reply.wav).
+REPLY_TEXT = (REPO / "assistant" / "data" / "reply.txt").read_text().strip()
+
+_missing = chromium_missing_reason()
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(_missing is not None, reason=f"browser tests need Chromium: {_missing}"),
+    pytest.mark.skipif(not CONVERSATION_WAV.exists(), reason=f"test speech {CONVERSATION_WAV} is absent"),
+]
+
+# Recorded in the page from its first moment: every state the indicator showed, and the
+# loudest each level meter got, so short-lived states are not missed between polls.
+RECORDER = """
+window.__seen = {states: [], micMax: 0, assistantMax: 0};
+document.addEventListener("DOMContentLoaded", () => {
+  const state = document.querySelector('[data-testid="state"]');
+  const mic = document.querySelector('[data-testid="mic-meter"]');
+  const assistant = document.querySelector('[data-testid="assistant-meter"]');
+  new MutationObserver(() => {
+    const seen = window.__seen;
+    if (seen.states.at(-1) !== state.dataset.state) seen.states.push(state.dataset.state);
+    seen.micMax = Math.max(seen.micMax, Number(mic.getAttribute("aria-valuenow")));
+    seen.assistantMax = Math.max(seen.assistantMax, Number(assistant.getAttribute("aria-valuenow")));
+  }).observe(document.body, {subtree: true, attributes: true, attributeFilter: ["data-state", "aria-valuenow"]});
+});
+"""
+
+
+@pytest.fixture(scope="module")
+def mic_wav(tmp_path_factory) -> Path:
+    return fake_mic_wav(CONVERSATION_WAV, tmp_path_factory.mktemp("mic") / "conversation-44k.wav", lead_silence_s=0.5)
+
+
+@pytest.fixture(scope="module")
+def server():
+    """One scripted server for the conversation and the refusals: a token, and room for one session."""
+    with start_server("--backend", "scripted", "--max-sessions", "1", "--auth-token", TOKEN) as address:
+        yield address
+
+
+@pytest.fixture
+def browser(mic_wav):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=chromium_args(mic_wav), headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+class Page:
+    """A browser tab on the demo page that keeps what the console and the page reported."""
+
+    def __init__(self, browser, url: str, init_script: str = ""):
+        self.page = browser.new_page()
+        self.console_errors: list[str] = []
+        self.page.on("console", lambda m: m.type == "error" and self.console_errors.append(m.text))
+        self.page.on("pageerror", lambda e: self.console_errors.append(f"uncaught: {e}"))
+        self.page.add_init_script(RECORDER + init_script)
+        self.page.goto(url)
+        self.button = self.page.get_by_test_id("start-button")
+
+    def js(self, expression: str):
+        return self.page.evaluate(expression)
+
+    def wait(self, expression: str, timeout_s: float) -> None:
+        self.page.wait_for_function(expression, timeout=timeout_s * 1000)
+
+    def state(self) -> str:
+        return self.page.get_by_test_id("state").get_attribute("data-state")
+
+    def error(self) -> tuple[str, str]:
+        box = self.page.get_by_test_id("error")
+        box.wait_for(state="visible", timeout=15_000)
+        return box.get_attribute("data-code"), box.inner_text()
+
+
+def live_sessions(server) -> int:
+    with urllib.request.urlopen(f"{server.http_url}/healthz", timeout=5) as response:
+        return json.load(response)["live_sessions"]
+
+
+def test_conversation_reply_captions_latency_and_interruption(server, browser, tmp_path):
+    tab = Page(browser, f"{server.http_url}/?token={TOKEN}")
+    page = tab.page
+    # The token moved from the address bar into the (persisted) settings.
+    assert "token" not in page.url
+    assert page.get_by_label("Server token").input_value() == TOKEN
+
+    # Keyboard only: the labelled button starts the conversation.
+    start = page.get_by_role("button", name="Start conversation")
+    start.focus()
+    page.keyboard.press("Enter")
+    tab.wait("assistantClient.state === 'listening'", 15)
+    assert tab.button.inner_text().strip() == "Stop"
+
+    # The question is heard, the scripted reply plays and the indicator says so.
+    tab.wait("document.querySelector('[data-testid=state]').dataset.state === 'speaking'", 20)
+    assert page.get_by_test_id("state").inner_text().strip() == "Assistant speaking"
+    page.wait_for_timeout(600)
+    page.screenshot(path=str(tmp_path / "mid-conversation.png"), full_page=True)
+    assert (tmp_path / "mid-conversation.png").stat().st_size > 10_000
+
+    # The interruption: the server's playback.clear empties the playout buffer at once.
+    tab.wait("assistantClient.stats.clearLatenciesMs.length >= 1", 15)
+    stats = tab.js("assistantClient.stats")
+    assert stats["clears"] >= 1
+    assert stats["clearLatenciesMs"][0] < 300, stats["clearLatenciesMs"]
+    tab.wait("window.__seen.states.includes('interrupted')", 5)
+    # The second reply (after the interruption) plays out in full.
+    tab.wait("document.querySelector('[data-testid=captions]').innerText.includes('I am listening.')", 20)
+
+    stats = tab.js("assistantClient.stats")
+    rate = tab.js("assistantClient.sampleRate")
+    assert stats["framesSent"] > 100  # 20 ms chunks for about ten seconds
+    assert stats["framesReceived"] > 50
+    assert stats["samplesPlayed"] > 3 * rate  # seconds of reply actually went out to the speakers
+    seen = tab.js("window.__seen")
+    states = iter(seen["states"])
+    assert all(s in states for s in ("connecting", "listening", "speaking", "interrupted")), seen["states"]
+    assert seen["micMax"] > 20 and seen["assistantMax"] > 20, seen
+
+    # Captions: the cut-off reply is marked and holds only a beginning of the script; the full
+    # reply follows.
+    turns = page.locator("[data-testid=captions] .turn--assistant")
+    assert turns.count() == 2
+    cut_turn = turns.nth(0)
+    assert "interrupted" in cut_turn.locator(".turn-who").inner_text()
+    cut_shown = " ".join(cut_turn.locator(".turn-text").inner_text().split())
+    assert cut_shown and REPLY_TEXT.startswith(cut_shown) and len(cut_shown) < len(REPLY_TEXT)
+    assert " ".join(turns.nth(1).inner_text().split()).endswith(REPLY_TEXT)
+
+    latency = page.get_by_test_id("latency").inner_text()
+    assert latency.isdigit() and 0 < int(latency) < 5000, latency
+    assert page.get_by_test_id("buffer").inner_text().isdigit()
+
+    # Stop: the button returns to Start and the server's slot is freed.
+    tab.button.click()
+    tab.wait("assistantClient.state === 'idle'", 5)
+    assert tab.button.inner_text().strip() == "Start conversation"
+    page.wait_for_timeout(500)
+    assert live_sessions(server) == 0
+    assert tab.console_errors == []
+
+
+def _only_refusal_noise(errors: list[str]) -> list[str]:
+    """Console lines other than the browser's own report of a refused handshake or probe."""
+    return [e for e in errors if "WebSocket connection to" not in e and "status of 401" not in e]
+
+
+def test_refusals_wrong_token_server_full_and_denied_microphone(server, browser):
+    from websockets.sync.client import connect
+
+    # Wrong token: the handshake gets HTTP 401, which the page tells apart from "unreachable".
+    tab = Page(browser, f"{server.http_url}/?token=wrong-{TOKEN}")
+    tab.button.click()
+    code, text = tab.error()
+    assert code == "auth" and "token" in text
+    assert tab.button.inner_text().strip() == "Start conversation"
+    assert tab.state() == "idle"
+    assert _only_refusal_noise(tab.console_errors) == []
+
+    # Server full: another client holds the only session; the page says so (close code 1013).
+    with connect(f"{server.ws_url}?token={TOKEN}") as holder:
+        holder.send(json.dumps({"type": "session.start", "sample_rate": 24000}))
+        assert json.loads(holder.recv(timeout=10))["type"] == "session.ready"
+        tab = Page(browser, f"{server.http_url}/?token={TOKEN}")
+        tab.button.click()
+        code, text = tab.error()
+        assert code == "full" and "full" in text
+        assert tab.button.inner_text().strip() == "Start conversation"
+        holder.send(json.dumps({"type": "session.end"}))
+    assert tab.console_errors == []
+
+    # Microphone denied (what the browser reports when the user blocks it): no socket is opened.
+    deny = """navigator.mediaDevices.getUserMedia = () =>
+      Promise.reject(new DOMException("Permission denied", "NotAllowedError"));"""
+    tab = Page(browser, f"{server.http_url}/?token={TOKEN}", init_script=deny)
+    tab.button.click()
+    code, text = tab.error()
+    assert code == "mic_denied" and "Microphone" in text and "Allow" in text
+    assert tab.button.inner_text().strip() == "Start conversation"
+    assert tab.console_errors == []
+
+
+def test_server_stopped_mid_conversation_then_unreachable(browser):
+    with start_server("--backend", "scripted") as address:
+        tab = Page(browser, f"{address.http_url}/")
+        tab.button.click()
+        tab.wait("assistantClient.state === 'listening' && assistantClient.stats.framesReceived > 10", 15)
+        address.proc.send_signal(signal.SIGTERM)
+        code, text = tab.error()
+        assert code in ("server_stopped", "lost"), text
+        assert tab.button.inner_text().strip() == "Start conversation"
+        assert tab.state() == "idle"
+        address.proc.wait(15)
+
+    # Starting again with the server gone: "unreachable", with what to do.
+    tab.button.click()
+    tab.page.wait_for_function(
+        "document.querySelector('[data-testid=error]').dataset.code === 'unreachable'", timeout=15_000
+    )
+    text = tab.page.get_by_test_id("error").inner_text()
+    assert "cannot be reached" in text and "assistant serve" in text
+    assert tab.button.inner_text().strip() == "Start conversation"
