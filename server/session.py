@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from assistant.engine import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE_HZ, SlotOptions
-from audio.pcm import FrameChunker, float32_to_pcm16, pcm16_to_float32
+from audio.pcm import float32_to_pcm16, pcm16_to_float32
 from audio.resample import SUPPORTED_RATES, StreamResampler
 from audio.vad import StreamingVad, VadConfig
 
@@ -300,6 +300,82 @@ class TurnTaking:
         return actions
 
 
+# -- input buffering (pure) ------------------------------------------------------------------------
+
+FRAME_OK = "ok"
+FRAME_PADDED = "padded"  # a partial frame completed with silence while the user was silent
+FRAME_UNDERRUN = "underrun"
+
+
+class InputBuffer:
+    """The session's input FIFO between arrival (any chunk size) and the frame clock (80 ms frames).
+
+    Latency stays bounded two ways:
+    - while the user speaks, input beyond `max_backlog_frames` is dropped oldest first (counted);
+    - while the user is silent, each tick takes the newest audio (the older silence goes, a short
+      buffer is completed with leading zeros), so an end of turn reaches the engine at the very next
+      tick and the buffer realigns to the clock. Silence is all it ever removes or inserts there.
+    A tick with nothing to give while the user speaks (or with nothing at all) is an underrun: the
+    engine gets a silence frame.
+    """
+
+    def __init__(self, frame_samples: int = FRAME_SAMPLES, max_backlog_frames: int = 3):
+        if max_backlog_frames < 1:
+            raise ValueError(f"max_backlog_frames must be >= 1, got {max_backlog_frames}")
+        self.frame_samples = frame_samples
+        self.max_samples = max_backlog_frames * frame_samples
+        self._buf = np.zeros(self.max_samples + 2 * frame_samples, dtype=np.float32)
+        self._len = 0
+
+    @property
+    def level(self) -> int:
+        """Samples waiting."""
+        return self._len
+
+    def push(self, x: np.ndarray) -> int:
+        """Append float32 samples; return how many of the oldest were dropped to respect the bound."""
+        n = x.shape[0]
+        if n >= self.max_samples:
+            dropped = self._len + n - self.max_samples
+            self._buf[: self.max_samples] = x[n - self.max_samples :]
+            self._len = self.max_samples
+            return dropped
+        dropped = max(0, self._len + n - self.max_samples)
+        if dropped:
+            self._discard(dropped)
+        self._buf[self._len : self._len + n] = x
+        self._len += n
+        return dropped
+
+    def _discard(self, n: int) -> None:
+        self._buf[: self._len - n] = self._buf[n : self._len]
+        self._len -= n
+
+    def take(self, user_silent: bool, may_trim: bool = False) -> tuple[np.ndarray | None, str]:
+        """The frame for this tick, float32 (frame_samples,) or None, and FRAME_OK/PADDED/UNDERRUN.
+
+        user_silent: the VAD hears no speech, so a short buffer may be completed with zeros.
+        may_trim: the engine has already heard the end of the last turn, so queued silence beyond
+            one frame may go (dropping it earlier would delay the engine's own end-of-turn).
+        """
+        f = self.frame_samples
+        if self._len == 0 or (self._len < f and not user_silent):
+            return None, FRAME_UNDERRUN
+        if self._len < f:
+            frame = np.zeros(f, dtype=np.float32)
+            frame[f - self._len :] = self._buf[: self._len]
+            self._len = 0
+            return frame, FRAME_PADDED
+        if user_silent and may_trim and self._len > f:
+            self._discard(self._len - f)
+        frame = self._buf[:f].copy()
+        self._discard(f)
+        return frame, FRAME_OK
+
+    def reset(self) -> None:
+        self._len = 0
+
+
 # -- the session ----------------------------------------------------------------------------------
 
 
@@ -357,8 +433,7 @@ class Session:
 
         self._resample_in = StreamResampler(sample_rate_hz, SAMPLE_RATE_HZ)
         self._resample_out = StreamResampler(SAMPLE_RATE_HZ, sample_rate_hz)
-        self._chunker = FrameChunker(FRAME_SAMPLES)
-        self._frames: collections.deque[np.ndarray] = collections.deque()
+        self._input = InputBuffer(FRAME_SAMPLES, self.limits.max_backlog_frames)
         self._vad = StreamingVad(self.options.vad_config(self.base_vad), sample_rate_hz=SAMPLE_RATE_HZ)
         self.turns = TurnTaking(
             self.options.barge_in,
@@ -372,12 +447,13 @@ class Session:
         self.samples_in = 0  # input timeline, 24 kHz samples received
         self.frames_out = 0  # output timeline, 80 ms frames sent
         self.underruns = 0
-        self.drops = 0  # input frames dropped to bound latency
+        self.dropped_samples = 0  # input dropped to bound latency while the user spoke
         self.barge_ins = 0
         self.last_step_ms = 0.0
         self.played_ms: float | None = None  # from playback.position; None until the client reports
         # (input sample position at the end of a push, arrival time), to time the last voiced sample.
         self._arrivals: collections.deque[tuple[int, float]] = collections.deque(maxlen=256)
+        self._last_stop_sample: int | None = None  # where the VAD's last end of turn fired (input position)
         self._turn_end: tuple[float, float] | None = None  # (last voiced sample arrival, end detected)
         self.latencies: list[TurnLatency] = []
         self._turn_text: list[tuple[float, str]] = []  # (output ms, piece) of the assistant's stretch
@@ -411,15 +487,11 @@ class Session:
         for ev in self._vad.push(x):
             self._on_vad(ev, now)
         self._act(self.turns.user_input(self.samples_in))
-        for frame in self._chunker.push(x):
-            self._frames.append(frame)
-        excess = len(self._frames) - self.limits.max_backlog_frames
-        if excess > 0:
-            for _ in range(excess):
-                self._frames.popleft()
-            self.drops += excess
+        dropped = self._input.push(x)
+        if dropped:
+            self.dropped_samples += dropped
             if self.metrics:
-                self.metrics.inc("drops", excess)
+                self.metrics.inc("drops", dropped / FRAME_SAMPLES)
 
     def update(self, **changes: Any) -> None:
         """Change options (SessionOptions fields); emits SessionUpdated."""
@@ -462,6 +534,11 @@ class Session:
             self.recorder.close()
 
     @property
+    def drops(self) -> int:
+        """Input frames' worth of audio dropped (rounded up)."""
+        return -(-self.dropped_samples // FRAME_SAMPLES)
+
+    @property
     def sent_ms(self) -> float:
         return self.frames_out * FRAME_MS
 
@@ -480,10 +557,13 @@ class Session:
     # -- scheduler-facing API ------------------------------------------------------------------
     def take_frame(self) -> np.ndarray | None:
         """The next 80 ms input frame, float32 (1920,) at 24 kHz, or None on underrun."""
-        if self._frames:
-            frame = self._frames.popleft()
-        else:
-            frame = None
+        # The user counts as silent only when the VAD is outside a turn and its last frame was unvoiced,
+        # so the silence-only shortcuts of InputBuffer never touch the start of an utterance.
+        silent = not self._vad.speaking and self._vad.probability < 0.5
+        front = self.samples_in - self._input.level  # input position of the oldest queued sample
+        may_trim = self._last_stop_sample is None or front >= self._last_stop_sample
+        frame, status = self._input.take(silent, may_trim)
+        if status == FRAME_UNDERRUN:
             self.underruns += 1
             if self.metrics:
                 self.metrics.inc("underruns")
@@ -563,6 +643,7 @@ class Session:
         elif ev.type == "speech_stopped":
             # ev.sample is the end of speech (last voiced sample + 1).
             self._turn_end = (self._arrival_of(ev.sample - 1), now)
+            self._last_stop_sample = self.samples_in
             self.emit(InputSpeechStopped(at_ms=at_ms))
             self._log({"event": "input.speech_stopped", "at_ms": at_ms})
             self._act(self.turns.user_speech_stopped())
