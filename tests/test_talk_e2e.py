@@ -1,0 +1,113 @@
+"""`assistant talk` end to end on files, paced in real time: against `assistant serve --backend
+scripted` on a loopback port, and with the scripted engine in-process (`--local`).
+
+Each test runs the real CLI in a subprocess (stdout is a pipe, so it prints plain lines) and
+checks what the listener would have heard: the output WAV, sample-aligned with the input.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from assistant.backends.scripted import load_reply
+
+REPO = Path(__file__).resolve().parents[1]
+AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+WINDOW_MS = 10
+SILENT_DB = -70.0  # the scripted engine's silence is digital zero; anything audible is far above this
+VOICED_DB = -45.0
+
+pytestmark = pytest.mark.skipif(not AUDIO.is_dir(), reason=f"shared test speech not found at {AUDIO}")
+
+
+def envelope_db(pcm: np.ndarray, rate: int) -> np.ndarray:
+    """Energy in dBFS per WINDOW_MS window: float (ceil(n / window),)."""
+    window = rate * WINDOW_MS // 1000
+    padded = np.zeros(-(-pcm.shape[0] // window) * window, dtype=np.float64)
+    padded[: pcm.shape[0]] = pcm
+    return 10 * np.log10(np.mean(padded.reshape(-1, window) ** 2, axis=1) + 1e-12)
+
+
+def span_db(env: np.ndarray, start_ms: float, end_ms: float) -> float:
+    """Energy in dBFS of the windows in [start_ms, end_ms)."""
+    seg = env[int(start_ms // WINDOW_MS) : int(end_ms // WINDOW_MS)]
+    return float(10 * np.log10(np.mean(10 ** (seg / 10))))
+
+
+def talk(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "assistant", "talk", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def reply_words() -> list[str]:
+    return load_reply().text.split()
+
+
+def test_talk_to_scripted_server_hears_the_reply_and_silence_after_barge_in(tmp_path):
+    from server_utils import start_server
+
+    conversation = AUDIO / "conversation.wav"
+    out = tmp_path / "out.wav"
+    with start_server("--backend", "scripted") as server:
+        # A deep playout buffer (500 ms) so that only playback.clear, not the buffer running dry, can
+        # silence the reply within the time allowed below.
+        result = talk("--server", server.ws_url, "--input-file", str(conversation), "--output-file", str(out),
+                      "--tail-seconds", "1", "--buffer-ms", "500")
+    assert result.returncode == 0, result.stdout + result.stderr
+    pcm_in, rate = sf.read(conversation, dtype="float32")
+    pcm_out, out_rate = sf.read(out, dtype="float32")
+    assert out_rate == rate and pcm_out.shape[0] == pcm_in.shape[0] + rate, "input + 1 s tail, same rate"
+
+    # The input's layout, measured rather than assumed: q1, a 3 s gap, then the interruption.
+    env_in, env_out = envelope_db(pcm_in, rate), envelope_db(pcm_out, rate)
+    voiced = np.flatnonzero(env_in > VOICED_DB) * WINDOW_MS
+    gap_start = voiced[np.flatnonzero(np.diff(voiced) > 2000)[0]]  # end of q1: the only pause over 2 s
+    onset = voiced[voiced > gap_start + 2000][0]  # the interruption starts
+    turn_end = voiced[-1] + WINDOW_MS
+    assert 2500 < onset - gap_start < 4000, "conversation.wav: q1, ~3 s pause, then the interruption"
+
+    # Nothing plays while the user asks; the scripted reply fills the gap after q1.
+    assert span_db(env_out, 0, gap_start) < SILENT_DB
+    assert span_db(env_out, gap_start + 600, onset) > -35.0, "the reply must be heard in the gap after q1"
+    # Barge-in: playback is cleared within ~300 ms of the interruption's onset (400 ms for a busy
+    # CI box) and stays silent until the user's turn ends.
+    cut = onset + np.flatnonzero(env_out[onset // WINDOW_MS :] < -100)[0] * WINDOW_MS
+    assert cut - onset <= 400, f"playback went silent {cut - onset} ms after the interruption began"
+    assert span_db(env_out, onset + 400, turn_end) < SILENT_DB, "audio played over the user's interruption"
+
+    lines = result.stdout.splitlines()
+    assert all(line.startswith("[") for line in lines), "without a terminal every line is a plain stamped line"
+    assert "\x1b[" not in result.stdout, "no terminal escapes when stdout is not a terminal"
+    cut_lines = [line for line in lines if "[cut:" in line]
+    assert cut_lines and "-- interrupted" in result.stdout, result.stdout
+    heard, cut_text = cut_lines[0].split("assistant: ", 1)[1].split(" [cut: ")
+    # What was heard and what was cut are the reply's words, in order, split where playback stopped.
+    assert (heard.split() + cut_text.rstrip("]").split())[: len(heard.split())] == reply_words()[: len(heard.split())]
+    assert heard.split() and cut_text.rstrip("]").split(), "some words heard before the cut and some cut"
+
+
+def test_local_scripted_engine_on_a_file_without_a_server(tmp_path):
+    question = AUDIO / "q1.wav"
+    out = tmp_path / "out.wav"
+    result = talk("--local", "--backend", "scripted", "--input-file", str(question), "--output-file", str(out),
+                  "--tail-seconds", "5.5")
+    assert result.returncode == 0, result.stdout + result.stderr
+    pcm_in, rate = sf.read(question, dtype="float32")
+    pcm_out, _ = sf.read(out, dtype="float32")
+    env_in, env_out = envelope_db(pcm_in, rate), envelope_db(pcm_out, rate)
+    q_end = (np.flatnonzero(env_in > VOICED_DB)[-1] + 1) * WINDOW_MS
+    assert span_db(env_out, 0, q_end) < SILENT_DB, "the assistant stays quiet while the user asks"
+    reply = load_reply()
+    reply_ms = reply.frames.size * 1000 // 24000
+    assert span_db(env_out, q_end + 600, q_end + reply_ms) > -35.0, "the reply is heard after the question"
+    # The full reply was heard, so its caption is printed whole once the assistant stops.
+    assert f"assistant: {reply.text}" in result.stdout, result.stdout
+    assert "-- played" in result.stdout and "clears 0" in result.stdout
