@@ -134,7 +134,7 @@ class TurnHysteresis:
         self._run_start: int | None = None  # start of the candidate run of voiced frames (idle only)
         self._run_voiced = 0  # voiced samples in the candidate run
         self._onset = 0  # onset of the current / last turn
-        self._last_voiced_end = 0  # end of the last voiced frame of the current turn
+        self._last_voiced_end = 0  # end of the last voiced frame (of the turn, or of the candidate run)
         self._next_start = 0  # frames must not overlap or go back in time
 
     def _event(self, kind: str, sample: int) -> VadEvent:
@@ -146,7 +146,7 @@ class TurnHysteresis:
         )
 
     def update(self, prob: float, frame_start_sample: int, frame_len: int) -> list[VadEvent]:
-        """Account for one classifier frame; return the events it completes (0, 1, or 2 in order)."""
+        """Account for one classifier frame; return the event it completes, if any (a list of 0 or 1)."""
         if frame_len <= 0:
             raise ValueError(f"frame_len must be positive, got {frame_len}")
         if frame_start_sample < self._next_start:
