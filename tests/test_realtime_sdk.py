@@ -16,11 +16,11 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
+from audio_utils import shared_audio_dir
 from openai import AsyncOpenAI
+from server_utils import start_server
 
 from assistant.backends.scripted import load_reply
-from audio_utils import shared_audio_dir
-from server_utils import start_server
 
 TOKEN = "sdk-test-token"
 CHUNK_MS = 40
