@@ -1,0 +1,569 @@
+"""Streaming Mimi codec: 80 ms of 24 kHz audio <-> 8 codes per frame, one row per session.
+
+Built on transformers' `MimiModel` weights, but every stateful piece runs here with its state held
+in plain tensors, one row per batch slot, so one slot can be reset while the others go on:
+- causal convolutions keep the last `kernel - stride` input samples (the left padding they would see offline);
+- transposed convolutions keep the overlapping tail of their last output, added to the next one;
+- the transformers keep a ring-buffer KV cache of `sliding_window` steps and their own position per row.
+Frame-by-frame results equal one offline `MimiModel.encode` / `decode` call over the whole stream
+(codes identical, audio within float32 rounding).
+
+    codec = StreamingMimi.from_pretrained("kyutai/mimi", batch_size=4)
+    codes = codec.encode(pcm)   # float32 (B, 1920) in [-1, 1] -> int64 (B, 8)
+    pcm = codec.decode(codes)   # int64 (B, 8) -> float32 (B, 1920)
+    codec.reset(slot)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import MimiConfig, MimiModel
+from transformers.models.mimi.modeling_mimi import (
+    MimiConv1d,
+    MimiConvTranspose1d,
+    MimiResnetBlock,
+    MimiTransformerModel,
+)
+
+from audio.mimi_convert import (
+    KYUTAI_MIMI_FILENAME,
+    convert_kyutai_mimi_state_dict,
+    is_kyutai_mimi_state_dict,
+    mimi_config_for_kyutai,
+)
+
+ArrayLike = np.ndarray | torch.Tensor
+Rows = torch.Tensor | None  # indices of the batch rows a call feeds; None = every row
+
+
+# -- streaming building blocks ---------------------------------------------------------------------
+
+
+class _StreamingConv1d:
+    """A causal `MimiConv1d` fed in chunks: keeps the last `kernel - stride` inputs of every row."""
+
+    def __init__(self, conv: MimiConv1d, batch_size: int, device, dtype):
+        if not conv.causal:
+            raise NotImplementedError("streaming needs causal convolutions (config.use_causal_conv=True)")
+        self.weight = conv.conv.weight
+        self.bias = conv.conv.bias
+        self.stride = conv.conv.stride[0]
+        self.dilation = conv.conv.dilation[0]
+        self.groups = conv.conv.groups
+        self.replicate = conv.pad_mode == "replicate"
+        if conv.pad_mode not in ("constant", "replicate"):
+            raise NotImplementedError(f"streaming does not support pad_mode={conv.pad_mode!r}")
+        self.context = int(conv.padding_total)
+        self.state = torch.zeros(batch_size, conv.in_channels, self.context, device=device, dtype=dtype)
+        # replicate padding repeats a row's first input sample, which it only sees on its first call
+        self.fresh = torch.ones(batch_size, dtype=torch.bool, device=device)
+
+    def reset(self, row: int) -> None:
+        self.state[row].zero_()
+        self.fresh[row] = True
+
+    def __call__(self, x: torch.Tensor, rows: Rows) -> torch.Tensor:
+        state = self.state if rows is None else self.state[rows]
+        if self.replicate:
+            fresh = self.fresh if rows is None else self.fresh[rows]
+            state = torch.where(fresh[:, None, None], x[..., :1].expand_as(state), state)
+            if rows is None:
+                self.fresh.zero_()
+            else:
+                self.fresh[rows] = False
+        x = torch.cat([state, x], dim=-1)
+        new_state = x[..., x.shape[-1] - self.context :]
+        if rows is None:
+            self.state = new_state.contiguous()
+        else:
+            self.state[rows] = new_state
+        return F.conv1d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class _StreamingConvTranspose1d:
+    """A causal `MimiConvTranspose1d` fed in chunks: the last `kernel - stride` outputs of a chunk are
+    incomplete (the next input adds to them), so they are held back and added to the next chunk."""
+
+    def __init__(self, convtr: MimiConvTranspose1d, batch_size: int, device, dtype):
+        if not convtr.causal or convtr.padding_left != 0:
+            raise NotImplementedError(
+                "streaming needs causal transposed convolutions with trim_right_ratio=1"
+            )
+        conv = convtr.conv
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self.stride = conv.stride[0]
+        self.groups = conv.groups
+        self.overlap = conv.kernel_size[0] - self.stride
+        self.state = torch.zeros(batch_size, conv.out_channels, self.overlap, device=device, dtype=dtype)
+
+    def reset(self, row: int) -> None:
+        self.state[row].zero_()
+
+    def __call__(self, x: torch.Tensor, rows: Rows) -> torch.Tensor:
+        y = F.conv_transpose1d(x, self.weight, None, self.stride, 0, 0, self.groups)
+        state = self.state if rows is None else self.state[rows]
+        head = y[..., : self.overlap] + state
+        complete = x.shape[-1] * self.stride
+        tail = y[..., complete:]
+        out = torch.cat([head, y[..., self.overlap : complete]], dim=-1)
+        if rows is None:
+            self.state = tail.contiguous()
+        else:
+            self.state[rows] = tail
+        if self.bias is not None:
+            out = out + self.bias[:, None]
+        return out
+
+
+class _StreamingResnetBlock:
+    """`MimiResnetBlock` (ELU, dilated conv, ELU, 1x1 conv, plus the skip) with streaming convs."""
+
+    def __init__(self, block: MimiResnetBlock, batch_size: int, device, dtype):
+        self.steps = [_wrap(layer, batch_size, device, dtype) for layer in block.block]
+        self.shortcut = (
+            _StreamingConv1d(block.shortcut, batch_size, device, dtype)
+            if isinstance(block.shortcut, MimiConv1d)
+            else None
+        )
+
+    def reset(self, row: int) -> None:
+        for step in self.steps:
+            if hasattr(step, "reset"):
+                step.reset(row)
+        if self.shortcut is not None:
+            self.shortcut.reset(row)
+
+    def __call__(self, x: torch.Tensor, rows: Rows) -> torch.Tensor:
+        residual = x if self.shortcut is None else self.shortcut(x, rows)
+        for step in self.steps:
+            x = step(x, rows) if hasattr(step, "reset") else step(x)
+        return residual + x
+
+
+def _wrap(layer: nn.Module, batch_size: int, device, dtype):
+    if isinstance(layer, MimiConv1d):
+        return _StreamingConv1d(layer, batch_size, device, dtype)
+    if isinstance(layer, MimiConvTranspose1d):
+        return _StreamingConvTranspose1d(layer, batch_size, device, dtype)
+    if isinstance(layer, MimiResnetBlock):
+        return _StreamingResnetBlock(layer, batch_size, device, dtype)
+    if isinstance(layer, nn.ELU):
+        return layer  # stateless
+    raise NotImplementedError(f"no streaming version of {type(layer).__name__}")
+
+
+class _StreamingStack:
+    """A SEANet encoder or decoder (`layers` list) run chunk by chunk."""
+
+    def __init__(self, layers: nn.ModuleList, batch_size: int, device, dtype):
+        self.steps = [_wrap(layer, batch_size, device, dtype) for layer in layers]
+
+    def reset(self, row: int) -> None:
+        for step in self.steps:
+            if hasattr(step, "reset"):
+                step.reset(row)
+
+    def __call__(self, x: torch.Tensor, rows: Rows) -> torch.Tensor:
+        for step in self.steps:
+            x = step(x, rows) if hasattr(step, "reset") else step(x)
+        return x
+
+
+class _StreamingTransformer:
+    """`MimiTransformerModel` one chunk at a time, with a ring-buffer KV cache and a position per row.
+
+    Each row sees exactly what an offline run over its own stream would: keys of the last
+    `sliding_window` steps (query - key < window), RoPE at its own positions counted from its reset.
+    """
+
+    def __init__(self, model: MimiTransformerModel, batch_size: int, max_chunk: int, device, dtype):
+        config = model.config
+        self.layers = list(model.layers)
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.window = config.sliding_window or config.max_position_embeddings
+        # the ring must still hold a chunk's oldest needed key after the chunk itself was written
+        self.capacity = self.window + max_chunk - 1
+        self.inv_freq = model.rotary_emb.inv_freq.to(device=device, dtype=torch.float32)
+        self.rope_scale = model.rotary_emb.attention_scaling
+        self.scaling = self.layers[0].self_attn.scaling
+        shape = (len(self.layers), batch_size, self.capacity, self.num_kv_heads, self.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        # absolute position of the key in each ring slot, -1 for an empty slot
+        self.slot_pos = torch.full((batch_size, self.capacity), -1, dtype=torch.long, device=device)
+        self.offset = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.qkv = [
+            torch.cat(
+                [layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight, layer.self_attn.v_proj.weight]
+            )
+            for layer in self.layers
+        ]
+        if any(layer.self_attn.q_proj.bias is not None for layer in self.layers):
+            raise NotImplementedError("streaming does not support attention_bias=True")
+
+    def reset(self, row: int) -> None:
+        self.slot_pos[row] = -1
+        self.offset[row] = 0
+
+    def _rope(self, positions: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        # the same float32 arithmetic as MimiRotaryEmbedding, so positions round identically
+        freqs = positions[..., None].float() * self.inv_freq
+        emb = torch.cat([freqs, freqs], dim=-1)
+        return (emb.cos() * self.rope_scale).to(dtype), (emb.sin() * self.rope_scale).to(dtype)
+
+    @staticmethod
+    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+    def __call__(self, x: torch.Tensor, rows: Rows) -> torch.Tensor:
+        """x: (b, T, C) for the b rows in `rows` -> (b, T, C)."""
+        b, steps, _ = x.shape
+        if steps > self.capacity - self.window + 1:
+            raise ValueError(f"chunk of {steps} steps is longer than this transformer was set up for")
+        row_idx = torch.arange(b, device=x.device) if rows is None else rows
+        offset = self.offset[row_idx]
+        positions = offset[:, None] + torch.arange(steps, device=x.device)  # (b, T)
+        slots = positions % self.capacity
+        slot_pos = self.slot_pos[row_idx]
+        slot_pos.scatter_(1, slots, positions)
+        self.slot_pos[row_idx] = slot_pos
+        self.offset[row_idx] = offset + steps
+        delta = positions[:, :, None] - slot_pos[:, None, :]  # (b, T, capacity)
+        mask = (slot_pos[:, None, :] >= 0) & (delta >= 0) & (delta < self.window)
+        mask = mask[:, None]  # (b, 1, T, capacity), broadcast over heads
+        cos, sin = self._rope(positions, x.dtype)
+        cos, sin = cos[:, :, None], sin[:, :, None]  # (b, T, 1, D)
+        q_dim = self.num_heads * self.head_dim
+        kv_dim = self.num_kv_heads * self.head_dim
+        gather_rows = row_idx[:, None]
+        for index, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q, k, v = F.linear(h, self.qkv[index]).split([q_dim, kv_dim, kv_dim], dim=-1)
+            q = self._rotate(q.view(b, steps, self.num_heads, self.head_dim), cos, sin)
+            k = self._rotate(k.view(b, steps, self.num_kv_heads, self.head_dim), cos, sin)
+            v = v.view(b, steps, self.num_kv_heads, self.head_dim)
+            self.keys[index][gather_rows, slots] = k
+            self.values[index][gather_rows, slots] = v
+            keys = self.keys[index] if rows is None else self.keys[index][rows]
+            values = self.values[index] if rows is None else self.values[index][rows]
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2),
+                keys.transpose(1, 2),
+                values.transpose(1, 2),
+                attn_mask=mask,
+                scale=self.scaling,
+                enable_gqa=self.num_heads != self.num_kv_heads,
+            )
+            out = attn.o_proj(out.transpose(1, 2).reshape(b, steps, q_dim))
+            x = x + layer.self_attn_layer_scale(out)
+            x = x + layer.mlp_layer_scale(layer.mlp(layer.post_attention_layernorm(x)))
+        return x
+
+
+# -- the codec ------------------------------------------------------------------------------------------
+
+
+class StreamingMimi:
+    """Mimi encode and decode, one 80 ms frame per call for B independent rows (sessions).
+
+    Attributes: batch_size, frame_samples (1920), sample_rate_hz (24000), num_codebooks (8),
+    cardinality (2048 codes per codebook), model (the transformers `MimiModel`).
+    """
+
+    def __init__(
+        self,
+        model: MimiModel,
+        batch_size: int,
+        num_codebooks: int = 8,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        config: MimiConfig = model.config
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not config.num_semantic_quantizers <= num_codebooks <= config.num_quantizers:
+            raise ValueError(
+                f"num_codebooks must be between {config.num_semantic_quantizers} and "
+                f"{config.num_quantizers} for this Mimi, got {num_codebooks}"
+            )
+        if model.encoder is None or model.decoder is None:
+            raise ValueError("StreamingMimi needs a MimiModel with both its encoder and its decoder")
+        device = torch.device(device)
+        if device.type == "cpu" and dtype != torch.float32:
+            raise ValueError(f"on CPU the codec runs in float32 only, got {dtype}")
+        self.model = model.to(device=device, dtype=dtype).eval()
+        for module in self.model.modules():
+            if hasattr(module, "_embed"):
+                module._embed = None  # the codebook caches its centroids; recompute on this device/dtype
+        self.device, self.dtype = device, dtype
+        self.batch_size = batch_size
+        self.num_codebooks = num_codebooks
+        self.cardinality = config.codebook_size
+        self.sample_rate_hz = config.sampling_rate
+        self.frame_samples = int(config.frame_size)
+        encoder, decoder = self.model.encoder, self.model.decoder
+        # each transformer sees `latent_stride` steps per frame (25 Hz for 12.5 Hz frames)
+        steps = config.latent_stride if encoder.downsample is not None else 1
+        with torch.inference_mode():
+            self._enc_seanet = _StreamingStack(encoder.encoder_seanet.layers, batch_size, device, dtype)
+            self._enc_transformer = _StreamingTransformer(
+                encoder.encoder_transformer, batch_size, steps, device, dtype
+            )
+            self._downsample = (
+                _StreamingConv1d(encoder.downsample, batch_size, device, dtype)
+                if encoder.downsample is not None
+                else None
+            )
+            self._upsample = (
+                _StreamingConvTranspose1d(decoder.upsample, batch_size, device, dtype)
+                if decoder.upsample is not None
+                else None
+            )
+            self._dec_transformer = _StreamingTransformer(
+                decoder.decoder_transformer, batch_size, steps, device, dtype
+            )
+            self._dec_seanet = _StreamingStack(decoder.decoder_seanet.layers, batch_size, device, dtype)
+        self._parts = [
+            self._enc_seanet,
+            self._enc_transformer,
+            self._downsample,
+            self._upsample,
+            self._dec_transformer,
+            self._dec_seanet,
+        ]
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_model(
+        cls,
+        model: MimiModel,
+        batch_size: int,
+        device: str | torch.device = "cpu",
+        num_codebooks: int = 8,
+        dtype: torch.dtype = torch.float32,
+    ) -> StreamingMimi:
+        """Wrap an already-built (and loaded) transformers `MimiModel`. The model is moved to device/dtype."""
+        return cls(model, batch_size, num_codebooks=num_codebooks, device=device, dtype=dtype)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | Path,
+        batch_size: int,
+        device: str | torch.device = "cpu",
+        num_codebooks: int = 8,
+        dtype: torch.dtype = torch.float32,
+        config: MimiConfig | None = None,
+    ) -> StreamingMimi:
+        """Load Mimi weights from `source` and build a streaming codec of `batch_size` rows.
+
+        source: a local dir or Hugging Face repo id in transformers layout (config.json +
+        model.safetensors, like `kyutai/mimi`), a Kyutai single-file checkpoint
+        (`tokenizer-e351c8d8-checkpoint125.safetensors`), or a dir / repo id holding that file.
+        config: the Mimi config of a Kyutai-layout file, which carries none; defaults to the
+        7B Moshi's Mimi (`mimi_config_for_kyutai()`).
+        """
+        model = load_mimi_model(source, config=config)
+        return cls.from_model(model, batch_size, device=device, num_codebooks=num_codebooks, dtype=dtype)
+
+    # -- state -----------------------------------------------------------------------------------
+    def reset(self, slot: int) -> None:
+        """Forget everything row `slot` has seen (encoder and decoder); other rows are untouched."""
+        if not 0 <= slot < self.batch_size:
+            raise IndexError(f"slot {slot} out of range 0..{self.batch_size - 1}")
+        with torch.inference_mode():  # the state tensors are inference tensors
+            for part in self._parts:
+                if part is not None:
+                    part.reset(slot)
+
+    def reset_all(self) -> None:
+        for slot in range(self.batch_size):
+            self.reset(slot)
+
+    # -- the two calls ----------------------------------------------------------------------------
+    def encode(self, pcm: ArrayLike, mask: ArrayLike | None = None) -> torch.Tensor:
+        """pcm: float32 (B, frame_samples) in [-1, 1] -> codes int64 (B, num_codebooks), on CPU.
+
+        mask: optional bool (B,): only those rows are encoded and advance their state; the codes of
+        the other rows are 0 and their state is untouched.
+        """
+        pcm = self._as_tensor(pcm, torch.float32, "pcm", (self.batch_size, self.frame_samples))
+        rows = self._rows(mask)
+        codes = torch.zeros(self.batch_size, self.num_codebooks, dtype=torch.long)
+        if rows is not None and rows.numel() == 0:
+            return codes
+        with torch.inference_mode():
+            x = pcm.to(self.device, self.dtype)
+            if rows is not None:
+                x = x[rows]
+            hidden = self._enc_seanet(x[:, None, :], rows)
+            hidden = self._enc_transformer(hidden.transpose(1, 2), rows).transpose(1, 2)
+            if self._downsample is not None:
+                hidden = self._downsample(hidden, rows)
+            out = self.model.quantizer.encode(hidden, self.num_codebooks)  # (K, b, 1)
+            out = out[:, :, 0].transpose(0, 1).cpu()
+        if rows is None:
+            return out
+        codes[rows.cpu()] = out
+        return codes
+
+    def decode(self, codes: ArrayLike, mask: ArrayLike | None = None) -> torch.Tensor:
+        """codes: int (B, num_codebooks) in [0, cardinality) -> pcm float32 (B, frame_samples), on CPU.
+
+        mask: optional bool (B,): only those rows are decoded and advance their state; the other
+        rows come back as silence (zeros) and their state is untouched.
+        """
+        codes = self._as_tensor(codes, torch.long, "codes", (self.batch_size, self.num_codebooks))
+        rows = self._rows(mask)
+        pcm = torch.zeros(self.batch_size, self.frame_samples, dtype=torch.float32)
+        if rows is not None and rows.numel() == 0:
+            return pcm
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.cardinality):
+            raise ValueError(
+                f"codes must be in [0, {self.cardinality}), got {int(codes.min())}..{int(codes.max())}"
+            )
+        with torch.inference_mode():
+            c = codes.to(self.device)
+            if rows is not None:
+                c = c[rows]
+            latents = self.model.quantizer.decode(c[:, :, None]).to(self.dtype)  # (b, C, 1)
+            if self._upsample is not None:
+                latents = self._upsample(latents, rows)
+            hidden = self._dec_transformer(latents.transpose(1, 2), rows).transpose(1, 2)
+            audio = self._dec_seanet(hidden, rows)[:, 0].float().cpu()
+        if rows is None:
+            return audio
+        pcm[rows.cpu()] = audio
+        return pcm
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def _as_tensor(
+        self, value: ArrayLike, dtype: torch.dtype, name: str, shape: tuple[int, int]
+    ) -> torch.Tensor:
+        tensor = torch.as_tensor(value)
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+        if dtype == torch.long and tensor.is_floating_point():
+            raise ValueError(f"{name} must be integers, got {tensor.dtype}")
+        return tensor.to(dtype)
+
+    def _rows(self, mask: ArrayLike | None) -> torch.Tensor | None:
+        if mask is None:
+            return None
+        mask = torch.as_tensor(mask)
+        if mask.dtype != torch.bool or tuple(mask.shape) != (self.batch_size,):
+            raise ValueError(
+                f"mask must be bool of shape ({self.batch_size},), got {mask.dtype} {tuple(mask.shape)}"
+            )
+        if bool(mask.all()):
+            return None
+        return mask.nonzero()[:, 0].to(self.device)
+
+
+# -- loading ------------------------------------------------------------------------------------------
+
+_EXPECTED = (
+    "expected a transformers-layout Mimi (config.json + model.safetensors, like kyutai/mimi), "
+    f"a Kyutai checkpoint file ({KYUTAI_MIMI_FILENAME}), or a dir / Hugging Face repo id holding one of them"
+)
+
+
+def load_mimi_model(source: str | Path, config: MimiConfig | None = None) -> MimiModel:
+    """Resolve `source` (see `StreamingMimi.from_pretrained`) and load it as a transformers `MimiModel`."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return _load_kyutai_file(path, config)
+    if path.is_dir():
+        return _load_dir(path, config)
+    if str(source).startswith((".", "/", "~")) or str(source).count("/") != 1:
+        raise FileNotFoundError(f"Mimi source {str(source)!r} does not exist; {_EXPECTED}")
+    return _load_dir(_download(str(source)), config)
+
+
+def _download(repo_id: str) -> Path:
+    """Fetch only the Mimi files of a Hub repo (never a Moshi LM's weights); works offline from the cache."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["config.json", "model.safetensors", "tokenizer-*.safetensors"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:  # network, auth, missing repo, empty cache offline: all end the same way
+        raise FileNotFoundError(
+            f"Mimi source {repo_id!r} is not a local path, and fetching it as a Hugging Face repo "
+            f"(files {', '.join(patterns)}, from the Hub or the local cache) failed: "
+            f"{type(exc).__name__}: {exc}. {_EXPECTED}"
+        ) from exc
+
+
+def _load_dir(directory: Path, config: MimiConfig | None) -> MimiModel:
+    kyutai_files = sorted(directory.glob("tokenizer-*.safetensors"))
+    if (directory / "config.json").is_file() and (directory / "model.safetensors").is_file():
+        if not _is_kyutai_file(directory / "model.safetensors"):
+            return _load_transformers_dir(directory)
+    if (directory / KYUTAI_MIMI_FILENAME).is_file():
+        return _load_kyutai_file(directory / KYUTAI_MIMI_FILENAME, config)
+    if len(kyutai_files) == 1:
+        return _load_kyutai_file(kyutai_files[0], config)
+    found = ", ".join(sorted(p.name for p in directory.iterdir())[:10]) or "nothing"
+    raise FileNotFoundError(f"no Mimi checkpoint in {directory} (found: {found}); {_EXPECTED}")
+
+
+def _is_kyutai_file(path: Path) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        return is_kyutai_mimi_state_dict(handle.keys())
+
+
+def _load_transformers_dir(directory: Path) -> MimiModel:
+    try:
+        model, info = MimiModel.from_pretrained(str(directory), output_loading_info=True, dtype=torch.float32)
+    except Exception as exc:
+        raise ValueError(f"could not load {directory} as a transformers Mimi: {exc}. {_EXPECTED}") from exc
+    problems = {k: sorted(v) for k, v in info.items() if k != "error_msgs" and v}
+    if problems or info.get("error_msgs"):
+        raise ValueError(
+            f"{directory / 'model.safetensors'} does not match its config.json: {problems or info}"
+        )
+    return model.eval()
+
+
+def _load_kyutai_file(path: Path, config: MimiConfig | None) -> MimiModel:
+    from safetensors.torch import load_file
+
+    if path.suffix not in (".safetensors", ".sft"):
+        raise ValueError(f"{path} is not a safetensors file; {_EXPECTED}")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:
+        raise ValueError(f"could not read {path} as safetensors: {exc}. {_EXPECTED}") from exc
+    if not is_kyutai_mimi_state_dict(state):
+        raise ValueError(f"{path} does not hold Kyutai Mimi weights (no encoder.model.* keys); {_EXPECTED}")
+    config = config or mimi_config_for_kyutai()
+    converted = convert_kyutai_mimi_state_dict(state, config)
+    model = MimiModel(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(converted))
+    wrong = [
+        f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
+        for k, v in converted.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if missing or wrong:
+        raise ValueError(
+            f"{path} does not fit the Mimi config given (pass config= for a non-default Mimi): "
+            f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, wrong shapes {wrong[:5]}"
+        )
+    model.load_state_dict({k: v.float() for k, v in converted.items()}, strict=True)
+    return model.eval()
