@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 import urllib.request
 from pathlib import Path
 
@@ -116,6 +117,9 @@ def test_conversation_reply_captions_latency_and_interruption(server, browser, t
     page.keyboard.press("Enter")
     tab.wait("assistantClient.state === 'listening'", 15)
     assert tab.button.inner_text().strip() == "Stop"
+    # Headphones (the default): the microphone is left unprocessed.
+    mic = tab.js("assistantClient.micSettings()")
+    assert mic["echoCancellation"] is False and mic["noiseSuppression"] is False, mic
 
     # The question is heard, the scripted reply plays and the indicator says so.
     tab.wait("document.querySelector('[data-testid=state]').dataset.state === 'speaking'", 20)
@@ -206,8 +210,41 @@ def test_refusals_wrong_token_server_full_and_denied_microphone(server, browser)
     assert tab.console_errors == []
 
 
-def test_server_stopped_mid_conversation_then_unreachable(browser):
-    with start_server("--backend", "scripted") as address:
+def _ended_reason(record_dir: Path, session_id: str) -> str | None:
+    events = (record_dir / f"{session_id}.jsonl").read_text().splitlines()
+    ended = [json.loads(line) for line in events if '"session.ended"' in line]
+    return ended[-1]["reason"] if ended else None
+
+
+def test_closing_the_tab_ends_the_session_then_server_stop_and_unreachable(browser, tmp_path):
+    record_dir = tmp_path / "sessions"
+    with start_server("--backend", "scripted", "--record", str(record_dir)) as address:
+        # Settings persist across a reload and reach the microphone and the session.
+        tab = Page(browser, f"{address.http_url}/")
+        tab.page.get_by_label("Speakers").check()
+        tab.page.get_by_label("When you talk over the assistant").select_option("vad")
+        tab.page.reload()
+        assert tab.page.get_by_label("Speakers").is_checked()
+        assert tab.page.get_by_label("When you talk over the assistant").input_value() == "vad"
+        tab.button.click()
+        tab.wait("assistantClient.state === 'listening'", 15)
+        assert tab.js("assistantClient.serverOptions.barge_in") == "vad"
+        mic = tab.js("assistantClient.micSettings()")
+        assert mic["echoCancellation"] is True and mic["autoGainControl"] is True, mic
+        # A live change is sent as session.update and confirmed by the server.
+        tab.page.get_by_label("When you talk over the assistant").select_option("model")
+        tab.wait("assistantClient.serverOptions.barge_in === 'model'", 5)
+
+        # Closing the tab says goodbye (session.end on pagehide) instead of just dropping the socket.
+        session_id = tab.js("assistantClient.sessionId")
+        tab.page.close(run_before_unload=True)
+        deadline = time.monotonic() + 5
+        while live_sessions(address) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert live_sessions(address) == 0
+        assert _ended_reason(record_dir, session_id) == "client_ended"
+
+        # The server stops mid-conversation: the page says so and offers Start again.
         tab = Page(browser, f"{address.http_url}/")
         tab.button.click()
         tab.wait("assistantClient.state === 'listening' && assistantClient.stats.framesReceived > 10", 15)

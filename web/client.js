@@ -166,6 +166,7 @@ export class AssistantClient extends EventTarget {
     this.stateHistory = [];
     this.error = null;
     this.sessionId = null;
+    this.serverOptions = null; // the session's options as the server last confirmed them
     this.sampleRate = null;
     this.stats = AssistantClient.freshStats();
     this.serverStats = null;
@@ -334,8 +335,12 @@ export class AssistantClient extends EventTarget {
       case "session.ready":
         run.ready = true;
         this.sessionId = event.session_id;
+        this.serverOptions = event.options ?? null;
         run.positionTimer = setInterval(() => this.sendPosition(run), POSITION_EVERY_MS);
         this.setState("listening");
+        break;
+      case "session.updated":
+        this.serverOptions = event.options ?? null;
         break;
       case "assistant.speech_started":
         // How long the first reply sample waits in our buffer: the page's share of the latency.
@@ -444,6 +449,11 @@ export class AssistantClient extends EventTarget {
   sendPosition(run) {
     if (run.ws?.readyState !== WebSocket.OPEN) return;
     run.ws.send(JSON.stringify({ type: "playback.position", played_ms: Math.round(this.playedMs()) }));
+  }
+
+  /** What the browser applied to the microphone (echoCancellation etc.), or null when not live. */
+  micSettings() {
+    return this.run?.stream?.getAudioTracks()[0]?.getSettings() ?? null;
   }
 
   /** Change the barge-in policy; a live session is updated at once. */
