@@ -1,0 +1,227 @@
+"""/v1/realtime over a raw websocket: every error path answers with the documented `error` event
+and leaves the connection usable; manual turns; auth, capacity and size limits as on /ws."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import soundfile as sf
+from audio_utils import shared_audio_dir
+from server_utils import start_server
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+TOKEN = "ws-test-token"
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def server():
+    with start_server("--auth-token", TOKEN) as address:
+        yield address
+
+
+def url(server, model: str = "ws-test-model") -> str:
+    return f"ws://{server.host}:{server.port}/v1/realtime?model={model}"
+
+
+async def recv(ws, timeout: float = 5.0) -> dict:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def next_of(ws, *types: str, timeout: float = 10.0, seen: list | None = None) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        event = await recv(ws, max(0.01, deadline - time.monotonic()))
+        if seen is not None:
+            seen.append(event)
+        if event["type"] in types:
+            return event
+
+
+async def assert_usable(ws) -> None:
+    """A valid event still gets its answer, and nothing else (no second error) came first."""
+    await ws.send(json.dumps({"type": "session.update", "session": {"type": "realtime"}}))
+    event = await recv(ws)
+    assert event["type"] == "session.updated", event
+
+
+def b64(pcm: bytes) -> str:
+    return base64.b64encode(pcm).decode()
+
+
+async def test_session_exists_from_connect_so_audio_sent_before_reading_anything_is_accepted(server):
+    async with connect(url(server), additional_headers=HEADERS) as ws:
+        # Sent before session.created was even read: accepted, not refused.
+        await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": b64(b"\x00\x00" * 2400)}))
+        first = await recv(ws)
+        assert first["type"] == "session.created"
+        assert first["session"]["model"] == "ws-test-model"
+        assert first["session"]["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+        await assert_usable(ws)
+
+
+ERROR_CASES = {
+    "bad_json": ("{\"type\": \"input_audio_buffer.append\", ", "invalid_json", None),
+    "unknown_type": (json.dumps({"type": "response.explode", "event_id": "c1"}), "unknown_event", "type"),
+    "missing_type": (json.dumps({"event_id": "c1"}), "missing_field", "type"),
+    "bad_base64": (json.dumps({"type": "input_audio_buffer.append", "audio": "not*base64!", "event_id": "c1"}),
+                   "invalid_audio", "audio"),
+    "odd_bytes": (json.dumps({"type": "input_audio_buffer.append", "audio": b64(b"\x00" * 3), "event_id": "c1"}),
+                  "invalid_audio", "audio"),
+    "wrong_format": (json.dumps({"type": "session.update", "event_id": "c1", "session": {
+        "type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}}}}),
+        "unsupported_audio_format", "session.audio.input.format"),
+    "wrong_rate": (json.dumps({"type": "session.update", "event_id": "c1", "session": {
+        "type": "realtime", "audio": {"output": {"format": {"type": "audio/pcm", "rate": 16000}}}}}),
+        "unsupported_audio_format", "session.audio.output.format"),
+    "transcription_session": (json.dumps({"type": "session.update", "event_id": "c1",
+                                          "session": {"type": "transcription"}}), "unsupported_feature",
+                              "session.type"),
+    "text_item": (json.dumps({"type": "conversation.item.create", "event_id": "c1", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hello"}]}}),
+        "unsupported_feature", "item.content[0].type"),
+    "truncate_unknown_item": (json.dumps({"type": "conversation.item.truncate", "event_id": "c1",
+                                          "item_id": "item_missing", "content_index": 0, "audio_end_ms": 10}),
+                              "item_not_found", "item_id"),
+    "commit_empty": (json.dumps({"type": "input_audio_buffer.commit", "event_id": "c1"}),
+                     "input_audio_buffer_commit_empty", None),
+    "cancel_without_response": (json.dumps({"type": "response.cancel", "event_id": "c1"}),
+                                "response_cancel_not_active", None),
+    "unsupported_event": (json.dumps({"type": "conversation.item.retrieve", "item_id": "x", "event_id": "c1"}),
+                          "unsupported_event", "type"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERROR_CASES))
+async def test_each_error_path_gets_the_documented_error_event_and_the_connection_stays_usable(server, case):
+    message, code, param = ERROR_CASES[case]
+    async with connect(url(server), additional_headers=HEADERS) as ws:
+        assert (await recv(ws))["type"] == "session.created"
+        await ws.send(message)
+        event = await recv(ws)
+        assert event["type"] == "error", event
+        error = event["error"]
+        assert (error["code"], error["param"]) == (code, param)
+        assert error["type"] == "invalid_request_error"
+        assert error["message"]
+        assert error["event_id"] == ("c1" if "\"c1\"" in message else None)
+        assert event["event_id"].startswith("event_")
+        await assert_usable(ws)
+
+
+async def test_binary_frames_get_an_error_and_the_connection_stays_usable(server):
+    async with connect(url(server), additional_headers=HEADERS) as ws:
+        await recv(ws)
+        await ws.send(b"\x00\x00" * 100)
+        event = await recv(ws)
+        assert event["error"]["code"] == "invalid_json"
+        await assert_usable(ws)
+
+
+async def stream(ws, pcm: bytes, chunk_ms: int = 40) -> None:
+    chunk = chunk_ms * 48
+    start = time.monotonic()
+    for n, i in enumerate(range(0, len(pcm), chunk), start=1):
+        await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": b64(pcm[i:i + chunk])}))
+        await asyncio.sleep(max(0.0, start + n * chunk_ms / 1000 - time.monotonic()))
+
+
+async def test_manual_turns_response_create_cancel_and_truncate_beyond_the_audio(server):
+    pcm, rate = sf.read(shared_audio_dir() / "q1.wav", dtype="int16")
+    assert rate == 24_000
+    async with connect(url(server), additional_headers=HEADERS) as ws:
+        await recv(ws)
+        await ws.send(json.dumps({"type": "session.update", "session": {
+            "type": "realtime", "audio": {"input": {"turn_detection": None}}}}))
+        updated = await next_of(ws, "session.updated")
+        assert updated["session"]["audio"]["input"]["turn_detection"] is None
+        seen: list[dict] = []
+        await stream(ws, np.asarray(pcm).tobytes())
+        # Push to talk: the user let go of the button.
+        await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        await ws.send(json.dumps({"type": "response.create"}))
+        silence = asyncio.create_task(stream(ws, b"\x00\x00" * 24_000 * 6))
+        try:
+            committed = await next_of(ws, "input_audio_buffer.committed", seen=seen)
+            response = (await next_of(ws, "response.created", seen=seen))["response"]
+            # Nothing was said before response.create: no VAD events, no response of the model's own.
+            assert [e["type"] for e in seen if e["type"].startswith("input_audio_buffer.speech")] == []
+            assert committed["item_id"]
+            for _ in range(8):  # 640 ms of the reply
+                delta = await next_of(ws, "response.output_audio.delta", seen=seen)
+                assert delta["response_id"] == response["id"]
+            item_id = delta["item_id"]
+            sent_ms = sum(len(base64.b64decode(e["delta"])) for e in seen
+                          if e["type"] == "response.output_audio.delta") // 48
+            await ws.send(json.dumps({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
+                                      "audio_end_ms": sent_ms + 5000, "event_id": "tr1"}))
+            error = await next_of(ws, "error", seen=seen)
+            assert (error["error"]["code"], error["error"]["event_id"]) == ("invalid_audio_end_ms", "tr1")
+            await ws.send(json.dumps({"type": "response.cancel"}))
+            done = await next_of(ws, "response.done", seen=seen)
+            assert done["response"]["status"] == "cancelled"
+            assert done["response"]["status_details"]["reason"] == "client_cancelled"
+            await ws.send(json.dumps({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
+                                      "audio_end_ms": 300}))
+            truncated = await next_of(ws, "conversation.item.truncated", "error", seen=seen)
+            assert truncated["type"] == "conversation.item.truncated", truncated
+            await ws.send(json.dumps({"type": "response.cancel", "event_id": "rc2"}))
+            again = await next_of(ws, "error", seen=seen)
+            assert again["error"]["code"] == "response_cancel_not_active"
+            # The engine is held silent after the cancel: no audio for the next second.
+            tail: list[dict] = []
+            with pytest.raises(TimeoutError):
+                await next_of(ws, "response.output_audio.delta", "response.created", timeout=1.0, seen=tail)
+        finally:
+            silence.cancel()
+
+
+async def test_wrong_or_missing_token_is_refused_at_the_handshake(server):
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(url(server)):
+            pass
+    assert info.value.response.status_code == 401
+    with pytest.raises(InvalidStatus):
+        async with connect(url(server), additional_headers={"Authorization": "Bearer nope"}):
+            pass
+
+
+async def test_messages_over_one_mib_close_the_socket_with_1009(server):
+    async with connect(url(server), additional_headers=HEADERS, max_size=None) as ws:
+        await recv(ws)
+        await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": "A" * (1 << 20)}))
+        with pytest.raises(ConnectionClosed) as info:
+            while True:
+                await recv(ws)
+        assert info.value.rcvd.code == 1009
+
+
+async def test_a_full_server_closes_new_realtime_connections_with_1013():
+    with start_server("--max-sessions", "1") as full:
+        async with connect(url(full)) as first:
+            assert (await recv(first))["type"] == "session.created"
+            async with connect(url(full)) as second:
+                with pytest.raises(ConnectionClosed) as info:
+                    await recv(second)
+                assert info.value.rcvd.code == 1013
+
+
+async def test_closed_realtime_sessions_are_accounted_and_freed(server):
+    async with connect(url(server), additional_headers=HEADERS) as ws:
+        await recv(ws)
+        health = json.loads(urllib.request.urlopen(f"{server.http_url}/healthz", timeout=5).read())
+        assert health["live_sessions"] >= 1
+    deadline = time.monotonic() + 3.0
+    while True:
+        health = json.loads(urllib.request.urlopen(f"{server.http_url}/healthz", timeout=5).read())
+        if health["live_sessions"] == 0 and health["capacity_left"] == health["max_sessions"]:
+            break
+        assert time.monotonic() < deadline, f"sessions not freed after close: {health}"
+        await asyncio.sleep(0.05)
