@@ -200,8 +200,8 @@ async def test_talk_streams_mic_reports_position_and_applies_clear(tmp_path):
     heard, _ = sf.read(args.output_file, dtype="float32")
     block = RATE * 20 // 1000
     onset = np.flatnonzero(np.abs(heard) > 0.25)[0]
-    # First frame arrives ~immediately; playback starts once 120 ms are queued, on a 20 ms block.
-    assert 0.1 * RATE <= onset <= 0.3 * RATE + block
+    # Frames flow from session.ready on; playback starts once 120 ms (two frames) are queued.
+    assert block <= onset <= 0.3 * RATE + block
     loud_end = np.flatnonzero(np.abs(heard) > 0.25)[-1]
     # 800 ms were sent; the clear came at 800 ms wall clock, so less than that was heard and the rest never.
     assert (loud_end - onset) / RATE < 0.8
