@@ -1,0 +1,111 @@
+"""The native wire protocol as pure functions: every client message either decodes or is refused
+with the documented error code."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from server import protocol
+from server.protocol import (
+    PlaybackPosition,
+    ProtocolError,
+    RateLimiter,
+    SessionEnd,
+    SessionStart,
+    SessionUpdate,
+    check_audio,
+    decode_text,
+    encode_event,
+)
+from server.session import AudioOut, BargeIn, SessionEnded, SessionOptions, Stats
+
+
+def code_of(text) -> str:
+    with pytest.raises(ProtocolError) as info:
+        decode_text(text)
+    return info.value.code
+
+
+def test_session_start_decodes_rate_and_options():
+    ev = decode_text(json.dumps({
+        "type": "session.start", "sample_rate": 48000, "barge_in": "vad", "min_interrupt_ms": 200,
+        "vad": {"min_silence_ms": 300, "threshold": 0.6}, "seed": 7, "temperature": 0.8, "captions": True,
+    }))
+    assert ev == SessionStart(48000, {"barge_in": "vad", "min_interrupt_ms": 200,
+                                      "vad": {"min_silence_ms": 300, "threshold": 0.6}, "seed": 7,
+                                      "temperature": 0.8, "captions": True})
+    # The options apply onto the defaults without losing the ones not given.
+    opts = SessionOptions().replace(**ev.options)
+    assert opts.barge_in == "vad" and opts.vad == {"min_silence_ms": 300, "threshold": 0.6}
+
+
+def test_other_client_events_decode():
+    assert decode_text('{"type":"session.update","barge_in":"model"}') == SessionUpdate({"barge_in": "model"})
+    assert decode_text('{"type":"playback.position","played_ms":1234.5}') == PlaybackPosition(1234.5)
+    assert decode_text(b'{"type":"session.end"}') == SessionEnd()
+
+
+@pytest.mark.parametrize(
+    "text, code",
+    [
+        ("not json", "invalid_json"),
+        ("[1, 2]", "invalid_json"),
+        (b"\xff\xfe", "invalid_json"),
+        ('{"sample_rate": 24000}', "missing_field"),
+        ('{"type": "session.dance"}', "unknown_event"),
+        ('{"type": "session.start"}', "missing_field"),
+        ('{"type": "session.start", "sample_rate": 22050}', "unsupported_sample_rate"),
+        ('{"type": "session.start", "sample_rate": "24000"}', "unsupported_sample_rate"),
+        ('{"type": "session.start", "sample_rate": true}', "unsupported_sample_rate"),
+        ('{"type": "session.start", "sample_rate": 24000, "barge_in": "shout"}', "invalid_value"),
+        ('{"type": "session.start", "sample_rate": 24000, "volume": 3}', "invalid_value"),
+        ('{"type": "session.start", "sample_rate": 24000, "vad": {"threshold": 2}}', "invalid_value"),
+        ('{"type": "session.start", "sample_rate": 24000, "vad": {"speed": 2}}', "invalid_value"),
+        ('{"type": "session.start", "sample_rate": 24000, "min_interrupt_ms": -5}', "invalid_value"),
+        ('{"type": "session.start", "sample_rate": 24000, "seed": 1.5}', "invalid_value"),
+        ('{"type": "session.start", "sample_rate": 24000, "captions": "yes"}', "invalid_value"),
+        ('{"type": "session.update", "temperature": NaN}', "invalid_value"),
+        ('{"type": "playback.position"}', "missing_field"),
+        ('{"type": "playback.position", "played_ms": "soon"}', "invalid_value"),
+    ],
+)
+def test_bad_messages_get_their_error_code(text, code):
+    assert code_of(text) == code
+
+
+def test_errors_say_what_to_do():
+    with pytest.raises(ProtocolError) as info:
+        decode_text('{"type": "session.start", "sample_rate": 22050}')
+    assert "24000" in info.value.message and "22050" in info.value.message
+
+
+def test_audio_checks():
+    with pytest.raises(ProtocolError, match="not_started"):
+        check_audio(b"\x00\x00", started=False)
+    with pytest.raises(ProtocolError, match="bad_audio"):
+        check_audio(b"\x00\x00\x00", started=True)
+    check_audio(b"\x00" * 3840, started=True)
+
+
+def test_encode_events():
+    assert encode_event(AudioOut(pcm16=b"\x01\x02", at_ms=0.0)) == b"\x01\x02"
+    assert json.loads(encode_event(BargeIn(at_ms=10.0, cut_text="the rest"))) == {
+        "type": "barge_in", "at_ms": 10.0, "cut_text": "the rest"}
+    assert json.loads(encode_event(SessionEnded(reason="client_ended"))) == {
+        "type": "session.ended", "reason": "client_ended"}
+    stats = json.loads(encode_event(Stats(None, None, 1, 2, 0.5, 80.0, 160.0)))
+    assert stats["type"] == "stats" and stats["response_gap_ms"] is None and stats["drops"] == 2
+    assert json.loads(protocol.error_event("rate_limited", "slow down")) == {
+        "type": "error", "code": "rate_limited", "message": "slow down"}
+
+
+def test_rate_limiter_allows_bursts_then_the_average_rate():
+    limiter = RateLimiter(rate_per_s=10, burst=5, now=0.0)
+    assert sum(limiter.allow(0.0) for _ in range(20)) == 5  # the burst, then refused
+    assert limiter.allow(0.05) is False  # half a token earned
+    assert limiter.allow(0.1) is True
+    # Over two seconds at 100 tries/s only the refilled burst and the rate get through.
+    allowed = sum(limiter.allow(1.0 + i / 100) for i in range(200))
+    assert 5 + 20 - 2 <= allowed <= 5 + 20

@@ -1,0 +1,196 @@
+"""The frame clock: absolute deadlines, skip-ahead on overrun, one batched step per tick off the
+event loop, slot changes applied between steps."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from assistant.engine import Engine, SlotOptions, StepOutput
+from assistant.scheduler import FrameClock, Scheduler, gather_batch
+
+F = 1920
+
+
+# -- FrameClock (pure) ------------------------------------------------------------------------
+
+
+def test_deadlines_are_absolute_so_lateness_never_accumulates():
+    clock = FrameClock(0.08, start=100.0)
+    for k in range(1000):
+        tick = clock.next_tick(now=100.0 + k * 0.08 + 0.03)  # every tick 30 ms late
+        assert tick.index == k and tick.skipped == 0
+        assert tick.deadline == pytest.approx(100.0 + k * 0.08)
+
+
+def test_an_overrun_skips_ahead_instead_of_bursting():
+    clock = FrameClock(0.08, start=0.0)
+    assert clock.next_tick(0.0).index == 0
+    tick = clock.next_tick(0.33)  # the step took 330 ms: ticks 1..4 are gone
+    assert tick.skipped == 4 and tick.index == 5 and tick.deadline == pytest.approx(0.40)
+    assert tick.deadline > 0.33  # the next tick waits for its own deadline
+    tick = clock.next_tick(0.41)
+    assert tick.index == 6 and tick.skipped == 0
+
+
+def test_a_slightly_late_tick_runs_at_once():
+    clock = FrameClock(0.08, start=0.0)
+    clock.next_tick(0.0)
+    tick = clock.next_tick(0.115)  # 35 ms late: less than half a period, run it now
+    assert tick.index == 1 and tick.skipped == 0
+
+
+def test_bad_period_is_refused():
+    with pytest.raises(ValueError):
+        FrameClock(0, 0.0)
+
+
+class Source:
+    def __init__(self, frames):
+        self.frames = list(frames)
+        self.got: list = []
+        self.ended: str | None = None
+
+    def take_frame(self):
+        return self.frames.pop(0) if self.frames else None
+
+    def deliver(self, pcm, text, speaking, step_ms):
+        self.got.append((pcm.copy(), text, speaking))
+
+    def check_limits(self, now):
+        pass
+
+    def end(self, reason):
+        self.ended = reason
+
+
+def test_gather_batch_fills_rows_and_reports_underruns():
+    batch = np.ones((3, F), dtype=np.float32)
+    a, b = Source([np.full(F, 0.5, np.float32)]), Source([])
+    out, underran = gather_batch(batch, {0: a, 2: b})
+    assert underran == [2]
+    assert (out[0] == 0.5).all() and (out[1] == 0).all() and (out[2] == 0).all()
+
+
+# -- Scheduler with a fake engine --------------------------------------------------------------
+
+
+class EchoEngine(Engine):
+    """Echoes each slot's input, tags text with the slot's open count; records what it was asked."""
+
+    name = "echo"
+
+    def __init__(self, batch_size, step_s=0.0):
+        super().__init__(batch_size)
+        self.step_s = step_s
+        self.opens = [0] * batch_size
+        self.log: list = []
+        self.threads: set[int] = set()
+        self.step_starts: list[float] = []
+
+    def _reset_slot(self, slot, options):
+        self.log.append(("reset", slot))
+
+    def open(self, slot, options=None):
+        super().open(slot, options)
+        self.opens[slot] += 1
+
+    def _step(self, pcm_in):
+        self.step_starts.append(time.monotonic())
+        self.threads.add(threading.get_ident())
+        self.log.append(("step", self.live.copy(), self.silenced.copy()))
+        if self.step_s:
+            time.sleep(self.step_s)
+        return StepOutput(
+            pcm_out=pcm_in.copy(),
+            text=[f"s{b}o{self.opens[b]}" for b in range(self.batch_size)],
+            speaking=self.live.copy(),
+        )
+
+
+async def test_each_tick_steps_the_whole_batch_once_and_dispatches_rows():
+    engine = EchoEngine(3)
+    sched = Scheduler(engine)
+    frames_a = [np.full(F, 0.1 * (i + 1), np.float32) for i in range(2)]
+    a, b = Source(frames_a), Source([np.full(F, -0.5, np.float32)])
+    ha, hb = sched.reserve(), sched.reserve()
+    ha.attach(a, SlotOptions())
+    hb.attach(b)
+    assert sched.free_slots == 1 and sched.live_sessions == 2
+    await sched.tick()
+    await sched.tick()
+    steps = [e for e in engine.log if e[0] == "step"]
+    assert len(steps) == 2
+    assert [g[1] for g in a.got] == ["s0o1", "s0o1"]
+    np.testing.assert_array_equal(a.got[0][0], frames_a[0])
+    np.testing.assert_array_equal(a.got[1][0], frames_a[1])
+    np.testing.assert_array_equal(b.got[0][0], np.full(F, -0.5))
+    np.testing.assert_array_equal(b.got[1][0], np.zeros(F))  # underrun: silence went in
+    assert engine.threads and threading.get_ident() not in engine.threads  # never on the event loop
+
+
+async def test_slot_changes_apply_between_steps_and_a_freed_slot_starts_clean():
+    engine = EchoEngine(1)
+    sched = Scheduler(engine)
+    handle = sched.reserve()
+    assert sched.reserve() is None  # full
+    first = Source([])
+    handle.attach(first)
+    handle.force_silence(True)
+    await sched.tick()
+    assert engine.log[-1][0] == "step" and engine.log[-1][2][0]  # silenced before the step ran
+    handle.release()
+    assert sched.reserve() is None  # freed only once the engine slot is wiped, at the next tick
+    await sched.tick()
+    assert ("reset", 0) in engine.log and not engine.live[0]
+    handle2 = sched.reserve()
+    assert handle2 is not None and handle2.slot == 0
+    second = Source([])
+    handle2.attach(second)
+    await sched.tick()
+    assert second.got[0][1] == "s0o2"  # reopened
+    assert not engine.log[-1][2][0]  # the previous session's forced silence did not leak
+    assert len(first.got) == 1
+
+
+async def test_a_session_that_fails_is_ended_and_the_others_go_on():
+    engine = EchoEngine(2)
+    sched = Scheduler(engine)
+
+    class Broken(Source):
+        def deliver(self, *args):
+            raise RuntimeError("boom")
+
+    bad, good = Broken([]), Source([])
+    sched.reserve().attach(bad)
+    sched.reserve().attach(good)
+    await sched.tick()
+    assert bad.ended == "internal_error"
+    assert len(good.got) == 1
+
+
+async def test_run_keeps_12_5_hz_and_skips_ticks_when_a_step_overruns():
+    engine = EchoEngine(1, step_s=0.0)
+    sched = Scheduler(engine)
+    sched.reserve().attach(Source([]))
+    task = asyncio.create_task(sched.run())
+    await asyncio.sleep(1.0)
+    engine.step_s = 0.2  # now every step overruns 2.5 frames
+    await asyncio.sleep(1.0)
+    sched.stop()
+    await asyncio.wait_for(task, 2)
+    sched.shutdown()
+    starts = np.array(engine.step_starts)
+    fast = starts[starts < starts[0] + 0.95]
+    intervals = np.diff(fast)
+    assert 10 <= len(fast) <= 14
+    assert np.median(intervals) == pytest.approx(0.08, abs=0.01)
+    slow = np.diff(starts[starts > starts[0] + 1.25])
+    assert sched.skipped >= 3
+    # No burst after an overrun: the next step waits for a fresh deadline (3 periods = 240 ms after
+    # the last start) instead of starting the moment the 200 ms step returns.
+    assert slow.min() >= 0.23

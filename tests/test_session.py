@@ -1,0 +1,344 @@
+"""The session core without sockets: turn-taking state machine, input buffering, barge-in with cut
+text, latencies, limits and the bounded outgoing queue."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from audio_utils import load_wav
+
+from assistant.engine import FRAME_SAMPLES
+from server.session import (
+    ASSISTANT_SPEAKING,
+    ASSISTANT_STARTED,
+    ASSISTANT_STOPPED,
+    BARGE_IN,
+    FRAME_OK,
+    FRAME_PADDED,
+    FRAME_UNDERRUN,
+    LISTENING,
+    SILENCE_OFF,
+    SILENCE_ON,
+    USER_BARGING_IN,
+    AssistantSpeechStarted,
+    AudioOut,
+    BargeIn,
+    InputBuffer,
+    InputSpeechStarted,
+    InputSpeechStopped,
+    Outbox,
+    PlaybackClear,
+    Session,
+    SessionEnded,
+    SessionLimits,
+    SessionOptions,
+    SessionReady,
+    SlotControl,
+    SlowClient,
+    Stats,
+    TurnTaking,
+)
+
+MS = 24  # samples per ms at 24 kHz
+
+
+# -- TurnTaking (pure) ------------------------------------------------------------------------
+
+
+def test_assistant_stretch_starts_and_ends_after_hangover():
+    tt = TurnTaking(min_interrupt_samples=100 * MS, hangover_frames=2)
+    assert tt.assistant_frame(True, 0) == [ASSISTANT_STARTED]
+    assert tt.state == ASSISTANT_SPEAKING
+    assert tt.assistant_frame(False, 0) == []
+    assert tt.assistant_frame(False, 0) == []
+    assert tt.assistant_frame(True, 0) == []  # a short pause stays inside the stretch
+    assert [tt.assistant_frame(False, 0) for _ in range(3)] == [[], [], [ASSISTANT_STOPPED]]
+    assert tt.state == LISTENING
+
+
+@pytest.mark.parametrize("policy, expected", [("model", [BARGE_IN]), ("vad", [BARGE_IN, SILENCE_ON])])
+def test_barge_in_needs_min_interrupt_of_overlapping_speech(policy, expected):
+    tt = TurnTaking(barge_in=policy, min_interrupt_samples=120 * MS)
+    tt.assistant_frame(True, 0)
+    assert tt.user_speech_started(onset_sample=1000 * MS, now_sample=1100 * MS) == []  # 100 ms: not yet
+    assert tt.user_input(1119 * MS) == []
+    assert tt.user_input(1120 * MS) == expected
+    assert tt.state == USER_BARGING_IN
+    assert tt.user_input(1500 * MS) == []  # one barge-in per overlap
+    assert tt.user_speech_stopped() == ([SILENCE_OFF] if policy == "vad" else [])
+    assert not tt.silenced
+
+
+def test_no_barge_in_while_the_assistant_is_quiet():
+    tt = TurnTaking(barge_in="vad", min_interrupt_samples=0)
+    assert tt.user_speech_started(0, 5000 * MS) == []
+    assert tt.user_speech_stopped() == []
+    assert tt.state == LISTENING
+
+
+def test_assistant_starting_over_the_user_counts_overlap_from_its_start():
+    tt = TurnTaking(barge_in="vad", min_interrupt_samples=200 * MS)
+    tt.user_speech_started(0, 1000 * MS)  # the user has talked for a second already
+    assert tt.assistant_frame(True, 1000 * MS) == [ASSISTANT_STARTED]  # overlap only just began
+    assert tt.user_input(1150 * MS) == []
+    assert tt.user_input(1200 * MS) == [BARGE_IN, SILENCE_ON]
+
+
+def test_after_barge_in_user_stop_returns_to_listening_once_assistant_is_silent():
+    tt = TurnTaking(barge_in="vad", min_interrupt_samples=0, hangover_frames=0)
+    tt.assistant_frame(True, 0)
+    tt.user_speech_started(0, 10)
+    assert tt.state == USER_BARGING_IN
+    assert tt.assistant_frame(False, 20) == [ASSISTANT_STOPPED]
+    assert tt.state == USER_BARGING_IN  # still the user's floor
+    tt.user_speech_stopped()
+    assert tt.state == LISTENING
+
+
+# -- InputBuffer (pure) -----------------------------------------------------------------------
+
+
+def test_input_buffer_keeps_every_sample_in_order_while_the_user_speaks():
+    buf = InputBuffer(frame_samples=4, max_backlog_frames=3)
+    stream = np.arange(1, 11, dtype=np.float32)
+    for chunk in np.split(stream, [3, 4, 9]):
+        buf.push(chunk)
+    got = [buf.take(user_silent=False) for _ in range(3)]
+    assert [s for _, s in got] == [FRAME_OK, FRAME_OK, FRAME_UNDERRUN]
+    np.testing.assert_array_equal(np.concatenate([f for f, _ in got[:2]]), stream[:8])
+    assert buf.level == 2
+
+
+def test_input_buffer_bounds_the_backlog_by_dropping_the_oldest():
+    buf = InputBuffer(frame_samples=4, max_backlog_frames=2)
+    assert buf.push(np.arange(6, dtype=np.float32)) == 0
+    assert buf.push(np.arange(6, 11, dtype=np.float32)) == 3
+    frame, _ = buf.take(user_silent=False)
+    np.testing.assert_array_equal(frame, [3, 4, 5, 6])
+    assert buf.push(np.arange(100, dtype=np.float32)) == 100 + 4 - 8
+    assert buf.level == 8
+
+
+def test_input_buffer_pads_a_short_buffer_with_leading_silence_only_when_the_user_is_silent():
+    buf = InputBuffer(frame_samples=4)
+    buf.push(np.array([1, 2, 3], dtype=np.float32))
+    assert buf.take(user_silent=False) == (None, FRAME_UNDERRUN)
+    frame, status = buf.take(user_silent=True)
+    assert status == FRAME_PADDED
+    np.testing.assert_array_equal(frame, [0, 1, 2, 3])
+    assert buf.level == 0
+    assert buf.take(user_silent=True) == (None, FRAME_UNDERRUN)
+
+
+def test_input_buffer_trims_queued_silence_only_when_allowed():
+    buf = InputBuffer(frame_samples=4)
+    buf.push(np.arange(10, dtype=np.float32))
+    frame, _ = buf.take(user_silent=True, may_trim=False)
+    np.testing.assert_array_equal(frame, [0, 1, 2, 3])  # the engine has not heard the end of turn yet
+    frame, _ = buf.take(user_silent=True, may_trim=True)
+    np.testing.assert_array_equal(frame, [6, 7, 8, 9])  # older silence dropped: newest audio
+    assert buf.level == 0
+
+
+# -- Session with the real VAD on shared speech ------------------------------------------------
+
+
+class FakeSlot(SlotControl):
+    def __init__(self):
+        self.silenced: list[bool] = []
+        self.released = False
+
+    def force_silence(self, silent: bool) -> None:
+        self.silenced.append(silent)
+
+    def update(self, options) -> None:
+        pass
+
+    def release(self) -> None:
+        self.released = True
+
+
+class Harness:
+    """Drives a Session like the frame clock would, on a simulated clock: 20 ms chunks, 80 ms ticks."""
+
+    def __init__(self, rate=24000, **kwargs):
+        self.now = 0.0
+        self.events: list = []
+        self.slot = FakeSlot()
+        self.session = Session("s1", rate, self.events.append, slot=self.slot, clock=lambda: self.now, **kwargs)
+        self.session.start()
+        self.rate = rate
+        self.reply: list[tuple[bool, str]] = []  # what the "engine" says in coming frames
+        self.answer_turns = False
+
+    def run(self, pcm: np.ndarray, chunk_ms: int = 20) -> None:
+        chunk = self.rate * chunk_ms // 1000
+        per_tick = 80 // chunk_ms
+        pcm16 = (np.clip(pcm, -1, 1) * 32767).astype("<i2")
+        for i, start in enumerate(range(0, len(pcm16), chunk)):
+            self.now += chunk_ms / 1000
+            self.session.push_audio(pcm16[start : start + chunk].tobytes())
+            if (i + 1) % per_tick == 0:
+                self.tick()
+
+    def tick(self) -> None:
+        if self.answer_turns and self.of(InputSpeechStopped) and not self.reply:
+            self.reply = [(True, " Hello")] * 5
+            self.answer_turns = False
+        self.session.take_frame()
+        speaking, text = self.reply.pop(0) if self.reply else (False, "")
+        pcm = np.full(FRAME_SAMPLES, 0.1 if speaking else 0.0, dtype=np.float32)
+        self.session.deliver(pcm, text, speaking, step_ms=1.0)
+
+    def of(self, kind):
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+def silence(seconds: float, rate: int = 24000) -> np.ndarray:
+    return np.zeros(int(seconds * rate), dtype=np.float32)
+
+
+def test_session_reports_user_turns_and_streams_audio_every_frame():
+    q1, _ = load_wav("q1.wav")
+    h = Harness()
+    assert isinstance(h.events[0], SessionReady) and h.events[0].sample_rate == 24000
+    h.run(np.concatenate([silence(0.5), q1, silence(1.0)]))
+    started, stopped = h.of(InputSpeechStarted), h.of(InputSpeechStopped)
+    assert len(started) == 1 and len(stopped) == 1
+    onset = np.flatnonzero(np.abs(q1) > 0.02)[0] / 24 + 500
+    assert abs(started[0].at_ms - onset) < 100
+    assert stopped[0].at_ms > started[0].at_ms + 3000
+    audio = h.of(AudioOut)
+    assert len(audio) == int((0.5 + len(q1) / 24000 + 1.0) / 0.08)
+    assert all(len(a.pcm16) == FRAME_SAMPLES * 2 for a in audio)
+    assert h.session.underruns == 0 and h.session.drops == 0
+    assert len(h.of(Stats)) == len(audio) // 12
+
+
+def test_response_latency_is_measured_from_the_last_voiced_sample():
+    q1, _ = load_wav("q1.wav")
+    h = Harness()
+    h.answer_turns = True  # like the scripted engine: speak from the tick after the end of turn
+    h.run(np.concatenate([q1, silence(1.0)]))
+    assert h.of(AssistantSpeechStarted)
+    lat = h.session.latencies[0]
+    # The simulated clock runs at real time, so the gap is the VAD's end-of-turn silence plus waiting
+    # for the next tick; the server adds no time of its own here.
+    assert 500 <= lat.response_gap_ms <= 500 + 30 + 80 + 20
+    assert 0 <= lat.server_overhead_ms <= 80
+    assert h.session.stats()["response_gap_ms"] == round(lat.response_gap_ms, 1)
+
+
+@pytest.mark.parametrize("policy", ["model", "vad"])
+def test_barge_in_clears_playback_and_reports_what_was_not_heard(policy):
+    interrupt, _ = load_wav("interrupt.wav")
+    h = Harness(options=SessionOptions(barge_in=policy, min_interrupt_ms=120))
+    words = [" Once", " upon", " a", " time", " there", " was", " a", " lighthouse"]
+    h.reply = [(True, w) for w in words] + [(True, "")] * 40
+    h.run(silence(0.8))  # 10 frames: all the words are sent
+    h.session.set_played_ms(3 * 80 + 10)  # the listener has heard "Once upon a" and a bit of "time"
+    onset_ms = h.session.samples_in / 24 + np.flatnonzero(np.abs(interrupt) > 0.02)[0] / 24
+    h.run(interrupt[: 24000])
+    clears = h.of(PlaybackClear)
+    assert len(clears) == 1 and clears[0].reason == "barge_in"
+    barge = h.of(BargeIn)[0]
+    assert barge.cut_text == "time there was a lighthouse"
+    # Detected from the VAD onset plus min_interrupt_ms, well inside the 300 ms budget.
+    assert barge.at_ms - onset_ms <= 300
+    assert h.events.index(clears[0]) < h.events.index(barge)
+    assert h.slot.silenced == ([True] if policy == "vad" else [])
+    h.run(np.concatenate([interrupt[24000:], silence(1.0)]))
+    assert h.slot.silenced == ([True, False] if policy == "vad" else [])
+    assert h.session.barge_ins == 1
+
+
+def test_session_at_48k_sends_80_ms_frames_at_the_client_rate():
+    q1, _ = load_wav("q1.wav")
+    import soxr
+
+    h = Harness(rate=48000)
+    h.run(soxr.resample(q1[:48000], 24000, 48000))
+    audio = h.of(AudioOut)
+    total = sum(len(a.pcm16) for a in audio) // 2
+    assert abs(total - len(audio) * 3840) < 3840 // 2  # the resampler holds back a few ms at most
+    assert h.of(InputSpeechStarted)
+
+
+def test_backlog_is_bounded_when_the_clock_stalls():
+    q1, _ = load_wav("q1.wav")
+    h = Harness(limits=SessionLimits(max_backlog_frames=3))
+    pcm16 = (q1[:48000] * 32767).astype("<i2").tobytes()
+    h.session.push_audio(pcm16)  # 2 s at once, the user speaking: only 3 frames are kept
+    assert h.session.drops == -(-(48000 - 3 * FRAME_SAMPLES) // FRAME_SAMPLES)
+    assert h.session.stats()["drops"] == h.session.drops
+
+
+def test_limits_end_idle_and_overlong_sessions():
+    h = Harness(limits=SessionLimits(idle_timeout_s=2.0, max_session_s=100.0))
+    h.run(silence(1.0))
+    h.now += 1.5
+    h.session.check_limits(h.now)
+    assert not h.of(SessionEnded)
+    h.now += 1.0
+    h.session.check_limits(h.now)
+    ended = h.of(SessionEnded)
+    assert len(ended) == 1 and ended[0].reason.startswith("idle_timeout")
+    assert h.slot.released
+    h.session.end("again")  # idempotent
+    assert len(h.of(SessionEnded)) == 1
+
+    h = Harness(limits=SessionLimits(idle_timeout_s=None, max_session_s=0.5))
+    h.run(silence(0.6))
+    h.session.check_limits(h.now)
+    assert h.of(SessionEnded)[0].reason.startswith("max_duration")
+
+
+def test_update_changes_barge_in_policy_and_releases_forced_silence():
+    h = Harness(options=SessionOptions(barge_in="vad", min_interrupt_ms=0))
+    h.session.turns.silenced = True
+    h.session.update(barge_in="model", vad={"min_silence_ms": 300})
+    assert h.session.options.barge_in == "model"
+    assert h.slot.silenced == [False]
+    assert h.session.options.as_dict(h.session.base_vad)["vad"]["min_silence_ms"] == 300
+    with pytest.raises(ValueError):
+        h.session.update(barge_in="maybe")
+
+
+def test_unsupported_rate_is_refused():
+    with pytest.raises(ValueError, match="not supported"):
+        Session("x", 22050, lambda e: None)
+
+
+# -- Outbox ---------------------------------------------------------------------------------------
+
+
+async def test_outbox_sends_in_order_and_flags_a_stalled_reader():
+    sent: list = []
+    gate = asyncio.Event()
+
+    async def send(item):
+        await gate.wait()
+        sent.append(item)
+
+    now = [0.0]
+    box = Outbox(send, max_items=4, max_lag_s=1.0, clock=lambda: now[0])
+    writer = asyncio.create_task(box.run())
+    for i in range(4):
+        box.put(i)
+    with pytest.raises(SlowClient, match="too slow"):
+        box.put(4)  # full
+    gate.set()
+    await asyncio.sleep(0.01)
+    assert sent == [0, 1, 2, 3]
+    gate.clear()
+    box.put(5)
+    await asyncio.sleep(0.01)
+    now[0] = 1.5  # the oldest message has waited too long
+    with pytest.raises(SlowClient):
+        box.put(6)
+    gate.set()
+    box.close()
+    await asyncio.wait_for(writer, 1)
+    assert sent == [0, 1, 2, 3, 5]
