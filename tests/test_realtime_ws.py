@@ -225,3 +225,27 @@ async def test_closed_realtime_sessions_are_accounted_and_freed(server):
             break
         assert time.monotonic() < deadline, f"sessions not freed after close: {health}"
         await asyncio.sleep(0.05)
+
+
+async def test_a_user_audio_item_is_heard_in_real_time_and_answered(server):
+    pcm, _ = sf.read(shared_audio_dir() / "q2.wav", dtype="int16")
+    async with connect(url(server), additional_headers=HEADERS) as ws:
+        await recv(ws)
+        seen: list[dict] = []
+        await ws.send(json.dumps({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_audio",
+                                                            "audio": b64(np.asarray(pcm).tobytes())}]}}))
+        added = await next_of(ws, "conversation.item.added", seen=seen)
+        assert added["item"]["role"] == "user"
+        # The whole 3.4 s clip reaches the model (fed at real-time speed, not dropped as backlog), so it
+        # answers once the clip is over; the item's own VAD turn does not become a second item.
+        silence = asyncio.create_task(stream(ws, b"\x00\x00" * 24_000 * 8))
+        try:
+            response = await next_of(ws, "response.created", timeout=10.0, seen=seen)
+            delta = await next_of(ws, "response.output_audio.delta", seen=seen)
+            assert delta["response_id"] == response["response"]["id"]
+        finally:
+            silence.cancel()
+        user_items = [e for e in seen if e["type"] == "conversation.item.added" and e["item"]["role"] == "user"]
+        assert len(user_items) == 1
+        assert not [e for e in seen if e["type"] in ("error", "input_audio_buffer.speech_started")]
