@@ -282,6 +282,7 @@ class FileAudio:
         self.total_samples = pcm.shape[0] + round(tail_seconds * rate)
         self.output = np.zeros(self.total_samples, dtype=np.float32)
         self.late_blocks = 0  # ticks that ran more than one block behind the wall clock (busy machine)
+        self.clock_samples = 0  # how far the simulated device clock got (less than total after Ctrl-C)
 
     def describe(self) -> str:
         seconds = self.input.shape[0] / self.sample_rate
@@ -310,13 +311,14 @@ class FileAudio:
             out_start = start + block
             n = max(0, min(block, self.total_samples - out_start))
             self.output[out_start : out_start + n] = pulled[:n]
+            self.clock_samples = start + block
 
     def close(self) -> None:
         pass
 
     def finish(self) -> None:
-        """Write what was heard (also after Ctrl-C: the part played so far)."""
-        sf.write(self.output_path, self.output, self.sample_rate, subtype="PCM_16")
+        """Write what was heard (after Ctrl-C: up to where the clock stopped)."""
+        sf.write(self.output_path, self.output[: self.clock_samples], self.sample_rate, subtype="PCM_16")
 
 
 # -- the in-process engine -------------------------------------------------------------------

@@ -241,3 +241,79 @@ def test_file_clock_is_real_time_and_sample_aligned(tmp_path):
     audio.finish()
     written, written_rate = sf.read(tmp_path / "out.wav", dtype="float32")
     assert written_rate == rate and written.shape == audio.output.shape
+
+
+# -- the device path with a stand-in sounddevice ---------------------------------------------
+class FakeStream:
+    """Calls its callback every block from a thread, like PortAudio; input streams feed a ramp."""
+
+    def __init__(self, kind: str, log: list, device=None, callback=None, samplerate=None, blocksize=None,
+                 channels=None, dtype=None, latency=None):
+        self.kind, self.log, self.callback, self.blocksize = kind, log, callback, blocksize
+        self.period_s = blocksize / samplerate
+        self.thread = None
+        self.running = False
+        self.played: list[np.ndarray] = []
+        log.append((kind, device, samplerate, blocksize))
+
+    def start(self):
+        import threading
+
+        self.running = True
+        self.thread = threading.Thread(target=self._loop)
+        self.thread.start()
+
+    def _loop(self):
+        status = SimpleNamespace(input_overflow=False)
+        k = 0
+        while self.running:
+            if self.kind == "input":
+                block = np.full((self.blocksize, 1), 0.1, dtype=np.float32)
+                self.callback(block, self.blocksize, None, status)
+            else:
+                out = np.full((self.blocksize, 1), 9.0, dtype=np.float32)
+                self.callback(out, self.blocksize, None, status)
+                self.played.append(out[:, 0].copy())
+            k += 1
+            time.sleep(self.period_s)
+
+    def stop(self):
+        self.running = False
+        self.thread.join()
+        self.log.append((self.kind, "stopped"))
+
+    def close(self):
+        self.log.append((self.kind, "closed"))
+
+
+async def test_device_audio_feeds_mic_blocks_and_plays_the_buffer(monkeypatch):
+    sd = fake_sounddevice(HEADSET, default_input=0, default_output=1)
+    log: list = []
+    streams: list[FakeStream] = []
+
+    def make(kind):
+        def factory(**kw):
+            streams.append(FakeStream(kind, log, **kw))
+            return streams[-1]
+
+        return factory
+
+    sd.InputStream, sd.OutputStream = make("input"), make("output")
+    args = SimpleNamespace(input_device="mic", output_device="phones", sample_rate=None, block_ms=10.0)
+    use_sounddevice(monkeypatch, sd)
+    audio = talk.DeviceAudio.open(args)
+    assert audio.sample_rate == 44100 and audio.block_samples == 441
+    playout = PlayoutBuffer(audio.sample_rate, prebuffer_ms=0)
+    playout.push(np.full(441 * 3, 0.5, dtype=np.float32))
+    mic: list[np.ndarray] = []
+    task = asyncio.create_task(audio.run(mic.append, playout))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    audio.close()
+    assert ("input", 0, 44100, 441) in log and ("output", 1, 44100, 441) in log
+    assert ("input", "closed") in log and ("output", "closed") in log, "devices are closed at the end"
+    assert len(mic) >= 5 and all(block.shape == (441,) and (block == 0.1).all() for block in mic)
+    played = np.concatenate(next(s for s in streams if s.kind == "output").played)
+    assert (played[: 441 * 3] == 0.5).all(), "the output callback plays the buffer"
+    assert not played[441 * 3 :].any(), "and silence (not stale memory) once it runs dry"

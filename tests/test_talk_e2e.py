@@ -8,8 +8,10 @@ checks what the listener would have heard: the output WAV, sample-aligned with t
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ import pytest
 import soundfile as sf
 
 from assistant.backends.scripted import load_reply
+from audio.resample import resample
 
 REPO = Path(__file__).resolve().parents[1]
 AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
@@ -94,14 +97,40 @@ def test_talk_to_scripted_server_hears_the_reply_and_silence_after_barge_in(tmp_
     assert heard.split() and cut_text.rstrip("]").split(), "some words heard before the cut and some cut"
 
 
+def test_ctrl_c_ends_the_session_cleanly(tmp_path):
+    from server_utils import start_server
+
+    out = tmp_path / "out.wav"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with start_server("--backend", "scripted") as server:
+        cmd = [sys.executable, "-m", "assistant", "talk", "--server", server.ws_url, "--input-file",
+               str(AUDIO / "conversation.wav"), "--output-file", str(out)]
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # the title line: connected and streaming
+        assert "session" in first, first
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 0, stdout + stderr
+    assert "Traceback" not in stderr, stderr
+    assert "-- session ended (client" in stdout, "session.end was sent and answered"
+    heard, rate = sf.read(out, dtype="float32")
+    assert 0.8 < heard.shape[0] / rate < 4.0, "what was heard until Ctrl-C is written, no more"
+
+
 def test_local_scripted_engine_on_a_file_without_a_server(tmp_path):
-    question = AUDIO / "q1.wav"
+    # A 16 kHz "device": the in-process loop resamples to the model's 24 kHz and back.
+    pcm_24k, _ = sf.read(AUDIO / "q1.wav", dtype="float32")
+    question = tmp_path / "q1_16k.wav"
+    sf.write(question, resample(pcm_24k, 24000, 16000), 16000)
     out = tmp_path / "out.wav"
     result = talk("--local", "--backend", "scripted", "--input-file", str(question), "--output-file", str(out),
                   "--tail-seconds", "5.5")
     assert result.returncode == 0, result.stdout + result.stderr
     pcm_in, rate = sf.read(question, dtype="float32")
-    pcm_out, _ = sf.read(out, dtype="float32")
+    pcm_out, out_rate = sf.read(out, dtype="float32")
+    assert out_rate == 16000 and pcm_out.shape[0] == pcm_in.shape[0] + round(5.5 * rate)
     env_in, env_out = envelope_db(pcm_in, rate), envelope_db(pcm_out, rate)
     q_end = (np.flatnonzero(env_in > VOICED_DB)[-1] + 1) * WINDOW_MS
     assert span_db(env_out, 0, q_end) < SILENT_DB, "the assistant stays quiet while the user asks"
