@@ -90,6 +90,7 @@ class RealtimeConnection:
             voice=ctx.engine.model_name or ctx.engine.name,
             id_prefix=secrets.token_hex(4),
             captions_model=getattr(ctx, "captions_model", None),
+            threshold_applies=ctx.config.vad.backend == "silero",
             hangover_frames=ctx.config.limits.assistant_hangover_frames,
         )
         self.apply(self.conv.start())

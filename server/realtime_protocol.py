@@ -533,12 +533,13 @@ class Conversation:
     """One `/v1/realtime` conversation. Every method returns a list of server events (dicts) and Actions."""
 
     def __init__(self, *, session_id: str, model: str, voice: str, id_prefix: str,
-                 captions_model: str | None = None, hangover_frames: int = 3,
+                 captions_model: str | None = None, threshold_applies: bool = True, hangover_frames: int = 3,
                  response_start_timeout_ms: int = 5000, pending_text_frames: int = 4):
         self.session_id = session_id
         self.model = model
         self.voice = voice
         self.captions_model = captions_model
+        self.threshold_applies = threshold_applies  # False: the server's VAD decides voiced/unvoiced itself
         self.hangover_frames = hangover_frames
         self.response_start_timeout_frames = max(1, response_start_timeout_ms // FRAME_MS)
         self.pending_text_frames = pending_text_frames
@@ -643,7 +644,13 @@ class Conversation:
                                                                 f"({self.voice}); ignored"))
         reconfigure = False
         if "turn_detection" in changes:
-            self.turn_detection = changes["turn_detection"]
+            td = changes["turn_detection"]
+            if td is not None and not self.threshold_applies and td.threshold != TurnDetection.threshold:
+                warnings.append(_warn("session.audio.input.turn_detection.threshold",
+                                      "this server's VAD (webrtcvad) makes yes/no decisions; threshold only "
+                                      "applies with `assistant serve --vad silero`; ignored"))
+                td = replace(td, threshold=TurnDetection.threshold)
+            self.turn_detection = td
             reconfigure = True
             if self.turn_detection is None:
                 self._user_speaking = self._barge_in_mute = False

@@ -205,6 +205,16 @@ def test_vad_settings_are_applied_and_null_turn_detection_holds_the_engine_silen
     assert of_type(out, "session.updated")[0]["session"]["audio"]["input"]["turn_detection"] is None
 
 
+def test_threshold_is_reported_ignored_when_the_servers_vad_has_no_probability():
+    conv, _ = new_conversation(threshold_applies=False)
+    out = send(conv, type="session.update", session={"audio": {"input": {"turn_detection": {
+        "type": "server_vad", "threshold": 0.8, "silence_duration_ms": 300}}}})
+    (updated,) = of_type(out, "session.updated")
+    td = updated["session"]["audio"]["input"]["turn_detection"]
+    assert (td["threshold"], td["silence_duration_ms"]) == (0.5, 300)
+    assert [w["param"] for w in updated["warnings"]] == ["session.audio.input.turn_detection.threshold"]
+
+
 def test_semantic_vad_is_served_by_server_vad_and_says_so():
     conv, _ = new_conversation()
     out = send(conv, type="session.update", session={"audio": {"input": {"turn_detection": {
