@@ -589,7 +589,7 @@ class LiveDisplay:
         self.live.start()
 
     def say(self, line: str) -> None:
-        self.live.console.print(line)
+        self.live.console.print(line, highlight=False, markup=False)
 
     def render(self, view: TalkView):
         from rich.panel import Panel
@@ -601,7 +601,8 @@ class LiveDisplay:
         header.append("mic ")
         header.append("#" * round(level * 20), style="green")
         header.append("." * (20 - round(level * 20)), style="dim")
-        header.append(f" {view.mic_db:6.1f} dB   latency: {view.latency_text()}")
+        header.append(f" {view.mic_db:6.1f} dB\n")
+        header.append(f"latency: {view.latency_text()}, underruns {view.underruns}", style="dim")
         body = Text()
         for turn in view.turns[-12:]:
             style = "bold" if turn.role == "user" else ""
@@ -618,8 +619,12 @@ class LiveDisplay:
         self.live.update(self.render(view))
 
     def close(self, view: TalkView) -> None:
-        self.update(view)
+        lines = view.take_lines()  # the end of session summary stays on screen under the panel
+        self.live.update(self.render(view))
         self.live.stop()
+        for line in lines:
+            if line.startswith("--"):
+                self.console.print(line, highlight=False, markup=False)
 
 
 # -- the session -----------------------------------------------------------------------------
