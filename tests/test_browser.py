@@ -157,9 +157,19 @@ def test_conversation_reply_captions_latency_and_interruption(server, browser, t
     assert cut_shown and REPLY_TEXT.startswith(cut_shown) and len(cut_shown) < len(REPLY_TEXT)
     assert " ".join(turns.nth(1).inner_text().split()).endswith(REPLY_TEXT)
 
+    # The page reports its playhead: the server's view of what was heard trails what it sent
+    # by about the playout buffer (without reports the two would be equal).
+    server_stats = tab.js("assistantClient.serverStats")
+    assert 0 < server_stats["sent_ms"] - server_stats["played_ms"] < 1500, server_stats
+
     latency = page.get_by_test_id("latency").inner_text()
     assert latency.isdigit() and 0 < int(latency) < 5000, latency
     assert page.get_by_test_id("buffer").inner_text().isdigit()
+
+    print(f"\nbrowser conversation: playback.clear -> empty buffer {stats['clearLatenciesMs'][0]:.1f} ms, "
+          f"last reply latency {latency} ms (server response gap {stats['responseGapMs']} ms), "
+          f"underruns {stats['underruns']}, played {stats['samplesPlayed'] / rate:.1f} s, "
+          f"sent {stats['framesSent']} chunks, received {stats['framesReceived']} frames")
 
     # Stop: the button returns to Start and the server's slot is freed.
     tab.button.click()
@@ -167,6 +177,35 @@ def test_conversation_reply_captions_latency_and_interruption(server, browser, t
     assert tab.button.inner_text().strip() == "Start conversation"
     page.wait_for_timeout(500)
     assert live_sessions(server) == 0
+    assert tab.console_errors == []
+
+
+def test_captions_order_user_turns_and_mark_cut_text(server, browser):
+    tab = Page(browser, f"{server.http_url}/")
+    # Server events as the page receives them; the user's caption comes after the reply began.
+    events = [
+        {"type": "input.speech_started", "at_ms": 400},
+        {"type": "assistant.speech_started", "at_ms": 2100},
+        {"type": "assistant.text", "text": "Sure,", "at_ms": 2100},
+        {"type": "assistant.text", "text": " happy to", "at_ms": 2300},
+        {"type": "user.transcript", "text": " Tell me a story. ", "start_ms": 400, "end_ms": 1800},
+        {"type": "assistant.text", "text": " help you", "at_ms": 2500},
+        {"type": "input.speech_started", "at_ms": 3000},
+        {"type": "barge_in", "at_ms": 3000, "cut_text": "help you"},
+        {"type": "assistant.text", "text": " Okay.", "at_ms": 4000},
+    ]
+    tab.page.evaluate(
+        "events => events.forEach(e => assistantClient.dispatchEvent(new CustomEvent('event', {detail: e})))",
+        events,
+    )
+    turns = tab.page.locator("[data-testid=captions] .turn")
+    assert [turns.nth(i).get_attribute("data-who") for i in range(turns.count())] == ["user", "assistant", "assistant"]
+    assert turns.nth(0).locator(".turn-text").inner_text() == "Tell me a story."
+    first = turns.nth(1)
+    assert first.locator(".turn-text").inner_text() == "Sure, happy to help you"
+    assert first.locator("del.cut").inner_text() == "help you"
+    assert "interrupted" in first.locator(".turn-who").inner_text()
+    assert turns.nth(2).locator(".turn-text").inner_text() == "Okay."
     assert tab.console_errors == []
 
 

@@ -63,6 +63,9 @@ const toggle = $("#toggle");
 const toggleLabel = toggle.querySelector(".toggle-label");
 const stateBox = $('[data-testid="state"]');
 const stateText = stateBox.querySelector(".status-text");
+const hint = $("#toggle-hint");
+const HINT_IDLE = hint.textContent.trim();
+const HINT_LIVE = "Talk any time, even over the assistant. Press Stop to end.";
 
 toggle.addEventListener("click", () => {
   if (client.live) client.stop();
@@ -80,6 +83,7 @@ function renderState() {
   toggle.dataset.action = live ? "stop" : "start";
   toggleLabel.textContent = live ? "Stop" : "Start conversation";
   toggle.disabled = state === "stopping";
+  hint.textContent = live ? HINT_LIVE : HINT_IDLE;
   document.body.dataset.state = state;
 }
 client.addEventListener("statechange", renderState);

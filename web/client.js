@@ -224,6 +224,9 @@ export class AssistantClient extends EventTarget {
   async openAudio(run) {
     if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) throw ERRORS.insecure();
     if (typeof AudioWorkletNode === "undefined") throw ERRORS.unsupported();
+    // Created before any await, inside the click: some browsers only let audio start there.
+    let context = new AudioContext({ latencyHint: "interactive" });
+    run.context = context;
     // Speakers need the browser's echo canceller or the assistant hears itself; headphones
     // sound better without any processing.
     const processing = this.settings.outputMode === "speakers";
@@ -243,7 +246,6 @@ export class AssistantClient extends EventTarget {
       run.stream.getTracks().forEach((t) => t.stop());
       return;
     }
-    let context = new AudioContext({ latencyHint: "interactive" });
     if (!SUPPORTED_RATES.includes(context.sampleRate)) {
       // The server accepts a few rates only; let the browser resample to one of them.
       await context.close();
