@@ -526,7 +526,6 @@ class Response:
     waited_frames: int = 0  # frames since created without speech (requested responses)
     held: list[list] = field(default_factory=list)  # quiet frames at the tail: [pcm16, text]
     input_ms_at_start: float = 0.0
-    warnings: tuple = ()
 
 
 class Conversation:
@@ -770,8 +769,7 @@ class Conversation:
 
     def _open_response(self, *, requested: bool, metadata: dict | None = None, max_frames: int | None = None,
                        warnings: tuple = ()) -> list:
-        r = Response(self._new_id("resp"), metadata, max_frames, requested, input_ms_at_start=self.input_ms,
-                     warnings=warnings)
+        r = Response(self._new_id("resp"), metadata, max_frames, requested, input_ms_at_start=self.input_ms)
         self.response = r
         created = self.event("response.created", response=self._response_json(r))
         if warnings:
@@ -965,9 +963,4 @@ class Conversation:
             r.held[-1][1] += text  # spoken after a pause that may still turn out to be the end
             return []
         return self._send_frame(r, b"", text)
-
-    def close(self) -> list:
-        """The connection is going away: nothing is sent any more; returns [] (kept for symmetry)."""
-        self.response = None
-        return []
 

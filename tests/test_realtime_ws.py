@@ -203,14 +203,21 @@ async def test_messages_over_one_mib_close_the_socket_with_1009(server):
         assert info.value.rcvd.code == 1009
 
 
-async def test_a_full_server_closes_new_realtime_connections_with_1013():
-    with start_server("--max-sessions", "1") as full:
+async def test_a_full_server_closes_new_realtime_connections_with_1013_and_idle_sessions_end():
+    with start_server("--max-sessions", "1", "--idle-timeout", "2") as full:
         async with connect(url(full)) as first:
             assert (await recv(first))["type"] == "session.created"
             async with connect(url(full)) as second:
                 with pytest.raises(ConnectionClosed) as info:
                     await recv(second)
                 assert info.value.rcvd.code == 1013
+            # No audio for 2 s: the session ends as on /ws, told with an error event, then a normal close.
+            ended = await next_of(first, "error", timeout=5.0)
+            assert ended["error"]["code"] == "session_ended"
+            assert "idle" in ended["error"]["message"]
+            with pytest.raises(ConnectionClosed) as info:
+                await recv(first)
+            assert info.value.rcvd.code == 1000
 
 
 async def test_closed_realtime_sessions_are_accounted_and_freed(server):
