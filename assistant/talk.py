@@ -65,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=BARGE_IN_POLICIES,
         help="interruption policy sent in session.start (default: the server's)",
     )
+    conn.add_argument(
+        "--captions",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ask the server for captions of what you say (user.transcript; default on)",
+    )
     dev = parser.add_argument_group("audio devices")
     dev.add_argument("--input-device", help="microphone: index or part of the name (see --list-devices)")
     dev.add_argument("--output-device", help="headphones: index or part of the name (see --list-devices)")
@@ -638,7 +644,9 @@ async def talk(args: argparse.Namespace, display_factory: Callable[[str], Any] |
         title = f"assistant talk (local {args.backend}) - {audio.describe()}"
     else:
         try:
-            conv = await NativeClient.connect(args.server, sample_rate=rate, token=args.token, barge_in=args.barge_in)
+            conv = await NativeClient.connect(
+                args.server, sample_rate=rate, token=args.token, barge_in=args.barge_in, captions=args.captions
+            )
         except ClientError as exc:
             raise TalkError(str(exc)) from exc
         title = f"assistant talk - {args.server} session {conv.session_id} - {audio.describe()}"

@@ -152,7 +152,7 @@ def talk_args(tmp_path, url: str, seconds: float, **over) -> argparse.Namespace:
     sf.write(wav, np.zeros(int(seconds * RATE), dtype=np.float32), RATE)
     args = dict(server=url, token=None, barge_in="vad", input_device=None, output_device=None, list_devices=False,
                 sample_rate=None, block_ms=20.0, buffer_ms=120.0, input_file=wav, output_file=tmp_path / "out.wav",
-                tail_seconds=0.0, local=False, backend="moshi", model=None, device=None, dtype=None, plain=True)
+                tail_seconds=0.0, captions=True, local=False, backend="moshi", model=None, device=None, dtype=None, plain=True)
     args.update(over)
     return argparse.Namespace(**args)
 
@@ -186,7 +186,7 @@ async def test_talk_streams_mic_reports_position_and_applies_clear(tmp_path):
         assert await talk.talk(args, display_factory=display) == 0
 
     start = json.loads(fake.received[0][1])
-    assert start == {"type": "session.start", "sample_rate": RATE, "barge_in": "vad"}
+    assert start == {"type": "session.start", "sample_rate": RATE, "barge_in": "vad", "captions": True}
     assert fake.audio_bytes() == 2 * int(1.6 * RATE), "every mic sample reached the server as PCM16"
     assert fake.events("session.end"), "the session is ended cleanly"
 

@@ -84,6 +84,9 @@ def test_talk_to_scripted_server_hears_the_reply_and_silence_after_barge_in(tmp_
     # CI box) and stays silent until the user's turn ends.
     cut = onset + np.flatnonzero(env_out[onset // WINDOW_MS :] < -100)[0] * WINDOW_MS
     assert cut - onset <= 400, f"playback went silent {cut - onset} ms after the interruption began"
+    reply_onset = gap_start + np.flatnonzero(env_out[gap_start // WINDOW_MS :] > VOICED_DB)[0] * WINDOW_MS
+    print(f"\nheard: reply starts {reply_onset - gap_start} ms after q1's last voiced sample "
+          f"(500 ms playout buffer included); playback silent {cut - onset} ms after the interruption's onset")
     assert span_db(env_out, onset + 400, turn_end) < SILENT_DB, "audio played over the user's interruption"
 
     lines = result.stdout.splitlines()
