@@ -22,6 +22,7 @@ MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB, text or binary; bigger closes the socket w
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008  # event flood, too slow a reader
 CLOSE_TOO_LARGE = 1009
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013  # server full
 
 ERROR_CODES = (

@@ -102,3 +102,119 @@ def start_server(*args: str, env: dict[str, str] | None = None, startup_timeout_
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+# -- a native-protocol test client ----------------------------------------------------------------
+
+
+class NativeClient:
+    """Records everything a /ws connection receives, with arrival times (time.monotonic()).
+
+        async with connect(addr.ws_url) as ws:
+            client = NativeClient(ws)
+            await client.start(24000, barge_in="vad")
+            await client.stream(pcm16)          # paced in real time
+            client.of("playback.clear")         # [(t, event), ...]
+    """
+
+    def __init__(self, ws):
+        self.ws = ws
+        self.events: list[tuple[float, dict]] = []
+        self.audio: list[tuple[float, bytes]] = []
+        self.sent: list[tuple[float, int]] = []  # (wall time, samples sent so far) after each chunk
+        self.closed = None  # the ConnectionClosed that ended the reader
+        self._reader = None
+
+    def _start_reader(self) -> None:
+        import asyncio
+        import json
+
+        from websockets.exceptions import ConnectionClosed
+
+        async def read() -> None:
+            try:
+                async for message in self.ws:
+                    now = time.monotonic()
+                    if isinstance(message, bytes):
+                        self.audio.append((now, message))
+                    else:
+                        self.events.append((now, json.loads(message)))
+            except ConnectionClosed as exc:
+                self.closed = exc
+            else:
+                self.closed = True
+
+        self._reader = asyncio.create_task(read())
+
+    async def start(self, sample_rate: int = 24000, **options) -> dict:
+        import asyncio
+        import json
+
+        await self.ws.send(json.dumps({"type": "session.start", "sample_rate": sample_rate, **options}))
+        self._start_reader()
+        while not self.of("session.ready"):
+            if self.of("error") or self.closed:
+                raise RuntimeError(f"session did not start: {self.events} {self.closed}")
+            await asyncio.sleep(0.005)
+        return self.of("session.ready")[0][1]
+
+    async def stream(self, pcm16, sample_rate: int = 24000, chunk_ms: int = 20, t0: float | None = None) -> None:
+        """Send int16 samples in chunk_ms pieces, each when its last sample is due by the wall clock."""
+        import asyncio
+
+        chunk = sample_rate * chunk_ms // 1000
+        t0 = time.monotonic() if t0 is None else t0
+        base = self.sent[-1][1] if self.sent else 0
+        for start in range(0, len(pcm16), chunk):
+            piece = pcm16[start : start + chunk]
+            due = t0 + (start + len(piece)) / sample_rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self.ws.send(piece.tobytes())
+            self.sent.append((time.monotonic(), base + start + len(piece)))
+
+    def sent_time_of(self, sample: int) -> float:
+        """When the chunk holding input sample `sample` was sent."""
+        for t, end in self.sent:
+            if end > sample:
+                return t
+        raise ValueError(f"sample {sample} was never sent")
+
+    def of(self, kind: str) -> list[tuple[float, dict]]:
+        return [(t, e) for t, e in self.events if e["type"] == kind]
+
+    async def wait_for(self, kind: str, timeout: float = 10.0) -> tuple[float, dict]:
+        import asyncio
+
+        deadline = time.monotonic() + timeout
+        while not self.of(kind):
+            if self.closed or time.monotonic() > deadline:
+                raise AssertionError(f"no {kind} event within {timeout} s; got {[e['type'] for _, e in self.events]}")
+            await asyncio.sleep(0.01)
+        return self.of(kind)[0]
+
+    async def wait_closed(self, timeout: float = 10.0):
+        import asyncio
+
+        await asyncio.wait_for(asyncio.shield(self._reader), timeout)
+        return self.closed
+
+    def voiced_audio_times(self, threshold: int = 300) -> list[float]:
+        """Arrival times of audio messages that carry the assistant's voice (not silence)."""
+        import numpy as np
+
+        return [t for t, b in self.audio if np.abs(np.frombuffer(b, "<i2")).max(initial=0) > threshold]
+
+
+def http_get(address: ServerAddress, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict, bytes]:
+    """A plain GET with the path sent exactly as given (no normalisation)."""
+    import http.client
+
+    conn = http.client.HTTPConnection(address.host, address.port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()

@@ -1,0 +1,13 @@
+"""Shared fixtures. `scripted_server` runs a real `assistant serve --backend scripted` on a free port."""
+
+from __future__ import annotations
+
+import pytest
+from server_utils import start_server
+
+
+@pytest.fixture
+def scripted_server():
+    """(host, port) of a fresh scripted-backend server; see tests/server_utils.py for options."""
+    with start_server("--backend", "scripted") as address:
+        yield address

@@ -1,0 +1,131 @@
+"""HTTP on the server's port (web page, health, metrics) and the handshake checks: auth, origin,
+capacity. Real servers on loopback, real websocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from server_utils import NativeClient, http_get, start_server
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from server.static import resolve
+
+
+@pytest.fixture(scope="module")
+def server():
+    with start_server("--backend", "silence", "--max-sessions", "2") as address:
+        yield address
+
+
+def test_web_page_and_static_files(server):
+    status, headers, body = http_get(server, "/")
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert b"<html" in body.lower()
+    status, headers, _ = http_get(server, "/capture-worklet.js")
+    assert status == 200 and headers["content-type"].startswith("text/javascript")
+    status, headers, _ = http_get(server, "/style.css")
+    assert status == 200 and headers["content-type"].startswith("text/css")
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/nope.html", "/../pyproject.toml", "/%2e%2e/pyproject.toml", "/..%2fpyproject.toml",
+     "/.hidden", "//etc/passwd", "/web/", "/%00"],
+)
+def test_no_traversal_no_listing_404s(server, path):
+    status, _, body = http_get(server, path)
+    assert status == 404
+    assert b"[project]" not in body and b"root:" not in body
+
+
+def test_resolve_refuses_symlinks_out_of_root(tmp_path):
+    root = tmp_path / "web"
+    root.mkdir()
+    (root / "index.html").write_text("<html>")
+    (tmp_path / "secret.txt").write_text("secret")
+    (root / "link.txt").symlink_to(tmp_path / "secret.txt")
+    (root / "sub").mkdir()
+    assert resolve(root, "/") == (root / "index.html").resolve()
+    assert resolve(root, "/link.txt") is None
+    assert resolve(root, "/sub") is None and resolve(root, "/sub/") is None
+
+
+def test_healthz_reports_capacity_and_backend(server):
+    status, headers, body = http_get(server, "/healthz")
+    info = json.loads(body)
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert info["status"] == "ok" and info["backend"] == "silence"
+    assert info["max_sessions"] == 2 and info["capacity_left"] == 2 and info["live_sessions"] == 0
+
+
+async def test_capacity_refusal_with_1013_and_healthz_shows_it(server):
+    async with connect(server.ws_url) as a, connect(server.ws_url) as b:
+        ca, cb = NativeClient(a), NativeClient(b)
+        await ca.start()
+        await cb.start()
+        info = json.loads(http_get(server, "/healthz")[2])
+        assert info["live_sessions"] == 2 and info["capacity_left"] == 0
+        async with connect(server.ws_url) as c:
+            await asyncio.wait_for(c.wait_closed(), 5)
+            assert c.close_code == 1013 and "full" in c.close_reason
+    for _ in range(50):  # the slots come back once the clients have gone
+        if json.loads(http_get(server, "/healthz")[2])["capacity_left"] == 2:
+            break
+        await asyncio.sleep(0.1)
+    assert json.loads(http_get(server, "/healthz")[2])["capacity_left"] == 2
+    metrics = http_get(server, "/metrics")[2].decode()
+    assert "assistant_refused_total 1" in metrics
+
+
+def test_metrics_in_prometheus_text(server):
+    status, headers, body = http_get(server, "/metrics")
+    text = body.decode()
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    for name in ("assistant_step_ms_bucket", "assistant_live_sessions", "assistant_underruns_total",
+                 "assistant_drops_total", "assistant_barge_ins_total", "assistant_errors_total"):
+        assert name in text
+    assert "# TYPE assistant_step_ms histogram" in text
+    for line in text.splitlines():
+        assert line.startswith("#") or len(line.split(" ")) == 2, line
+
+
+async def test_origin_checks(server):
+    own = f"http://localhost:{server.port}"
+    async with connect(server.ws_url, origin=own) as ws:
+        await NativeClient(ws).start()
+    async with connect(server.ws_url, origin=f"http://127.0.0.1:{server.port}") as ws:
+        await NativeClient(ws).start()
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(server.ws_url, origin="http://evil.example"):
+            pass
+    assert info.value.response.status_code == 403
+
+
+async def test_auth_token_by_header_query_or_env():
+    with start_server("--backend", "silence", env={"ASSISTANT_AUTH_TOKEN": "s3cret"}) as address:
+        for kwargs, url in (({}, address.ws_url), ({"additional_headers": {"Authorization": "Bearer nope"}},
+                                                     address.ws_url), ({}, address.ws_url + "?token=nope")):
+            with pytest.raises(InvalidStatus) as info:
+                async with connect(url, **kwargs):
+                    pass
+            assert info.value.response.status_code == 401
+        async with connect(address.ws_url, additional_headers={"Authorization": "Bearer s3cret"}) as ws:
+            await NativeClient(ws).start()
+        async with connect(address.ws_url + "?token=s3cret") as ws:
+            await NativeClient(ws).start()
+        # Health checks stay open for load balancers.
+        assert http_get(address, "/healthz")[0] == 200
+
+
+def test_startup_prints_the_url(server):
+    assert any(f"open http://127.0.0.1:{server.port}/" in line for line in server.output)
+
+
+async def test_unknown_websocket_path_is_refused(server):
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(f"ws://{server.host}:{server.port}/elsewhere"):
+            pass
+    assert info.value.response.status_code == 404
