@@ -73,10 +73,10 @@ const ERRORS = {
       `The assistant server at ${host} cannot be reached.`,
       "Check that `assistant serve` is running and that this computer can reach it, then press Start again.",
     ),
-  auth: () =>
+  auth: (hadToken) =>
     new UserError(
       "auth",
-      "The server refused the access token.",
+      hadToken ? "The server refused the access token." : "This server needs an access token.",
       "Enter the server's token under Settings (or open the page with ?token=…), then press Start again.",
     ),
   origin: (origin) =>
@@ -150,7 +150,7 @@ async function diagnoseHandshakeFailure(wsPath, host) {
   if (!(await serverReachable())) return ERRORS.unreachable(host);
   try {
     const probe = await fetch(wsPath, { cache: "no-store" });
-    if (probe.status === 401) return ERRORS.auth();
+    if (probe.status === 401) return ERRORS.auth(wsPath.includes("token="));
     if (probe.status === 403) return ERRORS.origin(location.origin);
   } catch {
     return ERRORS.unreachable(host);
@@ -171,6 +171,7 @@ export class AssistantClient extends EventTarget {
     this.stats = AssistantClient.freshStats();
     this.serverStats = null;
     this.run = null; // everything owned by the current conversation
+    this.assistantSpeaking = false;
     this.interruptedTimer = null;
     this.runCount = 0;
   }
@@ -208,6 +209,7 @@ export class AssistantClient extends EventTarget {
     if (this.run) return;
     const run = { id: ++this.runCount, ws: null, ready: false, opened: false, userStopped: false };
     this.run = run;
+    this.assistantSpeaking = false;
     this.error = null;
     this.stats = AssistantClient.freshStats();
     this.serverStats = null;
@@ -344,12 +346,16 @@ export class AssistantClient extends EventTarget {
       case "session.updated":
         this.serverOptions = event.options ?? null;
         break;
-      case "assistant.speech_started":
-        // How long the first reply sample waits in our buffer: the page's share of the latency.
-        run.bufferAtReplyMs = this.stats.bufferedMs;
+      case "assistant.speech_started": {
+        // How long the first reply sample waits in our buffer and the device: the page's share.
+        const deviceMs = ((run.context.baseLatency || 0) + (run.context.outputLatency || 0)) * 1000;
+        run.bufferAtReplyMs = this.stats.bufferedMs + deviceMs;
+        this.assistantSpeaking = true;
         if (this.state !== "interrupted") this.setState("speaking");
         break;
+      }
       case "assistant.speech_stopped":
+        this.assistantSpeaking = false;
         if (this.state === "speaking") this.setState("listening");
         break;
       case "playback.clear":
@@ -390,7 +396,7 @@ export class AssistantClient extends EventTarget {
     this.setState("interrupted");
     clearTimeout(this.interruptedTimer);
     this.interruptedTimer = setTimeout(() => {
-      if (this.state === "interrupted") this.setState("listening");
+      if (this.state === "interrupted") this.setState(this.assistantSpeaking ? "speaking" : "listening");
     }, INTERRUPTED_HOLD_MS);
   }
 
@@ -400,8 +406,8 @@ export class AssistantClient extends EventTarget {
       this.stats.responseGapMs = event.response_gap_ms;
       this.stats.serverOverheadMs = event.server_overhead_ms ?? null;
       // End to end = capture chunking + server (last voiced sample -> first reply sample sent)
-      // + the time that sample then waited in this page's playout buffer. Loopback/LAN network
-      // time is not measured and is small next to these.
+      // + the time that sample then waited in this page's playout buffer and the audio device.
+      // Loopback/LAN network time is not measured and is small next to these.
       const buffered = run.bufferAtReplyMs ?? this.stats.bufferedMs;
       this.stats.lastLatencyMs = Math.round(CHUNK_MS + event.response_gap_ms + buffered);
     }
