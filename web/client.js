@@ -3,7 +3,8 @@
 // One AssistantClient per page. `start()` asks for the microphone, opens the audio graph and
 // the websocket (native protocol, docs/protocol.md); the conversation runs until `stop()`, an
 // error, or the server ends it. It never reconnects by itself: the user presses Start again.
-// It emits "statechange", "event" (every server JSON event), "levels", "stats" and "error".
+// It emits "statechange", "event" (every server JSON event), "levels", "stats", "notice" (a
+// refused request the session survives) and "error" (the conversation ended with a UserError).
 
 const SUPPORTED_RATES = [8000, 16000, 24000, 44100, 48000];
 const FALLBACK_RATE = 48000;
@@ -107,6 +108,18 @@ const ERRORS = {
     new UserError("server_stopped", "The server shut down.", "Press Start to reconnect once it is running again."),
   ended: (reason) =>
     new UserError("ended", `The conversation ended (${reason}).`, "Press Start to begin a new one."),
+  serverError: (reason) =>
+    new UserError(
+      "server_error",
+      `The server hit an internal error${reason ? ` (${reason})` : ""}.`,
+      "Press Start to try again; if it repeats, the server's log says why.",
+    ),
+  policy: (reason) =>
+    new UserError(
+      "policy",
+      `The server ended the connection${reason ? `: ${reason}` : ""}.`,
+      "This happens when the connection is too slow or the page sent too much at once. Press Start to reconnect.",
+    ),
   closed: (code, reason) =>
     new UserError(
       "closed",
@@ -173,7 +186,6 @@ export class AssistantClient extends EventTarget {
     this.run = null; // everything owned by the current conversation
     this.assistantSpeaking = false;
     this.interruptedTimer = null;
-    this.runCount = 0;
   }
 
   static freshStats() {
@@ -207,7 +219,7 @@ export class AssistantClient extends EventTarget {
 
   async start() {
     if (this.run) return;
-    const run = { id: ++this.runCount, ws: null, ready: false, opened: false, userStopped: false };
+    const run = { ws: null, ready: false, opened: false, userStopped: false };
     this.run = run;
     this.assistantSpeaking = false;
     this.error = null;
@@ -500,6 +512,10 @@ export class AssistantClient extends EventTarget {
       error = /shut ?down/i.test(run.endReason) ? ERRORS.serverStopped() : ERRORS.ended(run.endReason);
     } else if (event.code === 1001 || event.code === 1012) {
       error = ERRORS.serverStopped();
+    } else if (event.code === 1011) {
+      error = ERRORS.serverError(event.reason);
+    } else if (event.code === 1008 || event.code === 1009) {
+      error = ERRORS.policy(event.reason);
     } else if (event.code === 1006) {
       error = ERRORS.lost();
     } else {
