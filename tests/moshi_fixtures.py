@@ -1,5 +1,7 @@
 """Tiny random Moshi models written in both checkpoint layouts, for the Moshi tests.
 
+(Kept apart from model_fixtures.py, whose Mimi helpers it uses, because another engineer owns that file.)
+
 Everything is built inside the test (tmp_path): a SentencePiece model trained on a few sentences,
 random LM weights (sharpened so greedy decisions have clear margins), Kyutai's and Hugging
 Face's file layouts holding the same weights.
@@ -13,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from model_fixtures import kyutai_mimi_kwargs, random_mimi, tiny_mimi_config, write_mimi_checkpoint
 
 from assistant.moshi.loading import (
     KYUTAI_MIMI_NAME,
@@ -67,16 +70,6 @@ def tiny_kyutai_kwargs(**overrides) -> dict:
     return kwargs
 
 
-def tiny_mimi_config(card: int = 64):
-    """A small transformers MimiConfig (1920-sample frames, 8 codebooks of `card` entries)."""
-    from transformers import MimiConfig
-
-    return MimiConfig(hidden_size=16, num_filters=4, num_hidden_layers=1, intermediate_size=32,
-                      num_attention_heads=2, num_key_value_heads=2, head_dim=8, codebook_size=card,
-                      codebook_dim=8, vector_quantization_hidden_dimension=8, num_quantizers=8,
-                      upsample_groups=16)
-
-
 def train_tiny_spm(directory: Path, vocab_size: int = 48) -> Path:
     """Train a SentencePiece model on a few sentences; ids 0 unk, 1 bos, 2 eos, 3 pad (as Kyutai's)."""
     import sentencepiece
@@ -100,9 +93,11 @@ def random_moshi(kwargs: dict, seed: int = 0, sharpen: float = 6.0):
     """
     from transformers import MoshiForConditionalGeneration
 
-    config = kyutai_lm_config(kwargs, mimi_config=tiny_mimi_config(kwargs["card"]))
+    mimi_config = tiny_mimi_config(codebook_size=kwargs["card"])
+    config = kyutai_lm_config(kwargs, mimi_config=mimi_config)
     torch.manual_seed(seed)
     model = MoshiForConditionalGeneration(config).eval()
+    model.audio_encoder.load_state_dict(random_mimi(mimi_config, seed=seed).state_dict())
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -117,11 +112,6 @@ def random_moshi(kwargs: dict, seed: int = 0, sharpen: float = 6.0):
                 param.copy_(torch.randn(param.shape, generator=gen) / math.sqrt(fan_in))
         model.decoder.lm_head.weight.mul_(sharpen)
         model.depth_decoder.lm_heads.weight.mul_(sharpen)
-        codebooks = [m for n, m in model.audio_encoder.named_modules() if n.endswith("codebook")]
-        for cb in codebooks:  # an untrained Mimi has all-zero codebooks: give it real ones
-            cb.embed_sum.copy_(torch.randn(cb.embed_sum.shape, generator=gen))
-            cb.cluster_usage.fill_(1.0)
-            cb.initialized.fill_(True)
     return model
 
 
@@ -130,20 +120,19 @@ def lm_state_dict(model) -> dict[str, torch.Tensor]:
 
 
 def write_kyutai_checkpoint(directory: Path, model, kwargs: dict, tokenizer: Path, *, with_config: bool = True,
-                            dtype: torch.dtype = torch.float32, mimi_writer=None) -> Path:
-    """Write `model`'s LM in Kyutai's layout: model.safetensors (Kyutai names), Mimi file, tokenizer, config."""
+                            dtype: torch.dtype = torch.float32) -> Path:
+    """Write `model` in Kyutai's layout: model.safetensors (Kyutai names), the Mimi file and its Kyutai
+    config (named by `mimi_config_name`, as Kyutai's loader allows), the tokenizer, config.json."""
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
     state = kyutai_state_dict_from_transformers(lm_state_dict(model), model.config)
     save_file({k: v.to(dtype) for k, v in state.items()}, str(directory / "model.safetensors"))
     shutil.copy(tokenizer, directory / KYUTAI_TOKENIZER_NAME)
-    if mimi_writer is not None:
-        mimi_writer(directory / KYUTAI_MIMI_NAME, model.audio_encoder)
-    else:
-        (directory / KYUTAI_MIMI_NAME).write_bytes(b"")  # the LM loader only locates it; the codec reads it
+    write_mimi_checkpoint(directory / KYUTAI_MIMI_NAME, model.audio_encoder, layout="kyutai")
     if with_config:
-        (directory / "config.json").write_text(json.dumps(kwargs))
+        (directory / "mimi_config.json").write_text(json.dumps(kyutai_mimi_kwargs(model.audio_encoder.config)))
+        (directory / "config.json").write_text(json.dumps(dict(kwargs, mimi_config_name="mimi_config.json")))
     return directory
 
 

@@ -128,6 +128,7 @@ class LoadedMoshi:
     mimi: object
     layout: str  # "kyutai" | "hf"
     source: str
+    mimi_config: object = None  # transformers MimiConfig of a Kyutai Mimi file; None = the 7B's Mimi
     delays: tuple[int, ...] = DEFAULT_DELAYS
     text_pad_id: int = TEXT_PAD_ID
     text_end_pad_id: int = TEXT_END_PAD_ID
@@ -225,6 +226,47 @@ def kyutai_lm_config(kwargs: dict, mimi_config=None):
             "rms_norm_eps": 1e-8,
         },
     )
+
+
+def mimi_config_from_kyutai(mimi_kwargs: dict):
+    """transformers MimiConfig from Kyutai's Mimi config JSON (`mimi_config_name` in a Kyutai config.json)."""
+    from audio.mimi_convert import mimi_config_for_kyutai
+
+    try:
+        seanet, quantizer, transformer = mimi_kwargs["seanet"], mimi_kwargs["quantizer"], mimi_kwargs["transformer"]
+        fields = {
+            "sampling_rate": mimi_kwargs.get("sample_rate", 24_000),
+            "audio_channels": mimi_kwargs.get("channels", 1),
+            "hidden_size": seanet["dimension"],
+            "num_filters": seanet["n_filters"],
+            "num_residual_layers": seanet["n_residual_layers"],
+            "upsampling_ratios": list(seanet["ratios"]),
+            "kernel_size": seanet["kernel_size"],
+            "last_kernel_size": seanet["last_kernel_size"],
+            "residual_kernel_size": seanet["residual_kernel_size"],
+            "dilation_growth_rate": seanet["dilation_base"],
+            "compress": seanet["compress"],
+            "use_conv_shortcut": not seanet.get("true_skip", True),
+            "codebook_size": quantizer["bins"],
+            "codebook_dim": quantizer["dimension"],
+            "vector_quantization_hidden_dimension": quantizer["dimension"],
+            "num_quantizers": quantizer["n_q"],
+            "upsample_groups": seanet["dimension"],
+            "num_hidden_layers": transformer["num_layers"],
+            "num_attention_heads": transformer["num_heads"],
+            "num_key_value_heads": transformer["num_heads"],
+            "head_dim": transformer["d_model"] // transformer["num_heads"],
+            "intermediate_size": transformer["dim_feedforward"],
+            "sliding_window": transformer["context"],
+            "layer_scale_initial_scale": transformer.get("layer_scale", 0.01),
+            "rope_parameters": {"rope_type": "default", "rope_theta": float(transformer.get("max_period", 10000))},
+        }
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"Kyutai Mimi config lacks {exc}; expected seanet/quantizer/transformer sections") from exc
+    config = mimi_config_for_kyutai()
+    for key, value in fields.items():
+        setattr(config, key, value)
+    return config
 
 
 # -- Kyutai weights -> transformers weights ----------------------------------------------------
@@ -494,7 +536,11 @@ def _load_kyutai(directory: Path, device, dtype, source: str) -> LoadedMoshi:
     mimi_file = _need(directory, names.get("mimi_name", KYUTAI_MIMI_NAME), "Kyutai Mimi weights")
     tok_file = _need(directory, names.get("tokenizer_name", KYUTAI_TOKENIZER_NAME), "SentencePiece text tokenizer")
     kwargs = kyutai_lm_kwargs(raw)
-    config = kyutai_lm_config(kwargs)
+    mimi_config = None
+    if names.get("mimi_config_name"):
+        mimi_json = _need(directory, names["mimi_config_name"], "Kyutai Mimi config named by config.json")
+        mimi_config = mimi_config_from_kyutai(json.loads(mimi_json.read_text()))
+    config = kyutai_lm_config(kwargs, mimi_config)
     lm_state = convert_kyutai_lm_state_dict(load_file(str(moshi_file)), config, filename=str(moshi_file))
     model = build_moshi_from_lm_state(config, lm_state, device, dtype, str(moshi_file))
     pad = kwargs.get("existing_text_padding_id", TEXT_PAD_ID)
@@ -503,6 +549,7 @@ def _load_kyutai(directory: Path, device, dtype, source: str) -> LoadedMoshi:
         model=model,
         tokenizer=TextTokenizer.from_file(tok_file, {pad, end_pad}),
         mimi=mimi_file,
+        mimi_config=mimi_config,
         layout="kyutai",
         source=source,
         delays=tuple(kwargs["delays"]),
