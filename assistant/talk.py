@@ -40,11 +40,13 @@ from assistant.engine import FRAME_MS, SAMPLE_RATE_HZ
 from assistant.playout import PlayoutBuffer
 from audio.pcm import FrameChunker
 from audio.resample import SUPPORTED_RATES, StreamResampler
+from audio.vad import StreamingVad, VadConfig
 
 DEFAULT_SERVER = "ws://127.0.0.1:8998/ws"
 POSITION_INTERVAL_S = 0.15  # playback.position cadence: the protocol asks for ~100-200 ms
 UI_INTERVAL_S = 0.1
 LOCAL_MAX_QUEUED_FRAMES = 3  # local engine slower than real time: drop input beyond this backlog
+LOCAL_HANGOVER_FRAMES = 3  # quiet frames that end a stretch of assistant speech (pauses between words do not)
 
 
 class TalkError(Exception):
@@ -134,8 +136,6 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.local:
         if args.backend == "moshi" and not args.model:
             raise TalkError("--local with the moshi backend needs --model (a checkpoint dir or HF repo id)")
-        if args.barge_in == "vad":
-            raise TalkError("--barge-in vad needs the server; with --local the model decides when to stop")
 
 
 # -- sound devices ---------------------------------------------------------------------------
@@ -333,16 +333,21 @@ class LocalConversation:
 
     Input at the device rate is resampled to 24 kHz and cut into 80 ms frames; each frame runs
     engine.step in a worker thread; output is resampled back and yielded like server audio, with
-    assistant.text / assistant.speech_* / stats events on the output timeline.
+    assistant.text / assistant.speech_* / stats events on the output timeline. A VAD on the input
+    handles barge-in like the server: when the user starts talking over the assistant, playback is
+    cleared (barge_in carries the text not yet heard) and, with policy `vad`, the engine is kept
+    silent until the user stops.
     """
 
-    def __init__(self, engine, sample_rate: int):
+    def __init__(self, engine, sample_rate: int, barge_in: str = "model"):
         self.engine = engine
         self.sample_rate = sample_rate
+        self.barge_in = barge_in
         self.session_id = "local"
         self._to_model = StreamResampler(sample_rate, engine.sample_rate_hz)
         self._to_device = StreamResampler(engine.sample_rate_hz, sample_rate)
         self._chunker = FrameChunker(engine.frame_samples)
+        self._vad = StreamingVad(VadConfig(), sample_rate_hz=engine.sample_rate_hz)
         self._frames: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
         self._out: asyncio.Queue[ServerEvent | np.ndarray | None] = asyncio.Queue()
         self._slot = engine.free_slot()
@@ -352,6 +357,10 @@ class LocalConversation:
         self._loop_task = asyncio.get_running_loop().create_task(self._frame_loop())
         self.drops = 0
         self.frames_out = 0
+        self.played_ms = 0.0
+        self._speaking = False  # within a stretch of assistant speech, hangover included
+        self._last_voiced_frame = 0
+        self._stretch_text: list[tuple[float, str]] = []  # (at_ms, piece) of the assistant's current stretch
         self._step_ms: list[float] = []
 
     async def send_audio(self, pcm: np.ndarray) -> None:
@@ -362,26 +371,45 @@ class LocalConversation:
             self._frames.put_nowait(frame)
 
     async def send_position(self, played_ms: float) -> None:
-        pass  # nothing to truncate: there is no server-side transcript
+        self.played_ms = played_ms
+
+    def _turn_taking(self, frame: np.ndarray) -> None:
+        """Run the VAD on one input frame; on a barge-in, clear playback and maybe silence the engine."""
+        for event in self._vad.push(frame):
+            if event.type == "speech_started" and self._speaking:
+                # Like the server: a piece counts as heard only when its whole frame was played.
+                cut = "".join(t for at, t in self._stretch_text if at + FRAME_MS > self.played_ms).strip()
+                self._out.put_nowait(ServerEvent("playback.clear", {"reason": "barge_in"}))
+                self._out.put_nowait(ServerEvent("barge_in", {"at_ms": event.at_ms, "cut_text": cut}))
+                if self.barge_in == "vad":
+                    self.engine.force_silence(self._slot, True)
+            elif event.type == "speech_stopped" and self.engine.silenced[self._slot]:
+                self.engine.force_silence(self._slot, False)
 
     async def _frame_loop(self) -> None:
-        speaking = False
         batch = np.zeros((self.engine.batch_size, self.engine.frame_samples), dtype=np.float32)
         last_stats = time.monotonic()
         try:
             while (frame := await self._frames.get()) is not None:
+                self._turn_taking(frame)
                 batch[self._slot] = frame
                 t = time.perf_counter()
                 out = await asyncio.to_thread(self.engine.step, batch)
                 self._step_ms.append((time.perf_counter() - t) * 1000)
-                at_ms = self.frames_out * FRAME_MS
+                index = self.frames_out
                 self.frames_out += 1
-                now_speaking = bool(out.speaking[self._slot])
-                if now_speaking != speaking:
-                    kind = "started" if now_speaking else "stopped"
-                    self._out.put_nowait(ServerEvent(f"assistant.speech_{kind}", {"at_ms": at_ms}))
-                    speaking = now_speaking
+                at_ms = index * FRAME_MS
+                if out.speaking[self._slot]:
+                    self._last_voiced_frame = index
+                    if not self._speaking:
+                        self._speaking = True
+                        self._stretch_text.clear()
+                        self._out.put_nowait(ServerEvent("assistant.speech_started", {"at_ms": at_ms}))
+                elif self._speaking and index - self._last_voiced_frame >= LOCAL_HANGOVER_FRAMES:
+                    self._speaking = False
+                    self._out.put_nowait(ServerEvent("assistant.speech_stopped", {"at_ms": at_ms}))
                 if out.text[self._slot]:
+                    self._stretch_text.append((at_ms, out.text[self._slot]))
                     self._out.put_nowait(ServerEvent("assistant.text", {"text": out.text[self._slot], "at_ms": at_ms}))
                 self._out.put_nowait(self._to_device.process(out.pcm_out[self._slot]))
                 if time.monotonic() - last_stats >= 1.0:
@@ -416,7 +444,7 @@ def build_local(args: argparse.Namespace, sample_rate: int) -> LocalConversation
         engine = build_engine(args.backend, model=args.model, batch_size=1, device=args.device, dtype=args.dtype)
     except (ValueError, FileNotFoundError, OSError) as exc:
         raise TalkError(f"cannot build the {args.backend} engine: {exc}") from exc
-    return LocalConversation(engine, sample_rate)
+    return LocalConversation(engine, sample_rate, barge_in=args.barge_in or "model")
 
 
 # -- what the terminal shows (pure) ----------------------------------------------------------

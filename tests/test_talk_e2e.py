@@ -123,23 +123,35 @@ def test_ctrl_c_ends_the_session_cleanly(tmp_path):
 
 
 def test_local_scripted_engine_on_a_file_without_a_server(tmp_path):
+    """A short exchange, no server: "Hi there.", a pause the reply fills, then an interruption."""
+    q1, rate_24k = sf.read(AUDIO / "q1.wav", dtype="float32")
+    interrupt, _ = sf.read(AUDIO / "interrupt.wav", dtype="float32")
+    hi_there = q1[: int(0.75 * rate_24k)]  # q1 pauses after its first sentence
+    pause = np.zeros(int(1.8 * rate_24k), dtype=np.float32)
+    pcm_24k = np.concatenate([hi_there, pause, interrupt[: int(1.6 * rate_24k)], np.zeros(rate_24k // 2, np.float32)])
     # A 16 kHz "device": the in-process loop resamples to the model's 24 kHz and back.
-    pcm_24k, _ = sf.read(AUDIO / "q1.wav", dtype="float32")
-    question = tmp_path / "q1_16k.wav"
+    question = tmp_path / "exchange_16k.wav"
     sf.write(question, resample(pcm_24k, 24000, 16000), 16000)
     out = tmp_path / "out.wav"
-    result = talk("--local", "--backend", "scripted", "--input-file", str(question), "--output-file", str(out),
-                  "--tail-seconds", "5.5")
+    result = talk("--local", "--backend", "scripted", "--barge-in", "vad", "--buffer-ms", "500",
+                  "--input-file", str(question), "--output-file", str(out), "--tail-seconds", "0")
     assert result.returncode == 0, result.stdout + result.stderr
     pcm_in, rate = sf.read(question, dtype="float32")
     pcm_out, out_rate = sf.read(out, dtype="float32")
-    assert out_rate == 16000 and pcm_out.shape[0] == pcm_in.shape[0] + round(5.5 * rate)
+    assert out_rate == 16000 and pcm_out.shape[0] == pcm_in.shape[0]
     env_in, env_out = envelope_db(pcm_in, rate), envelope_db(pcm_out, rate)
-    q_end = (np.flatnonzero(env_in > VOICED_DB)[-1] + 1) * WINDOW_MS
-    assert span_db(env_out, 0, q_end) < SILENT_DB, "the assistant stays quiet while the user asks"
-    reply = load_reply()
-    reply_ms = reply.frames.size * 1000 // 24000
-    assert span_db(env_out, q_end + 600, q_end + reply_ms) > -35.0, "the reply is heard after the question"
-    # The full reply was heard, so its caption is printed whole once the assistant stops.
-    assert f"assistant: {reply.text}" in result.stdout, result.stdout
-    assert "-- played" in result.stdout and "clears 0" in result.stdout
+    voiced = np.flatnonzero(env_in > VOICED_DB) * WINDOW_MS
+    q_end = voiced[np.flatnonzero(np.diff(voiced) > 1000)[0]] + WINDOW_MS
+    onset = voiced[voiced > q_end + 1000][0]
+    turn_end = voiced[-1] + WINDOW_MS
+    assert span_db(env_out, 0, q_end) < SILENT_DB, "the assistant stays quiet while the user speaks"
+    assert span_db(env_out, q_end + 900, onset) > -35.0, "the reply is heard in the pause"
+    # The 500 ms playout buffer is cleared at the barge-in, so silence comes well before it could drain.
+    assert span_db(env_out, onset + 400, turn_end) < SILENT_DB, "audio played over the interruption"
+    lines = result.stdout.splitlines()
+    cut_lines = [line for line in lines if "[cut:" in line]
+    assert cut_lines and "-- interrupted" in result.stdout, result.stdout
+    words = load_reply().text.split()
+    heard, cut_text = cut_lines[0].split("assistant: ", 1)[1].rstrip("]").split(" [cut: ")
+    assert heard.split() + cut_text.split() == words[: len(heard.split()) + len(cut_text.split())]
+    assert "clears 1" in result.stdout
