@@ -147,7 +147,11 @@ class NativeClient:
         headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
             ws = await websockets.connect(
-                url, additional_headers=headers, open_timeout=open_timeout, max_size=MAX_MESSAGE_BYTES
+                url,
+                additional_headers=headers,
+                open_timeout=open_timeout,
+                max_size=MAX_MESSAGE_BYTES,
+                compression=None,  # PCM barely compresses; deflate would only add CPU and latency
             )
         except (OSError, asyncio.TimeoutError, InvalidStatus, InvalidURI, websockets.InvalidHandshake) as exc:
             raise ClientError(describe_connect_error(url, exc)) from exc

@@ -35,6 +35,7 @@ import soundfile as sf
 import soxr
 from websockets.exceptions import ConnectionClosed
 
+from assistant.backends import BACKENDS
 from assistant.client import BARGE_IN_POLICIES, ClientError, NativeClient, ServerEvent, describe_connect_error
 from assistant.engine import FRAME_MS, SAMPLE_RATE_HZ
 from assistant.playout import PlayoutBuffer
@@ -55,6 +56,11 @@ class TalkError(Exception):
 
 # -- arguments -------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "With --input-file/--output-file, output sample i is what the listener hears while input sample i "
+        "is being spoken (one device block of output latency, as on a real device); the output has the "
+        "input's rate and length plus --tail-seconds."
+    )
     conn = parser.add_argument_group("server")
     conn.add_argument("--server", default=DEFAULT_SERVER, help=f"native websocket URL (default {DEFAULT_SERVER})")
     conn.add_argument(
@@ -105,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     local = parser.add_argument_group("local engine (no server)")
     local.add_argument("--local", action="store_true", help="run the engine in this process, for one user")
-    local.add_argument("--backend", default="moshi", help="engine backend with --local (moshi, scripted, silence)")
+    local.add_argument("--backend", default="moshi", choices=BACKENDS, help="engine backend with --local (default moshi)")
     local.add_argument("--model", help="model with --local: checkpoint dir or Hugging Face repo id")
     local.add_argument("--device", help="torch device with --local (default: cuda when available)")
     local.add_argument("--dtype", help="torch dtype with --local (e.g. bfloat16)")
