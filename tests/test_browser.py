@@ -150,12 +150,12 @@ def test_conversation_reply_captions_latency_and_interruption(server, browser, t
     # Captions: the cut-off reply is marked and holds only a beginning of the script; the full
     # reply follows.
     turns = page.locator("[data-testid=captions] .turn--assistant")
-    assert turns.count() == 2
+    assert turns.count() >= 2
     cut_turn = turns.nth(0)
     assert "interrupted" in cut_turn.locator(".turn-who").inner_text()
     cut_shown = " ".join(cut_turn.locator(".turn-text").inner_text().split())
     assert cut_shown and REPLY_TEXT.startswith(cut_shown) and len(cut_shown) < len(REPLY_TEXT)
-    assert " ".join(turns.nth(1).inner_text().split()).endswith(REPLY_TEXT)
+    assert " ".join(turns.last.inner_text().split()).endswith(REPLY_TEXT)
 
     # The page reports its playhead: the server's view of what was heard trails what it sent
     # by about the playout buffer (without reports the two would be equal).
@@ -222,6 +222,7 @@ def test_refusals_wrong_token_server_full_and_denied_microphone(server, browser)
     tab.button.click()
     code, text = tab.error()
     assert code == "auth" and "token" in text
+    assert tab.page.evaluate("document.activeElement.id") == "token"  # straight to the fix
     assert tab.button.inner_text().strip() == "Start conversation"
     assert tab.state() == "idle"
     assert _only_refusal_noise(tab.console_errors) == []

@@ -100,7 +100,9 @@ client.addEventListener("error", (e) => {
   alertBox.querySelector(".alert-action").textContent = e.detail.action;
   alertBox.dataset.code = e.detail.code;
   alertBox.hidden = false;
-  toggle.focus();
+  // Put the keyboard where the fix is: the token field for a refused token, else the button.
+  if (e.detail.code === "auth") form.elements.token.focus();
+  else toggle.focus();
 });
 client.addEventListener("notice", (e) => {
   notice.textContent = `The server said: ${e.detail.message ?? e.detail.code}`;
