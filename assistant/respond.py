@@ -1,0 +1,143 @@
+"""`assistant respond`: answer a WAV file offline, fed frame by frame as the user's side of a live call.
+
+The input (any sample rate, mixed to mono, resampled to 24 kHz) plus `--tail-seconds` of silence
+goes through the engine one 80 ms frame at a time, exactly as in a live conversation. The output
+WAV holds the assistant's channel, sample-aligned with the input: output frame i is what the
+model said while hearing input frame i. `--stereo` writes the user on the left, the assistant on
+the right.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from assistant.engine import FRAME_SAMPLES, SAMPLE_RATE_HZ, SlotOptions
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="Moshi checkpoint: HF repo id or local dir (Kyutai or HF layout)")
+    parser.add_argument("--input", required=True, type=Path, help="the user's speech, a WAV file at any sample rate")
+    parser.add_argument("--output", required=True, type=Path, help="where to write the assistant's 24 kHz WAV")
+    parser.add_argument("--text-output", type=Path, help="also write the assistant's text here")
+    parser.add_argument("--stereo", action="store_true", help="write user (left) and assistant (right)")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="audio sampling temperature (default 0.8); 0 = greedy, for text too unless "
+                             "--text-temperature is given")
+    parser.add_argument("--text-temperature", type=float, default=None, help="text sampling temperature (default 0.7)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed, for a reproducible answer")
+    parser.add_argument("--tail-seconds", type=float, default=5.0,
+                        help="seconds of silence fed after the input so the assistant can answer (default 5)")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)")
+
+
+def read_user_audio(path: Path) -> np.ndarray:
+    """Any WAV -> float32 mono at 24 kHz."""
+    import soundfile as sf
+
+    from audio.resample import SUPPORTED_RATES, resample
+
+    samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    mono = samples.mean(axis=1)
+    if rate in SUPPORTED_RATES:
+        return resample(mono, rate, SAMPLE_RATE_HZ)
+    import soxr
+
+    return soxr.resample(mono, rate, SAMPLE_RATE_HZ, quality="HQ").astype(np.float32)
+
+
+def frames_for(user: np.ndarray, tail_seconds: float) -> np.ndarray:
+    """Zero-pad the input to whole frames, append the tail of silence: float32 (n_frames, 1920)."""
+    n_frames = math.ceil(user.shape[0] / FRAME_SAMPLES) + math.ceil(tail_seconds * SAMPLE_RATE_HZ / FRAME_SAMPLES)
+    padded = np.zeros(n_frames * FRAME_SAMPLES, dtype=np.float32)
+    padded[: user.shape[0]] = user
+    return padded.reshape(n_frames, FRAME_SAMPLES)
+
+
+def slot_options(args: argparse.Namespace) -> SlotOptions:
+    text_temperature = args.text_temperature
+    if text_temperature is None and args.temperature == 0:
+        text_temperature = 0.0  # --temperature 0 means a fully greedy answer
+    return SlotOptions(seed=args.seed, temperature=args.temperature, text_temperature=text_temperature)
+
+
+def run(args: argparse.Namespace) -> int:
+    import soundfile as sf
+
+    from assistant.backends import build_engine
+
+    if not args.input.is_file():
+        print(f"respond: input file {args.input} does not exist", file=sys.stderr)
+        return 2
+    if args.tail_seconds < 0:
+        print(f"respond: --tail-seconds must be >= 0, got {args.tail_seconds}", file=sys.stderr)
+        return 2
+    try:
+        user = read_user_audio(args.input)
+    except (RuntimeError, ValueError) as exc:  # soundfile raises these for unreadable files
+        print(f"respond: cannot read {args.input} as audio: {exc}", file=sys.stderr)
+        return 2
+    frames = frames_for(user, args.tail_seconds)
+    try:
+        engine = build_engine("moshi", model=args.model, batch_size=1, device=args.device, dtype=args.dtype)
+        engine.open(0, slot_options(args))
+    except (ValueError, OSError) as exc:  # bad checkpoint, device or option: the message says what to fix
+        print(f"respond: {exc}", file=sys.stderr)
+        return 2
+
+    reply = np.zeros_like(frames)
+    pieces: list[str] = []
+    started = time.perf_counter()
+    with _progress(len(frames)) as advance:
+        for i, frame in enumerate(frames):
+            out = engine.step(frame[None])
+            reply[i] = out.pcm_out[0]
+            pieces.append(out.text[0])
+            advance()
+    elapsed = time.perf_counter() - started
+
+    reply = reply.reshape(-1)
+    if args.stereo:
+        data = np.stack([frames.reshape(-1), reply], axis=1)
+    else:
+        data = reply
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(args.output), data, SAMPLE_RATE_HZ, subtype="PCM_16")
+    text = "".join(pieces).strip()
+    if args.text_output is not None:
+        args.text_output.write_text(text + "\n")
+    audio_seconds = len(frames) * FRAME_SAMPLES / SAMPLE_RATE_HZ
+    print(f"text: {text}")
+    print(f"wrote {args.output} ({audio_seconds:.2f} s); real-time factor {elapsed / audio_seconds:.3f} "
+          f"({elapsed:.2f} s of compute for {audio_seconds:.2f} s of audio)")
+    return 0
+
+
+class _progress:
+    """A rich progress bar on a terminal; nothing when output is redirected (logs, tests)."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self._bar = None
+
+    def __enter__(self):
+        if not sys.stdout.isatty():
+            return lambda: None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(TextColumn("responding"), BarColumn(), TextColumn("{task.completed}/{task.total} frames"),
+                             TimeRemainingColumn())
+        self._bar.__enter__()
+        task = self._bar.add_task("respond", total=self.total)
+        return lambda: self._bar.advance(task)
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+        return False
