@@ -155,3 +155,45 @@ def test_local_scripted_engine_on_a_file_without_a_server(tmp_path):
     heard, cut_text = cut_lines[0].split("assistant: ", 1)[1].rstrip("]").split(" [cut: ")
     assert heard.split() + cut_text.split() == words[: len(heard.split()) + len(cut_text.split())]
     assert "clears 1" in result.stdout
+
+
+def test_live_view_in_a_terminal_and_ctrl_c(tmp_path):
+    """On a terminal the rich live panel shows state, mic level and captions; Ctrl-C ends cleanly."""
+    import pty
+    import re
+
+    out = tmp_path / "out.wav"
+    cmd = [sys.executable, "-m", "assistant", "talk", "--local", "--backend", "scripted", "--input-file",
+           str(AUDIO / "conversation.wav"), "--output-file", str(out)]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stdout is the pseudo-terminal
+        try:
+            os.chdir(REPO)
+            os.execve(sys.executable, cmd, {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100"})
+        finally:
+            os._exit(127)  # never fall back into pytest in the forked child
+    screen = b""
+    start = time.monotonic()
+    interrupted = False
+    while True:
+        if not interrupted and b"SPEAKING" in screen:
+            os.kill(pid, signal.SIGINT)  # while the assistant is talking
+            interrupted = True
+        if time.monotonic() - start > 60:
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail("talk did not end after Ctrl-C")
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        screen += data
+    _, status = os.waitpid(pid, 0)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace"))
+    assert interrupted, text[-2000:]
+    assert os.waitstatus_to_exitcode(status) == 0, text[-2000:]
+    assert "LISTENING" in text and "SPEAKING" in text and "mic " in text and " dB" in text
+    assert "assistant: Sure" in text, "the reply's caption appears while it plays"
+    assert "-- session ended (client)" in text and "Traceback" not in text
+    assert out.is_file()
