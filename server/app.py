@@ -42,7 +42,7 @@ from websockets.http11 import Request, Response
 from assistant.backends import BACKENDS, build_engine
 from assistant.engine import Engine
 from assistant.scheduler import Scheduler, SlotHandle
-from audio.vad import VadConfig
+from audio.vad import StreamingVad, VadConfig
 from server import protocol, static
 from server.metrics import Metrics
 from server.protocol import (
@@ -444,6 +444,9 @@ async def serve_forever(config: ServerConfig, engine: Engine, ready=None, stop: 
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     tls = _ssl_context(config.ssl_cert, config.ssl_key)
+    # Build one VAD now: its first construction imports and initialises the classifier (~60 ms),
+    # which would otherwise stall the frame clock when the first session starts.
+    StreamingVad(config.vad, sample_rate_hz=engine.sample_rate_hz)
     clock = asyncio.create_task(ctx.scheduler.run())
     async with serve(
         lambda ws: route(ctx, ws),

@@ -304,19 +304,19 @@ class TurnTaking:
 
 FRAME_OK = "ok"
 FRAME_PADDED = "padded"  # a partial frame completed with silence while the user was silent
-FRAME_UNDERRUN = "underrun"
+FRAME_UNDERRUN = "underrun"  # input missing (in part or whole) while the user spoke, or none at all
 
 
 class InputBuffer:
     """The session's input FIFO between arrival (any chunk size) and the frame clock (80 ms frames).
 
-    Latency stays bounded two ways:
-    - while the user speaks, input beyond `max_backlog_frames` is dropped oldest first (counted);
-    - while the user is silent, each tick takes the newest audio (the older silence goes, a short
-      buffer is completed with leading zeros), so an end of turn reaches the engine at the very next
-      tick and the buffer realigns to the clock. Silence is all it ever removes or inserts there.
-    A tick with nothing to give while the user speaks (or with nothing at all) is an underrun: the
-    engine gets a silence frame.
+    Latency stays bounded:
+    - input beyond `max_backlog_frames` is dropped oldest first (counted as drops);
+    - a tick that finds less than a frame takes what there is behind leading zeros, so late input
+      never queues up behind inserted silence and frames stay aligned to the clock: the end of a
+      turn reaches the engine at the next tick;
+    - while the user is silent and the engine has heard the end of the turn, queued silence beyond
+      one frame is dropped.
     """
 
     def __init__(self, frame_samples: int = FRAME_SAMPLES, max_backlog_frames: int = 3):
@@ -354,18 +354,20 @@ class InputBuffer:
     def take(self, user_silent: bool, may_trim: bool = False) -> tuple[np.ndarray | None, str]:
         """The frame for this tick, float32 (frame_samples,) or None, and FRAME_OK/PADDED/UNDERRUN.
 
-        user_silent: the VAD hears no speech, so a short buffer may be completed with zeros.
+        A short buffer is taken whole behind leading zeros, so late input never adds latency: the
+        frame always ends at the newest sample. That is an underrun when the user was speaking (or
+        nothing came at all), and harmless padding of silence otherwise.
         may_trim: the engine has already heard the end of the last turn, so queued silence beyond
             one frame may go (dropping it earlier would delay the engine's own end-of-turn).
         """
         f = self.frame_samples
-        if self._len == 0 or (self._len < f and not user_silent):
+        if self._len == 0:
             return None, FRAME_UNDERRUN
         if self._len < f:
             frame = np.zeros(f, dtype=np.float32)
             frame[f - self._len :] = self._buf[: self._len]
             self._len = 0
-            return frame, FRAME_PADDED
+            return frame, (FRAME_PADDED if user_silent else FRAME_UNDERRUN)
         if user_silent and may_trim and self._len > f:
             self._discard(self._len - f)
         frame = self._buf[:f].copy()
@@ -577,6 +579,11 @@ class Session:
         now = self.clock()
         self.last_step_ms = step_ms
         at_ms = float(self.sent_ms)
+        if self.turns.silenced:
+            # Barge-in policy vad: mute at once, even the frame the engine computed before it was told.
+            if text:
+                self._log({"event": "assistant.text", "text": text, "at_ms": at_ms, "muted": True})
+            pcm, text, speaking = np.zeros_like(pcm), "", False
         for action in self.turns.assistant_frame(bool(speaking), self.samples_in):
             if action == ASSISTANT_STARTED:
                 self._turn_text = []

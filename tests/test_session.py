@@ -105,10 +105,12 @@ def test_input_buffer_keeps_every_sample_in_order_while_the_user_speaks():
     stream = np.arange(1, 11, dtype=np.float32)
     for chunk in np.split(stream, [3, 4, 9]):
         buf.push(chunk)
-    got = [buf.take(user_silent=False) for _ in range(3)]
-    assert [s for _, s in got] == [FRAME_OK, FRAME_OK, FRAME_UNDERRUN]
+    got = [buf.take(user_silent=False) for _ in range(4)]
+    assert [s for _, s in got] == [FRAME_OK, FRAME_OK, FRAME_UNDERRUN, FRAME_UNDERRUN]
     np.testing.assert_array_equal(np.concatenate([f for f, _ in got[:2]]), stream[:8])
-    assert buf.level == 2
+    # Late input is taken whole behind zeros, so it does not wait a frame behind inserted silence.
+    np.testing.assert_array_equal(got[2][0], [0, 0, 9, 10])
+    assert got[3][0] is None and buf.level == 0
 
 
 def test_input_buffer_bounds_the_backlog_by_dropping_the_oldest():
@@ -121,10 +123,9 @@ def test_input_buffer_bounds_the_backlog_by_dropping_the_oldest():
     assert buf.level == 8
 
 
-def test_input_buffer_pads_a_short_buffer_with_leading_silence_only_when_the_user_is_silent():
+def test_input_buffer_pads_a_short_buffer_while_the_user_is_silent_without_an_underrun():
     buf = InputBuffer(frame_samples=4)
     buf.push(np.array([1, 2, 3], dtype=np.float32))
-    assert buf.take(user_silent=False) == (None, FRAME_UNDERRUN)
     frame, status = buf.take(user_silent=True)
     assert status == FRAME_PADDED
     np.testing.assert_array_equal(frame, [0, 1, 2, 3])

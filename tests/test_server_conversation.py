@@ -1,0 +1,91 @@
+"""Eight clients talk to one scripted server at once, in real time, over loopback websockets.
+
+Each streams conversation.wav (a question, 3 s for the reply, an interruption, 1 s) paced by the
+wall clock, like a microphone. Each must hear the reply after its question, get `playback.clear`
+within 300 ms of the interruption's onset, and, with barge_in "vad", hear no assistant voice after
+the clear until its own speech stops. The server's latency figures (from `stats`) are checked
+against the budget: server overhead <= 100 ms p95, response gap <= end-of-turn silence + 100 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from audio_utils import load_wav
+from server_utils import NativeClient, start_server
+from websockets.asyncio.client import connect
+
+CLIENTS = 8
+END_OF_TURN_SILENCE_MS = 500  # VadConfig().min_silence_ms, the server's default
+
+
+def speech_onsets(pcm: np.ndarray, rate: int, min_gap_s: float = 1.0) -> list[int]:
+    """Sample index where each stretch of speech starts (stretches split by >= min_gap_s of silence)."""
+    win = rate // 100
+    energy = np.abs(pcm[: len(pcm) // win * win]).reshape(-1, win).max(axis=1)
+    loud = np.flatnonzero(energy > 0.02)
+    starts = [loud[0]] + [b for a, b in zip(loud[:-1], loud[1:], strict=True) if (b - a) * win >= min_gap_s * rate]
+    return [int(s) * win for s in starts]
+
+
+async def converse(url: str, pcm16: np.ndarray, barge_in: str) -> NativeClient:
+    async with connect(url) as ws:
+        client = NativeClient(ws)
+        await client.start(24000, barge_in=barge_in)
+        await client.stream(np.concatenate([pcm16, np.zeros(int(1.8 * 24000), dtype="<i2")]))
+        await asyncio.sleep(0.2)
+        await ws.send('{"type": "session.end"}')
+        await client.wait_closed()
+    return client
+
+
+def turn_latencies(client: NativeClient) -> list[tuple[float, float]]:
+    """(response_gap_ms, server_overhead_ms) of each user turn, from the stats stream."""
+    seen: list[tuple[float, float]] = []
+    for _, stats in client.of("stats"):
+        pair = (stats["response_gap_ms"], stats["server_overhead_ms"])
+        if pair[0] is not None and (not seen or seen[-1] != pair):
+            seen.append(pair)
+    return seen
+
+
+async def test_eight_clients_converse_in_real_time():
+    pcm, rate = load_wav("conversation.wav")
+    question_onset, interrupt_onset = speech_onsets(pcm, rate)[:2]
+    pcm16 = (pcm * 32767).astype("<i2")
+    with start_server("--backend", "scripted", "--script-delay-ms", "0") as address:
+        policies = ["vad" if i % 2 else "model" for i in range(CLIENTS)]
+        clients = await asyncio.gather(*(converse(address.ws_url, pcm16, p) for p in policies))
+
+    gaps, overheads, clears = [], [], []
+    for client, policy in zip(clients, policies, strict=True):
+        stops = client.of("input.speech_stopped")
+        assert len(stops) == 2, [e["type"] for _, e in client.events]
+        voiced = client.voiced_audio_times()
+        # The reply to the question arrives after the question, before the interruption.
+        t_interrupt = client.sent_time_of(interrupt_onset)
+        assert any(stops[0][0] <= t < t_interrupt for t in voiced), "no reply audio after the question"
+        assert client.sent_time_of(question_onset) < stops[0][0]
+        # Barge-in: the clear reaches the client within 300 ms of the interruption's first sound.
+        (t_clear, clear), = client.of("playback.clear")
+        clears.append(t_clear - t_interrupt)
+        if policy == "vad":
+            t_user_stop = stops[1][0]
+            assert not [t for t in voiced if t_clear < t < t_user_stop], "assistant spoke over the user"
+        # The second turn is answered too.
+        assert any(t > stops[1][0] for t in voiced)
+        lat = turn_latencies(client)
+        assert len(lat) == 2
+        gaps += [g for g, _ in lat]
+        overheads += [o for _, o in lat]
+        final = client.of("stats")[-1][1]
+        print(final, lat)
+        assert client.of("session.ended")[0][1]["reason"] == "client_ended"
+
+    print(f"\nresponse gap ms: p50 {np.percentile(gaps, 50):.0f} p95 {np.percentile(gaps, 95):.0f} "
+          f"max {max(gaps):.0f}; server overhead ms: p50 {np.percentile(overheads, 50):.0f} "
+          f"p95 {np.percentile(overheads, 95):.0f}; clear after onset ms: max {1000 * max(clears):.0f}")
+    assert max(clears) <= 0.300
+    assert np.percentile(overheads, 95) <= 100
+    assert np.percentile(gaps, 95) <= END_OF_TURN_SILENCE_MS + 100
