@@ -364,6 +364,7 @@ class LocalConversation:
         self.drops = 0
         self.frames_out = 0
         self.played_ms = 0.0
+        self.error: str | None = None  # why the frame loop stopped, if the engine failed
         self._speaking = False  # within a stretch of assistant speech, hangover included
         self._last_voiced_frame = 0
         self._stretch_text: list[tuple[float, str]] = []  # (at_ms, piece) of the assistant's current stretch
@@ -425,7 +426,8 @@ class LocalConversation:
                     self._out.put_nowait(ServerEvent("stats", {"step_ms": round(step_ms, 2), "drops": self.drops}))
         except Exception as exc:
             # Surface the failure to the receiver and end its stream; the session cannot go on.
-            self._out.put_nowait(ServerEvent("error", {"code": "engine", "message": f"{type(exc).__name__}: {exc}"}))
+            self.error = f"{type(exc).__name__}: {exc}"
+            self._out.put_nowait(ServerEvent("error", {"code": "engine", "message": self.error}))
             self._out.put_nowait(None)
             raise
 
@@ -770,6 +772,8 @@ async def talk(args: argparse.Namespace, display_factory: Callable[[str], Any] |
         if isinstance(failure, ConnectionClosed):
             raise TalkError(describe_connect_error(args.server, failure)) from failure
         raise failure
+    if getattr(conv, "error", None):
+        raise TalkError(f"the local {args.backend} engine failed: {conv.error}")
     code = getattr(conv, "close_code", None)
     if receive_task.done() and code not in (None, 1000):
         raise TalkError(f"the server closed the connection (code {code})")

@@ -316,3 +316,71 @@ async def test_device_audio_feeds_mic_blocks_and_plays_the_buffer(monkeypatch):
     played = np.concatenate(next(s for s in streams if s.kind == "output").played)
     assert (played[: 441 * 3] == 0.5).all(), "the output callback plays the buffer"
     assert not played[441 * 3 :].any(), "and silence (not stale memory) once it runs dry"
+
+
+# -- the in-process engine ------------------------------------------------------------------
+def local_args(tmp_path, seconds: float, rate: int = 16000) -> SimpleNamespace:
+    wav = tmp_path / "in.wav"
+    sf.write(wav, np.zeros(int(seconds * rate), dtype=np.float32), rate)
+    return SimpleNamespace(
+        server=None, token=None, barge_in=None, captions=True, input_device=None, output_device=None,
+        sample_rate=None, block_ms=20.0, buffer_ms=100.0, input_file=wav, output_file=tmp_path / "out.wav",
+        tail_seconds=0.0, local=True, backend="silence", model=None, device=None, dtype=None, plain=True,
+    )
+
+
+class Lines:
+    def __init__(self, title):
+        self.lines: list[str] = []
+
+    def say(self, line):
+        self.lines.append(line)
+
+    def update(self, view):
+        self.lines.extend(view.take_lines())
+
+    close = update
+
+
+async def test_local_engine_runs_80_ms_frames_at_the_device_rate(tmp_path, monkeypatch):
+    from assistant.backends import build_engine
+
+    engines, steps = [], []
+
+    def build(backend, **kw):
+        engine = build_engine(backend, **kw)
+        step = engine.step
+        engine.step = lambda pcm: (steps.append(pcm.shape), step(pcm))[1]
+        engines.append(engine)
+        return engine
+
+    monkeypatch.setattr("assistant.backends.build_engine", build)
+    args = local_args(tmp_path, seconds=1.0)
+    assert await talk.talk(args, display_factory=Lines) == 0
+    out, rate = sf.read(args.output_file, dtype="float32")
+    assert rate == 16000 and out.shape[0] == 16000, "output at the file's rate, aligned with the input"
+    assert not engines[0].live.any(), "the slot is closed at the end"
+    # 1 s of 16 kHz input is 12.5 frames of 24 kHz; the resampler holds a few ms back.
+    assert len(steps) in (11, 12) and set(steps) == {(1, 1920)}
+
+
+async def test_local_engine_failure_ends_the_session_with_its_reason(tmp_path, monkeypatch):
+    from assistant.backends.silence import SilenceEngine
+
+    class Failing(SilenceEngine):
+        steps = 0
+
+        def _step(self, pcm_in):
+            Failing.steps += 1
+            if Failing.steps == 3:
+                raise RuntimeError("CUDA out of memory")
+            return super()._step(pcm_in)
+
+    monkeypatch.setattr("assistant.backends.build_engine", lambda backend, **kw: Failing(1))
+    args = local_args(tmp_path, seconds=3.0)
+    display: list[Lines] = []
+    start = time.monotonic()
+    with pytest.raises(talk.TalkError, match="engine failed: RuntimeError: CUDA out of memory"):
+        await talk.talk(args, display_factory=lambda t: display.append(Lines(t)) or display[0])
+    assert time.monotonic() - start < 2.0, "the session stops at the failure, not at the end of the file"
+    assert any("CUDA out of memory" in line for line in display[0].lines)
