@@ -752,9 +752,9 @@ async def talk(args: argparse.Namespace, display_factory: Callable[[str], Any] |
         audio_task.cancel()  # stop the devices / file clock first: nothing more to send
         await asyncio.gather(audio_task, return_exceptions=True)
         audio.close()
+        with contextlib.suppress(Exception):  # the server or engine may already be gone; ending is best effort
+            await conv.end()
         if not receive_task.done():
-            with contextlib.suppress(Exception):  # the server may already be gone; ending is best effort
-                await conv.end()
             await asyncio.wait([receive_task], timeout=1.0)  # let session.ended reach the view
         for task in (receive_task, stop_task, *helpers):
             task.cancel()
