@@ -157,8 +157,8 @@ class Scheduler:
         self._stop = asyncio.Event()
         self.ticks = 0
         self.skipped = 0
-        self.late_ms: collections.deque[float] = collections.deque(maxlen=10_000)  # tick start - deadline
-        self.step_ms: collections.deque[float] = collections.deque(maxlen=10_000)
+        # (tick start - deadline ms, step ms or nan, live sessions) of recent ticks, for benchmarks.
+        self.tick_log: collections.deque[tuple[float, float, int]] = collections.deque(maxlen=100_000)
 
     @property
     def capacity(self) -> int:
@@ -207,21 +207,22 @@ class Scheduler:
                 if kind == "close":
                     self._reserved.discard(slot)
 
-    async def tick(self, step_ms_out: list[float] | None = None) -> None:
-        """One frame: apply slot changes, gather, step in the worker thread, dispatch."""
+    async def tick(self) -> float:
+        """One frame: apply slot changes, gather, step in the worker thread, dispatch.
+
+        Returns the step time in ms (nan when no session was live and nothing ran)."""
         self._apply_ops()
         now = self.clock()
         for session in list(self._sessions.values()):
             session.check_limits(now)
         if not self._sessions:
-            return
+            return float("nan")
         sessions = dict(self._sessions)
         batch, underran = gather_batch(self._batch, sessions)
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         out = await loop.run_in_executor(self._executor, self.engine.step, batch)
         step_ms = (time.perf_counter() - t0) * 1000.0
-        self.step_ms.append(step_ms)
         if self.metrics:
             self.metrics.observe("step_ms", step_ms)
         for slot, session in sessions.items():
@@ -233,6 +234,7 @@ class Scheduler:
             except Exception:
                 log.exception("session in slot %d failed to take its output; ending it", slot)
                 session.end("internal_error")
+        return step_ms
 
     async def run(self) -> None:
         """Tick until stop(); slot changes made meanwhile apply at the next tick."""
@@ -250,13 +252,28 @@ class Scheduler:
                 if self._stop.is_set():
                     break
                 late_ms = (self.clock() - tick.deadline) * 1000.0
-                self.late_ms.append(late_ms)
                 if self.metrics:
                     self.metrics.observe("tick_late_ms", late_ms)
                 self.ticks += 1
-                await self.tick()
+                live = len(self._sessions)
+                step_ms = await self.tick()
+                self.tick_log.append((late_ms, step_ms, live))
         finally:
             self._apply_ops()
+
+    def clock_stats(self) -> dict:
+        """Frame-clock figures over the logged ticks that served at least one session."""
+        rows = np.array([r for r in self.tick_log if r[2] > 0], dtype=np.float64).reshape(-1, 3)
+
+        def pct(values: np.ndarray) -> dict:
+            if values.size == 0:
+                return {"p50": None, "p99": None, "max": None}
+            return {k: round(float(v), 3) for k, v in
+                    zip(("p50", "p99", "max"), (*np.percentile(values, [50, 99]), values.max()), strict=True)}
+
+        return {"ticks": int(rows.shape[0]), "skipped": self.skipped,
+                "late_ms": pct(rows[:, 0]), "step_ms": pct(rows[:, 1]),
+                "max_live": int(rows[:, 2].max()) if rows.size else 0}
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True)

@@ -101,6 +101,7 @@ class ServerConfig:
     message_burst: float = 500.0
     flood_close_after: int = 500  # refused messages (beyond a fifth of the rate) before closing (1008)
     drain_timeout_s: float = 5.0
+    clock_stats_path: str | None = None  # write frame-clock figures (JSON) here at exit
 
 
 def default_max_sessions(backend: str, device: str | None = None) -> int:
@@ -485,6 +486,10 @@ async def serve_forever(config: ServerConfig, engine: Engine, ready=None, stop: 
     ctx.scheduler.stop()
     await clock
     ctx.scheduler.shutdown()
+    if config.clock_stats_path:
+        stats = {**ctx.scheduler.clock_stats(), "underruns": ctx.metrics.value("underruns"),
+                 "drops": ctx.metrics.value("drops")}
+        Path(config.clock_stats_path).write_text(json.dumps(stats))
 
 
 # -- CLI ----------------------------------------------------------------------------------------
@@ -515,6 +520,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-session-seconds", type=float, default=3600.0, help="end sessions after this many s")
     parser.add_argument("--max-send-lag", type=float, default=2.0,
                         help="disconnect a client that is this many seconds behind reading (1008)")
+    parser.add_argument("--clock-stats", metavar="FILE",
+                        help="at exit, write frame-clock figures (tick lateness, step time) as JSON to FILE")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
 
 
@@ -548,6 +555,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         limits=SessionLimits(idle_timeout_s=args.idle_timeout, max_session_s=args.max_session_seconds),
         vad=vad,
         max_send_lag_s=args.max_send_lag,
+        clock_stats_path=args.clock_stats,
     )
 
 

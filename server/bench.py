@@ -1,0 +1,204 @@
+"""`assistant bench server`: server CPU per session, frame-clock jitter and capacity.
+
+For each session count N: start `assistant serve` as its own process, connect N websocket clients
+from this process (so the server's CPU time is its own), stream speech (shared/audio/
+conversation.wav on a loop when present, else silence) paced by the wall clock, and measure over
+`--seconds` after a short warm-up:
+- server CPU ms per session per 80 ms frame (the server process's user+system time),
+- how late the frame-clock ticks started (p50/p99/max) and the engine step time,
+- underruns and drops (the server's counters) and skipped ticks.
+The largest N held without underruns, drops or skipped ticks is the capacity figure. Prints
+figures only; it never fails on speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+FRAME_S = 0.08
+CHUNK_MS = 40
+SHARED_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio" / "conversation.wav"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sessions", default="1,16,64", help="comma-separated session counts (default 1,16,64)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per count (default 20)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds streamed before measuring")
+    parser.add_argument("--backend", choices=("silence", "scripted"), default="silence")
+    parser.add_argument("--audio", type=Path, default=None,
+                        help="24 kHz mono WAV the clients stream on a loop (default shared conversation.wav)")
+    parser.add_argument("--vad", choices=("webrtc", "silero"), default="webrtc", help="the server's VAD")
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _metric(text: str, name: str) -> float:
+    m = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def _get(host: str, port: int, path: str) -> str:
+    import http.client
+
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
+def load_audio(path: Path | None) -> tuple[np.ndarray, str]:
+    """int16 samples at 24 kHz to stream, and what they are."""
+    path = path or (SHARED_AUDIO if SHARED_AUDIO.is_file() else None)
+    if path is None:
+        return np.zeros(24000 * 10, dtype="<i2"), "silence"
+    import soundfile as sf
+
+    pcm, rate = sf.read(path, dtype="int16", always_2d=True)
+    if rate != 24000:
+        raise SystemExit(f"{path} is {rate} Hz; the benchmark streams 24 kHz audio")
+    return np.ascontiguousarray(pcm[:, 0]), path.name
+
+
+async def _client(url: str, audio: np.ndarray, t0: float, phase_s: float, stop: asyncio.Event,
+                  received: list[int]) -> None:
+    from websockets.asyncio.client import connect
+
+    chunk = 24000 * CHUNK_MS // 1000
+    async with connect(url, compression=None, max_queue=None) as ws:
+        await ws.send(json.dumps({"type": "session.start", "sample_rate": 24000}))
+
+        async def read() -> None:
+            async for message in ws:
+                if isinstance(message, bytes):
+                    received[0] += 1
+
+        reader = asyncio.create_task(read())
+        i = 0
+        start = t0 + phase_s
+        while not stop.is_set():
+            due = start + (i + 1) * CHUNK_MS / 1000
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            offset = (i * chunk) % (len(audio) - chunk)
+            await ws.send(audio[offset : offset + chunk].tobytes())
+            i += 1
+        reader.cancel()
+
+
+async def _measure(url: str, host: str, port: int, pid: int, n: int, audio: np.ndarray,
+                   warmup_s: float, seconds: float) -> dict:
+    stop = asyncio.Event()
+    received = [0]
+    t0 = time.monotonic() + 0.5
+    rng = np.random.default_rng(0)
+    tasks = [asyncio.create_task(_client(url, audio, t0, float(rng.uniform(0, FRAME_S)), stop, received))
+             for _ in range(n)]
+    await asyncio.sleep(0.5 + warmup_s)
+    metrics0, cpu0, recv0, w0 = _get(host, port, "/metrics"), _cpu_s(pid), received[0], time.monotonic()
+    await asyncio.sleep(seconds)
+    metrics1, cpu1, recv1, w1 = _get(host, port, "/metrics"), _cpu_s(pid), received[0], time.monotonic()
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    frames = n * (w1 - w0) / FRAME_S
+    delta = {k: _metric(metrics1, f"assistant_{k}_total") - _metric(metrics0, f"assistant_{k}_total")
+             for k in ("underruns", "drops", "skipped_ticks")}
+    return {
+        "sessions": n,
+        "cpu_ms_per_session_frame": (cpu1 - cpu0) * 1000 / frames,
+        "server_cpu_percent": 100 * (cpu1 - cpu0) / (w1 - w0),
+        "frames_received_ratio": (recv1 - recv0) / frames,
+        **delta,
+    }
+
+
+def bench_vad(audio: np.ndarray, backend: str) -> float:
+    """CPU ms one StreamingVad spends per 80 ms frame of `audio` (24 kHz), fed in 40 ms chunks."""
+    from audio.vad import StreamingVad, VadConfig
+
+    vad = StreamingVad(VadConfig(backend=backend), sample_rate_hz=24000)
+    x = audio.astype(np.float32) / 32768.0
+    chunk = 24000 * CHUNK_MS // 1000
+    t = time.process_time()
+    for i in range(0, len(x) - chunk, chunk):
+        vad.push(x[i : i + chunk])
+    return (time.process_time() - t) * 1000 / (len(x) / 1920)
+
+
+def run_one(n: int, args: argparse.Namespace, audio: np.ndarray) -> dict:
+    stats_file = Path(tempfile.mkstemp(suffix=".json")[1])
+    cmd = [sys.executable, "-m", "assistant", "serve", "--host", "127.0.0.1", "--port", "0",
+           "--backend", args.backend, "--max-sessions", str(n), "--vad", args.vad,
+           "--idle-timeout", "3600", "--clock-stats", str(stats_file)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        port = None
+        for line in proc.stdout:
+            m = re.search(r"open https?://[^:]+:(\d+)/", line)
+            if m:
+                port = int(m.group(1))
+                break
+        if port is None:
+            raise SystemExit(f"the server did not start: {proc.stdout.read()}")
+        result = asyncio.run(_measure(f"ws://127.0.0.1:{port}/ws", "127.0.0.1", port, proc.pid, n, audio,
+                                      args.warmup, args.seconds))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    clock = json.loads(stats_file.read_text()) if stats_file.stat().st_size else {}
+    stats_file.unlink(missing_ok=True)
+    result["late_ms"] = clock.get("late_ms", {})
+    result["step_ms"] = clock.get("step_ms", {})
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        counts = [int(s) for s in args.sessions.split(",") if s.strip()]
+    except ValueError:
+        print(f"--sessions must be comma-separated integers, got {args.sessions!r}", file=sys.stderr)
+        return 2
+    if not counts or min(counts) < 1 or args.seconds <= 0:
+        print("--sessions needs counts >= 1 and --seconds > 0", file=sys.stderr)
+        return 2
+    audio, what = load_audio(args.audio)
+    print(f"server bench: backend {args.backend}, VAD {args.vad}, clients stream {what} in {CHUNK_MS} ms "
+          f"chunks from a separate process, {args.seconds:g} s measured per count, {os.cpu_count()} CPUs")
+    print(f"VAD alone: webrtc {bench_vad(audio, 'webrtc'):.3f} ms CPU per 80 ms frame"
+          + (f", silero {bench_vad(audio, 'silero'):.3f} ms" if args.vad == "silero" else ""))
+    header = (f"{'sessions':>8} {'CPU ms/sess/frame':>18} {'server CPU %':>12} {'tick late p50/p99/max ms':>25} "
+              f"{'step p50/p99 ms':>16} {'underruns':>9} {'drops':>6} {'skipped':>7} {'recv':>5}")
+    print(header)
+    held = 0
+    for n in counts:
+        r = run_one(n, args, audio)
+        late, step = r["late_ms"], r["step_ms"]
+        fmt = lambda d, *ks: "/".join("-" if d.get(k) is None else f"{d[k]:.1f}" for k in ks)  # noqa: E731
+        print(f"{n:>8} {r['cpu_ms_per_session_frame']:>18.3f} {r['server_cpu_percent']:>12.1f} "
+              f"{fmt(late, 'p50', 'p99', 'max'):>25} {fmt(step, 'p50', 'p99'):>16} {r['underruns']:>9.0f} "
+              f"{r['drops']:>6.0f} {r['skipped_ticks']:>7.0f} {r['frames_received_ratio']:>5.2f}", flush=True)
+        if r["underruns"] == 0 and r["drops"] == 0 and r["skipped_ticks"] == 0:
+            held = max(held, n)
+    print(f"largest session count held without underruns, drops or skipped ticks: {held or 'none'}")
+    return 0
