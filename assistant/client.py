@@ -200,7 +200,10 @@ class NativeClient:
         self._reading = True
         try:
             async for message in self._ws:
-                item = decode_message(message)
+                try:
+                    item = decode_message(message)
+                except ValueError as exc:
+                    raise ClientError(f"{self.url} does not speak the native protocol: {exc}") from exc
                 if isinstance(item, ServerEvent) and item.type == "session.ended":
                     self.ended = item
                     self._ended_event.set()

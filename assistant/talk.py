@@ -771,6 +771,8 @@ async def talk(args: argparse.Namespace, display_factory: Callable[[str], Any] |
     if failure is not None:
         if isinstance(failure, ConnectionClosed):
             raise TalkError(describe_connect_error(args.server, failure)) from failure
+        if isinstance(failure, ClientError):
+            raise TalkError(str(failure)) from failure
         raise failure
     if getattr(conv, "error", None):
         raise TalkError(f"the local {args.backend} engine failed: {conv.error}")

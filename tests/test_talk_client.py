@@ -227,3 +227,17 @@ async def test_talk_ends_when_the_server_goes_away(tmp_path):
             await talk.talk(args, display_factory=Captured)
     assert time.monotonic() - start < 3.0, "the client notices the server left instead of playing the file out"
     assert args.output_file.is_file(), "what was heard so far is still written"
+
+
+async def test_talk_refuses_a_server_that_does_not_speak_the_protocol(tmp_path):
+    async def odd(ws):
+        await ws.recv()
+        await ws.send(json.dumps({"type": "session.ready", "session_id": "s", "sample_rate": RATE}))
+        await ws.send(b"\x01\x02\x03")  # half a sample: not PCM16
+        await asyncio.sleep(1)
+
+    server = await serve(odd, "127.0.0.1", 0)
+    url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+    async with server:
+        with pytest.raises(talk.TalkError, match="does not speak the native protocol.*even length"):
+            await talk.talk(talk_args(tmp_path, url, seconds=3.0), display_factory=Captured)
