@@ -27,6 +27,7 @@ from transformers.models.mimi.modeling_mimi import (
     MimiConv1d,
     MimiConvTranspose1d,
     MimiResnetBlock,
+    MimiSplitResidualVectorQuantizer,
     MimiTransformerModel,
 )
 
@@ -44,6 +45,23 @@ Rows = torch.Tensor | None  # indices of the batch rows a call feeds; None = eve
 # -- streaming building blocks ---------------------------------------------------------------------
 
 
+# Below this many output steps a convolution's weights dwarf its activations: one matmul over
+# im2col columns streams the weights once, about 3x faster than torch's conv1d on CPU (measured).
+_MATMUL_MAX_STEPS = 32
+
+
+def _conv1d_as_matmul(
+    x: torch.Tensor, weight: torch.Tensor, bias, stride: int, dilation: int
+) -> torch.Tensor:
+    """F.conv1d(x, weight, bias, stride, 0, dilation) for groups=1, as im2col + one matmul."""
+    cout, cin, kernel = weight.shape
+    cols = x.unfold(-1, (kernel - 1) * dilation + 1, stride)  # (b, Cin, T, span)
+    if dilation > 1:
+        cols = cols[..., ::dilation]
+    cols = cols.transpose(1, 2).reshape(x.shape[0], cols.shape[2], cin * kernel)
+    return F.linear(cols, weight.reshape(cout, cin * kernel), bias).transpose(1, 2)
+
+
 class _StreamingConv1d:
     """A causal `MimiConv1d` fed in chunks: keeps the last `kernel - stride` inputs of every row."""
 
@@ -59,6 +77,7 @@ class _StreamingConv1d:
         if conv.pad_mode not in ("constant", "replicate"):
             raise NotImplementedError(f"streaming does not support pad_mode={conv.pad_mode!r}")
         self.context = int(conv.padding_total)
+        self.span = int(conv.kernel_size)  # kernel size with dilation
         self.state = torch.zeros(batch_size, conv.in_channels, self.context, device=device, dtype=dtype)
         # replicate padding repeats a row's first input sample, which it only sees on its first call
         self.fresh = torch.ones(batch_size, dtype=torch.bool, device=device)
@@ -82,6 +101,9 @@ class _StreamingConv1d:
             self.state = new_state.contiguous()
         else:
             self.state[rows] = new_state
+        steps = (x.shape[-1] - self.span) // self.stride + 1
+        if self.groups == 1 and steps <= _MATMUL_MAX_STEPS:
+            return _conv1d_as_matmul(x, self.weight, self.bias, self.stride, self.dilation)
         return F.conv1d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
@@ -105,8 +127,31 @@ class _StreamingConvTranspose1d:
     def reset(self, row: int) -> None:
         self.state[row].zero_()
 
+    def _transposed_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """conv_transpose1d without bias: (b, Cin, T) -> (b, Cout, (T - 1) * stride + kernel).
+
+        torch's CPU kernel for it is far below memory bandwidth (58 ms vs 13 ms for the 33 MB
+        first decoder layer), so each input step's contribution is one matmul and the kernel/stride
+        overlapping pieces are added up shifted."""
+        kernel, stride = self.weight.shape[-1], self.stride
+        cin, steps = x.shape[1], x.shape[-1]
+        if kernel % stride:
+            return F.conv_transpose1d(x, self.weight, None, stride, 0, 0, self.groups)
+        pieces = kernel // stride
+        if self.groups == 1 and steps <= _MATMUL_MAX_STEPS:
+            cols = torch.matmul(x.transpose(1, 2), self.weight.reshape(cin, -1))  # (b, T, Cout * K)
+            cols = cols.view(x.shape[0], steps, -1, pieces, stride).permute(0, 2, 1, 3, 4)
+        elif self.groups == cin == self.weight.shape[0] and self.weight.shape[1] == 1:  # depthwise
+            cols = (x[..., None] * self.weight[:, 0, None, :]).view(*x.shape, pieces, stride)
+        else:
+            return F.conv_transpose1d(x, self.weight, None, stride, 0, 0, self.groups)
+        out = cols.new_zeros(cols.shape[0], cols.shape[1], steps + pieces - 1, stride)
+        for piece in range(pieces):
+            out[:, :, piece : piece + steps] += cols[:, :, :, piece]
+        return out.view(cols.shape[0], cols.shape[1], -1)
+
     def __call__(self, x: torch.Tensor, rows: Rows) -> torch.Tensor:
-        y = F.conv_transpose1d(x, self.weight, None, self.stride, 0, 0, self.groups)
+        y = self._transposed_conv(x)
         state = self.state if rows is None else self.state[rows]
         head = y[..., : self.overlap] + state
         complete = x.shape[-1] * self.stride
@@ -271,6 +316,54 @@ class _StreamingTransformer:
         return x
 
 
+class _Quantizer:
+    """Mimi's split residual VQ for one latent per row, with the centroids and their norms precomputed.
+
+    Nearest centroid by ||e||^2 - 2 x.e (what cdist's matmul path computes, without re-reading every
+    codebook for its norms on each call); distances in float32 as transformers does.
+    """
+
+    def __init__(self, quantizer: MimiSplitResidualVectorQuantizer, num_codebooks: int):
+        semantic = quantizer.semantic_residual_vector_quantizer
+        acoustic = quantizer.acoustic_residual_vector_quantizer
+        n_semantic = quantizer.num_semantic_quantizers
+        self.halves = []
+        for rvq, count in ((semantic, n_semantic), (acoustic, num_codebooks - n_semantic)):
+            embeds = [layer.codebook.embed.float() for layer in rvq.layers[:count]]
+            self.halves.append(
+                (
+                    None if rvq.input_proj is None else rvq.input_proj.weight[:, :, 0],
+                    None if rvq.output_proj is None else rvq.output_proj.weight[:, :, 0],
+                    embeds,
+                    [(e * e).sum(-1) for e in embeds],
+                )
+            )
+
+    def encode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents (b, C) -> codes int64 (b, K)."""
+        codes = []
+        for input_proj, _, embeds, norms in self.halves:
+            residual = (latents if input_proj is None else F.linear(latents, input_proj)).float()
+            for embed, norm in zip(embeds, norms, strict=True):
+                index = torch.addmm(norm, residual, embed.t(), alpha=-2).argmin(dim=-1)
+                residual = residual - embed[index]
+                codes.append(index)
+        return torch.stack(codes, dim=1)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (b, K) -> latents (b, C), in the model's dtype."""
+        out, start = None, 0
+        for _, output_proj, embeds, _ in self.halves:
+            if not embeds:
+                continue
+            quantized = sum(embed[codes[:, start + i]] for i, embed in enumerate(embeds))
+            start += len(embeds)
+            quantized = quantized.to(output_proj.dtype) if output_proj is not None else quantized
+            quantized = quantized if output_proj is None else F.linear(quantized, output_proj)
+            out = quantized if out is None else out + quantized
+        return out
+
+
 # -- the codec ------------------------------------------------------------------------------------------
 
 
@@ -334,6 +427,7 @@ class StreamingMimi:
                 decoder.decoder_transformer, batch_size, steps, device, dtype
             )
             self._dec_seanet = _StreamingStack(decoder.decoder_seanet.layers, batch_size, device, dtype)
+            self._quantizer = _Quantizer(self.model.quantizer, num_codebooks)
         self._parts = [
             self._enc_seanet,
             self._enc_transformer,
@@ -411,8 +505,7 @@ class StreamingMimi:
             hidden = self._enc_transformer(hidden.transpose(1, 2), rows).transpose(1, 2)
             if self._downsample is not None:
                 hidden = self._downsample(hidden, rows)
-            out = self.model.quantizer.encode(hidden, self.num_codebooks)  # (K, b, 1)
-            out = out[:, :, 0].transpose(0, 1).cpu()
+            out = self._quantizer.encode(hidden[..., 0]).cpu()
         if rows is None:
             return out
         codes[rows.cpu()] = out
@@ -437,7 +530,7 @@ class StreamingMimi:
             c = codes.to(self.device)
             if rows is not None:
                 c = c[rows]
-            latents = self.model.quantizer.decode(c[:, :, None]).to(self.dtype)  # (b, C, 1)
+            latents = self._quantizer.decode(c)[..., None]  # (b, C, 1)
             if self._upsample is not None:
                 latents = self._upsample(latents, rows)
             hidden = self._dec_transformer(latents.transpose(1, 2), rows).transpose(1, 2)

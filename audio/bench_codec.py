@@ -1,0 +1,143 @@
+"""`assistant bench codec`: streaming Mimi encode/decode time per 80 ms frame.
+
+Real-size Mimi (MimiConfig() = kyutai/mimi geometry) with random weights: speed does not depend on
+the values. Prints median and p99 ms per frame and the real-time factor for each batch size.
+A benchmark: it prints figures and never fails on speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+from transformers import MimiConfig, MimiModel
+
+from audio.codec import StreamingMimi
+
+FRAME_MS = 80.0
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch", default="1,4,16", help="comma-separated batch sizes (default 1,4,16)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="bf16/fp16 on cuda only")
+    parser.add_argument("--frames", type=int, default=50, help="timed frames per batch size (default 50)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed frames first (default 5)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also time transformers' own streaming encoder called once per frame, for comparison",
+    )
+
+
+def random_real_size_mimi(seed: int = 0) -> MimiModel:
+    """MimiModel(MimiConfig()) with random weights and random (non-zero) codebooks."""
+    torch.manual_seed(seed)
+    model = MimiModel(MimiConfig()).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "embed_sum") and hasattr(module, "_embed"):
+                module.embed_sum.normal_()
+                module._embed = None
+    return model
+
+
+def _test_signal(batch: int, frames: int, frame_samples: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(frames * frame_samples) / 24_000
+    tone = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 400, (batch, 1)) * t)
+    return (tone + 0.05 * rng.standard_normal((batch, t.size))).astype(np.float32)
+
+
+def _stats(times_ms: list[float]) -> tuple[float, float]:
+    return float(np.median(times_ms)), float(np.percentile(times_ms, 99))
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_streaming(model: MimiModel, batch: int, args) -> dict[str, float]:
+    codec = StreamingMimi.from_model(model, batch, device=args.device, dtype=DTYPES[args.dtype])
+    n = codec.frame_samples
+    pcm = _test_signal(batch, args.frames + args.warmup, n)
+    enc_ms, dec_ms = [], []
+    for i in range(args.warmup + args.frames):
+        frame = pcm[:, i * n : (i + 1) * n]
+        _sync(args.device)
+        start = time.perf_counter()
+        codes = codec.encode(frame)
+        middle = time.perf_counter()
+        codec.decode(codes)
+        _sync(args.device)
+        end = time.perf_counter()
+        if i >= args.warmup:
+            enc_ms.append((middle - start) * 1e3)
+            dec_ms.append((end - middle) * 1e3)
+    enc, dec = _stats(enc_ms), _stats(dec_ms)
+    total = _stats([e + d for e, d in zip(enc_ms, dec_ms)])
+    return {"enc_med": enc[0], "enc_p99": enc[1], "dec_med": dec[0], "dec_p99": dec[1], "tot_med": total[0]}
+
+
+def bench_transformers_encoder(model: MimiModel, batch: int, args) -> tuple[float, float]:
+    """transformers' streaming encode (padding_cache + KV cache), one call per frame."""
+    n = model.config.frame_size
+    pcm = torch.from_numpy(_test_signal(batch, args.frames + args.warmup, n)).to(args.device)
+    padding_cache = past = None
+    times = []
+    with torch.inference_mode():
+        for i in range(args.warmup + args.frames):
+            start = time.perf_counter()
+            out = model.encode(
+                pcm[:, None, i * n : (i + 1) * n],
+                num_quantizers=8,
+                padding_cache=padding_cache,
+                encoder_past_key_values=past,
+                use_streaming=True,
+                return_dict=True,
+            )
+            _sync(args.device)
+            padding_cache, past = out.padding_cache, out.encoder_past_key_values
+            if i >= args.warmup:
+                times.append((time.perf_counter() - start) * 1e3)
+    return _stats(times)
+
+
+def run(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device visible to torch")
+        return 2
+    if args.device == "cpu" and args.dtype != "float32":
+        print("on CPU the codec runs in float32 only")
+        return 2
+    batches = [int(b) for b in args.batch.split(",") if b.strip()]
+    load = os.getloadavg()
+    print(
+        f"streaming Mimi, real size, random weights | device {args.device} {args.dtype} | "
+        f"torch threads {torch.get_num_threads()} | {args.frames} frames (+{args.warmup} warmup) | "
+        f"load avg {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
+    model = random_real_size_mimi()
+    header = f"{'batch':>5} | {'encode med/p99 ms':>17} | {'decode med/p99 ms':>17} | {'enc+dec ms':>10} | {'RTF':>5}"
+    print(header)
+    print("-" * len(header))
+    for batch in batches:
+        r = bench_streaming(model, batch, args)
+        print(
+            f"{batch:>5} | {r['enc_med']:>7.1f} / {r['enc_p99']:>7.1f} | {r['dec_med']:>7.1f} / {r['dec_p99']:>7.1f}"
+            f" | {r['tot_med']:>10.1f} | {r['tot_med'] / FRAME_MS:>5.2f}"
+        )
+    if args.baseline:
+        for batch in batches:
+            med, p99 = bench_transformers_encoder(model.to(args.device, torch.float32), batch, args)
+            print(f"transformers' own streaming encode, batch {batch}: {med:.1f} ms median, {p99:.1f} ms p99")
+    print(f"RTF = (encode + decode) / {FRAME_MS:.0f} ms frame; below 1 keeps up with real time")
+    return 0
