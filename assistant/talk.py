@@ -686,6 +686,11 @@ async def talk(args: argparse.Namespace, display_factory: Callable[[str], Any] |
         except ClientError as exc:
             raise TalkError(str(exc)) from exc
         title = f"assistant talk - {args.server} session {conv.session_id} - {audio.describe()}"
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # From here on Ctrl-C ends the session cleanly (session.end, devices closed, output written).
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers off the main thread
+        loop.add_signal_handler(signal.SIGINT, stop.set)
     if display_factory is None:
         plain = args.plain or not sys.stdout.isatty()
         display_factory = (lambda t: PlainDisplay()) if plain else LiveDisplay
@@ -694,8 +699,6 @@ async def talk(args: argparse.Namespace, display_factory: Callable[[str], Any] |
     playout = PlayoutBuffer(rate, prebuffer_ms=args.buffer_ms, max_ms=max(1000.0, 4 * args.buffer_ms))
     view = TalkView()
     mic: asyncio.Queue[np.ndarray] = asyncio.Queue()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
 
     def on_input(block: np.ndarray) -> None:
         view.on_mic(block)
@@ -733,8 +736,6 @@ async def talk(args: argparse.Namespace, display_factory: Callable[[str], Any] |
             display.update(view)
             await asyncio.sleep(UI_INTERVAL_S)
 
-    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers off the main thread
-        loop.add_signal_handler(signal.SIGINT, stop.set)
     audio_task = loop.create_task(audio.run(on_input, playout))
     receive_task = loop.create_task(receive())
     helpers = [loop.create_task(coro) for coro in (send_mic(), report_position(), refresh())]
