@@ -384,3 +384,23 @@ async def test_local_engine_failure_ends_the_session_with_its_reason(tmp_path, m
         await talk.talk(args, display_factory=lambda t: display.append(Lines(t)) or display[0])
     assert time.monotonic() - start < 2.0, "the session stops at the failure, not at the end of the file"
     assert any("CUDA out of memory" in line for line in display[0].lines)
+
+
+@pytest.mark.slow  # imports torch + transformers (shared with the Moshi tests in a full run)
+async def test_local_with_a_tiny_moshi_checkpoint(tmp_path):
+    """--local --backend moshi loads a checkpoint (tiny, random, written here) and talks on a file."""
+    torch = pytest.importorskip("torch")
+    from moshi_fixtures import random_moshi, tiny_kyutai_kwargs, train_tiny_spm, write_kyutai_checkpoint
+
+    torch.set_num_threads(1)
+    kwargs = tiny_kyutai_kwargs()
+    checkpoint = write_kyutai_checkpoint(tmp_path / "kyutai", random_moshi(kwargs, seed=1), kwargs,
+                                         train_tiny_spm(tmp_path / "spm"))
+    args = local_args(tmp_path, seconds=1.2, rate=24000)
+    args.backend, args.model, args.device = "moshi", str(checkpoint), "cpu"
+    display = Lines("")
+    assert await talk.talk(args, display_factory=lambda t: display) == 0
+    out, rate = sf.read(args.output_file, dtype="float32")
+    assert rate == 24000 and out.shape[0] == int(1.2 * 24000)
+    assert np.isfinite(out).all() and np.abs(out).max() <= 1.0
+    assert display.lines[-1].startswith("-- played"), display.lines
