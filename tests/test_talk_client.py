@@ -126,7 +126,10 @@ async def test_connect_sends_token_and_reports_refusals():
     async with server:
         client = await NativeClient.connect(url, sample_rate=24000, token="s3cret", barge_in="model")
         assert client.session_id == "s1" and client.sample_rate == 24000
+        await client.update(barge_in="vad", min_interrupt_ms=200)
         await client.end()
+        assert fake.events("session.update")[0][1] == {"type": "session.update", "barge_in": "vad",
+                                                      "min_interrupt_ms": 200}
         assert fake.headers["Authorization"] == "Bearer s3cret"
         with pytest.raises(ClientError, match="401.*--token"):
             await NativeClient.connect(url, sample_rate=24000, token="wrong")
