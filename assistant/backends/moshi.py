@@ -149,6 +149,8 @@ class MoshiEngine(Engine):
             audio_temperature=torch.tensor([x.temperature for x in s], device=dev),
             audio_top_k=torch.tensor([x.top_k for x in s], device=dev),
             uniform=uniform.to(dev),
+            text_kmax=max(x.text_top_k for x in s),
+            audio_kmax=max(x.top_k for x in s),
         )
 
     def _measure_silence_codes(self) -> torch.Tensor:

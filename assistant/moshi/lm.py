@@ -84,6 +84,8 @@ class Sampling:
     audio_temperature: torch.Tensor  # float (B,)
     audio_top_k: torch.Tensor  # long (B,)
     uniform: torch.Tensor  # float (B, 1 + K): this frame's draws, text first
+    text_kmax: int | None = None  # max of text_top_k, known on the host (saves a device sync)
+    audio_kmax: int | None = None
 
 
 @dataclass
@@ -182,8 +184,9 @@ class MoshiStreamingLM:
             timings["temporal_ms"] = (time.perf_counter() - t0) * 1000
         t1 = time.perf_counter()
 
-        text = sample_tokens(text_logits, sampling.text_temperature, sampling.text_top_k,
-                             int(sampling.text_top_k.max()), sampling.uniform[:, 0])
+        text_kmax = sampling.text_kmax or int(sampling.text_top_k.max())
+        text = sample_tokens(text_logits, sampling.text_temperature, sampling.text_top_k, text_kmax,
+                             sampling.uniform[:, 0])
         if force_mask is not None:
             text = torch.where(force_mask, force_text.to(dev), text)
         audio = self._depth(hidden, text, sampling, force_mask, force_audio)
@@ -230,7 +233,7 @@ class MoshiStreamingLM:
                force_mask: torch.Tensor | None, force_audio: torch.Tensor | None) -> torch.Tensor:
         """The depth transformer's K codebook steps, each fed the token chosen at the step before."""
         cache = DepthCache(*self._depth_shape, self.device, self.dtype)
-        kmax = int(sampling.audio_top_k.max())
+        kmax = sampling.audio_kmax or int(sampling.audio_top_k.max())
         previous = text
         out = []
         for k in range(self.num_codebooks):

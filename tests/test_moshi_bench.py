@@ -1,0 +1,23 @@
+"""`assistant bench engine` runs and prints the per-part table (a smoke test: never about speed)."""
+
+from __future__ import annotations
+
+import torch
+
+from assistant.cli import main
+
+
+def test_bench_engine_prints_each_part_for_each_batch(capsys):
+    torch.set_num_threads(1)
+    assert main(["bench", "engine", "--model", "tiny", "--batch", "1,2", "--device", "cpu", "--frames", "2",
+                 "--warmup", "1"]) == 0
+    out = capsys.readouterr().out
+    for part in ("codec_encode", "temporal", "depth", "codec_decode", "total"):
+        assert part in out
+    rows = [line for line in out.splitlines() if line.strip().startswith(("1 |", "2 |"))]
+    assert len(rows) == 2 and all(line.count("/") == 5 for line in rows)
+
+
+def test_bench_engine_rejects_bad_batch_list(capsys):
+    assert main(["bench", "engine", "--batch", "1,x"]) == 2
+    assert "--batch" in capsys.readouterr().out
