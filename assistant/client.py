@@ -122,12 +122,12 @@ def describe_connect_error(url: str, exc: BaseException) -> str:
 class NativeClient:
     """One live session on a server's `/ws` endpoint."""
 
-    def __init__(self, ws: ClientConnection, ready: ServerEvent, url: str):
+    def __init__(self, ws: ClientConnection, ready: ServerEvent, url: str, sample_rate: int):
         self._ws = ws
         self.ready = ready
         self.url = url
         self.session_id: str | None = ready.get("session_id")
-        self.sample_rate: int = int(ready.get("sample_rate"))
+        self.sample_rate = sample_rate  # of the audio both ways
         self.ended: ServerEvent | None = None
         self._reading = False
         self._ended_event = asyncio.Event()
@@ -163,6 +163,9 @@ class NativeClient:
         except asyncio.TimeoutError as exc:
             await ws.close()
             raise ClientError(f"{url} did not answer session.start within {open_timeout:.0f} s") from exc
+        except ValueError as exc:
+            await ws.close()
+            raise ClientError(f"{url} does not speak the native protocol: {exc}") from exc
         except BaseException:
             await ws.close()
             raise
@@ -172,7 +175,10 @@ class NativeClient:
         if ready.type != "session.ready":
             await ws.close()
             raise ClientError(f"{url} answered session.start with {ready.type!r}, expected session.ready")
-        return cls(ws, ready, url)
+        if ready.get("sample_rate", sample_rate) != sample_rate:
+            await ws.close()
+            raise ClientError(f"{url} answered with sample_rate {ready.get('sample_rate')}, asked for {sample_rate}")
+        return cls(ws, ready, url, sample_rate)
 
     @staticmethod
     async def _first_event(ws: ClientConnection) -> ServerEvent:
