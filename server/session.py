@@ -198,6 +198,7 @@ class Stats(Event):
     step_ms: float
     played_ms: float
     sent_ms: float
+    end_of_turn_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -326,10 +327,13 @@ class InputBuffer:
       never queues up behind inserted silence and frames stay aligned to the clock: the end of a
       turn reaches the engine at the next tick;
     - while the user is silent and the engine has heard the end of the turn, queued silence beyond
-      one frame is dropped.
+      one frame is dropped; at any time, a backlog of half a frame or more whose oldest part is
+      quiet (below -50 dBFS) loses that part.
     """
 
-    def __init__(self, frame_samples: int = FRAME_SAMPLES, max_backlog_frames: int = 3):
+    def __init__(self, frame_samples: int = FRAME_SAMPLES, max_backlog_frames: int = 3,
+                 quiet_level: float = 10 ** (-50 / 20)):
+        self.quiet_level = quiet_level  # peak below this (-50 dBFS) counts as quiet
         if max_backlog_frames < 1:
             raise ValueError(f"max_backlog_frames must be >= 1, got {max_backlog_frames}")
         self.frame_samples = frame_samples
@@ -380,6 +384,13 @@ class InputBuffer:
             return frame, (FRAME_PADDED if user_silent else FRAME_UNDERRUN)
         if user_silent and may_trim and self._len > f:
             self._discard(self._len - f)
+        elif self._len - f >= f // 2:
+            # Backlog from a stall or a burst: drop the oldest part only if it is quiet, keeping a
+            # little margin against jitter. Dropping quiet audio never loses a word, and leaves the
+            # moment the engine hears an end of turn unchanged (less silence, but heard sooner).
+            excess = self._len - f - f // 4
+            if np.abs(self._buf[:excess]).max() < self.quiet_level:
+                self._discard(excess)
         frame = self._buf[:f].copy()
         self._discard(f)
         return frame, FRAME_OK
@@ -436,10 +447,15 @@ class SlotControl:
 
 @dataclass
 class TurnLatency:
-    """One user turn: when it ended and how fast the assistant answered (ms)."""
+    """One user turn: when it ended and how fast the assistant answered (ms).
+
+    response_gap_ms = end_of_turn_ms (last voiced sample arrived -> the VAD's end of turn, the
+    silence wait) + server_overhead_ms (end of turn -> first reply frame sent).
+    """
 
     response_gap_ms: float
     server_overhead_ms: float
+    end_of_turn_ms: float = 0.0
 
 
 class Session:
@@ -621,6 +637,7 @@ class Session:
             "step_ms": round(self.last_step_ms, 2),
             "played_ms": round(self._played_estimate(), 1),
             "sent_ms": self.sent_ms,
+            "end_of_turn_ms": None if last is None else round(last.end_of_turn_ms, 1),
         }
 
     # -- scheduler-facing API ------------------------------------------------------------------
@@ -666,10 +683,11 @@ class Session:
         if speaking and self._turn_end is not None:
             voiced_at, detected_at = self._turn_end
             self._turn_end = None
-            lat = TurnLatency((now - voiced_at) * 1000.0, (now - detected_at) * 1000.0)
+            lat = TurnLatency((now - voiced_at) * 1000.0, (now - detected_at) * 1000.0,
+                              (detected_at - voiced_at) * 1000.0)
             self.latencies.append(lat)
             self._log({"event": "latency", "response_gap_ms": lat.response_gap_ms,
-                       "server_overhead_ms": lat.server_overhead_ms})
+                       "server_overhead_ms": lat.server_overhead_ms, "end_of_turn_ms": lat.end_of_turn_ms})
             if self.metrics:
                 self.metrics.observe("response_gap_ms", lat.response_gap_ms)
         if text:

@@ -143,6 +143,20 @@ def test_input_buffer_trims_queued_silence_only_when_allowed():
     assert buf.level == 0
 
 
+def test_input_buffer_drops_a_quiet_backlog_but_never_sound():
+    buf = InputBuffer(frame_samples=8)
+    buf.push(np.zeros(12, dtype=np.float32))  # 4 quiet samples of backlog beyond a frame
+    buf.push(np.arange(1, 5, dtype=np.float32) / 10)
+    frame, _ = buf.take(user_silent=False)
+    # The quiet backlog went, keeping a quarter frame of margin; the sound did not.
+    np.testing.assert_allclose(frame, [0, 0, 0, 0, 0, 0, 0.1, 0.2])
+    assert buf.level == 2
+    buf.push(np.full(20, 0.5, dtype=np.float32))
+    frame, _ = buf.take(user_silent=False)
+    np.testing.assert_allclose(frame[:2], [0.3, 0.4])
+    assert buf.level == 14  # a loud backlog is kept: only the hard bound drops sound
+
+
 # -- Session with the real VAD on shared speech ------------------------------------------------
 
 
