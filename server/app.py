@@ -172,6 +172,7 @@ class ServerContext:
     ) -> Session:
         """Start a conversation in `slot`; emits SessionReady. Raises ValueError for a bad rate/options."""
         options = options or SessionOptions(barge_in=self.config.barge_in)
+        options.vad_config(self.config.vad)  # raises ValueError for bad VAD options before any file is made
         session_id = "sess_" + secrets.token_hex(6)
         recorder = Recorder(self.config.record_dir, session_id) if self.config.record_dir else None
         session = Session(

@@ -577,12 +577,14 @@ class Session:
 
     def update(self, **changes: Any) -> None:
         """Change options (SessionOptions fields); emits SessionUpdated."""
-        self.options = self.options.replace(**changes)
+        options = self.options.replace(**changes)
+        vad_config = options.vad_config(self.base_vad)  # raises ValueError before anything changes
+        self.options = options
         self.turns.barge_in = self.options.barge_in
         self.turns.min_interrupt_samples = self.options.min_interrupt_ms * _SAMPLES_PER_MS
         if "vad" in changes:
             # A new VAD starts from silence; the turn state follows its events from here on.
-            self._vad = StreamingVad(self.options.vad_config(self.base_vad), sample_rate_hz=SAMPLE_RATE_HZ)
+            self._vad = StreamingVad(vad_config, sample_rate_hz=SAMPLE_RATE_HZ)
             if self.turns.user_speaking:
                 self._act(self.turns.user_speech_stopped())
         if self.slot and changes.keys() & {"seed", "temperature", "text_temperature"}:

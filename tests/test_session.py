@@ -357,3 +357,10 @@ async def test_outbox_sends_in_order_and_flags_a_stalled_reader():
     box.close()
     await asyncio.wait_for(writer, 1)
     assert sent == [0, 1, 2, 3, 5]
+
+
+def test_bad_vad_update_changes_nothing():
+    h = Harness()
+    with pytest.raises(ValueError, match="threshold"):
+        h.session.update(vad={"threshold": 0.0})
+    assert h.session.options.vad == {}
