@@ -69,11 +69,15 @@ _REQUIRED_KYUTAI = {
     "depformer_pos_emb": "none",
     "depformer_weights_per_step": True,
 }
-_IGNORED_KYUTAI = {"model_type", "lm_gen_config", "model_id", "lora", "quantize", "depformer_causal",
-                   "depformer_max_period", "existing_text_end_padding_id", "mimi_config_name", "gradient_checkpointing",
-                   "cross_attention", "conditioners", "fuser", "tts_config", "stt_config", "lora_name",
-                   "demux_second_stream", "demux_second_text_stream", "depformer_low_rank_embeddings",
-                   "extra_heads_num_heads", "extra_heads_dim", "kv_repeat", "text_card_out"}
+# Architecture switches accepted only at their off value (anything else changes the weights or the step).
+_OFF_ONLY_KYUTAI = ("norm_emb", "bias_proj", "depformer_weights_per_step_schedule", "depformer_low_rank_embeddings",
+                    "depformer_norm", "demux_second_stream", "demux_second_text_stream", "extra_heads_num_heads",
+                    "cross_attention", "conditioners", "fuser", "lora", "quantize")
+# Bookkeeping keys with no effect on the LM's computation.
+_IGNORED_KYUTAI = {"model_type", "lm_gen_config", "model_id", "depformer_causal", "depformer_max_period",
+                   "existing_text_end_padding_id", "mimi_config_name", "gradient_checkpointing", "tts_config",
+                   "stt_config", "lora_name", "lora_rank", "lora_scaling", "extra_heads_dim", "kv_repeat",
+                   "text_card_out"}
 
 
 class CheckpointError(ValueError):
@@ -179,11 +183,14 @@ def kyutai_lm_kwargs(raw_config: dict | None) -> dict:
     for key, wanted in _REQUIRED_KYUTAI.items():
         if key in merged and merged[key] != wanted:
             raise CheckpointError(f"Kyutai config sets {key}={merged[key]!r}; only {wanted!r} is supported")
-    for key in ("conditioners", "fuser", "cross_attention", "demux_second_stream", "demux_second_text_stream",
-                "depformer_low_rank_embeddings", "lora", "quantize"):
+    for key in _OFF_ONLY_KYUTAI:
         if merged.get(key):
             raise CheckpointError(f"Kyutai config sets {key}={merged[key]!r}, which this engine does not support")
-    unknown = sorted(set(merged) - set(KYUTAI_7B_KWARGS) - _IGNORED_KYUTAI)
+    if merged.get("model_type", "moshi") != "moshi":
+        raise CheckpointError(f"Kyutai config has model_type={merged['model_type']!r}; only 'moshi' models are supported")
+    if merged.get("text_card_out") not in (None, merged["text_card"]):
+        raise CheckpointError(f"Kyutai config sets text_card_out={merged['text_card_out']} != text_card; not supported")
+    unknown = sorted(set(merged) - set(KYUTAI_7B_KWARGS) - _IGNORED_KYUTAI - set(_OFF_ONLY_KYUTAI))
     if unknown:
         raise CheckpointError(f"Kyutai config has unknown keys {unknown}; is this a Moshi LM config?")
     if merged["n_q"] != 2 * merged["dep_q"]:
