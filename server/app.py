@@ -563,6 +563,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     for name in ("idle_timeout", "max_session_seconds", "max_send_lag"):
         if getattr(args, name) <= 0:
             raise SystemExit(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if bool(args.ssl_cert) != bool(args.ssl_key):
+        raise SystemExit("--ssl-cert and --ssl-key go together; give both (or neither)")
+    for name in ("ssl_cert", "ssl_key"):
+        path = getattr(args, name)
+        if path and not Path(path).is_file():
+            raise SystemExit(f"--{name.replace('_', '-')} {path} does not exist")
     vad = VadConfig(backend=args.vad)
     engine_options: dict[str, Any] = {}
     if args.backend == "scripted":

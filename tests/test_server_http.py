@@ -129,3 +129,25 @@ async def test_unknown_websocket_path_is_refused(server):
         async with connect(f"ws://{server.host}:{server.port}/elsewhere"):
             pass
     assert info.value.response.status_code == 404
+
+
+async def test_tls_serves_wss(tmp_path):
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not found (needed to make a test certificate)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    with start_server("--backend", "silence", "--ssl-cert", str(cert), "--ssl-key", str(key)) as address:
+        assert any("open https://" in line and "wss://" in line for line in address.output)
+        context = ssl.create_default_context(cafile=str(cert))
+        async with connect(f"wss://{address.host}:{address.port}/ws", ssl=context) as ws:
+            ready = await NativeClient(ws).start()
+            assert ready["frame_ms"] == 80
+    with pytest.raises(RuntimeError, match="go together"):
+        with start_server("--backend", "silence", "--ssl-cert", str(cert)):
+            pass
