@@ -8,7 +8,6 @@ from assistant.cli import main
 
 
 def test_bench_engine_prints_each_part_for_each_batch(capsys):
-    torch.set_num_threads(1)
     assert main(["bench", "engine", "--model", "tiny", "--batch", "1,2", "--device", "cpu", "--frames", "2",
                  "--warmup", "1"]) == 0
     out = capsys.readouterr().out
