@@ -192,15 +192,28 @@ def pick_sample_rate(sd, in_info: dict, out_info: dict, wanted: int | None) -> i
     errors = []
     for rate in dict.fromkeys(r for r in candidates if r in SUPPORTED_RATES):
         try:
-            sd.check_input_settings(device=in_info["index"], channels=1, samplerate=rate, dtype="float32")
-            sd.check_output_settings(device=out_info["index"], channels=1, samplerate=rate, dtype="float32")
+            pick_channels(sd, in_info, "input", rate)
+            pick_channels(sd, out_info, "output", rate)
             return rate
-        except (ValueError, sd.PortAudioError) as exc:
-            errors.append(f"{rate} Hz: {exc}")
+        except TalkError as exc:
+            errors.append(f"{rate} Hz: {exc.__cause__ or exc}")
     raise TalkError(
         f"devices {in_info['name']!r} and {out_info['name']!r} share no usable rate ({'; '.join(errors)}); "
         f"pick others with --input-device/--output-device or a rate with --sample-rate"
     )
+
+
+def pick_channels(sd, info: dict, kind: str, rate: int) -> int:
+    """Mono when the device takes it; else its first two channels (some hardware devices open only in stereo)."""
+    check = sd.check_input_settings if kind == "input" else sd.check_output_settings
+    error: Exception | None = None
+    for channels in dict.fromkeys((1, min(2, int(info[f"max_{kind}_channels"])))):
+        try:
+            check(device=info["index"], channels=channels, samplerate=rate, dtype="float32")
+            return channels
+        except (ValueError, sd.PortAudioError) as exc:
+            error = exc
+    raise TalkError(f"{kind} device {info['name']!r} does not open at {rate} Hz: {error}") from error
 
 
 def list_devices() -> str:
@@ -217,11 +230,14 @@ def list_devices() -> str:
 class DeviceAudio:
     """Microphone and headphones through sounddevice, in blocks of `block_ms` at one shared rate."""
 
-    def __init__(self, sd, in_info: dict, out_info: dict, sample_rate: int, block_ms: float):
+    def __init__(self, sd, in_info: dict, out_info: dict, sample_rate: int, block_ms: float,
+                 in_channels: int = 1, out_channels: int = 1):
         self.sd = sd
         self.in_info = in_info
         self.out_info = out_info
         self.sample_rate = sample_rate
+        self.in_channels = in_channels
+        self.out_channels = out_channels
         self.block_samples = max(1, round(sample_rate * block_ms / 1000))
         self._streams: list = []
         self.input_overflows = 0
@@ -232,7 +248,9 @@ class DeviceAudio:
         in_info = find_device(sd, args.input_device, "input")
         out_info = find_device(sd, args.output_device, "output")
         rate = pick_sample_rate(sd, in_info, out_info, args.sample_rate)
-        return cls(sd, in_info, out_info, rate, args.block_ms)
+        in_channels = pick_channels(sd, in_info, "input", rate)
+        out_channels = pick_channels(sd, out_info, "output", rate)
+        return cls(sd, in_info, out_info, rate, args.block_ms, in_channels, out_channels)
 
     def describe(self) -> str:
         return f"mic {self.in_info['name']!r}, headphones {self.out_info['name']!r}, {self.sample_rate} Hz"
@@ -241,20 +259,25 @@ class DeviceAudio:
         """Stream until cancelled: mic blocks go to on_input (on the loop), playout feeds the output."""
         loop = asyncio.get_running_loop()
 
+        mono = np.zeros(self.block_samples, dtype=np.float32)
+
         def capture(indata, frames, time_info, status):
             if status.input_overflow:
                 self.input_overflows += 1
-            loop.call_soon_threadsafe(on_input, indata[:, 0].copy())
+            loop.call_soon_threadsafe(on_input, indata.mean(axis=1, dtype=np.float32))
 
         def play(outdata, frames, time_info, status):
-            playout.pull(frames, outdata[:, 0])
+            block = mono[:frames] if frames <= mono.shape[0] else np.zeros(frames, dtype=np.float32)
+            playout.pull(frames, block)
+            outdata[:] = block[:, None]  # the same voice in every channel (both ears)
 
-        common = dict(samplerate=self.sample_rate, blocksize=self.block_samples, channels=1,
-                      dtype="float32", latency="low")
+        common = dict(samplerate=self.sample_rate, blocksize=self.block_samples, dtype="float32", latency="low")
         try:
             self._streams = [
-                self.sd.OutputStream(device=self.out_info["index"], callback=play, **common),
-                self.sd.InputStream(device=self.in_info["index"], callback=capture, **common),
+                self.sd.OutputStream(device=self.out_info["index"], channels=self.out_channels, callback=play,
+                                     **common),
+                self.sd.InputStream(device=self.in_info["index"], channels=self.in_channels, callback=capture,
+                                    **common),
             ]
             for stream in self._streams:
                 stream.start()

@@ -21,7 +21,8 @@ class FakePortAudioError(Exception):
     pass
 
 
-def fake_sounddevice(devices: list[dict] | None, default_input: int | None = 0, default_output: int | None = 0):
+def fake_sounddevice(devices: list[dict] | None, default_input: int | None = 0, default_output: int | None = 0,
+                     stereo_only: tuple[int, ...] = ()):
     """A stand-in for the sounddevice module that answers query_devices like the real one."""
 
     def query_devices(device=None, kind=None):
@@ -42,6 +43,8 @@ def fake_sounddevice(devices: list[dict] | None, default_input: int | None = 0, 
     def check_settings(device=None, channels=None, samplerate=None, dtype=None):
         if samplerate not in (44100, 48000):
             raise FakePortAudioError(f"Invalid sample rate {samplerate}")
+        if device in stereo_only and channels != 2:
+            raise FakePortAudioError("Invalid number of channels")
 
     return SimpleNamespace(
         PortAudioError=FakePortAudioError,
@@ -248,12 +251,12 @@ class FakeStream:
 
     def __init__(self, kind: str, log: list, device=None, callback=None, samplerate=None, blocksize=None,
                  channels=None, dtype=None, latency=None):
-        self.kind, self.log, self.callback, self.blocksize = kind, log, callback, blocksize
+        self.kind, self.log, self.callback, self.blocksize, self.channels = kind, log, callback, blocksize, channels
         self.period_s = blocksize / samplerate
         self.thread = None
         self.running = False
         self.played: list[np.ndarray] = []
-        log.append((kind, device, samplerate, blocksize))
+        log.append((kind, device, samplerate, blocksize, channels))
 
     def start(self):
         import threading
@@ -267,12 +270,12 @@ class FakeStream:
         k = 0
         while self.running:
             if self.kind == "input":
-                block = np.full((self.blocksize, 1), 0.1, dtype=np.float32)
+                block = np.full((self.blocksize, self.channels), 0.1, dtype=np.float32)
                 self.callback(block, self.blocksize, None, status)
             else:
-                out = np.full((self.blocksize, 1), 9.0, dtype=np.float32)
+                out = np.full((self.blocksize, self.channels), 9.0, dtype=np.float32)
                 self.callback(out, self.blocksize, None, status)
-                self.played.append(out[:, 0].copy())
+                self.played.append(out.copy())
             k += 1
             time.sleep(self.period_s)
 
@@ -286,7 +289,7 @@ class FakeStream:
 
 
 async def test_device_audio_feeds_mic_blocks_and_plays_the_buffer(monkeypatch):
-    sd = fake_sounddevice(HEADSET, default_input=0, default_output=1)
+    sd = fake_sounddevice(HEADSET, default_input=0, default_output=1, stereo_only=(1,))  # phones: stereo only
     log: list = []
     streams: list[FakeStream] = []
 
@@ -310,11 +313,11 @@ async def test_device_audio_feeds_mic_blocks_and_plays_the_buffer(monkeypatch):
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     audio.close()
-    assert ("input", 0, 44100, 441) in log and ("output", 1, 44100, 441) in log
+    assert ("input", 0, 44100, 441, 1) in log and ("output", 1, 44100, 441, 2) in log
     assert ("input", "closed") in log and ("output", "closed") in log, "devices are closed at the end"
     assert len(mic) >= 5 and all(block.shape == (441,) and (block == 0.1).all() for block in mic)
     played = np.concatenate(next(s for s in streams if s.kind == "output").played)
-    assert (played[: 441 * 3] == 0.5).all(), "the output callback plays the buffer"
+    assert (played[: 441 * 3] == 0.5).all(), "the output callback plays the buffer, in both ears"
     assert not played[441 * 3 :].any(), "and silence (not stale memory) once it runs dry"
 
 
