@@ -286,6 +286,10 @@ class DeviceAudio:
             raise TalkError(f"cannot open the sound devices ({self.describe()}): {exc}") from exc
         await asyncio.Event().wait()  # the callbacks do the work until the caller cancels this
 
+    def output_latency_ms(self) -> float:
+        """How long a pulled sample waits in the device before it is heard (PortAudio's estimate)."""
+        return float(self._streams[0].latency) * 1000 if self._streams else 0.0
+
     def close(self) -> None:
         for stream in self._streams:
             with contextlib.suppress(Exception):  # a device unplugged mid-session must not block shutdown
@@ -347,6 +351,9 @@ class FileAudio:
             n = max(0, min(block, self.total_samples - out_start))
             self.output[out_start : out_start + n] = pulled[:n]
             self.clock_samples = start + block
+
+    def output_latency_ms(self) -> float:
+        return 0.0  # the simulated device plays a pulled block at once (see the alignment note)
 
     def close(self) -> None:
         pass
@@ -723,6 +730,10 @@ async def talk(args: argparse.Namespace, display_factory: Callable[[str], Any] |
     view = TalkView()
     mic: asyncio.Queue[np.ndarray] = asyncio.Queue()
 
+    def heard_ms() -> float:
+        # The device still holds its own buffer of what was pulled; only what left it has been heard.
+        return max(0.0, playout.stream_position_ms - audio.output_latency_ms())
+
     def on_input(block: np.ndarray) -> None:
         view.on_mic(block)
         mic.put_nowait(block)
@@ -736,7 +747,7 @@ async def talk(args: argparse.Namespace, display_factory: Callable[[str], Any] |
             if isinstance(item, np.ndarray):
                 playout.push(item)
                 continue
-            view.on_played(playout.stream_position_ms)  # text heard so far, before a clear moves on
+            view.on_played(heard_ms())  # text heard so far, before a clear moves on
             if item.type == "playback.clear":
                 playout.clear()
             view.on_event(item)
@@ -746,8 +757,8 @@ async def talk(args: argparse.Namespace, display_factory: Callable[[str], Any] |
         while True:
             await asyncio.sleep(POSITION_INTERVAL_S)
             # The position on the output timeline: played audio plus what clears dropped (never heard).
-            position_ms = playout.stream_position_ms
-            if position_ms != last:
+            position_ms = heard_ms()
+            if position_ms > last:
                 last = position_ms
                 await conv.send_position(position_ms)
 
@@ -755,7 +766,7 @@ async def talk(args: argparse.Namespace, display_factory: Callable[[str], Any] |
         while True:
             view.queued_ms = playout.queued_ms
             view.underruns = playout.underruns
-            view.on_played(playout.stream_position_ms)
+            view.on_played(heard_ms())
             display.update(view)
             await asyncio.sleep(UI_INTERVAL_S)
 
@@ -783,7 +794,7 @@ async def talk(args: argparse.Namespace, display_factory: Callable[[str], Any] |
         for task in (receive_task, stop_task, *helpers):
             task.cancel()
         await asyncio.gather(receive_task, stop_task, *helpers, return_exceptions=True)
-        view.on_played(playout.stream_position_ms)
+        view.on_played(playout.stream_position_ms)  # the end: all that was played has been heard
         audio.finish()
         summary = f"-- played {playout.played_ms / 1000:.1f} s, underruns {playout.underruns}, clears {playout.clears}"
         if isinstance(audio, FileAudio):
