@@ -237,6 +237,8 @@ def test_refusals_wrong_token_server_full_and_denied_microphone(server, browser)
         assert code == "full" and "full" in text
         assert tab.button.inner_text().strip() == "Start conversation"
         holder.send(json.dumps({"type": "session.end"}))
+        for _ in holder:  # read what is queued until the server closes, so the close is prompt
+            pass
     assert tab.console_errors == []
 
     # Microphone denied (what the browser reports when the user blocks it): no socket is opened.
