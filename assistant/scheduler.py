@@ -225,6 +225,7 @@ class Scheduler:
         step_ms = (time.perf_counter() - t0) * 1000.0
         if self.metrics:
             self.metrics.observe("step_ms", step_ms)
+            self.metrics.inc("session_frames", len(sessions))
         for slot, session in sessions.items():
             # A session that left during the step gets nothing more.
             if self._sessions.get(slot) is not session:

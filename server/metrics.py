@@ -20,6 +20,7 @@ _DEFINITIONS: dict[str, tuple[str, str, tuple[float, ...]]] = {
     "response_gap_ms": ("histogram", "Last voiced user sample to first reply sample sent (ms).",
                         (100, 200, 300, 500, 700, 1000, 1500, 2000, 5000)),
     "sessions_total": ("counter", "Sessions started.", ()),
+    "session_frames": ("counter", "80 ms frames processed, summed over sessions.", ()),
     "refused_total": ("counter", "Connections refused because every slot was taken.", ()),
     "underruns": ("counter", "Input frames missing at a tick (silence fed instead).", ()),
     "drops": ("counter", "Input frames dropped to keep latency bounded.", ()),

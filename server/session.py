@@ -43,13 +43,19 @@ from typing import Any, ClassVar
 import numpy as np
 
 from assistant.engine import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE_HZ, SlotOptions
-from audio.pcm import float32_to_pcm16, pcm16_to_float32
+from audio.pcm import pcm16_to_float32
 from audio.resample import SUPPORTED_RATES, StreamResampler
 from audio.vad import StreamingVad, VadConfig
 
 SUPPORTED_SAMPLE_RATES = tuple(SUPPORTED_RATES)
 BARGE_IN_POLICIES = ("model", "vad")
 _SAMPLES_PER_MS = SAMPLE_RATE_HZ // 1000
+
+
+def _to_pcm16(x: np.ndarray) -> bytes:
+    """float32 (n,) in [-1, 1] -> PCM16 LE bytes; audio.pcm.float32_to_pcm16's rounding, in float32
+    (this runs for every session every frame)."""
+    return np.clip(np.rint(x * np.float32(32768.0)), -32768, 32767).astype("<i2").tobytes()
 
 
 # -- options ----------------------------------------------------------------------------------
@@ -494,8 +500,10 @@ class Session:
         self.clock = clock
         self.ended: str | None = None
 
-        self._resample_in = StreamResampler(sample_rate_hz, SAMPLE_RATE_HZ)
-        self._resample_out = StreamResampler(SAMPLE_RATE_HZ, sample_rate_hz)
+        # No resampler at all at 24 kHz: the hot path then only converts and copies.
+        same = sample_rate_hz == SAMPLE_RATE_HZ
+        self._resample_in = None if same else StreamResampler(sample_rate_hz, SAMPLE_RATE_HZ)
+        self._resample_out = None if same else StreamResampler(SAMPLE_RATE_HZ, sample_rate_hz)
         self._input = InputBuffer(FRAME_SAMPLES, self.limits.max_backlog_frames)
         self._vad = StreamingVad(self.options.vad_config(self.base_vad), sample_rate_hz=SAMPLE_RATE_HZ)
         self.turns = TurnTaking(
@@ -559,7 +567,9 @@ class Session:
             return
         now = self.clock()
         self.last_input_at = now
-        x = self._resample_in.process(pcm16_to_float32(pcm16))
+        x = pcm16_to_float32(pcm16)
+        if self._resample_in is not None:
+            x = self._resample_in.process(x)
         if x.shape[0] == 0:
             return
         if self._utterance is not None:
@@ -680,8 +690,8 @@ class Session:
                 self._log({"event": "assistant.speech_stopped", "at_ms": at_ms})
             else:
                 self._act([action])
-        out = self._resample_out.process(pcm)
-        self.emit(AudioOut(pcm16=float32_to_pcm16(out), at_ms=at_ms, speaking=bool(speaking)))
+        out = pcm if self._resample_out is None else self._resample_out.process(pcm)
+        self.emit(AudioOut(pcm16=_to_pcm16(out), at_ms=at_ms, speaking=bool(speaking)))
         if speaking and self._turn_end is not None:
             voiced_at, detected_at = self._turn_end
             self._turn_end = None
