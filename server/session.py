@@ -6,7 +6,8 @@ server/realtime.py) feeds it and turns what it emits into frames.
 
 Core API (stable; adapters rely on it)::
 
-    ctx.open_session(sample_rate_hz, options, emit) -> Session   # server/app.py ServerContext
+    slot = ctx.reserve()                    # server/app.py ServerContext; None when the server is full
+    session = ctx.open_session(slot, sample_rate_hz, emit, options)  # emits SessionReady
     session.push_audio(pcm16: bytes)        # client audio, PCM16 LE mono at sample_rate_hz, any length
     session.update(**options)               # SessionOptions fields; emits SessionUpdated
     session.set_played_ms(ms)               # how much assistant audio the listener has played
@@ -22,11 +23,11 @@ Core API (stable; adapters rely on it)::
     voice as PCM16 LE at sample_rate_hz, one every frame, silence included.
 
 The frame clock (assistant/scheduler.py) calls `take_frame` before each batched engine step and
-`deliver` after it. Inside, the input is resampled to 24 kHz, re-chunked into 80 ms frames with
-a bounded backlog (older frames are dropped so latency cannot grow), and run through a streaming
-VAD whose events drive `TurnTaking`, the pure turn-taking state machine (listening / assistant
-speaking / user barging in). Barge-in clears the client's playback at once, and with the `vad`
-policy keeps the engine silent until the user's turn ends.
+`deliver` after it. Inside, the input is resampled to 24 kHz, run through a streaming VAD as it
+arrives, and queued in an `InputBuffer` that hands out 80 ms frames with bounded latency. VAD
+events drive `TurnTaking`, the pure turn-taking state machine (listening / assistant speaking /
+user barging in). Barge-in clears the client's playback at once, and with the `vad` policy keeps
+the engine (and the audio sent) silent until the user's turn ends.
 """
 
 from __future__ import annotations
