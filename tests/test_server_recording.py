@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import time
 
 import numpy as np
 import soundfile as sf
@@ -86,15 +85,16 @@ async def test_recording_survives_sigkill(tmp_path):
         async with connect(address.ws_url) as ws:
             client = NativeClient(ws)
             ready = await client.start(24000)
-            t0 = time.monotonic()
             await client.stream(np.zeros(int(3.2 * 24000), dtype="<i2"))
-            elapsed = time.monotonic() - t0
+            received = len(client.audio)
             address.proc.send_signal(signal.SIGKILL)
             address.proc.wait(5)
     wav = tmp_path / f"{ready['session_id']}.wav"
     pcm, rate = sf.read(wav, dtype="float32")
     assert rate == 24000 and pcm.shape[1] == 2
-    assert (elapsed - 1.3) * rate <= pcm.shape[0] <= (elapsed + 0.3) * rate
+    # Every frame is recorded as it is sent, and flushed within a second (12.5 frames).
+    assert received >= 30
+    assert (received - 14) * 1920 <= pcm.shape[0] <= (received + 3) * 1920
     lines = (tmp_path / f"{ready['session_id']}.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["event"] == "session.ready"
     assert all(json.loads(line) for line in lines)
