@@ -559,22 +559,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     if args.max_sessions is not None and args.max_sessions < 1:
-        raise SystemExit(f"--max-sessions must be >= 1, got {args.max_sessions}")
+        raise ValueError(f"--max-sessions must be >= 1, got {args.max_sessions}")
     for name in ("idle_timeout", "max_session_seconds", "max_send_lag"):
         if getattr(args, name) <= 0:
-            raise SystemExit(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if bool(args.ssl_cert) != bool(args.ssl_key):
-        raise SystemExit("--ssl-cert and --ssl-key go together; give both (or neither)")
+        raise ValueError("--ssl-cert and --ssl-key go together; give both (or neither)")
     for name in ("ssl_cert", "ssl_key"):
         path = getattr(args, name)
         if path and not Path(path).is_file():
-            raise SystemExit(f"--{name.replace('_', '-')} {path} does not exist")
+            raise ValueError(f"--{name.replace('_', '-')} {path} does not exist")
     vad = VadConfig(backend=args.vad)
     engine_options: dict[str, Any] = {}
     if args.backend == "scripted":
         engine_options = {"script_reply": args.script_reply, "script_delay_ms": args.script_delay_ms, "vad": vad}
     elif args.script_reply is not None:
-        raise SystemExit("--script-reply only applies to --backend scripted")
+        raise ValueError("--script-reply only applies to --backend scripted")
     return ServerConfig(
         backend=args.backend,
         model=args.model,
@@ -614,8 +614,8 @@ def build_server_engine(config: ServerConfig) -> Engine:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = config_from_args(args)
     try:
+        config = config_from_args(args)
         engine = build_server_engine(config)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"assistant serve: {exc}", file=sys.stderr)
