@@ -62,6 +62,26 @@ def _conv1d_as_matmul(
     return F.linear(cols, weight.reshape(cout, cin * kernel), bias).transpose(1, 2)
 
 
+class _Linear:
+    """y = x W^T + b, with W kept in the memory order that CPU matmuls stream fastest.
+
+    On CPU at small batch a (512 -> 2048) layer runs 1.8x faster with the weight stored transposed
+    (rows along the long side; measured 6.1 vs 11.3 ms for 16 such layers), while (2048 -> 512) is
+    fastest as stored. So a weight with more outputs than inputs is kept transposed (a copy).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        self.bias = bias
+        self.transposed = weight.device.type == "cpu" and weight.shape[0] > weight.shape[1]
+        self.weight = weight.t().contiguous() if self.transposed else weight
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.transposed:
+            return F.linear(x, self.weight, self.bias)
+        y = torch.matmul(x, self.weight)
+        return y if self.bias is None else y + self.bias
+
+
 class _StreamingConv1d:
     """A causal `MimiConv1d` fed in chunks: keeps the last `kernel - stride` inputs of every row."""
 
@@ -239,20 +259,23 @@ class _StreamingTransformer:
         self.inv_freq = model.rotary_emb.inv_freq.to(device=device, dtype=torch.float32)
         self.rope_scale = model.rotary_emb.attention_scaling
         self.scaling = self.layers[0].self_attn.scaling
-        shape = (len(self.layers), batch_size, self.capacity, self.num_kv_heads, self.head_dim)
+        self.eps = config.norm_eps
+        # (layer, row, head, slot, dim): the layout attention reads, so no copy per step
+        shape = (len(self.layers), batch_size, self.num_kv_heads, self.capacity, self.head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         # absolute position of the key in each ring slot, -1 for an empty slot
         self.slot_pos = torch.full((batch_size, self.capacity), -1, dtype=torch.long, device=device)
         self.offset = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self.qkv = [
-            torch.cat(
-                [layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight, layer.self_attn.v_proj.weight]
-            )
-            for layer in self.layers
-        ]
         if any(layer.self_attn.q_proj.bias is not None for layer in self.layers):
             raise NotImplementedError("streaming does not support attention_bias=True")
+        self.qkv, self.o_proj, self.fc1, self.fc2 = [], [], [], []
+        for layer in self.layers:
+            attn = layer.self_attn
+            self.qkv.append(_Linear(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])))
+            self.o_proj.append(_Linear(attn.o_proj.weight))
+            self.fc1.append(_Linear(layer.mlp.fc1.weight, layer.mlp.fc1.bias))
+            self.fc2.append(_Linear(layer.mlp.fc2.weight, layer.mlp.fc2.bias))
 
     def reset(self, row: int) -> None:
         self.slot_pos[row] = -1
@@ -286,33 +309,48 @@ class _StreamingTransformer:
         delta = positions[:, :, None] - slot_pos[:, None, :]  # (b, T, capacity)
         mask = (slot_pos[:, None, :] >= 0) & (delta >= 0) & (delta < self.window)
         mask = mask[:, None]  # (b, 1, T, capacity), broadcast over heads
+        if rows is not None:
+            # attention runs over every row's cache in place (gathering the fed rows' caches would copy
+            # them all, every layer); the rows not fed attend to anything and their output is dropped
+            full_mask = torch.ones((self.offset.shape[0], *mask.shape[1:]), dtype=torch.bool, device=x.device)
+            full_mask[rows] = mask
+            mask = full_mask
         cos, sin = self._rope(positions, x.dtype)
         cos, sin = cos[:, :, None], sin[:, :, None]  # (b, T, 1, D)
         q_dim = self.num_heads * self.head_dim
         kv_dim = self.num_kv_heads * self.head_dim
         gather_rows = row_idx[:, None]
+        qk_heads = self.num_heads + self.num_kv_heads
         for index, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q, k, v = F.linear(h, self.qkv[index]).split([q_dim, kv_dim, kv_dim], dim=-1)
-            q = self._rotate(q.view(b, steps, self.num_heads, self.head_dim), cos, sin)
-            k = self._rotate(k.view(b, steps, self.num_kv_heads, self.head_dim), cos, sin)
-            v = v.view(b, steps, self.num_kv_heads, self.head_dim)
-            self.keys[index][gather_rows, slots] = k
-            self.values[index][gather_rows, slots] = v
-            keys = self.keys[index] if rows is None else self.keys[index][rows]
-            values = self.values[index] if rows is None else self.values[index][rows]
+            h = F.layer_norm(
+                x, (x.shape[-1],), layer.input_layernorm.weight, layer.input_layernorm.bias, self.eps
+            )
+            qkv = self.qkv[index](h)
+            # q and k heads side by side, rotated in one go
+            qk = self._rotate(qkv[..., : q_dim + kv_dim].view(b, steps, qk_heads, self.head_dim), cos, sin)
+            q, k = qk.split([self.num_heads, self.num_kv_heads], dim=2)
+            v = qkv[..., q_dim + kv_dim :].view(b, steps, self.num_kv_heads, self.head_dim)
+            # advanced indices around a slice put their dims first: the target is (b, T, heads, dim)
+            self.keys[index][gather_rows, :, slots] = k
+            self.values[index][gather_rows, :, slots] = v
+            if rows is not None:
+                q = q.new_zeros((self.offset.shape[0], *q.shape[1:])).index_copy_(0, rows, q)
             out = F.scaled_dot_product_attention(
                 q.transpose(1, 2),
-                keys.transpose(1, 2),
-                values.transpose(1, 2),
+                self.keys[index],
+                self.values[index],
                 attn_mask=mask,
                 scale=self.scaling,
                 enable_gqa=self.num_heads != self.num_kv_heads,
             )
-            out = attn.o_proj(out.transpose(1, 2).reshape(b, steps, q_dim))
-            x = x + layer.self_attn_layer_scale(out)
-            x = x + layer.mlp_layer_scale(layer.mlp(layer.post_attention_layernorm(x)))
+            if rows is not None:
+                out = out[rows]
+            out = self.o_proj[index](out.transpose(1, 2).reshape(b, steps, q_dim))
+            x = torch.addcmul(x, layer.self_attn_layer_scale.scale, out)
+            norm = layer.post_attention_layernorm
+            h = F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, self.eps)
+            h = layer.mlp.activation_fn(self.fc1[index](h))
+            x = torch.addcmul(x, layer.mlp_layer_scale.scale, self.fc2[index](h))
         return x
 
 
