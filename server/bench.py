@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 FRAME_S = 0.08
-CHUNK_MS = 40  # the clients' audio message size (the web page sends 20 ms)
+CHUNK_MS = 40  # default size of the clients' audio messages (the web page sends 20 ms)
 SHARED_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio" / "conversation.wav"
 
 
@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audio", type=Path, default=None,
                         help="24 kHz mono WAV the clients stream on a loop (default shared conversation.wav)")
     parser.add_argument("--vad", choices=("webrtc", "silero"), default="webrtc", help="the server's VAD")
+    parser.add_argument("--chunk-ms", type=int, default=CHUNK_MS, choices=(10, 20, 40, 80),
+                        help=f"audio message size the clients send (default {CHUNK_MS})")
 
 
 def _cpu_s(pid: int) -> float:
@@ -77,10 +79,10 @@ def load_audio(path: Path | None) -> tuple[np.ndarray, str]:
 
 
 async def _client(url: str, audio: np.ndarray, t0: float, phase_s: float, stop: asyncio.Event,
-                  received: list[int]) -> None:
+                  received: list[int], chunk_ms: int = CHUNK_MS) -> None:
     from websockets.asyncio.client import connect
 
-    chunk = 24000 * CHUNK_MS // 1000
+    chunk = 24000 * chunk_ms // 1000
     async with connect(url, compression=None, max_queue=None) as ws:
         await ws.send(json.dumps({"type": "session.start", "sample_rate": 24000}))
 
@@ -93,7 +95,7 @@ async def _client(url: str, audio: np.ndarray, t0: float, phase_s: float, stop: 
         i = 0
         start = t0 + phase_s
         while not stop.is_set():
-            due = start + (i + 1) * CHUNK_MS / 1000
+            due = start + (i + 1) * chunk_ms / 1000
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -104,13 +106,13 @@ async def _client(url: str, audio: np.ndarray, t0: float, phase_s: float, stop: 
 
 
 async def _measure(url: str, host: str, port: int, pid: int, n: int, audio: np.ndarray,
-                   warmup_s: float, seconds: float) -> dict:
+                   warmup_s: float, seconds: float, chunk_ms: int) -> dict:
     stop = asyncio.Event()
     received = [0]
     t0 = time.monotonic() + 0.5
     rng = np.random.default_rng(0)
-    tasks = [asyncio.create_task(_client(url, audio, t0, float(rng.uniform(0, FRAME_S)), stop, received))
-             for _ in range(n)]
+    tasks = [asyncio.create_task(_client(url, audio, t0, float(rng.uniform(0, FRAME_S)), stop, received,
+                                         chunk_ms)) for _ in range(n)]
     await asyncio.sleep(0.5 + warmup_s)
     metrics0, cpu0, recv0, w0 = _get(host, port, "/metrics"), _cpu_s(pid), received[0], time.monotonic()
     await asyncio.sleep(seconds)
@@ -130,13 +132,13 @@ async def _measure(url: str, host: str, port: int, pid: int, n: int, audio: np.n
     }
 
 
-def bench_vad(audio: np.ndarray, backend: str) -> float:
-    """CPU ms one StreamingVad spends per 80 ms frame of `audio` (24 kHz), fed in 40 ms chunks."""
+def bench_vad(audio: np.ndarray, backend: str, chunk_ms: int = CHUNK_MS) -> float:
+    """CPU ms one StreamingVad spends per 80 ms frame of `audio` (24 kHz), fed in chunk_ms chunks."""
     from audio.vad import StreamingVad, VadConfig
 
     vad = StreamingVad(VadConfig(backend=backend), sample_rate_hz=24000)
     x = audio.astype(np.float32) / 32768.0
-    chunk = 24000 * CHUNK_MS // 1000
+    chunk = 24000 * chunk_ms // 1000
     t = time.process_time()
     for i in range(0, len(x) - chunk, chunk):
         vad.push(x[i : i + chunk])
@@ -160,7 +162,7 @@ def run_one(n: int, args: argparse.Namespace, audio: np.ndarray) -> dict:
         if port is None:
             raise SystemExit(f"the server did not start: {proc.stdout.read()}")
         result = asyncio.run(_measure(f"ws://127.0.0.1:{port}/ws", "127.0.0.1", port, proc.pid, n, audio,
-                                      args.warmup, args.seconds))
+                                      args.warmup, args.seconds, args.chunk_ms))
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -184,10 +186,10 @@ def run(args: argparse.Namespace) -> int:
         print("--sessions needs counts >= 1 and --seconds > 0", file=sys.stderr)
         return 2
     audio, what = load_audio(args.audio)
-    print(f"server bench: backend {args.backend}, VAD {args.vad}, clients stream {what} in {CHUNK_MS} ms "
+    print(f"server bench: backend {args.backend}, VAD {args.vad}, clients stream {what} in {args.chunk_ms} ms "
           f"chunks from a separate process, {args.seconds:g} s measured per count, {os.cpu_count()} CPUs")
-    print(f"VAD alone: webrtc {bench_vad(audio, 'webrtc'):.3f} ms CPU per 80 ms frame"
-          + (f", silero {bench_vad(audio, 'silero'):.3f} ms" if args.vad == "silero" else ""))
+    print(f"VAD alone: webrtc {bench_vad(audio, 'webrtc', args.chunk_ms):.3f} ms CPU per 80 ms frame"
+          + (f", silero {bench_vad(audio, 'silero', args.chunk_ms):.3f} ms" if args.vad == "silero" else ""))
     header = (f"{'sessions':>8} {'CPU ms/sess/frame':>18} {'server CPU %':>12} {'tick late p50/p99/max ms':>25} "
               f"{'step p50/p99 ms':>16} {'underruns':>9} {'drops':>6} {'skipped':>7} {'recv':>5}")
     print(header)
