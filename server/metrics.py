@@ -19,6 +19,8 @@ _DEFINITIONS: dict[str, tuple[str, str, tuple[float, ...]]] = {
                      (0.5, 1, 2, 5, 10, 20, 40, 80)),
     "response_gap_ms": ("histogram", "Last voiced user sample to first reply sample sent (ms).",
                         (100, 200, 300, 500, 700, 1000, 1500, 2000, 5000)),
+    "server_overhead_ms": ("histogram", "End of user turn detected to first reply frame sent (ms).",
+                           (10, 20, 40, 60, 80, 100, 150, 200, 500)),
     "sessions_total": ("counter", "Sessions started.", ()),
     "session_frames": ("counter", "80 ms frames processed, summed over sessions.", ()),
     "refused_total": ("counter", "Connections refused because every slot was taken.", ()),

@@ -703,6 +703,7 @@ class Session:
                        "server_overhead_ms": lat.server_overhead_ms, "end_of_turn_ms": lat.end_of_turn_ms})
             if self.metrics:
                 self.metrics.observe("response_gap_ms", lat.response_gap_ms)
+                self.metrics.observe("server_overhead_ms", lat.server_overhead_ms)
         if text:
             self._turn_text.append((at_ms, text))
             self.emit(AssistantText(text=text, at_ms=at_ms))
