@@ -339,8 +339,9 @@ class InputBuffer:
     """
 
     def __init__(self, frame_samples: int = FRAME_SAMPLES, max_backlog_frames: int = 3,
-                 quiet_level: float = 10 ** (-50 / 20)):
+                 quiet_level: float = 10 ** (-50 / 20), max_chunk_samples: int = SAMPLE_RATE_HZ):
         self.quiet_level = quiet_level  # peak below this (-50 dBFS) counts as quiet
+        self.max_chunk_samples = max_chunk_samples  # chunks up to this (1 s) are kept whole
         if max_backlog_frames < 1:
             raise ValueError(f"max_backlog_frames must be >= 1, got {max_backlog_frames}")
         self.frame_samples = frame_samples
@@ -354,14 +355,23 @@ class InputBuffer:
         return self._len
 
     def push(self, x: np.ndarray) -> int:
-        """Append float32 samples; return how many of the oldest were dropped to respect the bound."""
+        """Append float32 samples; return how many of the oldest were dropped to respect the bound.
+
+        The bound is `max_backlog_frames`, or one frame more than this chunk for clients that send
+        big chunks (up to `max_chunk_samples`), so a chunk is never cut only for being big.
+        """
         n = x.shape[0]
-        if n >= self.max_samples:
-            dropped = self._len + n - self.max_samples
-            self._buf[: self.max_samples] = x[n - self.max_samples :]
-            self._len = self.max_samples
+        bound = max(self.max_samples, min(n, self.max_chunk_samples) + self.frame_samples)
+        if bound > self._buf.shape[0]:
+            grown = np.zeros(bound, dtype=np.float32)
+            grown[: self._len] = self._buf[: self._len]
+            self._buf = grown
+        if n >= bound:
+            dropped = self._len + n - bound
+            self._buf[:bound] = x[n - bound :]
+            self._len = bound
             return dropped
-        dropped = max(0, self._len + n - self.max_samples)
+        dropped = max(0, self._len + n - bound)
         if dropped:
             self._discard(dropped)
         self._buf[self._len : self._len + n] = x

@@ -114,13 +114,17 @@ def test_input_buffer_keeps_every_sample_in_order_while_the_user_speaks():
 
 
 def test_input_buffer_bounds_the_backlog_by_dropping_the_oldest():
-    buf = InputBuffer(frame_samples=4, max_backlog_frames=2)
-    assert buf.push(np.arange(6, dtype=np.float32)) == 0
-    assert buf.push(np.arange(6, 11, dtype=np.float32)) == 3
+    buf = InputBuffer(frame_samples=4, max_backlog_frames=2, max_chunk_samples=40)
+    assert buf.push(np.arange(3, dtype=np.float32)) == 0
+    assert buf.push(np.arange(3, 6, dtype=np.float32)) == 0
+    assert buf.push(np.arange(6, 9, dtype=np.float32)) == 1  # 9 queued, 8 allowed
     frame, _ = buf.take(user_silent=False)
-    np.testing.assert_array_equal(frame, [3, 4, 5, 6])
-    assert buf.push(np.arange(100, dtype=np.float32)) == 100 + 4 - 8
-    assert buf.level == 8
+    np.testing.assert_array_equal(frame, [1, 2, 3, 4])
+    # One big chunk is kept whole (plus a frame of what came before), up to max_chunk_samples.
+    assert buf.push(np.arange(100, 120, dtype=np.float32)) == 0
+    assert buf.level == 24
+    assert buf.push(np.arange(200, dtype=np.float32)) == 24 + 200 - 44
+    assert buf.level == 44
 
 
 def test_input_buffer_pads_a_short_buffer_while_the_user_is_silent_without_an_underrun():
@@ -284,10 +288,12 @@ def test_session_at_48k_sends_80_ms_frames_at_the_client_rate():
 def test_backlog_is_bounded_when_the_clock_stalls():
     q1, _ = load_wav("q1.wav")
     h = Harness(limits=SessionLimits(max_backlog_frames=3))
-    pcm16 = (q1[:48000] * 32767).astype("<i2").tobytes()
-    h.session.push_audio(pcm16)  # 2 s at once, the user speaking: only 3 frames are kept
-    assert h.session.drops == -(-(48000 - 3 * FRAME_SAMPLES) // FRAME_SAMPLES)
+    pcm16 = (q1[24000:48000] * 32767).astype("<i2")
+    for i in range(0, 24000, 480):  # 1 s of speech in 20 ms chunks and no tick: 3 frames are kept
+        h.session.push_audio(pcm16[i : i + 480].tobytes())
+    assert h.session.drops == -(-(24000 - 3 * FRAME_SAMPLES) // FRAME_SAMPLES)
     assert h.session.stats()["drops"] == h.session.drops
+    assert h.session._input.level == 3 * FRAME_SAMPLES
 
 
 def test_limits_end_idle_and_overlong_sessions():
