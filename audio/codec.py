@@ -633,7 +633,7 @@ def _download(repo_id: str) -> Path:
         raise FileNotFoundError(
             f"Mimi source {repo_id!r} is not a local path, and fetching it as a Hugging Face repo "
             f"(files {', '.join(patterns)}, from the Hub or the local cache) failed: "
-            f"{type(exc).__name__}: {exc}. {_EXPECTED}"
+            f"{type(exc).__name__}: {str(exc).rstrip('.')}; {_EXPECTED}"
         ) from exc
 
 

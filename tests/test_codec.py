@@ -201,6 +201,61 @@ def test_kyutai_round_trip_restores_every_weight(tiny_model):
         assert torch.equal(converted[key], value), key
 
 
+def _kyutai_transformer_reference(
+    state: dict, prefix: str, x: torch.Tensor, config: MimiConfig
+) -> torch.Tensor:
+    """Kyutai's StreamingTransformer on Kyutai-named weights, written out from moshi's source:
+    fused in_projs.0 split as (p h d), RoPE rotating interleaved pairs (x[2i], x[2i+1]) by
+    max_period^(-2i/D), causal attention over the last `context` steps, LayerScale residuals."""
+    heads, steps = config.num_attention_heads, x.shape[1]
+    head_dim = config.hidden_size // heads
+    freqs = torch.exp(
+        torch.arange(head_dim // 2) * (-np.log(config.rope_parameters["rope_theta"]) * 2 / head_dim)
+    )
+    angle = torch.arange(steps, dtype=torch.float32)[:, None] * freqs  # (T, D/2)
+    cos, sin = angle.cos(), angle.sin()
+
+    def rope(t):  # t: (b, h, T, D), pairs interleaved
+        real, imag = t[..., 0::2], t[..., 1::2]
+        return torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1).flatten(-2)
+
+    pos = torch.arange(steps)
+    delta = pos[:, None] - pos[None, :]
+    allowed = (delta >= 0) & (delta < config.sliding_window)
+    for n in range(config.num_hidden_layers):
+        w = {
+            k[len(f"{prefix}.layers.{n}.") :]: v
+            for k, v in state.items()
+            if k.startswith(f"{prefix}.layers.{n}.")
+        }
+        h = torch.nn.functional.layer_norm(x, (x.shape[-1],), w["norm1.weight"], w["norm1.bias"], 1e-5)
+        q, k, v = (
+            (h @ w["self_attn.in_projs.0.weight"].T).view(1, steps, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        )
+        scores = (rope(q) @ rope(k).transpose(-1, -2)) / head_dim**0.5
+        attn = scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v
+        out = attn.transpose(1, 2).reshape(1, steps, -1) @ w["self_attn.out_projs.0.weight"].T
+        x = x + w["layer_scale_1.scale"] * out
+        h = torch.nn.functional.layer_norm(x, (x.shape[-1],), w["norm2.weight"], w["norm2.bias"], 1e-5)
+        ff = torch.nn.functional.gelu(h @ w["linear1.weight"].T) @ w["linear2.weight"].T
+        x = x + w["layer_scale_2.scale"] * ff
+    return x
+
+
+def test_kyutai_layout_transformer_computes_what_kyutais_code_computes(tiny_model):
+    """Independent of our converter: Kyutai's math on the Kyutai-layout weights == transformers' layer."""
+    state = kyutai_mimi_state_dict(tiny_model)
+    x = torch.randn(1, 5, tiny_model.config.hidden_size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for half in ("encoder", "decoder"):
+            ours = getattr(tiny_model, half).get_submodule(f"{half}_transformer")(x).last_hidden_state
+            reference = _kyutai_transformer_reference(
+                state, f"{half}_transformer.transformer", x, tiny_model.config
+            )
+            # float32 rounding is ~1e-7 here; a wrong RoPE pairing or q/k/v split is off by ~1e-3
+            assert torch.allclose(ours, reference, rtol=0, atol=1e-5), (ours - reference).abs().max()
+
+
 def test_kyutai_names_and_rope_layout_match_kyutais_own_model(tmp_path):
     """Load a checkpoint written by Kyutai's own `moshi` MimiModel and compare outputs with it."""
     loaders = pytest.importorskip("moshi.models.loaders", reason="Kyutai's moshi package is not installed")
@@ -251,12 +306,32 @@ def test_missing_source_says_what_was_expected(tmp_path):
         StreamingMimi.from_pretrained(tmp_path / "empty", batch_size=1)
 
 
-def test_unreachable_repo_id_says_what_was_tried(tmp_path, monkeypatch):
+@pytest.fixture
+def offline_hub_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache with the Hub unreachable (offline mode), as on a server without internet."""
     import huggingface_hub.constants
 
+    cache = tmp_path / "hub"
+    cache.mkdir()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_repo_id_loads_from_the_local_hub_cache(offline_hub_cache, tiny_model):
+    """A repo id resolves offline from the cache, e.g. kyutai/moshiko-pytorch-bf16 holding the Kyutai file."""
+    repo = offline_hub_cache / "models--someone--tiny-moshi"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    write_mimi_checkpoint(repo / "snapshots" / commit, tiny_model, layout="kyutai")
+    codec = StreamingMimi.from_pretrained("someone/tiny-moshi", batch_size=1, config=tiny_mimi_config())
+    pcm = _signal(1, 3)
+    assert torch.equal(_stream_encode(codec, pcm), _offline_codes(tiny_model, pcm))
+
+
+def test_unreachable_repo_id_says_what_was_tried(offline_hub_cache):
     with pytest.raises(FileNotFoundError, match="nobody/no-such-mimi.*Hugging Face repo"):
         StreamingMimi.from_pretrained("nobody/no-such-mimi", batch_size=1)
 
