@@ -568,7 +568,7 @@ class StreamingMimi:
             c = codes.to(self.device)
             if rows is not None:
                 c = c[rows]
-            latents = self._quantizer.decode(c)[..., None]  # (b, C, 1)
+            latents = self._quantizer.decode(c).to(self.dtype)[..., None]  # (b, C, 1)
             if self._upsample is not None:
                 latents = self._upsample(latents, rows)
             hidden = self._dec_transformer(latents.transpose(1, 2), rows).transpose(1, 2)
