@@ -3,7 +3,11 @@
 Remote (default): the microphone streams to a server's native `/ws` endpoint at the device's
 native rate (declared in session.start; the server resamples) and the assistant's voice plays
 through a short playout buffer. `--local` runs an engine in this process instead (one user, the
-80 ms frame loop here, engine.step in a worker thread), behind the same playout.
+80 ms frame loop here, engine.step in a worker thread, a VAD for barge-in), behind the same playout.
+
+`playback.position` (every 150 ms) carries the playhead on the server's output timeline: samples
+played plus those dropped by `playback.clear` or by the buffer bound, less what the sound device
+itself still holds; the server compares it with the `at_ms` of its text to know what was heard.
 
 Headless: `--input-file in.wav --output-file out.wav` replaces both devices with files paced by
 the wall clock, then `--tail-seconds` of silence so the reply can finish. The output file is what
