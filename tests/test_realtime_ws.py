@@ -125,12 +125,13 @@ async def test_binary_frames_get_an_error_and_the_connection_stays_usable(server
         await assert_usable(ws)
 
 
-async def stream(ws, pcm: bytes, chunk_ms: int = 40) -> None:
+async def stream(ws, pcm: bytes, chunk_ms: int = 40, lead_chunks: int = 3) -> None:
+    """Send PCM16 in real time, a few chunks ahead (a client's send buffer) so a busy box does not starve it."""
     chunk = chunk_ms * 48
     start = time.monotonic()
     for n, i in enumerate(range(0, len(pcm), chunk), start=1):
         await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": b64(pcm[i:i + chunk])}))
-        await asyncio.sleep(max(0.0, start + n * chunk_ms / 1000 - time.monotonic()))
+        await asyncio.sleep(max(0.0, start + (n - lead_chunks) * chunk_ms / 1000 - time.monotonic()))
 
 
 async def test_manual_turns_response_create_cancel_and_truncate_beyond_the_audio(server):
