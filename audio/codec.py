@@ -16,6 +16,7 @@ Frame-by-frame results equal one offline `MimiModel.encode` / `decode` call over
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -623,29 +624,52 @@ def load_mimi_model(source: str | Path, config: MimiConfig | None = None) -> Mim
 
 
 def _download(repo_id: str) -> Path:
-    """Fetch only the Mimi files of a Hub repo (never a Moshi LM's weights); works offline from the cache."""
+    """Fetch only the Mimi files of a Hub repo; works offline from the local cache.
+
+    A Kyutai repo (kyutai/moshiko-pytorch-bf16) keeps the 15 GB Moshi LM in its model.safetensors,
+    so model.safetensors is fetched only once config.json says the repo is a transformers Mimi.
+    """
     from huggingface_hub import snapshot_download
 
-    patterns = ["config.json", "model.safetensors", "tokenizer-*.safetensors"]
+    tried = ["config.json", "tokenizer-*.safetensors"]
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+        snapshot = Path(snapshot_download(repo_id, allow_patterns=tried))
+        if not any(snapshot.glob("tokenizer-*.safetensors")) and _config_model_type(snapshot) == "mimi":
+            tried.append("model.safetensors")
+            snapshot = Path(snapshot_download(repo_id, allow_patterns=tried))
+        return snapshot
     except Exception as exc:  # network, auth, missing repo, empty cache offline: all end the same way
         raise FileNotFoundError(
             f"Mimi source {repo_id!r} is not a local path, and fetching it as a Hugging Face repo "
-            f"(files {', '.join(patterns)}, from the Hub or the local cache) failed: "
+            f"(files {', '.join(tried)}, from the Hub or the local cache) failed: "
             f"{type(exc).__name__}: {str(exc).rstrip('.')}; {_EXPECTED}"
         ) from exc
 
 
+def _config_model_type(directory: Path) -> str | None:
+    try:
+        return json.loads((directory / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _load_dir(directory: Path, config: MimiConfig | None) -> MimiModel:
-    kyutai_files = sorted(directory.glob("tokenizer-*.safetensors"))
-    if (directory / "config.json").is_file() and (directory / "model.safetensors").is_file():
-        if not _is_kyutai_file(directory / "model.safetensors"):
-            return _load_transformers_dir(directory)
+    # a Kyutai repo holds the Mimi file next to the LM's own model.safetensors and config.json
     if (directory / KYUTAI_MIMI_FILENAME).is_file():
         return _load_kyutai_file(directory / KYUTAI_MIMI_FILENAME, config)
+    kyutai_files = sorted(directory.glob("tokenizer-*.safetensors"))
     if len(kyutai_files) == 1:
         return _load_kyutai_file(kyutai_files[0], config)
+    weights = directory / "model.safetensors"
+    if weights.is_file() and _is_kyutai_file(weights):
+        return _load_kyutai_file(weights, config)
+    if weights.is_file() and (directory / "config.json").is_file():
+        model_type = _config_model_type(directory)
+        if model_type != "mimi":
+            raise ValueError(
+                f"{directory / 'config.json'} is for model_type {model_type!r}, not 'mimi'; {_EXPECTED}"
+            )
+        return _load_transformers_dir(directory)
     found = ", ".join(sorted(p.name for p in directory.iterdir())[:10]) or "nothing"
     raise FileNotFoundError(f"no Mimi checkpoint in {directory} (found: {found}); {_EXPECTED}")
 
@@ -653,8 +677,11 @@ def _load_dir(directory: Path, config: MimiConfig | None) -> MimiModel:
 def _is_kyutai_file(path: Path) -> bool:
     from safetensors import safe_open
 
-    with safe_open(str(path), "pt") as handle:
-        return is_kyutai_mimi_state_dict(handle.keys())
+    try:
+        with safe_open(str(path), "pt") as handle:
+            return is_kyutai_mimi_state_dict(handle.keys())
+    except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
+        raise ValueError(f"could not read {path} as safetensors: {exc}; {_EXPECTED}") from exc
 
 
 def _load_transformers_dir(directory: Path) -> MimiModel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from model_fixtures import (
     tiny_mimi_config,
     write_mimi_checkpoint,
 )
+from safetensors.torch import save_file
 from transformers import MimiConfig, MimiModel
 
 from audio.codec import StreamingMimi
@@ -274,8 +276,6 @@ def test_kyutai_names_and_rope_layout_match_kyutais_own_model(tmp_path):
             elif name.endswith("in_projs.0.weight"):
                 tensor[: 2 * config.hidden_size].mul_(4.0)  # sharper attention: positions matter
     path = tmp_path / KYUTAI_MIMI_FILENAME
-    from safetensors.torch import save_file
-
     save_file({k: v.contiguous() for k, v in kyutai.state_dict().items()}, str(path))
     codec = StreamingMimi.from_pretrained(tmp_path, batch_size=1, config=config)
 
@@ -325,7 +325,11 @@ def test_repo_id_loads_from_the_local_hub_cache(offline_hub_cache, tiny_model):
     commit = "0123456789abcdef0123456789abcdef01234567"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
-    write_mimi_checkpoint(repo / "snapshots" / commit, tiny_model, layout="kyutai")
+    snapshot = repo / "snapshots" / commit
+    write_mimi_checkpoint(snapshot, tiny_model, layout="kyutai")
+    # beside it, as in a Kyutai repo: the LM's own weights and config, which must be left alone
+    save_file({"text_emb.weight": torch.zeros(4, 4)}, str(snapshot / "model.safetensors"))
+    (snapshot / "config.json").write_text('{"model_type": "moshi"}')
     codec = StreamingMimi.from_pretrained("someone/tiny-moshi", batch_size=1, config=tiny_mimi_config())
     pcm = _signal(1, 3)
     assert torch.equal(_stream_encode(codec, pcm), _offline_codes(tiny_model, pcm))
@@ -345,6 +349,22 @@ def test_broken_or_foreign_files_are_rejected(tmp_path, tiny_model):
     path = write_mimi_checkpoint(tmp_path / "k", tiny_model, layout="kyutai")
     with pytest.raises(ValueError, match="pass config="):
         StreamingMimi.from_pretrained(path, batch_size=1)
+    # a transformers dir of some other model
+    other = tmp_path / "other"
+    other.mkdir()
+    save_file({"lm_head.weight": torch.zeros(2, 2)}, str(other / "model.safetensors"))
+    (other / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(ValueError, match="model_type 'llama', not 'mimi'"):
+        StreamingMimi.from_pretrained(other, batch_size=1)
+    # a transformers Mimi whose weights do not fit its config
+    bad = write_mimi_checkpoint(tmp_path / "bad", tiny_model, layout="hf")
+    config = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**config, "hidden_size": 64, "upsample_groups": 64}))
+    with pytest.raises(ValueError, match="could not load .* as a transformers Mimi"):
+        StreamingMimi.from_pretrained(bad, batch_size=1)
+    (bad / "model.safetensors").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="could not read .*model.safetensors"):
+        StreamingMimi.from_pretrained(bad, batch_size=1)
 
 
 def test_bad_inputs_are_rejected(tiny_model):
