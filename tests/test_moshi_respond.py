@@ -12,7 +12,15 @@ from assistant.cli import main
 from assistant.engine import FRAME_SAMPLES
 from audio.resample import resample
 
-torch.set_num_threads(2)
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models: one thread is faster, and two spin-waiting threads on a shared 2-core box are slow."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 
 @pytest.fixture(scope="module")
