@@ -187,7 +187,13 @@ class RealtimeConnection:
                 self.close(CLOSE_POLICY, "event flood: too many messages, closing")
             return
         self.refused_in_a_row = 0
-        self.apply(self.conv.receive(message))
+        try:
+            outputs = self.conv.receive(message)
+        except Exception:  # a bug must cost one event, not the conversation
+            log.exception("realtime: failed to handle a client event")
+            outputs = [self.conv.error(RealtimeError("server_error", "the server failed to handle this event",
+                                                     error_type="server_error"))]
+        self.apply(outputs)
 
     def close(self, code: int, reason: str) -> None:
         if self.closing is None:

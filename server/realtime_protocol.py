@@ -410,6 +410,8 @@ def parse_client_event(data: str | bytes, *, current_turn_detection: TurnDetecti
                             "events (audio goes base64 in input_audio_buffer.append)")
     try:
         event = json.loads(data)
+    except RecursionError:
+        raise RealtimeError("invalid_json", "the message nests too deeply to be a Realtime event") from None
     except ValueError as exc:
         raise RealtimeError("invalid_json", f"the message is not valid JSON: {exc}") from None
     if not isinstance(event, dict):

@@ -143,6 +143,12 @@ def test_malformed_or_unsupported_events_get_an_error_event_with_code_param_and_
     assert error["event_id"] == ("e1" if "e1" in message else None)
 
 
+def test_absurdly_nested_json_is_an_error_event_not_a_crash():
+    conv, _ = new_conversation()
+    out = checked(conv.receive("[" * 200_000 + "]" * 200_000))
+    assert out[0]["error"]["code"] == "invalid_json"
+
+
 def test_binary_frames_are_refused_with_a_hint_to_send_json():
     conv, _ = new_conversation()
     out = checked(conv.receive(b"\x00\x01"))
