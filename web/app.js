@@ -68,6 +68,7 @@ const HINT_IDLE = hint.textContent.trim();
 const HINT_LIVE = "Talk any time, even over the assistant. Press Stop to end.";
 
 toggle.addEventListener("click", () => {
+  if (client.state === "stopping") return;
   if (client.live) client.stop();
   else {
     clearError();
@@ -82,9 +83,9 @@ function renderState() {
   const live = client.live;
   toggle.dataset.action = live ? "stop" : "start";
   toggleLabel.textContent = live ? "Stop" : "Start conversation";
-  toggle.disabled = state === "stopping";
+  // aria-disabled rather than disabled: a disabled button would drop the keyboard focus.
+  toggle.setAttribute("aria-disabled", String(state === "stopping"));
   hint.textContent = live ? HINT_LIVE : HINT_IDLE;
-  document.body.dataset.state = state;
 }
 client.addEventListener("statechange", renderState);
 
