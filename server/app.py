@@ -78,7 +78,7 @@ SEND_BUFFER_BYTES = 64 * 1024  # ~0.7 s of 24 kHz PCM16 per connection in the ke
 
 @dataclass
 class ServerConfig:
-    backend: str = "scripted"
+    backend: str = "moshi"
     model: str | None = None
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
@@ -524,7 +524,8 @@ async def serve_forever(config: ServerConfig, engine: Engine, ready=None, stop: 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=BACKENDS, default="scripted", help="engine backend (default scripted)")
+    parser.add_argument("--backend", choices=BACKENDS, default="moshi",
+                        help="engine backend (default moshi; scripted and silence need no weights)")
     parser.add_argument("--model", help="checkpoint directory or Hugging Face id (moshi backend)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free)")
@@ -548,10 +549,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-session-seconds", type=float, default=3600.0, help="end sessions after this many s")
     parser.add_argument("--max-send-lag", type=float, default=2.0,
                         help="disconnect a client that is this many seconds behind reading (1008)")
-    parser.add_argument("--captions", metavar="MODEL",
-                        help="caption users with faster-whisper: auto (tiny.en on cpu), a size or a model dir; "
-                             "default off")
-    parser.add_argument("--captions-device", choices=("cpu", "cuda"), default="cpu", help="device for captions")
+    parser.add_argument("--captions", metavar="MODEL", default="auto",
+                        help="user captions with faster-whisper: auto (tiny.en on cpu, small on cuda), a size, "
+                             "a CTranslate2 model dir, or off (default auto)")
+    parser.add_argument("--captions-device", choices=("cpu", "cuda"),
+                        help="device for captions (default: cuda when --device is cuda, else cpu)")
     parser.add_argument("--clock-stats", metavar="FILE",
                         help="at exit, write frame-clock figures (tick lateness, step time) as JSON to FILE")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
@@ -594,8 +596,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         vad=vad,
         max_send_lag_s=args.max_send_lag,
         clock_stats_path=args.clock_stats,
-        captions=args.captions,
-        captions_device=args.captions_device,
+        captions=None if args.captions in (None, "off", "none") else args.captions,
+        captions_device=args.captions_device or ("cuda" if (args.device or "").startswith("cuda") else "cpu"),
     )
 
 

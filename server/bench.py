@@ -149,7 +149,7 @@ def run_one(n: int, args: argparse.Namespace, audio: np.ndarray) -> dict:
     stats_file = Path(tempfile.mkstemp(suffix=".json")[1])
     cmd = [sys.executable, "-m", "assistant", "serve", "--host", "127.0.0.1", "--port", "0",
            "--backend", args.backend, "--max-sessions", str(n), "--vad", args.vad,
-           "--idle-timeout", "3600", "--clock-stats", str(stats_file)]
+           "--idle-timeout", "3600", "--captions", "off", "--clock-stats", str(stats_file)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:

@@ -60,12 +60,14 @@ def start_server(*args: str, env: dict[str, str] | None = None, startup_timeout_
                  backend: str = "scripted") -> Iterator[ServerAddress]:
     """Run `assistant serve --host 127.0.0.1 --port 0 --backend BACKEND *args` until the block ends.
 
-    `args` may override --backend. On exit the server gets SIGTERM (it drains) and is killed if it
-    has not exited within 10 s.
+    `args` may override --backend; captions are off unless `--captions` is given. On exit the
+    server gets SIGTERM (it drains) and is killed if it has not exited within 10 s.
     """
     cmd = [sys.executable, "-m", "assistant", "serve", "--host", "127.0.0.1", "--port", "0"]
     if "--backend" not in args:
         cmd += ["--backend", backend]
+    if "--captions" not in args:
+        cmd += ["--captions", "off"]  # loading a caption model costs seconds of CPU per server
     cmd += list(args)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
