@@ -173,18 +173,14 @@ class _StreamingConvTranspose1d:
 
     def __call__(self, x: torch.Tensor, rows: Rows) -> torch.Tensor:
         y = self._transposed_conv(x)
-        state = self.state if rows is None else self.state[rows]
-        head = y[..., : self.overlap] + state
+        y[..., : self.overlap] += self.state if rows is None else self.state[rows]
         complete = x.shape[-1] * self.stride
-        tail = y[..., complete:]
-        out = torch.cat([head, y[..., self.overlap : complete]], dim=-1)
         if rows is None:
-            self.state = tail.contiguous()
+            self.state = y[..., complete:].contiguous()
         else:
-            self.state[rows] = tail
-        if self.bias is not None:
-            out = out + self.bias[:, None]
-        return out
+            self.state[rows] = y[..., complete:]
+        out = y[..., :complete]
+        return out.contiguous() if self.bias is None else out + self.bias[:, None]
 
 
 class _StreamingResnetBlock:
@@ -254,7 +250,9 @@ class _StreamingTransformer:
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
-        self.window = config.sliding_window or config.max_position_embeddings
+        if not config.sliding_window:
+            raise NotImplementedError("streaming needs a sliding-window transformer (config.sliding_window)")
+        self.window = config.sliding_window
         # the ring must still hold a chunk's oldest needed key after the chunk itself was written
         self.capacity = self.window + max_chunk - 1
         self.inv_freq = model.rotary_emb.inv_freq.to(device=device, dtype=torch.float32)
