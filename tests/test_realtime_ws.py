@@ -257,3 +257,24 @@ async def test_a_user_audio_item_is_heard_in_real_time_and_answered(server):
         user_items = [e for e in seen if e["type"] == "conversation.item.added" and e["item"]["role"] == "user"]
         assert len(user_items) == 1
         assert not [e for e in seen if e["type"] in ("error", "input_audio_buffer.speech_started")]
+
+
+async def test_user_captions_arrive_as_input_audio_transcription_completed_on_the_committed_item():
+    pcm, _ = sf.read(shared_audio_dir() / "q1.wav", dtype="int16")
+    with start_server("--captions", "auto") as captioned:
+        async with connect(url(captioned)) as ws:
+            await recv(ws)
+            await ws.send(json.dumps({"type": "session.update", "session": {
+                "type": "realtime", "audio": {"input": {"transcription": {"model": "whisper-1"}}}}}))
+            updated = await next_of(ws, "session.updated")
+            assert updated["session"]["audio"]["input"]["transcription"]["model"].startswith("faster-whisper")
+            seen: list[dict] = []
+            talk = asyncio.create_task(stream(ws, np.asarray(pcm).tobytes() + b"\x00\x00" * 24_000 * 12))
+            try:
+                committed = await next_of(ws, "input_audio_buffer.committed", timeout=15.0, seen=seen)
+                caption = await next_of(ws, "conversation.item.input_audio_transcription.completed",
+                                        timeout=20.0, seen=seen)
+            finally:
+                talk.cancel()
+            assert caption["item_id"] == committed["item_id"]
+            assert "lighthouse" in caption["transcript"].lower()
