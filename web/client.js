@@ -198,6 +198,7 @@ export class AssistantClient extends EventTarget {
       bufferedMs: 0,
       lastLatencyMs: null,
       responseGapMs: null,
+      replyWaitMs: null,
       serverOverheadMs: null,
       clears: 0,
       lastClearMs: null,
@@ -358,14 +359,12 @@ export class AssistantClient extends EventTarget {
       case "session.updated":
         this.serverOptions = event.options ?? null;
         break;
-      case "assistant.speech_started": {
-        // How long the first reply sample waits in our buffer and the device: the page's share.
-        const deviceMs = ((run.context.baseLatency || 0) + (run.context.outputLatency || 0)) * 1000;
-        run.bufferAtReplyMs = this.stats.bufferedMs + deviceMs;
+      case "assistant.speech_started":
+        // The playhead will reach at_ms when the first reply sample plays: see onPlaybackMessage.
+        run.pendingReply = { atMs: event.at_ms, arrivedAt: receivedAt };
         this.assistantSpeaking = true;
         if (this.state !== "interrupted") this.setState("speaking");
         break;
-      }
       case "assistant.speech_stopped":
         this.assistantSpeaking = false;
         if (this.state === "speaking") this.setState("listening");
@@ -418,10 +417,10 @@ export class AssistantClient extends EventTarget {
       this.stats.responseGapMs = event.response_gap_ms;
       this.stats.serverOverheadMs = event.server_overhead_ms ?? null;
       // End to end = capture chunking + server (last voiced sample -> first reply sample sent)
-      // + the time that sample then waited in this page's playout buffer and the audio device.
-      // Loopback/LAN network time is not measured and is small next to these.
-      const buffered = run.bufferAtReplyMs ?? this.stats.bufferedMs;
-      this.stats.lastLatencyMs = Math.round(CHUNK_MS + event.response_gap_ms + buffered);
+      // + from its arrival here until it left the speakers (playout buffer and audio device).
+      // Network time is not measured; on loopback or a LAN it is small next to these.
+      const pageMs = run.replyWaitMs ?? this.stats.bufferedMs;
+      this.stats.lastLatencyMs = Math.round(CHUNK_MS + event.response_gap_ms + pageMs);
     }
     this.dispatchEvent(new CustomEvent("stats", { detail: this.stats }));
   }
@@ -445,6 +444,16 @@ export class AssistantClient extends EventTarget {
     this.stats.samplesDropped = message.samplesDropped;
     this.stats.underruns = message.underruns;
     this.stats.bufferedMs = (message.bufferedSamples / rate) * 1000;
+    const reply = run.pendingReply;
+    const positionMs = this.playedMs();
+    if (reply && positionMs >= reply.atMs) {
+      // The playhead passed the reply's first sample (positionMs - atMs) ago; the device adds its own.
+      const playedAt = performance.now() - (positionMs - reply.atMs);
+      const deviceMs = ((run.context.baseLatency || 0) + (run.context.outputLatency || 0)) * 1000;
+      run.replyWaitMs = Math.max(0, playedAt - reply.arrivedAt) + deviceMs;
+      this.stats.replyWaitMs = run.replyWaitMs;
+      run.pendingReply = null;
+    }
     if (message.type === "cleared") {
       const sentAt = run.clearSentAt?.get(message.id);
       if (sentAt !== undefined) {
