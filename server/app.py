@@ -73,6 +73,7 @@ log = logging.getLogger("assistant.server")
 
 DEFAULT_PORT = 8998
 TEST_BACKEND_MAX_SESSIONS = 64
+DEFAULT_MOSHI_MODEL = "kyutai/moshiko-pytorch-bf16"
 SEND_BUFFER_BYTES = 64 * 1024  # ~0.7 s of 24 kHz PCM16 per connection in the kernel
 
 
@@ -526,7 +527,8 @@ async def serve_forever(config: ServerConfig, engine: Engine, ready=None, stop: 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default="moshi",
                         help="engine backend (default moshi; scripted and silence need no weights)")
-    parser.add_argument("--model", help="checkpoint directory or Hugging Face id (moshi backend)")
+    parser.add_argument("--model", help=f"checkpoint directory or Hugging Face id for the moshi backend "
+                                        f"(default {DEFAULT_MOSHI_MODEL})")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free)")
     parser.add_argument("--max-sessions", type=int, help="concurrent sessions (default: what the backend holds)")
@@ -579,7 +581,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise ValueError("--script-reply only applies to --backend scripted")
     return ServerConfig(
         backend=args.backend,
-        model=args.model,
+        model=args.model or (DEFAULT_MOSHI_MODEL if args.backend == "moshi" else None),
         host=args.host,
         port=args.port,
         max_sessions=args.max_sessions,
