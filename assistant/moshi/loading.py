@@ -468,7 +468,7 @@ def random_moshi(config, *, device, dtype, seed: int = 0, std: float = 0.02):
     with torch.device("meta"):
         model = MoshiForConditionalGeneration(config)
     model.audio_encoder = None
-    model = model.to_empty(device=device).to(dtype)
+    model = model.to(dtype).to_empty(device=device)  # cast on meta first: no float32 copy of 7B on the device
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
