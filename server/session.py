@@ -672,7 +672,7 @@ class Session:
         front = self.samples_in - self._input.level  # input position of the oldest queued sample
         may_trim = self._last_stop_sample is None or front >= self._last_stop_sample
         frame, status = self._input.take(silent, may_trim)
-        if status == FRAME_UNDERRUN:
+        if status == FRAME_UNDERRUN and self.samples_in > 0:  # before any audio the client cannot be late
             self.underruns += 1
             if self.metrics:
                 self.metrics.inc("underruns")
