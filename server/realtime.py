@@ -33,8 +33,6 @@ from server.realtime_protocol import (
     SetSilenced,
 )
 from server.session import (
-    AssistantSpeechStarted,
-    AssistantSpeechStopped,
     AssistantText,
     AudioOut,
     Error,
@@ -46,6 +44,7 @@ from server.session import (
     SessionEnded,
     SessionOptions,
     SlowClient,
+    UserTranscript,
 )
 
 log = logging.getLogger("assistant.realtime")
@@ -61,7 +60,7 @@ def requested_model(ws: ServerConnection) -> str | None:
 
 def _end_error(reason: str) -> RealtimeError:
     code = "session_expired" if reason.startswith("max_duration") else "session_ended"
-    return RealtimeError(code, f"the session is over: {reason}", error_type="invalid_request_error")
+    return RealtimeError(code, f"the session is over: {reason}")
 
 
 class RealtimeConnection:
@@ -71,13 +70,13 @@ class RealtimeConnection:
         self.ctx = ctx
         self.ws = ws
         config = ctx.config
+        # A Realtime frame is several messages (audio delta, transcript delta, response events), not one.
         self.outbox = Outbox(ws.send, max_items=config.max_outbox_items * 4, max_lag_s=config.max_send_lag_s)
         self.writer = asyncio.create_task(self.outbox.run())
         self.limiter = RateLimiter(config.messages_per_s, config.message_burst, time.monotonic())
         self.refused_in_a_row = 0
         self.closing: asyncio.Task | None = None
         self.conv: Conversation | None = None
-        self.in_stretch = False  # the session's view of the assistant's speech (hangover included)
         self.paced: collections.deque[bytes] = collections.deque()  # item audio fed at real-time speed
         self.feeder: asyncio.Task | None = None
         # The Realtime adapter owns force_silence (manual turns, interruptions), so the session's own
@@ -89,7 +88,7 @@ class RealtimeConnection:
             model=model,
             voice=ctx.engine.model_name or ctx.engine.name,
             id_prefix=secrets.token_hex(4),
-            captions_model=getattr(ctx, "captions_model", None),
+            captions_model=ctx.captions_model,
             threshold_applies=ctx.config.vad.backend == "silero",
             hangover_frames=ctx.config.limits.assistant_hangover_frames,
         )
@@ -152,19 +151,14 @@ class RealtimeConnection:
         if conv is None:
             return  # SessionReady during open_session: session.created is sent by Conversation.start
         if isinstance(event, AudioOut):
-            speaking = getattr(event, "speaking", None)
-            self.apply(conv.output_audio(event.pcm16, self.in_stretch if speaking is None else bool(speaking)))
+            self.apply(conv.output_audio(event.pcm16, event.speaking))
         elif isinstance(event, AssistantText):
             self.apply(conv.output_text(event.text))
-        elif isinstance(event, AssistantSpeechStarted):
-            self.in_stretch = True
-        elif isinstance(event, AssistantSpeechStopped):
-            self.in_stretch = False
         elif isinstance(event, InputSpeechStarted):
             self.apply(conv.user_speech_started(event.at_ms))
         elif isinstance(event, InputSpeechStopped):
             self.apply(conv.user_speech_stopped(event.at_ms))
-        elif event.type == "user.transcript":
+        elif isinstance(event, UserTranscript):
             self.apply(conv.user_transcript(event.text, event.start_ms, event.end_ms))
         elif isinstance(event, Error):
             self.send(conv.error(RealtimeError(event.code, event.message, error_type="server_error")))
@@ -172,8 +166,9 @@ class RealtimeConnection:
             if event.reason not in ("client_disconnected", "client_ended"):
                 self.send(conv.error(_end_error(event.reason)))
             self.close(CLOSE_NORMAL, event.reason[:120])
-        # SessionReady/SessionUpdated/Stats/PlaybackClear/BargeIn have no Realtime counterpart:
-        # speech_started already tells the client to stop playback.
+        # SessionReady/SessionUpdated/Stats/PlaybackClear/BargeIn and the assistant's stretch events have no
+        # Realtime counterpart: responses come from the speaking flag, and speech_started tells the client
+        # to stop playback.
 
     # -- client messages -------------------------------------------------------------------------
     def handle_message(self, message: str | bytes) -> None:
