@@ -408,7 +408,9 @@ class StreamingMimi:
     """Mimi encode and decode, one 80 ms frame per call for B independent rows (sessions).
 
     Attributes: batch_size, frame_samples (1920), sample_rate_hz (24000), num_codebooks (8),
-    cardinality (2048 codes per codebook), model (the transformers `MimiModel`).
+    cardinality (2048 codes per codebook), model (the transformers `MimiModel`),
+    frames_encoded / frames_decoded (int64 (B,): frames each row was fed since its last reset).
+    Not thread-safe: one caller (the engine's step) drives it.
     """
 
     def __init__(
@@ -465,6 +467,9 @@ class StreamingMimi:
             )
             self._dec_seanet = _StreamingStack(decoder.decoder_seanet.layers, batch_size, device, dtype)
             self._quantizer = _Quantizer(self.model.quantizer, num_codebooks)
+        # frames each row has been fed since its reset: the streaming state in one number per row
+        self.frames_encoded = np.zeros(batch_size, dtype=np.int64)
+        self.frames_decoded = np.zeros(batch_size, dtype=np.int64)
         self._parts = [
             self._enc_seanet,
             self._enc_transformer,
@@ -517,6 +522,8 @@ class StreamingMimi:
             for part in self._parts:
                 if part is not None:
                     part.reset(slot)
+        self.frames_encoded[slot] = 0
+        self.frames_decoded[slot] = 0
 
     def reset_all(self) -> None:
         for slot in range(self.batch_size):
@@ -544,8 +551,10 @@ class StreamingMimi:
                 hidden = self._downsample(hidden, rows)
             out = self._quantizer.encode(hidden[..., 0]).cpu()
         if rows is None:
+            self.frames_encoded += 1
             return out
         codes[rows.cpu()] = out
+        self.frames_encoded[rows.cpu().numpy()] += 1
         return codes
 
     def decode(self, codes: ArrayLike, mask: ArrayLike | None = None) -> torch.Tensor:
@@ -559,22 +568,23 @@ class StreamingMimi:
         pcm = torch.zeros(self.batch_size, self.frame_samples, dtype=torch.float32)
         if rows is not None and rows.numel() == 0:
             return pcm
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.cardinality):
+        fed = codes if rows is None else codes[rows.cpu()]
+        if int(fed.min()) < 0 or int(fed.max()) >= self.cardinality:
             raise ValueError(
-                f"codes must be in [0, {self.cardinality}), got {int(codes.min())}..{int(codes.max())}"
+                f"codes must be in [0, {self.cardinality}), got {int(fed.min())}..{int(fed.max())}"
             )
         with torch.inference_mode():
-            c = codes.to(self.device)
-            if rows is not None:
-                c = c[rows]
+            c = fed.to(self.device)
             latents = self._quantizer.decode(c).to(self.dtype)[..., None]  # (b, C, 1)
             if self._upsample is not None:
                 latents = self._upsample(latents, rows)
             hidden = self._dec_transformer(latents.transpose(1, 2), rows).transpose(1, 2)
             audio = self._dec_seanet(hidden, rows)[:, 0].float().cpu()
         if rows is None:
+            self.frames_decoded += 1
             return audio
         pcm[rows.cpu()] = audio
+        self.frames_decoded[rows.cpu().numpy()] += 1
         return pcm
 
     # -- helpers -------------------------------------------------------------------------------------

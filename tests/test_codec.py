@@ -149,6 +149,7 @@ def test_rows_are_independent_and_reset_forgets_only_its_row(tiny_model):
         assert torch.equal(codes[row : row + 1], _stream_encode(alone, pcm[row : row + 1]))
         solo_audio = _stream_decode(alone, codes[row : row + 1])
         assert torch.allclose(audio[row : row + 1], solo_audio, rtol=0, atol=1e-4)
+    assert list(batch.frames_encoded) == [24, 14, 24] and list(batch.frames_decoded) == [24, 14, 24]
     # the reset row starts over: like a new session that began at frame 10
     fresh = StreamingMimi.from_model(tiny_model, batch_size=1)
     assert torch.equal(codes_after[1:2], _stream_encode(fresh, pcm[1:2, 10 * FRAME :]))
@@ -180,6 +181,11 @@ def test_mask_feeds_only_chosen_rows(tiny_model):
             codes1 = row1.encode(frame[1:])
             assert torch.equal(codes[1:], codes1)
             assert torch.allclose(audio[1:], row1.decode(codes1), rtol=0, atol=1e-4)
+    assert list(codec.frames_encoded) == [15, 10] and list(codec.frames_decoded) == [15, 10]
+    # codes of rows that are not fed are not looked at (an engine may leave garbage there)
+    garbage = torch.full((2, 8), -1)
+    garbage[0] = 3
+    assert torch.equal(codec.decode(garbage, mask=only_first)[1], torch.zeros(FRAME))
 
 
 def test_reset_all_equals_a_new_codec(tiny_model):
