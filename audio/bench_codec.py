@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import numpy as np
@@ -123,12 +124,21 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: no CUDA device visible to torch")
+        print("--device cuda: no CUDA device visible to torch", file=sys.stderr)
         return 2
     if args.device == "cpu" and args.dtype != "float32":
-        print("on CPU the codec runs in float32 only")
+        print("on CPU the codec runs in float32 only", file=sys.stderr)
         return 2
-    batches = [int(b) for b in args.batch.split(",") if b.strip()]
+    try:
+        batches = [int(b) for b in args.batch.split(",") if b.strip()]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1 or args.frames < 1:
+        print(
+            f"--batch wants positive integers like 1,4,16 (got {args.batch!r}); --frames at least 1",
+            file=sys.stderr,
+        )
+        return 2
     load = os.getloadavg()
     print(
         f"streaming Mimi, real size, random weights | device {args.device} {args.dtype} | "
