@@ -134,3 +134,21 @@ def test_text_pieces_become_words_and_padding_is_silent(checkpoints):
     assert tokenizer.decode(ids) == " hello there how are you"
     assert tokenizer.decode([3, 0, 1, 2] + ids[:1] + [3]) == tokenizer.piece(ids[0])
     assert tokenizer.piece(10_000) == ""
+
+
+def test_hf_layout_mismatch_names_tensors_and_shapes(checkpoints, tmp_path):
+    import shutil
+
+    directory = tmp_path / "hf"
+    shutil.copytree(checkpoints["hf"], directory)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps(dict(config, ffn_dim=200)))
+    with pytest.raises(CheckpointError, match=r"wrong shape.*mlp\.fc1\.weight \[176, 32\] vs expected \[200, 32\]"):
+        load_moshi(directory, device="cpu")
+    (directory / "config.json").write_text(json.dumps(dict(config, num_hidden_layers=3)))
+    with pytest.raises(CheckpointError, match=r"8 tensors missing.*layers\.2\."):
+        load_moshi(directory, device="cpu")
+    (directory / "config.json").write_text(json.dumps(config))
+    (directory / "tokenizer.model").unlink()
+    with pytest.raises(CheckpointError, match="no text tokenizer"):
+        load_moshi(directory, device="cpu")

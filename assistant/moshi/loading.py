@@ -584,13 +584,21 @@ def _load_hf(directory: Path, device, dtype, source: str) -> LoadedMoshi:
         raise CheckpointError(f"checkpoint dir {directory} has config.json but no *.safetensors weights")
     tok_file = _find_hf_tokenizer(directory)
     try:
+        # Mismatches are collected rather than raised so the error below can say which tensors differ.
         model, info = MoshiForConditionalGeneration.from_pretrained(
-            directory, dtype=dtype, output_loading_info=True)
+            directory, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True)
     except (RuntimeError, ValueError, OSError) as exc:
         raise CheckpointError(f"checkpoint dir {directory} (Hugging Face layout) failed to load: {exc}") from exc
-    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "mismatched_keys")}
+    problems = []
+    if info.get("mismatched_keys"):
+        shown = [f"{k[0]} {list(k[1])} vs expected {list(k[2])}" if isinstance(k, tuple) and len(k) == 3 else str(k)
+                 for k in sorted(info["mismatched_keys"], key=str)[:3]]
+        problems.append(f"{len(info['mismatched_keys'])} tensors with the wrong shape, e.g. {shown}")
+    if info.get("missing_keys"):
+        problems.append(f"{len(info['missing_keys'])} tensors missing, e.g. {sorted(info['missing_keys'])[:3]}")
     if problems:
-        raise CheckpointError(f"checkpoint dir {directory}: weights do not match config.json: {problems}")
+        raise CheckpointError(f"checkpoint dir {directory}: the safetensors do not match config.json: "
+                              + "; ".join(problems))
     model = model.to(device).eval()
     return LoadedMoshi(
         model=model,
