@@ -191,17 +191,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"VAD alone: webrtc {bench_vad(audio, 'webrtc', args.chunk_ms):.3f} ms CPU per 80 ms frame"
           + (f", silero {bench_vad(audio, 'silero', args.chunk_ms):.3f} ms" if args.vad == "silero" else ""))
     header = (f"{'sessions':>8} {'CPU ms/sess/frame':>18} {'server CPU %':>12} {'tick late p50/p99/max ms':>25} "
-              f"{'step p50/p99 ms':>16} {'underruns':>9} {'drops':>6} {'skipped':>7} {'recv':>5}")
+              f"{'step p50/p99 ms':>16} {'underruns':>9} {'underrun %':>10} {'drops':>6} {'skipped':>7} {'recv':>5}")
     print(header)
-    held = 0
+    held = held_loosely = 0
     for n in counts:
         r = run_one(n, args, audio)
         late, step = r["late_ms"], r["step_ms"]
         fmt = lambda d, *ks: "/".join("-" if d.get(k) is None else f"{d[k]:.1f}" for k in ks)  # noqa: E731
         print(f"{n:>8} {r['cpu_ms_per_session_frame']:>18.3f} {r['server_cpu_percent']:>12.1f} "
               f"{fmt(late, 'p50', 'p99', 'max'):>25} {fmt(step, 'p50', 'p99'):>16} {r['underruns']:>9.0f} "
+              f"{100 * r['underruns'] / max(r['session_frames'], 1):>10.2f} "
               f"{r['drops']:>6.0f} {r['skipped_ticks']:>7.0f} {r['frames_received_ratio']:>5.2f}", flush=True)
-        if r["underruns"] == 0 and r["drops"] == 0 and r["skipped_ticks"] == 0:
-            held = max(held, n)
+        if r["drops"] == 0 and r["skipped_ticks"] == 0:
+            held_loosely = max(held_loosely, n)
+            if r["underruns"] == 0:
+                held = max(held, n)
     print(f"largest session count held without underruns, drops or skipped ticks: {held or 'none'}")
+    print(f"largest held without drops or skipped ticks (underruns allowed: they are client chunks that came "
+          f"late, see underrun %): {held_loosely or 'none'}")
     return 0
