@@ -65,6 +65,14 @@ _IGNORED_SESSION_FIELDS = {
     "parallel_tool_calls": "tools are not supported by this speech-to-speech model",
     "tool_choice": "tools are not supported by this speech-to-speech model",
 }
+_BETA_FIELDS = {
+    "turn_detection": "beta field: use session.audio.input.turn_detection",
+    "input_audio_transcription": "beta field: use session.audio.input.transcription",
+    "input_audio_format": "beta field: use session.audio.input.format",
+    "output_audio_format": "beta field: use session.audio.output.format",
+    "voice": "beta field: use session.audio.output.voice",
+    "modalities": "beta field: use session.output_modalities",
+}
 _KNOWN_SESSION_FIELDS = {
     "type", "object", "id", "model", "audio", "instructions", "tools", "output_modalities",
     "max_output_tokens", "expires_at", "client_secret", *_IGNORED_SESSION_FIELDS,
@@ -306,8 +314,14 @@ def parse_session_update(session: Any, event_id: str | None, current: TurnDetect
         value = session.get(name)
         if value is not None and value not in ("auto", "none", "disabled", [], False):
             warnings.append(_warn(f"session.{name}", f"{reason}; ignored"))
+    for name in ("input_audio_format", "output_audio_format"):
+        # Beta-protocol clients: refuse a non-PCM format rather than misread G.711 bytes as PCM16.
+        if session.get(name) not in (None, "pcm16"):
+            raise RealtimeError("unsupported_audio_format", f"session.{name} {session[name]!r} is not supported; "
+                                "only PCM16 mono at 24000 Hz", f"session.{name}", event_id)
     for name in sorted(set(session) - _KNOWN_SESSION_FIELDS):
-        warnings.append(_warn(f"session.{name}", "unknown field; ignored (this server speaks the GA protocol)"))
+        hint = _BETA_FIELDS.get(name, "unknown field")
+        warnings.append(_warn(f"session.{name}", f"{hint}; ignored (this server speaks the GA protocol)"))
 
     audio = _opt(session, "audio", dict, "session.audio", event_id) or {}
     inp = _opt(audio, "input", dict, "session.audio.input", event_id) or {}

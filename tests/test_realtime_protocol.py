@@ -112,6 +112,8 @@ def manual(conv: Conversation) -> list:
         (json.dumps({"type": "session.update", "event_id": "e1",
                      "session": {"audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 1.5}}}}}),
          "invalid_value", "session.audio.input.turn_detection.threshold"),
+        (json.dumps({"type": "session.update", "event_id": "e1", "session": {"input_audio_format": "g711_ulaw"}}),
+         "unsupported_audio_format", "session.input_audio_format"),
         (json.dumps({"type": "session.update", "event_id": "e1", "session": {"type": "transcription"}}),
          "unsupported_feature", "session.type"),
         (json.dumps({"type": "session.update", "event_id": "e1", "session": {"output_modalities": ["text"]}}),
@@ -195,6 +197,15 @@ def test_instructions_voice_and_tools_are_accepted_but_reported_unsupported_not_
     assert session["audio"]["output"]["voice"] == "moshi"
     warned = {w["param"] for w in updated["warnings"]}
     assert {"session.instructions", "session.tools", "session.audio.output.voice"} <= warned
+
+
+def test_beta_protocol_fields_are_reported_with_where_they_moved():
+    conv, _ = new_conversation()
+    out = send(conv, type="session.update", session={"turn_detection": None, "input_audio_format": "pcm16"})
+    (updated,) = of_type(out, "session.updated")
+    assert updated["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"  # not applied
+    messages = {w["param"]: w["message"] for w in updated["warnings"]}
+    assert "session.audio.input.turn_detection" in messages["session.turn_detection"]
 
 
 def test_vad_settings_are_applied_and_null_turn_detection_holds_the_engine_silent():
