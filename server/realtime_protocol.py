@@ -11,7 +11,7 @@
 How a full-duplex model maps onto turns (docs/realtime.md says it for users):
 - The model hears every appended sample as it arrives; commit/clear only shape conversation items.
 - A response is one contiguous stretch of assistant speech: it opens on the first speaking frame
-  and closes after `hangover_frames` quiet frames. Quiet frames inside a stretch are sent (they
+  and closes once more than `hangover_frames` frames pass quiet. Quiet frames inside a stretch are sent (they
   are pauses between words); quiet frames at its tail and outside responses are never sent.
 - `create_response: false` or `turn_detection: null`: the engine is held silent except while a
   response the client asked for (`response.create`) is open.
