@@ -667,8 +667,8 @@ class Conversation:
                 td = replace(td, threshold=TurnDetection.threshold)
             self.turn_detection = td
             reconfigure = True
-            if self.turn_detection is None:
-                self._user_speaking = self._barge_in_mute = False
+            # The session restarts its VAD from silence on a new configuration: so does the turn state here.
+            self._user_speaking = self._barge_in_mute = self._suppress_vad_turn = False
         if "transcription" in changes:
             self.transcription = changes["transcription"]
             reconfigure = True
