@@ -502,3 +502,13 @@ def test_event_ids_are_unique():
     out += user_turn(conv, 100, 900) + speak(conv, 3, "x") + quiet(conv, 4)
     ids = [e["event_id"] for e in events(out)]
     assert len(ids) == len(set(ids))
+
+
+def test_a_new_vad_configuration_mid_barge_in_gives_the_floor_back():
+    conv, _ = new_conversation()
+    speak(conv, 3)
+    assert SetSilenced(True) in checked(conv.user_speech_started(1000))
+    # The session restarts its VAD from silence, so no speech_stopped will come for that speech.
+    out = send(conv, type="session.update", session={"audio": {"input": {"turn_detection": {
+        "type": "server_vad", "silence_duration_ms": 300}}}})
+    assert SetSilenced(False) in out
