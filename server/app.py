@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import hmac
 import http
 import importlib
@@ -476,6 +477,10 @@ async def serve_forever(config: ServerConfig, engine: Engine, ready=None, stop: 
     # Build one VAD now: its first construction imports and initialises the classifier (~60 ms),
     # which would otherwise stall the frame clock when the first session starts.
     StreamingVad(config.vad, sample_rate_hz=engine.sample_rate_hz)
+    # Everything loaded so far lives as long as the process: keep it out of the garbage collector's
+    # full passes, which otherwise walk the whole model/library heap and stall the frame clock.
+    gc.collect()
+    gc.freeze()
     clock = asyncio.create_task(ctx.scheduler.run())
     async with serve(
         lambda ws: route(ctx, ws),
