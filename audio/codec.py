@@ -726,10 +726,12 @@ def _load_kyutai_file(path: Path, config: MimiConfig | None) -> MimiModel:
         for k, v in converted.items()
         if k in expected and v.shape != expected[k].shape
     ]
-    if missing or wrong:
+    unexpected = sorted(set(converted) - set(expected))
+    if missing or wrong or unexpected:
         raise ValueError(
             f"{path} does not fit the Mimi config given (pass config= for a non-default Mimi): "
-            f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, wrong shapes {wrong[:5]}"
+            f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, wrong shapes {wrong[:5]}, "
+            f"extra {unexpected[:5]}"
         )
     model.load_state_dict({k: v.float() for k, v in converted.items()}, strict=True)
     return model.eval()

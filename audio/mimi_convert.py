@@ -158,6 +158,8 @@ def _convert_simple_key(key: str) -> str | None:
         half, index, rest = match.groups()
         # Kyutai nests nn.Conv1d in NormConv1d in StreamingConv1d: `conv.conv.` (and `convtr.convtr.`)
         rest = re.sub(r"(^|\.)(conv\.conv|convtr\.convtr)\.", r"\1conv.", rest)
+        if not re.fullmatch(r"(block\.\d+\.|shortcut\.)?conv\.(weight|bias)", rest):
+            return None
         return f"{half}.{half}_seanet.layers.{index}.{rest}"
     if key == "downsample.conv.conv.conv.weight":
         return "encoder.downsample.conv.weight"

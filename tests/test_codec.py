@@ -209,6 +209,24 @@ def test_kyutai_round_trip_restores_every_weight(tiny_model):
         assert torch.equal(converted[key], value), key
 
 
+def test_kyutai_legacy_key_names_convert_the_same(tiny_model):
+    """Older Kyutai checkpoints say in_proj_weight / out_proj.weight and embed_avg / cluster_size / inited."""
+    legacy = {}
+    for key, value in kyutai_mimi_state_dict(tiny_model).items():
+        key = key.replace("self_attn.in_projs.0.weight", "self_attn.in_proj_weight")
+        key = key.replace("self_attn.out_projs.0.weight", "self_attn.out_proj.weight")
+        key = key.replace("_codebook.embedding_sum", "_codebook.embed_avg")
+        key = key.replace("_codebook.cluster_usage", "_codebook.cluster_size")
+        legacy[key.replace("_codebook._initialized", "_codebook.inited")] = value
+    converted = convert_kyutai_mimi_state_dict(legacy, tiny_model.config)
+    for key, value in tiny_model.state_dict().items():
+        assert torch.equal(converted[key], value), key
+    with pytest.raises(ValueError, match="decoder.model.99.weird"):
+        convert_kyutai_mimi_state_dict(
+            {**legacy, "decoder.model.99.weird": torch.zeros(1)}, tiny_model.config
+        )
+
+
 def _kyutai_transformer_reference(
     state: dict, prefix: str, x: torch.Tensor, config: MimiConfig
 ) -> torch.Tensor:
