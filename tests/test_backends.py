@@ -300,6 +300,22 @@ def test_scripted_force_silence_cuts_the_reply(conversation):
     assert len(_runs(speaking[0])) == 1
 
 
+def test_scripted_reply_due_while_silenced_starts_when_lifted():
+    """Manual turns: the user's turn ends while the assistant is held silent; it answers when allowed."""
+    from audio_utils import load_wav
+
+    q1, _ = load_wav("q1.wav")
+    engine = build_engine("scripted")
+    engine.open(0)
+    engine.force_silence(0, True)
+    pcm, _, speaking = _run(engine, [_frames(q1, 2.0)])
+    assert not speaking.any() and not pcm.any(), "a silenced slot must not speak"
+    engine.force_silence(0, False)
+    pcm, _, speaking = _run(engine, [_frames(np.zeros(SR, dtype=np.float32))])
+    assert speaking[0, 0], "the pending reply starts in the first frame after the silence is lifted"
+    np.testing.assert_array_equal(pcm[0, 0], engine.reply.frames[0])
+
+
 def test_scripted_custom_reply_resampled_with_text_beside_it(tmp_path):
     import soundfile as sf
     from audio_utils import load_wav

@@ -192,7 +192,8 @@ class ScriptedEngine(Engine):
 
     Options: script_reply (WAV path; default the built-in reply), script_delay_ms (pause between
     the end of the user's turn and the reply, default 0), vad (VadConfig or dict of its fields).
-    force_silence(slot, True) cuts any reply in progress or pending, like a barge-in.
+    force_silence(slot, True) cuts any reply in progress, like a barge-in; a reply that became due
+    while silenced starts when the silence is lifted, unless the user speaks again first.
     """
 
     name = "scripted"
@@ -240,7 +241,9 @@ class ScriptedEngine(Engine):
                     state.reply_at_sample = turn_end + self._delay_samples
                     state.reply_frame = None
             if self.silenced[b]:
-                state.reply_at_sample = state.reply_frame = None
+                # Silence cuts what is being said; a reply the user is waiting for stays due and
+                # starts once speaking is allowed again (manual turns: `response.create`).
+                state.reply_frame = None
                 continue
             # This frame is played once its input has arrived, so a reply due by the end of the
             # input frame starts in this output frame: with no delay, the frame that ended the turn.
