@@ -30,3 +30,14 @@ def test_bench_engine_prints_each_part_for_each_batch(capsys):
 def test_bench_engine_rejects_bad_batch_list(capsys):
     assert main(["bench", "engine", "--batch", "1,x"]) == 2
     assert "--batch" in capsys.readouterr().out
+
+
+def test_bench_engine_runs_a_checkpoint_dir(tmp_path, capsys):
+    from moshi_fixtures import random_moshi, tiny_kyutai_kwargs, train_tiny_spm, write_kyutai_checkpoint
+
+    kwargs = tiny_kyutai_kwargs()
+    directory = write_kyutai_checkpoint(tmp_path / "kyutai", random_moshi(kwargs), kwargs, train_tiny_spm(tmp_path))
+    assert main(["bench", "engine", "--model", str(directory), "--batch", "2", "--device", "cpu", "--frames", "2",
+                 "--warmup", "0"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("2 |")]
+    assert len(rows) == 1 and "nan" not in rows[0]
