@@ -156,6 +156,7 @@ def test_factory_builds_moshi_and_bad_options_are_refused(kyutai_dir):
         engine.update(0, SlotOptions(top_k=2.5))
     with pytest.raises(ValueError, match="--model"):
         build_engine("moshi", model=None)
+    assert MoshiEngine.suggested_batch_size("cpu") == 1
     out = engine.step(np.zeros((2, FRAME_SAMPLES), np.float32))
     assert out.pcm_out.shape == (2, FRAME_SAMPLES) and set(out.timings_ms) >= {
         "codec_encode_ms", "codec_decode_ms", "total_ms"}

@@ -81,6 +81,19 @@ class MoshiEngine(Engine):
                                                   num_codebooks=num_codebooks, config=loaded.mimi_config)
         return cls(loaded, codec, batch_size, **options)
 
+    @staticmethod
+    def suggested_batch_size(device=None) -> int:
+        """Slots to serve when not told: 1 on CPU; on CUDA as many as fit beside a 7B in bf16, at most 16.
+
+        A 7B slot's ring KV cache (32 layers, 3000 frames, 4096 wide, keys and values, bf16) is ~1.6 GB.
+        """
+        device = resolve_device(device)
+        if device.type != "cuda":
+            return 1
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+        weights, headroom, per_slot = 15.4e9, 6e9, 1.6e9
+        return int(max(1, min(16, (free_bytes - weights - headroom) // per_slot)))
+
     # -- slots -----------------------------------------------------------------------------------
     def _reset_slot(self, slot: int, options: SlotOptions) -> None:
         self.lm.reset(slot)
