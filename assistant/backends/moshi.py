@@ -2,10 +2,16 @@
 
 Each slot is a conversation with its own LM rows (token ring, positions, KV cache), codec state,
 sampling options and random generator; opening or closing a slot never changes another's output.
+
+Live slots are kept compacted in rows [0, n) of the LM and codec state (a slot -> row map; when a
+slot closes, the last live row is moved into its hole), and each tick steps rows [0, bucket) with
+bucket the smallest of 1, 2, 4, ..., 64 (and the engine's size) holding n: fixed shapes per bucket,
+so the LM step can be replayed as a CUDA graph per bucket (`compile`, see `assistant.moshi.graphs`).
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -14,6 +20,7 @@ import numpy as np
 import torch
 
 from assistant.engine import Engine, SlotOptions, StepOutput
+from assistant.moshi.graphs import LMStepRunner, bucket_for, compile_mode, move_codec_row, topk_width
 from assistant.moshi.lm import MoshiStreamingLM, Sampling
 from assistant.moshi.loading import LoadedMoshi, load_moshi, resolve_device, resolve_dtype
 
@@ -22,6 +29,7 @@ DEFAULT_TEXT_TOP_K = 25
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_K = 250
 SPEAKING_RMS = 3e-3  # about -50 dBFS: quieter output frames count as the assistant not speaking
+RANDOM_MODELS = ("tiny", "7b-random")  # --model names that build random weights (benchmarks)
 _SILENCE_WARMUP_FRAMES = 4  # frames of zeros the encoder sees before its "silence" codes are taken
 
 
@@ -41,13 +49,23 @@ class MoshiEngine(Engine):
     def __init__(self, loaded: LoadedMoshi, codec, batch_size: int, *,
                  text_temperature: float = DEFAULT_TEXT_TEMPERATURE, text_top_k: int = DEFAULT_TEXT_TOP_K,
                  temperature: float = DEFAULT_TEMPERATURE, top_k: int = DEFAULT_TOP_K,
-                 context: int | None = None, profile: bool = False):
+                 context: int | None = None, profile: bool = False, compile: bool | None = None,
+                 quantize: str | None = None, warm_up: bool = True):
+        """compile: CUDA-graph the LM step per batch bucket (None: env ASSISTANT_COMPILE, default on CUDA).
+        quantize: None or "int8" (None: env ASSISTANT_QUANTIZE), weight-only, applied to loaded.model in place.
+        warm_up: capture every bucket now (with a progress bar), so no tick ever waits for a capture.
+        """
         super().__init__(batch_size)
         if codec.batch_size != batch_size:
             raise ValueError(f"codec has {codec.batch_size} rows, engine has {batch_size} slots")
         self.loaded = loaded
         self.model_name = loaded.source
         self.codec = codec
+        self.quantize = _quantize_option(quantize)
+        if self.quantize:
+            from assistant.moshi.quantize import quantize_moshi
+
+            quantize_moshi(loaded.model, self.quantize)
         self.lm = MoshiStreamingLM(loaded.model, batch_size, delays=loaded.delays, context=context)
         if codec.cardinality != self.lm.card:
             raise ValueError(f"Mimi has {codec.cardinality} codes per codebook but the LM expects {self.lm.card}")
@@ -56,9 +74,17 @@ class MoshiEngine(Engine):
                                                 self.lm.text_card, self.lm.card))
         self._sampling = [self.defaults] * batch_size
         self._generators = [torch.Generator() for _ in range(batch_size)]
+        self._row_of: dict[int, int] = {}  # live slot -> its row
+        self._slot_at: list[int] = []  # the slot in each live row, rows [0, n)
         self._silence_codes = self._measure_silence_codes()
+        dev = self.lm.device
+        self._force_text = torch.full((batch_size,), loaded.text_pad_id, dtype=torch.long, device=dev)
+        self._force_audio = self._silence_codes.expand(batch_size, -1).contiguous()
+        self.runner = LMStepRunner(self.lm, compile_mode(compile, dev))
         for slot in range(batch_size):
             self._reset_slot(slot, SlotOptions())
+        if warm_up:
+            self.warm_up()
 
     @classmethod
     def from_pretrained(cls, model: str | None, *, batch_size: int = 1, device=None, dtype=None,
@@ -68,6 +94,8 @@ class MoshiEngine(Engine):
 
         if not model:
             raise ValueError("the moshi backend needs --model (a Hugging Face repo id or a checkpoint dir)")
+        if model in RANDOM_MODELS:
+            return cls.random(model, batch_size=batch_size, device=device, dtype=dtype, **options)
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
         loaded = load_moshi(model, device=device, dtype=dtype)
@@ -80,6 +108,13 @@ class MoshiEngine(Engine):
             codec = StreamingMimi.from_pretrained(loaded.mimi, batch_size=batch_size, device=device,
                                                   num_codebooks=num_codebooks, config=loaded.mimi_config)
         return cls(loaded, codec, batch_size, **options)
+
+    @classmethod
+    def random(cls, which: str, *, batch_size: int = 1, device=None, dtype=None, **options) -> MoshiEngine:
+        """`tiny` or `7b-random`: the architecture with random weights (benchmarks, no download)."""
+        from assistant.bench_engine import build
+
+        return build(which, batch_size, device, dtype, **options)
 
     @staticmethod
     def suggested_batch_size(device=None) -> int:
@@ -95,9 +130,47 @@ class MoshiEngine(Engine):
         return int(max(1, min(16, (free_bytes - weights - headroom) // per_slot)))
 
     # -- slots -----------------------------------------------------------------------------------
+    def open(self, slot: int, options: SlotOptions | None = None) -> None:
+        self._check_slot(slot)
+        if self.live[slot]:
+            raise RuntimeError(f"slot {slot} is already open")
+        self._row_of[slot] = len(self._slot_at)
+        self._slot_at.append(slot)
+        try:
+            super().open(slot, options)
+        except Exception:
+            del self._row_of[slot]
+            self._slot_at.pop()
+            raise
+
+    def close(self, slot: int) -> None:
+        self._check_slot(slot)
+        was_live = bool(self.live[slot])
+        super().close(slot)
+        if was_live:
+            self._release_row(slot)
+
+    def _release_row(self, slot: int) -> None:
+        """Fill the closed slot's row with the last live row (once, now), so live rows stay [0, n)."""
+        hole, last = self._row_of.pop(slot), len(self._slot_at) - 1
+        moved = self._slot_at.pop()
+        if hole != last:
+            self.lm.move_row(last, hole)
+            move_codec_row(self.codec, last, hole)
+            self._slot_at[hole] = moved
+            self._row_of[moved] = hole
+        self.lm.reset(last)
+        self.codec.reset(last)
+
+    def row_of(self, slot: int) -> int | None:
+        """The state row of a live slot (None when closed): rows move when other slots close."""
+        return self._row_of.get(slot)
+
     def _reset_slot(self, slot: int, options: SlotOptions) -> None:
-        self.lm.reset(slot)
-        self.codec.reset(slot)
+        row = self._row_of.get(slot)
+        if row is not None:
+            self.lm.reset(row)
+            self.codec.reset(row)
         self._apply_options(slot, options, reseed=True)
 
     def update(self, slot: int, options: SlotOptions) -> None:
@@ -118,52 +191,97 @@ class MoshiEngine(Engine):
             self._generators[slot].manual_seed(int(seed))
 
     # -- the step --------------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Capture the LM step of every batch bucket (default sampling widths) before sessions arrive.
+
+        Nothing to do when the step runs eagerly. Resets every LM row, so it refuses while slots are open.
+        """
+        if self.runner.mode == "eager":
+            return
+        if self._slot_at:
+            raise RuntimeError("warm_up resets the model state; call it before opening slots")
+        from rich.progress import Progress
+
+        widths = (topk_width(self.defaults.text_top_k, self.lm.text_card), topk_width(self.defaults.top_k, self.lm.card))
+        keys = [(bucket, *widths) for bucket in self.runner.buckets]
+        with Progress(transient=True) as progress:
+            task = progress.add_task(f"{self.runner.mode}: warming up {len(keys)} batch buckets", total=len(keys))
+
+            def advance(what: str) -> None:
+                progress.update(task, description=f"{self.runner.mode}: {what}")
+                progress.advance(task)
+
+            self.runner.warm_up(keys, advance)
+
     def _step(self, pcm_in: np.ndarray) -> StepOutput:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        live = torch.from_numpy(self.live.copy())
-        codes = self.codec.encode(pcm_in, mask=live if not live.all() else None)
+        B, n = self.batch_size, len(self._slot_at)
+        pcm_out = np.zeros((B, self.frame_samples), dtype=np.float32)
+        text = [""] * B
+        if n == 0:  # nobody to serve: no model work at all
+            return StepOutput(pcm_out=pcm_out, text=text, speaking=np.zeros(B, dtype=bool),
+                              timings_ms={"total_ms": (time.perf_counter() - t0) * 1000})
+        slots = np.asarray(self._slot_at)
+        bucket = bucket_for(n, self.runner.buckets)
+        rows_pcm = np.zeros_like(pcm_out)
+        rows_pcm[:n] = pcm_in[slots]
+        live_rows = torch.zeros(B, dtype=torch.bool)
+        live_rows[:n] = True
+        codes = self.codec.encode(rows_pcm, mask=live_rows if n < B else None)
         timings["codec_encode_ms"] = (time.perf_counter() - t0) * 1000
 
-        silenced = torch.from_numpy(self.silenced.copy()).to(self.lm.device)
-        out = self.lm.step(
-            codes, self._sampling_tensors(),
-            force_mask=silenced,
-            force_text=torch.full((self.batch_size,), self.loaded.text_pad_id, dtype=torch.long),
-            force_audio=self._silence_codes.expand(self.batch_size, -1),
-            profile=self.profile,
-        )
-        timings.update(out.timings_ms)
-
         t1 = time.perf_counter()
-        ready = out.ready.cpu()
-        audio = out.audio.cpu()
-        decode_rows = ready & live
-        pcm = self.codec.decode(audio.clamp(0, self.lm.card - 1),
-                                mask=decode_rows if not decode_rows.all() else None)
-        timings["codec_decode_ms"] = (time.perf_counter() - t1) * 1000
+        dev = self.lm.device
+        silenced = torch.zeros(bucket, dtype=torch.bool)
+        silenced[:n] = torch.from_numpy(self.silenced[slots])
+        profile = self.profile and self.runner.mode == "eager"
+        out = self.runner(bucket, codes[:bucket].to(dev), self._sampling_tensors(bucket), silenced.to(dev),
+                          self._force_text[:bucket], self._force_audio[:bucket], profile=profile)
+        # one device -> host copy: text, 8 audio codes, ready, per live row
+        frame = torch.cat([out.text[:n, None], out.audio[:n], out.ready[:n, None].long()], dim=1).cpu()
+        timings["lm_ms"] = (time.perf_counter() - t1) * 1000
+        if profile:
+            timings.update(out.timings_ms)
 
-        pcm = pcm.numpy().astype(np.float32, copy=False)
-        quiet = ~decode_rows.numpy() | self.silenced
+        t2 = time.perf_counter()
+        ready = torch.zeros(B, dtype=torch.bool)
+        ready[:n] = frame[:, -1].bool()
+        rows_codes = torch.zeros(B, self.lm.num_codebooks, dtype=torch.long)
+        rows_codes[:n] = frame[:, 1:-1].clamp(0, self.lm.card - 1)
+        pcm = self.codec.decode(rows_codes, mask=ready if not ready.all() else None)
+        timings["codec_decode_ms"] = (time.perf_counter() - t2) * 1000
+
+        pcm = pcm[:n].numpy().astype(np.float32, copy=False)
+        quiet = ~ready[:n].numpy() | self.silenced[slots]
         pcm[quiet] = 0.0  # a silenced slot, or one with no complete frame yet, outputs exact silence
         np.clip(pcm, -1.0, 1.0, out=pcm)
-        text_ids = out.text.cpu().tolist()
-        text = ["" if quiet[b] else self.loaded.tokenizer.piece(text_ids[b]) for b in range(self.batch_size)]
-        speaking = ~quiet & (np.sqrt(np.mean(pcm**2, axis=1)) > SPEAKING_RMS)
+        pcm_out[slots] = pcm
+        text_ids = frame[:, 0].tolist()
+        for row, slot in enumerate(self._slot_at):
+            if not quiet[row]:
+                text[slot] = self.loaded.tokenizer.piece(text_ids[row])
+        speaking = np.zeros(B, dtype=bool)
+        speaking[slots] = ~quiet & (np.sqrt(np.mean(pcm**2, axis=1)) > SPEAKING_RMS)
         timings["total_ms"] = (time.perf_counter() - t0) * 1000
-        return StepOutput(pcm_out=pcm, text=text, speaking=speaking, timings_ms=timings)
+        return StepOutput(pcm_out=pcm_out, text=text, speaking=speaking, timings_ms=timings)
 
-    def _sampling_tensors(self) -> Sampling:
-        s, dev = self._sampling, self.lm.device
-        uniform = torch.stack([torch.rand(1 + self.lm.num_codebooks, generator=g) for g in self._generators])
+    def _sampling_tensors(self, bucket: int) -> Sampling:
+        """Sampling settings and this frame's draws for rows [0, bucket); idle rows get the defaults."""
+        dev, n = self.lm.device, len(self._slot_at)
+        s = [self._sampling[slot] for slot in self._slot_at] + [self.defaults] * (bucket - n)
+        uniform = torch.zeros(bucket, 1 + self.lm.num_codebooks)
+        for row, slot in enumerate(self._slot_at):
+            uniform[row] = torch.rand(1 + self.lm.num_codebooks, generator=self._generators[slot])
         return Sampling(
             text_temperature=torch.tensor([x.text_temperature for x in s], device=dev),
             text_top_k=torch.tensor([x.text_top_k for x in s], device=dev),
             audio_temperature=torch.tensor([x.temperature for x in s], device=dev),
             audio_top_k=torch.tensor([x.top_k for x in s], device=dev),
             uniform=uniform.to(dev),
-            text_kmax=max(x.text_top_k for x in s),
-            audio_kmax=max(x.top_k for x in s),
+            # static widths (powers of two, the defaults always included): one graph serves most ticks
+            text_kmax=topk_width(max(self.defaults.text_top_k, *(x.text_top_k for x in s)), self.lm.text_card),
+            audio_kmax=topk_width(max(self.defaults.top_k, *(x.top_k for x in s)), self.lm.card),
         )
 
     def _measure_silence_codes(self) -> torch.Tensor:
@@ -183,11 +301,28 @@ class MoshiEngine(Engine):
             "device": str(self.lm.device),
             "dtype": str(self.lm.dtype).removeprefix("torch."),
             "context_frames": self.lm.context,
+            "step_mode": self.runner.mode,
+            "batch_buckets": self.runner.buckets,
+            "quantize": self.quantize or "none",
             "text_temperature": d.text_temperature,
             "text_top_k": d.text_top_k,
             "temperature": d.temperature,
             "top_k": d.top_k,
         }
+
+
+def _quantize_option(value: str | None) -> str | None:
+    """--quantize value, or env ASSISTANT_QUANTIZE when None; "none" / "" mean off."""
+    from assistant.moshi.quantize import MODES
+
+    if value is None:
+        value = os.environ.get("ASSISTANT_QUANTIZE", "")
+    value = value.strip().lower()
+    if value in ("", "none", "off", "0"):
+        return None
+    if value not in MODES:
+        raise ValueError(f"quantize must be one of none, {', '.join(MODES)}; got {value!r}")
+    return value
 
 
 def _pick(value, default):

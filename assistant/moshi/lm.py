@@ -13,6 +13,7 @@ reset at any step without touching the others.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 
@@ -57,6 +58,23 @@ class RingKVCache:
         for k, v in zip(self.keys, self.values, strict=True):
             k[rows] = 0
             v[rows] = 0
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Copy row `src`'s cache into row `dst` (compaction when a slot closes)."""
+        self.filled[dst] = self.filled[src]
+        for k, v in zip(self.keys, self.values, strict=True):
+            k[dst] = k[src]
+            v[dst] = v[src]
+
+    def first_rows(self, n: int) -> RingKVCache:
+        """A cache over rows [0, n) sharing this one's storage: writes through it land here."""
+        view = copy.copy(self)
+        view.keys = [k[:n] for k in self.keys]
+        view.values = [v[:n] for v in self.values]
+        view.filled = self.filled[:n]
+        view._rows = self._rows[:n]
+        view._write = self._write[:n]
+        return view
 
 
 class DepthCache:
@@ -153,6 +171,29 @@ class MoshiStreamingLM:
         self.tokens[rows] = UNGENERATED
         self.offsets[rows] = 0
         self.kv.reset_rows(rows)
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Copy everything of row `src` (tokens, position, KV cache) into row `dst`; `src` is left as is."""
+        self.tokens[dst] = self.tokens[src]
+        self.offsets[dst] = self.offsets[src]
+        self.kv.move_row(src, dst)
+
+    def first_rows(self, n: int) -> MoshiStreamingLM:
+        """The same LM over rows [0, n) only, sharing this one's state tensors (views, not copies).
+
+        Stepping it advances exactly those rows here, with shapes fixed by n: what a batch bucket
+        needs (static shapes for CUDA graphs, no gather of the KV cache per step).
+        """
+        if not 1 <= n <= self.batch_size:
+            raise ValueError(f"rows must be in 1..{self.batch_size}, got {n}")
+        view = copy.copy(self)
+        view.batch_size = n
+        view.tokens = self.tokens[:n]
+        view.offsets = self.offsets[:n]
+        view.kv = self.kv.first_rows(n)
+        view._rows = self._rows[:n]
+        view._depth_shape = (self._depth_shape[0], n, *self._depth_shape[2:])
+        return view
 
     # -- the step ------------------------------------------------------------------------------
     @torch.no_grad()
