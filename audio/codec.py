@@ -525,6 +525,33 @@ class StreamingMimi:
         self.frames_encoded[slot] = 0
         self.frames_decoded[slot] = 0
 
+    def copy_row(self, src: int, dst: int) -> None:
+        """Make row `dst` continue exactly where row `src` is (all encoder/decoder state and counters),
+        e.g. to compact live sessions into the first rows of a smaller batch."""
+        for slot in (src, dst):
+            if not 0 <= slot < self.batch_size:
+                raise IndexError(f"slot {slot} out of range 0..{self.batch_size - 1}")
+        with torch.inference_mode():  # the state tensors are inference tensors
+            for tensor, dim in self._row_tensors():
+                tensor.select(dim, dst).copy_(tensor.select(dim, src))
+        self.frames_encoded[dst] = self.frames_encoded[src]
+        self.frames_decoded[dst] = self.frames_decoded[src]
+
+    def _row_tensors(self):
+        """(tensor, batch dim) of every per-row state tensor."""
+        pending = [part for part in self._parts if part is not None]
+        while pending:
+            part = pending.pop()
+            if isinstance(part, _StreamingTransformer):
+                yield from ((part.keys, 1), (part.values, 1), (part.slot_pos, 0), (part.offset, 0))
+                continue
+            pending.extend(step for step in getattr(part, "steps", []) if hasattr(step, "reset"))
+            if getattr(part, "shortcut", None) is not None:
+                pending.append(part.shortcut)
+            for name in ("state", "fresh"):
+                if isinstance(getattr(part, name, None), torch.Tensor):
+                    yield getattr(part, name), 0
+
     def reset_all(self) -> None:
         for slot in range(self.batch_size):
             self.reset(slot)

@@ -188,6 +188,25 @@ def test_mask_feeds_only_chosen_rows(tiny_model):
     assert torch.equal(codec.decode(garbage, mask=only_first)[1], torch.zeros(FRAME))
 
 
+def test_copy_row_continues_a_stream_in_another_row(tiny_model):
+    pcm = _signal(1, 14, seed=13)
+    codec = StreamingMimi.from_model(tiny_model, batch_size=3)
+    alone = StreamingMimi.from_model(tiny_model, batch_size=1)
+    first = torch.zeros(3, 8 * FRAME)
+    first[2] = pcm[0, : 8 * FRAME]  # the session lives in row 2 first
+    codes = _stream_encode(codec, first)
+    _stream_decode(codec, codes)
+    expected = _stream_encode(alone, pcm)
+    expected_audio = _stream_decode(alone, expected)
+    codec.copy_row(2, 0)  # ...then moves to row 0 and goes on there
+    assert codec.frames_encoded[0] == 8 and codec.frames_decoded[0] == 8
+    rest = torch.zeros(3, 6 * FRAME)
+    rest[0] = pcm[0, 8 * FRAME :]
+    later = _stream_encode(codec, rest)
+    assert torch.equal(later[0], expected[0, :, 8:])
+    assert torch.allclose(_stream_decode(codec, later)[0], expected_audio[0, 8 * FRAME :], rtol=0, atol=1e-4)
+
+
 def test_reset_all_equals_a_new_codec(tiny_model):
     pcm = _signal(2, 6, seed=9)
     codec = StreamingMimi.from_model(tiny_model, batch_size=2)
