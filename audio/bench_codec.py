@@ -30,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed frames first (default 5)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
     parser.add_argument(
+        "--parts",
+        action="store_true",
+        help="also print where the time goes: ms per frame in each part of the codec (first batch size)",
+    )
+    parser.add_argument(
         "--baseline",
         action="store_true",
         help="also time transformers' own streaming encoder called once per frame, for comparison",
@@ -96,6 +101,50 @@ def bench_streaming(model: MimiModel, batch: int, args) -> dict[str, float]:
     }
 
 
+class _Timed:
+    """Wraps one codec part and adds its wall-clock time per call to `totals[name]`."""
+
+    def __init__(self, part, name: str, totals: dict[str, float], device: str):
+        self.part, self.name, self.totals, self.device = part, name, totals, device
+
+    def __getattr__(self, attr):
+        return getattr(self.part, attr)
+
+    def __call__(self, *args):
+        start = time.perf_counter()
+        out = self.part(*args)
+        _sync(self.device)
+        self.totals[self.name] = self.totals.get(self.name, 0.0) + (time.perf_counter() - start) * 1e3
+        return out
+
+
+def bench_parts(model: MimiModel, batch: int, args) -> dict[str, float]:
+    """ms per frame spent in each part: SEANet stacks layer by layer, transformers, (de)quantizer."""
+    codec = StreamingMimi.from_model(model, batch, device=args.device, dtype=DTYPES[args.dtype])
+    totals: dict[str, float] = {}
+    for stack_name in ("_enc_seanet", "_dec_seanet"):
+        stack = getattr(codec, stack_name)
+        stack.steps = [
+            _Timed(step, f"{stack_name[1:]}.{i} {type(step).__name__.lstrip('_')}", totals, args.device)
+            if hasattr(step, "reset")
+            else step
+            for i, step in enumerate(stack.steps)
+        ]
+    for name in ("_enc_transformer", "_downsample", "_upsample", "_dec_transformer"):
+        if getattr(codec, name) is not None:
+            setattr(codec, name, _Timed(getattr(codec, name), name[1:], totals, args.device))
+    quantizer = codec._quantizer
+    quantizer.encode = _Timed(quantizer.encode, "quantizer.encode", totals, args.device)
+    quantizer.decode = _Timed(quantizer.decode, "quantizer.decode", totals, args.device)
+    n = codec.frame_samples
+    pcm = _test_signal(batch, args.frames + args.warmup, n)
+    for i in range(args.warmup + args.frames):
+        if i == args.warmup:
+            totals.clear()
+        codec.decode(codec.encode(pcm[:, i * n : (i + 1) * n]))
+    return {name: total / args.frames for name, total in totals.items()}
+
+
 def bench_transformers_encoder(model: MimiModel, batch: int, args) -> tuple[float, float]:
     """transformers' streaming encode (padding_cache + KV cache), one call per frame."""
     n = model.config.frame_size
@@ -158,6 +207,12 @@ def run(args) -> int:
             f"{batch:>5} | {r['enc_med']:>7.1f} / {r['enc_p99']:>7.1f} | {r['dec_med']:>7.1f} / {r['dec_p99']:>7.1f}"
             f" | {r['tot_med']:>6.1f} / {r['tot_p99']:>6.1f} | {r['tot_med'] / FRAME_MS:>5.2f} | {r['cpu_med']:>6.1f}"
         )
+    if args.parts:
+        parts = bench_parts(model, batches[0], args)
+        print(f"where the time goes, batch {batches[0]} (ms per frame, mean):")
+        for name, ms in sorted(parts.items(), key=lambda item: -item[1]):
+            print(f"  {name:<40} {ms:6.2f}")
+        print(f"  {'sum of parts':<40} {sum(parts.values()):6.2f}")
     if args.baseline:
         for batch in batches:
             med, p99 = bench_transformers_encoder(model.to(args.device, torch.float32), batch, args)
