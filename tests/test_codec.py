@@ -228,6 +228,17 @@ def test_kyutai_round_trip_restores_every_weight(tiny_model):
         assert torch.equal(converted[key], value), key
 
 
+def test_bf16_kyutai_file_loads_as_float32(tiny_model, tmp_path):
+    """Kyutai ships Mimi in bf16 (moshiko-pytorch-bf16): it loads, upcast, into a float32 codec."""
+    state = {k: v.to(torch.bfloat16).contiguous() for k, v in kyutai_mimi_state_dict(tiny_model).items()}
+    save_file(state, str(tmp_path / KYUTAI_MIMI_FILENAME))
+    codec = StreamingMimi.from_pretrained(tmp_path, batch_size=1, config=tiny_mimi_config())
+    for key, value in tiny_model.state_dict().items():
+        loaded = codec.model.state_dict()[key]
+        assert loaded.dtype == value.dtype
+        assert torch.equal(loaded, value.to(torch.bfloat16).to(value.dtype)), key
+
+
 def test_kyutai_legacy_key_names_convert_the_same(tiny_model):
     """Older Kyutai checkpoints say in_proj_weight / out_proj.weight and embed_avg / cluster_size / inited."""
     legacy = {}
