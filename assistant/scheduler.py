@@ -2,7 +2,8 @@
 
 Each tick (absolute wall-clock deadlines start + k * 80 ms, so no drift accumulates):
   1. apply queued slot changes (open, close, force_silence, update) while no step is running,
-  2. take one input frame from every live session (silence on underrun; the session counts it),
+  2. take one input frame from every live session (silence on underrun; the session counts it);
+     if a session's input is just short of a frame, wait a few ms (grace_ms) once before that,
   3. run `engine.step` on the whole batch in a worker thread (the event loop stays free),
   4. hand each session its row of the output at once.
 A step that overruns makes the clock skip the ticks it missed instead of bursting to catch up.
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 
 class FrameSource(Protocol):
+    def frame_ready(self) -> bool: ...  # optional: False makes the tick wait `grace_ms` once
+
     def take_frame(self) -> np.ndarray | None: ...
 
     def deliver(self, pcm: np.ndarray, text: str, speaking: bool, step_ms: float) -> None: ...
@@ -144,8 +147,10 @@ class Scheduler:
         frame_ms: float = FRAME_MS,
         metrics: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        grace_ms: float = 5.0,
     ):
         self.engine = engine
+        self.grace_s = grace_ms / 1000.0  # how long a tick waits for input that is just late
         self.period_s = frame_ms / 1000.0
         self.metrics = metrics
         self.clock = clock
@@ -218,6 +223,11 @@ class Scheduler:
         if not self._sessions:
             return float("nan")
         sessions = dict(self._sessions)
+        if self.grace_s and not all(getattr(s, "frame_ready", lambda: True)() for s in sessions.values()):
+            # A talking user's chunk is a few ms late: wait that long rather than feed the model a gap
+            # (it would also push the user's timeline behind the clock for the rest of the turn).
+            await asyncio.sleep(self.grace_s)
+            sessions = dict(self._sessions)
         batch, underran = gather_batch(self._batch, sessions)
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()

@@ -36,6 +36,7 @@ import asyncio
 import bisect
 import collections
 import dataclasses
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -339,7 +340,11 @@ class InputBuffer:
     """
 
     def __init__(self, frame_samples: int = FRAME_SAMPLES, max_backlog_frames: int = 3,
-                 quiet_level: float = 10 ** (-50 / 20), max_chunk_samples: int = SAMPLE_RATE_HZ):
+                 quiet_level: float = 10 ** (-50 / 20), max_chunk_samples: int = SAMPLE_RATE_HZ,
+                 lead_samples: int = 0):
+        # A cushion kept queued while the user is silent, so input that arrives in bursts (a
+        # resampler's blocks) does not run dry mid-utterance; 0 for smooth 24 kHz input.
+        self.lead_samples = lead_samples
         self.quiet_level = quiet_level  # peak below this (-50 dBFS) counts as quiet
         self.max_chunk_samples = max_chunk_samples  # chunks up to this (1 s) are kept whole
         if max_backlog_frames < 1:
@@ -394,18 +399,21 @@ class InputBuffer:
         f = self.frame_samples
         if self._len == 0:
             return None, FRAME_UNDERRUN
-        if self._len < f:
+        if self._len < f or (user_silent and self._len < f + self.lead_samples):
+            # Take what there is behind leading zeros, keeping the cushion.
+            take = max(0, self._len - self.lead_samples)
             frame = np.zeros(f, dtype=np.float32)
-            frame[f - self._len :] = self._buf[: self._len]
-            self._len = 0
+            frame[f - take :] = self._buf[:take]
+            self._discard(take)
             return frame, (FRAME_PADDED if user_silent else FRAME_UNDERRUN)
-        if user_silent and may_trim and self._len > f:
-            self._discard(self._len - f)
-        elif self._len - f >= f // 2:
-            # Backlog from a stall or a burst: drop the oldest part only if it is quiet, keeping a
-            # little margin against jitter. Dropping quiet audio never loses a word, and leaves the
-            # moment the engine hears an end of turn unchanged (less silence, but heard sooner).
-            excess = self._len - f - f // 4
+        if user_silent and may_trim and self._len > f + self.lead_samples:
+            self._discard(self._len - f - self.lead_samples)
+        elif self._len - f - self.lead_samples >= f // 4:
+            # Backlog (a stall, or input that came late after an underrun and now piles up behind
+            # the clock): drop its oldest part if it is quiet, down to the cushion. Dropping quiet
+            # audio never loses a word, and a pause is where latency can be won back before the end
+            # of the turn, which the engine must hear at the next tick.
+            excess = self._len - f - self.lead_samples
             if np.abs(self._buf[:excess]).max() < self.quiet_level:
                 self._discard(excess)
         frame = self._buf[:f].copy()
@@ -414,6 +422,18 @@ class InputBuffer:
 
     def reset(self) -> None:
         self._len = 0
+
+
+@functools.cache
+def resampler_burst_samples(rate_hz: int, chunk_ms: int = 20) -> int:
+    """How unevenly the streaming resampler rate_hz -> 24 kHz hands out samples (they come in
+    blocks): the spread of its running deficit against a steady stream, in 24 kHz samples."""
+    resampler = StreamResampler(rate_hz, SAMPLE_RATE_HZ)
+    chunk = np.zeros(rate_hz * chunk_ms // 1000, dtype=np.float32)
+    got = np.cumsum([resampler.process(chunk).shape[0] for _ in range(100)])
+    deficit = SAMPLE_RATE_HZ * chunk_ms // 1000 * np.arange(1, 101) - got
+    steady = deficit[25:]
+    return int(steady.max() - steady.min())
 
 
 class UtteranceAudio:
@@ -515,7 +535,8 @@ class Session:
         same = sample_rate_hz == SAMPLE_RATE_HZ
         self._resample_in = None if same else StreamResampler(sample_rate_hz, SAMPLE_RATE_HZ)
         self._resample_out = None if same else StreamResampler(SAMPLE_RATE_HZ, sample_rate_hz)
-        self._input = InputBuffer(FRAME_SAMPLES, self.limits.max_backlog_frames)
+        self._input = InputBuffer(FRAME_SAMPLES, self.limits.max_backlog_frames,
+                                  lead_samples=0 if same else resampler_burst_samples(sample_rate_hz))
         self._vad = StreamingVad(self.options.vad_config(self.base_vad), sample_rate_hz=SAMPLE_RATE_HZ)
         self.turns = TurnTaking(
             self.options.barge_in,
@@ -664,11 +685,18 @@ class Session:
         }
 
     # -- scheduler-facing API ------------------------------------------------------------------
+    def frame_ready(self) -> bool:
+        """Whether a whole frame of input is queued (or the user is silent, so none is needed)."""
+        return self._input.level >= FRAME_SAMPLES or self._user_silent()
+
+    def _user_silent(self) -> bool:
+        return not self._vad.speaking and self._vad.probability < 0.5
+
     def take_frame(self) -> np.ndarray | None:
         """The next 80 ms input frame, float32 (1920,) at 24 kHz, or None on underrun."""
         # The user counts as silent only when the VAD is outside a turn and its last frame was unvoiced,
         # so the silence-only shortcuts of InputBuffer never touch the start of an utterance.
-        silent = not self._vad.speaking and self._vad.probability < 0.5
+        silent = self._user_silent()
         front = self.samples_in - self._input.level  # input position of the oldest queued sample
         may_trim = self._last_stop_sample is None or front >= self._last_stop_sample
         frame, status = self._input.take(silent, may_trim)

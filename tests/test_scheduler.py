@@ -194,3 +194,30 @@ async def test_run_keeps_12_5_hz_and_skips_ticks_when_a_step_overruns():
     # No burst after an overrun: the next step waits for a fresh deadline (3 periods = 240 ms after
     # the last start) instead of starting the moment the 200 ms step returns.
     assert slow.min() >= 0.23
+
+
+async def test_a_tick_waits_briefly_for_input_that_is_just_late():
+    engine = EchoEngine(2)
+    sched = Scheduler(engine, grace_ms=20)
+
+    class Late(Source):
+        ready = False
+
+        def frame_ready(self):
+            return self.ready
+
+    late, punctual = Late([]), Source([np.full(F, 0.2, np.float32)])
+    sched.reserve().attach(late)
+    sched.reserve().attach(punctual)
+
+    def arrive():
+        late.frames.append(np.full(F, 0.7, np.float32))
+        late.ready = True
+
+    asyncio.get_running_loop().call_later(0.005, arrive)
+    await sched.tick()
+    np.testing.assert_array_equal(late.got[0][0], np.full(F, 0.7, np.float32))  # not a silence frame
+    np.testing.assert_array_equal(punctual.got[0][0], np.full(F, 0.2, np.float32))
+    # Input that is not there after the grace period is an underrun as before.
+    await sched.tick()
+    np.testing.assert_array_equal(late.got[1][0], np.zeros(F))

@@ -151,3 +151,29 @@ async def test_tls_serves_wss(tmp_path):
     with pytest.raises(RuntimeError, match="go together"):
         with start_server("--backend", "silence", "--ssl-cert", str(cert)):
             pass
+
+
+async def test_session_update_and_playback_position_over_the_wire(server):
+    import numpy as np
+
+    async with connect(server.ws_url) as ws:
+        client = NativeClient(ws)
+        ready = await client.start(48000, min_interrupt_ms=200)
+        assert ready["sample_rate"] == 48000 and ready["options"]["min_interrupt_ms"] == 200
+        await ws.send(json.dumps({"type": "session.update", "barge_in": "vad", "vad": {"min_silence_ms": 300}}))
+        _, updated = await client.wait_for("session.updated")
+        assert updated["options"]["barge_in"] == "vad"
+        assert updated["options"]["vad"]["min_silence_ms"] == 300 and updated["options"]["min_interrupt_ms"] == 200
+        await ws.send(json.dumps({"type": "session.update", "vad": {"threshold": 0}}))
+        _, error = await client.wait_for("error")
+        assert error["code"] == "invalid_value" and "threshold" in error["message"]
+        await client.stream(np.zeros(48000 * 3 // 2, dtype="<i2"), sample_rate=48000)
+        await ws.send(json.dumps({"type": "playback.position", "played_ms": 400}))
+        await asyncio.sleep(1.1)
+        stats = client.of("stats")[-1][1]
+        assert stats["played_ms"] == 400 and stats["sent_ms"] >= 1000
+        # 48 kHz out: one message per 80 ms frame; the resampler's blocks make sizes vary, but they
+        # add up to 3840 samples a frame.
+        sizes = [len(m) // 2 for _, m in client.audio]
+        assert abs(sum(sizes) - 3840 * len(sizes)) <= 3840
+        assert max(sizes) <= 1.5 * 3840
