@@ -314,7 +314,9 @@ def test_kyutai_layout_transformer_computes_what_kyutais_code_computes(tiny_mode
 
 def test_kyutai_names_and_rope_layout_match_kyutais_own_model(tmp_path):
     """Load a checkpoint written by Kyutai's own `moshi` MimiModel and compare outputs with it."""
-    loaders = pytest.importorskip("moshi.models.loaders", reason="Kyutai's moshi package is not installed")
+    loaders = pytest.importorskip(
+        "moshi.models.loaders", reason="Kyutai's moshi package is not installed", exc_type=ImportError
+    )
     config = tiny_mimi_config(num_quantizers=8)
     torch.manual_seed(11)
     kyutai = loaders.get_mimi(None, mimi_config=kyutai_mimi_kwargs(config), num_codebooks=8)
