@@ -83,9 +83,7 @@ class FrameClock:
         return Tick(index=index, deadline=self.deadline(index), skipped=skipped)
 
 
-def gather_batch(
-    batch: np.ndarray, sessions: dict[int, FrameSource]
-) -> tuple[np.ndarray, list[int]]:
+def gather_batch(batch: np.ndarray, sessions: dict[int, FrameSource]) -> tuple[np.ndarray, list[int]]:
     """Fill `batch` (B, 1920) with one frame per session row (zeros for idle rows and underruns).
 
     Returns the batch and the slots that underran.
@@ -279,12 +277,20 @@ class Scheduler:
         def pct(values: np.ndarray) -> dict:
             if values.size == 0:
                 return {"p50": None, "p99": None, "max": None}
-            return {k: round(float(v), 3) for k, v in
-                    zip(("p50", "p99", "max"), (*np.percentile(values, [50, 99]), values.max()), strict=True)}
+            return {
+                k: round(float(v), 3)
+                for k, v in zip(
+                    ("p50", "p99", "max"), (*np.percentile(values, [50, 99]), values.max()), strict=True
+                )
+            }
 
-        return {"ticks": int(rows.shape[0]), "skipped": self.skipped,
-                "late_ms": pct(rows[:, 0]), "step_ms": pct(rows[:, 1]),
-                "max_live": int(rows[:, 2].max()) if rows.size else 0}
+        return {
+            "ticks": int(rows.shape[0]),
+            "skipped": self.skipped,
+            "late_ms": pct(rows[:, 0]),
+            "step_ms": pct(rows[:, 1]),
+            "max_live": int(rows[:, 2].max()) if rows.size else 0,
+        }
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True)

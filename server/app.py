@@ -153,8 +153,12 @@ class ServerContext:
             self.caption_worker.start()
             self.captions_model = f"faster-whisper:{Path(self.caption_worker.model_path).name}"
         self.metrics.gauge("live_sessions", "Sessions in progress.", lambda: len(self.sessions))
-        self.metrics.gauge("capacity_left", "Sessions that can still join.", lambda: self.scheduler.free_slots)
-        self.metrics.gauge("max_sessions", "Sessions this server holds at most.", lambda: self.scheduler.capacity)
+        self.metrics.gauge(
+            "capacity_left", "Sessions that can still join.", lambda: self.scheduler.free_slots
+        )
+        self.metrics.gauge(
+            "max_sessions", "Sessions this server holds at most.", lambda: self.scheduler.capacity
+        )
 
     def reserve(self) -> SlotHandle | None:
         """An engine slot for a new connection, or None when the server is full (or draining)."""
@@ -268,9 +272,13 @@ def make_process_request(ctx: ServerContext):
         path = urlsplit(request.path).path
         if path in ("/ws", "/v1/realtime"):
             if not check_auth(config.auth_token, request):
-                return _text(401, "missing or wrong token: send 'Authorization: Bearer TOKEN' or ?token=TOKEN")
+                return _text(
+                    401, "missing or wrong token: send 'Authorization: Bearer TOKEN' or ?token=TOKEN"
+                )
             if not check_origin(config.allowed_origins or [], request):
-                return _text(403, f"origin {request.headers.get('Origin')} is not allowed; see --allowed-origins")
+                return _text(
+                    403, f"origin {request.headers.get('Origin')} is not allowed; see --allowed-origins"
+                )
             if path == "/v1/realtime" and importlib.util.find_spec("server.realtime") is None:
                 return _text(404, "the OpenAI Realtime endpoint is not available in this build")
             return None
@@ -295,7 +303,9 @@ class NativeConnection:
         self.ws = ws
         self.slot = slot
         self.session: Session | None = None
-        self.outbox = Outbox(ws.send, max_items=ctx.config.max_outbox_items, max_lag_s=ctx.config.max_send_lag_s)
+        self.outbox = Outbox(
+            ws.send, max_items=ctx.config.max_outbox_items, max_lag_s=ctx.config.max_send_lag_s
+        )
         self.writer = asyncio.create_task(self.outbox.run())
         now = time.monotonic()
         self.limiter = RateLimiter(ctx.config.messages_per_s, ctx.config.message_burst, now)
@@ -357,7 +367,9 @@ class NativeConnection:
                 return
             if now - self.last_rate_error >= 1.0:
                 self.last_rate_error = now
-                self.send_error("rate_limited", f"more than {self.ctx.config.messages_per_s:g} messages/s; slow down")
+                self.send_error(
+                    "rate_limited", f"more than {self.ctx.config.messages_per_s:g} messages/s; slow down"
+                )
             return
         try:
             if isinstance(message, bytes):
@@ -373,7 +385,9 @@ class NativeConnection:
     def handle_event(self, event) -> None:
         if isinstance(event, SessionStart):
             if self.session is not None:
-                raise ProtocolError("already_started", f"session {self.session.session_id} is already running")
+                raise ProtocolError(
+                    "already_started", f"session {self.session.session_id} is already running"
+                )
             try:
                 options = SessionOptions(barge_in=self.ctx.config.barge_in).replace(**event.options)
                 self.session = self.ctx.open_session(self.slot, event.sample_rate, self.emit, options)
@@ -429,7 +443,11 @@ async def handle_native(ctx: ServerContext, ws: ServerConnection) -> None:
     slot = ctx.reserve()
     if slot is None:
         cap = ctx.scheduler.capacity
-        reason = "server is shutting down" if ctx.draining else f"server full: all {cap} sessions are taken; try later"
+        reason = (
+            "server is shutting down"
+            if ctx.draining
+            else f"server full: all {cap} sessions are taken; try later"
+        )
         await ws.close(CLOSE_TRY_AGAIN_LATER, reason)
         return
     await NativeConnection(ctx, ws, slot).run()
@@ -465,7 +483,9 @@ def _ssl_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     return context
 
 
-async def serve_forever(config: ServerConfig, engine: Engine, ready=None, stop: asyncio.Event | None = None) -> None:
+async def serve_forever(
+    config: ServerConfig, engine: Engine, ready=None, stop: asyncio.Event | None = None
+) -> None:
     """Run until `stop` is set (or SIGINT/SIGTERM), then drain and return."""
     ctx = ServerContext(config, engine)
     stop = stop or asyncio.Event()
@@ -498,10 +518,16 @@ async def serve_forever(config: ServerConfig, engine: Engine, ready=None, stop: 
             config.allowed_origins = default_origins(config.host, ctx.port, tls is not None)
         scheme = "https" if tls else "http"
         shown = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
-        print(f"assistant: serving {engine.describe().get('backend')} ({engine.describe().get('model')}), "
-              f"{ctx.scheduler.capacity} sessions max", flush=True)
-        print(f"assistant: open {scheme}://{shown}:{ctx.port}/ in a browser "
-              f"(websocket {'wss' if tls else 'ws'}://{shown}:{ctx.port}/ws)", flush=True)
+        print(
+            f"assistant: serving {engine.describe().get('backend')} ({engine.describe().get('model')}), "
+            f"{ctx.scheduler.capacity} sessions max",
+            flush=True,
+        )
+        print(
+            f"assistant: open {scheme}://{shown}:{ctx.port}/ in a browser "
+            f"(websocket {'wss' if tls else 'ws'}://{shown}:{ctx.port}/ws)",
+            flush=True,
+        )
         if ready is not None:
             ready(ctx)
         await stop.wait()
@@ -521,8 +547,11 @@ async def serve_forever(config: ServerConfig, engine: Engine, ready=None, stop: 
     ctx.scheduler.shutdown()
     ctx.close()
     if config.clock_stats_path:
-        stats = {**ctx.scheduler.clock_stats(), "underruns": ctx.metrics.value("underruns"),
-                 "drops": ctx.metrics.value("drops")}
+        stats = {
+            **ctx.scheduler.clock_stats(),
+            "underruns": ctx.metrics.value("underruns"),
+            "drops": ctx.metrics.value("drops"),
+        }
         Path(config.clock_stats_path).write_text(json.dumps(stats))
 
 
@@ -530,39 +559,85 @@ async def serve_forever(config: ServerConfig, engine: Engine, ready=None, stop: 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=BACKENDS, default="moshi",
-                        help="engine backend (default moshi; scripted and silence need no weights)")
-    parser.add_argument("--model", help=f"checkpoint directory or Hugging Face id for the moshi backend "
-                                        f"(default {DEFAULT_MOSHI_MODEL})")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="moshi",
+        help="engine backend (default moshi; scripted and silence need no weights)",
+    )
+    parser.add_argument(
+        "--model",
+        help=f"checkpoint directory or Hugging Face id for the moshi backend (default {DEFAULT_MOSHI_MODEL})",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free)")
-    parser.add_argument("--max-sessions", type=int, help="concurrent sessions (default: what the backend holds)")
-    parser.add_argument("--auth-token", default=os.environ.get("ASSISTANT_AUTH_TOKEN"),
-                        help="require this token (Bearer header or ?token=); default $ASSISTANT_AUTH_TOKEN")
-    parser.add_argument("--allowed-origins", nargs="+",
-                        default=os.environ.get("ASSISTANT_ALLOWED_ORIGINS", "").split() or None,
-                        help="browser origins allowed to connect ('*' for any); default the server's own")
-    parser.add_argument("--record", metavar="DIR", help="record every session (stereo WAV + JSONL events) in DIR")
-    parser.add_argument("--ssl-cert", default=os.environ.get("ASSISTANT_SSL_CERT"), help="TLS certificate (PEM)")
-    parser.add_argument("--ssl-key", default=os.environ.get("ASSISTANT_SSL_KEY"), help="TLS private key (PEM)")
-    parser.add_argument("--barge-in", choices=("model", "vad"), default="model",
-                        help="model: the model decides whether to stop; vad: force it silent while the user talks")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free)"
+    )
+    parser.add_argument(
+        "--max-sessions", type=int, help="concurrent sessions (default: what the backend holds)"
+    )
+    parser.add_argument(
+        "--auth-token",
+        default=os.environ.get("ASSISTANT_AUTH_TOKEN"),
+        help="require this token (Bearer header or ?token=); default $ASSISTANT_AUTH_TOKEN",
+    )
+    parser.add_argument(
+        "--allowed-origins",
+        nargs="+",
+        default=os.environ.get("ASSISTANT_ALLOWED_ORIGINS", "").split() or None,
+        help="browser origins allowed to connect ('*' for any); default the server's own",
+    )
+    parser.add_argument(
+        "--record", metavar="DIR", help="record every session (stereo WAV + JSONL events) in DIR"
+    )
+    parser.add_argument(
+        "--ssl-cert", default=os.environ.get("ASSISTANT_SSL_CERT"), help="TLS certificate (PEM)"
+    )
+    parser.add_argument(
+        "--ssl-key", default=os.environ.get("ASSISTANT_SSL_KEY"), help="TLS private key (PEM)"
+    )
+    parser.add_argument(
+        "--barge-in",
+        choices=("model", "vad"),
+        default="model",
+        help="model: the model decides whether to stop; vad: force it silent while the user talks",
+    )
     parser.add_argument("--vad", choices=("webrtc", "silero"), default="webrtc", help="VAD for turn-taking")
     parser.add_argument("--device", help="torch device for the moshi backend (cuda, cpu)")
     parser.add_argument("--dtype", help="torch dtype for the moshi backend (bfloat16, float16, float32)")
     parser.add_argument("--script-reply", help="scripted backend: reply WAV (text from the .txt beside it)")
-    parser.add_argument("--script-delay-ms", type=float, default=0.0, help="scripted backend: pause before replying")
-    parser.add_argument("--idle-timeout", type=float, default=60.0, help="end sessions with no audio for this many s")
-    parser.add_argument("--max-session-seconds", type=float, default=3600.0, help="end sessions after this many s")
-    parser.add_argument("--max-send-lag", type=float, default=2.0,
-                        help="disconnect a client that is this many seconds behind reading (1008)")
-    parser.add_argument("--captions", metavar="MODEL", default="auto",
-                        help="user captions with faster-whisper: auto (tiny.en on cpu, small on cuda), a size, "
-                             "a CTranslate2 model dir, or off (default auto)")
-    parser.add_argument("--captions-device", choices=("cpu", "cuda"),
-                        help="device for captions (default: cuda when --device is cuda, else cpu)")
-    parser.add_argument("--clock-stats", metavar="FILE",
-                        help="at exit, write frame-clock figures (tick lateness, step time) as JSON to FILE")
+    parser.add_argument(
+        "--script-delay-ms", type=float, default=0.0, help="scripted backend: pause before replying"
+    )
+    parser.add_argument(
+        "--idle-timeout", type=float, default=60.0, help="end sessions with no audio for this many s"
+    )
+    parser.add_argument(
+        "--max-session-seconds", type=float, default=3600.0, help="end sessions after this many s"
+    )
+    parser.add_argument(
+        "--max-send-lag",
+        type=float,
+        default=2.0,
+        help="disconnect a client that is this many seconds behind reading (1008)",
+    )
+    parser.add_argument(
+        "--captions",
+        metavar="MODEL",
+        default="auto",
+        help="user captions with faster-whisper: auto (tiny.en on cpu, small on cuda), a size, "
+        "a CTranslate2 model dir, or off (default auto)",
+    )
+    parser.add_argument(
+        "--captions-device",
+        choices=("cpu", "cuda"),
+        help="device for captions (default: cuda when --device is cuda, else cpu)",
+    )
+    parser.add_argument(
+        "--clock-stats",
+        metavar="FILE",
+        help="at exit, write frame-clock figures (tick lateness, step time) as JSON to FILE",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
 
 
@@ -581,7 +656,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     vad = VadConfig(backend=args.vad)
     engine_options: dict[str, Any] = {}
     if args.backend == "scripted":
-        engine_options = {"script_reply": args.script_reply, "script_delay_ms": args.script_delay_ms, "vad": vad}
+        engine_options = {
+            "script_reply": args.script_reply,
+            "script_delay_ms": args.script_delay_ms,
+            "vad": vad,
+        }
     elif args.script_reply is not None:
         raise ValueError("--script-reply only applies to --backend scripted")
     return ServerConfig(
@@ -621,8 +700,10 @@ def build_server_engine(config: ServerConfig) -> Engine:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         config = config_from_args(args)
         engine = build_server_engine(config)

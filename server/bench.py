@@ -33,15 +33,26 @@ SHARED_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio" / "conve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sessions", default="1,16,64", help="comma-separated session counts (default 1,16,64)")
+    parser.add_argument(
+        "--sessions", default="1,16,64", help="comma-separated session counts (default 1,16,64)"
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per count (default 20)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds streamed before measuring")
     parser.add_argument("--backend", choices=("silence", "scripted"), default="silence")
-    parser.add_argument("--audio", type=Path, default=None,
-                        help="24 kHz mono WAV the clients stream on a loop (default shared conversation.wav)")
+    parser.add_argument(
+        "--audio",
+        type=Path,
+        default=None,
+        help="24 kHz mono WAV the clients stream on a loop (default shared conversation.wav)",
+    )
     parser.add_argument("--vad", choices=("webrtc", "silero"), default="webrtc", help="the server's VAD")
-    parser.add_argument("--chunk-ms", type=int, default=CHUNK_MS, choices=(10, 20, 40, 80),
-                        help=f"audio message size the clients send (default {CHUNK_MS})")
+    parser.add_argument(
+        "--chunk-ms",
+        type=int,
+        default=CHUNK_MS,
+        choices=(10, 20, 40, 80),
+        help=f"audio message size the clients send (default {CHUNK_MS})",
+    )
 
 
 def _cpu_s(pid: int) -> float:
@@ -78,8 +89,15 @@ def load_audio(path: Path | None) -> tuple[np.ndarray, str]:
     return np.ascontiguousarray(pcm[:, 0]), path.name
 
 
-async def _client(url: str, audio: np.ndarray, t0: float, phase_s: float, stop: asyncio.Event,
-                  received: list[int], chunk_ms: int = CHUNK_MS) -> None:
+async def _client(
+    url: str,
+    audio: np.ndarray,
+    t0: float,
+    phase_s: float,
+    stop: asyncio.Event,
+    received: list[int],
+    chunk_ms: int = CHUNK_MS,
+) -> None:
     from websockets.asyncio.client import connect
 
     chunk = 24000 * chunk_ms // 1000
@@ -105,14 +123,25 @@ async def _client(url: str, audio: np.ndarray, t0: float, phase_s: float, stop: 
         reader.cancel()
 
 
-async def _measure(url: str, host: str, port: int, pid: int, n: int, audio: np.ndarray,
-                   warmup_s: float, seconds: float, chunk_ms: int) -> dict:
+async def _measure(
+    url: str,
+    host: str,
+    port: int,
+    pid: int,
+    n: int,
+    audio: np.ndarray,
+    warmup_s: float,
+    seconds: float,
+    chunk_ms: int,
+) -> dict:
     stop = asyncio.Event()
     received = [0]
     t0 = time.monotonic() + 0.5
     rng = np.random.default_rng(0)
-    tasks = [asyncio.create_task(_client(url, audio, t0, float(rng.uniform(0, FRAME_S)), stop, received,
-                                         chunk_ms)) for _ in range(n)]
+    tasks = [
+        asyncio.create_task(_client(url, audio, t0, float(rng.uniform(0, FRAME_S)), stop, received, chunk_ms))
+        for _ in range(n)
+    ]
     await asyncio.sleep(0.5 + warmup_s)
     metrics0, cpu0, recv0, w0 = _get(host, port, "/metrics"), _cpu_s(pid), received[0], time.monotonic()
     await asyncio.sleep(seconds)
@@ -120,8 +149,10 @@ async def _measure(url: str, host: str, port: int, pid: int, n: int, audio: np.n
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     frames = n * (w1 - w0) / FRAME_S
-    delta = {k: _metric(metrics1, f"assistant_{k}_total") - _metric(metrics0, f"assistant_{k}_total")
-             for k in ("underruns", "drops", "skipped_ticks", "session_frames")}
+    delta = {
+        k: _metric(metrics1, f"assistant_{k}_total") - _metric(metrics0, f"assistant_{k}_total")
+        for k in ("underruns", "drops", "skipped_ticks", "session_frames")
+    }
     return {
         "sessions": n,
         # Per frame the server actually processed: skipped ticks do no work and must not flatter it.
@@ -147,9 +178,28 @@ def bench_vad(audio: np.ndarray, backend: str, chunk_ms: int = CHUNK_MS) -> floa
 
 def run_one(n: int, args: argparse.Namespace, audio: np.ndarray) -> dict:
     stats_file = Path(tempfile.mkstemp(suffix=".json")[1])
-    cmd = [sys.executable, "-m", "assistant", "serve", "--host", "127.0.0.1", "--port", "0",
-           "--backend", args.backend, "--max-sessions", str(n), "--vad", args.vad,
-           "--idle-timeout", "3600", "--captions", "off", "--clock-stats", str(stats_file)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "assistant",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--backend",
+        args.backend,
+        "--max-sessions",
+        str(n),
+        "--vad",
+        args.vad,
+        "--idle-timeout",
+        "3600",
+        "--captions",
+        "off",
+        "--clock-stats",
+        str(stats_file),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
@@ -161,8 +211,19 @@ def run_one(n: int, args: argparse.Namespace, audio: np.ndarray) -> dict:
                 break
         if port is None:
             raise SystemExit(f"the server did not start: {proc.stdout.read()}")
-        result = asyncio.run(_measure(f"ws://127.0.0.1:{port}/ws", "127.0.0.1", port, proc.pid, n, audio,
-                                      args.warmup, args.seconds, args.chunk_ms))
+        result = asyncio.run(
+            _measure(
+                f"ws://127.0.0.1:{port}/ws",
+                "127.0.0.1",
+                port,
+                proc.pid,
+                n,
+                audio,
+                args.warmup,
+                args.seconds,
+                args.chunk_ms,
+            )
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -186,27 +247,38 @@ def run(args: argparse.Namespace) -> int:
         print("--sessions needs counts >= 1 and --seconds > 0", file=sys.stderr)
         return 2
     audio, what = load_audio(args.audio)
-    print(f"server bench: backend {args.backend}, VAD {args.vad}, clients stream {what} in {args.chunk_ms} ms "
-          f"chunks from a separate process, {args.seconds:g} s measured per count, {os.cpu_count()} CPUs")
-    print(f"VAD alone: webrtc {bench_vad(audio, 'webrtc', args.chunk_ms):.3f} ms CPU per 80 ms frame"
-          + (f", silero {bench_vad(audio, 'silero', args.chunk_ms):.3f} ms" if args.vad == "silero" else ""))
-    header = (f"{'sessions':>8} {'CPU ms/sess/frame':>18} {'server CPU %':>12} {'tick late p50/p99/max ms':>25} "
-              f"{'step p50/p99 ms':>16} {'underruns':>9} {'underrun %':>10} {'drops':>6} {'skipped':>7} {'recv':>5}")
+    print(
+        f"server bench: backend {args.backend}, VAD {args.vad}, clients stream {what} in {args.chunk_ms} ms "
+        f"chunks from a separate process, {args.seconds:g} s measured per count, {os.cpu_count()} CPUs"
+    )
+    print(
+        f"VAD alone: webrtc {bench_vad(audio, 'webrtc', args.chunk_ms):.3f} ms CPU per 80 ms frame"
+        + (f", silero {bench_vad(audio, 'silero', args.chunk_ms):.3f} ms" if args.vad == "silero" else "")
+    )
+    header = (
+        f"{'sessions':>8} {'CPU ms/sess/frame':>18} {'server CPU %':>12} {'tick late p50/p99/max ms':>25} "
+        f"{'step p50/p99 ms':>16} {'underruns':>9} {'underrun %':>10} {'drops':>6} {'skipped':>7} {'recv':>5}"
+    )
     print(header)
     held = held_loosely = 0
     for n in counts:
         r = run_one(n, args, audio)
         late, step = r["late_ms"], r["step_ms"]
         fmt = lambda d, *ks: "/".join("-" if d.get(k) is None else f"{d[k]:.1f}" for k in ks)  # noqa: E731
-        print(f"{n:>8} {r['cpu_ms_per_session_frame']:>18.3f} {r['server_cpu_percent']:>12.1f} "
-              f"{fmt(late, 'p50', 'p99', 'max'):>25} {fmt(step, 'p50', 'p99'):>16} {r['underruns']:>9.0f} "
-              f"{100 * r['underruns'] / max(r['session_frames'], 1):>10.2f} "
-              f"{r['drops']:>6.0f} {r['skipped_ticks']:>7.0f} {r['frames_received_ratio']:>5.2f}", flush=True)
+        print(
+            f"{n:>8} {r['cpu_ms_per_session_frame']:>18.3f} {r['server_cpu_percent']:>12.1f} "
+            f"{fmt(late, 'p50', 'p99', 'max'):>25} {fmt(step, 'p50', 'p99'):>16} {r['underruns']:>9.0f} "
+            f"{100 * r['underruns'] / max(r['session_frames'], 1):>10.2f} "
+            f"{r['drops']:>6.0f} {r['skipped_ticks']:>7.0f} {r['frames_received_ratio']:>5.2f}",
+            flush=True,
+        )
         if r["drops"] == 0 and r["skipped_ticks"] == 0:
             held_loosely = max(held_loosely, n)
             if r["underruns"] == 0:
                 held = max(held, n)
     print(f"largest session count held without underruns, drops or skipped ticks: {held or 'none'}")
-    print(f"largest held without drops or skipped ticks (underruns allowed: they are client chunks that came "
-          f"late, see underrun %): {held_loosely or 'none'}")
+    print(
+        f"largest held without drops or skipped ticks (underruns allowed: they are client chunks that came "
+        f"late, see underrun %): {held_loosely or 'none'}"
+    )
     return 0

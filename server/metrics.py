@@ -13,14 +13,26 @@ PREFIX = "assistant_"
 
 # name -> (kind, help, buckets for histograms)
 _DEFINITIONS: dict[str, tuple[str, str, tuple[float, ...]]] = {
-    "step_ms": ("histogram", "Engine step time per frame (ms).",
-                (1, 2, 5, 10, 20, 40, 60, 80, 120, 200, 500)),
-    "tick_late_ms": ("histogram", "How late each frame-clock tick started after its deadline (ms).",
-                     (0.5, 1, 2, 5, 10, 20, 40, 80)),
-    "response_gap_ms": ("histogram", "Last voiced user sample to first reply sample sent (ms).",
-                        (100, 200, 300, 500, 700, 1000, 1500, 2000, 5000)),
-    "server_overhead_ms": ("histogram", "End of user turn detected to first reply frame sent (ms).",
-                           (10, 20, 40, 60, 80, 100, 150, 200, 500)),
+    "step_ms": (
+        "histogram",
+        "Engine step time per frame (ms).",
+        (1, 2, 5, 10, 20, 40, 60, 80, 120, 200, 500),
+    ),
+    "tick_late_ms": (
+        "histogram",
+        "How late each frame-clock tick started after its deadline (ms).",
+        (0.5, 1, 2, 5, 10, 20, 40, 80),
+    ),
+    "response_gap_ms": (
+        "histogram",
+        "Last voiced user sample to first reply sample sent (ms).",
+        (100, 200, 300, 500, 700, 1000, 1500, 2000, 5000),
+    ),
+    "server_overhead_ms": (
+        "histogram",
+        "End of user turn detected to first reply frame sent (ms).",
+        (10, 20, 40, 60, 80, 100, 150, 200, 500),
+    ),
     "sessions_total": ("counter", "Sessions started.", ()),
     "session_frames": ("counter", "80 ms frames processed, summed over sessions.", ()),
     "refused_total": ("counter", "Connections refused because every slot was taken.", ()),

@@ -75,7 +75,15 @@ class SessionEnd:
 
 ClientEvent = SessionStart | SessionUpdate | PlaybackPosition | SessionEnd
 
-_OPTION_FIELDS = {"barge_in", "vad", "min_interrupt_ms", "seed", "temperature", "text_temperature", "captions"}
+_OPTION_FIELDS = {
+    "barge_in",
+    "vad",
+    "min_interrupt_ms",
+    "seed",
+    "temperature",
+    "text_temperature",
+    "captions",
+}
 _VAD_FIELDS = {"threshold", "min_speech_ms", "min_silence_ms", "prefix_padding_ms"}
 
 
@@ -102,7 +110,9 @@ def parse_options(raw: dict[str, Any]) -> dict[str, Any]:
             raise ProtocolError("invalid_value", f"unknown option {key!r}; known: {sorted(_OPTION_FIELDS)}")
         if key == "barge_in":
             if value not in BARGE_IN_POLICIES:
-                raise ProtocolError("invalid_value", f"barge_in must be one of {BARGE_IN_POLICIES}, got {value!r}")
+                raise ProtocolError(
+                    "invalid_value", f"barge_in must be one of {BARGE_IN_POLICIES}, got {value!r}"
+                )
             opts[key] = value
         elif key == "vad":
             if not isinstance(value, dict):
@@ -110,7 +120,9 @@ def parse_options(raw: dict[str, Any]) -> dict[str, Any]:
             vad: dict[str, float] = {}
             for vkey, vval in value.items():
                 if vkey not in _VAD_FIELDS:
-                    raise ProtocolError("invalid_value", f"unknown vad option {vkey!r}; known: {sorted(_VAD_FIELDS)}")
+                    raise ProtocolError(
+                        "invalid_value", f"unknown vad option {vkey!r}; known: {sorted(_VAD_FIELDS)}"
+                    )
                 if vkey == "threshold":
                     vad[vkey] = float(_number("vad.threshold", vval, 0.0, 1.0))
                 else:
@@ -146,7 +158,9 @@ def decode_text(text: str | bytes) -> ClientEvent:
         raise ProtocolError("missing_field", "every event needs a string 'type'")
     if kind == "session.start":
         if "sample_rate" not in msg:
-            raise ProtocolError("missing_field", f"session.start needs sample_rate, one of {SUPPORTED_SAMPLE_RATES}")
+            raise ProtocolError(
+                "missing_field", f"session.start needs sample_rate, one of {SUPPORTED_SAMPLE_RATES}"
+            )
         rate = msg["sample_rate"]
         if isinstance(rate, bool) or not isinstance(rate, int | float) or rate not in SUPPORTED_SAMPLE_RATES:
             raise ProtocolError(
@@ -164,7 +178,8 @@ def decode_text(text: str | bytes) -> ClientEvent:
         return SessionEnd()
     raise ProtocolError(
         "unknown_event",
-        f"unknown event type {kind!r}; expected session.start, session.update, playback.position or session.end",
+        f"unknown event type {kind!r}; expected session.start, session.update, playback.position "
+        "or session.end",
     )
 
 
@@ -175,7 +190,9 @@ def check_audio(data: bytes, *, started: bool) -> None:
     if len(data) > MAX_MESSAGE_BYTES:
         raise ProtocolError("message_too_large", f"audio frames are limited to {MAX_MESSAGE_BYTES} bytes")
     if len(data) % 2:
-        raise ProtocolError("bad_audio", f"audio must be 16-bit PCM (an even number of bytes), got {len(data)} bytes")
+        raise ProtocolError(
+            "bad_audio", f"audio must be 16-bit PCM (an even number of bytes), got {len(data)} bytes"
+        )
 
 
 # -- server -> client events ------------------------------------------------------------------

@@ -87,7 +87,9 @@ class SessionOptions:
         return dataclasses.replace(self, **changes)
 
     def slot_options(self) -> SlotOptions:
-        return SlotOptions(seed=self.seed, temperature=self.temperature, text_temperature=self.text_temperature)
+        return SlotOptions(
+            seed=self.seed, temperature=self.temperature, text_temperature=self.text_temperature
+        )
 
     def vad_config(self, base: VadConfig) -> VadConfig:
         return dataclasses.replace(base, **self.vad) if self.vad else base
@@ -339,9 +341,14 @@ class InputBuffer:
       quiet (below -50 dBFS) loses that part.
     """
 
-    def __init__(self, frame_samples: int = FRAME_SAMPLES, max_backlog_frames: int = 3,
-                 quiet_level: float = 10 ** (-50 / 20), max_chunk_samples: int = SAMPLE_RATE_HZ,
-                 lead_samples: int = 0):
+    def __init__(
+        self,
+        frame_samples: int = FRAME_SAMPLES,
+        max_backlog_frames: int = 3,
+        quiet_level: float = 10 ** (-50 / 20),
+        max_chunk_samples: int = SAMPLE_RATE_HZ,
+        lead_samples: int = 0,
+    ):
         # A cushion kept queued while the user is silent, so input that arrives in bursts (a
         # resampler's blocks) does not run dry mid-utterance; 0 for smooth 24 kHz input.
         self.lead_samples = lead_samples
@@ -456,7 +463,7 @@ class UtteranceAudio:
         self._len += x.shape[0]
         limit = self.max_samples if self.active else 2 * self.keep_samples
         if self._len > limit:
-            pcm = np.concatenate(self._chunks)[-(self.max_samples if self.active else self.keep_samples):]
+            pcm = np.concatenate(self._chunks)[-(self.max_samples if self.active else self.keep_samples) :]
             self.base += self._len - pcm.shape[0]
             self._chunks, self._len = [pcm], pcm.shape[0]
 
@@ -514,7 +521,9 @@ class Session:
         clock: Callable[[], float] = time.monotonic,
     ):
         if sample_rate_hz not in SUPPORTED_SAMPLE_RATES:
-            raise ValueError(f"sample_rate {sample_rate_hz} is not supported; use one of {SUPPORTED_SAMPLE_RATES}")
+            raise ValueError(
+                f"sample_rate {sample_rate_hz} is not supported; use one of {SUPPORTED_SAMPLE_RATES}"
+            )
         self.session_id = session_id
         self.sample_rate_hz = sample_rate_hz
         self.emit = emit
@@ -535,8 +544,11 @@ class Session:
         same = sample_rate_hz == SAMPLE_RATE_HZ
         self._resample_in = None if same else StreamResampler(sample_rate_hz, SAMPLE_RATE_HZ)
         self._resample_out = None if same else StreamResampler(SAMPLE_RATE_HZ, sample_rate_hz)
-        self._input = InputBuffer(FRAME_SAMPLES, self.limits.max_backlog_frames,
-                                  lead_samples=0 if same else resampler_burst_samples(sample_rate_hz))
+        self._input = InputBuffer(
+            FRAME_SAMPLES,
+            self.limits.max_backlog_frames,
+            lead_samples=0 if same else resampler_burst_samples(sample_rate_hz),
+        )
         self._vad = StreamingVad(self.options.vad_config(self.base_vad), sample_rate_hz=SAMPLE_RATE_HZ)
         self.turns = TurnTaking(
             self.options.barge_in,
@@ -574,8 +586,13 @@ class Session:
                 options=self.options.as_dict(self.base_vad),
             )
         )
-        self._log({"event": "session.ready", "sample_rate": self.sample_rate_hz,
-                   "options": self.options.as_dict(self.base_vad)})
+        self._log(
+            {
+                "event": "session.ready",
+                "sample_rate": self.sample_rate_hz,
+                "options": self.options.as_dict(self.base_vad),
+            }
+        )
         if refused:
             self.emit(refused)
 
@@ -586,9 +603,11 @@ class Session:
             return None
         if self.captions is None:
             self.options = self.options.replace(captions=False)
-            return Error(code="invalid_value",
-                         message="captions are off on this server (start it with --captions auto); "
-                                 "the session goes on without them")
+            return Error(
+                code="invalid_value",
+                message="captions are off on this server (start it with --captions auto); "
+                "the session goes on without them",
+            )
         if self._utterance is None:
             self._utterance = UtteranceAudio()
         return None
@@ -734,11 +753,18 @@ class Session:
         if speaking and self._turn_end is not None:
             voiced_at, detected_at = self._turn_end
             self._turn_end = None
-            lat = TurnLatency((now - voiced_at) * 1000.0, (now - detected_at) * 1000.0,
-                              (detected_at - voiced_at) * 1000.0)
+            lat = TurnLatency(
+                (now - voiced_at) * 1000.0, (now - detected_at) * 1000.0, (detected_at - voiced_at) * 1000.0
+            )
             self.latencies.append(lat)
-            self._log({"event": "latency", "response_gap_ms": lat.response_gap_ms,
-                       "server_overhead_ms": lat.server_overhead_ms, "end_of_turn_ms": lat.end_of_turn_ms})
+            self._log(
+                {
+                    "event": "latency",
+                    "response_gap_ms": lat.response_gap_ms,
+                    "server_overhead_ms": lat.server_overhead_ms,
+                    "end_of_turn_ms": lat.end_of_turn_ms,
+                }
+            )
             if self.metrics:
                 self.metrics.observe("response_gap_ms", lat.response_gap_ms)
                 self.metrics.observe("server_overhead_ms", lat.server_overhead_ms)
@@ -795,8 +821,12 @@ class Session:
             if self._utterance is not None and self.captions is not None:
                 self._utterance.active = False
                 start, end = ev.audio_start_sample, ev.sample
-                self.captions(self._utterance.cut(start, end), start / _SAMPLES_PER_MS, at_ms,
-                              lambda text, s=start / _SAMPLES_PER_MS, e=at_ms: self._on_caption(text, s, e))
+                self.captions(
+                    self._utterance.cut(start, end),
+                    start / _SAMPLES_PER_MS,
+                    at_ms,
+                    lambda text, s=start / _SAMPLES_PER_MS, e=at_ms: self._on_caption(text, s, e),
+                )
             self._act(self.turns.user_speech_stopped())
 
     def _on_caption(self, text: str, start_ms: float, end_ms: float) -> None:
@@ -814,8 +844,15 @@ class Session:
                 at_ms = self.samples_in / _SAMPLES_PER_MS
                 self.emit(PlaybackClear(reason="barge_in"))
                 self.emit(BargeIn(at_ms=at_ms, cut_text=cut))
-                self._log({"event": "barge_in", "at_ms": at_ms, "played_ms": played, "cut_text": cut,
-                           "heard_text": "".join(t for at, t in self._turn_text if at + FRAME_MS <= played)})
+                self._log(
+                    {
+                        "event": "barge_in",
+                        "at_ms": at_ms,
+                        "played_ms": played,
+                        "cut_text": cut,
+                        "heard_text": "".join(t for at, t in self._turn_text if at + FRAME_MS <= played),
+                    }
+                )
                 if self.metrics:
                     self.metrics.inc("barge_ins")
             elif action == SILENCE_ON:
@@ -843,8 +880,14 @@ class Outbox:
     is any coroutine function taking one item.
     """
 
-    def __init__(self, send: Callable[[Any], Awaitable[None]], *, max_items: int = 64, max_lag_s: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        send: Callable[[Any], Awaitable[None]],
+        *,
+        max_items: int = 64,
+        max_lag_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self._send = send
         self.max_items = max_items
         self.max_lag_s = max_lag_s

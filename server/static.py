@@ -49,7 +49,11 @@ def resolve(root: Path, url_path: str) -> Path | None:
 
 
 def content_type(path: Path) -> str:
-    return CONTENT_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return (
+        CONTENT_TYPES.get(path.suffix.lower())
+        or mimetypes.guess_type(path.name)[0]
+        or "application/octet-stream"
+    )
 
 
 def load(root: Path, url_path: str) -> tuple[int, str, bytes]:

@@ -56,8 +56,9 @@ class ServerAddress(tuple):
 
 
 @contextlib.contextmanager
-def start_server(*args: str, env: dict[str, str] | None = None, startup_timeout_s: float = 30.0,
-                 backend: str = "scripted") -> Iterator[ServerAddress]:
+def start_server(
+    *args: str, env: dict[str, str] | None = None, startup_timeout_s: float = 30.0, backend: str = "scripted"
+) -> Iterator[ServerAddress]:
     """Run `assistant serve --host 127.0.0.1 --port 0 --backend BACKEND *args` until the block ends.
 
     `args` may override --backend; captions are off unless `--captions` is given. On exit the
@@ -70,8 +71,9 @@ def start_server(*args: str, env: dict[str, str] | None = None, startup_timeout_
         cmd += ["--captions", "off"]  # loading a caption model costs seconds of CPU per server
     cmd += list(args)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
     output: list[str] = []
     found = threading.Event()
     address: list[tuple[str, int]] = []
@@ -112,11 +114,11 @@ def start_server(*args: str, env: dict[str, str] | None = None, startup_timeout_
 class NativeClient:
     """Records everything a /ws connection receives, with arrival times (time.monotonic()).
 
-        async with connect(addr.ws_url) as ws:
-            client = NativeClient(ws)
-            await client.start(24000, barge_in="vad")
-            await client.stream(pcm16)          # paced in real time
-            client.of("playback.clear")         # [(t, event), ...]
+    async with connect(addr.ws_url) as ws:
+        client = NativeClient(ws)
+        await client.start(24000, barge_in="vad")
+        await client.stream(pcm16)          # paced in real time
+        client.of("playback.clear")         # [(t, event), ...]
     """
 
     def __init__(self, ws):
@@ -160,7 +162,9 @@ class NativeClient:
             await asyncio.sleep(0.005)
         return self.of("session.ready")[0][1]
 
-    async def stream(self, pcm16, sample_rate: int = 24000, chunk_ms: int = 20, t0: float | None = None) -> None:
+    async def stream(
+        self, pcm16, sample_rate: int = 24000, chunk_ms: int = 20, t0: float | None = None
+    ) -> None:
         """Send int16 samples in chunk_ms pieces, each when its last sample is due by the wall clock."""
         import asyncio
 
@@ -192,7 +196,9 @@ class NativeClient:
         deadline = time.monotonic() + timeout
         while not self.of(kind):
             if self.closed or time.monotonic() > deadline:
-                raise AssertionError(f"no {kind} event within {timeout} s; got {[e['type'] for _, e in self.events]}")
+                raise AssertionError(
+                    f"no {kind} event within {timeout} s; got {[e['type'] for _, e in self.events]}"
+                )
             await asyncio.sleep(0.01)
         return self.of(kind)[0]
 
@@ -209,7 +215,9 @@ class NativeClient:
         return [t for t, b in self.audio if np.abs(np.frombuffer(b, "<i2")).max(initial=0) > threshold]
 
 
-def http_get(address: ServerAddress, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict, bytes]:
+def http_get(
+    address: ServerAddress, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict, bytes]:
     """A plain GET with the path sent exactly as given (no normalisation)."""
     import http.client
 

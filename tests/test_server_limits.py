@@ -132,7 +132,9 @@ async def test_bad_clients_get_errors_while_a_good_session_streams_without_gaps(
 
 
 async def test_idle_and_overlong_sessions_end_cleanly():
-    with start_server("--backend", "silence", "--idle-timeout", "1", "--max-session-seconds", "2.5") as address:
+    with start_server(
+        "--backend", "silence", "--idle-timeout", "1", "--max-session-seconds", "2.5"
+    ) as address:
         async with connect(address.ws_url) as idle_ws, connect(address.ws_url) as busy_ws:
             idle, busy = NativeClient(idle_ws), NativeClient(busy_ws)
             await idle.start()

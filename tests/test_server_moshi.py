@@ -21,7 +21,9 @@ def kyutai_dir(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("serve_moshi")
     kwargs = tiny_kyutai_kwargs()
-    return write_kyutai_checkpoint(root / "kyutai", random_moshi(kwargs, seed=3), kwargs, train_tiny_spm(root / "spm"))
+    return write_kyutai_checkpoint(
+        root / "kyutai", random_moshi(kwargs, seed=3), kwargs, train_tiny_spm(root / "spm")
+    )
 
 
 async def converse(url: str, seed: int) -> NativeClient:
@@ -38,8 +40,17 @@ async def converse(url: str, seed: int) -> NativeClient:
 
 @pytest.mark.slow
 async def test_two_moshi_sessions_share_the_batch(kyutai_dir):
-    with start_server("--backend", "moshi", "--model", str(kyutai_dir), "--device", "cpu", "--max-sessions", "2",
-                      env={"OMP_NUM_THREADS": "1"}) as address:
+    with start_server(
+        "--backend",
+        "moshi",
+        "--model",
+        str(kyutai_dir),
+        "--device",
+        "cpu",
+        "--max-sessions",
+        "2",
+        env={"OMP_NUM_THREADS": "1"},
+    ) as address:
         info = json.loads(http_get(address, "/healthz")[2])
         assert info["backend"] == "moshi" and info["max_sessions"] == 2
         a, b = await asyncio.gather(converse(address.ws_url, 1), converse(address.ws_url, 2))
@@ -52,7 +63,14 @@ async def test_two_moshi_sessions_share_the_batch(kyutai_dir):
         assert max(np.abs(f).max() for f in frames) > 0  # the random model makes sound
         assert client.of("session.ended")[0][1]["reason"] == "client_ended"
     # One batched step per tick served both sessions.
-    steps = float(next(line.split()[1] for line in metrics.splitlines() if line.startswith("assistant_step_ms_count")))
-    session_frames = float(next(line.split()[1] for line in metrics.splitlines()
-                                if line.startswith("assistant_session_frames_total")))
+    steps = float(
+        next(line.split()[1] for line in metrics.splitlines() if line.startswith("assistant_step_ms_count"))
+    )
+    session_frames = float(
+        next(
+            line.split()[1]
+            for line in metrics.splitlines()
+            if line.startswith("assistant_session_frames_total")
+        )
+    )
     assert session_frames > 1.5 * steps

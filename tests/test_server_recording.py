@@ -66,10 +66,19 @@ async def test_recording_is_valid_while_running_and_complete_after_shutdown(tmp_
     reply_start, _ = voiced_ranges(assistant)
     assert 0.45 <= (reply_start - q_end) / rate <= 0.8
 
-    events = [json.loads(line) for line in (tmp_path / f"{ready['session_id']}.jsonl").read_text().splitlines()]
+    events = [
+        json.loads(line) for line in (tmp_path / f"{ready['session_id']}.jsonl").read_text().splitlines()
+    ]
     kinds = [e["event"] for e in events]
-    for kind in ("session.ready", "input.speech_started", "input.speech_stopped", "assistant.text",
-                 "latency", "barge_in", "session.ended"):
+    for kind in (
+        "session.ready",
+        "input.speech_started",
+        "input.speech_stopped",
+        "assistant.text",
+        "latency",
+        "barge_in",
+        "session.ended",
+    ):
         assert kind in kinds
     i_barge = kinds.index("barge_in")
     barge = events[i_barge]

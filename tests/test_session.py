@@ -185,7 +185,9 @@ class Harness:
         self.now = 0.0
         self.events: list = []
         self.slot = FakeSlot()
-        self.session = Session("s1", rate, self.events.append, slot=self.slot, clock=lambda: self.now, **kwargs)
+        self.session = Session(
+            "s1", rate, self.events.append, slot=self.slot, clock=lambda: self.now, **kwargs
+        )
         self.session.start()
         self.rate = rate
         self.reply: list[tuple[bool, str]] = []  # what the "engine" says in coming frames
@@ -258,7 +260,7 @@ def test_barge_in_clears_playback_and_reports_what_was_not_heard(policy):
     h.run(silence(0.8))  # 10 frames: all the words are sent
     h.session.set_played_ms(3 * 80 + 10)  # the listener has heard "Once upon a" and a bit of "time"
     onset_ms = h.session.samples_in / 24 + np.flatnonzero(np.abs(interrupt) > 0.02)[0] / 24
-    h.run(interrupt[: 24000])
+    h.run(interrupt[:24000])
     clears = h.of(PlaybackClear)
     assert len(clears) == 1 and clears[0].reason == "barge_in"
     barge = h.of(BargeIn)[0]
