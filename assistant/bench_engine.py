@@ -1,9 +1,15 @@
 """`assistant bench engine`: milliseconds per engine step, split into codec encode, temporal
-transformer, depth transformer and codec decode, at several batch sizes.
+transformer, depth transformer (with sampling) and codec decode, at several batch sizes.
 
 Models: `tiny` (a small random Moshi + small random Mimi, for CPU), `7b-random` (the real 7B
 architecture and the real Mimi with random weights; bf16 on GPU), or a checkpoint PATH / repo id.
-Prints figures; never fails on speed.
+The model is loaded once; each batch size gets its own engine (its own KV cache) with every slot
+open, stepped on noise. `--compile` captures the LM step as CUDA graphs (the batch's bucket only),
+`--quantize int8` uses int8 weights. Prints per-part median / p99 ms, tokens/s, peak GPU memory, and
+the largest batch that stays real time (p99 step < 80 ms; with margin < 64 ms). Never fails on speed.
+
+On an H100: `assistant bench engine --model 7b-random --device cuda --batch 1,8,16,32,64 --compile`
+(a 7B slot's KV cache is ~1.6 GB at the full 3000-frame context: pass `--context 1500` for 64 rows).
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ import torch
 from assistant.engine import FRAME_MS, FRAME_SAMPLES, SlotOptions
 
 PARTS = ("codec_encode_ms", "temporal_ms", "depth_ms", "codec_decode_ms", "total_ms")
+TOKENS_PER_FRAME = 9  # a text token and 8 audio codes per slot per step
+REALTIME_P99_MS = FRAME_MS
+MARGIN_P99_MS = 0.8 * FRAME_MS
 TINY_KWARGS = {"dim": 256, "num_heads": 4, "num_layers": 4, "text_card": 2000, "card": 2048, "context": 3000,
                "depformer_dim": 128, "depformer_num_heads": 4, "depformer_num_layers": 2}
 
@@ -29,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=50, help="timed steps per batch size (default 50)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="CUDA-graph the LM step (default: env ASSISTANT_COMPILE, else on for CUDA)")
+    parser.add_argument("--quantize", choices=("none", "int8"), default=None,
+                        help="int8 weight-only temporal/depth linears (default: env ASSISTANT_QUANTIZE, else none)")
+    parser.add_argument("--context", type=int, default=None,
+                        help="KV cache frames per slot (default: the model's, 3000 for 7B)")
 
 
 def _random_codebooks(mimi) -> None:
@@ -42,8 +57,8 @@ def _random_codebooks(mimi) -> None:
                 module._embed = None
 
 
-def _random_parts(which: str, device: torch.device, dtype: torch.dtype):
-    """(LoadedMoshi, MimiModel) with random weights for `tiny` or `7b-random`."""
+def random_loaded(which: str, device: torch.device, dtype: torch.dtype):
+    """A LoadedMoshi with random weights (its `mimi` a MimiModel with random codebooks), `tiny` or `7b-random`."""
     from transformers import MimiConfig, MimiModel
 
     from assistant.moshi.loading import (
@@ -69,23 +84,27 @@ def _random_parts(which: str, device: torch.device, dtype: torch.dtype):
     mimi = MimiModel(mimi_config).eval()
     _random_codebooks(mimi)
     tokenizer = TextTokenizer(pieces=[f"\u2581w{i}" for i in range(config.vocab_size)], silent_ids=frozenset({0, 3}))
-    return LoadedMoshi(model=model, tokenizer=tokenizer, mimi=mimi, layout="random", source=which), mimi
+    return LoadedMoshi(model=model, tokenizer=tokenizer, mimi=mimi, layout="random", source=which)
 
 
-def build(model: str, batch_size: int, device, dtype):
-    from assistant.backends.moshi import MoshiEngine
-    from assistant.moshi.loading import resolve_device, resolve_dtype
-    from audio.codec import StreamingMimi
+def load(model: str, device, dtype):
+    """The LoadedMoshi for a --model value: random weights for tiny / 7b-random, else the checkpoint."""
+    from assistant.backends.moshi import RANDOM_MODELS
+    from assistant.moshi.loading import load_moshi, resolve_device, resolve_dtype
 
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    if model in ("tiny", "7b-random"):
-        loaded, mimi = _random_parts(model, device, dtype)
-        codec = StreamingMimi.from_model(mimi, batch_size=batch_size, device=device)
-        return MoshiEngine(loaded, codec, batch_size, profile=True)
-    engine = MoshiEngine.from_pretrained(model, batch_size=batch_size, device=device, dtype=dtype)
-    engine.profile = True
-    return engine
+    if model in RANDOM_MODELS:
+        return random_loaded(model, device, dtype)
+    return load_moshi(model, device=device, dtype=dtype)
+
+
+def build(model, batch_size: int, device=None, dtype=None, **options):
+    """A profiling MoshiEngine of `batch_size` slots; `model` a --model value or an already LoadedMoshi."""
+    from assistant.backends.moshi import MoshiEngine
+
+    loaded = load(model, device, dtype) if isinstance(model, str) else model
+    return MoshiEngine.from_loaded(loaded, batch_size=batch_size, profile=True, **options)
 
 
 def bench(engine, frames: int, warmup: int) -> dict[str, np.ndarray]:
@@ -105,31 +124,84 @@ def bench(engine, frames: int, warmup: int) -> dict[str, np.ndarray]:
     return {p: np.asarray(v) for p, v in times.items()}
 
 
+def _batches(text: str) -> list[int] | None:
+    try:
+        batches = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        return None
+    return batches if batches and min(batches) >= 1 else None
+
+
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    batches = _batches(args.batch)
+    if batches is None:
+        print(f"bench engine: --batch must be comma-separated integers >= 1, got {args.batch!r}")
+        return 2
+    if args.frames < 1 or args.warmup < 0 or (args.context is not None and args.context < 1):
+        print("bench engine: --frames and --context must be >= 1, --warmup >= 0")
+        return 2
+    from assistant.backends.moshi import _quantize_option
+    from assistant.moshi.graphs import compile_mode
+    from assistant.moshi.quantize import quantize_moshi, weight_bytes
+
     try:
-        batches = [int(b) for b in args.batch.split(",") if b.strip()]
-    except ValueError:
-        print(f"bench engine: --batch must be comma-separated integers, got {args.batch!r}")
+        quantize = _quantize_option(args.quantize)
+        loaded = load(args.model, args.device, args.dtype)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"bench engine: {exc}")
         return 2
-    if not batches or min(batches) < 1 or args.frames < 1:
-        print("bench engine: batch sizes and --frames must be >= 1")
-        return 2
-    print(f"model={args.model} device={args.device or 'auto'} frames={args.frames} warmup={args.warmup} "
-          f"torch_threads={torch.get_num_threads()}")
-    header = f"{'batch':>5} | " + " | ".join(f"{p.removesuffix('_ms'):>18}" for p in PARTS) + " | rt x"
-    print("ms per step, median / p99")
+    param = next(loaded.model.parameters())
+    device, cuda = param.device, param.device.type == "cuda"
+    if quantize:
+        quantize_moshi(loaded.model, quantize)
+    options = {"compile": args.compile, "quantize": quantize, "context": args.context, "warm_up": False}
+    print(f"model={args.model} device={device} dtype={str(param.dtype).removeprefix('torch.')} "
+          f"step={compile_mode(args.compile, device)} quantize={quantize or 'none'} frames={args.frames} "
+          f"warmup={args.warmup} torch_threads={torch.get_num_threads()}")
+    print(f"weights {weight_bytes(loaded.model) / 1e9:.2f} GB, KV cache {_kv_gb(loaded, args.context):.3f} GB per slot")
+    print("ms per step, median / p99 (temporal: temporal transformer; depth: sampling + depth transformer "
+          "+ token bookkeeping)")
+    header = (f"{'batch':>5} | " + " | ".join(f"{p.removesuffix('_ms'):>17}" for p in PARTS)
+              + f" | {'rt x':>5} | {'tokens/s':>8} | {'GPU GB':>6}")
     print(header)
     print("-" * len(header))
+    fits: list[tuple[int, float]] = []
     for batch in batches:
-        engine = build(args.model, batch, args.device, args.dtype)
-        times = bench(engine, args.frames, args.warmup)
-        cells = [f"{np.median(times[p]):8.2f} / {np.percentile(times[p], 99):7.2f}" for p in PARTS]
-        realtime = FRAME_MS / float(np.median(times["total_ms"]))
-        print(f"{batch:>5} | " + " | ".join(cells) + f" | {realtime:5.1f}", flush=True)
-        del engine
-        if torch.cuda.is_available():
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        engine = None
+        try:
+            engine = build(loaded, batch, **options)
+            engine.warm_up(buckets=[batch])
+            times = bench(engine, args.frames, args.warmup)
+        except torch.OutOfMemoryError:
+            del engine
             torch.cuda.empty_cache()
-    print("rt x: how many times faster than real time one step is (80 ms of audio per step, all slots)")
+            print(f"{batch:>5} | out of GPU memory (KV cache {_kv_gb(loaded, args.context):.2f} GB per slot; "
+                  f"try --context or --quantize int8)", flush=True)
+            continue
+        cells = [f"{np.median(times[p]):7.2f} / {np.percentile(times[p], 99):7.2f}" for p in PARTS]
+        median_s = float(np.median(times["total_ms"])) / 1000
+        realtime = FRAME_MS / 1000 / median_s
+        tokens_s = batch * TOKENS_PER_FRAME / median_s
+        memory = f"{torch.cuda.max_memory_allocated(device) / 1e9:6.1f}" if cuda else f"{'-':>6}"
+        print(f"{batch:>5} | " + " | ".join(cells) + f" | {realtime:5.1f} | {tokens_s:8.0f} | {memory}", flush=True)
+        fits.append((batch, float(np.percentile(times["total_ms"], 99))))
+        engine = None
+        if cuda:
+            torch.cuda.empty_cache()
+    print("rt x: how many times faster than real time one step is (80 ms of audio per step, all slots); "
+          f"tokens/s: {TOKENS_PER_FRAME} tokens per slot per step")
+    for limit, label in ((REALTIME_P99_MS, "real time"), (MARGIN_P99_MS, "real time with 20% margin")):
+        ok = [b for b, p99 in fits if p99 < limit]
+        print(f"largest batch in {label} (p99 step < {limit:.0f} ms): {max(ok) if ok else 'none'}")
     return 0
+
+
+def _kv_gb(loaded, context: int | None) -> float:
+    config = loaded.model.config
+    frames = context or config.sliding_window or config.max_position_embeddings
+    dtype_bytes = next(loaded.model.parameters()).element_size()
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * frames * dtype_bytes / 1e9

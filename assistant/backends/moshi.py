@@ -90,18 +90,25 @@ class MoshiEngine(Engine):
     def from_pretrained(cls, model: str | None, *, batch_size: int = 1, device=None, dtype=None,
                         **options) -> MoshiEngine:
         """Load `model` (HF repo id or local dir, Kyutai or HF layout) with its Mimi; options as __init__."""
-        from audio.codec import StreamingMimi
-
         if not model:
             raise ValueError("the moshi backend needs --model (a Hugging Face repo id or a checkpoint dir)")
         if model in RANDOM_MODELS:
             return cls.random(model, batch_size=batch_size, device=device, dtype=dtype, **options)
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
-        loaded = load_moshi(model, device=device, dtype=dtype)
+        return cls.from_loaded(load_moshi(model, device=device, dtype=dtype), batch_size=batch_size, **options)
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedMoshi, *, batch_size: int = 1, **options) -> MoshiEngine:
+        """An engine of `batch_size` slots over an already loaded model (several engines may share one)."""
+        from transformers import MimiModel
+
+        from audio.codec import StreamingMimi
+
+        device = next(loaded.model.parameters()).device
         num_codebooks = loaded.model.config.num_codebooks
         # Mimi stays in float32: it is small, and low precision there is heard directly.
-        if loaded.layout == "hf":
+        if isinstance(loaded.mimi, MimiModel):
             codec = StreamingMimi.from_model(loaded.mimi, batch_size=batch_size, device=device,
                                              num_codebooks=num_codebooks)
         else:
@@ -112,9 +119,11 @@ class MoshiEngine(Engine):
     @classmethod
     def random(cls, which: str, *, batch_size: int = 1, device=None, dtype=None, **options) -> MoshiEngine:
         """`tiny` or `7b-random`: the architecture with random weights (benchmarks, no download)."""
-        from assistant.bench_engine import build
+        from assistant.bench_engine import random_loaded
 
-        return build(which, batch_size, device, dtype, **options)
+        device = resolve_device(device)
+        loaded = random_loaded(which, device, resolve_dtype(dtype, device))
+        return cls.from_loaded(loaded, batch_size=batch_size, **options)
 
     @staticmethod
     def suggested_batch_size(device=None) -> int:
@@ -191,10 +200,11 @@ class MoshiEngine(Engine):
             self._generators[slot].manual_seed(int(seed))
 
     # -- the step --------------------------------------------------------------------------------
-    def warm_up(self) -> None:
+    def warm_up(self, buckets: list[int] | None = None) -> None:
         """Capture the LM step of every batch bucket (default sampling widths) before sessions arrive.
 
-        Nothing to do when the step runs eagerly. Resets every LM row, so it refuses while slots are open.
+        buckets: only these (default all). Nothing to do when the step runs eagerly. Resets every LM
+        row, so it refuses while slots are open.
         """
         if self.runner.mode == "eager":
             return
@@ -203,7 +213,7 @@ class MoshiEngine(Engine):
         from rich.progress import Progress
 
         widths = (topk_width(self.defaults.text_top_k, self.lm.text_card), topk_width(self.defaults.top_k, self.lm.card))
-        keys = [(bucket, *widths) for bucket in self.runner.buckets]
+        keys = [(bucket, *widths) for bucket in (buckets or self.runner.buckets)]
         with Progress(transient=True) as progress:
             task = progress.add_task(f"{self.runner.mode}: warming up {len(keys)} batch buckets", total=len(keys))
 
@@ -235,14 +245,12 @@ class MoshiEngine(Engine):
         dev = self.lm.device
         silenced = torch.zeros(bucket, dtype=torch.bool)
         silenced[:n] = torch.from_numpy(self.silenced[slots])
-        profile = self.profile and self.runner.mode == "eager"
         out = self.runner(bucket, codes[:bucket].to(dev), self._sampling_tensors(bucket), silenced.to(dev),
-                          self._force_text[:bucket], self._force_audio[:bucket], profile=profile)
+                          self._force_text[:bucket], self._force_audio[:bucket], profile=self.profile)
         # one device -> host copy: text, 8 audio codes, ready, per live row
         frame = torch.cat([out.text[:n, None], out.audio[:n], out.ready[:n, None].long()], dim=1).cpu()
         timings["lm_ms"] = (time.perf_counter() - t1) * 1000
-        if profile:
-            timings.update(out.timings_ms)
+        timings.update(out.timings_ms)
 
         t2 = time.perf_counter()
         ready = torch.zeros(B, dtype=torch.bool)

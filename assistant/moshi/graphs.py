@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import fields
 
@@ -80,39 +81,58 @@ def compile_mode(compile: bool | None, device: torch.device) -> str:
     return "torch-compile"
 
 
-def _lm_step(lm: MoshiStreamingLM, user_codes, sampling: Sampling, force_mask, force_text, force_audio,
-             profile: bool = False) -> LMStep:
-    return lm.step(user_codes, sampling, force_mask=force_mask, force_text=force_text, force_audio=force_audio,
-                   profile=profile)
+def _temporal(lm: MoshiStreamingLM, user_codes: torch.Tensor):
+    return lm.step_temporal(user_codes)
+
+
+def _depth(lm: MoshiStreamingLM, hidden, text_logits, inputs, sampling: Sampling, force_mask, force_text,
+           force_audio) -> LMStep:
+    return lm.step_depth(hidden, text_logits, inputs, sampling, force_mask, force_text, force_audio)
+
+
+def _timed(part: Callable, name: str, timings: dict[str, float] | None, device: torch.device):
+    """Run part(); with `timings`, wait for the device and record its milliseconds under `name`."""
+    if timings is None:
+        return part()
+    t0 = time.perf_counter()
+    out = part()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    timings[name] = (time.perf_counter() - t0) * 1000
+    return out
 
 
 class _Graph:
-    """One captured step: static input buffers, the graph, and its static outputs."""
+    """One bucket's step as two CUDA graphs (temporal; sampling + depth), fed from static input buffers.
 
-    def __init__(self, step: Callable, lm: MoshiStreamingLM, bucket: int, text_kmax: int, audio_kmax: int):
+    Two graphs rather than one so that profiling can time the parts; the second reads the first's
+    static outputs directly, so replaying both costs no copy.
+    """
+
+    def __init__(self, temporal: Callable, depth: Callable, lm: MoshiStreamingLM, bucket: int, text_kmax: int,
+                 audio_kmax: int):
         dev, K = lm.device, lm.num_codebooks
+        self.device = dev
         self.codes = torch.zeros(bucket, K, dtype=torch.long, device=dev)
-        self.sampling = Sampling(
-            text_temperature=torch.zeros(bucket, device=dev), text_top_k=torch.ones(bucket, dtype=torch.long,
-                                                                                       device=dev),
-            audio_temperature=torch.zeros(bucket, device=dev), audio_top_k=torch.ones(bucket, dtype=torch.long,
-                                                                                         device=dev),
-            uniform=torch.zeros(bucket, 1 + K, device=dev), text_kmax=text_kmax, audio_kmax=audio_kmax)
+        self.sampling = neutral_sampling(bucket, K, dev, text_kmax, audio_kmax)
         self.force_mask = torch.zeros(bucket, dtype=torch.bool, device=dev)
         self.force_text = torch.zeros(bucket, dtype=torch.long, device=dev)
         self.force_audio = torch.zeros(bucket, K, dtype=torch.long, device=dev)
-        args = (lm, self.codes, self.sampling, self.force_mask, self.force_text, self.force_audio)
+        forced = (self.force_mask, self.force_text, self.force_audio)
         side = torch.cuda.Stream(dev)
         side.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(side):
             for _ in range(_GRAPH_WARMUP_RUNS):
-                step(*args)
+                depth(lm, *temporal(lm, self.codes), self.sampling, *forced)
         torch.cuda.current_stream(dev).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = step(*args)
+        self.temporal_graph, self.depth_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.temporal_graph):
+            middle = temporal(lm, self.codes)
+        with torch.cuda.graph(self.depth_graph, pool=self.temporal_graph.pool()):
+            self.out = depth(lm, *middle, self.sampling, *forced)
 
-    def __call__(self, codes, sampling: Sampling, force_mask, force_text, force_audio) -> LMStep:
+    def __call__(self, codes, sampling: Sampling, force_mask, force_text, force_audio,
+                 timings: dict[str, float] | None) -> LMStep:
         self.codes.copy_(codes, non_blocking=True)
         for f in fields(Sampling):
             value = getattr(sampling, f.name)
@@ -121,7 +141,8 @@ class _Graph:
         self.force_mask.copy_(force_mask, non_blocking=True)
         self.force_text.copy_(force_text, non_blocking=True)
         self.force_audio.copy_(force_audio, non_blocking=True)
-        self.graph.replay()
+        _timed(self.temporal_graph.replay, "temporal_ms", timings, self.device)
+        _timed(self.depth_graph.replay, "depth_ms", timings, self.device)
         return self.out
 
 
@@ -137,12 +158,14 @@ class LMStepRunner:
         self.mode = mode
         self.buckets = buckets_for(lm.batch_size)
         self._views = {b: lm.first_rows(b) for b in self.buckets}
-        self._step: Callable = _lm_step
+        self._temporal: Callable = _temporal
+        self._depth: Callable = _depth
         if mode == "torch-compile":
             backend = os.environ.get("ASSISTANT_COMPILE_BACKEND", "").strip() or "inductor"
             # one compiled graph per bucket and top-k width: lift dynamo's default limit of 8
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-            self._step = torch.compile(_lm_step, fullgraph=True, dynamic=False, backend=backend)
+            self._temporal = torch.compile(_temporal, fullgraph=True, dynamic=False, backend=backend)
+            self._depth = torch.compile(_depth, fullgraph=True, dynamic=False, backend=backend)
         self._graphs: dict[tuple[int, int, int], _Graph] = {}
         self.eager_fallbacks = 0  # ticks that ran eagerly for want of a captured graph
 
@@ -158,46 +181,59 @@ class LMStepRunner:
         """
         with torch.no_grad():
             for bucket, text_kmax, audio_kmax in keys:
-                if progress is not None:
-                    progress(f"bucket {bucket}")
                 if self.captures:
                     self._graphs[(bucket, text_kmax, audio_kmax)] = _Graph(
-                        self._step, self._views[bucket], bucket, text_kmax, audio_kmax)
+                        self._temporal, self._depth, self._views[bucket], bucket, text_kmax, audio_kmax)
                 elif self.mode == "torch-compile":
-                    _run_once(self, bucket, text_kmax, audio_kmax)
+                    view, K, dev = self._views[bucket], self.lm.num_codebooks, self.lm.device
+                    zeros = torch.zeros(bucket, dtype=torch.long, device=dev)
+                    self._depth(view, *self._temporal(view, torch.zeros(bucket, K, dtype=torch.long, device=dev)),
+                                neutral_sampling(bucket, K, dev, text_kmax, audio_kmax), zeros.bool(), zeros,
+                                torch.zeros(bucket, K, dtype=torch.long, device=dev))
+                if progress is not None:
+                    progress(f"bucket {bucket}")
         self.lm.reset(torch.arange(self.lm.batch_size, device=self.lm.device))
 
+    @torch.no_grad()
     def __call__(self, bucket: int, user_codes: torch.Tensor, sampling: Sampling, force_mask: torch.Tensor,
                  force_text: torch.Tensor, force_audio: torch.Tensor, *, profile: bool = False) -> LMStep:
         """One step of rows [0, bucket); every tensor argument has `bucket` rows and lives on the LM's device.
 
-        profile: per-part timings (temporal, depth) in eager mode; a graph is one part. With graphs the
-        returned tensors are the graph's static outputs, overwritten by the next replay: read them first.
+        profile: time the parts (temporal; sampling + depth) in `timings_ms`, waiting for the device
+        after each. With graphs the returned tensors are the graph's static outputs, overwritten by
+        the next replay: read them before the next call.
         """
+        timings: dict[str, float] | None = {} if profile else None
         view = self._views[bucket]
-        args = (user_codes, sampling, force_mask, force_text, force_audio)
+        if user_codes.is_inference():  # codec output; a compiled step would recompile for the dispatch keys
+            user_codes = user_codes.clone()
         if self.captures:
             graph = self._graphs.get((bucket, sampling.text_kmax, sampling.audio_kmax))
             if graph is not None:
-                return graph(*args)
+                out = graph(user_codes, sampling, force_mask, force_text, force_audio, timings)
+                out.timings_ms = timings or {}
+                return out
+            if not self.eager_fallbacks:
+                log.warning("no CUDA graph for bucket %d with top-k widths %d/%d: stepping eagerly", bucket,
+                            sampling.text_kmax, sampling.audio_kmax)
             self.eager_fallbacks += 1
-            return _lm_step(view, *args)
-        if self.mode == "eager":
-            return _lm_step(view, *args, profile=profile)
-        return self._step(view, *args)
+            temporal, depth = _temporal, _depth
+        else:
+            temporal, depth = self._temporal, self._depth
+        middle = _timed(lambda: temporal(view, user_codes), "temporal_ms", timings, self.lm.device)
+        out = _timed(lambda: depth(view, *middle, sampling, force_mask, force_text, force_audio), "depth_ms",
+                     timings, self.lm.device)
+        out.timings_ms = timings or {}
+        return out
 
 
-def _run_once(runner: LMStepRunner, bucket: int, text_kmax: int, audio_kmax: int) -> None:
-    """One step on rows [0, bucket) with neutral inputs (compiles it for that key)."""
-    dev, K = runner.lm.device, runner.lm.num_codebooks
-    sampling = Sampling(
-        text_temperature=torch.ones(bucket, device=dev), text_top_k=torch.ones(bucket, dtype=torch.long, device=dev),
-        audio_temperature=torch.ones(bucket, device=dev), audio_top_k=torch.ones(bucket, dtype=torch.long,
-                                                                                   device=dev),
-        uniform=torch.zeros(bucket, 1 + K, device=dev), text_kmax=text_kmax, audio_kmax=audio_kmax)
-    zeros = torch.zeros(bucket, dtype=torch.long, device=dev)
-    runner._step(runner._views[bucket], torch.zeros(bucket, K, dtype=torch.long, device=dev), sampling,
-                 zeros.bool(), zeros, torch.zeros(bucket, K, dtype=torch.long, device=dev))
+def neutral_sampling(bucket: int, num_codebooks: int, device, text_kmax: int, audio_kmax: int) -> Sampling:
+    """Greedy settings for `bucket` rows (what warm-up runs and static buffers start from)."""
+    ones = torch.ones(bucket, dtype=torch.long, device=device)
+    return Sampling(text_temperature=torch.zeros(bucket, device=device), text_top_k=ones,
+                    audio_temperature=torch.zeros(bucket, device=device), audio_top_k=ones.clone(),
+                    uniform=torch.zeros(bucket, 1 + num_codebooks, device=device), text_kmax=text_kmax,
+                    audio_kmax=audio_kmax)
 
 
 # -- row compaction of the codec -------------------------------------------------------------------

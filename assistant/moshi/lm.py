@@ -206,9 +206,26 @@ class MoshiStreamingLM:
         force_mask: bool (B,); where True, the sampled text / audio tokens are replaced by
         force_text (B,) / force_audio (B, K) (silence forcing, teacher forcing in tests).
         """
-        K, dev = self.num_codebooks, self.device
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
+        hidden, text_logits, inputs = self.step_temporal(user_codes)
+        if profile:
+            _sync(self.device)
+            timings["temporal_ms"] = (time.perf_counter() - t0) * 1000
+        t1 = time.perf_counter()
+        out = self.step_depth(hidden, text_logits, inputs, sampling, force_mask, force_text, force_audio)
+        if profile:
+            _sync(self.device)
+            timings["depth_ms"] = (time.perf_counter() - t1) * 1000
+        out.timings_ms = timings
+        return out
+
+    def step_temporal(self, user_codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """First half of `step`: take in the user's codes, run the temporal transformer one position.
+
+        Returns the normed hidden state (B, 1, D), text logits (B, V) and the 17 input tokens (B, 17).
+        """
+        K, dev = self.num_codebooks, self.device
         user_codes = user_codes.to(dev, torch.long)
         # The user's frame s is written at step s, each codebook at its delay.
         user_delays = self._delays_t[1 + K:]
@@ -218,22 +235,20 @@ class MoshiStreamingLM:
         current = self.tokens[self._rows, :, position]  # (B, 17)
         is_init = self.offsets[:, None] <= self._delays_t[None, :]
         inputs = torch.where(is_init, self._initial[None, :], current)
-
         hidden, text_logits = self._temporal(inputs)
-        if profile:
-            _sync(dev)
-            timings["temporal_ms"] = (time.perf_counter() - t0) * 1000
-        t1 = time.perf_counter()
+        return hidden, text_logits, inputs
 
+    def step_depth(self, hidden: torch.Tensor, text_logits: torch.Tensor, inputs: torch.Tensor,
+                   sampling: Sampling, force_mask: torch.Tensor | None = None, force_text: torch.Tensor | None = None,
+                   force_audio: torch.Tensor | None = None) -> LMStep:
+        """Second half of `step`: sample text, run the depth transformer, advance, un-delay the frame."""
+        K, dev = self.num_codebooks, self.device
         text_kmax = sampling.text_kmax or int(sampling.text_top_k.max())
         text = sample_tokens(text_logits, sampling.text_temperature, sampling.text_top_k, text_kmax,
                              sampling.uniform[:, 0])
         if force_mask is not None:
             text = torch.where(force_mask, force_text.to(dev), text)
         audio = self._depth(hidden, text, sampling, force_mask, force_audio)
-        if profile:
-            _sync(dev)
-            timings["depth_ms"] = (time.perf_counter() - t1) * 1000
 
         self.offsets += 1
         position = self.offsets % self._ring_len
@@ -244,7 +259,7 @@ class MoshiStreamingLM:
         frame = self.tokens[self._rows[:, None], torch.arange(1 + K, device=dev)[None, :], read]
         ready = self.offsets > self.max_delay
         return LMStep(text=frame[:, 0], audio=frame[:, 1:], ready=ready, text_logits=text_logits,
-                      sampled_text=text, sampled_audio=audio, inputs=inputs, timings_ms=timings)
+                      sampled_text=text, sampled_audio=audio, inputs=inputs, timings_ms={})
 
     def _temporal(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One position of the temporal transformer. Returns normed hidden (B, 1, D), text logits (B, V)."""
