@@ -38,7 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per count (default 20)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds streamed before measuring")
-    parser.add_argument("--backend", choices=("silence", "scripted"), default="silence")
+    parser.add_argument("--backend", choices=("silence", "scripted", "moshi"), default="silence")
+    parser.add_argument("--model", default=None,
+                        help="moshi backend: tiny | 7b-random | checkpoint dir or HF repo id (default tiny)")
+    parser.add_argument("--device", default=None, help="moshi backend: cpu or cuda (default: cuda when available)")
+    parser.add_argument("--dtype", default=None, help="moshi backend: torch dtype (default bf16 on CUDA)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="moshi backend: CUDA-graph the step (sets ASSISTANT_COMPILE for the server)")
+    parser.add_argument("--quantize", choices=("none", "int8"), default=None,
+                        help="moshi backend: int8 weights (sets ASSISTANT_QUANTIZE for the server)")
     parser.add_argument(
         "--audio",
         type=Path,
@@ -201,6 +209,14 @@ def run_one(n: int, args: argparse.Namespace, audio: np.ndarray) -> dict:
         str(stats_file),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if args.backend == "moshi":
+        cmd += ["--model", args.model or "tiny"]
+        cmd += ["--device", args.device] if args.device else []
+        cmd += ["--dtype", args.dtype] if args.dtype else []
+        if args.compile is not None:
+            env["ASSISTANT_COMPILE"] = "1" if args.compile else "0"
+        if args.quantize is not None:
+            env["ASSISTANT_QUANTIZE"] = args.quantize
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         port = None
@@ -246,9 +262,15 @@ def run(args: argparse.Namespace) -> int:
     if not counts or min(counts) < 1 or args.seconds <= 0:
         print("--sessions needs counts >= 1 and --seconds > 0", file=sys.stderr)
         return 2
+    moshi_only = (args.model, args.device, args.dtype, args.compile, args.quantize)
+    if args.backend != "moshi" and any(v is not None for v in moshi_only):
+        print("--model, --device, --dtype, --compile and --quantize only apply to --backend moshi", file=sys.stderr)
+        return 2
     audio, what = load_audio(args.audio)
     print(
-        f"server bench: backend {args.backend}, VAD {args.vad}, clients stream {what} in {args.chunk_ms} ms "
+        f"server bench: backend {args.backend}"
+        + (f" ({args.model or 'tiny'}, {args.device or 'default device'})" if args.backend == "moshi" else "")
+        + f", VAD {args.vad}, clients stream {what} in {args.chunk_ms} ms "
         f"chunks from a separate process, {args.seconds:g} s measured per count, {os.cpu_count()} CPUs"
     )
     print(
