@@ -108,3 +108,16 @@ def test_engine_quantize_option_and_env(monkeypatch):
     rng = np.random.default_rng(0)
     outs = [engine.step((0.1 * rng.standard_normal((1, FRAME_SAMPLES))).astype(np.float32)) for _ in range(4)]
     assert np.abs(np.stack([o.pcm_out[0] for o in outs[1:]])).max() > 1e-3
+
+
+def test_bench_engine_reports_int8_weights_and_capacity(capsys):
+    from assistant.cli import main
+
+    assert main(["bench", "engine", "--model", "tiny", "--device", "cpu", "--batch", "1,2", "--frames", "2",
+                 "--warmup", "1", "--quantize", "int8", "--no-compile"]) == 0
+    out = capsys.readouterr().out
+    assert "quantize=int8" in out and "step=eager" in out
+    rows = [line.split("|") for line in out.splitlines() if line.strip().startswith(("1 |", "2 |"))]
+    assert len(rows) == 2 and all(float(row[-2]) > 0 for row in rows)  # tokens/s
+    assert "largest batch in real time (p99 step < 80 ms):" in out
+    assert "largest batch in real time with 20% margin (p99 step < 64 ms):" in out

@@ -193,3 +193,25 @@ def test_compiled_step_has_no_graph_breaks_and_gives_identical_outputs(loaded, m
         assert compiled[i][1] == eager[i][1], i
         np.testing.assert_array_equal(compiled[i][0], eager[i][0])
     assert np.abs(compiled[1][0][2:]).max() > 1e-3
+
+
+def test_bench_server_runs_the_moshi_backend():
+    """`assistant bench server --backend moshi --model tiny` measures through a real server process."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run(
+        [sys.executable, "-m", "assistant", "bench", "server", "--backend", "moshi", "--model", "tiny", "--device",
+         "cpu", "--sessions", "1", "--seconds", "1.5", "--warmup", "0.5"],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=180,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "backend moshi (tiny, cpu)" in out.stdout
+    rows = [line.split() for line in out.stdout.splitlines() if re.match(r"\s+1\s+\d", line)]
+    assert len(rows) == 1 and re.fullmatch(r"[\d.]+/[\d.]+", rows[0][4])  # engine step p50/p99 ms
+    assert 0.8 <= float(rows[0][-1]) <= 1.2  # the client got about one frame of reply audio per 80 ms
+    refused = subprocess.run([sys.executable, "-m", "assistant", "bench", "server", "--quantize", "int8"],
+                             cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "only apply to --backend moshi" in refused.stderr
