@@ -121,3 +121,15 @@ def test_bench_engine_reports_int8_weights_and_capacity(capsys):
     assert len(rows) == 2 and all(float(row[-2]) > 0 for row in rows)  # tokens/s
     assert "largest batch in real time (p99 step < 80 ms):" in out
     assert "largest batch in real time with 20% margin (p99 step < 64 ms):" in out
+
+
+def test_half_precision_int8_linear_matches_the_dequantized_weights():
+    """bf16 activations take torch's fused int8 matmul where the device has it; same result as dequantizing."""
+    torch.manual_seed(2)
+    linear = nn.Linear(256, 128, bias=False).to(torch.bfloat16)
+    q = Int8Linear(linear)
+    x = torch.randn(3, 1, 256, dtype=torch.bfloat16)
+    dequantized = torch.nn.functional.linear(x.float(), q.weight_int8.float() * q.scale.float()[:, None])
+    assert q(x).shape == (3, 1, 128) and q(x).dtype == torch.bfloat16
+    assert _relative(q(x).float(), dequantized) < 0.01
+    assert _relative(q(x).float(), linear(x).float()) < 0.02
