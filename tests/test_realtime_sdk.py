@@ -82,6 +82,16 @@ class Inbox:
                 got = [(e.type, getattr(e, "audio_start_ms", getattr(e, "audio_end_ms", ""))) for e in self.events[-40:]]
                 raise AssertionError(f"no {types} within {timeout} s; last events: {got}") from None
 
+    async def first_after(self, anchor, type_: str, timeout: float = 15.0):
+        """The first `type_` event received after `anchor`, waiting for it if needed.
+
+        A full-duplex reply may start in the same frame as the end of the user's turn, so its
+        response.created can come just before or after input_audio_buffer.committed.
+        """
+        start = self.events.index(anchor) + 1
+        found = [e for e in self.events[start:] if e.type == type_]
+        return found[0] if found else await self.next(type_, timeout=timeout)
+
     def of(self, type_: str, **match) -> list:
         return [e for e in self.events if e.type == type_ and all(getattr(e, k) == v for k, v in match.items())]
 
@@ -128,7 +138,7 @@ async def test_sdk_conversation_with_reply_interruption_and_truncate(server):
             assert 3500 < stopped.audio_end_ms < 6000  # q1 is 4.2 s long
             committed = await inbox.next("input_audio_buffer.committed")
             assert committed.item_id == started.item_id
-            response = (await inbox.next("response.created")).response
+            response = (await inbox.first_after(started, "response.created")).response
             done = await inbox.next("response.done")
             assert done.response.id == response.id
             assert done.response.status == "completed"
@@ -147,8 +157,9 @@ async def test_sdk_conversation_with_reply_interruption_and_truncate(server):
             # -- turn 2: q2, then interrupt.wav over the reply --------------------------------------
             mic.say(load_pcm16("q2.wav"))
             await inbox.next("input_audio_buffer.speech_stopped")
-            second = (await inbox.next("response.created")).response
-            first_delta = await inbox.next("response.output_audio.delta")
+            second_created = await inbox.first_after(done, "response.created")
+            second = second_created.response
+            first_delta = await inbox.first_after(second_created, "response.output_audio.delta")
             assert first_delta.response_id == second.id
             await asyncio.sleep(1.0)  # let the listener hear a second of it
             mic.say(load_pcm16("interrupt.wav"))
