@@ -215,3 +215,19 @@ def test_bench_server_runs_the_moshi_backend():
     refused = subprocess.run([sys.executable, "-m", "assistant", "bench", "server", "--quantize", "int8"],
                              cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "only apply to --backend moshi" in refused.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_replay_equals_the_eager_step_on_cuda():
+    """On a GPU: every bucket captured at start-up; replays give what eager kernels give, no eager fallback."""
+    loaded = random_loaded("tiny", torch.device("cuda"), torch.float32)
+    audio = [user_audio(FRAMES, seed) for seed in range(len(SCHEDULE))]
+    eager = run_schedule(MoshiEngine.from_loaded(loaded, batch_size=5, compile=False), audio)
+    engine = MoshiEngine.from_loaded(loaded, batch_size=5, compile=True)
+    assert engine.describe()["step_mode"] == "cuda-graphs"
+    assert len(engine.runner._graphs) == len(engine.runner.buckets)
+    graphed = run_schedule(engine, audio)
+    assert engine.runner.eager_fallbacks == 0
+    for i in eager:
+        assert graphed[i][1] == eager[i][1], i
+        np.testing.assert_allclose(graphed[i][0], eager[i][0], atol=1e-5)
