@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from assistant.engine import Engine, SlotOptions, StepOutput
-from assistant.moshi.graphs import LMStepRunner, bucket_for, compile_mode, move_codec_row, topk_width
+from assistant.moshi.graphs import LMStepRunner, bucket_for, compile_mode, topk_width
 from assistant.moshi.lm import MoshiStreamingLM, Sampling
 from assistant.moshi.loading import LoadedMoshi, load_moshi, resolve_device, resolve_dtype
 
@@ -165,7 +165,7 @@ class MoshiEngine(Engine):
         moved = self._slot_at.pop()
         if hole != last:
             self.lm.move_row(last, hole)
-            move_codec_row(self.codec, last, hole)
+            self.codec.copy_row(last, hole)
             self._slot_at[hole] = moved
             self._row_of[moved] = hole
         self.lm.reset(last)

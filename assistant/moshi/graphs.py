@@ -234,34 +234,3 @@ def neutral_sampling(bucket: int, num_codebooks: int, device, text_kmax: int, au
                     audio_temperature=torch.zeros(bucket, device=device), audio_top_k=ones.clone(),
                     uniform=torch.zeros(bucket, 1 + num_codebooks, device=device), text_kmax=text_kmax,
                     audio_kmax=audio_kmax)
-
-
-# -- row compaction of the codec -------------------------------------------------------------------
-
-
-def _codec_row_tensors(part) -> Iterable[tuple[torch.Tensor, int]]:
-    """(tensor, batch dim) of every per-row state tensor of one `StreamingMimi` part."""
-    if hasattr(part, "slot_pos"):  # streaming transformer: (layer, row, ...) caches, per-row positions
-        yield from ((part.keys, 1), (part.values, 1), (part.slot_pos, 0), (part.offset, 0))
-        return
-    for child in getattr(part, "steps", []):
-        yield from _codec_row_tensors(child)
-    shortcut = getattr(part, "shortcut", None)
-    if shortcut is not None:
-        yield from _codec_row_tensors(shortcut)
-    for name in ("state", "fresh"):
-        tensor = getattr(part, name, None)
-        if isinstance(tensor, torch.Tensor):
-            yield tensor, 0
-
-
-def move_codec_row(codec, src: int, dst: int) -> None:
-    """Copy row `src` of a `StreamingMimi` (encoder and decoder state, frame counters) into row `dst`."""
-    with torch.inference_mode():  # the codec's state tensors are inference tensors
-        for part in codec._parts:
-            if part is None:
-                continue
-            for tensor, dim in _codec_row_tensors(part):
-                tensor.select(dim, dst).copy_(tensor.select(dim, src))
-    codec.frames_encoded[dst] = codec.frames_encoded[src]
-    codec.frames_decoded[dst] = codec.frames_decoded[src]
