@@ -259,6 +259,7 @@ class TurnTaking:
         self.hangover_frames = hangover_frames
         self.state = LISTENING
         self.user_speaking = False
+        self.user_voiced = False  # the latest input was speech
         self.assistant_speaking = False  # within a stretch of speech (hangover included)
         self._user_onset: int | None = None
         self._assistant_onset: int | None = None  # input position when the assistant's stretch began
@@ -270,9 +271,14 @@ class TurnTaking:
         self._user_onset = onset_sample
         return self.user_input(now_sample)
 
-    def user_input(self, now_sample: int) -> list[str]:
-        """More input arrived (call after every push); may detect a barge-in."""
-        if self.state != ASSISTANT_SPEAKING or not self.user_speaking:
+    def user_input(self, now_sample: int, voiced: bool = True) -> list[str]:
+        """More input arrived (call after every push); may detect a barge-in.
+
+        voiced: whether the latest input is speech. The VAD keeps a turn open through the silence
+        that ends it; an assistant that starts in that silence is answering, not being interrupted.
+        """
+        self.user_voiced = voiced
+        if self.state != ASSISTANT_SPEAKING or not self.user_speaking or not voiced:
             return []
         overlap_start = max(self._user_onset or 0, self._assistant_onset or 0)
         if now_sample - overlap_start < self.min_interrupt_samples:
@@ -309,7 +315,7 @@ class TurnTaking:
                 actions.append(ASSISTANT_STARTED)
                 if self.state == LISTENING:
                     self.state = ASSISTANT_SPEAKING
-                    actions += self.user_input(now_sample)
+                    actions += self.user_input(now_sample, self.user_voiced)
         elif self.assistant_speaking:
             self._quiet_frames += 1
             if self._quiet_frames > self.hangover_frames:
@@ -336,9 +342,8 @@ class InputBuffer:
     - a tick that finds less than a frame takes what there is behind leading zeros, so late input
       never queues up behind inserted silence and frames stay aligned to the clock: the end of a
       turn reaches the engine at the next tick;
-    - while the user is silent and the engine has heard the end of the turn, queued silence beyond
-      one frame is dropped; at any time, a backlog of half a frame or more whose oldest part is
-      quiet (below -50 dBFS) loses that part.
+    - while the user is silent, queued audio beyond a frame (and the cushion) is dropped when it is
+      quiet (below -50 dBFS), or in any case once the engine has heard the end of the last turn.
     """
 
     def __init__(
@@ -415,11 +420,11 @@ class InputBuffer:
             return frame, (FRAME_PADDED if user_silent else FRAME_UNDERRUN)
         if user_silent and may_trim and self._len > f + self.lead_samples:
             self._discard(self._len - f - self.lead_samples)
-        elif self._len - f - self.lead_samples >= f // 4:
-            # Backlog (a stall, or input that came late after an underrun and now piles up behind
-            # the clock): drop its oldest part if it is quiet, down to the cushion. Dropping quiet
-            # audio never loses a word, and a pause is where latency can be won back before the end
-            # of the turn, which the engine must hear at the next tick.
+        elif user_silent and self._len - f - self.lead_samples >= f // 4:
+            # Backlog while the user is silent (a stall, or late input piled up behind the clock):
+            # drop its oldest part if it is quiet, down to the cushion. Never inside a turn, not even
+            # in its closing silence: the engine must not hear the end of a turn before the server
+            # has (and dropping there would not bring the engine's end of turn any sooner).
             excess = self._len - f - self.lead_samples
             if np.abs(self._buf[:excess]).max() < self.quiet_level:
                 self._discard(excess)
@@ -629,7 +634,7 @@ class Session:
         self._arrivals.append((self.samples_in, now))
         for ev in self._vad.push(x):
             self._on_vad(ev, now)
-        self._act(self.turns.user_input(self.samples_in))
+        self._act(self.turns.user_input(self.samples_in, self._vad.probability >= 0.5))
         dropped = self._input.push(x)
         if dropped:
             self.dropped_samples += dropped

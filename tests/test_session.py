@@ -148,16 +148,35 @@ def test_input_buffer_trims_queued_silence_only_when_allowed():
 
 
 def test_input_buffer_drops_a_quiet_backlog_but_never_sound():
-    buf = InputBuffer(frame_samples=8)
-    buf.push(np.zeros(12, dtype=np.float32))  # 4 quiet samples of backlog beyond a frame
-    buf.push(np.arange(1, 5, dtype=np.float32) / 10)
-    frame, _ = buf.take(user_silent=False)
-    # The quiet backlog went, the sound did not.
+    def backlog():
+        buf = InputBuffer(frame_samples=8)
+        buf.push(np.zeros(12, dtype=np.float32))  # 4 quiet samples of backlog beyond a frame
+        buf.push(np.arange(1, 5, dtype=np.float32) / 10)
+        return buf
+
+    buf = backlog()
+    buf.take(user_silent=False)
+    assert buf.level == 8  # inside a turn (even its closing silence) nothing is dropped
+    buf = backlog()
+    frame, _ = buf.take(user_silent=True)
+    # While the user is silent the quiet backlog goes, the sound does not.
     np.testing.assert_allclose(frame, [0, 0, 0, 0, 0.1, 0.2, 0.3, 0.4])
     assert buf.level == 0
     buf.push(np.full(20, 0.5, dtype=np.float32))
-    frame, _ = buf.take(user_silent=False)
+    buf.take(user_silent=True)
     assert buf.level == 12  # a loud backlog is kept: only the hard bound drops sound
+
+
+def test_barge_in_needs_the_user_voiced_not_just_inside_a_turn():
+    tt = TurnTaking(barge_in="vad", min_interrupt_samples=100 * MS)
+    tt.user_speech_started(0, 1000 * MS)
+    tt.user_input(1500 * MS, voiced=False)  # the closing silence of the user's turn
+    # The assistant answers in that silence: not an interruption, however long it lasts.
+    assert tt.assistant_frame(True, 1500 * MS) == [ASSISTANT_STARTED]
+    assert tt.user_input(1800 * MS, voiced=False) == []
+    assert tt.state == ASSISTANT_SPEAKING
+    # The user speaks again over it: a barge-in.
+    assert tt.user_input(1820 * MS, voiced=True) == [BARGE_IN, SILENCE_ON]
 
 
 # -- Session with the real VAD on shared speech ------------------------------------------------
