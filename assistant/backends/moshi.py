@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from assistant.engine import Engine, SlotOptions, StepOutput
-from assistant.moshi.graphs import LMStepRunner, bucket_for, compile_mode, topk_width
+from assistant.moshi.graphs import StepRunner, bucket_for, compile_mode, topk_width
 from assistant.moshi.lm import MoshiStreamingLM, Sampling
 from assistant.moshi.loading import LoadedMoshi, load_moshi, resolve_device, resolve_dtype
 
@@ -80,7 +80,7 @@ class MoshiEngine(Engine):
         dev = self.lm.device
         self._force_text = torch.full((batch_size,), loaded.text_pad_id, dtype=torch.long, device=dev)
         self._force_audio = self._silence_codes.expand(batch_size, -1).contiguous()
-        self.runner = LMStepRunner(self.lm, compile_mode(compile, dev))
+        self.runner = StepRunner(self.lm, codec, compile_mode(compile, dev))
         for slot in range(batch_size):
             self._reset_slot(slot, SlotOptions())
         if warm_up:
@@ -234,19 +234,55 @@ class MoshiEngine(Engine):
                               timings_ms={"total_ms": (time.perf_counter() - t0) * 1000})
         slots = np.asarray(self._slot_at)
         bucket = bucket_for(n, self.runner.buckets)
-        rows_pcm = np.zeros_like(pcm_out)
+        rows_pcm = np.zeros((bucket, self.frame_samples), dtype=np.float32)
         rows_pcm[:n] = pcm_in[slots]
-        live_rows = torch.zeros(B, dtype=torch.bool)
-        live_rows[:n] = True
-        codes = self.codec.encode(rows_pcm, mask=live_rows if n < B else None)
-        timings["codec_encode_ms"] = (time.perf_counter() - t0) * 1000
-
-        t1 = time.perf_counter()
         dev = self.lm.device
         silenced = torch.zeros(bucket, dtype=torch.bool)
         silenced[:n] = torch.from_numpy(self.silenced[slots])
-        out = self.runner(bucket, codes[:bucket].to(dev), self._sampling_tensors(bucket), silenced.to(dev),
-                          self._force_text[:bucket], self._force_audio[:bucket], profile=self.profile)
+        step_args = (self._sampling_tensors(bucket), silenced.to(dev), self._force_text[:bucket],
+                     self._force_audio[:bucket])
+        if self.runner.mode == "eager":
+            frame, pcm = self._eager_step(n, bucket, rows_pcm, step_args, timings)
+        else:
+            t1 = time.perf_counter()
+            pcm_rows, out = self.runner.frame(bucket, torch.from_numpy(rows_pcm).to(dev), *step_args,
+                                              profile=self.profile)
+            # one device -> host copy per output: text, 8 audio codes and ready; the audio
+            frame = torch.cat([out.text[:n, None], out.audio[:n], out.ready[:n, None].long()], dim=1).cpu()
+            pcm = pcm_rows[:n].cpu()
+            self.codec.frames_encoded[:n] += 1
+            self.codec.frames_decoded[:n] += frame[:, -1].numpy()
+            timings["device_step_ms"] = (time.perf_counter() - t1) * 1000
+            timings.update(out.timings_ms)
+        ready = frame[:, -1].bool()
+
+        pcm = pcm.numpy().astype(np.float32, copy=False)
+        quiet = ~ready.numpy() | self.silenced[slots]
+        pcm[quiet] = 0.0  # a silenced slot, or one with no complete frame yet, outputs exact silence
+        np.clip(pcm, -1.0, 1.0, out=pcm)
+        pcm_out[slots] = pcm
+        text_ids = frame[:, 0].tolist()
+        for row, slot in enumerate(self._slot_at):
+            if not quiet[row]:
+                text[slot] = self.loaded.tokenizer.piece(text_ids[row])
+        speaking = np.zeros(B, dtype=bool)
+        speaking[slots] = ~quiet & (np.sqrt(np.mean(pcm**2, axis=1)) > SPEAKING_RMS)
+        timings["total_ms"] = (time.perf_counter() - t0) * 1000
+        return StepOutput(pcm_out=pcm_out, text=text, speaking=speaking, timings_ms=timings)
+
+    def _eager_step(self, n: int, bucket: int, rows_pcm: np.ndarray, step_args, timings: dict[str, float]):
+        """The codec's own masked encode / decode around the LM step: (frame long (n, 1 + K + 1), pcm (n, samples))."""
+        B, dev = self.batch_size, self.lm.device
+        t0 = time.perf_counter()
+        live_rows = torch.zeros(B, dtype=torch.bool)
+        live_rows[:n] = True
+        all_pcm = np.zeros((B, self.frame_samples), dtype=np.float32)
+        all_pcm[:bucket] = rows_pcm
+        codes = self.codec.encode(all_pcm, mask=live_rows if n < B else None)
+        timings["codec_encode_ms"] = (time.perf_counter() - t0) * 1000
+
+        t1 = time.perf_counter()
+        out = self.runner.lm_step(bucket, codes[:bucket].to(dev), *step_args, profile=self.profile)
         # one device -> host copy: text, 8 audio codes, ready, per live row
         frame = torch.cat([out.text[:n, None], out.audio[:n], out.ready[:n, None].long()], dim=1).cpu()
         timings["lm_ms"] = (time.perf_counter() - t1) * 1000
@@ -259,20 +295,7 @@ class MoshiEngine(Engine):
         rows_codes[:n] = frame[:, 1:-1].clamp(0, self.lm.card - 1)
         pcm = self.codec.decode(rows_codes, mask=ready if not ready.all() else None)
         timings["codec_decode_ms"] = (time.perf_counter() - t2) * 1000
-
-        pcm = pcm[:n].numpy().astype(np.float32, copy=False)
-        quiet = ~ready[:n].numpy() | self.silenced[slots]
-        pcm[quiet] = 0.0  # a silenced slot, or one with no complete frame yet, outputs exact silence
-        np.clip(pcm, -1.0, 1.0, out=pcm)
-        pcm_out[slots] = pcm
-        text_ids = frame[:, 0].tolist()
-        for row, slot in enumerate(self._slot_at):
-            if not quiet[row]:
-                text[slot] = self.loaded.tokenizer.piece(text_ids[row])
-        speaking = np.zeros(B, dtype=bool)
-        speaking[slots] = ~quiet & (np.sqrt(np.mean(pcm**2, axis=1)) > SPEAKING_RMS)
-        timings["total_ms"] = (time.perf_counter() - t0) * 1000
-        return StepOutput(pcm_out=pcm_out, text=text, speaking=speaking, timings_ms=timings)
+        return frame, pcm[:n]
 
     def _sampling_tensors(self, bucket: int) -> Sampling:
         """Sampling settings and this frame's draws for rows [0, bucket); idle rows get the defaults."""
