@@ -156,9 +156,10 @@ def run(args: argparse.Namespace) -> int:
     device, cuda = param.device, param.device.type == "cuda"
     if quantize:
         quantize_moshi(loaded.model, quantize)
+    step_mode = compile_mode(args.compile, device)
     options = {"compile": args.compile, "quantize": quantize, "context": args.context, "warm_up": False}
     print(f"model={args.model} device={device} dtype={str(param.dtype).removeprefix('torch.')} "
-          f"step={compile_mode(args.compile, device)} quantize={quantize or 'none'} frames={args.frames} "
+          f"step={step_mode} quantize={quantize or 'none'} frames={args.frames} "
           f"warmup={args.warmup} torch_threads={torch.get_num_threads()}")
     print(f"weights {weight_bytes(loaded.model) / 1e9:.2f} GB, KV cache {_kv_gb(loaded, args.context):.3f} GB per slot")
     print("ms per step, median / p99 (temporal: temporal transformer; depth: sampling + depth transformer "
@@ -175,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             engine = build(loaded, batch, **options)
             engine.warm_up(buckets=[batch])
+            if engine.runner.mode != step_mode:
+                print(f"{batch:>5} | {step_mode} warm-up failed (see the log above): measuring {engine.runner.mode}")
             times = bench(engine, args.frames, args.warmup)
         except torch.OutOfMemoryError:
             del engine

@@ -234,3 +234,19 @@ def test_cuda_graph_replay_equals_the_eager_step_on_cuda():
     for i in eager:
         assert graphed[i][1] == eager[i][1], i
         np.testing.assert_allclose(graphed[i][0], eager[i][0], rtol=0, atol=2e-5)
+
+
+def test_a_failed_warm_up_falls_back_to_the_eager_step(loaded, monkeypatch, caplog):
+    """A capture the device cannot do must not keep the server from starting: it serves eagerly, logged."""
+    from assistant.moshi import graphs
+
+    def broken(self, keys, progress=None):
+        raise RuntimeError("capture not supported here")
+
+    monkeypatch.setenv("ASSISTANT_COMPILE_BACKEND", "eager")
+    monkeypatch.setattr(graphs.StepRunner, "warm_up", broken)
+    engine = MoshiEngine.from_loaded(loaded, batch_size=2, compile=True)
+    assert engine.runner.mode == "eager" and "warm-up failed" in caplog.text
+    engine.open(0, SlotOptions(seed=1))
+    outs = [engine.step(np.stack([frame, np.zeros_like(frame)])) for frame in user_audio(4, seed=3)]
+    assert np.abs(np.stack([o.pcm_out[0] for o in outs[1:]])).max() > 1e-3

@@ -11,6 +11,7 @@ so the LM step can be replayed as a CUDA graph per bucket (`compile`, see `assis
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import time
@@ -29,6 +30,7 @@ DEFAULT_TEXT_TOP_K = 25
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_K = 250
 SPEAKING_RMS = 3e-3  # about -50 dBFS: quieter output frames count as the assistant not speaking
+log = logging.getLogger(__name__)
 RANDOM_MODELS = ("tiny", "7b-random")  # --model names that build random weights (benchmarks)
 _SILENCE_WARMUP_FRAMES = 4  # frames of zeros the encoder sees before its "silence" codes are taken
 
@@ -221,7 +223,14 @@ class MoshiEngine(Engine):
                 progress.update(task, description=f"{self.runner.mode}: {what}")
                 progress.advance(task)
 
-            self.runner.warm_up(keys, advance)
+            try:
+                self.runner.warm_up(keys, advance)
+            except Exception:  # a model or driver the capture does not support: serve, slower, rather than not
+                log.exception("%s warm-up failed; stepping eagerly instead (ASSISTANT_COMPILE=0 skips it)",
+                              self.runner.mode)
+                self.runner = StepRunner(self.lm, self.codec, "eager")
+                self.lm.reset(torch.arange(self.batch_size, device=self.lm.device))
+                self.codec.reset_all()
 
     def _step(self, pcm_in: np.ndarray) -> StepOutput:
         timings: dict[str, float] = {}

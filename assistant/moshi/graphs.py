@@ -287,6 +287,7 @@ class _Graph:
             self.step = parts.depth(lm, *middle, self.sampling, *forced)
         with torch.cuda.graph(self.graphs[3], pool=pool):
             self.out = parts.decode(mimi, bucket, self.step)
+        self._between = (codes, middle)  # outputs one graph hands the next: their pool memory must stay theirs
 
     def __call__(self, pcm, sampling: Sampling, force_mask, force_text, force_audio,
                  timings: dict[str, float] | None):
