@@ -250,3 +250,29 @@ def test_a_failed_warm_up_falls_back_to_the_eager_step(loaded, monkeypatch, capl
     engine.open(0, SlotOptions(seed=1))
     outs = [engine.step(np.stack([frame, np.zeros_like(frame)])) for frame in user_audio(4, seed=3)]
     assert np.abs(np.stack([o.pcm_out[0] for o in outs[1:]])).max() > 1e-3
+
+
+def test_static_mimi_equals_the_codecs_masked_calls(loaded):
+    """StaticMimi on rows [0, 2) of 3: same codes and audio as the codec's own calls; a row not `ready`
+    is left fresh, exactly as when the codec's mask skips it."""
+    from assistant.moshi.graphs import StaticMimi
+    from audio.codec import StreamingMimi
+
+    reference = StreamingMimi.from_model(loaded.mimi, batch_size=3)
+    static = StaticMimi(StreamingMimi.from_model(loaded.mimi, batch_size=3))
+    audio = np.stack([user_audio(5, seed) for seed in (1, 2)], axis=1)  # (frames, 2, 1920)
+    rows = torch.tensor([True, True, False])
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for t, frame in enumerate(audio):
+            expected_codes = reference.encode(np.concatenate([frame, np.zeros((1, FRAME_SAMPLES), np.float32)]),
+                                              mask=rows)[:2]
+            codes = static.encode(2, torch.from_numpy(frame))
+            assert torch.equal(codes, expected_codes), t
+            ready = torch.tensor([True, t >= 2])  # row 1 starts decoding two frames late
+            feed = torch.randint(0, 2048, (2, 8), generator=gen)
+            expected = reference.decode(torch.cat([feed, torch.zeros(1, 8, dtype=torch.long)]),
+                                        mask=torch.cat([ready, torch.tensor([False])]))[:2]
+            got = static.decode(2, feed, ready)
+            torch.testing.assert_close(got[ready], expected[ready], rtol=0, atol=2e-5)
+    assert np.abs(expected[1].numpy()).max() > 1e-3
