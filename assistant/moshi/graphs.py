@@ -317,7 +317,7 @@ class StepRunner:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if mode == "cuda-graphs" and lm.device.type != "cuda":
             raise ValueError(f"cuda-graphs needs the model on a CUDA device, it is on {lm.device}")
-        if codec.device != lm.device:
+        if codec.device.type != lm.device.type:
             raise ValueError(f"Mimi runs on {codec.device} but the LM on {lm.device}")
         self.lm = lm
         self.mode = mode
