@@ -128,7 +128,7 @@ class StaticMimi:
         return _on_rows(self.decoder, bucket, run, keep=ready)
 
 
-_STATE_NAMES = {"transformer": ("keys", "values", "slot_pos", "offset"), "conv": ("state", "fresh")}
+_TRANSFORMER_STATE = ("keys", "values", "slot_pos", "offset")
 
 
 def _stateful_leaves(parts) -> list:
@@ -152,7 +152,7 @@ def _on_rows(leaves: list, bucket: int, run: Callable, keep: torch.Tensor | None
     saved = []
     for leaf in leaves:
         if hasattr(leaf, "slot_pos"):  # transformer: (layer, row, ...) caches updated in place through views
-            full = {n: getattr(leaf, n) for n in _STATE_NAMES["transformer"]}
+            full = {n: getattr(leaf, n) for n in _TRANSFORMER_STATE}
             before = {"slot_pos": leaf.slot_pos[:bucket].clone(), "offset": leaf.offset[:bucket].clone()} \
                 if keep is not None else None
             leaf.keys, leaf.values = full["keys"][:, :bucket], full["values"][:, :bucket]
@@ -165,21 +165,24 @@ def _on_rows(leaves: list, bucket: int, run: Callable, keep: torch.Tensor | None
             if full["fresh"] is not None:
                 leaf.fresh = full["fresh"][:bucket]
         saved.append((leaf, full, before))
-    out = run()
-    for leaf, full, before in saved:
-        if hasattr(leaf, "slot_pos"):
-            if keep is not None:  # keys written for rows not kept are unreachable once their slots are empty again
-                leaf.slot_pos.copy_(torch.where(keep[:, None], leaf.slot_pos, before["slot_pos"]))
-                leaf.offset.copy_(torch.where(keep, leaf.offset, before["offset"]))
-        else:
-            new = leaf.state if keep is None else torch.where(keep[:, None, None], leaf.state,
-                                                              full["state"][:bucket])
-            full["state"][:bucket].copy_(new)
-            if before is not None and before.get("fresh") is not None:
-                full["fresh"][:bucket].copy_(torch.where(keep, leaf.fresh, before["fresh"]))
-        for name, tensor in full.items():
-            if tensor is not None:
-                setattr(leaf, name, tensor)
+    try:
+        out = run()
+        for leaf, full, before in saved:
+            if hasattr(leaf, "slot_pos"):
+                if keep is not None:  # keys written for rows not kept are unreachable once their slots are empty
+                    leaf.slot_pos.copy_(torch.where(keep[:, None], leaf.slot_pos, before["slot_pos"]))
+                    leaf.offset.copy_(torch.where(keep, leaf.offset, before["offset"]))
+            else:
+                new = leaf.state if keep is None else torch.where(keep[:, None, None], leaf.state,
+                                                                  full["state"][:bucket])
+                full["state"][:bucket].copy_(new)
+                if before is not None:
+                    full["fresh"][:bucket].copy_(torch.where(keep, leaf.fresh, before["fresh"]))
+    finally:  # the codec's own calls must find its full-batch state again, even after an error
+        for leaf, full, _ in saved:
+            for name, tensor in full.items():
+                if tensor is not None:
+                    setattr(leaf, name, tensor)
     return out
 
 
