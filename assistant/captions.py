@@ -8,7 +8,9 @@ worker thread too, so starting a server does not block on it.
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -83,6 +85,8 @@ class CaptionWorker:
     cpu_threads: CTranslate2 threads; kept small so transcription leaves the frame clock a core.
     beam_size: 1 is greedy decoding. Beam 5 (Whisper's own default) costs ~25% more CPU per turn with
         tiny.en on one thread (1.06 -> 1.32 s, q1/q2) and made no difference to the shared test speech.
+    nice: added to the worker thread's nice value (Linux; the CTranslate2 threads it starts inherit
+        it), so on a busy CPU the frame clock's thread is scheduled first and captions wait. 0: off.
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class CaptionWorker:
         cpu_threads: int = 1,
         compute_type: str | None = None,
         beam_size: int = 1,
+        nice: int = 10,
     ):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"caption device must be 'cpu' or 'cuda', got {device!r}")
@@ -103,11 +108,14 @@ class CaptionWorker:
             raise ValueError(f"cpu_threads must be >= 1, got {cpu_threads}")
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        if not 0 <= nice <= 19:
+            raise ValueError(f"nice must be in 0..19, got {nice}")
         self.model_path = resolve_model(model, device)
         self.device = device
         self.language = language
         self.cpu_threads = cpu_threads
         self.beam_size = beam_size
+        self.nice = nice
         # float32 on CPU: int8 quantisation costs tiny.en words on the shared test speech, and saves
         # little time at this size.
         self.compute_type = compute_type or ("float32" if device == "cpu" else "float16")
@@ -245,7 +253,18 @@ class CaptionWorker:
         )
         return " ".join(segment.text.strip() for segment in segments).strip()
 
+    def _lower_priority(self) -> None:
+        """Raise this thread's nice value (before the model starts its threads, which inherit it)."""
+        if self.nice == 0 or sys.platform != "linux":
+            return  # elsewhere a thread id is not a valid PRIO_PROCESS target
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.nice))
+        except OSError as exc:  # e.g. a sandbox that forbids it: captions still work, just not niced
+            log.warning("could not lower the caption thread's priority: %s", exc)
+
     def _run(self) -> None:
+        self._lower_priority()
         try:
             self._model = self._load()
         except Exception as exc:  # any load failure must be reported, not kill silently

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import re
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,6 +98,21 @@ def test_captions_of_test_speech_are_accurate_and_off_the_caller_thread(worker):
         assert 0.0 < caption.latency_ms <= seconds * 1000.0 + 1.0
 
 
+def test_health_report_counts_captions(worker):
+    health = worker.describe()
+    assert health["ready"] is True and health["error"] is None
+    assert health["model"] == Path(worker.model_path).name
+    before = health["completed"]
+    _caption_all(worker, [("short", load_wav("q2.wav")[0])])
+    assert worker.describe()["completed"] == before + 1
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are a Linux feature")
+def test_worker_thread_yields_the_cpu_to_the_frame_clock(worker):
+    main = os.getpriority(os.PRIO_PROCESS, threading.main_thread().native_id)
+    assert os.getpriority(os.PRIO_PROCESS, worker._thread.native_id) == min(19, main + worker.nice)
+
+
 def test_submit_never_waits_for_transcription(worker):
     q1, _ = load_wav("q1.wav")
     done = threading.Event()
@@ -135,6 +153,10 @@ def test_bad_arguments_say_what_is_wrong(tmp_path):
         CaptionWorker(device="tpu")
     with pytest.raises(ValueError, match="max_queue"):
         CaptionWorker(max_queue=0)
+    with pytest.raises(ValueError, match="beam_size"):
+        CaptionWorker(beam_size=0)
+    with pytest.raises(ValueError, match="nice"):
+        CaptionWorker(nice=-5)
     w = CaptionWorker(model="tiny.en")
     with pytest.raises(ValueError, match="1-D"):
         w.submit("x", np.zeros((2, 100), dtype=np.float32), 0.0, 1.0, lambda c: None)
@@ -158,6 +180,8 @@ def test_broken_model_is_reported_not_hung(tmp_path):
     w.start()
     with pytest.raises(RuntimeError, match="failed to load"):
         w.wait_ready(timeout=60)
+    health = w.describe()
+    assert health["ready"] is False and health["error"]
     q1, _ = load_wav("q1.wav")
     assert w.submit("x", q1, 0.0, 4200.0, lambda c: None) is False
     w.close()

@@ -144,3 +144,43 @@ def test_recording_holds_the_user_transcripts(spoken):
             event["start_ms"],
             event["end_ms"],
         )
+
+
+def test_bench_server_with_captions_makes_captions_and_reports_the_clock():
+    import subprocess
+    import sys
+
+    from server_utils import REPO
+
+    # conversation.wav's first turn (q1) ends ~5 s into the stream; 8 s measured covers its caption.
+    cmd = [sys.executable, "-m", "assistant", "bench", "server", "--sessions", "1", "--seconds", "8"]
+    out = subprocess.run(
+        [*cmd, "--warmup", "0.5", "--captions", "tiny.en"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "captions tiny.en" in out.stdout and "captions made/dropped" in out.stdout
+    (row,) = [line.split() for line in out.stdout.splitlines() if re.match(r"\s+1\s+\d", line)]
+    assert re.fullmatch(r"[\d.]+/[\d.]+/[\d.]+", row[3])  # tick lateness p50/p99/max
+    made, dropped = (int(v) for v in row[-1].split("/"))
+    assert made >= 1 and dropped == 0, out.stdout
+
+
+def test_bench_server_refuses_an_unknown_caption_model():
+    import subprocess
+    import sys
+
+    from server_utils import REPO
+
+    out = subprocess.run(
+        [sys.executable, "-m", "assistant", "bench", "server", "--sessions", "1", "--captions", "no-such"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0
+    assert "no-such" in out.stdout + out.stderr
