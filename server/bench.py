@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import re
 import signal
@@ -115,11 +116,12 @@ async def _client(
     received: list[int],
     chunk_ms: int = CHUNK_MS,
     captions: bool = False,
-    transcripts: list[int] | None = None,
+    transcripts: list[float] | None = None,
 ) -> None:
     from websockets.asyncio.client import connect
 
     chunk = 24000 * chunk_ms // 1000
+    start = t0 + phase_s  # chunk i is sent at start + (i + 1) * chunk_ms
     async with connect(url, compression=None, max_queue=None) as ws:
         start_msg = {"type": "session.start", "sample_rate": 24000}
         await ws.send(json.dumps({**start_msg, "captions": True} if captions else start_msg))
@@ -129,11 +131,14 @@ async def _client(
                 if isinstance(message, bytes):
                     received[0] += 1
                 elif transcripts is not None and '"user.transcript"' in message:
-                    transcripts[0] += 1
+                    # Caption latency: the VAD's end of speech (end_ms) was due to be sent at
+                    # start + its chunk's end; the clients keep to that schedule.
+                    end_sample = json.loads(message)["end_ms"] * 24
+                    sent = start + math.ceil(end_sample / chunk) * chunk_ms / 1000
+                    transcripts.append(time.monotonic() - sent)
 
         reader = asyncio.create_task(read())
         i = 0
-        start = t0 + phase_s
         while not stop.is_set():
             due = start + (i + 1) * chunk_ms / 1000
             delay = due - time.monotonic()
@@ -159,7 +164,7 @@ async def _measure(
 ) -> dict:
     stop = asyncio.Event()
     received = [0]
-    transcripts = [0]
+    transcripts: list[float] = []  # speech end -> user.transcript received, s, in arrival order
     t0 = time.monotonic() + 0.5
     rng = np.random.default_rng(0)
     tasks = [
@@ -172,10 +177,10 @@ async def _measure(
     ]
     await asyncio.sleep(0.5 + warmup_s)
     metrics0, cpu0, recv0, w0 = _get(host, port, "/metrics"), _cpu_s(pid), received[0], time.monotonic()
-    captions0 = transcripts[0]
+    captions0 = len(transcripts)
     await asyncio.sleep(seconds)
     metrics1, cpu1, recv1, w1 = _get(host, port, "/metrics"), _cpu_s(pid), received[0], time.monotonic()
-    captions1 = transcripts[0]
+    captions1 = len(transcripts)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     frames = n * (w1 - w0) / FRAME_S
@@ -190,6 +195,7 @@ async def _measure(
         "server_cpu_percent": 100 * (cpu1 - cpu0) / (w1 - w0),
         "frames_received_ratio": (recv1 - recv0) / frames,
         "captions_received": captions1 - captions0,
+        "caption_latency_s": transcripts[captions0:captions1],
         **delta,
     }
 
@@ -319,7 +325,7 @@ def run(args: argparse.Namespace) -> int:
     header = (
         f"{'sessions':>8} {'CPU ms/sess/frame':>18} {'server CPU %':>12} {'tick late p50/p99/max ms':>25} "
         f"{'step p50/p99 ms':>16} {'underruns':>9} {'underrun %':>10} {'drops':>6} {'skipped':>7} {'recv':>5}"
-        + (f" {'captions made/dropped':>21}" if args.captions != "off" else "")
+        + (f" {'captions made/dropped':>21} {'caption latency p50/max s':>25}" if args.captions != "off" else "")
     )
     print(header)
     held = held_loosely = 0
@@ -333,7 +339,12 @@ def run(args: argparse.Namespace) -> int:
             f"{100 * r['underruns'] / max(r['session_frames'], 1):>10.2f} "
             f"{r['drops']:>6.0f} {r['skipped_ticks']:>7.0f} {r['frames_received_ratio']:>5.2f}"
             + (
-                f" {r['captions_received']:>13.0f}/{r['captions_dropped']:<7.0f}"
+                f" {r['captions_received']:>13.0f}/{r['captions_dropped']:<7.0f} "
+                + (
+                    f"{np.median(r['caption_latency_s']):>21.1f}/{max(r['caption_latency_s']):<3.1f}"
+                    if r["caption_latency_s"]
+                    else f"{'-':>25}"
+                )
                 if args.captions != "off"
                 else ""
             ),
