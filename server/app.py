@@ -606,6 +606,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vad", choices=("webrtc", "silero"), default="webrtc", help="VAD for turn-taking")
     parser.add_argument("--device", help="torch device for the moshi backend (cuda, cpu)")
     parser.add_argument("--dtype", help="torch dtype for the moshi backend (bfloat16, float16, float32)")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="moshi backend: capture the frame step as CUDA graphs per batch bucket "
+        "(default: $ASSISTANT_COMPILE, on with CUDA)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=("none", "int8"),
+        default=None,
+        help="moshi backend: int8 weight-only transformer linears (default: $ASSISTANT_QUANTIZE, none)",
+    )
     parser.add_argument("--script-reply", help="scripted backend: reply WAV (text from the .txt beside it)")
     parser.add_argument(
         "--script-delay-ms", type=float, default=0.0, help="scripted backend: pause before replying"
@@ -664,6 +677,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         }
     elif args.script_reply is not None:
         raise ValueError("--script-reply only applies to --backend scripted")
+    if args.backend == "moshi":
+        engine_options = {"compile": args.compile, "quantize": args.quantize}
+    elif args.compile is not None or args.quantize is not None:
+        raise ValueError("--compile and --quantize only apply to --backend moshi")
     return ServerConfig(
         backend=args.backend,
         model=args.model or (DEFAULT_MOSHI_MODEL if args.backend == "moshi" else None),
