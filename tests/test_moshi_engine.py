@@ -17,14 +17,7 @@ from assistant.backends import build_engine
 from assistant.backends.moshi import MoshiEngine
 from assistant.engine import FRAME_SAMPLES, SlotOptions
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one thread is faster, and two spin-waiting threads on a shared 2-core box are slow."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 

@@ -9,14 +9,7 @@ from moshi_fixtures import lm_state_dict, random_moshi, tiny_kyutai_kwargs
 from assistant.moshi.lm import MoshiStreamingLM, Sampling
 from assistant.moshi.loading import kyutai_state_dict_from_transformers
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one thread is faster, and two spin-waiting threads on a shared 2-core box are slow."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 K = 8  # codebooks per stream
 

@@ -16,13 +16,7 @@ from assistant.engine import FRAME_SAMPLES, SlotOptions
 from assistant.moshi.lm import MoshiStreamingLM, Sampling
 from assistant.moshi.quantize import Int8FlexibleLinear, Int8Linear, quantize_moshi, weight_bytes
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -16,14 +16,7 @@ from assistant.bench_engine import random_loaded
 from assistant.engine import FRAME_SAMPLES, SlotOptions
 from assistant.moshi.graphs import BUCKETS, StepRunner, bucket_for, buckets_for, compile_mode, topk_width
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one thread is faster, and two spin-waiting threads on a shared 2-core box are slow."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
