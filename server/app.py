@@ -45,6 +45,7 @@ from assistant.engine import Engine
 from assistant.scheduler import Scheduler, SlotHandle
 from audio.vad import StreamingVad, VadConfig
 from server import protocol, static
+from server.connection import close_connection
 from server.metrics import Metrics
 from server.protocol import (
     CLOSE_INTERNAL_ERROR,
@@ -344,19 +345,9 @@ class NativeConnection:
     async def _close(self, code: int, reason: str, flush: bool) -> None:
         if self.session:
             self.session.end(reason if code != CLOSE_NORMAL else self.session.ended or reason)
-        self.outbox.close()
-        if flush:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self.writer), self.ctx.config.drain_timeout_s)
-        self.writer.cancel()
-        try:
-            # close() waits for the peer; a reader that stalled may never answer.
-            await asyncio.wait_for(self.ws.close(code, reason), self.ctx.config.drain_timeout_s)
-        except (TimeoutError, ConnectionClosed, OSError):
-            pass
-        finally:
-            if self.ws.transport is not None and not self.ws.transport.is_closing():
-                self.ws.transport.abort()
+        await close_connection(
+            self.ws, self.outbox, self.writer, code, reason, flush=flush, timeout_s=self.ctx.config.drain_timeout_s
+        )
 
     async def handle_message(self, message: str | bytes) -> None:
         now = time.monotonic()

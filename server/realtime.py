@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from server.connection import close_connection
 from server.protocol import CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, RateLimiter
 from server.realtime_protocol import (
     BYTES_PER_MS,
@@ -196,17 +197,9 @@ class RealtimeConnection:
 
     async def _close(self, code: int, reason: str) -> None:
         self.session.end(reason if code != CLOSE_NORMAL else self.session.ended or reason)
-        self.outbox.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(self.writer), self.ctx.config.drain_timeout_s)
-        self.writer.cancel()
-        try:
-            await asyncio.wait_for(self.ws.close(code, reason), self.ctx.config.drain_timeout_s)
-        except (TimeoutError, ConnectionClosed, OSError):
-            pass
-        finally:
-            if self.ws.transport is not None and not self.ws.transport.is_closing():
-                self.ws.transport.abort()
+        await close_connection(
+            self.ws, self.outbox, self.writer, code, reason, flush=True, timeout_s=self.ctx.config.drain_timeout_s
+        )
 
     async def run(self) -> None:
         try:
