@@ -25,18 +25,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
 from audio.pcm import float32_to_pcm16
 from audio.resample import SUPPORTED_RATES
+from server.protocol import MAX_MESSAGE_BYTES, OPTION_FIELDS
+from server.session import BARGE_IN_POLICIES
 
-MAX_MESSAGE_BYTES = 1 << 20  # the server refuses larger messages (close 1009)
-SESSION_OPTIONS = (
-    "barge_in",
-    "vad",
-    "min_interrupt_ms",
-    "seed",
-    "temperature",
-    "text_temperature",
-    "captions",
-)
-BARGE_IN_POLICIES = ("model", "vad")
+# The client speaks the server's own protocol definitions, so the two cannot drift apart.
+SESSION_OPTIONS = tuple(sorted(OPTION_FIELDS))
 
 
 class ClientError(Exception):

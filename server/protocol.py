@@ -75,7 +75,7 @@ class SessionEnd:
 
 ClientEvent = SessionStart | SessionUpdate | PlaybackPosition | SessionEnd
 
-_OPTION_FIELDS = {
+OPTION_FIELDS = {
     "barge_in",
     "vad",
     "min_interrupt_ms",
@@ -106,8 +106,8 @@ def parse_options(raw: dict[str, Any]) -> dict[str, Any]:
     for key, value in raw.items():
         if key in ("type", "sample_rate"):
             continue
-        if key not in _OPTION_FIELDS:
-            raise ProtocolError("invalid_value", f"unknown option {key!r}; known: {sorted(_OPTION_FIELDS)}")
+        if key not in OPTION_FIELDS:
+            raise ProtocolError("invalid_value", f"unknown option {key!r}; known: {sorted(OPTION_FIELDS)}")
         if key == "barge_in":
             if value not in BARGE_IN_POLICIES:
                 raise ProtocolError(
