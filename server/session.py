@@ -52,6 +52,9 @@ from audio.vad import StreamingVad, VadConfig
 SUPPORTED_SAMPLE_RATES = tuple(SUPPORTED_RATES)
 BARGE_IN_POLICIES = ("model", "vad")
 _SAMPLES_PER_MS = SAMPLE_RATE_HZ // 1000
+# Audio after the VAD's end of speech given to captions: the end can sit 30 ms after the last audible
+# sample (silero, q2.wav), clipping a soft final phoneme; the end-of-turn silence has it buffered.
+_CAPTION_TAIL_SAMPLES = 200 * _SAMPLES_PER_MS
 
 
 def _to_pcm16(x: np.ndarray) -> bytes:
@@ -827,7 +830,7 @@ class Session:
                 self._utterance.active = False
                 start, end = ev.audio_start_sample, ev.sample
                 self.captions(
-                    self._utterance.cut(start, end),
+                    self._utterance.cut(start, min(end + _CAPTION_TAIL_SAMPLES, self.samples_in)),
                     start / _SAMPLES_PER_MS,
                     at_ms,
                     lambda text, s=start / _SAMPLES_PER_MS, e=at_ms: self._on_caption(text, s, e),
