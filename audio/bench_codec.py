@@ -191,8 +191,9 @@ def run(args) -> int:
     load = os.getloadavg()
     print(
         f"streaming Mimi, real size, random weights | device {args.device} {args.dtype} | "
-        f"torch threads {torch.get_num_threads()} | {args.frames} frames (+{args.warmup} warmup) | "
-        f"load avg {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+        f"torch threads {torch.get_num_threads()} "
+        f"(OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY') or 'unset'}) | "
+        f"{args.frames} frames (+{args.warmup} warmup) | load avg {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
     model = random_real_size_mimi()
     header = (
