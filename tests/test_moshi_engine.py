@@ -20,7 +20,6 @@ from assistant.engine import FRAME_SAMPLES, SlotOptions
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-
 @pytest.fixture(scope="module")
 def checkpoint_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("moshi_engine")

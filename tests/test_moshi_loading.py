@@ -21,7 +21,6 @@ from assistant.moshi.loading import CheckpointError, TextTokenizer, detect_layou
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("moshi")

@@ -14,7 +14,6 @@ from audio.resample import resample
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-
 @pytest.fixture(scope="module")
 def kyutai_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("respond")
