@@ -86,11 +86,15 @@ class _Linear:
         self.transposed = not self.packed and weight.device.type == "cpu" and weight.shape[0] > weight.shape[1]
         if self.packed:
             self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), rows_hint)
+            # torch.compile cannot lower a packed weight that is not a graph constant; it traces this one.
+            self.plain = weight
         else:
             self.weight = weight.t().contiguous() if self.transposed else weight
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed:
+            if torch.compiler.is_compiling():
+                return F.linear(x, self.plain, self.bias)
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         if not self.transposed:
             return F.linear(x, self.weight, self.bias)
