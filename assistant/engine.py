@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SAMPLE_RATE_HZ = 24_000
-FRAME_SAMPLES = 1920  # 80 ms at 24 kHz, one Mimi frame
-FRAME_MS = 80
+from audio.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE_HZ
+
+__all__ = ["FRAME_MS", "FRAME_SAMPLES", "SAMPLE_RATE_HZ", "Engine", "SlotOptions", "StepOutput"]
 
 
 @dataclass
