@@ -20,14 +20,13 @@ import time
 import numpy as np
 import torch
 
-from assistant.engine import FRAME_MS, FRAME_SAMPLES, SlotOptions
+from assistant.engine import SlotOptions
+from audio.frames import FRAME_MS, FRAME_SAMPLES
 
 PARTS = ("codec_encode_ms", "temporal_ms", "depth_ms", "codec_decode_ms", "total_ms")
 TOKENS_PER_FRAME = 9  # a text token and 8 audio codes per slot per step
 REALTIME_P99_MS = FRAME_MS
 MARGIN_P99_MS = 0.8 * FRAME_MS
-TINY_KWARGS = {"dim": 256, "num_heads": 4, "num_layers": 4, "text_card": 2000, "card": 2048, "context": 3000,
-               "depformer_dim": 128, "depformer_num_heads": 4, "depformer_num_layers": 2}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,51 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="KV cache frames per slot (default: the model's, 3000 for 7B)")
 
 
-def _random_codebooks(mimi) -> None:
-    """An untrained Mimi has all-zero codebooks (every code equal); random ones make decode do real work."""
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for module in mimi.modules():
-            if hasattr(module, "embed_sum") and hasattr(module, "cluster_usage"):
-                module.embed_sum.copy_(torch.randn(module.embed_sum.shape, generator=gen))
-                module.cluster_usage.fill_(1.0)
-                module._embed = None
-
-
-def random_loaded(which: str, device: torch.device, dtype: torch.dtype):
-    """A LoadedMoshi with random weights (its `mimi` a MimiModel with random codebooks), `tiny` or `7b-random`."""
-    from transformers import MimiConfig, MimiModel
-
-    from assistant.moshi.loading import (
-        KYUTAI_7B_KWARGS,
-        LoadedMoshi,
-        TextTokenizer,
-        kyutai_lm_config,
-        kyutai_lm_kwargs,
-        random_moshi,
-    )
-    from audio.mimi_convert import mimi_config_for_kyutai
-
-    if which == "tiny":
-        kwargs = kyutai_lm_kwargs(dict(KYUTAI_7B_KWARGS, **TINY_KWARGS, depformer_dim_feedforward=None))
-        mimi_config = MimiConfig(hidden_size=64, num_filters=8, num_hidden_layers=2, intermediate_size=128,
-                                 num_attention_heads=4, num_key_value_heads=4, head_dim=16, codebook_size=2048,
-                                 codebook_dim=32, vector_quantization_hidden_dimension=32, num_quantizers=8,
-                                 upsample_groups=64)
-    else:
-        kwargs, mimi_config = dict(KYUTAI_7B_KWARGS), mimi_config_for_kyutai()
-    config = kyutai_lm_config(kwargs, mimi_config)
-    model = random_moshi(config, device=device, dtype=dtype)
-    mimi = MimiModel(mimi_config).eval()
-    _random_codebooks(mimi)
-    tokenizer = TextTokenizer(pieces=[f"\u2581w{i}" for i in range(config.vocab_size)], silent_ids=frozenset({0, 3}))
-    return LoadedMoshi(model=model, tokenizer=tokenizer, mimi=mimi, layout="random", source=which)
-
-
 def load(model: str, device, dtype):
     """The LoadedMoshi for a --model value: random weights for tiny / 7b-random, else the checkpoint."""
-    from assistant.backends.moshi import RANDOM_MODELS
     from assistant.moshi.loading import load_moshi, resolve_device, resolve_dtype
+    from assistant.moshi.random_models import RANDOM_MODELS, random_loaded
 
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
@@ -142,12 +100,12 @@ def run(args: argparse.Namespace) -> int:
     if args.frames < 1 or args.warmup < 0 or (args.context is not None and args.context < 1):
         print("bench engine: --frames and --context must be >= 1, --warmup >= 0")
         return 2
-    from assistant.backends.moshi import _quantize_option
+    from assistant.backends.moshi import quantize_option
     from assistant.moshi.graphs import compile_mode
     from assistant.moshi.quantize import quantize_moshi, weight_bytes
 
     try:
-        quantize = _quantize_option(args.quantize)
+        quantize = quantize_option(args.quantize)
         loaded = load(args.model, args.device, args.dtype)
     except (ValueError, FileNotFoundError) as exc:
         print(f"bench engine: {exc}")

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from transformers import MimiConfig, MimiModel
 
-from audio.codec import StreamingMimi
+from audio.frames import FRAME_MS, SAMPLE_RATE_HZ
+from audio.mimi.codec import StreamingMimi
 
-FRAME_MS = 80.0
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -55,7 +55,7 @@ def random_real_size_mimi(seed: int = 0) -> MimiModel:
 
 def _test_signal(batch: int, frames: int, frame_samples: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    t = np.arange(frames * frame_samples) / 24_000
+    t = np.arange(frames * frame_samples) / SAMPLE_RATE_HZ
     tone = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 400, (batch, 1)) * t)
     return (tone + 0.05 * rng.standard_normal((batch, t.size))).astype(np.float32)
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
 from audio.resample import resample
-from audio.vad import BACKENDS, SileroClassifier, StreamingVad, VadConfig, _silero_model_path
+from audio.vad import BACKENDS, SileroClassifier, StreamingVad, VadConfig, silero_model_path
 
-FRAME_SAMPLES = 1920
 DEFAULT_WAV = Path(__file__).resolve().parents[1].parent / "shared" / "audio" / "conversation.wav"
 
 
@@ -47,7 +47,7 @@ def energy_turns(x: np.ndarray, rate: int, merge_ms: int = 500) -> list[tuple[in
 
 
 def _cost(backend: str, x: np.ndarray, repeat: int) -> tuple[np.ndarray, float]:
-    vad = StreamingVad(VadConfig(backend=backend), sample_rate_hz=24000)
+    vad = StreamingVad(VadConfig(backend=backend), sample_rate_hz=SAMPLE_RATE_HZ)
     n = len(x) // FRAME_SAMPLES
     cpu_ms = []
     wall0 = time.perf_counter()
@@ -64,7 +64,7 @@ def _jit_cost(x16: np.ndarray) -> float:
     import torch
 
     torch.set_num_threads(1)
-    model = torch.jit.load(str(_silero_model_path().with_name("silero_vad.jit"))).eval()
+    model = torch.jit.load(str(silero_model_path().with_name("silero_vad.jit"))).eval()
     chunks = len(x16) // SileroClassifier.frame_samples
     t0 = time.thread_time_ns()
     with torch.inference_mode():
@@ -80,16 +80,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     x, rate = sf.read(args.wav, dtype="float32", always_2d=True)
     x = x[:, 0]
-    if rate != 24000:
-        x = resample(x, rate, 24000)
-    truth = energy_turns(x, 24000)
-    print(f"{args.wav.name}: {len(x) / 24000:.1f} s x {args.repeat}, one push per 80 ms frame")
+    if rate != SAMPLE_RATE_HZ:
+        x = resample(x, rate, SAMPLE_RATE_HZ)
+    truth = energy_turns(x, SAMPLE_RATE_HZ)
+    print(f"{args.wav.name}: {len(x) / SAMPLE_RATE_HZ:.1f} s x {args.repeat}, one push per 80 ms frame")
     print(f"reference turns (energy): {[(round(a / 24), round(b / 24)) for a, b in truth]} ms")
     print(f"{'backend':<14}{'cpu ms/frame':>13}{'p99':>8}{'max':>8}{'wall ms':>9}   onset / end error (ms)")
     for backend in BACKENDS:
         cpu, wall = _cost(backend, x, args.repeat)
         events = StreamingVad(VadConfig(backend=backend)).push(
-            np.concatenate([x, np.zeros(24000, np.float32)])
+            np.concatenate([x, np.zeros(SAMPLE_RATE_HZ, np.float32)])
         )
         pairs = [(events[i].sample, events[i + 1].sample) for i in range(0, len(events) - 1, 2)]
         if len(pairs) == len(truth):
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if not args.no_jit:
         print(
-            f"{'silero (jit)':<14}{_jit_cost(resample(x, 24000, 16000)):>13.3f}   model only, torch threads 1"
+            f"{'silero (jit)':<14}{_jit_cost(resample(x, SAMPLE_RATE_HZ, 16000)):>13.3f}   model only, torch threads 1"
         )
     return 0
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from audio.frames import FRAME_SAMPLES
+
 _INT16_SCALE = 32768.0
 
 
@@ -50,7 +52,7 @@ class FrameChunker:
     Frames come out in order, each float32 (frame_samples,). The pending remainder is kept between pushes.
     """
 
-    def __init__(self, frame_samples: int = 1920):
+    def __init__(self, frame_samples: int = FRAME_SAMPLES):
         if int(frame_samples) != frame_samples or frame_samples <= 0:
             raise ValueError(f"frame_samples must be a positive integer, got {frame_samples!r}")
         self.frame_samples = int(frame_samples)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from audio.frames import FRAME_MS, SAMPLE_RATE_HZ
 from audio.pcm import FrameChunker, as_mono_float32, float32_to_pcm16
 from audio.resample import SUPPORTED_RATES, StreamResampler
 
@@ -30,7 +31,6 @@ CLASSIFIER_RATE_HZ = 16000  # both classifiers run at 16 kHz: webrtcvad supports
 WEBRTC_FRAME_SAMPLES = 480  # 30 ms: the cheapest webrtcvad frame, and its most stable decisions
 SILERO_FRAME_SAMPLES = 512  # 32 ms: the only chunk size the 16 kHz Silero model accepts
 _SILERO_CONTEXT_SAMPLES = 64  # Silero sees the previous chunk's last 64 samples in front of each chunk
-_COST_FRAME_MS = 80.0  # costs are reported per 80 ms frame, the server's frame clock
 
 
 @dataclass
@@ -202,7 +202,7 @@ class WebRtcClassifier:
         self._vad = webrtcvad.Vad(self.aggressiveness)
 
 
-def _silero_model_path() -> Path:
+def silero_model_path() -> Path:
     # find_spec locates the package without importing it: `import silero_vad` calls
     # torch.set_num_threads(1) for the whole process as a side effect.
     spec = importlib.util.find_spec("silero_vad")
@@ -224,7 +224,7 @@ def _silero_session():
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(str(_silero_model_path()), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(silero_model_path()), options, providers=["CPUExecutionProvider"])
 
 
 class SileroClassifier:
@@ -263,7 +263,7 @@ class StreamingVad:
     go through `TurnHysteresis` on the input timeline. Chunk boundaries never change the events.
     """
 
-    def __init__(self, config: VadConfig | None = None, sample_rate_hz: int = 24000):
+    def __init__(self, config: VadConfig | None = None, sample_rate_hz: int = SAMPLE_RATE_HZ):
         if sample_rate_hz not in SUPPORTED_RATES:
             raise ValueError(
                 f"VAD sample_rate_hz={sample_rate_hz} is not supported; use one of {SUPPORTED_RATES}"
@@ -319,7 +319,7 @@ class StreamingVad:
     def cpu_ms_per_frame(self) -> float:
         """Mean CPU time this VAD spent per 80 ms of input so far (this thread's CPU clock)."""
         seconds = self._position / self.sample_rate_hz
-        return self._cpu_ns / 1e6 / (seconds * 1000.0 / _COST_FRAME_MS) if seconds else 0.0
+        return self._cpu_ns / 1e6 / (seconds * 1000.0 / FRAME_MS) if seconds else 0.0
 
     def _to_input_sample(self, classifier_sample: int) -> int:
         return round(classifier_sample * self.sample_rate_hz / self._classifier.sample_rate_hz)

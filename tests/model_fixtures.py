@@ -1,7 +1,7 @@
 """Tiny random models written in the real checkpoint formats, for tests that must not download anything.
 
 Mimi: `tiny_mimi_config()`, `random_mimi(config, seed)`, `write_mimi_checkpoint(path, model, layout)`.
-The Kyutai layout is written by `kyutai_mimi_state_dict`, an inverse of audio.mimi_convert derived
+The Kyutai layout is written by `kyutai_mimi_state_dict`, an inverse of audio.mimi.convert derived
 from Kyutai's `moshi` source (key names of `moshi.models.loaders.get_mimi`, interleaved RoPE pairs).
 """
 
@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import MimiConfig, MimiModel
 
-from audio.mimi_convert import KYUTAI_MIMI_FILENAME
+from audio.mimi.convert import KYUTAI_MIMI_FILENAME
 
 # -- Mimi ---------------------------------------------------------------------------------------------
 

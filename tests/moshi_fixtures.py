@@ -4,7 +4,9 @@
 
 Everything is built inside the test (tmp_path): a SentencePiece model trained on a few sentences,
 random LM weights (sharpened so greedy decisions have clear margins), Kyutai's and Hugging
-Face's file layouts holding the same weights.
+Face's file layouts holding the same weights. Also the test-only helpers the production code has no
+use for: `kyutai_state_dict_from_transformers` (transformers' LM weights under Kyutai's names) and
+`depth_logits` (the depth transformer's logits for given tokens).
 """
 
 from __future__ import annotations
@@ -17,12 +19,8 @@ from pathlib import Path
 import torch
 from model_fixtures import kyutai_mimi_kwargs, random_mimi, tiny_mimi_config, write_mimi_checkpoint
 
-from assistant.moshi.loading import (
-    KYUTAI_MIMI_NAME,
-    KYUTAI_TOKENIZER_NAME,
-    kyutai_lm_config,
-    kyutai_state_dict_from_transformers,
-)
+from assistant.moshi.lm import DepthCache, MoshiStreamingLM
+from assistant.moshi.loading import KYUTAI_MIMI_NAME, KYUTAI_TOKENIZER_NAME, kyutai_lm_config, rope_rows
 
 SENTENCES = [
     "hello there how are you today",
@@ -117,6 +115,55 @@ def random_moshi(kwargs: dict, seed: int = 0, sharpen: float = 6.0):
 
 def lm_state_dict(model) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if not k.startswith("audio_encoder.")}
+
+
+def kyutai_state_dict_from_transformers(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """The inverse of `assistant.moshi.loading.convert_kyutai_lm_state_dict`: write transformers' LM weights with Kyutai's names."""
+    dep = config.depth_decoder_config
+    dim, heads, kv_heads, hd = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    K = config.num_codebooks
+    inv_q, inv_k = torch.argsort(rope_rows(heads, hd)), torch.argsort(rope_rows(kv_heads, hd))
+    out = {
+        "text_emb.weight": state["decoder.model.embed_tokens.weight"],
+        "text_linear.weight": state["decoder.lm_head.weight"],
+        "out_norm.alpha": state["decoder.model.norm.weight"].reshape(1, 1, dim),
+        "depformer_text_emb.weight": state["depth_decoder.text_embed_tokens.weight"],
+    }
+    for i in range(2 * K):
+        out[f"emb.{i}.weight"] = state[f"embed_tokens.{i}.weight"]
+    for layer in range(config.num_hidden_layers):
+        k_in, k_out = f"decoder.model.layers.{layer}.", f"transformer.layers.{layer}."
+        q = state[k_in + "self_attn.q_proj.linear.weight"][inv_q]
+        k = state[k_in + "self_attn.k_proj.linear.weight"][inv_k]
+        out[k_out + "self_attn.in_projs.0.weight"] = torch.cat([q, k, state[k_in + "self_attn.v_proj.linear.weight"]])
+        out[k_out + "self_attn.out_projs.0.weight"] = state[k_in + "self_attn.o_proj.linear.weight"]
+        out[k_out + "norm1.alpha"] = state[k_in + "input_layernorm.weight"].reshape(1, 1, dim)
+        out[k_out + "norm2.alpha"] = state[k_in + "post_attention_layernorm.weight"].reshape(1, 1, dim)
+        out[k_out + "gating.linear_in.weight"] = state[k_in + "mlp.fc1.weight"]
+        out[k_out + "gating.linear_out.weight"] = state[k_in + "mlp.fc2.weight"]
+    for i in range(K):
+        out[f"depformer_in.{i}.weight"] = state["depth_decoder.input_projections.weight"][i]
+        out[f"linears.{i}.weight"] = state["depth_decoder.lm_heads.weight"][i]
+    for i in range(K - 1):
+        out[f"depformer_emb.{i}.weight"] = state[f"depth_decoder.embed_tokens.{i}.weight"]
+    ddim = dep.hidden_size
+    for layer in range(dep.num_hidden_layers):
+        k_in, k_out = f"depth_decoder.layers.{layer}.", f"depformer.layers.{layer}."
+        for i in range(K):
+            out[k_out + f"self_attn.in_projs.{i}.weight"] = torch.cat(
+                [state[k_in + f"self_attn.{p}_proj.linear.weight"][i] for p in "qkv"])
+            out[k_out + f"self_attn.out_projs.{i}.weight"] = state[k_in + "self_attn.o_proj.linear.weight"][i]
+            out[k_out + f"gating.{i}.linear_in.weight"] = state[k_in + "mlp.fc1.weight"][i]
+            out[k_out + f"gating.{i}.linear_out.weight"] = state[k_in + "mlp.fc2.weight"][i]
+        out[k_out + "norm1.alpha"] = state[k_in + "input_layernorm.weight"].reshape(1, 1, ddim)
+        out[k_out + "norm2.alpha"] = state[k_in + "post_attention_layernorm.weight"].reshape(1, 1, ddim)
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def depth_logits(lm: MoshiStreamingLM, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Depth logits (B, K, card) for given text + audio tokens (B, 1 + K); what `lm._depth` sees when forced."""
+    cache = DepthCache(*lm._depth_shape, lm.device, lm.dtype)
+    return torch.stack([lm._depth_step(k, tokens[:, k], hidden, cache) for k in range(lm.num_codebooks)], 1)
 
 
 def write_kyutai_checkpoint(directory: Path, model, kwargs: dict, tokenizer: Path, *, with_config: bool = True,

@@ -19,14 +19,14 @@ from model_fixtures import (
 from safetensors.torch import save_file
 from transformers import MimiConfig, MimiModel
 
-from audio.codec import StreamingMimi
-from audio.mimi_convert import (
+from audio.frames import FRAME_SAMPLES
+from audio.mimi.codec import StreamingMimi
+from audio.mimi.convert import (
     KYUTAI_MIMI_FILENAME,
     convert_kyutai_mimi_state_dict,
     mimi_config_for_kyutai,
 )
 
-FRAME = 1920
 AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
 
 
@@ -46,10 +46,10 @@ def tiny_model() -> MimiModel:
 def _signal(batch: int, frames: int, seed: int = 0) -> torch.Tensor:
     """Speech-like test input: a few drifting tones plus noise, in [-1, 1]."""
     gen = torch.Generator().manual_seed(seed)
-    t = torch.arange(frames * FRAME) / 24_000
+    t = torch.arange(frames * FRAME_SAMPLES) / 24_000
     freqs = 100 + 400 * torch.rand(batch, 3, 1, generator=gen)
     tones = torch.sin(2 * torch.pi * freqs * t * (1 + 0.1 * torch.sin(t))).sum(1) / 3
-    return (0.5 * tones + 0.1 * torch.randn(batch, frames * FRAME, generator=gen)).clamp(-1, 1)
+    return (0.5 * tones + 0.1 * torch.randn(batch, frames * FRAME_SAMPLES, generator=gen)).clamp(-1, 1)
 
 
 def _offline_codes(model: MimiModel, pcm: torch.Tensor, num_codebooks: int = 8) -> torch.Tensor:
@@ -63,8 +63,8 @@ def _offline_audio(model: MimiModel, codes: torch.Tensor) -> torch.Tensor:
 
 
 def _stream_encode(codec: StreamingMimi, pcm: torch.Tensor) -> torch.Tensor:
-    frames = pcm.shape[-1] // FRAME
-    return torch.stack([codec.encode(pcm[:, i * FRAME : (i + 1) * FRAME]) for i in range(frames)], dim=-1)
+    frames = pcm.shape[-1] // FRAME_SAMPLES
+    return torch.stack([codec.encode(pcm[:, i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]) for i in range(frames)], dim=-1)
 
 
 def _stream_decode(codec: StreamingMimi, codes: torch.Tensor) -> torch.Tensor:
@@ -89,7 +89,7 @@ def test_frame_by_frame_equals_offline_over_60_frames(tiny_model, tmp_path, layo
 
     audio = _stream_decode(codec, expected)
     reference = _offline_audio(tiny_model, expected)
-    assert audio.dtype == torch.float32 and audio.shape == (2, 60 * FRAME)
+    assert audio.dtype == torch.float32 and audio.shape == (2, 60 * FRAME_SAMPLES)
     assert torch.allclose(audio, reference, rtol=0, atol=1e-4), (audio - reference).abs().max()
 
 
@@ -109,8 +109,8 @@ def test_real_speech_frame_by_frame_equals_offline(tiny_model):
         pytest.skip(f"shared test speech missing: {path}")
     speech, rate = sf.read(path, dtype="float32")
     assert rate == 24_000
-    frames = len(speech) // FRAME
-    pcm = torch.from_numpy(speech[: frames * FRAME])[None]
+    frames = len(speech) // FRAME_SAMPLES
+    pcm = torch.from_numpy(speech[: frames * FRAME_SAMPLES])[None]
     codec = StreamingMimi.from_model(tiny_model, batch_size=1)
     codes = _stream_encode(codec, pcm)
     assert torch.equal(codes, _offline_codes(tiny_model, pcm))
@@ -136,10 +136,10 @@ def test_real_default_config_streams_exactly():
 def test_rows_are_independent_and_reset_forgets_only_its_row(tiny_model):
     pcm = _signal(3, 24, seed=5)
     batch = StreamingMimi.from_model(tiny_model, batch_size=3)
-    codes_before = _stream_encode(batch, pcm[:, : 10 * FRAME])
+    codes_before = _stream_encode(batch, pcm[:, : 10 * FRAME_SAMPLES])
     audio_before = _stream_decode(batch, codes_before)
     batch.reset(1)
-    codes_after = _stream_encode(batch, pcm[:, 10 * FRAME :])
+    codes_after = _stream_encode(batch, pcm[:, 10 * FRAME_SAMPLES :])
     audio_after = _stream_decode(batch, codes_after)
     codes = torch.cat([codes_before, codes_after], -1)
     audio = torch.cat([audio_before, audio_after], -1)
@@ -152,7 +152,7 @@ def test_rows_are_independent_and_reset_forgets_only_its_row(tiny_model):
     assert list(batch.frames_encoded) == [24, 14, 24] and list(batch.frames_decoded) == [24, 14, 24]
     # the reset row starts over: like a new session that began at frame 10
     fresh = StreamingMimi.from_model(tiny_model, batch_size=1)
-    assert torch.equal(codes_after[1:2], _stream_encode(fresh, pcm[1:2, 10 * FRAME :]))
+    assert torch.equal(codes_after[1:2], _stream_encode(fresh, pcm[1:2, 10 * FRAME_SAMPLES :]))
     assert torch.allclose(audio_after[1:2], _stream_decode(fresh, codes_after[1:2]), rtol=0, atol=1e-4)
     assert not torch.equal(
         codes_after[1], _stream_encode(StreamingMimi.from_model(tiny_model, 1), pcm[1:2])[0, :, 10:]
@@ -167,7 +167,7 @@ def test_mask_feeds_only_chosen_rows(tiny_model):
     row1 = StreamingMimi.from_model(tiny_model, batch_size=1)  # sees only the frames row 1 is fed
     only_first = torch.tensor([True, False])
     for i in range(15):
-        frame = pcm[:, i * FRAME : (i + 1) * FRAME]
+        frame = pcm[:, i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
         skip = i % 3 == 1
         codes = codec.encode(frame, mask=only_first if skip else None)
         audio = codec.decode(codes, mask=only_first if skip else None)
@@ -176,7 +176,7 @@ def test_mask_feeds_only_chosen_rows(tiny_model):
         assert torch.allclose(audio[:1], row0.decode(codes0), rtol=0, atol=1e-4)
         if skip:
             assert torch.equal(codes[1], torch.zeros(8, dtype=torch.long))
-            assert torch.equal(audio[1], torch.zeros(FRAME))
+            assert torch.equal(audio[1], torch.zeros(FRAME_SAMPLES))
         else:
             codes1 = row1.encode(frame[1:])
             assert torch.equal(codes[1:], codes1)
@@ -185,26 +185,26 @@ def test_mask_feeds_only_chosen_rows(tiny_model):
     # codes of rows that are not fed are not looked at (an engine may leave garbage there)
     garbage = torch.full((2, 8), -1)
     garbage[0] = 3
-    assert torch.equal(codec.decode(garbage, mask=only_first)[1], torch.zeros(FRAME))
+    assert torch.equal(codec.decode(garbage, mask=only_first)[1], torch.zeros(FRAME_SAMPLES))
 
 
 def test_copy_row_continues_a_stream_in_another_row(tiny_model):
     pcm = _signal(1, 14, seed=13)
     codec = StreamingMimi.from_model(tiny_model, batch_size=3)
     alone = StreamingMimi.from_model(tiny_model, batch_size=1)
-    first = torch.zeros(3, 8 * FRAME)
-    first[2] = pcm[0, : 8 * FRAME]  # the session lives in row 2 first
+    first = torch.zeros(3, 8 * FRAME_SAMPLES)
+    first[2] = pcm[0, : 8 * FRAME_SAMPLES]  # the session lives in row 2 first
     codes = _stream_encode(codec, first)
     _stream_decode(codec, codes)
     expected = _stream_encode(alone, pcm)
     expected_audio = _stream_decode(alone, expected)
     codec.copy_row(2, 0)  # ...then moves to row 0 and goes on there
     assert codec.frames_encoded[0] == 8 and codec.frames_decoded[0] == 8
-    rest = torch.zeros(3, 6 * FRAME)
-    rest[0] = pcm[0, 8 * FRAME :]
+    rest = torch.zeros(3, 6 * FRAME_SAMPLES)
+    rest[0] = pcm[0, 8 * FRAME_SAMPLES :]
     later = _stream_encode(codec, rest)
     assert torch.equal(later[0], expected[0, :, 8:])
-    assert torch.allclose(_stream_decode(codec, later)[0], expected_audio[0, 8 * FRAME :], rtol=0, atol=1e-4)
+    assert torch.allclose(_stream_decode(codec, later)[0], expected_audio[0, 8 * FRAME_SAMPLES :], rtol=0, atol=1e-4)
 
 
 def test_reset_all_equals_a_new_codec(tiny_model):
@@ -430,7 +430,7 @@ def test_bad_inputs_are_rejected(tiny_model):
     with pytest.raises(ValueError, match="codes must be in"):
         codec.decode(torch.full((2, 8), 64))
     with pytest.raises(ValueError, match="mask"):
-        codec.encode(np.zeros((2, FRAME), dtype=np.float32), mask=np.array([1, 0]))
+        codec.encode(np.zeros((2, FRAME_SAMPLES), dtype=np.float32), mask=np.array([1, 0]))
     with pytest.raises(IndexError):
         codec.reset(2)
     with pytest.raises(ValueError, match="num_codebooks"):

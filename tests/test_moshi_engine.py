@@ -15,7 +15,8 @@ from moshi_fixtures import (
 
 from assistant.backends import build_engine
 from assistant.backends.moshi import MoshiEngine
-from assistant.engine import FRAME_SAMPLES, SlotOptions
+from assistant.engine import SlotOptions
+from audio.frames import FRAME_SAMPLES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

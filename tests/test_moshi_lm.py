@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from moshi_fixtures import lm_state_dict, random_moshi, tiny_kyutai_kwargs
+from moshi_fixtures import (
+    depth_logits,
+    kyutai_state_dict_from_transformers,
+    lm_state_dict,
+    random_moshi,
+    tiny_kyutai_kwargs,
+)
 
 from assistant.moshi.lm import MoshiStreamingLM, Sampling
-from assistant.moshi.loading import kyutai_state_dict_from_transformers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -70,7 +75,7 @@ def test_depth_steps_equal_causal_full_depth_forward():
     gen = torch.Generator().manual_seed(1)
     hidden = torch.randn(3, 1, model.config.hidden_size, generator=gen)
     tokens = torch.cat([torch.randint(0, 48, (3, 1), generator=gen), torch.randint(0, 64, (3, K), generator=gen)], 1)
-    mine = lm.depth_logits(hidden, tokens)
+    mine = depth_logits(lm, hidden, tokens)
     with torch.no_grad():  # sdpa with no mask is causal over the 8 positions
         reference = model.depth_decoder(input_ids=tokens[:, :K], last_hidden_state=hidden).logits
     assert torch.allclose(mine, reference, atol=1e-4), (mine - reference).abs().max()

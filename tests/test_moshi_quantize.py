@@ -7,14 +7,16 @@ import copy
 import numpy as np
 import pytest
 import torch
+from moshi_fixtures import depth_logits
 from torch import nn
 from transformers.models.moshi.modeling_moshi import MoshiFlexibleLinear
 
 from assistant.backends.moshi import MoshiEngine
-from assistant.bench_engine import random_loaded
-from assistant.engine import FRAME_SAMPLES, SlotOptions
+from assistant.engine import SlotOptions
 from assistant.moshi.lm import MoshiStreamingLM, Sampling
 from assistant.moshi.quantize import Int8FlexibleLinear, Int8Linear, quantize_moshi, weight_bytes
+from assistant.moshi.random_models import random_loaded
+from audio.frames import FRAME_SAMPLES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -63,7 +65,7 @@ def _teacher_forced_logits(model, steps: int = 6, batch: int = 2):
             text = torch.randint(0, lm.text_card, (batch,), generator=gen)
             audio = torch.randint(0, lm.card, (batch, K), generator=gen)
             hidden, text_logits, inputs = lm.step_temporal(user)
-            depths.append(lm.depth_logits(hidden, torch.cat([text[:, None], audio], 1)))
+            depths.append(depth_logits(lm, hidden, torch.cat([text[:, None], audio], 1)))
             texts.append(text_logits)
             lm.step_depth(hidden, text_logits, inputs, greedy, torch.ones(batch, dtype=torch.bool), text, audio)
     return torch.stack(texts), torch.stack(depths)

@@ -8,7 +8,7 @@ import soundfile as sf
 from moshi_fixtures import random_moshi, tiny_kyutai_kwargs, train_tiny_spm, write_kyutai_checkpoint
 
 from assistant.cli import main
-from assistant.engine import FRAME_SAMPLES
+from audio.frames import FRAME_SAMPLES
 from audio.resample import resample
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from assistant.backends.moshi import MoshiEngine
-from assistant.bench_engine import random_loaded
-from assistant.engine import FRAME_SAMPLES, SlotOptions
+from assistant.engine import SlotOptions
 from assistant.moshi.graphs import BUCKETS, StepRunner, bucket_for, buckets_for, compile_mode, topk_width
+from assistant.moshi.random_models import random_loaded
+from audio.frames import FRAME_SAMPLES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -249,7 +250,7 @@ def test_static_mimi_equals_the_codecs_masked_calls(loaded):
     """StaticMimi on rows [0, 2) of 3: same codes and audio as the codec's own calls; a row not `ready`
     is left fresh, exactly as when the codec's mask skips it."""
     from assistant.moshi.graphs import StaticMimi
-    from audio.codec import StreamingMimi
+    from audio.mimi.codec import StreamingMimi
 
     reference = StreamingMimi.from_model(loaded.mimi, batch_size=3)
     static = StaticMimi(StreamingMimi.from_model(loaded.mimi, batch_size=3))

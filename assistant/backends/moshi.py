@@ -24,6 +24,7 @@ from assistant.engine import Engine, SlotOptions, StepOutput
 from assistant.moshi.graphs import StepRunner, bucket_for, compile_mode, topk_width
 from assistant.moshi.lm import MoshiStreamingLM, Sampling
 from assistant.moshi.loading import LoadedMoshi, load_moshi, resolve_device, resolve_dtype
+from assistant.moshi.random_models import RANDOM_MODELS, random_loaded
 
 DEFAULT_TEXT_TEMPERATURE = 0.7
 DEFAULT_TEXT_TOP_K = 25
@@ -31,7 +32,6 @@ DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_K = 250
 SPEAKING_RMS = 3e-3  # about -50 dBFS: quieter output frames count as the assistant not speaking
 log = logging.getLogger(__name__)
-RANDOM_MODELS = ("tiny", "7b-random")  # --model names that build random weights (benchmarks)
 _SILENCE_WARMUP_FRAMES = 4  # frames of zeros the encoder sees before its "silence" codes are taken
 
 
@@ -63,7 +63,7 @@ class MoshiEngine(Engine):
         self.loaded = loaded
         self.model_name = loaded.source
         self.codec = codec
-        self.quantize = _quantize_option(quantize)
+        self.quantize = quantize_option(quantize)
         if self.quantize:
             from assistant.moshi.quantize import quantize_moshi
 
@@ -105,7 +105,7 @@ class MoshiEngine(Engine):
         """An engine of `batch_size` slots over an already loaded model (several engines may share one)."""
         from transformers import MimiModel
 
-        from audio.codec import StreamingMimi
+        from audio.mimi.codec import StreamingMimi
 
         device = next(loaded.model.parameters()).device
         num_codebooks = loaded.model.config.num_codebooks
@@ -121,8 +121,6 @@ class MoshiEngine(Engine):
     @classmethod
     def random(cls, which: str, *, batch_size: int = 1, device=None, dtype=None, **options) -> MoshiEngine:
         """`tiny` or `7b-random`: the architecture with random weights (benchmarks, no download)."""
-        from assistant.bench_engine import random_loaded
-
         device = resolve_device(device)
         loaded = random_loaded(which, device, resolve_dtype(dtype, device))
         return cls.from_loaded(loaded, batch_size=batch_size, **options)
@@ -351,7 +349,7 @@ class MoshiEngine(Engine):
         }
 
 
-def _quantize_option(value: str | None) -> str | None:
+def quantize_option(value: str | None) -> str | None:
     """--quantize value, or env ASSISTANT_QUANTIZE when None; "none" / "" mean off."""
     from assistant.moshi.quantize import MODES
 

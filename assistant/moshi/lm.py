@@ -302,11 +302,6 @@ class MoshiStreamingLM:
             previous = token
         return torch.stack(out, dim=1)
 
-    def depth_logits(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Depth logits (B, K, card) for given text + audio tokens (B, 1 + K); what `_depth` sees when forced."""
-        cache = DepthCache(*self._depth_shape, self.device, self.dtype)
-        return torch.stack([self._depth_step(k, tokens[:, k], hidden, cache) for k in range(self.num_codebooks)], 1)
-
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":

@@ -237,7 +237,7 @@ def kyutai_lm_config(kwargs: dict, mimi_config=None):
 
 def mimi_config_from_kyutai(mimi_kwargs: dict):
     """transformers MimiConfig from Kyutai's Mimi config JSON (`mimi_config_name` in a Kyutai config.json)."""
-    from audio.mimi_convert import mimi_config_for_kyutai
+    from audio.mimi.convert import mimi_config_for_kyutai
 
     try:
         seanet, quantizer, transformer = mimi_kwargs["seanet"], mimi_kwargs["quantizer"], mimi_kwargs["transformer"]
@@ -277,7 +277,7 @@ def mimi_config_from_kyutai(mimi_kwargs: dict):
 
 
 # -- Kyutai weights -> transformers weights ----------------------------------------------------
-def _rope_rows(num_heads: int, head_dim: int) -> torch.Tensor:
+def rope_rows(num_heads: int, head_dim: int) -> torch.Tensor:
     """Row order turning Kyutai's interleaved-pair RoPE into transformers' rotate-half RoPE."""
     per_head = torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])
     return (torch.arange(num_heads)[:, None] * head_dim + per_head[None, :]).reshape(-1)
@@ -329,7 +329,7 @@ def convert_kyutai_lm_state_dict(state: dict[str, torch.Tensor], config, filenam
     }
     for i in range(2 * K):
         out[f"embed_tokens.{i}.weight"] = src.take(f"emb.{i}.weight", (card + 1, dim))
-    q_rows, k_rows = _rope_rows(heads, hd), _rope_rows(kv_heads, hd)
+    q_rows, k_rows = rope_rows(heads, hd), rope_rows(kv_heads, hd)
     for layer in range(config.num_hidden_layers):
         k_in, k_out = f"transformer.layers.{layer}.", f"decoder.model.layers.{layer}."
         qkv = src.take(k_in + "self_attn.in_projs.0.weight", ((heads + 2 * kv_heads) * hd, dim),
@@ -380,49 +380,6 @@ def convert_kyutai_lm_state_dict(state: dict[str, torch.Tensor], config, filenam
             [src.take(k_in + f"gating.{i}.linear_out.weight", (ddim, dep.ffn_dim // 2)) for i in range(K)])
     src.check_empty()
     return out
-
-
-def kyutai_state_dict_from_transformers(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
-    """The inverse of `convert_kyutai_lm_state_dict`: write transformers' LM weights with Kyutai's names."""
-    dep = config.depth_decoder_config
-    dim, heads, kv_heads, hd = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
-    K = config.num_codebooks
-    inv_q, inv_k = torch.argsort(_rope_rows(heads, hd)), torch.argsort(_rope_rows(kv_heads, hd))
-    out = {
-        "text_emb.weight": state["decoder.model.embed_tokens.weight"],
-        "text_linear.weight": state["decoder.lm_head.weight"],
-        "out_norm.alpha": state["decoder.model.norm.weight"].reshape(1, 1, dim),
-        "depformer_text_emb.weight": state["depth_decoder.text_embed_tokens.weight"],
-    }
-    for i in range(2 * K):
-        out[f"emb.{i}.weight"] = state[f"embed_tokens.{i}.weight"]
-    for layer in range(config.num_hidden_layers):
-        k_in, k_out = f"decoder.model.layers.{layer}.", f"transformer.layers.{layer}."
-        q = state[k_in + "self_attn.q_proj.linear.weight"][inv_q]
-        k = state[k_in + "self_attn.k_proj.linear.weight"][inv_k]
-        out[k_out + "self_attn.in_projs.0.weight"] = torch.cat([q, k, state[k_in + "self_attn.v_proj.linear.weight"]])
-        out[k_out + "self_attn.out_projs.0.weight"] = state[k_in + "self_attn.o_proj.linear.weight"]
-        out[k_out + "norm1.alpha"] = state[k_in + "input_layernorm.weight"].reshape(1, 1, dim)
-        out[k_out + "norm2.alpha"] = state[k_in + "post_attention_layernorm.weight"].reshape(1, 1, dim)
-        out[k_out + "gating.linear_in.weight"] = state[k_in + "mlp.fc1.weight"]
-        out[k_out + "gating.linear_out.weight"] = state[k_in + "mlp.fc2.weight"]
-    for i in range(K):
-        out[f"depformer_in.{i}.weight"] = state["depth_decoder.input_projections.weight"][i]
-        out[f"linears.{i}.weight"] = state["depth_decoder.lm_heads.weight"][i]
-    for i in range(K - 1):
-        out[f"depformer_emb.{i}.weight"] = state[f"depth_decoder.embed_tokens.{i}.weight"]
-    ddim = dep.hidden_size
-    for layer in range(dep.num_hidden_layers):
-        k_in, k_out = f"depth_decoder.layers.{layer}.", f"depformer.layers.{layer}."
-        for i in range(K):
-            out[k_out + f"self_attn.in_projs.{i}.weight"] = torch.cat(
-                [state[k_in + f"self_attn.{p}_proj.linear.weight"][i] for p in "qkv"])
-            out[k_out + f"self_attn.out_projs.{i}.weight"] = state[k_in + "self_attn.o_proj.linear.weight"][i]
-            out[k_out + f"gating.{i}.linear_in.weight"] = state[k_in + "mlp.fc1.weight"][i]
-            out[k_out + f"gating.{i}.linear_out.weight"] = state[k_in + "mlp.fc2.weight"][i]
-        out[k_out + "norm1.alpha"] = state[k_in + "input_layernorm.weight"].reshape(1, 1, ddim)
-        out[k_out + "norm2.alpha"] = state[k_in + "post_attention_layernorm.weight"].reshape(1, 1, ddim)
-    return {k: v.contiguous() for k, v in out.items()}
 
 
 # -- building models ---------------------------------------------------------------------------

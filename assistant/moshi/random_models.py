@@ -1,0 +1,55 @@
+"""Untrained Moshi models (random weights, real or tiny architecture) for `--model tiny` / `7b-random`.
+
+Benchmarks and tests use them to exercise the whole engine without downloading a checkpoint;
+speed does not depend on the weights' values.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from assistant.moshi.loading import (
+    KYUTAI_7B_KWARGS,
+    LoadedMoshi,
+    TextTokenizer,
+    kyutai_lm_config,
+    kyutai_lm_kwargs,
+    random_moshi,
+)
+
+RANDOM_MODELS = ("tiny", "7b-random")  # --model names that build random weights (benchmarks)
+TINY_KWARGS = {"dim": 256, "num_heads": 4, "num_layers": 4, "text_card": 2000, "card": 2048, "context": 3000,
+               "depformer_dim": 128, "depformer_num_heads": 4, "depformer_num_layers": 2}
+
+
+def _random_codebooks(mimi) -> None:
+    """An untrained Mimi has all-zero codebooks (every code equal); random ones make decode do real work."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in mimi.modules():
+            if hasattr(module, "embed_sum") and hasattr(module, "cluster_usage"):
+                module.embed_sum.copy_(torch.randn(module.embed_sum.shape, generator=gen))
+                module.cluster_usage.fill_(1.0)
+                module._embed = None
+
+
+def random_loaded(which: str, device: torch.device, dtype: torch.dtype) -> LoadedMoshi:
+    """A LoadedMoshi with random weights (its `mimi` a MimiModel with random codebooks), `tiny` or `7b-random`."""
+    from transformers import MimiConfig, MimiModel  # imported here: importing the backend stays cheap
+
+    from audio.mimi.convert import mimi_config_for_kyutai
+
+    if which == "tiny":
+        kwargs = kyutai_lm_kwargs(dict(KYUTAI_7B_KWARGS, **TINY_KWARGS, depformer_dim_feedforward=None))
+        mimi_config = MimiConfig(hidden_size=64, num_filters=8, num_hidden_layers=2, intermediate_size=128,
+                                 num_attention_heads=4, num_key_value_heads=4, head_dim=16, codebook_size=2048,
+                                 codebook_dim=32, vector_quantization_hidden_dimension=32, num_quantizers=8,
+                                 upsample_groups=64)
+    else:
+        kwargs, mimi_config = dict(KYUTAI_7B_KWARGS), mimi_config_for_kyutai()
+    config = kyutai_lm_config(kwargs, mimi_config)
+    model = random_moshi(config, device=device, dtype=dtype)
+    mimi = MimiModel(mimi_config).eval()
+    _random_codebooks(mimi)
+    tokenizer = TextTokenizer(pieces=[f"\u2581w{i}" for i in range(config.vocab_size)], silent_ids=frozenset({0, 3}))
+    return LoadedMoshi(model=model, tokenizer=tokenizer, mimi=mimi, layout="random", source=which)
