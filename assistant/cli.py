@@ -1,7 +1,9 @@
 """`assistant` command line: one subcommand per module.
 
 Each module named here defines `add_arguments(parser)` and `run(args) -> int | None`.
-Modules are imported only when their subcommand runs, so `assistant --help` stays fast.
+Modules are imported only when their subcommand runs, so `assistant --help` stays fast; that
+lazy import is also the only place where `assistant` reaches `server` (serve, bench server) and
+the clients (talk).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 COMMANDS = {
     "serve": ("server.app", "run the real-time server (websocket, web page, metrics)"),
     "respond": ("assistant.respond", "answer a WAV file offline, frame by frame"),
-    "talk": ("assistant.talk", "talk to the assistant with a microphone and headphones"),
+    "talk": ("client.talk", "talk to the assistant with a microphone and headphones"),
 }
 
 BENCHMARKS = {
@@ -27,14 +29,7 @@ BENCHMARKS = {
 def _add_module_parser(subparsers, name: str, module: str, help_text: str) -> None:
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
     parser.set_defaults(_module=module)
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name):
-            parser.set_defaults(_missing=f"'{name}' is not available in this build ({module} is missing)")
-            return
-        raise
-    mod.add_arguments(parser)
+    importlib.import_module(module).add_arguments(parser)
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -62,9 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    if getattr(args, "_missing", None):
-        print(args._missing, file=sys.stderr)
-        return 2
     module = getattr(args, "_module", None)
     if module is None:
         parser.print_help()

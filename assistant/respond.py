@@ -1,7 +1,8 @@
 """`assistant respond`: answer a WAV file offline, fed frame by frame as the user's side of a live call.
 
 The input (any sample rate, mixed to mono, resampled to 24 kHz) plus `--tail-seconds` of silence
-goes through the engine one 80 ms frame at a time, exactly as in a live conversation. The output
+goes through the conversation core and the frame loop one 80 ms frame at a time, exactly as in a
+live conversation (assistant/offline.py), only without waiting for the wall clock. The output
 WAV holds the assistant's channel, sample-aligned with the input: output frame i is what the
 model said while hearing input frame i. `--stereo` writes the user on the left, the assistant on
 the right.
@@ -10,18 +11,25 @@ the right.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from assistant.engine import FRAME_SAMPLES, SAMPLE_RATE_HZ, SlotOptions
+from assistant.backends import BACKENDS
+from assistant.conversation import ConversationOptions
+from assistant.offline import frames_for, run_offline
+from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
+
+__all__ = ["add_arguments", "frames_for", "read_user_audio", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="Moshi checkpoint: HF repo id or local dir (Kyutai or HF layout)")
+    parser.add_argument("--backend", choices=BACKENDS, default="moshi",
+                        help="engine backend (default moshi; scripted and silence need no weights)")
+    parser.add_argument("--model", help="Moshi checkpoint: HF repo id or local dir (Kyutai or HF layout); "
+                                        "required with the moshi backend")
     parser.add_argument("--input", required=True, type=Path, help="the user's speech, a WAV file at any sample rate")
     parser.add_argument("--output", required=True, type=Path, help="where to write the assistant's 24 kHz WAV")
     parser.add_argument("--text-output", type=Path, help="also write the assistant's text here")
@@ -52,19 +60,11 @@ def read_user_audio(path: Path) -> np.ndarray:
     return soxr.resample(mono, rate, SAMPLE_RATE_HZ, quality="HQ").astype(np.float32)
 
 
-def frames_for(user: np.ndarray, tail_seconds: float) -> np.ndarray:
-    """Zero-pad the input to whole frames, append the tail of silence: float32 (n_frames, 1920)."""
-    n_frames = math.ceil(user.shape[0] / FRAME_SAMPLES) + math.ceil(tail_seconds * SAMPLE_RATE_HZ / FRAME_SAMPLES)
-    padded = np.zeros(n_frames * FRAME_SAMPLES, dtype=np.float32)
-    padded[: user.shape[0]] = user
-    return padded.reshape(n_frames, FRAME_SAMPLES)
-
-
-def slot_options(args: argparse.Namespace) -> SlotOptions:
+def conversation_options(args: argparse.Namespace) -> ConversationOptions:
     text_temperature = args.text_temperature
     if text_temperature is None and args.temperature == 0:
         text_temperature = 0.0  # --temperature 0 means a fully greedy answer
-    return SlotOptions(seed=args.seed, temperature=args.temperature, text_temperature=text_temperature)
+    return ConversationOptions(seed=args.seed, temperature=args.temperature, text_temperature=text_temperature)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
 
     from assistant.backends import build_engine
 
+    if args.backend == "moshi" and not args.model:
+        print("respond: the moshi backend needs --model (a checkpoint dir or Hugging Face repo id)", file=sys.stderr)
+        return 2
     if not args.input.is_file():
         print(f"respond: input file {args.input} does not exist", file=sys.stderr)
         return 2
@@ -83,36 +86,28 @@ def run(args: argparse.Namespace) -> int:
     except (RuntimeError, ValueError) as exc:  # soundfile raises these for unreadable files
         print(f"respond: cannot read {args.input} as audio: {exc}", file=sys.stderr)
         return 2
-    frames = frames_for(user, args.tail_seconds)
     try:
-        engine = build_engine("moshi", model=args.model, batch_size=1, device=args.device, dtype=args.dtype)
-        engine.open(0, slot_options(args))
+        options = conversation_options(args)
+        engine_options = {"model": args.model, "device": args.device, "dtype": args.dtype} if args.backend == "moshi" else {}
+        engine = build_engine(args.backend, batch_size=1, **engine_options)
     except (ValueError, OSError) as exc:  # bad checkpoint, device or option: the message says what to fix
         print(f"respond: {exc}", file=sys.stderr)
         return 2
 
-    reply = np.zeros_like(frames)
-    pieces: list[str] = []
+    n_frames = len(frames_for(user, args.tail_seconds))
     started = time.perf_counter()
-    with _progress(len(frames)) as advance:
-        for i, frame in enumerate(frames):
-            out = engine.step(frame[None])
-            reply[i] = out.pcm_out[0]
-            pieces.append(out.text[0])
-            advance()
+    with _progress(n_frames) as advance:
+        result = run_offline(engine, user, options=options, tail_seconds=args.tail_seconds,
+                             on_frame=lambda i: advance())
     elapsed = time.perf_counter() - started
 
-    reply = reply.reshape(-1)
-    if args.stereo:
-        data = np.stack([frames.reshape(-1), reply], axis=1)
-    else:
-        data = reply
+    data = np.stack([result.user, result.assistant], axis=1) if args.stereo else result.assistant
     args.output.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(args.output), data, SAMPLE_RATE_HZ, subtype="PCM_16")
-    text = "".join(pieces).strip()
+    text = result.text
     if args.text_output is not None:
         args.text_output.write_text(text + "\n")
-    audio_seconds = len(frames) * FRAME_SAMPLES / SAMPLE_RATE_HZ
+    audio_seconds = n_frames * FRAME_SAMPLES / SAMPLE_RATE_HZ
     print(f"text: {text}")
     print(f"wrote {args.output} ({audio_seconds:.2f} s); real-time factor {elapsed / audio_seconds:.3f} "
           f"({elapsed:.2f} s of compute for {audio_seconds:.2f} s of audio)")

@@ -8,9 +8,16 @@ Each tick (absolute wall-clock deadlines start + k * 80 ms, so no drift accumula
   4. hand each session its row of the output at once.
 A step that overruns makes the clock skip the ticks it missed instead of bursting to catch up.
 
+This is the only frame loop. Three clocks drive it:
+- the server: `run()`, wall-clock deadlines (above);
+- `assistant talk --local`: `tick()` whenever the user's audio completes a frame (the sound
+  device is the clock);
+- offline (`respond`, evaluation): `step_now()` once per frame of a recording, in this thread,
+  with an `OfflineClock` that advances 80 ms per frame.
+
 The policy parts (`FrameClock`, `gather_batch`) are pure and tested without threads or sockets.
 A session is anything with `take_frame() -> float32 (1920,) | None`, `deliver(pcm, text,
-speaking, step_ms)` and `check_limits(now)` (server/session.py's Session).
+speaking, step_ms)` and `check_limits(now)` (assistant/conversation's Conversation).
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from assistant.engine import FRAME_MS, Engine, SlotOptions
+from assistant.engine import Engine, SlotOptions, StepOutput
+from audio.frames import FRAME_MS
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +60,21 @@ class Tick:
     index: int  # tick number since the clock started
     deadline: float  # when it is due (clock seconds)
     skipped: int  # ticks given up since the previous one because a step overran
+
+
+class OfflineClock:
+    """Frame time for a host without a wall clock: seconds that advance one frame per `advance()`."""
+
+    def __init__(self, period_s: float = FRAME_MS / 1000.0):
+        self.period_s = period_s
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    def advance(self) -> float:
+        self.now_s += self.period_s
+        return self.now_s
 
 
 class FrameClock:
@@ -210,27 +233,20 @@ class Scheduler:
                 if kind == "close":
                     self._reserved.discard(slot)
 
-    async def tick(self) -> float:
-        """One frame: apply slot changes, gather, step in the worker thread, dispatch.
-
-        Returns the step time in ms (nan when no session was live and nothing ran)."""
+    def _gather(self) -> tuple[dict[int, FrameSource], np.ndarray] | None:
+        """Slot changes, limits, then one input frame per live session (None when none is live)."""
         self._apply_ops()
         now = self.clock()
         for session in list(self._sessions.values()):
             session.check_limits(now)
         if not self._sessions:
-            return float("nan")
+            return None
         sessions = dict(self._sessions)
-        if self.grace_s and not all(getattr(s, "frame_ready", lambda: True)() for s in sessions.values()):
-            # A talking user's chunk is a few ms late: wait that long rather than feed the model a gap
-            # (it would also push the user's timeline behind the clock for the rest of the turn).
-            await asyncio.sleep(self.grace_s)
-            sessions = dict(self._sessions)
-        batch, underran = gather_batch(self._batch, sessions)
-        loop = asyncio.get_running_loop()
-        t0 = time.perf_counter()
-        out = await loop.run_in_executor(self._executor, self.engine.step, batch)
-        step_ms = (time.perf_counter() - t0) * 1000.0
+        batch, _ = gather_batch(self._batch, sessions)
+        return sessions, batch
+
+    def _dispatch(self, sessions: dict[int, FrameSource], out: StepOutput, step_ms: float) -> None:
+        """Hand each session its row of the step's output."""
         if self.metrics:
             self.metrics.observe("step_ms", step_ms)
             self.metrics.inc("session_frames", len(sessions))
@@ -243,7 +259,43 @@ class Scheduler:
             except Exception:
                 log.exception("session in slot %d failed to take its output; ending it", slot)
                 session.end("internal_error")
+
+    async def tick(self) -> float:
+        """One frame: apply slot changes, gather, step in the worker thread, dispatch.
+
+        Returns the step time in ms (nan when no session was live and nothing ran)."""
+        if self.grace_s and self._sessions:
+            self._apply_ops()
+            if not all(getattr(s, "frame_ready", lambda: True)() for s in self._sessions.values()):
+                # A talking user's chunk is a few ms late: wait that long rather than feed the model a gap
+                # (it would also push the user's timeline behind the clock for the rest of the turn).
+                await asyncio.sleep(self.grace_s)
+        gathered = self._gather()
+        if gathered is None:
+            return float("nan")
+        sessions, batch = gathered
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        out = await loop.run_in_executor(self._executor, self.engine.step, batch)
+        step_ms = (time.perf_counter() - t0) * 1000.0
+        self._dispatch(sessions, out, step_ms)
         return step_ms
+
+    def step_now(self) -> float:
+        """One frame as `tick` does it, but in this thread and without waiting (offline runs)."""
+        gathered = self._gather()
+        if gathered is None:
+            return float("nan")
+        sessions, batch = gathered
+        t0 = time.perf_counter()
+        out = self.engine.step(batch)
+        step_ms = (time.perf_counter() - t0) * 1000.0
+        self._dispatch(sessions, out, step_ms)
+        return step_ms
+
+    def apply_slot_changes(self) -> None:
+        """Carry out queued slot changes now (a host without a running clock, after its last frame)."""
+        self._apply_ops()
 
     async def run(self) -> None:
         """Tick until stop(); slot changes made meanwhile apply at the next tick."""

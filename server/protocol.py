@@ -2,26 +2,29 @@
 
 Nothing here touches a socket: `decode_text` turns one text frame into a typed client event
 (or raises `ProtocolError` with the wire error code), `check_audio` validates one binary frame,
-and `encode_event` turns a session event (server/session.py) into the JSON text to send.
-The asyncio shell in server/app.py only moves bytes between the socket and these functions.
+and `encode_event` turns a conversation event (assistant/conversation/events.py) into the frame
+to send, field by field, so the wire format only changes here. The asyncio shell
+(server/native.py) only moves bytes between the socket and these functions; clients
+(client/native.py) use the same definitions.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from server.session import BARGE_IN_POLICIES, SUPPORTED_SAMPLE_RATES, AudioOut, Event
+from assistant.conversation import events as ev
+from assistant.conversation.options import BARGE_IN_POLICIES, SUPPORTED_SAMPLE_RATES
 
-MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB, text or binary; bigger closes the socket with 1009
+# 1 MiB, text or binary; the websocket layer closes the socket with 1009 on anything bigger.
+MAX_MESSAGE_BYTES = 1 << 20
 
 # Close codes (RFC 6455 numbers with the meaning this server gives them).
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008  # event flood, too slow a reader
-CLOSE_TOO_LARGE = 1009
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013  # server full
 
@@ -33,9 +36,9 @@ ERROR_CODES = (
     "not_started",
     "already_started",
     "unsupported_sample_rate",
-    "message_too_large",
     "rate_limited",
     "bad_audio",
+    "internal_error",  # the server failed to handle a message; the session goes on
 )
 
 
@@ -89,11 +92,21 @@ _VAD_FIELDS = {"threshold", "min_speech_ms", "min_silence_ms", "prefix_padding_m
 
 def _number(name: str, value: Any, lo: float, hi: float) -> float:
     # bool is an int subclass in Python; `true` is not a number on the wire.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolError("invalid_value", f"{name} must be a number, got {_preview(value)}")
+    if isinstance(value, int) and not -(2**53) <= value <= 2**53:
+        # An integer literal of any size parses; float() of one above 1e308 would overflow.
+        raise ProtocolError("invalid_value", f"{name} must be between {lo:g} and {hi:g}, got {_preview(value)}")
+    if not math.isfinite(value):
         raise ProtocolError("invalid_value", f"{name} must be a number, got {value!r}")
     if not lo <= value <= hi:
         raise ProtocolError("invalid_value", f"{name} must be between {lo:g} and {hi:g}, got {value!r}")
     return value
+
+
+def _preview(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def parse_options(raw: dict[str, Any]) -> dict[str, Any]:
@@ -145,10 +158,10 @@ def parse_options(raw: dict[str, Any]) -> dict[str, Any]:
 
 def decode_text(text: str | bytes) -> ClientEvent:
     """Decode one JSON text frame into a client event; raise ProtocolError if it is not one."""
-    if len(text) > MAX_MESSAGE_BYTES:
-        raise ProtocolError("message_too_large", f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
     try:
         msg = json.loads(text)
+    except RecursionError:
+        raise ProtocolError("invalid_json", "text frames must be JSON objects: it nests too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError("invalid_json", f"text frames must be JSON objects: {exc}") from None
     if not isinstance(msg, dict):
@@ -187,8 +200,6 @@ def check_audio(data: bytes, *, started: bool) -> None:
     """Validate one binary (audio) frame; raise ProtocolError if the session cannot take it."""
     if not started:
         raise ProtocolError("not_started", "send session.start before any audio")
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise ProtocolError("message_too_large", f"audio frames are limited to {MAX_MESSAGE_BYTES} bytes")
     if len(data) % 2:
         raise ProtocolError(
             "bad_audio", f"audio must be 16-bit PCM (an even number of bytes), got {len(data)} bytes"
@@ -198,17 +209,52 @@ def check_audio(data: bytes, *, started: bool) -> None:
 # -- server -> client events ------------------------------------------------------------------
 
 
-def encode_event(event: Event) -> str | bytes:
-    """One session event -> the frame to send: JSON text, or raw PCM16 bytes for audio."""
-    if isinstance(event, AudioOut):
-        return event.pcm16
-    body = {"type": event.type}
-    body.update(dataclasses.asdict(event))
+def _dumps(body: dict[str, Any]) -> str:
     return json.dumps(body, separators=(",", ":"))
 
 
+# One encoder per event: the wire names and fields of docs/protocol.md, spelled out.
+_ENCODERS: dict[type, Callable[[Any], dict[str, Any]]] = {
+    ev.SessionReady: lambda e: {
+        "session_id": e.session_id,
+        "sample_rate": e.sample_rate,
+        "frame_ms": e.frame_ms,
+        "options": e.options,
+    },
+    ev.SessionUpdated: lambda e: {"options": e.options},
+    ev.InputSpeechStarted: lambda e: {"at_ms": e.at_ms},
+    ev.InputSpeechStopped: lambda e: {"at_ms": e.at_ms},
+    ev.AssistantSpeechStarted: lambda e: {"at_ms": e.at_ms, "input_ms": e.input_ms},
+    ev.AssistantSpeechStopped: lambda e: {"at_ms": e.at_ms, "input_ms": e.input_ms},
+    ev.AssistantText: lambda e: {"text": e.text, "at_ms": e.at_ms},
+    ev.PlaybackClear: lambda e: {"reason": e.reason},
+    ev.BargeIn: lambda e: {"at_ms": e.at_ms, "cut_text": e.cut_text},
+    ev.Stats: lambda e: {
+        "response_gap_ms": e.response_gap_ms,
+        "server_overhead_ms": e.server_overhead_ms,
+        "underruns": e.underruns,
+        "drops": e.drops,
+        "step_ms": e.step_ms,
+        "played_ms": e.played_ms,
+        "sent_ms": e.sent_ms,
+        "end_of_turn_ms": e.end_of_turn_ms,
+    },
+    ev.UserTranscript: lambda e: {"text": e.text, "start_ms": e.start_ms, "end_ms": e.end_ms},
+    ev.Error: lambda e: {"code": e.code, "message": e.message},
+    ev.SessionEnded: lambda e: {"reason": e.reason},
+}
+SERVER_EVENTS = tuple(cls.type for cls in _ENCODERS)
+
+
+def encode_event(event: ev.Event) -> str | bytes:
+    """One conversation event -> the frame to send: JSON text, or raw PCM16 bytes for audio."""
+    if isinstance(event, ev.AudioOut):
+        return event.pcm16
+    return _dumps({"type": event.type, **_ENCODERS[type(event)](event)})
+
+
 def error_event(code: str, message: str) -> str:
-    return json.dumps({"type": "error", "code": code, "message": message}, separators=(",", ":"))
+    return _dumps({"type": "error", "code": code, "message": message})
 
 
 class RateLimiter:

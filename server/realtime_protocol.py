@@ -2,7 +2,7 @@
 
 - `parse_client_event(text)` turns one JSON text frame into a typed client event, or raises
   `RealtimeError` (code, message, param, event_id) that becomes an `error` server event.
-- `Conversation` is the response/item state machine. It is fed client events and what the session
+- `RealtimeConversation` is the response/item state machine. It is fed client events and what the
   core reports (user speech started/stopped on the input timeline, one output frame of assistant
   audio with its speaking flag, text pieces, user captions) and returns, in order, server events
   (plain dicts, ready for `json.dumps`) and `Action`s for the adapter to carry out on the session
@@ -544,7 +544,7 @@ class Response:
     input_ms_at_start: float = 0.0
 
 
-class Conversation:
+class RealtimeConversation:
     """One `/v1/realtime` conversation. Every method returns a list of server events (dicts) and Actions."""
 
     def __init__(self, *, session_id: str, model: str, voice: str, id_prefix: str,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.engine import FRAME_SAMPLES, SAMPLE_RATE_HZ
+from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
 
 FLUSH_EVERY_S = 1.0
 

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from assistant.playout import PlayoutBuffer
+from client.playout import PlayoutBuffer
 
 RATE = 24_000
 

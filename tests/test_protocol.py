@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from assistant.conversation import AudioOut, BargeIn, ConversationOptions, SessionEnded, Stats
 from server import protocol
 from server.protocol import (
     PlaybackPosition,
@@ -19,7 +20,6 @@ from server.protocol import (
     decode_text,
     encode_event,
 )
-from server.session import AudioOut, BargeIn, SessionEnded, SessionOptions, Stats
 
 
 def code_of(text) -> str:
@@ -55,7 +55,7 @@ def test_session_start_decodes_rate_and_options():
         },
     )
     # The options apply onto the defaults without losing the ones not given.
-    opts = SessionOptions().replace(**ev.options)
+    opts = ConversationOptions().replace(**ev.options)
     assert opts.barge_in == "vad" and opts.vad == {"min_silence_ms": 300, "threshold": 0.6}
 
 

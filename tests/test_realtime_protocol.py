@@ -15,8 +15,8 @@ from openai.types.realtime import RealtimeServerEvent
 
 from server.realtime_protocol import (
     ConfigureInput,
-    Conversation,
     PushAudio,
+    RealtimeConversation,
     SetSilenced,
     TurnDetection,
 )
@@ -27,8 +27,8 @@ VOICE = b"\x10\x00" * 1920  # one 80 ms frame of (quiet) non-zero PCM16
 QUIET = b"\x00\x00" * 1920
 
 
-def new_conversation(**kwargs) -> tuple[Conversation, list]:
-    conv = Conversation(session_id="sess_test", model="moshi-test", voice="moshi", id_prefix="t",
+def new_conversation(**kwargs) -> tuple[RealtimeConversation, list]:
+    conv = RealtimeConversation(session_id="sess_test", model="moshi-test", voice="moshi", id_prefix="t",
                         captions_model=kwargs.pop("captions_model", "whisper-test"), **kwargs)
     return conv, checked(conv.start())
 
@@ -54,7 +54,7 @@ def of_type(out: list, type_: str) -> list[dict]:
     return [e for e in events(out) if e["type"] == type_]
 
 
-def send(conv: Conversation, **event) -> list:
+def send(conv: RealtimeConversation, **event) -> list:
     return checked(conv.receive(json.dumps(event)))
 
 
@@ -62,7 +62,7 @@ def b64(pcm: bytes) -> str:
     return base64.b64encode(pcm).decode()
 
 
-def speak(conv: Conversation, frames: int, text: str = "") -> list:
+def speak(conv: RealtimeConversation, frames: int, text: str = "") -> list:
     out: list = []
     for _ in range(frames):
         out += conv.output_audio(VOICE, True)
@@ -70,7 +70,7 @@ def speak(conv: Conversation, frames: int, text: str = "") -> list:
     return checked(out)
 
 
-def quiet(conv: Conversation, frames: int) -> list:
+def quiet(conv: RealtimeConversation, frames: int) -> list:
     out: list = []
     for _ in range(frames):
         out += conv.output_audio(QUIET, False)
@@ -81,7 +81,7 @@ def delta_bytes(out: list) -> int:
     return sum(len(base64.b64decode(e["delta"])) for e in of_type(out, "response.output_audio.delta"))
 
 
-def manual(conv: Conversation) -> list:
+def manual(conv: RealtimeConversation) -> list:
     return send(conv, type="session.update", session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
 
 
@@ -256,7 +256,7 @@ def test_transcription_turns_captions_on_or_warns_when_the_server_has_none():
 # -- server VAD turns and responses ---------------------------------------------------------------------
 
 
-def user_turn(conv: Conversation, start_ms: float, stop_ms: float) -> list:
+def user_turn(conv: RealtimeConversation, start_ms: float, stop_ms: float) -> list:
     conv.receive(json.dumps({"type": "input_audio_buffer.append", "audio": b64(b"\x00\x00" * 24 * int(stop_ms))}))
     return checked(conv.user_speech_started(start_ms) + conv.user_speech_stopped(stop_ms))
 

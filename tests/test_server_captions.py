@@ -202,19 +202,19 @@ def test_captions_get_the_whole_utterance_with_padding(vad_backend):
     """What a session hands the captioner: the VAD's prefix padding of real audio before the onset,
     every audible sample of the utterance, and ~200 ms after the VAD's end (which can sit within
     30 ms of the last audible sample), cut from the input as the user sent it."""
+    from assistant.conversation import Conversation, ConversationOptions
     from audio.vad import VadConfig
-    from server.session import Session, SessionOptions
 
     q2, _ = load_wav("q2.wav")
     lead = 2 * RATE
     pcm = np.concatenate([np.zeros(lead, np.float32), q2, np.zeros(RATE, np.float32)])
     pcm += np.random.default_rng(0).normal(0, 1e-3, pcm.shape).astype(np.float32)  # a marker per sample
     jobs = []
-    session = Session(
+    session = Conversation(
         "s",
         RATE,
         lambda event: None,
-        options=SessionOptions(captions=True),
+        options=ConversationOptions(captions=True),
         vad_config=VadConfig(backend=vad_backend),
         captions=lambda audio, start_ms, end_ms, done: jobs.append((audio, start_ms, end_ms)),
     )

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from assistant import cli, talk
-from assistant.client import ServerEvent
-from assistant.playout import PlayoutBuffer
+from assistant import cli
+from client import devices, talk
+from client.native import ServerEvent
+from client.playout import PlayoutBuffer
 
 
 # -- sound device errors --------------------------------------------------------------------
@@ -63,7 +64,7 @@ HEADSET = [
 
 
 def use_sounddevice(monkeypatch, module):
-    real_import = talk.importlib.import_module
+    real_import = devices.importlib.import_module
 
     def import_module(name, *a, **k):
         if name == "sounddevice":
@@ -72,7 +73,7 @@ def use_sounddevice(monkeypatch, module):
             return module
         return real_import(name, *a, **k)
 
-    monkeypatch.setattr(talk.importlib, "import_module", import_module)
+    monkeypatch.setattr(devices.importlib, "import_module", import_module)
 
 
 def test_missing_portaudio_names_the_package_to_install(monkeypatch, capsys):

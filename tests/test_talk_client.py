@@ -18,8 +18,8 @@ import soundfile as sf
 from websockets.asyncio.server import serve
 from websockets.exceptions import InvalidStatus
 
-from assistant import talk
-from assistant.client import (
+from client import talk
+from client.native import (
     ClientError,
     NativeClient,
     ServerEvent,

@@ -25,8 +25,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
 from audio.pcm import float32_to_pcm16
 from audio.resample import SUPPORTED_RATES
-from server.protocol import MAX_MESSAGE_BYTES, OPTION_FIELDS
-from server.session import BARGE_IN_POLICIES
+from server.protocol import BARGE_IN_POLICIES, MAX_MESSAGE_BYTES, OPTION_FIELDS
 
 # The client speaks the server's own protocol definitions, so the two cannot drift apart.
 SESSION_OPTIONS = tuple(sorted(OPTION_FIELDS))

@@ -1,45 +1,40 @@
-"""The session core without sockets: turn-taking state machine, input buffering, barge-in with cut
-text, latencies, limits and the bounded outgoing queue."""
+"""The conversation core without sockets: turn-taking state machine, input buffering, barge-in with
+cut text, latencies and limits."""
 
 from __future__ import annotations
-
-import asyncio
 
 import numpy as np
 import pytest
 from audio_utils import load_wav
 
-from assistant.engine import FRAME_SAMPLES
-from server.session import (
+from assistant.conversation import (
+    AssistantSpeechStarted,
+    AudioOut,
+    BargeIn,
+    Conversation,
+    ConversationLimits,
+    ConversationOptions,
+    InputSpeechStarted,
+    InputSpeechStopped,
+    PlaybackClear,
+    SessionEnded,
+    SessionReady,
+    SlotControl,
+    Stats,
+)
+from assistant.conversation.input_buffer import FRAME_OK, FRAME_PADDED, FRAME_UNDERRUN, InputBuffer
+from assistant.conversation.turns import (
     ASSISTANT_SPEAKING,
     ASSISTANT_STARTED,
     ASSISTANT_STOPPED,
     BARGE_IN,
-    FRAME_OK,
-    FRAME_PADDED,
-    FRAME_UNDERRUN,
     LISTENING,
     SILENCE_OFF,
     SILENCE_ON,
     USER_BARGING_IN,
-    AssistantSpeechStarted,
-    AudioOut,
-    BargeIn,
-    InputBuffer,
-    InputSpeechStarted,
-    InputSpeechStopped,
-    Outbox,
-    PlaybackClear,
-    Session,
-    SessionEnded,
-    SessionLimits,
-    SessionOptions,
-    SessionReady,
-    SlotControl,
-    SlowClient,
-    Stats,
     TurnTaking,
 )
+from assistant.engine import FRAME_SAMPLES
 
 MS = 24  # samples per ms at 24 kHz
 
@@ -204,7 +199,7 @@ class Harness:
         self.now = 0.0
         self.events: list = []
         self.slot = FakeSlot()
-        self.session = Session(
+        self.session = Conversation(
             "s1", rate, self.events.append, slot=self.slot, clock=lambda: self.now, **kwargs
         )
         self.session.start()
@@ -273,7 +268,7 @@ def test_response_latency_is_measured_from_the_last_voiced_sample():
 @pytest.mark.parametrize("policy", ["model", "vad"])
 def test_barge_in_clears_playback_and_reports_what_was_not_heard(policy):
     interrupt, _ = load_wav("interrupt.wav")
-    h = Harness(options=SessionOptions(barge_in=policy, min_interrupt_ms=120))
+    h = Harness(options=ConversationOptions(barge_in=policy, min_interrupt_ms=120))
     words = [" Once", " upon", " a", " time", " there", " was", " a", " lighthouse"]
     h.reply = [(True, w) for w in words] + [(True, "")] * 40
     h.run(silence(0.8))  # 10 frames: all the words are sent
@@ -307,7 +302,7 @@ def test_session_at_48k_sends_80_ms_frames_at_the_client_rate():
 
 def test_backlog_is_bounded_when_the_clock_stalls():
     q1, _ = load_wav("q1.wav")
-    h = Harness(limits=SessionLimits(max_backlog_frames=3))
+    h = Harness(limits=ConversationLimits(max_backlog_frames=3))
     pcm16 = (q1[24000:48000] * 32767).astype("<i2")
     for i in range(0, 24000, 480):  # 1 s of speech in 20 ms chunks and no tick: 3 frames are kept
         h.session.push_audio(pcm16[i : i + 480].tobytes())
@@ -317,7 +312,7 @@ def test_backlog_is_bounded_when_the_clock_stalls():
 
 
 def test_limits_end_idle_and_overlong_sessions():
-    h = Harness(limits=SessionLimits(idle_timeout_s=2.0, max_session_s=100.0))
+    h = Harness(limits=ConversationLimits(idle_timeout_s=2.0, max_session_s=100.0))
     h.run(silence(1.0))
     h.now += 1.5
     h.session.check_limits(h.now)
@@ -330,14 +325,14 @@ def test_limits_end_idle_and_overlong_sessions():
     h.session.end("again")  # idempotent
     assert len(h.of(SessionEnded)) == 1
 
-    h = Harness(limits=SessionLimits(idle_timeout_s=None, max_session_s=0.5))
+    h = Harness(limits=ConversationLimits(idle_timeout_s=None, max_session_s=0.5))
     h.run(silence(0.6))
     h.session.check_limits(h.now)
     assert h.of(SessionEnded)[0].reason.startswith("max_duration")
 
 
 def test_update_changes_barge_in_policy_and_releases_forced_silence():
-    h = Harness(options=SessionOptions(barge_in="vad", min_interrupt_ms=0))
+    h = Harness(options=ConversationOptions(barge_in="vad", min_interrupt_ms=0))
     h.session.turns.silenced = True
     h.session.update(barge_in="model", vad={"min_silence_ms": 300})
     assert h.session.options.barge_in == "model"
@@ -349,40 +344,7 @@ def test_update_changes_barge_in_policy_and_releases_forced_silence():
 
 def test_unsupported_rate_is_refused():
     with pytest.raises(ValueError, match="not supported"):
-        Session("x", 22050, lambda e: None)
-
-
-# -- Outbox ---------------------------------------------------------------------------------------
-
-
-async def test_outbox_sends_in_order_and_flags_a_stalled_reader():
-    sent: list = []
-    gate = asyncio.Event()
-
-    async def send(item):
-        await gate.wait()
-        sent.append(item)
-
-    now = [0.0]
-    box = Outbox(send, max_items=4, max_lag_s=1.0, clock=lambda: now[0])
-    writer = asyncio.create_task(box.run())
-    for i in range(4):
-        box.put(i)
-    with pytest.raises(SlowClient, match="too slow"):
-        box.put(4)  # full
-    gate.set()
-    await asyncio.sleep(0.01)
-    assert sent == [0, 1, 2, 3]
-    gate.clear()
-    box.put(5)
-    await asyncio.sleep(0.01)
-    now[0] = 1.5  # the oldest message has waited too long
-    with pytest.raises(SlowClient):
-        box.put(6)
-    gate.set()
-    box.close()
-    await asyncio.wait_for(writer, 1)
-    assert sent == [0, 1, 2, 3, 5]
+        Conversation("x", 22050, lambda e: None)
 
 
 def test_bad_vad_update_changes_nothing():

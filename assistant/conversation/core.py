@@ -1,0 +1,495 @@
+"""The conversation core: one conversation in one engine slot, as pure code.
+
+Every path that holds a conversation drives this class: the server's `/ws` and `/v1/realtime`
+adapters, `assistant talk --local` and `assistant respond`. It knows nothing of sockets, JSON,
+threads or wall clocks (the clock is injected); whoever carries it feeds it and forwards what it
+emits:
+
+    conv = Conversation(session_id, sample_rate_hz, emit, options=..., slot=...)
+    conv.start()                            # emits SessionReady
+    conv.push_audio(pcm16: bytes)           # user audio, PCM16 LE mono at sample_rate_hz, any length
+    conv.push_samples(x: float32 (n,))      # the same as float samples at sample_rate_hz
+    conv.update(**options)                  # ConversationOptions fields; emits SessionUpdated
+    conv.set_played_ms(ms)                  # how much assistant audio the listener has played
+    conv.force_silence(True/False)          # keep the assistant quiet (manual turn control)
+    conv.clear_playback(reason)             # the adapter's own "cancel response": emits PlaybackClear
+    conv.end(reason)                        # emits SessionEnded and frees the slot (idempotent)
+    conv.stats() -> dict                    # latency / underrun / drop figures
+
+The frame loop (assistant/scheduler.py) calls `take_frame` before each batched engine step and
+`deliver` after it. Inside, the input is resampled to 24 kHz, run through a streaming VAD as it
+arrives, and queued in an `InputBuffer` that hands out 80 ms frames with bounded latency. VAD
+events drive `TurnTaking` (listening / assistant speaking / user barging in). A barge-in clears
+the listener's playback at once and, with the `vad` policy, keeps the engine (and the audio
+sent) silent until the user's turn ends. Captions, recording and metrics are injected hooks.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from assistant.conversation.events import (
+    AssistantSpeechStarted,
+    AssistantSpeechStopped,
+    AssistantText,
+    AudioOut,
+    BargeIn,
+    Error,
+    Event,
+    InputSpeechStarted,
+    InputSpeechStopped,
+    PlaybackClear,
+    SessionEnded,
+    SessionReady,
+    SessionUpdated,
+    Stats,
+    UserTranscript,
+)
+from assistant.conversation.input_buffer import (
+    FRAME_UNDERRUN,
+    InputBuffer,
+    UtteranceAudio,
+    resampler_burst_samples,
+)
+from assistant.conversation.options import (
+    SUPPORTED_SAMPLE_RATES,
+    ConversationLimits,
+    ConversationOptions,
+)
+from assistant.conversation.turns import (
+    ASSISTANT_STARTED,
+    ASSISTANT_STOPPED,
+    BARGE_IN,
+    SILENCE_OFF,
+    SILENCE_ON,
+    TurnTaking,
+)
+from assistant.engine import SlotOptions
+from audio.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE_HZ
+from audio.pcm import pcm16_to_float32
+from audio.resample import StreamResampler
+from audio.vad import StreamingVad, VadConfig
+
+_SAMPLES_PER_MS = SAMPLE_RATE_HZ // 1000
+# Audio after the VAD's end of speech given to captions: the end can sit 30 ms after the last audible
+# sample (silero, q2.wav), clipping a soft final phoneme; the end-of-turn silence has it buffered.
+_CAPTION_TAIL_SAMPLES = 200 * _SAMPLES_PER_MS
+
+
+def _to_pcm16(x: np.ndarray) -> bytes:
+    """float32 (n,) in [-1, 1] -> PCM16 LE bytes; audio.pcm.float32_to_pcm16's rounding, in float32
+    (this runs for every conversation every frame)."""
+    return np.clip(np.rint(x * np.float32(32768.0)), -32768, 32767).astype("<i2").tobytes()
+
+
+class SlotControl:
+    """What a conversation may ask of its engine slot; the frame loop applies it between steps."""
+
+    def force_silence(self, silent: bool) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def update(self, options: SlotOptions) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def release(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass
+class TurnLatency:
+    """One user turn: when it ended and how fast the assistant answered (ms).
+
+    response_gap_ms = end_of_turn_ms (last voiced sample arrived -> the VAD's end of turn, the
+    silence wait) + server_overhead_ms (end of turn -> first reply frame sent).
+    """
+
+    response_gap_ms: float
+    server_overhead_ms: float
+    end_of_turn_ms: float = 0.0
+
+
+class Conversation:
+    """One conversation. Not thread-safe: call everything from one thread (the event loop's)."""
+
+    def __init__(
+        self,
+        session_id: str,
+        sample_rate_hz: int,
+        emit: Callable[[Event], None],
+        *,
+        options: ConversationOptions | None = None,
+        limits: ConversationLimits | None = None,
+        vad_config: VadConfig | None = None,
+        slot: SlotControl | None = None,
+        recorder=None,
+        metrics=None,
+        captions=None,
+        clock: Callable[[], float] = time.monotonic,
+        input_clock: bool = False,
+    ):
+        """clock: seconds, monotonic (latency, limits); an offline host passes its frame time.
+        input_clock: the frame loop ticks whenever a whole frame of input is queued (talk --local,
+            respond) instead of on a wall clock, so no cushion against bursty input is kept.
+        """
+        if sample_rate_hz not in SUPPORTED_SAMPLE_RATES:
+            raise ValueError(
+                f"sample_rate {sample_rate_hz} is not supported; use one of {SUPPORTED_SAMPLE_RATES}"
+            )
+        self.session_id = session_id
+        self.sample_rate_hz = sample_rate_hz
+        self.emit = emit
+        self.options = options or ConversationOptions()
+        self.limits = limits or ConversationLimits()
+        self.base_vad = vad_config or VadConfig()
+        self.slot = slot
+        self.recorder = recorder
+        # captions(pcm_24k, start_ms, end_ms, done) queues a caption job; done(text) is called on the
+        # event loop thread. None: this server has no captioner.
+        self.captions = captions
+        self._utterance: UtteranceAudio | None = None
+        self.metrics = metrics
+        self.clock = clock
+        self.ended: str | None = None
+
+        # No resampler at all at 24 kHz: the hot path then only converts and copies.
+        same = sample_rate_hz == SAMPLE_RATE_HZ
+        self._resample_in = None if same else StreamResampler(sample_rate_hz, SAMPLE_RATE_HZ)
+        self._resample_out = None if same else StreamResampler(SAMPLE_RATE_HZ, sample_rate_hz)
+        self._input = InputBuffer(
+            FRAME_SAMPLES,
+            self.limits.max_backlog_frames,
+            lead_samples=0 if same or input_clock else resampler_burst_samples(sample_rate_hz),
+            trim_silence=not input_clock,
+        )
+        self._vad = StreamingVad(self.options.vad_config(self.base_vad), sample_rate_hz=SAMPLE_RATE_HZ)
+        self.turns = TurnTaking(
+            self.options.barge_in,
+            self.options.min_interrupt_ms * _SAMPLES_PER_MS,
+            self.limits.assistant_hangover_frames,
+        )
+
+        now = self.clock()
+        self.started_at = now
+        self.last_input_at = now
+        self.samples_in = 0  # input timeline, 24 kHz samples received
+        self.samples_heard = 0  # input samples the engine has been given (padding not counted)
+        self.frames_out = 0  # output timeline, 80 ms frames sent
+        self.underruns = 0
+        self.dropped_samples = 0  # input dropped to bound latency while the user spoke
+        self.barge_ins = 0
+        self.last_step_ms = 0.0
+        self.played_ms: float | None = None  # from playback.position; None until the client reports
+        # (input sample position at the end of a push, arrival time), to time the last voiced sample.
+        self._arrivals: collections.deque[tuple[int, float]] = collections.deque(maxlen=256)
+        self._last_stop_sample: int | None = None  # where the VAD's last end of turn fired (input position)
+        self._turn_end: tuple[float, float] | None = None  # (last voiced sample arrival, end detected)
+        self.latencies: list[TurnLatency] = []
+        self._turn_text: list[tuple[float, str]] = []  # (output ms, piece) of the assistant's stretch
+        self._pending_user_frame: np.ndarray | None = None
+
+    # -- adapter-facing API --------------------------------------------------------------------
+    def start(self) -> None:
+        """Announce the session (emits SessionReady)."""
+        refused = self._apply_captions()
+        self.emit(
+            SessionReady(
+                session_id=self.session_id,
+                sample_rate=self.sample_rate_hz,
+                frame_ms=FRAME_MS,
+                options=self.options.as_dict(self.base_vad),
+            )
+        )
+        self._log(
+            {
+                "event": "session.ready",
+                "sample_rate": self.sample_rate_hz,
+                "options": self.options.as_dict(self.base_vad),
+            }
+        )
+        if refused:
+            self.emit(refused)
+
+    def _apply_captions(self) -> Error | None:
+        """Set up caption capture for the options; the error to send when captions are unavailable."""
+        if not self.options.captions:
+            self._utterance = None
+            return None
+        if self.captions is None:
+            self.options = self.options.replace(captions=False)
+            return Error(
+                code="invalid_value",
+                message="captions are off on this server (start it with --captions auto); "
+                "the session goes on without them",
+            )
+        if self._utterance is None:
+            self._utterance = UtteranceAudio()
+        return None
+
+    def push_audio(self, pcm16: bytes) -> None:
+        """Client audio: PCM16 LE mono at sample_rate_hz, any (even) length."""
+        if not self.ended:
+            self.push_samples(pcm16_to_float32(pcm16))
+
+    def push_samples(self, x: np.ndarray) -> None:
+        """Client audio: float32 (n,) in [-1, 1] at sample_rate_hz, any length."""
+        if self.ended:
+            return
+        now = self.clock()
+        self.last_input_at = now
+        if self._resample_in is not None:
+            x = self._resample_in.process(x)
+        if x.shape[0] == 0:
+            return
+        if self._utterance is not None:
+            self._utterance.push(x)
+        self.samples_in += x.shape[0]
+        self._arrivals.append((self.samples_in, now))
+        for ev in self._vad.push(x):
+            self._on_vad(ev, now)
+        self._act(self.turns.user_input(self.samples_in, self._vad.probability >= 0.5))
+        dropped = self._input.push(x)
+        if dropped:
+            self.dropped_samples += dropped
+            if self.metrics:
+                self.metrics.inc("drops", dropped / FRAME_SAMPLES)
+
+    def update(self, **changes: Any) -> None:
+        """Change options (ConversationOptions fields); emits SessionUpdated."""
+        options = self.options.replace(**changes)
+        vad_config = options.vad_config(self.base_vad)  # raises ValueError before anything changes
+        self.options = options
+        self.turns.barge_in = self.options.barge_in
+        self.turns.min_interrupt_samples = self.options.min_interrupt_ms * _SAMPLES_PER_MS
+        if "vad" in changes:
+            # A new VAD starts from silence; the turn state follows its events from here on.
+            self._vad = StreamingVad(vad_config, sample_rate_hz=SAMPLE_RATE_HZ)
+            if self.turns.user_speaking:
+                self._act(self.turns.user_speech_stopped())
+        if self.slot and changes.keys() & {"seed", "temperature", "text_temperature"}:
+            self.slot.update(self.options.slot_options())
+        if self.turns.silenced and self.options.barge_in != "vad":
+            self.turns.silenced = False
+            self._act([SILENCE_OFF])
+        refused = self._apply_captions() if "captions" in changes else None
+        self.emit(SessionUpdated(options=self.options.as_dict(self.base_vad)))
+        self._log({"event": "session.updated", "options": self.options.as_dict(self.base_vad)})
+        if refused:
+            self.emit(refused)
+
+    def set_played_ms(self, played_ms: float) -> None:
+        self.played_ms = min(float(played_ms), self.sent_ms)
+
+    def force_silence(self, silent: bool) -> None:
+        if self.slot:
+            self.slot.force_silence(silent)
+
+    def clear_playback(self, reason: str) -> None:
+        self.emit(PlaybackClear(reason=reason))
+
+    def end(self, reason: str) -> None:
+        """End the session: emit SessionEnded, free the slot, finalise the recording. Idempotent."""
+        if self.ended:
+            return
+        self.ended = reason
+        self.emit(SessionEnded(reason=reason))
+        self._log({"event": "session.ended", "reason": reason, **self.stats()})
+        if self.slot:
+            self.slot.release()
+        if self.recorder:
+            self.recorder.close()
+
+    @property
+    def drops(self) -> int:
+        """Input frames' worth of audio dropped (rounded up)."""
+        return -(-self.dropped_samples // FRAME_SAMPLES)
+
+    @property
+    def sent_ms(self) -> float:
+        return self.frames_out * FRAME_MS
+
+    def stats(self) -> dict[str, Any]:
+        last = self.latencies[-1] if self.latencies else None
+        return {
+            "response_gap_ms": None if last is None else round(last.response_gap_ms, 1),
+            "server_overhead_ms": None if last is None else round(last.server_overhead_ms, 1),
+            "underruns": self.underruns,
+            "drops": self.drops,
+            "step_ms": round(self.last_step_ms, 2),
+            "played_ms": round(self._played_estimate(), 1),
+            "sent_ms": self.sent_ms,
+            "end_of_turn_ms": None if last is None else round(last.end_of_turn_ms, 1),
+        }
+
+    # -- scheduler-facing API ------------------------------------------------------------------
+    def frame_ready(self) -> bool:
+        """Whether a whole frame of input is queued (or the user is silent, so none is needed)."""
+        return self._input.level >= FRAME_SAMPLES or self._user_silent()
+
+    def frames_queued(self) -> int:
+        """Whole frames of input waiting for the frame loop."""
+        return self._input.level // FRAME_SAMPLES
+
+    def _user_silent(self) -> bool:
+        return not self._vad.speaking and self._vad.probability < 0.5
+
+    def take_frame(self) -> np.ndarray | None:
+        """The next 80 ms input frame, float32 (1920,) at 24 kHz, or None on underrun."""
+        # The user counts as silent only when the VAD is outside a turn and its last frame was unvoiced,
+        # so the silence-only shortcuts of InputBuffer never touch the start of an utterance.
+        silent = self._user_silent()
+        front = self.samples_in - self._input.level  # input position of the oldest queued sample
+        may_trim = self._last_stop_sample is None or front >= self._last_stop_sample
+        frame, status = self._input.take(silent, may_trim)
+        self.samples_heard += self._input.last_taken
+        if status == FRAME_UNDERRUN and self.samples_in > 0:  # before any audio the client cannot be late
+            self.underruns += 1
+            if self.metrics:
+                self.metrics.inc("underruns")
+        self._pending_user_frame = frame
+        return frame
+
+    def deliver(self, pcm: np.ndarray, text: str, speaking: bool, step_ms: float) -> None:
+        """The engine's output for this session's slot: float32 (1920,) at 24 kHz."""
+        if self.ended:
+            return
+        now = self.clock()
+        self.last_step_ms = step_ms
+        at_ms = float(self.sent_ms)
+        heard_ms = self.samples_heard / _SAMPLES_PER_MS
+        if self.turns.silenced:
+            # Barge-in policy vad: mute at once, even the frame the engine computed before it was told.
+            if text:
+                self._log({"event": "assistant.text", "text": text, "at_ms": at_ms, "muted": True})
+            pcm, text, speaking = np.zeros_like(pcm), "", False
+        for action in self.turns.assistant_frame(bool(speaking), self.samples_in):
+            if action == ASSISTANT_STARTED:
+                self._turn_text = []
+                self.emit(AssistantSpeechStarted(at_ms=at_ms, input_ms=heard_ms))
+                self._log({"event": "assistant.speech_started", "at_ms": at_ms, "input_ms": heard_ms})
+            elif action == ASSISTANT_STOPPED:
+                self.emit(AssistantSpeechStopped(at_ms=at_ms, input_ms=heard_ms))
+                self._log({"event": "assistant.speech_stopped", "at_ms": at_ms, "input_ms": heard_ms})
+            else:
+                self._act([action])
+        out = pcm if self._resample_out is None else self._resample_out.process(pcm)
+        self.emit(AudioOut(pcm16=_to_pcm16(out), at_ms=at_ms, speaking=bool(speaking), pcm=pcm))
+        if speaking and self._turn_end is not None:
+            voiced_at, detected_at = self._turn_end
+            self._turn_end = None
+            lat = TurnLatency(
+                (now - voiced_at) * 1000.0, (now - detected_at) * 1000.0, (detected_at - voiced_at) * 1000.0
+            )
+            self.latencies.append(lat)
+            self._log(
+                {
+                    "event": "latency",
+                    "response_gap_ms": lat.response_gap_ms,
+                    "server_overhead_ms": lat.server_overhead_ms,
+                    "end_of_turn_ms": lat.end_of_turn_ms,
+                }
+            )
+            if self.metrics:
+                self.metrics.observe("response_gap_ms", lat.response_gap_ms)
+                self.metrics.observe("server_overhead_ms", lat.server_overhead_ms)
+        if text:
+            self._turn_text.append((at_ms, text))
+            self.emit(AssistantText(text=text, at_ms=at_ms))
+            self._log({"event": "assistant.text", "text": text, "at_ms": at_ms})
+        if self.recorder:
+            user = self._pending_user_frame
+            self.recorder.write(np.zeros(FRAME_SAMPLES, np.float32) if user is None else user, pcm)
+        self._pending_user_frame = None
+        self.frames_out += 1
+        if self.frames_out % self.limits.stats_every_frames == 0:
+            self.emit(Stats(**self.stats()))
+
+    def check_limits(self, now: float) -> None:
+        """End the session when it has been idle or live too long (called once per tick)."""
+        if self.ended:
+            return
+        if self.limits.idle_timeout_s is not None and now - self.last_input_at > self.limits.idle_timeout_s:
+            self.end(f"idle_timeout: no audio for {self.limits.idle_timeout_s:g} s")
+        elif self.limits.max_session_s is not None and now - self.started_at > self.limits.max_session_s:
+            self.end(f"max_duration: sessions are limited to {self.limits.max_session_s:g} s")
+
+    # -- internals -----------------------------------------------------------------------------
+    def _played_estimate(self) -> float:
+        # Without reports from the client, assume it plays what it gets as it gets it.
+        return self.sent_ms if self.played_ms is None else self.played_ms
+
+    def _arrival_of(self, sample: int) -> float:
+        """Wall time when input sample `sample` reached the server."""
+        ends = [end for end, _ in self._arrivals]
+        i = bisect.bisect_left(ends, sample)
+        if i >= len(self._arrivals):
+            return self._arrivals[-1][1] if self._arrivals else self.clock()
+        return self._arrivals[i][1]
+
+    def _on_vad(self, ev, now: float) -> None:
+        at_ms = ev.sample / _SAMPLES_PER_MS
+        if ev.type == "speech_started":
+            onset = ev.sample
+            self._turn_end = None
+            self.emit(InputSpeechStarted(at_ms=at_ms))
+            self._log({"event": "input.speech_started", "at_ms": at_ms})
+            if self._utterance is not None:
+                self._utterance.active = True
+            self._act(self.turns.user_speech_started(onset, self.samples_in))
+        elif ev.type == "speech_stopped":
+            # ev.sample is the end of speech (last voiced sample + 1).
+            self._turn_end = (self._arrival_of(ev.sample - 1), now)
+            self._last_stop_sample = self.samples_in
+            self.emit(InputSpeechStopped(at_ms=at_ms))
+            self._log({"event": "input.speech_stopped", "at_ms": at_ms})
+            if self._utterance is not None and self.captions is not None:
+                self._utterance.active = False
+                start, end = ev.audio_start_sample, ev.sample
+                self.captions(
+                    self._utterance.cut(start, min(end + _CAPTION_TAIL_SAMPLES, self.samples_in)),
+                    start / _SAMPLES_PER_MS,
+                    at_ms,
+                    lambda text, s=start / _SAMPLES_PER_MS, e=at_ms: self._on_caption(text, s, e),
+                )
+            self._act(self.turns.user_speech_stopped())
+
+    def _on_caption(self, text: str, start_ms: float, end_ms: float) -> None:
+        if self.ended or not text.strip():
+            return
+        self.emit(UserTranscript(text=text.strip(), start_ms=start_ms, end_ms=end_ms))
+        self._log({"event": "user.transcript", "text": text.strip(), "start_ms": start_ms, "end_ms": end_ms})
+
+    def _act(self, actions: list[str]) -> None:
+        for action in actions:
+            if action == BARGE_IN:
+                self.barge_ins += 1
+                played = self._played_estimate()
+                cut = "".join(t for at, t in self._turn_text if at + FRAME_MS > played).strip()
+                at_ms = self.samples_in / _SAMPLES_PER_MS
+                self.emit(PlaybackClear(reason="barge_in"))
+                self.emit(BargeIn(at_ms=at_ms, cut_text=cut))
+                self._log(
+                    {
+                        "event": "barge_in",
+                        "at_ms": at_ms,
+                        "played_ms": played,
+                        "cut_text": cut,
+                        "heard_text": "".join(t for at, t in self._turn_text if at + FRAME_MS <= played),
+                    }
+                )
+                if self.metrics:
+                    self.metrics.inc("barge_ins")
+            elif action == SILENCE_ON:
+                self.force_silence(True)
+            elif action == SILENCE_OFF:
+                self.force_silence(False)
+
+    def _log(self, record: dict) -> None:
+        if self.recorder:
+            self.recorder.log(record)

@@ -1,0 +1,135 @@
+"""What a conversation reports to whoever carries it: one frozen dataclass per event.
+
+These are internal types, not a wire format: each protocol adapter translates them with its own
+explicit encoder (server/protocol.py for the native `/ws`, server/realtime_protocol.py for the
+OpenAI Realtime API), so renaming a field here cannot silently change a protocol.
+
+Two timelines: `at_ms` on input events is a position in the user's audio (24 kHz samples
+received / 24); on output events it is a position in the assistant's audio (frames sent x 80).
+`input_ms` on the assistant's events is how much of the user's audio the engine had heard when
+it produced that frame, so input and output events can be placed on one timeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Event:
+    type: ClassVar[str] = ""  # the event's name, also its name in the native protocol
+
+
+@dataclass(frozen=True)
+class AudioOut(Event):
+    """80 ms of the assistant's voice (silence included), one every frame."""
+
+    type: ClassVar[str] = "audio"
+    pcm16: bytes  # PCM16 LE mono at the conversation's sample rate
+    at_ms: float  # output timeline position of the first sample
+    speaking: bool = False  # the engine's voice-activity flag for this frame
+    pcm: np.ndarray = field(default=None, repr=False, compare=False)  # float32 (1920,) at 24 kHz, as sent
+
+
+@dataclass(frozen=True)
+class SessionReady(Event):
+    type: ClassVar[str] = "session.ready"
+    session_id: str
+    sample_rate: int
+    frame_ms: int
+    options: dict
+
+
+@dataclass(frozen=True)
+class SessionUpdated(Event):
+    type: ClassVar[str] = "session.updated"
+    options: dict
+
+
+@dataclass(frozen=True)
+class InputSpeechStarted(Event):
+    type: ClassVar[str] = "input.speech_started"
+    at_ms: float
+
+
+@dataclass(frozen=True)
+class InputSpeechStopped(Event):
+    type: ClassVar[str] = "input.speech_stopped"
+    at_ms: float
+
+
+@dataclass(frozen=True)
+class AssistantSpeechStarted(Event):
+    """A stretch of assistant speech began (pauses shorter than the hangover stay inside it)."""
+
+    type: ClassVar[str] = "assistant.speech_started"
+    at_ms: float
+    input_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class AssistantSpeechStopped(Event):
+    type: ClassVar[str] = "assistant.speech_stopped"
+    at_ms: float
+    input_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class AssistantText(Event):
+    type: ClassVar[str] = "assistant.text"
+    text: str
+    at_ms: float
+
+
+@dataclass(frozen=True)
+class PlaybackClear(Event):
+    """Drop every queued sample of assistant audio now (barge-in, or the adapter's own cancel)."""
+
+    type: ClassVar[str] = "playback.clear"
+    reason: str
+
+
+@dataclass(frozen=True)
+class BargeIn(Event):
+    """The user talked over the assistant; `cut_text` is what the listener never heard."""
+
+    type: ClassVar[str] = "barge_in"
+    at_ms: float
+    cut_text: str
+
+
+@dataclass(frozen=True)
+class Stats(Event):
+    type: ClassVar[str] = "stats"
+    response_gap_ms: float | None
+    server_overhead_ms: float | None
+    underruns: int
+    drops: int
+    step_ms: float
+    played_ms: float
+    sent_ms: float
+    end_of_turn_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class UserTranscript(Event):
+    type: ClassVar[str] = "user.transcript"
+    text: str
+    start_ms: float
+    end_ms: float
+
+
+@dataclass(frozen=True)
+class Error(Event):
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class SessionEnded(Event):
+    type: ClassVar[str] = "session.ended"
+    reason: str

@@ -1,0 +1,246 @@
+"""Where `assistant talk`'s audio comes from and goes to: sound devices through sounddevice
+(PortAudio), or WAV files paced by the wall clock for headless runs and tests.
+
+With files, the output is what the listener would have heard, sample-aligned with the input:
+output sample i is what the ear hears while input sample i is being spoken. Each simulated
+device block of input is sent when it is complete (like a capture callback), and the block
+pulled from the playout buffer at that moment plays during the next block; so output block k+1
+is the pull made when input block k was sent, which is the one-block output latency of a real
+device with no extra buffering.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from audio.frames import SAMPLE_RATE_HZ
+from audio.resample import SUPPORTED_RATES
+from client.errors import TalkError
+from client.playout import PlayoutBuffer
+
+
+def load_sounddevice():
+    """Import sounddevice, turning a missing PortAudio into a message that names the fix."""
+    try:
+        return importlib.import_module("sounddevice")
+    except OSError as exc:  # sounddevice raises OSError when the PortAudio shared library is absent
+        raise TalkError(
+            f"cannot use sound devices: {exc}. Install PortAudio (Debian/Ubuntu: sudo apt-get install "
+            "libportaudio2; macOS: brew install portaudio), or use --input-file/--output-file"
+        ) from exc
+    except ImportError as exc:
+        raise TalkError(
+            "the sounddevice package is missing: pip install sounddevice (or use --input-file/--output-file)"
+        ) from exc
+
+
+def _device_arg(value: str | None) -> int | str | None:
+    return int(value) if value is not None and value.strip().isdigit() else value
+
+
+def find_device(sd, device: str | None, kind: str) -> dict:
+    """sounddevice's info dict of the requested (or default) input/output device, or a TalkError."""
+    flag = f"--{kind}-device"
+    try:
+        info = sd.query_devices(_device_arg(device), kind)
+    except ValueError as exc:  # no match, several matches, or a bad index
+        raise TalkError(
+            f"unknown {kind} device {device!r} ({exc}); run `assistant talk --list-devices` to see the names"
+        ) from exc
+    except sd.PortAudioError as exc:
+        what = "microphone" if kind == "input" else "headphones/speaker"
+        raise TalkError(
+            f"no {kind} device available ({exc}): connect a {what}, pick one with {flag} "
+            "(see `assistant talk --list-devices`), or use --input-file/--output-file"
+        ) from exc
+    channels = info.get(f"max_{kind}_channels", 0)
+    if channels < 1:
+        raise TalkError(f"device {info['name']!r} has no {kind} channels; pick another with {flag} (see --list-devices)")
+    return info
+
+
+def pick_sample_rate(sd, in_info: dict, out_info: dict, wanted: int | None) -> int:
+    """A rate both devices accept: `wanted`, else the mic's native rate, else a common one."""
+    native = int(in_info.get("default_samplerate") or 0)
+    candidates = [wanted] if wanted else [native, 48000, 44100, 24000, 16000]
+    errors = []
+    for rate in dict.fromkeys(r for r in candidates if r in SUPPORTED_RATES):
+        try:
+            pick_channels(sd, in_info, "input", rate)
+            pick_channels(sd, out_info, "output", rate)
+            return rate
+        except TalkError as exc:
+            errors.append(f"{rate} Hz: {exc.__cause__ or exc}")
+    raise TalkError(
+        f"devices {in_info['name']!r} and {out_info['name']!r} share no usable rate ({'; '.join(errors)}); "
+        f"pick others with --input-device/--output-device or a rate with --sample-rate"
+    )
+
+
+def pick_channels(sd, info: dict, kind: str, rate: int) -> int:
+    """Mono when the device takes it; else its first two channels (some hardware devices open only in stereo)."""
+    check = sd.check_input_settings if kind == "input" else sd.check_output_settings
+    error: Exception | None = None
+    for channels in dict.fromkeys((1, min(2, int(info[f"max_{kind}_channels"])))):
+        try:
+            check(device=info["index"], channels=channels, samplerate=rate, dtype="float32")
+            return channels
+        except (ValueError, sd.PortAudioError) as exc:
+            error = exc
+    raise TalkError(f"{kind} device {info['name']!r} does not open at {rate} Hz: {error}") from error
+
+
+def list_devices() -> str:
+    sd = load_sounddevice()
+    try:
+        devices = sd.query_devices()
+    except sd.PortAudioError as exc:
+        raise TalkError(f"cannot list sound devices: {exc}") from exc
+    if len(devices) == 0:
+        return "no sound devices found (connect a microphone and headphones, or use --input-file/--output-file)"
+    return f"{devices}\n(> default input, < default output; pass an index or part of a name to --input-device)"
+
+
+class DeviceAudio:
+    """Microphone and headphones through sounddevice, in blocks of `block_ms` at one shared rate."""
+
+    def __init__(self, sd, in_info: dict, out_info: dict, sample_rate: int, block_ms: float,
+                 in_channels: int = 1, out_channels: int = 1):
+        self.sd = sd
+        self.in_info = in_info
+        self.out_info = out_info
+        self.sample_rate = sample_rate
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.block_samples = max(1, round(sample_rate * block_ms / 1000))
+        self._streams: list = []
+        self.input_overflows = 0
+
+    @classmethod
+    def open(cls, args: argparse.Namespace) -> DeviceAudio:
+        sd = load_sounddevice()
+        in_info = find_device(sd, args.input_device, "input")
+        out_info = find_device(sd, args.output_device, "output")
+        rate = pick_sample_rate(sd, in_info, out_info, args.sample_rate)
+        in_channels = pick_channels(sd, in_info, "input", rate)
+        out_channels = pick_channels(sd, out_info, "output", rate)
+        return cls(sd, in_info, out_info, rate, args.block_ms, in_channels, out_channels)
+
+    def describe(self) -> str:
+        return f"mic {self.in_info['name']!r}, headphones {self.out_info['name']!r}, {self.sample_rate} Hz"
+
+    async def run(self, on_input: Callable[[np.ndarray], None], playout: PlayoutBuffer) -> None:
+        """Stream until cancelled: mic blocks go to on_input (on the loop), playout feeds the output."""
+        loop = asyncio.get_running_loop()
+
+        mono = np.zeros(self.block_samples, dtype=np.float32)
+
+        def capture(indata, frames, time_info, status):
+            if status.input_overflow:
+                self.input_overflows += 1
+            loop.call_soon_threadsafe(on_input, indata.mean(axis=1, dtype=np.float32))
+
+        def play(outdata, frames, time_info, status):
+            block = mono[:frames] if frames <= mono.shape[0] else np.zeros(frames, dtype=np.float32)
+            playout.pull(frames, block)
+            outdata[:] = block[:, None]  # the same voice in every channel (both ears)
+
+        common = dict(samplerate=self.sample_rate, blocksize=self.block_samples, dtype="float32", latency="low")
+        try:
+            self._streams = [
+                self.sd.OutputStream(device=self.out_info["index"], channels=self.out_channels, callback=play,
+                                     **common),
+                self.sd.InputStream(device=self.in_info["index"], channels=self.in_channels, callback=capture,
+                                    **common),
+            ]
+            for stream in self._streams:
+                stream.start()
+        except self.sd.PortAudioError as exc:
+            self.close()
+            raise TalkError(f"cannot open the sound devices ({self.describe()}): {exc}") from exc
+        await asyncio.Event().wait()  # the callbacks do the work until the caller cancels this
+
+    def output_latency_ms(self) -> float:
+        """How long a pulled sample waits in the device before it is heard (PortAudio's estimate)."""
+        return float(self._streams[0].latency) * 1000 if self._streams else 0.0
+
+    def close(self) -> None:
+        for stream in self._streams:
+            with contextlib.suppress(Exception):  # a device unplugged mid-session must not block shutdown
+                stream.stop()
+                stream.close()
+        self._streams = []
+
+    def finish(self) -> None:
+        self.close()
+
+
+class FileAudio:
+    """WAV files instead of devices, paced by the wall clock (see the module docstring for alignment)."""
+
+    def __init__(self, input_path: Path, output_path: Path, block_ms: float, tail_seconds: float):
+        try:
+            pcm, rate = sf.read(input_path, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise TalkError(f"input file {input_path} is not a readable audio file: {exc}") from exc
+        pcm = pcm.mean(axis=1)
+        if rate not in SUPPORTED_RATES:
+            # The session declares the file's rate; an unusual one is converted to the model's own.
+            pcm = soxr.resample(pcm, rate, SAMPLE_RATE_HZ).astype(np.float32)
+            rate = SAMPLE_RATE_HZ
+        self.input = pcm
+        self.sample_rate = int(rate)
+        self.output_path = output_path
+        self.block_samples = max(1, round(rate * block_ms / 1000))
+        self.total_samples = pcm.shape[0] + round(tail_seconds * rate)
+        self.output = np.zeros(self.total_samples, dtype=np.float32)
+        self.late_blocks = 0  # ticks that ran more than one block behind the wall clock (busy machine)
+        self.clock_samples = 0  # how far the simulated device clock got (less than total after Ctrl-C)
+
+    def describe(self) -> str:
+        seconds = self.input.shape[0] / self.sample_rate
+        return f"input file ({seconds:.1f} s, {self.sample_rate} Hz) -> {self.output_path}"
+
+    async def run(self, on_input: Callable[[np.ndarray], None], playout: PlayoutBuffer) -> None:
+        """Feed the input in real time and record the playout; returns after input + tail."""
+        loop = asyncio.get_running_loop()
+        block = self.block_samples
+        period_s = block / self.sample_rate
+        t0 = loop.time()
+        pulled = np.zeros(block, dtype=np.float32)
+        for start in range(0, self.total_samples, block):
+            # Absolute deadlines: a late tick does not push every later one back (no drift).
+            delay = t0 + (start + block) / self.sample_rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -period_s:
+                self.late_blocks += 1
+            chunk = np.zeros(block, dtype=np.float32)
+            piece = self.input[start : start + block]
+            chunk[: piece.shape[0]] = piece
+            on_input(chunk)
+            playout.pull(block, pulled)
+            # The pulled block plays while the next input block is spoken.
+            out_start = start + block
+            n = max(0, min(block, self.total_samples - out_start))
+            self.output[out_start : out_start + n] = pulled[:n]
+            self.clock_samples = start + block
+
+    def output_latency_ms(self) -> float:
+        return 0.0  # the simulated device plays a pulled block at once (see the alignment note)
+
+    def close(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        """Write what was heard (after Ctrl-C: up to where the clock stopped)."""
+        sf.write(self.output_path, self.output[: self.clock_samples], self.sample_rate, subtype="PCM_16")

@@ -1,0 +1,290 @@
+"""`assistant talk`: talk to the assistant with a microphone and headphones (or WAV files).
+
+Remote (default): the microphone streams to a server's native `/ws` endpoint at the device's
+native rate (declared in session.start; the server resamples) and the assistant's voice plays
+through a short playout buffer. `--local` runs an engine in this process instead, through the
+same conversation core and frame loop as the server (client/local.py), behind the same playout.
+
+`playback.position` (every 150 ms) carries the playhead on the server's output timeline: samples
+played plus those dropped by `playback.clear` or by the buffer bound, less what the sound device
+itself still holds; the server compares it with the `at_ms` of its text to know what was heard.
+
+Headless: `--input-file in.wav --output-file out.wav` replaces both devices with files paced by
+the wall clock, then `--tail-seconds` of silence so the reply can finish; the output file is
+sample-aligned with the input (client/devices.py says exactly how).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from websockets.exceptions import ConnectionClosed
+
+from assistant.backends import BACKENDS
+from audio.resample import SUPPORTED_RATES
+from client.devices import (
+    DeviceAudio,
+    FileAudio,
+    find_device,
+    list_devices,
+    load_sounddevice,
+    pick_channels,
+    pick_sample_rate,
+)
+from client.errors import TalkError
+from client.local import build_local
+from client.native import BARGE_IN_POLICIES, ClientError, NativeClient, describe_connect_error
+from client.playout import PlayoutBuffer
+from client.view import LiveDisplay, PlainDisplay, TalkView, Turn
+
+__all__ = [
+    "DeviceAudio",
+    "FileAudio",
+    "LiveDisplay",
+    "PlainDisplay",
+    "TalkError",
+    "TalkView",
+    "Turn",
+    "add_arguments",
+    "find_device",
+    "load_sounddevice",
+    "pick_channels",
+    "pick_sample_rate",
+    "run",
+    "talk",
+]
+
+DEFAULT_SERVER = "ws://127.0.0.1:8998/ws"
+POSITION_INTERVAL_S = 0.15  # playback.position cadence: the protocol asks for ~100-200 ms
+UI_INTERVAL_S = 0.1
+
+
+# -- arguments -------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "With --input-file/--output-file, output sample i is what the listener hears while input sample i "
+        "is being spoken (one device block of output latency, as on a real device); the output has the "
+        "input's rate and length plus --tail-seconds."
+    )
+    conn = parser.add_argument_group("server")
+    conn.add_argument("--server", default=DEFAULT_SERVER, help=f"native websocket URL (default {DEFAULT_SERVER})")
+    conn.add_argument(
+        "--token",
+        default=os.environ.get("ASSISTANT_AUTH_TOKEN"),
+        help="auth token for a server run with --auth-token (default $ASSISTANT_AUTH_TOKEN)",
+    )
+    conn.add_argument(
+        "--barge-in",
+        choices=BARGE_IN_POLICIES,
+        help="interruption policy sent in session.start (default: the server's)",
+    )
+    conn.add_argument(
+        "--captions",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ask the server for captions of what you say (user.transcript; default on)",
+    )
+    dev = parser.add_argument_group("audio devices")
+    dev.add_argument("--input-device", help="microphone: index or part of the name (see --list-devices)")
+    dev.add_argument("--output-device", help="headphones: index or part of the name (see --list-devices)")
+    dev.add_argument("--list-devices", action="store_true", help="list the sound devices and exit")
+    dev.add_argument(
+        "--sample-rate",
+        type=int,
+        choices=SUPPORTED_RATES,
+        help="device rate (default: the input device's native rate when supported)",
+    )
+    dev.add_argument("--block-ms", type=float, default=20.0, help="device block size in ms, 5-40 (default 20)")
+    dev.add_argument(
+        "--buffer-ms",
+        type=float,
+        default=120.0,
+        help="playout prebuffer in ms: audio queued before playback starts, absorbs jitter (default 120)",
+    )
+    files = parser.add_argument_group("files instead of devices (headless, regression tests)")
+    files.add_argument("--input-file", type=Path, help="WAV played to the assistant in real time instead of the mic")
+    files.add_argument(
+        "--output-file",
+        type=Path,
+        help="WAV of what the listener would have heard, sample-aligned with --input-file",
+    )
+    files.add_argument(
+        "--tail-seconds",
+        type=float,
+        default=5.0,
+        help="silence sent after the input file so the reply can finish (default 5)",
+    )
+    local = parser.add_argument_group("local engine (no server)")
+    local.add_argument("--local", action="store_true", help="run the engine in this process, for one user")
+    local.add_argument("--backend", default="moshi", choices=BACKENDS, help="engine backend with --local (default moshi)")
+    local.add_argument("--model", help="model with --local: checkpoint dir or Hugging Face repo id")
+    local.add_argument("--device", help="torch device with --local (default: cuda when available)")
+    local.add_argument("--dtype", help="torch dtype with --local (e.g. bfloat16)")
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="print plain lines instead of the live view (automatic when stdout is not a terminal)",
+    )
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse inconsistent options with a message that names the fix."""
+    if (args.input_file is None) != (args.output_file is None):
+        raise TalkError("--input-file and --output-file go together (headless mode replaces both devices)")
+    if args.input_file is not None:
+        if args.input_device or args.output_device:
+            raise TalkError("--input-device/--output-device do not apply with --input-file/--output-file")
+        if not args.input_file.is_file():
+            raise TalkError(f"input file {args.input_file} does not exist")
+        if not args.output_file.parent.is_dir():
+            raise TalkError(f"output folder {args.output_file.parent} does not exist")
+    if not (math.isfinite(args.tail_seconds) and 0 <= args.tail_seconds <= 600):
+        raise TalkError(f"--tail-seconds must be between 0 and 600, got {args.tail_seconds}")
+    if not (math.isfinite(args.block_ms) and 5 <= args.block_ms <= 40):
+        raise TalkError(f"--block-ms must be between 5 and 40 ms, got {args.block_ms}")
+    if not (math.isfinite(args.buffer_ms) and 0 <= args.buffer_ms <= 2000):
+        raise TalkError(f"--buffer-ms must be between 0 and 2000 ms, got {args.buffer_ms}")
+    if args.local:
+        if args.backend == "moshi" and not args.model:
+            raise TalkError("--local with the moshi backend needs --model (a checkpoint dir or HF repo id)")
+
+
+async def talk(args: argparse.Namespace, display_factory: Callable[[str], Any] | None = None) -> int:
+    """Run one conversation until the input file ends, the server ends it, or Ctrl-C."""
+    audio = FileAudio(args.input_file, args.output_file, args.block_ms, args.tail_seconds) if args.input_file \
+        else DeviceAudio.open(args)
+    rate = audio.sample_rate
+    if args.local:
+        conv: Any = build_local(args, rate)
+        title = f"assistant talk (local {args.backend}) - {audio.describe()}"
+    else:
+        try:
+            conv = await NativeClient.connect(
+                args.server, sample_rate=rate, token=args.token, barge_in=args.barge_in, captions=args.captions
+            )
+        except ClientError as exc:
+            raise TalkError(str(exc)) from exc
+        title = f"assistant talk - {args.server} session {conv.session_id} - {audio.describe()}"
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # From here on Ctrl-C ends the session cleanly (session.end, devices closed, output written).
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers off the main thread
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+    if display_factory is None:
+        plain = args.plain or not sys.stdout.isatty()
+        display_factory = (lambda t: PlainDisplay()) if plain else LiveDisplay
+    display = display_factory(title)
+    display.say(title)
+    playout = PlayoutBuffer(rate, prebuffer_ms=args.buffer_ms, max_ms=max(1000.0, 4 * args.buffer_ms))
+    view = TalkView()
+    mic: asyncio.Queue[np.ndarray] = asyncio.Queue()
+
+    def heard_ms() -> float:
+        # The device still holds its own buffer of what was pulled; only what left it has been heard.
+        return max(0.0, playout.stream_position_ms - audio.output_latency_ms())
+
+    def on_input(block: np.ndarray) -> None:
+        view.on_mic(block)
+        mic.put_nowait(block)
+
+    async def send_mic() -> None:
+        while True:
+            await conv.send_audio(await mic.get())
+
+    async def receive() -> None:
+        async for item in conv.receive():
+            if isinstance(item, np.ndarray):
+                playout.push(item)
+                continue
+            view.on_played(heard_ms())  # text heard so far, before a clear moves on
+            if item.type == "playback.clear":
+                playout.clear()
+            view.on_event(item)
+
+    async def report_position() -> None:
+        last = -1.0
+        while True:
+            await asyncio.sleep(POSITION_INTERVAL_S)
+            # The position on the output timeline: played audio plus what clears dropped (never heard).
+            position_ms = heard_ms()
+            if position_ms > last:
+                last = position_ms
+                await conv.send_position(position_ms)
+
+    async def refresh() -> None:
+        while True:
+            view.queued_ms = playout.queued_ms
+            view.underruns = playout.underruns
+            view.on_played(heard_ms())
+            display.update(view)
+            await asyncio.sleep(UI_INTERVAL_S)
+
+    audio_task = loop.create_task(audio.run(on_input, playout))
+    receive_task = loop.create_task(receive())
+    helpers = [loop.create_task(coro) for coro in (send_mic(), report_position(), refresh())]
+    stop_task = loop.create_task(stop.wait())
+    failure: BaseException | None = None
+    try:
+        # Ends when the file (+ tail) is done, the server ends the session or drops, Ctrl-C, or a failure.
+        done, _ = await asyncio.wait(
+            [audio_task, receive_task, stop_task, *helpers], return_when=asyncio.FIRST_COMPLETED
+        )
+        failure = next((t.exception() for t in done if not t.cancelled() and t.exception() is not None), None)
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGINT)
+        audio_task.cancel()  # stop the devices / file clock first: nothing more to send
+        await asyncio.gather(audio_task, return_exceptions=True)
+        audio.close()
+        with contextlib.suppress(Exception):  # the server or engine may already be gone; ending is best effort
+            await conv.end()
+        if not receive_task.done():
+            await asyncio.wait([receive_task], timeout=1.0)  # let session.ended reach the view
+        for task in (receive_task, stop_task, *helpers):
+            task.cancel()
+        await asyncio.gather(receive_task, stop_task, *helpers, return_exceptions=True)
+        view.on_played(playout.stream_position_ms)  # the end: all that was played has been heard
+        audio.finish()
+        summary = f"-- played {playout.played_ms / 1000:.1f} s, underruns {playout.underruns}, clears {playout.clears}"
+        if isinstance(audio, FileAudio):
+            summary += f", wrote {audio.output_path}"
+            if audio.late_blocks:
+                summary += f" ({audio.late_blocks} blocks ran late: busy machine)"
+        view.lines.append(summary)
+        display.close(view)
+    if failure is not None:
+        if isinstance(failure, ConnectionClosed):
+            raise TalkError(describe_connect_error(args.server, failure)) from failure
+        if isinstance(failure, ClientError):
+            raise TalkError(str(failure)) from failure
+        raise failure
+    if getattr(conv, "error", None):
+        raise TalkError(f"the local {args.backend} engine failed: {conv.error}")
+    code = getattr(conv, "close_code", None)
+    if receive_task.done() and code not in (None, 1000):
+        raise TalkError(f"the server closed the connection (code {code})")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.list_devices:
+            print(list_devices())
+            return 0
+        check_arguments(args)
+        return asyncio.run(talk(args))
+    except TalkError as exc:
+        print(f"assistant talk: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

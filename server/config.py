@@ -1,0 +1,217 @@
+"""`assistant serve` configuration: the options, their defaults, and the command line that sets them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from assistant.backends import BACKENDS
+from assistant.conversation import ConversationLimits
+from audio.vad import VadConfig
+from server import static
+
+DEFAULT_PORT = 8998
+TEST_BACKEND_MAX_SESSIONS = 64
+DEFAULT_MOSHI_MODEL = "kyutai/moshiko-pytorch-bf16"
+
+
+@dataclass
+class ServerConfig:
+    backend: str = "moshi"
+    model: str | None = None
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    max_sessions: int | None = None  # None: ask the backend
+    auth_token: str | None = None
+    allowed_origins: list[str] | None = None  # None: the server's own host:port
+    record_dir: str | None = None
+    ssl_cert: str | None = None
+    ssl_key: str | None = None
+    barge_in: str = "model"
+    device: str | None = None
+    dtype: str | None = None
+    engine_options: dict[str, Any] = field(default_factory=dict)
+    limits: ConversationLimits = field(default_factory=ConversationLimits)
+    vad: VadConfig = field(default_factory=VadConfig)
+    web_root: Path = static.WEB_ROOT
+    max_outbox_items: int = 64
+    max_send_lag_s: float = 2.0  # a client this far behind reading is disconnected (1008)
+    messages_per_s: float = 250.0  # per connection, audio and events together
+    message_burst: float = 500.0
+    flood_close_after: int = 500  # refused messages (beyond a fifth of the rate) before closing (1008)
+    drain_timeout_s: float = 5.0
+    clock_stats_path: str | None = None  # write frame-clock figures (JSON) here at exit
+    captions: str | None = None  # caption model ("auto", a faster-whisper size or dir); None: off
+    captions_device: str = "cpu"
+
+
+def default_max_sessions(backend: str, device: str | None = None) -> int:
+    """How many sessions a backend serves when --max-sessions is not given."""
+    if backend == "moshi":
+        try:
+            from assistant.backends.moshi import MoshiEngine
+        except ImportError:
+            return 1
+        suggest = getattr(MoshiEngine, "suggested_batch_size", None)
+        return int(suggest(device)) if callable(suggest) else 1
+    return TEST_BACKEND_MAX_SESSIONS
+
+
+def default_origins(host: str, port: int, tls: bool) -> list[str]:
+    """The server's own origin in every loopback spelling, http and https."""
+    hosts = {host}
+    if host in ("127.0.0.1", "localhost", "0.0.0.0", "::", "::1"):
+        hosts |= {"127.0.0.1", "localhost", "[::1]"}
+    hosts.discard("0.0.0.0")
+    hosts.discard("::")
+    schemes = ("https", "http") if tls else ("http", "https")
+    return sorted(f"{s}://{h}:{port}" for s in schemes for h in hosts)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="moshi",
+        help="engine backend (default moshi; scripted and silence need no weights)",
+    )
+    parser.add_argument(
+        "--model",
+        help=f"checkpoint directory or Hugging Face id for the moshi backend (default {DEFAULT_MOSHI_MODEL})",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free)"
+    )
+    parser.add_argument(
+        "--max-sessions", type=int, help="concurrent sessions (default: what the backend holds)"
+    )
+    parser.add_argument(
+        "--auth-token",
+        default=os.environ.get("ASSISTANT_AUTH_TOKEN"),
+        help="require this token (Bearer header or ?token=); default $ASSISTANT_AUTH_TOKEN",
+    )
+    parser.add_argument(
+        "--allowed-origins",
+        nargs="+",
+        default=os.environ.get("ASSISTANT_ALLOWED_ORIGINS", "").split() or None,
+        help="browser origins allowed to connect ('*' for any); default the server's own",
+    )
+    parser.add_argument(
+        "--record", metavar="DIR", help="record every session (stereo WAV + JSONL events) in DIR"
+    )
+    parser.add_argument(
+        "--ssl-cert", default=os.environ.get("ASSISTANT_SSL_CERT"), help="TLS certificate (PEM)"
+    )
+    parser.add_argument(
+        "--ssl-key", default=os.environ.get("ASSISTANT_SSL_KEY"), help="TLS private key (PEM)"
+    )
+    parser.add_argument(
+        "--barge-in",
+        choices=("model", "vad"),
+        default="model",
+        help="model: the model decides whether to stop; vad: force it silent while the user talks",
+    )
+    parser.add_argument("--vad", choices=("webrtc", "silero"), default="webrtc", help="VAD for turn-taking")
+    parser.add_argument("--device", help="torch device for the moshi backend (cuda, cpu)")
+    parser.add_argument("--dtype", help="torch dtype for the moshi backend (bfloat16, float16, float32)")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="moshi backend: capture the frame step as CUDA graphs per batch bucket "
+        "(default: $ASSISTANT_COMPILE, on with CUDA)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=("none", "int8"),
+        default=None,
+        help="moshi backend: int8 weight-only transformer linears (default: $ASSISTANT_QUANTIZE, none)",
+    )
+    parser.add_argument("--script-reply", help="scripted backend: reply WAV (text from the .txt beside it)")
+    parser.add_argument(
+        "--script-delay-ms", type=float, default=0.0, help="scripted backend: pause before replying"
+    )
+    parser.add_argument(
+        "--idle-timeout", type=float, default=60.0, help="end sessions with no audio for this many s"
+    )
+    parser.add_argument(
+        "--max-session-seconds", type=float, default=3600.0, help="end sessions after this many s"
+    )
+    parser.add_argument(
+        "--max-send-lag",
+        type=float,
+        default=2.0,
+        help="disconnect a client that is this many seconds behind reading (1008)",
+    )
+    parser.add_argument(
+        "--captions",
+        metavar="MODEL",
+        default="auto",
+        help="user captions with faster-whisper: auto (tiny.en on cpu, small on cuda), a size, "
+        "a CTranslate2 model dir, or off (default auto)",
+    )
+    parser.add_argument(
+        "--captions-device",
+        choices=("cpu", "cuda"),
+        help="device for captions (default: cuda when --device is cuda, else cpu)",
+    )
+    parser.add_argument(
+        "--clock-stats",
+        metavar="FILE",
+        help="at exit, write frame-clock figures (tick lateness, step time) as JSON to FILE",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    if args.max_sessions is not None and args.max_sessions < 1:
+        raise ValueError(f"--max-sessions must be >= 1, got {args.max_sessions}")
+    for name in ("idle_timeout", "max_session_seconds", "max_send_lag"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if bool(args.ssl_cert) != bool(args.ssl_key):
+        raise ValueError("--ssl-cert and --ssl-key go together; give both (or neither)")
+    for name in ("ssl_cert", "ssl_key"):
+        path = getattr(args, name)
+        if path and not Path(path).is_file():
+            raise ValueError(f"--{name.replace('_', '-')} {path} does not exist")
+    vad = VadConfig(backend=args.vad)
+    engine_options: dict[str, Any] = {}
+    if args.backend == "scripted":
+        engine_options = {
+            "script_reply": args.script_reply,
+            "script_delay_ms": args.script_delay_ms,
+            "vad": vad,
+        }
+    elif args.script_reply is not None:
+        raise ValueError("--script-reply only applies to --backend scripted")
+    if args.backend == "moshi":
+        engine_options = {"compile": args.compile, "quantize": args.quantize}
+    elif args.compile is not None or args.quantize is not None:
+        raise ValueError("--compile and --quantize only apply to --backend moshi")
+    return ServerConfig(
+        backend=args.backend,
+        model=args.model or (DEFAULT_MOSHI_MODEL if args.backend == "moshi" else None),
+        host=args.host,
+        port=args.port,
+        max_sessions=args.max_sessions,
+        auth_token=args.auth_token or None,
+        allowed_origins=args.allowed_origins,
+        record_dir=args.record,
+        ssl_cert=args.ssl_cert,
+        ssl_key=args.ssl_key,
+        barge_in=args.barge_in,
+        device=args.device,
+        dtype=args.dtype,
+        engine_options=engine_options,
+        limits=ConversationLimits(idle_timeout_s=args.idle_timeout, max_session_s=args.max_session_seconds),
+        vad=vad,
+        max_send_lag_s=args.max_send_lag,
+        clock_stats_path=args.clock_stats,
+        captions=None if args.captions in (None, "off", "none") else args.captions,
+        captions_device=args.captions_device or ("cuda" if (args.device or "").startswith("cuda") else "cpu"),
+    )

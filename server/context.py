@@ -1,0 +1,123 @@
+"""What every protocol adapter shares in one server process: the frame loop, capacity, sessions,
+captions, metrics and recording. `ctx.reserve()` takes an engine slot (None when full or
+draining); `ctx.open_session(...)` starts a conversation (assistant/conversation) in it."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from assistant.conversation import Conversation, ConversationOptions
+from assistant.engine import Engine
+from assistant.scheduler import Scheduler, SlotHandle
+from server.config import ServerConfig
+from server.metrics import Metrics
+from server.recording import Recorder
+
+
+class ServerContext:
+    """Everything a protocol adapter needs: the scheduler, options, metrics, recording."""
+
+    def __init__(self, config: ServerConfig, engine: Engine):
+        self.config = config
+        self.engine = engine
+        self.metrics = Metrics()
+        self.scheduler = Scheduler(engine, metrics=self.metrics)
+        self.sessions: dict[str, Conversation] = {}
+        self.started_at = time.monotonic()
+        self.port = config.port
+        self.draining = False
+        self.caption_worker = None
+        self.captions_model: str | None = None  # what clients are told captions use; None when off
+        if config.captions:
+            from assistant.captions import CaptionWorker
+
+            # The model loads on the worker's own thread; the server is listening meanwhile.
+            self.caption_worker = CaptionWorker(config.captions, device=config.captions_device)
+            self.caption_worker.start()
+            self.captions_model = f"faster-whisper:{Path(self.caption_worker.model_path).name}"
+        self.metrics.gauge("live_sessions", "Sessions in progress.", lambda: len(self.sessions))
+        self.metrics.gauge(
+            "capacity_left", "Sessions that can still join.", lambda: self.scheduler.free_slots
+        )
+        self.metrics.gauge(
+            "max_sessions", "Sessions this server holds at most.", lambda: self.scheduler.capacity
+        )
+
+    def reserve(self) -> SlotHandle | None:
+        """An engine slot for a new connection, or None when the server is full (or draining)."""
+        if self.draining:
+            return None
+        slot = self.scheduler.reserve()
+        if slot is None:
+            self.metrics.inc("refused_total")
+        return slot
+
+    def open_session(
+        self,
+        slot: SlotHandle,
+        sample_rate_hz: int,
+        emit,
+        options: ConversationOptions | None = None,
+    ) -> Conversation:
+        """Start a conversation in `slot`; emits SessionReady. Raises ValueError for a bad rate/options."""
+        options = options or ConversationOptions(barge_in=self.config.barge_in)
+        options.vad_config(self.config.vad)  # raises ValueError for bad VAD options before any file is made
+        session_id = "sess_" + secrets.token_hex(6)
+        recorder = Recorder(self.config.record_dir, session_id) if self.config.record_dir else None
+        session = Conversation(
+            session_id,
+            sample_rate_hz,
+            emit,
+            options=options,
+            limits=self.config.limits,
+            vad_config=self.config.vad,
+            slot=slot,
+            recorder=recorder,
+            metrics=self.metrics,
+            captions=self._caption_job if self.caption_worker is not None else None,
+        )
+        slot.attach(session, options.slot_options())
+        self.sessions[session_id] = session
+        self.metrics.inc("sessions_total")
+        session.start()
+        return session
+
+    def _caption_job(self, pcm_24k, start_ms: float, end_ms: float, done) -> None:
+        """Queue one utterance for captioning; `done(text)` runs on the event loop when it is ready."""
+        loop = asyncio.get_running_loop()
+
+        def finished(caption) -> None:
+            loop.call_soon_threadsafe(done, caption.text)
+
+        if not self.caption_worker.submit(id(done), pcm_24k, start_ms, end_ms, finished):
+            self.metrics.inc("captions_dropped")
+
+    def close(self) -> None:
+        if self.caption_worker is not None:
+            self.caption_worker.close(timeout=5)
+
+    def refusal_reason(self) -> str:
+        """Why a new connection was refused (the 1013 close reason)."""
+        if self.draining:
+            return "server is shutting down"
+        return f"server full: all {self.scheduler.capacity} sessions are taken; try later"
+
+    def forget(self, session: Conversation) -> None:
+        self.sessions.pop(session.session_id, None)
+
+    def healthz(self) -> dict[str, Any]:
+        info = self.engine.describe()
+        return {
+            "status": "draining" if self.draining else "ok",
+            "live_sessions": len(self.sessions),
+            "max_sessions": self.scheduler.capacity,
+            "capacity_left": 0 if self.draining else self.scheduler.free_slots,
+            "backend": info.get("backend"),
+            "model": info.get("model"),
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "captions": None if self.caption_worker is None else self.caption_worker.describe(),
+        }

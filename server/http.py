@@ -1,0 +1,76 @@
+"""The HTTP side of the port: auth and Origin checks at the websocket handshake, /healthz,
+/metrics and the static page."""
+
+from __future__ import annotations
+
+import hmac
+import http
+import json
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from server import static
+
+WEBSOCKET_PATHS = ("/ws", "/v1/realtime")
+
+
+def _response(status: int, content_type: str, body: bytes, extra: dict[str, str] | None = None) -> Response:
+    headers = Headers()
+    headers["Content-Type"] = content_type
+    headers["Content-Length"] = str(len(body))
+    headers["Cache-Control"] = "no-store"
+    headers["X-Content-Type-Options"] = "nosniff"
+    for k, v in (extra or {}).items():
+        headers[k] = v
+    return Response(status, http.HTTPStatus(status).phrase, headers, body)
+
+
+def _text(status: int, message: str) -> Response:
+    return _response(status, "text/plain; charset=utf-8", (message + "\n").encode())
+
+
+def check_auth(token: str | None, request: Request) -> bool:
+    """Bearer header or ?token= query parameter, compared in constant time."""
+    if not token:
+        return True
+    header = request.headers.get("Authorization", "")
+    offered = header[7:].strip() if header.lower().startswith("bearer ") else None
+    if offered is None:
+        offered = (parse_qs(urlsplit(request.path).query).get("token") or [None])[0]
+    return offered is not None and hmac.compare_digest(offered.encode(), token.encode())
+
+
+def check_origin(allowed: list[str], request: Request) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True  # SDKs and CLIs send none; browsers always do
+    return "*" in allowed or origin.rstrip("/") in allowed
+
+
+def make_process_request(ctx):
+    """The handshake hook: answers plain HTTP requests, lets authorised websocket upgrades through."""
+    config = ctx.config
+
+    def process_request(connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path in WEBSOCKET_PATHS:
+            if not check_auth(config.auth_token, request):
+                return _text(
+                    401, "missing or wrong token: send 'Authorization: Bearer TOKEN' or ?token=TOKEN"
+                )
+            if not check_origin(config.allowed_origins or [], request):
+                return _text(
+                    403, f"origin {request.headers.get('Origin')} is not allowed; see --allowed-origins"
+                )
+            return None
+        if path == "/healthz":
+            return _response(200, "application/json", json.dumps(ctx.healthz()).encode())
+        if path == "/metrics":
+            return _response(200, "text/plain; version=0.0.4; charset=utf-8", ctx.metrics.render().encode())
+        status, ctype, body = static.load(config.web_root, path)
+        return _response(status, ctype, body)
+
+    return process_request

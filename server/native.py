@@ -1,0 +1,80 @@
+"""`/ws`: the native protocol adapter (docs/protocol.md) on the shared connection base.
+
+JSON text frames and PCM16 binary frames from the client go through server/protocol.py's pure
+decoders into the conversation; every conversation event goes out through its explicit encoder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from assistant.conversation import ConversationOptions, Event, SessionEnded
+from server import protocol
+from server.connection import Connection
+from server.protocol import (
+    CLOSE_NORMAL,
+    PlaybackPosition,
+    ProtocolError,
+    SessionEnd,
+    SessionStart,
+    SessionUpdate,
+)
+
+
+class NativeConnection(Connection):
+    """One /ws connection: JSON events and PCM frames <-> a conversation."""
+
+    protocol_name = "native"
+
+    # Events from the conversation (event loop thread).
+    def emit(self, event: Event) -> None:
+        self.send(protocol.encode_event(event))
+        if isinstance(event, SessionEnded):
+            self.close(CLOSE_NORMAL, event.reason[:120], flush=True)
+
+    def encode_error(self, code: str, message: str, *, server_side: bool = False) -> str:
+        return protocol.error_event(code, message)
+
+    async def next_message(self) -> str | bytes | None:
+        if self.session is not None:
+            return await self.ws.recv()
+        # Before session.start only the idle timeout bounds how long a slot stays taken.
+        idle = self.ctx.config.limits.idle_timeout_s
+        try:
+            return await asyncio.wait_for(self.ws.recv(), idle)
+        except TimeoutError:
+            self.send_error("not_started", f"no session.start within {idle:g} s; closing")
+            self.close(CLOSE_NORMAL, "idle_timeout", flush=True)
+            return None
+
+    def handle_message(self, message: str | bytes) -> None:
+        try:
+            if isinstance(message, bytes):
+                protocol.check_audio(message, started=self.session is not None)
+                self.session.push_audio(message)
+                return
+            self.handle_event(protocol.decode_text(message))
+        except ProtocolError as exc:
+            self.send_error(exc.code, exc.message)
+
+    def handle_event(self, event: protocol.ClientEvent) -> None:
+        if isinstance(event, SessionStart):
+            if self.session is not None:
+                raise ProtocolError("already_started", f"session {self.session.session_id} is already running")
+            try:
+                options = ConversationOptions(barge_in=self.ctx.config.barge_in).replace(**event.options)
+                self.session = self.ctx.open_session(self.slot, event.sample_rate, self.emit, options)
+            except ValueError as exc:
+                raise ProtocolError("invalid_value", str(exc)) from None
+            return
+        if self.session is None:
+            raise ProtocolError("not_started", f"send session.start before {type(event).__name__}")
+        if isinstance(event, SessionUpdate):
+            try:
+                self.session.update(**event.options)
+            except ValueError as exc:
+                raise ProtocolError("invalid_value", str(exc)) from None
+        elif isinstance(event, PlaybackPosition):
+            self.session.set_played_ms(event.played_ms)
+        elif isinstance(event, SessionEnd):
+            self.session.end("client_ended")
