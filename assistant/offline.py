@@ -55,8 +55,12 @@ def run_offline(
     options: ConversationOptions | None = None,
     tail_seconds: float = 0.0,
     on_frame: Callable[[int], None] | None = None,
+    recorder=None,
 ) -> OfflineResult:
-    """One conversation over a recording (float32 (n,) at 24 kHz) on a free slot of `engine`."""
+    """One conversation over a recording (float32 (n,) at 24 kHz) on a free slot of `engine`.
+
+    recorder: a sink for the conversation's log and audio (`log(record)`, `write(user, assistant)`,
+    `close()`), as `assistant serve --record` uses."""
     options = options or ConversationOptions()
     frames = frames_for(np.asarray(user, dtype=np.float32), tail_seconds)
     clock = OfflineClock(FRAME_MS / 1000.0)
@@ -83,6 +87,7 @@ def run_offline(
         options=options,
         limits=ConversationLimits(idle_timeout_s=None, max_session_s=None),
         slot=slot,
+        recorder=recorder,
         clock=clock,
         input_clock=True,
     )

@@ -11,6 +11,7 @@ the right.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, type=Path, help="the user's speech, a WAV file at any sample rate")
     parser.add_argument("--output", required=True, type=Path, help="where to write the assistant's 24 kHz WAV")
     parser.add_argument("--text-output", type=Path, help="also write the assistant's text here")
+    parser.add_argument("--events-output", type=Path,
+                        help="also write the conversation's event log here, one JSON object a line (user "
+                             "turns, barge-ins with cut text, assistant stretches, text, latencies)")
     parser.add_argument("--stereo", action="store_true", help="write user (left) and assistant (right)")
     parser.add_argument("--temperature", type=float, default=None,
                         help="audio sampling temperature (default 0.8); 0 = greedy, for text too unless "
@@ -58,6 +62,23 @@ def read_user_audio(path: Path) -> np.ndarray:
     import soxr
 
     return soxr.resample(mono, rate, SAMPLE_RATE_HZ, quality="HQ").astype(np.float32)
+
+
+class EventLog:
+    """The conversation's own event log as JSON lines (the records `assistant serve --record` keeps)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def log(self, record: dict) -> None:
+        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+    def write(self, user: np.ndarray, assistant: np.ndarray) -> None:
+        pass  # the audio goes to --output
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def conversation_options(args: argparse.Namespace) -> ConversationOptions:
@@ -98,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with _progress(n_frames) as advance:
         result = run_offline(engine, user, options=options, tail_seconds=args.tail_seconds,
-                             on_frame=lambda i: advance())
+                             on_frame=lambda i: advance(),
+                             recorder=EventLog(args.events_output) if args.events_output else None)
     elapsed = time.perf_counter() - started
 
     data = np.stack([result.user, result.assistant], axis=1) if args.stereo else result.assistant

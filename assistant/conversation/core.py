@@ -390,9 +390,9 @@ class Conversation:
             self._log(
                 {
                     "event": "latency",
-                    "response_gap_ms": lat.response_gap_ms,
-                    "server_overhead_ms": lat.server_overhead_ms,
-                    "end_of_turn_ms": lat.end_of_turn_ms,
+                    "response_gap_ms": round(lat.response_gap_ms, 1),
+                    "server_overhead_ms": round(lat.server_overhead_ms, 1),
+                    "end_of_turn_ms": round(lat.end_of_turn_ms, 1),
                 }
             )
             if self.metrics:
