@@ -195,5 +195,5 @@ def test_live_view_in_a_terminal_and_ctrl_c(tmp_path):
     assert os.waitstatus_to_exitcode(status) == 0, text[-2000:]
     assert "LISTENING" in text and "SPEAKING" in text and "mic " in text and " dB" in text
     assert "assistant: Sure" in text, "the reply's caption appears while it plays"
-    assert "-- session ended (client)" in text and "Traceback" not in text
+    assert "-- session ended (client_ended)" in text and "Traceback" not in text
     assert out.is_file()
