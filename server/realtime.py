@@ -18,8 +18,11 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import ServerConnection
 
 from assistant.conversation import (
+    AssistantSpeechStarted,
+    AssistantSpeechStopped,
     AssistantText,
     AudioOut,
+    BargeIn,
     ConversationOptions,
     Error,
     Event,
@@ -66,9 +69,11 @@ class RealtimeConnection(Connection):
         self.conv: RealtimeConversation | None = None
         self.paced: collections.deque[bytes] = collections.deque()  # item audio fed at real-time speed
         self.feeder: asyncio.Task | None = None
-        # The Realtime adapter owns force_silence (manual turns, interruptions), so the conversation's own
-        # barge-in policy stays "model" and never fights it.
-        self.session = ctx.open_session(slot, SAMPLE_RATE_HZ, self.emit, ConversationOptions(barge_in="model"))
+        # The core detects barge-ins (at the user's onset: the Realtime API interrupts on speech_started);
+        # the Realtime state machine owns force_silence (manual turns, the hold after an interruption),
+        # so the core's own policy stays "model" and never fights it.
+        options = ConversationOptions(barge_in="model", min_interrupt_ms=0)
+        self.session = ctx.open_session(slot, SAMPLE_RATE_HZ, self.emit, options)
         model = requested_model(ws) or ctx.engine.model_name or ctx.engine.name
         self.conv = RealtimeConversation(
             session_id=self.session.session_id,
@@ -77,7 +82,6 @@ class RealtimeConnection(Connection):
             id_prefix=secrets.token_hex(4),
             captions_model=ctx.captions_model,
             threshold_applies=ctx.config.vad.backend == "silero",
-            hangover_frames=ctx.config.limits.assistant_hangover_frames,
         )
         self.apply(self.conv.start())
 
@@ -138,6 +142,12 @@ class RealtimeConnection(Connection):
             return  # SessionReady during open_session: session.created is sent by Conversation.start
         if isinstance(event, AudioOut):
             self.apply(conv.output_audio(event.pcm16, event.speaking))
+        elif isinstance(event, AssistantSpeechStarted):
+            self.apply(conv.assistant_started())
+        elif isinstance(event, AssistantSpeechStopped):
+            self.apply(conv.assistant_stopped())
+        elif isinstance(event, BargeIn):
+            self.apply(conv.barge_in(event.at_ms))
         elif isinstance(event, AssistantText):
             self.apply(conv.output_text(event.text))
         elif isinstance(event, InputSpeechStarted):
@@ -152,9 +162,8 @@ class RealtimeConnection(Connection):
             if event.reason not in ("client_disconnected", "client_ended"):
                 self.send_event(conv.error(_end_error(event.reason)))
             self.close(CLOSE_NORMAL, event.reason[:120])
-        # SessionReady/SessionUpdated/Stats/PlaybackClear/BargeIn and the assistant's stretch events have no
-        # Realtime counterpart: responses come from the speaking flag, and speech_started tells the client
-        # to stop playback.
+        # SessionReady/SessionUpdated/Stats/PlaybackClear have no Realtime counterpart: speech_started and
+        # response.done (cancelled) tell the client to stop playback.
 
     # -- client messages -------------------------------------------------------------------------
     def handle_message(self, message: str | bytes) -> None:

@@ -10,13 +10,16 @@
 
 How a full-duplex model maps onto turns (docs/realtime.md says it for users):
 - The model hears every appended sample as it arrives; commit/clear only shape conversation items.
-- A response is one contiguous stretch of assistant speech: it opens on the first speaking frame
-  and closes once more than `hangover_frames` frames pass quiet. Quiet frames inside a stretch are sent (they
-  are pauses between words); quiet frames at its tail and outside responses are never sent.
+- A response is one contiguous stretch of assistant speech as the conversation core reports it
+  (assistant/conversation/turns.py): it opens on the first speaking frame and closes when the core
+  ends the stretch after its hangover. Quiet frames inside a stretch are sent (they are pauses
+  between words); quiet frames at its tail and outside responses are never sent.
 - `create_response: false` or `turn_detection: null`: the engine is held silent except while a
   response the client asked for (`response.create`) is open.
-- `interrupt_response`: user speech (VAD start) cancels the open response, drops the rest of its
-  stretch, and holds the engine silent until the user's speech stops.
+- `interrupt_response`: the core's barge-in (user speech over the assistant's, detected once, in
+  the core) cancels the open response, drops the rest of its stretch, and holds the engine silent
+  until the user's speech stops; a user turn that starts before a requested response has begun
+  cancels that response.
 - `response.cancel` and `max_output_tokens` (1 token = one 80 ms frame) cut the stretch and keep the
   engine silent until the user's next turn (or the next `response.create`).
 """
@@ -548,14 +551,13 @@ class RealtimeConversation:
     """One `/v1/realtime` conversation. Every method returns a list of server events (dicts) and Actions."""
 
     def __init__(self, *, session_id: str, model: str, voice: str, id_prefix: str,
-                 captions_model: str | None = None, threshold_applies: bool = True, hangover_frames: int = 3,
+                 captions_model: str | None = None, threshold_applies: bool = True,
                  response_start_timeout_ms: int = 5000, pending_text_frames: int = 4):
         self.session_id = session_id
         self.model = model
         self.voice = voice
         self.captions_model = captions_model
         self.threshold_applies = threshold_applies  # False: the server's VAD decides voiced/unvoiced itself
-        self.hangover_frames = hangover_frames
         self.response_start_timeout_frames = max(1, response_start_timeout_ms // FRAME_MS)
         self.pending_text_frames = pending_text_frames
         self.conversation_id = f"conv_{id_prefix}"
@@ -577,7 +579,7 @@ class RealtimeConversation:
         self._barge_in_mute = False  # interrupt_response: hold the engine until the user stops
         self._muted_until_user_turn = False  # after response.cancel / max_output_tokens
         self._drop_stretch = False  # ignore the rest of a cut stretch of speech
-        self._quiet_frames = 0
+        self._in_stretch = False  # the core reports a stretch of assistant speech in progress
         self._pending_text: list[tuple[int, str]] = []
         self._injected: list[tuple[float, float]] = []  # input spans fed by conversation.item.create
         self._suppress_vad_turn = False
@@ -828,7 +830,7 @@ class RealtimeConversation:
                            item=item.to_json()),
             ]
         out.append(self.event("response.done", response=self._response_json(r)))
-        if status != "completed" and r.item is not None and self._quiet_frames <= self.hangover_frames:
+        if status != "completed" and r.item is not None and self._in_stretch:
             self._drop_stretch = True
         if status != "completed" and reason != "turn_detected":
             self._muted_until_user_turn = True
@@ -871,10 +873,36 @@ class RealtimeConversation:
         self._muted_until_user_turn = False
         out: list = [self.event("input_audio_buffer.speech_started", audio_start_ms=int(at_ms),
                                 item_id=self._speech_item_id)]
-        if self.response is not None and self.turn_detection.interrupt_response:
+        r = self.response
+        if r is not None and r.item is None and self.turn_detection.interrupt_response:
+            # A response the model has not started yet gives way to the user's turn.
             out += self._finish("cancelled", "turn_detected")
-            self._barge_in_mute = True
         return out + self._sync_silence()
+
+    def barge_in(self, at_ms: float) -> list:
+        """The core detected the user talking over the assistant (its one barge-in detector)."""
+        td = self.turn_detection
+        if td is None or not td.interrupt_response or self.response is None or self._suppress_vad_turn:
+            return []
+        out = self._finish("cancelled", "turn_detected")
+        self._barge_in_mute = self._user_speaking  # hold the engine until the user stops
+        return out + self._sync_silence()
+
+    def assistant_started(self) -> list:
+        """The core saw a stretch of assistant speech begin (comes before that frame's audio)."""
+        self._in_stretch = True
+        return []
+
+    def assistant_stopped(self) -> list:
+        """The core saw the stretch end, after its hangover of quiet frames (before that frame's audio)."""
+        self._in_stretch = False
+        if self._drop_stretch:
+            self._drop_stretch = False
+            return []
+        r = self.response
+        if r is None or r.item is None:
+            return []
+        return self._finish("completed") + self._sync_silence()
 
     def user_speech_stopped(self, at_ms: float) -> list:
         if self.turn_detection is None:
@@ -912,10 +940,7 @@ class RealtimeConversation:
     def output_audio(self, pcm16: bytes, speaking: bool) -> list:
         """One 80 ms frame of the engine's output (silence included) and its voice-activity flag."""
         self.frames_out += 1
-        self._quiet_frames = 0 if speaking else self._quiet_frames + 1
         if self._drop_stretch:
-            if self._quiet_frames > self.hangover_frames:
-                self._drop_stretch = False
             return []
         r = self.response
         if r is None:
@@ -941,10 +966,7 @@ class RealtimeConversation:
             if fresh:
                 r.held.append([b"", "".join(t for _, t in fresh)])
         if not speaking:
-            r.held.append([pcm16, ""])
-            if len(r.held) > self.hangover_frames:
-                out += self._finish("completed")
-                out += self._sync_silence()
+            r.held.append([pcm16, ""])  # sent if speech follows; dropped if the stretch ends here
             return out
         for held_pcm, held_text in r.held:
             out += self._send_frame(r, held_pcm, held_text)

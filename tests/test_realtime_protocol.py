@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import base64
 import json
+import weakref
 
 import pydantic
 import pytest
 from openai.types.realtime import RealtimeServerEvent
 
+from assistant.conversation.turns import ASSISTANT_STARTED, ASSISTANT_STOPPED, BARGE_IN, TurnTaking
 from server.realtime_protocol import (
     ConfigureInput,
     PushAudio,
@@ -31,6 +33,48 @@ def new_conversation(**kwargs) -> tuple[RealtimeConversation, list]:
     conv = RealtimeConversation(session_id="sess_test", model="moshi-test", voice="moshi", id_prefix="t",
                         captions_model=kwargs.pop("captions_model", "whisper-test"), **kwargs)
     return conv, checked(conv.start())
+
+
+# What the adapter does: the core's turn-taking (one hangover rule, one barge-in detector, set as
+# server/realtime.py sets it) reports stretches and barge-ins to the state machine, in the core's order.
+_TURNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def core_turns(conv: RealtimeConversation) -> TurnTaking:
+    return _TURNS.setdefault(conv, TurnTaking("model", min_interrupt_samples=0, hangover_frames=3))
+
+
+def _core_actions(conv: RealtimeConversation, actions: list[str], at_ms: float) -> list:
+    out: list = []
+    for action in actions:
+        if action == ASSISTANT_STARTED:
+            out += conv.assistant_started()
+        elif action == ASSISTANT_STOPPED:
+            out += conv.assistant_stopped()
+        elif action == BARGE_IN:
+            out += conv.barge_in(at_ms)
+    return out
+
+
+def engine_frame(conv: RealtimeConversation, pcm16: bytes, speaking: bool) -> list:
+    """One frame of engine output as the adapter hands it over: the core's stretch events, then audio."""
+    now = int(conv.input_ms * 24)
+    return _core_actions(conv, core_turns(conv).assistant_frame(speaking, now), conv.input_ms) + conv.output_audio(
+        pcm16, speaking
+    )
+
+
+def user_speech_started(conv: RealtimeConversation, at_ms: float) -> list:
+    """The core's VAD onset: speech_started, then the core's barge-in check."""
+    out = conv.user_speech_started(at_ms)
+    sample = int(at_ms * 24)
+    return out + _core_actions(conv, core_turns(conv).user_speech_started(sample, sample), at_ms)
+
+
+def user_speech_stopped(conv: RealtimeConversation, at_ms: float) -> list:
+    out = conv.user_speech_stopped(at_ms)
+    core_turns(conv).user_speech_stopped()
+    return out
 
 
 def checked(out: list) -> list:
@@ -65,7 +109,7 @@ def b64(pcm: bytes) -> str:
 def speak(conv: RealtimeConversation, frames: int, text: str = "") -> list:
     out: list = []
     for _ in range(frames):
-        out += conv.output_audio(VOICE, True)
+        out += engine_frame(conv, VOICE, True)
         out += conv.output_text(text)
     return checked(out)
 
@@ -73,7 +117,7 @@ def speak(conv: RealtimeConversation, frames: int, text: str = "") -> list:
 def quiet(conv: RealtimeConversation, frames: int) -> list:
     out: list = []
     for _ in range(frames):
-        out += conv.output_audio(QUIET, False)
+        out += engine_frame(conv, QUIET, False)
     return checked(out)
 
 
@@ -258,7 +302,7 @@ def test_transcription_turns_captions_on_or_warns_when_the_server_has_none():
 
 def user_turn(conv: RealtimeConversation, start_ms: float, stop_ms: float) -> list:
     conv.receive(json.dumps({"type": "input_audio_buffer.append", "audio": b64(b"\x00\x00" * 24 * int(stop_ms))}))
-    return checked(conv.user_speech_started(start_ms) + conv.user_speech_stopped(stop_ms))
+    return checked(user_speech_started(conv, start_ms) + user_speech_stopped(conv, stop_ms))
 
 
 def test_a_user_turn_becomes_a_committed_user_item():
@@ -309,7 +353,7 @@ def test_two_stretches_are_two_responses():
 
 def test_text_just_before_the_speech_lands_in_the_transcript():
     conv, _ = new_conversation()
-    out = checked(conv.output_audio(QUIET, False) + conv.output_text("Hi"))
+    out = checked(engine_frame(conv, QUIET, False) + conv.output_text("Hi"))
     out += speak(conv, 2, "!") + quiet(conv, 4)
     assert of_type(out, "response.done")[0]["response"]["output"][0]["content"][0]["transcript"] == "Hi!!"
 
@@ -318,7 +362,7 @@ def test_user_speech_interrupts_the_response_and_holds_the_engine_until_the_user
     conv, _ = new_conversation()
     out = speak(conv, 5, " word")
     response_id = of_type(out, "response.created")[0]["response"]["id"]
-    out = checked(conv.user_speech_started(2000))
+    out = checked(user_speech_started(conv, 2000))
     assert types(out)[0] == "input_audio_buffer.speech_started"
     (done,) = of_type(out, "response.done")
     assert done["response"]["id"] == response_id
@@ -327,7 +371,7 @@ def test_user_speech_interrupts_the_response_and_holds_the_engine_until_the_user
     assert SetSilenced(True) in out
     # Frames the engine produced before the hold took effect are not sent.
     assert events(speak(conv, 2)) == []
-    out = checked(conv.user_speech_stopped(3000))
+    out = checked(user_speech_stopped(conv, 3000))
     assert SetSilenced(False) in out
     assert "conversation.item.done" in types(out)
     # The next stretch is a new response.
@@ -340,7 +384,7 @@ def test_without_interrupt_response_user_speech_does_not_cancel():
     send(conv, type="session.update", session={"audio": {"input": {"turn_detection": {
         "type": "server_vad", "interrupt_response": False}}}})
     speak(conv, 3)
-    out = checked(conv.user_speech_started(1000))
+    out = checked(user_speech_started(conv, 1000))
     assert "response.done" not in types(out)
     assert not [a for a in out if isinstance(a, SetSilenced)]
     assert delta_bytes(speak(conv, 2)) == 2 * FRAME_BYTES
@@ -390,7 +434,7 @@ def test_manual_turns_speak_only_after_response_create_and_stop_at_response_canc
     conv, _ = new_conversation()
     manual(conv)
     # No VAD events, and speech without a response is never sent.
-    assert checked(conv.user_speech_started(100) + conv.user_speech_stopped(900)) == []
+    assert checked(user_speech_started(conv, 100) + user_speech_stopped(conv, 900)) == []
     assert events(speak(conv, 3)) == []
     out = send(conv, type="input_audio_buffer.commit", event_id="c0")
     assert out[0]["error"]["code"] == "input_audio_buffer_commit_empty"
@@ -446,7 +490,7 @@ def test_max_output_tokens_cuts_the_response_as_incomplete():
     assert done["response"]["status_details"]["reason"] == "max_output_tokens"
     assert SetSilenced(True) in out
     # Held until the user's next turn.
-    assert SetSilenced(False) in checked(conv.user_speech_started(5000))
+    assert SetSilenced(False) in checked(user_speech_started(conv, 5000))
 
 
 def test_create_response_false_holds_the_engine_but_still_reports_vad():
@@ -468,7 +512,7 @@ def test_user_audio_item_is_fed_paced_and_its_own_vad_turn_is_not_a_second_item(
         "type": "message", "role": "user", "content": [{"type": "input_audio", "audio": b64(pcm)}]})
     assert out[0] == PushAudio(pcm, paced=True)
     assert types(out) == ["conversation.item.added", "conversation.item.done"]
-    assert checked(conv.user_speech_started(100) + conv.user_speech_stopped(1400)) == []
+    assert checked(user_speech_started(conv, 100) + user_speech_stopped(conv, 1400)) == []
 
 
 def test_captions_become_input_audio_transcription_completed_on_the_matching_item():
@@ -507,7 +551,7 @@ def test_event_ids_are_unique():
 def test_a_new_vad_configuration_mid_barge_in_gives_the_floor_back():
     conv, _ = new_conversation()
     speak(conv, 3)
-    assert SetSilenced(True) in checked(conv.user_speech_started(1000))
+    assert SetSilenced(True) in checked(user_speech_started(conv, 1000))
     # The session restarts its VAD from silence, so no speech_stopped will come for that speech.
     out = send(conv, type="session.update", session={"audio": {"input": {"turn_detection": {
         "type": "server_vad", "silence_duration_ms": 300}}}})
