@@ -29,6 +29,9 @@ CONTENT_TYPES = {
 }
 
 
+MAX_PATH_CHARS = 1024
+
+
 def resolve(root: Path, url_path: str) -> Path | None:
     """The file under `root` that `url_path` names, or None (missing, a directory, or outside root)."""
     path = unquote(urlsplit(url_path).path)
@@ -40,12 +43,14 @@ def resolve(root: Path, url_path: str) -> Path | None:
     if any(p in (".", "..") or p.startswith(".") for p in parts):
         return None  # no traversal, no dotfiles
     root = root.resolve()
-    candidate = (root / Path(*parts)).resolve() if parts else root
+    if len(path) > MAX_PATH_CHARS or any(len(p) > 255 for p in parts):
+        return None  # no file of ours is named like that (and the OS would refuse the name)
     try:
+        candidate = (root / Path(*parts)).resolve() if parts else root
         candidate.relative_to(root)
-    except ValueError:
-        return None  # a symlink pointing out of root
-    return candidate if candidate.is_file() else None
+        return candidate if candidate.is_file() else None
+    except (ValueError, OSError):
+        return None  # a symlink pointing out of root, or a name the OS cannot look up
 
 
 def content_type(path: Path) -> str:

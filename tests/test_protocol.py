@@ -87,6 +87,13 @@ def test_other_client_events_decode():
         ('{"type": "session.update", "temperature": NaN}', "invalid_value"),
         ('{"type": "playback.position"}', "missing_field"),
         ('{"type": "playback.position", "played_ms": "soon"}', "invalid_value"),
+        # Hostile but well-formed JSON: nesting past the parser's recursion limit, integers beyond float.
+        ("[" * 5000 + "]" * 5000, "invalid_json"),
+        ('{"type": "session.update", "vad": ' + "[" * 5000 + "]" * 5000 + "}", "invalid_json"),
+        ('{"type": "playback.position", "played_ms": 1' + "0" * 400 + "}", "invalid_value"),
+        ('{"type": "session.update", "min_interrupt_ms": 1' + "0" * 400 + "}", "invalid_value"),
+        ('{"type": "session.update", "temperature": -1' + "0" * 400 + "}", "invalid_value"),
+        ('{"type": "session.update", "vad": {"min_silence_ms": 1' + "0" * 400 + "}}", "invalid_value"),
     ],
 )
 def test_bad_messages_get_their_error_code(text, code):
@@ -125,6 +132,20 @@ def test_encode_events():
         "code": "rate_limited",
         "message": "slow down",
     }
+
+
+def test_every_conversation_event_has_an_explicit_wire_encoding():
+    """The native encoder names every field itself; a new core event without one fails here."""
+    import dataclasses
+
+    from assistant.conversation import events
+
+    for cls in vars(events).values():
+        if isinstance(cls, type) and issubclass(cls, events.Event) and cls not in (events.Event, AudioOut):
+            fields = {f.name: 1.0 if f.type == "float" else "x" for f in dataclasses.fields(cls)}
+            body = json.loads(encode_event(cls(**fields)))
+            assert body["type"] == cls.type
+            assert set(body) - {"type"} == set(fields), cls.__name__
 
 
 def test_rate_limiter_allows_bursts_then_the_average_rate():

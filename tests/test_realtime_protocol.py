@@ -174,6 +174,10 @@ def manual(conv: RealtimeConversation) -> list:
          "invalid_value", "audio_end_ms"),
         (json.dumps({"type": "response.create", "event_id": "e1", "response": {"conversation": "none"}}),
          "unsupported_feature", "response.conversation"),
+        (json.dumps({"type": "response.create", "event_id": "e1", "response": {"audio": "loud"}}),
+         "invalid_value", "response.audio"),
+        (json.dumps({"type": "response.create", "event_id": "e1", "response": {"audio": {"output": [1]}}}),
+         "invalid_value", "response.audio.output"),
     ],
 )
 def test_malformed_or_unsupported_events_get_an_error_event_with_code_param_and_event_id(message, code, param):

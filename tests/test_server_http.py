@@ -41,6 +41,8 @@ def test_web_page_and_static_files(server):
         "//etc/passwd",
         "/web/",
         "/%00",
+        "/" + "a" * 5000,  # longer than any file name the OS takes
+        "/" + "b/" * 2000,
     ],
 )
 def test_no_traversal_no_listing_404s(server, path):
