@@ -27,7 +27,7 @@ import collections
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -147,11 +147,14 @@ class SlotHandle:
             self.scheduler._ops.append(("update", self.slot, options))
 
     def release(self) -> None:
-        """Stop feeding the session; the slot is wiped and freed before the next step."""
+        """Stop feeding the session and free its capacity now; the engine slot is wiped before the next step."""
         if self.released:
             return
         self.released = True
         self.scheduler._sessions.pop(self.slot, None)
+        # Capacity is free at once: a new session's "open" is queued behind this "close", and the
+        # slot is wiped before it opens again.
+        self.scheduler._reserved.discard(self.slot)
         self.scheduler._ops.append(("close", self.slot, None))
 
 
@@ -168,13 +171,16 @@ class Scheduler:
         frame_ms: float = FRAME_MS,
         metrics: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         grace_ms: float = 5.0,
     ):
+        """clock and sleep: the wall clock (seconds) and how to wait on it; tests inject a virtual pair."""
         self.engine = engine
         self.grace_s = grace_ms / 1000.0  # how long a tick waits for input that is just late
         self.period_s = frame_ms / 1000.0
         self.metrics = metrics
         self.clock = clock
+        self._sleep = sleep
         self._sessions: dict[int, FrameSource] = {}
         self._reserved: set[int] = set()
         self._ops: list[tuple[str, int, Any]] = []
@@ -223,15 +229,12 @@ class Scheduler:
                 elif kind == "close":
                     if self.engine.live[slot]:
                         self.engine.close(slot)
-                    self._reserved.discard(slot)
                 elif kind == "silence" and self.engine.live[slot]:
                     self.engine.force_silence(slot, arg)
                 elif kind == "update" and self.engine.live[slot]:
                     self.engine.update(slot, arg)
             except Exception:  # one bad slot change must not stop the clock for everyone
                 log.exception("engine %s of slot %d failed", kind, slot)
-                if kind == "close":
-                    self._reserved.discard(slot)
 
     def _gather(self) -> tuple[dict[int, FrameSource], np.ndarray] | None:
         """Slot changes, limits, then one input frame per live session (None when none is live)."""
@@ -269,7 +272,7 @@ class Scheduler:
             if not all(getattr(s, "frame_ready", lambda: True)() for s in self._sessions.values()):
                 # A talking user's chunk is a few ms late: wait that long rather than feed the model a gap
                 # (it would also push the user's timeline behind the clock for the rest of the turn).
-                await asyncio.sleep(self.grace_s)
+                await self._sleep(self.grace_s)
         gathered = self._gather()
         if gathered is None:
             return float("nan")
@@ -309,7 +312,7 @@ class Scheduler:
                         self.metrics.inc("skipped_ticks", tick.skipped)
                 wait = tick.deadline - self.clock()
                 if wait > 0:
-                    await asyncio.sleep(wait)
+                    await self._sleep(wait)
                 if self._stop.is_set():
                     break
                 late_ms = (self.clock() - tick.deadline) * 1000.0
