@@ -30,19 +30,35 @@ MARGIN_P99_MS = 0.8 * FRAME_MS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="tiny", help="tiny | 7b-random | checkpoint dir or HF repo id (default tiny)")
+    parser.add_argument(
+        "--model", default="tiny", help="tiny | 7b-random | checkpoint dir or HF repo id (default tiny)"
+    )
     parser.add_argument("--batch", default="1,4,16", help="comma-separated batch sizes (default 1,4,16)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="bf16 / fp32 (default: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--frames", type=int, default=50, help="timed steps per batch size (default 50)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="CUDA-graph the LM step (default: env ASSISTANT_COMPILE, else on for CUDA)")
-    parser.add_argument("--quantize", choices=("none", "int8"), default=None,
-                        help="int8 weight-only temporal/depth linears (default: env ASSISTANT_QUANTIZE, else none)")
-    parser.add_argument("--context", type=int, default=None,
-                        help="KV cache frames per slot (default: the model's, 3000 for 7B)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="CUDA-graph the LM step (default: env ASSISTANT_COMPILE, else on for CUDA)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=("none", "int8"),
+        default=None,
+        help="int8 weight-only temporal/depth linears (default: env ASSISTANT_QUANTIZE, else none)",
+    )
+    parser.add_argument(
+        "--context",
+        type=int,
+        default=None,
+        help="KV cache frames per slot (default: the model's, 3000 for 7B)",
+    )
 
 
 def load(model: str, device, dtype):
@@ -116,14 +132,23 @@ def run(args: argparse.Namespace) -> int:
         quantize_moshi(loaded.model, quantize)
     step_mode = compile_mode(args.compile, device)
     options = {"compile": args.compile, "quantize": quantize, "context": args.context, "warm_up": False}
-    print(f"model={args.model} device={device} dtype={str(param.dtype).removeprefix('torch.')} "
-          f"step={step_mode} quantize={quantize or 'none'} frames={args.frames} "
-          f"warmup={args.warmup} torch_threads={torch.get_num_threads()}")
-    print(f"weights {weight_bytes(loaded.model) / 1e9:.2f} GB, KV cache {_kv_gb(loaded, args.context):.3f} GB per slot")
-    print("ms per step, median / p99 (temporal: temporal transformer; depth: sampling + depth transformer "
-          "+ token bookkeeping)")
-    header = (f"{'batch':>5} | " + " | ".join(f"{p.removesuffix('_ms'):>17}" for p in PARTS)
-              + f" | {'rt x':>5} | {'tokens/s':>8} | {'GPU GB':>6}")
+    print(
+        f"model={args.model} device={device} dtype={str(param.dtype).removeprefix('torch.')} "
+        f"step={step_mode} quantize={quantize or 'none'} frames={args.frames} "
+        f"warmup={args.warmup} torch_threads={torch.get_num_threads()}"
+    )
+    print(
+        f"weights {weight_bytes(loaded.model) / 1e9:.2f} GB, KV cache {_kv_gb(loaded, args.context):.3f} GB per slot"
+    )
+    print(
+        "ms per step, median / p99 (temporal: temporal transformer; depth: sampling + depth transformer "
+        "+ token bookkeeping)"
+    )
+    header = (
+        f"{'batch':>5} | "
+        + " | ".join(f"{p.removesuffix('_ms'):>17}" for p in PARTS)
+        + f" | {'rt x':>5} | {'tokens/s':>8} | {'GPU GB':>6}"
+    )
     print(header)
     print("-" * len(header))
     fits: list[tuple[int, float]] = []
@@ -135,26 +160,36 @@ def run(args: argparse.Namespace) -> int:
             engine = build(loaded, batch, **options)
             engine.warm_up(buckets=[batch])
             if engine.runner.mode != step_mode:
-                print(f"{batch:>5} | {step_mode} warm-up failed (see the log above): measuring {engine.runner.mode}")
+                print(
+                    f"{batch:>5} | {step_mode} warm-up failed (see the log above): measuring {engine.runner.mode}"
+                )
             times = bench(engine, args.frames, args.warmup)
         except torch.OutOfMemoryError:
             del engine
             torch.cuda.empty_cache()
-            print(f"{batch:>5} | out of GPU memory (KV cache {_kv_gb(loaded, args.context):.2f} GB per slot; "
-                  f"try --context or --quantize int8)", flush=True)
+            print(
+                f"{batch:>5} | out of GPU memory (KV cache {_kv_gb(loaded, args.context):.2f} GB per slot; "
+                f"try --context or --quantize int8)",
+                flush=True,
+            )
             continue
         cells = [f"{np.median(times[p]):7.2f} / {np.percentile(times[p], 99):7.2f}" for p in PARTS]
         median_s = float(np.median(times["total_ms"])) / 1000
         realtime = FRAME_MS / 1000 / median_s
         tokens_s = batch * TOKENS_PER_FRAME / median_s
         memory = f"{torch.cuda.max_memory_allocated(device) / 1e9:6.1f}" if cuda else f"{'-':>6}"
-        print(f"{batch:>5} | " + " | ".join(cells) + f" | {realtime:5.1f} | {tokens_s:8.0f} | {memory}", flush=True)
+        print(
+            f"{batch:>5} | " + " | ".join(cells) + f" | {realtime:5.1f} | {tokens_s:8.0f} | {memory}",
+            flush=True,
+        )
         fits.append((batch, float(np.percentile(times["total_ms"], 99))))
         engine = None
         if cuda:
             torch.cuda.empty_cache()
-    print("rt x: how many times faster than real time one step is (80 ms of audio per step, all slots); "
-          f"tokens/s: {TOKENS_PER_FRAME} tokens per slot per step")
+    print(
+        "rt x: how many times faster than real time one step is (80 ms of audio per step, all slots); "
+        f"tokens/s: {TOKENS_PER_FRAME} tokens per slot per step"
+    )
     for limit, label in ((REALTIME_P99_MS, "real time"), (MARGIN_P99_MS, "real time with 20% margin")):
         ok = [b for b, p99 in fits if p99 < limit]
         print(f"largest batch in {label} (p99 step < {limit:.0f} ms): {max(ok) if ok else 'none'}")
@@ -165,4 +200,12 @@ def _kv_gb(loaded, context: int | None) -> float:
     config = loaded.model.config
     frames = context or config.sliding_window or config.max_position_embeddings
     dtype_bytes = next(loaded.model.parameters()).element_size()
-    return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * frames * dtype_bytes / 1e9
+    return (
+        2
+        * config.num_hidden_layers
+        * config.num_key_value_heads
+        * config.head_dim
+        * frames
+        * dtype_bytes
+        / 1e9
+    )

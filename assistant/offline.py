@@ -42,7 +42,9 @@ class OfflineResult:
 
 def frames_for(user: np.ndarray, tail_seconds: float = 0.0) -> np.ndarray:
     """Zero-pad 24 kHz audio to whole frames, append the tail of silence: float32 (n_frames, 1920)."""
-    n_frames = math.ceil(user.shape[0] / FRAME_SAMPLES) + math.ceil(tail_seconds * SAMPLE_RATE_HZ / FRAME_SAMPLES)
+    n_frames = math.ceil(user.shape[0] / FRAME_SAMPLES) + math.ceil(
+        tail_seconds * SAMPLE_RATE_HZ / FRAME_SAMPLES
+    )
     padded = np.zeros(n_frames * FRAME_SAMPLES, dtype=np.float32)
     padded[: user.shape[0]] = user
     return padded.reshape(n_frames, FRAME_SAMPLES)

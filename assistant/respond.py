@@ -27,26 +27,52 @@ __all__ = ["add_arguments", "frames_for", "read_user_audio", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=BACKENDS, default="moshi",
-                        help="engine backend (default moshi; scripted and silence need no weights)")
-    parser.add_argument("--model", help="Moshi checkpoint: HF repo id or local dir (Kyutai or HF layout); "
-                                        "required with the moshi backend")
-    parser.add_argument("--input", required=True, type=Path, help="the user's speech, a WAV file at any sample rate")
-    parser.add_argument("--output", required=True, type=Path, help="where to write the assistant's 24 kHz WAV")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="moshi",
+        help="engine backend (default moshi; scripted and silence need no weights)",
+    )
+    parser.add_argument(
+        "--model",
+        help="Moshi checkpoint: HF repo id or local dir (Kyutai or HF layout); "
+        "required with the moshi backend",
+    )
+    parser.add_argument(
+        "--input", required=True, type=Path, help="the user's speech, a WAV file at any sample rate"
+    )
+    parser.add_argument(
+        "--output", required=True, type=Path, help="where to write the assistant's 24 kHz WAV"
+    )
     parser.add_argument("--text-output", type=Path, help="also write the assistant's text here")
-    parser.add_argument("--events-output", type=Path,
-                        help="also write the conversation's event log here, one JSON object a line (user "
-                             "turns, barge-ins with cut text, assistant stretches, text, latencies)")
+    parser.add_argument(
+        "--events-output",
+        type=Path,
+        help="also write the conversation's event log here, one JSON object a line (user "
+        "turns, barge-ins with cut text, assistant stretches, text, latencies)",
+    )
     parser.add_argument("--stereo", action="store_true", help="write user (left) and assistant (right)")
-    parser.add_argument("--temperature", type=float, default=None,
-                        help="audio sampling temperature (default 0.8); 0 = greedy, for text too unless "
-                             "--text-temperature is given")
-    parser.add_argument("--text-temperature", type=float, default=None, help="text sampling temperature (default 0.7)")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="audio sampling temperature (default 0.8); 0 = greedy, for text too unless "
+        "--text-temperature is given",
+    )
+    parser.add_argument(
+        "--text-temperature", type=float, default=None, help="text sampling temperature (default 0.7)"
+    )
     parser.add_argument("--seed", type=int, default=None, help="random seed, for a reproducible answer")
-    parser.add_argument("--tail-seconds", type=float, default=5.0,
-                        help="seconds of silence fed after the input so the assistant can answer (default 5)")
+    parser.add_argument(
+        "--tail-seconds",
+        type=float,
+        default=5.0,
+        help="seconds of silence fed after the input so the assistant can answer (default 5)",
+    )
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument(
+        "--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)"
+    )
 
 
 def read_user_audio(path: Path) -> np.ndarray:
@@ -85,7 +111,9 @@ def conversation_options(args: argparse.Namespace) -> ConversationOptions:
     text_temperature = args.text_temperature
     if text_temperature is None and args.temperature == 0:
         text_temperature = 0.0  # --temperature 0 means a fully greedy answer
-    return ConversationOptions(seed=args.seed, temperature=args.temperature, text_temperature=text_temperature)
+    return ConversationOptions(
+        seed=args.seed, temperature=args.temperature, text_temperature=text_temperature
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,7 +122,10 @@ def run(args: argparse.Namespace) -> int:
     from assistant.backends import build_engine
 
     if args.backend == "moshi" and not args.model:
-        print("respond: the moshi backend needs --model (a checkpoint dir or Hugging Face repo id)", file=sys.stderr)
+        print(
+            "respond: the moshi backend needs --model (a checkpoint dir or Hugging Face repo id)",
+            file=sys.stderr,
+        )
         return 2
     if not args.input.is_file():
         print(f"respond: input file {args.input} does not exist", file=sys.stderr)
@@ -109,7 +140,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         options = conversation_options(args)
-        engine_options = {"model": args.model, "device": args.device, "dtype": args.dtype} if args.backend == "moshi" else {}
+        engine_options = (
+            {"model": args.model, "device": args.device, "dtype": args.dtype}
+            if args.backend == "moshi"
+            else {}
+        )
         engine = build_engine(args.backend, batch_size=1, **engine_options)
     except (ValueError, OSError) as exc:  # bad checkpoint, device or option: the message says what to fix
         print(f"respond: {exc}", file=sys.stderr)
@@ -118,9 +153,14 @@ def run(args: argparse.Namespace) -> int:
     n_frames = len(frames_for(user, args.tail_seconds))
     started = time.perf_counter()
     with _progress(n_frames) as advance:
-        result = run_offline(engine, user, options=options, tail_seconds=args.tail_seconds,
-                             on_frame=lambda i: advance(),
-                             recorder=EventLog(args.events_output) if args.events_output else None)
+        result = run_offline(
+            engine,
+            user,
+            options=options,
+            tail_seconds=args.tail_seconds,
+            on_frame=lambda i: advance(),
+            recorder=EventLog(args.events_output) if args.events_output else None,
+        )
     elapsed = time.perf_counter() - started
 
     data = np.stack([result.user, result.assistant], axis=1) if args.stereo else result.assistant
@@ -131,8 +171,10 @@ def run(args: argparse.Namespace) -> int:
         args.text_output.write_text(text + "\n")
     audio_seconds = n_frames * FRAME_SAMPLES / SAMPLE_RATE_HZ
     print(f"text: {text}")
-    print(f"wrote {args.output} ({audio_seconds:.2f} s); real-time factor {elapsed / audio_seconds:.3f} "
-          f"({elapsed:.2f} s of compute for {audio_seconds:.2f} s of audio)")
+    print(
+        f"wrote {args.output} ({audio_seconds:.2f} s); real-time factor {elapsed / audio_seconds:.3f} "
+        f"({elapsed:.2f} s of compute for {audio_seconds:.2f} s of audio)"
+    )
     return 0
 
 
@@ -148,8 +190,12 @@ class _progress:
             return lambda: None
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self._bar = Progress(TextColumn("responding"), BarColumn(), TextColumn("{task.completed}/{task.total} frames"),
-                             TimeRemainingColumn())
+        self._bar = Progress(
+            TextColumn("responding"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} frames"),
+            TimeRemainingColumn(),
+        )
         self._bar.__enter__()
         task = self._bar.add_task("respond", total=self.total)
         return lambda: self._bar.advance(task)

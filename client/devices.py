@@ -64,7 +64,9 @@ def find_device(sd, device: str | None, kind: str) -> dict:
         ) from exc
     channels = info.get(f"max_{kind}_channels", 0)
     if channels < 1:
-        raise TalkError(f"device {info['name']!r} has no {kind} channels; pick another with {flag} (see --list-devices)")
+        raise TalkError(
+            f"device {info['name']!r} has no {kind} channels; pick another with {flag} (see --list-devices)"
+        )
     return info
 
 
@@ -106,15 +108,27 @@ def list_devices() -> str:
     except sd.PortAudioError as exc:
         raise TalkError(f"cannot list sound devices: {exc}") from exc
     if len(devices) == 0:
-        return "no sound devices found (connect a microphone and headphones, or use --input-file/--output-file)"
-    return f"{devices}\n(> default input, < default output; pass an index or part of a name to --input-device)"
+        return (
+            "no sound devices found (connect a microphone and headphones, or use --input-file/--output-file)"
+        )
+    return (
+        f"{devices}\n(> default input, < default output; pass an index or part of a name to --input-device)"
+    )
 
 
 class DeviceAudio:
     """Microphone and headphones through sounddevice, in blocks of `block_ms` at one shared rate."""
 
-    def __init__(self, sd, in_info: dict, out_info: dict, sample_rate: int, block_ms: float,
-                 in_channels: int = 1, out_channels: int = 1):
+    def __init__(
+        self,
+        sd,
+        in_info: dict,
+        out_info: dict,
+        sample_rate: int,
+        block_ms: float,
+        in_channels: int = 1,
+        out_channels: int = 1,
+    ):
         self.sd = sd
         self.in_info = in_info
         self.out_info = out_info
@@ -154,13 +168,17 @@ class DeviceAudio:
             playout.pull(frames, block)
             outdata[:] = block[:, None]  # the same voice in every channel (both ears)
 
-        common = dict(samplerate=self.sample_rate, blocksize=self.block_samples, dtype="float32", latency="low")
+        common = dict(
+            samplerate=self.sample_rate, blocksize=self.block_samples, dtype="float32", latency="low"
+        )
         try:
             self._streams = [
-                self.sd.OutputStream(device=self.out_info["index"], channels=self.out_channels, callback=play,
-                                     **common),
-                self.sd.InputStream(device=self.in_info["index"], channels=self.in_channels, callback=capture,
-                                    **common),
+                self.sd.OutputStream(
+                    device=self.out_info["index"], channels=self.out_channels, callback=play, **common
+                ),
+                self.sd.InputStream(
+                    device=self.in_info["index"], channels=self.in_channels, callback=capture, **common
+                ),
             ]
             for stream in self._streams:
                 stream.start()

@@ -97,7 +97,9 @@ def build_local(args: argparse.Namespace, sample_rate: int) -> LocalConversation
     from assistant.backends import build_engine
 
     try:
-        engine = build_engine(args.backend, model=args.model, batch_size=1, device=args.device, dtype=args.dtype)
+        engine = build_engine(
+            args.backend, model=args.model, batch_size=1, device=args.device, dtype=args.dtype
+        )
     except (ValueError, FileNotFoundError, OSError) as exc:
         raise TalkError(f"cannot build the {args.backend} engine: {exc}") from exc
     return LocalConversation(engine, sample_rate, barge_in=args.barge_in or "model")

@@ -61,7 +61,9 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
 def start_message(sample_rate: int, **options: Any) -> str:
     """The `session.start` event declaring the rate of the audio both ways."""
     if sample_rate not in SUPPORTED_RATES:
-        raise ValueError(f"sample_rate {sample_rate} Hz is not accepted by the server; use one of {SUPPORTED_RATES}")
+        raise ValueError(
+            f"sample_rate {sample_rate} Hz is not accepted by the server; use one of {SUPPORTED_RATES}"
+        )
     return json.dumps({"type": "session.start", "sample_rate": int(sample_rate), **check_options(options)})
 
 
@@ -169,7 +171,9 @@ class NativeClient:
             raise ClientError(f"{url} answered session.start with {ready.type!r}, expected session.ready")
         if ready.get("sample_rate", sample_rate) != sample_rate:
             await ws.close()
-            raise ClientError(f"{url} answered with sample_rate {ready.get('sample_rate')}, asked for {sample_rate}")
+            raise ClientError(
+                f"{url} answered with sample_rate {ready.get('sample_rate')}, asked for {sample_rate}"
+            )
         return cls(ws, ready, url, sample_rate)
 
     @staticmethod

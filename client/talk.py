@@ -77,7 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "input's rate and length plus --tail-seconds."
     )
     conn = parser.add_argument_group("server")
-    conn.add_argument("--server", default=DEFAULT_SERVER, help=f"native websocket URL (default {DEFAULT_SERVER})")
+    conn.add_argument(
+        "--server", default=DEFAULT_SERVER, help=f"native websocket URL (default {DEFAULT_SERVER})"
+    )
     conn.add_argument(
         "--token",
         default=os.environ.get("ASSISTANT_AUTH_TOKEN"),
@@ -104,7 +106,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=SUPPORTED_RATES,
         help="device rate (default: the input device's native rate when supported)",
     )
-    dev.add_argument("--block-ms", type=float, default=20.0, help="device block size in ms, 5-40 (default 20)")
+    dev.add_argument(
+        "--block-ms", type=float, default=20.0, help="device block size in ms, 5-40 (default 20)"
+    )
     dev.add_argument(
         "--buffer-ms",
         type=float,
@@ -112,7 +116,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="playout prebuffer in ms: audio queued before playback starts, absorbs jitter (default 120)",
     )
     files = parser.add_argument_group("files instead of devices (headless, regression tests)")
-    files.add_argument("--input-file", type=Path, help="WAV played to the assistant in real time instead of the mic")
+    files.add_argument(
+        "--input-file", type=Path, help="WAV played to the assistant in real time instead of the mic"
+    )
     files.add_argument(
         "--output-file",
         type=Path,
@@ -126,7 +132,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     local = parser.add_argument_group("local engine (no server)")
     local.add_argument("--local", action="store_true", help="run the engine in this process, for one user")
-    local.add_argument("--backend", default="moshi", choices=BACKENDS, help="engine backend with --local (default moshi)")
+    local.add_argument(
+        "--backend", default="moshi", choices=BACKENDS, help="engine backend with --local (default moshi)"
+    )
     local.add_argument("--model", help="model with --local: checkpoint dir or Hugging Face repo id")
     local.add_argument("--device", help="torch device with --local (default: cuda when available)")
     local.add_argument("--dtype", help="torch dtype with --local (e.g. bfloat16)")
@@ -161,8 +169,11 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 async def talk(args: argparse.Namespace, display_factory: Callable[[str], Any] | None = None) -> int:
     """Run one conversation until the input file ends, the server ends it, or Ctrl-C."""
-    audio = FileAudio(args.input_file, args.output_file, args.block_ms, args.tail_seconds) if args.input_file \
+    audio = (
+        FileAudio(args.input_file, args.output_file, args.block_ms, args.tail_seconds)
+        if args.input_file
         else DeviceAudio.open(args)
+    )
     rate = audio.sample_rate
     if args.local:
         conv: Any = build_local(args, rate)
@@ -170,7 +181,11 @@ async def talk(args: argparse.Namespace, display_factory: Callable[[str], Any] |
     else:
         try:
             conv = await NativeClient.connect(
-                args.server, sample_rate=rate, token=args.token, barge_in=args.barge_in, captions=args.captions
+                args.server,
+                sample_rate=rate,
+                token=args.token,
+                barge_in=args.barge_in,
+                captions=args.captions,
             )
         except ClientError as exc:
             raise TalkError(str(exc)) from exc
@@ -246,7 +261,9 @@ async def talk(args: argparse.Namespace, display_factory: Callable[[str], Any] |
         audio_task.cancel()  # stop the devices / file clock first: nothing more to send
         await asyncio.gather(audio_task, return_exceptions=True)
         audio.close()
-        with contextlib.suppress(Exception):  # the server or engine may already be gone; ending is best effort
+        with contextlib.suppress(
+            Exception
+        ):  # the server or engine may already be gone; ending is best effort
             await conv.end()
         if not receive_task.done():
             await asyncio.wait([receive_task], timeout=1.0)  # let session.ended reach the view

@@ -82,7 +82,9 @@ class TalkView:
             self.state = "interrupted"
             cut_text = str(event.get("cut_text") or "").strip()
             self._pending.clear()  # what was not yet heard is dropped with the playout buffer
-            turn = self._speaking_turn or (self.turns[-1] if self.turns and self.turns[-1].role == "assistant" else None)
+            turn = self._speaking_turn or (
+                self.turns[-1] if self.turns and self.turns[-1].role == "assistant" else None
+            )
             if turn is not None:
                 turn.cut = cut_text
                 turn.drop_cut_overlap()
@@ -144,7 +146,11 @@ class TalkView:
 
     def latency_text(self) -> str:
         parts = []
-        for key, label in (("response_gap_ms", "response gap"), ("server_overhead_ms", "server"), ("step_ms", "step")):
+        for key, label in (
+            ("response_gap_ms", "response gap"),
+            ("server_overhead_ms", "server"),
+            ("step_ms", "step"),
+        ):
             value = self.stats.get(key)
             if value is not None:
                 parts.append(f"{label} {float(value):.0f} ms")

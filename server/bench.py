@@ -42,14 +42,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per count (default 20)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds streamed before measuring")
     parser.add_argument("--backend", choices=("silence", "scripted", "moshi"), default="silence")
-    parser.add_argument("--model", default=None,
-                        help="moshi backend: tiny | 7b-random | checkpoint dir or HF repo id (default tiny)")
-    parser.add_argument("--device", default=None, help="moshi backend: cpu or cuda (default: cuda when available)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="moshi backend: tiny | 7b-random | checkpoint dir or HF repo id (default tiny)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="moshi backend: cpu or cuda (default: cuda when available)"
+    )
     parser.add_argument("--dtype", default=None, help="moshi backend: torch dtype (default bf16 on CUDA)")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="moshi backend: CUDA-graph the step (sets ASSISTANT_COMPILE for the server)")
-    parser.add_argument("--quantize", choices=("none", "int8"), default=None,
-                        help="moshi backend: int8 weights (sets ASSISTANT_QUANTIZE for the server)")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="moshi backend: CUDA-graph the step (sets ASSISTANT_COMPILE for the server)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=("none", "int8"),
+        default=None,
+        help="moshi backend: int8 weights (sets ASSISTANT_QUANTIZE for the server)",
+    )
     parser.add_argument(
         "--audio",
         type=Path,
@@ -170,7 +183,15 @@ async def _measure(
     tasks = [
         asyncio.create_task(
             _client(
-                url, audio, t0, float(rng.uniform(0, FRAME_S)), stop, received, chunk_ms, captions, transcripts
+                url,
+                audio,
+                t0,
+                float(rng.uniform(0, FRAME_S)),
+                stop,
+                received,
+                chunk_ms,
+                captions,
+                transcripts,
             )
         )
         for _ in range(n)
@@ -309,7 +330,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     moshi_only = (args.model, args.device, args.dtype, args.compile, args.quantize)
     if args.backend != "moshi" and any(v is not None for v in moshi_only):
-        print("--model, --device, --dtype, --compile and --quantize only apply to --backend moshi", file=sys.stderr)
+        print(
+            "--model, --device, --dtype, --compile and --quantize only apply to --backend moshi",
+            file=sys.stderr,
+        )
         return 2
     audio, what = load_audio(args.audio)
     print(
@@ -325,7 +349,11 @@ def run(args: argparse.Namespace) -> int:
     header = (
         f"{'sessions':>8} {'CPU ms/sess/frame':>18} {'server CPU %':>12} {'tick late p50/p99/max ms':>25} "
         f"{'step p50/p99 ms':>16} {'underruns':>9} {'underrun %':>10} {'drops':>6} {'skipped':>7} {'recv':>5}"
-        + (f" {'captions made/dropped':>21} {'caption latency p50/max s':>25}" if args.captions != "off" else "")
+        + (
+            f" {'captions made/dropped':>21} {'caption latency p50/max s':>25}"
+            if args.captions != "off"
+            else ""
+        )
     )
     print(header)
     held = held_loosely = 0

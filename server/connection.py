@@ -192,7 +192,13 @@ class Connection:
         if self.session:
             self.session.end(reason if code != CLOSE_NORMAL else self.session.ended or reason)
         await close_connection(
-            self.ws, self.outbox, self.writer, code, reason, flush=flush, timeout_s=self.ctx.config.drain_timeout_s
+            self.ws,
+            self.outbox,
+            self.writer,
+            code,
+            reason,
+            flush=flush,
+            timeout_s=self.ctx.config.drain_timeout_s,
         )
 
     # -- the receive loop ----------------------------------------------------------------------

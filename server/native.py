@@ -60,7 +60,9 @@ class NativeConnection(Connection):
     def handle_event(self, event: protocol.ClientEvent) -> None:
         if isinstance(event, SessionStart):
             if self.session is not None:
-                raise ProtocolError("already_started", f"session {self.session.session_id} is already running")
+                raise ProtocolError(
+                    "already_started", f"session {self.session.session_id} is already running"
+                )
             try:
                 options = ConversationOptions(barge_in=self.ctx.config.barge_in).replace(**event.options)
                 self.session = self.ctx.open_session(self.slot, event.sample_rate, self.emit, options)

@@ -96,7 +96,9 @@ def _number(name: str, value: Any, lo: float, hi: float) -> float:
         raise ProtocolError("invalid_value", f"{name} must be a number, got {_preview(value)}")
     if isinstance(value, int) and not -(2**53) <= value <= 2**53:
         # An integer literal of any size parses; float() of one above 1e308 would overflow.
-        raise ProtocolError("invalid_value", f"{name} must be between {lo:g} and {hi:g}, got {_preview(value)}")
+        raise ProtocolError(
+            "invalid_value", f"{name} must be between {lo:g} and {hi:g}, got {_preview(value)}"
+        )
     if not math.isfinite(value):
         raise ProtocolError("invalid_value", f"{name} must be a number, got {value!r}")
     if not lo <= value <= hi:

@@ -112,8 +112,11 @@ class RealtimeConnection(Connection):
         changes: dict = {"captions": cfg.captions}
         td = cfg.turn_detection
         if td is not None:
-            changes["vad"] = {"threshold": td.threshold, "min_silence_ms": td.silence_duration_ms,
-                              "prefix_padding_ms": td.prefix_padding_ms}
+            changes["vad"] = {
+                "threshold": td.threshold,
+                "min_silence_ms": td.silence_duration_ms,
+                "prefix_padding_ms": td.prefix_padding_ms,
+            }
         self.session.update(**changes)
 
     def push_audio(self, pcm16: bytes, paced: bool) -> None:
@@ -122,7 +125,7 @@ class RealtimeConnection(Connection):
             return
         # Behind paced item audio, live audio waits its turn so the model hears everything in order.
         for i in range(0, len(pcm16), _FRAME_BYTES):
-            self.paced.append(pcm16[i:i + _FRAME_BYTES])
+            self.paced.append(pcm16[i : i + _FRAME_BYTES])
         if self.feeder is None or self.feeder.done():
             self.feeder = asyncio.create_task(self._feed())
 

@@ -123,8 +123,14 @@ class Item:
             content = [{"type": "input_audio", "transcript": self.transcript}]
         else:
             content = [{"type": "output_audio", "transcript": self.text}] if self.frames else []
-        return {"id": self.id, "object": "realtime.item", "type": "message", "role": self.role,
-                "status": self.status, "content": content}
+        return {
+            "id": self.id,
+            "object": "realtime.item",
+            "type": "message",
+            "role": self.role,
+            "status": self.status,
+            "content": content,
+        }
 
 
 @dataclass
@@ -144,9 +150,18 @@ class Response:
 class RealtimeConversation:
     """One `/v1/realtime` conversation. Every method returns a list of server events (dicts) and Actions."""
 
-    def __init__(self, *, session_id: str, model: str, voice: str, id_prefix: str,
-                 captions_model: str | None = None, threshold_applies: bool = True,
-                 response_start_timeout_ms: int = 5000, pending_text_frames: int = 4):
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        model: str,
+        voice: str,
+        id_prefix: str,
+        captions_model: str | None = None,
+        threshold_applies: bool = True,
+        response_start_timeout_ms: int = 5000,
+        pending_text_frames: int = 4,
+    ):
         self.session_id = session_id
         self.model = model
         self.voice = voice
@@ -192,13 +207,26 @@ class RealtimeConversation:
     def session_json(self) -> dict[str, Any]:
         td = self.turn_detection.to_json() if self.turn_detection else None
         return {
-            "type": "realtime", "object": "realtime.session", "id": self.session_id, "model": self.model,
-            "output_modalities": ["audio"], "instructions": "", "tools": [], "tool_choice": "auto",
+            "type": "realtime",
+            "object": "realtime.session",
+            "id": self.session_id,
+            "model": self.model,
+            "output_modalities": ["audio"],
+            "instructions": "",
+            "tools": [],
+            "tool_choice": "auto",
             "max_output_tokens": "inf" if self.max_output_tokens is None else self.max_output_tokens,
-            "tracing": None, "truncation": "disabled", "prompt": None, "include": None,
+            "tracing": None,
+            "truncation": "disabled",
+            "prompt": None,
+            "include": None,
             "audio": {
-                "input": {"format": dict(PCM_FORMAT), "transcription": self.transcription,
-                          "noise_reduction": None, "turn_detection": td},
+                "input": {
+                    "format": dict(PCM_FORMAT),
+                    "transcription": self.transcription,
+                    "noise_reduction": None,
+                    "turn_detection": td,
+                },
                 "output": {"format": dict(PCM_FORMAT), "voice": self.voice, "speed": 1.0},
             },
         }
@@ -217,8 +245,9 @@ class RealtimeConversation:
     def receive(self, data: str | bytes) -> list:
         """One raw websocket message in; events and actions out (an `error` event if it was refused)."""
         try:
-            event = parse_client_event(data, current_turn_detection=self.turn_detection,
-                                       captions_model=self.captions_model)
+            event = parse_client_event(
+                data, current_turn_detection=self.turn_detection, captions_model=self.captions_model
+            )
             return self.handle(event)
         except RealtimeError as err:
             return [self.error(err)]
@@ -251,15 +280,22 @@ class RealtimeConversation:
         changes = ev.changes
         warnings = list(ev.warnings)
         if "voice" in changes and changes["voice"] != self.voice:
-            warnings.append(warning("session.audio.output.voice", f"the voice is fixed by the model "
-                                                                f"({self.voice}); ignored"))
+            warnings.append(
+                warning(
+                    "session.audio.output.voice", f"the voice is fixed by the model ({self.voice}); ignored"
+                )
+            )
         reconfigure = False
         if "turn_detection" in changes:
             td = changes["turn_detection"]
             if td is not None and not self.threshold_applies and td.threshold != TurnDetection.threshold:
-                warnings.append(warning("session.audio.input.turn_detection.threshold",
-                                      "this server's VAD (webrtcvad) makes yes/no decisions; threshold only "
-                                      "applies with `assistant serve --vad silero`; ignored"))
+                warnings.append(
+                    warning(
+                        "session.audio.input.turn_detection.threshold",
+                        "this server's VAD (webrtcvad) makes yes/no decisions; threshold only "
+                        "applies with `assistant serve --vad silero`; ignored",
+                    )
+                )
                 td = replace(td, threshold=TurnDetection.threshold)
             self.turn_detection = td
             reconfigure = True
@@ -281,15 +317,26 @@ class RealtimeConversation:
     def _commit(self, ev: AudioCommit) -> list:
         buffered = self.input_ms - self.buffer_start_ms
         if buffered < MIN_COMMIT_MS:
-            raise RealtimeError("input_audio_buffer_commit_empty", f"the input audio buffer holds {buffered:.0f} ms; "
-                                f"a commit needs at least {MIN_COMMIT_MS} ms of audio", None, ev.event_id)
+            raise RealtimeError(
+                "input_audio_buffer_commit_empty",
+                f"the input audio buffer holds {buffered:.0f} ms; "
+                f"a commit needs at least {MIN_COMMIT_MS} ms of audio",
+                None,
+                ev.event_id,
+            )
         item_id = self._speech_item_id if self._user_speaking and not self._speech_committed else None
         if item_id is not None:
             self._speech_committed = True
         return self._add_user_item(item_id or self._new_id("item"), self.buffer_start_ms, self.input_ms)
 
-    def _add_user_item(self, item_id: str, start_ms: float, end_ms: float, transcript: str | None = None,
-                       committed: bool = True) -> list:
+    def _add_user_item(
+        self,
+        item_id: str,
+        start_ms: float,
+        end_ms: float,
+        transcript: str | None = None,
+        committed: bool = True,
+    ) -> list:
         previous = self.order[-1] if self.order else None
         item = Item(item_id, "user", start_ms=start_ms, end_ms=end_ms, transcript=transcript)
         self.items[item_id] = item
@@ -304,58 +351,85 @@ class RealtimeConversation:
 
     def _item_create(self, ev: ItemCreate) -> list:
         if ev.item_id is not None and ev.item_id in self.items:
-            raise RealtimeError("invalid_value", f"item.id {ev.item_id!r} already exists", "item.id", ev.event_id)
+            raise RealtimeError(
+                "invalid_value", f"item.id {ev.item_id!r} already exists", "item.id", ev.event_id
+            )
         last = self.order[-1] if self.order else None
         appending = ev.previous_item_id in (None, last) or (ev.previous_item_id == "root" and not self.order)
         if not appending:
-            raise RealtimeError("unsupported_feature", "items can only be appended at the end of the conversation "
-                                "(previous_item_id must be the last item or omitted)", "previous_item_id",
-                                ev.event_id)
+            raise RealtimeError(
+                "unsupported_feature",
+                "items can only be appended at the end of the conversation "
+                "(previous_item_id must be the last item or omitted)",
+                "previous_item_id",
+                ev.event_id,
+            )
         start = self.input_ms
         self.input_ms += len(ev.pcm16) / BYTES_PER_MS
         self._injected.append((start, self.input_ms))
         out: list = [PushAudio(ev.pcm16, paced=True)]
-        return out + self._add_user_item(ev.item_id or self._new_id("item"), start, self.input_ms,
-                                         ev.transcript, committed=False)
+        return out + self._add_user_item(
+            ev.item_id or self._new_id("item"), start, self.input_ms, ev.transcript, committed=False
+        )
 
     def _truncate(self, ev: ItemTruncate) -> list:
         item = self.items.get(ev.item_id)
         if item is None:
-            raise RealtimeError("item_not_found", f"no item {ev.item_id!r} in this conversation", "item_id",
-                                ev.event_id)
+            raise RealtimeError(
+                "item_not_found", f"no item {ev.item_id!r} in this conversation", "item_id", ev.event_id
+            )
         if item.role != "assistant":
-            raise RealtimeError("invalid_value", f"item {ev.item_id!r} is a {item.role} item; only assistant audio "
-                                "can be truncated", "item_id", ev.event_id)
+            raise RealtimeError(
+                "invalid_value",
+                f"item {ev.item_id!r} is a {item.role} item; only assistant audio can be truncated",
+                "item_id",
+                ev.event_id,
+            )
         if ev.audio_end_ms > item.audio_ms:
-            raise RealtimeError("invalid_audio_end_ms", f"audio_end_ms {ev.audio_end_ms} is beyond the item's audio "
-                                f"({item.audio_ms} ms sent)", "audio_end_ms", ev.event_id)
+            raise RealtimeError(
+                "invalid_audio_end_ms",
+                f"audio_end_ms {ev.audio_end_ms} is beyond the item's audio ({item.audio_ms} ms sent)",
+                "audio_end_ms",
+                ev.event_id,
+            )
         out: list = []
         if self.response is not None and self.response.item is item:
             # The listener stopped hearing it: generating more of it makes no sense.
             out += self._finish("cancelled", "client_cancelled")
         item.audio_end_ms = ev.audio_end_ms
         item.pieces = [(i, p) for i, p in item.pieces if i * FRAME_MS < ev.audio_end_ms]
-        out.append(self.event("conversation.item.truncated", item_id=item.id, content_index=0,
-                              audio_end_ms=ev.audio_end_ms))
+        out.append(
+            self.event(
+                "conversation.item.truncated", item_id=item.id, content_index=0, audio_end_ms=ev.audio_end_ms
+            )
+        )
         return out + self._sync_silence()
 
     def _response_create(self, ev: ResponseCreate) -> list:
         if self.response is not None:
-            raise RealtimeError("conversation_already_has_active_response",
-                                f"response {self.response.id} is still in progress; cancel it first", None,
-                                ev.event_id)
+            raise RealtimeError(
+                "conversation_already_has_active_response",
+                f"response {self.response.id} is still in progress; cancel it first",
+                None,
+                ev.event_id,
+            )
         max_frames = self.max_output_tokens if ev.max_output_tokens == "session" else ev.max_output_tokens
         self._muted_until_user_turn = False
-        out = self._open_response(requested=True, metadata=ev.metadata, max_frames=max_frames,
-                                  warnings=ev.warnings)
+        out = self._open_response(
+            requested=True, metadata=ev.metadata, max_frames=max_frames, warnings=ev.warnings
+        )
         return out + self._sync_silence()
 
     def _response_cancel(self, ev: ResponseCancel) -> list:
         r = self.response
         if r is None or (ev.response_id is not None and ev.response_id != r.id):
             which = f"response {ev.response_id!r}" if ev.response_id else "a response"
-            raise RealtimeError("response_cancel_not_active", f"cannot cancel {which}: none is in progress",
-                                "response_id" if ev.response_id else None, ev.event_id)
+            raise RealtimeError(
+                "response_cancel_not_active",
+                f"cannot cancel {which}: none is in progress",
+                "response_id" if ev.response_id else None,
+                ev.event_id,
+            )
         out = self._finish("cancelled", "client_cancelled")
         return out + self._sync_silence()
 
@@ -365,22 +439,41 @@ class RealtimeConversation:
         if r.status != "in_progress":
             frames = r.item.frames if r.item else 0
             heard = max(0, round((self.input_ms - r.input_ms_at_start) / FRAME_MS))
-            usage = {"total_tokens": frames + heard, "input_tokens": heard, "output_tokens": frames,
-                     "input_token_details": {"text_tokens": 0, "audio_tokens": heard, "image_tokens": 0,
-                                             "cached_tokens": 0,
-                                             "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0,
-                                                                       "image_tokens": 0}},
-                     "output_token_details": {"text_tokens": 0, "audio_tokens": frames}}
+            usage = {
+                "total_tokens": frames + heard,
+                "input_tokens": heard,
+                "output_tokens": frames,
+                "input_token_details": {
+                    "text_tokens": 0,
+                    "audio_tokens": heard,
+                    "image_tokens": 0,
+                    "cached_tokens": 0,
+                    "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0, "image_tokens": 0},
+                },
+                "output_token_details": {"text_tokens": 0, "audio_tokens": frames},
+            }
         return {
-            "id": r.id, "object": "realtime.response", "status": r.status, "status_details": r.status_details,
-            "output": [r.item.to_json()] if r.item else [], "conversation_id": self.conversation_id,
-            "output_modalities": ["audio"], "metadata": r.metadata,
+            "id": r.id,
+            "object": "realtime.response",
+            "status": r.status,
+            "status_details": r.status_details,
+            "output": [r.item.to_json()] if r.item else [],
+            "conversation_id": self.conversation_id,
+            "output_modalities": ["audio"],
+            "metadata": r.metadata,
             "max_output_tokens": "inf" if r.max_frames is None else r.max_frames,
-            "audio": {"output": {"format": dict(PCM_FORMAT), "voice": self.voice}}, "usage": usage,
+            "audio": {"output": {"format": dict(PCM_FORMAT), "voice": self.voice}},
+            "usage": usage,
         }
 
-    def _open_response(self, *, requested: bool, metadata: dict | None = None, max_frames: int | None = None,
-                       warnings: tuple = ()) -> list:
+    def _open_response(
+        self,
+        *,
+        requested: bool,
+        metadata: dict | None = None,
+        max_frames: int | None = None,
+        warnings: tuple = (),
+    ) -> list:
         r = Response(self._new_id("resp"), metadata, max_frames, requested, input_ms_at_start=self.input_ms)
         self.response = r
         created = self.event("response.created", response=self._response_json(r))
@@ -398,8 +491,14 @@ class RealtimeConversation:
         return [
             self.event("response.output_item.added", response_id=r.id, output_index=0, item=added),
             self.event("conversation.item.added", previous_item_id=previous, item=added),
-            self.event("response.content_part.added", response_id=r.id, item_id=item.id, output_index=0,
-                       content_index=0, part={"type": "audio", "transcript": ""}),
+            self.event(
+                "response.content_part.added",
+                response_id=r.id,
+                item_id=item.id,
+                output_index=0,
+                content_index=0,
+                part={"type": "audio", "transcript": ""},
+            ),
         ]
 
     def _finish(self, status: str, reason: str | None = None) -> list:
@@ -408,7 +507,9 @@ class RealtimeConversation:
         assert r is not None
         self.response = None
         r.status = status
-        r.status_details = None if status == "completed" else {"type": status, "reason": reason, "error": None}
+        r.status_details = (
+            None if status == "completed" else {"type": status, "reason": reason, "error": None}
+        )
         out: list = []
         if r.item is not None:
             item = r.item
@@ -417,11 +518,15 @@ class RealtimeConversation:
             out += [
                 self.event("response.output_audio.done", **ids),
                 self.event("response.output_audio_transcript.done", **ids, transcript=item.text),
-                self.event("response.content_part.done", **ids,
-                           part={"type": "audio", "transcript": item.text}),
-                self.event("response.output_item.done", response_id=r.id, output_index=0, item=item.to_json()),
-                self.event("conversation.item.done", previous_item_id=self._previous_of(item.id),
-                           item=item.to_json()),
+                self.event(
+                    "response.content_part.done", **ids, part={"type": "audio", "transcript": item.text}
+                ),
+                self.event(
+                    "response.output_item.done", response_id=r.id, output_index=0, item=item.to_json()
+                ),
+                self.event(
+                    "conversation.item.done", previous_item_id=self._previous_of(item.id), item=item.to_json()
+                ),
             ]
         out.append(self.event("response.done", response=self._response_json(r)))
         if status != "completed" and r.item is not None and self._in_stretch:
@@ -465,8 +570,11 @@ class RealtimeConversation:
         self._speech_committed = False
         self._speech_item_id = self._new_id("item")
         self._muted_until_user_turn = False
-        out: list = [self.event("input_audio_buffer.speech_started", audio_start_ms=int(at_ms),
-                                item_id=self._speech_item_id)]
+        out: list = [
+            self.event(
+                "input_audio_buffer.speech_started", audio_start_ms=int(at_ms), item_id=self._speech_item_id
+            )
+        ]
         r = self.response
         if r is not None and r.item is None and self.turn_detection.interrupt_response:
             # A response the model has not started yet gives way to the user's turn.
@@ -509,7 +617,9 @@ class RealtimeConversation:
         self._user_speaking = False
         self._barge_in_mute = False
         item_id = self._speech_item_id or self._new_id("item")
-        out: list = [self.event("input_audio_buffer.speech_stopped", audio_end_ms=int(at_ms), item_id=item_id)]
+        out: list = [
+            self.event("input_audio_buffer.speech_stopped", audio_end_ms=int(at_ms), item_id=item_id)
+        ]
         if not self._speech_committed:
             out += self._add_user_item(item_id, self.buffer_start_ms, max(at_ms, self.buffer_start_ms))
         return out + self._sync_silence()
@@ -527,9 +637,15 @@ class RealtimeConversation:
         if best is None:
             return []
         best.transcript = text
-        return [self.event("conversation.item.input_audio_transcription.completed", item_id=best.id,
-                           content_index=0, transcript=text,
-                           usage={"type": "duration", "seconds": round((end_ms - start_ms) / 1000, 3)})]
+        return [
+            self.event(
+                "conversation.item.input_audio_transcription.completed",
+                item_id=best.id,
+                content_index=0,
+                transcript=text,
+                usage={"type": "duration", "seconds": round((end_ms - start_ms) / 1000, 3)},
+            )
+        ]
 
     def output_audio(self, pcm16: bytes, speaking: bool) -> list:
         """One 80 ms frame of the engine's output (silence included) and its voice-activity flag."""
@@ -577,7 +693,9 @@ class RealtimeConversation:
         out: list = []
         if pcm16:
             item.frames += 1
-            out.append(self.event("response.output_audio.delta", **ids, delta=base64.b64encode(pcm16).decode()))
+            out.append(
+                self.event("response.output_audio.delta", **ids, delta=base64.b64encode(pcm16).decode())
+            )
         if text:
             item.pieces.append((max(0, item.frames - 1), text))
             out.append(self.event("response.output_audio_transcript.delta", **ids, delta=text))
@@ -595,4 +713,3 @@ class RealtimeConversation:
             r.held[-1][1] += text  # spoken after a pause that may still turn out to be the end
             return []
         return self._send_frame(r, b"", text)
-

@@ -77,8 +77,16 @@ def train_tiny_spm(directory: Path, vocab_size: int = 48) -> Path:
     corpus.write_text("\n".join(SENTENCES * 4) + "\n")
     prefix = directory / "spm"
     sentencepiece.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(prefix), vocab_size=vocab_size, model_type="bpe",
-        unk_id=0, bos_id=1, eos_id=2, pad_id=3, minloglevel=2, num_threads=1,
+        input=str(corpus),
+        model_prefix=str(prefix),
+        vocab_size=vocab_size,
+        model_type="bpe",
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=3,
+        minloglevel=2,
+        num_threads=1,
     )
     return prefix.with_suffix(".model")
 
@@ -120,7 +128,12 @@ def lm_state_dict(model) -> dict[str, torch.Tensor]:
 def kyutai_state_dict_from_transformers(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
     """The inverse of `assistant.moshi.loading.convert_kyutai_lm_state_dict`: write transformers' LM weights with Kyutai's names."""
     dep = config.depth_decoder_config
-    dim, heads, kv_heads, hd = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    dim, heads, kv_heads, hd = (
+        config.hidden_size,
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        config.head_dim,
+    )
     K = config.num_codebooks
     inv_q, inv_k = torch.argsort(rope_rows(heads, hd)), torch.argsort(rope_rows(kv_heads, hd))
     out = {
@@ -135,7 +148,9 @@ def kyutai_state_dict_from_transformers(state: dict[str, torch.Tensor], config) 
         k_in, k_out = f"decoder.model.layers.{layer}.", f"transformer.layers.{layer}."
         q = state[k_in + "self_attn.q_proj.linear.weight"][inv_q]
         k = state[k_in + "self_attn.k_proj.linear.weight"][inv_k]
-        out[k_out + "self_attn.in_projs.0.weight"] = torch.cat([q, k, state[k_in + "self_attn.v_proj.linear.weight"]])
+        out[k_out + "self_attn.in_projs.0.weight"] = torch.cat(
+            [q, k, state[k_in + "self_attn.v_proj.linear.weight"]]
+        )
         out[k_out + "self_attn.out_projs.0.weight"] = state[k_in + "self_attn.o_proj.linear.weight"]
         out[k_out + "norm1.alpha"] = state[k_in + "input_layernorm.weight"].reshape(1, 1, dim)
         out[k_out + "norm2.alpha"] = state[k_in + "post_attention_layernorm.weight"].reshape(1, 1, dim)
@@ -151,7 +166,8 @@ def kyutai_state_dict_from_transformers(state: dict[str, torch.Tensor], config) 
         k_in, k_out = f"depth_decoder.layers.{layer}.", f"depformer.layers.{layer}."
         for i in range(K):
             out[k_out + f"self_attn.in_projs.{i}.weight"] = torch.cat(
-                [state[k_in + f"self_attn.{p}_proj.linear.weight"][i] for p in "qkv"])
+                [state[k_in + f"self_attn.{p}_proj.linear.weight"][i] for p in "qkv"]
+            )
             out[k_out + f"self_attn.out_projs.{i}.weight"] = state[k_in + "self_attn.o_proj.linear.weight"][i]
             out[k_out + f"gating.{i}.linear_in.weight"] = state[k_in + "mlp.fc1.weight"][i]
             out[k_out + f"gating.{i}.linear_out.weight"] = state[k_in + "mlp.fc2.weight"][i]
@@ -166,8 +182,15 @@ def depth_logits(lm: MoshiStreamingLM, hidden: torch.Tensor, tokens: torch.Tenso
     return torch.stack([lm._depth_step(k, tokens[:, k], hidden, cache) for k in range(lm.num_codebooks)], 1)
 
 
-def write_kyutai_checkpoint(directory: Path, model, kwargs: dict, tokenizer: Path, *, with_config: bool = True,
-                            dtype: torch.dtype = torch.float32) -> Path:
+def write_kyutai_checkpoint(
+    directory: Path,
+    model,
+    kwargs: dict,
+    tokenizer: Path,
+    *,
+    with_config: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
     """Write `model` in Kyutai's layout: model.safetensors (Kyutai names), the Mimi file and its Kyutai
     config (named by `mimi_config_name`, as Kyutai's loader allows), the tokenizer, config.json."""
     from safetensors.torch import save_file
@@ -178,7 +201,9 @@ def write_kyutai_checkpoint(directory: Path, model, kwargs: dict, tokenizer: Pat
     shutil.copy(tokenizer, directory / KYUTAI_TOKENIZER_NAME)
     write_mimi_checkpoint(directory / KYUTAI_MIMI_NAME, model.audio_encoder, layout="kyutai")
     if with_config:
-        (directory / "mimi_config.json").write_text(json.dumps(kyutai_mimi_kwargs(model.audio_encoder.config)))
+        (directory / "mimi_config.json").write_text(
+            json.dumps(kyutai_mimi_kwargs(model.audio_encoder.config))
+        )
         (directory / "config.json").write_text(json.dumps(dict(kwargs, mimi_config_name="mimi_config.json")))
     return directory
 

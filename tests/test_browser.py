@@ -50,7 +50,9 @@ document.addEventListener("DOMContentLoaded", () => {
 
 @pytest.fixture(scope="module")
 def mic_wav(tmp_path_factory) -> Path:
-    return fake_mic_wav(CONVERSATION_WAV, tmp_path_factory.mktemp("mic") / "conversation-44k.wav", lead_silence_s=0.5)
+    return fake_mic_wav(
+        CONVERSATION_WAV, tmp_path_factory.mktemp("mic") / "conversation-44k.wav", lead_silence_s=0.5
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,9 @@ def browser(mic_wav):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=chromium_args(mic_wav), headless=True)
+        chromium = p.chromium.launch(
+            executable_path=str(CHROMIUM), args=chromium_args(mic_wav), headless=True
+        )
         try:
             yield chromium
         finally:
@@ -140,7 +144,9 @@ def test_conversation_reply_captions_latency_and_interruption(server, browser, t
     stats = tab.js("assistantClient.stats")
     rate = tab.js("assistantClient.sampleRate")
     # The microphone goes out in 20 ms chunks (50 a second) from session.ready on.
-    live_s = tab.js("(performance.now() - assistantClient.stateHistory.find(s => s.state === 'listening').t) / 1000")
+    live_s = tab.js(
+        "(performance.now() - assistantClient.stateHistory.find(s => s.state === 'listening').t) / 1000"
+    )
     assert 0.7 * 50 * live_s < stats["framesSent"] < 1.3 * 50 * live_s, (stats["framesSent"], live_s)
     assert stats["framesReceived"] > 50
     # The playout clock ran all along (the server streams silence between replies too), and the
@@ -170,11 +176,13 @@ def test_conversation_reply_captions_latency_and_interruption(server, browser, t
     assert latency.isdigit() and 0 < int(latency) < 5000, latency
     assert page.get_by_test_id("buffer").inner_text().isdigit()
 
-    print(f"\nbrowser conversation: playback.clear -> empty buffer {stats['clearLatenciesMs'][0]:.1f} ms, "
-          f"last reply latency {latency} ms (server response gap {stats['responseGapMs']} ms, "
-          f"page playout {stats['replyWaitMs']:.0f} ms), "
-          f"underruns {stats['underruns']}, played {stats['samplesPlayed'] / rate:.1f} s, "
-          f"sent {stats['framesSent']} chunks, received {stats['framesReceived']} frames")
+    print(
+        f"\nbrowser conversation: playback.clear -> empty buffer {stats['clearLatenciesMs'][0]:.1f} ms, "
+        f"last reply latency {latency} ms (server response gap {stats['responseGapMs']} ms, "
+        f"page playout {stats['replyWaitMs']:.0f} ms), "
+        f"underruns {stats['underruns']}, played {stats['samplesPlayed'] / rate:.1f} s, "
+        f"sent {stats['framesSent']} chunks, received {stats['framesReceived']} frames"
+    )
 
     # Stop: the button returns to Start and the server's slot is freed.
     tab.button.click()
@@ -204,7 +212,11 @@ def test_captions_order_user_turns_and_mark_cut_text(server, browser):
         events,
     )
     turns = tab.page.locator("[data-testid=captions] .turn")
-    assert [turns.nth(i).get_attribute("data-who") for i in range(turns.count())] == ["user", "assistant", "assistant"]
+    assert [turns.nth(i).get_attribute("data-who") for i in range(turns.count())] == [
+        "user",
+        "assistant",
+        "assistant",
+    ]
     assert turns.nth(0).locator(".turn-text").inner_text() == "Tell me a story."
     first = turns.nth(1)
     assert first.locator(".turn-text").inner_text() == "Sure, happy to help you"

@@ -60,7 +60,9 @@ def test_captions_of_test_speech_are_accurate_and_off_the_caller_thread(worker):
     hypotheses = [results[name][0].text for name, _ in items]
     refs = [references[name] for name, _ in items]
     wer = word_error_rate(refs, hypotheses)
-    per_file = {name: round(word_error_rate([references[name]], [results[name][0].text]), 3) for name, _ in items}
+    per_file = {
+        name: round(word_error_rate([references[name]], [results[name][0].text]), 3) for name, _ in items
+    }
     latencies = {name: round(results[name][0].latency_ms) for name, _ in items}
     print(f"\ncaptions: WER {wer:.3f} {per_file}, latency_ms {latencies}, wall {wall_s:.2f} s")
     print("\n".join(f"  {name}: {text!r}" for (name, _), text in zip(items, hypotheses, strict=True)))

@@ -64,7 +64,9 @@ def _offline_audio(model: MimiModel, codes: torch.Tensor) -> torch.Tensor:
 
 def _stream_encode(codec: StreamingMimi, pcm: torch.Tensor) -> torch.Tensor:
     frames = pcm.shape[-1] // FRAME_SAMPLES
-    return torch.stack([codec.encode(pcm[:, i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]) for i in range(frames)], dim=-1)
+    return torch.stack(
+        [codec.encode(pcm[:, i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]) for i in range(frames)], dim=-1
+    )
 
 
 def _stream_decode(codec: StreamingMimi, codes: torch.Tensor) -> torch.Tensor:
@@ -204,7 +206,9 @@ def test_copy_row_continues_a_stream_in_another_row(tiny_model):
     rest[0] = pcm[0, 8 * FRAME_SAMPLES :]
     later = _stream_encode(codec, rest)
     assert torch.equal(later[0], expected[0, :, 8:])
-    assert torch.allclose(_stream_decode(codec, later)[0], expected_audio[0, 8 * FRAME_SAMPLES :], rtol=0, atol=1e-4)
+    assert torch.allclose(
+        _stream_decode(codec, later)[0], expected_audio[0, 8 * FRAME_SAMPLES :], rtol=0, atol=1e-4
+    )
 
 
 def test_reset_all_equals_a_new_codec(tiny_model):

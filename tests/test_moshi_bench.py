@@ -10,8 +10,25 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_bench_engine_prints_each_part_for_each_batch(capsys):
-    assert main(["bench", "engine", "--model", "tiny", "--batch", "1,2", "--device", "cpu", "--frames", "2",
-                 "--warmup", "1"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "engine",
+                "--model",
+                "tiny",
+                "--batch",
+                "1,2",
+                "--device",
+                "cpu",
+                "--frames",
+                "2",
+                "--warmup",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     for part in ("codec_encode", "temporal", "depth", "codec_decode", "total"):
         assert part in out
@@ -28,8 +45,27 @@ def test_bench_engine_runs_a_checkpoint_dir(tmp_path, capsys):
     from moshi_fixtures import random_moshi, tiny_kyutai_kwargs, train_tiny_spm, write_kyutai_checkpoint
 
     kwargs = tiny_kyutai_kwargs()
-    directory = write_kyutai_checkpoint(tmp_path / "kyutai", random_moshi(kwargs), kwargs, train_tiny_spm(tmp_path))
-    assert main(["bench", "engine", "--model", str(directory), "--batch", "2", "--device", "cpu", "--frames", "2",
-                 "--warmup", "0"]) == 0
+    directory = write_kyutai_checkpoint(
+        tmp_path / "kyutai", random_moshi(kwargs), kwargs, train_tiny_spm(tmp_path)
+    )
+    assert (
+        main(
+            [
+                "bench",
+                "engine",
+                "--model",
+                str(directory),
+                "--batch",
+                "2",
+                "--device",
+                "cpu",
+                "--frames",
+                "2",
+                "--warmup",
+                "0",
+            ]
+        )
+        == 0
+    )
     rows = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("2 |")]
     assert len(rows) == 1 and "nan" not in rows[0]

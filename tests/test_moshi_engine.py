@@ -27,7 +27,9 @@ def checkpoint_dirs(tmp_path_factory):
     kwargs = tiny_kyutai_kwargs()
     model = random_moshi(kwargs, seed=4)
     spm = train_tiny_spm(root / "spm")
-    return write_kyutai_checkpoint(root / "kyutai", model, kwargs, spm), write_hf_checkpoint(root / "hf", model, spm)
+    return write_kyutai_checkpoint(root / "kyutai", model, kwargs, spm), write_hf_checkpoint(
+        root / "hf", model, spm
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +67,14 @@ def test_slots_open_and_close_without_changing_each_other(kyutai_dir):
         for slot, (start, options) in schedule.items():
             if t == start:
                 engine.open(slot, options)
-        pcm_in = np.stack([audio[slot][t - schedule[slot][0]] if engine.live[slot] and t >= schedule[slot][0]
-                           else np.zeros(FRAME_SAMPLES, np.float32) for slot in range(3)])
+        pcm_in = np.stack(
+            [
+                audio[slot][t - schedule[slot][0]]
+                if engine.live[slot] and t >= schedule[slot][0]
+                else np.zeros(FRAME_SAMPLES, np.float32)
+                for slot in range(3)
+            ]
+        )
         if engine.live[2] and t < 4:
             pcm_in[2] = audio[2][t]
         out = engine.step(pcm_in)
@@ -152,7 +160,10 @@ def test_factory_builds_moshi_and_bad_options_are_refused(kyutai_dir):
     assert MoshiEngine.suggested_batch_size("cpu") == 1
     out = engine.step(np.zeros((2, FRAME_SAMPLES), np.float32))
     assert out.pcm_out.shape == (2, FRAME_SAMPLES) and set(out.timings_ms) >= {
-        "codec_encode_ms", "codec_decode_ms", "total_ms"}
+        "codec_encode_ms",
+        "codec_decode_ms",
+        "total_ms",
+    }
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # moshi's own torch.jit use
@@ -160,15 +171,18 @@ def test_greedy_engine_equals_kyutais_mimi_and_lmgen_on_the_same_audio(kyutai_di
     """Same Kyutai-layout files, same audio: Kyutai's own Mimi + LMGen against our engine, greedy."""
     import json
 
-    loaders = pytest.importorskip("moshi.models.loaders", reason="Kyutai's moshi package is not installed "
-                                  "(pip install --no-deps moshi==0.2.13 einops)")
+    loaders = pytest.importorskip(
+        "moshi.models.loaders",
+        reason="Kyutai's moshi package is not installed (pip install --no-deps moshi==0.2.13 einops)",
+    )
     lm_module = pytest.importorskip("moshi.models.lm")
     from safetensors.torch import load_file
 
     config = json.loads((kyutai_dir / "config.json").read_text())
     mimi_kwargs = json.loads((kyutai_dir / config.pop("mimi_config_name")).read_text())
-    mimi = loaders.get_mimi(str(kyutai_dir / "tokenizer-e351c8d8-checkpoint125.safetensors"), mimi_kwargs,
-                            num_codebooks=8)
+    mimi = loaders.get_mimi(
+        str(kyutai_dir / "tokenizer-e351c8d8-checkpoint125.safetensors"), mimi_kwargs, num_codebooks=8
+    )
     lm = lm_module.LMModel(device="cpu", dtype=torch.float32, **config)
     lm.load_state_dict(load_file(str(kyutai_dir / "model.safetensors")), strict=True)
     lm.eval()

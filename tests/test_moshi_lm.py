@@ -34,8 +34,13 @@ def run_forced(lm: MoshiStreamingLM, steps: int, seed: int = 0):
         user = torch.randint(0, lm.card, (batch, K), generator=gen)
         text = torch.randint(4, lm.text_card, (batch,), generator=gen)
         audio = torch.randint(0, lm.card, (batch, K), generator=gen)
-        out = lm.step(user, greedy(batch), force_mask=torch.ones(batch, dtype=torch.bool),
-                      force_text=text, force_audio=audio)
+        out = lm.step(
+            user,
+            greedy(batch),
+            force_mask=torch.ones(batch, dtype=torch.bool),
+            force_text=text,
+            force_audio=audio,
+        )
         inputs.append(out.inputs)
         logits.append(out.text_logits)
     return torch.stack(inputs, dim=2), torch.stack(logits, dim=1)
@@ -52,8 +57,12 @@ def full_forward(model, inputs: torch.Tensor, window: int | None = None):
         delta = torch.arange(T)[:, None] - torch.arange(T)[None, :]
         mask = ((delta >= 0) & (delta < window))[None, None].expand(inputs.shape[0], 1, T, T)
     with torch.no_grad():
-        return model(input_ids=inputs[:, 0], moshi_audio_codes=inputs[:, 1:1 + K],
-                     user_audio_codes=inputs[:, 1 + K:], attention_mask=mask)
+        return model(
+            input_ids=inputs[:, 0],
+            moshi_audio_codes=inputs[:, 1 : 1 + K],
+            user_audio_codes=inputs[:, 1 + K :],
+            attention_mask=mask,
+        )
 
 
 def test_step_by_step_equals_full_forward():
@@ -65,7 +74,7 @@ def test_step_by_step_equals_full_forward():
     # The initial tokens stand in until each stream reaches its delay.
     assert (inputs[:, 0, 0] == lm.text_card).all()
     assert (inputs[:, 1:, 0] == lm.card).all()
-    assert (inputs[:, 2:1 + K, 1] == lm.card).all() and (inputs[:, 2 + K:, 1] == lm.card).all()
+    assert (inputs[:, 2 : 1 + K, 1] == lm.card).all() and (inputs[:, 2 + K :, 1] == lm.card).all()
     assert (inputs[:, :, 2] < lm.card).all()
 
 
@@ -74,7 +83,9 @@ def test_depth_steps_equal_causal_full_depth_forward():
     lm = MoshiStreamingLM(model, batch_size=3)
     gen = torch.Generator().manual_seed(1)
     hidden = torch.randn(3, 1, model.config.hidden_size, generator=gen)
-    tokens = torch.cat([torch.randint(0, 48, (3, 1), generator=gen), torch.randint(0, 64, (3, K), generator=gen)], 1)
+    tokens = torch.cat(
+        [torch.randint(0, 48, (3, 1), generator=gen), torch.randint(0, 64, (3, K), generator=gen)], 1
+    )
     mine = depth_logits(lm, hidden, tokens)
     with torch.no_grad():  # sdpa with no mask is causal over the 8 positions
         reference = model.depth_decoder(input_ids=tokens[:, :K], last_hidden_state=hidden).logits
@@ -105,12 +116,16 @@ def test_reset_row_forgets_history():
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # moshi's own torch.jit use
 def test_greedy_equals_kyutai_reference_past_the_context():
-    lm_module = pytest.importorskip("moshi.models.lm", reason="Kyutai's moshi package is not installed "
-                                    "(pip install --no-deps moshi==0.2.13 einops)")
+    lm_module = pytest.importorskip(
+        "moshi.models.lm",
+        reason="Kyutai's moshi package is not installed (pip install --no-deps moshi==0.2.13 einops)",
+    )
     kwargs = tiny_kyutai_kwargs(context=8)
     model = random_moshi(kwargs, seed=5)
     kyutai = lm_module.LMModel(device="cpu", dtype=torch.float32, **kwargs)
-    kyutai.load_state_dict(kyutai_state_dict_from_transformers(lm_state_dict(model), model.config), strict=True)
+    kyutai.load_state_dict(
+        kyutai_state_dict_from_transformers(lm_state_dict(model), model.config), strict=True
+    )
     kyutai.eval()
     batch, steps = 2, 24
     gen = torch.Generator().manual_seed(11)

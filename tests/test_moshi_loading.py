@@ -38,7 +38,9 @@ def greedy_run(model, steps: int = 10) -> torch.Tensor:
     gen = torch.Generator().manual_seed(0)
     frames = []
     for _ in range(steps):
-        out = lm.step(torch.randint(0, 64, (2, 8), generator=gen), Sampling(zeros, ones, zeros, ones, torch.zeros(2, 9)))
+        out = lm.step(
+            torch.randint(0, 64, (2, 8), generator=gen), Sampling(zeros, ones, zeros, ones, torch.zeros(2, 9))
+        )
         frames.append(torch.cat([out.text[:, None], out.audio], 1))
     return torch.stack(frames)
 
@@ -59,8 +61,13 @@ def test_both_layouts_load_the_same_weights_and_generate_the_same(checkpoints):
 
 
 def test_kyutai_bf16_weights_load_in_requested_dtype(checkpoints, tmp_path):
-    directory = write_kyutai_checkpoint(tmp_path / "bf16", checkpoints["model"], checkpoints["kwargs"],
-                                        checkpoints["spm"], dtype=torch.bfloat16)
+    directory = write_kyutai_checkpoint(
+        tmp_path / "bf16",
+        checkpoints["model"],
+        checkpoints["kwargs"],
+        checkpoints["spm"],
+        dtype=torch.bfloat16,
+    )
     loaded = load_moshi(directory, device="cpu", dtype="bf16")
     assert loaded.model.decoder.lm_head.weight.dtype == torch.bfloat16
     expected = checkpoints["model"].decoder.lm_head.weight.to(torch.bfloat16)
@@ -68,8 +75,13 @@ def test_kyutai_bf16_weights_load_in_requested_dtype(checkpoints, tmp_path):
 
 
 def test_kyutai_without_config_assumes_7b_and_says_what_mismatched(checkpoints, tmp_path):
-    directory = write_kyutai_checkpoint(tmp_path / "noconf", checkpoints["model"], checkpoints["kwargs"],
-                                        checkpoints["spm"], with_config=False)
+    directory = write_kyutai_checkpoint(
+        tmp_path / "noconf",
+        checkpoints["model"],
+        checkpoints["kwargs"],
+        checkpoints["spm"],
+        with_config=False,
+    )
     assert detect_layout(directory) == "kyutai"
     with pytest.raises(CheckpointError) as err:
         load_moshi(directory, device="cpu")
@@ -78,16 +90,18 @@ def test_kyutai_without_config_assumes_7b_and_says_what_mismatched(checkpoints, 
 
 
 def test_mismatched_config_names_file_tensor_and_shape(checkpoints, tmp_path):
-    directory = write_kyutai_checkpoint(tmp_path / "bad", checkpoints["model"], checkpoints["kwargs"],
-                                        checkpoints["spm"])
+    directory = write_kyutai_checkpoint(
+        tmp_path / "bad", checkpoints["model"], checkpoints["kwargs"], checkpoints["spm"]
+    )
     (directory / "config.json").write_text(json.dumps(tiny_kyutai_kwargs(num_layers=3)))
     with pytest.raises(CheckpointError, match=r"model\.safetensors.*transformer\.layers\.2\.self_attn"):
         load_moshi(directory, device="cpu")
 
 
 def test_missing_files_are_named(checkpoints, tmp_path):
-    directory = write_kyutai_checkpoint(tmp_path / "notok", checkpoints["model"], checkpoints["kwargs"],
-                                        checkpoints["spm"])
+    directory = write_kyutai_checkpoint(
+        tmp_path / "notok", checkpoints["model"], checkpoints["kwargs"], checkpoints["spm"]
+    )
     (directory / "tokenizer_spm_32k_3.model").unlink()
     with pytest.raises(CheckpointError, match="tokenizer_spm_32k_3.model"):
         load_moshi(directory, device="cpu")
@@ -100,8 +114,9 @@ def test_missing_files_are_named(checkpoints, tmp_path):
 
 
 def test_kyutai_config_file_names_override_defaults(checkpoints, tmp_path):
-    directory = write_kyutai_checkpoint(tmp_path / "renamed", checkpoints["model"], checkpoints["kwargs"],
-                                        checkpoints["spm"])
+    directory = write_kyutai_checkpoint(
+        tmp_path / "renamed", checkpoints["model"], checkpoints["kwargs"], checkpoints["spm"]
+    )
     (directory / "model.safetensors").rename(directory / "lm.safetensors")
     config = dict(checkpoints["kwargs"], moshi_name="lm.safetensors")
     (directory / "config.json").write_text(json.dumps(config))
@@ -110,8 +125,9 @@ def test_kyutai_config_file_names_override_defaults(checkpoints, tmp_path):
 
 
 def test_unsupported_kyutai_variant_is_refused(checkpoints, tmp_path):
-    directory = write_kyutai_checkpoint(tmp_path / "variant", checkpoints["model"], checkpoints["kwargs"],
-                                        checkpoints["spm"])
+    directory = write_kyutai_checkpoint(
+        tmp_path / "variant", checkpoints["model"], checkpoints["kwargs"], checkpoints["spm"]
+    )
     (directory / "config.json").write_text(json.dumps(dict(checkpoints["kwargs"], depformer_pos_emb="rope")))
     with pytest.raises(CheckpointError, match="depformer_pos_emb"):
         load_moshi(directory, device="cpu")
@@ -135,7 +151,9 @@ def test_hf_layout_mismatch_names_tensors_and_shapes(checkpoints, tmp_path):
     shutil.copytree(checkpoints["hf"], directory)
     config = json.loads((directory / "config.json").read_text())
     (directory / "config.json").write_text(json.dumps(dict(config, ffn_dim=200)))
-    with pytest.raises(CheckpointError, match=r"wrong shape.*mlp\.fc1\.weight \[176, 32\] vs expected \[200, 32\]"):
+    with pytest.raises(
+        CheckpointError, match=r"wrong shape.*mlp\.fc1\.weight \[176, 32\] vs expected \[200, 32\]"
+    ):
         load_moshi(directory, device="cpu")
     (directory / "config.json").write_text(json.dumps(dict(config, num_hidden_layers=3)))
     with pytest.raises(CheckpointError, match=r"8 tensors missing.*layers\.2\."):

@@ -56,8 +56,15 @@ def _teacher_forced_logits(model, steps: int = 6, batch: int = 2):
     lm = MoshiStreamingLM(model, batch)
     K = lm.num_codebooks
     gen = torch.Generator().manual_seed(0)
-    greedy = Sampling(torch.zeros(batch), torch.ones(batch, dtype=torch.long), torch.zeros(batch),
-                      torch.ones(batch, dtype=torch.long), torch.zeros(batch, 1 + K), 1, 1)
+    greedy = Sampling(
+        torch.zeros(batch),
+        torch.ones(batch, dtype=torch.long),
+        torch.zeros(batch),
+        torch.ones(batch, dtype=torch.long),
+        torch.zeros(batch, 1 + K),
+        1,
+        1,
+    )
     texts, depths = [], []
     with torch.no_grad():
         for _ in range(steps):
@@ -67,7 +74,9 @@ def _teacher_forced_logits(model, steps: int = 6, batch: int = 2):
             hidden, text_logits, inputs = lm.step_temporal(user)
             depths.append(depth_logits(lm, hidden, torch.cat([text[:, None], audio], 1)))
             texts.append(text_logits)
-            lm.step_depth(hidden, text_logits, inputs, greedy, torch.ones(batch, dtype=torch.bool), text, audio)
+            lm.step_depth(
+                hidden, text_logits, inputs, greedy, torch.ones(batch, dtype=torch.bool), text, audio
+            )
     return torch.stack(texts), torch.stack(depths)
 
 
@@ -109,8 +118,28 @@ def test_engine_quantize_option_and_env(monkeypatch):
 def test_bench_engine_reports_int8_weights_and_capacity(capsys):
     from assistant.cli import main
 
-    assert main(["bench", "engine", "--model", "tiny", "--device", "cpu", "--batch", "1,2", "--frames", "2",
-                 "--warmup", "1", "--quantize", "int8", "--no-compile"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "engine",
+                "--model",
+                "tiny",
+                "--device",
+                "cpu",
+                "--batch",
+                "1,2",
+                "--frames",
+                "2",
+                "--warmup",
+                "1",
+                "--quantize",
+                "int8",
+                "--no-compile",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "quantize=int8" in out and "step=eager" in out
     rows = [line.split("|") for line in out.splitlines() if line.strip().startswith(("1 |", "2 |"))]

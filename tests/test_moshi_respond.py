@@ -18,7 +18,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def kyutai_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("respond")
     kwargs = tiny_kyutai_kwargs()
-    return write_kyutai_checkpoint(root / "kyutai", random_moshi(kwargs, seed=6), kwargs, train_tiny_spm(root / "spm"))
+    return write_kyutai_checkpoint(
+        root / "kyutai", random_moshi(kwargs, seed=6), kwargs, train_tiny_spm(root / "spm")
+    )
 
 
 def test_respond_writes_aligned_stereo_reply_and_text(kyutai_dir, tmp_path, capsys):
@@ -27,10 +29,25 @@ def test_respond_writes_aligned_stereo_reply_and_text(kyutai_dir, tmp_path, caps
     user = (0.4 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
     wav = tmp_path / "user.wav"
     sf.write(wav, user, rate)
-    args = ["respond", "--model", str(kyutai_dir), "--input", str(wav), "--tail-seconds", "0.3", "--seed", "5",
-            "--device", "cpu"]
-    assert main(args + ["--output", str(tmp_path / "a.wav"), "--text-output", str(tmp_path / "a.txt"),
-                        "--stereo"]) == 0
+    args = [
+        "respond",
+        "--model",
+        str(kyutai_dir),
+        "--input",
+        str(wav),
+        "--tail-seconds",
+        "0.3",
+        "--seed",
+        "5",
+        "--device",
+        "cpu",
+    ]
+    assert (
+        main(
+            args + ["--output", str(tmp_path / "a.wav"), "--text-output", str(tmp_path / "a.txt"), "--stereo"]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "real-time factor" in printed
     assert main(args + ["--output", str(tmp_path / "b.wav")]) == 0
@@ -38,7 +55,11 @@ def test_respond_writes_aligned_stereo_reply_and_text(kyutai_dir, tmp_path, caps
     stereo, out_rate = sf.read(tmp_path / "a.wav", dtype="float32")
     mono, _ = sf.read(tmp_path / "b.wav", dtype="float32")
     frames = int(np.ceil(0.5 * 24_000 / FRAME_SAMPLES)) + int(np.ceil(0.3 * 24_000 / FRAME_SAMPLES))
-    assert out_rate == 24_000 and stereo.shape == (frames * FRAME_SAMPLES, 2) and mono.shape == (frames * FRAME_SAMPLES,)
+    assert (
+        out_rate == 24_000
+        and stereo.shape == (frames * FRAME_SAMPLES, 2)
+        and mono.shape == (frames * FRAME_SAMPLES,)
+    )
     # Left is the user resampled to 24 kHz, right the assistant: same seed, same reply as the mono run.
     expected_user = resample(user, rate, 24_000)
     np.testing.assert_allclose(stereo[: expected_user.size, 0], expected_user, atol=1e-4)
@@ -55,18 +76,58 @@ def test_respond_temperature_zero_is_greedy(kyutai_dir, tmp_path):
     outs = []
     for seed in ("1", "2"):
         out = tmp_path / f"greedy{seed}.wav"
-        assert main(["respond", "--model", str(kyutai_dir), "--input", str(wav), "--output", str(out),
-                     "--temperature", "0", "--seed", seed, "--tail-seconds", "0.2", "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "respond",
+                    "--model",
+                    str(kyutai_dir),
+                    "--input",
+                    str(wav),
+                    "--output",
+                    str(out),
+                    "--temperature",
+                    "0",
+                    "--seed",
+                    seed,
+                    "--tail-seconds",
+                    "0.2",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
         outs.append(sf.read(out, dtype="float32")[0])
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
 def test_respond_reports_bad_input(kyutai_dir, tmp_path, capsys):
-    code = main(["respond", "--model", str(kyutai_dir), "--input", str(tmp_path / "missing.wav"),
-                 "--output", str(tmp_path / "o.wav")])
+    code = main(
+        [
+            "respond",
+            "--model",
+            str(kyutai_dir),
+            "--input",
+            str(tmp_path / "missing.wav"),
+            "--output",
+            str(tmp_path / "o.wav"),
+        ]
+    )
     assert code == 2 and "missing.wav does not exist" in capsys.readouterr().err
     wav = tmp_path / "u.wav"
     sf.write(wav, np.zeros(2400, np.float32), 24_000)
-    code = main(["respond", "--model", str(tmp_path / "nowhere"), "--input", str(wav), "--output",
-                 str(tmp_path / "o.wav"), "--device", "cpu"])
+    code = main(
+        [
+            "respond",
+            "--model",
+            str(tmp_path / "nowhere"),
+            "--input",
+            str(wav),
+            "--output",
+            str(tmp_path / "o.wav"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 2 and "nowhere" in capsys.readouterr().err

@@ -12,8 +12,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def draw(logits, temperature, top_k, uniform):
     rows = logits.shape[0]
-    return sample_tokens(logits, torch.full((rows,), temperature), torch.full((rows,), top_k, dtype=torch.long),
-                         top_k, uniform)
+    return sample_tokens(
+        logits, torch.full((rows,), temperature), torch.full((rows,), top_k, dtype=torch.long), top_k, uniform
+    )
 
 
 def test_temperature_zero_is_argmax_whatever_the_draw():

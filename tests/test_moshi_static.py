@@ -45,12 +45,16 @@ SCHEDULE = [
 ]
 FRAMES = 12
 # Two slots, three callers: slot 0's caller leaves first, so slot 1's row moves to row 0.
-SHORT_SCHEDULE = [(0, 0, 4, SlotOptions(seed=20)), (1, 1, 7, SlotOptions(seed=21, **GREEDY)),
-                  (0, 5, 8, SlotOptions(seed=22))]
+SHORT_SCHEDULE = [
+    (0, 0, 4, SlotOptions(seed=20)),
+    (1, 1, 7, SlotOptions(seed=21, **GREEDY)),
+    (0, 5, 8, SlotOptions(seed=22)),
+]
 
 
-def run_schedule(engine: MoshiEngine, audio: list[np.ndarray], buckets_seen: list[int] | None = None,
-                 schedule=SCHEDULE):
+def run_schedule(
+    engine: MoshiEngine, audio: list[np.ndarray], buckets_seen: list[int] | None = None, schedule=SCHEDULE
+):
     """Drive `engine` through `schedule`; return each caller's (pcm (T, 1920), texts)."""
     got = {i: ([], []) for i in range(len(schedule))}
     for t in range(max(stop for _, _, stop, _ in schedule)):
@@ -61,7 +65,9 @@ def run_schedule(engine: MoshiEngine, audio: list[np.ndarray], buckets_seen: lis
             if t == start:
                 engine.open(slot, options)
         pcm_in = np.zeros((engine.batch_size, FRAME_SAMPLES), np.float32)
-        active = [(i, slot, t - start) for i, (slot, start, stop, _) in enumerate(schedule) if start <= t < stop]
+        active = [
+            (i, slot, t - start) for i, (slot, start, stop, _) in enumerate(schedule) if start <= t < stop
+        ]
         for i, slot, frame in active:
             pcm_in[slot] = audio[i][frame]
         if buckets_seen is not None:
@@ -131,7 +137,9 @@ def test_callers_joining_and_leaving_hear_what_they_would_alone(loaded):
         outs = [solo.step(frame[None]) for frame in audio[i][: stop - start]]
         solo.close(0)
         assert got[i][1] == [o.text[0] for o in outs], i
-        np.testing.assert_allclose(got[i][0], np.stack([o.pcm_out[0] for o in outs]), atol=1e-4, err_msg=str(i))
+        np.testing.assert_allclose(
+            got[i][0], np.stack([o.pcm_out[0] for o in outs]), atol=1e-4, err_msg=str(i)
+        )
     # Not trivially equal: the callers say different things, and they do speak.
     assert not np.allclose(got[0][0][:8], got[3][0][:8], atol=1e-3)
     assert all(np.abs(pcm[2:]).max() > 1e-3 for pcm, _ in got.values())
@@ -172,8 +180,9 @@ def test_compiled_step_has_no_graph_breaks_and_gives_identical_outputs(loaded, m
     from torch._dynamo.utils import counters
 
     audio = [user_audio(FRAMES, seed) for seed in range(len(SHORT_SCHEDULE))]
-    eager = run_schedule(MoshiEngine.from_loaded(loaded, batch_size=2, compile=False), audio,
-                         schedule=SHORT_SCHEDULE)
+    eager = run_schedule(
+        MoshiEngine.from_loaded(loaded, batch_size=2, compile=False), audio, schedule=SHORT_SCHEDULE
+    )
     monkeypatch.setenv("ASSISTANT_COMPILE_BACKEND", "eager")
     torch._dynamo.reset()
     counters.clear()
@@ -182,7 +191,9 @@ def test_compiled_step_has_no_graph_breaks_and_gives_identical_outputs(loaded, m
     # encode, temporal, depth, decode: one graph each per bucket
     assert counters["stats"]["unique_graphs"] == 4 * len(engine.runner.buckets)
     compiled = run_schedule(engine, audio, schedule=SHORT_SCHEDULE)
-    assert counters["stats"]["unique_graphs"] == 4 * len(engine.runner.buckets)  # nothing compiled on the clock
+    assert counters["stats"]["unique_graphs"] == 4 * len(
+        engine.runner.buckets
+    )  # nothing compiled on the clock
     assert not counters["graph_break"]
     for i in eager:
         assert compiled[i][1] == eager[i][1], i
@@ -200,17 +211,42 @@ def test_bench_server_runs_the_moshi_backend():
     from pathlib import Path
 
     out = subprocess.run(
-        [sys.executable, "-m", "assistant", "bench", "server", "--backend", "moshi", "--model", "tiny", "--device",
-         "cpu", "--sessions", "1", "--seconds", "1.5", "--warmup", "0.5"],
-        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "assistant",
+            "bench",
+            "server",
+            "--backend",
+            "moshi",
+            "--model",
+            "tiny",
+            "--device",
+            "cpu",
+            "--sessions",
+            "1",
+            "--seconds",
+            "1.5",
+            "--warmup",
+            "0.5",
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "backend moshi (tiny, cpu)" in out.stdout
     rows = [line.split() for line in out.stdout.splitlines() if re.match(r"\s+1\s+\d", line)]
     assert len(rows) == 1 and re.fullmatch(r"[\d.]+/[\d.]+", rows[0][4])  # engine step p50/p99 ms
     assert 0.8 <= float(rows[0][-1]) <= 1.2  # the client got about one frame of reply audio per 80 ms
-    refused = subprocess.run([sys.executable, "-m", "assistant", "bench", "server", "--quantize", "int8"],
-                             cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        [sys.executable, "-m", "assistant", "bench", "server", "--quantize", "int8"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode == 2 and "only apply to --backend moshi" in refused.stderr
 
 
@@ -259,14 +295,17 @@ def test_static_mimi_equals_the_codecs_masked_calls(loaded):
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for t, frame in enumerate(audio):
-            expected_codes = reference.encode(np.concatenate([frame, np.zeros((1, FRAME_SAMPLES), np.float32)]),
-                                              mask=rows)[:2]
+            expected_codes = reference.encode(
+                np.concatenate([frame, np.zeros((1, FRAME_SAMPLES), np.float32)]), mask=rows
+            )[:2]
             codes = static.encode(2, torch.from_numpy(frame))
             assert torch.equal(codes, expected_codes), t
             ready = torch.tensor([True, t >= 2])  # row 1 starts decoding two frames late
             feed = torch.randint(0, 2048, (2, 8), generator=gen)
-            expected = reference.decode(torch.cat([feed, torch.zeros(1, 8, dtype=torch.long)]),
-                                        mask=torch.cat([ready, torch.tensor([False])]))[:2]
+            expected = reference.decode(
+                torch.cat([feed, torch.zeros(1, 8, dtype=torch.long)]),
+                mask=torch.cat([ready, torch.tensor([False])]),
+            )[:2]
             got = static.decode(2, feed, ready)
             torch.testing.assert_close(got[ready], expected[ready], rtol=0, atol=2e-5)
     assert np.abs(expected[1].numpy()).max() > 1e-3

@@ -137,9 +137,24 @@ def run_local_path(tmp_path, pcm16: np.ndarray, monkeypatch) -> list[dict]:
     monkeypatch.setattr(talk, "build_local", tapped)
     monkeypatch.setattr(talk, "POSITION_INTERVAL_S", 3600.0)  # report no playback position, as (a) and (c)
     args = talk.argparse.Namespace(
-        server=None, token=None, barge_in=None, captions=False, input_device=None, output_device=None,
-        sample_rate=None, block_ms=20.0, buffer_ms=120.0, input_file=wav, output_file=tmp_path / "out.wav",
-        tail_seconds=0.0, local=True, backend="scripted", model=None, device=None, dtype=None, plain=True,
+        server=None,
+        token=None,
+        barge_in=None,
+        captions=False,
+        input_device=None,
+        output_device=None,
+        sample_rate=None,
+        block_ms=20.0,
+        buffer_ms=120.0,
+        input_file=wav,
+        output_file=tmp_path / "out.wav",
+        tail_seconds=0.0,
+        local=True,
+        backend="scripted",
+        model=None,
+        device=None,
+        dtype=None,
+        plain=True,
     )
 
     class Quiet:
@@ -164,9 +179,26 @@ def run_respond_path(tmp_path, pcm16: np.ndarray) -> list[dict]:
     sf.write(wav, pcm16, 24000, subtype="PCM_16")
     log = tmp_path / "events.jsonl"
     done = subprocess.run(
-        [sys.executable, "-m", "assistant", "respond", "--backend", "scripted", "--input", str(wav),
-         "--output", str(tmp_path / "out.wav"), "--tail-seconds", "0", "--events-output", str(log)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "assistant",
+            "respond",
+            "--backend",
+            "scripted",
+            "--input",
+            str(wav),
+            "--output",
+            str(tmp_path / "out.wav"),
+            "--tail-seconds",
+            "0",
+            "--events-output",
+            str(log),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     return [{"type": r.pop("event"), **r} for r in map(json.loads, log.read_text().splitlines())]

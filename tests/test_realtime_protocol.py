@@ -30,8 +30,14 @@ QUIET = b"\x00\x00" * 1920
 
 
 def new_conversation(**kwargs) -> tuple[RealtimeConversation, list]:
-    conv = RealtimeConversation(session_id="sess_test", model="moshi-test", voice="moshi", id_prefix="t",
-                        captions_model=kwargs.pop("captions_model", "whisper-test"), **kwargs)
+    conv = RealtimeConversation(
+        session_id="sess_test",
+        model="moshi-test",
+        voice="moshi",
+        id_prefix="t",
+        captions_model=kwargs.pop("captions_model", "whisper-test"),
+        **kwargs,
+    )
     return conv, checked(conv.start())
 
 
@@ -59,9 +65,9 @@ def _core_actions(conv: RealtimeConversation, actions: list[str], at_ms: float) 
 def engine_frame(conv: RealtimeConversation, pcm16: bytes, speaking: bool) -> list:
     """One frame of engine output as the adapter hands it over: the core's stretch events, then audio."""
     now = int(conv.input_ms * 24)
-    return _core_actions(conv, core_turns(conv).assistant_frame(speaking, now), conv.input_ms) + conv.output_audio(
-        pcm16, speaking
-    )
+    return _core_actions(
+        conv, core_turns(conv).assistant_frame(speaking, now), conv.input_ms
+    ) + conv.output_audio(pcm16, speaking)
 
 
 def user_speech_started(conv: RealtimeConversation, at_ms: float) -> list:
@@ -126,7 +132,11 @@ def delta_bytes(out: list) -> int:
 
 
 def manual(conv: RealtimeConversation) -> list:
-    return send(conv, type="session.update", session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
+    return send(
+        conv,
+        type="session.update",
+        session={"type": "realtime", "audio": {"input": {"turn_detection": None}}},
+    )
 
 
 # -- errors -------------------------------------------------------------------------------------------
@@ -139,48 +149,141 @@ def manual(conv: RealtimeConversation) -> list:
         ("[1, 2]", "invalid_json", None),
         (json.dumps({"event_id": "e1"}), "missing_field", "type"),
         (json.dumps({"type": "session.start", "event_id": "e1"}), "unknown_event", "type"),
-        (json.dumps({"type": "conversation.item.delete", "item_id": "x", "event_id": "e1"}), "unsupported_event",
-         "type"),
-        (json.dumps({"type": "input_audio_buffer.append", "audio": "%%%not base64", "event_id": "e1"}),
-         "invalid_audio", "audio"),
-        (json.dumps({"type": "input_audio_buffer.append", "audio": b64(b"\x01\x02\x03"), "event_id": "e1"}),
-         "invalid_audio", "audio"),
+        (
+            json.dumps({"type": "conversation.item.delete", "item_id": "x", "event_id": "e1"}),
+            "unsupported_event",
+            "type",
+        ),
+        (
+            json.dumps({"type": "input_audio_buffer.append", "audio": "%%%not base64", "event_id": "e1"}),
+            "invalid_audio",
+            "audio",
+        ),
+        (
+            json.dumps(
+                {"type": "input_audio_buffer.append", "audio": b64(b"\x01\x02\x03"), "event_id": "e1"}
+            ),
+            "invalid_audio",
+            "audio",
+        ),
         (json.dumps({"type": "input_audio_buffer.append", "event_id": "e1"}), "missing_field", "audio"),
-        (json.dumps({"type": "input_audio_buffer.append", "audio": 5, "event_id": "e1"}), "invalid_value", "audio"),
-        (json.dumps({"type": "session.update", "event_id": "e1",
-                     "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}}}}}),
-         "unsupported_audio_format", "session.audio.input.format"),
-        (json.dumps({"type": "session.update", "event_id": "e1",
-                     "session": {"audio": {"output": {"format": {"type": "audio/pcm", "rate": 16000}}}}}),
-         "unsupported_audio_format", "session.audio.output.format"),
-        (json.dumps({"type": "session.update", "event_id": "e1",
-                     "session": {"audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 1.5}}}}}),
-         "invalid_value", "session.audio.input.turn_detection.threshold"),
-        (json.dumps({"type": "session.update", "event_id": "e1", "session": {"input_audio_format": "g711_ulaw"}}),
-         "unsupported_audio_format", "session.input_audio_format"),
-        (json.dumps({"type": "session.update", "event_id": "e1", "session": {"type": "transcription"}}),
-         "unsupported_feature", "session.type"),
-        (json.dumps({"type": "session.update", "event_id": "e1", "session": {"output_modalities": ["text"]}}),
-         "unsupported_feature", "session.output_modalities"),
-        (json.dumps({"type": "session.update", "event_id": "e1", "session": {"max_output_tokens": 0}}),
-         "invalid_value", "session.max_output_tokens"),
-        (json.dumps({"type": "conversation.item.create", "event_id": "e1",
-                     "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}}),
-         "unsupported_feature", "item.content[0].type"),
-        (json.dumps({"type": "conversation.item.create", "event_id": "e1",
-                     "item": {"type": "function_call_output", "call_id": "c", "output": "{}"}}),
-         "unsupported_feature", "item.type"),
-        (json.dumps({"type": "conversation.item.truncate", "event_id": "e1", "item_id": "x", "audio_end_ms": -1}),
-         "invalid_value", "audio_end_ms"),
-        (json.dumps({"type": "response.create", "event_id": "e1", "response": {"conversation": "none"}}),
-         "unsupported_feature", "response.conversation"),
-        (json.dumps({"type": "response.create", "event_id": "e1", "response": {"audio": "loud"}}),
-         "invalid_value", "response.audio"),
-        (json.dumps({"type": "response.create", "event_id": "e1", "response": {"audio": {"output": [1]}}}),
-         "invalid_value", "response.audio.output"),
+        (
+            json.dumps({"type": "input_audio_buffer.append", "audio": 5, "event_id": "e1"}),
+            "invalid_value",
+            "audio",
+        ),
+        (
+            json.dumps(
+                {
+                    "type": "session.update",
+                    "event_id": "e1",
+                    "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}}}},
+                }
+            ),
+            "unsupported_audio_format",
+            "session.audio.input.format",
+        ),
+        (
+            json.dumps(
+                {
+                    "type": "session.update",
+                    "event_id": "e1",
+                    "session": {"audio": {"output": {"format": {"type": "audio/pcm", "rate": 16000}}}},
+                }
+            ),
+            "unsupported_audio_format",
+            "session.audio.output.format",
+        ),
+        (
+            json.dumps(
+                {
+                    "type": "session.update",
+                    "event_id": "e1",
+                    "session": {
+                        "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 1.5}}}
+                    },
+                }
+            ),
+            "invalid_value",
+            "session.audio.input.turn_detection.threshold",
+        ),
+        (
+            json.dumps(
+                {"type": "session.update", "event_id": "e1", "session": {"input_audio_format": "g711_ulaw"}}
+            ),
+            "unsupported_audio_format",
+            "session.input_audio_format",
+        ),
+        (
+            json.dumps({"type": "session.update", "event_id": "e1", "session": {"type": "transcription"}}),
+            "unsupported_feature",
+            "session.type",
+        ),
+        (
+            json.dumps(
+                {"type": "session.update", "event_id": "e1", "session": {"output_modalities": ["text"]}}
+            ),
+            "unsupported_feature",
+            "session.output_modalities",
+        ),
+        (
+            json.dumps({"type": "session.update", "event_id": "e1", "session": {"max_output_tokens": 0}}),
+            "invalid_value",
+            "session.max_output_tokens",
+        ),
+        (
+            json.dumps(
+                {
+                    "type": "conversation.item.create",
+                    "event_id": "e1",
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "hi"}],
+                    },
+                }
+            ),
+            "unsupported_feature",
+            "item.content[0].type",
+        ),
+        (
+            json.dumps(
+                {
+                    "type": "conversation.item.create",
+                    "event_id": "e1",
+                    "item": {"type": "function_call_output", "call_id": "c", "output": "{}"},
+                }
+            ),
+            "unsupported_feature",
+            "item.type",
+        ),
+        (
+            json.dumps(
+                {"type": "conversation.item.truncate", "event_id": "e1", "item_id": "x", "audio_end_ms": -1}
+            ),
+            "invalid_value",
+            "audio_end_ms",
+        ),
+        (
+            json.dumps({"type": "response.create", "event_id": "e1", "response": {"conversation": "none"}}),
+            "unsupported_feature",
+            "response.conversation",
+        ),
+        (
+            json.dumps({"type": "response.create", "event_id": "e1", "response": {"audio": "loud"}}),
+            "invalid_value",
+            "response.audio",
+        ),
+        (
+            json.dumps({"type": "response.create", "event_id": "e1", "response": {"audio": {"output": [1]}}}),
+            "invalid_value",
+            "response.audio.output",
+        ),
     ],
 )
-def test_malformed_or_unsupported_events_get_an_error_event_with_code_param_and_event_id(message, code, param):
+def test_malformed_or_unsupported_events_get_an_error_event_with_code_param_and_event_id(
+    message, code, param
+):
     conv, _ = new_conversation()
     out = checked(conv.receive(message))
     assert types(out) == ["error"]
@@ -208,10 +311,14 @@ def test_binary_frames_are_refused_with_a_hint_to_send_json():
 
 def test_a_refused_session_update_changes_nothing():
     conv, _ = new_conversation()
-    out = send(conv, type="session.update", session={
-        "instructions": "be brief",
-        "audio": {"input": {"turn_detection": None, "format": {"type": "audio/pcma"}}},
-    })
+    out = send(
+        conv,
+        type="session.update",
+        session={
+            "instructions": "be brief",
+            "audio": {"input": {"turn_detection": None, "format": {"type": "audio/pcma"}}},
+        },
+    )
     assert types(out) == ["error"]
     assert conv.turn_detection == TurnDetection()
     assert not [a for a in out if isinstance(a, SetSilenced | ConfigureInput)]
@@ -234,10 +341,16 @@ def test_session_created_reports_model_pcm_24k_and_server_vad_and_gives_the_mode
 
 def test_instructions_voice_and_tools_are_accepted_but_reported_unsupported_not_pretended():
     conv, _ = new_conversation()
-    out = send(conv, type="session.update", session={
-        "type": "realtime", "instructions": "You are a pirate.", "tools": [{"type": "function", "name": "f"}],
-        "audio": {"output": {"voice": "alloy"}},
-    })
+    out = send(
+        conv,
+        type="session.update",
+        session={
+            "type": "realtime",
+            "instructions": "You are a pirate.",
+            "tools": [{"type": "function", "name": "f"}],
+            "audio": {"output": {"voice": "alloy"}},
+        },
+    )
     (updated,) = of_type(out, "session.updated")
     session = updated["session"]
     assert session["instructions"] == ""
@@ -258,9 +371,24 @@ def test_beta_protocol_fields_are_reported_with_where_they_moved():
 
 def test_vad_settings_are_applied_and_null_turn_detection_holds_the_engine_silent():
     conv, _ = new_conversation()
-    out = send(conv, type="session.update", session={"audio": {"input": {"turn_detection": {
-        "type": "server_vad", "threshold": 0.7, "prefix_padding_ms": 200, "silence_duration_ms": 400,
-        "create_response": True, "interrupt_response": False}}}})
+    out = send(
+        conv,
+        type="session.update",
+        session={
+            "audio": {
+                "input": {
+                    "turn_detection": {
+                        "type": "server_vad",
+                        "threshold": 0.7,
+                        "prefix_padding_ms": 200,
+                        "silence_duration_ms": 400,
+                        "create_response": True,
+                        "interrupt_response": False,
+                    }
+                }
+            }
+        },
+    )
     td = TurnDetection(0.7, 200, 400, True, False)
     assert ConfigureInput(td, captions=False) in out
     assert of_type(out, "session.updated")[0]["session"]["audio"]["input"]["turn_detection"] == td.to_json()
@@ -272,8 +400,17 @@ def test_vad_settings_are_applied_and_null_turn_detection_holds_the_engine_silen
 
 def test_threshold_is_reported_ignored_when_the_servers_vad_has_no_probability():
     conv, _ = new_conversation(threshold_applies=False)
-    out = send(conv, type="session.update", session={"audio": {"input": {"turn_detection": {
-        "type": "server_vad", "threshold": 0.8, "silence_duration_ms": 300}}}})
+    out = send(
+        conv,
+        type="session.update",
+        session={
+            "audio": {
+                "input": {
+                    "turn_detection": {"type": "server_vad", "threshold": 0.8, "silence_duration_ms": 300}
+                }
+            }
+        },
+    )
     (updated,) = of_type(out, "session.updated")
     td = updated["session"]["audio"]["input"]["turn_detection"]
     assert (td["threshold"], td["silence_duration_ms"]) == (0.5, 300)
@@ -282,8 +419,11 @@ def test_threshold_is_reported_ignored_when_the_servers_vad_has_no_probability()
 
 def test_semantic_vad_is_served_by_server_vad_and_says_so():
     conv, _ = new_conversation()
-    out = send(conv, type="session.update", session={"audio": {"input": {"turn_detection": {
-        "type": "semantic_vad", "eagerness": "high"}}}})
+    out = send(
+        conv,
+        type="session.update",
+        session={"audio": {"input": {"turn_detection": {"type": "semantic_vad", "eagerness": "high"}}}},
+    )
     (updated,) = of_type(out, "session.updated")
     assert updated["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"
     assert any("semantic_vad" in w["message"] for w in updated["warnings"])
@@ -291,11 +431,18 @@ def test_semantic_vad_is_served_by_server_vad_and_says_so():
 
 def test_transcription_turns_captions_on_or_warns_when_the_server_has_none():
     conv, _ = new_conversation()
-    out = send(conv, type="session.update", session={"audio": {"input": {"transcription": {"model": "whisper-1"}}}})
+    out = send(
+        conv, type="session.update", session={"audio": {"input": {"transcription": {"model": "whisper-1"}}}}
+    )
     assert ConfigureInput(TurnDetection(), captions=True) in out
-    assert of_type(out, "session.updated")[0]["session"]["audio"]["input"]["transcription"]["model"] == "whisper-test"
+    assert (
+        of_type(out, "session.updated")[0]["session"]["audio"]["input"]["transcription"]["model"]
+        == "whisper-test"
+    )
     conv, _ = new_conversation(captions_model=None)
-    out = send(conv, type="session.update", session={"audio": {"input": {"transcription": {"model": "whisper-1"}}}})
+    out = send(
+        conv, type="session.update", session={"audio": {"input": {"transcription": {"model": "whisper-1"}}}}
+    )
     (updated,) = of_type(out, "session.updated")
     assert updated["session"]["audio"]["input"]["transcription"] is None
     assert updated["warnings"][0]["param"] == "session.audio.input.transcription"
@@ -305,15 +452,22 @@ def test_transcription_turns_captions_on_or_warns_when_the_server_has_none():
 
 
 def user_turn(conv: RealtimeConversation, start_ms: float, stop_ms: float) -> list:
-    conv.receive(json.dumps({"type": "input_audio_buffer.append", "audio": b64(b"\x00\x00" * 24 * int(stop_ms))}))
+    conv.receive(
+        json.dumps({"type": "input_audio_buffer.append", "audio": b64(b"\x00\x00" * 24 * int(stop_ms))})
+    )
     return checked(user_speech_started(conv, start_ms) + user_speech_stopped(conv, stop_ms))
 
 
 def test_a_user_turn_becomes_a_committed_user_item():
     conv, _ = new_conversation()
     out = user_turn(conv, 300, 1800)
-    assert types(out) == ["input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
-                          "input_audio_buffer.committed", "conversation.item.added", "conversation.item.done"]
+    assert types(out) == [
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+        "conversation.item.done",
+    ]
     started, stopped, committed = out[0], out[1], out[2]
     assert started["audio_start_ms"] == 300 and stopped["audio_end_ms"] == 1800
     assert started["item_id"] == stopped["item_id"] == committed["item_id"]
@@ -329,11 +483,20 @@ def test_one_stretch_of_speech_is_one_response_with_one_item_and_no_silence_delt
     out += quiet(conv, 3)
     assert "response.done" not in types(out)  # still within the hangover
     out += quiet(conv, 1) + quiet(conv, 5)
-    assert types(out)[:4] == ["response.created", "response.output_item.added", "conversation.item.added",
-                              "response.content_part.added"]
-    assert types(out)[-6:] == ["response.output_audio.done", "response.output_audio_transcript.done",
-                               "response.content_part.done", "response.output_item.done", "conversation.item.done",
-                               "response.done"]
+    assert types(out)[:4] == [
+        "response.created",
+        "response.output_item.added",
+        "conversation.item.added",
+        "response.content_part.added",
+    ]
+    assert types(out)[-6:] == [
+        "response.output_audio.done",
+        "response.output_audio_transcript.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "conversation.item.done",
+        "response.done",
+    ]
     assert len({e["response"]["id"] for e in of_type(out, "response.created")}) == 1
     # Speech and the pause inside it are sent; the trailing silence is not.
     assert delta_bytes(out) == (4 + 2 + 3) * FRAME_BYTES
@@ -385,8 +548,11 @@ def test_user_speech_interrupts_the_response_and_holds_the_engine_until_the_user
 
 def test_without_interrupt_response_user_speech_does_not_cancel():
     conv, _ = new_conversation()
-    send(conv, type="session.update", session={"audio": {"input": {"turn_detection": {
-        "type": "server_vad", "interrupt_response": False}}}})
+    send(
+        conv,
+        type="session.update",
+        session={"audio": {"input": {"turn_detection": {"type": "server_vad", "interrupt_response": False}}}},
+    )
     speak(conv, 3)
     out = checked(user_speech_started(conv, 1000))
     assert "response.done" not in types(out)
@@ -398,8 +564,14 @@ def test_truncate_trims_the_item_to_what_was_played_and_refuses_beyond_the_audio
     conv, _ = new_conversation()
     out = speak(conv, 5, " w") + quiet(conv, 4)
     item_id = of_type(out, "response.output_item.added")[0]["item"]["id"]
-    out = send(conv, type="conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=401,
-               event_id="tr1")
+    out = send(
+        conv,
+        type="conversation.item.truncate",
+        item_id=item_id,
+        content_index=0,
+        audio_end_ms=401,
+        event_id="tr1",
+    )
     assert out[0]["error"]["code"] == "invalid_audio_end_ms"
     assert out[0]["error"]["event_id"] == "tr1"
     out = send(conv, type="conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=170)
@@ -499,8 +671,11 @@ def test_max_output_tokens_cuts_the_response_as_incomplete():
 
 def test_create_response_false_holds_the_engine_but_still_reports_vad():
     conv, _ = new_conversation()
-    out = send(conv, type="session.update", session={"audio": {"input": {"turn_detection": {
-        "type": "server_vad", "create_response": False}}}})
+    out = send(
+        conv,
+        type="session.update",
+        session={"audio": {"input": {"turn_detection": {"type": "server_vad", "create_response": False}}}},
+    )
     assert SetSilenced(True) in out
     assert "input_audio_buffer.speech_started" in types(user_turn(conv, 100, 900))
     assert events(speak(conv, 2)) == []
@@ -512,8 +687,11 @@ def test_create_response_false_holds_the_engine_but_still_reports_vad():
 def test_user_audio_item_is_fed_paced_and_its_own_vad_turn_is_not_a_second_item():
     conv, _ = new_conversation()
     pcm = b"\x01\x00" * 24_000  # 1 s
-    out = send(conv, type="conversation.item.create", item={
-        "type": "message", "role": "user", "content": [{"type": "input_audio", "audio": b64(pcm)}]})
+    out = send(
+        conv,
+        type="conversation.item.create",
+        item={"type": "message", "role": "user", "content": [{"type": "input_audio", "audio": b64(pcm)}]},
+    )
     assert out[0] == PushAudio(pcm, paced=True)
     assert types(out) == ["conversation.item.added", "conversation.item.done"]
     assert checked(user_speech_started(conv, 100) + user_speech_stopped(conv, 1400)) == []
@@ -542,7 +720,9 @@ def test_clear_reports_cleared_and_empties_the_buffer():
     manual(conv)
     send(conv, type="input_audio_buffer.append", audio=b64(b"\x00\x00" * 4800))
     assert types(send(conv, type="input_audio_buffer.clear")) == ["input_audio_buffer.cleared"]
-    assert send(conv, type="input_audio_buffer.commit")[0]["error"]["code"] == "input_audio_buffer_commit_empty"
+    assert (
+        send(conv, type="input_audio_buffer.commit")[0]["error"]["code"] == "input_audio_buffer_commit_empty"
+    )
 
 
 def test_event_ids_are_unique():
@@ -557,6 +737,9 @@ def test_a_new_vad_configuration_mid_barge_in_gives_the_floor_back():
     speak(conv, 3)
     assert SetSilenced(True) in checked(user_speech_started(conv, 1000))
     # The session restarts its VAD from silence, so no speech_stopped will come for that speech.
-    out = send(conv, type="session.update", session={"audio": {"input": {"turn_detection": {
-        "type": "server_vad", "silence_duration_ms": 300}}}})
+    out = send(
+        conv,
+        type="session.update",
+        session={"audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 300}}}},
+    )
     assert SetSilenced(False) in out

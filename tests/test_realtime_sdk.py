@@ -43,7 +43,7 @@ class Mic:
 
     def say(self, pcm16: bytes) -> None:
         chunk = CHUNK_MS * 48
-        self.queue.extend(pcm16[i:i + chunk] for i in range(0, len(pcm16), chunk))
+        self.queue.extend(pcm16[i : i + chunk] for i in range(0, len(pcm16), chunk))
 
     @property
     def idle(self) -> bool:
@@ -77,9 +77,14 @@ class Inbox:
                 if event.type in types:
                     return event
             try:
-                self.events.append(await asyncio.wait_for(self.conn.recv(), max(0.0, deadline - time.monotonic())))
+                self.events.append(
+                    await asyncio.wait_for(self.conn.recv(), max(0.0, deadline - time.monotonic()))
+                )
             except TimeoutError:
-                got = [(e.type, getattr(e, "audio_start_ms", getattr(e, "audio_end_ms", ""))) for e in self.events[-40:]]
+                got = [
+                    (e.type, getattr(e, "audio_start_ms", getattr(e, "audio_end_ms", "")))
+                    for e in self.events[-40:]
+                ]
                 raise AssertionError(f"no {types} within {timeout} s; last events: {got}") from None
 
     async def first_after(self, anchor, type_: str, timeout: float = 15.0):
@@ -93,7 +98,9 @@ class Inbox:
         return found[0] if found else await self.next(type_, timeout=timeout)
 
     def of(self, type_: str, **match) -> list:
-        return [e for e in self.events if e.type == type_ and all(getattr(e, k) == v for k, v in match.items())]
+        return [
+            e for e in self.events if e.type == type_ and all(getattr(e, k) == v for k, v in match.items())
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -110,17 +117,26 @@ async def test_sdk_conversation_with_reply_interruption_and_truncate(server):
         inbox = Inbox(conn)
         created = await inbox.next("session.created")
         assert created.session.model == "duplex-test-model"
-        await conn.session.update(session={
-            "type": "realtime",
-            "instructions": "Be brief.",
-            "audio": {
-                "input": {"format": {"type": "audio/pcm", "rate": 24000},
-                          "turn_detection": {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
-                                             "silence_duration_ms": 500, "create_response": True,
-                                             "interrupt_response": True}},
-                "output": {"format": {"type": "audio/pcm", "rate": 24000}},
-            },
-        })
+        await conn.session.update(
+            session={
+                "type": "realtime",
+                "instructions": "Be brief.",
+                "audio": {
+                    "input": {
+                        "format": {"type": "audio/pcm", "rate": 24000},
+                        "turn_detection": {
+                            "type": "server_vad",
+                            "threshold": 0.5,
+                            "prefix_padding_ms": 300,
+                            "silence_duration_ms": 500,
+                            "create_response": True,
+                            "interrupt_response": True,
+                        },
+                    },
+                    "output": {"format": {"type": "audio/pcm", "rate": 24000}},
+                },
+            }
+        )
         updated = await inbox.next("session.updated")
         assert updated.session.audio.input.turn_detection.silence_duration_ms == 500
         assert updated.session.instructions == ""  # reported as not applied, not pretended
@@ -146,8 +162,9 @@ async def test_sdk_conversation_with_reply_interruption_and_truncate(server):
             audio = b"".join(base64.b64decode(d.delta) for d in deltas)
             # Exactly the scripted reply: no silence before, after, or in place of it.
             assert len(audio) == reply.num_frames * FRAME_BYTES
-            transcript = "".join(d.delta for d in inbox.of("response.output_audio_transcript.delta",
-                                                             response_id=response.id))
+            transcript = "".join(
+                d.delta for d in inbox.of("response.output_audio_transcript.delta", response_id=response.id)
+            )
             assert transcript == reply.text
             assert inbox.of("response.output_audio_transcript.done")[0].transcript == reply.text
             (item,) = done.response.output
@@ -169,8 +186,10 @@ async def test_sdk_conversation_with_reply_interruption_and_truncate(server):
             assert cancelled.response.status == "cancelled"
             assert cancelled.response.status_details.reason == "turn_detected"
             assert inbox.events.index(barge) < inbox.events.index(cancelled)
-            sent = b"".join(base64.b64decode(d.delta)
-                            for d in inbox.of("response.output_audio.delta", response_id=second.id))
+            sent = b"".join(
+                base64.b64decode(d.delta)
+                for d in inbox.of("response.output_audio.delta", response_id=second.id)
+            )
             assert 1000 <= len(sent) / 48 < reply.num_frames * 80  # cut short: not the whole reply
             item_id = cancelled.response.output[0].id
             await conn.conversation.item.truncate(item_id=item_id, content_index=0, audio_end_ms=500)
@@ -179,7 +198,7 @@ async def test_sdk_conversation_with_reply_interruption_and_truncate(server):
             assert truncated.item_id == item_id and truncated.audio_end_ms == 500
             # Nothing more of the cancelled response arrives after its response.done.
             await inbox.next("input_audio_buffer.speech_stopped")
-            after = inbox.events[inbox.events.index(cancelled) + 1:]
+            after = inbox.events[inbox.events.index(cancelled) + 1 :]
             assert not [e for e in after if getattr(e, "response_id", None) == second.id]
             assert not inbox.of("error")
         finally:

@@ -68,34 +68,92 @@ async def test_session_exists_from_connect_so_audio_sent_before_reading_anything
 
 
 ERROR_CASES = {
-    "bad_json": ("{\"type\": \"input_audio_buffer.append\", ", "invalid_json", None),
+    "bad_json": ('{"type": "input_audio_buffer.append", ', "invalid_json", None),
     "unknown_type": (json.dumps({"type": "response.explode", "event_id": "c1"}), "unknown_event", "type"),
     "missing_type": (json.dumps({"event_id": "c1"}), "missing_field", "type"),
-    "bad_base64": (json.dumps({"type": "input_audio_buffer.append", "audio": "not*base64!", "event_id": "c1"}),
-                   "invalid_audio", "audio"),
-    "odd_bytes": (json.dumps({"type": "input_audio_buffer.append", "audio": b64(b"\x00" * 3), "event_id": "c1"}),
-                  "invalid_audio", "audio"),
-    "wrong_format": (json.dumps({"type": "session.update", "event_id": "c1", "session": {
-        "type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}}}}),
-        "unsupported_audio_format", "session.audio.input.format"),
-    "wrong_rate": (json.dumps({"type": "session.update", "event_id": "c1", "session": {
-        "type": "realtime", "audio": {"output": {"format": {"type": "audio/pcm", "rate": 16000}}}}}),
-        "unsupported_audio_format", "session.audio.output.format"),
-    "transcription_session": (json.dumps({"type": "session.update", "event_id": "c1",
-                                          "session": {"type": "transcription"}}), "unsupported_feature",
-                              "session.type"),
-    "text_item": (json.dumps({"type": "conversation.item.create", "event_id": "c1", "item": {
-        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hello"}]}}),
-        "unsupported_feature", "item.content[0].type"),
-    "truncate_unknown_item": (json.dumps({"type": "conversation.item.truncate", "event_id": "c1",
-                                          "item_id": "item_missing", "content_index": 0, "audio_end_ms": 10}),
-                              "item_not_found", "item_id"),
-    "commit_empty": (json.dumps({"type": "input_audio_buffer.commit", "event_id": "c1"}),
-                     "input_audio_buffer_commit_empty", None),
-    "cancel_without_response": (json.dumps({"type": "response.cancel", "event_id": "c1"}),
-                                "response_cancel_not_active", None),
-    "unsupported_event": (json.dumps({"type": "conversation.item.retrieve", "item_id": "x", "event_id": "c1"}),
-                          "unsupported_event", "type"),
+    "bad_base64": (
+        json.dumps({"type": "input_audio_buffer.append", "audio": "not*base64!", "event_id": "c1"}),
+        "invalid_audio",
+        "audio",
+    ),
+    "odd_bytes": (
+        json.dumps({"type": "input_audio_buffer.append", "audio": b64(b"\x00" * 3), "event_id": "c1"}),
+        "invalid_audio",
+        "audio",
+    ),
+    "wrong_format": (
+        json.dumps(
+            {
+                "type": "session.update",
+                "event_id": "c1",
+                "session": {"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}}},
+            }
+        ),
+        "unsupported_audio_format",
+        "session.audio.input.format",
+    ),
+    "wrong_rate": (
+        json.dumps(
+            {
+                "type": "session.update",
+                "event_id": "c1",
+                "session": {
+                    "type": "realtime",
+                    "audio": {"output": {"format": {"type": "audio/pcm", "rate": 16000}}},
+                },
+            }
+        ),
+        "unsupported_audio_format",
+        "session.audio.output.format",
+    ),
+    "transcription_session": (
+        json.dumps({"type": "session.update", "event_id": "c1", "session": {"type": "transcription"}}),
+        "unsupported_feature",
+        "session.type",
+    ),
+    "text_item": (
+        json.dumps(
+            {
+                "type": "conversation.item.create",
+                "event_id": "c1",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "hello"}],
+                },
+            }
+        ),
+        "unsupported_feature",
+        "item.content[0].type",
+    ),
+    "truncate_unknown_item": (
+        json.dumps(
+            {
+                "type": "conversation.item.truncate",
+                "event_id": "c1",
+                "item_id": "item_missing",
+                "content_index": 0,
+                "audio_end_ms": 10,
+            }
+        ),
+        "item_not_found",
+        "item_id",
+    ),
+    "commit_empty": (
+        json.dumps({"type": "input_audio_buffer.commit", "event_id": "c1"}),
+        "input_audio_buffer_commit_empty",
+        None,
+    ),
+    "cancel_without_response": (
+        json.dumps({"type": "response.cancel", "event_id": "c1"}),
+        "response_cancel_not_active",
+        None,
+    ),
+    "unsupported_event": (
+        json.dumps({"type": "conversation.item.retrieve", "item_id": "x", "event_id": "c1"}),
+        "unsupported_event",
+        "type",
+    ),
 }
 
 
@@ -111,7 +169,7 @@ async def test_each_error_path_gets_the_documented_error_event_and_the_connectio
         assert (error["code"], error["param"]) == (code, param)
         assert error["type"] == "invalid_request_error"
         assert error["message"]
-        assert error["event_id"] == ("c1" if "\"c1\"" in message else None)
+        assert error["event_id"] == ("c1" if '"c1"' in message else None)
         assert event["event_id"].startswith("event_")
         await assert_usable(ws)
 
@@ -130,7 +188,7 @@ async def stream(ws, pcm: bytes, chunk_ms: int = 40, lead_chunks: int = 3) -> No
     chunk = chunk_ms * 48
     start = time.monotonic()
     for n, i in enumerate(range(0, len(pcm), chunk), start=1):
-        await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": b64(pcm[i:i + chunk])}))
+        await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": b64(pcm[i : i + chunk])}))
         await asyncio.sleep(max(0.0, start + (n - lead_chunks) * chunk_ms / 1000 - time.monotonic()))
 
 
@@ -139,8 +197,14 @@ async def test_manual_turns_response_create_cancel_and_truncate_beyond_the_audio
     assert rate == 24_000
     async with connect(url(server), additional_headers=HEADERS) as ws:
         await recv(ws)
-        await ws.send(json.dumps({"type": "session.update", "session": {
-            "type": "realtime", "audio": {"input": {"turn_detection": None}}}}))
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "session.update",
+                    "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}},
+                }
+            )
+        )
         updated = await next_of(ws, "session.updated")
         assert updated["session"]["audio"]["input"]["turn_detection"] is None
         seen: list[dict] = []
@@ -159,18 +223,41 @@ async def test_manual_turns_response_create_cancel_and_truncate_beyond_the_audio
                 delta = await next_of(ws, "response.output_audio.delta", seen=seen)
                 assert delta["response_id"] == response["id"]
             item_id = delta["item_id"]
-            sent_ms = sum(len(base64.b64decode(e["delta"])) for e in seen
-                          if e["type"] == "response.output_audio.delta") // 48
-            await ws.send(json.dumps({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
-                                      "audio_end_ms": sent_ms + 5000, "event_id": "tr1"}))
+            sent_ms = (
+                sum(
+                    len(base64.b64decode(e["delta"]))
+                    for e in seen
+                    if e["type"] == "response.output_audio.delta"
+                )
+                // 48
+            )
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "conversation.item.truncate",
+                        "item_id": item_id,
+                        "content_index": 0,
+                        "audio_end_ms": sent_ms + 5000,
+                        "event_id": "tr1",
+                    }
+                )
+            )
             error = await next_of(ws, "error", seen=seen)
             assert (error["error"]["code"], error["error"]["event_id"]) == ("invalid_audio_end_ms", "tr1")
             await ws.send(json.dumps({"type": "response.cancel"}))
             done = await next_of(ws, "response.done", seen=seen)
             assert done["response"]["status"] == "cancelled"
             assert done["response"]["status_details"]["reason"] == "client_cancelled"
-            await ws.send(json.dumps({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
-                                      "audio_end_ms": 300}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "conversation.item.truncate",
+                        "item_id": item_id,
+                        "content_index": 0,
+                        "audio_end_ms": 300,
+                    }
+                )
+            )
             truncated = await next_of(ws, "conversation.item.truncated", "error", seen=seen)
             assert truncated["type"] == "conversation.item.truncated", truncated
             await ws.send(json.dumps({"type": "response.cancel", "event_id": "rc2"}))
@@ -240,9 +327,18 @@ async def test_a_user_audio_item_is_heard_in_real_time_and_answered(server):
     async with connect(url(server), additional_headers=HEADERS) as ws:
         await recv(ws)
         seen: list[dict] = []
-        await ws.send(json.dumps({"type": "conversation.item.create", "item": {
-            "type": "message", "role": "user", "content": [{"type": "input_audio",
-                                                            "audio": b64(np.asarray(pcm).tobytes())}]}}))
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_audio", "audio": b64(np.asarray(pcm).tobytes())}],
+                    },
+                }
+            )
+        )
         added = await next_of(ws, "conversation.item.added", seen=seen)
         assert added["item"]["role"] == "user"
         # The whole 3.4 s clip reaches the model (fed at real-time speed, not dropped as backlog), so it
@@ -254,7 +350,9 @@ async def test_a_user_audio_item_is_heard_in_real_time_and_answered(server):
             assert delta["response_id"] == response["response"]["id"]
         finally:
             silence.cancel()
-        user_items = [e for e in seen if e["type"] == "conversation.item.added" and e["item"]["role"] == "user"]
+        user_items = [
+            e for e in seen if e["type"] == "conversation.item.added" and e["item"]["role"] == "user"
+        ]
         assert len(user_items) == 1
         assert not [e for e in seen if e["type"] in ("error", "input_audio_buffer.speech_started")]
 
@@ -264,16 +362,26 @@ async def test_user_captions_arrive_as_input_audio_transcription_completed_on_th
     with start_server("--captions", "auto") as captioned:
         async with connect(url(captioned)) as ws:
             await recv(ws)
-            await ws.send(json.dumps({"type": "session.update", "session": {
-                "type": "realtime", "audio": {"input": {"transcription": {"model": "whisper-1"}}}}}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "session.update",
+                        "session": {
+                            "type": "realtime",
+                            "audio": {"input": {"transcription": {"model": "whisper-1"}}},
+                        },
+                    }
+                )
+            )
             updated = await next_of(ws, "session.updated")
             assert updated["session"]["audio"]["input"]["transcription"]["model"].startswith("faster-whisper")
             seen: list[dict] = []
             talk = asyncio.create_task(stream(ws, np.asarray(pcm).tobytes() + b"\x00\x00" * 24_000 * 12))
             try:
                 committed = await next_of(ws, "input_audio_buffer.committed", timeout=15.0, seen=seen)
-                caption = await next_of(ws, "conversation.item.input_audio_transcription.completed",
-                                        timeout=20.0, seen=seen)
+                caption = await next_of(
+                    ws, "conversation.item.input_audio_transcription.completed", timeout=20.0, seen=seen
+                )
             finally:
                 talk.cancel()
             assert caption["item_id"] == committed["item_id"]

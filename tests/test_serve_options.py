@@ -16,7 +16,9 @@ def _args(*argv: str) -> argparse.Namespace:
 
 
 def test_moshi_compile_and_quantize_reach_the_engine_options():
-    config = config_from_args(_args("--backend", "moshi", "--model", "tiny", "--no-compile", "--quantize", "int8"))
+    config = config_from_args(
+        _args("--backend", "moshi", "--model", "tiny", "--no-compile", "--quantize", "int8")
+    )
     assert config.engine_options == {"compile": False, "quantize": "int8"}
     # Unset flags defer to the engine's own defaults (env vars, then on with CUDA).
     config = config_from_args(_args("--backend", "moshi", "--model", "tiny"))

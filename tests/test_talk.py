@@ -22,8 +22,12 @@ class FakePortAudioError(Exception):
     pass
 
 
-def fake_sounddevice(devices: list[dict] | None, default_input: int | None = 0, default_output: int | None = 0,
-                     stereo_only: tuple[int, ...] = ()):
+def fake_sounddevice(
+    devices: list[dict] | None,
+    default_input: int | None = 0,
+    default_output: int | None = 0,
+    stereo_only: tuple[int, ...] = (),
+):
     """A stand-in for the sounddevice module that answers query_devices like the real one."""
 
     def query_devices(device=None, kind=None):
@@ -36,7 +40,9 @@ def fake_sounddevice(devices: list[dict] | None, default_input: int | None = 0, 
             if not 0 <= device < len(devices or []):
                 raise ValueError(f"Error querying device {device}")
             return devices[device]
-        matches = [d for d in devices or [] if device.lower() in d["name"].lower() and d[f"max_{kind}_channels"]]
+        matches = [
+            d for d in devices or [] if device.lower() in d["name"].lower() and d[f"max_{kind}_channels"]
+        ]
         if not matches:
             raise ValueError(f"No {kind} device matching {device!r}")
         return matches[0]
@@ -56,10 +62,20 @@ def fake_sounddevice(devices: list[dict] | None, default_input: int | None = 0, 
 
 
 HEADSET = [
-    {"index": 0, "name": "USB Headset Mic", "max_input_channels": 1, "max_output_channels": 0,
-     "default_samplerate": 44100.0},
-    {"index": 1, "name": "USB Headset Phones", "max_input_channels": 0, "max_output_channels": 2,
-     "default_samplerate": 48000.0},
+    {
+        "index": 0,
+        "name": "USB Headset Mic",
+        "max_input_channels": 1,
+        "max_output_channels": 0,
+        "default_samplerate": 44100.0,
+    },
+    {
+        "index": 1,
+        "name": "USB Headset Phones",
+        "max_input_channels": 0,
+        "max_output_channels": 2,
+        "default_samplerate": 48000.0,
+    },
 ]
 
 
@@ -137,7 +153,12 @@ def test_unreachable_server_says_to_start_one(tmp_path, capsys, free_port):
     wav = tmp_path / "in.wav"
     sf.write(wav, np.zeros(2400, dtype=np.float32), 24000)
     url = f"ws://127.0.0.1:{free_port}/ws"
-    assert cli.main(["talk", "--server", url, "--input-file", str(wav), "--output-file", str(tmp_path / "o.wav")]) == 1
+    assert (
+        cli.main(
+            ["talk", "--server", url, "--input-file", str(wav), "--output-file", str(tmp_path / "o.wav")]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert url in err and "assistant serve" in err
 
@@ -182,7 +203,11 @@ def test_barge_in_marks_what_was_cut_and_the_state():
     view.on_event(ev("barge_in", at_ms=5000, cut_text="upon a time"))
     assert view.state == "interrupted"
     assert view.turns[-1].text == "Once" and view.turns[-1].cut == "upon a time"
-    assert view.take_lines() == ["-- assistant speaking", "assistant: Once [cut: upon a time]", "-- interrupted"]
+    assert view.take_lines() == [
+        "-- assistant speaking",
+        "assistant: Once [cut: upon a time]",
+        "-- interrupted",
+    ]
     view.on_event(ev("input.speech_stopped", at_ms=6000))
     assert view.state == "listening"
 
@@ -250,9 +275,25 @@ def test_file_clock_is_real_time_and_sample_aligned(tmp_path):
 class FakeStream:
     """Calls its callback every block from a thread, like PortAudio; input streams feed a ramp."""
 
-    def __init__(self, kind: str, log: list, device=None, callback=None, samplerate=None, blocksize=None,
-                 channels=None, dtype=None, latency=None):
-        self.kind, self.log, self.callback, self.blocksize, self.channels = kind, log, callback, blocksize, channels
+    def __init__(
+        self,
+        kind: str,
+        log: list,
+        device=None,
+        callback=None,
+        samplerate=None,
+        blocksize=None,
+        channels=None,
+        dtype=None,
+        latency=None,
+    ):
+        self.kind, self.log, self.callback, self.blocksize, self.channels = (
+            kind,
+            log,
+            callback,
+            blocksize,
+            channels,
+        )
         self.period_s = blocksize / samplerate
         self.thread = None
         self.running = False
@@ -327,9 +368,24 @@ def local_args(tmp_path, seconds: float, rate: int = 16000) -> SimpleNamespace:
     wav = tmp_path / "in.wav"
     sf.write(wav, np.zeros(int(seconds * rate), dtype=np.float32), rate)
     return SimpleNamespace(
-        server=None, token=None, barge_in=None, captions=True, input_device=None, output_device=None,
-        sample_rate=None, block_ms=20.0, buffer_ms=100.0, input_file=wav, output_file=tmp_path / "out.wav",
-        tail_seconds=0.0, local=True, backend="silence", model=None, device=None, dtype=None, plain=True,
+        server=None,
+        token=None,
+        barge_in=None,
+        captions=True,
+        input_device=None,
+        output_device=None,
+        sample_rate=None,
+        block_ms=20.0,
+        buffer_ms=100.0,
+        input_file=wav,
+        output_file=tmp_path / "out.wav",
+        tail_seconds=0.0,
+        local=True,
+        backend="silence",
+        model=None,
+        device=None,
+        dtype=None,
+        plain=True,
     )
 
 
@@ -398,8 +454,9 @@ async def test_local_with_a_tiny_moshi_checkpoint(tmp_path):
 
     torch.set_num_threads(1)
     kwargs = tiny_kyutai_kwargs()
-    checkpoint = write_kyutai_checkpoint(tmp_path / "kyutai", random_moshi(kwargs, seed=1), kwargs,
-                                         train_tiny_spm(tmp_path / "spm"))
+    checkpoint = write_kyutai_checkpoint(
+        tmp_path / "kyutai", random_moshi(kwargs, seed=1), kwargs, train_tiny_spm(tmp_path / "spm")
+    )
     args = local_args(tmp_path, seconds=1.2, rate=24000)
     args.backend, args.model, args.device = "moshi", str(checkpoint), "cpu"
     display = Lines("")

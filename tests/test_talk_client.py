@@ -74,8 +74,17 @@ class FakeServer:
             return
         start = json.loads(await ws.recv())
         self.received.append((time.monotonic(), json.dumps(start)))
-        await ws.send(json.dumps({"type": "session.ready", "session_id": "s1", "sample_rate": start["sample_rate"],
-                                  "frame_ms": 80, "options": {}}))
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "session.ready",
+                    "session_id": "s1",
+                    "sample_rate": start["sample_rate"],
+                    "frame_ms": 80,
+                    "options": {},
+                }
+            )
+        )
         sender = asyncio.create_task(self.stream(ws))
         try:
             async for message in ws:
@@ -115,7 +124,9 @@ class FakeServer:
 
 
 async def running(fake: FakeServer):
-    server = await serve(fake.handler, "127.0.0.1", 0, process_request=fake.check_token if fake.token else None)
+    server = await serve(
+        fake.handler, "127.0.0.1", 0, process_request=fake.check_token if fake.token else None
+    )
     port = server.sockets[0].getsockname()[1]
     return server, f"ws://127.0.0.1:{port}/ws"
 
@@ -128,8 +139,11 @@ async def test_connect_sends_token_and_reports_refusals():
         assert client.session_id == "s1" and client.sample_rate == 24000
         await client.update(barge_in="vad", min_interrupt_ms=200)
         await client.end()
-        assert fake.events("session.update")[0][1] == {"type": "session.update", "barge_in": "vad",
-                                                      "min_interrupt_ms": 200}
+        assert fake.events("session.update")[0][1] == {
+            "type": "session.update",
+            "barge_in": "vad",
+            "min_interrupt_ms": 200,
+        }
         assert fake.headers["Authorization"] == "Bearer s3cret"
         with pytest.raises(ClientError, match="401.*--token"):
             await NativeClient.connect(url, sample_rate=24000, token="wrong")
@@ -153,9 +167,27 @@ def test_describe_connect_error_names_the_fix():
 def talk_args(tmp_path, url: str, seconds: float, **over) -> argparse.Namespace:
     wav = tmp_path / "in.wav"
     sf.write(wav, np.zeros(int(seconds * RATE), dtype=np.float32), RATE)
-    args = dict(server=url, token=None, barge_in="vad", input_device=None, output_device=None, list_devices=False,
-                sample_rate=None, block_ms=20.0, buffer_ms=120.0, input_file=wav, output_file=tmp_path / "out.wav",
-                tail_seconds=0.0, captions=True, local=False, backend="moshi", model=None, device=None, dtype=None, plain=True)
+    args = dict(
+        server=url,
+        token=None,
+        barge_in="vad",
+        input_device=None,
+        output_device=None,
+        list_devices=False,
+        sample_rate=None,
+        block_ms=20.0,
+        buffer_ms=120.0,
+        input_file=wav,
+        output_file=tmp_path / "out.wav",
+        tail_seconds=0.0,
+        captions=True,
+        local=False,
+        backend="moshi",
+        model=None,
+        device=None,
+        dtype=None,
+        plain=True,
+    )
     args.update(over)
     return argparse.Namespace(**args)
 
@@ -228,7 +260,9 @@ async def test_talk_ends_when_the_server_goes_away(tmp_path):
     async with server:
         with pytest.raises(talk.TalkError, match="1011"):
             await talk.talk(args, display_factory=Captured)
-    assert time.monotonic() - start < 3.0, "the client notices the server left instead of playing the file out"
+    assert time.monotonic() - start < 3.0, (
+        "the client notices the server left instead of playing the file out"
+    )
     assert args.output_file.is_file(), "what was heard so far is still written"
 
 

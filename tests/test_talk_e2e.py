@@ -62,8 +62,18 @@ def test_talk_to_scripted_server_hears_the_reply_and_silence_after_barge_in(tmp_
     with start_server("--backend", "scripted") as server:
         # A deep playout buffer (500 ms) so that only playback.clear, not the buffer running dry, can
         # silence the reply within the time allowed below.
-        result = talk("--server", server.ws_url, "--input-file", str(conversation), "--output-file", str(out),
-                      "--tail-seconds", "1", "--buffer-ms", "500")
+        result = talk(
+            "--server",
+            server.ws_url,
+            "--input-file",
+            str(conversation),
+            "--output-file",
+            str(out),
+            "--tail-seconds",
+            "1",
+            "--buffer-ms",
+            "500",
+        )
     assert result.returncode == 0, result.stdout + result.stderr
     pcm_in, rate = sf.read(conversation, dtype="float32")
     pcm_out, out_rate = sf.read(out, dtype="float32")
@@ -85,18 +95,24 @@ def test_talk_to_scripted_server_hears_the_reply_and_silence_after_barge_in(tmp_
     cut = onset + np.flatnonzero(env_out[onset // WINDOW_MS :] < -100)[0] * WINDOW_MS
     assert cut - onset <= 400, f"playback went silent {cut - onset} ms after the interruption began"
     reply_onset = gap_start + np.flatnonzero(env_out[gap_start // WINDOW_MS :] > VOICED_DB)[0] * WINDOW_MS
-    print(f"\nheard: reply starts {reply_onset - gap_start} ms after q1's last voiced sample "
-          f"(500 ms playout buffer included); playback silent {cut - onset} ms after the interruption's onset")
+    print(
+        f"\nheard: reply starts {reply_onset - gap_start} ms after q1's last voiced sample "
+        f"(500 ms playout buffer included); playback silent {cut - onset} ms after the interruption's onset"
+    )
     assert span_db(env_out, onset + 400, turn_end) < SILENT_DB, "audio played over the user's interruption"
 
     lines = result.stdout.splitlines()
-    assert all(line.startswith("[") for line in lines), "without a terminal every line is a plain stamped line"
+    assert all(line.startswith("[") for line in lines), (
+        "without a terminal every line is a plain stamped line"
+    )
     assert "\x1b[" not in result.stdout, "no terminal escapes when stdout is not a terminal"
     cut_lines = [line for line in lines if "[cut:" in line]
     assert cut_lines and "-- interrupted" in result.stdout, result.stdout
     heard, cut_text = cut_lines[0].split("assistant: ", 1)[1].split(" [cut: ")
     # What was heard and what was cut are the reply's words, in order, split where playback stopped.
-    assert (heard.split() + cut_text.rstrip("]").split())[: len(heard.split())] == reply_words()[: len(heard.split())]
+    assert (heard.split() + cut_text.rstrip("]").split())[: len(heard.split())] == reply_words()[
+        : len(heard.split())
+    ]
     assert heard.split() and cut_text.rstrip("]").split(), "some words heard before the cut and some cut"
 
 
@@ -106,9 +122,21 @@ def test_ctrl_c_ends_the_session_cleanly(tmp_path):
     out = tmp_path / "out.wav"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with start_server("--backend", "scripted") as server:
-        cmd = [sys.executable, "-m", "assistant", "talk", "--server", server.ws_url, "--input-file",
-               str(AUDIO / "conversation.wav"), "--output-file", str(out)]
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "assistant",
+            "talk",
+            "--server",
+            server.ws_url,
+            "--input-file",
+            str(AUDIO / "conversation.wav"),
+            "--output-file",
+            str(out),
+        ]
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         assert proc.stdout is not None
         first = proc.stdout.readline()  # the title line: connected and streaming
         assert "session" in first, first
@@ -128,13 +156,28 @@ def test_local_scripted_engine_on_a_file_without_a_server(tmp_path):
     interrupt, _ = sf.read(AUDIO / "interrupt.wav", dtype="float32")
     hi_there = q1[: int(0.75 * rate_24k)]  # q1 pauses after its first sentence
     pause = np.zeros(int(1.8 * rate_24k), dtype=np.float32)
-    pcm_24k = np.concatenate([hi_there, pause, interrupt[: int(1.6 * rate_24k)], np.zeros(rate_24k // 2, np.float32)])
+    pcm_24k = np.concatenate(
+        [hi_there, pause, interrupt[: int(1.6 * rate_24k)], np.zeros(rate_24k // 2, np.float32)]
+    )
     # A 16 kHz "device": the in-process loop resamples to the model's 24 kHz and back.
     question = tmp_path / "exchange_16k.wav"
     sf.write(question, resample(pcm_24k, 24000, 16000), 16000)
     out = tmp_path / "out.wav"
-    result = talk("--local", "--backend", "scripted", "--barge-in", "vad", "--buffer-ms", "500",
-                  "--input-file", str(question), "--output-file", str(out), "--tail-seconds", "0")
+    result = talk(
+        "--local",
+        "--backend",
+        "scripted",
+        "--barge-in",
+        "vad",
+        "--buffer-ms",
+        "500",
+        "--input-file",
+        str(question),
+        "--output-file",
+        str(out),
+        "--tail-seconds",
+        "0",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     pcm_in, rate = sf.read(question, dtype="float32")
     pcm_out, out_rate = sf.read(out, dtype="float32")
@@ -163,8 +206,19 @@ def test_live_view_in_a_terminal_and_ctrl_c(tmp_path):
     import re
 
     out = tmp_path / "out.wav"
-    cmd = [sys.executable, "-m", "assistant", "talk", "--local", "--backend", "scripted", "--input-file",
-           str(AUDIO / "conversation.wav"), "--output-file", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "assistant",
+        "talk",
+        "--local",
+        "--backend",
+        "scripted",
+        "--input-file",
+        str(AUDIO / "conversation.wav"),
+        "--output-file",
+        str(out),
+    ]
     pid, fd = pty.fork()
     if pid == 0:  # the child: stdout is the pseudo-terminal
         try:

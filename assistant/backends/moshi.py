@@ -48,11 +48,22 @@ class MoshiEngine(Engine):
 
     name = "moshi"
 
-    def __init__(self, loaded: LoadedMoshi, codec, batch_size: int, *,
-                 text_temperature: float = DEFAULT_TEXT_TEMPERATURE, text_top_k: int = DEFAULT_TEXT_TOP_K,
-                 temperature: float = DEFAULT_TEMPERATURE, top_k: int = DEFAULT_TOP_K,
-                 context: int | None = None, profile: bool = False, compile: bool | None = None,
-                 quantize: str | None = None, warm_up: bool = True):
+    def __init__(
+        self,
+        loaded: LoadedMoshi,
+        codec,
+        batch_size: int,
+        *,
+        text_temperature: float = DEFAULT_TEXT_TEMPERATURE,
+        text_top_k: int = DEFAULT_TEXT_TOP_K,
+        temperature: float = DEFAULT_TEMPERATURE,
+        top_k: int = DEFAULT_TOP_K,
+        context: int | None = None,
+        profile: bool = False,
+        compile: bool | None = None,
+        quantize: str | None = None,
+        warm_up: bool = True,
+    ):
         """compile: CUDA-graph the LM step per batch bucket (None: env ASSISTANT_COMPILE, default on CUDA).
         quantize: None or "int8" (None: env ASSISTANT_QUANTIZE), weight-only, applied to loaded.model in place.
         warm_up: capture every bucket now (with a progress bar), so no tick ever waits for a capture.
@@ -70,10 +81,13 @@ class MoshiEngine(Engine):
             quantize_moshi(loaded.model, self.quantize)
         self.lm = MoshiStreamingLM(loaded.model, batch_size, delays=loaded.delays, context=context)
         if codec.cardinality != self.lm.card:
-            raise ValueError(f"Mimi has {codec.cardinality} codes per codebook but the LM expects {self.lm.card}")
+            raise ValueError(
+                f"Mimi has {codec.cardinality} codes per codebook but the LM expects {self.lm.card}"
+            )
         self.profile = profile
-        self.defaults = _SlotSampling(*_checked(text_temperature, text_top_k, temperature, top_k,
-                                                self.lm.text_card, self.lm.card))
+        self.defaults = _SlotSampling(
+            *_checked(text_temperature, text_top_k, temperature, top_k, self.lm.text_card, self.lm.card)
+        )
         self._sampling = [self.defaults] * batch_size
         self._generators = [torch.Generator() for _ in range(batch_size)]
         self._row_of: dict[int, int] = {}  # live slot -> its row
@@ -89,8 +103,9 @@ class MoshiEngine(Engine):
             self.warm_up()
 
     @classmethod
-    def from_pretrained(cls, model: str | None, *, batch_size: int = 1, device=None, dtype=None,
-                        **options) -> MoshiEngine:
+    def from_pretrained(
+        cls, model: str | None, *, batch_size: int = 1, device=None, dtype=None, **options
+    ) -> MoshiEngine:
         """Load `model` (HF repo id or local dir, Kyutai or HF layout) with its Mimi; options as __init__."""
         if not model:
             raise ValueError("the moshi backend needs --model (a Hugging Face repo id or a checkpoint dir)")
@@ -98,7 +113,9 @@ class MoshiEngine(Engine):
             return cls.random(model, batch_size=batch_size, device=device, dtype=dtype, **options)
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
-        return cls.from_loaded(load_moshi(model, device=device, dtype=dtype), batch_size=batch_size, **options)
+        return cls.from_loaded(
+            load_moshi(model, device=device, dtype=dtype), batch_size=batch_size, **options
+        )
 
     @classmethod
     def from_loaded(cls, loaded: LoadedMoshi, *, batch_size: int = 1, **options) -> MoshiEngine:
@@ -111,11 +128,17 @@ class MoshiEngine(Engine):
         num_codebooks = loaded.model.config.num_codebooks
         # Mimi stays in float32: it is small, and low precision there is heard directly.
         if isinstance(loaded.mimi, MimiModel):
-            codec = StreamingMimi.from_model(loaded.mimi, batch_size=batch_size, device=device,
-                                             num_codebooks=num_codebooks)
+            codec = StreamingMimi.from_model(
+                loaded.mimi, batch_size=batch_size, device=device, num_codebooks=num_codebooks
+            )
         else:
-            codec = StreamingMimi.from_pretrained(loaded.mimi, batch_size=batch_size, device=device,
-                                                  num_codebooks=num_codebooks, config=loaded.mimi_config)
+            codec = StreamingMimi.from_pretrained(
+                loaded.mimi,
+                batch_size=batch_size,
+                device=device,
+                num_codebooks=num_codebooks,
+                config=loaded.mimi_config,
+            )
         return cls(loaded, codec, batch_size, **options)
 
     @classmethod
@@ -188,13 +211,16 @@ class MoshiEngine(Engine):
 
     def _apply_options(self, slot: int, options: SlotOptions, reseed: bool) -> None:
         current = self.defaults if reseed else self._sampling[slot]
-        self._sampling[slot] = _SlotSampling(*_checked(
-            _pick(options.text_temperature, current.text_temperature),
-            _pick(options.text_top_k, current.text_top_k),
-            _pick(options.temperature, current.temperature),
-            _pick(options.top_k, current.top_k),
-            self.lm.text_card, self.lm.card,
-        ))
+        self._sampling[slot] = _SlotSampling(
+            *_checked(
+                _pick(options.text_temperature, current.text_temperature),
+                _pick(options.text_top_k, current.text_top_k),
+                _pick(options.temperature, current.temperature),
+                _pick(options.top_k, current.top_k),
+                self.lm.text_card,
+                self.lm.card,
+            )
+        )
         if reseed:
             seed = options.seed if options.seed is not None else secrets.randbits(63)
             self._generators[slot].manual_seed(int(seed))
@@ -212,10 +238,15 @@ class MoshiEngine(Engine):
             raise RuntimeError("warm_up resets the model state; call it before opening slots")
         from rich.progress import Progress
 
-        widths = (topk_width(self.defaults.text_top_k, self.lm.text_card), topk_width(self.defaults.top_k, self.lm.card))
+        widths = (
+            topk_width(self.defaults.text_top_k, self.lm.text_card),
+            topk_width(self.defaults.top_k, self.lm.card),
+        )
         keys = [(bucket, *widths) for bucket in (buckets or self.runner.buckets)]
         with Progress(transient=True) as progress:
-            task = progress.add_task(f"{self.runner.mode}: warming up {len(keys)} batch buckets", total=len(keys))
+            task = progress.add_task(
+                f"{self.runner.mode}: warming up {len(keys)} batch buckets", total=len(keys)
+            )
 
             def advance(what: str) -> None:
                 progress.update(task, description=f"{self.runner.mode}: {what}")
@@ -223,9 +254,13 @@ class MoshiEngine(Engine):
 
             try:
                 self.runner.warm_up(keys, advance)
-            except Exception:  # a model or driver the capture does not support: serve, slower, rather than not
-                log.exception("%s warm-up failed; stepping eagerly instead (ASSISTANT_COMPILE=0 skips it)",
-                              self.runner.mode)
+            except (
+                Exception
+            ):  # a model or driver the capture does not support: serve, slower, rather than not
+                log.exception(
+                    "%s warm-up failed; stepping eagerly instead (ASSISTANT_COMPILE=0 skips it)",
+                    self.runner.mode,
+                )
                 self.runner = StepRunner(self.lm, self.codec, "eager")
                 self.lm.reset(torch.arange(self.batch_size, device=self.lm.device))
                 self.codec.reset_all()
@@ -237,8 +272,12 @@ class MoshiEngine(Engine):
         pcm_out = np.zeros((B, self.frame_samples), dtype=np.float32)
         text = [""] * B
         if n == 0:  # nobody to serve: no model work at all
-            return StepOutput(pcm_out=pcm_out, text=text, speaking=np.zeros(B, dtype=bool),
-                              timings_ms={"total_ms": (time.perf_counter() - t0) * 1000})
+            return StepOutput(
+                pcm_out=pcm_out,
+                text=text,
+                speaking=np.zeros(B, dtype=bool),
+                timings_ms={"total_ms": (time.perf_counter() - t0) * 1000},
+            )
         slots = np.asarray(self._slot_at)
         bucket = bucket_for(n, self.runner.buckets)
         rows_pcm = np.zeros((bucket, self.frame_samples), dtype=np.float32)
@@ -246,14 +285,19 @@ class MoshiEngine(Engine):
         dev = self.lm.device
         silenced = torch.zeros(bucket, dtype=torch.bool)
         silenced[:n] = torch.from_numpy(self.silenced[slots])
-        step_args = (self._sampling_tensors(bucket), silenced.to(dev), self._force_text[:bucket],
-                     self._force_audio[:bucket])
+        step_args = (
+            self._sampling_tensors(bucket),
+            silenced.to(dev),
+            self._force_text[:bucket],
+            self._force_audio[:bucket],
+        )
         if self.runner.mode == "eager":
             frame, pcm = self._eager_step(n, bucket, rows_pcm, step_args, timings)
         else:
             t1 = time.perf_counter()
-            pcm_rows, out = self.runner.frame(bucket, torch.from_numpy(rows_pcm).to(dev), *step_args,
-                                              profile=self.profile)
+            pcm_rows, out = self.runner.frame(
+                bucket, torch.from_numpy(rows_pcm).to(dev), *step_args, profile=self.profile
+            )
             # one device -> host copy per output: text, 8 audio codes and ready; the audio
             frame = torch.cat([out.text[:n, None], out.audio[:n], out.ready[:n, None].long()], dim=1).cpu()
             pcm = pcm_rows[:n].cpu()
@@ -318,7 +362,9 @@ class MoshiEngine(Engine):
             audio_top_k=torch.tensor([x.top_k for x in s], device=dev),
             uniform=uniform.to(dev),
             # static widths (powers of two, the defaults always included): one graph serves most ticks
-            text_kmax=topk_width(max(self.defaults.text_top_k, *(x.text_top_k for x in s)), self.lm.text_card),
+            text_kmax=topk_width(
+                max(self.defaults.text_top_k, *(x.text_top_k for x in s)), self.lm.text_card
+            ),
             audio_kmax=topk_width(max(self.defaults.top_k, *(x.top_k for x in s)), self.lm.card),
         )
 

@@ -153,14 +153,20 @@ def _on_rows(leaves: list, bucket: int, run: Callable, keep: torch.Tensor | None
     for leaf in leaves:
         if hasattr(leaf, "slot_pos"):  # transformer: (layer, row, ...) caches updated in place through views
             full = {n: getattr(leaf, n) for n in _TRANSFORMER_STATE}
-            before = {"slot_pos": leaf.slot_pos[:bucket].clone(), "offset": leaf.offset[:bucket].clone()} \
-                if keep is not None else None
+            before = (
+                {"slot_pos": leaf.slot_pos[:bucket].clone(), "offset": leaf.offset[:bucket].clone()}
+                if keep is not None
+                else None
+            )
             leaf.keys, leaf.values = full["keys"][:, :bucket], full["values"][:, :bucket]
             leaf.slot_pos, leaf.offset = full["slot_pos"][:bucket], full["offset"][:bucket]
         else:  # convolution: its call rebinds `state` to a new tensor
             full = {"state": leaf.state, "fresh": getattr(leaf, "fresh", None)}
-            before = {"fresh": full["fresh"][:bucket].clone()} if keep is not None and full["fresh"] is not None \
+            before = (
+                {"fresh": full["fresh"][:bucket].clone()}
+                if keep is not None and full["fresh"] is not None
                 else None
+            )
             leaf.state = full["state"][:bucket]
             if full["fresh"] is not None:
                 leaf.fresh = full["fresh"][:bucket]
@@ -169,12 +175,17 @@ def _on_rows(leaves: list, bucket: int, run: Callable, keep: torch.Tensor | None
         out = run()
         for leaf, full, before in saved:
             if hasattr(leaf, "slot_pos"):
-                if keep is not None:  # keys written for rows not kept are unreachable once their slots are empty
+                if (
+                    keep is not None
+                ):  # keys written for rows not kept are unreachable once their slots are empty
                     leaf.slot_pos.copy_(torch.where(keep[:, None], leaf.slot_pos, before["slot_pos"]))
                     leaf.offset.copy_(torch.where(keep, leaf.offset, before["offset"]))
             else:
-                new = leaf.state if keep is None else torch.where(keep[:, None, None], leaf.state,
-                                                                  full["state"][:bucket])
+                new = (
+                    leaf.state
+                    if keep is None
+                    else torch.where(keep[:, None, None], leaf.state, full["state"][:bucket])
+                )
                 full["state"][:bucket].copy_(new)
                 if before is not None:
                     full["fresh"][:bucket].copy_(torch.where(keep, leaf.fresh, before["fresh"]))
@@ -211,8 +222,9 @@ def _temporal(lm: MoshiStreamingLM, user_codes: torch.Tensor):
     return lm.step_temporal(user_codes)
 
 
-def _depth(lm: MoshiStreamingLM, hidden, text_logits, inputs, sampling: Sampling, force_mask, force_text,
-           force_audio) -> LMStep:
+def _depth(
+    lm: MoshiStreamingLM, hidden, text_logits, inputs, sampling: Sampling, force_mask, force_text, force_audio
+) -> LMStep:
     return lm.step_depth(hidden, text_logits, inputs, sampling, force_mask, force_text, force_audio)
 
 
@@ -240,8 +252,10 @@ class _Parts:
         if compile_backend:
             # one compiled graph per part, bucket and top-k width: lift dynamo's default limit of 8
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-            compiled = [torch.compile(f, fullgraph=True, dynamic=False, backend=compile_backend)
-                        for f in (_encode, _temporal, _depth, _decode)]
+            compiled = [
+                torch.compile(f, fullgraph=True, dynamic=False, backend=compile_backend)
+                for f in (_encode, _temporal, _depth, _decode)
+            ]
             self.encode, self.temporal, self.depth, self.decode = compiled
 
     def frame(self, mimi, lm, bucket, pcm, sampling, force_mask, force_text, force_audio, timings=None):
@@ -249,8 +263,12 @@ class _Parts:
         dev = lm.device
         codes = _timed(lambda: self.encode(mimi, bucket, pcm), "codec_encode_ms", timings, dev)
         middle = _timed(lambda: self.temporal(lm, codes), "temporal_ms", timings, dev)
-        step = _timed(lambda: self.depth(lm, *middle, sampling, force_mask, force_text, force_audio), "depth_ms",
-                      timings, dev)
+        step = _timed(
+            lambda: self.depth(lm, *middle, sampling, force_mask, force_text, force_audio),
+            "depth_ms",
+            timings,
+            dev,
+        )
         out = _timed(lambda: self.decode(mimi, bucket, step), "codec_decode_ms", timings, dev)
         return out, step
 
@@ -263,8 +281,15 @@ class _Graph:
     replaying all four costs no copy.
     """
 
-    def __init__(self, parts: _Parts, mimi: StaticMimi, lm: MoshiStreamingLM, bucket: int, text_kmax: int,
-                 audio_kmax: int):
+    def __init__(
+        self,
+        parts: _Parts,
+        mimi: StaticMimi,
+        lm: MoshiStreamingLM,
+        bucket: int,
+        text_kmax: int,
+        audio_kmax: int,
+    ):
         dev, K = lm.device, lm.num_codebooks
         self.device = dev
         self.pcm = torch.zeros(bucket, mimi.codec.frame_samples, device=dev)
@@ -290,10 +315,14 @@ class _Graph:
             self.step = parts.depth(lm, *middle, self.sampling, *forced)
         with torch.cuda.graph(self.graphs[3], pool=pool):
             self.out = parts.decode(mimi, bucket, self.step)
-        self._between = (codes, middle)  # outputs one graph hands the next: their pool memory must stay theirs
+        self._between = (
+            codes,
+            middle,
+        )  # outputs one graph hands the next: their pool memory must stay theirs
 
-    def __call__(self, pcm, sampling: Sampling, force_mask, force_text, force_audio,
-                 timings: dict[str, float] | None):
+    def __call__(
+        self, pcm, sampling: Sampling, force_mask, force_text, force_audio, timings: dict[str, float] | None
+    ):
         self.pcm.copy_(pcm, non_blocking=True)
         for f in fields(Sampling):
             value = getattr(sampling, f.name)
@@ -302,8 +331,9 @@ class _Graph:
         self.force_mask.copy_(force_mask, non_blocking=True)
         self.force_text.copy_(force_text, non_blocking=True)
         self.force_audio.copy_(force_audio, non_blocking=True)
-        for graph, name in zip(self.graphs, ("codec_encode_ms", "temporal_ms", "depth_ms", "codec_decode_ms"),
-                               strict=True):
+        for graph, name in zip(
+            self.graphs, ("codec_encode_ms", "temporal_ms", "depth_ms", "codec_decode_ms"), strict=True
+        ):
             _timed(graph.replay, name, timings, self.device)
         return self.out, self.step
 
@@ -326,8 +356,11 @@ class StepRunner:
         self.mode = mode
         self.buckets = buckets_for(lm.batch_size)
         self._views = {b: lm.first_rows(b) for b in self.buckets}
-        backend = (os.environ.get("ASSISTANT_COMPILE_BACKEND", "").strip() or "inductor") \
-            if mode == "torch-compile" else None
+        backend = (
+            (os.environ.get("ASSISTANT_COMPILE_BACKEND", "").strip() or "inductor")
+            if mode == "torch-compile"
+            else None
+        )
         self._parts = _Parts(backend)
         self.mimi = StaticMimi(codec) if mode != "eager" else None
         self._graphs: dict[tuple[int, int, int], _Graph] = {}
@@ -338,7 +371,9 @@ class StepRunner:
         """Whether this runner replays CUDA graphs (warm-up captures them)."""
         return self.lm.device.type == "cuda" and self.mode != "eager"
 
-    def warm_up(self, keys: Iterable[tuple[int, int, int]], progress: Callable[[str], None] | None = None) -> None:
+    def warm_up(
+        self, keys: Iterable[tuple[int, int, int]], progress: Callable[[str], None] | None = None
+    ) -> None:
         """Capture (or compile) the step for every (bucket, text_kmax, audio_kmax) key, then reset every row.
 
         Runs the step on garbage state, so call it before any session is open.
@@ -351,33 +386,63 @@ class StepRunner:
                 view = self._views[bucket]
                 if self.captures:
                     self._graphs[(bucket, text_kmax, audio_kmax)] = _Graph(
-                        self._parts, self.mimi, view, bucket, text_kmax, audio_kmax)
+                        self._parts, self.mimi, view, bucket, text_kmax, audio_kmax
+                    )
                 else:
                     K, dev = self.lm.num_codebooks, self.lm.device
                     zeros = torch.zeros(bucket, dtype=torch.long, device=dev)
-                    self._parts.frame(self.mimi, view, bucket, torch.zeros(bucket, codec.frame_samples, device=dev),
-                                      neutral_sampling(bucket, K, dev, text_kmax, audio_kmax), zeros.bool(), zeros,
-                                      torch.zeros(bucket, K, dtype=torch.long, device=dev))
+                    self._parts.frame(
+                        self.mimi,
+                        view,
+                        bucket,
+                        torch.zeros(bucket, codec.frame_samples, device=dev),
+                        neutral_sampling(bucket, K, dev, text_kmax, audio_kmax),
+                        zeros.bool(),
+                        zeros,
+                        torch.zeros(bucket, K, dtype=torch.long, device=dev),
+                    )
                 if progress is not None:
                     progress(f"bucket {bucket}")
         self.lm.reset(torch.arange(self.lm.batch_size, device=self.lm.device))
         codec.reset_all()
 
     @torch.no_grad()
-    def lm_step(self, bucket: int, user_codes: torch.Tensor, sampling: Sampling, force_mask: torch.Tensor,
-                force_text: torch.Tensor, force_audio: torch.Tensor, *, profile: bool = False) -> LMStep:
+    def lm_step(
+        self,
+        bucket: int,
+        user_codes: torch.Tensor,
+        sampling: Sampling,
+        force_mask: torch.Tensor,
+        force_text: torch.Tensor,
+        force_audio: torch.Tensor,
+        *,
+        profile: bool = False,
+    ) -> LMStep:
         """Eager mode: one LM step of rows [0, bucket); tensors have `bucket` rows, on the LM's device."""
         timings: dict[str, float] | None = {} if profile else None
         view, dev = self._views[bucket], self.lm.device
         middle = _timed(lambda: _temporal(view, user_codes), "temporal_ms", timings, dev)
-        out = _timed(lambda: _depth(view, *middle, sampling, force_mask, force_text, force_audio), "depth_ms",
-                     timings, dev)
+        out = _timed(
+            lambda: _depth(view, *middle, sampling, force_mask, force_text, force_audio),
+            "depth_ms",
+            timings,
+            dev,
+        )
         out.timings_ms = timings or {}
         return out
 
     @torch.no_grad()
-    def frame(self, bucket: int, pcm: torch.Tensor, sampling: Sampling, force_mask: torch.Tensor,
-              force_text: torch.Tensor, force_audio: torch.Tensor, *, profile: bool = False):
+    def frame(
+        self,
+        bucket: int,
+        pcm: torch.Tensor,
+        sampling: Sampling,
+        force_mask: torch.Tensor,
+        force_text: torch.Tensor,
+        force_audio: torch.Tensor,
+        *,
+        profile: bool = False,
+    ):
         """Compiled modes: the whole frame step of rows [0, bucket) -> (pcm out (bucket, samples), LMStep).
 
         pcm: float32 (bucket, samples) on the device. profile: time the four parts in the LMStep's
@@ -385,7 +450,9 @@ class StepRunner:
         graph's static outputs, overwritten by the next replay: read them before the next call.
         """
         if self.mode == "eager":
-            raise RuntimeError("the eager runner steps the LM only (lm_step); the engine runs the codec itself")
+            raise RuntimeError(
+                "the eager runner steps the LM only (lm_step); the engine runs the codec itself"
+            )
         timings: dict[str, float] | None = {} if profile else None
         args = (pcm, sampling, force_mask, force_text, force_audio)
         graph = self._graphs.get((bucket, sampling.text_kmax, sampling.audio_kmax)) if self.captures else None
@@ -394,8 +461,12 @@ class StepRunner:
         else:
             if self.captures:
                 if not self.eager_fallbacks:
-                    log.warning("no CUDA graph for bucket %d with top-k widths %d/%d: stepping eagerly", bucket,
-                                sampling.text_kmax, sampling.audio_kmax)
+                    log.warning(
+                        "no CUDA graph for bucket %d with top-k widths %d/%d: stepping eagerly",
+                        bucket,
+                        sampling.text_kmax,
+                        sampling.audio_kmax,
+                    )
                 self.eager_fallbacks += 1
             parts = self._parts if not self.captures else _Parts(None)
             out, step = parts.frame(self.mimi, self._views[bucket], bucket, *args, timings=timings)
@@ -406,7 +477,12 @@ class StepRunner:
 def neutral_sampling(bucket: int, num_codebooks: int, device, text_kmax: int, audio_kmax: int) -> Sampling:
     """Greedy settings for `bucket` rows (what warm-up runs and static buffers start from)."""
     ones = torch.ones(bucket, dtype=torch.long, device=device)
-    return Sampling(text_temperature=torch.zeros(bucket, device=device), text_top_k=ones,
-                    audio_temperature=torch.zeros(bucket, device=device), audio_top_k=ones.clone(),
-                    uniform=torch.zeros(bucket, 1 + num_codebooks, device=device), text_kmax=text_kmax,
-                    audio_kmax=audio_kmax)
+    return Sampling(
+        text_temperature=torch.zeros(bucket, device=device),
+        text_top_k=ones,
+        audio_temperature=torch.zeros(bucket, device=device),
+        audio_top_k=ones.clone(),
+        uniform=torch.zeros(bucket, 1 + num_codebooks, device=device),
+        text_kmax=text_kmax,
+        audio_kmax=audio_kmax,
+    )

@@ -30,8 +30,9 @@ class RingKVCache:
     Duck-types the `update(key, value, layer_idx)` call transformers' MoshiAttention makes.
     """
 
-    def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, window: int, head_dim: int,
-                 device, dtype):
+    def __init__(
+        self, num_layers: int, batch_size: int, num_kv_heads: int, window: int, head_dim: int, device, dtype
+    ):
         shape = (batch_size, num_kv_heads, window, head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
@@ -80,8 +81,9 @@ class RingKVCache:
 class DepthCache:
     """Key/value cache of the depth transformer for one frame: codebook steps 0..K-1, all rows alike."""
 
-    def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, steps: int, head_dim: int,
-                 device, dtype):
+    def __init__(
+        self, num_layers: int, batch_size: int, num_kv_heads: int, steps: int, head_dim: int, device, dtype
+    ):
         shape = (batch_size, num_kv_heads, steps, head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
@@ -136,7 +138,9 @@ class MoshiStreamingLM:
         self.num_codebooks = K = config.num_codebooks
         self.delays = list(delays) if delays is not None else [0, 0] + [1] * (K - 1) + [0] + [1] * (K - 1)
         if len(self.delays) != 1 + 2 * K:
-            raise ValueError(f"delays must have {1 + 2 * K} entries (text + 2 x {K} codebooks), got {self.delays}")
+            raise ValueError(
+                f"delays must have {1 + 2 * K} entries (text + 2 x {K} codebooks), got {self.delays}"
+            )
         self.max_delay = max(self.delays)
         self.text_card = config.vocab_size
         self.card = config.audio_vocab_size
@@ -157,8 +161,15 @@ class MoshiStreamingLM:
         self.tokens = torch.full((B, 1 + 2 * K, self._ring_len), UNGENERATED, dtype=torch.long, device=dev)
         self.offsets = torch.zeros(B, dtype=torch.long, device=dev)
         self._initial = torch.tensor([self.text_card] + [self.card] * (2 * K), device=dev)
-        self.kv = RingKVCache(config.num_hidden_layers, B, config.num_key_value_heads, self.context,
-                              config.head_dim, dev, self.dtype)
+        self.kv = RingKVCache(
+            config.num_hidden_layers,
+            B,
+            config.num_key_value_heads,
+            self.context,
+            config.head_dim,
+            dev,
+            self.dtype,
+        )
         dep = self.depth.config
         self._depth_shape = (dep.num_hidden_layers, B, dep.num_key_value_heads, K, dep.head_dim)
         self._codebook_idx = [torch.tensor([k], device=dev) for k in range(K)]
@@ -197,9 +208,16 @@ class MoshiStreamingLM:
 
     # -- the step ------------------------------------------------------------------------------
     @torch.no_grad()
-    def step(self, user_codes: torch.Tensor, sampling: Sampling, *, force_mask: torch.Tensor | None = None,
-             force_text: torch.Tensor | None = None, force_audio: torch.Tensor | None = None,
-             profile: bool = False) -> LMStep:
+    def step(
+        self,
+        user_codes: torch.Tensor,
+        sampling: Sampling,
+        *,
+        force_mask: torch.Tensor | None = None,
+        force_text: torch.Tensor | None = None,
+        force_audio: torch.Tensor | None = None,
+        profile: bool = False,
+    ) -> LMStep:
         """Advance every row by one frame.
 
         user_codes: long (B, K), the user's Mimi codes for this frame.
@@ -228,7 +246,7 @@ class MoshiStreamingLM:
         K, dev = self.num_codebooks, self.device
         user_codes = user_codes.to(dev, torch.long)
         # The user's frame s is written at step s, each codebook at its delay.
-        user_delays = self._delays_t[1 + K:]
+        user_delays = self._delays_t[1 + K :]
         write = (self.offsets[:, None] + user_delays[None, :]) % self._ring_len
         self.tokens[self._rows[:, None], (1 + K) + torch.arange(K, device=dev)[None, :], write] = user_codes
         position = self.offsets % self._ring_len
@@ -238,14 +256,22 @@ class MoshiStreamingLM:
         hidden, text_logits = self._temporal(inputs)
         return hidden, text_logits, inputs
 
-    def step_depth(self, hidden: torch.Tensor, text_logits: torch.Tensor, inputs: torch.Tensor,
-                   sampling: Sampling, force_mask: torch.Tensor | None = None, force_text: torch.Tensor | None = None,
-                   force_audio: torch.Tensor | None = None) -> LMStep:
+    def step_depth(
+        self,
+        hidden: torch.Tensor,
+        text_logits: torch.Tensor,
+        inputs: torch.Tensor,
+        sampling: Sampling,
+        force_mask: torch.Tensor | None = None,
+        force_text: torch.Tensor | None = None,
+        force_audio: torch.Tensor | None = None,
+    ) -> LMStep:
         """Second half of `step`: sample text, run the depth transformer, advance, un-delay the frame."""
         K, dev = self.num_codebooks, self.device
         text_kmax = sampling.text_kmax or int(sampling.text_top_k.max())
-        text = sample_tokens(text_logits, sampling.text_temperature, sampling.text_top_k, text_kmax,
-                             sampling.uniform[:, 0])
+        text = sample_tokens(
+            text_logits, sampling.text_temperature, sampling.text_top_k, text_kmax, sampling.uniform[:, 0]
+        )
         if force_mask is not None:
             text = torch.where(force_mask, force_text.to(dev), text)
         audio = self._depth(hidden, text, sampling, force_mask, force_audio)
@@ -258,8 +284,16 @@ class MoshiStreamingLM:
         read = (self.offsets[:, None] - self.max_delay + self._delays_t[None, : 1 + K]) % self._ring_len
         frame = self.tokens[self._rows[:, None], torch.arange(1 + K, device=dev)[None, :], read]
         ready = self.offsets > self.max_delay
-        return LMStep(text=frame[:, 0], audio=frame[:, 1:], ready=ready, text_logits=text_logits,
-                      sampled_text=text, sampled_audio=audio, inputs=inputs, timings_ms={})
+        return LMStep(
+            text=frame[:, 0],
+            audio=frame[:, 1:],
+            ready=ready,
+            text_logits=text_logits,
+            sampled_text=text,
+            sampled_audio=audio,
+            inputs=inputs,
+            timings_ms={},
+        )
 
     def _temporal(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One position of the temporal transformer. Returns normed hidden (B, 1, D), text logits (B, V)."""
@@ -275,7 +309,9 @@ class MoshiStreamingLM:
         hidden = self.out_norm(hidden)
         return hidden, self.text_head(hidden)[:, 0].float()
 
-    def _depth_step(self, k: int, previous: torch.Tensor, hidden: torch.Tensor, cache: DepthCache) -> torch.Tensor:
+    def _depth_step(
+        self, k: int, previous: torch.Tensor, hidden: torch.Tensor, cache: DepthCache
+    ) -> torch.Tensor:
         """Codebook k's logits (B, card): input is the previous token (text for k = 0) + its projection."""
         depth, idx = self.depth, self._codebook_idx[k]
         embed = depth.text_embed_tokens(previous) if k == 0 else depth.embed_tokens[k - 1](previous)
@@ -285,8 +321,14 @@ class MoshiStreamingLM:
             x = layer(x, past_key_values=cache, codebook_idx=idx)
         return depth.lm_heads(x, idx)[:, 0].float()
 
-    def _depth(self, hidden: torch.Tensor, text: torch.Tensor, sampling: Sampling,
-               force_mask: torch.Tensor | None, force_audio: torch.Tensor | None) -> torch.Tensor:
+    def _depth(
+        self,
+        hidden: torch.Tensor,
+        text: torch.Tensor,
+        sampling: Sampling,
+        force_mask: torch.Tensor | None,
+        force_audio: torch.Tensor | None,
+    ) -> torch.Tensor:
         """The depth transformer's K codebook steps, each fed the token chosen at the step before."""
         cache = DepthCache(*self._depth_shape, self.device, self.dtype)
         kmax = sampling.audio_kmax or int(sampling.audio_top_k.max())
@@ -294,8 +336,9 @@ class MoshiStreamingLM:
         out = []
         for k in range(self.num_codebooks):
             logits = self._depth_step(k, previous, hidden, cache)
-            token = sample_tokens(logits, sampling.audio_temperature, sampling.audio_top_k, kmax,
-                                  sampling.uniform[:, 1 + k])
+            token = sample_tokens(
+                logits, sampling.audio_temperature, sampling.audio_top_k, kmax, sampling.uniform[:, 1 + k]
+            )
             if force_mask is not None:
                 token = torch.where(force_mask, force_audio[:, k].to(self.device), token)
             out.append(token)

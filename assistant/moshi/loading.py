@@ -70,14 +70,40 @@ _REQUIRED_KYUTAI = {
     "depformer_weights_per_step": True,
 }
 # Architecture switches accepted only at their off value (anything else changes the weights or the step).
-_OFF_ONLY_KYUTAI = ("norm_emb", "bias_proj", "depformer_weights_per_step_schedule", "depformer_low_rank_embeddings",
-                    "depformer_norm", "demux_second_stream", "demux_second_text_stream", "extra_heads_num_heads",
-                    "cross_attention", "conditioners", "fuser", "lora", "quantize")
+_OFF_ONLY_KYUTAI = (
+    "norm_emb",
+    "bias_proj",
+    "depformer_weights_per_step_schedule",
+    "depformer_low_rank_embeddings",
+    "depformer_norm",
+    "demux_second_stream",
+    "demux_second_text_stream",
+    "extra_heads_num_heads",
+    "cross_attention",
+    "conditioners",
+    "fuser",
+    "lora",
+    "quantize",
+)
 # Bookkeeping keys with no effect on the LM's computation.
-_IGNORED_KYUTAI = {"model_type", "lm_gen_config", "model_id", "depformer_causal", "depformer_max_period",
-                   "existing_text_end_padding_id", "mimi_config_name", "gradient_checkpointing", "tts_config",
-                   "stt_config", "lora_name", "lora_rank", "lora_scaling", "extra_heads_dim", "kv_repeat",
-                   "text_card_out"}
+_IGNORED_KYUTAI = {
+    "model_type",
+    "lm_gen_config",
+    "model_id",
+    "depformer_causal",
+    "depformer_max_period",
+    "existing_text_end_padding_id",
+    "mimi_config_name",
+    "gradient_checkpointing",
+    "tts_config",
+    "stt_config",
+    "lora_name",
+    "lora_rank",
+    "lora_scaling",
+    "extra_heads_dim",
+    "kv_repeat",
+    "text_card_out",
+}
 
 
 class CheckpointError(ValueError):
@@ -139,8 +165,16 @@ class LoadedMoshi:
 
 
 # -- device and dtype --------------------------------------------------------------------------
-_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-           "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+_DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "float": torch.float32,
+}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -176,7 +210,9 @@ def kyutai_lm_kwargs(raw_config: dict | None) -> dict:
     if raw_config is None:
         return dict(KYUTAI_7B_KWARGS)
     kwargs = {k: v for k, v in raw_config.items() if k not in ("moshi_name", "mimi_name", "tokenizer_name")}
-    missing = [k for k in ("dim", "num_heads", "num_layers", "text_card", "card", "n_q", "dep_q") if k not in kwargs]
+    missing = [
+        k for k in ("dim", "num_heads", "num_layers", "text_card", "card", "n_q", "dep_q") if k not in kwargs
+    ]
     if missing:
         raise CheckpointError(f"Kyutai config.json lacks {missing}; expected Kyutai's LM keyword arguments")
     merged = {k: v for k, v in KYUTAI_7B_KWARGS.items() if k not in ("depformer_dim_feedforward",)} | kwargs
@@ -185,18 +221,28 @@ def kyutai_lm_kwargs(raw_config: dict | None) -> dict:
             raise CheckpointError(f"Kyutai config sets {key}={merged[key]!r}; only {wanted!r} is supported")
     for key in _OFF_ONLY_KYUTAI:
         if merged.get(key):
-            raise CheckpointError(f"Kyutai config sets {key}={merged[key]!r}, which this engine does not support")
+            raise CheckpointError(
+                f"Kyutai config sets {key}={merged[key]!r}, which this engine does not support"
+            )
     if merged.get("model_type", "moshi") != "moshi":
-        raise CheckpointError(f"Kyutai config has model_type={merged['model_type']!r}; only 'moshi' models are supported")
+        raise CheckpointError(
+            f"Kyutai config has model_type={merged['model_type']!r}; only 'moshi' models are supported"
+        )
     if merged.get("text_card_out") not in (None, merged["text_card"]):
-        raise CheckpointError(f"Kyutai config sets text_card_out={merged['text_card_out']} != text_card; not supported")
+        raise CheckpointError(
+            f"Kyutai config sets text_card_out={merged['text_card_out']} != text_card; not supported"
+        )
     unknown = sorted(set(merged) - set(KYUTAI_7B_KWARGS) - _IGNORED_KYUTAI - set(_OFF_ONLY_KYUTAI))
     if unknown:
         raise CheckpointError(f"Kyutai config has unknown keys {unknown}; is this a Moshi LM config?")
     if merged["n_q"] != 2 * merged["dep_q"]:
-        raise CheckpointError(f"n_q={merged['n_q']} must be 2 * dep_q={merged['dep_q']} (assistant + user streams)")
+        raise CheckpointError(
+            f"n_q={merged['n_q']} must be 2 * dep_q={merged['dep_q']} (assistant + user streams)"
+        )
     if len(merged["delays"]) != merged["n_q"] + 1:
-        raise CheckpointError(f"delays has {len(merged['delays'])} entries, expected n_q + 1 = {merged['n_q'] + 1}")
+        raise CheckpointError(
+            f"delays has {len(merged['delays'])} entries, expected n_q + 1 = {merged['n_q'] + 1}"
+        )
     return merged
 
 
@@ -240,7 +286,11 @@ def mimi_config_from_kyutai(mimi_kwargs: dict):
     from audio.mimi.convert import mimi_config_for_kyutai
 
     try:
-        seanet, quantizer, transformer = mimi_kwargs["seanet"], mimi_kwargs["quantizer"], mimi_kwargs["transformer"]
+        seanet, quantizer, transformer = (
+            mimi_kwargs["seanet"],
+            mimi_kwargs["quantizer"],
+            mimi_kwargs["transformer"],
+        )
         fields = {
             "sampling_rate": mimi_kwargs.get("sample_rate", 24_000),
             "audio_channels": mimi_kwargs.get("channels", 1),
@@ -266,10 +316,15 @@ def mimi_config_from_kyutai(mimi_kwargs: dict):
             "intermediate_size": transformer["dim_feedforward"],
             "sliding_window": transformer["context"],
             "layer_scale_initial_scale": transformer.get("layer_scale", 0.01),
-            "rope_parameters": {"rope_type": "default", "rope_theta": float(transformer.get("max_period", 10000))},
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": float(transformer.get("max_period", 10000)),
+            },
         }
     except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"Kyutai Mimi config lacks {exc}; expected seanet/quantizer/transformer sections") from exc
+        raise CheckpointError(
+            f"Kyutai Mimi config lacks {exc}; expected seanet/quantizer/transformer sections"
+        ) from exc
     config = mimi_config_for_kyutai()
     for key, value in fields.items():
         setattr(config, key, value)
@@ -320,7 +375,12 @@ def convert_kyutai_lm_state_dict(state: dict[str, torch.Tensor], config, filenam
     """
     src = _Source(state, filename)
     dep = config.depth_decoder_config
-    dim, heads, kv_heads, hd = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    dim, heads, kv_heads, hd = (
+        config.hidden_size,
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        config.head_dim,
+    )
     card, text_card, K = config.audio_vocab_size, config.vocab_size, config.num_codebooks
     out: dict[str, torch.Tensor] = {
         "decoder.model.embed_tokens.weight": src.take("text_emb.weight", (text_card + 1, dim)),
@@ -332,28 +392,44 @@ def convert_kyutai_lm_state_dict(state: dict[str, torch.Tensor], config, filenam
     q_rows, k_rows = rope_rows(heads, hd), rope_rows(kv_heads, hd)
     for layer in range(config.num_hidden_layers):
         k_in, k_out = f"transformer.layers.{layer}.", f"decoder.model.layers.{layer}."
-        qkv = src.take(k_in + "self_attn.in_projs.0.weight", ((heads + 2 * kv_heads) * hd, dim),
-                       legacy=k_in + "self_attn.in_proj_weight")
+        qkv = src.take(
+            k_in + "self_attn.in_projs.0.weight",
+            ((heads + 2 * kv_heads) * hd, dim),
+            legacy=k_in + "self_attn.in_proj_weight",
+        )
         q, k, v = qkv.split([heads * hd, kv_heads * hd, kv_heads * hd])
         out[k_out + "self_attn.q_proj.linear.weight"] = q[q_rows]
         out[k_out + "self_attn.k_proj.linear.weight"] = k[k_rows]
         out[k_out + "self_attn.v_proj.linear.weight"] = v
         out[k_out + "self_attn.o_proj.linear.weight"] = src.take(
-            k_in + "self_attn.out_projs.0.weight", (dim, heads * hd), legacy=k_in + "self_attn.out_proj.weight")
+            k_in + "self_attn.out_projs.0.weight",
+            (dim, heads * hd),
+            legacy=k_in + "self_attn.out_proj.weight",
+        )
         out[k_out + "input_layernorm.weight"] = src.take(k_in + "norm1.alpha", (1, 1, dim)).reshape(dim)
-        out[k_out + "post_attention_layernorm.weight"] = src.take(k_in + "norm2.alpha", (1, 1, dim)).reshape(dim)
+        out[k_out + "post_attention_layernorm.weight"] = src.take(k_in + "norm2.alpha", (1, 1, dim)).reshape(
+            dim
+        )
         out[k_out + "mlp.fc1.weight"] = src.take(k_in + "gating.linear_in.weight", (config.ffn_dim, dim))
-        out[k_out + "mlp.fc2.weight"] = src.take(k_in + "gating.linear_out.weight", (dim, config.ffn_dim // 2))
+        out[k_out + "mlp.fc2.weight"] = src.take(
+            k_in + "gating.linear_out.weight", (dim, config.ffn_dim // 2)
+        )
 
     ddim, dheads, dhd = dep.hidden_size, dep.num_attention_heads, dep.head_dim
     dkv = dep.num_key_value_heads
-    out["depth_decoder.text_embed_tokens.weight"] = src.take("depformer_text_emb.weight", (text_card + 1, ddim))
+    out["depth_decoder.text_embed_tokens.weight"] = src.take(
+        "depformer_text_emb.weight", (text_card + 1, ddim)
+    )
     for i in range(K - 1):
-        out[f"depth_decoder.embed_tokens.{i}.weight"] = src.take(f"depformer_emb.{i}.weight", (card + 1, ddim))
+        out[f"depth_decoder.embed_tokens.{i}.weight"] = src.take(
+            f"depformer_emb.{i}.weight", (card + 1, ddim)
+        )
     out["depth_decoder.input_projections.weight"] = torch.stack(
-        [src.take(f"depformer_in.{i}.weight", (ddim, dim)) for i in range(K)])
+        [src.take(f"depformer_in.{i}.weight", (ddim, dim)) for i in range(K)]
+    )
     out["depth_decoder.lm_heads.weight"] = torch.stack(
-        [src.take(f"linears.{i}.weight", (card, ddim)) for i in range(K)])
+        [src.take(f"linears.{i}.weight", (card, ddim)) for i in range(K)]
+    )
     for layer in range(dep.num_hidden_layers):
         k_in, k_out = f"depformer.layers.{layer}.", f"depth_decoder.layers.{layer}."
         legacy = src.state.pop(k_in + "self_attn.in_proj_weight", None)
@@ -371,13 +447,18 @@ def convert_kyutai_lm_state_dict(state: dict[str, torch.Tensor], config, filenam
         out[k_out + "self_attn.k_proj.linear.weight"] = torch.stack(ks)
         out[k_out + "self_attn.v_proj.linear.weight"] = torch.stack(vs)
         out[k_out + "self_attn.o_proj.linear.weight"] = torch.stack(
-            [src.take(k_in + f"self_attn.out_projs.{i}.weight", (ddim, dheads * dhd)) for i in range(K)])
+            [src.take(k_in + f"self_attn.out_projs.{i}.weight", (ddim, dheads * dhd)) for i in range(K)]
+        )
         out[k_out + "input_layernorm.weight"] = src.take(k_in + "norm1.alpha", (1, 1, ddim)).reshape(ddim)
-        out[k_out + "post_attention_layernorm.weight"] = src.take(k_in + "norm2.alpha", (1, 1, ddim)).reshape(ddim)
+        out[k_out + "post_attention_layernorm.weight"] = src.take(k_in + "norm2.alpha", (1, 1, ddim)).reshape(
+            ddim
+        )
         out[k_out + "mlp.fc1.weight"] = torch.stack(
-            [src.take(k_in + f"gating.{i}.linear_in.weight", (dep.ffn_dim, ddim)) for i in range(K)])
+            [src.take(k_in + f"gating.{i}.linear_in.weight", (dep.ffn_dim, ddim)) for i in range(K)]
+        )
         out[k_out + "mlp.fc2.weight"] = torch.stack(
-            [src.take(k_in + f"gating.{i}.linear_out.weight", (ddim, dep.ffn_dim // 2)) for i in range(K)])
+            [src.take(k_in + f"gating.{i}.linear_out.weight", (ddim, dep.ffn_dim // 2)) for i in range(K)]
+        )
     src.check_empty()
     return out
 
@@ -411,7 +492,8 @@ def build_moshi_from_lm_state(config, lm_state: dict[str, torch.Tensor], device,
             raise CheckpointError(f"{filename}: converted key {key!r} is not part of the model")
         if tuple(expected[key].shape) != tuple(tensor.shape):
             raise CheckpointError(
-                f"{filename}: {key!r} has shape {list(tensor.shape)}, expected {list(expected[key].shape)}")
+                f"{filename}: {key!r} has shape {list(tensor.shape)}, expected {list(expected[key].shape)}"
+            )
     state = {k: v.to(device=device, dtype=dtype) for k, v in lm_state.items()}
     model.load_state_dict(state, assign=True, strict=True)
     _fix_rotary_buffers(model, device)
@@ -445,17 +527,21 @@ def _local_dir(source: str) -> Path:
     if path.exists():
         raise CheckpointError(f"--model {source}: expected a checkpoint directory or a Hugging Face repo id")
     if source.count("/") != 1 or source.startswith((".", "/", "~")):
-        raise CheckpointError(f"--model {source}: no such directory, and not a Hugging Face repo id (owner/name)")
+        raise CheckpointError(
+            f"--model {source}: no such directory, and not a Hugging Face repo id (owner/name)"
+        )
     from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.model"]))
     except Exception as exc:  # network, auth, missing repo: the hub's message says which
-        raise CheckpointError(f"--model {source}: could not fetch the repo from the Hugging Face hub: {exc}") from exc
+        raise CheckpointError(
+            f"--model {source}: could not fetch the repo from the Hugging Face hub: {exc}"
+        ) from exc
 
 
 def detect_layout(directory: Path) -> str:
-    """"hf" for transformers' layout (config.json with model_type "moshi"), else "kyutai"."""
+    """ "hf" for transformers' layout (config.json with model_type "moshi"), else "kyutai"."""
     config_path = directory / "config.json"
     if config_path.is_file():
         raw = json.loads(config_path.read_text())
@@ -498,7 +584,9 @@ def _load_kyutai(directory: Path, device, dtype, source: str) -> LoadedMoshi:
     names = raw or {}
     moshi_file = _need(directory, names.get("moshi_name", KYUTAI_MOSHI_NAME), "Kyutai LM weights")
     mimi_file = _need(directory, names.get("mimi_name", KYUTAI_MIMI_NAME), "Kyutai Mimi weights")
-    tok_file = _need(directory, names.get("tokenizer_name", KYUTAI_TOKENIZER_NAME), "SentencePiece text tokenizer")
+    tok_file = _need(
+        directory, names.get("tokenizer_name", KYUTAI_TOKENIZER_NAME), "SentencePiece text tokenizer"
+    )
     kwargs = kyutai_lm_kwargs(raw)
     mimi_config = None
     if names.get("mimi_config_name"):
@@ -531,7 +619,9 @@ def _find_hf_tokenizer(directory: Path) -> Path:
         return models[0]
     if (directory / "tokenizer.json").is_file():
         return directory / "tokenizer.json"
-    raise CheckpointError(f"checkpoint dir {directory} has no text tokenizer (tokenizer.model or tokenizer.json)")
+    raise CheckpointError(
+        f"checkpoint dir {directory} has no text tokenizer (tokenizer.model or tokenizer.json)"
+    )
 
 
 def _load_hf(directory: Path, device, dtype, source: str) -> LoadedMoshi:
@@ -543,19 +633,29 @@ def _load_hf(directory: Path, device, dtype, source: str) -> LoadedMoshi:
     try:
         # Mismatches are collected rather than raised so the error below can say which tensors differ.
         model, info = MoshiForConditionalGeneration.from_pretrained(
-            directory, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True)
+            directory, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True
+        )
     except (RuntimeError, ValueError, OSError) as exc:
-        raise CheckpointError(f"checkpoint dir {directory} (Hugging Face layout) failed to load: {exc}") from exc
+        raise CheckpointError(
+            f"checkpoint dir {directory} (Hugging Face layout) failed to load: {exc}"
+        ) from exc
     problems = []
     if info.get("mismatched_keys"):
-        shown = [f"{k[0]} {list(k[1])} vs expected {list(k[2])}" if isinstance(k, tuple) and len(k) == 3 else str(k)
-                 for k in sorted(info["mismatched_keys"], key=str)[:3]]
+        shown = [
+            f"{k[0]} {list(k[1])} vs expected {list(k[2])}"
+            if isinstance(k, tuple) and len(k) == 3
+            else str(k)
+            for k in sorted(info["mismatched_keys"], key=str)[:3]
+        ]
         problems.append(f"{len(info['mismatched_keys'])} tensors with the wrong shape, e.g. {shown}")
     if info.get("missing_keys"):
-        problems.append(f"{len(info['missing_keys'])} tensors missing, e.g. {sorted(info['missing_keys'])[:3]}")
+        problems.append(
+            f"{len(info['missing_keys'])} tensors missing, e.g. {sorted(info['missing_keys'])[:3]}"
+        )
     if problems:
-        raise CheckpointError(f"checkpoint dir {directory}: the safetensors do not match config.json: "
-                              + "; ".join(problems))
+        raise CheckpointError(
+            f"checkpoint dir {directory}: the safetensors do not match config.json: " + "; ".join(problems)
+        )
     model = model.to(device).eval()
     return LoadedMoshi(
         model=model,

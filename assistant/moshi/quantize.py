@@ -31,7 +31,9 @@ _PACKED_DTYPES = (torch.bfloat16, torch.float16)
 @functools.cache
 def _has_int8_kernel(device_type: str) -> bool:
     key = {"cpu": "CPU", "cuda": "CUDA", "mps": "MPS"}.get(device_type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("aten::_weight_int8pack_mm", key)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "aten::_weight_int8pack_mm", key
+    )
 
 
 def _quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +58,9 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype in _PACKED_DTYPES and _has_int8_kernel(x.device.type):
-            y = torch._weight_int8pack_mm(x.reshape(-1, self.in_features), self.weight_int8, self.scale.to(x.dtype))
+            y = torch._weight_int8pack_mm(
+                x.reshape(-1, self.in_features), self.weight_int8, self.scale.to(x.dtype)
+            )
             return y.view(*x.shape[:-1], self.out_features)
         return F.linear(x, self.weight_int8.to(x.dtype)) * self.scale
 

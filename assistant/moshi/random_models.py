@@ -18,8 +18,17 @@ from assistant.moshi.loading import (
 )
 
 RANDOM_MODELS = ("tiny", "7b-random")  # --model names that build random weights (benchmarks)
-TINY_KWARGS = {"dim": 256, "num_heads": 4, "num_layers": 4, "text_card": 2000, "card": 2048, "context": 3000,
-               "depformer_dim": 128, "depformer_num_heads": 4, "depformer_num_layers": 2}
+TINY_KWARGS = {
+    "dim": 256,
+    "num_heads": 4,
+    "num_layers": 4,
+    "text_card": 2000,
+    "card": 2048,
+    "context": 3000,
+    "depformer_dim": 128,
+    "depformer_num_heads": 4,
+    "depformer_num_layers": 2,
+}
 
 
 def _random_codebooks(mimi) -> None:
@@ -41,15 +50,27 @@ def random_loaded(which: str, device: torch.device, dtype: torch.dtype) -> Loade
 
     if which == "tiny":
         kwargs = kyutai_lm_kwargs(dict(KYUTAI_7B_KWARGS, **TINY_KWARGS, depformer_dim_feedforward=None))
-        mimi_config = MimiConfig(hidden_size=64, num_filters=8, num_hidden_layers=2, intermediate_size=128,
-                                 num_attention_heads=4, num_key_value_heads=4, head_dim=16, codebook_size=2048,
-                                 codebook_dim=32, vector_quantization_hidden_dimension=32, num_quantizers=8,
-                                 upsample_groups=64)
+        mimi_config = MimiConfig(
+            hidden_size=64,
+            num_filters=8,
+            num_hidden_layers=2,
+            intermediate_size=128,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            head_dim=16,
+            codebook_size=2048,
+            codebook_dim=32,
+            vector_quantization_hidden_dimension=32,
+            num_quantizers=8,
+            upsample_groups=64,
+        )
     else:
         kwargs, mimi_config = dict(KYUTAI_7B_KWARGS), mimi_config_for_kyutai()
     config = kyutai_lm_config(kwargs, mimi_config)
     model = random_moshi(config, device=device, dtype=dtype)
     mimi = MimiModel(mimi_config).eval()
     _random_codebooks(mimi)
-    tokenizer = TextTokenizer(pieces=[f"\u2581w{i}" for i in range(config.vocab_size)], silent_ids=frozenset({0, 3}))
+    tokenizer = TextTokenizer(
+        pieces=[f"\u2581w{i}" for i in range(config.vocab_size)], silent_ids=frozenset({0, 3})
+    )
     return LoadedMoshi(model=model, tokenizer=tokenizer, mimi=mimi, layout="random", source=which)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 
 
-def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, kmax: int,
-                  uniform: torch.Tensor) -> torch.Tensor:
+def sample_tokens(
+    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, kmax: int, uniform: torch.Tensor
+) -> torch.Tensor:
     """Pick one token per row.
 
     logits: float (B, V). temperature: float (B,), 0 = greedy. top_k: long (B,), 1..V.

@@ -29,7 +29,9 @@ def conv1d_as_matmul(
 
 
 def _packs_for_onednn(weight: torch.Tensor) -> bool:
-    return weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+    return (
+        weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+    )
 
 
 class PackedLinear:
@@ -46,7 +48,9 @@ class PackedLinear:
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, rows_hint: int = 2):
         self.bias = bias
         self.packed = _packs_for_onednn(weight)
-        self.transposed = not self.packed and weight.device.type == "cpu" and weight.shape[0] > weight.shape[1]
+        self.transposed = (
+            not self.packed and weight.device.type == "cpu" and weight.shape[0] > weight.shape[1]
+        )
         if self.packed:
             self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), rows_hint)
             # torch.compile cannot lower a packed weight that is not a graph constant; it traces this one.

@@ -92,7 +92,9 @@ class StreamingConvTranspose1d:
         # (packed for 2 steps per row, like the convolutions)
         cin = self.weight.shape[0]
         self.matmul = (
-            PackedLinear(self.weight.reshape(cin, -1).t(), rows_hint=2 * batch_size) if self.groups == 1 else None
+            PackedLinear(self.weight.reshape(cin, -1).t(), rows_hint=2 * batch_size)
+            if self.groups == 1
+            else None
         )
 
     def reset(self, row: int) -> None:
