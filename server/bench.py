@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from audio.frames import SAMPLE_RATE_HZ
+
 FRAME_S = 0.08
 CHUNK_MS = 40  # default size of the clients' audio messages (the web page sends 20 ms)
 SHARED_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio" / "conversation.wav"
@@ -115,7 +117,7 @@ def load_audio(path: Path | None) -> tuple[np.ndarray, str]:
     import soundfile as sf
 
     pcm, rate = sf.read(path, dtype="int16", always_2d=True)
-    if rate != 24000:
+    if rate != SAMPLE_RATE_HZ:
         raise SystemExit(f"{path} is {rate} Hz; the benchmark streams 24 kHz audio")
     return np.ascontiguousarray(pcm[:, 0]), path.name
 
@@ -133,7 +135,7 @@ async def _client(
 ) -> None:
     from websockets.asyncio.client import connect
 
-    chunk = 24000 * chunk_ms // 1000
+    chunk = SAMPLE_RATE_HZ * chunk_ms // 1000
     start = t0 + phase_s  # chunk i is sent at start + (i + 1) * chunk_ms
     async with connect(url, compression=None, max_queue=None) as ws:
         start_msg = {"type": "session.start", "sample_rate": 24000}
@@ -227,7 +229,7 @@ def bench_vad(audio: np.ndarray, backend: str, chunk_ms: int = CHUNK_MS) -> floa
 
     vad = StreamingVad(VadConfig(backend=backend), sample_rate_hz=24000)
     x = audio.astype(np.float32) / 32768.0
-    chunk = 24000 * chunk_ms // 1000
+    chunk = SAMPLE_RATE_HZ * chunk_ms // 1000
     t = time.process_time()
     for i in range(0, len(x) - chunk, chunk):
         vad.push(x[i : i + chunk])
