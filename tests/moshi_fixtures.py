@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 from model_fixtures import kyutai_mimi_kwargs, random_mimi, tiny_mimi_config, write_mimi_checkpoint
 
+from assistant.moshi.checkpoint import KYUTAI_MIMI_NAME, KYUTAI_TOKENIZER_NAME
+from assistant.moshi.kyutai import kyutai_lm_config, rope_rows
 from assistant.moshi.lm import DepthCache, MoshiStreamingLM
-from assistant.moshi.loading import KYUTAI_MIMI_NAME, KYUTAI_TOKENIZER_NAME, kyutai_lm_config, rope_rows
 
 SENTENCES = [
     "hello there how are you today",
@@ -126,7 +127,7 @@ def lm_state_dict(model) -> dict[str, torch.Tensor]:
 
 
 def kyutai_state_dict_from_transformers(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
-    """The inverse of `assistant.moshi.loading.convert_kyutai_lm_state_dict`: write transformers' LM weights with Kyutai's names."""
+    """The inverse of `assistant.moshi.kyutai.convert_kyutai_lm_state_dict`: write transformers' LM weights with Kyutai's names."""
     dep = config.depth_decoder_config
     dim, heads, kv_heads, hd = (
         config.hidden_size,

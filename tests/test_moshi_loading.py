@@ -15,8 +15,9 @@ from moshi_fixtures import (
     write_kyutai_checkpoint,
 )
 
+from assistant.moshi.checkpoint import CheckpointError
 from assistant.moshi.lm import MoshiStreamingLM, Sampling
-from assistant.moshi.loading import CheckpointError, TextTokenizer, detect_layout, load_moshi
+from assistant.moshi.loading import TextTokenizer, detect_layout, load_moshi
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
