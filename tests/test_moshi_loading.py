@@ -17,7 +17,8 @@ from moshi_fixtures import (
 
 from assistant.moshi.checkpoint import CheckpointError
 from assistant.moshi.lm import MoshiStreamingLM, Sampling
-from assistant.moshi.loading import TextTokenizer, detect_layout, load_moshi
+from assistant.moshi.loading import detect_layout, load_moshi
+from assistant.moshi.tokenizer import TextTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

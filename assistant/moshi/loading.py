@@ -12,7 +12,7 @@ Layouts:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,45 +32,7 @@ from assistant.moshi.kyutai import (
     kyutai_lm_kwargs,
     mimi_config_from_kyutai,
 )
-
-
-@dataclass
-class TextTokenizer:
-    """Turns text token ids into display text: SentencePiece pieces with "▁" shown as a space."""
-
-    pieces: list[str]
-    silent_ids: frozenset[int] = field(default_factory=frozenset)
-
-    @classmethod
-    def from_file(cls, path: Path, silent_ids: set[int]) -> TextTokenizer:
-        path = Path(path)
-        if path.suffix == ".json":
-            from tokenizers import Tokenizer
-
-            tok = Tokenizer.from_file(str(path))
-            pieces = [tok.id_to_token(i) or "" for i in range(tok.get_vocab_size())]
-            silent = set(silent_ids)
-        else:
-            import sentencepiece
-
-            sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
-            pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
-            silent = set(silent_ids) | {i for i in range(len(pieces)) if sp.is_control(i) or sp.is_unknown(i)}
-        return cls(pieces=pieces, silent_ids=frozenset(silent))
-
-    def piece(self, token_id: int) -> str:
-        """Display text of one token; padding, control and out-of-vocabulary ids give ""."""
-        if token_id in self.silent_ids or not 0 <= token_id < len(self.pieces):
-            return ""
-        piece = self.pieces[token_id]
-        if piece.startswith("<") and piece.endswith(">") and len(piece) > 2:
-            return ""  # <pad>, <s>, </s>, <unk> and friends of a tokenizer.json
-        if piece.startswith("<0x") and piece.endswith(">"):
-            return ""
-        return piece.replace("\u2581", " ")
-
-    def decode(self, token_ids) -> str:
-        return "".join(self.piece(int(t)) for t in token_ids)
+from assistant.moshi.tokenizer import TextTokenizer
 
 
 @dataclass

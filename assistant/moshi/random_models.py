@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from assistant.moshi.kyutai import KYUTAI_7B_KWARGS, kyutai_lm_config, kyutai_lm_kwargs
-from assistant.moshi.loading import LoadedMoshi, TextTokenizer, random_moshi
+from assistant.moshi.loading import LoadedMoshi, random_moshi
+from assistant.moshi.tokenizer import TextTokenizer
 
 RANDOM_MODELS = ("tiny", "7b-random")  # --model names that build random weights (benchmarks)
 TINY_KWARGS = {
