@@ -291,6 +291,34 @@ async def test_messages_over_one_mib_close_the_socket_with_1009(server):
         assert info.value.rcvd.code == 1009
 
 
+async def test_an_event_flood_is_refused_once_a_second_then_closed_with_1008(server):
+    """The same limits as /ws (one connection base): errors at most once a second, then 1008."""
+    async with connect(url(server), additional_headers=HEADERS) as ws:
+        await recv(ws)
+        errors: list[str] = []
+
+        async def read() -> None:
+            try:
+                while True:
+                    event = json.loads(await ws.recv())
+                    if event["type"] == "error":
+                        errors.append(event["error"]["code"])
+            except ConnectionClosed:
+                pass
+
+        reader = asyncio.create_task(read())
+        message = json.dumps({"type": "input_audio_buffer.append", "audio": b64(b"\x00\x00" * 480)})
+        started = time.monotonic()
+        with pytest.raises(ConnectionClosed):
+            for _ in range(20_000):
+                await ws.send(message)
+        await asyncio.wait_for(reader, 10)
+        assert ws.close_code == 1008 and "flood" in (ws.close_reason or "")
+        assert time.monotonic() - started < 10
+        assert errors and set(errors) == {"rate_limited"}
+        assert len(errors) <= 1 + (time.monotonic() - started), "rate errors come at most once a second"
+
+
 async def test_a_full_server_closes_new_realtime_connections_with_1013_and_idle_sessions_end():
     with start_server("--max-sessions", "1", "--idle-timeout", "2") as full:
         async with connect(url(full)) as first:
