@@ -235,6 +235,9 @@ class Connection:
                 if message is None:
                     break
                 self.receive(message)
+                # Messages already buffered come back without a pause: let the writer send the
+                # replies between them, or a burst of refused messages fills the outbox by itself.
+                await asyncio.sleep(0)
         except ConnectionClosed:
             pass
         except Exception:

@@ -154,3 +154,21 @@ async def test_idle_and_overlong_sessions_end_cleanly():
         async with connect(address.ws_url) as silent_ws:
             await asyncio.wait_for(silent_ws.wait_closed(), 5)
         assert json.loads(http_get(address, "/healthz")[2])["live_sessions"] == 0
+
+
+async def test_a_burst_of_refused_messages_gets_every_error_and_keeps_the_session(scripted_server):
+    """A client that reads normally is never taken for a slow reader because its own burst of bad
+    messages was answered faster than the replies could be written."""
+    async with connect(f"ws://{scripted_server[0]}:{scripted_server[1]}/ws") as ws:
+        client = NativeClient(ws)
+        await client.start()
+        for _ in range(150):
+            await ws.send("{not json")
+        deadline = time.monotonic() + 10
+        while len(client.of("error")) < 150 and not client.closed and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert [e["code"] for _, e in client.of("error")] == ["invalid_json"] * 150
+        assert not client.closed, "the session goes on"
+        await ws.send('{"type": "session.end"}')
+        await client.wait_closed()
+        assert ws.close_code == 1000
