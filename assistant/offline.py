@@ -94,6 +94,12 @@ def run_offline(
         input_clock=True,
     )
     slot.attach(conversation, options.slot_options())
+    try:
+        scheduler.apply_slot_changes(raise_errors=True)  # bad sampling options fail here, not silently
+    except Exception:
+        slot.release()
+        scheduler.shutdown()
+        raise
     conversation.start()
     try:
         for i, frame in enumerate(frames):
@@ -102,6 +108,8 @@ def run_offline(
             scheduler.step_now()
             if on_frame is not None:
                 on_frame(i)
+            if conversation.ended:
+                raise RuntimeError(f"the conversation stopped at frame {i}: {conversation.ended}")
         conversation.end("input_ended")
     finally:
         conversation.end("input_ended")

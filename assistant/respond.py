@@ -153,14 +153,18 @@ def run(args: argparse.Namespace) -> int:
     n_frames = len(frames_for(user, args.tail_seconds))
     started = time.perf_counter()
     with _progress(n_frames) as advance:
-        result = run_offline(
-            engine,
-            user,
-            options=options,
-            tail_seconds=args.tail_seconds,
-            on_frame=lambda i: advance(),
-            recorder=EventLog(args.events_output) if args.events_output else None,
-        )
+        try:
+            result = run_offline(
+                engine,
+                user,
+                options=options,
+                tail_seconds=args.tail_seconds,
+                on_frame=lambda i: advance(),
+                recorder=EventLog(args.events_output) if args.events_output else None,
+            )
+        except (ValueError, RuntimeError) as exc:  # a refused option, or the engine failed mid-way
+            print(f"respond: {exc}", file=sys.stderr)
+            return 2
     elapsed = time.perf_counter() - started
 
     data = np.stack([result.user, result.assistant], axis=1) if args.stereo else result.assistant

@@ -218,7 +218,7 @@ class Scheduler:
     def stop(self) -> None:
         self._stop.set()
 
-    def _apply_ops(self) -> None:
+    def _apply_ops(self, raise_errors: bool = False) -> None:
         ops, self._ops = self._ops, []
         for kind, slot, arg in ops:
             try:
@@ -234,6 +234,8 @@ class Scheduler:
                 elif kind == "update" and self.engine.live[slot]:
                     self.engine.update(slot, arg)
             except Exception:  # one bad slot change must not stop the clock for everyone
+                if raise_errors:
+                    raise
                 log.exception("engine %s of slot %d failed", kind, slot)
 
     def _gather(self) -> tuple[dict[int, FrameSource], np.ndarray] | None:
@@ -296,9 +298,10 @@ class Scheduler:
         self._dispatch(sessions, out, step_ms)
         return step_ms
 
-    def apply_slot_changes(self) -> None:
-        """Carry out queued slot changes now (a host without a running clock, after its last frame)."""
-        self._apply_ops()
+    def apply_slot_changes(self, raise_errors: bool = False) -> None:
+        """Carry out queued slot changes now (a host without a running clock). raise_errors: a slot
+        change that fails raises (an offline run has no one else to tell) instead of being logged."""
+        self._apply_ops(raise_errors)
 
     async def run(self) -> None:
         """Tick until stop(); slot changes made meanwhile apply at the next tick."""

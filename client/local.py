@@ -16,7 +16,13 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from assistant.conversation import Conversation, ConversationLimits, ConversationOptions, Event
+from assistant.conversation import (
+    Conversation,
+    ConversationLimits,
+    ConversationOptions,
+    Event,
+    SessionEnded,
+)
 from assistant.scheduler import Scheduler
 from client.errors import TalkError
 from client.native import ServerEvent, decode_message
@@ -54,6 +60,10 @@ class LocalConversation:
 
     def _emit(self, event: Event) -> None:
         self._out.put_nowait(decode_message(encode_event(event)))
+        if isinstance(event, SessionEnded):
+            if event.reason == "internal_error":  # the frame loop could not hand this conversation its frame
+                self.error = "the conversation failed to take the engine's output (see the log)"
+            self._out.put_nowait(None)  # nothing follows session.ended
 
     async def send_audio(self, pcm: np.ndarray) -> None:
         """Microphone samples: float32 (n,) in [-1, 1] at the device rate."""
@@ -88,8 +98,9 @@ class LocalConversation:
         with contextlib.suppress(Exception):  # a failed engine was already reported as an error event
             await asyncio.wait_for(asyncio.shield(self._loop_task), timeout)
         self._loop_task.cancel()
+        # A step still running in the worker thread finishes before the slot is closed.
+        await asyncio.get_running_loop().run_in_executor(None, self.scheduler.shutdown)
         self.scheduler.apply_slot_changes()  # close the engine slot
-        self.scheduler.shutdown()
         self._out.put_nowait(None)
 
 

@@ -261,9 +261,8 @@ async def talk(args: argparse.Namespace, display_factory: Callable[[str], Any] |
         audio_task.cancel()  # stop the devices / file clock first: nothing more to send
         await asyncio.gather(audio_task, return_exceptions=True)
         audio.close()
-        with contextlib.suppress(
-            Exception
-        ):  # the server or engine may already be gone; ending is best effort
+        # The server or engine may already be gone; ending is best effort.
+        with contextlib.suppress(Exception):
             await conv.end()
         if not receive_task.done():
             await asyncio.wait([receive_task], timeout=1.0)  # let session.ended reach the view

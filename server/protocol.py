@@ -245,7 +245,6 @@ _ENCODERS: dict[type, Callable[[Any], dict[str, Any]]] = {
     ev.Error: lambda e: {"code": e.code, "message": e.message},
     ev.SessionEnded: lambda e: {"reason": e.reason},
 }
-SERVER_EVENTS = tuple(cls.type for cls in _ENCODERS)
 
 
 def encode_event(event: ev.Event) -> str | bytes:

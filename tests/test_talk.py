@@ -465,3 +465,23 @@ async def test_local_with_a_tiny_moshi_checkpoint(tmp_path):
     assert rate == 24000 and out.shape[0] == int(1.2 * 24000)
     assert np.isfinite(out).all() and np.abs(out).max() <= 1.0
     assert display.lines[-1].startswith("-- played"), display.lines
+
+
+async def test_local_conversation_that_cannot_take_the_engine_output_ends_with_an_error(
+    tmp_path, monkeypatch
+):
+    """A failure inside the frame loop (not the engine step) still ends talk --local with its reason."""
+    from assistant.backends.silence import SilenceEngine
+
+    class Malformed(SilenceEngine):
+        def _step(self, pcm_in):
+            out = super()._step(pcm_in)
+            out.text = []  # no text row for the slot: the conversation cannot take this output
+            return out
+
+    monkeypatch.setattr("assistant.backends.build_engine", lambda backend, **kw: Malformed(1))
+    args = local_args(tmp_path, seconds=3.0)
+    start = time.monotonic()
+    with pytest.raises(talk.TalkError, match="engine failed"):
+        await talk.talk(args, display_factory=Lines)
+    assert time.monotonic() - start < 2.0, "the session stops at the failure, not at the end of the file"
