@@ -145,6 +145,7 @@ class Response:
     waited_frames: int = 0  # frames since created without speech (requested responses)
     held: list[list] = field(default_factory=list)  # quiet frames at the tail: [pcm16, text]
     input_ms_at_start: float = 0.0
+    speech_from_frame: int = 0  # output frame at which its audio began (barge-ins count after it)
 
 
 class RealtimeConversation:
@@ -183,6 +184,7 @@ class RealtimeConversation:
         self.frames_out = 0
         self._silenced: bool | None = None
         self._user_speaking = False
+        self._speech_from_frame = 0  # output frame at which the user's current speech began
         self._speech_item_id: str | None = None  # id announced in speech_started
         self._speech_committed = False  # the current speech was committed by the client already
         self._barge_in_mute = False  # interrupt_response: hold the engine until the user stops
@@ -485,6 +487,7 @@ class RealtimeConversation:
         previous = self.order[-1] if self.order else None
         item = Item(self._new_id("item"), "assistant", status="in_progress")
         r.item = item
+        r.speech_from_frame = self.frames_out
         self.items[item.id] = item
         self.order.append(item.id)
         added = item.to_json()
@@ -569,6 +572,7 @@ class RealtimeConversation:
         self._user_speaking = True
         self._speech_committed = False
         self._speech_item_id = self._new_id("item")
+        self._speech_from_frame = self.frames_out
         self._muted_until_user_turn = False
         out: list = [
             self.event(
@@ -579,12 +583,18 @@ class RealtimeConversation:
         if r is not None and r.item is None and self.turn_detection.interrupt_response:
             # A response the model has not started yet gives way to the user's turn.
             out += self._finish("cancelled", "turn_detected")
+            self._barge_in_mute = True
         return out + self._sync_silence()
 
     def barge_in(self, at_ms: float) -> list:
         """The core detected the user talking over the assistant (its one barge-in detector)."""
         td = self.turn_detection
-        if td is None or not td.interrupt_response or self.response is None or self._suppress_vad_turn:
+        r = self.response
+        if td is None or not td.interrupt_response or r is None or r.item is None or self._suppress_vad_turn:
+            return []  # a response not yet speaking gave way at speech_started already
+        if not self._user_speaking or self._speech_from_frame < r.speech_from_frame:
+            # The model began over a user already talking (its own choice, a backchannel perhaps):
+            # only speech that starts over the response interrupts it, as in the Realtime API.
             return []
         out = self._finish("cancelled", "turn_detected")
         self._barge_in_mute = self._user_speaking  # hold the engine until the user stops

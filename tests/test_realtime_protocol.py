@@ -44,10 +44,17 @@ def new_conversation(**kwargs) -> tuple[RealtimeConversation, list]:
 # What the adapter does: the core's turn-taking (one hangover rule, one barge-in detector, set as
 # server/realtime.py sets it) reports stretches and barge-ins to the state machine, in the core's order.
 _TURNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_NOW_MS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # time: 80 ms a frame, or a VAD event's
 
 
 def core_turns(conv: RealtimeConversation) -> TurnTaking:
     return _TURNS.setdefault(conv, TurnTaking("model", min_interrupt_samples=0, hangover_frames=3))
+
+
+def _advance(conv: RealtimeConversation, at_ms: float) -> int:
+    """Move this conversation's input clock to at_ms (never back); the sample position now."""
+    _NOW_MS[conv] = max(_NOW_MS.get(conv, 0.0), at_ms)
+    return int(_NOW_MS[conv] * 24)
 
 
 def _core_actions(conv: RealtimeConversation, actions: list[str], at_ms: float) -> list:
@@ -64,21 +71,21 @@ def _core_actions(conv: RealtimeConversation, actions: list[str], at_ms: float) 
 
 def engine_frame(conv: RealtimeConversation, pcm16: bytes, speaking: bool) -> list:
     """One frame of engine output as the adapter hands it over: the core's stretch events, then audio."""
-    now = int(conv.input_ms * 24)
-    return _core_actions(
-        conv, core_turns(conv).assistant_frame(speaking, now), conv.input_ms
-    ) + conv.output_audio(pcm16, speaking)
+    now = _advance(conv, _NOW_MS.get(conv, 0.0) + 80)
+    actions = core_turns(conv).assistant_frame(speaking, now)
+    return _core_actions(conv, actions, now / 24) + conv.output_audio(pcm16, speaking)
 
 
 def user_speech_started(conv: RealtimeConversation, at_ms: float) -> list:
     """The core's VAD onset: speech_started, then the core's barge-in check."""
     out = conv.user_speech_started(at_ms)
-    sample = int(at_ms * 24)
-    return out + _core_actions(conv, core_turns(conv).user_speech_started(sample, sample), at_ms)
+    now = _advance(conv, at_ms)
+    return out + _core_actions(conv, core_turns(conv).user_speech_started(int(at_ms * 24), now), at_ms)
 
 
 def user_speech_stopped(conv: RealtimeConversation, at_ms: float) -> list:
     out = conv.user_speech_stopped(at_ms)
+    _advance(conv, at_ms)
     core_turns(conv).user_speech_stopped()
     return out
 
@@ -743,3 +750,30 @@ def test_a_new_vad_configuration_mid_barge_in_gives_the_floor_back():
         session={"audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 300}}}},
     )
     assert SetSilenced(False) in out
+
+
+def test_a_requested_response_not_yet_speaking_gives_way_to_the_user_and_the_engine_is_held():
+    conv, _ = new_conversation()
+    send(conv, type="response.create")
+    out = checked(user_speech_started(conv, 500))
+    (done,) = of_type(out, "response.done")
+    assert done["response"]["status"] == "cancelled"
+    assert done["response"]["status_details"]["reason"] == "turn_detected"
+    assert SetSilenced(True) in out
+    assert SetSilenced(False) in checked(user_speech_stopped(conv, 1500))
+
+
+@pytest.mark.parametrize("requested", [False, True])
+def test_the_model_starting_over_a_user_already_talking_is_not_an_interruption(requested):
+    """Only speech that starts over the response cancels it (the Realtime API's speech_started rule);
+    the model choosing to speak while the user talks is its own turn-taking."""
+    conv, _ = new_conversation()
+    user_speech_started(conv, 100)
+    if requested:
+        send(conv, type="response.create")
+    out = speak(conv, 3)
+    assert delta_bytes(out) == 3 * FRAME_BYTES and "response.done" not in types(out)
+    # Speech that starts over it does interrupt it.
+    user_speech_stopped(conv, 400)
+    out = checked(user_speech_started(conv, 600))
+    assert of_type(out, "response.done")[0]["response"]["status"] == "cancelled"
