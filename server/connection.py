@@ -135,6 +135,7 @@ class Connection:
     """One websocket <-> one conversation. Subclasses implement `handle_message` and `encode_error`."""
 
     protocol_name = "websocket"
+    max_internal_errors = 10  # failures in a row before the connection is given up (1011)
     outbox_scale = 1  # messages per frame this protocol sends, relative to one (native: audio + events)
 
     def __init__(self, ctx, ws: ServerConnection, slot):
@@ -153,6 +154,7 @@ class Connection:
         # bursts now and then only gets errors (at most one a second).
         self.flood = RateLimiter(config.messages_per_s / 5, config.flood_close_after, now)
         self.last_rate_error = -1e9
+        self.internal_errors = 0  # messages in a row the server failed to handle
         self.closing: asyncio.Task | None = None
 
     # -- what a protocol adapter provides ------------------------------------------------------
@@ -225,8 +227,17 @@ class Connection:
         try:
             self.handle_message(message)
         except Exception:
-            log.exception("%s: failed to handle a client message", self.protocol_name)
-            self.send_error("internal_error", "the server failed to handle this message", server_side=True)
+            self.internal_errors += 1
+            if self.internal_errors == 1:  # one traceback per run, not one per audio chunk
+                log.exception("%s: failed to handle a client message", self.protocol_name)
+            if self.internal_errors >= self.max_internal_errors:
+                self.close(CLOSE_INTERNAL_ERROR, "internal server error", flush=True)
+            else:
+                self.send_error(
+                    "internal_error", "the server failed to handle this message", server_side=True
+                )
+            return
+        self.internal_errors = 0
 
     async def run(self) -> None:
         try:

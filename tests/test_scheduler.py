@@ -163,17 +163,32 @@ async def test_slot_changes_apply_between_steps_and_a_freed_slot_starts_clean():
     await sched.tick()
     assert engine.log[-1][0] == "step" and engine.log[-1][2][0]  # silenced before the step ran
     handle.release()
-    # Capacity is free at once (a client that reconnects is not refused), and the slot is still wiped
-    # before it opens again.
+    # Capacity is free at once (a client that reconnects is not refused) ...
     handle2 = sched.reserve()
     assert handle2 is not None and handle2.slot == 0
     second = Source([])
     handle2.attach(second)
+    before = len(engine.log)
     await sched.tick()
-    assert engine.log.index(("reset", 0)) < len(engine.log) - 1, "wiped before the step"
+    # ... and the slot is still wiped (closed), then opened fresh, before the next step runs.
+    assert [entry[0] for entry in engine.log[before:]] == ["reset", "reset", "step"]
+    assert engine.opens[0] == 2
     assert second.got[0][1] == "s0o2"  # reopened
     assert not engine.log[-1][2][0]  # the previous session's forced silence did not leak
     assert len(first.got) == 1
+
+
+async def test_a_released_slot_is_closed_at_the_next_tick():
+    engine = EchoEngine(1)
+    sched = Scheduler(engine)
+    handle = sched.reserve()
+    handle.attach(Source([]))
+    await sched.tick()
+    assert engine.live[0]
+    handle.release()
+    assert sched.free_slots == 1
+    await sched.tick()
+    assert engine.log[-1] == ("reset", 0) and not engine.live[0]
 
 
 async def test_a_session_that_fails_is_ended_and_the_others_go_on():
