@@ -170,6 +170,7 @@ class RealtimeConnection(Connection):
 
     # -- client messages -------------------------------------------------------------------------
     def handle_message(self, message: str | bytes) -> None:
+        self.conv.audio_backlog_ms = sum(len(chunk) for chunk in self.paced) / BYTES_PER_MS
         self.apply(self.conv.receive(message))
 
     def finish(self) -> None:

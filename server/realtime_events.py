@@ -19,6 +19,7 @@ BYTES_PER_MS = SAMPLE_RATE_HZ * 2 // 1000  # PCM16 mono
 PCM_FORMAT = {"type": "audio/pcm", "rate": SAMPLE_RATE_HZ}
 MIN_COMMIT_MS = 100  # same floor as OpenAI: a commit with less audio is refused
 MAX_OUTPUT_TOKENS = 4096
+MAX_AUDIO_BACKLOG_MS = 60_000  # item audio waiting to be fed at real-time speed, at most
 
 # Client event types of the GA protocol that this server does not implement (answered with an error).
 UNSUPPORTED_CLIENT_EVENTS = {

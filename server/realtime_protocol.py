@@ -34,6 +34,7 @@ from typing import Any
 from audio.frames import FRAME_MS, SAMPLE_RATE_HZ
 from server.realtime_events import (
     BYTES_PER_MS,
+    MAX_AUDIO_BACKLOG_MS,
     MIN_COMMIT_MS,
     PCM_FORMAT,
     AudioAppend,
@@ -194,6 +195,8 @@ class RealtimeConversation:
         self._pending_text: list[tuple[int, str]] = []
         self._injected: list[tuple[float, float]] = []  # input spans fed by conversation.item.create
         self._suppress_vad_turn = False
+        # Set by the adapter before each client event: user audio queued behind item audio, not yet heard.
+        self.audio_backlog_ms = 0.0
 
     # -- ids and events ------------------------------------------------------------------------
     def _new_id(self, kind: str) -> str:
@@ -366,8 +369,18 @@ class RealtimeConversation:
                 "previous_item_id",
                 ev.event_id,
             )
+        item_ms = len(ev.pcm16) / BYTES_PER_MS
+        if self.audio_backlog_ms + item_ms > MAX_AUDIO_BACKLOG_MS:
+            raise RealtimeError(
+                "input_audio_backlog_full",
+                f"{self.audio_backlog_ms / 1000:.1f} s of audio are still waiting to be heard (item audio is "
+                f"fed at real-time speed) and this item adds {item_ms / 1000:.1f} s; at most "
+                f"{MAX_AUDIO_BACKLOG_MS / 1000:g} s may wait: send it once the model has heard more",
+                "item.content[0].audio",
+                ev.event_id,
+            )
         start = self.input_ms
-        self.input_ms += len(ev.pcm16) / BYTES_PER_MS
+        self.input_ms += item_ms
         self._injected.append((start, self.input_ms))
         out: list = [PushAudio(ev.pcm16, paced=True)]
         return out + self._add_user_item(

@@ -777,3 +777,23 @@ def test_the_model_starting_over_a_user_already_talking_is_not_an_interruption(r
     user_speech_stopped(conv, 400)
     out = checked(user_speech_started(conv, 600))
     assert of_type(out, "response.done")[0]["response"]["status"] == "cancelled"
+
+
+def test_item_audio_beyond_the_backlog_bound_is_refused_and_nothing_is_queued():
+    """Item audio is heard at real-time speed; what waits for that is bounded (memory, and latency of
+    the live audio queued behind it)."""
+    conv, _ = new_conversation()
+    item = {
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_audio", "audio": b64(b"\x00\x00" * 48_000)}],
+    }
+    conv.audio_backlog_ms = 58_500.0  # what the adapter reports still waiting
+    out = send(conv, type="conversation.item.create", event_id="big", item=item)
+    assert types(out) == ["error"] and not [o for o in out if isinstance(o, PushAudio)]
+    assert out[0]["error"]["code"] == "input_audio_backlog_full"
+    assert out[0]["error"]["param"] == "item.content[0].audio" and out[0]["error"]["event_id"] == "big"
+    assert conv.input_ms == 0 and not conv.items
+    conv.audio_backlog_ms = 57_000.0  # 2 s more fits
+    out = send(conv, type="conversation.item.create", item=item)
+    assert out[0] == PushAudio(b"\x00\x00" * 48_000, paced=True)

@@ -291,6 +291,24 @@ async def test_messages_over_one_mib_close_the_socket_with_1009(server):
         assert info.value.rcvd.code == 1009
 
 
+async def test_item_audio_piling_up_beyond_60_s_is_refused_and_the_session_goes_on(server):
+    async with connect(url(server), additional_headers=HEADERS, max_size=None) as ws:
+        await recv(ws)
+        item = {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_audio", "audio": b64(b"\x00\x00" * 240_000)}],
+        }
+        for i in range(8):  # 8 x 10 s, far faster than it can be heard
+            await ws.send(json.dumps({"type": "conversation.item.create", "event_id": f"i{i}", "item": item}))
+        seen: list = []
+        error = await next_of(ws, "error", seen=seen)
+        assert error["error"]["code"] == "input_audio_backlog_full" and error["error"]["event_id"] == "i6"
+        assert [e["type"] for e in seen].count("conversation.item.done") == 6
+        assert (await next_of(ws, "error"))["error"]["event_id"] == "i7"  # still full
+        await assert_usable(ws)
+
+
 async def test_an_event_flood_is_refused_once_a_second_then_closed_with_1008(server):
     """The same limits as /ws (one connection base): errors at most once a second, then 1008."""
     async with connect(url(server), additional_headers=HEADERS) as ws:
