@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import http
 import json
@@ -66,11 +67,24 @@ def make_process_request(ctx):
                     403, f"origin {request.headers.get('Origin')} is not allowed; see --allowed-origins"
                 )
             return None
+        method = getattr(request, "method", "GET")
+        if method not in ("GET", "HEAD"):
+            return _response(
+                405,
+                "text/plain; charset=utf-8",
+                f"{method} is not served here; use GET\n".encode(),
+                {"Allow": "GET, HEAD"},
+            )
         if path == "/healthz":
-            return _response(200, "application/json", json.dumps(ctx.healthz()).encode())
-        if path == "/metrics":
-            return _response(200, "text/plain; version=0.0.4; charset=utf-8", ctx.metrics.render().encode())
-        status, ctype, body = static.load(config.web_root, path)
-        return _response(status, ctype, body)
+            response = _response(200, "application/json", json.dumps(ctx.healthz()).encode())
+        elif path == "/metrics":
+            response = _response(
+                200, "text/plain; version=0.0.4; charset=utf-8", ctx.metrics.render().encode()
+            )
+        else:
+            response = _response(*static.load(config.web_root, path))
+        if method == "HEAD":  # the GET's headers (Content-Length included), no body
+            response = dataclasses.replace(response, body=b"")
+        return response
 
     return process_request

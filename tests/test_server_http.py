@@ -220,3 +220,35 @@ async def test_session_update_and_playback_position_over_the_wire(server):
         sizes = [len(m) // 2 for _, m in client.audio]
         assert abs(sum(sizes) - 3840 * len(sizes)) <= 3840
         assert max(sizes) <= 1.5 * 3840
+
+
+@pytest.mark.parametrize("method", ["DELETE", "PUT", "PATCH", "OPTIONS", "TRACE"])
+def test_methods_other_than_get_and_head_get_405_with_allow(server, method):
+    import http.client
+
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    try:
+        conn.request(method, "/healthz")
+        resp = conn.getresponse()
+        assert resp.status == 405 and resp.getheader("Allow") == "GET, HEAD"
+        assert b"GET" in resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("path", ["/", "/healthz", "/metrics"])
+def test_head_gets_the_get_headers_and_no_body(server, path):
+    import socket
+
+    status, headers, body = http_get(server, path)
+    # Read HEAD's raw bytes: a body after the headers would be a protocol error a client may not see.
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        sock.sendall(f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and rest == b""
+    assert f"content-type: {headers['content-type']}".encode() in head.lower()
+    if path == "/":
+        assert f"content-length: {len(body)}".encode() in head.lower()
