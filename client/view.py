@@ -192,6 +192,7 @@ class LiveDisplay:
         self.title = title
         self.console = Console()
         self.live = Live(console=self.console, refresh_per_second=10, transient=False)
+        self._ending: list[str] = []  # how the session ended, kept for the summary under the panel
         self.live.start()
 
     def say(self, line: str) -> None:
@@ -221,11 +222,12 @@ class LiveDisplay:
         return Panel(body, title=self.title, subtitle="Ctrl-C to end")
 
     def update(self, view: TalkView) -> None:
-        view.take_lines()  # the panel shows the same information
+        # The panel shows the same information; only the end of the session is kept for close().
+        self._ending += [line for line in view.take_lines() if line.startswith("-- session ended")]
         self.live.update(self.render(view))
 
     def close(self, view: TalkView) -> None:
-        lines = view.take_lines()  # the end of session summary stays on screen under the panel
+        lines = self._ending + view.take_lines()  # the end of session summary stays on screen under the panel
         self.live.update(self.render(view))
         self.live.stop()
         for line in lines:

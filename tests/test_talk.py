@@ -485,3 +485,27 @@ async def test_local_conversation_that_cannot_take_the_engine_output_ends_with_a
     with pytest.raises(talk.TalkError, match="engine failed"):
         await talk.talk(args, display_factory=Lines)
     assert time.monotonic() - start < 2.0, "the session stops at the failure, not at the end of the file"
+
+
+def test_live_display_keeps_the_end_of_the_session_even_if_a_refresh_came_first():
+    class Recorder:
+        def __init__(self):
+            self.printed: list[str] = []
+
+        def print(self, line, **kw):
+            self.printed.append(line)
+
+        def update(self, panel):
+            pass
+
+        def stop(self):
+            pass
+
+    display = talk.LiveDisplay.__new__(talk.LiveDisplay)
+    display.title, display.console, display.live, display._ending = "t", Recorder(), Recorder(), []
+    view = talk.TalkView()
+    view.on_event(ServerEvent("session.ended", {"reason": "client_ended"}))
+    display.update(view)  # the refresh task ran between session.ended and the end of talk()
+    view.lines.append("-- played 1.0 s")
+    display.close(view)
+    assert display.console.printed == ["-- session ended (client_ended)", "-- played 1.0 s"]
