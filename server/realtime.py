@@ -68,6 +68,7 @@ class RealtimeConnection(Connection):
         super().__init__(ctx, ws, slot)
         self.conv: RealtimeConversation | None = None
         self.paced: collections.deque[bytes] = collections.deque()  # item audio fed at real-time speed
+        self.paced_bytes = 0  # what `paced` holds, kept as it changes (read on every client event)
         self.feeder: asyncio.Task | None = None
         # The core detects barge-ins (at the user's onset: the Realtime API interrupts on speech_started);
         # the Realtime state machine owns force_silence (manual turns, the hold after an interruption),
@@ -126,6 +127,7 @@ class RealtimeConnection(Connection):
         # Behind paced item audio, live audio waits its turn so the model hears everything in order.
         for i in range(0, len(pcm16), _FRAME_BYTES):
             self.paced.append(pcm16[i : i + _FRAME_BYTES])
+        self.paced_bytes += len(pcm16)
         if self.feeder is None or self.feeder.done():
             self.feeder = asyncio.create_task(self._feed())
 
@@ -134,7 +136,9 @@ class RealtimeConnection(Connection):
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while self.paced and not self.session.ended:
-            self.session.push_audio(self.paced.popleft())
+            chunk = self.paced.popleft()
+            self.paced_bytes -= len(chunk)
+            self.session.push_audio(chunk)
             next_at += FRAME_MS / 1000
             await asyncio.sleep(max(0.0, next_at - loop.time()))
 
@@ -170,7 +174,7 @@ class RealtimeConnection(Connection):
 
     # -- client messages -------------------------------------------------------------------------
     def handle_message(self, message: str | bytes) -> None:
-        self.conv.audio_backlog_ms = sum(len(chunk) for chunk in self.paced) / BYTES_PER_MS
+        self.conv.audio_backlog_ms = self.paced_bytes / BYTES_PER_MS
         self.apply(self.conv.receive(message))
 
     def finish(self) -> None:
