@@ -6,8 +6,8 @@
 - `RealtimeConversation` is the response/item state machine. It is fed client events and what the
   core reports (user speech started/stopped on the input timeline, one output frame of assistant
   audio with its speaking flag, text pieces, user captions) and returns, in order, server events
-  (plain dicts, ready for `json.dumps`) and `Action`s for the adapter to carry out on the session
-  (push audio, force silence, reconfigure VAD and captions).
+  (plain dicts, ready for `json.dumps`) and `Action`s (server/realtime_records.py) for the adapter
+  to carry out on the session (push audio, force silence, reconfigure VAD and captions).
 
 How a full-duplex model maps onto turns (docs/realtime.md says it for users):
 - The model hears every appended sample as it arrives; commit/clear only shape conversation items.
@@ -28,7 +28,7 @@ How a full-duplex model maps onto turns (docs/realtime.md says it for users):
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from audio.frames import FRAME_MS, SAMPLE_RATE_HZ
@@ -51,6 +51,7 @@ from server.realtime_events import (
     parse_client_event,
     warning,
 )
+from server.realtime_records import ConfigureInput, Item, PushAudio, Response, SetSilenced
 
 __all__ = [
     "BYTES_PER_MS",
@@ -63,90 +64,6 @@ __all__ = [
     "SetSilenced",
     "TurnDetection",
 ]
-
-
-# -- actions for the adapter ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Action:
-    pass
-
-
-@dataclass(frozen=True)
-class PushAudio(Action):
-    """Feed user audio to the session. paced: the adapter feeds it at real-time speed (item audio)."""
-
-    pcm16: bytes
-    paced: bool = False
-
-
-@dataclass(frozen=True)
-class SetSilenced(Action):
-    """Hold the engine silent (True) or give it the floor back (False)."""
-
-    silent: bool
-
-
-@dataclass(frozen=True)
-class ConfigureInput(Action):
-    """VAD settings (None: no turn detection, VAD still runs for captions) and whether captions run."""
-
-    turn_detection: TurnDetection | None
-    captions: bool
-
-
-# -- the state machine ------------------------------------------------------------------------------
-
-
-@dataclass
-class Item:
-    id: str
-    role: str  # "user" | "assistant"
-    status: str = "completed"  # "in_progress" | "completed" | "incomplete"
-    start_ms: float = 0.0  # user items: span on the input timeline
-    end_ms: float = 0.0
-    transcript: str | None = None  # user items: caption or client-given transcript
-    frames: int = 0  # assistant items: 80 ms frames of audio sent
-    pieces: list[tuple[int, str]] = field(default_factory=list)  # assistant: (frame index, text piece)
-    audio_end_ms: int | None = None  # set by a truncate
-
-    @property
-    def audio_ms(self) -> int:
-        return self.frames * FRAME_MS if self.audio_end_ms is None else self.audio_end_ms
-
-    @property
-    def text(self) -> str:
-        return "".join(p for _, p in self.pieces)
-
-    def to_json(self) -> dict[str, Any]:
-        if self.role == "user":
-            content = [{"type": "input_audio", "transcript": self.transcript}]
-        else:
-            content = [{"type": "output_audio", "transcript": self.text}] if self.frames else []
-        return {
-            "id": self.id,
-            "object": "realtime.item",
-            "type": "message",
-            "role": self.role,
-            "status": self.status,
-            "content": content,
-        }
-
-
-@dataclass
-class Response:
-    id: str
-    metadata: dict | None
-    max_frames: int | None
-    requested: bool  # by response.create (else opened by the model's own speech)
-    status: str = "in_progress"
-    status_details: dict | None = None
-    item: Item | None = None
-    waited_frames: int = 0  # frames since created without speech (requested responses)
-    held: list[list] = field(default_factory=list)  # quiet frames at the tail: [pcm16, text]
-    input_ms_at_start: float = 0.0
-    speech_from_frame: int = 0  # output frame at which its audio began (barge-ins count after it)
 
 
 class RealtimeConversation:
@@ -449,38 +366,6 @@ class RealtimeConversation:
         return out + self._sync_silence()
 
     # -- response lifecycle --------------------------------------------------------------------
-    def _response_json(self, r: Response) -> dict[str, Any]:
-        usage = None
-        if r.status != "in_progress":
-            frames = r.item.frames if r.item else 0
-            heard = max(0, round((self.input_ms - r.input_ms_at_start) / FRAME_MS))
-            usage = {
-                "total_tokens": frames + heard,
-                "input_tokens": heard,
-                "output_tokens": frames,
-                "input_token_details": {
-                    "text_tokens": 0,
-                    "audio_tokens": heard,
-                    "image_tokens": 0,
-                    "cached_tokens": 0,
-                    "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0, "image_tokens": 0},
-                },
-                "output_token_details": {"text_tokens": 0, "audio_tokens": frames},
-            }
-        return {
-            "id": r.id,
-            "object": "realtime.response",
-            "status": r.status,
-            "status_details": r.status_details,
-            "output": [r.item.to_json()] if r.item else [],
-            "conversation_id": self.conversation_id,
-            "output_modalities": ["audio"],
-            "metadata": r.metadata,
-            "max_output_tokens": "inf" if r.max_frames is None else r.max_frames,
-            "audio": {"output": {"format": dict(PCM_FORMAT), "voice": self.voice}},
-            "usage": usage,
-        }
-
     def _open_response(
         self,
         *,
@@ -491,7 +376,9 @@ class RealtimeConversation:
     ) -> list:
         r = Response(self._new_id("resp"), metadata, max_frames, requested, input_ms_at_start=self.input_ms)
         self.response = r
-        created = self.event("response.created", response=self._response_json(r))
+        created = self.event(
+            "response.created", response=r.to_json(self.conversation_id, self.input_ms, self.voice)
+        )
         if warnings:
             created["warnings"] = list(warnings)
         return [created]
@@ -544,7 +431,9 @@ class RealtimeConversation:
                     "conversation.item.done", previous_item_id=self._previous_of(item.id), item=item.to_json()
                 ),
             ]
-        out.append(self.event("response.done", response=self._response_json(r)))
+        out.append(
+            self.event("response.done", response=r.to_json(self.conversation_id, self.input_ms, self.voice))
+        )
         if status != "completed" and r.item is not None and self._in_stretch:
             self._drop_stretch = True
         if status != "completed" and reason != "turn_detected":
