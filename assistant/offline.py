@@ -110,9 +110,8 @@ def run_offline(
                 on_frame(i)
             if conversation.ended:
                 raise RuntimeError(f"the conversation stopped at frame {i}: {conversation.ended}")
-        conversation.end("input_ended")
     finally:
-        conversation.end("input_ended")
+        conversation.end("input_ended")  # no-op when it already ended
         scheduler.apply_slot_changes()
         scheduler.shutdown()
     return OfflineResult(frames.reshape(-1), assistant.reshape(-1), events)
