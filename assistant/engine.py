@@ -40,6 +40,8 @@ class SlotOptions:
     text_temperature: float | None = None
     top_k: int | None = None
     text_top_k: int | None = None
+    instructions: str | None = None  # role prompt (models that take prompts; see Engine.takes_prompts)
+    voice: str | None = None  # voice preset name or a .wav / .pt file (models that take prompts)
 
 
 class Engine:
@@ -82,6 +84,26 @@ class Engine:
     def update(self, slot: int, options: SlotOptions) -> None:
         """Change sampling options of an open slot (backends without sampling ignore it)."""
         self._check_slot(slot)
+
+    # -- prompts -----------------------------------------------------------------------------
+    @property
+    def takes_prompts(self) -> bool:
+        """Whether `instructions` and `voice` change what this engine says (PersonaPlex-family models)."""
+        return False
+
+    def voices(self) -> list[str]:
+        """Voice presets a slot may name (empty for engines without voices)."""
+        return []
+
+    def check_prompt(self, instructions: str | None, voice: str | None) -> None:
+        """Raise ValueError with a reason a user can act on unless this prompt can be used."""
+
+    def finish_prompts(self) -> None:
+        """Feed every pending prompt now, however long it takes (offline runs, which keep no clock)."""
+
+    def is_ready(self, slot: int) -> bool:
+        """False while an open slot's prompt is still being fed to the model (its output is silence)."""
+        return bool(self.live[slot])
 
     def force_silence(self, slot: int, silent: bool) -> None:
         """Keep the assistant in `slot` silent (barge-in policy `vad`, manual turns)."""

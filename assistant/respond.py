@@ -64,6 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=None, help="random seed, for a reproducible answer")
     parser.add_argument(
+        "--instructions",
+        help="role prompt, e.g. 'You are a patient teacher.' (PersonaPlex-family models)",
+    )
+    parser.add_argument(
+        "--voice",
+        help="voice: a preset of the model (e.g. NATF2) or a .wav / .pt file (PersonaPlex-family models)",
+    )
+    parser.add_argument(
         "--tail-seconds",
         type=float,
         default=5.0,
@@ -112,7 +120,11 @@ def conversation_options(args: argparse.Namespace) -> ConversationOptions:
     if text_temperature is None and args.temperature == 0:
         text_temperature = 0.0  # --temperature 0 means a fully greedy answer
     return ConversationOptions(
-        seed=args.seed, temperature=args.temperature, text_temperature=text_temperature
+        seed=args.seed,
+        temperature=args.temperature,
+        text_temperature=text_temperature,
+        instructions=getattr(args, "instructions", None),
+        voice=getattr(args, "voice", None),
     )
 
 
@@ -146,6 +158,12 @@ def run(args: argparse.Namespace) -> int:
             else {}
         )
         engine = build_engine(args.backend, batch_size=1, **engine_options)
+        if (options.instructions or options.voice) and not engine.takes_prompts:
+            raise ValueError(
+                f"{engine.model_name or engine.name} takes no role or voice prompt; --instructions and --voice "
+                "need a PersonaPlex-family checkpoint"
+            )
+        engine.check_prompt(options.instructions, options.voice)
     except (ValueError, OSError) as exc:  # bad checkpoint, device or option: the message says what to fix
         print(f"respond: {exc}", file=sys.stderr)
         return 2

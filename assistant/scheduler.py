@@ -142,6 +142,10 @@ class SlotHandle:
         if not self.released:
             self.scheduler._ops.append(("silence", self.slot, bool(silent)))
 
+    def check_prompt(self, instructions: str | None, voice: str | None) -> None:
+        """Raise ValueError now (not at the next tick) unless the engine can use this prompt."""
+        self.scheduler.engine.check_prompt(instructions, voice)
+
     def update(self, options: SlotOptions) -> None:
         if not self.released:
             self.scheduler._ops.append(("update", self.slot, options))

@@ -24,6 +24,7 @@ from assistant.engine import Engine, SlotOptions, StepOutput
 from assistant.moshi.graphs import StepRunner, bucket_for, compile_mode, topk_width
 from assistant.moshi.lm import MoshiStreamingLM, Sampling
 from assistant.moshi.loading import LoadedMoshi, load_moshi, resolve_device, resolve_dtype
+from assistant.moshi.persona import DEFAULT_CHUNK_FRAMES, Prompter, PromptJob
 from assistant.moshi.random_models import RANDOM_MODELS, random_loaded
 
 DEFAULT_TEXT_TEMPERATURE = 0.7
@@ -63,10 +64,15 @@ class MoshiEngine(Engine):
         compile: bool | None = None,
         quantize: str | None = None,
         warm_up: bool = True,
+        prefill: str = "fast",
+        prefill_chunk: int = DEFAULT_CHUNK_FRAMES,
     ):
         """compile: CUDA-graph the LM step per batch bucket (None: env ASSISTANT_COMPILE, default on CUDA).
         quantize: None or "int8" (None: env ASSISTANT_QUANTIZE), weight-only, applied to loaded.model in place.
         warm_up: capture every bucket now (with a progress bar), so no tick ever waits for a capture.
+        prefill: how a prompted model takes a slot's prompt: "fast" (`prefill_chunk` positions per
+        forward pass, one pass per tick while others are live) or "stepwise" (one position per
+        forward, all at once; the reference the fast path is checked against).
         """
         super().__init__(batch_size)
         if codec.batch_size != batch_size:
@@ -97,6 +103,15 @@ class MoshiEngine(Engine):
         self._force_text = torch.full((batch_size,), loaded.text_pad_id, dtype=torch.long, device=dev)
         self._force_audio = self._silence_codes.expand(batch_size, -1).contiguous()
         self.runner = StepRunner(self.lm, codec, compile_mode(compile, dev))
+        if prefill not in ("fast", "stepwise"):
+            raise ValueError(f"prefill must be 'fast' or 'stepwise', got {prefill!r}")
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        self.prefill_mode, self.prefill_chunk = prefill, int(prefill_chunk)
+        self.prompter = Prompter(self.lm, loaded, codec.model) if loaded.takes_prompts else None
+        self._jobs: dict[int, PromptJob] = {}  # slot -> its prompt's prefill, while it runs
+        self._prompt_of: dict[int, tuple[str | None, str | None]] = {}
+        self.prefill_stats = {"prompts": 0, "positions": 0, "ms": 0.0}
         for slot in range(batch_size):
             self._reset_slot(slot, SlotOptions())
         if warm_up:
@@ -161,11 +176,104 @@ class MoshiEngine(Engine):
         weights, headroom, per_slot = 15.4e9, 6e9, 1.6e9
         return int(max(1, min(16, (free_bytes - weights - headroom) // per_slot)))
 
+    # -- prompts ---------------------------------------------------------------------------------
+    @property
+    def takes_prompts(self) -> bool:
+        return self.prompter is not None
+
+    def voices(self) -> list[str]:
+        return self.prompter.voice_names() if self.prompter else []
+
+    def check_prompt(self, instructions: str | None, voice: str | None) -> None:
+        if self.prompter is not None:
+            self.prompter.check(instructions, voice)
+
+    def is_ready(self, slot: int) -> bool:
+        return bool(self.live[slot]) and slot not in self._jobs
+
+    def finish_prompts(self) -> None:
+        self._advance_prompts(all_now=True)
+
+    def _start_prompt(self, slot: int, options: SlotOptions) -> None:
+        """Queue the prefill of `slot`'s prompt; the slot gets its row when the prefill is done."""
+        self._prompt_of[slot] = (options.instructions, options.voice)
+        self._jobs[slot] = self.prompter.job(options.instructions, options.voice)
+        if self.prefill_mode == "stepwise" or not self._slot_at:
+            self._advance_prompts()  # nobody to keep waiting: do it now
+
+    def _advance_prompts(self, all_now: bool = False) -> float:
+        """Prefill pending prompts: all of them when no slot is live (or `all_now`), else one chunk."""
+        if not self._jobs:
+            return 0.0
+        t0 = time.perf_counter()
+        for slot in list(self._jobs):
+            job = self._jobs[slot]
+            if self.prefill_mode == "stepwise":
+                self._activate_stepwise(slot)
+                continue
+            waiting = bool(self._slot_at) and not all_now  # live conversations wait for the next tick
+            if waiting:
+                self.prefill_stats["positions"] += job.advance(self.prefill_chunk)
+            else:
+                while not job.done:
+                    self.prefill_stats["positions"] += job.advance(job.remaining)
+            if job.done:
+                self._activate(slot, job)
+            if waiting:
+                break  # one chunk per tick
+        spent = (time.perf_counter() - t0) * 1000
+        self.prefill_stats["ms"] += spent
+        return spent
+
+    def _new_row(self, slot: int) -> int:
+        row = len(self._slot_at)
+        self._row_of[slot] = row
+        self._slot_at.append(slot)
+        self.codec.reset(row)
+        return row
+
+    def _activate(self, slot: int, job: PromptJob) -> None:
+        del self._jobs[slot]
+        row = self._new_row(slot)
+        self.lm.load_prompt(row, job.cache, job.tail(), self._row_sampling(slot))
+        self.prefill_stats["prompts"] += 1
+
+    def _activate_stepwise(self, slot: int) -> None:
+        from assistant.moshi.lm import PromptTail
+
+        instructions, voice = self._prompt_of[slot]
+        del self._jobs[slot]
+        embeds, carry = self.prompter.embeds(instructions, voice)
+        row = self._new_row(slot)
+        self.lm.reset(row)
+        hidden, logits = self.lm.prefill_stepwise(row, embeds)
+        tail = PromptTail(hidden=hidden, text_logits=logits, carry=carry, length=int(embeds.shape[0]))
+        self.lm.load_prompt(row, None, tail, self._row_sampling(slot))
+        self.prefill_stats["positions"] += int(embeds.shape[0])
+        self.prefill_stats["prompts"] += 1
+
+    def _row_sampling(self, slot: int) -> Sampling:
+        s, dev = self._sampling[slot], self.lm.device
+        uniform = torch.rand(1, 1 + self.lm.num_codebooks, generator=self._generators[slot])
+        return Sampling(
+            text_temperature=torch.tensor([s.text_temperature], device=dev),
+            text_top_k=torch.tensor([s.text_top_k], device=dev),
+            audio_temperature=torch.tensor([s.temperature], device=dev),
+            audio_top_k=torch.tensor([s.top_k], device=dev),
+            uniform=uniform.to(dev),
+        )
+
     # -- slots -----------------------------------------------------------------------------------
     def open(self, slot: int, options: SlotOptions | None = None) -> None:
         self._check_slot(slot)
         if self.live[slot]:
             raise RuntimeError(f"slot {slot} is already open")
+        options = options or SlotOptions()
+        if self.prompter is not None:
+            self.prompter.check(options.instructions, options.voice)  # refuse before anything changes
+            super().open(slot, options)
+            self._start_prompt(slot, options)
+            return
         self._row_of[slot] = len(self._slot_at)
         self._slot_at.append(slot)
         try:
@@ -178,8 +286,10 @@ class MoshiEngine(Engine):
     def close(self, slot: int) -> None:
         self._check_slot(slot)
         was_live = bool(self.live[slot])
+        self._jobs.pop(slot, None)
+        self._prompt_of.pop(slot, None)
         super().close(slot)
-        if was_live:
+        if was_live and slot in self._row_of:
             self._release_row(slot)
 
     def _release_row(self, slot: int) -> None:
@@ -206,7 +316,18 @@ class MoshiEngine(Engine):
         self._apply_options(slot, options, reseed=True)
 
     def update(self, slot: int, options: SlotOptions) -> None:
+        """New sampling options apply from the next frame. A new prompt (instructions or voice)
+        starts the slot's model context over with it: the model forgets the conversation so far."""
         self._check_slot(slot)
+        new_prompt = (options.instructions, options.voice)
+        if self.prompter is not None and self.live[slot] and new_prompt != self._prompt_of.get(slot):
+            self.prompter.check(*new_prompt)
+            self._apply_options(slot, options, reseed=options.seed is not None)
+            self._jobs.pop(slot, None)
+            if slot in self._row_of:
+                self._release_row(slot)
+            self._start_prompt(slot, options)
+            return
         self._apply_options(slot, options, reseed=options.seed is not None)
 
     def _apply_options(self, slot: int, options: SlotOptions, reseed: bool) -> None:
@@ -271,12 +392,13 @@ class MoshiEngine(Engine):
         B, n = self.batch_size, len(self._slot_at)
         pcm_out = np.zeros((B, self.frame_samples), dtype=np.float32)
         text = [""] * B
-        if n == 0:  # nobody to serve: no model work at all
+        if n == 0:  # nobody to serve: no model work beyond pending prompts
+            prefill_ms = self._advance_prompts()
             return StepOutput(
                 pcm_out=pcm_out,
                 text=text,
                 speaking=np.zeros(B, dtype=bool),
-                timings_ms={"total_ms": (time.perf_counter() - t0) * 1000},
+                timings_ms={"total_ms": (time.perf_counter() - t0) * 1000, "prefill_ms": prefill_ms},
             )
         slots = np.asarray(self._slot_at)
         bucket = bucket_for(n, self.runner.buckets)
@@ -318,6 +440,8 @@ class MoshiEngine(Engine):
                 text[slot] = self.loaded.tokenizer.piece(text_ids[row])
         speaking = np.zeros(B, dtype=bool)
         speaking[slots] = ~quiet & (np.sqrt(np.mean(pcm**2, axis=1)) > SPEAKING_RMS)
+        if self._jobs:
+            timings["prefill_ms"] = self._advance_prompts()
         timings["total_ms"] = (time.perf_counter() - t0) * 1000
         return StepOutput(pcm_out=pcm_out, text=text, speaking=speaking, timings_ms=timings)
 
@@ -382,6 +506,10 @@ class MoshiEngine(Engine):
         d = self.defaults
         return super().describe() | {
             "layout": self.loaded.layout,
+            "model_type": self.loaded.model_type,
+            "takes_prompts": self.takes_prompts,
+            "voices": len(self.voices()),
+            "prefill": self.prefill_mode,
             "device": str(self.lm.device),
             "dtype": str(self.lm.dtype).removeprefix("torch."),
             "context_frames": self.lm.context,

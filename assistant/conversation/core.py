@@ -98,6 +98,9 @@ class SlotControl:
     def update(self, options: SlotOptions) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def check_prompt(self, instructions: str | None, voice: str | None) -> None:
+        """Raise ValueError unless the engine can use this prompt (default: any is fine)."""
+
     def release(self) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -264,6 +267,8 @@ class Conversation:
         """Change options (ConversationOptions fields); emits SessionUpdated."""
         options = self.options.replace(**changes)
         vad_config = options.vad_config(self.base_vad)  # raises ValueError before anything changes
+        if self.slot and changes.keys() & {"instructions", "voice"}:
+            self.slot.check_prompt(options.instructions, options.voice)  # same: a bad voice changes nothing
         self.options = options
         self.turns.barge_in = self.options.barge_in
         self.turns.min_interrupt_samples = self.options.min_interrupt_ms * _SAMPLES_PER_MS
@@ -272,7 +277,13 @@ class Conversation:
             self._vad = StreamingVad(vad_config, sample_rate_hz=SAMPLE_RATE_HZ)
             if self.turns.user_speaking:
                 self._act(self.turns.user_speech_stopped())
-        if self.slot and changes.keys() & {"seed", "temperature", "text_temperature"}:
+        if self.slot and changes.keys() & {
+            "seed",
+            "temperature",
+            "text_temperature",
+            "instructions",
+            "voice",
+        }:
             self.slot.update(self.options.slot_options())
         if self.turns.silenced and self.options.barge_in != "vad":
             self.turns.silenced = False

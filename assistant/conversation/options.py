@@ -25,6 +25,8 @@ class ConversationOptions:
     temperature: float | None = None
     text_temperature: float | None = None
     captions: bool = False
+    instructions: str | None = None  # role prompt, for models that take one (PersonaPlex family)
+    voice: str | None = None  # voice preset name or .wav / .pt file, same models
 
     def __post_init__(self):
         if self.barge_in not in BARGE_IN_POLICIES:
@@ -39,7 +41,11 @@ class ConversationOptions:
 
     def slot_options(self) -> SlotOptions:
         return SlotOptions(
-            seed=self.seed, temperature=self.temperature, text_temperature=self.text_temperature
+            seed=self.seed,
+            temperature=self.temperature,
+            text_temperature=self.text_temperature,
+            instructions=self.instructions,
+            voice=self.voice,
         )
 
     def vad_config(self, base: VadConfig) -> VadConfig:
@@ -60,6 +66,8 @@ class ConversationOptions:
             "temperature": self.temperature,
             "text_temperature": self.text_temperature,
             "captions": self.captions,
+            "instructions": self.instructions,
+            "voice": self.voice,
         }
 
 

@@ -3,6 +3,8 @@ weights renamed (RoPE q/k rows permuted, fused and per-step depth weights split)
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from assistant.moshi.checkpoint import DEFAULT_DELAYS, CheckpointError
@@ -39,6 +41,7 @@ KYUTAI_7B_KWARGS: dict = {
     "delays": list(DEFAULT_DELAYS),
 }
 
+MODEL_TYPES = ("moshi", "personaplex")
 # Settings our step implements; a Kyutai config asking for anything else is refused up front.
 _REQUIRED_KYUTAI = {
     "causal": True,
@@ -86,6 +89,9 @@ _IGNORED_KYUTAI = {
     "extra_heads_dim",
     "kv_repeat",
     "text_card_out",
+    "silence_tokens",
+    "sine_tokens",
+    "default_voice",
 }
 
 
@@ -114,9 +120,9 @@ def kyutai_lm_kwargs(raw_config: dict | None) -> dict:
             raise CheckpointError(
                 f"Kyutai config sets {key}={merged[key]!r}, which this engine does not support"
             )
-    if merged.get("model_type", "moshi") != "moshi":
+    if merged.get("model_type", "moshi") not in MODEL_TYPES:
         raise CheckpointError(
-            f"Kyutai config has model_type={merged['model_type']!r}; only 'moshi' models are supported"
+            f"Kyutai config has model_type={merged['model_type']!r}; supported: {', '.join(MODEL_TYPES)}"
         )
     if merged.get("text_card_out") not in (None, merged["text_card"]):
         raise CheckpointError(
@@ -125,9 +131,10 @@ def kyutai_lm_kwargs(raw_config: dict | None) -> dict:
     unknown = sorted(set(merged) - set(KYUTAI_7B_KWARGS) - _IGNORED_KYUTAI - set(_OFF_ONLY_KYUTAI))
     if unknown:
         raise CheckpointError(f"Kyutai config has unknown keys {unknown}; is this a Moshi LM config?")
-    if merged["n_q"] != 2 * merged["dep_q"]:
+    if merged["n_q"] % 2 or merged["dep_q"] not in (merged["n_q"] // 2, merged["n_q"]):
         raise CheckpointError(
-            f"n_q={merged['n_q']} must be 2 * dep_q={merged['dep_q']} (assistant + user streams)"
+            f"n_q={merged['n_q']}, dep_q={merged['dep_q']}: expected n_q = 2 x the assistant's codebooks "
+            "and dep_q = n_q / 2 (Moshi) or n_q (PersonaPlex, whose depth transformer also predicts the user)"
         )
     if len(merged["delays"]) != merged["n_q"] + 1:
         raise CheckpointError(
@@ -157,7 +164,9 @@ def kyutai_lm_config(kwargs: dict, mimi_config=None):
         rope_parameters={"rope_type": "default", "rope_theta": float(kwargs["max_period"])},
         ffn_dim=2 * _gated_hidden(dim, ff),
         rms_norm_eps=1e-8,
-        num_codebooks=kwargs["dep_q"],
+        # the assistant's codebooks; a PersonaPlex depth transformer's further steps (the user's codes)
+        # are never needed, since the user's codes are always given (see convert_kyutai_lm_state_dict)
+        num_codebooks=kwargs["n_q"] // 2,
         audio_encoder_config=mimi_config.to_dict(),
         depth_decoder_config={
             "hidden_size": dep_dim,
@@ -248,6 +257,21 @@ class _Source:
             )
         return tensor
 
+    def drop_depth_steps_from(self, first: int) -> None:
+        """Forget depth-transformer weights of steps >= first (a PersonaPlex model's user steps)."""
+        pattern = re.compile(
+            r"^(depformer_in|linears|depformer_emb)\.(\d+)\.|^depformer\.layers\.\d+\."
+            r"(self_attn\.in_projs|self_attn\.out_projs|gating)\.(\d+)\."
+        )
+        for key in list(self.state):
+            match = pattern.match(key)
+            if match is None:
+                continue
+            step = int(match.group(2) or match.group(4))
+            limit = first - 1 if match.group(1) == "depformer_emb" else first
+            if step >= limit:
+                del self.state[key]
+
     def check_empty(self) -> None:
         if self.state:
             extra = sorted(self.state)
@@ -257,11 +281,23 @@ class _Source:
             )
 
 
-def convert_kyutai_lm_state_dict(state: dict[str, torch.Tensor], config, filename: str = "model.safetensors"):
+def convert_kyutai_lm_state_dict(
+    state: dict[str, torch.Tensor],
+    config,
+    filename: str = "model.safetensors",
+    *,
+    user_depth_steps: bool = False,
+):
     """Kyutai LM weights -> the LM part of MoshiForConditionalGeneration's state dict (no Mimi).
 
     Fused q/k/v projections are split, q/k rows of the temporal transformer permuted for
     transformers' RoPE, and the depth transformer's per-codebook weights stacked.
+
+    A PersonaPlex depth transformer has steps past the assistant's K codebooks (they predict the
+    user's codes). Those outputs are never used: the user's codes of a position are always given,
+    so they are forced wherever the reference reads them, and they come after every assistant
+    codebook in the depth order, so they cannot change one. With `user_depth_steps` their
+    weights (present or not) are dropped.
     """
     src = _Source(state, filename)
     dep = config.depth_decoder_config
@@ -323,9 +359,14 @@ def convert_kyutai_lm_state_dict(state: dict[str, torch.Tensor], config, filenam
     for layer in range(dep.num_hidden_layers):
         k_in, k_out = f"depformer.layers.{layer}.", f"depth_decoder.layers.{layer}."
         legacy = src.state.pop(k_in + "self_attn.in_proj_weight", None)
-        if legacy is not None:  # old checkpoints fuse the 8 steps' projections into one tensor
-            for i, part in enumerate(legacy.chunk(K)):
+        if legacy is not None:  # old checkpoints fuse the steps' projections into one tensor
+            rows = (dheads + 2 * dkv) * dhd
+            for i, part in enumerate(legacy.split(rows)):
                 src.state[k_in + f"self_attn.in_projs.{i}.weight"] = part
+        legacy_out = src.state.pop(k_in + "self_attn.out_proj.weight", None)
+        if legacy_out is not None:
+            for i, part in enumerate(legacy_out.split(ddim)):
+                src.state[k_in + f"self_attn.out_projs.{i}.weight"] = part
         qs, ks, vs = [], [], []
         for i in range(K):
             qkv = src.take(k_in + f"self_attn.in_projs.{i}.weight", ((dheads + 2 * dkv) * dhd, ddim))
@@ -349,5 +390,7 @@ def convert_kyutai_lm_state_dict(state: dict[str, torch.Tensor], config, filenam
         out[k_out + "mlp.fc2.weight"] = torch.stack(
             [src.take(k_in + f"gating.{i}.linear_out.weight", (ddim, dep.ffn_dim // 2)) for i in range(K)]
         )
+    if user_depth_steps:
+        src.drop_depth_steps_from(K)
     src.check_empty()
     return out

@@ -69,13 +69,28 @@ class RingKVCache:
 
     def first_rows(self, n: int) -> RingKVCache:
         """A cache over rows [0, n) sharing this one's storage: writes through it land here."""
+        return self.rows(0, n)
+
+    def rows(self, start: int, stop: int) -> RingKVCache:
+        """A cache over rows [start, stop) sharing this one's storage."""
         view = copy.copy(self)
-        view.keys = [k[:n] for k in self.keys]
-        view.values = [v[:n] for v in self.values]
-        view.filled = self.filled[:n]
-        view._rows = self._rows[:n]
-        view._write = self._write[:n]
+        view.keys = [k[start:stop] for k in self.keys]
+        view.values = [v[start:stop] for v in self.values]
+        view.filled = self.filled[start:stop]
+        view._rows = self._rows[: stop - start]
+        view._write = self._write[start:stop]
         return view
+
+    def load_row(self, row: int, prefix: PrefillCache) -> None:
+        """Make row `row` hold exactly the prompt positions 0..n-1 computed in `prefix`."""
+        n = prefix.length
+        if n > self.window:
+            raise ValueError(f"a prompt of {n} frames does not fit the {self.window}-frame context")
+        self.reset_rows(torch.tensor([row], device=self.filled.device))
+        self.filled[row, :n] = True
+        for layer, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
+            k[row, :, :n] = prefix.keys[layer][0, :, :n]
+            v[row, :, :n] = prefix.values[layer][0, :, :n]
 
 
 class DepthCache:
@@ -93,6 +108,73 @@ class DepthCache:
         self.keys[layer_idx][:, :, self.step] = key_states[:, :, 0]
         self.values[layer_idx][:, :, self.step] = value_states[:, :, 0]
         return self.keys[layer_idx][:, :, : self.step + 1], self.values[layer_idx][:, :, : self.step + 1]
+
+
+class PrefillCache:
+    """Key/value cache of one conversation's prompt, grown a chunk of positions at a time.
+
+    The prompt's every stream is known in advance, so the temporal transformer can take many
+    positions in one forward pass (causal within the chunk, attending to all earlier positions)
+    instead of one step per frame. The result is loaded into an engine row with
+    `MoshiStreamingLM.load_prompt`, or kept as the shared prefix of a voice and copied.
+    """
+
+    def __init__(self, num_layers: int, num_kv_heads: int, capacity: int, head_dim: int, device, dtype):
+        shape = (1, num_kv_heads, capacity, head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.capacity = capacity
+        self.length = 0  # positions held
+        self._chunk = 0  # positions of the chunk being written
+
+    def copy(self, capacity: int | None = None) -> PrefillCache:
+        """An independent copy (room for `capacity` positions), e.g. a voice prefix for a new slot."""
+        capacity = max(capacity or self.capacity, self.length)
+        layers, (_, heads, _, head_dim) = len(self.keys), self.keys[0].shape
+        other = PrefillCache(layers, heads, capacity, head_dim, self.keys[0].device, self.keys[0].dtype)
+        for mine, theirs in ((self.keys, other.keys), (self.values, other.values)):
+            for a, b in zip(mine, theirs, strict=True):
+                b[:, :, : self.length] = a[:, :, : self.length]
+        other.length = self.length
+        return other
+
+    def begin_chunk(self, n: int, dtype) -> torch.Tensor:
+        """Room for n more positions; the additive mask (1, 1, n, length + n) of a causal chunk."""
+        if self.length + n > self.capacity:
+            raise ValueError(f"prompt longer than its cache ({self.length + n} > {self.capacity} frames)")
+        self._chunk = n
+        total = self.length + n
+        query = torch.arange(self.length, total, device=self.keys[0].device)[:, None]
+        key = torch.arange(total, device=self.keys[0].device)[None, :]
+        mask = torch.zeros(n, total, device=self.keys[0].device, dtype=dtype)
+        mask.masked_fill_(key > query, torch.finfo(dtype).min)
+        return mask[None, None]
+
+    def end_chunk(self) -> None:
+        self.length += self._chunk
+        self._chunk = 0
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        stop = self.length + self._chunk
+        self.keys[layer_idx][:, :, self.length : stop] = key_states
+        self.values[layer_idx][:, :, self.length : stop] = value_states
+        return self.keys[layer_idx][:, :, :stop], self.values[layer_idx][:, :, :stop]
+
+
+@dataclass
+class PromptTail:
+    """Where a prompt ends: the temporal transformer's last output, and what the next position holds.
+
+    hidden: (1, 1, D) normed output at the prompt's last position; text_logits: (1, V).
+    carry: long (1 + 2K,), the tokens already decided for the first position after the prompt
+    (the delayed streams of the prompt's last frame); -1 where the model chooses.
+    length: positions in the prompt.
+    """
+
+    hidden: torch.Tensor
+    text_logits: torch.Tensor
+    carry: torch.Tensor
+    length: int
 
 
 @dataclass
@@ -206,6 +288,123 @@ class MoshiStreamingLM:
         view._depth_shape = (self._depth_shape[0], n, *self._depth_shape[2:])
         return view
 
+    def rows(self, start: int, stop: int) -> MoshiStreamingLM:
+        """The same LM over rows [start, stop), sharing this one's state tensors."""
+        view = copy.copy(self)
+        view.batch_size = stop - start
+        view.tokens = self.tokens[start:stop]
+        view.offsets = self.offsets[start:stop]
+        view.kv = self.kv.rows(start, stop)
+        view._rows = self._rows[: stop - start]
+        view._depth_shape = (self._depth_shape[0], stop - start, *self._depth_shape[2:])
+        return view
+
+    # -- prompts ---------------------------------------------------------------------------------
+    def new_prefill_cache(self, capacity: int) -> PrefillCache:
+        config = self.model.config
+        return PrefillCache(
+            config.num_hidden_layers,
+            config.num_key_value_heads,
+            capacity,
+            config.head_dim,
+            self.device,
+            self.dtype,
+        )
+
+    def embed_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Input embeddings (N, D) of N positions' 17 input tokens (N, 1 + 2K)."""
+        inputs = inputs.to(self.device, torch.long)
+        embeds = self.text_embed(inputs[:, 0])
+        for k in range(2 * self.num_codebooks):
+            embeds = embeds + self.audio_embeds[k](inputs[:, 1 + k])
+        return embeds
+
+    @torch.no_grad()
+    def prefill(self, cache: PrefillCache, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the temporal transformer over the next N prompt positions (embeds (N, D)) in one pass.
+
+        Returns the normed hidden state (1, 1, D) and text logits (1, V) of the last position.
+        """
+        hidden = embeds.to(self.device, self.dtype)[None]
+        n = hidden.shape[1]
+        start = cache.length
+        mask = cache.begin_chunk(n, hidden.dtype)
+        positions = torch.arange(start, start + n, device=self.device)[None]
+        for layer in self.layers:
+            hidden = layer(hidden, attention_mask=mask, position_ids=positions, cache=cache)
+        cache.end_chunk()
+        hidden = self.out_norm(hidden[:, -1:])
+        return hidden, self.text_head(hidden)[:, 0].float()
+
+    @torch.no_grad()
+    def prefill_stepwise(self, row: int, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same as `prefill`, one position per step through the live per-frame path of `row`.
+
+        Slow (one forward per frame); kept as the reference the one-pass prefill is checked against,
+        and for prompts longer than a chunk can hold. The row must have been reset first.
+        """
+        view = self.rows(row, row + 1)
+        hidden = text_logits = None
+        for embed in embeds.to(self.device, self.dtype):
+            hidden, text_logits = view._temporal_embeds(embed[None, :])
+            view.offsets += 1
+        return hidden, text_logits
+
+    @torch.no_grad()
+    def load_prompt(
+        self, row: int, cache: PrefillCache | None, tail: PromptTail, sampling: Sampling
+    ) -> LMStep:
+        """Start row `row`'s conversation right after its prompt.
+
+        cache: the prompt's keys and values from `prefill` (None when `prefill_stepwise` already
+        wrote them into the row). Samples the first position after the prompt from the prompt's
+        last output (text free, the delayed streams forced to `tail.carry`) exactly as a step
+        would, so the next `step` continues as if the prompt had been stepped frame by frame.
+        """
+        K, dev = self.num_codebooks, self.device
+        if cache is not None:
+            self.kv.load_row(row, cache)
+        self.tokens[row] = UNGENERATED
+        view = self.rows(row, row + 1)
+        carry = tail.carry.to(dev, torch.long)[None]  # (1, 17)
+        free = carry < 0
+        force_text = carry[:, 0].clamp(min=0)
+        text = sample_tokens(
+            tail.text_logits,
+            sampling.text_temperature,
+            sampling.text_top_k,
+            sampling.text_kmax or int(sampling.text_top_k.max()),
+            sampling.uniform[:, 0],
+        )
+        text = torch.where(free[:, 0], text, force_text)
+        cache_d = DepthCache(*view._depth_shape, dev, self.dtype)
+        kmax = sampling.audio_kmax or int(sampling.audio_top_k.max())
+        previous, audio = text, []
+        for k in range(K):
+            logits = view._depth_step(k, previous, tail.hidden, cache_d)
+            token = sample_tokens(
+                logits, sampling.audio_temperature, sampling.audio_top_k, kmax, sampling.uniform[:, 1 + k]
+            )
+            token = torch.where(free[:, 1 + k], token, carry[:, 1 + k])
+            audio.append(token)
+            previous = token
+        audio = torch.stack(audio, dim=1)
+        position = tail.length % self._ring_len
+        self.tokens[row, :, position] = torch.where(free[0], self.tokens[row, :, position], carry[0])
+        self.tokens[row, 0, position] = text[0]
+        self.tokens[row, 1 : 1 + K, position] = audio[0]
+        self.offsets[row] = tail.length
+        return LMStep(
+            text=text,
+            audio=audio,
+            ready=torch.ones(1, dtype=torch.bool, device=dev),
+            text_logits=tail.text_logits,
+            sampled_text=text,
+            sampled_audio=audio,
+            inputs=carry,
+            timings_ms={},
+        )
+
     # -- the step ------------------------------------------------------------------------------
     @torch.no_grad()
     def step(
@@ -301,11 +500,15 @@ class MoshiStreamingLM:
         embeds = self.text_embed(inputs[:, 0])
         for k in range(2 * K):
             embeds = embeds + self.audio_embeds[k](inputs[:, 1 + k])
+        return self._temporal_embeds(embeds)
+
+    def _temporal_embeds(self, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_temporal` from input embeddings (B, D) instead of tokens."""
         hidden = embeds[:, None, :]
         mask = self.kv.begin_step(self.offsets, hidden.dtype)
         positions = self.offsets[:, None]
         for layer in self.layers:
-            hidden = layer(hidden, attention_mask=mask, position_ids=positions, past_key_values=self.kv)
+            hidden = layer(hidden, attention_mask=mask, position_ids=positions, cache=self.kv)
         hidden = self.out_norm(hidden)
         return hidden, self.text_head(hidden)[:, 0].float()
 
@@ -318,7 +521,7 @@ class MoshiStreamingLM:
         x = embed[:, None, :] + depth.input_projections(hidden, idx)
         cache.step = k
         for layer in depth.layers:
-            x = layer(x, past_key_values=cache, codebook_idx=idx)
+            x = layer(x, cache=cache, codebook_idx=idx)
         return depth.lm_heads(x, idx)[:, 0].float()
 
     def _depth(

@@ -12,7 +12,7 @@ Layouts:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,12 +27,19 @@ from assistant.moshi.checkpoint import (
     CheckpointError,
 )
 from assistant.moshi.kyutai import (
+    KYUTAI_7B_KWARGS,
     convert_kyutai_lm_state_dict,
     kyutai_lm_config,
     kyutai_lm_kwargs,
     mimi_config_from_kyutai,
 )
+from assistant.moshi.prompts import SILENCE_TOKENS, SINE_TOKENS, find_voices
 from assistant.moshi.tokenizer import TextTokenizer
+
+# Hub repos in PersonaPlex's layout: their config.json does not say so (nor give the architecture).
+PERSONAPLEX_REPOS = ("nvidia/personaplex-7b-v1", "kyutai/personaplex-rl-seamless")
+# The architecture fields a config.json must carry to describe its own model (tiny test checkpoints do).
+_ARCHITECTURE_KEYS = ("dim", "num_heads", "num_layers", "text_card", "card", "n_q", "dep_q")
 
 
 @dataclass
@@ -48,6 +55,15 @@ class LoadedMoshi:
     delays: tuple[int, ...] = DEFAULT_DELAYS
     text_pad_id: int = TEXT_PAD_ID
     text_end_pad_id: int = TEXT_END_PAD_ID
+    model_type: str = "moshi"  # "personaplex": takes role and voice prompts
+    voices: dict[str, Path] = field(default_factory=dict)  # voice preset name -> .wav / .pt file
+    default_voice: str | None = None
+    silence_tokens: tuple[int, ...] = SILENCE_TOKENS  # codes of the prompts' silence and tone frames
+    sine_tokens: tuple[int, ...] = SINE_TOKENS
+
+    @property
+    def takes_prompts(self) -> bool:
+        return self.model_type == "personaplex"
 
 
 # -- device and dtype --------------------------------------------------------------------------
@@ -155,7 +171,9 @@ def _local_dir(source: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.model"]))
+        return Path(
+            snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.model", "voices.tgz"])
+        )
     except Exception as exc:  # network, auth, missing repo: the hub's message says which
         raise CheckpointError(
             f"--model {source}: could not fetch the repo from the Hugging Face hub: {exc}"
@@ -198,24 +216,50 @@ def load_moshi(source: str | Path, *, device=None, dtype=None) -> LoadedMoshi:
     return _load_hf(directory, device, dtype, str(source))
 
 
+def model_type_of(directory: Path, raw: dict | None, source: str) -> str:
+    """ "personaplex" for a PersonaPlex-layout checkpoint (config says so, a known repo, or voices shipped)."""
+    if (raw or {}).get("model_type") == "personaplex" or source in PERSONAPLEX_REPOS:
+        return "personaplex"
+    if (directory / "voices.tgz").is_file() or (directory / "voices").is_dir():
+        return "personaplex"
+    return "moshi"
+
+
+def _personaplex_kwargs(raw: dict | None) -> dict:
+    """LM keyword arguments of a PersonaPlex checkpoint: the 7B with a 16-step depth transformer,
+    unless its config.json describes the architecture itself."""
+    raw = raw or {}
+    if all(key in raw for key in _ARCHITECTURE_KEYS):
+        return kyutai_lm_kwargs(raw)
+    return kyutai_lm_kwargs(
+        dict(KYUTAI_7B_KWARGS, dep_q=2 * KYUTAI_7B_KWARGS["dep_q"], model_type="personaplex")
+    )
+
+
 def _load_kyutai(directory: Path, device, dtype, source: str) -> LoadedMoshi:
     from safetensors.torch import load_file
 
     config_path = directory / "config.json"
     raw = json.loads(config_path.read_text()) if config_path.is_file() else None
     names = raw or {}
+    model_type = model_type_of(directory, raw, source)
     moshi_file = _need(directory, names.get("moshi_name", KYUTAI_MOSHI_NAME), "Kyutai LM weights")
     mimi_file = _need(directory, names.get("mimi_name", KYUTAI_MIMI_NAME), "Kyutai Mimi weights")
     tok_file = _need(
         directory, names.get("tokenizer_name", KYUTAI_TOKENIZER_NAME), "SentencePiece text tokenizer"
     )
-    kwargs = kyutai_lm_kwargs(raw)
+    kwargs = _personaplex_kwargs(raw) if model_type == "personaplex" else kyutai_lm_kwargs(raw)
     mimi_config = None
     if names.get("mimi_config_name"):
         mimi_json = _need(directory, names["mimi_config_name"], "Kyutai Mimi config named by config.json")
         mimi_config = mimi_config_from_kyutai(json.loads(mimi_json.read_text()))
     config = kyutai_lm_config(kwargs, mimi_config)
-    lm_state = convert_kyutai_lm_state_dict(load_file(str(moshi_file)), config, filename=str(moshi_file))
+    lm_state = convert_kyutai_lm_state_dict(
+        load_file(str(moshi_file)),
+        config,
+        filename=str(moshi_file),
+        user_depth_steps=kwargs["dep_q"] > kwargs["n_q"] // 2,
+    )
     model = build_moshi_from_lm_state(config, lm_state, device, dtype, str(moshi_file))
     pad = kwargs.get("existing_text_padding_id", TEXT_PAD_ID)
     end_pad = kwargs.get("existing_text_end_padding_id", TEXT_END_PAD_ID)
@@ -229,7 +273,33 @@ def _load_kyutai(directory: Path, device, dtype, source: str) -> LoadedMoshi:
         delays=tuple(kwargs["delays"]),
         text_pad_id=pad,
         text_end_pad_id=end_pad,
+        **_prompt_fields(directory, names, model_type),
     )
+
+
+def _prompt_fields(directory: Path, names: dict, model_type: str) -> dict:
+    """LoadedMoshi fields of a prompted model: its voices and prompt codes (config.json may override)."""
+    if model_type != "personaplex":
+        return {}
+    voices = find_voices(directory)
+    default = names.get("default_voice")
+    if default is not None and default not in voices:
+        raise CheckpointError(
+            f"config.json names default_voice {default!r}, which is not in {directory}/voices"
+        )
+    fields = {"model_type": model_type, "voices": voices, "default_voice": default or _first_voice(voices)}
+    for key in ("silence_tokens", "sine_tokens"):
+        if key in names:
+            fields[key] = tuple(int(t) for t in names[key])
+    return fields
+
+
+def _first_voice(voices: dict[str, Path]) -> str | None:
+    """The voice a session gets when it names none: NATF2 (the reference server's) when shipped."""
+    for preferred in ("NATF2.pt", "NATF2.wav"):
+        if preferred in voices:
+            return preferred
+    return next(iter(voices), None)
 
 
 def _find_hf_tokenizer(directory: Path) -> Path:

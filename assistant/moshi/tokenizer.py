@@ -1,7 +1,8 @@
-"""The Moshi text tokenizer for display: token ids -> text from a SentencePiece model or a tokenizer.json."""
+"""The Moshi text tokenizer: token ids -> display text, and text -> ids for role prompts (SentencePiece or tokenizer.json)."""
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ class TextTokenizer:
 
     pieces: list[str]
     silent_ids: frozenset[int] = field(default_factory=frozenset)
+    encoder: object = None  # the SentencePieceProcessor / tokenizers.Tokenizer behind `encode`
 
     @classmethod
     def from_file(cls, path: Path, silent_ids: set[int]) -> TextTokenizer:
@@ -22,13 +24,24 @@ class TextTokenizer:
             tok = Tokenizer.from_file(str(path))
             pieces = [tok.id_to_token(i) or "" for i in range(tok.get_vocab_size())]
             silent = set(silent_ids)
+            encoder = tok
         else:
             import sentencepiece
 
             sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
             pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
             silent = set(silent_ids) | {i for i in range(len(pieces)) if sp.is_control(i) or sp.is_unknown(i)}
-        return cls(pieces=pieces, silent_ids=frozenset(silent))
+            encoder = sp
+        return cls(pieces=pieces, silent_ids=frozenset(silent), encoder=encoder)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` (no BOS/EOS), as the model reads a role prompt."""
+        if self.encoder is None:
+            # a random model has no vocabulary: one made-up id per word keeps the prompt's length honest
+            return [4 + zlib.crc32(w.encode()) % max(1, len(self.pieces) - 4) for w in text.split()]
+        if hasattr(self.encoder, "encode_as_ids"):
+            return list(self.encoder.encode_as_ids(text))
+        return list(self.encoder.encode(text, add_special_tokens=False).ids)
 
     def piece(self, token_id: int) -> str:
         """Display text of one token; padding, control and out-of-vocabulary ids give ""."""

@@ -1,0 +1,212 @@
+"""PersonaPlex-family models: role and voice prompts, against NVIDIA's reference and batched.
+
+tests/data/personaplex_tiny is a tiny random checkpoint made with NVIDIA's own code (its state-dict
+names, a 16-step depth transformer), with a WAV voice, the `.pt` preset the reference saved from it,
+and `reference.json`: the reference's greedy outputs for user.wav after a role prompt, per voice
+(recorded by tests/reference/record_personaplex.py). The reference spends its first step filling
+position 0 and so hears each user frame one step later than this engine: its output k + 1 is our
+output k, and its first output (the prompt's last silence frame) has no counterpart here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from assistant.backends.moshi import MoshiEngine
+from assistant.engine import SlotOptions
+from assistant.moshi.prompts import PromptError
+
+DATA = Path(__file__).parent / "data" / "personaplex_tiny"
+REFERENCE = json.loads((DATA / "reference.json").read_text())
+ROLE = REFERENCE["role"]
+
+
+def engine(batch_size: int = 1, **options) -> MoshiEngine:
+    return MoshiEngine.from_pretrained(
+        str(DATA),
+        batch_size=batch_size,
+        device="cpu",
+        temperature=0.0,
+        text_temperature=0.0,
+        compile=False,
+        **options,
+    )
+
+
+def user_frames(path: Path = DATA / "user.wav") -> np.ndarray:
+    audio, rate = soundfile.read(str(path), dtype="float32")
+    assert rate == 24000
+    n = -(-len(audio) // 1920)
+    padded = np.zeros(n * 1920, dtype=np.float32)
+    padded[: len(audio)] = audio
+    return padded.reshape(n, 1920)
+
+
+def token_frames(eng: MoshiEngine, frames: np.ndarray) -> list[list[int]]:
+    """[text, 8 assistant codes] per frame of slot 0, from the engine's own codec and LM."""
+    out = []
+    for frame in frames:
+        codes = eng.codec.encode(frame[None])
+        step = eng.lm.step(codes, eng._sampling_tensors(1))
+        out.append([int(step.text[0]), *(int(c) for c in step.audio[0])])
+    return out
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    from assistant.moshi.loading import load_moshi
+
+    return load_moshi(str(DATA), device="cpu", dtype=torch.float32)
+
+
+def test_checkpoint_is_detected_as_personaplex_with_its_voices(loaded):
+    assert loaded.model_type == "personaplex" and loaded.takes_prompts
+    assert sorted(loaded.voices) == ["TINYF0.pt", "TINYF0.wav"]
+    # the reference's 16-step depth transformer: only the assistant's 8 steps are kept
+    assert loaded.model.depth_decoder.config.num_codebooks == 8
+
+
+@pytest.mark.parametrize("prefill", ["fast", "stepwise"])
+@pytest.mark.parametrize("voice", ["TINYF0.wav", "TINYF0.pt"])
+def test_greedy_tokens_equal_nvidias_reference(voice, prefill):
+    eng = engine(prefill=prefill, prefill_chunk=16)
+    eng.open(0, SlotOptions(instructions=ROLE, voice=voice))
+    assert eng.is_ready(0)
+    want = REFERENCE["frames"][voice][1:]
+    got = token_frames(eng, user_frames())[: len(want)]
+    assert got == want
+
+
+def test_respond_with_instructions_and_voice_answers_like_the_reference(tmp_path):
+    from assistant.cli import main
+    from audio.mimi.codec import StreamingMimi
+
+    out, text = tmp_path / "reply.wav", tmp_path / "reply.txt"
+    code = main(
+        [
+            "respond",
+            "--model",
+            str(DATA),
+            "--input",
+            str(DATA / "user.wav"),
+            "--output",
+            str(out),
+            "--text-output",
+            str(text),
+            "--instructions",
+            ROLE,
+            "--voice",
+            "TINYF0",
+            "--temperature",
+            "0",
+            "--tail-seconds",
+            "0",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    want = REFERENCE["frames"]["TINYF0.wav"][1:]
+    eng = engine()
+    # respond answers every input frame; the reference's outputs stop one frame short (see above)
+    said, expected_text = text.read_text().strip(), eng.loaded.tokenizer.decode([f[0] for f in want]).strip()
+    assert said.startswith(expected_text) and len(said) - len(expected_text) <= 8
+    codec = StreamingMimi(eng.codec.model, 1, num_codebooks=8)
+    expected = np.concatenate([codec.decode(torch.tensor([f[1:]]))[0].numpy() for f in want])
+    reply, _ = soundfile.read(str(out), dtype="float32")
+    np.testing.assert_allclose(reply[: expected.size], np.clip(expected, -1, 1), atol=2 / 32768)
+
+
+def test_fast_prefill_equals_stepwise_and_the_voice_prefix_is_reused():
+    fast, slow = engine(prefill="fast", prefill_chunk=5), engine(prefill="stepwise")
+    options = SlotOptions(instructions="Talk about music and films.", voice="TINYF0.wav")
+    fast.open(0, options)
+    slow.open(0, options)
+    length = int(fast.lm.offsets[0])
+    assert length == int(slow.lm.offsets[0]) > 20
+    for a, b in zip(fast.lm.kv.keys + fast.lm.kv.values, slow.lm.kv.keys + slow.lm.kv.values, strict=True):
+        torch.testing.assert_close(a[0, :, :length], b[0, :, :length], atol=1e-5, rtol=1e-5)
+    assert torch.equal(fast.lm.tokens[0], slow.lm.tokens[0])
+    frames = user_frames()[:12]
+    first = token_frames(fast, frames)
+    assert first == token_frames(slow, frames)
+    # a second conversation with the same voice starts from the remembered voice prefix
+    fast.close(0)
+    assert "TINYF0.wav" in fast.prompter._prefixes
+    fast.open(0, options)
+    assert token_frames(fast, frames) == first
+
+
+def test_four_slots_with_different_prompts_opening_at_different_frames_each_equal_their_solo_run():
+    prompts = [
+        SlotOptions(instructions=ROLE, voice="TINYF0.wav"),
+        SlotOptions(instructions="You are a pirate. Talk about the sea.", voice="TINYF0.pt"),
+        SlotOptions(instructions=None, voice=str(DATA / "voices" / "TINYF0.wav")),
+        SlotOptions(instructions="Talk about films.", voice=None),
+    ]
+    user = user_frames()
+    batched = engine(batch_size=4, prefill_chunk=8)  # prompts of 40-90 frames take several ticks here
+    opened_at = [0, 2, 3, 7]
+    consumed: list[list[np.ndarray]] = [[] for _ in prompts]
+    outputs: list[list[tuple[np.ndarray, str]]] = [[] for _ in prompts]
+    waited = [0] * len(prompts)
+    for tick in range(len(user) + 8):
+        for slot, at in enumerate(opened_at):
+            if tick == at:
+                batched.open(slot, prompts[slot])
+        pcm_in = np.zeros((4, 1920), dtype=np.float32)
+        ready = [batched.live[s] and batched.is_ready(s) for s in range(4)]
+        for slot, at in enumerate(opened_at):
+            if tick >= at:
+                pcm_in[slot] = user[(tick - at) % len(user)]
+                if ready[slot]:
+                    consumed[slot].append(pcm_in[slot].copy())
+                elif batched.live[slot]:
+                    waited[slot] += 1
+        out = batched.step(pcm_in)
+        for slot in range(4):
+            if ready[slot]:
+                outputs[slot].append((out.pcm_out[slot].copy(), out.text[slot]))
+    assert max(waited) > 0, "a prompt joining live conversations should have been spread over ticks"
+    assert [len(c) for c in consumed] == [len(o) for o in outputs] and min(map(len, outputs)) > 10
+    for slot, options in enumerate(prompts):
+        solo = engine()
+        solo.open(0, options)
+        for frame, (pcm, text) in zip(consumed[slot], outputs[slot], strict=True):
+            step = solo.step(frame[None])
+            assert step.text[0] == text
+            np.testing.assert_allclose(step.pcm_out[0], pcm, atol=1e-4)
+
+
+def test_bad_prompts_are_refused_with_a_reason_before_anything_changes():
+    eng = engine()
+    with pytest.raises(PromptError, match="unknown voice 'NOBODY'.*TINYF0"):
+        eng.open(0, SlotOptions(voice="NOBODY"))
+    assert not eng.live[0]
+    with pytest.raises(PromptError, match="remembers 200"):
+        eng.check_prompt("talk " * 300, None)
+    eng.open(0, SlotOptions(instructions=ROLE))
+    with pytest.raises(PromptError, match="unknown voice"):
+        eng.update(0, SlotOptions(instructions=ROLE, voice="NOBODY"))
+    assert eng.is_ready(0)
+
+
+def test_a_new_prompt_mid_session_starts_the_model_over_with_it():
+    eng = engine()
+    eng.open(0, SlotOptions(instructions=ROLE, voice="TINYF0.wav"))
+    token_frames(eng, user_frames()[:5])
+    eng.update(0, SlotOptions(instructions=ROLE, voice="TINYF0.pt"))
+    assert eng.is_ready(0)  # nobody else is live: the new prompt is fed at once
+    want = REFERENCE["frames"]["TINYF0.pt"][1:]
+    assert token_frames(eng, user_frames())[: len(want)] == want
+
+
+def test_plain_moshi_takes_no_prompt():
+    plain = MoshiEngine.from_pretrained("tiny", batch_size=1, device="cpu", compile=False, warm_up=False)
+    assert not plain.takes_prompts and plain.voices() == []
