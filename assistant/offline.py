@@ -1,15 +1,15 @@
 """Conversations without a wall clock: a recording of the user in, the assistant's side out.
 
-`run_offline` is what `assistant respond` (and any evaluation of recorded audio) runs: the same
-conversation core and the same frame loop as the server, stepped once per 80 ms frame of the
-recording in this thread, with frame time as the clock. Output frame i is what the assistant
-said while hearing input frame i.
+`run_offline` is what `assistant respond` runs, and `run_offline_batch` what `assistant eval`
+runs over many recordings at once: the same conversation core and the same frame loop as the
+server, stepped once per 80 ms frame of the recording in this thread, with frame time as the
+clock. Output frame i is what the assistant said while hearing input frame i.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,55 +63,109 @@ def run_offline(
 
     recorder: a sink for the conversation's log and audio (`log(record)`, `write(user, assistant)`,
     `close()`), as `assistant serve --record` uses."""
+    return run_offline_batch(
+        engine, [user], options=options, tail_seconds=tail_seconds, on_frame=on_frame, recorders=[recorder]
+    )[0]
+
+
+@dataclass(eq=False)
+class _Run:
+    """One recording of a batch: its input frames, the output collected so far, its conversation."""
+
+    frames: np.ndarray  # float32 (n_frames, 1920)
+    assistant: np.ndarray  # float32 (n_frames, 1920)
+    events: list[Event] = field(default_factory=list)
+    heard: int = 0
+    conversation: Conversation | None = None
+
+    def emit(self, event: Event) -> None:
+        if isinstance(event, AudioOut):
+            self.assistant[self.heard] = event.pcm
+            self.heard += 1
+        else:
+            self.events.append(event)
+
+
+def run_offline_batch(
+    engine: Engine,
+    users: Sequence[np.ndarray],
+    *,
+    options: ConversationOptions | None = None,
+    tail_seconds: float = 0.0,
+    on_frame: Callable[[int], None] | None = None,
+    recorders: Sequence | None = None,
+) -> list[OfflineResult]:
+    """Several recordings at once, one conversation per engine slot, all in the same batched steps.
+
+    Each conversation hears its own recording frame by frame and ends after its last frame, which
+    frees its slot while the longer ones go on, so every result is the one `run_offline` would give
+    it alone on a backend whose rows are independent. Faster than one at a time wherever a batched
+    step costs less than its rows (a GPU). on_frame(i) is called after step i of the batch.
+    """
+    if not users:
+        return []
     options = options or ConversationOptions()
-    frames = frames_for(np.asarray(user, dtype=np.float32), tail_seconds)
+    recorders = list(recorders) if recorders is not None else [None] * len(users)
+    if len(recorders) != len(users):
+        raise ValueError(f"{len(users)} recordings but {len(recorders)} recorders")
     clock = OfflineClock(FRAME_MS / 1000.0)
     scheduler = Scheduler(engine, clock=clock, grace_ms=0.0)
-    slot = scheduler.reserve()
-    if slot is None:
-        raise RuntimeError("the engine has no free slot")
-    assistant = np.zeros_like(frames)
-    events: list[Event] = []
-    heard = 0
-
-    def emit(event: Event) -> None:
-        nonlocal heard
-        if isinstance(event, AudioOut):
-            assistant[heard] = event.pcm
-            heard += 1
-        else:
-            events.append(event)
-
-    conversation = Conversation(
-        "offline",
-        SAMPLE_RATE_HZ,
-        emit,
-        options=options,
-        limits=ConversationLimits(idle_timeout_s=None, max_session_s=None),
-        slot=slot,
-        recorder=recorder,
-        clock=clock,
-        input_clock=True,
-    )
-    slot.attach(conversation, options.slot_options())
+    slots = [scheduler.reserve() for _ in users]
+    if any(slot is None for slot in slots):
+        for slot in slots:
+            if slot is not None:
+                slot.release()
+        scheduler.shutdown()
+        if len(users) == 1:
+            raise RuntimeError("the engine has no free slot")
+        raise RuntimeError(f"{len(users)} recordings but the engine has only {engine.batch_size} slots")
+    runs = []
+    for k, (user, slot, recorder) in enumerate(zip(users, slots, recorders, strict=True)):
+        frames = frames_for(np.asarray(user, dtype=np.float32), tail_seconds)
+        run = _Run(frames, np.zeros_like(frames))
+        run.conversation = Conversation(
+            "offline" if len(users) == 1 else f"offline-{k}",
+            SAMPLE_RATE_HZ,
+            run.emit,
+            options=options,
+            limits=ConversationLimits(idle_timeout_s=None, max_session_s=None),
+            slot=slot,
+            recorder=recorder,
+            clock=clock,
+            input_clock=True,
+        )
+        slot.attach(run.conversation, options.slot_options())
+        runs.append(run)
     try:
         scheduler.apply_slot_changes(raise_errors=True)  # bad sampling options fail here, not silently
+        engine.finish_prompts()  # no frame clock to keep: every prompt is fed before the first frame
     except Exception:
-        slot.release()
+        for slot in slots:
+            slot.release()
         scheduler.shutdown()
         raise
-    conversation.start()
+    for run in runs:
+        run.conversation.start()
     try:
-        for i, frame in enumerate(frames):
+        for i in range(max(len(run.frames) for run in runs)):
             clock.advance()  # the frame is complete at the end of its 80 ms
-            conversation.push_samples(frame)
+            live = [(k, run) for k, run in enumerate(runs) if i < len(run.frames)]
+            for _, run in live:
+                run.conversation.push_samples(run.frames[i])
             scheduler.step_now()
             if on_frame is not None:
                 on_frame(i)
-            if conversation.ended:
-                raise RuntimeError(f"the conversation stopped at frame {i}: {conversation.ended}")
+            for k, run in live:
+                if run.conversation.ended:
+                    which = "" if len(runs) == 1 else f"recording {k}: "
+                    raise RuntimeError(
+                        f"{which}the conversation stopped at frame {i}: {run.conversation.ended}"
+                    )
+                if i == len(run.frames) - 1:
+                    run.conversation.end("input_ended")  # frees its slot; the longer recordings go on
     finally:
-        conversation.end("input_ended")  # no-op when it already ended
+        for run in runs:
+            run.conversation.end("input_ended")  # no-op when it already ended
         scheduler.apply_slot_changes()
         scheduler.shutdown()
-    return OfflineResult(frames.reshape(-1), assistant.reshape(-1), events)
+    return [OfflineResult(run.frames.reshape(-1), run.assistant.reshape(-1), run.events) for run in runs]
