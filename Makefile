@@ -30,8 +30,9 @@ test: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest -q -rs
 
+# Without a --backend in ARGS, serve the best this machine runs in real time (see README, Models).
 run: $(STAMP)
-	$(VENV)/bin/assistant serve $(ARGS)
+	$(VENV)/bin/assistant serve $(if $(findstring --backend,$(ARGS)),,--backend auto) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
