@@ -16,6 +16,8 @@ COMMANDS = {
     "serve": ("server.app", "run the real-time server (websocket, web page, metrics)"),
     "respond": ("assistant.respond", "answer a WAV file offline, frame by frame"),
     "talk": ("client.talk", "talk to the assistant with a microphone and headphones"),
+    "eval": ("client.eval", "score turn-taking: Full-Duplex-Bench v1 tasks and built-in duplex scenarios"),
+    "models": ("assistant.models", "list the known checkpoints, which are cached here; download one"),
 }
 
 BENCHMARKS = {
@@ -23,6 +25,7 @@ BENCHMARKS = {
     "vad": ("audio.bench_vad", "VAD CPU cost per 80 ms frame and turn accuracy, both backends"),
     "engine": ("assistant.bench_engine", "engine step speed, split by part"),
     "server": ("server.bench", "server CPU cost, frame-clock jitter and capacity"),
+    "prefill": ("assistant.bench_prefill", "role/voice prompt cost, and the frame clock while sessions join"),
 }
 
 

@@ -6,8 +6,9 @@
 
 Both websocket adapters are `Connection`s (server/connection.py) that drive conversations
 through the `ServerContext` (server/context.py); the frame loop (assistant/scheduler.py) does
-the rest. Ctrl-C / SIGTERM drains: every live session gets `session.ended`, recordings are
-finalised, then the process exits.
+the rest. Ctrl-C / SIGTERM drains (`drain`): the port stays open, refusing new sessions and
+saying "draining" on /healthz, while live sessions finish (up to --drain-seconds); the rest get
+`session.ended`, recordings are finalised, then the process exits.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import signal
 import socket
 import ssl
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -31,6 +32,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from assistant.backends import build_engine
 from assistant.engine import Engine
 from audio.vad import StreamingVad
+from server.agent import serve_agent
 from server.config import (
     ServerConfig,
     add_arguments,
@@ -81,16 +83,60 @@ def _ssl_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     return context
 
 
+async def _until(done: Callable[[], bool], timeout_s: float, cut_short: asyncio.Event | None = None) -> None:
+    """Wait until `done()` holds, `timeout_s` passes or `cut_short` is set (polled: sessions end often)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not done() and asyncio.get_running_loop().time() < deadline:
+        if cut_short is not None and cut_short.is_set():
+            return
+        await asyncio.sleep(0.05)
+
+
+async def drain(ctx: ServerContext, servers: list, hurry: asyncio.Event) -> None:
+    """Stop taking sessions but keep listening, so balancers see it: /healthz says draining (503),
+    new websockets get 1013 and the agent says drain. Live sessions go on for up to --drain-seconds
+    (`hurry`, a second signal, cuts that short); the rest are told `server_shutdown` and get up to
+    `drain_timeout_s` to say goodbye. Then the port closes, with whatever is left on it."""
+    config = ctx.config
+    ctx.draining = True
+    if config.drain_grace_s > 0 and ctx.sessions:
+        print(
+            f"assistant: draining: no new sessions; {len(ctx.sessions)} live may go on for "
+            f"{config.drain_grace_s:g} s (signal again to end them now)",
+            flush=True,
+        )
+        await _until(lambda: not ctx.sessions, config.drain_grace_s, hurry)
+    print("assistant: shutting down, ending live sessions", flush=True)
+
+    def ended() -> bool:
+        # Every round, so a connection that starts its session during the drain is told too.
+        for session in list(ctx.sessions.values()):
+            session.end("server_shutdown")
+        return not ctx.sessions
+
+    await _until(ended, config.drain_timeout_s)
+    for server in servers:
+        server.close()
+    for server in servers:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), config.drain_timeout_s)
+
+
 async def serve_forever(
     config: ServerConfig, engine: Engine, ready=None, stop: asyncio.Event | None = None
 ) -> None:
     """Run until `stop` is set (or SIGINT/SIGTERM), then drain and return."""
     ctx = ServerContext(config, engine)
     stop = stop or asyncio.Event()
+    hurry = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        (hurry if stop.is_set() else stop).set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
     tls = _ssl_context(config.ssl_cert, config.ssl_key)
     # Build one VAD now: its first construction imports and initialises the classifier (~60 ms),
     # which would otherwise stall the frame clock when the first session starts.
@@ -109,9 +155,19 @@ async def serve_forever(
         compression=None,  # audio does not compress; deflate would only burn CPU per frame
         ssl=tls,
         close_timeout=config.drain_timeout_s,
+        ping_interval=config.ping_interval_s,
+        ping_timeout=config.ping_interval_s,
     ) as server:
         sock = next(iter(server.sockets))
         ctx.port = sock.getsockname()[1]
+        servers = [server]
+        if config.agent_port is not None:
+            agent = await serve_agent(ctx, config.host, config.agent_port)
+            servers.append(agent)
+            print(
+                f"assistant: HAProxy agent on {config.host}:{agent.sockets[0].getsockname()[1]}",
+                flush=True,
+            )
         if config.allowed_origins is None:
             config.allowed_origins = default_origins(config.host, ctx.port, tls is not None)
         scheme = "https" if tls else "http"
@@ -129,17 +185,7 @@ async def serve_forever(
         if ready is not None:
             ready(ctx)
         await stop.wait()
-        print("assistant: shutting down, ending live sessions", flush=True)
-        ctx.draining = True
-        server.close(close_connections=False)
-        for session in list(ctx.sessions.values()):
-            session.end("server_shutdown")
-        deadline = time.monotonic() + config.drain_timeout_s
-        while ctx.sessions and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        server.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), config.drain_timeout_s)
+        await drain(ctx, servers, hurry)
     ctx.scheduler.stop()
     await clock
     ctx.scheduler.shutdown()
@@ -172,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         config = config_from_args(args)
+        if config.auto_banner:
+            print(config.auto_banner, file=sys.stderr, flush=True)
         engine = build_server_engine(config)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"assistant serve: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from assistant.auto import banner, choose_backend
 from assistant.backends import BACKENDS
 from assistant.conversation import ConversationLimits
 from audio.vad import VadConfig
@@ -22,6 +23,7 @@ DEFAULT_MOSHI_MODEL = "kyutai/moshiko-pytorch-bf16"
 class ServerConfig:
     backend: str = "moshi"
     model: str | None = None
+    auto_banner: str | None = None  # --backend auto: what it chose and why, printed at start-up
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     max_sessions: int | None = None  # None: ask the backend
@@ -31,6 +33,8 @@ class ServerConfig:
     ssl_cert: str | None = None
     ssl_key: str | None = None
     barge_in: str = "model"
+    instructions: str | None = None  # role prompt of sessions that set none (models that take prompts)
+    voice: str | None = None  # voice of sessions that set none
     device: str | None = None
     dtype: str | None = None
     engine_options: dict[str, Any] = field(default_factory=dict)
@@ -42,7 +46,11 @@ class ServerConfig:
     messages_per_s: float = 250.0  # per connection, audio and events together
     message_burst: float = 500.0
     flood_close_after: int = 500  # refused messages (beyond a fifth of the rate) before closing (1008)
-    drain_timeout_s: float = 5.0
+    drain_timeout_s: float = 5.0  # bound on each close handshake, and on the last sessions' goodbyes
+    drain_grace_s: float = 0.0  # after SIGTERM, how long live sessions may go on before server_shutdown
+    ping_interval_s: float = 20.0  # websocket keepalive; a peer silent this much longer is closed (1011)
+    agent_port: int | None = None  # HAProxy agent check (server/agent.py); None: off
+    protect_metrics: bool = False  # /metrics and the figures of /healthz need the auth token
     clock_stats_path: str | None = None  # write frame-clock figures (JSON) here at exit
     captions: str | None = None  # caption model ("auto", a faster-whisper size or dir); None: off
     captions_device: str = "cpu"
@@ -74,20 +82,33 @@ def default_origins(host: str, port: int, tls: bool) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
-        choices=BACKENDS,
+        choices=(*BACKENDS, "auto"),
         default="moshi",
-        help="engine backend (default moshi; scripted and silence need no weights)",
+        help="engine backend (default moshi; scripted and silence need no weights; auto: moshi on a "
+        "cached checkpoint when a CUDA GPU can run it in real time, else scripted, saying why)",
     )
     parser.add_argument(
         "--model",
-        help=f"checkpoint directory or Hugging Face id for the moshi backend (default {DEFAULT_MOSHI_MODEL})",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free)"
+        default=os.environ.get("ASSISTANT_MODEL"),
+        help="checkpoint directory or Hugging Face id for the moshi backend "
+        f"(default $ASSISTANT_MODEL, else {DEFAULT_MOSHI_MODEL})",
     )
     parser.add_argument(
-        "--max-sessions", type=int, help="concurrent sessions (default: what the backend holds)"
+        "--host",
+        default=os.environ.get("ASSISTANT_HOST", "127.0.0.1"),
+        help="address to listen on (default $ASSISTANT_HOST, else 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=os.environ.get("ASSISTANT_PORT", DEFAULT_PORT),
+        help=f"port (default $ASSISTANT_PORT, else {DEFAULT_PORT}; 0 = any free)",
+    )
+    parser.add_argument(
+        "--max-sessions",
+        type=int,
+        default=os.environ.get("ASSISTANT_MAX_SESSIONS"),
+        help="concurrent sessions (default $ASSISTANT_MAX_SESSIONS, else what the backend holds)",
     )
     parser.add_argument(
         "--auth-token",
@@ -114,6 +135,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("model", "vad"),
         default="model",
         help="model: the model decides whether to stop; vad: force it silent while the user talks",
+    )
+    parser.add_argument(
+        "--instructions",
+        default=os.environ.get("ASSISTANT_INSTRUCTIONS"),
+        help="role prompt for sessions that set none (PersonaPlex-family models), e.g. 'You are a patient "
+        "teacher.'",
+    )
+    parser.add_argument(
+        "--voice",
+        default=os.environ.get("ASSISTANT_VOICE"),
+        help="voice for sessions that set none: a preset of the model (see GET /v1/voices) or a .wav / .pt file",
     )
     parser.add_argument("--vad", choices=("webrtc", "silero"), default="webrtc", help="VAD for turn-taking")
     parser.add_argument("--device", help="torch device for the moshi backend (cuda, cpu)")
@@ -160,6 +192,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="device for captions (default: cuda when --device is cuda, else cpu)",
     )
     parser.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=os.environ.get("ASSISTANT_DRAIN_SECONDS", 0.0),
+        help="on SIGTERM, stop taking sessions and let live ones go on for up to this many s before "
+        "ending them (server_shutdown); a second signal ends them at once "
+        "(default $ASSISTANT_DRAIN_SECONDS, else 0)",
+    )
+    parser.add_argument(
+        "--ping-interval",
+        type=float,
+        default=20.0,
+        help="websocket keepalive: ping every this many s; a peer that has not answered within as "
+        "long again is closed (1011 keepalive ping timeout) (default 20)",
+    )
+    parser.add_argument(
+        "--agent-port",
+        type=int,
+        default=os.environ.get("ASSISTANT_AGENT_PORT"),
+        help="answer HAProxy agent checks on this port: ready or drain, and maxconn "
+        "(default $ASSISTANT_AGENT_PORT, else off; see docs/deploy.md)",
+    )
+    parser.add_argument(
+        "--protect-metrics",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("ASSISTANT_PROTECT_METRICS"),
+        help="require --auth-token for /metrics and for the figures of /healthz and /readyz (their "
+        "status stays open for probes) (default $ASSISTANT_PROTECT_METRICS=1|0, else off)",
+    )
+    parser.add_argument(
         "--clock-stats",
         metavar="FILE",
         help="at exit, write frame-clock figures (tick lateness, step time) as JSON to FILE",
@@ -167,12 +228,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
 
 
+def _switch(value: bool | str | None, env_name: str) -> bool:
+    """A --flag/--no-flag value, or its environment default ("1" or "0")."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if value.strip() not in ("0", "1"):
+        raise ValueError(f"{env_name} must be 0 or 1, got {value!r}")
+    return value.strip() == "1"
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     if args.max_sessions is not None and args.max_sessions < 1:
         raise ValueError(f"--max-sessions must be >= 1, got {args.max_sessions}")
-    for name in ("idle_timeout", "max_session_seconds", "max_send_lag"):
+    for name in ("idle_timeout", "max_session_seconds", "max_send_lag", "ping_interval"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if args.drain_seconds < 0:
+        raise ValueError(f"--drain-seconds must be >= 0, got {args.drain_seconds}")
+    protect_metrics = _switch(args.protect_metrics, "ASSISTANT_PROTECT_METRICS")
+    if protect_metrics and not args.auth_token:
+        raise ValueError(
+            "--protect-metrics needs --auth-token (or ASSISTANT_AUTH_TOKEN): the token protects them"
+        )
     if bool(args.ssl_cert) != bool(args.ssl_key):
         raise ValueError("--ssl-cert and --ssl-key go together; give both (or neither)")
     for name in ("ssl_cert", "ssl_key"):
@@ -180,22 +257,29 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         if path and not Path(path).is_file():
             raise ValueError(f"--{name.replace('_', '-')} {path} does not exist")
     vad = VadConfig(backend=args.vad)
+    backend, model, auto_banner = args.backend, args.model, None
+    if backend == "auto":
+        choice = choose_backend(args.model)
+        backend, model, auto_banner = choice.backend, choice.model, banner(choice)
+    # Under auto, options for the backend it did not pick are left unused rather than refused.
+    explicit = args.backend != "auto"
     engine_options: dict[str, Any] = {}
-    if args.backend == "scripted":
+    if backend == "scripted":
         engine_options = {
             "script_reply": args.script_reply,
             "script_delay_ms": args.script_delay_ms,
             "vad": vad,
         }
-    elif args.script_reply is not None:
+    elif args.script_reply is not None and explicit:
         raise ValueError("--script-reply only applies to --backend scripted")
-    if args.backend == "moshi":
+    if backend == "moshi":
         engine_options = {"compile": args.compile, "quantize": args.quantize}
-    elif args.compile is not None or args.quantize is not None:
+    elif (args.compile is not None or args.quantize is not None) and explicit:
         raise ValueError("--compile and --quantize only apply to --backend moshi")
     return ServerConfig(
-        backend=args.backend,
-        model=args.model or (DEFAULT_MOSHI_MODEL if args.backend == "moshi" else None),
+        backend=backend,
+        model=model or (DEFAULT_MOSHI_MODEL if backend == "moshi" else None),
+        auto_banner=auto_banner,
         host=args.host,
         port=args.port,
         max_sessions=args.max_sessions,
@@ -205,6 +289,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         ssl_cert=args.ssl_cert,
         ssl_key=args.ssl_key,
         barge_in=args.barge_in,
+        instructions=args.instructions or None,
+        voice=args.voice or None,
         device=args.device,
         dtype=args.dtype,
         engine_options=engine_options,
@@ -212,6 +298,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         vad=vad,
         max_send_lag_s=args.max_send_lag,
         clock_stats_path=args.clock_stats,
+        drain_grace_s=args.drain_seconds,
+        ping_interval_s=args.ping_interval,
+        agent_port=args.agent_port,
+        protect_metrics=protect_metrics,
         captions=None if args.captions in (None, "off", "none") else args.captions,
         captions_device=args.captions_device or ("cuda" if (args.device or "").startswith("cuda") else "cpu"),
     )

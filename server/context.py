@@ -64,8 +64,9 @@ class ServerContext:
         options: ConversationOptions | None = None,
     ) -> Conversation:
         """Start a conversation in `slot`; emits SessionReady. Raises ValueError for a bad rate/options."""
-        options = options or ConversationOptions(barge_in=self.config.barge_in)
+        options = options or self.default_options()
         options.vad_config(self.config.vad)  # raises ValueError for bad VAD options before any file is made
+        self.check_prompt(options)
         session_id = "sess_" + secrets.token_hex(6)
         recorder = Recorder(self.config.record_dir, session_id) if self.config.record_dir else None
         session = Conversation(
@@ -100,6 +101,31 @@ class ServerContext:
         if self.caption_worker is not None:
             self.caption_worker.close(timeout=5)
 
+    def default_options(self) -> ConversationOptions:
+        """What a session starts with before the client's own options: the server's flags."""
+        return ConversationOptions(
+            barge_in=self.config.barge_in, instructions=self.config.instructions, voice=self.config.voice
+        )
+
+    def check_prompt(self, options: ConversationOptions) -> None:
+        """ValueError unless the engine can use the session's role and voice prompt."""
+        if (options.instructions or options.voice) and not self.engine.takes_prompts:
+            raise ValueError(
+                f"this model ({self.engine.model_name or self.engine.name}) takes no role or voice prompt; "
+                "instructions and voice need a PersonaPlex-family checkpoint (see `assistant models`)"
+            )
+        self.engine.check_prompt(options.instructions, options.voice)
+
+    def voices(self) -> dict[str, Any]:
+        """GET /v1/voices: the voices a session may name, and whether prompts apply at all."""
+        return {
+            "object": "list",
+            "takes_prompts": self.engine.takes_prompts,
+            "default": self.config.voice
+            or getattr(getattr(self.engine, "loaded", None), "default_voice", None),
+            "data": [{"id": name, "object": "voice"} for name in self.engine.voices()],
+        }
+
     def refusal_reason(self) -> str:
         """Why a new connection was refused (the 1013 close reason)."""
         if self.draining:
@@ -109,10 +135,18 @@ class ServerContext:
     def forget(self, session: Conversation) -> None:
         self.sessions.pop(session.session_id, None)
 
+    def status(self) -> str:
+        """What a balancer acts on: "ok" (takes new sessions), "full" or "draining" (send them elsewhere)."""
+        if self.draining:
+            return "draining"
+        return "ok" if self.scheduler.free_slots > 0 else "full"
+
     def healthz(self) -> dict[str, Any]:
         info = self.engine.describe()
+        status = self.status()
         return {
-            "status": "draining" if self.draining else "ok",
+            "status": status,
+            "ready": status == "ok",
             "live_sessions": len(self.sessions),
             "max_sessions": self.scheduler.capacity,
             "capacity_left": 0 if self.draining else self.scheduler.free_slots,
@@ -120,4 +154,6 @@ class ServerContext:
             "model": info.get("model"),
             "uptime_s": round(time.monotonic() - self.started_at, 1),
             "captions": None if self.caption_worker is None else self.caption_worker.describe(),
+            "takes_prompts": self.engine.takes_prompts,
+            "voices": self.engine.voices(),
         }

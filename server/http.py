@@ -1,5 +1,5 @@
-"""The HTTP side of the port: auth and Origin checks at the websocket handshake, /healthz,
-/metrics and the static page."""
+"""The HTTP side of the port: auth and Origin checks at the websocket handshake, /healthz and
+/readyz (for probes and balancers), /metrics and the static page."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ from websockets.http11 import Request, Response
 from server import static
 
 WEBSOCKET_PATHS = ("/ws", "/v1/realtime")
+# The process is alive (503 only while draining: liveness, Docker HEALTHCHECK, HAProxy `check`) /
+# it takes a new session now (503 when full or draining: a readiness probe).
+HEALTH_PATHS = ("/healthz", "/readyz")
+TOKEN_HINT = "missing or wrong token: send 'Authorization: Bearer TOKEN' or ?token=TOKEN"
 
 
 def _response(status: int, content_type: str, body: bytes, extra: dict[str, str] | None = None) -> Response:
@@ -51,6 +55,13 @@ def check_origin(allowed: list[str], request: Request) -> bool:
     return "*" in allowed or origin.rstrip("/") in allowed
 
 
+def health_response(health: dict, path: str, figures: bool) -> Response:
+    """/healthz or /readyz from `ctx.healthz()`; without `figures` only the status words go out."""
+    up = health["ready"] if path == "/readyz" else health["status"] != "draining"
+    body = health if figures else {"status": health["status"], "ready": health["ready"]}
+    return _response(200 if up else 503, "application/json", json.dumps(body).encode())
+
+
 def make_process_request(ctx):
     """The handshake hook: answers plain HTTP requests, lets authorised websocket upgrades through."""
     config = ctx.config
@@ -59,9 +70,7 @@ def make_process_request(ctx):
         path = urlsplit(request.path).path
         if path in WEBSOCKET_PATHS:
             if not check_auth(config.auth_token, request):
-                return _text(
-                    401, "missing or wrong token: send 'Authorization: Bearer TOKEN' or ?token=TOKEN"
-                )
+                return _text(401, TOKEN_HINT)
             if not check_origin(config.allowed_origins or [], request):
                 return _text(
                     403, f"origin {request.headers.get('Origin')} is not allowed; see --allowed-origins"
@@ -75,12 +84,18 @@ def make_process_request(ctx):
                 f"{method} is not served here; use GET\n".encode(),
                 {"Allow": "GET, HEAD"},
             )
-        if path == "/healthz":
-            response = _response(200, "application/json", json.dumps(ctx.healthz()).encode())
+        # Probes carry no token: with --protect-metrics they still get the status, not the figures.
+        authorised = not config.protect_metrics or check_auth(config.auth_token, request)
+        if path in HEALTH_PATHS:
+            response = health_response(ctx.healthz(), path, figures=authorised)
+        elif path == "/metrics" and not authorised:
+            response = _text(401, TOKEN_HINT)
         elif path == "/metrics":
             response = _response(
                 200, "text/plain; version=0.0.4; charset=utf-8", ctx.metrics.render().encode()
             )
+        elif path == "/v1/voices":
+            response = _response(200, "application/json", json.dumps(ctx.voices()).encode())
         else:
             response = _response(*static.load(config.web_root, path))
         if method == "HEAD":  # the GET's headers (Content-Length included), no body

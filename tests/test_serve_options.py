@@ -1,4 +1,5 @@
-"""`assistant serve` options that reach the engine: moshi's --compile / --quantize."""
+"""`assistant serve` options: moshi's --compile / --quantize reach the engine; the deployment
+options (drain, keepalive, --protect-metrics) come from flags or ASSISTANT_* variables and are checked."""
 
 from __future__ import annotations
 
@@ -35,3 +36,42 @@ def test_unknown_quantize_mode_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         _args("--backend", "moshi", "--quantize", "int4")
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_deployment_options_come_from_the_environment(monkeypatch):
+    """A container or a Kubernetes pod configures `serve` with ASSISTANT_* variables; flags still win."""
+    env = {
+        "ASSISTANT_HOST": "0.0.0.0",
+        "ASSISTANT_PORT": "9000",
+        "ASSISTANT_MODEL": "tiny",
+        "ASSISTANT_MAX_SESSIONS": "8",
+        "ASSISTANT_DRAIN_SECONDS": "120",
+        "ASSISTANT_AGENT_PORT": "9001",
+        "ASSISTANT_PROTECT_METRICS": "1",
+        "ASSISTANT_AUTH_TOKEN": "s3cret",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config = config_from_args(_args("--backend", "scripted"))
+    assert (config.host, config.port, config.model, config.max_sessions) == ("0.0.0.0", 9000, "tiny", 8)
+    assert (config.drain_grace_s, config.agent_port, config.protect_metrics) == (120.0, 9001, True)
+    config = config_from_args(_args("--backend", "scripted", "--port", "9100", "--no-protect-metrics"))
+    assert config.port == 9100 and config.protect_metrics is False
+
+
+def test_protect_metrics_needs_a_token_and_a_clear_switch(monkeypatch):
+    monkeypatch.delenv("ASSISTANT_AUTH_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="needs --auth-token"):
+        config_from_args(_args("--backend", "scripted", "--protect-metrics"))
+    monkeypatch.setenv("ASSISTANT_PROTECT_METRICS", "yes")
+    with pytest.raises(ValueError, match="ASSISTANT_PROTECT_METRICS must be 0 or 1"):
+        config_from_args(_args("--backend", "scripted", "--auth-token", "t"))
+    # Off unless asked for: monitoring reads /metrics without a token.
+    monkeypatch.delenv("ASSISTANT_PROTECT_METRICS")
+    assert config_from_args(_args("--backend", "scripted", "--auth-token", "t")).protect_metrics is False
+
+
+@pytest.mark.parametrize("flag", [("--drain-seconds", "-1"), ("--ping-interval", "0")], ids=["drain", "ping"])
+def test_drain_and_keepalive_bounds_are_checked(flag):
+    with pytest.raises(ValueError, match=flag[0]):
+        config_from_args(_args("--backend", "scripted", *flag))

@@ -67,8 +67,10 @@ def test_healthz_reports_capacity_and_backend(server):
     status, headers, body = http_get(server, "/healthz")
     info = json.loads(body)
     assert status == 200 and headers["content-type"] == "application/json"
-    assert info["status"] == "ok" and info["backend"] == "silence"
+    assert info["status"] == "ok" and info["ready"] is True and info["backend"] == "silence"
     assert info["max_sessions"] == 2 and info["capacity_left"] == 2 and info["live_sessions"] == 0
+    status, _, body = http_get(server, "/readyz")
+    assert status == 200 and json.loads(body)["ready"] is True and json.loads(body)["capacity_left"] == 2
 
 
 async def test_capacity_refusal_with_1013_and_healthz_shows_it(server):
@@ -76,8 +78,12 @@ async def test_capacity_refusal_with_1013_and_healthz_shows_it(server):
         ca, cb = NativeClient(a), NativeClient(b)
         await ca.start()
         await cb.start()
-        info = json.loads(http_get(server, "/healthz")[2])
+        status, _, body = http_get(server, "/healthz")
+        info = json.loads(body)
         assert info["live_sessions"] == 2 and info["capacity_left"] == 0
+        # Full is alive (liveness passes) but not ready (a readiness probe sends sessions elsewhere).
+        assert status == 200 and info["status"] == "full" and info["ready"] is False
+        assert http_get(server, "/readyz")[0] == 503
         async with connect(server.ws_url) as c:
             await asyncio.wait_for(c.wait_closed(), 5)
             assert c.close_code == 1013 and "full" in c.close_reason
@@ -137,6 +143,25 @@ async def test_auth_token_by_header_query_or_env():
             await NativeClient(ws).start()
         # Health checks stay open for load balancers.
         assert http_get(address, "/healthz")[0] == 200
+
+
+async def test_protect_metrics_needs_the_token_but_probes_still_get_their_status():
+    token = {"Authorization": "Bearer s3cret"}
+    args = ("--backend", "silence", "--max-sessions", "1", "--auth-token", "s3cret", "--protect-metrics")
+    with start_server(*args) as address:
+        status, _, body = http_get(address, "/metrics")
+        assert status == 401 and b"assistant_" not in body
+        assert http_get(address, "/metrics", token)[0] == 200
+        assert http_get(address, "/metrics?token=s3cret")[0] == 200
+        # A probe without the token: the status code and words, none of the figures.
+        status, _, body = http_get(address, "/healthz")
+        assert status == 200 and json.loads(body) == {"status": "ok", "ready": True}
+        assert json.loads(http_get(address, "/healthz", token)[2])["max_sessions"] == 1
+        async with connect(address.ws_url, additional_headers=token) as ws:
+            await NativeClient(ws).start()
+            status, _, body = http_get(address, "/readyz")
+            assert status == 503 and json.loads(body) == {"status": "full", "ready": False}
+            assert json.loads(http_get(address, "/readyz", token)[2])["live_sessions"] == 1
 
 
 def test_startup_prints_the_url(server):

@@ -172,3 +172,29 @@ async def test_a_burst_of_refused_messages_gets_every_error_and_keeps_the_sessio
         await ws.send('{"type": "session.end"}')
         await client.wait_closed()
         assert ws.close_code == 1000
+
+
+def test_a_peer_that_ignores_pings_is_closed_with_the_documented_1011():
+    """A half-dead peer (its TCP still open, nothing answering) does not hold a slot: it is closed
+    with the code and reason the close-code table gives for it."""
+    from pathlib import Path
+
+    from websockets.client import ClientProtocol
+    from websockets.uri import parse_uri
+
+    with start_server("--backend", "silence", "--ping-interval", "0.3") as address:
+        # The websocket by hand: the protocol answers pings into data_to_send(), which is never sent.
+        peer = ClientProtocol(parse_uri(address.ws_url))
+        with socket.create_connection((address.host, address.port), timeout=5) as sock:
+            peer.send_request(peer.connect())
+            sock.sendall(b"".join(peer.data_to_send()))
+            t0 = time.monotonic()
+            while chunk := sock.recv(65536):
+                peer.receive_data(chunk)
+        closed_after_s = time.monotonic() - t0
+    close = peer.close_rcvd
+    assert (close.code, close.reason) == (1011, "keepalive ping timeout")
+    assert 0.5 <= closed_after_s <= 3.0  # one interval to the ping, one more waiting for its pong
+    table = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| 1011 |"))
+    assert "keepalive ping timeout" in row
