@@ -32,7 +32,23 @@ from server.protocol import encode_event
 class LocalConversation:
     """One conversation with an in-process engine; `send_audio`/`receive`/`end` like NativeClient."""
 
-    def __init__(self, engine, sample_rate: int, barge_in: str = "model", captions=None):
+    def __init__(
+        self,
+        engine,
+        sample_rate: int,
+        barge_in: str = "model",
+        captions=None,
+        instructions: str | None = None,
+        voice: str | None = None,
+    ):
+        if (instructions or voice) and not engine.takes_prompts:
+            raise TalkError(
+                f"{engine.model_name or engine.name} takes no role or voice prompt (--instructions, --voice)"
+            )
+        try:
+            engine.check_prompt(instructions, voice)
+        except ValueError as exc:
+            raise TalkError(str(exc)) from exc
         self.engine = engine
         self.sample_rate = sample_rate
         self.session_id = "local"
@@ -43,7 +59,7 @@ class LocalConversation:
         self._out: asyncio.Queue[ServerEvent | np.ndarray | None] = asyncio.Queue()
         self._frame_ready = asyncio.Event()
         self.error: str | None = None  # why the frame loop stopped, if the engine failed
-        options = ConversationOptions(barge_in=barge_in)
+        options = ConversationOptions(barge_in=barge_in, instructions=instructions, voice=voice)
         self.conversation = Conversation(
             self.session_id,
             sample_rate,
@@ -113,4 +129,10 @@ def build_local(args: argparse.Namespace, sample_rate: int) -> LocalConversation
         )
     except (ValueError, FileNotFoundError, OSError) as exc:
         raise TalkError(f"cannot build the {args.backend} engine: {exc}") from exc
-    return LocalConversation(engine, sample_rate, barge_in=args.barge_in or "model")
+    return LocalConversation(
+        engine,
+        sample_rate,
+        barge_in=args.barge_in or "model",
+        instructions=getattr(args, "instructions", None),
+        voice=getattr(args, "voice", None),
+    )

@@ -91,6 +91,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="interruption policy sent in session.start (default: the server's)",
     )
     conn.add_argument(
+        "--instructions",
+        help="who the assistant is, e.g. 'You are a patient teacher.' (PersonaPlex-family models; "
+        "default: the server's)",
+    )
+    conn.add_argument(
+        "--voice",
+        help="the assistant's voice: a preset of the model (GET /v1/voices, e.g. NATF2) or, with --local, "
+        "a .wav / .pt file",
+    )
+    conn.add_argument(
         "--captions",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -186,6 +196,8 @@ async def talk(args: argparse.Namespace, display_factory: Callable[[str], Any] |
                 token=args.token,
                 barge_in=args.barge_in,
                 captions=args.captions,
+                instructions=getattr(args, "instructions", None),
+                voice=getattr(args, "voice", None),
             )
         except ClientError as exc:
             raise TalkError(str(exc)) from exc

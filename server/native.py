@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from assistant.conversation import ConversationOptions, Event, SessionEnded
+from assistant.conversation import Event, SessionEnded
 from server import protocol
 from server.connection import Connection
 from server.protocol import (
@@ -64,7 +64,7 @@ class NativeConnection(Connection):
                     "already_started", f"session {self.session.session_id} is already running"
                 )
             try:
-                options = ConversationOptions(barge_in=self.ctx.config.barge_in).replace(**event.options)
+                options = self.ctx.default_options().replace(**event.options)
                 self.session = self.ctx.open_session(self.slot, event.sample_rate, self.emit, options)
             except ValueError as exc:
                 raise ProtocolError("invalid_value", str(exc)) from None

@@ -86,7 +86,10 @@ OPTION_FIELDS = {
     "temperature",
     "text_temperature",
     "captions",
+    "instructions",
+    "voice",
 }
+MAX_PROMPT_CHARS = 4000
 _VAD_FIELDS = {"threshold", "min_speech_ms", "min_silence_ms", "prefix_padding_ms"}
 
 
@@ -155,6 +158,14 @@ def parse_options(raw: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(value, bool):
                 raise ProtocolError("invalid_value", f"captions must be true or false, got {value!r}")
             opts[key] = value
+        elif key in ("instructions", "voice"):
+            if value is not None and not isinstance(value, str):
+                raise ProtocolError("invalid_value", f"{key} must be a string or null, got {_preview(value)}")
+            if value is not None and len(value) > MAX_PROMPT_CHARS:
+                raise ProtocolError(
+                    "invalid_value", f"{key} is {len(value)} characters; at most {MAX_PROMPT_CHARS}"
+                )
+            opts[key] = value or None
     return opts
 
 

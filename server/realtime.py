@@ -23,7 +23,6 @@ from assistant.conversation import (
     AssistantText,
     AudioOut,
     BargeIn,
-    ConversationOptions,
     Error,
     Event,
     InputSpeechStarted,
@@ -41,6 +40,7 @@ from server.realtime_protocol import (
     PushAudio,
     RealtimeConversation,
     RealtimeError,
+    SetPrompt,
     SetSilenced,
 )
 
@@ -73,13 +73,19 @@ class RealtimeConnection(Connection):
         # The core detects barge-ins (at the user's onset: the Realtime API interrupts on speech_started);
         # the Realtime state machine owns force_silence (manual turns, the hold after an interruption),
         # so the core's own policy stays "model" and never fights it.
-        options = ConversationOptions(barge_in="model", min_interrupt_ms=0)
+        options = ctx.default_options().replace(barge_in="model", min_interrupt_ms=0)
         self.session = ctx.open_session(slot, SAMPLE_RATE_HZ, self.emit, options)
         model = requested_model(ws) or ctx.engine.model_name or ctx.engine.name
+        takes_prompts = ctx.engine.takes_prompts
         self.conv = RealtimeConversation(
             session_id=self.session.session_id,
             model=model,
-            voice=ctx.engine.model_name or ctx.engine.name,
+            voice=(options.voice or ctx.voices()["default"])
+            if takes_prompts
+            else ctx.engine.model_name or ctx.engine.name,
+            takes_prompts=takes_prompts,
+            instructions=options.instructions or "",
+            check_prompt=ctx.engine.check_prompt,
             id_prefix=secrets.token_hex(4),
             captions_model=ctx.captions_model,
             threshold_applies=ctx.config.vad.backend == "silero",
@@ -97,6 +103,8 @@ class RealtimeConnection(Connection):
                 self.session.force_silence(out.silent)
             elif isinstance(out, ConfigureInput):
                 self.configure(out)
+            elif isinstance(out, SetPrompt):
+                self.session.update(instructions=out.instructions, voice=out.voice)
 
     def send_event(self, event: dict) -> None:
         if event["type"] == "error":

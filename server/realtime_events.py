@@ -40,6 +40,7 @@ CLIENT_EVENTS = (
     "response.cancel",
 )
 
+MAX_INSTRUCTIONS_CHARS = 4000
 # Session fields the model cannot honour: accepted, not applied, reported in `warnings`.
 _IGNORED_SESSION_FIELDS = {
     "tracing": "tracing is not available on this server",
@@ -360,13 +361,15 @@ def parse_session_update(
             )
         )
     instructions = _opt(session, "instructions", str, "session.instructions", event_id)
-    if instructions:
-        warnings.append(
-            warning(
+    if instructions is not None:
+        if len(instructions) > MAX_INSTRUCTIONS_CHARS:
+            raise RealtimeError(
+                "invalid_value",
+                f"session.instructions is {len(instructions)} characters; at most {MAX_INSTRUCTIONS_CHARS}",
                 "session.instructions",
-                "instructions are not supported: this speech-to-speech model takes no text prompt; ignored",
+                event_id,
             )
-        )
+        changes["instructions"] = instructions  # applied or reported by the state machine (model-dependent)
     tools = _opt(session, "tools", list, "session.tools", event_id)
     if tools:
         warnings.append(
@@ -439,7 +442,17 @@ def parse_session_update(
             )
         )
     if out.get("voice") is not None:
-        changes["voice"] = out["voice"]
+        voice = out["voice"]
+        if isinstance(voice, dict):  # {"id": ...}: a custom voice by id
+            voice = voice.get("id")
+        if not isinstance(voice, str) or len(voice) > 1000:
+            raise RealtimeError(
+                "invalid_value",
+                "session.audio.output.voice must be a voice name",
+                "session.audio.output.voice",
+                event_id,
+            )
+        changes["voice"] = voice
     speed = _opt(out, "speed", (int, float), "session.audio.output.speed", event_id)
     if speed is not None and speed != 1.0:
         warnings.append(warning("session.audio.output.speed", "speech speed is fixed at 1.0; ignored"))

@@ -51,7 +51,7 @@ from server.realtime_events import (
     parse_client_event,
     warning,
 )
-from server.realtime_records import ConfigureInput, Item, PushAudio, Response, SetSilenced
+from server.realtime_records import ConfigureInput, Item, PushAudio, Response, SetPrompt, SetSilenced
 
 __all__ = [
     "BYTES_PER_MS",
@@ -61,6 +61,7 @@ __all__ = [
     "PushAudio",
     "RealtimeConversation",
     "RealtimeError",
+    "SetPrompt",
     "SetSilenced",
     "TurnDetection",
 ]
@@ -80,10 +81,18 @@ class RealtimeConversation:
         threshold_applies: bool = True,
         response_start_timeout_ms: int = 5000,
         pending_text_frames: int = 4,
+        takes_prompts: bool = False,
+        instructions: str = "",
+        check_prompt=None,
     ):
+        """takes_prompts: the model honours instructions and voice (PersonaPlex family); then
+        check_prompt(instructions, voice) raises ValueError for a prompt the engine cannot use."""
         self.session_id = session_id
         self.model = model
         self.voice = voice
+        self.takes_prompts = takes_prompts
+        self.instructions = instructions
+        self.check_prompt = check_prompt or (lambda instructions, voice: None)
         self.captions_model = captions_model
         self.threshold_applies = threshold_applies  # False: the server's VAD decides voiced/unvoiced itself
         self.response_start_timeout_frames = max(1, response_start_timeout_ms // FRAME_MS)
@@ -134,7 +143,7 @@ class RealtimeConversation:
             "id": self.session_id,
             "model": self.model,
             "output_modalities": ["audio"],
-            "instructions": "",
+            "instructions": self.instructions,
             "tools": [],
             "tool_choice": "auto",
             "max_output_tokens": "inf" if self.max_output_tokens is None else self.max_output_tokens,
@@ -197,16 +206,58 @@ class RealtimeConversation:
             return self._response_cancel(ev)
         raise TypeError(f"not a client event: {ev!r}")
 
+    def _prompt_update(self, ev: SessionUpdate, warnings: list) -> list:
+        """Instructions and voice of a session.update: applied (a SetPrompt) or reported as ignored.
+
+        Raises RealtimeError, before anything changes, for a prompt the engine refuses."""
+        changes = ev.changes
+        instructions, voice = self.instructions, self.voice
+        if "instructions" in changes:
+            if self.takes_prompts:
+                instructions = changes["instructions"]
+            elif changes["instructions"]:
+                warnings.append(
+                    warning(
+                        "session.instructions",
+                        f"this model ({self.model}) takes no text prompt; instructions need a "
+                        "PersonaPlex-family checkpoint; ignored",
+                    )
+                )
+        if "voice" in changes and changes["voice"] != self.voice:
+            if not self.takes_prompts:
+                warnings.append(
+                    warning(
+                        "session.audio.output.voice",
+                        f"the voice is fixed by the model ({self.voice}); ignored",
+                    )
+                )
+            else:
+                try:
+                    self.check_prompt(None, changes["voice"])
+                    voice = changes["voice"]
+                except ValueError as exc:  # e.g. an OpenAI voice name: keep talking in the current one
+                    warnings.append(warning("session.audio.output.voice", f"{exc}; keeping {self.voice}"))
+        if (instructions, voice) == (self.instructions, self.voice):
+            return []
+        try:
+            self.check_prompt(instructions or None, voice)
+        except ValueError as exc:
+            raise RealtimeError("invalid_value", str(exc), "session.instructions", ev.event_id) from None
+        if self.input_ms > 0:
+            warnings.append(
+                warning(
+                    "session.instructions",
+                    "the model starts over with the new prompt: what it heard before is forgotten",
+                )
+            )
+        self.instructions, self.voice = instructions, voice
+        return [SetPrompt(instructions or None, voice)]
+
     def _session_update(self, ev: SessionUpdate) -> list:
         out: list = []
         changes = ev.changes
         warnings = list(ev.warnings)
-        if "voice" in changes and changes["voice"] != self.voice:
-            warnings.append(
-                warning(
-                    "session.audio.output.voice", f"the voice is fixed by the model ({self.voice}); ignored"
-                )
-            )
+        out += self._prompt_update(ev, warnings)
         reconfigure = False
         if "turn_detection" in changes:
             td = changes["turn_detection"]

@@ -33,6 +33,14 @@ class SetSilenced(Action):
 
 
 @dataclass(frozen=True)
+class SetPrompt(Action):
+    """Give the model a new role / voice prompt (models that take prompts); its context starts over."""
+
+    instructions: str | None
+    voice: str | None
+
+
+@dataclass(frozen=True)
 class ConfigureInput(Action):
     """VAD settings (None: no turn detection, VAD still runs for captions) and whether captions run."""
 

@@ -207,6 +207,47 @@ def test_a_new_prompt_mid_session_starts_the_model_over_with_it():
     assert token_frames(eng, user_frames())[: len(want)] == want
 
 
-def test_plain_moshi_takes_no_prompt():
+def test_plain_moshi_takes_no_prompt_and_steps_without_deprecated_arguments():
+    import warnings
+
     plain = MoshiEngine.from_pretrained("tiny", batch_size=1, device="cpu", compile=False, warm_up=False)
     assert not plain.takes_prompts and plain.voices() == []
+    plain.open(0, SlotOptions(instructions="ignored by a model without prompts"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plain.step(np.zeros((1, 1920), dtype=np.float32))
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+
+
+async def test_talk_local_gives_the_engine_its_instructions_and_voice():
+    import asyncio
+
+    from client.errors import TalkError
+    from client.local import LocalConversation
+
+    eng = engine()
+    conv = LocalConversation(eng, 24000, instructions=ROLE, voice="TINYF0.pt")
+    for frame in user_frames()[:3]:
+        await conv.send_audio(frame)
+    for _ in range(200):
+        if eng.live[0] and eng.is_ready(0):
+            break
+        await asyncio.sleep(0.01)
+    assert eng._prompt_of[0] == (ROLE, "TINYF0.pt") and eng.is_ready(0)
+    await conv.end()
+    with pytest.raises(TalkError, match="unknown voice 'NOBODY'"):
+        LocalConversation(engine(), 24000, voice="NOBODY")
+
+
+def test_bench_prefill_reports_both_modes_and_the_clock(capsys):
+    from assistant.cli import main
+
+    args = ["bench", "prefill", "--model", "tiny-personaplex", "--device", "cpu", "--prompt-frames", "40"]
+    args += ["--live", "1", "--joining", "1", "--ticks", "15", "--repeats", "1", "--chunk", "16", "--json"]
+    assert main(args) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["prompt"]["fast"]["frames"] == figures["prompt"]["stepwise"]["frames"] == 40
+    assert figures["prompt"]["fast"]["ms"] < figures["prompt"]["stepwise"]["ms"]
+    none, joined = figures["clock"]
+    assert none["joining"] == 0 and joined["joining"] == 1
+    assert joined["ticks_to_ready"] == [3]  # 40 positions, 16 a tick while another session is live

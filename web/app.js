@@ -3,7 +3,7 @@
 import { AssistantClient, STATES } from "./client.js";
 
 const STORAGE_KEY = "duplex-assistant.settings";
-const DEFAULT_SETTINGS = { outputMode: "headphones", bargeIn: "model", token: "" };
+const DEFAULT_SETTINGS = { outputMode: "headphones", bargeIn: "model", token: "", instructions: "", voice: "" };
 
 function loadSettings() {
   let saved = {};
@@ -15,6 +15,8 @@ function loadSettings() {
   const settings = { ...DEFAULT_SETTINGS, ...saved };
   if (!["headphones", "speakers"].includes(settings.outputMode)) settings.outputMode = "headphones";
   if (!["model", "vad"].includes(settings.bargeIn)) settings.bargeIn = "model";
+  if (typeof settings.instructions !== "string") settings.instructions = "";
+  if (typeof settings.voice !== "string") settings.voice = "";
   const params = new URLSearchParams(location.search);
   if (params.has("token")) {
     settings.token = params.get("token");
@@ -45,14 +47,52 @@ const form = $("#settings");
 form.elements.outputMode.value = settings.outputMode;
 form.elements.bargeIn.value = settings.bargeIn;
 form.elements.token.value = settings.token;
+form.elements.instructions.value = settings.instructions;
 form.addEventListener("submit", (e) => e.preventDefault());
 form.addEventListener("change", (e) => {
   const { name, value } = e.target;
   if (name === "outputMode") client.setOutputMode(value);
   else if (name === "bargeIn") client.setBargeIn(value);
   else if (name === "token") settings.token = value;
+  else if (name === "instructions" || name === "voice") settings[name] = value;
   saveSettings(settings);
 });
+form.elements.instructions.addEventListener("input", (e) => {
+  settings.instructions = e.target.value;
+  saveSettings(settings);
+});
+
+// -- persona and voice: shown when the server's model takes prompts ----------------------
+async function loadVoices() {
+  let voices;
+  try {
+    const response = await fetch("/v1/voices", { cache: "no-store" });
+    if (!response.ok) return;
+    voices = await response.json();
+  } catch {
+    return; // an older server, or none: the page works without persona settings
+  }
+  settings.takesPrompts = Boolean(voices.takes_prompts);
+  if (!settings.takesPrompts) return;
+  const select = form.elements.voice;
+  const ids = (voices.data ?? []).map((v) => v.id);
+  const first = document.createElement("option");
+  first.value = "";
+  // Presets (.pt) by their name, as the model card lists them; a sample file keeps its suffix.
+  const label = (id) => id.replace(/\.pt$/, "");
+  first.textContent = voices.default ? `Model default (${label(voices.default)})` : "Model default";
+  select.append(first);
+  for (const id of ids) {
+    const option = document.createElement("option");
+    option.value = id;
+    option.textContent = label(id);
+    select.append(option);
+  }
+  select.value = ids.includes(settings.voice) ? settings.voice : "";
+  settings.voice = select.value;
+  $("#persona").hidden = false;
+}
+loadVoices();
 form.elements.token.addEventListener("input", (e) => {
   settings.token = e.target.value;
   saveSettings(settings);

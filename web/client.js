@@ -324,6 +324,7 @@ export class AssistantClient extends EventTarget {
           sample_rate: run.context.sampleRate,
           barge_in: this.settings.bargeIn,
           captions: true,
+          ...this.promptOptions(),
         }),
       );
     };
@@ -483,6 +484,16 @@ export class AssistantClient extends EventTarget {
   /** What the browser applied to the microphone (echoCancellation etc.), or null when not live. */
   micSettings() {
     return this.run?.stream?.getAudioTracks()[0]?.getSettings() ?? null;
+  }
+
+  /** The persona and voice for session.start, when the server's model takes prompts and they are set. */
+  promptOptions() {
+    if (!this.settings.takesPrompts) return {};
+    const options = {};
+    const instructions = (this.settings.instructions ?? "").trim();
+    if (instructions) options.instructions = instructions;
+    if (this.settings.voice) options.voice = this.settings.voice;
+    return options;
   }
 
   /** Change the barge-in policy; a live session is updated at once. */

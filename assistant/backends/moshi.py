@@ -393,12 +393,13 @@ class MoshiEngine(Engine):
         pcm_out = np.zeros((B, self.frame_samples), dtype=np.float32)
         text = [""] * B
         if n == 0:  # nobody to serve: no model work beyond pending prompts
-            prefill_ms = self._advance_prompts()
+            timings = {"prefill_ms": self._advance_prompts()} if self._jobs else {}
+            timings["total_ms"] = (time.perf_counter() - t0) * 1000
             return StepOutput(
                 pcm_out=pcm_out,
                 text=text,
                 speaking=np.zeros(B, dtype=bool),
-                timings_ms={"total_ms": (time.perf_counter() - t0) * 1000, "prefill_ms": prefill_ms},
+                timings_ms=timings,
             )
         slots = np.asarray(self._slot_at)
         bucket = bucket_for(n, self.runner.buckets)

@@ -34,10 +34,11 @@ from assistant.moshi.kyutai import (
     mimi_config_from_kyutai,
 )
 from assistant.moshi.prompts import SILENCE_TOKENS, SINE_TOKENS, find_voices
+from assistant.moshi.registry import CHECKPOINTS, find
 from assistant.moshi.tokenizer import TextTokenizer
 
 # Hub repos in PersonaPlex's layout: their config.json does not say so (nor give the architecture).
-PERSONAPLEX_REPOS = ("nvidia/personaplex-7b-v1", "kyutai/personaplex-rl-seamless")
+PERSONAPLEX_REPOS = tuple(c.repo_id for c in CHECKPOINTS if c.layout == "personaplex")
 # The architecture fields a config.json must carry to describe its own model (tiny test checkpoints do).
 _ARCHITECTURE_KEYS = ("dim", "num_heads", "num_layers", "text_card", "card", "n_q", "dep_q")
 
@@ -206,9 +207,12 @@ def _need(directory: Path, name: str, what: str) -> Path:
 
 
 def load_moshi(source: str | Path, *, device=None, dtype=None) -> LoadedMoshi:
-    """Load a Moshi checkpoint (local dir or HF repo id, either layout) onto `device` in `dtype`."""
+    """Load a Moshi checkpoint (local dir, HF repo id or a name of `assistant models`) onto `device`."""
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
+    known = find(str(source)) if not Path(str(source)).expanduser().exists() else None
+    if known is not None:
+        source = known.repo_id
     directory = _local_dir(str(source))
     layout = detect_layout(directory)
     if layout == "kyutai":

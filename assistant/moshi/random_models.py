@@ -12,7 +12,9 @@ from assistant.moshi.kyutai import KYUTAI_7B_KWARGS, kyutai_lm_config, kyutai_lm
 from assistant.moshi.loading import LoadedMoshi, random_moshi
 from assistant.moshi.tokenizer import TextTokenizer
 
-RANDOM_MODELS = ("tiny", "7b-random")  # --model names that build random weights (benchmarks)
+# --model names that build random weights (benchmarks); "-personaplex" ones take role/voice prompts
+RANDOM_SIZES = ("tiny", "medium", "7b-random")
+RANDOM_MODELS = RANDOM_SIZES + tuple(f"{size}-personaplex" for size in RANDOM_SIZES)
 TINY_KWARGS = {
     "dim": 256,
     "num_heads": 4,
@@ -21,6 +23,18 @@ TINY_KWARGS = {
     "card": 2048,
     "context": 3000,
     "depformer_dim": 128,
+    "depformer_num_heads": 4,
+    "depformer_num_layers": 2,
+}
+# Between the two: a model whose steps cost tens of ms on a CPU, for prefill and scheduling figures.
+MEDIUM_KWARGS = {
+    "dim": 1024,
+    "num_heads": 8,
+    "num_layers": 8,
+    "text_card": 32000,
+    "card": 2048,
+    "context": 3000,
+    "depformer_dim": 256,
     "depformer_num_heads": 4,
     "depformer_num_layers": 2,
 }
@@ -38,13 +52,17 @@ def _random_codebooks(mimi) -> None:
 
 
 def random_loaded(which: str, device: torch.device, dtype: torch.dtype) -> LoadedMoshi:
-    """A LoadedMoshi with random weights (its `mimi` a MimiModel with random codebooks), `tiny` or `7b-random`."""
+    """A LoadedMoshi with random weights (its `mimi` a MimiModel with random codebooks), one of RANDOM_MODELS."""
     from transformers import MimiConfig, MimiModel  # imported here: importing the backend stays cheap
 
     from audio.mimi.convert import mimi_config_for_kyutai
 
-    if which == "tiny":
-        kwargs = kyutai_lm_kwargs(dict(KYUTAI_7B_KWARGS, **TINY_KWARGS, depformer_dim_feedforward=None))
+    if which not in RANDOM_MODELS:
+        raise ValueError(f"unknown random model {which!r}; known: {', '.join(RANDOM_MODELS)}")
+    size = which.removesuffix("-personaplex")
+    if size in ("tiny", "medium"):
+        sizes = TINY_KWARGS if size == "tiny" else MEDIUM_KWARGS
+        kwargs = kyutai_lm_kwargs(dict(KYUTAI_7B_KWARGS, **sizes, depformer_dim_feedforward=None))
         mimi_config = MimiConfig(
             hidden_size=64,
             num_filters=8,
@@ -68,4 +86,7 @@ def random_loaded(which: str, device: torch.device, dtype: torch.dtype) -> Loade
     tokenizer = TextTokenizer(
         pieces=[f"\u2581w{i}" for i in range(config.vocab_size)], silent_ids=frozenset({0, 3})
     )
-    return LoadedMoshi(model=model, tokenizer=tokenizer, mimi=mimi, layout="random", source=which)
+    model_type = "personaplex" if which.endswith("-personaplex") else "moshi"
+    return LoadedMoshi(
+        model=model, tokenizer=tokenizer, mimi=mimi, layout="random", source=which, model_type=model_type
+    )

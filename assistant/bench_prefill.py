@@ -1,0 +1,164 @@
+"""`assistant bench prefill`: what a role / voice prompt costs, and what it costs everybody else.
+
+Two figures, on a prompted model (a PersonaPlex checkpoint, or a random `*-personaplex` one):
+
+1. ms per prompt of N frames, one-pass chunked prefill vs one step per frame (the reference way);
+2. the frame clock while sessions join: L live sessions are stepped every 80 ms of wall time, and
+   J new sessions with N-frame prompts join during the run. Reported per run (none joining vs J
+   joining): step ms and how late each tick ends past its 80 ms deadline (p50 / p99 / max), and how
+   many ticks each joining prompt took.
+
+Random weights give honest speed figures (a step costs the same whatever the weights say).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+
+from audio.frames import FRAME_MS, FRAME_SAMPLES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default="tiny-personaplex", help="checkpoint or random model (default tiny-personaplex)"
+    )
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--dtype", default=None, help="bf16, fp16 or fp32")
+    parser.add_argument("--prompt-frames", type=int, default=200, help="frames per prompt (default 200)")
+    parser.add_argument("--live", type=int, default=4, help="sessions already talking (default 4)")
+    parser.add_argument("--joining", type=int, default=4, help="sessions joining with a prompt (default 4)")
+    parser.add_argument("--ticks", type=int, default=100, help="80 ms ticks per clock run (default 100)")
+    parser.add_argument("--chunk", type=int, default=None, help="prompt positions per prefill pass")
+    parser.add_argument("--repeats", type=int, default=3, help="timed prompts per prefill mode (default 3)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+
+def _instructions(engine, frames: int) -> str:
+    """Role text whose prompt (no voice: 2 x 6 silence frames around it) is exactly `frames` long."""
+    base = 2 * 6 + len(engine.loaded.tokenizer.encode("<system>  <system>"))
+    words = ["film", "music", "sea", "talk", "kind", "tell", "story", "calm"]
+    text: list[str] = []
+    while base + len(engine.loaded.tokenizer.encode(" ".join(text))) < frames:
+        text.append(words[len(text) % len(words)])
+    return " ".join(text)
+
+
+def _engine(args, batch_size: int, prefill: str):
+    from assistant.backends.moshi import MoshiEngine
+
+    options = {"prefill": prefill}
+    if args.chunk:
+        options["prefill_chunk"] = args.chunk
+    return MoshiEngine.from_pretrained(
+        args.model, batch_size=batch_size, device=args.device, dtype=args.dtype, compile=False, **options
+    )
+
+
+def prompt_ms(args) -> dict:
+    """Median ms to take one prompt with nobody else live, per prefill mode."""
+    import torch
+
+    from assistant.engine import SlotOptions
+
+    out = {}
+    for mode in ("fast", "stepwise"):
+        engine = _engine(args, 1, mode)
+        if not engine.takes_prompts:
+            raise SystemExit(f"bench prefill: {args.model} takes no prompts; use a PersonaPlex model")
+        options = SlotOptions(instructions=_instructions(engine, args.prompt_frames))
+        times = []
+        for _ in range(args.repeats + 1):  # the first is a warm-up
+            t0 = time.perf_counter()
+            engine.open(0, options)
+            if engine.lm.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - t0) * 1000)
+            frames = int(engine.lm.offsets[engine.row_of(0)])
+            engine.close(0)
+        out[mode] = {"ms": round(statistics.median(times[1:]), 2), "frames": frames}
+    out["speedup"] = round(out["stepwise"]["ms"] / max(out["fast"]["ms"], 1e-9), 1)
+    return out
+
+
+def clock_run(args, joining: int) -> dict:
+    """Step L live sessions on an 80 ms wall clock while `joining` sessions with prompts open."""
+    import torch
+
+    from assistant.engine import SlotOptions
+
+    engine = _engine(args, args.live + args.joining, "fast")  # the same engine size for both runs
+    text = _instructions(engine, args.prompt_frames)
+    for slot in range(args.live):
+        engine.open(slot, SlotOptions(instructions="Talk.", seed=slot))
+    rng = np.random.default_rng(0)
+    pcm = (0.05 * rng.standard_normal((engine.batch_size, FRAME_SAMPLES))).astype(np.float32)
+    for _ in range(10):  # warm-up: first steps allocate and fill caches
+        engine.step(pcm)
+    join_at = {10 + 3 * k: args.live + k for k in range(joining)}
+    opened_at, ready_at = {}, {}
+    period = FRAME_MS / 1000
+    step_ms, late_ms = [], []
+    start = time.perf_counter()
+    for tick in range(args.ticks):
+        deadline = start + (tick + 1) * period
+        if tick in join_at:
+            engine.open(join_at[tick], SlotOptions(instructions=text, seed=tick))
+            opened_at[join_at[tick]] = tick
+        t0 = time.perf_counter()
+        engine.step(pcm)
+        if engine.lm.device.type == "cuda":
+            torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        step_ms.append((t1 - t0) * 1000)
+        late_ms.append(max(0.0, (t1 - deadline) * 1000))
+        for slot in opened_at:
+            if slot not in ready_at and engine.is_ready(slot):
+                ready_at[slot] = tick
+        time.sleep(max(0.0, deadline - time.perf_counter()))
+    return {
+        "live": args.live,
+        "joining": joining,
+        "step_ms": _percentiles(step_ms),
+        "late_ms": _percentiles(late_ms),
+        "ticks_to_ready": [
+            ready_at[s] - opened_at[s] + 1 if s in ready_at else None for s in sorted(opened_at)
+        ],
+    }
+
+
+def _percentiles(values: list[float]) -> dict:
+    a = np.asarray(values)
+    return {
+        "p50": round(float(np.percentile(a, 50)), 2),
+        "p99": round(float(np.percentile(a, 99)), 2),
+        "max": round(float(a.max()), 2),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_grad_enabled(False)
+    figures = {"model": args.model, "prompt_frames": args.prompt_frames, "prompt": prompt_ms(args)}
+    figures["clock"] = [clock_run(args, 0), clock_run(args, args.joining)]
+    if args.json:
+        print(json.dumps(figures, indent=1))
+        return 0
+    p = figures["prompt"]
+    print(f"model {args.model}, prompts of {p['fast']['frames']} frames")
+    print(f"  fast prefill     {p['fast']['ms']:9.1f} ms per prompt")
+    print(f"  stepwise prefill {p['stepwise']['ms']:9.1f} ms per prompt  ({p['speedup']}x slower)")
+    print(f"frame clock, {args.live} live sessions, {args.ticks} ticks of {FRAME_MS} ms:")
+    for run_ in figures["clock"]:
+        s, late = run_["step_ms"], run_["late_ms"]
+        extra = f", ready after {run_['ticks_to_ready']} ticks" if run_["joining"] else ""
+        print(
+            f"  {run_['joining']} joining: step p50 {s['p50']} / p99 {s['p99']} / max {s['max']} ms; "
+            f"late p99 {late['p99']} / max {late['max']} ms{extra}"
+        )
+    return 0

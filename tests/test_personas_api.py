@@ -1,0 +1,151 @@
+"""Role and voice prompts over the wire: /ws session.start, /v1/realtime via the official SDK, /v1/voices.
+
+One server runs the tiny PersonaPlex checkpoint of tests/data (it takes prompts), one a tiny random
+Moshi (it does not): prompts are applied by the first and refused or reported by the second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from openai import AsyncOpenAI
+from server_utils import NativeClient, http_get, start_server
+from websockets.asyncio.client import connect
+
+DATA = Path(__file__).parent / "data" / "personaplex_tiny"
+TOKEN = "persona-token"
+DEFAULT_ROLE = "You are a tiny model for tests."
+
+
+@pytest.fixture(scope="module")
+def persona_server():
+    with start_server(
+        "--backend",
+        "moshi",
+        "--model",
+        str(DATA),
+        "--device",
+        "cpu",
+        "--no-compile",
+        "--max-sessions",
+        "2",
+        "--auth-token",
+        TOKEN,
+        "--instructions",
+        DEFAULT_ROLE,
+        "--voice",
+        "TINYF0.wav",
+        startup_timeout_s=120,
+    ) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def moshi_server():
+    with start_server(
+        "--backend",
+        "moshi",
+        "--model",
+        "tiny",
+        "--device",
+        "cpu",
+        "--no-compile",
+        "--max-sessions",
+        "1",
+        "--auth-token",
+        TOKEN,
+        startup_timeout_s=120,
+    ) as address:
+        yield address
+
+
+def ws_url(address, path: str = "/ws") -> str:
+    return f"ws://{address.host}:{address.port}{path}"
+
+
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_voices_are_listed_and_in_healthz(persona_server, moshi_server):
+    status, _, body = http_get(persona_server, "/v1/voices")
+    voices = json.loads(body)
+    assert status == 200 and voices["takes_prompts"] is True
+    assert [v["id"] for v in voices["data"]] == ["TINYF0.pt", "TINYF0.wav"]
+    assert voices["default"] == "TINYF0.wav"
+    health = json.loads(http_get(persona_server, "/healthz")[2])
+    assert health["takes_prompts"] is True and health["voices"] == ["TINYF0.pt", "TINYF0.wav"]
+    plain = json.loads(http_get(moshi_server, "/v1/voices")[2])
+    assert plain == {"object": "list", "takes_prompts": False, "default": None, "data": []}
+
+
+async def test_native_session_start_takes_instructions_and_voice(persona_server):
+    async with connect(ws_url(persona_server), additional_headers=HEADERS) as ws:
+        client = NativeClient(ws)
+        ready = await client.start(24000, instructions="Talk about films.", voice="TINYF0.pt")
+        assert ready["options"]["instructions"] == "Talk about films."
+        assert ready["options"]["voice"] == "TINYF0.pt"
+        # the server's --instructions / --voice are what a session gets when it sets none
+        await ws.send(json.dumps({"type": "session.update", "voice": "NOBODY"}))
+        _, error = await client.wait_for("error")
+        assert error["code"] == "invalid_value" and "unknown voice 'NOBODY'" in error["message"]
+        await ws.send(json.dumps({"type": "session.update", "voice": "TINYF0.wav"}))
+        _, updated = await client.wait_for("session.updated")
+        assert updated["options"]["voice"] == "TINYF0.wav"
+    async with connect(ws_url(persona_server), additional_headers=HEADERS) as ws:
+        ready = await NativeClient(ws).start(24000)
+        assert ready["options"]["instructions"] == DEFAULT_ROLE
+        assert ready["options"]["voice"] == "TINYF0.wav"
+
+
+async def test_native_prompt_on_a_model_without_prompts_is_refused_clearly(moshi_server):
+    async with connect(ws_url(moshi_server), additional_headers=HEADERS) as ws:
+        await ws.send(
+            json.dumps({"type": "session.start", "sample_rate": 24000, "instructions": "Be a pirate."})
+        )
+        error = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert error["type"] == "error" and error["code"] == "invalid_value"
+        assert "takes no role or voice prompt" in error["message"]
+
+
+async def realtime_update(address, session: dict):
+    client = AsyncOpenAI(base_url=f"http://{address.host}:{address.port}/v1", api_key=TOKEN)
+    async with client.realtime.connect(model="persona-test") as conn:
+        created = await conn.recv()
+        assert created.type == "session.created"
+        await conn.session.update(session={"type": "realtime", **session})
+        while True:
+            event = await asyncio.wait_for(conn.recv(), 20)
+            if event.type in ("session.updated", "error"):
+                return created, event
+
+
+async def test_realtime_sdk_applies_instructions_and_voice_with_a_personaplex_model(persona_server):
+    created, updated = await realtime_update(
+        persona_server,
+        {"instructions": "You are a pirate.", "audio": {"output": {"voice": "TINYF0.pt"}}},
+    )
+    assert created.session.instructions == DEFAULT_ROLE
+    assert created.session.audio.output.voice == "TINYF0.wav"
+    assert updated.type == "session.updated"
+    assert updated.session.instructions == "You are a pirate."
+    assert updated.session.audio.output.voice == "TINYF0.pt"
+    warned = {w["param"] for w in (updated.model_extra or {}).get("warnings", [])}
+    assert not warned & {"session.instructions", "session.audio.output.voice"}
+    # an OpenAI voice name is not one of the model's: reported, and the current voice kept
+    _, updated = await realtime_update(persona_server, {"audio": {"output": {"voice": "alloy"}}})
+    assert updated.session.audio.output.voice == "TINYF0.wav"
+    (warning,) = [w for w in updated.model_extra["warnings"] if w["param"] == "session.audio.output.voice"]
+    assert "unknown voice 'alloy'" in warning["message"] and "TINYF0.pt" in warning["message"]
+
+
+async def test_realtime_sdk_still_warns_with_a_plain_moshi_model(moshi_server):
+    _, updated = await realtime_update(
+        moshi_server, {"instructions": "You are a pirate.", "audio": {"output": {"voice": "alloy"}}}
+    )
+    assert updated.type == "session.updated"
+    assert updated.session.instructions == ""
+    warned = {w["param"] for w in updated.model_extra["warnings"]}
+    assert {"session.instructions", "session.audio.output.voice"} <= warned
