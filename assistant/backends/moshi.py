@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from assistant.engine import Engine, SlotOptions, StepOutput
+from assistant.engine import FRAME_MS, Engine, SlotOptions, StepOutput
 from assistant.moshi.graphs import StepRunner, bucket_for, compile_mode, topk_width
 from assistant.moshi.lm import MoshiStreamingLM, Sampling
 from assistant.moshi.loading import LoadedMoshi, load_moshi, resolve_device, resolve_dtype
@@ -31,6 +31,7 @@ DEFAULT_TEXT_TEMPERATURE = 0.7
 DEFAULT_TEXT_TOP_K = 25
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_K = 250
+MIN_PREFILL_CHUNK = 4  # prompt positions fed per tick at least, so a prompt always gets in
 SPEAKING_RMS = 3e-3  # about -50 dBFS: quieter output frames count as the assistant not speaking
 log = logging.getLogger(__name__)
 _SILENCE_WARMUP_FRAMES = 4  # frames of zeros the encoder sees before its "silence" codes are taken
@@ -70,8 +71,9 @@ class MoshiEngine(Engine):
         """compile: CUDA-graph the LM step per batch bucket (None: env ASSISTANT_COMPILE, default on CUDA).
         quantize: None or "int8" (None: env ASSISTANT_QUANTIZE), weight-only, applied to loaded.model in place.
         warm_up: capture every bucket now (with a progress bar), so no tick ever waits for a capture.
-        prefill: how a prompted model takes a slot's prompt: "fast" (`prefill_chunk` positions per
-        forward pass, one pass per tick while others are live) or "stepwise" (one position per
+        prefill: how a prompted model takes a slot's prompt: "fast" (many positions per forward
+        pass; while others are live, one pass per tick after their step, as many positions as fit
+        half the frame's spare time, at most `prefill_chunk`) or "stepwise" (one position per
         forward, all at once; the reference the fast path is checked against).
         """
         super().__init__(batch_size)
@@ -112,6 +114,8 @@ class MoshiEngine(Engine):
         self._jobs: dict[int, PromptJob] = {}  # slot -> its prompt's prefill, while it runs
         self._prompt_of: dict[int, tuple[str | None, str | None]] = {}
         self.prefill_stats = {"prompts": 0, "positions": 0, "ms": 0.0}
+        self._ms_per_position: float | None = None  # measured cost of a prefill position (moving average)
+        self._last_step_ms = 0.0  # the live step of this tick, before any prefill
         for slot in range(batch_size):
             self._reset_slot(slot, SlotOptions())
         if warm_up:
@@ -213,10 +217,10 @@ class MoshiEngine(Engine):
                 continue
             waiting = bool(self._slot_at) and not all_now  # live conversations wait for the next tick
             if waiting:
-                self.prefill_stats["positions"] += job.advance(self.prefill_chunk)
+                self._timed_advance(job, self._chunk_this_tick())
             else:
                 while not job.done:
-                    self.prefill_stats["positions"] += job.advance(job.remaining)
+                    self._timed_advance(job, job.remaining)
             if job.done:
                 self._activate(slot, job)
             if waiting:
@@ -224,6 +228,25 @@ class MoshiEngine(Engine):
         spent = (time.perf_counter() - t0) * 1000
         self.prefill_stats["ms"] += spent
         return spent
+
+    def _chunk_this_tick(self) -> int:
+        """Prompt positions to feed after this tick's live step: what fits in half the time left of
+        the 80 ms frame at the measured cost per position, between MIN_PREFILL_CHUNK and prefill_chunk."""
+        if self._ms_per_position is None:
+            return min(self.prefill_chunk, MIN_PREFILL_CHUNK * 4)  # a first, small measurement
+        spare = max(0.0, FRAME_MS - self._last_step_ms) * 0.5
+        fits = int(spare / max(self._ms_per_position, 1e-6))
+        return max(MIN_PREFILL_CHUNK, min(self.prefill_chunk, fits))
+
+    def _timed_advance(self, job: PromptJob, positions: int) -> None:
+        t0 = time.perf_counter()
+        done = job.advance(positions)
+        if self.lm.device.type == "cuda":
+            torch.cuda.synchronize(self.lm.device)
+        per = (time.perf_counter() - t0) * 1000 / max(done, 1)
+        old = self._ms_per_position
+        self._ms_per_position = per if old is None else 0.7 * old + 0.3 * per
+        self.prefill_stats["positions"] += done
 
     def _new_row(self, slot: int) -> int:
         row = len(self._slot_at)
@@ -442,6 +465,7 @@ class MoshiEngine(Engine):
         speaking = np.zeros(B, dtype=bool)
         speaking[slots] = ~quiet & (np.sqrt(np.mean(pcm**2, axis=1)) > SPEAKING_RMS)
         if self._jobs:
+            self._last_step_ms = (time.perf_counter() - t0) * 1000
             timings["prefill_ms"] = self._advance_prompts()
         timings["total_ms"] = (time.perf_counter() - t0) * 1000
         return StepOutput(pcm_out=pcm_out, text=text, speaking=speaking, timings_ms=timings)
