@@ -1,14 +1,16 @@
 """`--backend auto`: the best engine this machine can run in real time, and why.
 
-The 7B speech models answer in real time only on a CUDA GPU with room for their bf16 weights, and
-`make run` should start something on any machine without fetching 16 GB unasked. So: a big enough
-CUDA GPU and a checkpoint already in the Hugging Face cache -> the moshi backend on that
-checkpoint (PersonaPlex first, then Moshiko); anything less -> the scripted backend, with a reason
-that says what is missing and the command that gets the real model.
+The 7B speech models answer in real time only on a CUDA GPU with room for their bf16 weights. So:
+a big enough CUDA GPU and a checkpoint already in the Hugging Face cache -> the moshi backend on
+that checkpoint (PersonaPlex first, then Moshiko); such a GPU, nothing cached, but a checkpoint the
+hub will hand out (reachable, and not gated for this user) -> that one, downloaded on first start;
+anything less -> the scripted backend, with a reason that says what is missing and the command that
+gets the real model. Without a GPU nothing is fetched: it could not run in real time anyway.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -34,9 +36,11 @@ def choose(
     model: str | None = None,
     *,
     cache_dir: str | None = None,
+    downloadable: Sequence[KnownCheckpoint] = (),
 ) -> AutoChoice:
     """Pure decision: `gpu_memory_gb` of CUDA device 0 (None: no CUDA GPU), the fully cached
-    checkpoints, and an explicit `--model` (which auto then serves whenever the GPU allows)."""
+    checkpoints, an explicit `--model` (which auto then serves whenever the GPU allows), and the
+    checkpoints the hub would hand out now (asked only when nothing is cached)."""
     if gpu_memory_gb is None:
         return AutoChoice(
             "scripted",
@@ -55,6 +59,15 @@ def choose(
         return AutoChoice("moshi", model, f"serving --model {model} on the CUDA GPU")
     rank = {name: i for i, name in enumerate(PREFERENCE)}
     ranked = sorted(cached, key=lambda c: rank.get(c.name, len(rank)))
+    fetchable = sorted(downloadable, key=lambda c: rank.get(c.name, len(rank)))
+    if not ranked and fetchable:
+        best = fetchable[0]
+        return AutoChoice(
+            "moshi",
+            best.repo_id,
+            f"no checkpoint in the Hugging Face cache; downloading {best.name} ({best.repo_id}, about "
+            f"{best.size_gb:.0f} GB) on this first start",
+        )
     if not ranked:
         where = f" ({cache_dir})" if cache_dir else ""
         return AutoChoice(
@@ -79,11 +92,32 @@ def cuda_memory_gb() -> float | None:
     return torch.cuda.get_device_properties(0).total_memory / 1e9
 
 
+def hub_serves(checkpoint: KnownCheckpoint, timeout_s: float = 3.0) -> bool:
+    """Whether the hub answers for this checkpoint's weights now (online, and not gated for this user)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+        get_hf_file_metadata(hf_hub_url(checkpoint.repo_id, checkpoint.files[0]), timeout=timeout_s)
+        return True
+    except Exception:  # offline, DNS, 401/403 on a gated repo, 404: not something make run can fetch
+        return False
+
+
 def choose_backend(model: str | None = None) -> AutoChoice:
-    """`choose` for this machine: probes the GPU, then (only if one is there) the local cache."""
+    """`choose` for this machine: probes the GPU, then (only if one is there) the cache and the hub."""
     gpu_memory_gb = cuda_memory_gb()
-    cached = [] if gpu_memory_gb is None else [c for c in CHECKPOINTS if cache_status(c).cached]
-    return choose(gpu_memory_gb, cached, model, cache_dir=str(hub_cache_dir()))
+    fits = gpu_memory_gb is not None and gpu_memory_gb >= MIN_GPU_MEMORY_GB
+    cached = [c for c in CHECKPOINTS if cache_status(c).cached] if fits else []
+    downloadable: list[KnownCheckpoint] = []
+    if fits and not cached and not model:
+        by_name = {c.name: c for c in CHECKPOINTS}
+        for name in PREFERENCE:  # the first the hub hands out is enough
+            if name in by_name and hub_serves(by_name[name]):
+                downloadable = [by_name[name]]
+                break
+    return choose(gpu_memory_gb, cached, model, cache_dir=str(hub_cache_dir()), downloadable=downloadable)
 
 
 def banner(choice: AutoChoice) -> str:

@@ -146,6 +146,34 @@ def test_auto_with_a_gpu_but_an_empty_cache_chooses_scripted_and_names_the_downl
     assert GET_THE_MODEL in choice.reason
 
 
+def test_auto_with_a_gpu_an_empty_cache_and_the_hub_reachable_downloads_the_best_it_may():
+    choice = choose(80.0, [], cache_dir="/cache/hub", downloadable=[MOSHIKO])
+    assert choice[:2] == ("moshi", "kyutai/moshiko-pytorch-bf16")
+    assert "downloading moshiko" in choice.reason and "16 GB" in choice.reason
+    # something cached wins over anything the hub would give
+    assert choose(80.0, [find("moshika")], downloadable=[PERSONAPLEX])[:2] == (
+        "moshi",
+        "kyutai/moshika-pytorch-bf16",
+    )
+
+
+def test_hub_probe_is_false_offline_or_without_network(monkeypatch):
+    import socket
+
+    from assistant.auto import hub_serves
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_serves(MOSHIKO) is False
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+
+    def refuse(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    assert hub_serves(MOSHIKO, timeout_s=1.0) is False
+
+
 def test_auto_with_a_gpu_too_small_for_the_7b_chooses_scripted():
     choice = choose(12.0, [PERSONAPLEX])
     assert choice.backend == "scripted" and "12 GB" in choice.reason and "--quantize int8" in choice.reason
