@@ -165,8 +165,20 @@ def parse_options(raw: dict[str, Any]) -> dict[str, Any]:
                 raise ProtocolError(
                     "invalid_value", f"{key} is {len(value)} characters; at most {MAX_PROMPT_CHARS}"
                 )
+            if key == "voice" and value:
+                try:
+                    check_voice_name(value)
+                except ValueError as exc:
+                    raise ProtocolError("invalid_value", str(exc)) from None
             opts[key] = value or None
     return opts
+
+
+def check_voice_name(voice: str) -> None:
+    """A remote client names one of the model's voices; file paths are for the server's operator only
+    (`assistant serve --voice FILE`), so no client can make the server read a file of its choosing."""
+    if "/" in voice or "\\" in voice or voice.startswith((".", "~")) or len(voice) > 200:
+        raise ValueError(f"voice {_preview(voice)} is not a voice name; use one of GET /v1/voices")
 
 
 def decode_text(text: str | bytes) -> ClientEvent:

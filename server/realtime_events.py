@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from audio.frames import SAMPLE_RATE_HZ
+from server.protocol import check_voice_name
 
 BYTES_PER_MS = SAMPLE_RATE_HZ * 2 // 1000  # PCM16 mono
 PCM_FORMAT = {"type": "audio/pcm", "rate": SAMPLE_RATE_HZ}
@@ -445,13 +446,12 @@ def parse_session_update(
         voice = out["voice"]
         if isinstance(voice, dict):  # {"id": ...}: a custom voice by id
             voice = voice.get("id")
-        if not isinstance(voice, str) or len(voice) > 1000:
-            raise RealtimeError(
-                "invalid_value",
-                "session.audio.output.voice must be a voice name",
-                "session.audio.output.voice",
-                event_id,
-            )
+        try:
+            if not isinstance(voice, str):
+                raise ValueError("session.audio.output.voice must be a voice name")
+            check_voice_name(voice)
+        except ValueError as exc:
+            raise RealtimeError("invalid_value", str(exc), "session.audio.output.voice", event_id) from None
         changes["voice"] = voice
     speed = _opt(out, "speed", (int, float), "session.audio.output.speed", event_id)
     if speed is not None and speed != 1.0:

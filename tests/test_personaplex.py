@@ -251,3 +251,20 @@ def test_bench_prefill_reports_both_modes_and_the_clock(capsys):
     none, joined = figures["clock"]
     assert none["joining"] == 0 and joined["joining"] == 1
     assert joined["ticks_to_ready"][0] >= 3  # 40 positions, at most 16 a tick while another is live
+
+
+def test_voice_prefixes_are_bounded_least_recently_used_first(tmp_path, monkeypatch):
+    import shutil
+
+    from assistant.moshi import persona
+
+    monkeypatch.setattr(persona, "MAX_VOICE_PREFIXES", 2)
+    eng = engine()
+    names = []
+    for k in range(3):
+        path = tmp_path / f"voice{k}.wav"
+        shutil.copy(DATA / "voices" / "TINYF0.wav", path)
+        names.append(str(path.resolve()))
+        eng.open(0, SlotOptions(voice=str(path)))
+        eng.close(0)
+    assert list(eng.prompter._prefixes) == names[1:]

@@ -149,3 +149,14 @@ async def test_realtime_sdk_still_warns_with_a_plain_moshi_model(moshi_server):
     assert updated.session.instructions == ""
     warned = {w["param"] for w in updated.model_extra["warnings"]}
     assert {"session.instructions", "session.audio.output.voice"} <= warned
+
+
+async def test_a_client_cannot_name_a_file_on_the_server_as_its_voice(persona_server):
+    voice_file = str(DATA / "voices" / "TINYF0.wav")  # exists on the server: still refused
+    async with connect(ws_url(persona_server), additional_headers=HEADERS) as ws:
+        await ws.send(json.dumps({"type": "session.start", "sample_rate": 24000, "voice": voice_file}))
+        error = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert error["code"] == "invalid_value" and "is not a voice name" in error["message"]
+    _, event = await realtime_update(persona_server, {"audio": {"output": {"voice": "../voices/TINYF0.wav"}}})
+    assert event.type == "error" and event.error.code == "invalid_value"
+    assert "not a voice name" in event.error.message

@@ -12,6 +12,7 @@ text: the first job with a voice keeps a copy of its cache, and later ones start
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,10 @@ from assistant.moshi.prompts import (
 
 DEFAULT_CHUNK_FRAMES = 64  # prompt positions per prefill pass; a 7B pass of 64 costs about one step
 MAX_INSTRUCTIONS_CHARS = 4000
+# Remembered per voice, least recently used dropped first: a 7B voice prefix (~100 frames of keys and
+# values) is ~50 MB of GPU memory, and clients may name any number of voice files.
+MAX_VOICE_PREFIXES = 8
+MAX_VOICES = 32
 
 
 @dataclass
@@ -127,8 +132,8 @@ class Prompter:
                     "give the codec's own in config.json"
                 )
         self._initial = torch.tensor([lm.text_card] + [lm.card] * (2 * K), dtype=torch.long)
-        self._voices: dict[str, Voice] = {}
-        self._prefixes: dict[str, _Prefix] = {}
+        self._voices: OrderedDict[str, Voice] = OrderedDict()
+        self._prefixes: OrderedDict[str, _Prefix] = OrderedDict()
 
     # -- what a client may ask for ----------------------------------------------------------------
     def voice_names(self) -> list[str]:
@@ -186,6 +191,9 @@ class Prompter:
             else:
                 voice = Voice(name=key, codes=self._encode(voice_audio(path)))
             self._voices[key] = voice
+            while len(self._voices) > MAX_VOICES:
+                self._voices.popitem(last=False)
+        self._voices.move_to_end(key)
         return self._voices[key]
 
     def _encode(self, audio) -> torch.Tensor:
@@ -200,6 +208,8 @@ class Prompter:
 
     def remember_prefix(self, key: str, prefix: _Prefix) -> None:
         self._prefixes[key] = prefix
+        while len(self._prefixes) > MAX_VOICE_PREFIXES:
+            self._prefixes.popitem(last=False)
 
     # -- prompts --------------------------------------------------------------------------------
     def _silence(self, n: int, text=PROMPT_TEXT_ID) -> torch.Tensor:
@@ -269,6 +279,7 @@ class Prompter:
         ids = self.instruction_ids(instructions)
         known = self._prefixes.get(key) if key is not None else None
         if known is not None:
+            self._prefixes.move_to_end(key)
             role, carry = self.role_part(ids, known.cache.length, known.carry)
             return PromptJob(self, key, role.to(self.lm.dtype), carry, known, known.cache.length)
         prefix, prefix_carry = self.voice_prefix(key)
