@@ -1,0 +1,112 @@
+"""`/api/chat`: the Moshi protocol adapter (docs/moshi-protocol.md) on the shared connection base.
+
+Where Kyutai's and NVIDIA's servers hold one conversation behind a lock, each connection here is
+one conversation in the batched frame loop, like every other endpoint's. Per connection:
+
+- set-up: the query string (server/moshi_protocol.py) becomes the conversation's options; one the
+  engine cannot honour (a role prompt for a model without prompts, an unknown voice, a bad number)
+  is refused with an error message (0x05) and close 1008, before any handshake;
+- handshake: 0x00 goes out with the first frame the engine answers in this slot, so a prompted
+  model has its role and voice in by then (the prefill's frames before it are not sent);
+- input: 0x01 chunks are one Ogg Opus stream, decoded as they come. Its first 80 ms are dropped,
+  as Kyutai's server drops the first encoded frame (the model's past; it then resets its encoder,
+  and ours never sees those samples), so the model's step k hears the stream's frame k + 1, as
+  there. A stream that cannot be decoded is refused with 0x05 and close 1007;
+- output: every frame of the assistant's voice is Opus-encoded into the stream (0x01), every text
+  piece sent as it comes (0x02);
+- anything else a client sends (text frames, other kinds, empty messages) is logged and skipped, as
+  the originals do.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+from websockets.asyncio.server import ServerConnection
+
+from assistant.conversation import AssistantText, AudioOut, Error, Event, SessionEnded
+from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
+from audio.opus import OpusDecoder, OpusEncoder, OpusStreamError
+from server import moshi_protocol as moshi
+from server.connection import Connection
+from server.protocol import CLOSE_NORMAL, CLOSE_POLICY
+
+log = logging.getLogger("assistant.server")
+
+
+class MoshiChatConnection(Connection):
+    """One /api/chat websocket <-> one conversation: Ogg Opus both ways, text pieces out."""
+
+    protocol_name = "moshi"
+
+    def __init__(self, ctx, ws: ServerConnection, slot):
+        super().__init__(ctx, ws, slot)
+        self.decoder = OpusDecoder(SAMPLE_RATE_HZ)
+        self.encoder = OpusEncoder(SAMPLE_RATE_HZ)
+        self.handshake_sent = False
+        self.skip_samples = FRAME_SAMPLES  # the stream's first frame, which the model never hears
+        self.skipped: set[str | bytes] = set()  # kinds of messages skipped so far (logged once)
+        query = urlsplit(ws.request.path).query if ws.request else ""
+        try:
+            options = ctx.default_options().replace(**moshi.session_options(query))
+            self.session = ctx.open_session(slot, SAMPLE_RATE_HZ, self.emit, options)
+        except ValueError as exc:  # QueryError, or what the engine refuses (prompts, voices)
+            self.refuse(CLOSE_POLICY, "invalid_value", str(exc))
+            return
+        if unknown := moshi.unknown_parameters(query):
+            log.info("moshi: %s ignores query parameters %s", self.session.session_id, unknown)
+
+    def refuse(self, close_code: int, error_code: str, reason: str) -> None:
+        """Say why in an error message (the whole reason), then close with `close_code`."""
+        log.info("moshi: refusing a connection (%d): %s", close_code, reason)
+        self.send_error(error_code, reason)
+        self.close(close_code, moshi.close_reason(reason), flush=True)
+
+    def encode_error(self, code: str, message: str, *, server_side: bool = False) -> bytes:
+        return moshi.error_message(message)
+
+    # -- conversation events (event loop thread) -------------------------------------------------
+    def emit(self, event: Event) -> None:
+        if isinstance(event, AudioOut):
+            if not self.handshake_sent:
+                if not self.slot.is_ready():
+                    return  # still feeding the prompt: its frames are silence, and nobody is listening
+                self.send(moshi.HANDSHAKE)
+                self.handshake_sent = True
+            ogg = self.encoder.encode(event.pcm)
+            if ogg:
+                self.send(moshi.audio_message(ogg))
+        elif isinstance(event, AssistantText):
+            if self.handshake_sent:
+                self.send(moshi.text_message(event.text))
+        elif isinstance(event, Error):
+            self.send_error(event.code, event.message, server_side=True)
+        elif isinstance(event, SessionEnded):
+            self.close(CLOSE_NORMAL, moshi.close_reason(event.reason), flush=True)
+        # The rest (turns, barge-ins, stats, ...) has no Moshi message; the recording keeps them.
+
+    # -- client messages -------------------------------------------------------------------------
+    def handle_message(self, message: str | bytes) -> None:
+        try:
+            ogg = moshi.audio_payload(message)
+        except moshi.Ignored as exc:
+            # One line per kind of message and connection, not one per message of a client that
+            # keeps sending them.
+            kind = "text" if isinstance(message, str) else message[:1]
+            level = logging.DEBUG if kind in self.skipped else logging.WARNING
+            self.skipped.add(kind)
+            log.log(level, "moshi: %s skips %s", self.session.session_id, exc)
+            return
+        try:
+            pcm = self.decoder.decode(ogg)
+        except OpusStreamError as exc:
+            log.warning("moshi: %s: %s", self.session.session_id, exc)
+            self.refuse(moshi.CLOSE_BAD_DATA, "bad_audio", str(exc))
+            return
+        if self.skip_samples:
+            cut = min(self.skip_samples, pcm.shape[0])
+            self.skip_samples -= cut
+            pcm = pcm[cut:]
+        if pcm.shape[0]:
+            self.session.push_samples(pcm)
