@@ -3,8 +3,8 @@
 Each session writes `DIR/<session_id>.wav`, a stereo 24 kHz 16-bit WAV (left: the user's input
 as the engine heard it, right: the assistant's output, sample-aligned frame by frame), and
 `DIR/<session_id>.jsonl`, one JSON object per event (text pieces, VAD events, barge-ins with
-what was cut, latencies). Both are flushed at least once a second and the WAV header is
-rewritten on every flush, so a killed server leaves valid files missing at most ~1 s.
+what was cut, latencies). Both are flushed every half second and the WAV header is
+rewritten on every flush, so a killed server leaves valid files missing at most ~0.5 s.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 
 from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
 
-FLUSH_EVERY_S = 1.0
+FLUSH_EVERY_S = 0.5  # a killed server loses at most about this much
 
 
 class Recorder:

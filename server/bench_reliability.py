@@ -1,0 +1,473 @@
+"""`assistant bench reliability`: hostile input, churn, a killed server and a drain, on loopback.
+
+Starts `assistant serve --backend scripted` as its own process (its log kept in a file) and, while
+one healthy client streams a session in real time on /ws the whole time, measures:
+
+- fuzz: random and mutated messages to every websocket endpoint, paced below the rate limits so
+  each one is parsed; figures: messages sent, tracebacks in the server's log, whether /healthz
+  still answers after each endpoint;
+- churn: workers open sessions and end them at random points (clean close, or a TCP reset in
+  the middle of an audio frame); figures: cycles, refusals (1013) while capacity was free,
+  slots still taken afterwards (leaks), the server's RSS after a warm-up and at the end;
+- the healthy client's largest gap between two audio frames, throughout;
+- kill -9: a recording server killed mid-session; seconds of the user's audio the recording lost;
+- drain: SIGTERM with a live session and --drain-seconds: /healthz while draining, how a new
+  session is refused, and seconds until the live session is ended and the process exits.
+
+Bounded (counts and a wall-clock limit), loopback only, and it stops by itself. It prints figures
+and never fails on them; docs/reliability.md keeps the last table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+FRAME_BYTES = 1920 * 2
+# Per endpoint: a message that starts a session, and event types worth mutating.
+STARTS = {
+    "/ws": {"type": "session.start", "sample_rate": 24000},
+    "/v1/realtime": {"type": "session.update", "session": {"type": "realtime"}},
+    "/v1/live/sessions": {
+        "type": "session.start",
+        "session": {"model": "bench", "audio": {"format": {"type": "audio/pcm", "rate": 24000}}},
+    },
+}
+EVENT_TYPES = {
+    "/ws": ["session.start", "session.update", "playback.position", "session.end"],
+    "/v1/realtime": [
+        "session.update",
+        "input_audio_buffer.append",
+        "input_audio_buffer.commit",
+        "input_audio_buffer.clear",
+        "conversation.item.create",
+        "conversation.item.truncate",
+        "conversation.item.delete",
+        "response.create",
+        "response.cancel",
+    ],
+    "/v1/live/sessions": [
+        "session.start",
+        "session.input_audio.append",
+        "session.input_audio.mute",
+        "session.input_audio.unmute",
+        "session.instructions.append",
+        "session.update",
+        "response.create",
+    ],
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fuzz", type=int, default=20000, help="fuzz messages per endpoint (default 20000)")
+    parser.add_argument("--churn", type=int, default=2000, help="churn cycles (default 2000)")
+    parser.add_argument("--workers", type=int, default=24, help="churn workers (default 24)")
+    parser.add_argument("--max-sessions", type=int, default=32, help="server capacity (default 32)")
+    parser.add_argument("--connections", type=int, default=12, help="parallel fuzz connections (default 12)")
+    parser.add_argument(
+        "--rate", type=float, default=150.0, help="fuzz messages/s per connection (default 150)"
+    )
+    parser.add_argument(
+        "--limit-s", type=float, default=600.0, help="stop after this many seconds (default 600)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+
+# -- the server under test ------------------------------------------------------------------------
+class Server:
+    """`assistant serve` in its own process, its output in a log file; SIGTERM (then kill) at exit."""
+
+    def __init__(self, args: list[str], log_path: Path):
+        self.log_path = log_path
+        self.cmd = [sys.executable, "-m", "assistant", "serve", "--host", "127.0.0.1", "--port", "0", *args]
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    def __enter__(self) -> Server:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in __exit__
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            m = re.search(r"open https?://[^:]+:(\d+)/", self.log_path.read_text())
+            if m:
+                self.port = int(m.group(1))
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise SystemExit(f"bench reliability: the server did not start:\n{self.log_path.read_text()[-2000:]}")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._log.close()
+
+    def tracebacks(self) -> int:
+        return self.log_path.read_text(errors="replace").count("Traceback (most recent call last)")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def health(self) -> tuple[int, dict]:
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            conn.request("GET", "/healthz")
+            response = conn.getresponse()
+            return response.status, json.loads(response.read() or b"{}")
+        except OSError:
+            return 0, {}
+        finally:
+            conn.close()
+
+    def url(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+
+# -- the healthy client ------------------------------------------------------------------------------
+class HealthyClient:
+    """A /ws session streaming silence in real time; records the largest gap between audio frames."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.max_gap_ms = 0.0
+        self.frames = 0
+        self._task: asyncio.Task | None = None
+        self._measuring = False
+
+    async def start(self) -> None:
+        from websockets.asyncio.client import connect
+
+        self.ws = await connect(self.url, max_size=None)
+        await self.ws.send(json.dumps(STARTS["/ws"]))
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        last = None
+
+        async def send() -> None:
+            t0, n = time.monotonic(), 0
+            while True:
+                await self.ws.send(b"\x00" * FRAME_BYTES)
+                n += 1
+                await asyncio.sleep(max(0.0, t0 + n * 0.08 - time.monotonic()))
+
+        sender = asyncio.create_task(send())
+        try:
+            async for message in self.ws:
+                if isinstance(message, bytes):
+                    now = time.monotonic()
+                    if last is not None and self._measuring:
+                        self.max_gap_ms = max(self.max_gap_ms, (now - last) * 1000)
+                    last = now
+                    self.frames += 1
+                    self._measuring = self.frames > 25  # past the start-up
+        finally:
+            sender.cancel()
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._task
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+
+
+# -- fuzz --------------------------------------------------------------------------------------------
+def random_json(rng: random.Random, depth: int = 0):
+    kind = rng.randrange(9 if depth < 4 else 6)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return rng.choice([True, False])
+    if kind == 2:
+        return rng.choice([0, -1, 1, 2**31, 2**63, 10**400, rng.randrange(-(10**6), 10**6)])
+    if kind == 3:
+        return rng.choice([0.5, -1e308, float("1e308"), 24000.0, rng.random() * 1e4])
+    if kind in (4, 5):
+        return rng.choice(["", "x" * rng.randrange(1, 3000), "é\u0000\ud7ff", "audio/pcm", "NATF2", "../etc"])
+    if kind == 6:
+        return [random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
+    return {
+        rng.choice(["type", "session", "audio", "x", "rate"]): random_json(rng, depth + 1) for _ in range(3)
+    }
+
+
+def mutate(value, rng: random.Random, depth: int = 0):
+    """A copy of a JSON value with one place replaced by something random."""
+    if isinstance(value, dict) and value and depth < 5 and rng.random() < 0.7:
+        key = rng.choice(list(value))
+        return {**value, key: mutate(value[key], rng, depth + 1)}
+    return random_json(rng)
+
+
+def fuzz_message(path: str, rng: random.Random) -> str | bytes:
+    roll = rng.random()
+    if roll < 0.15:
+        return rng.randbytes(rng.choice([0, 1, 3, FRAME_BYTES, FRAME_BYTES + 1, rng.randrange(6000)]))
+    if roll < 0.25:
+        return rng.choice(["", "{", "[" * 3000 + "]" * 3000, "null", '{"type": 1}', "\u2028", "1e99999"])
+    if roll < 0.40:
+        return json.dumps(random_json(rng))
+    events = EVENT_TYPES.get(path)
+    if not events:  # a binary protocol (/api/chat): a kind byte and garbage
+        return bytes([rng.randrange(5)]) + rng.randbytes(rng.randrange(400))
+    event: dict = {"type": rng.choice(events)}
+    if event["type"].endswith("append"):
+        event["audio"] = base64.b64encode(rng.randbytes(rng.randrange(0, 4000))).decode()
+    if rng.random() < 0.7:
+        event = mutate(event if rng.random() < 0.5 else STARTS.get(path, event), rng)
+    return json.dumps(event, allow_nan=True)
+
+
+async def fuzz_endpoint(server: Server, path: str, total: int, args) -> dict:
+    """`total` fuzz messages to `path` over parallel connections, each paced at args.rate msg/s."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+    rng = random.Random(f"{args.seed}:{path}")
+    sent = 0
+    closes: dict[str, int] = {}
+
+    async def drain(ws) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for _ in ws:
+                pass
+
+    async def one_connection(budget: int) -> None:
+        nonlocal sent
+        try:
+            async with connect(server.url(path), max_size=None, open_timeout=10) as ws:
+                reader = asyncio.create_task(drain(ws))
+                if path in STARTS and rng.random() < 0.8:
+                    await ws.send(json.dumps(STARTS[path]))
+                t0 = time.monotonic()
+                for i in range(budget):
+                    await ws.send(fuzz_message(path, rng))
+                    sent += 1
+                    await asyncio.sleep(max(0.0, t0 + (i + 1) / args.rate - time.monotonic()))
+                await ws.close()
+                reader.cancel()
+                code = ws.close_code
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd else None
+        except (InvalidStatus, OSError, TimeoutError) as exc:
+            code = type(exc).__name__
+        closes[str(code)] = closes.get(str(code), 0) + 1
+
+    while sent < total:
+        share = min(400, -(-(total - sent) // args.connections))  # a connection sends at most this many
+        batch = [min(share, total - sent - k * share) for k in range(args.connections)]
+        await asyncio.gather(*(one_connection(b) for b in batch if b > 0))
+    status, _ = server.health()
+    return {"messages": sent, "closes": closes, "healthz_after": status}
+
+
+# -- churn -------------------------------------------------------------------------------------------
+async def churn(server: Server, cycles: int, args) -> dict:
+    """Workers open /ws sessions and end them at random: clean close, or a reset mid-frame."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    rng = random.Random(args.seed)
+    done = refused = 0
+    todo = cycles
+
+    async def worker() -> None:
+        nonlocal done, refused, todo
+        while todo > 0:
+            todo -= 1
+            try:
+                ws = await connect(server.url("/ws"), open_timeout=10)
+                await ws.send(json.dumps(STARTS["/ws"]))
+                for _ in range(rng.randrange(4)):
+                    await ws.send(b"\x00" * FRAME_BYTES)
+                    await asyncio.sleep(0.02)
+                if rng.random() < 0.5:
+                    await ws.send(b"\x00" * rng.randrange(1, FRAME_BYTES))  # half a frame, then gone
+                    ws.transport.abort()
+                else:
+                    await ws.close()
+                if ws.close_code == 1013:
+                    refused += 1
+            except ConnectionClosed as exc:
+                if exc.rcvd is not None and exc.rcvd.code == 1013:
+                    refused += 1
+            except OSError:
+                pass
+            done += 1
+
+    await asyncio.gather(*(worker() for _ in range(args.workers)))
+    return {"cycles": done, "refused": refused}
+
+
+# -- kill -9 and drain -------------------------------------------------------------------------------
+async def stream_speech(ws, seconds: float) -> int:
+    """Send `seconds` of a tone in 80 ms frames, paced; returns samples sent."""
+    t = np.arange(int(seconds * 24000)) / 24000
+    pcm = (0.3 * np.sin(2 * np.pi * 220 * t) * 32767).astype("<i2").tobytes()
+    t0 = time.monotonic()
+    for i in range(0, len(pcm), FRAME_BYTES):
+        await ws.send(pcm[i : i + FRAME_BYTES])
+        await asyncio.sleep(max(0.0, t0 + (i // FRAME_BYTES + 1) * 0.08 - time.monotonic()))
+    return len(pcm) // 2
+
+
+async def killed_recording(workdir: Path) -> dict:
+    import soundfile as sf
+    from websockets.asyncio.client import connect
+
+    record = workdir / "record"
+    with Server(
+        ["--backend", "scripted", "--captions", "off", "--record", str(record)], workdir / "kill.log"
+    ) as s:
+        async with connect(s.url("/ws")) as ws:
+            await ws.send(json.dumps(STARTS["/ws"]))
+            sent = await stream_speech(ws, 3.0)
+            s.proc.kill()  # SIGKILL: no chance to flush
+            s.proc.wait(10)
+    wavs = list(record.glob("*.wav"))
+    kept = sf.info(str(wavs[0])).frames if wavs else 0
+    return {
+        "sent_s": round(sent / 24000, 2),
+        "recorded_s": round(kept / 24000, 2),
+        "lost_s": round((sent - kept) / 24000, 2),
+    }
+
+
+async def drain(workdir: Path) -> dict:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    args = ["--backend", "scripted", "--captions", "off", "--drain-seconds", "2"]
+    with Server(args, workdir / "drain.log") as s:
+        async with connect(s.url("/ws")) as ws:
+            await ws.send(json.dumps(STARTS["/ws"]))
+            await ws.recv()
+            t0 = time.monotonic()
+            s.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            status, health = s.health()
+            try:
+                async with connect(s.url("/ws"), open_timeout=5) as late:
+                    await late.recv()
+                    refused = "accepted"
+            except ConnectionClosed as exc:
+                refused = f"{exc.rcvd.code} {exc.rcvd.reason}" if exc.rcvd else "closed"
+            except OSError as exc:
+                refused = f"not listening ({type(exc).__name__})"
+            ended = None
+            with contextlib.suppress(ConnectionClosed):
+                async for message in ws:
+                    if isinstance(message, str) and '"session.ended"' in message:
+                        ended = json.loads(message).get("reason")
+            session_s = time.monotonic() - t0
+        s.proc.wait(30)
+        exit_s = time.monotonic() - t0
+    return {
+        "healthz_while_draining": f"{status} {health.get('status')}",
+        "new_session": refused,
+        "live_session_ended": ended,
+        "session_end_s": round(session_s, 2),
+        "exit_s": round(exit_s, 2),
+    }
+
+
+# -- the run -----------------------------------------------------------------------------------------
+async def bench(args) -> dict:
+    from server.app import ENDPOINTS
+
+    figures: dict = {}
+    deadline = time.monotonic() + args.limit_s
+    with tempfile.TemporaryDirectory(prefix="bench-reliability-") as tmp:
+        workdir = Path(tmp)
+        serve = ["--backend", "scripted", "--captions", "off", "--max-sessions", str(args.max_sessions)]
+        with Server(serve, workdir / "server.log") as server:
+            healthy = HealthyClient(server.url("/ws"))
+            await healthy.start()
+            await asyncio.sleep(3.0)
+            figures["fuzz"] = {}
+            for path in ENDPOINTS:
+                if time.monotonic() > deadline:
+                    break
+                before = server.tracebacks()
+                result = await fuzz_endpoint(server, path, args.fuzz, args)
+                result["tracebacks"] = server.tracebacks() - before
+                figures["fuzz"][path] = result
+            warm = await churn(server, min(200, args.churn), args)
+            await asyncio.sleep(1.0)
+            rss_before = server.rss_mb()
+            result = await churn(server, args.churn, args)
+            await asyncio.sleep(1.5)  # closes finish; the last frames are sent
+            _, health = server.health()
+            result.update(
+                warm_up_cycles=warm["cycles"],
+                live_after=health.get("live_sessions"),
+                leaked_slots=(health.get("live_sessions") or 0) - 1,  # the healthy client's is the only one
+                capacity_left=health.get("capacity_left"),
+                rss_mb_before=round(rss_before, 1),
+                rss_mb_after=round(server.rss_mb(), 1),
+            )
+            figures["churn"] = result
+            figures["healthy_client"] = {"frames": healthy.frames, "max_gap_ms": round(healthy.max_gap_ms, 1)}
+            await healthy.stop()
+            figures["tracebacks_total"] = server.tracebacks()
+        figures["kill_9"] = await killed_recording(workdir)
+        figures["drain"] = await drain(workdir)
+    return figures
+
+
+def run(args: argparse.Namespace) -> int:
+    figures = asyncio.run(bench(args))
+    if args.json:
+        print(json.dumps(figures, indent=1))
+        return 0
+    print("fuzz (messages, tracebacks, /healthz after, closes):")
+    for path, f in figures["fuzz"].items():
+        print(
+            f"  {path:20s} {f['messages']:6d} msgs  {f['tracebacks']} tracebacks  {f['healthz_after']}  {f['closes']}"
+        )
+    c = figures["churn"]
+    growth = 100 * (c["rss_mb_after"] - c["rss_mb_before"]) / max(c["rss_mb_before"], 1e-9)
+    print(
+        f"churn: {c['cycles']} cycles ({args.workers} workers, {args.max_sessions} slots), {c['refused']} refused, "
+        f"{c['leaked_slots']} slots leaked; RSS {c['rss_mb_before']} -> {c['rss_mb_after']} MB ({growth:+.1f}%) "
+        f"after {c['warm_up_cycles']} warm-up cycles"
+    )
+    h = figures["healthy_client"]
+    print(f"healthy client: {h['frames']} frames, largest gap {h['max_gap_ms']} ms")
+    print(f"tracebacks in the server log: {figures['tracebacks_total']}")
+    k = figures["kill_9"]
+    print(
+        f"kill -9 while recording: sent {k['sent_s']} s, recorded {k['recorded_s']} s, lost {k['lost_s']} s"
+    )
+    d = figures["drain"]
+    print(
+        f"drain: /healthz {d['healthz_while_draining']}, new session {d['new_session']}, live session "
+        f"{d['live_session_ended']} after {d['session_end_s']} s, exit after {d['exit_s']} s"
+    )
+    return 0
