@@ -75,6 +75,7 @@ def prompt_ms(args) -> dict:
         for _ in range(args.repeats + 1):  # the first is a warm-up
             t0 = time.perf_counter()
             engine.open(0, options)
+            engine.finish_prompts()
             if engine.lm.device.type == "cuda":
                 torch.cuda.synchronize()
             times.append((time.perf_counter() - t0) * 1000)

@@ -23,8 +23,14 @@ COMMANDS = {
 BENCHMARKS = {
     "codec": ("audio.bench_codec", "streaming Mimi encode/decode speed"),
     "vad": ("audio.bench_vad", "VAD CPU cost per 80 ms frame and turn accuracy, both backends"),
+    "echo": (
+        "audio.bench_echo",
+        "echo canceller (talk on speakers): CPU per 10 ms frame, ERLE in a simulated room",
+    ),
     "engine": ("assistant.bench_engine", "engine step speed, split by part"),
     "server": ("server.bench", "server CPU cost, frame-clock jitter and capacity"),
+    "live": ("server.bench_live", "OpenAI Live API: reply and barge-in latency, protocol CPU per frame"),
+    "reliability": ("server.bench_reliability", "hostile input, churn, kill -9 and drain figures (loopback)"),
     "prefill": ("assistant.bench_prefill", "role/voice prompt cost, and the frame clock while sessions join"),
 }
 

@@ -13,7 +13,15 @@ import numpy as np
 
 from audio.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE_HZ
 
-__all__ = ["FRAME_MS", "FRAME_SAMPLES", "SAMPLE_RATE_HZ", "Engine", "SlotOptions", "StepOutput"]
+__all__ = [
+    "FRAME_MS",
+    "FRAME_SAMPLES",
+    "MAX_PROMPT_CHARS",
+    "SAMPLE_RATE_HZ",
+    "Engine",
+    "SlotOptions",
+    "StepOutput",
+]
 
 
 @dataclass
@@ -29,6 +37,10 @@ class StepOutput:
     text: list[str]
     speaking: np.ndarray
     timings_ms: dict[str, float] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)  # slot -> why it cannot go on (its prompt failed)
+
+
+MAX_PROMPT_CHARS = 4000  # longest role prompt (instructions) any endpoint accepts
 
 
 @dataclass
@@ -96,7 +108,18 @@ class Engine:
         return []
 
     def check_prompt(self, instructions: str | None, voice: str | None) -> None:
-        """Raise ValueError with a reason a user can act on unless this prompt can be used."""
+        """Raise ValueError with a reason a user can act on unless this prompt can be used.
+
+        Pure: it reads files and the model's voice list but changes nothing, so any thread may ask."""
+        if (instructions and instructions.strip()) or voice:
+            raise ValueError(
+                f"this model ({self.model_name or self.name}) takes no role or voice prompt; instructions "
+                "and voice need a PersonaPlex-family checkpoint (see `assistant models`)"
+            )
+
+    def add_voice(self, path: str) -> str:
+        """Offer the voice file at `path` as a preset (named by its file name); returns the name."""
+        raise ValueError(f"this model ({self.model_name or self.name}) takes no voice prompt")
 
     def finish_prompts(self) -> None:
         """Feed every pending prompt now, however long it takes (offline runs, which keep no clock)."""

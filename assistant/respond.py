@@ -158,11 +158,6 @@ def run(args: argparse.Namespace) -> int:
             else {}
         )
         engine = build_engine(args.backend, batch_size=1, **engine_options)
-        if (options.instructions or options.voice) and not engine.takes_prompts:
-            raise ValueError(
-                f"{engine.model_name or engine.name} takes no role or voice prompt; --instructions and --voice "
-                "need a PersonaPlex-family checkpoint"
-            )
         engine.check_prompt(options.instructions, options.voice)
     except (ValueError, OSError) as exc:  # bad checkpoint, device or option: the message says what to fix
         print(f"respond: {exc}", file=sys.stderr)

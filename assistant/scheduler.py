@@ -146,6 +146,11 @@ class SlotHandle:
         """Raise ValueError now (not at the next tick) unless the engine can use this prompt."""
         self.scheduler.engine.check_prompt(instructions, voice)
 
+    def is_ready(self) -> bool:
+        """Whether the frame the session is being handed (in `deliver`) is the engine's answer: the
+        slot was open and past its prompt when that step began, so prompt-feeding frames say False."""
+        return not self.released and self.slot in self.scheduler._ready
+
     def update(self, options: SlotOptions) -> None:
         if not self.released:
             self.scheduler._ops.append(("update", self.slot, options))
@@ -188,6 +193,7 @@ class Scheduler:
         self._sessions: dict[int, FrameSource] = {}
         self._reserved: set[int] = set()
         self._ops: list[tuple[str, int, Any]] = []
+        self._ready: set[int] = set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-step")
         self._batch = np.zeros((engine.batch_size, engine.frame_samples), dtype=np.float32)
         self._stop = asyncio.Event()
@@ -251,6 +257,8 @@ class Scheduler:
         if not self._sessions:
             return None
         sessions = dict(self._sessions)
+        # Slots whose output of this step is the engine's answer (open, and no prompt still being fed).
+        self._ready = {slot for slot in sessions if self.engine.is_ready(slot)}
         batch, _ = gather_batch(self._batch, sessions)
         return sessions, batch
 
@@ -262,6 +270,10 @@ class Scheduler:
         for slot, session in sessions.items():
             # A session that left during the step gets nothing more.
             if self._sessions.get(slot) is not session:
+                continue
+            if slot in out.failed:
+                log.error("slot %d cannot go on (%s); ending its session", slot, out.failed[slot])
+                session.end("internal_error")
                 continue
             try:
                 session.deliver(out.pcm_out[slot], out.text[slot], bool(out.speaking[slot]), step_ms)

@@ -175,11 +175,6 @@ def _generator(args, pending: bool) -> pipeline.Generator:
         )
         try:
             engine = build_engine(args.backend, batch_size=min(args.batch, len(samples)), **options)
-            if (args.instructions or args.voice) and not engine.takes_prompts:
-                raise ValueError(
-                    f"this model ({engine.model_name or engine.name}) does not take prompts; --instructions "
-                    "and --voice need a PersonaPlex-family checkpoint"
-                )
             engine.check_prompt(args.instructions, args.voice)
         except (ValueError, OSError) as exc:  # bad checkpoint, device, option or prompt: it says what to fix
             raise UsageError(str(exc)) from exc

@@ -41,10 +41,6 @@ class LocalConversation:
         instructions: str | None = None,
         voice: str | None = None,
     ):
-        if (instructions or voice) and not engine.takes_prompts:
-            raise TalkError(
-                f"{engine.model_name or engine.name} takes no role or voice prompt (--instructions, --voice)"
-            )
         try:
             engine.check_prompt(instructions, voice)
         except ValueError as exc:

@@ -2,9 +2,11 @@
 
 - GET / and the files of web/, GET /healthz (JSON), GET /metrics (Prometheus text): server/http.py,
 - /ws: the native protocol (docs/protocol.md), server/native.py,
-- /v1/realtime: the OpenAI Realtime API (docs/realtime.md), server/realtime.py.
+- /v1/realtime: the OpenAI Realtime API (docs/realtime.md), server/realtime.py,
+- /v1/live/sessions: the OpenAI Live API, full duplex (docs/live.md), server/live.py,
+- /api/chat: Kyutai's and NVIDIA's Moshi protocol (docs/moshi-protocol.md), server/moshi_chat.py.
 
-Both websocket adapters are `Connection`s (server/connection.py) that drive conversations
+All websocket adapters are `Connection`s (server/connection.py) that drive conversations
 through the `ServerContext` (server/context.py); the frame loop (assistant/scheduler.py) does
 the rest. Ctrl-C / SIGTERM drains (`drain`): the port stays open, refusing new sessions and
 saying "draining" on /healthz, while live sessions finish (up to --drain-seconds); the rest get
@@ -43,6 +45,8 @@ from server.config import (
 from server.connection import serve_connection
 from server.context import ServerContext
 from server.http import make_process_request
+from server.live import LiveConnection
+from server.moshi_chat import MoshiChatConnection
 from server.native import NativeConnection
 from server.protocol import CLOSE_POLICY, MAX_MESSAGE_BYTES
 from server.realtime import RealtimeConnection
@@ -52,7 +56,12 @@ __all__ = ["add_arguments", "config_from_args", "run", "serve_forever"]
 log = logging.getLogger("assistant.server")
 
 SEND_BUFFER_BYTES = 64 * 1024  # ~0.7 s of 24 kHz PCM16 per connection in the kernel
-ENDPOINTS = {"/ws": NativeConnection, "/v1/realtime": RealtimeConnection}
+ENDPOINTS = {
+    "/ws": NativeConnection,
+    "/v1/realtime": RealtimeConnection,
+    "/v1/live/sessions": LiveConnection,
+    "/api/chat": MoshiChatConnection,
+}
 
 
 async def route(ctx: ServerContext, ws: ServerConnection) -> None:
@@ -65,7 +74,7 @@ async def route(ctx: ServerContext, ws: ServerConnection) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
     connection_class = ENDPOINTS.get(path)
     if connection_class is None:
-        await ws.close(CLOSE_POLICY, f"no websocket endpoint at {path}; use /ws or /v1/realtime")
+        await ws.close(CLOSE_POLICY, f"no websocket endpoint at {path}; use {', '.join(ENDPOINTS)}")
         return
     await serve_connection(ctx, ws, connection_class)
 
@@ -162,7 +171,10 @@ async def serve_forever(
         ctx.port = sock.getsockname()[1]
         servers = [server]
         if config.agent_port is not None:
-            agent = await serve_agent(ctx, config.host, config.agent_port)
+            try:
+                agent = await serve_agent(ctx, config.host, config.agent_port)
+            except OSError as exc:
+                raise OSError(f"agent check port {config.host}:{config.agent_port}: {exc}") from exc
             servers.append(agent)
             print(
                 f"assistant: HAProxy agent on {config.host}:{agent.sockets[0].getsockname()[1]}",
@@ -230,6 +242,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"assistant serve: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"assistant serve: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        print(f"assistant serve: cannot listen ({exc})", file=sys.stderr)
         return 1
     return 0

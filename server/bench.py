@@ -8,7 +8,10 @@ conversation.wav on a loop when present, else silence) paced by the wall clock, 
 - how late the frame-clock ticks started (p50/p99/max) and the engine step time,
 - underruns and drops (the server's counters) and skipped ticks,
 - with `--captions MODEL`: the clients ask for captions, so every finished utterance is transcribed
-  on the server's caption thread; compare the frame-clock figures with `--captions off`.
+  on the server's caption thread; compare the frame-clock figures with `--captions off`,
+- with `--protocol live`: the clients speak the OpenAI Live API (/v1/live/sessions: JSON events,
+  base64 audio) instead of the native protocol (/ws: binary PCM); the CPU difference is the price of
+  the JSON protocol. Live sends only the assistant's speech, so `recv` is the share of frames it spoke.
 The largest N held without underruns, drops or skipped ticks is the capacity figure. Prints
 figures only; it never fails on speed.
 """
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
 import json
 import math
 import os
@@ -26,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +39,18 @@ import numpy as np
 from audio.frames import SAMPLE_RATE_HZ
 
 FRAME_S = 0.08
+# protocol -> (websocket path, the session.start it sends, the caption event's type as it appears in JSON)
+PROTOCOLS = {
+    "native": ("/ws", {"type": "session.start", "sample_rate": 24000}, '"user.transcript"'),
+    "live": (
+        "/v1/live/sessions",
+        {
+            "type": "session.start",
+            "session": {"model": "bench", "audio": {"format": {"type": "audio/pcm", "rate": 24000}}},
+        },
+        '"session.input_transcript.delta"',
+    ),
+}
 CHUNK_MS = 40  # default size of the clients' audio messages (the web page sends 20 ms)
 SHARED_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio" / "conversation.wav"
 
@@ -78,6 +96,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MODEL",
         help="user captions on the server: off (default), auto, a faster-whisper size (tiny.en) or a "
         "CTranslate2 model dir; the clients then ask for captions on every utterance",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=tuple(PROTOCOLS),
+        default="native",
+        help="what the clients speak: native (/ws, default) or live (/v1/live/sessions, the OpenAI Live API)",
     )
     parser.add_argument(
         "--chunk-ms",
@@ -132,20 +156,22 @@ async def _client(
     chunk_ms: int = CHUNK_MS,
     captions: bool = False,
     transcripts: list[float] | None = None,
+    protocol: str = "native",
 ) -> None:
     from websockets.asyncio.client import connect
 
     chunk = SAMPLE_RATE_HZ * chunk_ms // 1000
     start = t0 + phase_s  # chunk i is sent at start + (i + 1) * chunk_ms
+    _, start_msg, caption_type = PROTOCOLS[protocol]
+    live = protocol == "live"  # live captions need no asking: the server makes them when it can
     async with connect(url, compression=None, max_queue=None) as ws:
-        start_msg = {"type": "session.start", "sample_rate": 24000}
-        await ws.send(json.dumps({**start_msg, "captions": True} if captions else start_msg))
+        await ws.send(json.dumps({**start_msg, "captions": True} if captions and not live else start_msg))
 
         async def read() -> None:
             async for message in ws:
-                if isinstance(message, bytes):
+                if isinstance(message, bytes) or '"session.output_audio.delta"' in message[:40]:
                     received[0] += 1
-                elif transcripts is not None and '"user.transcript"' in message:
+                elif transcripts is not None and caption_type in message:
                     # Caption latency: the VAD's end of speech (end_ms) was due to be sent at
                     # start + its chunk's end; the clients keep to that schedule.
                     end_sample = json.loads(message)["end_ms"] * 24
@@ -160,7 +186,15 @@ async def _client(
             if delay > 0:
                 await asyncio.sleep(delay)
             offset = (i * chunk) % (len(audio) - chunk)
-            await ws.send(audio[offset : offset + chunk].tobytes())
+            pcm = audio[offset : offset + chunk].tobytes()
+            if live:
+                await ws.send(
+                    json.dumps(
+                        {"type": "session.input_audio.append", "audio": base64.b64encode(pcm).decode()}
+                    )
+                )
+            else:
+                await ws.send(pcm)
             i += 1
         reader.cancel()
 
@@ -176,6 +210,7 @@ async def _measure(
     seconds: float,
     chunk_ms: int,
     captions: bool = False,
+    protocol: str = "native",
 ) -> dict:
     stop = asyncio.Event()
     received = [0]
@@ -194,6 +229,7 @@ async def _measure(
                 chunk_ms,
                 captions,
                 transcripts,
+                protocol,
             )
         )
         for _ in range(n)
@@ -249,17 +285,36 @@ def _wait_captions_ready(port: int, timeout_s: float = 120.0) -> None:
     raise SystemExit(f"the server's caption model did not load within {timeout_s:g} s (see its log)")
 
 
+@contextlib.contextmanager
+def serving(
+    serve_args: list[str], env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen, int]]:
+    """`assistant serve --host 127.0.0.1 --port 0 *serve_args` as its own process (its CPU time is
+    its own): yields (process, port) once it listens; SIGTERM (then kill) when the block ends."""
+    cmd = [sys.executable, "-m", "assistant", "serve", "--host", "127.0.0.1", "--port", "0", *serve_args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        port = None
+        for line in proc.stdout:
+            m = re.search(r"open https?://[^:]+:(\d+)/", line)
+            if m:
+                port = int(m.group(1))
+                break
+        if port is None:
+            raise SystemExit(f"the server did not start: {proc.stdout.read()}")
+        yield proc, port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def run_one(n: int, args: argparse.Namespace, audio: np.ndarray) -> dict:
     stats_file = Path(tempfile.mkstemp(suffix=".json")[1])
-    cmd = [
-        sys.executable,
-        "-m",
-        "assistant",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
+    serve_args = [
         "--backend",
         args.backend,
         "--max-sessions",
@@ -273,30 +328,21 @@ def run_one(n: int, args: argparse.Namespace, audio: np.ndarray) -> dict:
         "--clock-stats",
         str(stats_file),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env: dict[str, str] = {}
     if args.backend == "moshi":
-        cmd += ["--model", args.model or "tiny"]
-        cmd += ["--device", args.device] if args.device else []
-        cmd += ["--dtype", args.dtype] if args.dtype else []
+        serve_args += ["--model", args.model or "tiny"]
+        serve_args += ["--device", args.device] if args.device else []
+        serve_args += ["--dtype", args.dtype] if args.dtype else []
         if args.compile is not None:
             env["ASSISTANT_COMPILE"] = "1" if args.compile else "0"
         if args.quantize is not None:
             env["ASSISTANT_QUANTIZE"] = args.quantize
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
-        port = None
-        for line in proc.stdout:
-            m = re.search(r"open https?://[^:]+:(\d+)/", line)
-            if m:
-                port = int(m.group(1))
-                break
-        if port is None:
-            raise SystemExit(f"the server did not start: {proc.stdout.read()}")
+    with serving(serve_args, env) as (proc, port):
         if args.captions != "off":
             _wait_captions_ready(port)
         result = asyncio.run(
             _measure(
-                f"ws://127.0.0.1:{port}/ws",
+                f"ws://127.0.0.1:{port}{PROTOCOLS[args.protocol][0]}",
                 "127.0.0.1",
                 port,
                 proc.pid,
@@ -306,14 +352,9 @@ def run_one(n: int, args: argparse.Namespace, audio: np.ndarray) -> dict:
                 args.seconds,
                 args.chunk_ms,
                 args.captions != "off",
+                args.protocol,
             )
         )
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     clock = json.loads(stats_file.read_text()) if stats_file.stat().st_size else {}
     stats_file.unlink(missing_ok=True)
     result["late_ms"] = clock.get("late_ms", {})
@@ -341,8 +382,9 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"server bench: backend {args.backend}"
         + (f" ({args.model or 'tiny'}, {args.device or 'default device'})" if args.backend == "moshi" else "")
-        + f", VAD {args.vad}, captions {args.captions}, clients stream {what} in {args.chunk_ms} ms "
-        f"chunks from a separate process, {args.seconds:g} s measured per count, {os.cpu_count()} CPUs"
+        + f", {args.protocol} protocol, VAD {args.vad}, captions {args.captions}, clients stream {what} in "
+        f"{args.chunk_ms} ms chunks from a separate process, {args.seconds:g} s measured per count, "
+        f"{os.cpu_count()} CPUs"
     )
     print(
         f"VAD alone: webrtc {bench_vad(audio, 'webrtc', args.chunk_ms):.3f} ms CPU per 80 ms frame"

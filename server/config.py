@@ -79,6 +79,17 @@ def default_origins(host: str, port: int, tls: bool) -> list[str]:
     return sorted(f"{s}://{h}:{port}" for s in schemes for h in hosts)
 
 
+def moshi_ui_root(directory: str) -> Path:
+    """The --moshi-ui directory, checked: a web client's static build has its index.html at the top."""
+    root = Path(directory)
+    if not (root / "index.html").is_file():
+        raise ValueError(
+            f"--moshi-ui {directory} has no index.html; give the unpacked static build of Kyutai's or "
+            "PersonaPlex's web client (the dist/ folder of the dist.tgz their servers download)"
+        )
+    return root
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
@@ -148,6 +159,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="voice for sessions that set none: a preset of the model (see GET /v1/voices) or a .wav / .pt file",
     )
     parser.add_argument("--vad", choices=("webrtc", "silero"), default="webrtc", help="VAD for turn-taking")
+    parser.add_argument(
+        "--moshi-ui",
+        metavar="DIR",
+        help="serve this static build of Kyutai's or PersonaPlex's web client at / instead of the "
+        "built-in page (it talks to /api/chat; see docs/moshi-protocol.md)",
+    )
     parser.add_argument("--device", help="torch device for the moshi backend (cuda, cpu)")
     parser.add_argument("--dtype", help="torch dtype for the moshi backend (bfloat16, float16, float32)")
     parser.add_argument(
@@ -256,6 +273,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         path = getattr(args, name)
         if path and not Path(path).is_file():
             raise ValueError(f"--{name.replace('_', '-')} {path} does not exist")
+    web_root = static.WEB_ROOT if args.moshi_ui is None else moshi_ui_root(args.moshi_ui)
     vad = VadConfig(backend=args.vad)
     backend, model, auto_banner = args.backend, args.model, None
     if backend == "auto":
@@ -296,6 +314,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         engine_options=engine_options,
         limits=ConversationLimits(idle_timeout_s=args.idle_timeout, max_session_s=args.max_session_seconds),
         vad=vad,
+        web_root=web_root,
         max_send_lag_s=args.max_send_lag,
         clock_stats_path=args.clock_stats,
         drain_grace_s=args.drain_seconds,

@@ -2,10 +2,11 @@
 
 `Connection` owns one websocket and at most one conversation: the bounded outbox and its writer
 task (a stalled reader never blocks the frame clock), the per-connection rate limits (errors at
-most once a second, 1008 for a flood), the close sequence (drain, close, abort a silent peer),
-and the handling of failures (a bug while handling one message costs that message, not the
-conversation; anything else closes with 1011). A protocol adapter (server/native.py,
-server/realtime.py) subclasses it and only translates messages and conversation events.
+most once a second, 1008 for a flood), the idle timeout before a client starts its session, the
+close sequence (drain, close, abort a silent peer), and the handling of failures (a bug while
+handling one message costs that message, not the conversation; anything else closes with 1011).
+A protocol adapter (server/native.py, server/realtime.py, server/live.py) subclasses it and only
+translates messages and conversation events.
 `serve_connection` is the shared entry: take a slot or refuse with 1013, run, clean up.
 """
 
@@ -137,6 +138,7 @@ class Connection:
     protocol_name = "websocket"
     max_internal_errors = 10  # failures in a row before the connection is given up (1011)
     outbox_scale = 1  # messages per frame this protocol sends, relative to one (native: audio + events)
+    not_started_code = "not_started"  # the error code for a client that never starts its session
 
     def __init__(self, ctx, ws: ServerConnection, slot):
         self.ctx = ctx
@@ -167,7 +169,16 @@ class Connection:
 
     async def next_message(self) -> str | bytes | None:
         """The next client message; None ends the connection (after it was closed)."""
-        return await self.ws.recv()
+        if self.session is not None:
+            return await self.ws.recv()
+        # Before the client starts its session only the idle timeout bounds how long a slot stays taken.
+        idle = self.ctx.config.limits.idle_timeout_s
+        try:
+            return await asyncio.wait_for(self.ws.recv(), idle)
+        except TimeoutError:
+            self.send_error(self.not_started_code, f"no session.start within {idle:g} s; closing")
+            self.close(CLOSE_NORMAL, "idle_timeout", flush=True)
+            return None
 
     # -- sending -------------------------------------------------------------------------------
     def send(self, item: Any) -> None:

@@ -5,6 +5,7 @@ draining); `ctx.open_session(...)` starts a conversation (assistant/conversation
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ class ServerContext:
     """Everything a protocol adapter needs: the scheduler, options, metrics, recording."""
 
     def __init__(self, config: ServerConfig, engine: Engine):
-        self.config = config
+        self.config = config = prompt_defaults(config, engine)  # ValueError: a bad --voice / --instructions
         self.engine = engine
         self.metrics = Metrics()
         self.scheduler = Scheduler(engine, metrics=self.metrics)
@@ -66,7 +67,7 @@ class ServerContext:
         """Start a conversation in `slot`; emits SessionReady. Raises ValueError for a bad rate/options."""
         options = options or self.default_options()
         options.vad_config(self.config.vad)  # raises ValueError for bad VAD options before any file is made
-        self.check_prompt(options)
+        self.check_prompt(options.instructions, options.voice)
         session_id = "sess_" + secrets.token_hex(6)
         recorder = Recorder(self.config.record_dir, session_id) if self.config.record_dir else None
         session = Conversation(
@@ -107,22 +108,28 @@ class ServerContext:
             barge_in=self.config.barge_in, instructions=self.config.instructions, voice=self.config.voice
         )
 
-    def check_prompt(self, options: ConversationOptions) -> None:
-        """ValueError unless the engine can use the session's role and voice prompt."""
-        if (options.instructions or options.voice) and not self.engine.takes_prompts:
-            raise ValueError(
-                f"this model ({self.engine.model_name or self.engine.name}) takes no role or voice prompt; "
-                "instructions and voice need a PersonaPlex-family checkpoint (see `assistant models`)"
-            )
-        self.engine.check_prompt(options.instructions, options.voice)
+    def check_prompt(self, instructions: str | None, voice: str | None) -> None:
+        """ValueError unless the engine can use this role and voice prompt from a client: a client
+        names one of the model's voices (files on this machine are the operator's: `--voice FILE`)."""
+        if voice and self.engine.takes_prompts and not self._is_voice(voice):
+            shown = ", ".join(self.engine.voices()[:24]) or "none"
+            raise ValueError(f"unknown voice {voice!r}: use one of the model's voices ({shown})")
+        self.engine.check_prompt(instructions, voice)
+
+    def _is_voice(self, voice: str) -> bool:
+        names = set(self.engine.voices())
+        return voice in names or f"{voice}.pt" in names or f"{voice}.wav" in names
 
     def voices(self) -> dict[str, Any]:
         """GET /v1/voices: the voices a session may name, and whether prompts apply at all."""
         return {
             "object": "list",
             "takes_prompts": self.engine.takes_prompts,
-            "default": self.config.voice
-            or getattr(getattr(self.engine, "loaded", None), "default_voice", None),
+            "default": (
+                self.config.voice or getattr(getattr(self.engine, "loaded", None), "default_voice", None)
+            )
+            if self.engine.takes_prompts
+            else None,
             "data": [{"id": name, "object": "voice"} for name in self.engine.voices()],
         }
 
@@ -157,3 +164,18 @@ class ServerContext:
             "takes_prompts": self.engine.takes_prompts,
             "voices": self.engine.voices(),
         }
+
+
+def prompt_defaults(config: ServerConfig, engine: Engine) -> ServerConfig:
+    """The server's --voice / --instructions, checked before it listens. A --voice FILE becomes a
+    preset named by its file name, so clients see (and may name) that name, never the path."""
+    voice = config.voice
+    if (
+        voice
+        and engine.takes_prompts
+        and voice not in engine.voices()
+        and Path(voice).suffix in (".wav", ".pt")
+    ):
+        voice = engine.add_voice(voice)
+    engine.check_prompt(config.instructions, voice)
+    return dataclasses.replace(config, voice=voice) if voice != config.voice else config

@@ -15,7 +15,7 @@ from websockets.http11 import Request, Response
 
 from server import static
 
-WEBSOCKET_PATHS = ("/ws", "/v1/realtime")
+WEBSOCKET_PATHS = ("/ws", "/v1/realtime", "/v1/live/sessions", "/api/chat")
 # The process is alive (503 only while draining: liveness, Docker HEALTHCHECK, HAProxy `check`) /
 # it takes a new session now (503 when full or draining: a readiness probe).
 HEALTH_PATHS = ("/healthz", "/readyz")

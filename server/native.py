@@ -6,8 +6,6 @@ decoders into the conversation; every conversation event goes out through its ex
 
 from __future__ import annotations
 
-import asyncio
-
 from assistant.conversation import Event, SessionEnded
 from server import protocol
 from server.connection import Connection
@@ -35,18 +33,6 @@ class NativeConnection(Connection):
     def encode_error(self, code: str, message: str, *, server_side: bool = False) -> str:
         return protocol.error_event(code, message)
 
-    async def next_message(self) -> str | bytes | None:
-        if self.session is not None:
-            return await self.ws.recv()
-        # Before session.start only the idle timeout bounds how long a slot stays taken.
-        idle = self.ctx.config.limits.idle_timeout_s
-        try:
-            return await asyncio.wait_for(self.ws.recv(), idle)
-        except TimeoutError:
-            self.send_error("not_started", f"no session.start within {idle:g} s; closing")
-            self.close(CLOSE_NORMAL, "idle_timeout", flush=True)
-            return None
-
     def handle_message(self, message: str | bytes) -> None:
         try:
             if isinstance(message, bytes):
@@ -73,6 +59,12 @@ class NativeConnection(Connection):
             raise ProtocolError("not_started", f"send session.start before {type(event).__name__}")
         if isinstance(event, SessionUpdate):
             try:
+                if event.options.keys() & {"instructions", "voice"}:
+                    current = self.session.options
+                    self.ctx.check_prompt(
+                        event.options.get("instructions", current.instructions),
+                        event.options.get("voice", current.voice),
+                    )
                 self.session.update(**event.options)
             except ValueError as exc:
                 raise ProtocolError("invalid_value", str(exc)) from None

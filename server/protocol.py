@@ -18,6 +18,7 @@ from typing import Any
 
 from assistant.conversation import events as ev
 from assistant.conversation.options import BARGE_IN_POLICIES, SUPPORTED_SAMPLE_RATES
+from assistant.engine import MAX_PROMPT_CHARS
 
 # 1 MiB, text or binary; the websocket layer closes the socket with 1009 on anything bigger.
 MAX_MESSAGE_BYTES = 1 << 20
@@ -85,11 +86,13 @@ OPTION_FIELDS = {
     "seed",
     "temperature",
     "text_temperature",
+    "top_k",
+    "text_top_k",
     "captions",
     "instructions",
     "voice",
 }
-MAX_PROMPT_CHARS = 4000
+MAX_TOP_K = 100_000  # beyond any vocabulary; 0 = the whole vocabulary
 _VAD_FIELDS = {"threshold", "min_speech_ms", "min_silence_ms", "prefix_padding_ms"}
 
 
@@ -154,6 +157,12 @@ def parse_options(raw: dict[str, Any]) -> dict[str, Any]:
             opts[key] = value
         elif key in ("temperature", "text_temperature"):
             opts[key] = None if value is None else float(_number(key, value, 0.0, 5.0))
+        elif key in ("top_k", "text_top_k"):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ProtocolError(
+                    "invalid_value", f"{key} must be an integer or null, got {_preview(value)}"
+                )
+            opts[key] = None if value is None else int(_number(key, value, 0, MAX_TOP_K))
         elif key == "captions":
             if not isinstance(value, bool):
                 raise ProtocolError("invalid_value", f"captions must be true or false, got {value!r}")

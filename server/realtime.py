@@ -85,7 +85,7 @@ class RealtimeConnection(Connection):
             else ctx.engine.model_name or ctx.engine.name,
             takes_prompts=takes_prompts,
             instructions=options.instructions or "",
-            check_prompt=ctx.engine.check_prompt,
+            check_prompt=ctx.check_prompt,
             id_prefix=secrets.token_hex(4),
             captions_model=ctx.captions_model,
             threshold_applies=ctx.config.vad.backend == "silero",

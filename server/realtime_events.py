@@ -41,7 +41,6 @@ CLIENT_EVENTS = (
     "response.cancel",
 )
 
-MAX_INSTRUCTIONS_CHARS = 4000
 # Session fields the model cannot honour: accepted, not applied, reported in `warnings`.
 _IGNORED_SESSION_FIELDS = {
     "tracing": "tracing is not available on this server",
@@ -363,13 +362,6 @@ def parse_session_update(
         )
     instructions = _opt(session, "instructions", str, "session.instructions", event_id)
     if instructions is not None:
-        if len(instructions) > MAX_INSTRUCTIONS_CHARS:
-            raise RealtimeError(
-                "invalid_value",
-                f"session.instructions is {len(instructions)} characters; at most {MAX_INSTRUCTIONS_CHARS}",
-                "session.instructions",
-                event_id,
-            )
         changes["instructions"] = instructions  # applied or reported by the state machine (model-dependent)
     tools = _opt(session, "tools", list, "session.tools", event_id)
     if tools:

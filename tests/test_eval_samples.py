@@ -178,5 +178,5 @@ def test_prompts_are_refused_clearly_by_a_model_without_them(tmp_path, capsys):
     turn_sample(tmp_path, "1", 2.0)
     args = ["eval", "fdb", str(tmp_path), "--task", "smooth_turn_taking", "--backend", "scripted"]
     assert main([*args, "--instructions", "Be brief."]) == 2
-    assert "this model (builtin-reply) does not take prompts" in capsys.readouterr().err
+    assert "this model (builtin-reply) takes no role or voice prompt" in capsys.readouterr().err
     assert not (tmp_path / "1" / "output.wav").exists()  # refused before anything ran

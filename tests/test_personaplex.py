@@ -39,6 +39,14 @@ def engine(batch_size: int = 1, **options) -> MoshiEngine:
     )
 
 
+def opened(eng: MoshiEngine, options: SlotOptions, slot: int = 0) -> MoshiEngine:
+    """Open `slot` and feed its prompt now (an engine does it in its next steps)."""
+    eng.open(slot, options)
+    eng.finish_prompts()
+    assert eng.is_ready(slot)
+    return eng
+
+
 def user_frames(path: Path = DATA / "user.wav") -> np.ndarray:
     audio, rate = soundfile.read(str(path), dtype="float32")
     assert rate == 24000
@@ -75,9 +83,7 @@ def test_checkpoint_is_detected_as_personaplex_with_its_voices(loaded):
 @pytest.mark.parametrize("prefill", ["fast", "stepwise"])
 @pytest.mark.parametrize("voice", ["TINYF0.wav", "TINYF0.pt"])
 def test_greedy_tokens_equal_nvidias_reference(voice, prefill):
-    eng = engine(prefill=prefill, prefill_chunk=16)
-    eng.open(0, SlotOptions(instructions=ROLE, voice=voice))
-    assert eng.is_ready(0)
+    eng = opened(engine(prefill=prefill, prefill_chunk=16), SlotOptions(instructions=ROLE, voice=voice))
     want = REFERENCE["frames"][voice][1:]
     got = token_frames(eng, user_frames())[: len(want)]
     assert got == want
@@ -126,8 +132,8 @@ def test_respond_with_instructions_and_voice_answers_like_the_reference(tmp_path
 def test_fast_prefill_equals_stepwise_and_the_voice_prefix_is_reused():
     fast, slow = engine(prefill="fast", prefill_chunk=5), engine(prefill="stepwise")
     options = SlotOptions(instructions="Talk about music and films.", voice="TINYF0.wav")
-    fast.open(0, options)
-    slow.open(0, options)
+    opened(fast, options)
+    opened(slow, options)
     length = int(fast.lm.offsets[0])
     assert length == int(slow.lm.offsets[0]) > 20
     for a, b in zip(fast.lm.kv.keys + fast.lm.kv.values, slow.lm.kv.keys + slow.lm.kv.values, strict=True):
@@ -139,7 +145,7 @@ def test_fast_prefill_equals_stepwise_and_the_voice_prefix_is_reused():
     # a second conversation with the same voice starts from the remembered voice prefix
     fast.close(0)
     assert "TINYF0.wav" in fast.prompter._prefixes
-    fast.open(0, options)
+    opened(fast, options)
     assert token_frames(fast, frames) == first
 
 
@@ -176,8 +182,7 @@ def test_four_slots_with_different_prompts_opening_at_different_frames_each_equa
     assert max(waited) > 0, "a prompt joining live conversations should have been spread over ticks"
     assert [len(c) for c in consumed] == [len(o) for o in outputs] and min(map(len, outputs)) > 10
     for slot, options in enumerate(prompts):
-        solo = engine()
-        solo.open(0, options)
+        solo = opened(engine(), options)
         for frame, (pcm, text) in zip(consumed[slot], outputs[slot], strict=True):
             step = solo.step(frame[None])
             assert step.text[0] == text
@@ -191,18 +196,21 @@ def test_bad_prompts_are_refused_with_a_reason_before_anything_changes():
     assert not eng.live[0]
     with pytest.raises(PromptError, match="remembers 200"):
         eng.check_prompt("talk " * 300, None)
-    eng.open(0, SlotOptions(instructions=ROLE))
+    opened(eng, SlotOptions(instructions=ROLE))
     with pytest.raises(PromptError, match="unknown voice"):
         eng.update(0, SlotOptions(instructions=ROLE, voice="NOBODY"))
     assert eng.is_ready(0)
 
 
 def test_a_new_prompt_mid_session_starts_the_model_over_with_it():
-    eng = engine()
-    eng.open(0, SlotOptions(instructions=ROLE, voice="TINYF0.wav"))
+    eng = opened(engine(), SlotOptions(instructions=ROLE, voice="TINYF0.wav"))
     token_frames(eng, user_frames()[:5])
-    eng.update(0, SlotOptions(instructions=ROLE, voice="TINYF0.pt"))
-    assert eng.is_ready(0)  # nobody else is live: the new prompt is fed at once
+    position = int(eng.lm.offsets[0])
+    eng.update(0, SlotOptions(instructions=f"  {ROLE} ", voice="TINYF0.wav"))  # the same prompt: no restart
+    assert eng.is_ready(0) and int(eng.lm.offsets[0]) == position
+    eng.update(0, SlotOptions(instructions=ROLE + " ", voice="TINYF0.pt"))
+    assert not eng.is_ready(0)  # the new prompt is fed by the next step
+    eng.finish_prompts()
     want = REFERENCE["frames"]["TINYF0.pt"][1:]
     assert token_frames(eng, user_frames())[: len(want)] == want
 
@@ -265,6 +273,22 @@ def test_voice_prefixes_are_bounded_least_recently_used_first(tmp_path, monkeypa
         path = tmp_path / f"voice{k}.wav"
         shutil.copy(DATA / "voices" / "TINYF0.wav", path)
         names.append(str(path.resolve()))
-        eng.open(0, SlotOptions(voice=str(path)))
+        opened(eng, SlotOptions(voice=str(path)))
         eng.close(0)
     assert list(eng.prompter._prefixes) == names[1:]
+
+
+def test_a_prompt_that_fails_ends_only_its_own_slot(tmp_path):
+    silent = tmp_path / "silent.wav"
+    soundfile.write(str(silent), np.zeros(24000, dtype=np.float32), 24000)
+    eng = opened(engine(batch_size=2), SlotOptions(instructions=ROLE, voice="TINYF0.pt"))
+    eng.open(1, SlotOptions(voice=str(silent)))  # readable, so accepted; silent, so it cannot be a voice
+    frames = user_frames()
+    out = eng.step(np.stack([frames[0], frames[0]]))
+    assert list(out.failed) == [1] and "silent" in out.failed[1]
+    assert not eng.is_ready(1)
+    assert eng.step(np.stack([frames[1], frames[1]])).failed == {}  # reported once; slot 0 goes on
+    assert eng.is_ready(0) and int(eng.lm.offsets[eng.row_of(0)]) > 0
+    eng.close(1)
+    with pytest.raises(RuntimeError, match="could not be fed.*silent"):
+        opened(eng, SlotOptions(voice=str(silent)), slot=1)

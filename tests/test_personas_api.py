@@ -18,6 +18,7 @@ from websockets.asyncio.client import connect
 DATA = Path(__file__).parent / "data" / "personaplex_tiny"
 TOKEN = "persona-token"
 DEFAULT_ROLE = "You are a tiny model for tests."
+OPERATOR_VOICE = DATA / "user.wav"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def persona_server():
         "--instructions",
         DEFAULT_ROLE,
         "--voice",
-        "TINYF0.wav",
+        str(OPERATOR_VOICE),  # the operator's own file: offered to clients by its name only
         startup_timeout_s=120,
     ) as address:
         yield address
@@ -73,10 +74,10 @@ def test_voices_are_listed_and_in_healthz(persona_server, moshi_server):
     status, _, body = http_get(persona_server, "/v1/voices")
     voices = json.loads(body)
     assert status == 200 and voices["takes_prompts"] is True
-    assert [v["id"] for v in voices["data"]] == ["TINYF0.pt", "TINYF0.wav"]
-    assert voices["default"] == "TINYF0.wav"
+    assert [v["id"] for v in voices["data"]] == ["TINYF0.pt", "TINYF0.wav", "user.wav"]
+    assert voices["default"] == "user.wav" and str(DATA) not in json.dumps(voices)
     health = json.loads(http_get(persona_server, "/healthz")[2])
-    assert health["takes_prompts"] is True and health["voices"] == ["TINYF0.pt", "TINYF0.wav"]
+    assert health["takes_prompts"] is True and health["voices"] == ["TINYF0.pt", "TINYF0.wav", "user.wav"]
     plain = json.loads(http_get(moshi_server, "/v1/voices")[2])
     assert plain == {"object": "list", "takes_prompts": False, "default": None, "data": []}
 
@@ -97,7 +98,7 @@ async def test_native_session_start_takes_instructions_and_voice(persona_server)
     async with connect(ws_url(persona_server), additional_headers=HEADERS) as ws:
         ready = await NativeClient(ws).start(24000)
         assert ready["options"]["instructions"] == DEFAULT_ROLE
-        assert ready["options"]["voice"] == "TINYF0.wav"
+        assert ready["options"]["voice"] == "user.wav"
 
 
 async def test_native_prompt_on_a_model_without_prompts_is_refused_clearly(moshi_server):
@@ -128,7 +129,7 @@ async def test_realtime_sdk_applies_instructions_and_voice_with_a_personaplex_mo
         {"instructions": "You are a pirate.", "audio": {"output": {"voice": "TINYF0.pt"}}},
     )
     assert created.session.instructions == DEFAULT_ROLE
-    assert created.session.audio.output.voice == "TINYF0.wav"
+    assert created.session.audio.output.voice == "user.wav"
     assert updated.type == "session.updated"
     assert updated.session.instructions == "You are a pirate."
     assert updated.session.audio.output.voice == "TINYF0.pt"
@@ -136,7 +137,7 @@ async def test_realtime_sdk_applies_instructions_and_voice_with_a_personaplex_mo
     assert not warned & {"session.instructions", "session.audio.output.voice"}
     # an OpenAI voice name is not one of the model's: reported, and the current voice kept
     _, updated = await realtime_update(persona_server, {"audio": {"output": {"voice": "alloy"}}})
-    assert updated.session.audio.output.voice == "TINYF0.wav"
+    assert updated.session.audio.output.voice == "user.wav"
     (warning,) = [w for w in updated.model_extra["warnings"] if w["param"] == "session.audio.output.voice"]
     assert "unknown voice 'alloy'" in warning["message"] and "TINYF0.pt" in warning["message"]
 
@@ -160,3 +161,58 @@ async def test_a_client_cannot_name_a_file_on_the_server_as_its_voice(persona_se
     _, event = await realtime_update(persona_server, {"audio": {"output": {"voice": "../voices/TINYF0.wav"}}})
     assert event.type == "error" and event.error.code == "invalid_value"
     assert "not a voice name" in event.error.message
+
+
+async def test_a_client_names_only_voices_the_server_offers(persona_server):
+    async with connect(ws_url(persona_server), additional_headers=HEADERS) as ws:
+        # a bare file name is no way around it: "user.wav" is offered, "user2.wav" is not
+        await ws.send(json.dumps({"type": "session.start", "sample_rate": 24000, "voice": "user2.wav"}))
+        error = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert error["code"] == "invalid_value" and "unknown voice 'user2.wav'" in error["message"]
+    # the Realtime echo of what the server said is accepted back
+    created, updated = await realtime_update(persona_server, {"audio": {"output": {"voice": "user.wav"}}})
+    assert updated.type == "session.updated" and updated.session.audio.output.voice == "user.wav"
+
+
+async def test_prompts_on_a_model_without_them(moshi_server):
+    async with connect(ws_url(moshi_server), additional_headers=HEADERS) as ws:
+        client = NativeClient(ws)
+        await client.start(24000)
+        await ws.send(json.dumps({"type": "session.update", "instructions": "Be a pirate."}))
+        _, error = await client.wait_for("error")
+        assert error["code"] == "invalid_value" and "takes no role or voice prompt" in error["message"]
+    # Realtime clients always send instructions, often long ones: a warning, never an error
+    _, updated = await realtime_update(moshi_server, {"instructions": "Be brief. " * 600})
+    assert updated.type == "session.updated" and updated.session.instructions == ""
+    assert any(w["param"] == "session.instructions" for w in updated.model_extra["warnings"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--backend", "moshi", "--model", str(DATA), "--voice", "NOBODY"], "unknown voice 'NOBODY'"),
+        (["--backend", "scripted", "--instructions", "Be a pirate."], "takes no role or voice prompt"),
+    ],
+)
+def test_serve_refuses_prompt_defaults_the_model_cannot_use(args, message):
+    import subprocess
+    import sys
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "assistant",
+        "serve",
+        "--port",
+        "0",
+        "--captions",
+        "off",
+        "--device",
+        "cpu",
+        *args,
+    ]
+    if "scripted" in args:
+        cmd.remove("--device")
+        cmd.remove("cpu")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr, done.stderr

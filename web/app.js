@@ -17,6 +17,7 @@ function loadSettings() {
   if (!["model", "vad"].includes(settings.bargeIn)) settings.bargeIn = "model";
   if (typeof settings.instructions !== "string") settings.instructions = "";
   if (typeof settings.voice !== "string") settings.voice = "";
+  delete settings.takesPrompts; // learnt from the server on every visit, never remembered
   const params = new URLSearchParams(location.search);
   if (params.has("token")) {
     settings.token = params.get("token");
@@ -30,7 +31,8 @@ function loadSettings() {
 
 function saveSettings(settings) {
   try {
-    localStorage.setItem(STORAGE_KEY, JSON.stringify(settings));
+    const { takesPrompts, ...kept } = settings;
+    localStorage.setItem(STORAGE_KEY, JSON.stringify(kept));
   } catch {
     // Private modes may refuse storage; the choices still hold for this visit.
   }
@@ -72,8 +74,8 @@ async function loadVoices() {
   } catch {
     return; // an older server, or none: the page works without persona settings
   }
-  settings.takesPrompts = Boolean(voices.takes_prompts);
-  if (!settings.takesPrompts) return;
+  if (!voices.takes_prompts) return;
+  settings.takesPrompts = true;
   const select = form.elements.voice;
   const ids = (voices.data ?? []).map((v) => v.id);
   const first = document.createElement("option");

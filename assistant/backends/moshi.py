@@ -111,7 +111,9 @@ class MoshiEngine(Engine):
             raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
         self.prefill_mode, self.prefill_chunk = prefill, int(prefill_chunk)
         self.prompter = Prompter(self.lm, loaded, codec.model) if loaded.takes_prompts else None
-        self._jobs: dict[int, PromptJob] = {}  # slot -> its prompt's prefill, while it runs
+        self._jobs: dict[int, PromptJob | None] = {}  # slot -> its prompt's prefill (None: not built yet)
+        self._failed: dict[int, str] = {}  # slot -> why its prompt could not be fed (reported once)
+        self._broken: set[int] = set()  # slots whose prompt failed: silent until closed
         self._prompt_of: dict[int, tuple[str | None, str | None]] = {}
         self.prefill_stats = {"prompts": 0, "positions": 0, "ms": 0.0}
         self._ms_per_position: float | None = None  # measured cost of a prefill position (moving average)
@@ -189,53 +191,82 @@ class MoshiEngine(Engine):
         return self.prompter.voice_names() if self.prompter else []
 
     def check_prompt(self, instructions: str | None, voice: str | None) -> None:
-        if self.prompter is not None:
+        if self.prompter is None:
+            super().check_prompt(instructions, voice)
+        else:
             self.prompter.check(instructions, voice)
 
     def is_ready(self, slot: int) -> bool:
-        return bool(self.live[slot]) and slot not in self._jobs
+        return bool(self.live[slot]) and slot not in self._jobs and slot not in self._broken
+
+    def add_voice(self, path: str) -> str:
+        if self.prompter is None:
+            return super().add_voice(path)
+        return self.prompter.add_voice(path)
 
     def finish_prompts(self) -> None:
         self._advance_prompts(all_now=True)
+        if self._failed:
+            slot, reason = next(iter(self._failed.items()))
+            raise RuntimeError(f"slot {slot}: the prompt could not be fed: {reason}")
+
+    def _prompt_key(self, options: SlotOptions) -> tuple[str | None, str | None]:
+        """What decides a slot's prompt: the stripped instructions and the resolved voice."""
+        instructions = (options.instructions or "").strip() or None
+        return instructions, self.prompter.resolve_voice(options.voice)
 
     def _start_prompt(self, slot: int, options: SlotOptions) -> None:
-        """Queue the prefill of `slot`'s prompt; the slot gets its row when the prefill is done."""
-        self._prompt_of[slot] = (options.instructions, options.voice)
-        self._jobs[slot] = self.prompter.job(options.instructions, options.voice)
-        if self.prefill_mode == "stepwise" or not self._slot_at:
-            self._advance_prompts()  # nobody to keep waiting: do it now
+        """Queue `slot`'s prompt. Its voice is encoded and its prefill run by the next steps (in the
+        frame loop's thread, never the caller's); the slot gets its row when the prefill is done."""
+        self._prompt_of[slot] = self._prompt_key(options)
+        self._jobs[slot] = None  # built by _advance_prompts
 
     def _advance_prompts(self, all_now: bool = False) -> float:
-        """Prefill pending prompts: all of them when no slot is live (or `all_now`), else one chunk."""
+        """Feed pending prompts after this tick's live step.
+
+        With nobody live (or `all_now`), every pending prompt goes in whole. Otherwise the prompts
+        share half of what is left of the 80 ms frame, oldest first, each pass at least
+        MIN_PREFILL_CHUNK positions so every prompt gets in. A prompt that fails (an unreadable
+        voice, no memory) ends only its own slot: it is reported in `StepOutput.failed`.
+        """
         if not self._jobs:
             return 0.0
         t0 = time.perf_counter()
+        waiting = bool(self._slot_at) and not all_now
+        budget_ms = max(0.0, FRAME_MS - self._last_step_ms) * 0.5
         for slot in list(self._jobs):
-            job = self._jobs[slot]
-            if self.prefill_mode == "stepwise":
-                self._activate_stepwise(slot)
-                continue
-            waiting = bool(self._slot_at) and not all_now  # live conversations wait for the next tick
-            if waiting:
-                self._timed_advance(job, self._chunk_this_tick())
-            else:
-                while not job.done:
-                    self._timed_advance(job, job.remaining)
-            if job.done:
-                self._activate(slot, job)
-            if waiting:
-                break  # one chunk per tick
+            try:
+                if self.prefill_mode == "stepwise":
+                    self._activate_stepwise(slot)
+                    continue
+                job = self._jobs[slot]
+                if job is None:
+                    job = self._jobs[slot] = self.prompter.job(*self._prompt_of[slot])
+                if not waiting:
+                    while not job.done:
+                        self._timed_advance(job, job.remaining)
+                else:
+                    spent_ms = (time.perf_counter() - t0) * 1000
+                    self._timed_advance(job, self._positions_for(budget_ms - spent_ms))
+                if job.done:
+                    self._activate(slot, job)
+            except Exception as exc:  # this slot's prompt only: the others' frame clock goes on
+                log.exception("the prompt of slot %d failed", slot)
+                self._jobs.pop(slot, None)
+                self._failed[slot] = f"{type(exc).__name__}: {exc}"
+                self._broken.add(slot)
+            if waiting and (time.perf_counter() - t0) * 1000 >= budget_ms:
+                break
         spent = (time.perf_counter() - t0) * 1000
         self.prefill_stats["ms"] += spent
         return spent
 
-    def _chunk_this_tick(self) -> int:
-        """Prompt positions to feed after this tick's live step: what fits in half the time left of
-        the 80 ms frame at the measured cost per position, between MIN_PREFILL_CHUNK and prefill_chunk."""
+    def _positions_for(self, budget_ms: float) -> int:
+        """Prompt positions that fit `budget_ms` at the measured cost per position, between
+        MIN_PREFILL_CHUNK and prefill_chunk (a small first pass while nothing is measured yet)."""
         if self._ms_per_position is None:
-            return min(self.prefill_chunk, MIN_PREFILL_CHUNK * 4)  # a first, small measurement
-        spare = max(0.0, FRAME_MS - self._last_step_ms) * 0.5
-        fits = int(spare / max(self._ms_per_position, 1e-6))
+            return min(self.prefill_chunk, MIN_PREFILL_CHUNK * 4)
+        fits = int(max(0.0, budget_ms) / max(self._ms_per_position, 1e-6))
         return max(MIN_PREFILL_CHUNK, min(self.prefill_chunk, fits))
 
     def _timed_advance(self, job: PromptJob, positions: int) -> None:
@@ -265,8 +296,8 @@ class MoshiEngine(Engine):
         from assistant.moshi.lm import PromptTail
 
         instructions, voice = self._prompt_of[slot]
-        del self._jobs[slot]
         embeds, carry = self.prompter.embeds(instructions, voice)
+        del self._jobs[slot]
         row = self._new_row(slot)
         self.lm.reset(row)
         hidden, logits = self.lm.prefill_stepwise(row, embeds)
@@ -295,6 +326,8 @@ class MoshiEngine(Engine):
         if self.prompter is not None:
             self.prompter.check(options.instructions, options.voice)  # refuse before anything changes
             super().open(slot, options)
+            self._failed.pop(slot, None)
+            self._broken.discard(slot)
             self._start_prompt(slot, options)
             return
         self._row_of[slot] = len(self._slot_at)
@@ -311,6 +344,8 @@ class MoshiEngine(Engine):
         was_live = bool(self.live[slot])
         self._jobs.pop(slot, None)
         self._prompt_of.pop(slot, None)
+        self._failed.pop(slot, None)
+        self._broken.discard(slot)
         super().close(slot)
         if was_live and slot in self._row_of:
             self._release_row(slot)
@@ -342,11 +377,15 @@ class MoshiEngine(Engine):
         """New sampling options apply from the next frame. A new prompt (instructions or voice)
         starts the slot's model context over with it: the model forgets the conversation so far."""
         self._check_slot(slot)
-        new_prompt = (options.instructions, options.voice)
-        if self.prompter is not None and self.live[slot] and new_prompt != self._prompt_of.get(slot):
-            self.prompter.check(*new_prompt)
+        if (
+            self.prompter is not None
+            and self.live[slot]
+            and self._prompt_key(options) != self._prompt_of.get(slot)
+        ):
+            self.prompter.check(options.instructions, options.voice)
             self._apply_options(slot, options, reseed=options.seed is not None)
             self._jobs.pop(slot, None)
+            self._broken.discard(slot)
             if slot in self._row_of:
                 self._release_row(slot)
             self._start_prompt(slot, options)
@@ -416,6 +455,7 @@ class MoshiEngine(Engine):
         pcm_out = np.zeros((B, self.frame_samples), dtype=np.float32)
         text = [""] * B
         if n == 0:  # nobody to serve: no model work beyond pending prompts
+            self._last_step_ms = 0.0
             timings = {"prefill_ms": self._advance_prompts()} if self._jobs else {}
             timings["total_ms"] = (time.perf_counter() - t0) * 1000
             return StepOutput(
@@ -423,6 +463,7 @@ class MoshiEngine(Engine):
                 text=text,
                 speaking=np.zeros(B, dtype=bool),
                 timings_ms=timings,
+                failed=self._take_failures(),
             )
         slots = np.asarray(self._slot_at)
         bucket = bucket_for(n, self.runner.buckets)
@@ -468,7 +509,13 @@ class MoshiEngine(Engine):
             self._last_step_ms = (time.perf_counter() - t0) * 1000
             timings["prefill_ms"] = self._advance_prompts()
         timings["total_ms"] = (time.perf_counter() - t0) * 1000
-        return StepOutput(pcm_out=pcm_out, text=text, speaking=speaking, timings_ms=timings)
+        return StepOutput(
+            pcm_out=pcm_out, text=text, speaking=speaking, timings_ms=timings, failed=self._take_failures()
+        )
+
+    def _take_failures(self) -> dict[int, str]:
+        failed, self._failed = self._failed, {}
+        return failed
 
     def _eager_step(self, n: int, bucket: int, rows_pcm: np.ndarray, step_args, timings: dict[str, float]):
         """The codec's own masked encode / decode around the LM step: (frame long (n, 1 + K + 1), pcm (n, samples))."""

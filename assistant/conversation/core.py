@@ -281,6 +281,8 @@ class Conversation:
             "seed",
             "temperature",
             "text_temperature",
+            "top_k",
+            "text_top_k",
             "instructions",
             "voice",
         }:

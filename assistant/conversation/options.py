@@ -24,6 +24,8 @@ class ConversationOptions:
     seed: int | None = None
     temperature: float | None = None
     text_temperature: float | None = None
+    top_k: int | None = None  # audio tokens sampled among the k likeliest; None = backend default
+    text_top_k: int | None = None
     captions: bool = False
     instructions: str | None = None  # role prompt, for models that take one (PersonaPlex family)
     voice: str | None = None  # voice preset name or .wav / .pt file, same models
@@ -44,6 +46,8 @@ class ConversationOptions:
             seed=self.seed,
             temperature=self.temperature,
             text_temperature=self.text_temperature,
+            top_k=self.top_k,
+            text_top_k=self.text_top_k,
             instructions=self.instructions,
             voice=self.voice,
         )
@@ -65,6 +69,8 @@ class ConversationOptions:
             "seed": self.seed,
             "temperature": self.temperature,
             "text_temperature": self.text_temperature,
+            "top_k": self.top_k,
+            "text_top_k": self.text_top_k,
             "captions": self.captions,
             "instructions": self.instructions,
             "voice": self.voice,

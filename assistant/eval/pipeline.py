@@ -115,7 +115,11 @@ def score_sample(sample: Sample, ground_truth: dict[str, list[float]] | None = N
         output = read_16k(sample.output_wav)
     except (RuntimeError, ValueError) as exc:
         raise ValueError(f"{sample.output_wav}: cannot read it as audio ({exc})") from exc
-    user_segments = speech_segments(read_16k(sample.input_wav))
+    try:
+        user = read_16k(sample.input_wav)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"{sample.input_wav}: cannot read it as audio ({exc})") from exc
+    user_segments = speech_segments(user)
     assistant_segments = speech_segments(output)
     result = SampleResult(
         sample, words, user_segments, assistant_segments, score.overlaps(user_segments, assistant_segments)

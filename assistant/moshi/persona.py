@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from assistant.engine import MAX_PROMPT_CHARS
 from assistant.moshi.lm import MoshiStreamingLM, PrefillCache, PromptTail
 from assistant.moshi.loading import LoadedMoshi
 from assistant.moshi.prompts import (
@@ -33,9 +34,9 @@ from assistant.moshi.prompts import (
     voice_audio,
     voice_frames,
 )
+from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
 
 DEFAULT_CHUNK_FRAMES = 64  # prompt positions per prefill pass; a 7B pass of 64 costs about one step
-MAX_INSTRUCTIONS_CHARS = 4000
 # Remembered per voice, least recently used dropped first: a 7B voice prefix (~100 frames of keys and
 # values) is ~50 MB of GPU memory, and clients may name any number of voice files.
 MAX_VOICE_PREFIXES = 8
@@ -157,20 +158,30 @@ class Prompter:
             f"unknown voice {voice!r}: use one of the model's voices ({shown}) or a .wav / .pt file"
         )
 
+    def add_voice(self, path: str) -> str:
+        """Offer a voice file as a preset named by its file name (the operator's `serve --voice FILE`)."""
+        file = Path(path).expanduser().resolve()
+        if file.suffix not in (".wav", ".pt") or not file.is_file():
+            raise PromptError(f"voice file {path}: expected an existing .wav or .pt file")
+        known = self.loaded.voices.get(file.name)
+        if known is not None and Path(known).resolve() != file:
+            raise PromptError(f"voice file {path}: the model already has a voice named {file.name}")
+        self.voice_length(str(file))  # readable, and a voice
+        self.loaded.voices[file.name] = file
+        return file.name
+
     def instruction_ids(self, instructions: str | None) -> list[int]:
         if not instructions or not instructions.strip():
             return []
-        if len(instructions) > MAX_INSTRUCTIONS_CHARS:
-            raise PromptError(
-                f"instructions are {len(instructions)} characters; at most {MAX_INSTRUCTIONS_CHARS}"
-            )
+        if len(instructions) > MAX_PROMPT_CHARS:
+            raise PromptError(f"instructions are {len(instructions)} characters; at most {MAX_PROMPT_CHARS}")
         return self.loaded.tokenizer.encode(system_text(instructions))
 
     def check(self, instructions: str | None, voice: str | None) -> None:
         """Raise PromptError unless this prompt can be used (voice found, fits the context)."""
         key = self.resolve_voice(voice)
         ids = self.instruction_ids(instructions)
-        frames = self.voice(key).frames if key else 0
+        frames = self.voice_length(key) if key else 0
         total = frames + 2 * SPACER_FRAMES + len(ids)
         if total >= self.lm.context:
             raise PromptError(
@@ -179,17 +190,46 @@ class Prompter:
             )
 
     # -- voices ---------------------------------------------------------------------------------
+    def voice_length(self, key: str) -> int:
+        """Frames the voice takes, read from its file without encoding it or remembering anything
+        (`check` runs on any thread, while the frame loop may be using the model)."""
+        known = self._voices.get(key)
+        if known is not None:
+            return known.frames
+        path = self._voice_path(key)
+        if path.suffix == ".pt":
+            return self._load_pt(path, key).frames
+        import soundfile
+
+        try:
+            info = soundfile.info(str(path))
+        except Exception as exc:
+            raise PromptError(f"voice {path.name}: cannot read it as audio ({exc})") from exc
+        frames = -(-round(info.frames * SAMPLE_RATE_HZ / info.samplerate) // FRAME_SAMPLES)
+        if frames < 1:
+            raise PromptError(f"voice {path.name}: shorter than one 80 ms frame")
+        return frames
+
+    def _voice_path(self, key: str) -> Path:
+        return self.loaded.voices.get(key) or Path(key)
+
+    def _load_pt(self, path: Path, key: str) -> Voice:
+        voice = load_pt_voice(path, key, self.delays)
+        if voice.embeds.shape[1] != self.lm.model.config.hidden_size:
+            raise PromptError(
+                f"voice {key}: made for another model (embedding width {voice.embeds.shape[1]})"
+            )
+        return voice
+
     def voice(self, key: str) -> Voice:
+        """The voice ready to feed (a WAV encoded once): call it from the frame loop's thread only."""
         if key not in self._voices:
-            path = self.loaded.voices.get(key) or Path(key)
-            if path.suffix == ".pt":
-                voice = load_pt_voice(path, key, self.delays)
-                if voice.embeds.shape[1] != self.lm.model.config.hidden_size:
-                    raise PromptError(
-                        f"voice {key}: made for another model (embedding width {voice.embeds.shape[1]})"
-                    )
-            else:
-                voice = Voice(name=key, codes=self._encode(voice_audio(path)))
+            path = self._voice_path(key)
+            voice = (
+                self._load_pt(path, key)
+                if path.suffix == ".pt"
+                else Voice(name=key, codes=self._encode(voice_audio(path)))
+            )
             self._voices[key] = voice
             while len(self._voices) > MAX_VOICES:
                 self._voices.popitem(last=False)
