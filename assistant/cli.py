@@ -15,7 +15,7 @@ import sys
 COMMANDS = {
     "serve": ("server.app", "run the real-time server (websocket, web page, metrics)"),
     "respond": ("assistant.respond", "answer a WAV file offline, frame by frame"),
-    "talk": ("client.talk", "talk to the assistant with a microphone and headphones"),
+    "talk": ("client.talk", "talk to the assistant with a microphone and speakers or headphones"),
     "eval": ("client.eval", "score turn-taking: Full-Duplex-Bench v1 tasks and built-in duplex scenarios"),
     "models": ("assistant.models", "list the known checkpoints, which are cached here; download one"),
 }

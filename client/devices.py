@@ -27,6 +27,15 @@ from audio.resample import SUPPORTED_RATES
 from client.errors import TalkError
 from client.playout import PlayoutBuffer
 
+# Output device names that say the sound goes to the ears, not into the room.
+HEADPHONE_WORDS = ("headphone", "headset", "earphone", "earbud", "airpods", "buds", "hands-free", "handsfree")
+
+
+def looks_like_headphones(device_name: str) -> bool:
+    """Whether an output device's name says headphones; a generic name ("Built-in Audio") does not."""
+    name = device_name.lower()
+    return any(word in name for word in HEADPHONE_WORDS)
+
 
 def load_sounddevice():
     """Import sounddevice, turning a missing PortAudio into a message that names the fix."""
@@ -150,7 +159,7 @@ class DeviceAudio:
         return cls(sd, in_info, out_info, rate, args.block_ms, in_channels, out_channels)
 
     def describe(self) -> str:
-        return f"mic {self.in_info['name']!r}, headphones {self.out_info['name']!r}, {self.sample_rate} Hz"
+        return f"mic {self.in_info['name']!r}, output {self.out_info['name']!r}, {self.sample_rate} Hz"
 
     async def run(self, on_input: Callable[[np.ndarray], None], playout: PlayoutBuffer) -> None:
         """Stream until cancelled: mic blocks go to on_input (on the loop), playout feeds the output."""
@@ -190,6 +199,14 @@ class DeviceAudio:
     def output_latency_ms(self) -> float:
         """How long a pulled sample waits in the device before it is heard (PortAudio's estimate)."""
         return float(self._streams[0].latency) * 1000 if self._streams else 0.0
+
+    def echo_delay_ms(self) -> float:
+        """From a block pulled for the speaker to its echo reaching on_input, as PortAudio reports the
+        devices (the streams open at their low latency) plus one capture block; the air adds ~1 ms."""
+        latency_s = self.in_info.get("default_low_input_latency", 0.0) + self.out_info.get(
+            "default_low_output_latency", 0.0
+        )
+        return float(latency_s) * 1000 + self.block_samples * 1000 / self.sample_rate
 
     def close(self) -> None:
         for stream in self._streams:
@@ -242,10 +259,7 @@ class FileAudio:
                 await asyncio.sleep(delay)
             elif delay < -period_s:
                 self.late_blocks += 1
-            chunk = np.zeros(block, dtype=np.float32)
-            piece = self.input[start : start + block]
-            chunk[: piece.shape[0]] = piece
-            on_input(chunk)
+            on_input(self.capture(start, block))
             playout.pull(block, pulled)
             # The pulled block plays while the next input block is spoken.
             out_start = start + block
@@ -253,8 +267,19 @@ class FileAudio:
             self.output[out_start : out_start + n] = pulled[:n]
             self.clock_samples = start + block
 
+    def capture(self, start: int, n: int) -> np.ndarray:
+        """What the mic hears over input samples [start, start + n): float32 (n,), zeros past the file."""
+        chunk = np.zeros(n, dtype=np.float32)
+        piece = self.input[start : start + n]
+        chunk[: piece.shape[0]] = piece
+        return chunk
+
     def output_latency_ms(self) -> float:
         return 0.0  # the simulated device plays a pulled block at once (see the alignment note)
+
+    def echo_delay_ms(self) -> float:
+        """A pulled block plays at once; an input block is handed over when complete, one block later."""
+        return self.block_samples * 1000 / self.sample_rate
 
     def close(self) -> None:
         pass

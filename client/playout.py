@@ -3,7 +3,8 @@
 The network thread (or event loop) pushes the assistant's audio as it arrives; the sound device's
 callback pulls exactly the number of samples it needs. A short prebuffer absorbs network jitter;
 `clear()` drops everything queued at once (barge-in). The buffer counts what the listener actually
-heard so the client can report the played position to the server.
+heard so the client can report the played position to the server, and can hand every pulled block
+to a listener (the echo canceller's reference: exactly what the device was given).
 
 Two positions are kept, both in samples at the buffer's sample rate:
 - `played_samples`: received samples that went out to the device (cleared or trimmed ones excluded).
@@ -14,6 +15,7 @@ Two positions are kept, both in samples at the buffer's sample rate:
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
@@ -24,9 +26,16 @@ class PlayoutBuffer:
     sample_rate_hz: rate of everything pushed and pulled.
     prebuffer_ms: audio that must be queued before playback starts (and restarts after an underrun).
     max_ms: queue bound; older audio beyond it is dropped (`trimmed_samples`) so latency stays bounded.
+    on_pull: called with each block handed to the device, silence included, on the device's thread.
     """
 
-    def __init__(self, sample_rate_hz: int, prebuffer_ms: float = 100.0, max_ms: float = 1000.0):
+    def __init__(
+        self,
+        sample_rate_hz: int,
+        prebuffer_ms: float = 100.0,
+        max_ms: float = 1000.0,
+        on_pull: Callable[[np.ndarray], None] | None = None,
+    ):
         if sample_rate_hz <= 0:
             raise ValueError(f"sample_rate_hz must be positive, got {sample_rate_hz}")
         if prebuffer_ms < 0:
@@ -47,6 +56,7 @@ class PlayoutBuffer:
         self.trimmed_samples = 0
         self.underruns = 0  # pulls that ran dry after playback had started
         self.clears = 0
+        self.on_pull = on_pull
 
     # -- producer side -------------------------------------------------------------------
     def push(self, pcm: np.ndarray | bytes) -> None:
@@ -108,6 +118,8 @@ class PlayoutBuffer:
                 if self._playing:
                     self.underruns += 1
                     self._playing = False  # refill the prebuffer before resuming
+        if self.on_pull is not None:
+            self.on_pull(out)
         return out
 
     # -- reading ---------------------------------------------------------------------------

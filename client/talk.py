@@ -1,4 +1,4 @@
-"""`assistant talk`: talk to the assistant with a microphone and headphones (or WAV files).
+"""`assistant talk`: talk to the assistant with a microphone and speakers or headphones (or WAV files).
 
 Remote (default): the microphone streams to a server's native `/ws` endpoint at the device's
 native rate (declared in session.start; the server resamples) and the assistant's voice plays
@@ -8,6 +8,13 @@ same conversation core and frame loop as the server (client/local.py), behind th
 `playback.position` (every 150 ms) carries the playhead on the server's output timeline: samples
 played plus those dropped by `playback.clear` or by the buffer bound, less what the sound device
 itself still holds; the server compares it with the `at_ms` of its text to know what was heard.
+
+On speakers the mic hears the assistant, which would take its own voice for an interruption; the
+echo canceller (audio/echo.py) removes it from the mic audio before it is sent, with every block
+handed to the output device as its reference. It is on with sound devices unless the output's
+name says headphones: with no echo to learn from, the canceller would take the assistant's level
+as possible echo and duck the user who talks over it. Files have no room, so it is off there;
+--echo-cancel and --no-echo-cancel decide instead.
 
 Headless: `--input-file in.wav --output-file out.wav` replaces both devices with files paced by
 the wall clock, then `--tail-seconds` of silence so the reply can finish; the output file is
@@ -31,6 +38,7 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed
 
 from assistant.backends import BACKENDS
+from audio.echo import EchoCanceller
 from audio.resample import SUPPORTED_RATES
 from client.devices import (
     DeviceAudio,
@@ -38,6 +46,7 @@ from client.devices import (
     find_device,
     list_devices,
     load_sounddevice,
+    looks_like_headphones,
     pick_channels,
     pick_sample_rate,
 )
@@ -108,7 +117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     dev = parser.add_argument_group("audio devices")
     dev.add_argument("--input-device", help="microphone: index or part of the name (see --list-devices)")
-    dev.add_argument("--output-device", help="headphones: index or part of the name (see --list-devices)")
+    dev.add_argument(
+        "--output-device", help="speakers or headphones: index or part of the name (see --list-devices)"
+    )
     dev.add_argument("--list-devices", action="store_true", help="list the sound devices and exit")
     dev.add_argument(
         "--sample-rate",
@@ -124,6 +135,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=120.0,
         help="playout prebuffer in ms: audio queued before playback starts, absorbs jitter (default 120)",
+    )
+    dev.add_argument(
+        "--echo-cancel",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="remove the assistant's voice from the mic, for speakers (default: on with sound devices "
+        "unless the output's name says headphones/headset; off with --input-file)",
+    )
+    dev.add_argument(
+        "--echo-delay-ms",
+        type=float,
+        help="time from audio leaving for the speaker to its echo in the mic (default: the devices' reported "
+        "latency); the canceller finds delays up to ~500 ms itself, so this matters past that (Bluetooth)",
     )
     files = parser.add_argument_group("files instead of devices (headless, regression tests)")
     files.add_argument(
@@ -172,22 +196,51 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise TalkError(f"--block-ms must be between 5 and 40 ms, got {args.block_ms}")
     if not (math.isfinite(args.buffer_ms) and 0 <= args.buffer_ms <= 2000):
         raise TalkError(f"--buffer-ms must be between 0 and 2000 ms, got {args.buffer_ms}")
+    if args.echo_delay_ms is not None:
+        if args.echo_cancel is False:
+            raise TalkError("--echo-delay-ms tunes the echo canceller; it does not go with --no-echo-cancel")
+        if not (math.isfinite(args.echo_delay_ms) and 0 <= args.echo_delay_ms <= 1000):
+            raise TalkError(f"--echo-delay-ms must be between 0 and 1000 ms, got {args.echo_delay_ms}")
     if args.local:
         if args.backend == "moshi" and not args.model:
             raise TalkError("--local with the moshi backend needs --model (a checkpoint dir or HF repo id)")
 
 
-async def talk(args: argparse.Namespace, display_factory: Callable[[str], Any] | None = None) -> int:
-    """Run one conversation until the input file ends, the server ends it, or Ctrl-C."""
-    audio = (
-        FileAudio(args.input_file, args.output_file, args.block_ms, args.tail_seconds)
-        if args.input_file
-        else DeviceAudio.open(args)
-    )
+def open_echo_canceller(args: argparse.Namespace, audio: Any) -> EchoCanceller | None:
+    """The canceller for this session's audio, or None when it is off (see the module docstring)."""
+    wanted = getattr(args, "echo_cancel", None)
+    if wanted is None:
+        wanted = isinstance(audio, DeviceAudio) and not looks_like_headphones(audio.out_info["name"])
+    if not wanted:
+        return None
+    delay_ms = getattr(args, "echo_delay_ms", None)
+    if delay_ms is None:
+        delay_ms = audio.echo_delay_ms()
+    try:
+        return EchoCanceller(audio.sample_rate, delay_ms=delay_ms)
+    except ImportError as exc:
+        raise TalkError(f"{exc}; or pass --no-echo-cancel (with headphones)") from exc
+
+
+async def talk(
+    args: argparse.Namespace, display_factory: Callable[[str], Any] | None = None, audio: Any = None
+) -> int:
+    """Run one conversation until the input file ends, the server ends it, or Ctrl-C.
+
+    audio: the device layer (DeviceAudio, FileAudio or one like them); default: what args name.
+    """
+    if audio is None:
+        audio = (
+            FileAudio(args.input_file, args.output_file, args.block_ms, args.tail_seconds)
+            if args.input_file
+            else DeviceAudio.open(args)
+        )
     rate = audio.sample_rate
+    echo = open_echo_canceller(args, audio)
+    sound = audio.describe() + (f", {echo.describe()}" if echo else "")
     if args.local:
         conv: Any = build_local(args, rate)
-        title = f"assistant talk (local {args.backend}) - {audio.describe()}"
+        title = f"assistant talk (local {args.backend}) - {sound}"
     else:
         try:
             conv = await NativeClient.connect(
@@ -201,7 +254,7 @@ async def talk(args: argparse.Namespace, display_factory: Callable[[str], Any] |
             )
         except ClientError as exc:
             raise TalkError(str(exc)) from exc
-        title = f"assistant talk - {args.server} session {conv.session_id} - {audio.describe()}"
+        title = f"assistant talk - {args.server} session {conv.session_id} - {sound}"
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # From here on Ctrl-C ends the session cleanly (session.end, devices closed, output written).
@@ -212,7 +265,12 @@ async def talk(args: argparse.Namespace, display_factory: Callable[[str], Any] |
         display_factory = (lambda t: PlainDisplay()) if plain else LiveDisplay
     display = display_factory(title)
     display.say(title)
-    playout = PlayoutBuffer(rate, prebuffer_ms=args.buffer_ms, max_ms=max(1000.0, 4 * args.buffer_ms))
+    playout = PlayoutBuffer(
+        rate,
+        prebuffer_ms=args.buffer_ms,
+        max_ms=max(1000.0, 4 * args.buffer_ms),
+        on_pull=echo.played if echo else None,
+    )
     view = TalkView()
     mic: asyncio.Queue[np.ndarray] = asyncio.Queue()
 
@@ -221,6 +279,10 @@ async def talk(args: argparse.Namespace, display_factory: Callable[[str], Any] |
         return max(0.0, playout.stream_position_ms - audio.output_latency_ms())
 
     def on_input(block: np.ndarray) -> None:
+        if echo is not None:
+            block = echo.process(block)  # whole 10 ms frames: a block may wait for the next one
+            if block.size == 0:
+                return
         view.on_mic(block)
         mic.put_nowait(block)
 

@@ -130,3 +130,18 @@ def test_concurrent_push_pull_and_clear_lose_nothing_unaccounted():
     accounted = buf.played_samples + buf.cleared_samples + buf.trimmed_samples + buf.queued_samples
     assert accounted == pushed
     assert buf.stream_position + buf.queued_samples == pushed
+
+
+def test_every_block_handed_to_the_device_reaches_the_listener_prebuffer_clears_and_gaps_included():
+    """The echo canceller's reference: exactly what the device got, silence and all, in order."""
+    heard: list[np.ndarray] = []
+    buf = PlayoutBuffer(RATE, prebuffer_ms=10, max_ms=100, on_pull=lambda block: heard.append(block.copy()))
+    out = np.empty(120, dtype=np.float32)
+    buf.push(ramp(200))
+    given = [buf.pull(120, out).copy()]  # still prebuffering: silence
+    buf.push(ramp(200, start=200))
+    given += [buf.pull(120, out).copy() for _ in range(2)]
+    buf.clear()
+    given += [buf.pull(120, out).copy() for _ in range(2)]  # cleared: silence again
+    np.testing.assert_array_equal(np.concatenate(heard), np.concatenate(given))
+    assert np.concatenate(given).any() and not given[0].any() and not given[-1].any()

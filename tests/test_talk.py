@@ -142,6 +142,8 @@ def test_devices_by_name_share_a_supported_rate(monkeypatch):
         (["--input-file", "/nonexistent/in.wav", "--output-file", "out.wav"], "does not exist"),
         (["--local"], "needs --model"),
         (["--block-ms", "100"], "--block-ms must be between"),
+        (["--no-echo-cancel", "--echo-delay-ms", "50"], "does not go with --no-echo-cancel"),
+        (["--echo-delay-ms", "5000"], "--echo-delay-ms must be between"),
     ],
 )
 def test_bad_arguments_are_refused_with_the_fix(argv, message, capsys):
@@ -361,6 +363,79 @@ async def test_device_audio_feeds_mic_blocks_and_plays_the_buffer(monkeypatch):
     played = np.concatenate(next(s for s in streams if s.kind == "output").played)
     assert (played[: 441 * 3] == 0.5).all(), "the output callback plays the buffer, in both ears"
     assert not played[441 * 3 :].any(), "and silence (not stale memory) once it runs dry"
+
+
+async def test_the_echo_reference_is_exactly_what_the_output_device_plays(monkeypatch):
+    sd = fake_sounddevice(HEADSET, default_input=0, default_output=1)
+    streams: list[FakeStream] = []
+
+    def make(kind):
+        def factory(**kw):
+            streams.append(FakeStream(kind, [], **kw))
+            return streams[-1]
+
+        return factory
+
+    sd.InputStream, sd.OutputStream = make("input"), make("output")
+    use_sounddevice(monkeypatch, sd)
+    audio = talk.DeviceAudio.open(
+        SimpleNamespace(input_device=None, output_device=None, sample_rate=None, block_ms=10.0)
+    )
+    reference: list[np.ndarray] = []
+    playout = PlayoutBuffer(
+        audio.sample_rate, prebuffer_ms=0, on_pull=lambda block: reference.append(block.copy())
+    )
+    playout.push(np.linspace(-0.5, 0.5, 441 * 4, dtype=np.float32))
+    task = asyncio.create_task(audio.run(lambda block: None, playout))
+    await asyncio.sleep(0.15)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    audio.close()
+    played = np.concatenate(next(s for s in streams if s.kind == "output").played)[:, 0]
+    assert played.shape[0] >= 441 * 5, "the voice and then silence were played"
+    np.testing.assert_array_equal(np.concatenate(reference)[: played.shape[0]], played)
+
+
+def device_audio(output_name: str, latency_s: float = 0.0) -> talk.DeviceAudio:
+    mic = {**HEADSET[0], "default_low_input_latency": latency_s}
+    out = {**HEADSET[1], "name": output_name, "default_low_output_latency": latency_s}
+    return talk.DeviceAudio(fake_sounddevice(HEADSET), mic, out, 48000, block_ms=20.0)
+
+
+def test_echo_cancellation_is_on_for_speakers_and_off_for_headphones_and_files(tmp_path):
+    auto = SimpleNamespace(echo_cancel=None, echo_delay_ms=None)
+    assert talk.open_echo_canceller(auto, device_audio("MacBook Pro Speakers")) is not None
+    assert talk.open_echo_canceller(auto, device_audio("Built-in Audio Analog Stereo")) is not None
+    for name in ("USB Headset Phones", "Sony WH-1000XM4 Headphones", "Galaxy Buds2", "AirPods Pro"):
+        assert talk.open_echo_canceller(auto, device_audio(name)) is None, name
+    wav = tmp_path / "in.wav"
+    sf.write(wav, np.zeros(2400, dtype=np.float32), 24000)
+    files = talk.FileAudio(wav, tmp_path / "out.wav", 20.0, 0.0)
+    assert talk.open_echo_canceller(auto, files) is None, "a file has no room to echo in"
+    forced_on = SimpleNamespace(echo_cancel=True, echo_delay_ms=None)
+    assert talk.open_echo_canceller(forced_on, files) is not None
+    assert talk.open_echo_canceller(SimpleNamespace(echo_cancel=False), device_audio("Speakers")) is None
+
+
+def test_the_echo_delay_comes_from_the_devices_or_the_option():
+    auto = SimpleNamespace(echo_cancel=None, echo_delay_ms=None)
+    # 2 x 30 ms of reported latency + one 20 ms capture block; the canceller keeps a 30 ms margin.
+    assert talk.open_echo_canceller(auto, device_audio("Speakers", latency_s=0.030)).hold_back_ms == 50
+    told = SimpleNamespace(echo_cancel=None, echo_delay_ms=300.0)
+    assert talk.open_echo_canceller(told, device_audio("Speakers")).hold_back_ms == 270
+
+
+def test_a_missing_echo_canceller_package_names_the_fix(monkeypatch):
+    import audio.echo
+
+    def missing():
+        raise ImportError(f"echo cancellation needs the livekit package ({audio.echo.INSTALL_HINT})")
+
+    monkeypatch.setattr(audio.echo, "_load_livekit_rtc", missing)
+    with pytest.raises(talk.TalkError, match="pip install 'livekit.*--no-echo-cancel"):
+        talk.open_echo_canceller(
+            SimpleNamespace(echo_cancel=None, echo_delay_ms=None), device_audio("Speakers")
+        )
 
 
 # -- the in-process engine ------------------------------------------------------------------
