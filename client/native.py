@@ -8,6 +8,10 @@ The wire format is handled by pure functions (`start_message`, `event_message`, 
     async for item in client.receive():          # np.ndarray int16 audio or ServerEvent, in order
         ...
     await client.end()                           # session.end, wait for session.ended, close
+
+`audio_format="opus"` puts 20 ms Opus packets (24 kHz) on the wire both ways instead of PCM16
+(about 24 kbit/s instead of 384); the client resamples, encodes and decodes, so callers still send
+and receive PCM at `sample_rate`.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
+from audio.frames import SAMPLE_RATE_HZ
+from audio.opus_packets import OpusPacketDecoder, OpusPacketEncoder, OpusPacketError
 from audio.pcm import float32_to_pcm16
-from audio.resample import SUPPORTED_RATES
-from server.protocol import BARGE_IN_POLICIES, MAX_MESSAGE_BYTES, OPTION_FIELDS
+from audio.resample import SUPPORTED_RATES, StreamResampler
+from server.protocol import AUDIO_FORMATS, BARGE_IN_POLICIES, MAX_MESSAGE_BYTES, OPTION_FIELDS
 
 # The client speaks the server's own protocol definitions, so the two cannot drift apart.
 SESSION_OPTIONS = tuple(sorted(OPTION_FIELDS))
@@ -58,13 +64,20 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
-def start_message(sample_rate: int, **options: Any) -> str:
-    """The `session.start` event declaring the rate of the audio both ways."""
+def start_message(sample_rate: int, *, audio_format: str = "pcm16", **options: Any) -> str:
+    """The `session.start` event declaring the rate and the format of the audio both ways."""
     if sample_rate not in SUPPORTED_RATES:
         raise ValueError(
             f"sample_rate {sample_rate} Hz is not accepted by the server; use one of {SUPPORTED_RATES}"
         )
-    return json.dumps({"type": "session.start", "sample_rate": int(sample_rate), **check_options(options)})
+    if audio_format not in AUDIO_FORMATS:
+        raise ValueError(f"audio_format must be one of {AUDIO_FORMATS}, got {audio_format!r}")
+    if audio_format == "opus" and sample_rate != SAMPLE_RATE_HZ:
+        raise ValueError(f"audio_format opus runs at {SAMPLE_RATE_HZ} Hz, not {sample_rate}")
+    fmt = {"audio_format": audio_format} if audio_format != "pcm16" else {}
+    return json.dumps(
+        {"type": "session.start", "sample_rate": int(sample_rate), **fmt, **check_options(options)}
+    )
 
 
 def event_message(type_: str, **fields: Any) -> str:
@@ -116,12 +129,26 @@ def describe_connect_error(url: str, exc: BaseException) -> str:
 class NativeClient:
     """One live session on a server's `/ws` endpoint."""
 
-    def __init__(self, ws: ClientConnection, ready: ServerEvent, url: str, sample_rate: int):
+    def __init__(
+        self,
+        ws: ClientConnection,
+        ready: ServerEvent,
+        url: str,
+        sample_rate: int,
+        audio_format: str = "pcm16",
+    ):
         self._ws = ws
         self.ready = ready
         self.url = url
         self.session_id: str | None = ready.get("session_id")
         self.sample_rate = sample_rate  # of the audio both ways
+        self.audio_format = audio_format
+        opus = audio_format == "opus"
+        self._encoder = OpusPacketEncoder() if opus else None
+        self._decoder = OpusPacketDecoder() if opus else None
+        resample = opus and sample_rate != SAMPLE_RATE_HZ
+        self._to_wire = StreamResampler(sample_rate, SAMPLE_RATE_HZ) if resample else None
+        self._from_wire = StreamResampler(SAMPLE_RATE_HZ, sample_rate) if resample else None
         self.ended: ServerEvent | None = None
         self._reading = False
         self._ended_event = asyncio.Event()
@@ -134,10 +161,15 @@ class NativeClient:
         sample_rate: int,
         token: str | None = None,
         open_timeout: float = 10.0,
+        audio_format: str = "pcm16",
         **options: Any,
     ) -> NativeClient:
         """Open the websocket, send session.start and wait for session.ready. Raises ClientError."""
-        message = start_message(sample_rate, **options)  # bad options fail before any network use
+        # Opus is 24 kHz on the wire whatever the caller's rate; this client resamples around it.
+        wire_rate = SAMPLE_RATE_HZ if audio_format == "opus" else sample_rate
+        message = start_message(
+            wire_rate, audio_format=audio_format, **options
+        )  # bad options fail before any network use
         headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
             ws = await websockets.connect(
@@ -169,12 +201,18 @@ class NativeClient:
         if ready.type != "session.ready":
             await ws.close()
             raise ClientError(f"{url} answered session.start with {ready.type!r}, expected session.ready")
-        if ready.get("sample_rate", sample_rate) != sample_rate:
+        if ready.get("sample_rate", wire_rate) != wire_rate:
             await ws.close()
             raise ClientError(
-                f"{url} answered with sample_rate {ready.get('sample_rate')}, asked for {sample_rate}"
+                f"{url} answered with sample_rate {ready.get('sample_rate')}, asked for {wire_rate}"
             )
-        return cls(ws, ready, url, sample_rate)
+        if ready.get("audio_format", "pcm16") != audio_format:
+            await ws.close()
+            raise ClientError(
+                f"{url} does not take audio_format {audio_format!r} (it answered "
+                f"{ready.get('audio_format', 'pcm16')!r}); upgrade the server or use pcm16"
+            )
+        return cls(ws, ready, url, sample_rate, audio_format)
 
     @staticmethod
     async def _first_event(ws: ClientConnection) -> ServerEvent:
@@ -187,6 +225,12 @@ class NativeClient:
     async def send_audio(self, pcm: np.ndarray) -> None:
         """Send microphone samples: float (n,) in [-1, 1] or int16 (n,), at the session's rate."""
         pcm = np.asarray(pcm)
+        if self._encoder is not None:
+            x = pcm.astype(np.float32) / 32768.0 if pcm.dtype == np.int16 else pcm
+            x = x if self._to_wire is None else self._to_wire.process(x)
+            for packet in self._encoder.encode(x):
+                await self._ws.send(packet)
+            return
         data = pcm.astype("<i2").tobytes() if pcm.dtype == np.int16 else float32_to_pcm16(pcm)
         if data:
             await self._ws.send(data)
@@ -203,7 +247,7 @@ class NativeClient:
         try:
             async for message in self._ws:
                 try:
-                    item = decode_message(message)
+                    item = self._decode(message)
                 except ValueError as exc:
                     raise ClientError(f"{self.url} does not speak the native protocol: {exc}") from exc
                 if isinstance(item, ServerEvent) and item.type == "session.ended":
@@ -215,6 +259,16 @@ class NativeClient:
         finally:
             self._reading = False
             self._ended_event.set()
+
+    def _decode(self, message: str | bytes) -> ServerEvent | np.ndarray:
+        if self._decoder is None or isinstance(message, str):
+            return decode_message(message)
+        try:
+            pcm = self._decoder.decode(message)
+        except OpusPacketError as exc:
+            raise ValueError(f"server sent a bad Opus packet: {exc}") from None
+        pcm = pcm if self._from_wire is None else self._from_wire.process(pcm)
+        return np.frombuffer(float32_to_pcm16(pcm), dtype="<i2").copy()
 
     @property
     def close_code(self) -> int | None:

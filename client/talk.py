@@ -115,6 +115,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="ask the server for captions of what you say (user.transcript; default on)",
     )
+    conn.add_argument(
+        "--audio-format",
+        choices=("pcm16", "opus"),
+        default="pcm16",
+        help="audio on the wire: pcm16 (default, 384 kbit/s) or opus (~24 kbit/s, for slow networks)",
+    )
     dev = parser.add_argument_group("audio devices")
     dev.add_argument("--input-device", help="microphone: index or part of the name (see --list-devices)")
     dev.add_argument(
@@ -251,6 +257,7 @@ async def talk(
                 captions=args.captions,
                 instructions=getattr(args, "instructions", None),
                 voice=getattr(args, "voice", None),
+                audio_format=getattr(args, "audio_format", "pcm16"),
             )
         except ClientError as exc:
             raise TalkError(str(exc)) from exc

@@ -11,7 +11,10 @@ conversation.wav on a loop when present, else silence) paced by the wall clock, 
   on the server's caption thread; compare the frame-clock figures with `--captions off`,
 - with `--protocol live`: the clients speak the OpenAI Live API (/v1/live/sessions: JSON events,
   base64 audio) instead of the native protocol (/ws: binary PCM); the CPU difference is the price of
-  the JSON protocol. Live sends only the assistant's speech, so `recv` is the share of frames it spoke.
+  the JSON protocol. Live sends only the assistant's speech, so `recv` is the share of frames it spoke,
+- with `--audio-format opus`: the native clients send 20 ms Opus packets (encoded once, before the
+  run) and get four per frame back, so the server decodes and encodes every session's audio; compare
+  the CPU column with `--audio-format pcm16` for the codec's share, and see "Opus alone".
 The largest N held without underruns, drops or skipped ticks is the capacity figure. Prints
 figures only; it never fails on speed.
 """
@@ -110,6 +113,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=(10, 20, 40, 80),
         help=f"audio message size the clients send (default {CHUNK_MS})",
     )
+    parser.add_argument(
+        "--audio-format",
+        choices=("pcm16", "opus"),
+        default="pcm16",
+        help="native clients' audio on the wire: pcm16 (default) or opus (20 ms packets, both ways)",
+    )
+
+
+def opus_packets(audio: np.ndarray) -> list[bytes]:
+    """`audio` (int16 at 24 kHz) as the 20 ms Opus packets a client sends."""
+    from audio.opus_packets import OpusPacketEncoder
+
+    return OpusPacketEncoder().encode(audio.astype(np.float32) / 32768.0)
+
+
+def bench_opus(audio: np.ndarray) -> tuple[float, float]:
+    """CPU ms per 80 ms frame of `audio` (24 kHz int16) to encode it into packets and decode them back."""
+    from audio.opus_packets import OpusPacketDecoder, OpusPacketEncoder
+
+    x = audio.astype(np.float32) / 32768.0
+    frames = len(x) // 1920
+    encoder, decoder = OpusPacketEncoder(), OpusPacketDecoder()
+    t = time.process_time()
+    packets = [p for i in range(frames) for p in encoder.encode(x[i * 1920 : (i + 1) * 1920])]
+    encode_ms = (time.process_time() - t) * 1000 / frames
+    t = time.process_time()
+    for packet in packets:
+        decoder.decode(packet)
+    return encode_ms, (time.process_time() - t) * 1000 / frames
 
 
 def _cpu_s(pid: int) -> float:
@@ -157,12 +189,17 @@ async def _client(
     captions: bool = False,
     transcripts: list[float] | None = None,
     protocol: str = "native",
+    packets: list[bytes] | None = None,
 ) -> None:
     from websockets.asyncio.client import connect
 
+    if packets:
+        chunk_ms = 20  # one Opus packet per message
+        start_msg = {**PROTOCOLS[protocol][1], "audio_format": "opus"}
     chunk = SAMPLE_RATE_HZ * chunk_ms // 1000
     start = t0 + phase_s  # chunk i is sent at start + (i + 1) * chunk_ms
-    _, start_msg, caption_type = PROTOCOLS[protocol]
+    _, native_start, caption_type = PROTOCOLS[protocol]
+    start_msg = start_msg if packets else native_start
     live = protocol == "live"  # live captions need no asking: the server makes them when it can
     async with connect(url, compression=None, max_queue=None) as ws:
         await ws.send(json.dumps({**start_msg, "captions": True} if captions and not live else start_msg))
@@ -187,7 +224,9 @@ async def _client(
                 await asyncio.sleep(delay)
             offset = (i * chunk) % (len(audio) - chunk)
             pcm = audio[offset : offset + chunk].tobytes()
-            if live:
+            if packets:
+                await ws.send(packets[i % len(packets)])
+            elif live:
                 await ws.send(
                     json.dumps(
                         {"type": "session.input_audio.append", "audio": base64.b64encode(pcm).decode()}
@@ -211,6 +250,7 @@ async def _measure(
     chunk_ms: int,
     captions: bool = False,
     protocol: str = "native",
+    packets: list[bytes] | None = None,
 ) -> dict:
     stop = asyncio.Event()
     received = [0]
@@ -230,6 +270,7 @@ async def _measure(
                 captions,
                 transcripts,
                 protocol,
+                packets,
             )
         )
         for _ in range(n)
@@ -242,7 +283,8 @@ async def _measure(
     captions1 = len(transcripts)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
-    frames = n * (w1 - w0) / FRAME_S
+    # Opus sessions get each frame as four 20 ms packets.
+    frames = n * (w1 - w0) / FRAME_S * (4 if packets else 1)
     delta = {
         k: _metric(metrics1, f"assistant_{k}_total") - _metric(metrics0, f"assistant_{k}_total")
         for k in ("underruns", "drops", "skipped_ticks", "session_frames", "captions_dropped")
@@ -312,7 +354,7 @@ def serving(
             proc.kill()
 
 
-def run_one(n: int, args: argparse.Namespace, audio: np.ndarray) -> dict:
+def run_one(n: int, args: argparse.Namespace, audio: np.ndarray, packets: list[bytes] | None = None) -> dict:
     stats_file = Path(tempfile.mkstemp(suffix=".json")[1])
     serve_args = [
         "--backend",
@@ -353,6 +395,7 @@ def run_one(n: int, args: argparse.Namespace, audio: np.ndarray) -> dict:
                 args.chunk_ms,
                 args.captions != "off",
                 args.protocol,
+                packets,
             )
         )
     clock = json.loads(stats_file.read_text()) if stats_file.stat().st_size else {}
@@ -378,11 +421,15 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.audio_format == "opus" and args.protocol != "native":
+        print("--audio-format opus is a native-protocol option (--protocol native)", file=sys.stderr)
+        return 2
     audio, what = load_audio(args.audio)
+    packets = opus_packets(audio) if args.audio_format == "opus" else None
     print(
         f"server bench: backend {args.backend}"
         + (f" ({args.model or 'tiny'}, {args.device or 'default device'})" if args.backend == "moshi" else "")
-        + f", {args.protocol} protocol, VAD {args.vad}, captions {args.captions}, clients stream {what} in "
+        + f", {args.protocol} protocol, {args.audio_format} audio, VAD {args.vad}, captions {args.captions}, clients stream {what} in "
         f"{args.chunk_ms} ms chunks from a separate process, {args.seconds:g} s measured per count, "
         f"{os.cpu_count()} CPUs"
     )
@@ -390,6 +437,12 @@ def run(args: argparse.Namespace) -> int:
         f"VAD alone: webrtc {bench_vad(audio, 'webrtc', args.chunk_ms):.3f} ms CPU per 80 ms frame"
         + (f", silero {bench_vad(audio, 'silero', args.chunk_ms):.3f} ms" if args.vad == "silero" else "")
     )
+    if packets:
+        encode_ms, decode_ms = bench_opus(audio)
+        print(
+            f"Opus alone: encode {encode_ms:.3f} + decode {decode_ms:.3f} = {encode_ms + decode_ms:.3f} ms "
+            f"CPU per 80 ms frame, {sum(map(len, packets)) * 8 / (len(packets) * 20):.1f} kbit/s"
+        )
     header = (
         f"{'sessions':>8} {'CPU ms/sess/frame':>18} {'server CPU %':>12} {'tick late p50/p99/max ms':>25} "
         f"{'step p50/p99 ms':>16} {'underruns':>9} {'underrun %':>10} {'drops':>6} {'skipped':>7} {'recv':>5}"
@@ -402,7 +455,7 @@ def run(args: argparse.Namespace) -> int:
     print(header)
     held = held_loosely = 0
     for n in counts:
-        r = run_one(n, args, audio)
+        r = run_one(n, args, audio, packets)
         late, step = r["late_ms"], r["step_ms"]
         fmt = lambda d, *ks: "/".join("-" if d.get(k) is None else f"{d[k]:.1f}" for k in ks)  # noqa: E731
         print(

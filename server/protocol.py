@@ -60,6 +60,7 @@ class ProtocolError(Exception):
 class SessionStart:
     sample_rate: int
     options: dict[str, Any]  # validated SessionOptions fields that the client set
+    audio_format: str = "pcm16"  # how binary frames carry audio, both ways, for the whole session
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,9 @@ OPTION_FIELDS = {
     "instructions",
     "voice",
 }
+# Binary frames: PCM16 at the session's rate, or one raw 24 kHz mono Opus packet per message.
+AUDIO_FORMATS = ("pcm16", "opus")
+MAX_OPUS_PACKET_BYTES = 1275  # RFC 6716's largest packet; audio/opus_packets.py refuses the same
 MAX_TOP_K = 100_000  # beyond any vocabulary; 0 = the whole vocabulary
 _VAD_FIELDS = {"threshold", "min_speech_ms", "min_silence_ms", "prefix_padding_ms"}
 
@@ -125,7 +129,7 @@ def parse_options(raw: dict[str, Any]) -> dict[str, Any]:
     """
     opts: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in ("type", "sample_rate"):
+        if key in ("type", "sample_rate", "audio_format"):
             continue
         if key not in OPTION_FIELDS:
             raise ProtocolError("invalid_value", f"unknown option {key!r}; known: {sorted(OPTION_FIELDS)}")
@@ -214,8 +218,12 @@ def decode_text(text: str | bytes) -> ClientEvent:
                 "unsupported_sample_rate",
                 f"sample_rate {rate!r} is not supported; use one of {SUPPORTED_SAMPLE_RATES}",
             )
-        return SessionStart(sample_rate=int(rate), options=parse_options(msg))
+        return SessionStart(
+            sample_rate=int(rate), options=parse_options(msg), audio_format=_audio_format(msg)
+        )
     if kind == "session.update":
+        if "audio_format" in msg:
+            raise ProtocolError("invalid_value", "audio_format is chosen once, in session.start")
         return SessionUpdate(options=parse_options(msg))
     if kind == "playback.position":
         if "played_ms" not in msg:
@@ -230,10 +238,32 @@ def decode_text(text: str | bytes) -> ClientEvent:
     )
 
 
-def check_audio(data: bytes, *, started: bool) -> None:
+def _audio_format(msg: dict[str, Any]) -> str:
+    fmt = msg.get("audio_format", "pcm16")
+    if fmt not in AUDIO_FORMATS:
+        raise ProtocolError(
+            "invalid_value", f"audio_format must be one of {AUDIO_FORMATS}, got {_preview(fmt)}"
+        )
+    if fmt == "opus" and msg["sample_rate"] != 24000:
+        raise ProtocolError(
+            "unsupported_sample_rate",
+            f"audio_format opus runs at 24000 Hz; got sample_rate {msg['sample_rate']}",
+        )
+    return fmt
+
+
+def check_audio(data: bytes, *, started: bool, audio_format: str = "pcm16") -> None:
     """Validate one binary (audio) frame; raise ProtocolError if the session cannot take it."""
     if not started:
         raise ProtocolError("not_started", "send session.start before any audio")
+    if audio_format == "opus":
+        if not 0 < len(data) <= MAX_OPUS_PACKET_BYTES:
+            raise ProtocolError(
+                "bad_audio",
+                f"audio_format opus takes one Opus packet per binary message (1 to {MAX_OPUS_PACKET_BYTES} "
+                f"bytes), got {len(data)} bytes",
+            )
+        return
     if len(data) % 2:
         raise ProtocolError(
             "bad_audio", f"audio must be 16-bit PCM (an even number of bytes), got {len(data)} bytes"
@@ -279,11 +309,15 @@ _ENCODERS: dict[type, Callable[[Any], dict[str, Any]]] = {
 }
 
 
-def encode_event(event: ev.Event) -> str | bytes:
-    """One conversation event -> the frame to send: JSON text, or raw PCM16 bytes for audio."""
+def encode_event(event: ev.Event, *, audio_format: str = "pcm16") -> str | bytes:
+    """One conversation event -> the frame to send: JSON text, or raw PCM16 bytes for audio (the
+    adapter Opus-encodes audio itself; `audio_format` is what session.ready tells the client)."""
     if isinstance(event, ev.AudioOut):
         return event.pcm16
-    return _dumps({"type": event.type, **_ENCODERS[type(event)](event)})
+    body = {"type": event.type, **_ENCODERS[type(event)](event)}
+    if isinstance(event, ev.SessionReady):
+        body["audio_format"] = audio_format
+    return _dumps(body)
 
 
 def error_event(code: str, message: str) -> str:

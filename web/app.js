@@ -252,6 +252,10 @@ const meters = {
 const latencyEl = $('[data-testid="latency"]');
 const bufferEl = $('[data-testid="buffer"]');
 const underrunsEl = $('[data-testid="underruns"]');
+const formatEl = $('[data-testid="audio-format"]');
+const kbpsUpEl = $('[data-testid="kbps-up"]');
+const kbpsDownEl = $('[data-testid="kbps-down"]');
+const FORMAT_NAMES = { opus: "Opus (WebCodecs)", pcm16: "PCM 16-bit" };
 
 /** RMS in [0, 1] -> meter position in [0, 1] over a 60 dB range. */
 function meterLevel(rms) {
@@ -279,6 +283,10 @@ function draw() {
   latencyEl.textContent = stats.lastLatencyMs === null ? "–" : String(stats.lastLatencyMs);
   bufferEl.textContent = client.live ? String(Math.round(stats.bufferedMs)) : "–";
   underrunsEl.textContent = String(stats.underruns);
+  const { upKbps, downKbps } = client.bitrates();
+  formatEl.textContent = client.live && client.audioFormat ? FORMAT_NAMES[client.audioFormat] : "–";
+  kbpsUpEl.textContent = client.live && upKbps !== null ? upKbps.toFixed(1) : "–";
+  kbpsDownEl.textContent = client.live && downKbps !== null ? downKbps.toFixed(1) : "–";
   requestAnimationFrame(draw);
 }
 

@@ -5,6 +5,9 @@
 // error, or the server ends it. It never reconnects by itself: the user presses Start again.
 // It emits "statechange", "event" (every server JSON event), "levels", "stats", "notice" (a
 // refused request the session survives) and "error" (the conversation ended with a UserError).
+// Audio goes as Opus (web/opus-link.js) when the browser's WebCodecs can code it, else as PCM16.
+
+import { OPUS_RATE, OpusLink, opusSupported } from "./opus-link.js";
 
 const SUPPORTED_RATES = [8000, 16000, 24000, 44100, 48000];
 const FALLBACK_RATE = 48000;
@@ -181,6 +184,11 @@ export class AssistantClient extends EventTarget {
     this.sessionId = null;
     this.serverOptions = null; // the session's options as the server last confirmed them
     this.sampleRate = null;
+    this.audioFormat = null; // "opus" or "pcm16": what the live session's binary frames carry
+    this.opusAvailable = null; // known long before a click, so the audio graph is made at the right rate
+    opusSupported().then((ok) => {
+      this.opusAvailable = ok;
+    });
     this.stats = AssistantClient.freshStats();
     this.serverStats = null;
     this.run = null; // everything owned by the current conversation
@@ -204,7 +212,19 @@ export class AssistantClient extends EventTarget {
       lastClearMs: null,
       clearLatenciesMs: [],
       sendDrops: 0,
+      bytesSent: 0,
+      bytesReceived: 0,
+      readyAt: null,
+      encodeMs: [],
+      decodeMs: [],
     };
+  }
+
+  /** Measured audio bitrates since session.ready, kbit/s (websocket payload, audio only). */
+  bitrates() {
+    const s = (performance.now() - (this.stats.readyAt ?? performance.now())) / 1000;
+    if (s < 0.5) return { upKbps: null, downKbps: null };
+    return { upKbps: (this.stats.bytesSent * 8) / 1000 / s, downKbps: (this.stats.bytesReceived * 8) / 1000 / s };
   }
 
   setState(state) {
@@ -240,7 +260,10 @@ export class AssistantClient extends EventTarget {
     if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) throw ERRORS.insecure();
     if (typeof AudioWorkletNode === "undefined") throw ERRORS.unsupported();
     // Created before any await, inside the click: some browsers only let audio start there.
-    let context = new AudioContext({ latencyHint: "interactive" });
+    // Opus runs at 24 kHz: the browser then resamples the microphone and the speaker for us.
+    run.audioFormat = this.opusAvailable ? "opus" : "pcm16";
+    const rate = run.audioFormat === "opus" ? { sampleRate: OPUS_RATE } : {};
+    let context = new AudioContext({ latencyHint: "interactive", ...rate });
     run.context = context;
     // Speakers need the browser's echo canceller or the assistant hears itself; headphones
     // sound better without any processing.
@@ -322,6 +345,7 @@ export class AssistantClient extends EventTarget {
         JSON.stringify({
           type: "session.start",
           sample_rate: run.context.sampleRate,
+          ...(run.audioFormat === "opus" ? { audio_format: "opus" } : {}),
           barge_in: this.settings.bargeIn,
           captions: true,
           ...this.promptOptions(),
@@ -339,7 +363,24 @@ export class AssistantClient extends EventTarget {
 
   onServerAudio(run, data) {
     this.stats.framesReceived += 1;
-    run.playback.port.postMessage({ type: "audio", pcm: data }, [data]);
+    this.stats.bytesReceived += data.byteLength;
+    if (run.opus) run.opus.decode(data);
+    else this.play(run, data);
+  }
+
+  play(run, pcm) {
+    run.playback.port.postMessage({ type: "audio", pcm }, [pcm]);
+  }
+
+  /** The session's codec, once session.ready confirmed the format. */
+  startOpus(run) {
+    run.opus = new OpusLink({
+      onPacket: (packet) => this.sendAudio(run, packet),
+      onPcm: (pcm) => this.run === run && this.play(run, pcm),
+      onError: (err) => this.dispatchEvent(new CustomEvent("notice", { detail: { code: "opus", message: String(err) } })),
+    });
+    this.stats.encodeMs = run.opus.encodeMs;
+    this.stats.decodeMs = run.opus.decodeMs;
   }
 
   onServerEvent(run, text, receivedAt) {
@@ -354,6 +395,9 @@ export class AssistantClient extends EventTarget {
         run.ready = true;
         this.sessionId = event.session_id;
         this.serverOptions = event.options ?? null;
+        this.audioFormat = event.audio_format ?? "pcm16";
+        if (this.audioFormat === "opus") this.startOpus(run);
+        this.stats.readyAt = performance.now();
         run.positionTimer = setInterval(() => this.sendPosition(run), POSITION_EVERY_MS);
         this.setState("listening");
         break;
@@ -401,6 +445,7 @@ export class AssistantClient extends EventTarget {
     run.clearSentAt ??= new Map();
     const id = this.stats.clears;
     run.clearSentAt.set(id, receivedAt);
+    run.opus?.clear();
     run.playback.port.postMessage({ type: "clear", id });
   }
 
@@ -435,8 +480,15 @@ export class AssistantClient extends EventTarget {
       this.stats.sendDrops += 1;
       return;
     }
-    ws.send(message.pcm);
+    if (run.opus) run.opus.encode(new Int16Array(message.pcm));
+    else this.sendAudio(run, message.pcm);
+  }
+
+  sendAudio(run, data) {
+    if (this.run !== run || run.ws?.readyState !== WebSocket.OPEN) return;
+    run.ws.send(data);
     this.stats.framesSent += 1;
+    this.stats.bytesSent += data.byteLength;
   }
 
   onPlaybackMessage(run, message) {
@@ -565,6 +617,7 @@ export class AssistantClient extends EventTarget {
     run.capture?.port.postMessage({ type: "stop" });
     run.playback?.port.postMessage({ type: "stop" });
     run.stream?.getTracks().forEach((t) => t.stop());
+    run.opus?.close();
     run.context?.close().catch(() => {});
     this.error = error;
     this.setState("idle");
