@@ -150,51 +150,66 @@ class Server:
 
 # -- the healthy client ------------------------------------------------------------------------------
 class HealthyClient:
-    """A /ws session streaming silence in real time; records the largest gap between audio frames."""
+    """A /ws session streaming silence in real time, in its own process (so the fuzzing in this one
+    cannot delay it): records the largest gap between two audio frames from the server."""
 
-    def __init__(self, url: str):
-        self.url = url
+    def __init__(self, url: str, out: Path):
+        self.url, self.out = url, out
         self.max_gap_ms = 0.0
         self.frames = 0
-        self._task: asyncio.Task | None = None
-        self._measuring = False
 
     async def start(self) -> None:
-        from websockets.asyncio.client import connect
-
-        self.ws = await connect(self.url, max_size=None)
-        await self.ws.send(json.dumps(STARTS["/ws"]))
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        last = None
-
-        async def send() -> None:
-            t0, n = time.monotonic(), 0
-            while True:
-                await self.ws.send(b"\x00" * FRAME_BYTES)
-                n += 1
-                await asyncio.sleep(max(0.0, t0 + n * 0.08 - time.monotonic()))
-
-        sender = asyncio.create_task(send())
-        try:
-            async for message in self.ws:
-                if isinstance(message, bytes):
-                    now = time.monotonic()
-                    if last is not None and self._measuring:
-                        self.max_gap_ms = max(self.max_gap_ms, (now - last) * 1000)
-                    last = now
-                    self.frames += 1
-                    self._measuring = self.frames > 25  # past the start-up
-        finally:
-            sender.cancel()
+        code = "import sys; from server.bench_reliability import healthy_main; healthy_main(sys.argv[1], sys.argv[2])"
+        self.proc = subprocess.Popen([sys.executable, "-c", code, self.url, str(self.out)])
+        deadline = time.monotonic() + 30
+        while not self.out.exists() and time.monotonic() < deadline:  # it writes the file once streaming
+            await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(BaseException):
-            await self._task
-        with contextlib.suppress(Exception):
-            await self.ws.close()
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(20)
+        figures = json.loads(self.out.read_text())
+        self.max_gap_ms, self.frames = figures["max_gap_ms"], figures["frames"]
+
+
+def healthy_main(url: str, out: str) -> None:
+    """The healthy client's process: stream until SIGINT, then write {"frames", "max_gap_ms"} to `out`."""
+    figures = {"frames": 0, "max_gap_ms": 0.0}
+
+    async def session() -> None:
+        from websockets.asyncio.client import connect
+
+        async with connect(url, max_size=None) as ws:
+            await ws.send(json.dumps(STARTS["/ws"]))
+
+            async def send() -> None:
+                t0, n = time.monotonic(), 0
+                while True:
+                    await ws.send(b"\x00" * FRAME_BYTES)
+                    n += 1
+                    await asyncio.sleep(max(0.0, t0 + n * 0.08 - time.monotonic()))
+
+            sender = asyncio.create_task(send())
+            last = None
+            try:
+                async for message in ws:
+                    if isinstance(message, bytes):
+                        now = time.monotonic()
+                        if last is not None and figures["frames"] > 25:  # past the start-up
+                            figures["max_gap_ms"] = max(figures["max_gap_ms"], round((now - last) * 1000, 1))
+                        last = now
+                        figures["frames"] += 1
+                        if figures["frames"] == 1:
+                            Path(out).write_text(json.dumps(figures))  # started: the bench goes on
+            finally:
+                sender.cancel()
+
+    try:
+        asyncio.run(session())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        Path(out).write_text(json.dumps(figures))
 
 
 # -- fuzz --------------------------------------------------------------------------------------------
@@ -407,7 +422,7 @@ async def bench(args) -> dict:
         workdir = Path(tmp)
         serve = ["--backend", "scripted", "--captions", "off", "--max-sessions", str(args.max_sessions)]
         with Server(serve, workdir / "server.log") as server:
-            healthy = HealthyClient(server.url("/ws"))
+            healthy = HealthyClient(server.url("/ws"), workdir / "healthy.json")
             await healthy.start()
             await asyncio.sleep(3.0)
             figures["fuzz"] = {}
@@ -433,8 +448,8 @@ async def bench(args) -> dict:
                 rss_mb_after=round(server.rss_mb(), 1),
             )
             figures["churn"] = result
-            figures["healthy_client"] = {"frames": healthy.frames, "max_gap_ms": round(healthy.max_gap_ms, 1)}
             await healthy.stop()
+            figures["healthy_client"] = {"frames": healthy.frames, "max_gap_ms": round(healthy.max_gap_ms, 1)}
             figures["tracebacks_total"] = server.tracebacks()
         figures["kill_9"] = await killed_recording(workdir)
         figures["drain"] = await drain(workdir)

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Every GPU figure of issue 18 in one bounded call (no new point starts after 480 s, so it fits one
+# 10-minute command): the CUDA-graph == eager test, the 7B random bf16 step at batch 1-64 with graphs and
+# at batch 1 eager, int8 memory and step time, and `assistant bench server` at 1-64 sessions.
+# Writes OUT/gpu-bench.json and OUT/gpu-bench.md (see docs/performance.md for the layout). A graph
+# capture or int8 kernel that fails is recorded under "errors" and the point is measured eagerly.
+#
+#   bench/gpu.sh [--out DIR]       # one NVIDIA GPU, about 120 GB free for 64 slots (default DIR bench/out)
+#   bench/gpu.sh --dry-run         # the same script on CPU: tiny model, 3 steps a point, exits 0
+#
+# Python: $PYTHON, else .venv/bin/python, else python3. The engine needs transformers >= 5.24. On a
+# machine without network whose image has an older one (the borrowed H200: Python 3.12, torch 2.11
+# cu130, transformers 5.17), carry the wheels of bench/gpu-wheels.txt in .whl/ (downloaded elsewhere,
+# never committed; docs/performance.md has the command): this script installs them into a
+# temporary folder first and puts it on PYTHONPATH.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+mode=gpu
+out=bench/out
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --dry-run) mode=dry-run ;;
+        --out) out=${2:?--out needs a folder}; shift ;;
+        -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+        *) echo "bench/gpu.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+python=${PYTHON:-}
+if [ -z "$python" ]; then
+    if [ -x .venv/bin/python ]; then python=.venv/bin/python; else python=python3; fi
+fi
+
+site=""
+if [ "$mode" = gpu ] && compgen -G ".whl/*.whl" >/dev/null; then
+    site=$(mktemp -d)
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$site" .whl/*.whl || { echo "bench/gpu.sh: installing .whl/ failed" >&2; exit 2; }
+fi
+export PYTHONPATH="$PWD${site:+:$site}${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+exec "$python" bench/gpu.py --mode "$mode" --out "$out"
