@@ -14,7 +14,6 @@ The Ogg stream is a byte stream: pages may be cut anywhere between messages; the
 from __future__ import annotations
 
 import numpy as np
-import sphn
 
 from audio.frames import SAMPLE_RATE_HZ
 
@@ -31,6 +30,8 @@ class OpusEncoder:
 
     def __init__(self, sample_rate_hz: int = SAMPLE_RATE_HZ):
         self.sample_rate_hz = sample_rate_hz
+        import sphn  # here, not at import: only /api/chat sessions need it
+
         self._writer = sphn.OpusStreamWriter(sample_rate_hz)
 
     def encode(self, pcm: np.ndarray) -> bytes:
@@ -43,6 +44,8 @@ class OpusDecoder:
 
     def __init__(self, sample_rate_hz: int = SAMPLE_RATE_HZ):
         self.sample_rate_hz = sample_rate_hz
+        import sphn
+
         self._reader = sphn.OpusStreamReader(sample_rate_hz)
         self.error: str | None = None  # why the stream broke, once it has
 

@@ -14,7 +14,6 @@ parse raises `OpusPacketError` and leaves the decoder usable for the next one.
 
 from __future__ import annotations
 
-import av
 import numpy as np
 
 from audio.frames import SAMPLE_RATE_HZ
@@ -45,6 +44,9 @@ class OpusPacketEncoder:
     """float32 PCM at 24 kHz -> 20 ms Opus packets. Samples short of a packet wait for the next call."""
 
     def __init__(self, complexity: int = COMPLEXITY, bitrate_bps: int = BITRATE_BPS):
+        import av  # here, not at import: a server that never sees an Opus session never loads PyAV
+
+        self._av = av
         self._ctx = av.CodecContext.create("libopus", "w")
         self._ctx.sample_rate = SAMPLE_RATE_HZ
         self._ctx.layout = "mono"
@@ -67,7 +69,7 @@ class OpusPacketEncoder:
         self._pending = x16[whole:]
         if not whole:
             return []
-        frame = av.AudioFrame.from_ndarray(x16[:whole].reshape(1, -1), format="s16", layout="mono")
+        frame = self._av.AudioFrame.from_ndarray(x16[:whole].reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = SAMPLE_RATE_HZ
         frame.pts = self._pts
         self._pts += whole
@@ -78,6 +80,9 @@ class OpusPacketDecoder:
     """One Opus packet at a time -> float32 (n,) at 24 kHz (480 samples for a 20 ms packet)."""
 
     def __init__(self):
+        import av
+
+        self._av = av
         self._ctx = av.CodecContext.create("libopus", "r")
         self._ctx.open()
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE_HZ)
@@ -92,8 +97,8 @@ class OpusPacketDecoder:
                 "(send one packet per binary message)"
             )
         try:
-            frames = self._ctx.decode(av.Packet(bytes(packet)))
-        except av.error.FFmpegError as exc:
+            frames = self._ctx.decode(self._av.Packet(bytes(packet)))
+        except self._av.error.FFmpegError as exc:
             raise OpusPacketError(f"not a valid Opus packet ({len(packet)} bytes): {exc}") from None
         out = [o.to_ndarray().reshape(-1) for f in frames for o in self._resampler.resample(f)]
         if not out:
