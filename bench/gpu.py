@@ -1,4 +1,4 @@
-"""bench/gpu.sh's driver: every GPU figure of issue 18 in one bounded run, as JSON and markdown.
+"""bench/gpu.sh's driver: every GPU figure docs/performance.md lists, in one bounded run, as JSON and markdown.
 
 Stages, in order (each point is recorded as it finishes, so a run cut short keeps what it measured):
 1. `tests/test_moshi_static.py`'s CUDA-graph == eager test (tokens identical), in a subprocess.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure of issue 18 in one bounded call (no new point starts after 480 s, so it fits one
+# Every GPU figure docs/performance.md lists, in one bounded call (no new point starts after 480 s, so it fits one
 # 10-minute command): the CUDA-graph == eager test, the 7B random bf16 step at batch 1-64 with graphs and
 # at batch 1 eager, int8 memory and step time, and `assistant bench server` at 1-64 sessions.
 # Writes OUT/gpu-bench.json and OUT/gpu-bench.md (see docs/performance.md for the layout). A graph

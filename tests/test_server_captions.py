@@ -27,7 +27,7 @@ LEAD_S = 1.0  # the user starts talking a moment after connecting, as people do
 GAP_S = 2.0  # silence after each question: the 500 ms end of turn, then room for the reply to start
 MAX_CORPUS_WER = 0.15
 # tiny.en hears the en-gb "why is it not" of q2 as "why it is not" (2 of 12 words, 0.167) under every
-# decoding we tried (beam 5, prefix/tail padding, int8); the corpus bound is the one the issue asks for,
+# decoding we tried (beam 5, prefix/tail padding, int8); the corpus bound is the quality target,
 # this per-file bound catches a file going badly wrong.
 MAX_FILE_WER = 0.25
 MAX_CAPTION_LATENCY_S = 15.0  # tiny.en on one CPU thread takes ~1.5 s per turn; CI boxes are slower
