@@ -28,7 +28,7 @@ format: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/pytest -q -rs
+	$(VENV)/bin/pytest -q -rs -n auto --dist loadfile
 
 # Without a --backend in ARGS, serve the best this machine runs in real time (see README, Models).
 run: $(STAMP)

@@ -167,7 +167,11 @@ class HealthyClient:
 
     async def stop(self) -> None:
         self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(20)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # its figures are on disk already (written every second)
+            self.proc.wait(5)
         figures = json.loads(self.out.read_text())
         self.max_gap_ms, self.frames = figures["max_gap_ms"], figures["frames"]
 
@@ -199,8 +203,8 @@ def healthy_main(url: str, out: str) -> None:
                             figures["max_gap_ms"] = max(figures["max_gap_ms"], round((now - last) * 1000, 1))
                         last = now
                         figures["frames"] += 1
-                        if figures["frames"] == 1:
-                            Path(out).write_text(json.dumps(figures))  # started: the bench goes on
+                        if figures["frames"] % 12 == 1:  # the first frame tells the bench it streams
+                            Path(out).write_text(json.dumps(figures))
             finally:
                 sender.cancel()
 
@@ -385,8 +389,11 @@ async def drain(workdir: Path) -> dict:
             await ws.recv()
             t0 = time.monotonic()
             s.proc.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.3)
-            status, health = s.health()
+            for _ in range(50):  # the signal is handled on the server's loop: wait until it says so
+                status, health = s.health()
+                if health.get("status") == "draining":
+                    break
+                await asyncio.sleep(0.1)
             try:
                 async with connect(s.url("/ws"), open_timeout=5) as late:
                     await late.recv()
