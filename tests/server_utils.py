@@ -23,6 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+PERSONAPLEX_TINY = (
+    REPO / "tests" / "data" / "personaplex_tiny"
+)  # a prompted checkpoint (tests/test_personaplex.py)
 _URL = re.compile(r"open https?://([\w.\-\[\]:]+?):(\d+)/")
 
 
@@ -109,6 +112,25 @@ def start_server(
 
 
 # -- a native-protocol test client ----------------------------------------------------------------
+
+
+def start_personaplex_server(
+    *args: str, max_sessions: int = 1
+) -> contextlib.AbstractContextManager[ServerAddress]:
+    """`start_server` on the tiny PersonaPlex checkpoint, on CPU, eager (it takes role and voice prompts)."""
+    return start_server(
+        "--backend",
+        "moshi",
+        "--model",
+        str(PERSONAPLEX_TINY),
+        "--device",
+        "cpu",
+        "--no-compile",
+        "--max-sessions",
+        str(max_sessions),
+        *args,
+        startup_timeout_s=120,
+    )
 
 
 class NativeClient:

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 from browser_utils import AUDIO_DIR, CHROMIUM, chromium_args, chromium_missing_reason, fake_mic_wav
-from server_utils import start_server
+from server_utils import start_personaplex_server, start_server
 
-DATA = Path(__file__).parent / "data" / "personaplex_tiny"
 _missing = chromium_missing_reason()
 pytestmark = [
     pytest.mark.browser,
@@ -42,19 +41,9 @@ def test_persona_and_voice_chosen_on_the_page_reach_the_session(tmp_path):
     mic = fake_mic_wav(AUDIO_DIR / "q1.wav", tmp_path / "mic.wav", lead_silence_s=0.5, tail_silence_s=2.0)
     record_dir = tmp_path / "record"
     with (
-        start_server(
-            "--backend",
-            "moshi",
-            "--model",
-            str(DATA),
-            "--device",
-            "cpu",
-            "--no-compile",
-            "--max-sessions",
-            "1",
+        start_personaplex_server(
             "--record",
             str(record_dir),
-            startup_timeout_s=120,
         ) as address,
         sync_playwright() as p,
     ):

@@ -8,14 +8,12 @@ reports them as not applied: tests/test_live_sdk.py, tests/test_live_ws.py.)"""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from live_utils import LiveInbox
 from openai import AsyncOpenAI
-from server_utils import start_server
+from server_utils import start_personaplex_server
 
-DATA = Path(__file__).parent / "data" / "personaplex_tiny"
 TOKEN = "live-persona-token"
 DEFAULT_ROLE = "You are a tiny model for tests."
 
@@ -23,16 +21,7 @@ DEFAULT_ROLE = "You are a tiny model for tests."
 @pytest.fixture(scope="module")
 def persona_server(tmp_path_factory):
     record = tmp_path_factory.mktemp("record")
-    with start_server(
-        "--backend",
-        "moshi",
-        "--model",
-        str(DATA),
-        "--device",
-        "cpu",
-        "--no-compile",
-        "--max-sessions",
-        "1",
+    with start_personaplex_server(
         "--auth-token",
         TOKEN,
         "--instructions",
@@ -41,7 +30,6 @@ def persona_server(tmp_path_factory):
         "TINYF0.wav",
         "--record",
         str(record),
-        startup_timeout_s=120,
     ) as address:
         address.record = record
         yield address

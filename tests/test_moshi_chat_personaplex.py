@@ -27,12 +27,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 from moshi_client import MoshiChatClient, silence
-from server_utils import REPO, start_server
+from server_utils import PERSONAPLEX_TINY, REPO, start_personaplex_server
 from websockets.asyncio.client import connect
 
 from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
 
-DATA = Path(__file__).parent / "data" / "personaplex_tiny"
+DATA = PERSONAPLEX_TINY
 ROLE = "You are a tiny model for tests. Talk about music and films."
 GREEDY = "text_temperature=0&audio_temperature=0&seed=7"
 STREAM_S = 2.0
@@ -46,19 +46,9 @@ def record_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def persona_server(record_dir):
     # One slot, as `respond` runs: a batch of one row gives the same floats.
-    with start_server(
-        "--backend",
-        "moshi",
-        "--model",
-        str(DATA),
-        "--device",
-        "cpu",
-        "--no-compile",
-        "--max-sessions",
-        "1",
+    with start_personaplex_server(
         "--record",
         str(record_dir),
-        startup_timeout_s=120,
     ) as address:
         yield address
 

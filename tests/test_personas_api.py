@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
 import pytest
 from openai import AsyncOpenAI
-from server_utils import NativeClient, http_get, start_server
+from server_utils import PERSONAPLEX_TINY, NativeClient, http_get, start_personaplex_server, start_server
 from websockets.asyncio.client import connect
 
-DATA = Path(__file__).parent / "data" / "personaplex_tiny"
+DATA = PERSONAPLEX_TINY
 TOKEN = "persona-token"
 DEFAULT_ROLE = "You are a tiny model for tests."
 OPERATOR_VOICE = DATA / "user.wav"
@@ -23,23 +22,14 @@ OPERATOR_VOICE = DATA / "user.wav"
 
 @pytest.fixture(scope="module")
 def persona_server():
-    with start_server(
-        "--backend",
-        "moshi",
-        "--model",
-        str(DATA),
-        "--device",
-        "cpu",
-        "--no-compile",
-        "--max-sessions",
-        "2",
+    with start_personaplex_server(
         "--auth-token",
         TOKEN,
         "--instructions",
         DEFAULT_ROLE,
         "--voice",
         str(OPERATOR_VOICE),  # the operator's own file: offered to clients by its name only
-        startup_timeout_s=120,
+        max_sessions=2,
     ) as address:
         yield address
 
