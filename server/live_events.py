@@ -22,6 +22,7 @@ from server.protocol import MAX_PROMPT_CHARS
 from server.realtime_events import RealtimeError as LiveError  # the same refusal: code, message, param, id
 from server.realtime_events import _need as need
 from server.realtime_events import _opt as opt
+from server.realtime_events import decode_event_envelope
 
 __all__ = [
     "AudioFormat",
@@ -384,25 +385,7 @@ def _parse_instructions_append(event: dict, event_id: str | None) -> Instruction
 
 def parse_client_event(data: str | bytes) -> ClientEvent:
     """One websocket message -> a typed client event. Raises LiveError (never anything else)."""
-    if isinstance(data, bytes):
-        raise LiveError(
-            "invalid_json",
-            "binary frames are not part of the Live protocol; send JSON text events (audio goes "
-            "base64 in session.input_audio.append)",
-        )
-    try:
-        event = json.loads(data)
-    except RecursionError:
-        raise LiveError("invalid_json", "the message nests too deeply to be a Live event") from None
-    except ValueError as exc:
-        raise LiveError("invalid_json", f"the message is not valid JSON: {exc}") from None
-    if not isinstance(event, dict):
-        raise LiveError("invalid_json", 'a client event must be a JSON object with a "type"')
-    raw_id = event.get("event_id")
-    event_id = raw_id if isinstance(raw_id, str) else None
-    kind = event.get("type")
-    if not isinstance(kind, str):
-        raise LiveError("missing_field", 'a client event needs a string "type"', "type", event_id)
+    event, event_id, kind = decode_event_envelope(data, "Live", "session.input_audio.append")
     if kind in UNSUPPORTED_CLIENT_EVENTS:
         raise LiveError("unsupported_event", f"{kind}: {UNSUPPORTED_CLIENT_EVENTS[kind]}", "type", event_id)
     if kind not in CLIENT_EVENTS:

@@ -539,23 +539,21 @@ def _parse_item_create(event: dict, event_id: str | None) -> ItemCreate:
     return ItemCreate(event_id, item_id, previous, pcm, transcript)
 
 
-def parse_client_event(
-    data: str | bytes,
-    *,
-    current_turn_detection: TurnDetection | None = None,
-    captions_model: str | None = None,
-) -> ClientEvent:
-    """One websocket message -> a typed client event. Raises RealtimeError (never anything else)."""
+def decode_event_envelope(data: str | bytes, protocol: str, audio_event: str) -> tuple[dict, str | None, str]:
+    """A JSON client event of OpenAI's websocket APIs (Realtime, Live): (the object, its event_id or
+    None, its type). Raises RealtimeError for anything else."""
     if isinstance(data, bytes):
         raise RealtimeError(
             "invalid_json",
-            "binary frames are not part of the Realtime protocol; send JSON text "
-            "events (audio goes base64 in input_audio_buffer.append)",
+            f"binary frames are not part of the {protocol} protocol; send JSON text "
+            f"events (audio goes base64 in {audio_event})",
         )
     try:
         event = json.loads(data)
     except RecursionError:
-        raise RealtimeError("invalid_json", "the message nests too deeply to be a Realtime event") from None
+        raise RealtimeError(
+            "invalid_json", f"the message nests too deeply to be a {protocol} event"
+        ) from None
     except ValueError as exc:
         raise RealtimeError("invalid_json", f"the message is not valid JSON: {exc}") from None
     if not isinstance(event, dict):
@@ -565,6 +563,17 @@ def parse_client_event(
     kind = event.get("type")
     if not isinstance(kind, str):
         raise RealtimeError("missing_field", 'a client event needs a string "type"', "type", event_id)
+    return event, event_id, kind
+
+
+def parse_client_event(
+    data: str | bytes,
+    *,
+    current_turn_detection: TurnDetection | None = None,
+    captions_model: str | None = None,
+) -> ClientEvent:
+    """One websocket message -> a typed client event. Raises RealtimeError (never anything else)."""
+    event, event_id, kind = decode_event_envelope(data, "Realtime", "input_audio_buffer.append")
     if kind in UNSUPPORTED_CLIENT_EVENTS:
         raise RealtimeError(
             "unsupported_event", f"{kind}: {UNSUPPORTED_CLIENT_EVENTS[kind]}", "type", event_id
