@@ -44,7 +44,7 @@ from server.config import (
 )
 from server.connection import serve_connection
 from server.context import ServerContext
-from server.http import make_process_request
+from server.http import BodyAwareConnection, make_process_request
 from server.live import LiveConnection
 from server.moshi_chat import MoshiChatConnection
 from server.native import NativeConnection
@@ -160,6 +160,7 @@ async def serve_forever(
         config.host,
         config.port,
         process_request=make_process_request(ctx),
+        create_connection=BodyAwareConnection,
         max_size=MAX_MESSAGE_BYTES,
         compression=None,  # audio does not compress; deflate would only burn CPU per frame
         ssl=tls,

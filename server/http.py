@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+from websockets.streams import StreamReader
 
 from server import static
 
@@ -62,11 +63,87 @@ def health_response(health: dict, path: str, figures: bool) -> Response:
     return _response(200 if up else 503, "application/json", json.dumps(body).encode())
 
 
+# -- requests with a body -----------------------------------------------------------------------
+# websockets reads only a request's head and drops a request that announces a body without any
+# answer. Nothing here takes a body, but a client that sends one (a POST, a health checker that
+# posts) deserves a status line saying so. The reader below keeps the body headers away from
+# websockets' parser and puts them back on the parsed request, so `process_request` answers it; the
+# body's bytes are dropped as they arrive and never read as websocket frames.
+
+_BODY_HEADERS = (b"content-length", b"transfer-encoding")
+_MAX_HELD_HEADERS = 4  # more body headers than this: websockets refuses the request as before
+
+
+class _BodyAwareReader(StreamReader):
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[tuple[str, str]] = []
+        self._head_read = False
+
+    def read_line(self, m: int, too_long_exc_type: type[Exception] = RuntimeError):
+        while True:
+            line = yield from super().read_line(m, too_long_exc_type)
+            if self._head_read:
+                return line
+            if line.strip() == b"":
+                self._head_read = True
+                return line
+            name, colon, value = bytes(line).partition(b":")
+            announces = name.strip().lower() in _BODY_HEADERS and value.strip() != b"0"
+            if not colon or not announces or len(self.held) >= _MAX_HELD_HEADERS:
+                return line
+            self.held.append((name.strip().decode("latin-1"), value.strip().decode("latin-1")))
+
+    def read_exact(self, n: int):
+        # Reached only after the head, by websockets' frame parser. For a request with a body that
+        # parser waits here until the refusal replaces it (the body is dropped meanwhile).
+        while self.held:
+            self.discard()
+            yield
+        return (yield from super().read_exact(n))
+
+
+class BodyAwareConnection(ServerConnection):
+    """websockets' server connection whose handshake answers requests that carry a body."""
+
+    def __init__(self, protocol, *args, **kwargs) -> None:
+        protocol.reader = _BodyAwareReader()
+        protocol.parser = protocol.parse()  # restart the parser on the new reader (no data yet)
+        next(protocol.parser)
+        super().__init__(protocol, *args, **kwargs)
+
+
+def _body_refusal(connection: ServerConnection, request: Request) -> Response | None:
+    reader = connection.protocol.reader
+    held = getattr(reader, "held", [])
+    if not held:
+        return None
+    for name, value in held:  # the request as sent, for anyone who looks at it later
+        request.headers[name] = value
+    method = request.method
+    if method not in ("GET", "HEAD"):
+        return _response(
+            405,
+            "text/plain; charset=utf-8",
+            f"{method} is not served here; use GET\n".encode(),
+            {"Allow": "GET, HEAD", "Connection": "close"},
+        )
+    return _response(
+        400,
+        "text/plain; charset=utf-8",
+        b"a request body is not accepted here\n",
+        {"Connection": "close"},
+    )
+
+
 def make_process_request(ctx):
     """The handshake hook: answers plain HTTP requests, lets authorised websocket upgrades through."""
     config = ctx.config
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
+        refusal = _body_refusal(connection, request)
+        if refusal is not None:  # always refused: an upgrade would leave its frames unread
+            return refusal
         path = urlsplit(request.path).path
         if path in WEBSOCKET_PATHS:
             if not check_auth(config.auth_token, request):

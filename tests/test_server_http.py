@@ -4,6 +4,7 @@ capacity. Real servers on loopback, real websocket clients."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import pytest
@@ -259,6 +260,73 @@ def test_methods_other_than_get_and_head_get_405_with_allow(server, method):
         assert b"GET" in resp.read()
     finally:
         conn.close()
+
+
+def _raw_exchange(server, head: bytes, body_chunks=(), timeout=10.0) -> bytes:
+    """Send a request head and a body (possibly larger than any buffer), then read the answer."""
+    import socket
+
+    with socket.create_connection((server.host, server.port), timeout=timeout) as sock:
+        sock.sendall(head)
+        for chunk in body_chunks:
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break  # the server answered and stopped reading: the answer is already on its way
+        raw = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                raw += chunk
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", "/healthz", 405),
+        ("POST", "/", 405),
+        ("PUT", "/ws", 405),
+        ("POST", "/v1/realtime", 405),
+        ("GET", "/healthz", 400),
+        ("GET", "/ws", 400),
+    ],
+)
+def test_a_request_with_a_body_gets_an_answer(server, method, path, status):
+    # websockets alone drops such a request without a status line; clients then see a reset.
+    body = b'{"probe": true}'
+    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    raw = _raw_exchange(server, head, [body])
+    assert raw.startswith(f"HTTP/1.1 {status} ".encode()), raw[:200]
+    head_out = raw.partition(b"\r\n\r\n")[0].lower()
+    if status == 405:
+        assert b"allow: get, head" in head_out
+    assert b"connection: close" in head_out
+
+
+def test_large_and_chunked_bodies_are_answered_and_dropped(server):
+    chunk = bytes(range(256)) * 256  # 64 KiB; the body bytes must never be read as frames
+    head = f"POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: {len(chunk) * 64}\r\n\r\n".encode()
+    raw = _raw_exchange(server, head, [chunk] * 64)
+    assert raw.startswith(b"HTTP/1.1 405 "), raw[:200]
+    head = b"POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    raw = _raw_exchange(server, head, [b"10000\r\n" + chunk + b"\r\n"] * 8 + [b"0\r\n\r\n"])
+    assert raw.startswith(b"HTTP/1.1 405 "), raw[:200]
+    # The server is unharmed: HTTP and a websocket session still work.
+    status, _, _ = http_get(server, "/healthz")
+    assert status == 200
+
+    async def session():
+        async with connect(server.ws_url) as ws:
+            return await NativeClient(ws).start()
+
+    assert asyncio.run(session())["sample_rate"] == 24000
+
+
+def test_an_empty_body_header_is_an_ordinary_request(server):
+    raw = _raw_exchange(
+        server, b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    assert raw.startswith(b"HTTP/1.1 200 ")
 
 
 @pytest.mark.parametrize("path", ["/", "/healthz", "/metrics"])
