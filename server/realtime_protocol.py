@@ -51,6 +51,7 @@ from server.realtime_events import (
     parse_client_event,
     warning,
 )
+from server.realtime_prompt import prompt_update
 from server.realtime_records import ConfigureInput, Item, PushAudio, Response, SetPrompt, SetSilenced
 
 __all__ = [
@@ -206,58 +207,22 @@ class RealtimeConversation:
             return self._response_cancel(ev)
         raise TypeError(f"not a client event: {ev!r}")
 
-    def _prompt_update(self, ev: SessionUpdate, warnings: list) -> list:
-        """Instructions and voice of a session.update: applied (a SetPrompt) or reported as ignored.
-
-        Raises RealtimeError, before anything changes, for a prompt the engine refuses."""
-        changes = ev.changes
-        instructions, voice = self.instructions, self.voice
-        if "instructions" in changes:
-            if self.takes_prompts:
-                instructions = changes["instructions"]
-            elif changes["instructions"]:
-                warnings.append(
-                    warning(
-                        "session.instructions",
-                        f"this model ({self.model}) takes no text prompt; instructions need a "
-                        "PersonaPlex-family checkpoint; ignored",
-                    )
-                )
-        if "voice" in changes and changes["voice"] != self.voice:
-            if not self.takes_prompts:
-                warnings.append(
-                    warning(
-                        "session.audio.output.voice",
-                        f"the voice is fixed by the model ({self.voice}); ignored",
-                    )
-                )
-            else:
-                try:
-                    self.check_prompt(None, changes["voice"])
-                    voice = changes["voice"]
-                except ValueError as exc:  # e.g. an OpenAI voice name: keep talking in the current one
-                    warnings.append(warning("session.audio.output.voice", f"{exc}; keeping {self.voice}"))
-        if (instructions, voice) == (self.instructions, self.voice):
-            return []
-        try:
-            self.check_prompt(instructions or None, voice)
-        except ValueError as exc:
-            raise RealtimeError("invalid_value", str(exc), "session.instructions", ev.event_id) from None
-        if self.input_ms > 0:
-            warnings.append(
-                warning(
-                    "session.instructions",
-                    "the model starts over with the new prompt: what it heard before is forgotten",
-                )
-            )
-        self.instructions, self.voice = instructions, voice
-        return [SetPrompt(instructions or None, voice)]
-
     def _session_update(self, ev: SessionUpdate) -> list:
         out: list = []
         changes = ev.changes
         warnings = list(ev.warnings)
-        out += self._prompt_update(ev, warnings)
+        prompt = prompt_update(
+            (self.instructions, self.voice),
+            ev,
+            warnings,
+            takes_prompts=self.takes_prompts,
+            check_prompt=self.check_prompt,
+            model=self.model,
+            heard_audio=self.input_ms > 0,
+        )
+        if prompt is not None:
+            self.instructions, self.voice = prompt
+            out.append(SetPrompt(prompt[0] or None, prompt[1]))
         reconfigure = False
         if "turn_detection" in changes:
             td = changes["turn_detection"]
