@@ -46,6 +46,7 @@ from server.connection import serve_connection
 from server.context import ServerContext
 from server.http import BodyAwareConnection, make_process_request
 from server.live import LiveConnection
+from server.memory import MemoryReporter
 from server.moshi_chat import MoshiChatConnection
 from server.native import NativeConnection
 from server.protocol import CLOSE_POLICY, MAX_MESSAGE_BYTES
@@ -146,6 +147,10 @@ async def serve_forever(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal)
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID`: a memory report in the log (server/memory.py)
+        reporter = MemoryReporter()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGUSR1, lambda: print(reporter.report(), flush=True))
     tls = _ssl_context(config.ssl_cert, config.ssl_key)
     # Build one VAD now: its first construction imports and initialises the classifier (~60 ms),
     # which would otherwise stall the frame clock when the first session starts.

@@ -8,7 +8,8 @@ one healthy client streams a session in real time on /ws the whole time, measure
   still answers after each endpoint;
 - churn: workers open sessions and end them at random points (clean close, or a TCP reset in
   the middle of an audio frame); figures: cycles, refusals (1013) while capacity was free,
-  slots still taken afterwards (leaks), the server's RSS after a warm-up and at the end;
+  slots still taken afterwards (leaks), the server's RSS after a warm-up and at the end, raw and
+  once glibc has returned its free heap (server/memory.py's report, by SIGUSR1);
 - the healthy client's largest gap between two audio frames, throughout;
 - kill -9: a recording server killed mid-session; seconds of the user's audio the recording lost;
 - drain: SIGTERM with a live session and --drain-seconds: /healthz while draining, how a new
@@ -75,6 +76,15 @@ EVENT_TYPES = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fuzz", type=int, default=20000, help="fuzz messages per endpoint (default 20000)")
     parser.add_argument("--churn", type=int, default=2000, help="churn cycles (default 2000)")
+    parser.add_argument(
+        "--warm-up", type=int, default=2000, help="churn cycles before memory is measured (default 2000)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="rounds of --churn cycles, memory measured after each (default 1)",
+    )
     parser.add_argument("--workers", type=int, default=24, help="churn workers (default 24)")
     parser.add_argument("--max-sessions", type=int, default=32, help="server capacity (default 32)")
     parser.add_argument("--connections", type=int, default=12, help="parallel fuzz connections (default 12)")
@@ -85,6 +95,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--limit-s", type=float, default=600.0, help="stop after this many seconds (default 600)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--trace-memory",
+        action="store_true",
+        help="run the server under tracemalloc and report which source lines grew during fuzz and "
+        "churn (slower: its timing figures are then not comparable)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
 
 
@@ -92,14 +108,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class Server:
     """`assistant serve` in its own process, its output in a log file; SIGTERM (then kill) at exit."""
 
-    def __init__(self, args: list[str], log_path: Path):
+    def __init__(self, args: list[str], log_path: Path, trace_memory: bool = False):
         self.log_path = log_path
+        self.trace_memory = trace_memory
+        self.reports = 0
         self.cmd = [sys.executable, "-m", "assistant", "serve", "--host", "127.0.0.1", "--port", "0", *args]
         self.proc: subprocess.Popen | None = None
         self.port = 0
 
     def __enter__(self) -> Server:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        if self.trace_memory:
+            env["PYTHONTRACEMALLOC"] = "1"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in __exit__
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 60
@@ -130,6 +150,28 @@ class Server:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
+
+    async def memory_report(self) -> dict:
+        """SIGUSR1 (server/memory.py): the server's own count of its objects, and its tracemalloc
+        snapshot when it runs under --trace-memory."""
+        self.reports += 1
+        self.proc.send_signal(signal.SIGUSR1)
+        pattern = re.compile(
+            rf"memory report {self.reports}: RSS ([\d.]+) MB(?: \(([\d.]+) MB after malloc_trim\))?, (\d+) objects"
+            r".*?(?:snapshot (\S+)\n|\(run under)",
+            re.S,
+        )
+        for _ in range(600):
+            m = pattern.search(self.log_path.read_text(errors="replace"))
+            if m:
+                return {
+                    "rss_mb": float(m.group(1)),
+                    "rss_mb_trimmed": float(m.group(2)) if m.group(2) else None,
+                    "objects": int(m.group(3)),
+                    "snapshot": m.group(4),
+                }
+            await asyncio.sleep(0.1)
+        return {}
 
     def health(self) -> tuple[int, dict]:
         import http.client
@@ -419,6 +461,48 @@ async def drain(workdir: Path) -> dict:
     }
 
 
+# -- memory --------------------------------------------------------------------------------------------
+def memory_figures(reports: dict[str, dict], top: int = 8) -> dict:
+    """Objects the server counts at each point; under tracemalloc also the traced total and the
+    source lines that grew most from one point to the next."""
+    import tracemalloc
+
+    figures: dict = {
+        "objects": {k: r.get("objects") for k, r in reports.items()},
+        "rss_mb": {k: (r.get("rss_mb"), r.get("rss_mb_trimmed")) for k, r in reports.items()},
+    }
+    snapshots = {k: tracemalloc.Snapshot.load(r["snapshot"]) for k, r in reports.items() if r.get("snapshot")}
+    if not snapshots:
+        return figures
+    figures["traced_mb"] = {
+        k: round(sum(s.size for s in snap.statistics("filename")) / 2**20, 2) for k, snap in snapshots.items()
+    }
+    names = list(snapshots)
+    figures["grown"] = {}
+    for a, b in zip(names, names[1:], strict=False):
+        stats = snapshots[b].compare_to(snapshots[a], "lineno")
+        stats.sort(key=lambda s: -s.size_diff)
+        figures["grown"][f"{a} -> {b}"] = [
+            {
+                "kib": round(s.size_diff / 1024, 1),
+                "blocks": s.count_diff,
+                "line": f"{_short(s.traceback[0].filename)}:{s.traceback[0].lineno}",
+            }
+            for s in stats[:top]
+            if s.size_diff > 0
+        ]
+    return figures
+
+
+def _short(filename: str) -> str:
+    for marker in ("site-packages/", "lib/python3"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    with contextlib.suppress(ValueError):
+        return str(Path(filename).relative_to(Path.cwd()))
+    return filename
+
+
 # -- the run -----------------------------------------------------------------------------------------
 async def bench(args) -> dict:
     from server.app import ENDPOINTS
@@ -428,10 +512,11 @@ async def bench(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-reliability-") as tmp:
         workdir = Path(tmp)
         serve = ["--backend", "scripted", "--captions", "off", "--max-sessions", str(args.max_sessions)]
-        with Server(serve, workdir / "server.log") as server:
+        with Server(serve, workdir / "server.log", args.trace_memory) as server:
             healthy = HealthyClient(server.url("/ws"), workdir / "healthy.json")
             await healthy.start()
             await asyncio.sleep(3.0)
+            reports = {"start": await server.memory_report()}
             figures["fuzz"] = {}
             for path in ENDPOINTS:
                 if time.monotonic() > deadline:
@@ -440,27 +525,45 @@ async def bench(args) -> dict:
                 result = await fuzz_endpoint(server, path, args.fuzz, args)
                 result["tracebacks"] = server.tracebacks() - before
                 figures["fuzz"][path] = result
-            warm = await churn(server, min(200, args.churn), args)
+            reports["after fuzz"] = await server.memory_report()
+            warm = await churn(server, args.warm_up, args)
             await asyncio.sleep(1.0)
-            rss_before = server.rss_mb()
-            result = await churn(server, args.churn, args)
-            await asyncio.sleep(1.5)  # closes finish; the last frames are sent
+            rss_before = server.rss_mb()  # before the report: it hands free heap back to the system
+            reports["after warm-up"] = await server.memory_report()
+            result = {"cycles": 0, "refused": 0, "rss_mb_rounds": []}
+            for r in range(args.rounds):
+                one = await churn(server, args.churn, args)
+                result["cycles"] += one["cycles"]
+                result["refused"] += one["refused"]
+                await asyncio.sleep(1.5)  # closes finish; the last frames are sent
+                result["rss_mb_rounds"].append(round(server.rss_mb(), 1))
+                reports[
+                    "after churn" if args.rounds == 1 else f"after round {r + 1}"
+                ] = await server.memory_report()
             _, health = server.health()
+            last = list(reports.values())[-1]
             result.update(
                 warm_up_cycles=warm["cycles"],
                 live_after=health.get("live_sessions"),
                 leaked_slots=(health.get("live_sessions") or 0) - 1,  # the healthy client's is the only one
                 capacity_left=health.get("capacity_left"),
                 rss_mb_before=round(rss_before, 1),
-                rss_mb_after=round(server.rss_mb(), 1),
+                rss_mb_after=result["rss_mb_rounds"][-1],
+                retained_mb_before=reports["after warm-up"].get("rss_mb_trimmed"),
+                retained_mb_after=last.get("rss_mb_trimmed"),
             )
             figures["churn"] = result
+            figures["memory"] = memory_figures(reports)
             await healthy.stop()
             figures["healthy_client"] = {"frames": healthy.frames, "max_gap_ms": round(healthy.max_gap_ms, 1)}
             figures["tracebacks_total"] = server.tracebacks()
         figures["kill_9"] = await killed_recording(workdir)
         figures["drain"] = await drain(workdir)
     return figures
+
+
+def _growth(before: float, after: float) -> str:
+    return f"{100 * (after - before) / max(before, 1e-9):+.1f}%"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -474,12 +577,34 @@ def run(args: argparse.Namespace) -> int:
             f"  {path:20s} {f['messages']:6d} msgs  {f['tracebacks']} tracebacks  {f['healthz_after']}  {f['closes']}"
         )
     c = figures["churn"]
-    growth = 100 * (c["rss_mb_after"] - c["rss_mb_before"]) / max(c["rss_mb_before"], 1e-9)
     print(
-        f"churn: {c['cycles']} cycles ({args.workers} workers, {args.max_sessions} slots), {c['refused']} refused, "
-        f"{c['leaked_slots']} slots leaked; RSS {c['rss_mb_before']} -> {c['rss_mb_after']} MB ({growth:+.1f}%) "
-        f"after {c['warm_up_cycles']} warm-up cycles"
+        f"churn: {c['cycles']} cycles ({args.workers} workers, {args.max_sessions} slots) after "
+        f"{c['warm_up_cycles']} warm-up cycles: {c['refused']} refused, {c['leaked_slots']} slots leaked"
     )
+    print(
+        f"  RSS {c['rss_mb_before']} -> {c['rss_mb_after']} MB ({_growth(c['rss_mb_before'], c['rss_mb_after'])})"
+    )
+    if c["retained_mb_before"] is not None:
+        print(
+            f"  retained (RSS once glibc returns its free heap) {c['retained_mb_before']} -> {c['retained_mb_after']} MB "
+            f"({_growth(c['retained_mb_before'], c['retained_mb_after'])})"
+        )
+    if len(c["rss_mb_rounds"]) > 1:
+        print(f"  RSS after each round of {args.churn}: {c['rss_mb_rounds']}")
+    m = figures["memory"]
+    print(
+        "server objects (created after start-up): " + ", ".join(f"{k} {v}" for k, v in m["objects"].items())
+    )
+    print(
+        "server RSS MB (-> once glibc returns its free heap): "
+        + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in m["rss_mb"].items())
+    )
+    if "traced_mb" in m:
+        print("tracemalloc, traced MB: " + ", ".join(f"{k} {v}" for k, v in m["traced_mb"].items()))
+        for span, lines in m["grown"].items():
+            print(f"  grew most, {span}:")
+            for g in lines:
+                print(f"    {g['kib']:+9.1f} KiB {g['blocks']:+7d} blocks  {g['line']}")
     h = figures["healthy_client"]
     print(f"healthy client: {h['frames']} frames, largest gap {h['max_gap_ms']} ms")
     print(f"tracebacks in the server log: {figures['tracebacks_total']}")

@@ -11,7 +11,8 @@ import pytest
 def test_bench_reliability_small_run(capsys):
     from assistant.cli import main
 
-    assert main(["bench", "reliability", "--fuzz", "150", "--churn", "60", "--workers", "6", "--json"]) == 0
+    argv = ["bench", "reliability", "--fuzz", "150", "--churn", "30", "--rounds", "2", "--warm-up", "20"]
+    assert main([*argv, "--workers", "6", "--json"]) == 0
     figures = json.loads(capsys.readouterr().out)
     assert set(figures["fuzz"]) >= {"/ws", "/v1/realtime"}
     for path, fuzz in figures["fuzz"].items():
@@ -19,6 +20,18 @@ def test_bench_reliability_small_run(capsys):
         assert fuzz["messages"] >= 150
     churn = figures["churn"]
     assert churn["cycles"] == 60 and churn["refused"] == 0 and churn["leaked_slots"] == 0
+    assert churn["warm_up_cycles"] == 20 and len(churn["rss_mb_rounds"]) == 2
+    # The server's own memory reports (SIGUSR1) were read at every point.
+    memory = figures["memory"]
+    assert list(memory["objects"]) == [
+        "start",
+        "after fuzz",
+        "after warm-up",
+        "after round 1",
+        "after round 2",
+    ]
+    assert all(n > 0 for n in memory["objects"].values())
+    assert 0 < churn["retained_mb_after"] <= churn["rss_mb_after"] + 1
     assert figures["tracebacks_total"] == 0
     assert figures["healthy_client"]["frames"] > 50
     assert 0 <= figures["kill_9"]["lost_s"] <= 1.0
@@ -26,3 +39,38 @@ def test_bench_reliability_small_run(capsys):
     assert drain["healthz_while_draining"] == "503 draining"
     assert drain["new_session"].startswith("1013")
     assert drain["live_session_ended"] == "server_shutdown"
+
+
+def test_memory_figures_name_the_line_that_grew(tmp_path):
+    import tracemalloc
+
+    from server.bench_reliability import memory_figures
+
+    tracemalloc.start()
+    try:
+        paths = []
+        kept = []
+        for i in range(2):
+            path = tmp_path / f"{i}.tracemalloc"
+            tracemalloc.take_snapshot().dump(str(path))
+            paths.append(str(path))
+            kept.append(bytearray(2_000_000))  # the growth between the two snapshots
+    finally:
+        tracemalloc.stop()
+    reports = {
+        "a": {"objects": 10, "rss_mb": 50.0, "rss_mb_trimmed": 40.0, "snapshot": paths[0]},
+        "b": {"objects": 12, "rss_mb": 52.0, "rss_mb_trimmed": 41.0, "snapshot": paths[1]},
+    }
+    figures = memory_figures(reports)
+    assert figures["objects"] == {"a": 10, "b": 12}
+    top = figures["grown"]["a -> b"][0]
+    assert top["line"].endswith("test_bench_reliability.py:" + str(_line_of("kept.append(bytearray")))
+    assert top["kib"] >= 1900
+    assert kept
+
+
+def _line_of(text: str) -> int:
+    from pathlib import Path
+
+    lines = Path(__file__).read_text().splitlines()
+    return next(i for i, line in enumerate(lines, 1) if text in line and "_line_of" not in line)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from assistant.engine import Engine, SlotOptions, StepOutput
-from assistant.scheduler import FrameClock, Scheduler, gather_batch
+from assistant.scheduler import FrameClock, Scheduler, TickLog, gather_batch
 
 F = 1920
 
@@ -267,3 +267,28 @@ async def test_a_tick_waits_briefly_for_input_that_is_just_late():
     # Input that is not there after the grace period is an underrun as before.
     await sched.tick()
     np.testing.assert_array_equal(late.got[1][0], np.zeros(F))
+
+
+def test_tick_log_keeps_the_last_ticks_in_fixed_memory():
+    log = TickLog(size=4)
+    buffer = log._rows
+    for i in range(10):
+        log.append(float(i), 2.0 * i, i % 3)
+    assert len(log) == 4 and log.count == 10
+    np.testing.assert_array_equal(log.rows()[:, 0], [6, 7, 8, 9])  # oldest first after wrapping
+    np.testing.assert_array_equal(log.rows()[:, 1], [12, 14, 16, 18])
+    assert log._rows is buffer  # no growth: the same buffer all along
+    short = TickLog(size=8)
+    short.append(1.0, float("nan"), 1)
+    assert short.rows().shape == (1, 3)
+
+
+async def test_clock_stats_count_only_ticks_that_served_someone():
+    engine = EchoEngine(2)
+    sched = Scheduler(engine)
+    sched.tick_log.append(5.0, 1.0, 0)  # idle ticks do not count
+    sched.tick_log.append(1.0, 2.0, 1)
+    sched.tick_log.append(3.0, 4.0, 2)
+    stats = sched.clock_stats()
+    assert stats["ticks"] == 2 and stats["max_live"] == 2
+    assert stats["late_ms"]["max"] == 3.0 and stats["step_ms"]["p50"] == 3.0
