@@ -19,6 +19,7 @@ from typing import Any
 from assistant.conversation import events as ev
 from assistant.conversation.options import BARGE_IN_POLICIES, SUPPORTED_SAMPLE_RATES
 from assistant.engine import MAX_PROMPT_CHARS
+from server.json_frames import InvalidJson, load_object
 
 # 1 MiB, text or binary; the websocket layer closes the socket with 1009 on anything bigger.
 MAX_MESSAGE_BYTES = 1 << 20
@@ -197,13 +198,9 @@ def check_voice_name(voice: str) -> None:
 def decode_text(text: str | bytes) -> ClientEvent:
     """Decode one JSON text frame into a client event; raise ProtocolError if it is not one."""
     try:
-        msg = json.loads(text)
-    except RecursionError:
-        raise ProtocolError("invalid_json", "text frames must be JSON objects: it nests too deeply") from None
-    except (ValueError, UnicodeDecodeError) as exc:
+        msg = load_object(text)
+    except InvalidJson as exc:
         raise ProtocolError("invalid_json", f"text frames must be JSON objects: {exc}") from None
-    if not isinstance(msg, dict):
-        raise ProtocolError("invalid_json", f"text frames must be JSON objects, got {type(msg).__name__}")
     kind = msg.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("missing_field", "every event needs a string 'type'")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from audio.frames import SAMPLE_RATE_HZ
+from server.json_frames import InvalidJson, load_object
 from server.protocol import check_voice_name
 
 BYTES_PER_MS = SAMPLE_RATE_HZ * 2 // 1000  # PCM16 mono
@@ -549,15 +550,11 @@ def decode_event_envelope(data: str | bytes, protocol: str, audio_event: str) ->
             f"events (audio goes base64 in {audio_event})",
         )
     try:
-        event = json.loads(data)
-    except RecursionError:
+        event = load_object(data)
+    except InvalidJson as exc:
         raise RealtimeError(
-            "invalid_json", f"the message nests too deeply to be a {protocol} event"
+            "invalid_json", f'a {protocol} client event is a JSON object with a "type"; this message: {exc}'
         ) from None
-    except ValueError as exc:
-        raise RealtimeError("invalid_json", f"the message is not valid JSON: {exc}") from None
-    if not isinstance(event, dict):
-        raise RealtimeError("invalid_json", 'a client event must be a JSON object with a "type"')
     raw_id = event.get("event_id")
     event_id = raw_id if isinstance(raw_id, str) else None
     kind = event.get("type")

@@ -158,3 +158,25 @@ def test_rate_limiter_allows_bursts_then_the_average_rate():
     # Over two seconds at 100 tries/s only the refilled burst and the rate get through.
     allowed = sum(limiter.allow(1.0 + i / 100) for i in range(200))
     assert 5 + 20 - 2 <= allowed <= 5 + 20
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 5000 + "]" * 5000,
+        '{"type": "x", "n": 1' + "0" * 5000 + "}",  # past Python's 4300-digit limit
+        "[1, 2]",
+        b"\xff\xfe",
+        "",
+    ],
+)
+def test_every_json_protocol_refuses_the_same_frames_with_invalid_json(text):
+    # One decoder for /ws, /v1/realtime and /v1/live/sessions: the same frame is refused by each.
+    from server import live_events, realtime_events
+
+    assert code_of(text) == "invalid_json"
+    if isinstance(text, str):  # binary frames are refused as such by the OpenAI APIs
+        for parse in (realtime_events.parse_client_event, live_events.parse_client_event):
+            with pytest.raises(realtime_events.RealtimeError) as info:  # LiveError is the same class
+                parse(text)
+            assert info.value.code == "invalid_json"
