@@ -230,6 +230,8 @@ def build_server_engine(config: ServerConfig) -> Engine:
 
 
 def run(args: argparse.Namespace) -> int:
+    if hasattr(signal, "SIGUSR1"):  # a memory report asked for while the model loads is not a kill
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -73,6 +73,13 @@ EVENT_TYPES = {
 }
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fuzz", type=int, default=20000, help="fuzz messages per endpoint (default 20000)")
     parser.add_argument("--churn", type=int, default=2000, help="churn cycles (default 2000)")
@@ -81,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--rounds",
-        type=int,
+        type=_at_least_one,
         default=1,
         help="rounds of --churn cycles, memory measured after each (default 1)",
     )
@@ -120,6 +127,7 @@ class Server:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         if self.trace_memory:
             env["PYTHONTRACEMALLOC"] = "1"
+            env["TMPDIR"] = str(self.log_path.parent)  # the snapshots go with the bench's work folder
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in __exit__
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 60

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import http
+import inspect
 import json
 from urllib.parse import parse_qs, urlsplit
 
@@ -67,44 +68,74 @@ def health_response(health: dict, path: str, figures: bool) -> Response:
 # websockets reads only a request's head and drops a request that announces a body without any
 # answer. Nothing here takes a body, but a client that sends one (a POST, a health checker that
 # posts) deserves a status line saying so. The reader below keeps the body headers away from
-# websockets' parser and puts them back on the parsed request, so `process_request` answers it; the
-# body's bytes are dropped as they arrive and never read as websocket frames.
+# websockets' parser and counts them; the connection then answers 405/400 before anything else
+# looks at the request. The body's bytes are dropped as they arrive, never read as websocket frames.
 
 _BODY_HEADERS = (b"content-length", b"transfer-encoding")
-_MAX_HELD_HEADERS = 4  # more body headers than this: websockets refuses the request as before
+_MAX_BODY_HEADERS = 64  # past this many, the lines go to websockets, which drops the request unanswered
+
+
+def _announces_body(line: bytes | bytearray) -> bool:
+    name, colon, value = bytes(line).partition(b":")
+    name = name.strip().lower()
+    if not colon or name not in _BODY_HEADERS:
+        return False
+    return name == b"transfer-encoding" or value.strip() != b"0"  # "Content-Length: 0" is no body
 
 
 class _BodyAwareReader(StreamReader):
+    """websockets' stream reader, but the request head's body headers are counted, not passed on.
+    After the head, websockets' own methods serve every read (no extra layer per frame), except
+    that with a body the frame parser is held until the refusal replaces it."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.held: list[tuple[str, str]] = []
-        self._head_read = False
+        self.body_headers = 0
+        self.read_line = self._read_head_line
+        self.read_exact = self._read_exact_after_head
 
-    def read_line(self, m: int, too_long_exc_type: type[Exception] = RuntimeError):
+    def _read_head_line(self, m: int, too_long_exc_type: type[Exception] = RuntimeError):
         while True:
-            line = yield from super().read_line(m, too_long_exc_type)
-            if self._head_read:
+            line = yield from StreamReader.read_line(self, m, too_long_exc_type)
+            if line.strip() == b"":  # the end of the head
+                del self.read_line
+                if not self.body_headers:
+                    del self.read_exact
                 return line
-            if line.strip() == b"":
-                self._head_read = True
+            if self.body_headers >= _MAX_BODY_HEADERS or not _announces_body(line):
                 return line
-            name, colon, value = bytes(line).partition(b":")
-            announces = name.strip().lower() in _BODY_HEADERS and value.strip() != b"0"
-            if not colon or not announces or len(self.held) >= _MAX_HELD_HEADERS:
-                return line
-            self.held.append((name.strip().decode("latin-1"), value.strip().decode("latin-1")))
+            self.body_headers += 1
 
-    def read_exact(self, n: int):
-        # Reached only after the head, by websockets' frame parser. For a request with a body that
-        # parser waits here until the refusal replaces it (the body is dropped meanwhile).
-        while self.held:
+    def _read_exact_after_head(self, n: int):
+        while self.body_headers and not self.eof:
             self.discard()
             yield
-        return (yield from super().read_exact(n))
+        return (yield from StreamReader.read_exact(self, n))
+
+
+def _body_refusal(reader: StreamReader, request: Request) -> Response | None:
+    if not getattr(reader, "body_headers", 0):
+        return None
+    if request.method not in ("GET", "HEAD"):
+        response = _response(
+            405,
+            "text/plain; charset=utf-8",
+            f"{request.method} is not served here; use GET\n".encode(),
+            {"Allow": "GET, HEAD", "Connection": "close"},
+        )
+    else:
+        response = _response(
+            400,
+            "text/plain; charset=utf-8",
+            b"a request body is not accepted here\n",
+            {"Connection": "close"},
+        )
+    return dataclasses.replace(response, body=b"") if request.method == "HEAD" else response
 
 
 class BodyAwareConnection(ServerConnection):
-    """websockets' server connection whose handshake answers requests that carry a body."""
+    """websockets' server connection, whose handshake answers a request that carries a body (405,
+    or 400 for GET and HEAD) before `process_request` or an upgrade could see it."""
 
     def __init__(self, protocol, *args, **kwargs) -> None:
         protocol.reader = _BodyAwareReader()
@@ -112,28 +143,15 @@ class BodyAwareConnection(ServerConnection):
         next(protocol.parser)
         super().__init__(protocol, *args, **kwargs)
 
+    async def handshake(self, process_request=None, *args, **kwargs) -> None:
+        async def refuse_bodies(connection: ServerConnection, request: Request) -> Response | None:
+            refusal = _body_refusal(connection.protocol.reader, request)
+            if refusal is not None or process_request is None:
+                return refusal
+            response = process_request(connection, request)
+            return (await response) if inspect.isawaitable(response) else response
 
-def _body_refusal(connection: ServerConnection, request: Request) -> Response | None:
-    reader = connection.protocol.reader
-    held = getattr(reader, "held", [])
-    if not held:
-        return None
-    for name, value in held:  # the request as sent, for anyone who looks at it later
-        request.headers[name] = value
-    method = request.method
-    if method not in ("GET", "HEAD"):
-        return _response(
-            405,
-            "text/plain; charset=utf-8",
-            f"{method} is not served here; use GET\n".encode(),
-            {"Allow": "GET, HEAD", "Connection": "close"},
-        )
-    return _response(
-        400,
-        "text/plain; charset=utf-8",
-        b"a request body is not accepted here\n",
-        {"Connection": "close"},
-    )
+        await super().handshake(refuse_bodies, *args, **kwargs)
 
 
 def make_process_request(ctx):
@@ -141,9 +159,6 @@ def make_process_request(ctx):
     config = ctx.config
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
-        refusal = _body_refusal(connection, request)
-        if refusal is not None:  # always refused: an upgrade would leave its frames unread
-            return refusal
         path = urlsplit(request.path).path
         if path in WEBSOCKET_PATHS:
             if not check_auth(config.auth_token, request):

@@ -74,3 +74,11 @@ def _line_of(text: str) -> int:
 
     lines = Path(__file__).read_text().splitlines()
     return next(i for i, line in enumerate(lines, 1) if text in line and "_line_of" not in line)
+
+
+def test_rounds_must_be_at_least_one(capsys):
+    from assistant.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "reliability", "--rounds", "0"])
+    assert info.value.code == 2 and "must be 1 or more" in capsys.readouterr().err

@@ -322,6 +322,42 @@ def test_large_and_chunked_bodies_are_answered_and_dropped(server):
     assert asyncio.run(session())["sample_rate"] == 24000
 
 
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: \x01abc\r\n\r\nab", 405),  # no valid value
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: 0\r\n\r\n0\r\n\r\n", 405),
+        (b"POST / HTTP/1.0\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab", 405),
+        (b"PUT /ws HTTP/1.1\r\nHost: x\r\n  content-LENGTH  : 3\r\n\r\nabc", 405),
+    ],
+)
+def test_odd_body_headers_are_answered_without_an_error_in_the_log(server, head, status):
+    raw = _raw_exchange(server, head)
+    assert raw.startswith(f"HTTP/1.1 {status} ".encode()), raw[:200]
+    assert not [line for line in server.output if "Traceback" in line or "ERROR" in line]
+
+
+def test_head_with_a_body_gets_400_and_no_body(server):
+    raw = _raw_exchange(server, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab")
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and rest == b""
+
+
+def test_a_client_that_leaves_in_the_middle_of_a_body_costs_nothing(server):
+    import socket
+
+    for how in ("fin", "reset"):
+        sock = socket.create_connection((server.host, server.port), timeout=10)
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"x" * 5000)
+        if how == "fin":
+            sock.shutdown(socket.SHUT_WR)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()
+    assert http_get(server, "/healthz")[0] == 200
+    assert not [line for line in server.output if "Traceback" in line or "ERROR" in line]
+
+
 def test_an_empty_body_header_is_an_ordinary_request(server):
     raw = _raw_exchange(
         server, b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
