@@ -309,3 +309,17 @@ def test_static_mimi_equals_the_codecs_masked_calls(loaded):
             got = static.decode(2, feed, ready)
             torch.testing.assert_close(got[ready], expected[ready], rtol=0, atol=2e-5)
     assert np.abs(expected[1].numpy()).max() > 1e-3
+
+
+def test_random_models_are_the_same_whatever_ran_before():
+    # Tests and benchmarks share a process: a random model must not depend on the global RNG.
+    def weights() -> list[torch.Tensor]:
+        m = random_loaded("tiny", torch.device("cpu"), torch.float32)
+        return [p.detach().clone() for p in (*m.mimi.parameters(), *m.model.parameters())]
+
+    torch.manual_seed(1)
+    first = weights()
+    torch.manual_seed(2)
+    torch.randn(1000)
+    second = weights()
+    assert len(first) == len(second) and all(torch.equal(a, b) for a, b in zip(first, second, strict=True))

@@ -81,7 +81,9 @@ def random_loaded(which: str, device: torch.device, dtype: torch.dtype) -> Loade
         kwargs, mimi_config = dict(KYUTAI_7B_KWARGS), mimi_config_for_kyutai()
     config = kyutai_lm_config(kwargs, mimi_config)
     model = random_moshi(config, device=device, dtype=dtype)
-    mimi = MimiModel(mimi_config).eval()
+    with torch.random.fork_rng(devices=[]):  # the same Mimi weights whatever ran before (tests, benches)
+        torch.manual_seed(0)
+        mimi = MimiModel(mimi_config).eval()
     _random_codebooks(mimi)
     tokenizer = TextTokenizer(
         pieces=[f"\u2581w{i}" for i in range(config.vocab_size)], silent_ids=frozenset({0, 3})
