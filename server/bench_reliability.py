@@ -166,7 +166,7 @@ class Server:
         self.proc.send_signal(signal.SIGUSR1)
         pattern = re.compile(
             rf"memory report {self.reports}: RSS ([\d.]+) MB(?: \(([\d.]+) MB after malloc_trim\))?, (\d+) objects"
-            r".*?(?:snapshot (\S+)\n|\(run under)",
+            r"(?:.*?snapshot (\S+)\n)?.*?this report took (\d+) ms",
             re.S,
         )
         for _ in range(600):
@@ -177,6 +177,7 @@ class Server:
                     "rss_mb_trimmed": float(m.group(2)) if m.group(2) else None,
                     "objects": int(m.group(3)),
                     "snapshot": m.group(4),
+                    "took_ms": int(m.group(5)),
                 }
             await asyncio.sleep(0.1)
         return {}
@@ -207,6 +208,7 @@ class HealthyClient:
         self.url, self.out = url, out
         self.max_gap_ms = 0.0
         self.frames = 0
+        self.gaps: list[list[float]] = []
 
     async def start(self) -> None:
         code = "import sys; from server.bench_reliability import healthy_main; healthy_main(sys.argv[1], sys.argv[2])"
@@ -223,12 +225,12 @@ class HealthyClient:
             self.proc.kill()  # its figures are on disk already (written every second)
             self.proc.wait(5)
         figures = json.loads(self.out.read_text())
-        self.max_gap_ms, self.frames = figures["max_gap_ms"], figures["frames"]
+        self.max_gap_ms, self.frames, self.gaps = figures["max_gap_ms"], figures["frames"], figures["gaps"]
 
 
 def healthy_main(url: str, out: str) -> None:
     """The healthy client's process: stream until SIGINT, then write {"frames", "max_gap_ms"} to `out`."""
-    figures = {"frames": 0, "max_gap_ms": 0.0}
+    figures: dict = {"frames": 0, "max_gap_ms": 0.0, "gaps": []}  # gaps: [unix time, ms] over 120 ms
 
     async def session() -> None:
         from websockets.asyncio.client import connect
@@ -250,7 +252,10 @@ def healthy_main(url: str, out: str) -> None:
                     if isinstance(message, bytes):
                         now = time.monotonic()
                         if last is not None and figures["frames"] > 25:  # past the start-up
-                            figures["max_gap_ms"] = max(figures["max_gap_ms"], round((now - last) * 1000, 1))
+                            gap = round((now - last) * 1000, 1)
+                            figures["max_gap_ms"] = max(figures["max_gap_ms"], gap)
+                            if gap > 120 and len(figures["gaps"]) < 1000:
+                                figures["gaps"].append([time.time(), gap])
                         last = now
                         figures["frames"] += 1
                         if figures["frames"] % 12 == 1:  # the first frame tells the bench it streams
@@ -478,6 +483,7 @@ def memory_figures(reports: dict[str, dict], top: int = 8) -> dict:
     figures: dict = {
         "objects": {k: r.get("objects") for k, r in reports.items()},
         "rss_mb": {k: (r.get("rss_mb"), r.get("rss_mb_trimmed")) for k, r in reports.items()},
+        "took_ms": {k: r.get("took_ms") for k, r in reports.items()},
     }
     snapshots = {k: tracemalloc.Snapshot.load(r["snapshot"]) for k, r in reports.items() if r.get("snapshot")}
     if not snapshots:
@@ -523,31 +529,40 @@ async def bench(args) -> dict:
         with Server(serve, workdir / "server.log", args.trace_memory) as server:
             healthy = HealthyClient(server.url("/ws"), workdir / "healthy.json")
             await healthy.start()
+            phases: list[tuple[str, float]] = [("idle", time.time())]  # (name, unix time it began)
+
+            async def report(name: str) -> None:
+                phases.append(("memory reports", time.time()))
+                reports[name] = await server.memory_report()
+                phases.append(("idle", time.time()))
+
             await asyncio.sleep(3.0)
-            reports = {"start": await server.memory_report()}
+            reports: dict[str, dict] = {}
+            await report("start")
             figures["fuzz"] = {}
             for path in ENDPOINTS:
                 if time.monotonic() > deadline:
                     break
                 before = server.tracebacks()
+                phases.append((f"fuzz {path}", time.time()))
                 result = await fuzz_endpoint(server, path, args.fuzz, args)
                 result["tracebacks"] = server.tracebacks() - before
                 figures["fuzz"][path] = result
-            reports["after fuzz"] = await server.memory_report()
+            await report("after fuzz")
+            phases.append(("churn", time.time()))
             warm = await churn(server, args.warm_up, args)
             await asyncio.sleep(1.0)
             rss_before = server.rss_mb()  # before the report: it hands free heap back to the system
-            reports["after warm-up"] = await server.memory_report()
+            await report("after warm-up")
             result = {"cycles": 0, "refused": 0, "rss_mb_rounds": []}
             for r in range(args.rounds):
+                phases.append(("churn", time.time()))
                 one = await churn(server, args.churn, args)
                 result["cycles"] += one["cycles"]
                 result["refused"] += one["refused"]
                 await asyncio.sleep(1.5)  # closes finish; the last frames are sent
                 result["rss_mb_rounds"].append(round(server.rss_mb(), 1))
-                reports[
-                    "after churn" if args.rounds == 1 else f"after round {r + 1}"
-                ] = await server.memory_report()
+                await report("after churn" if args.rounds == 1 else f"after round {r + 1}")
             _, health = server.health()
             last = list(reports.values())[-1]
             result.update(
@@ -563,11 +578,26 @@ async def bench(args) -> dict:
             figures["churn"] = result
             figures["memory"] = memory_figures(reports)
             await healthy.stop()
-            figures["healthy_client"] = {"frames": healthy.frames, "max_gap_ms": round(healthy.max_gap_ms, 1)}
+            figures["healthy_client"] = {
+                "frames": healthy.frames,
+                "max_gap_ms": round(healthy.max_gap_ms, 1),
+                "max_gap_ms_by_phase": gaps_by_phase(healthy.gaps, phases),
+            }
             figures["tracebacks_total"] = server.tracebacks()
         figures["kill_9"] = await killed_recording(workdir)
         figures["drain"] = await drain(workdir)
     return figures
+
+
+def gaps_by_phase(gaps: list[list[float]], phases: list[tuple[str, float]]) -> dict[str, float]:
+    """The largest of the healthy client's long gaps (ended at unix time t, lasting ms) in each phase
+    of the run, by the phase in which the gap began."""
+    worst: dict[str, float] = {}
+    for t, ms in gaps:
+        began = t - ms / 1000
+        name = next((n for n, start in reversed(phases) if start <= began), phases[0][0])
+        worst[name] = max(worst.get(name, 0.0), ms)
+    return worst
 
 
 def _growth(before: float, after: float) -> str:
@@ -615,6 +645,12 @@ def run(args: argparse.Namespace) -> int:
                 print(f"    {g['kib']:+9.1f} KiB {g['blocks']:+7d} blocks  {g['line']}")
     h = figures["healthy_client"]
     print(f"healthy client: {h['frames']} frames, largest gap {h['max_gap_ms']} ms")
+    if h["max_gap_ms_by_phase"]:
+        print(
+            "  gaps over 120 ms, the largest by phase: "
+            + ", ".join(f"{k} {v} ms" for k, v in h["max_gap_ms_by_phase"].items())
+        )
+    print("memory reports took (ms): " + ", ".join(f"{k} {r}" for k, r in m["took_ms"].items()))
     print(f"tracebacks in the server log: {figures['tracebacks_total']}")
     k = figures["kill_9"]
     print(

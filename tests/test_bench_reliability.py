@@ -32,6 +32,8 @@ def test_bench_reliability_small_run(capsys):
     ]
     assert all(n > 0 for n in memory["objects"].values())
     assert 0 < churn["retained_mb_after"] <= churn["rss_mb_after"] + 1
+    assert all(isinstance(ms, int) for ms in memory["took_ms"].values())
+    assert isinstance(figures["healthy_client"]["max_gap_ms_by_phase"], dict)
     assert figures["tracebacks_total"] == 0
     assert figures["healthy_client"]["frames"] > 50
     assert 0 <= figures["kill_9"]["lost_s"] <= 1.0
@@ -82,3 +84,12 @@ def test_rounds_must_be_at_least_one(capsys):
     with pytest.raises(SystemExit) as info:
         main(["bench", "reliability", "--rounds", "0"])
     assert info.value.code == 2 and "must be 1 or more" in capsys.readouterr().err
+
+
+def test_gaps_are_put_in_the_phase_they_began_in():
+    from server.bench_reliability import gaps_by_phase
+
+    phases = [("idle", 100.0), ("fuzz /ws", 110.0), ("memory reports", 120.0), ("idle", 120.5)]
+    gaps = [[110.1, 150.0], [115.0, 300.0], [120.4, 200.0], [130.0, 130.0], [120.6, 250.0]]
+    # 120.6 - 0.25 = 120.35: began during the memory report.
+    assert gaps_by_phase(gaps, phases) == {"idle": 150.0, "fuzz /ws": 300.0, "memory reports": 250.0}
