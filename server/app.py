@@ -132,6 +132,23 @@ async def drain(ctx: ServerContext, servers: list, hurry: asyncio.Event) -> None
             await asyncio.wait_for(server.wait_closed(), config.drain_timeout_s)
 
 
+def _warm_up_codecs() -> None:
+    """Open each Opus codec once now. The first Opus session (`/ws` with audio_format opus, or
+    `/api/chat`) would otherwise import PyAV and sphn and open their codecs on the frame loop:
+    about 130 ms with a warm disk cache, seconds from a cold one, a gap in every live session's
+    audio. Costs about 35 MB of memory; an install without them just skips this."""
+    with contextlib.suppress(ImportError):
+        from audio.opus_packets import OpusPacketDecoder, OpusPacketEncoder
+
+        OpusPacketEncoder()
+        OpusPacketDecoder()
+    with contextlib.suppress(ImportError):
+        from audio.opus import OpusDecoder, OpusEncoder
+
+        OpusEncoder()
+        OpusDecoder()
+
+
 async def serve_forever(
     config: ServerConfig, engine: Engine, ready=None, stop: asyncio.Event | None = None
 ) -> None:
@@ -155,6 +172,7 @@ async def serve_forever(
     # Build one VAD now: its first construction imports and initialises the classifier (~60 ms),
     # which would otherwise stall the frame clock when the first session starts.
     StreamingVad(config.vad, sample_rate_hz=engine.sample_rate_hz)
+    _warm_up_codecs()
     # Everything loaded so far lives as long as the process: keep it out of the garbage collector's
     # full passes, which otherwise walk the whole model/library heap and stall the frame clock.
     gc.collect()

@@ -203,3 +203,13 @@ def test_talk_with_opus_hears_the_scripted_reply(server, tmp_path):
     assert result.returncode == 0, result.stderr
     heard, rate = sf.read(out, dtype="float32")
     assert voiced_s(heard, rate) > 1.0, "talk --audio-format opus heard no reply"
+
+
+def test_the_server_opens_its_opus_codecs_before_any_session():
+    # Loading PyAV (and sphn for /api/chat) when the first Opus caller arrives stalled every live
+    # session's audio for 100+ ms (seconds from a cold disk): they are loaded at start-up instead.
+    from pathlib import Path
+
+    with start_server("--backend", "silence", "--captions", "off") as fresh:
+        maps = Path(f"/proc/{fresh.proc.pid}/maps").read_text()
+    assert "libavcodec" in maps and "sphn" in maps
