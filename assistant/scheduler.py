@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from assistant.engine import Engine, SlotOptions, StepOutput
+from assistant.frame_gc import FrameGarbageCollector
 from audio.frames import FRAME_MS
 
 log = logging.getLogger(__name__)
@@ -204,8 +205,11 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         grace_ms: float = 5.0,
+        collect_garbage: bool = False,
     ):
-        """clock and sleep: the wall clock (seconds) and how to wait on it; tests inject a virtual pair."""
+        """clock and sleep: the wall clock (seconds) and how to wait on it; tests inject a virtual pair.
+        collect_garbage: while run() runs, Python's cycle collector runs only between ticks
+        (assistant/frame_gc.py); for a process whose frame clock matters (a server, a live talk)."""
         self.engine = engine
         self.grace_s = grace_ms / 1000.0  # how long a tick waits for input that is just late
         self.period_s = frame_ms / 1000.0
@@ -222,6 +226,7 @@ class Scheduler:
         self.ticks = 0
         self.skipped = 0
         self.tick_log = TickLog()
+        self.gc = FrameGarbageCollector() if collect_garbage else None
 
     @property
     def capacity(self) -> int:
@@ -343,6 +348,8 @@ class Scheduler:
     async def run(self) -> None:
         """Tick until stop(); slot changes made meanwhile apply at the next tick."""
         clock = FrameClock(self.period_s, self.clock())
+        if self.gc:
+            self.gc.start()
         try:
             while not self._stop.is_set():
                 tick = clock.next_tick(self.clock())
@@ -362,7 +369,12 @@ class Scheduler:
                 live = len(self._sessions)
                 step_ms = await self.tick()
                 self.tick_log.append(late_ms, step_ms, live)
+                if self.gc:
+                    await asyncio.sleep(0)  # the writers send this tick's output first
+                    self.gc.collect_if_due()
         finally:
+            if self.gc:
+                self.gc.stop()
             self._apply_ops()
 
     def clock_stats(self) -> dict:

@@ -48,7 +48,7 @@ class LocalConversation:
         self.engine = engine
         self.sample_rate = sample_rate
         self.session_id = "local"
-        self.scheduler = Scheduler(engine, grace_ms=0.0)
+        self.scheduler = Scheduler(engine, grace_ms=0.0, collect_garbage=True)
         slot = self.scheduler.reserve()
         if slot is None:
             raise TalkError("the local engine has no free slot")

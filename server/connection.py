@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -116,8 +115,10 @@ async def close_connection(
     """
     outbox.close()
     if flush:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(writer), timeout_s)
+        # asyncio.wait, not awaiting the writer: a writer that failed keeps its exception to itself.
+        # Re-raised here, its traceback would hold this frame, whose locals hold the writer: a
+        # reference cycle that keeps the whole connection for the garbage collector to find.
+        await asyncio.wait({writer}, timeout=timeout_s)
     writer.cancel()
     try:
         # close() waits for the peer; a reader that stalled may never answer.
@@ -273,10 +274,13 @@ class Connection:
                 self.slot.release()
             self.finish()
             if self.closing is not None:
-                with contextlib.suppress(Exception):
-                    await self.closing
+                await asyncio.wait({self.closing})
             self.outbox.close()
             self.writer.cancel()
+            # The conversation calls back into this connection (its emit): drop the link both ways,
+            # so the pair is freed now by reference counting rather than by a collector pass that
+            # would pause every live session's frame loop.
+            self.session = None
 
     def finish(self) -> None:
         """Stop the adapter's own tasks (called once, when the connection ends)."""

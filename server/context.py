@@ -26,7 +26,7 @@ class ServerContext:
         self.config = config = prompt_defaults(config, engine)  # ValueError: a bad --voice / --instructions
         self.engine = engine
         self.metrics = Metrics()
-        self.scheduler = Scheduler(engine, metrics=self.metrics)
+        self.scheduler = Scheduler(engine, metrics=self.metrics, collect_garbage=True)
         self.sessions: dict[str, Conversation] = {}
         self.started_at = time.monotonic()
         self.port = config.port
