@@ -24,9 +24,10 @@ from pathlib import Path
 TOP = 12
 
 
-def rss_mb() -> float:
+def rss_mb(pid: int | str = "self") -> float:
+    """A process's resident size in MB (NaN where /proc cannot tell)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     except OSError:
