@@ -117,20 +117,25 @@ def _body_refusal(reader: StreamReader, request: Request) -> Response | None:
     if not getattr(reader, "body_headers", 0):
         return None
     if request.method not in ("GET", "HEAD"):
-        response = _response(
-            405,
-            "text/plain; charset=utf-8",
-            f"{request.method} is not served here; use GET\n".encode(),
-            {"Allow": "GET, HEAD", "Connection": "close"},
-        )
-    else:
-        response = _response(
-            400,
-            "text/plain; charset=utf-8",
-            b"a request body is not accepted here\n",
-            {"Connection": "close"},
-        )
-    return dataclasses.replace(response, body=b"") if request.method == "HEAD" else response
+        return _method_not_allowed(request.method, {"Connection": "close"})
+    response = _response(
+        400, "text/plain; charset=utf-8", b"a request body is not accepted here\n", {"Connection": "close"}
+    )
+    return _for_method(response, request.method)
+
+
+def _method_not_allowed(method: str, extra: dict[str, str] | None = None) -> Response:
+    return _response(
+        405,
+        "text/plain; charset=utf-8",
+        f"{method} is not served here; use GET\n".encode(),
+        {"Allow": "GET, HEAD", **(extra or {})},
+    )
+
+
+def _for_method(response: Response, method: str) -> Response:
+    """HEAD gets the GET's headers (Content-Length included) and no body."""
+    return dataclasses.replace(response, body=b"") if method == "HEAD" else response
 
 
 class BodyAwareConnection(ServerConnection):
@@ -170,12 +175,7 @@ def make_process_request(ctx):
             return None
         method = getattr(request, "method", "GET")
         if method not in ("GET", "HEAD"):
-            return _response(
-                405,
-                "text/plain; charset=utf-8",
-                f"{method} is not served here; use GET\n".encode(),
-                {"Allow": "GET, HEAD"},
-            )
+            return _method_not_allowed(method)
         # Probes carry no token: with --protect-metrics they still get the status, not the figures.
         authorised = not config.protect_metrics or check_auth(config.auth_token, request)
         if path in HEALTH_PATHS:
@@ -190,8 +190,6 @@ def make_process_request(ctx):
             response = _response(200, "application/json", json.dumps(ctx.voices()).encode())
         else:
             response = _response(*static.load(config.web_root, path))
-        if method == "HEAD":  # the GET's headers (Content-Length included), no body
-            response = dataclasses.replace(response, body=b"")
-        return response
+        return _for_method(response, method)
 
     return process_request
