@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pydantic
+from fuzz_strategies import json_values
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai.types.live import ServerEvent
@@ -41,22 +42,7 @@ NAMES = st.sampled_from(
     ]
 )
 TYPES = st.sampled_from([*CLIENT_EVENTS, *UNSUPPORTED_CLIENT_EVENTS, "audio/pcm", "audio/pcmu", "client"])
-SCALARS = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(10**400), max_value=10**400),
-    st.sampled_from([8000, 16000, 24000, 44100]),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=12),
-    TYPES,
-)
-VALUES = st.recursive(
-    SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(NAMES | st.text(max_size=6), inner, max_size=5)
-    ),
-    max_leaves=20,
-)
+VALUES = json_values(NAMES, TYPES, st.sampled_from([8000, 16000, 24000, 44100]))
 EVENTS = st.builds(
     lambda kind, extra: {**extra, "type": kind}, TYPES, st.dictionaries(NAMES, VALUES, max_size=6)
 )

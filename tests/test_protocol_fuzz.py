@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+from fuzz_strategies import json_values
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -56,21 +57,7 @@ TYPES = st.sampled_from(
         "response.cancel",
     ]
 )
-SCALARS = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(10**400), max_value=10**400),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=12),
-    TYPES,
-)
-VALUES = st.recursive(
-    SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(NAMES | st.text(max_size=6), inner, max_size=5)
-    ),
-    max_leaves=20,
-)
+VALUES = json_values(NAMES, TYPES)
 EVENTS = st.fixed_dictionaries({"type": TYPES}, optional={"x": VALUES}).flatmap(
     lambda base: st.dictionaries(NAMES, VALUES, max_size=6).map(lambda extra: {**extra, "type": base["type"]})
 )
