@@ -9,12 +9,18 @@ import contextlib
 import json
 import random
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from server import live_events, realtime_events
 
-if TYPE_CHECKING:
-    from server.bench_reliability import Server
+
+class Target(Protocol):
+    """The server under test, as the traffic sees it (server/bench_reliability.py's Server)."""
+
+    def url(self, path: str) -> str: ...
+
+    def health(self) -> tuple[int, dict]: ...
+
 
 FRAME_BYTES = 1920 * 2
 # Per endpoint: a message that starts a session, and event types worth mutating.
@@ -83,7 +89,7 @@ def fuzz_message(path: str, rng: random.Random) -> str | bytes:
     return json.dumps(event, allow_nan=True)
 
 
-async def fuzz_endpoint(server: Server, path: str, total: int, args) -> dict:
+async def fuzz_endpoint(server: Target, path: str, total: int, args) -> dict:
     """`total` fuzz messages to `path` over parallel connections, each paced at args.rate msg/s."""
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -127,7 +133,7 @@ async def fuzz_endpoint(server: Server, path: str, total: int, args) -> dict:
 
 
 # -- churn -------------------------------------------------------------------------------------------
-async def churn(server: Server, cycles: int, args) -> dict:
+async def churn(server: Target, cycles: int, args) -> dict:
     """Workers open /ws sessions and end them at random: clean close, or a reset mid-frame."""
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
