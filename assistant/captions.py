@@ -90,7 +90,7 @@ class CaptionWorker:
     max_queue: utterances waiting beyond this are dropped (counted in `dropped`).
     cpu_threads: CTranslate2 threads; kept small so transcription leaves the frame clock a core.
     beam_size: 1 is greedy decoding. Beam 5 (Whisper's own default) costs ~25% more CPU per turn with
-        tiny.en on one thread (1.06 -> 1.32 s, q1/q2) and made no difference to the shared test speech.
+        tiny.en on one thread (1.06 -> 1.32 s, q1/q2) and made no difference to the test speech (tests/data/speech).
     nice: added to the worker thread's nice value (Linux; the CTranslate2 threads it starts inherit
         it), so on a busy CPU the frame clock's thread is scheduled first and captions wait. 0: off.
     """
@@ -122,7 +122,7 @@ class CaptionWorker:
         self.cpu_threads = cpu_threads
         self.beam_size = beam_size
         self.nice = nice
-        # float32 on CPU: int8 quantisation costs tiny.en words on the shared test speech, and saves
+        # float32 on CPU: int8 quantisation costs tiny.en words on the test speech (tests/data/speech), and saves
         # little time at this size.
         self.compute_type = compute_type or ("float32" if device == "cpu" else "float16")
         self.dropped = 0

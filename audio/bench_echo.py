@@ -1,7 +1,7 @@
 """`assistant bench echo`: the echo canceller's CPU cost per 10 ms frame and its ERLE in a simulated room.
 
 Prints figures; never fails on speed. The far end (what the speakers play) is speech from
-shared/audio, the room (audio/room.py) distorts, delays, filters and attenuates it into a quiet
+tests/data/speech, the room (audio/room.py) distorts, delays, filters and attenuates it into a quiet
 mic (-100 dBFS of noise, so the figure is the canceller's and not the noise floor's), and from the
 9th second on the near-end talker speaks over it (double talk). Per rate and echo delay: ERLE
 after the first second of echo with the delay told to the canceller (`talk --echo-delay-ms`) and
@@ -21,7 +21,7 @@ from audio.echo import EchoCanceller
 from audio.resample import SUPPORTED_RATES, resample
 from audio.room import RoomConfig, SimulatedRoom, erle_db, run_through_room, speech_level_db
 
-SHARED_AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+SHARED_AUDIO = Path(__file__).resolve().parents[1] / "tests" / "data" / "speech"  # in a checkout
 BLOCK_MS = 20  # `assistant talk`'s default device block
 DOUBLE_TALK_S = 9.0
 QUIET_MIC_DBFS = -100.0
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"unsupported rate(s) {bad}; use some of {SUPPORTED_RATES}")
         return 2
     if not (args.audio_dir / "q1.wav").is_file():
-        print(f"no q1.wav in {args.audio_dir}; pass --audio-dir (see shared/audio/README.md)")
+        print(f"no q1.wav in {args.audio_dir}; pass --audio-dir (a checkout has them in tests/data/speech)")
         return 2
     print(
         "echo canceller: WebRTC AEC3 (livekit), 20 ms device blocks; room: echo -6 dB, distorted, reflections"

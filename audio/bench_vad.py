@@ -17,7 +17,7 @@ from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
 from audio.resample import resample
 from audio.vad import BACKENDS, SileroClassifier, StreamingVad, VadConfig, silero_model_path
 
-DEFAULT_WAV = Path(__file__).resolve().parents[1].parent / "shared" / "audio" / "conversation.wav"
+DEFAULT_WAV = Path(__file__).resolve().parents[1] / "tests" / "data" / "speech" / "conversation.wav"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

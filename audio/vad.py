@@ -39,12 +39,12 @@ class VadConfig:
 
     backend: "webrtc" (default: ~0.1 ms CPU per 80 ms frame, resampling included) or "silero" (Silero
         VAD ONNX, ~0.6 ms per 80 ms frame, p99 ~1.1 ms: 2-3 model calls per frame). Both meet the
-        onset (<100 ms) / end (<250 ms) accuracy on the shared test speech; `assistant bench vad`.
+        onset (<100 ms) / end (<250 ms) accuracy on the test speech (tests/data/speech); `assistant bench vad`.
     threshold: Silero speech probability above which a frame counts as voiced (webrtc gives 0 or 1).
     aggressiveness: webrtcvad mode 0 (keeps most audio as speech) .. 3 (most aggressive at rejecting noise).
     min_speech_ms: voiced audio needed (gaps under 100 ms bridged, not counted) to start a turn. The
         default 150 ms ignores clicks and breaths but lets a backchannel like "mm hmm" start a turn.
-        Raise it to 1000 to ignore "mm hmm": the shared backchannel.wav (730 ms of sound) reads as
+        Raise it to 1000 to ignore "mm hmm": the test backchannel.wav (730 ms of sound) reads as
         830-900 ms of voice (silero: 830; webrtc: 840 in modes 2-3, 900 in modes 0-1). The cost: any
         utterance with less voice (a "yes", a "Hi there.") no longer starts a turn on its own, and
         speech_started fires that much later after the onset (its `sample` still points at the onset).

@@ -1,7 +1,7 @@
 """`assistant bench server`: server CPU per session, frame-clock jitter and capacity.
 
 For each session count N: start `assistant serve` as its own process, connect N websocket clients
-from this process (so the server's CPU time is its own), stream speech (shared/audio/
+from this process (so the server's CPU time is its own), stream speech (tests/data/speech/
 conversation.wav on a loop when present, else silence) paced by the wall clock, and measure over
 `--seconds` after a short warm-up:
 - server CPU ms per session per 80 ms frame (the server process's user+system time),
@@ -55,7 +55,8 @@ PROTOCOLS = {
     ),
 }
 CHUNK_MS = 40  # default size of the clients' audio messages (the web page sends 20 ms)
-SHARED_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio" / "conversation.wav"
+SPEECH_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "speech"  # in a checkout
+SHARED_AUDIO = SPEECH_DIR / "conversation.wav"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--audio",
         type=Path,
         default=None,
-        help="24 kHz mono WAV the clients stream on a loop (default shared conversation.wav)",
+        help="24 kHz mono WAV the clients stream on a loop (default: the checkout's tests/data/speech/conversation.wav)",
     )
     parser.add_argument("--vad", choices=("webrtc", "silero"), default="webrtc", help="the server's VAD")
     parser.add_argument(

@@ -1,7 +1,7 @@
 """`assistant bench live`: what a user of the OpenAI Live API (/v1/live/sessions) feels, over loopback.
 
 Starts `assistant serve --backend scripted --barge-in vad` as its own process and holds one Live
-session with it from this process. Each round streams shared/audio q1.wav in real time, lets the
+session with it from this process. Each round streams tests/data/speech q1.wav in real time, lets the
 scripted reply play for a second, streams interrupt.wav over it, and waits out the reply to that.
 Measured on the client's side:
 - end of user speech -> first output delta: from sending the chunk that holds q1's last voiced
@@ -52,7 +52,9 @@ def load_clip(path: Path, rate_hz: int) -> np.ndarray:
     from audio.resample import resample
 
     if not path.is_file():
-        raise SystemExit(f"{path} not found; the benchmark speaks the shared test audio (see --audio-dir)")
+        raise SystemExit(
+            f"{path} not found; the benchmark speaks the test speech of a checkout (tests/data/speech; see --audio-dir)"
+        )
     pcm, rate = sf.read(path, dtype="float32", always_2d=True)
     pcm = resample(pcm[:, 0], rate, rate_hz) if rate != rate_hz else pcm[:, 0]
     return np.clip(np.rint(pcm * 32767), -32768, 32767).astype("<i2")

@@ -1,4 +1,4 @@
-"""Shared helpers for audio tests: find the shared test speech and load it as float32."""
+"""Helpers for audio tests: the repository's test speech (tests/data/speech) as float32, and WER."""
 
 from __future__ import annotations
 
@@ -6,30 +6,25 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pytest
 import soundfile as sf
 
-SHARED_AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+SPEECH_DIR = Path(__file__).resolve().parent / "data" / "speech"
 
 
-def shared_audio_dir() -> Path:
-    """The shared/audio folder next to the repo; skips the calling test if it is absent."""
-    if not (SHARED_AUDIO / "conversation.wav").is_file():
-        pytest.skip(
-            f"shared test speech not found at {SHARED_AUDIO} (expected ../shared/audio next to the repo)"
-        )
-    return SHARED_AUDIO
+def speech_dir() -> Path:
+    """tests/data/speech: the test speech the repository carries (see its README.md)."""
+    return SPEECH_DIR
 
 
 def load_wav(name: str) -> tuple[np.ndarray, int]:
-    """Load shared/audio/<name> as float32 mono samples; returns (samples, sample_rate_hz)."""
-    x, rate = sf.read(shared_audio_dir() / name, dtype="float32", always_2d=True)
+    """Load tests/data/speech/<name> as float32 mono samples; returns (samples, sample_rate_hz)."""
+    x, rate = sf.read(speech_dir() / name, dtype="float32", always_2d=True)
     return x[:, 0].copy(), rate
 
 
 def reference_texts() -> dict[str, str]:
-    """The spoken text of each shared test file, from the table in shared/audio/README.md."""
-    readme = (shared_audio_dir() / "README.md").read_text(encoding="utf-8")
+    """The spoken text of each test speech file, from the table in tests/data/speech/README.md."""
+    readme = (speech_dir() / "README.md").read_text(encoding="utf-8")
     return dict(re.findall(r'^\|\s*(\w+)\.wav\s*\|\s*"([^"]+)"', readme, flags=re.MULTILINE))
 
 

@@ -9,7 +9,7 @@ import soundfile as sf
 import soxr
 
 CHROMIUM = Path("/usr/bin/chromium")
-AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+AUDIO_DIR = Path(__file__).resolve().parent / "data" / "speech"
 # Chromium's fake capture device runs at 44.1 kHz whatever the file says.
 FAKE_MIC_RATE_HZ = 44_100
 

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import pydantic
-from audio_utils import shared_audio_dir
+from audio_utils import speech_dir
 from openai.types.live import ServerEvent
 
 from server.bench_live import Mic, load_clip, voiced_span
@@ -26,8 +26,8 @@ SERVER_EVENT = pydantic.TypeAdapter(ServerEvent)
 
 
 def load_pcm16(name: str, rate_hz: int = 24_000) -> np.ndarray:
-    """shared/audio/<name> as int16 samples at rate_hz (skips the test when the folder is absent)."""
-    return load_clip(shared_audio_dir() / name, rate_hz)
+    """tests/data/speech/<name> as int16 samples at rate_hz."""
+    return load_clip(speech_dir() / name, rate_hz)
 
 
 class LiveInbox:

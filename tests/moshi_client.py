@@ -23,7 +23,7 @@ from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
 
 
 def read_clip(name: str) -> np.ndarray:
-    """A test recording of shared/audio, float32 (n,) at 24 kHz."""
+    """A test recording of tests/data/speech, float32 (n,) at 24 kHz."""
     pcm, rate = load_wav(f"{name}.wav")
     assert rate == SAMPLE_RATE_HZ
     return pcm

@@ -1,6 +1,6 @@
 """The web page in a real browser: headless Chromium, a WAV file as the microphone, `assistant serve`.
 
-The fake microphone plays /work/shared/audio/conversation.wav (a question, 3 s of silence for the
+The fake microphone plays tests/data/speech/conversation.wav (a question, 3 s of silence for the
 reply, an interruption) once, so a test hears the scripted reply and cuts it off, in real time.
 """
 

@@ -27,7 +27,7 @@ from audio.mimi.convert import (
     mimi_config_for_kyutai,
 )
 
-AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+AUDIO_DIR = Path(__file__).resolve().parent / "data" / "speech"
 
 
 @pytest.fixture(autouse=True)
@@ -106,10 +106,7 @@ def test_decoded_audio_depends_on_the_codes(tiny_model):
 
 
 def test_real_speech_frame_by_frame_equals_offline(tiny_model):
-    path = AUDIO_DIR / "q1.wav"
-    if not path.exists():
-        pytest.skip(f"shared test speech missing: {path}")
-    speech, rate = sf.read(path, dtype="float32")
+    speech, rate = sf.read(AUDIO_DIR / "q1.wav", dtype="float32")
     assert rate == 24_000
     frames = len(speech) // FRAME_SAMPLES
     pcm = torch.from_numpy(speech[: frames * FRAME_SAMPLES])[None]

@@ -174,7 +174,7 @@ def test_barge_in_needs_the_user_voiced_not_just_inside_a_turn():
     assert tt.user_input(1820 * MS, voiced=True) == [BARGE_IN, SILENCE_ON]
 
 
-# -- Session with the real VAD on shared speech ------------------------------------------------
+# -- Session with the real VAD on test speech --------------------------------------------------
 
 
 class FakeSlot(SlotControl):

@@ -7,7 +7,6 @@ import re
 import subprocess
 import sys
 
-from audio_utils import shared_audio_dir
 from server_utils import REPO
 
 
@@ -24,7 +23,6 @@ def bench(*args: str) -> str:
 
 
 def test_bench_live_prints_reply_and_barge_in_latency_and_cpu_per_frame():
-    shared_audio_dir()
     out = bench("live", "--rounds", "1")
     reply = re.search(r"end of user speech -> first output delta: p50 (\d+) ms", out)
     stop = re.search(r"interrupt onset -> last assistant audio: +p50 (-?\d+) ms", out)

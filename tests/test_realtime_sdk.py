@@ -1,6 +1,6 @@
 """The official `openai` SDK holds a conversation with `assistant serve --backend scripted` on /v1/realtime.
 
-A microphone task streams real speech (shared/audio) paced in real time, silence in between, as a
+A microphone task streams real speech (tests/data/speech) paced in real time, silence in between, as a
 client does; the test listens like a client: VAD events, one response per reply, audio deltas that
 add up to exactly the scripted reply, its transcript, then a barge-in that cancels the second
 reply and a truncate to what was "played".
@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from audio_utils import shared_audio_dir
+from audio_utils import speech_dir
 from openai import AsyncOpenAI
 from server_utils import start_server
 
@@ -29,7 +29,7 @@ FRAME_BYTES = 1920 * 2
 
 
 def load_pcm16(name: str) -> bytes:
-    pcm, rate = sf.read(shared_audio_dir() / name, dtype="int16")
+    pcm, rate = sf.read(speech_dir() / name, dtype="int16")
     assert rate == 24_000, f"{name} must be 24 kHz"
     return np.asarray(pcm).tobytes()
 
@@ -105,7 +105,6 @@ class Inbox:
 
 @pytest.fixture(scope="module")
 def server():
-    shared_audio_dir()
     with start_server("--auth-token", TOKEN, "--max-sessions", "2") as address:
         yield address
 

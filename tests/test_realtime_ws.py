@@ -12,7 +12,7 @@ import urllib.request
 import numpy as np
 import pytest
 import soundfile as sf
-from audio_utils import shared_audio_dir
+from audio_utils import speech_dir
 from server_utils import start_server
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -193,7 +193,7 @@ async def stream(ws, pcm: bytes, chunk_ms: int = 40, lead_chunks: int = 3) -> No
 
 
 async def test_manual_turns_response_create_cancel_and_truncate_beyond_the_audio(server):
-    pcm, rate = sf.read(shared_audio_dir() / "q1.wav", dtype="int16")
+    pcm, rate = sf.read(speech_dir() / "q1.wav", dtype="int16")
     assert rate == 24_000
     async with connect(url(server), additional_headers=HEADERS) as ws:
         await recv(ws)
@@ -369,7 +369,7 @@ async def test_closed_realtime_sessions_are_accounted_and_freed(server):
 
 
 async def test_a_user_audio_item_is_heard_in_real_time_and_answered(server):
-    pcm, _ = sf.read(shared_audio_dir() / "q2.wav", dtype="int16")
+    pcm, _ = sf.read(speech_dir() / "q2.wav", dtype="int16")
     async with connect(url(server), additional_headers=HEADERS) as ws:
         await recv(ws)
         seen: list[dict] = []
@@ -404,7 +404,7 @@ async def test_a_user_audio_item_is_heard_in_real_time_and_answered(server):
 
 
 async def test_user_captions_arrive_as_input_audio_transcription_completed_on_the_committed_item():
-    pcm, _ = sf.read(shared_audio_dir() / "q1.wav", dtype="int16")
+    pcm, _ = sf.read(speech_dir() / "q1.wav", dtype="int16")
     with start_server("--captions", "auto") as captioned:
         async with connect(url(captioned)) as ws:
             await recv(ws)

@@ -2,7 +2,7 @@
 client speaking q1.wav then q2.wav in real time (the scripted reply plays between them).
 
 Checks what a user sees: the `user.transcript` events are accurate (word error rate with jiwer
-against the texts in shared/audio/README.md), they arrive within seconds of the end of speech
+against the texts in tests/data/speech/README.md), they arrive within seconds of the end of speech
 (printed: run with -s), they sit on the right part of the session timeline, the frame clock keeps
 its 80 ms grid while they are made, and the recording's JSONL holds the same transcripts. Also runs
 `assistant bench server --captions tiny.en`.

@@ -22,12 +22,10 @@ from assistant.backends.scripted import load_reply
 from audio.resample import resample
 
 REPO = Path(__file__).resolve().parents[1]
-AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+AUDIO = Path(__file__).resolve().parent / "data" / "speech"
 WINDOW_MS = 10
 SILENT_DB = -70.0  # the scripted engine's silence is digital zero; anything audible is far above this
 VOICED_DB = -45.0
-
-pytestmark = pytest.mark.skipif(not AUDIO.is_dir(), reason=f"shared test speech not found at {AUDIO}")
 
 
 def envelope_db(pcm: np.ndarray, rate: int) -> np.ndarray:

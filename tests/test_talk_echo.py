@@ -28,12 +28,10 @@ from audio.room import RoomConfig, erle_db
 from client import talk
 from client.native import NativeClient, ServerEvent
 
-AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+AUDIO = Path(__file__).resolve().parent / "data" / "speech"
 RATE = 48000  # a laptop's device rate; the files are 24 kHz
 WINDOW_MS = 10
 ERLE_FLOOR_DB = 20.0
-
-pytestmark = pytest.mark.skipif(not AUDIO.is_dir(), reason=f"shared test speech not found at {AUDIO}")
 
 
 def speech(name: str) -> np.ndarray:

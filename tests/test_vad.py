@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from audio_utils import load_wav, shared_audio_dir
+from audio_utils import load_wav, speech_dir
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -342,7 +342,7 @@ def test_bench_prints_cost_and_accuracy_for_both_backends(capsys):
 
     from audio import bench_vad
 
-    wav = shared_audio_dir() / "conversation.wav"
+    wav = speech_dir() / "conversation.wav"
     parser = argparse.ArgumentParser()
     bench_vad.add_arguments(parser)
     assert bench_vad.run(parser.parse_args(["--wav", str(wav), "--repeat", "1", "--no-jit"])) == 0

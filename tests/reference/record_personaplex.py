@@ -27,7 +27,7 @@ import torch
 ROLE = "You are a tiny model for tests. Talk about music and films."
 VOICE_SECONDS = 1.2
 USER_SECONDS = 2.4
-SHARED_AUDIO = Path(__file__).resolve().parents[2].parent / "shared" / "audio"
+SHARED_AUDIO = Path(__file__).resolve().parents[1] / "data" / "speech"
 
 
 def tiny_kwargs() -> dict:
