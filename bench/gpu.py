@@ -182,8 +182,8 @@ def engine_point(loaded, batch: int, graphs: bool, quantize: str | None, plan: P
     """One engine of `batch` slots, every slot open, stepped `plan.frames` times: ms per part."""
     import torch
 
-    from assistant.bench_engine import PARTS, bench, build
     from assistant.moshi.graphs import compile_mode
+    from bench.engine import PARTS, bench, build
 
     device = next(loaded.model.parameters()).device
     cuda = device.type == "cuda"
@@ -239,8 +239,8 @@ def measure(run: Run, loaded, stage: str, batch: int, graphs: bool, quantize: st
 def engine_stages(run: Run) -> None:
     import torch
 
-    from assistant.bench_engine import load
     from assistant.moshi.quantize import quantize_moshi, weight_bytes
+    from bench.engine import load
 
     plan = run.plan
     loaded = load(plan.model, plan.device, None)
@@ -281,7 +281,7 @@ def engine_stages(run: Run) -> None:
 
 # -- 4. the real server ----------------------------------------------------------------------------
 def server_stage(run: Run) -> None:
-    from server import bench as server_bench
+    from bench import server as server_bench
 
     plan = run.plan
     parser = argparse.ArgumentParser()

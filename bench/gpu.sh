@@ -41,4 +41,4 @@ if [ "$mode" = gpu ] && compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH="$PWD${site:+:$site}${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
-exec "$python" bench/gpu.py --mode "$mode" --out "$out"
+exec "$python" -m bench.gpu --mode "$mode" --out "$out"

@@ -1,8 +1,8 @@
-"""The echo canceller (audio/echo.py) and the simulated room (audio/room.py) on synthetic voices.
+"""The echo canceller (audio/echo.py) and the simulated room (bench/room.py) on synthetic voices.
 
 Two made-up talkers (harmonic voices with syllable envelopes, 120 and 210 Hz): the far end plays
 through a simulated room into the mic, the near end talks into it directly. The canceller gets
-exactly what was played, block by block as `assistant talk` hands it over (audio/room.py
+exactly what was played, block by block as `assistant talk` hands it over (bench/room.py
 `run_through_room`).
 """
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from audio.echo import EchoCanceller
-from audio.room import RoomConfig, SimulatedRoom, erle_db, run_through_room, speech_level_db
+from bench.room import RoomConfig, SimulatedRoom, erle_db, run_through_room, speech_level_db
 
 ERLE_FLOOR_DB = 25.0
 

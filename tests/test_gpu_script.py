@@ -3,22 +3,15 @@ the markdown table a person reads; a point whose graph capture fails is recorded
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from bench import gpu
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def load_driver():
-    spec = importlib.util.spec_from_file_location("bench_gpu", REPO / "bench" / "gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench_gpu", module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_dry_run_writes_every_figure_of_the_gpu_run(tmp_path):
@@ -63,7 +56,6 @@ def test_dry_run_writes_every_figure_of_the_gpu_run(tmp_path):
 
 
 def test_a_failed_capture_is_recorded_and_the_point_measured_eagerly(tmp_path, monkeypatch):
-    gpu = load_driver()
     calls = []
 
     def point(loaded, batch, graphs, quantize, plan):
@@ -83,7 +75,6 @@ def test_a_failed_capture_is_recorded_and_the_point_measured_eagerly(tmp_path, m
 
 
 def test_the_gpu_plan_fits_one_ten_minute_command():
-    gpu = load_driver()
     plan = gpu.PLANS["gpu"]
     assert plan.model == "7b-random" and plan.graphs and plan.budget_s <= 480
     assert plan.graph_batches == (1, 8, 16, 32, 64) and plan.eager_batches == (1,)

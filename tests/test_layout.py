@@ -1,4 +1,5 @@
-"""The layering holds: audio <- assistant <- server, clients on the pure protocol, no import cycle.
+"""The layering holds: audio <- assistant <- server, clients on the pure protocol, bench on top of
+them all and shipped with none, no import cycle.
 
 Every `import` in the packages is read from the source (module level and inside functions alike), so
 a lazy import cannot hide a dependency. The one crossing on purpose is assistant/cli.py, which starts
@@ -8,10 +9,17 @@ each command's module by name (`importlib.import_module("server.app")`), never b
 from __future__ import annotations
 
 import ast
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+from setuptools.config.pyprojecttoml import read_configuration
+
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("audio", "assistant", "server", "client")
+SHIPPED = ("audio", "assistant", "server", "client")
+PACKAGES = (*SHIPPED, "bench")
 # What clients may use of the server: its pure protocol definitions, nothing with sockets or state.
 CLIENT_MAY_IMPORT_FROM_SERVER = {"server.protocol"}
 
@@ -23,18 +31,28 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def import_nodes(path: Path):
+    """Every absolute import of a file: (module, names) for `from module import names`, (name, ()) for `import name`."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from ((a.name, ()) for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module, tuple(a.name for a in node.names)
+
+
+def project_files() -> dict[str, Path]:
+    return {module_name(p): p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")}
+
+
 def project_imports() -> dict[str, set[str]]:
     """module -> the project modules it imports (`from a.b import c` counts as a.b, or a.b.c if a module)."""
-    files = {module_name(p): p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")}
+    files = project_files()
     graph: dict[str, set[str]] = {}
     for name, path in files.items():
         deps: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                deps |= {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                deps.add(node.module)
-                deps |= {f"{node.module}.{a.name}" for a in node.names}
+        for module, names in import_nodes(path):
+            deps.add(module)
+            deps |= {f"{module}.{n}" for n in names}
         graph[name] = {d for d in deps if d in files and d != name}
     return graph
 
@@ -46,12 +64,65 @@ def test_no_module_imports_a_layer_above_its_own():
         top = module.split(".")[0]
         for dep in deps:
             dep_top = dep.split(".")[0]
-            if top == "client":
+            if top == "bench":
+                continue  # bench sits on everything: see test_bench_uses_public_names_only
+            if dep_top == "bench":
+                wrong.append((module, dep))
+            elif top == "client":
                 if dep_top == "server" and dep not in CLIENT_MAY_IMPORT_FROM_SERVER:
                     wrong.append((module, dep))
             elif dep_top == "client" or rank[dep_top] > rank[top]:
                 wrong.append((module, dep))
-    assert not wrong, f"imports against the layering (audio <- assistant <- server; clients): {wrong}"
+    assert not wrong, (
+        "imports against the layering (audio <- assistant <- server; clients use audio, assistant for"
+        f" in-process runs and of server/ only {sorted(CLIENT_MAY_IMPORT_FROM_SERVER)}; nothing imports bench): {wrong}"
+    )
+
+
+def test_bench_uses_public_names_only():
+    """bench/ may import audio, assistant, server and client, but only what they offer (no `_private`
+    name), and never the tests: a benchmark must run from any checkout, without pytest's fixtures."""
+    wrong = []
+    for name, path in project_files().items():
+        if not name.startswith("bench"):
+            continue
+        for module, names in import_nodes(path):
+            top = module.split(".")[0]
+            if top == "tests":
+                wrong.append((name, module))
+            elif top in SHIPPED:
+                wrong += [(name, f"{module}.{n}") for n in names if n.startswith("_")]
+                wrong += [(name, module) for part in module.split(".") if part.startswith("_")]
+    assert not wrong, f"bench/ imports the tests or a private name: {wrong}"
+
+
+def test_the_wheel_ships_no_benchmark():
+    shipped = read_configuration(REPO / "pyproject.toml")["tool"]["setuptools"][
+        "packages"
+    ]  # as pip builds it
+    assert {p.split(".")[0] for p in shipped} == set(SHIPPED)
+
+
+def test_assistant_bench_runs_from_a_checkout_and_says_why_not_elsewhere(tmp_path):
+    """An installed package that maps only the shipped packages finds bench/ beside itself in a
+    checkout (an editable install); a wheel, which has no bench/, says where benchmarks run."""
+    code = "import sys; from assistant.cli import main; sys.exit(main(['bench', 'vad', '--help']))"
+    linked, copied = tmp_path / "linked", tmp_path / "copied"
+    linked.mkdir()
+    (linked / "assistant").symlink_to(REPO / "assistant")
+    shutil.copytree(REPO / "assistant", copied / "assistant")
+
+    def run(site: Path) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONPATH": str(site)}
+        return subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
+
+    from_checkout = run(linked)
+    assert from_checkout.returncode == 0 and "--wav" in from_checkout.stdout, from_checkout.stderr
+    from_wheel = run(copied)
+    assert from_wheel.returncode == 1 and "Traceback" not in from_wheel.stderr
+    assert "run from a checkout of the repository" in from_wheel.stderr
 
 
 def test_there_is_no_import_cycle():

@@ -1,7 +1,7 @@
 """`assistant bench echo`: the echo canceller's CPU cost per 10 ms frame and its ERLE in a simulated room.
 
 Prints figures; never fails on speed. The far end (what the speakers play) is speech from
-tests/data/speech, the room (audio/room.py) distorts, delays, filters and attenuates it into a quiet
+tests/data/speech, the room (bench/room.py) distorts, delays, filters and attenuates it into a quiet
 mic (-100 dBFS of noise, so the figure is the canceller's and not the noise floor's), and from the
 9th second on the near-end talker speaks over it (double talk). Per rate and echo delay: ERLE
 after the first second of echo with the delay told to the canceller (`talk --echo-delay-ms`) and
@@ -19,7 +19,7 @@ import soundfile as sf
 
 from audio.echo import EchoCanceller
 from audio.resample import SUPPORTED_RATES, resample
-from audio.room import RoomConfig, SimulatedRoom, erle_db, run_through_room, speech_level_db
+from bench.room import RoomConfig, SimulatedRoom, erle_db, run_through_room, speech_level_db
 
 SHARED_AUDIO = Path(__file__).resolve().parents[1] / "tests" / "data" / "speech"  # in a checkout
 BLOCK_MS = 20  # `assistant talk`'s default device block

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from audio.frames import FRAME_SAMPLES
-from server.bench import SHARED_AUDIO, _cpu_s, _get, _metric, serving
+from bench.server import SHARED_AUDIO, http_get, metric_value, process_cpu_s, serving
 
 CHUNK_MS = 40
 LEAD_CHUNKS = 3  # a client's send buffer, so a busy box does not starve the model
@@ -206,12 +206,12 @@ def run(args: argparse.Namespace) -> int:
     interrupt = load_clip(args.audio_dir / "interrupt.wav", args.rate)
     serve_args = ["--backend", "scripted", "--barge-in", "vad", "--captions", "off", "--max-sessions", "1"]
     with serving(serve_args) as (proc, port):
-        metrics0, cpu0 = _get("127.0.0.1", port, "/metrics"), _cpu_s(proc.pid)
+        metrics0, cpu0 = http_get("127.0.0.1", port, "/metrics"), process_cpu_s(proc.pid)
         result = asyncio.run(
             _rounds(f"ws://127.0.0.1:{port}/v1/live/sessions", q1, interrupt, args.rounds, args.rate)
         )
-        metrics1, cpu1 = _get("127.0.0.1", port, "/metrics"), _cpu_s(proc.pid)
-    frames = _metric(metrics1, "assistant_session_frames_total") - _metric(
+        metrics1, cpu1 = http_get("127.0.0.1", port, "/metrics"), process_cpu_s(proc.pid)
+    frames = metric_value(metrics1, "assistant_session_frames_total") - metric_value(
         metrics0, "assistant_session_frames_total"
     )
     server_ms = (cpu1 - cpu0) * 1000 / max(frames, 1)

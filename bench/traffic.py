@@ -15,7 +15,7 @@ from server import live_events, realtime_events
 
 
 class Target(Protocol):
-    """The server under test, as the traffic sees it (server/bench_reliability.py's Server)."""
+    """The server under test, as the traffic sees it (bench/reliability.py's Server)."""
 
     def url(self, path: str) -> str: ...
 

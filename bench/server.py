@@ -145,17 +145,17 @@ def bench_opus(audio: np.ndarray) -> tuple[float, float]:
     return encode_ms, (time.process_time() - t) * 1000 / frames
 
 
-def _cpu_s(pid: int) -> float:
+def process_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def _metric(text: str, name: str) -> float:
+def metric_value(text: str, name: str) -> float:
     m = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
     return float(m.group(1)) if m else 0.0
 
 
-def _get(host: str, port: int, path: str) -> str:
+def http_get(host: str, port: int, path: str) -> str:
     import http.client
 
     conn = http.client.HTTPConnection(host, port, timeout=10)
@@ -277,17 +277,27 @@ async def _measure(
         for _ in range(n)
     ]
     await asyncio.sleep(0.5 + warmup_s)
-    metrics0, cpu0, recv0, w0 = _get(host, port, "/metrics"), _cpu_s(pid), received[0], time.monotonic()
+    metrics0, cpu0, recv0, w0 = (
+        http_get(host, port, "/metrics"),
+        process_cpu_s(pid),
+        received[0],
+        time.monotonic(),
+    )
     captions0 = len(transcripts)
     await asyncio.sleep(seconds)
-    metrics1, cpu1, recv1, w1 = _get(host, port, "/metrics"), _cpu_s(pid), received[0], time.monotonic()
+    metrics1, cpu1, recv1, w1 = (
+        http_get(host, port, "/metrics"),
+        process_cpu_s(pid),
+        received[0],
+        time.monotonic(),
+    )
     captions1 = len(transcripts)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     # Opus sessions get each frame as four 20 ms packets.
     frames = n * (w1 - w0) / FRAME_S * (4 if packets else 1)
     delta = {
-        k: _metric(metrics1, f"assistant_{k}_total") - _metric(metrics0, f"assistant_{k}_total")
+        k: metric_value(metrics1, f"assistant_{k}_total") - metric_value(metrics0, f"assistant_{k}_total")
         for k in ("underruns", "drops", "skipped_ticks", "session_frames", "captions_dropped")
     }
     return {
@@ -319,7 +329,7 @@ def _wait_captions_ready(port: int, timeout_s: float = 120.0) -> None:
     """Wait until the server's caption model has loaded, so loading it is not measured as clock jitter."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        captions = json.loads(_get("127.0.0.1", port, "/healthz")).get("captions") or {}
+        captions = json.loads(http_get("127.0.0.1", port, "/healthz")).get("captions") or {}
         if captions.get("ready"):
             return
         if captions.get("error"):

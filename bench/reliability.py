@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.bench_traffic import FRAME_BYTES, STARTS, churn, fuzz_endpoint
+from bench.traffic import FRAME_BYTES, STARTS, churn, fuzz_endpoint
 from server.memory import rss_mb
 
 
@@ -175,7 +175,9 @@ class HealthyClient:
         self.gaps: list[list[float]] = []
 
     async def start(self) -> None:
-        code = "import sys; from server.bench_reliability import healthy_main; healthy_main(sys.argv[1], sys.argv[2])"
+        code = (
+            "import sys; from bench.reliability import healthy_main; healthy_main(sys.argv[1], sys.argv[2])"
+        )
         self.proc = subprocess.Popen([sys.executable, "-c", code, self.url, str(self.out)])
         deadline = time.monotonic() + 30
         while not self.out.exists() and time.monotonic() < deadline:  # it writes the file once streaming
