@@ -10,7 +10,7 @@ Measured on the client's side:
 - interrupt onset -> last assistant audio: from sending interrupt.wav's first voiced sample to
   receiving the interrupted reply's last delta,
 - server CPU per session per 80 ms frame over the whole run (the server process's time / frames),
-and, in this process without sockets, the Live protocol's own CPU per frame: server/live_protocol.py
+and, in this process without sockets, the Live protocol's own CPU per frame: server/protocols/live/state_machine.py
 decoding two 40 ms appends and encoding one spoken frame with its text, JSON included. Compare with
 `assistant bench server --protocol live` for many sessions. Prints figures only; never fails on speed.
 """
@@ -171,7 +171,7 @@ async def _rounds(url: str, q1: np.ndarray, interrupt: np.ndarray, rounds: int, 
 def bench_protocol(frames: int = 3000) -> float:
     """CPU ms the Live state machine (with JSON) spends per 80 ms frame: two 40 ms appends in, one spoken
     frame with a text piece out."""
-    from server.live_protocol import LiveConversation, OpenSession
+    from server.protocols.live.state_machine import LiveConversation, OpenSession
 
     conv = LiveConversation(id_prefix="b", engine_name="bench")
     outs = conv.receive(json.dumps({"type": "session.start", "session": {"model": "bench"}}))

@@ -26,7 +26,7 @@ from assistant.conversation import (
 from assistant.scheduler import Scheduler
 from client.errors import TalkError
 from client.native import ServerEvent, decode_message
-from server.protocol import encode_event
+from server.protocols.native.wire import encode_event
 
 
 class LocalConversation:

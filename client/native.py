@@ -31,7 +31,8 @@ from audio.frames import SAMPLE_RATE_HZ
 from audio.opus_packets import OpusPacketDecoder, OpusPacketEncoder, OpusPacketError
 from audio.pcm import float32_to_pcm16
 from audio.resample import SUPPORTED_RATES, StreamResampler
-from server.protocol import AUDIO_FORMATS, BARGE_IN_POLICIES, MAX_MESSAGE_BYTES, OPTION_FIELDS
+from server.protocols.limits import MAX_MESSAGE_BYTES
+from server.protocols.native.wire import AUDIO_FORMATS, BARGE_IN_POLICIES, OPTION_FIELDS
 
 # The client speaks the server's own protocol definitions, so the two cannot drift apart.
 SESSION_OPTIONS = tuple(sorted(OPTION_FIELDS))

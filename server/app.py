@@ -1,10 +1,10 @@
 """`assistant serve`: the real-time server on one port.
 
 - GET / and the files of web/, GET /healthz (JSON), GET /metrics (Prometheus text): server/http.py,
-- /ws: the native protocol (docs/protocol.md), server/native.py,
-- /v1/realtime: the OpenAI Realtime API (docs/realtime.md), server/realtime.py,
-- /v1/live/sessions: the OpenAI Live API, full duplex (docs/live.md), server/live.py,
-- /api/chat: Kyutai's and NVIDIA's Moshi protocol (docs/moshi-protocol.md), server/moshi_chat.py.
+- /ws: the native protocol (docs/protocol.md), server/protocols/native/adapter.py,
+- /v1/realtime: the OpenAI Realtime API (docs/realtime.md), server/protocols/realtime/adapter.py,
+- /v1/live/sessions: the OpenAI Live API, full duplex (docs/live.md), server/protocols/live/adapter.py,
+- /api/chat: Kyutai's and NVIDIA's Moshi protocol (docs/moshi-protocol.md), server/protocols/moshi/adapter.py.
 
 All websocket adapters are `Connection`s (server/connection.py) that drive conversations
 through the `ServerContext` (server/context.py); the frame loop (assistant/scheduler.py) does
@@ -45,12 +45,12 @@ from server.config import (
 from server.connection import serve_connection
 from server.context import ServerContext
 from server.http import BodyAwareConnection, make_process_request
-from server.live import LiveConnection
 from server.memory import MemoryReporter
-from server.moshi_chat import MoshiChatConnection
-from server.native import NativeConnection
-from server.protocol import CLOSE_POLICY, MAX_MESSAGE_BYTES
-from server.realtime import RealtimeConnection
+from server.protocols.limits import CLOSE_POLICY, MAX_MESSAGE_BYTES
+from server.protocols.live.adapter import LiveConnection
+from server.protocols.moshi.adapter import MoshiChatConnection
+from server.protocols.native.adapter import NativeConnection
+from server.protocols.realtime.adapter import RealtimeConnection
 
 __all__ = ["add_arguments", "config_from_args", "run", "serve_forever"]
 
@@ -143,7 +143,7 @@ def _warm_up_codecs() -> None:
         OpusPacketEncoder()
         OpusPacketDecoder()
     with contextlib.suppress(ImportError):
-        from audio.opus import OpusDecoder, OpusEncoder
+        from audio.opus_ogg import OpusDecoder, OpusEncoder
 
         OpusEncoder()
         OpusDecoder()

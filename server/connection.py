@@ -5,7 +5,7 @@ task (a stalled reader never blocks the frame clock), the per-connection rate li
 most once a second, 1008 for a flood), the idle timeout before a client starts its session, the
 close sequence (drain, close, abort a silent peer), and the handling of failures (a bug while
 handling one message costs that message, not the conversation; anything else closes with 1011).
-A protocol adapter (server/native.py, server/realtime.py, server/live.py) subclasses it and only
+A protocol adapter (server/protocols/native/adapter.py, server/protocols/realtime/adapter.py, server/protocols/live/adapter.py) subclasses it and only
 translates messages and conversation events.
 `serve_connection` is the shared entry: take a slot or refuse with 1013, run, clean up.
 """
@@ -23,7 +23,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from assistant.conversation import Conversation
-from server.protocol import (
+from server.protocols.limits import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_NORMAL,
     CLOSE_POLICY,

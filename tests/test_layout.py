@@ -20,8 +20,8 @@ from setuptools.config.pyprojecttoml import read_configuration
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = ("audio", "assistant", "server", "client")
 PACKAGES = (*SHIPPED, "bench")
-# What clients may use of the server: its pure protocol definitions, nothing with sockets or state.
-CLIENT_MAY_IMPORT_FROM_SERVER = {"server.protocol"}
+# What a pure protocol module (all of server/protocols/ but the adapters) may not import.
+IO_MODULES = {"asyncio", "socket", "ssl", "threading", "subprocess", "http", "websockets", "aiohttp"}
 
 
 def module_name(path: Path) -> str:
@@ -44,6 +44,13 @@ def project_files() -> dict[str, Path]:
     return {module_name(p): p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")}
 
 
+def pure_protocol_modules() -> set[str]:
+    """What clients may use of the server: server/protocols/ but the adapters, which hold the sockets
+    (and the packages above them, which hold docstrings only)."""
+    modules = {m for m in project_files() if m.startswith("server.protocols") and not m.endswith(".adapter")}
+    return modules | {".".join(m.split(".")[:i]) for m in modules for i in (1, 2, 3)}
+
+
 def project_imports() -> dict[str, set[str]]:
     """module -> the project modules it imports (`from a.b import c` counts as a.b, or a.b.c if a module)."""
     files = project_files()
@@ -59,6 +66,7 @@ def project_imports() -> dict[str, set[str]]:
 
 def test_no_module_imports_a_layer_above_its_own():
     rank = {"audio": 0, "assistant": 1, "server": 2}
+    client_may_import = pure_protocol_modules()
     wrong = []
     for module, deps in project_imports().items():
         top = module.split(".")[0]
@@ -69,14 +77,28 @@ def test_no_module_imports_a_layer_above_its_own():
             if dep_top == "bench":
                 wrong.append((module, dep))
             elif top == "client":
-                if dep_top == "server" and dep not in CLIENT_MAY_IMPORT_FROM_SERVER:
+                if dep_top == "server" and dep not in client_may_import:
                     wrong.append((module, dep))
             elif dep_top == "client" or rank[dep_top] > rank[top]:
                 wrong.append((module, dep))
     assert not wrong, (
         "imports against the layering (audio <- assistant <- server; clients use audio, assistant for"
-        f" in-process runs and of server/ only {sorted(CLIENT_MAY_IMPORT_FROM_SERVER)}; nothing imports bench): {wrong}"
+        f" in-process runs and of server/ only its pure protocol modules; nothing imports bench): {wrong}"
     )
+
+
+def test_the_pure_protocol_modules_touch_no_socket():
+    """What clients may import of the server holds no I/O: no socket, event loop, thread or adapter."""
+    pure = pure_protocol_modules()
+    files = project_files()
+    wrong = []
+    for name in sorted(pure & files.keys()):
+        for module, names in import_nodes(files[name]):
+            if module.split(".")[0] in IO_MODULES:
+                wrong.append((name, module))
+            deps = {module, *(f"{module}.{n}" for n in names)} & files.keys()
+            wrong += [(name, dep) for dep in deps if dep.startswith("server") and dep not in pure]
+    assert not wrong, f"a pure protocol module imports I/O or a server module with I/O: {wrong}"
 
 
 def test_bench_uses_public_names_only():

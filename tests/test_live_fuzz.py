@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai.types.live import ServerEvent
 
-from server.live_events import CLIENT_EVENTS, UNSUPPORTED_CLIENT_EVENTS
-from server.live_protocol import LiveConversation, OpenSession
+from server.protocols.live.events import CLIENT_EVENTS, UNSUPPORTED_CLIENT_EVENTS
+from server.protocols.live.state_machine import LiveConversation, OpenSession
 
 SERVER_EVENT = pydantic.TypeAdapter(ServerEvent)
 # JSON values of any shape, biased towards the field names and types the decoder looks at.

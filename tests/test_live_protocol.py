@@ -17,8 +17,8 @@ from openai.types.live import ServerEvent
 
 from assistant.conversation.turns import ASSISTANT_STARTED, ASSISTANT_STOPPED, TurnTaking
 from audio import g711
-from server.live_events import UNSUPPORTED_CLIENT_EVENTS
-from server.live_protocol import (
+from server.protocols.live.events import UNSUPPORTED_CLIENT_EVENTS
+from server.protocols.live.state_machine import (
     USAGE_EVERY_FRAMES,
     CloseSession,
     LiveConversation,
@@ -94,7 +94,7 @@ def error_of(out: list) -> dict:
 
 class CoreTurns:
     """The core's stretch rule (assistant/conversation/turns.py) in front of the state machine, as
-    server/live.py hands the core's events over: stretch start/stop first, then that frame's audio."""
+    server/protocols/live/adapter.py hands the core's events over: stretch start/stop first, then that frame's audio."""
 
     def __init__(self, conv: LiveConversation):
         self.conv = conv

@@ -15,8 +15,8 @@ from assistant.backends.silence import SilenceEngine
 from assistant.engine import SlotOptions
 from assistant.scheduler import Scheduler
 from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
-from audio.opus import OpusDecoder, OpusEncoder, OpusStreamError
-from server import moshi_protocol as moshi
+from audio.opus_ogg import OpusDecoder, OpusEncoder, OpusStreamError
+from server.protocols.moshi import wire as moshi
 
 # What the PersonaPlex web client sends on every connection (its buildURL), and Kyutai's (the same
 # minus the two prompts).
@@ -113,7 +113,7 @@ def test_close_reasons_fit_a_close_frame():
     assert len(reason.encode("utf-8")) <= 123 and reason.endswith("...") and reason.startswith("voice 'é")
 
 
-# -- audio/opus.py -----------------------------------------------------------------------------
+# -- audio/opus_ogg.py -----------------------------------------------------------------------------
 
 
 def tone(seconds: float, hz: float = 440.0) -> np.ndarray:

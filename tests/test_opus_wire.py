@@ -16,7 +16,7 @@ from websockets.asyncio.client import connect
 
 from audio.opus_packets import PACKET_SAMPLES, OpusPacketDecoder, OpusPacketEncoder, OpusPacketError
 from client.native import NativeClient, start_message
-from server.protocol import ProtocolError, SessionStart, check_audio, decode_text
+from server.protocols.native.wire import ProtocolError, SessionStart, check_audio, decode_text
 
 CONVERSATION_WAV = REPO / "tests" / "data" / "speech" / "conversation.wav"
 RATE = 24000

@@ -8,11 +8,11 @@ import json
 import pytest
 
 from assistant.conversation import AudioOut, BargeIn, ConversationOptions, SessionEnded, Stats
-from server import protocol
-from server.protocol import (
+from server.protocols.limits import RateLimiter
+from server.protocols.native import wire
+from server.protocols.native.wire import (
     PlaybackPosition,
     ProtocolError,
-    RateLimiter,
     SessionEnd,
     SessionStart,
     SessionUpdate,
@@ -127,7 +127,7 @@ def test_encode_events():
     }
     stats = json.loads(encode_event(Stats(None, None, 1, 2, 0.5, 80.0, 160.0)))
     assert stats["type"] == "stats" and stats["response_gap_ms"] is None and stats["drops"] == 2
-    assert json.loads(protocol.error_event("rate_limited", "slow down")) == {
+    assert json.loads(wire.error_event("rate_limited", "slow down")) == {
         "type": "error",
         "code": "rate_limited",
         "message": "slow down",
@@ -172,7 +172,8 @@ def test_rate_limiter_allows_bursts_then_the_average_rate():
 )
 def test_every_json_protocol_refuses_the_same_frames_with_invalid_json(text):
     # One decoder for /ws, /v1/realtime and /v1/live/sessions: the same frame is refused by each.
-    from server import live_events, realtime_events
+    from server.protocols.live import events as live_events
+    from server.protocols.realtime import events as realtime_events
 
     assert code_of(text) == "invalid_json"
     if isinstance(text, str):  # binary frames are refused as such by the OpenAI APIs

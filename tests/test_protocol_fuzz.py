@@ -10,8 +10,8 @@ from fuzz_strategies import json_values
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server import protocol
-from server.realtime_protocol import RealtimeConversation
+from server.protocols.native import wire
+from server.protocols.realtime.state_machine import RealtimeConversation
 
 # JSON values of any shape, biased towards the field names and types the decoders look at.
 NAMES = st.sampled_from(
@@ -75,11 +75,11 @@ FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCh
 def test_native_decoder_accepts_or_refuses_with_a_documented_code(message):
     try:
         if isinstance(message, bytes):
-            protocol.check_audio(message, started=True)
+            wire.check_audio(message, started=True)
         else:
-            protocol.decode_text(message)
-    except protocol.ProtocolError as err:
-        assert err.code in protocol.ERROR_CODES and err.message
+            wire.decode_text(message)
+    except wire.ProtocolError as err:
+        assert err.code in wire.ERROR_CODES and err.message
 
 
 @FUZZ

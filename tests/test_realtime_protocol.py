@@ -15,7 +15,7 @@ import pytest
 from openai.types.realtime import RealtimeServerEvent
 
 from assistant.conversation.turns import ASSISTANT_STARTED, ASSISTANT_STOPPED, BARGE_IN, TurnTaking
-from server.realtime_protocol import (
+from server.protocols.realtime.state_machine import (
     ConfigureInput,
     PushAudio,
     RealtimeConversation,
@@ -42,7 +42,7 @@ def new_conversation(**kwargs) -> tuple[RealtimeConversation, list]:
 
 
 # What the adapter does: the core's turn-taking (one hangover rule, one barge-in detector, set as
-# server/realtime.py sets it) reports stretches and barge-ins to the state machine, in the core's order.
+# server/protocols/realtime/adapter.py sets it) reports stretches and barge-ins to the state machine, in the core's order.
 _TURNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _NOW_MS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # time: 80 ms a frame, or a VAD event's
 

@@ -1,7 +1,7 @@
 """What a conversation reports to whoever carries it: one frozen dataclass per event.
 
 These are internal types, not a wire format: each protocol adapter translates them with its own
-explicit encoder (server/protocol.py for the native `/ws`, server/realtime_protocol.py for the
+explicit encoder (server/protocols/native/wire.py for the native `/ws`, server/protocols/realtime/state_machine.py for the
 OpenAI Realtime API), so renaming a field here cannot silently change a protocol.
 
 Two timelines: `at_ms` on input events is a position in the user's audio (24 kHz samples

@@ -3,7 +3,7 @@
 Where Kyutai's and NVIDIA's servers hold one conversation behind a lock, each connection here is
 one conversation in the batched frame loop, like every other endpoint's. Per connection:
 
-- set-up: the query string (server/moshi_protocol.py) becomes the conversation's options; one the
+- set-up: the query string (server/protocols/moshi/wire.py) becomes the conversation's options; one the
   engine cannot honour (a role prompt for a model without prompts, an unknown voice, a bad number)
   is refused with an error message (0x05) and close 1008, before any handshake;
 - handshake: 0x00 goes out with the first frame the engine answers in this slot, so a prompted
@@ -27,10 +27,10 @@ from websockets.asyncio.server import ServerConnection
 
 from assistant.conversation import AssistantText, AudioOut, Error, Event, SessionEnded
 from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
-from audio.opus import OpusDecoder, OpusEncoder, OpusStreamError
-from server import moshi_protocol as moshi
+from audio.opus_ogg import OpusDecoder, OpusEncoder, OpusStreamError
 from server.connection import Connection
-from server.protocol import CLOSE_NORMAL, CLOSE_POLICY
+from server.protocols.limits import CLOSE_NORMAL, CLOSE_POLICY
+from server.protocols.moshi import wire as moshi_wire
 
 log = logging.getLogger("assistant.server")
 
@@ -49,22 +49,22 @@ class MoshiChatConnection(Connection):
         self.skipped: set[str | bytes] = set()  # kinds of messages skipped so far (logged once)
         query = urlsplit(ws.request.path).query if ws.request else ""
         try:
-            options = ctx.default_options().replace(**moshi.session_options(query))
+            options = ctx.default_options().replace(**moshi_wire.session_options(query))
             self.session = ctx.open_session(slot, SAMPLE_RATE_HZ, self.emit, options)
         except ValueError as exc:  # QueryError, or what the engine refuses (prompts, voices)
             self.refuse(CLOSE_POLICY, "invalid_value", str(exc))
             return
-        if unknown := moshi.unknown_parameters(query):
+        if unknown := moshi_wire.unknown_parameters(query):
             log.info("moshi: %s ignores query parameters %s", self.session.session_id, unknown)
 
     def refuse(self, close_code: int, error_code: str, reason: str) -> None:
         """Say why in an error message (the whole reason), then close with `close_code`."""
         log.info("moshi: refusing a connection (%d): %s", close_code, reason)
         self.send_error(error_code, reason)
-        self.close(close_code, moshi.close_reason(reason), flush=True)
+        self.close(close_code, moshi_wire.close_reason(reason), flush=True)
 
     def encode_error(self, code: str, message: str, *, server_side: bool = False) -> bytes:
-        return moshi.error_message(message)
+        return moshi_wire.error_message(message)
 
     # -- conversation events (event loop thread) -------------------------------------------------
     def emit(self, event: Event) -> None:
@@ -72,25 +72,25 @@ class MoshiChatConnection(Connection):
             if not self.handshake_sent:
                 if not self.slot.is_ready():
                     return  # still feeding the prompt: its frames are silence, and nobody is listening
-                self.send(moshi.HANDSHAKE)
+                self.send(moshi_wire.HANDSHAKE)
                 self.handshake_sent = True
             ogg = self.encoder.encode(event.pcm)
             if ogg:
-                self.send(moshi.audio_message(ogg))
+                self.send(moshi_wire.audio_message(ogg))
         elif isinstance(event, AssistantText):
             if self.handshake_sent:
-                self.send(moshi.text_message(event.text))
+                self.send(moshi_wire.text_message(event.text))
         elif isinstance(event, Error):
             self.send_error(event.code, event.message, server_side=True)
         elif isinstance(event, SessionEnded):
-            self.close(CLOSE_NORMAL, moshi.close_reason(event.reason), flush=True)
+            self.close(CLOSE_NORMAL, moshi_wire.close_reason(event.reason), flush=True)
         # The rest (turns, barge-ins, stats, ...) has no Moshi message; the recording keeps them.
 
     # -- client messages -------------------------------------------------------------------------
     def handle_message(self, message: str | bytes) -> None:
         try:
-            ogg = moshi.audio_payload(message)
-        except moshi.Ignored as exc:
+            ogg = moshi_wire.audio_payload(message)
+        except moshi_wire.Ignored as exc:
             # One line per kind of message and connection, not one per message of a client that
             # keeps sending them.
             kind = "text" if isinstance(message, str) else message[:1]
@@ -102,7 +102,7 @@ class MoshiChatConnection(Connection):
             pcm = self.decoder.decode(ogg)
         except OpusStreamError as exc:
             log.warning("moshi: %s: %s", self.session.session_id, exc)
-            self.refuse(moshi.CLOSE_BAD_DATA, "bad_audio", str(exc))
+            self.refuse(moshi_wire.CLOSE_BAD_DATA, "bad_audio", str(exc))
             return
         if self.skip_samples:
             cut = min(self.skip_samples, pcm.shape[0])

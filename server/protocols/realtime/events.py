@@ -2,7 +2,7 @@
 
 `parse_client_event(text)` turns one JSON text frame into a typed client event, or raises
 `RealtimeError` (code, message, param, event_id), which the state machine
-(server/realtime_protocol.py) answers with one `error` server event; the session goes on.
+(server/protocols/realtime/state_machine.py) answers with one `error` server event; the session goes on.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from audio.frames import SAMPLE_RATE_HZ
-from server.json_frames import InvalidJson, load_object
-from server.protocol import check_voice_name
+from server.protocols.json_frames import InvalidJson, load_object
+from server.protocols.native.wire import check_voice_name
 
 BYTES_PER_MS = SAMPLE_RATE_HZ * 2 // 1000  # PCM16 mono
 PCM_FORMAT = {"type": "audio/pcm", "rate": SAMPLE_RATE_HZ}

@@ -5,7 +5,7 @@ conversation at `session.start`, at the sample rate of the audio format the clie
 resamples to and from the model's 24 kHz). JSON text frames go through `LiveConversation.receive`;
 conversation events (audio frames, speech stretches, text pieces, captions, barge-ins, the end) go
 through the matching `LiveConversation` methods; what comes back is sent or carried out. All
-protocol logic lives in server/live_protocol.py; this file only does I/O.
+protocol logic lives in server/protocols/live/state_machine.py; this file only does I/O.
 """
 
 from __future__ import annotations
@@ -28,8 +28,15 @@ from assistant.conversation import (
     UserTranscript,
 )
 from server.connection import Connection
-from server.live_protocol import CloseSession, LiveConversation, LiveError, OpenSession, PushAudio, SetPrompt
-from server.protocol import CLOSE_NORMAL
+from server.protocols.limits import CLOSE_NORMAL
+from server.protocols.live.state_machine import (
+    CloseSession,
+    LiveConversation,
+    LiveError,
+    OpenSession,
+    PushAudio,
+    SetPrompt,
+)
 
 
 class LiveConnection(Connection):

@@ -1,6 +1,6 @@
 """`/ws`: the native protocol adapter (docs/protocol.md) on the shared connection base.
 
-JSON text frames and binary audio frames from the client go through server/protocol.py's pure
+JSON text frames and binary audio frames from the client go through server/protocols/native/wire.py's pure
 decoders into the conversation; every conversation event goes out through its explicit encoder.
 With `audio_format: "opus"` the audio is decoded here, before the conversation (so the VAD, the
 recording and the captions get PCM as ever), and each 80 ms output frame leaves as four 20 ms
@@ -14,10 +14,10 @@ from __future__ import annotations
 from assistant.conversation import AudioOut, Event, SessionEnded, SessionReady
 from audio.frames import FRAME_MS
 from audio.opus_packets import PACKET_MS, OpusPacketDecoder, OpusPacketEncoder, OpusPacketError
-from server import protocol
 from server.connection import Connection
-from server.protocol import (
-    CLOSE_NORMAL,
+from server.protocols.limits import CLOSE_NORMAL
+from server.protocols.native import wire
+from server.protocols.native.wire import (
     PlaybackPosition,
     ProtocolError,
     SessionEnd,
@@ -40,21 +40,19 @@ class NativeConnection(Connection):
             for packet in self.encoder.encode(event.pcm):
                 self.send(packet)
         elif isinstance(event, SessionReady):
-            self.send(protocol.encode_event(event, audio_format=self.audio_format))
+            self.send(wire.encode_event(event, audio_format=self.audio_format))
         else:
-            self.send(protocol.encode_event(event))
+            self.send(wire.encode_event(event))
         if isinstance(event, SessionEnded):
             self.close(CLOSE_NORMAL, event.reason[:120], flush=True)
 
     def encode_error(self, code: str, message: str, *, server_side: bool = False) -> str:
-        return protocol.error_event(code, message)
+        return wire.error_event(code, message)
 
     def handle_message(self, message: str | bytes) -> None:
         try:
             if isinstance(message, bytes):
-                protocol.check_audio(
-                    message, started=self.session is not None, audio_format=self.audio_format
-                )
+                wire.check_audio(message, started=self.session is not None, audio_format=self.audio_format)
                 if self.decoder is None:
                     self.session.push_audio(message)
                     return
@@ -63,11 +61,11 @@ class NativeConnection(Connection):
                 except OpusPacketError as exc:
                     raise ProtocolError("bad_audio", str(exc)) from None
                 return
-            self.handle_event(protocol.decode_text(message))
+            self.handle_event(wire.decode_text(message))
         except ProtocolError as exc:
             self.send_error(exc.code, exc.message)
 
-    def handle_event(self, event: protocol.ClientEvent) -> None:
+    def handle_event(self, event: wire.ClientEvent) -> None:
         if isinstance(event, SessionStart):
             if self.session is not None:
                 raise ProtocolError(

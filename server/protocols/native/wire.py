@@ -4,7 +4,7 @@ Nothing here touches a socket: `decode_text` turns one text frame into a typed c
 (or raises `ProtocolError` with the wire error code), `check_audio` validates one binary frame,
 and `encode_event` turns a conversation event (assistant/conversation/events.py) into the frame
 to send, field by field, so the wire format only changes here. The asyncio shell
-(server/native.py) only moves bytes between the socket and these functions; clients
+(server/protocols/native/adapter.py) only moves bytes between the socket and these functions; clients
 (client/native.py) use the same definitions.
 """
 
@@ -19,16 +19,7 @@ from typing import Any
 from assistant.conversation import events as ev
 from assistant.conversation.options import BARGE_IN_POLICIES, SUPPORTED_SAMPLE_RATES
 from assistant.engine import MAX_PROMPT_CHARS
-from server.json_frames import InvalidJson, load_object
-
-# 1 MiB, text or binary; the websocket layer closes the socket with 1009 on anything bigger.
-MAX_MESSAGE_BYTES = 1 << 20
-
-# Close codes (RFC 6455 numbers with the meaning this server gives them).
-CLOSE_NORMAL = 1000
-CLOSE_POLICY = 1008  # event flood, too slow a reader
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_TRY_AGAIN_LATER = 1013  # server full
+from server.protocols.json_frames import InvalidJson, load_object
 
 ERROR_CODES = (
     "invalid_json",
@@ -319,21 +310,3 @@ def encode_event(event: ev.Event, *, audio_format: str = "pcm16") -> str | bytes
 
 def error_event(code: str, message: str) -> str:
     return _dumps({"type": "error", "code": code, "message": message})
-
-
-class RateLimiter:
-    """Token bucket: `rate_per_s` messages a second on average, bursts up to `burst`. Pure."""
-
-    def __init__(self, rate_per_s: float, burst: float, now: float = 0.0):
-        self.rate_per_s = rate_per_s
-        self.burst = burst
-        self._tokens = burst
-        self._last = now
-
-    def allow(self, now: float) -> bool:
-        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate_per_s)
-        self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False

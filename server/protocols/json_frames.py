@@ -1,9 +1,9 @@
-"""The one JSON decoding of every text frame on this server: `/ws` (server/protocol.py) and the
-OpenAI APIs, Realtime and Live (server/realtime_events.py). Each protocol turns `InvalidJson` into
+"""The one JSON decoding of every text frame on this server: `/ws` (server/protocols/native/wire.py) and the
+OpenAI APIs, Realtime and Live (server/protocols/realtime/events.py). Each protocol turns `InvalidJson` into
 its own typed error (`invalid_json` in all three).
 
 Limits, all enforced before an event is looked at:
-- size: a frame is at most 1 MiB (server/protocol.py MAX_MESSAGE_BYTES; websockets closes a larger
+- size: a frame is at most 1 MiB (server/protocols/limits.py MAX_MESSAGE_BYTES; websockets closes a larger
   one with 1009);
 - depth: nesting as deep as the interpreter's recursion limit (about 1000 levels) is refused, not
   a crash (`[[[[...]]]]`);

@@ -3,7 +3,7 @@
 Per connection it opens a conversation at 24 kHz and moves data both ways:
 JSON text frames -> `RealtimeConversation.receive` -> actions on the conversation / server events out;
 conversation events (audio frames, text pieces, VAD turns, captions, end) -> `RealtimeConversation`
--> events out. All protocol logic lives in server/realtime_protocol.py; this file only does I/O
+-> events out. All protocol logic lives in server/protocols/realtime/state_machine.py; this file only does I/O
 and pacing.
 """
 
@@ -31,8 +31,8 @@ from assistant.conversation import (
     UserTranscript,
 )
 from server.connection import Connection
-from server.protocol import CLOSE_NORMAL
-from server.realtime_protocol import (
+from server.protocols.limits import CLOSE_NORMAL
+from server.protocols.realtime.state_machine import (
     BYTES_PER_MS,
     FRAME_MS,
     SAMPLE_RATE_HZ,

@@ -2,7 +2,7 @@
 
 `parse_client_event(text)` turns one JSON text frame of a primary Live WebSocket into a typed
 client event, or raises `LiveError` (code, message, param, the client's event_id), which the state
-machine (server/live_protocol.py) answers with one `error` server event; the session goes on.
+machine (server/protocols/live/state_machine.py) answers with one `error` server event; the session goes on.
 
 The session configuration is strict, as OpenAI's is: an unknown field is an error, not a silent
 no-op. Features that need an external text model (Responses or Decisions delegation, triggers,
@@ -17,12 +17,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from assistant.engine import MAX_PROMPT_CHARS
 from audio import g711
-from server.protocol import MAX_PROMPT_CHARS
-from server.realtime_events import RealtimeError as LiveError  # the same refusal: code, message, param, id
-from server.realtime_events import _need as need
-from server.realtime_events import _opt as opt
-from server.realtime_events import decode_event_envelope
+from server.protocols.realtime.events import (
+    RealtimeError as LiveError,  # the same refusal: code, message, param, id
+)
+from server.protocols.realtime.events import _need as need
+from server.protocols.realtime.events import _opt as opt
+from server.protocols.realtime.events import decode_event_envelope
 
 __all__ = [
     "AudioFormat",

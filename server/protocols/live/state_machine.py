@@ -1,10 +1,10 @@
 """The OpenAI Live API on `/v1/live/sessions`, as pure code: no sockets, no clocks, no threads.
 
-`LiveConversation` is fed client messages (`receive`, parsed by server/live_events.py) and what the
+`LiveConversation` is fed client messages (`receive`, parsed by server/protocols/live/events.py) and what the
 conversation core reports (each output frame with its speaking flag, the start and end of a stretch
 of assistant speech, text pieces, user captions, barge-ins, the end of the session). It returns, in
 order, server events (plain dicts, ready for `json.dumps`) and actions for the adapter
-(server/live.py) to carry out: open the session, push audio, give the model a new prompt, close.
+(server/protocols/live/adapter.py) to carry out: open the session, push audio, give the model a new prompt, close.
 
 How full duplex maps onto the Live API (docs/live.md says it for users):
 - There are no turns to commit: every appended sample reaches the model as it arrives, and the
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from audio.frames import FRAME_MS
-from server.live_events import (
+from server.protocols.live.events import (
     OPENAI_VOICES,
     AudioAppend,
     AudioFormat,
@@ -42,7 +42,7 @@ from server.live_events import (
     decode_audio,
     parse_client_event,
 )
-from server.realtime_records import Action, PushAudio, SetPrompt
+from server.protocols.realtime.records import Action, PushAudio, SetPrompt
 
 __all__ = ["CloseSession", "LiveConversation", "LiveError", "OpenSession", "PushAudio", "SetPrompt"]
 

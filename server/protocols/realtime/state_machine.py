@@ -1,12 +1,12 @@
 """The OpenAI Realtime API (GA) on `/v1/realtime`, as pure code: no sockets, no clocks, no threads.
 
-- `parse_client_event(text)` (server/realtime_events.py) turns one JSON text frame into a typed
+- `parse_client_event(text)` (server/protocols/realtime/events.py) turns one JSON text frame into a typed
   client event, or raises `RealtimeError` (code, message, param, event_id) that becomes an
   `error` server event.
 - `RealtimeConversation` is the response/item state machine. It is fed client events and what the
   core reports (user speech started/stopped on the input timeline, one output frame of assistant
   audio with its speaking flag, text pieces, user captions) and returns, in order, server events
-  (plain dicts, ready for `json.dumps`) and `Action`s (server/realtime_records.py) for the adapter
+  (plain dicts, ready for `json.dumps`) and `Action`s (server/protocols/realtime/records.py) for the adapter
   to carry out on the session (push audio, force silence, reconfigure VAD and captions).
 
 How a full-duplex model maps onto turns (docs/realtime.md says it for users):
@@ -32,7 +32,7 @@ from dataclasses import replace
 from typing import Any
 
 from audio.frames import FRAME_MS, SAMPLE_RATE_HZ
-from server.realtime_events import (
+from server.protocols.realtime.events import (
     BYTES_PER_MS,
     MAX_AUDIO_BACKLOG_MS,
     MIN_COMMIT_MS,
@@ -51,8 +51,15 @@ from server.realtime_events import (
     parse_client_event,
     warning,
 )
-from server.realtime_prompt import prompt_update
-from server.realtime_records import ConfigureInput, Item, PushAudio, Response, SetPrompt, SetSilenced
+from server.protocols.realtime.prompt import prompt_update
+from server.protocols.realtime.records import (
+    ConfigureInput,
+    Item,
+    PushAudio,
+    Response,
+    SetPrompt,
+    SetSilenced,
+)
 
 __all__ = [
     "BYTES_PER_MS",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from server.realtime_events import RealtimeError, SessionUpdate, warning
+from server.protocols.realtime.events import RealtimeError, SessionUpdate, warning
 
 
 def prompt_update(

@@ -6,7 +6,7 @@ Kyutai's `moshi.server`, NVIDIA's PersonaPlex server and their clients (the web 
 conversation, binary messages only, the first byte the kind, the rest its payload. Kyutai's
 protocol notes (moshi `rust/protocol.md`) name kinds 0-6; the servers send 0x00 (handshake),
 0x01 (a chunk of an Ogg Opus stream) and 0x02 (a UTF-8 text piece), and read only 0x01; anything
-else a client sends is logged and skipped. The socket side is server/moshi_chat.py.
+else a client sends is logged and skipped. The socket side is server/protocols/moshi/adapter.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import math
 from typing import Any
 from urllib.parse import parse_qs
 
-from server.protocol import ProtocolError, parse_options
+from server.protocols.native.wire import ProtocolError, parse_options
 
 KIND_HANDSHAKE = 0x00
 KIND_AUDIO = 0x01

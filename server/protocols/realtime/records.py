@@ -1,4 +1,4 @@
-"""What the Realtime state machine (server/realtime_protocol.py) works with besides events: the
+"""What the Realtime state machine (server/protocols/realtime/state_machine.py) works with besides events: the
 actions it asks its adapter to carry out, and its records of items and responses with their JSON."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from audio.frames import FRAME_MS
-from server.realtime_events import PCM_FORMAT, TurnDetection
+from server.protocols.realtime.events import PCM_FORMAT, TurnDetection
 
 # -- actions for the adapter ------------------------------------------------------------------------
 
