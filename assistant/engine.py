@@ -72,11 +72,6 @@ class Engine:
         self.silenced = np.zeros(batch_size, dtype=bool)
 
     # -- slots -------------------------------------------------------------------------
-    def free_slot(self) -> int | None:
-        """Index of a closed slot, or None when every slot is taken."""
-        free = np.flatnonzero(~self.live)
-        return int(free[0]) if free.size else None
-
     def open(self, slot: int, options: SlotOptions | None = None) -> None:
         """Start a new conversation in `slot` from a clean state."""
         self._check_slot(slot)

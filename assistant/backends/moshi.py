@@ -94,7 +94,9 @@ class MoshiEngine(Engine):
             )
         self.profile = profile
         self.defaults = _SlotSampling(
-            *_checked(text_temperature, text_top_k, temperature, top_k, self.lm.text_card, self.lm.card)
+            *_validate_and_clamp(
+                text_temperature, text_top_k, temperature, top_k, self.lm.text_card, self.lm.card
+            )
         )
         self._sampling = [self.defaults] * batch_size
         self._generators = [torch.Generator() for _ in range(batch_size)]
@@ -395,11 +397,11 @@ class MoshiEngine(Engine):
     def _apply_options(self, slot: int, options: SlotOptions, reseed: bool) -> None:
         current = self.defaults if reseed else self._sampling[slot]
         self._sampling[slot] = _SlotSampling(
-            *_checked(
-                _pick(options.text_temperature, current.text_temperature),
-                _pick(options.text_top_k, current.text_top_k),
-                _pick(options.temperature, current.temperature),
-                _pick(options.top_k, current.top_k),
+            *_validate_and_clamp(
+                _given_or(options.text_temperature, current.text_temperature),
+                _given_or(options.text_top_k, current.text_top_k),
+                _given_or(options.temperature, current.temperature),
+                _given_or(options.top_k, current.top_k),
                 self.lm.text_card,
                 self.lm.card,
             )
@@ -479,27 +481,27 @@ class MoshiEngine(Engine):
             self._force_audio[:bucket],
         )
         if self.runner.mode == "eager":
-            frame, pcm = self._eager_step(n, bucket, rows_pcm, step_args, timings)
+            tokens, pcm = self._eager_step(n, bucket, rows_pcm, step_args, timings)
         else:
             t1 = time.perf_counter()
             pcm_rows, out = self.runner.frame(
                 bucket, torch.from_numpy(rows_pcm).to(dev), *step_args, profile=self.profile
             )
             # one device -> host copy per output: text, 8 audio codes and ready; the audio
-            frame = torch.cat([out.text[:n, None], out.audio[:n], out.ready[:n, None].long()], dim=1).cpu()
+            tokens = torch.cat([out.text[:n, None], out.audio[:n], out.ready[:n, None].long()], dim=1).cpu()
             pcm = pcm_rows[:n].cpu()
             self.codec.frames_encoded[:n] += 1
-            self.codec.frames_decoded[:n] += frame[:, -1].numpy()
+            self.codec.frames_decoded[:n] += tokens[:, -1].numpy()
             timings["device_step_ms"] = (time.perf_counter() - t1) * 1000
             timings.update(out.timings_ms)
-        ready = frame[:, -1].bool()
+        ready = tokens[:, -1].bool()
 
         pcm = pcm.numpy().astype(np.float32, copy=False)
         quiet = ~ready.numpy() | self.silenced[slots]
         pcm[quiet] = 0.0  # a silenced slot, or one with no complete frame yet, outputs exact silence
         np.clip(pcm, -1.0, 1.0, out=pcm)
         pcm_out[slots] = pcm
-        text_ids = frame[:, 0].tolist()
+        text_ids = tokens[:, 0].tolist()
         for row, slot in enumerate(self._slot_at):
             if not quiet[row]:
                 text[slot] = self.loaded.tokenizer.piece(text_ids[row])
@@ -518,7 +520,7 @@ class MoshiEngine(Engine):
         return failed
 
     def _eager_step(self, n: int, bucket: int, rows_pcm: np.ndarray, step_args, timings: dict[str, float]):
-        """The codec's own masked encode / decode around the LM step: (frame long (n, 1 + K + 1), pcm (n, samples))."""
+        """The codec's own masked encode / decode around the LM step: (tokens long (n, 1 + K + 1): text, K audio codes, ready; pcm (n, samples))."""
         B, dev = self.batch_size, self.lm.device
         t0 = time.perf_counter()
         live_rows = torch.zeros(B, dtype=torch.bool)
@@ -531,18 +533,18 @@ class MoshiEngine(Engine):
         t1 = time.perf_counter()
         out = self.runner.lm_step(bucket, codes[:bucket].to(dev), *step_args, profile=self.profile)
         # one device -> host copy: text, 8 audio codes, ready, per live row
-        frame = torch.cat([out.text[:n, None], out.audio[:n], out.ready[:n, None].long()], dim=1).cpu()
+        tokens = torch.cat([out.text[:n, None], out.audio[:n], out.ready[:n, None].long()], dim=1).cpu()
         timings["lm_ms"] = (time.perf_counter() - t1) * 1000
         timings.update(out.timings_ms)
 
         t2 = time.perf_counter()
         ready = torch.zeros(B, dtype=torch.bool)
-        ready[:n] = frame[:, -1].bool()
+        ready[:n] = tokens[:, -1].bool()
         rows_codes = torch.zeros(B, self.lm.num_codebooks, dtype=torch.long)
-        rows_codes[:n] = frame[:, 1:-1].clamp(0, self.lm.card - 1)
+        rows_codes[:n] = tokens[:, 1:-1].clamp(0, self.lm.card - 1)
         pcm = self.codec.decode(rows_codes, mask=ready if not ready.all() else None)
         timings["codec_decode_ms"] = (time.perf_counter() - t2) * 1000
-        return frame, pcm[:n]
+        return tokens, pcm[:n]
 
     def _sampling_tensors(self, bucket: int) -> Sampling:
         """Sampling settings and this frame's draws for rows [0, bucket); idle rows get the defaults."""
@@ -609,12 +611,13 @@ def quantize_option(value: str | None) -> str | None:
     return value
 
 
-def _pick(value, default):
-    return default if value is None else value
+def _given_or(value, current):
+    """An option the caller set, else the slot's current one."""
+    return current if value is None else value
 
 
-def _checked(text_temperature, text_top_k, temperature, top_k, text_card: int, card: int):
-    """Validate sampling options; top_k < 1 means no limit (the whole vocabulary)."""
+def _validate_and_clamp(text_temperature, text_top_k, temperature, top_k, text_card: int, card: int):
+    """Sampling options, validated, with each top-k clamped to its vocabulary (< 1: the whole of it)."""
     for name, value in (("text_temperature", text_temperature), ("temperature", temperature)):
         if not isinstance(value, int | float) or not np.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a number >= 0 (0 = greedy), got {value!r}")

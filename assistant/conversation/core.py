@@ -256,7 +256,7 @@ class Conversation:
         self._arrivals.append((self.samples_in, now))
         for ev in self._vad.push(x):
             self._on_vad(ev, now)
-        self._act(self.turns.user_input(self.samples_in, self._vad.probability >= 0.5))
+        self._apply_turn_actions(self.turns.user_input(self.samples_in, self._vad.probability >= 0.5))
         dropped = self._input.push(x)
         if dropped:
             self.dropped_samples += dropped
@@ -276,7 +276,7 @@ class Conversation:
             # A new VAD starts from silence; the turn state follows its events from here on.
             self._vad = StreamingVad(vad_config, sample_rate_hz=SAMPLE_RATE_HZ)
             if self.turns.user_speaking:
-                self._act(self.turns.user_speech_stopped())
+                self._apply_turn_actions(self.turns.user_speech_stopped())
         if self.slot and changes.keys() & {
             "seed",
             "temperature",
@@ -289,7 +289,7 @@ class Conversation:
             self.slot.update(self.options.slot_options())
         if self.turns.silenced and self.options.barge_in != "vad":
             self.turns.silenced = False
-            self._act([SILENCE_OFF])
+            self._apply_turn_actions([SILENCE_OFF])
         refused = self._apply_captions() if "captions" in changes else None
         self.emit(SessionUpdated(options=self.options.as_dict(self.base_vad)))
         self._log({"event": "session.updated", "options": self.options.as_dict(self.base_vad)})
@@ -390,7 +390,7 @@ class Conversation:
                 self.emit(AssistantSpeechStopped(at_ms=at_ms, input_ms=heard_ms))
                 self._log({"event": "assistant.speech_stopped", "at_ms": at_ms, "input_ms": heard_ms})
             else:
-                self._act([action])
+                self._apply_turn_actions([action])
         out = pcm if self._resample_out is None else self._resample_out.process(pcm)
         self.emit(AudioOut(pcm16=_to_pcm16(out), at_ms=at_ms, speaking=bool(speaking), pcm=pcm))
         if speaking and self._turn_end is not None:
@@ -454,7 +454,7 @@ class Conversation:
             self._log({"event": "input.speech_started", "at_ms": at_ms})
             if self._utterance is not None:
                 self._utterance.active = True
-            self._act(self.turns.user_speech_started(onset, self.samples_in))
+            self._apply_turn_actions(self.turns.user_speech_started(onset, self.samples_in))
         elif ev.type == "speech_stopped":
             # ev.sample is the end of speech (last voiced sample + 1).
             self._turn_end = (self._arrival_of(ev.sample - 1), now)
@@ -470,7 +470,7 @@ class Conversation:
                     at_ms,
                     lambda text, s=start / _SAMPLES_PER_MS, e=at_ms: self._on_caption(text, s, e),
                 )
-            self._act(self.turns.user_speech_stopped())
+            self._apply_turn_actions(self.turns.user_speech_stopped())
 
     def _on_caption(self, text: str, start_ms: float, end_ms: float) -> None:
         if self.ended or not text.strip():
@@ -478,7 +478,7 @@ class Conversation:
         self.emit(UserTranscript(text=text.strip(), start_ms=start_ms, end_ms=end_ms))
         self._log({"event": "user.transcript", "text": text.strip(), "start_ms": start_ms, "end_ms": end_ms})
 
-    def _act(self, actions: list[str]) -> None:
+    def _apply_turn_actions(self, actions: list[str]) -> None:
         for action in actions:
             if action == BARGE_IN:
                 self.barge_ins += 1

@@ -50,7 +50,7 @@ class LiveConnection(Connection):
         super().__init__(ctx, ws, slot)
         engine = ctx.engine
         name = engine.model_name or engine.name
-        self.conv = LiveConversation(
+        self.live = LiveConversation(
             id_prefix=secrets.token_hex(4),
             engine_name=name,
             default_voice=ctx.voices()["default"] if engine.takes_prompts else None,
@@ -87,9 +87,9 @@ class LiveConnection(Connection):
         try:
             self.session = self.ctx.open_session(self.slot, start.sample_rate_hz, self.emit, options)
         except ValueError as exc:
-            self.apply(self.conv.start_refused(str(exc)))
+            self.apply(self.live.start_refused(str(exc)))
             return
-        self.apply(self.conv.started(self.session.session_id, time.time()))
+        self.apply(self.live.started(self.session.session_id, time.time()))
 
     def send_event(self, event: dict) -> None:
         if event["type"] == "error":
@@ -100,32 +100,32 @@ class LiveConnection(Connection):
         if code == "internal_error":
             code = "server_error"  # the OpenAI APIs' own name for it
         error_type = "server_error" if server_side else "invalid_request_error"
-        return json.dumps(self.conv.error(LiveError(code, message, error_type=error_type)))
+        return json.dumps(self.live.error(LiveError(code, message, error_type=error_type)))
 
     # -- conversation events (event loop thread) -------------------------------------------------
     def emit(self, event: Event) -> None:
-        conv = self.conv
+        live = self.live
         if isinstance(event, AudioOut):
-            self.apply(conv.output_audio(event.pcm16, event.speaking, event.at_ms))
+            self.apply(live.output_audio(event.pcm16, event.speaking, event.at_ms))
         elif isinstance(event, AssistantSpeechStarted):
-            conv.assistant_started()
+            live.assistant_started()
         elif isinstance(event, AssistantSpeechStopped):
-            conv.assistant_stopped()
+            live.assistant_stopped()
         elif isinstance(event, AssistantText):
-            self.apply(conv.output_text(event.text, event.at_ms))
+            self.apply(live.output_text(event.text, event.at_ms))
         elif isinstance(event, UserTranscript):
-            self.apply(conv.user_transcript(event.text, event.start_ms, event.end_ms))
+            self.apply(live.user_transcript(event.text, event.start_ms, event.end_ms))
         elif isinstance(event, BargeIn):
-            self.apply(conv.barge_in(event.at_ms))
+            self.apply(live.barge_in(event.at_ms))
         elif isinstance(event, Error):
-            self.send_event(conv.error(LiveError(event.code, event.message, error_type="server_error")))
+            self.send_event(live.error(LiveError(event.code, event.message, error_type="server_error")))
         elif isinstance(event, SessionEnded):
             if event.reason != "client_disconnected":
-                self.apply(conv.ended(event.reason))
+                self.apply(live.ended(event.reason))
             self.close(CLOSE_NORMAL, event.reason[:120])
         # SessionReady, SessionUpdated, Stats, PlaybackClear and the VAD's turns have no Live counterpart:
         # there are no turns, and session.started / the barge_in notice come from the state machine.
 
     # -- client messages -------------------------------------------------------------------------
     def handle_message(self, message: str | bytes) -> None:
-        self.apply(self.conv.receive(message))
+        self.apply(self.live.receive(message))

@@ -66,7 +66,7 @@ class RealtimeConnection(Connection):
 
     def __init__(self, ctx, ws: ServerConnection, slot):
         super().__init__(ctx, ws, slot)
-        self.conv: RealtimeConversation | None = None
+        self.realtime: RealtimeConversation | None = None  # the protocol state; self.session: the core's
         self.paced: collections.deque[bytes] = collections.deque()  # item audio fed at real-time speed
         self.paced_bytes = 0  # what `paced` holds, kept as it changes (read on every client event)
         self.feeder: asyncio.Task | None = None
@@ -77,7 +77,7 @@ class RealtimeConnection(Connection):
         self.session = ctx.open_session(slot, SAMPLE_RATE_HZ, self.emit, options)
         model = requested_model(ws) or ctx.engine.model_name or ctx.engine.name
         takes_prompts = ctx.engine.takes_prompts
-        self.conv = RealtimeConversation(
+        self.realtime = RealtimeConversation(
             session_id=self.session.session_id,
             model=model,
             voice=(options.voice or ctx.voices()["default"])
@@ -90,7 +90,7 @@ class RealtimeConnection(Connection):
             captions_model=ctx.captions_model,
             threshold_applies=ctx.config.vad.backend == "silero",
         )
-        self.apply(self.conv.start())
+        self.apply(self.realtime.start())
 
     # -- conversation outputs -> socket / session ------------------------------------------------
     def apply(self, outputs: list) -> None:
@@ -115,7 +115,7 @@ class RealtimeConnection(Connection):
         error_type = "server_error" if server_side else "invalid_request_error"
         if code == "internal_error":
             code = "server_error"  # the Realtime API's own name for it
-        return json.dumps(self.conv.error(RealtimeError(code, message, error_type=error_type)))
+        return json.dumps(self.realtime.error(RealtimeError(code, message, error_type=error_type)))
 
     def configure(self, cfg: ConfigureInput) -> None:
         changes: dict = {"captions": cfg.captions}
@@ -152,38 +152,40 @@ class RealtimeConnection(Connection):
 
     # -- session events (event loop thread) ------------------------------------------------------
     def emit(self, event: Event) -> None:
-        conv = self.conv
-        if conv is None:
+        realtime = self.realtime
+        if realtime is None:
             return  # SessionReady during open_session: session.created is sent by Conversation.start
         if isinstance(event, AudioOut):
-            self.apply(conv.output_audio(event.pcm16, event.speaking))
+            self.apply(realtime.output_audio(event.pcm16, event.speaking))
         elif isinstance(event, AssistantSpeechStarted):
-            self.apply(conv.assistant_started())
+            self.apply(realtime.assistant_started())
         elif isinstance(event, AssistantSpeechStopped):
-            self.apply(conv.assistant_stopped())
+            self.apply(realtime.assistant_stopped())
         elif isinstance(event, BargeIn):
-            self.apply(conv.barge_in(event.at_ms))
+            self.apply(realtime.barge_in(event.at_ms))
         elif isinstance(event, AssistantText):
-            self.apply(conv.output_text(event.text))
+            self.apply(realtime.output_text(event.text))
         elif isinstance(event, InputSpeechStarted):
-            self.apply(conv.user_speech_started(event.at_ms))
+            self.apply(realtime.user_speech_started(event.at_ms))
         elif isinstance(event, InputSpeechStopped):
-            self.apply(conv.user_speech_stopped(event.at_ms))
+            self.apply(realtime.user_speech_stopped(event.at_ms))
         elif isinstance(event, UserTranscript):
-            self.apply(conv.user_transcript(event.text, event.start_ms, event.end_ms))
+            self.apply(realtime.user_transcript(event.text, event.start_ms, event.end_ms))
         elif isinstance(event, Error):
-            self.send_event(conv.error(RealtimeError(event.code, event.message, error_type="server_error")))
+            self.send_event(
+                realtime.error(RealtimeError(event.code, event.message, error_type="server_error"))
+            )
         elif isinstance(event, SessionEnded):
             if event.reason not in ("client_disconnected", "client_ended"):
-                self.send_event(conv.error(_end_error(event.reason)))
+                self.send_event(realtime.error(_end_error(event.reason)))
             self.close(CLOSE_NORMAL, event.reason[:120])
         # SessionReady/SessionUpdated/Stats/PlaybackClear have no Realtime counterpart: speech_started and
         # response.done (cancelled) tell the client to stop playback.
 
     # -- client messages -------------------------------------------------------------------------
     def handle_message(self, message: str | bytes) -> None:
-        self.conv.audio_backlog_ms = self.paced_bytes / BYTES_PER_MS
-        self.apply(self.conv.receive(message))
+        self.realtime.audio_backlog_ms = self.paced_bytes / BYTES_PER_MS
+        self.apply(self.realtime.receive(message))
 
     def finish(self) -> None:
         if self.feeder is not None:
