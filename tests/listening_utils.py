@@ -1,6 +1,6 @@
 """Compare what a client played (or captured) with what the other side sent: speed, pitch, gaps.
 
-Pure numpy on mono float32. `compare(heard, heard_rate, sent, sent_rate)` resamples `heard` to
+Pure numpy on mono float32 (and `recorded_session`, which reads a server's `--record` files). `compare(heard, heard_rate, sent, sent_rate)` resamples `heard` to
 `sent_rate`, measures the voiced span of each (first to last loud 20 ms window), and finds the
 one lag at which `heard` best matches the voiced part of `sent`. Played at the wrong rate, the
 voiced span stretches (duration ratio != 1) and no single lag fits (low correlation); a dropped
@@ -13,9 +13,12 @@ rate is right when nearly every window matches, wherever the gaps fell.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import soxr
 
 WINDOW_S = 0.02
@@ -109,3 +112,17 @@ def compare(heard: np.ndarray, heard_rate: int, sent: np.ndarray, sent_rate: int
         heard_voiced_s=heard_s,
         sent_voiced_s=sent_s,
     )
+
+
+def recorded_session(
+    record_dir: Path, session_id: str, timeout_s: float = 5.0
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """A finished session's `--record` WAV: (what the model heard, what the server sent, rate)."""
+    events = record_dir / f"{session_id}.jsonl"
+    deadline = time.monotonic() + timeout_s
+    while "session.ended" not in events.read_text():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the server never finished recording session {session_id}")
+        time.sleep(0.1)
+    recorded, rate = sf.read(record_dir / f"{session_id}.wav", dtype="float32", always_2d=True)
+    return recorded[:, 0], recorded[:, 1], rate

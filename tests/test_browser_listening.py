@@ -11,15 +11,20 @@ the model the same way (a quarter second at a time: the server may pad or trim p
 
 from __future__ import annotations
 
-import base64
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from browser_utils import AUDIO_DIR, CHROMIUM, chromium_args, chromium_missing_reason, fake_mic_wav
-from listening_utils import compare, window_correlations
+from browser_utils import (
+    AUDIO_DIR,
+    chromium_missing_reason,
+    fake_mic_wav,
+    launched_chromium,
+    playback_tap,
+    tapped_audio,
+)
+from listening_utils import compare, recorded_session, window_correlations
 from server_utils import start_server
 
 QUESTION_WAV = AUDIO_DIR / "q1.wav"
@@ -33,84 +38,6 @@ pytestmark = [
 NO_WEBCODECS = "delete window.AudioEncoder; delete window.AudioDecoder;"
 MAX_BUFFER_MS = 300
 STEADY_AFTER_S = 1.0  # the playout buffer's start-up is not steady state
-
-# Runs before the page: forces the AudioContext's rate and taps what reaches its destination.
-TAP = """
-window.__tap = {chunks: [], rate: 0, lastLoud: 0, buffered: []};
-(() => {
-  const NativeContext = window.AudioContext;
-  window.AudioContext = class extends NativeContext {
-    constructor(options = {}) { super({...options, sampleRate: %(rate)d}); }
-  };
-  const recorder = `registerProcessor("tap-recorder", class extends AudioWorkletProcessor {
-    constructor() { super(); this.block = new Float32Array(4096); this.filled = 0; }
-    process(inputs) {
-      const input = inputs[0][0];
-      if (!input) return true;
-      this.block.set(input, this.filled);
-      this.filled += input.length;
-      if (this.filled + 128 > this.block.length) {
-        this.port.postMessage(this.block.slice(0, this.filled));
-        this.filled = 0;
-      }
-      return true;
-    }
-  });`;
-  const moduleUrl = URL.createObjectURL(new Blob([recorder], {type: "text/javascript"}));
-  const addModule = AudioWorklet.prototype.addModule;
-  const loaded = new WeakSet();
-  AudioWorklet.prototype.addModule = async function (url, options) {
-    await addModule.call(this, url, options);
-    if (!loaded.has(this)) {
-      loaded.add(this);
-      await addModule.call(this, moduleUrl);
-    }
-  };
-  const taps = new WeakMap();
-  const connect = AudioNode.prototype.connect;
-  AudioNode.prototype.connect = function (destination, ...rest) {
-    const result = connect.call(this, destination, ...rest);
-    if (destination instanceof AudioDestinationNode) {
-      const context = destination.context;
-      let tap = taps.get(context);
-      if (!tap) {
-        tap = new AudioWorkletNode(context, "tap-recorder", {
-          numberOfInputs: 1, numberOfOutputs: 0, channelCount: 1, channelCountMode: "explicit",
-        });
-        taps.set(context, tap);
-        window.__tap.rate = context.sampleRate;
-        tap.port.onmessage = (e) => {
-          window.__tap.chunks.push(e.data);
-          let peak = 0;
-          for (const v of e.data) peak = Math.max(peak, Math.abs(v));
-          if (peak > 0.01) window.__tap.lastLoud = performance.now();
-        };
-      }
-      connect.call(this, tap);
-    }
-    return result;
-  };
-  setInterval(() => {
-    const client = window.assistantClient;
-    if (client?.live && client.stats.readyAt !== null) {
-      window.__tap.buffered.push([(performance.now() - client.stats.readyAt) / 1000, client.stats.bufferedMs]);
-    }
-  }, 20);
-})();
-"""
-
-# The tap's recording as base64 int16, so a few MB cross the DevTools protocol quickly.
-TAP_PCM = """() => {
-  const all = new Int16Array(window.__tap.chunks.reduce((n, c) => n + c.length, 0));
-  let at = 0;
-  for (const chunk of window.__tap.chunks) {
-    for (let i = 0; i < chunk.length; i++) all[at++] = Math.max(-32768, Math.min(32767, Math.round(chunk[i] * 32767)));
-  }
-  const bytes = new Uint8Array(all.buffer);
-  let text = "";
-  for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-  return btoa(text);
-}"""
 
 
 @pytest.fixture(scope="module")
@@ -133,59 +60,45 @@ def question_mic(tmp_path_factory) -> Path:
 def test_the_reply_plays_at_its_own_speed_and_pitch_and_the_question_arrives_intact(
     server, question_mic, audio_format, context_rate
 ):
-    from playwright.sync_api import sync_playwright
-
-    init = TAP % {"rate": context_rate} + (NO_WEBCODECS if audio_format == "pcm16" else "")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), args=chromium_args(question_mic), headless=True
+    init = playback_tap(context_rate) + (NO_WEBCODECS if audio_format == "pcm16" else "")
+    with launched_chromium(question_mic) as browser:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.add_init_script(init)
+        page.goto(f"{server.http_url}/")
+        page.wait_for_function("assistantClient.opusAvailable !== null", timeout=10_000)
+        if audio_format == "opus" and not page.evaluate("assistantClient.opusAvailable"):
+            pytest.skip("this Chromium has no WebCodecs Opus; the page uses PCM16 here")
+        page.get_by_test_id("start-button").click()
+        page.wait_for_function(
+            "assistantClient.stats.readyAt !== null || assistantClient.error !== null", timeout=15_000
         )
-        try:
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.add_init_script(init)
-            page.goto(f"{server.http_url}/")
-            page.wait_for_function("assistantClient.opusAvailable !== null", timeout=10_000)
-            if audio_format == "opus" and not page.evaluate("assistantClient.opusAvailable"):
-                pytest.skip("this Chromium has no WebCodecs Opus; the page uses PCM16 here")
-            page.get_by_test_id("start-button").click()
-            page.wait_for_function(
-                "assistantClient.state === 'listening' || assistantClient.error !== null", timeout=15_000
-            )
-            error = page.evaluate("assistantClient.error && assistantClient.error.message")
-            assert error is None, f"the session did not start: {error}"
-            assert page.evaluate("assistantClient.audioFormat") == audio_format
-            assert page.evaluate("window.__tap.rate") == context_rate
-            session_id = page.evaluate("assistantClient.sessionId")
-            # The reply starts, then plays out until the speakers have been quiet for a second.
-            page.wait_for_function(
-                "assistantClient.stateHistory.some(s => s.state === 'speaking')", timeout=20_000
-            )
-            page.wait_for_function(
-                "assistantClient.state !== 'speaking' && performance.now() - window.__tap.lastLoud > 1000",
-                timeout=25_000,
-            )
-            stats = page.evaluate("assistantClient.stats")
-            server_stats = page.evaluate("assistantClient.serverStats")
-            buffered = page.evaluate("window.__tap.buffered")
-            played = np.frombuffer(base64.b64decode(page.evaluate(TAP_PCM)), dtype=np.int16) / 32767
-            page.get_by_test_id("start-button").click()
-            page.wait_for_function("assistantClient.state === 'idle'", timeout=5_000)
-            assert errors == []
-        finally:
-            browser.close()
+        error = page.evaluate("assistantClient.error && assistantClient.error.message")
+        assert error is None, f"the session did not start: {error}"
+        assert page.evaluate("assistantClient.audioFormat") == audio_format
+        assert page.evaluate("window.__tap.rate") == context_rate
+        session_id = page.evaluate("assistantClient.sessionId")
+        # The reply starts, then plays out until the speakers have been quiet for a second.
+        page.wait_for_function(
+            "assistantClient.stateHistory.some(s => s.state === 'speaking')", timeout=20_000
+        )
+        page.wait_for_function(
+            "assistantClient.state !== 'speaking' && performance.now() - window.__tap.lastLoud > 1000",
+            timeout=25_000,
+        )
+        stats = page.evaluate("assistantClient.stats")
+        server_stats = page.evaluate("assistantClient.serverStats")
+        buffered = page.evaluate("window.__tap.buffered")
+        played, _ = tapped_audio(page)
+        page.get_by_test_id("start-button").click()
+        page.wait_for_function("assistantClient.state === 'idle'", timeout=5_000)
+        assert errors == []
 
-    recording = server.record_dir / f"{session_id}.wav"
-    deadline = time.monotonic() + 5
-    while not (server.record_dir / f"{session_id}.jsonl").read_text().count("session.ended"):
-        assert time.monotonic() < deadline, "the server never finished the session's recording"
-        time.sleep(0.1)
-    recorded, record_rate = sf.read(recording, dtype="float32", always_2d=True)
-    heard_by_model, sent = recorded[:, 0], recorded[:, 1]
+    heard_by_model, sent, record_rate = recorded_session(server.record_dir, session_id)
     question, question_rate = sf.read(QUESTION_WAV, dtype="float32")
 
-    playback = compare(played.astype(np.float32), context_rate, sent, record_rate)
+    playback = compare(played, context_rate, sent, record_rate)
     capture = compare(heard_by_model, record_rate, question, question_rate)
     # The server pads late input and trims piled-up silence (docs/protocol.md, Audio), which a busy
     # machine provokes now and then, so the question is matched a quarter second at a time.
