@@ -276,7 +276,7 @@ export class AssistantClient extends EventTarget {
 
   /** Something went wrong that the conversation survives (shown, not fatal). */
   notice(code, message) {
-    this.dispatchEvent(new CustomEvent("notice", { detail: { code, message } }));
+    this.dispatchEvent(new CustomEvent("notice", { detail: { code, message, local: true } }));
   }
 
   /** Whose turn it is, unless "You interrupted" is still on show or the session is ending. */
