@@ -104,7 +104,7 @@ export class AssistantClient extends EventTarget {
 
   async start() {
     if (this.run) return;
-    const run = { ws: null, ready: false, opened: false, userStopped: false };
+    const run = { ws: null, ready: false, opened: false, userStopped: false, serverRate: WIRE_RATE };
     this.run = run;
     this.assistantSpeaking = false;
     this.userSpeaking = false;
@@ -186,7 +186,7 @@ export class AssistantClient extends EventTarget {
     this.stats.framesReceived += 1;
     this.stats.bytesReceived += data.byteLength;
     if (run.opus) run.opus.decode(data);
-    else run.graph.play(pcm16ToFloat(data), WIRE_RATE);
+    else run.graph.play(pcm16ToFloat(data), run.serverRate);
   }
 
   /** The session's codec, once session.ready confirmed the format. */
@@ -213,6 +213,7 @@ export class AssistantClient extends EventTarget {
         this.sessionId = event.session_id;
         this.serverOptions = event.options ?? null;
         this.audioFormat = event.audio_format ?? "pcm16";
+        run.serverRate = event.sample_rate ?? WIRE_RATE; // the rate of its PCM16 frames
         if (this.audioFormat === "opus") this.startOpus(run);
         this.stats.readyAt = performance.now();
         run.positionTimer = setInterval(() => this.sendPosition(run), POSITION_EVERY_MS);
