@@ -55,7 +55,7 @@ def test_deployment_options_come_from_the_environment(monkeypatch):
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    config = config_from_args(_args("--backend", "scripted"))
+    config = config_from_args(_args("--backend", "moshi"))
     assert (config.host, config.port, config.model, config.max_sessions) == ("0.0.0.0", 9000, "tiny", 8)
     assert (config.drain_grace_s, config.agent_port, config.protect_metrics) == (120.0, 9001, True)
     config = config_from_args(_args("--backend", "scripted", "--port", "9100", "--no-protect-metrics"))
