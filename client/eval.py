@@ -15,6 +15,7 @@ scored), 2 when nothing could run (bad options, missing data, a model that does 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,7 +191,18 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
+def _check_eval_extra(args: argparse.Namespace) -> None:
+    """The packages of the eval extra, asked for before any work starts rather than when first used."""
+    wanted = ("tqdm", "matplotlib") if args.report is not None else ("tqdm",)
+    missing = [name for name in wanted if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UsageError(
+            f"{' and '.join(missing)} missing; it comes with the eval extra: pip install 'duplex-assistant[eval]'"
+        )
+
+
 def _run(args: argparse.Namespace) -> int:
+    _check_eval_extra(args)
     if args.batch < 1:
         raise UsageError(f"--batch must be >= 1, got {args.batch}")
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,17 @@ def test_missing_outputs_refuse_engine_options_their_backend_does_not_take(tmp_p
     assert main([*args, "--model", "tiny"]) == 2
     assert "only --backend moshi takes --model" in capsys.readouterr().err
     assert not (tmp_path / "1" / "output.wav").exists()
+
+
+def test_a_missing_eval_package_names_the_extra_before_any_work(tmp_path, capsys, monkeypatch):
+    turn_sample(tmp_path, "1", 2.0)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    args = ["eval", "fdb", str(tmp_path), "--task", "smooth_turn_taking", "--backend", "scripted"]
+    assert main([*args, "--report", str(tmp_path / "report")]) == 2
+    assert "matplotlib missing; it comes with the eval extra: pip install 'duplex-assistant[eval]'" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "1" / "output.wav").exists() and not (tmp_path / "report").exists()
 
 
 def test_prompts_are_refused_clearly_by_a_model_without_them(tmp_path, capsys):
