@@ -260,21 +260,15 @@ async def _measure(
         )
         for _ in range(n)
     ]
+
+    def reading() -> tuple[str, float, int, float]:
+        return http_get(host, port, "/metrics"), process_cpu_s(pid), received[0], time.monotonic()
+
     await asyncio.sleep(0.5 + warmup_s)
-    metrics0, cpu0, recv0, w0 = (
-        http_get(host, port, "/metrics"),
-        process_cpu_s(pid),
-        received[0],
-        time.monotonic(),
-    )
+    metrics0, cpu0, recv0, w0 = reading()
     captions0 = len(transcripts)
     await asyncio.sleep(seconds)
-    metrics1, cpu1, recv1, w1 = (
-        http_get(host, port, "/metrics"),
-        process_cpu_s(pid),
-        received[0],
-        time.monotonic(),
-    )
+    metrics1, cpu1, recv1, w1 = reading()
     captions1 = len(transcripts)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
