@@ -10,7 +10,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e '.[talk,eval,captions,dev]'
 	# Kyutai's reference implementation, for the equivalence tests only; it pins an older torch,
 	# so it is installed without its dependencies (the modules the tests use need none of them).
 	$(PY) -m pip install --no-deps moshi==0.2.13 einops

@@ -31,7 +31,7 @@ from audio.resample import SUPPORTED_RATES
 FRAME_MS = 10  # AEC3 works on 10 ms frames
 DELAY_MARGIN_MS = 30.0  # the reference is held back by the echo delay less this much
 MAX_QUEUED_MS = 1000.0  # reference waiting for the mic beyond this is dropped (a stalled capture)
-INSTALL_HINT = "pip install 'livekit>=1.0.2'"
+INSTALL_HINT = "it comes with the talk extra: pip install 'duplex-assistant[talk]'"
 
 
 def _load_livekit_rtc():

@@ -48,7 +48,8 @@ def load_sounddevice():
         ) from exc
     except ImportError as exc:
         raise TalkError(
-            "the sounddevice package is missing: pip install sounddevice (or use --input-file/--output-file)"
+            "the sounddevice package is missing; it comes with the talk extra: "
+            "pip install 'duplex-assistant[talk]' (or use --input-file/--output-file)"
         ) from exc
 
 

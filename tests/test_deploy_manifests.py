@@ -269,6 +269,8 @@ def test_the_image_runs_the_server_it_copies_with_its_own_variables():
         assert (REPO / source).exists(), source
     packages = re.findall(r'"(\w+)\*"', pyproject.split("[tool.setuptools.packages.find]")[1])
     assert set(packages) | {"web", "pyproject.toml"} <= set(copied)
+    (install,) = [rest for instr, rest in steps if instr == "RUN" and "pip install -e" in rest]
+    assert install.split() == ["pip", "install", "-e", "."], "the image installs the server's set, no extras"
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     assert ignore[ignore.index("*") + 1 :] and {f"!{s}" for s in copied} <= set(ignore)
     # The same torch as `make test` installs, and the same user as the pods run as.

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
+from packaging.requirements import Requirement
 from setuptools.config.pyprojecttoml import read_configuration
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,3 +172,48 @@ def test_there_is_no_import_cycle():
     for module in sorted(graph):
         if module not in state and (cycle := visit(module)):
             raise AssertionError(f"import cycle: {' -> '.join(cycle)}")
+
+
+# Which distributions each part may import: the server's needs are the core set; `talk` and `eval`
+# bring their own extras, and the tests everything (Kyutai's moshi and einops, which the reference
+# tests compare against, are installed beside it by `make install`, without dependencies).
+def declared() -> dict[str, set[str]]:
+    project = read_configuration(REPO / "pyproject.toml")["project"]
+    names = {"core": project["dependencies"], **project["optional-dependencies"]}
+    return {extra: {_dist(Requirement(r).name) for r in reqs} for extra, reqs in names.items()}
+
+
+def _dist(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def allowed_extras(path: Path) -> tuple[str, ...]:
+    rel = path.relative_to(REPO).as_posix()
+    if rel.startswith("tests/"):
+        return ("core", "talk", "eval", "captions", "dev", "reference")
+    if rel.startswith(("client/", "bench/")):
+        return ("core", "talk", "eval")
+    if rel.startswith("assistant/eval/"):
+        return ("core", "eval")
+    if rel == "audio/echo.py":  # the echo canceller of `assistant talk`
+        return ("core", "talk")
+    if rel == "assistant/captions.py":  # an offline caption model when the captions extra is there
+        return ("core", "captions")
+    return ("core",)
+
+
+def test_every_imported_package_is_declared_in_the_set_its_part_installs():
+    extras = {**declared(), "reference": {"moshi", "einops"}}
+    by_module = {top: {_dist(d) for d in dists} for top, dists in packages_distributions().items()}
+    first_party = set(PACKAGES) | {p.stem for p in (REPO / "tests").glob("*.py")}
+    wrong = []
+    for path in sorted(p for pkg in (*PACKAGES, "tests") for p in (REPO / pkg).rglob("*.py")):
+        allowed = set().union(*(extras[e] for e in allowed_extras(path)))
+        for module, _ in import_nodes(path):
+            top = module.split(".")[0]
+            if top in sys.stdlib_module_names or top in first_party or top == "__future__":
+                continue
+            dists = by_module.get(top, {top})
+            if not dists & allowed:
+                wrong.append(f"{path.relative_to(REPO)}: {module} ({', '.join(sorted(dists))})")
+    assert not wrong, "imported but not declared where this part installs it:\n" + "\n".join(wrong)

@@ -26,9 +26,12 @@ def test_moshi_compile_and_quantize_reach_the_engine_options():
     assert config.engine_options == {"compile": None, "quantize": None}
 
 
-@pytest.mark.parametrize("flag", [("--compile",), ("--quantize", "int8")])
+@pytest.mark.parametrize(
+    "flag",
+    [("--compile",), ("--quantize", "int8"), ("--model", "tiny"), ("--device", "cpu"), ("--dtype", "fp32")],
+)
 def test_moshi_only_flags_are_refused_for_other_backends(flag):
-    with pytest.raises(ValueError, match="only apply to --backend moshi"):
+    with pytest.raises(ValueError, match=f"only --backend moshi takes {flag[0]}"):
         config_from_args(_args("--backend", "scripted", *flag))
 
 
@@ -52,7 +55,7 @@ def test_deployment_options_come_from_the_environment(monkeypatch):
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    config = config_from_args(_args("--backend", "scripted"))
+    config = config_from_args(_args("--backend", "moshi"))
     assert (config.host, config.port, config.model, config.max_sessions) == ("0.0.0.0", 9000, "tiny", 8)
     assert (config.drain_grace_s, config.agent_port, config.protect_metrics) == (120.0, 9001, True)
     config = config_from_args(_args("--backend", "scripted", "--port", "9100", "--no-protect-metrics"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import sys
 import time
 from types import SimpleNamespace
 
@@ -140,7 +141,7 @@ def test_devices_by_name_share_a_supported_rate(monkeypatch):
     [
         (["--input-file", "in.wav"], "--input-file and --output-file go together"),
         (["--input-file", "/nonexistent/in.wav", "--output-file", "out.wav"], "does not exist"),
-        (["--local"], "needs --model"),
+        (["--local", "--backend", "scripted", "--dtype", "bf16"], "only --backend moshi takes --dtype"),
         (["--block-ms", "100"], "--block-ms must be between"),
         (["--no-echo-cancel", "--echo-delay-ms", "50"], "does not go with --no-echo-cancel"),
         (["--echo-delay-ms", "5000"], "--echo-delay-ms must be between"),
@@ -425,14 +426,17 @@ def test_the_echo_delay_comes_from_the_devices_or_the_option():
     assert talk.open_echo_canceller(told, device_audio("Speakers")).hold_back_ms == 270
 
 
+def test_a_missing_sounddevice_package_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # as if not installed: importing it fails
+    with pytest.raises(talk.TalkError, match=r"talk extra: pip install 'duplex-assistant\[talk\]'"):
+        talk.load_sounddevice()
+
+
 def test_a_missing_echo_canceller_package_names_the_fix(monkeypatch):
-    import audio.echo
-
-    def missing():
-        raise ImportError(f"echo cancellation needs the livekit package ({audio.echo.INSTALL_HINT})")
-
-    monkeypatch.setattr(audio.echo, "_load_livekit_rtc", missing)
-    with pytest.raises(talk.TalkError, match="pip install 'livekit.*--no-echo-cancel"):
+    monkeypatch.setitem(sys.modules, "livekit", None)  # as if not installed: importing it fails
+    with pytest.raises(
+        talk.TalkError, match=r"livekit package.*talk extra.*duplex-assistant\[talk\].*--no-echo-cancel"
+    ):
         talk.open_echo_canceller(
             SimpleNamespace(echo_cancel=None, echo_delay_ms=None), device_audio("Speakers")
         )
@@ -460,6 +464,8 @@ def local_args(tmp_path, seconds: float, rate: int = 16000) -> SimpleNamespace:
         model=None,
         device=None,
         dtype=None,
+        compile=None,
+        quantize=None,
         plain=True,
     )
 
