@@ -116,10 +116,17 @@ def run(args: argparse.Namespace) -> int:
     if quantize:
         quantize_moshi(loaded.model, quantize)
     step_mode = compile_mode(args.compile, device)
-    options = {"compile": args.compile, "quantize": quantize, "context": args.context, "warm_up": False}
+    options = {
+        "compile": args.compile,
+        "quantize": quantize,
+        "context": args.context,
+        "context_policy": args.context_policy,
+        "warm_up": False,
+    }
     print(
         f"model={model_of(args)} device={device} dtype={str(param.dtype).removeprefix('torch.')} "
-        f"step={step_mode} quantize={quantize or 'none'} frames={args.frames} "
+        f"step={step_mode} quantize={quantize or 'none'} context_policy={args.context_policy or 'pin'} "
+        f"frames={args.frames} "
         f"warmup={args.warmup} torch_threads={torch.get_num_threads()}"
     )
     print(
