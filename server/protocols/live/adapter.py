@@ -58,10 +58,14 @@ class LiveConnection(Connection):
             check_prompt=ctx.check_prompt,  # a client names the model's voices, never a file
             default_instructions=ctx.config.instructions or "",
             captions=ctx.captions_model is not None,
-            context_frames=engine.describe().get("context_frames"),
+            context_fill=self.context_fill,
             max_session_s=ctx.config.limits.max_session_s,
             barge_in=ctx.config.barge_in,
         )
+
+    def context_fill(self) -> float | None:
+        """How full the model's context is for this session (the engine's count, prompt included)."""
+        return self.slot.context_fill() if self.slot is not None else None
 
     # -- state machine outputs -> socket / session -----------------------------------------------
     def apply(self, outputs: list) -> None:
