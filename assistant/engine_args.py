@@ -117,7 +117,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """
     backend = getattr(args, "backend", "moshi")
     if backend != "moshi":
-        given = [f"--{name}" for name in MOSHI_ONLY if getattr(args, name) is not None]
+        given = [f"--{name.replace('_', '-')}" for name in MOSHI_ONLY if getattr(args, name) is not None]
         if given:
             raise ValueError(f"only --backend moshi takes {', '.join(given)} (this is --backend {backend})")
         return {}
