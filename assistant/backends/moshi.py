@@ -22,10 +22,11 @@ import torch
 
 from assistant.engine import FRAME_MS, Engine, SlotOptions, StepOutput
 from assistant.moshi.graphs import StepRunner, bucket_for, compile_mode, topk_width
-from assistant.moshi.lm import MoshiStreamingLM, Sampling
+from assistant.moshi.lm import Sampling
 from assistant.moshi.loading import LoadedMoshi, load_moshi, resolve_device, resolve_dtype
 from assistant.moshi.persona import DEFAULT_CHUNK_FRAMES, Prompter, PromptJob
 from assistant.moshi.random_models import RANDOM_MODELS, random_loaded
+from assistant.moshi.vision_lm import streaming_lm
 
 DEFAULT_TEXT_TEMPERATURE = 0.7
 DEFAULT_TEXT_TOP_K = 25
@@ -87,7 +88,8 @@ class MoshiEngine(Engine):
             from assistant.moshi.quantize import quantize_moshi
 
             quantize_moshi(loaded.model, self.quantize)
-        self.lm = MoshiStreamingLM(loaded.model, batch_size, delays=loaded.delays, context=context)
+        step_mode = compile_mode(compile, next(loaded.model.parameters()).device)
+        self.lm = streaming_lm(loaded, batch_size, context=context, static=step_mode != "eager")
         if codec.cardinality != self.lm.card:
             raise ValueError(
                 f"Mimi has {codec.cardinality} codes per codebook but the LM expects {self.lm.card}"
@@ -104,7 +106,7 @@ class MoshiEngine(Engine):
         dev = self.lm.device
         self._force_text = torch.full((batch_size,), loaded.text_pad_id, dtype=torch.long, device=dev)
         self._force_audio = self._silence_codes.expand(batch_size, -1).contiguous()
-        self.runner = StepRunner(self.lm, codec, compile_mode(compile, dev))
+        self.runner = StepRunner(self.lm, codec, step_mode)
         if prefill not in ("fast", "stepwise"):
             raise ValueError(f"prefill must be 'fast' or 'stepwise', got {prefill!r}")
         if prefill_chunk < 1:

@@ -61,10 +61,15 @@ class LoadedMoshi:
     default_voice: str | None = None
     silence_tokens: tuple[int, ...] = SILENCE_TOKENS  # codes of the prompts' silence and tone frames
     sine_tokens: tuple[int, ...] = SINE_TOKENS
+    vision: torch.nn.Module | None = None  # MoshiVision of a model that sees images (model_type "moshivis")
 
     @property
     def takes_prompts(self) -> bool:
         return self.model_type == "personaplex"
+
+    @property
+    def takes_images(self) -> bool:
+        return self.vision is not None
 
 
 # -- device and dtype --------------------------------------------------------------------------
@@ -199,7 +204,7 @@ def detect_layout(directory: Path) -> str:
     )
 
 
-def _need(directory: Path, name: str, what: str) -> Path:
+def need_file(directory: Path, name: str, what: str) -> Path:
     path = directory / name
     if not path.is_file():
         raise CheckpointError(f"checkpoint dir {directory} has no {name} ({what})")
@@ -243,19 +248,23 @@ def _personaplex_kwargs(raw: dict | None) -> dict:
 def _load_kyutai(directory: Path, device, dtype, source: str) -> LoadedMoshi:
     from safetensors.torch import load_file
 
+    from assistant.moshi.vision_loading import is_moshivis, load_moshivis
+
     config_path = directory / "config.json"
     raw = json.loads(config_path.read_text()) if config_path.is_file() else None
+    if is_moshivis(directory, raw):
+        return load_moshivis(directory, device, dtype, source, raw)
     names = raw or {}
     model_type = model_type_of(directory, raw, source)
-    moshi_file = _need(directory, names.get("moshi_name", KYUTAI_MOSHI_NAME), "Kyutai LM weights")
-    mimi_file = _need(directory, names.get("mimi_name", KYUTAI_MIMI_NAME), "Kyutai Mimi weights")
-    tok_file = _need(
+    moshi_file = need_file(directory, names.get("moshi_name", KYUTAI_MOSHI_NAME), "Kyutai LM weights")
+    mimi_file = need_file(directory, names.get("mimi_name", KYUTAI_MIMI_NAME), "Kyutai Mimi weights")
+    tok_file = need_file(
         directory, names.get("tokenizer_name", KYUTAI_TOKENIZER_NAME), "SentencePiece text tokenizer"
     )
     kwargs = _personaplex_kwargs(raw) if model_type == "personaplex" else kyutai_lm_kwargs(raw)
     mimi_config = None
     if names.get("mimi_config_name"):
-        mimi_json = _need(directory, names["mimi_config_name"], "Kyutai Mimi config named by config.json")
+        mimi_json = need_file(directory, names["mimi_config_name"], "Kyutai Mimi config named by config.json")
         mimi_config = mimi_config_from_kyutai(json.loads(mimi_json.read_text()))
     config = kyutai_lm_config(kwargs, mimi_config)
     lm_state = convert_kyutai_lm_state_dict(
