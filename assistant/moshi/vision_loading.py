@@ -15,26 +15,13 @@ a config.json may describe another model with MoshiVis's own key names (`dim`, `
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from assistant.moshi.checkpoint import (
-    KYUTAI_MIMI_NAME,
-    KYUTAI_MOSHI_NAME,
-    KYUTAI_TOKENIZER_NAME,
-    TEXT_END_PAD_ID,
-    CheckpointError,
-)
-from assistant.moshi.kyutai import (
-    KYUTAI_7B_KWARGS,
-    convert_kyutai_lm_state_dict,
-    kyutai_lm_config,
-    kyutai_lm_kwargs,
-    mimi_config_from_kyutai,
-)
-from assistant.moshi.vision import ImageCrossAttention, ImageEncoder, MoshiVision, use_kyuteye_norms
+from assistant.moshi.checkpoint import KYUTAI_MOSHI_NAME, CheckpointError
+from assistant.moshi.kyutai import KYUTAI_7B_KWARGS, kyutai_lm_kwargs
+from assistant.moshi.vision import ImageCrossAttention, ImageEncoder
 
 IMAGE_PREFIX = "image_prefix."
 # SigLIP of PaliGemma 2 at 448 px (`siglip_gemma2_448`), the release's encoder
@@ -203,43 +190,3 @@ def build_image_encoder(image: dict[str, torch.Tensor], raw: dict | None, lm_dim
             )
     encoder.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return encoder
-
-
-def load_moshivis(directory: Path, device, dtype, source: str, raw: dict | None):
-    """A LoadedMoshi of a MoshiVis checkpoint, its `vision` set (the encoder in float32)."""
-    from safetensors.torch import load_file
-
-    from assistant.moshi.loading import LoadedMoshi, build_moshi_from_lm_state, need_file
-    from assistant.moshi.tokenizer import TextTokenizer
-
-    names = raw or {}
-    weights = need_file(directory, names.get("model", KYUTAI_MOSHI_NAME), "MoshiVis weights")
-    mimi_file = need_file(directory, names.get("mimi_codec", KYUTAI_MIMI_NAME), "Kyutai Mimi weights")
-    tok_file = need_file(
-        directory, names.get("text_tokenizer", KYUTAI_TOKENIZER_NAME), "SentencePiece text tokenizer"
-    )
-    mimi_config = None
-    if names.get("mimi_config_name"):
-        mimi_json = need_file(directory, names["mimi_config_name"], "Kyutai Mimi config named by config.json")
-        mimi_config = mimi_config_from_kyutai(json.loads(mimi_json.read_text()))
-    kwargs = moshivis_lm_kwargs(raw)
-    config = kyutai_lm_config(kwargs, mimi_config)
-    lm, cross, image = split_state(load_file(str(weights)), str(weights))
-    lm_state = convert_kyutai_lm_state_dict(lm, config, filename=str(weights))
-    model = build_moshi_from_lm_state(config, lm_state, device, dtype, str(weights))
-    use_kyuteye_norms(model)
-    cross_attention = build_cross_attention(cross, config, str(weights)).to(device, dtype)
-    encoder = build_image_encoder(image, raw, config.hidden_size, str(weights)).to(device).eval()
-    pad = kwargs.get("existing_text_padding_id", 3)
-    return LoadedMoshi(
-        model=model,
-        tokenizer=TextTokenizer.from_file(tok_file, {pad, TEXT_END_PAD_ID}),
-        mimi=mimi_file,
-        mimi_config=mimi_config,
-        layout="kyutai",
-        source=source,
-        delays=tuple(kwargs["delays"]),
-        text_pad_id=pad,
-        model_type="moshivis",
-        vision=MoshiVision(encoder, cross_attention).eval(),
-    )
