@@ -295,3 +295,29 @@ def test_respond_with_an_image_answers_differently(tmp_path):
     assert late != plain
     # shown 3 s in, the image cannot change what was said before: the texts share that much
     assert late[:8] == plain[:8]
+
+
+def test_the_release_layout_is_recognised_by_its_weights(tmp_path):
+    """Kyutai's repo has no config.json saying what it is: the image side in the weights says it."""
+    import shutil
+
+    from assistant.moshi.loading import load_moshi
+
+    for item in DATA.iterdir():
+        shutil.copy(item, tmp_path / item.name)
+    config = json.loads((DATA / "config.json").read_text())
+    del config["model_type"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = load_moshi(str(tmp_path), device="cpu")
+    assert loaded.model_type == "moshivis" and loaded.takes_images
+
+
+def test_moshika_vis_is_listed_with_images(capsys):
+    from assistant.cli import main
+
+    assert main(["models", "--json"]) == 0
+    listed = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    vis = listed["moshika-vis"]
+    assert vis["repo_id"] == "kyutai/moshika-vis-pytorch-bf16" and vis["takes_images"] is True
+    assert vis["approx_size_gb"] == 17.0 and vis["licence"].startswith("CC-BY 4.0")
+    assert listed["moshiko"]["takes_images"] is False
