@@ -228,18 +228,22 @@ def test_an_image_is_encoded_in_stages_across_ticks_and_counts_from_the_step_aft
 
 def test_removing_the_image_returns_to_plain_moshi_from_the_next_step():
     """A then nothing: the steps after the removal are plain Moshi steps over the same history
-    (the reference's "a_then_none_at_24": no cross-attention from step 24 on)."""
-    eng = engine()
+    (the reference's "a_then_none_at_24": no cross-attention from step 24 on), while another row
+    of the batch keeps its image (so the batch still runs the cross-attention, masked)."""
+    eng = engine(batch_size=2)
     rec = Recorder(eng)
     eng.open(0)
+    eng.open(1)
+    show(eng, 1, "image_b.png", 0)
     for step, frame in enumerate(speech()):
         if step == 0:
             show(eng, 0, "image_a.png", 0)
         if step == 24:
             eng.set_image(0, None)
-            assert eng.image_status(0) == "none"
-        rec.step(frame[None])
+            assert eng.image_status(0) == "none" and eng.image_status(1) == "set"
+        rec.step(np.stack([frame, frame]))
     assert rec.frames[0] == REFERENCE["frames"]["a_then_none_at_24"]
+    assert rec.frames[1] == REFERENCE["frames"]["b_from_0"]
 
 
 def test_images_go_through_the_frame_loop_queue():
