@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+import torch
 
 from assistant.backends.moshi import MoshiEngine
 
@@ -27,14 +28,9 @@ IMAGES = {name: (DATA / name).read_bytes() for name in ("image_a.png", "image_b.
 
 
 def engine(batch_size: int = 1, **options) -> MoshiEngine:
+    options = {"compile": False, **options}
     return MoshiEngine.from_pretrained(
-        str(DATA),
-        batch_size=batch_size,
-        device="cpu",
-        temperature=0.0,
-        text_temperature=0.0,
-        compile=False,
-        **options,
+        str(DATA), batch_size=batch_size, device="cpu", temperature=0.0, text_temperature=0.0, **options
     )
 
 
@@ -169,40 +165,58 @@ def test_four_rows_batched_equal_their_solo_runs():
     assert rec.frames[0] == REFERENCE["frames"]["a_from_0"]
 
 
+def two_rows_with_images(eng: MoshiEngine, frames: np.ndarray) -> tuple[list[list[str]], np.ndarray]:
+    """Two rows: image A from step 4 (counting from step 6), image B from step 12; text and audio."""
+    eng.open(0)
+    eng.open(1)
+    texts, pcm = [], []
+    for step, frame in enumerate(frames):
+        if step == 4:
+            show(eng, 0, "image_a.png", 6)
+        if step == 12:
+            show(eng, 1, "image_b.png", 0)
+        out = eng.step(np.stack([frame, frame]))
+        texts.append(out.text)
+        pcm.append(out.pcm_out.copy())
+    return texts, np.array(pcm)
+
+
 def test_compiled_step_with_images_has_no_graph_breaks_and_equals_the_eager_step(monkeypatch):
     """The compiled / captured step always computes the cross-attention and masks rows without an
     image in force (static shapes); the eager step skips it when no row has one. Same output."""
-    import torch
     from torch._dynamo.utils import counters
 
     frames = speech(frames=24)
-
-    def run(eng: MoshiEngine) -> tuple[list[list[str]], np.ndarray]:
-        eng.open(0)
-        eng.open(1)
-        texts, pcm = [], []
-        for step, frame in enumerate(frames):
-            if step == 4:
-                show(eng, 0, "image_a.png", 6)
-            if step == 12:
-                show(eng, 1, "image_b.png", 0)
-            out = eng.step(np.stack([frame, frame]))
-            texts.append(out.text)
-            pcm.append(out.pcm_out.copy())
-        return texts, np.array(pcm)
-
-    eager = run(engine(batch_size=2))
+    eager = two_rows_with_images(engine(batch_size=2), frames)
     monkeypatch.setenv("ASSISTANT_COMPILE_BACKEND", "eager")
     torch._dynamo.reset()
     counters.clear()
-    compiled_engine = MoshiEngine.from_pretrained(
-        str(DATA), batch_size=2, device="cpu", temperature=0.0, text_temperature=0.0, compile=True
-    )
+    compiled_engine = engine(batch_size=2, compile=True)
     assert compiled_engine.describe()["step_mode"] == "torch-compile"
-    compiled = run(compiled_engine)
+    compiled = two_rows_with_images(compiled_engine, frames)
     assert not counters["graph_break"]
     assert compiled[0] == eager[0]
     np.testing.assert_allclose(compiled[1], eager[1], rtol=0, atol=2e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graphs_with_images_equal_the_eager_step_on_cuda():
+    """On a GPU: each bucket's captured step (cross-attention masked per row) gives what eager kernels give."""
+    frames = speech(frames=24)
+    options = {
+        "batch_size": 2,
+        "device": "cuda",
+        "dtype": "fp32",
+        "temperature": 0.0,
+        "text_temperature": 0.0,
+    }
+    eager = two_rows_with_images(MoshiEngine.from_pretrained(str(DATA), compile=False, **options), frames)
+    graphed_engine = MoshiEngine.from_pretrained(str(DATA), compile=True, **options)
+    assert graphed_engine.describe()["step_mode"] == "cuda-graphs"
+    graphed = two_rows_with_images(graphed_engine, frames)
+    assert graphed_engine.runner.eager_fallbacks == 0
+    assert graphed[0] == eager[0]
+    np.testing.assert_allclose(graphed[1], eager[1], rtol=0, atol=2e-5)
 
 
 def test_an_image_is_encoded_in_stages_across_ticks_and_counts_from_the_step_after():
