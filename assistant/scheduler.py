@@ -1,7 +1,7 @@
 """The 12.5 Hz frame clock: one batched engine step per 80 ms for every live session.
 
 Each tick (absolute wall-clock deadlines start + k * 80 ms, so no drift accumulates):
-  1. apply queued slot changes (open, close, force_silence, update) while no step is running,
+  1. apply queued slot changes (open, close, force_silence, update, image) while no step is running,
   2. take one input frame from every live session (silence on underrun; the session counts it);
      if a session's input is just short of a frame, wait a few ms (grace_ms) once before that,
   3. run `engine.step` on the whole batch in a worker thread (the event loop stays free),
@@ -35,6 +35,7 @@ import numpy as np
 
 from assistant.engine import Engine, SlotOptions, StepOutput
 from assistant.frame_gc import FrameGarbageCollector
+from assistant.images import PreparedImage
 from audio.frames import FRAME_MS
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,26 @@ class SlotHandle:
         if not self.released:
             self.scheduler._ops.append(("update", self.slot, options))
 
+    @property
+    def takes_images(self) -> bool:
+        return self.scheduler.engine.takes_images
+
+    def check_image(self, data: bytes) -> PreparedImage:
+        """Validate and prepare image bytes on the caller's thread (decoding and resizing take a few
+        ms: call it from a worker thread, not the event loop). Raises an `ImageError` subclass,
+        `ImagesNotSupported` for a model without vision; the session is untouched either way."""
+        return self.scheduler.engine.check_image(data)
+
+    def set_image(self, image: PreparedImage | None, *, start_frame: int | None = None) -> None:
+        """Show the conversation `image` (from `check_image`), or remove its image (None), at the
+        next tick; it is encoded in the following ticks' spare time and counts from the step after."""
+        if not self.released:
+            self.scheduler._ops.append(("image", self.slot, (image, start_frame)))
+
+    def image_status(self) -> str:
+        """ "none", "encoding" or "set" (see `Engine.image_status`)."""
+        return "none" if self.released else self.scheduler.engine.image_status(self.slot)
+
     def release(self) -> None:
         """Stop feeding the session and free its capacity now; the engine slot is wiped before the next step."""
         if self.released:
@@ -269,6 +290,8 @@ class Scheduler:
                     self.engine.force_silence(slot, arg)
                 elif kind == "update" and self.engine.live[slot]:
                     self.engine.update(slot, arg)
+                elif kind == "image" and self.engine.live[slot]:
+                    self.engine.set_image(slot, arg[0], start_frame=arg[1])
             except Exception:  # one bad slot change must not stop the clock for everyone
                 if raise_errors:
                     raise
