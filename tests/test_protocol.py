@@ -172,8 +172,8 @@ def test_rate_limiter_allows_bursts_then_the_average_rate():
 )
 def test_every_json_protocol_refuses_the_same_frames_with_invalid_json(text):
     # One decoder for /ws, /v1/realtime and /v1/live/sessions: the same frame is refused by each.
-    from server.protocols.live import events as live_events
-    from server.protocols.realtime import events as realtime_events
+    from server.protocols.live import client_events as live_events
+    from server.protocols.realtime import client_events as realtime_events
 
     assert code_of(text) == "invalid_json"
     if isinstance(text, str):  # binary frames are refused as such by the OpenAI APIs
