@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlencode
 
-from server.protocols.live import events as live_events
+from server.protocols.live import client_events as live_events
 from server.protocols.live.state_machine import LiveConversation
-from server.protocols.moshi import wire as moshi_wire
+from server.protocols.moshi import query as moshi_query
 from server.protocols.native import wire as native_wire
-from server.protocols.realtime import events as realtime_events
+from server.protocols.realtime import client_events as realtime_events
 from server.protocols.realtime.state_machine import RealtimeConversation
 
 CHUNK_MS = 20  # what browsers and the SDK examples send: 50 appends a second
@@ -170,7 +170,7 @@ def measurements() -> list[tuple[str, str, str, Callable[[], object]]]:
         rows.append(("/v1/live", name, "decode", lambda text=text: live_events.parse_client_event(text)))
         if name != "session.start":  # a second start would be refused
             rows.append(("/v1/live", name, "receive", lambda text=text: live.receive(text)))
-    rows.append(("/api/chat", "query string", "decode", lambda: moshi_wire.session_options(MOSHI_QUERY)))
+    rows.append(("/api/chat", "query string", "decode", lambda: moshi_query.session_options(MOSHI_QUERY)))
     return rows
 
 
