@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import operator
 import types
 import typing
 from dataclasses import dataclass
@@ -28,7 +30,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Discriminator,
+    Field,
     Tag,
+    TypeAdapter,
     ValidationError,
 )
 from pydantic_core import PydanticCustomError
@@ -157,14 +161,15 @@ def _base64(value: str) -> bytes:
         raise refuse("invalid_audio", f"{{param}} is not valid base64: {exc}") from None
 
 
-def _whole_pcm16_samples(value: bytes) -> bytes:
-    if len(value) % 2:
-        raise refuse("invalid_audio", f"{{param}} has {len(value)} bytes; PCM16 needs 2 bytes per sample")
-    return value
+def _base64_pcm16(value: str) -> bytes:
+    pcm16 = _base64(value)
+    if len(pcm16) % 2:
+        raise refuse("invalid_audio", f"{{param}} has {len(pcm16)} bytes; PCM16 needs 2 bytes per sample")
+    return pcm16
 
 
 Base64Audio = Annotated[str, AfterValidator(_base64)]  # the decoded bytes
-Base64Pcm16 = Annotated[Base64Audio, AfterValidator(_whole_pcm16_samples)]
+Base64Pcm16 = Annotated[str, AfterValidator(_base64_pcm16)]  # the decoded bytes, whole 16-bit samples
 
 
 def refused_unless(allowed: tuple, code: str, message: str) -> AfterValidator:
@@ -218,6 +223,13 @@ def not_applied(model: BaseModel, path: str) -> list[tuple[str, str]]:
         elif isinstance(value, BaseModel):
             found += not_applied(value, f"{path}.{name}")
     return found
+
+
+def any_event(models: tuple[type[BaseModel], ...]) -> TypeAdapter:
+    """One validator for all of a protocol's events, told apart by their `type` (a Literal in each):
+    a well-formed event goes through pydantic's own JSON parser in one pass. A frame it refuses is
+    read again, the protocol's own way, to say what is wrong."""
+    return TypeAdapter(Annotated[functools.reduce(operator.or_, models), Field(discriminator="type")])
 
 
 # -- a validation failure -> what the client is told ------------------------------------------------

@@ -20,7 +20,7 @@ from pydantic import AfterValidator, ValidationError, model_validator
 
 from assistant.engine import MAX_PROMPT_CHARS
 from audio import g711
-from server.protocols.openai_events import ClientEvent, parse_event
+from server.protocols.openai_events import ClientEvent, ClientEvents
 from server.protocols.openai_events import EventError as LiveError
 from server.protocols.schema import (
     Base64Audio,
@@ -222,19 +222,22 @@ class LiveSessionUpdate(Refused):
 
 
 class SessionStart(ClientEvent):
+    type: Literal["session.start"]
     session: LiveSession
 
 
 class SessionUpdate(ClientEvent):
+    type: Literal["session.update"]
     session: LiveSessionUpdate
 
 
 class AudioAppend(ClientEvent):
+    type: Literal["session.input_audio.append"]
     audio: Base64Audio  # the bytes, in the session's format (the state machine knows it)
 
 
 class Mute(ClientEvent):
-    """session.input_audio.mute or .unmute."""
+    type: Literal["session.input_audio.mute", "session.input_audio.unmute"]
 
     @property
     def muted(self) -> bool:
@@ -242,6 +245,7 @@ class Mute(ClientEvent):
 
 
 class InstructionsAppend(ClientEvent):
+    type: Literal["session.instructions.append"]
     content: text(MAX_APPEND_CHARS)
     delegation_id: Annotated[
         Any,
@@ -254,29 +258,21 @@ class InstructionsAppend(ClientEvent):
 
 
 class SessionClose(ClientEvent):
-    pass
+    type: Literal["session.close"]
 
 
-CLIENT_EVENTS: dict[str, type[ClientEvent]] = {
-    "session.start": SessionStart,
-    "session.update": SessionUpdate,
-    "session.input_audio.append": AudioAppend,
-    "session.input_audio.mute": Mute,
-    "session.input_audio.unmute": Mute,
-    "session.instructions.append": InstructionsAppend,
-    "session.close": SessionClose,
-}
+EVENTS = ClientEvents(
+    (SessionStart, SessionUpdate, AudioAppend, Mute, InstructionsAppend, SessionClose),
+    UNSUPPORTED_CLIENT_EVENTS,
+    protocol="Live",
+    audio_event="session.input_audio.append",
+)
+CLIENT_EVENTS = EVENTS.models
 
 
 def parse_client_event(data: str | bytes) -> ClientEvent:
     """One websocket message -> a typed client event. Raises LiveError (never anything else)."""
-    return parse_event(
-        data,
-        CLIENT_EVENTS,
-        UNSUPPORTED_CLIENT_EVENTS,
-        protocol="Live",
-        audio_event="session.input_audio.append",
-    )
+    return EVENTS.parse(data)
 
 
 def decode_audio(data: bytes, fmt: AudioFormat, event_id: str | None) -> bytes:

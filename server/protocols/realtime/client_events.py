@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, PlainValidator, ValidationError, model_validator
 
 from audio.frames import SAMPLE_RATE_HZ
-from server.protocols.openai_events import ClientEvent, parse_event
+from server.protocols.openai_events import ClientEvent, ClientEvents
 from server.protocols.openai_events import EventError as RealtimeError
 from server.protocols.schema import (
     MAX_NAME_CHARS,
@@ -405,22 +405,25 @@ class UserAudioItem(Skipped):
 
 
 class SessionUpdate(ClientEvent):
+    type: Literal["session.update"]
     session: RealtimeSession
 
 
 class AudioAppend(ClientEvent):
+    type: Literal["input_audio_buffer.append"]
     audio: Base64Pcm16  # the PCM16 bytes
 
 
 class AudioCommit(ClientEvent):
-    pass
+    type: Literal["input_audio_buffer.commit"]
 
 
 class AudioClear(ClientEvent):
-    pass
+    type: Literal["input_audio_buffer.clear"]
 
 
 class ItemCreate(ClientEvent):
+    type: Literal["conversation.item.create"]
     item: UserAudioItem
     previous_item_id: str | None = None
 
@@ -438,12 +441,14 @@ def _not_negative(value: int) -> int:
 
 
 class ItemTruncate(ClientEvent):
+    type: Literal["conversation.item.truncate"]
     item_id: str
     content_index: Annotated[int | None, AfterValidator(_content_index)] = 0
     audio_end_ms: Annotated[int, AfterValidator(_not_negative)]
 
 
 class ResponseCreate(ClientEvent):
+    type: Literal["response.create"]
     response: null_as_empty(ResponseParams) = ResponseParams()
 
     @property
@@ -460,27 +465,28 @@ class ResponseCreate(ClientEvent):
 
 
 class ResponseCancel(ClientEvent):
+    type: Literal["response.cancel"]
     response_id: str | None = None
 
 
-CLIENT_EVENTS: dict[str, type[ClientEvent]] = {
-    "session.update": SessionUpdate,
-    "input_audio_buffer.append": AudioAppend,
-    "input_audio_buffer.commit": AudioCommit,
-    "input_audio_buffer.clear": AudioClear,
-    "conversation.item.create": ItemCreate,
-    "conversation.item.truncate": ItemTruncate,
-    "response.create": ResponseCreate,
-    "response.cancel": ResponseCancel,
-}
+EVENTS = ClientEvents(
+    (
+        SessionUpdate,
+        AudioAppend,
+        AudioCommit,
+        AudioClear,
+        ItemCreate,
+        ItemTruncate,
+        ResponseCreate,
+        ResponseCancel,
+    ),
+    UNSUPPORTED_CLIENT_EVENTS,
+    protocol="Realtime",
+    audio_event="input_audio_buffer.append",
+)
+CLIENT_EVENTS = EVENTS.models
 
 
 def parse_client_event(data: str | bytes) -> ClientEvent:
     """One websocket message -> a typed client event. Raises RealtimeError (never anything else)."""
-    return parse_event(
-        data,
-        CLIENT_EVENTS,
-        UNSUPPORTED_CLIENT_EVENTS,
-        protocol="Realtime",
-        audio_event="input_audio_buffer.append",
-    )
+    return EVENTS.parse(data)
