@@ -74,6 +74,7 @@ def test_empty_values_and_seed_minus_one_mean_unset_as_in_nvidias_server():
     ("params", "says"),
     [
         ({"seed": "abc"}, "seed must be an integer, got 'abc'"),
+        ({"seed": str(2**64)}, "seed must be between"),
         ({"text_topk": "2.5"}, "text_topk must be an integer"),
         ({"audio_temperature": "hot"}, "audio_temperature must be a number"),
         ({"text_temperature": "nan"}, "text_temperature must be a finite number"),

@@ -75,6 +75,8 @@ def test_other_client_events_decode():
         ('{"type": "session.start", "sample_rate": 24000, "vad": {"speed": 2}}', "invalid_value"),
         ('{"type": "session.start", "sample_rate": 24000, "min_interrupt_ms": -5}', "invalid_value"),
         ('{"type": "session.start", "sample_rate": 24000, "seed": 1.5}', "invalid_value"),
+        # beyond what a torch.Generator takes: it used to fail the engine's slot open in the frame loop
+        ('{"type": "session.start", "sample_rate": 24000, "seed": 18446744073709551616}', "invalid_value"),
         ('{"type": "session.start", "sample_rate": 24000, "captions": "yes"}', "invalid_value"),
         ('{"type": "session.update", "temperature": NaN}', "invalid_value"),
         ('{"type": "playback.position"}', "missing_field"),
