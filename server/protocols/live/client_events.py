@@ -9,7 +9,9 @@ goes on.
 The session configuration is strict, as OpenAI's is: an unknown field is an `unknown_parameter`
 error, not a silent no-op (the events around it skip what they do not name). Features that need an
 external text model (Responses or Decisions delegation, triggers, text history, thinking/commentary,
-responses) are refused with a typed error that says so.
+responses) are refused with a typed error that says so (`refused_unless`); an option accepted but
+not applied is marked `NotApplied` and reported in an `info` event (`store`). Moving an option from
+one to the other is a change of its annotation; a new event is one model, added to `EVENTS`.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from server.protocols.openai_events import ClientEvent, ClientEvents
 from server.protocols.openai_events import EventError as LiveError
 from server.protocols.schema import (
     Base64Audio,
+    NotApplied,
     Refused,
     VoiceName,
     integer_in,
+    not_applied,
     null_as_empty,
     preview,
     refuse,
@@ -187,12 +191,26 @@ class LiveSession(Refused):
         ),
     ] = None
     safety_identifier: str | None = None
-    store: bool | None = None
+    store: Annotated[
+        bool | None,
+        NotApplied(
+            "sessions are not stored for forking or download here; the server's operator can keep "
+            "recordings with `assistant serve --record DIR`",
+            unless=(None, False),
+        ),
+    ] = None
     triggers: Triggers = None
 
     @property
     def audio_format(self) -> AudioFormat:
         return self.audio.format or AudioFormat()
+
+    def notices(self) -> list[tuple[str, str]]:
+        """(code, message) of an `info` event for each field accepted but not applied: the code
+        is `<field>_not_supported`."""
+        return [
+            (f"{param.rsplit('.', 1)[1]}_not_supported", why) for param, why in not_applied(self, "session")
+        ]
 
 
 _UPDATABLE = ("delegation", "triggers")

@@ -201,16 +201,8 @@ class LiveConversation:
         raise TypeError(f"not a client event: {ev!r}")
 
     def _start(self, ev: SessionStart) -> list:
-        notices: list[tuple[str, str]] = []
+        notices = ev.session.notices()
         instructions, voice = self._resolve_prompt(ev, notices)
-        if ev.session.store:
-            notices.append(
-                (
-                    "store_not_supported",
-                    "sessions are not stored for forking or download here; the server's operator can "
-                    "keep recordings with `assistant serve --record DIR`",
-                )
-            )
         if not self.captions:
             notices.append(
                 (

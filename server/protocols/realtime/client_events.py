@@ -10,6 +10,8 @@ Tolerant, as Realtime clients need: a session field the model cannot honour (too
 fatal and always send such fields; so are fields the GA API does not have (with where a beta field
 moved). Fields nested deeper that the API does not have are skipped. Refused: whatever would change
 what the model hears or says and cannot be served (formats, text items, out-of-band responses).
+A field accepted but not applied is marked `NotApplied` (its reason becomes the warning); a new
+event is one model, added to `EVENTS`.
 """
 
 from __future__ import annotations
@@ -350,15 +352,6 @@ class ResponseParams(Skipped):
     max_output_tokens: MaxOutputTokens = None
 
 
-def _only_audio_parts(value: str) -> str:
-    if value != "input_audio":
-        raise refuse(
-            "unsupported_feature",
-            f"{{param}} {preview(value)} is not supported: the model only hears audio (use input_audio)",
-        )
-    return value
-
-
 def _not_empty(pcm16: bytes) -> bytes:
     if not pcm16:
         raise refuse("invalid_audio", "{param} is empty")
@@ -366,7 +359,14 @@ def _not_empty(pcm16: bytes) -> bytes:
 
 
 class InputAudioPart(Skipped):
-    type: Annotated[str, AfterValidator(_only_audio_parts)]
+    type: Annotated[
+        str,
+        refused_unless(
+            ("input_audio",),
+            "unsupported_feature",
+            "{param} {got} is not supported: the model only hears audio (use input_audio)",
+        ),
+    ]
     audio: Annotated[Base64Pcm16, AfterValidator(_not_empty)]
     transcript: text(MAX_TEXT_CHARS) | None = None
 
@@ -428,12 +428,6 @@ class ItemCreate(ClientEvent):
     previous_item_id: str | None = None
 
 
-def _content_index(value: int | None) -> int:
-    if value not in (None, 0):
-        raise refuse("invalid_value", "{param} must be 0 (an assistant item has one audio part)")
-    return 0
-
-
 def _not_negative(value: int) -> int:
     if value < 0:
         raise refuse("invalid_value", f"{{param}} must be >= 0, got {preview(value)}")
@@ -443,7 +437,12 @@ def _not_negative(value: int) -> int:
 class ItemTruncate(ClientEvent):
     type: Literal["conversation.item.truncate"]
     item_id: str
-    content_index: Annotated[int | None, AfterValidator(_content_index)] = 0
+    content_index: Annotated[
+        int | None,
+        refused_unless(
+            (None, 0), "invalid_value", "{param} must be 0 (an assistant item has one audio part)"
+        ),
+    ] = 0
     audio_end_ms: Annotated[int, AfterValidator(_not_negative)]
 
 
