@@ -263,9 +263,11 @@ _KINDS = {
 def refusal(
     exc: ValidationError, schema: type[BaseModel], *, unknown_code: str = "unknown_parameter"
 ) -> Refusal:
-    """The first error of a failed `schema.model_validate` as the client is told it. `unknown_code`:
-    the protocol's code for a field a `Refused` schema does not name."""
-    error = exc.errors(include_url=False)[0]
+    """The first error of a failed `schema.model_validate` as the client is told it, an unknown field
+    before any value (most often a typo). `unknown_code`: the protocol's code for a field a `Refused`
+    schema does not name."""
+    errors = exc.errors(include_url=False)
+    error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     kind, ctx = error["type"], error.get("ctx") or {}
     loc = (*error["loc"], ctx["field"]) if ctx.get("field") else error["loc"]
     param, known = _path(schema, loc)

@@ -87,7 +87,7 @@ class AudioFormat(Refused):
         if not isinstance(value, dict):
             return handler(value)  # not an object: invalid_value
         try:
-            fmt = handler(value)
+            fmt = handler({name: v for name, v in value.items() if v is not None})  # null: the default
         except ValidationError as exc:
             if any(e["type"] == "extra_forbidden" for e in exc.errors()):
                 raise
@@ -102,7 +102,7 @@ class AudioFormat(Refused):
 
     @property
     def rate_hz(self) -> int:
-        return self.rate or _RATES_HZ[self.type][0]
+        return _RATES_HZ[self.type][0] if self.rate is None else self.rate
 
     @property
     def law(self) -> str | None:
