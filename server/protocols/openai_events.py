@@ -46,8 +46,8 @@ class EventError(Exception):
 
 
 class ClientEvent(Skipped):
-    """Every client event: its `type`, and the client's `event_id` (a string; parse_event drops any
-    other), which the server events it causes carry back."""
+    """Every client event: its `type`, and the client's `event_id` (a string; ClientEvents.parse drops
+    any other), which the server events it causes carry back."""
 
     type: str
     event_id: str | None = None
