@@ -27,12 +27,13 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
+from assistant.conversation.options import BARGE_IN_POLICIES
 from audio.frames import SAMPLE_RATE_HZ
 from audio.opus_packets import OpusPacketDecoder, OpusPacketEncoder, OpusPacketError
 from audio.pcm import float32_to_pcm16
 from audio.resample import SUPPORTED_RATES, StreamResampler
 from server.protocols.limits import MAX_MESSAGE_BYTES
-from server.protocols.native.wire import AUDIO_FORMATS, BARGE_IN_POLICIES, OPTION_FIELDS
+from server.protocols.native.client_events import AUDIO_FORMATS, OPTION_FIELDS
 
 # The client speaks the server's own protocol definitions, so the two cannot drift apart.
 SESSION_OPTIONS = tuple(sorted(OPTION_FIELDS))

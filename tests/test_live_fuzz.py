@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai.types.live import ServerEvent
 
-from server.protocols.live.events import CLIENT_EVENTS, UNSUPPORTED_CLIENT_EVENTS
+from server.protocols.live.client_events import CLIENT_EVENTS, UNSUPPORTED_CLIENT_EVENTS
 from server.protocols.live.state_machine import LiveConversation, OpenSession
 
 SERVER_EVENT = pydantic.TypeAdapter(ServerEvent)

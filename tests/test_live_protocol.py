@@ -17,7 +17,7 @@ from openai.types.live import ServerEvent
 
 from assistant.conversation.turns import ASSISTANT_STARTED, ASSISTANT_STOPPED, TurnTaking
 from audio import g711
-from server.protocols.live.events import UNSUPPORTED_CLIENT_EVENTS
+from server.protocols.live.client_events import UNSUPPORTED_CLIENT_EVENTS
 from server.protocols.live.state_machine import (
     USAGE_EVERY_FRAMES,
     CloseSession,

@@ -1,6 +1,6 @@
 """The OpenAI Live API on `/v1/live/sessions`, as pure code: no sockets, no clocks, no threads.
 
-`LiveConversation` is fed client messages (`receive`, parsed by server/protocols/live/events.py) and what the
+`LiveConversation` is fed client messages (`receive`, parsed by server/protocols/live/client_events.py) and what the
 conversation core reports (each output frame with its speaking flag, the start and end of a stretch
 of assistant speech, text pieces, user captions, barge-ins, the end of the session). It returns, in
 order, server events (plain dicts, ready for `json.dumps`) and actions for the adapter
@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from audio.frames import FRAME_MS
-from server.protocols.live.events import (
+from server.protocols.live.client_events import (
     OPENAI_VOICES,
     AudioAppend,
     AudioFormat,
+    ClientDelegation,
     ClientEvent,
     InstructionsAppend,
     LiveError,
@@ -104,7 +105,7 @@ class LiveConversation:
         self.format = AudioFormat()
         self.instructions = ""
         self.voice: str | None = None  # what the engine was given (None: a model without voices)
-        self.delegation: dict | None = None
+        self.delegation: ClientDelegation | None = None
         self.safety_identifier: str | None = None
         self.muted = False
         self.frames_out = 0  # the session clock: 80 ms frames since the session started
@@ -140,7 +141,7 @@ class LiveConversation:
             "status": "active",
             "audio": {"format": self.format.to_json(), "output": {"voice": self.voice or self.engine_name}},
             "instructions": self.instructions,
-            "delegation": self.delegation,
+            "delegation": self.delegation and self.delegation.model_dump(),
             "input": [],
             "safety_identifier": self.safety_identifier,
             "store": False,
@@ -194,22 +195,14 @@ class LiveConversation:
         if isinstance(ev, InstructionsAppend):
             return self._append_instructions(ev)
         if isinstance(ev, SessionUpdate):
-            if ev.has_delegation:
-                self.delegation = ev.delegation
+            if "delegation" in ev.session.model_fields_set:
+                self.delegation = ev.session.delegation
             return [self.event("session.updated", ev.event_id, session=self.session_json())]
         raise TypeError(f"not a client event: {ev!r}")
 
     def _start(self, ev: SessionStart) -> list:
-        notices: list[tuple[str, str]] = []
+        notices = ev.session.notices()
         instructions, voice = self._resolve_prompt(ev, notices)
-        if ev.store:
-            notices.append(
-                (
-                    "store_not_supported",
-                    "sessions are not stored for forking or download here; the server's operator can "
-                    "keep recordings with `assistant serve --record DIR`",
-                )
-            )
         if not self.captions:
             notices.append(
                 (
@@ -219,12 +212,13 @@ class LiveConversation:
                 )
             )
         self._pending = (ev, notices, instructions, voice)
-        return [OpenSession(ev.audio_format.rate_hz, instructions or None, voice, self.captions)]
+        return [OpenSession(ev.session.audio_format.rate_hz, instructions or None, voice, self.captions)]
 
     def _resolve_prompt(self, ev: SessionStart, notices: list) -> tuple[str, str | None]:
         """The instructions and voice the engine gets ("" and None: a model without prompts). Raises LiveError."""
+        asked, voice = ev.session.instructions, ev.session.audio.output.voice
         if not self.takes_prompts:
-            if ev.instructions and ev.instructions.strip():
+            if asked and asked.strip():
                 notices.append(
                     (
                         "instructions_not_applied",
@@ -232,18 +226,15 @@ class LiveConversation:
                         "PersonaPlex-family checkpoint; ignored",
                     )
                 )
-            if ev.voice is not None:
+            if voice is not None:
                 notices.append(
                     (
                         "voice_not_applied",
-                        f"the voice is fixed by the model ({self.engine_name}); {ev.voice!r} ignored",
+                        f"the voice is fixed by the model ({self.engine_name}); {voice!r} ignored",
                     )
                 )
             return "", None
-        instructions = (
-            ev.instructions if ev.instructions and ev.instructions.strip() else self.default_instructions
-        )
-        voice = ev.voice
+        instructions = asked if asked and asked.strip() else self.default_instructions
         if voice is not None:
             try:
                 self.check_prompt(None, voice)
@@ -275,10 +266,10 @@ class LiveConversation:
         self.state = "live"
         self.session_id = session_id
         self.expires_at = int(now_s + self.max_session_s) if self.max_session_s else 0
-        self.model = ev.model
-        self.format = ev.audio_format
-        self.delegation = ev.delegation
-        self.safety_identifier = ev.safety_identifier
+        self.model = ev.session.model
+        self.format = ev.session.audio_format
+        self.delegation = ev.session.delegation
+        self.safety_identifier = ev.session.safety_identifier
         out = [self.event("session.started", ev.event_id, session=self.session_json())]
         return out + [self.info(code, message, ev.event_id) for code, message in notices]
 

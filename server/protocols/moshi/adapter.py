@@ -3,7 +3,7 @@
 Where Kyutai's and NVIDIA's servers hold one conversation behind a lock, each connection here is
 one conversation in the batched frame loop, like every other endpoint's. Per connection:
 
-- set-up: the query string (server/protocols/moshi/wire.py) becomes the conversation's options; one the
+- set-up: the query string (server/protocols/moshi/query.py) becomes the conversation's options; one the
   engine cannot honour (a role prompt for a model without prompts, an unknown voice, a bad number)
   is refused with an error message (0x05) and close 1008, before any handshake;
 - handshake: 0x00 goes out with the first frame the engine answers in this slot, so a prompted
@@ -30,6 +30,7 @@ from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
 from audio.opus_ogg import OpusDecoder, OpusEncoder, OpusStreamError
 from server.connection import Connection
 from server.protocols.limits import CLOSE_NORMAL, CLOSE_POLICY
+from server.protocols.moshi import query as chat_query
 from server.protocols.moshi import wire as moshi_wire
 
 log = logging.getLogger("assistant.server")
@@ -49,12 +50,12 @@ class MoshiChatConnection(Connection):
         self.skipped: set[str | bytes] = set()  # kinds of messages skipped so far (logged once)
         query = urlsplit(ws.request.path).query if ws.request else ""
         try:
-            options = ctx.default_options().replace(**moshi_wire.session_options(query))
+            options = ctx.default_options().replace(**chat_query.session_options(query))
             self.session = ctx.open_session(slot, SAMPLE_RATE_HZ, self.emit, options)
         except ValueError as exc:  # QueryError, or what the engine refuses (prompts, voices)
             self.refuse(CLOSE_POLICY, "invalid_value", str(exc))
             return
-        if unknown := moshi_wire.unknown_parameters(query):
+        if unknown := chat_query.unknown_parameters(query):
             log.info("moshi: %s ignores query parameters %s", self.session.session_id, unknown)
 
     def refuse(self, close_code: int, error_code: str, reason: str) -> None:

@@ -17,13 +17,14 @@ from audio.opus_packets import PACKET_MS, OpusPacketDecoder, OpusPacketEncoder, 
 from server.connection import Connection
 from server.protocols.limits import CLOSE_NORMAL
 from server.protocols.native import wire
-from server.protocols.native.wire import (
+from server.protocols.native.client_events import (
+    ClientEvent,
     PlaybackPosition,
-    ProtocolError,
     SessionEnd,
     SessionStart,
     SessionUpdate,
 )
+from server.protocols.native.wire import ProtocolError
 
 
 class NativeConnection(Connection):
@@ -65,7 +66,7 @@ class NativeConnection(Connection):
         except ProtocolError as exc:
             self.send_error(exc.code, exc.message)
 
-    def handle_event(self, event: wire.ClientEvent) -> None:
+    def handle_event(self, event: ClientEvent) -> None:
         if isinstance(event, SessionStart):
             if self.session is not None:
                 raise ProtocolError(
@@ -73,7 +74,7 @@ class NativeConnection(Connection):
                 )
             self.use_audio_format(event.audio_format)
             try:
-                options = self.ctx.default_options().replace(**event.options)
+                options = self.ctx.default_options().replace(**event.options())
                 self.session = self.ctx.open_session(self.slot, event.sample_rate, self.emit, options)
             except ValueError as exc:
                 raise ProtocolError("invalid_value", str(exc)) from None
@@ -81,14 +82,14 @@ class NativeConnection(Connection):
         if self.session is None:
             raise ProtocolError("not_started", f"send session.start before {type(event).__name__}")
         if isinstance(event, SessionUpdate):
+            options = event.options()
             try:
-                if event.options.keys() & {"instructions", "voice"}:
+                if options.keys() & {"instructions", "voice"}:
                     current = self.session.options
                     self.ctx.check_prompt(
-                        event.options.get("instructions", current.instructions),
-                        event.options.get("voice", current.voice),
+                        options.get("instructions", current.instructions), options.get("voice", current.voice)
                     )
-                self.session.update(**event.options)
+                self.session.update(**options)
             except ValueError as exc:
                 raise ProtocolError("invalid_value", str(exc)) from None
         elif isinstance(event, PlaybackPosition):

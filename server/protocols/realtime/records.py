@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from audio.frames import FRAME_MS
-from server.protocols.realtime.events import PCM_FORMAT, TurnDetection
+from server.protocols.realtime.client_events import PCM_FORMAT, TurnDetection
 
 # -- actions for the adapter ------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The OpenAI Realtime API (GA) on `/v1/realtime`, as pure code: no sockets, no clocks, no threads.
 
-- `parse_client_event(text)` (server/protocols/realtime/events.py) turns one JSON text frame into a typed
-  client event, or raises `RealtimeError` (code, message, param, event_id) that becomes an
+- `parse_client_event(text)` (server/protocols/realtime/client_events.py) turns one JSON text frame into a
+  typed client event, or raises `RealtimeError` (code, message, param, event_id) that becomes an
   `error` server event.
 - `RealtimeConversation` is the response/item state machine. It is fed client events and what the
   core reports (user speech started/stopped on the input timeline, one output frame of assistant
@@ -28,14 +28,14 @@ How a full-duplex model maps onto turns (docs/realtime.md says it for users):
 from __future__ import annotations
 
 import base64
-from dataclasses import replace
 from typing import Any
 
 from audio.frames import FRAME_MS, SAMPLE_RATE_HZ
-from server.protocols.realtime.events import (
+from server.protocols.realtime.client_events import (
     BYTES_PER_MS,
     MAX_AUDIO_BACKLOG_MS,
     MIN_COMMIT_MS,
+    NO_CAPTIONS,
     PCM_FORMAT,
     AudioAppend,
     AudioClear,
@@ -184,10 +184,7 @@ class RealtimeConversation:
     def receive(self, data: str | bytes) -> list:
         """One raw websocket message in; events and actions out (an `error` event if it was refused)."""
         try:
-            event = parse_client_event(
-                data, current_turn_detection=self.turn_detection, captions_model=self.captions_model
-            )
-            return self.handle(event)
+            return self.handle(parse_client_event(data))
         except RealtimeError as err:
             return [self.error(err)]
 
@@ -195,8 +192,8 @@ class RealtimeConversation:
         if isinstance(ev, SessionUpdate):
             return self._session_update(ev)
         if isinstance(ev, AudioAppend):
-            self.input_ms += len(ev.pcm16) / BYTES_PER_MS
-            return [PushAudio(ev.pcm16)] if ev.pcm16 else []
+            self.input_ms += len(ev.audio) / BYTES_PER_MS
+            return [PushAudio(ev.audio)] if ev.audio else []
         if isinstance(ev, AudioCommit):
             return self._commit(ev)
         if isinstance(ev, AudioClear):
@@ -216,8 +213,8 @@ class RealtimeConversation:
 
     def _session_update(self, ev: SessionUpdate) -> list:
         out: list = []
-        changes = ev.changes
-        warnings = list(ev.warnings)
+        session, audio_in = ev.session, ev.session.audio.input
+        warnings = session.warnings()
         prompt = prompt_update(
             (self.instructions, self.voice),
             ev,
@@ -231,26 +228,24 @@ class RealtimeConversation:
             self.instructions, self.voice = prompt
             out.append(SetPrompt(prompt[0] or None, prompt[1]))
         reconfigure = False
-        if "turn_detection" in changes:
-            td = changes["turn_detection"]
-            if td is not None and not self.threshold_applies and td.threshold != TurnDetection.threshold:
-                warnings.append(
-                    warning(
-                        "session.audio.input.turn_detection.threshold",
-                        "this server's VAD (webrtcvad) makes yes/no decisions; threshold only "
-                        "applies with `assistant serve --vad silero`; ignored",
-                    )
-                )
-                td = replace(td, threshold=TurnDetection.threshold)
-            self.turn_detection = td
+        if "turn_detection" in audio_in.model_fields_set:
+            vad = audio_in.turn_detection
+            current = self.turn_detection or TurnDetection()
+            self.turn_detection = vad and vad.applied_to(
+                current, warnings, threshold_applies=self.threshold_applies
+            )
             reconfigure = True
             # The session restarts its VAD from silence on a new configuration: so does the turn state here.
             self._user_speaking = self._barge_in_mute = self._suppress_vad_turn = False
-        if "transcription" in changes:
-            self.transcription = changes["transcription"]
-            reconfigure = True
-        if "max_output_tokens" in changes:
-            self.max_output_tokens = changes["max_output_tokens"]
+        if "transcription" in audio_in.model_fields_set:
+            tr = audio_in.transcription
+            if tr is None or self.captions_model is not None:
+                self.transcription = tr and tr.setting(self.captions_model, warnings)
+                reconfigure = True
+            else:
+                warnings.append(warning("session.audio.input.transcription", NO_CAPTIONS))
+        if "max_output_tokens" in session.model_fields_set:
+            self.max_output_tokens = session.max_output_tokens
         if reconfigure:
             out.append(self._configure())
         updated = self.event("session.updated", session=self.session_json())
@@ -295,9 +290,9 @@ class RealtimeConversation:
         return out
 
     def _item_create(self, ev: ItemCreate) -> list:
-        if ev.item_id is not None and ev.item_id in self.items:
+        if ev.item.id is not None and ev.item.id in self.items:
             raise RealtimeError(
-                "invalid_value", f"item.id {ev.item_id!r} already exists", "item.id", ev.event_id
+                "invalid_value", f"item.id {ev.item.id!r} already exists", "item.id", ev.event_id
             )
         last = self.order[-1] if self.order else None
         appending = ev.previous_item_id in (None, last) or (ev.previous_item_id == "root" and not self.order)
@@ -309,7 +304,8 @@ class RealtimeConversation:
                 "previous_item_id",
                 ev.event_id,
             )
-        item_ms = len(ev.pcm16) / BYTES_PER_MS
+        part = ev.item.content[0]
+        item_ms = len(part.audio) / BYTES_PER_MS
         if self.audio_backlog_ms + item_ms > MAX_AUDIO_BACKLOG_MS:
             raise RealtimeError(
                 "input_audio_backlog_full",
@@ -322,9 +318,9 @@ class RealtimeConversation:
         start = self.input_ms
         self.input_ms += item_ms
         self._injected.append((start, self.input_ms))
-        out: list = [PushAudio(ev.pcm16, paced=True)]
+        out: list = [PushAudio(part.audio, paced=True)]
         return out + self._add_user_item(
-            ev.item_id or self._new_id("item"), start, self.input_ms, ev.transcript, committed=False
+            ev.item.id or self._new_id("item"), start, self.input_ms, part.transcript, committed=False
         )
 
     def _truncate(self, ev: ItemTruncate) -> list:
@@ -371,7 +367,7 @@ class RealtimeConversation:
         max_frames = self.max_output_tokens if ev.max_output_tokens == "session" else ev.max_output_tokens
         self._muted_until_user_turn = False
         out = self._open_response(
-            requested=True, metadata=ev.metadata, max_frames=max_frames, warnings=ev.warnings
+            requested=True, metadata=ev.response.metadata, max_frames=max_frames, warnings=ev.warnings()
         )
         return out + self._sync_silence()
 
