@@ -18,12 +18,16 @@ from assistant.conversation import (
     AssistantText,
     AudioOut,
     Conversation,
+    ConversationEvent,
     ConversationLimits,
     ConversationOptions,
     Event,
+    SessionEnded,
+    SetEngineOptions,
+    SetEngineSilent,
 )
 from assistant.engine import Engine
-from assistant.scheduler import OfflineClock, Scheduler
+from assistant.scheduler import OfflineClock, Scheduler, SlotHandle
 from audio.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE_HZ
 
 
@@ -74,16 +78,25 @@ class _Run:
 
     frames: np.ndarray  # float32 (n_frames, 1920)
     assistant: np.ndarray  # float32 (n_frames, 1920)
+    slot: SlotHandle
     events: list[Event] = field(default_factory=list)
     heard: int = 0
     conversation: Conversation | None = None
 
-    def emit(self, event: Event) -> None:
-        if isinstance(event, AudioOut):
-            self.assistant[self.heard] = event.pcm
-            self.heard += 1
-        else:
-            self.events.append(event)
+    def apply(self, events: list[ConversationEvent]) -> None:
+        """Carry out what the conversation returned: engine requests to the slot, the rest collected."""
+        for event in events:
+            if isinstance(event, SetEngineSilent):
+                self.slot.force_silence(event.silent)
+            elif isinstance(event, SetEngineOptions):
+                self.slot.update(event.options)
+            elif isinstance(event, AudioOut):
+                self.assistant[self.heard] = event.pcm
+                self.heard += 1
+            else:  # no CaptionUtterance: offline conversations have no captioner
+                self.events.append(event)
+            if isinstance(event, SessionEnded):
+                self.slot.release()
 
 
 def run_offline_batch(
@@ -122,19 +135,17 @@ def run_offline_batch(
     runs = []
     for k, (user, slot, recorder) in enumerate(zip(users, slots, recorders, strict=True)):
         frames = frames_for(np.asarray(user, dtype=np.float32), tail_seconds)
-        run = _Run(frames, np.zeros_like(frames))
+        run = _Run(frames, np.zeros_like(frames), slot)
         run.conversation = Conversation(
             "offline" if len(users) == 1 else f"offline-{k}",
             SAMPLE_RATE_HZ,
-            run.emit,
             options=options,
             limits=ConversationLimits(idle_timeout_s=None, max_session_s=None),
-            slot=slot,
             recorder=recorder,
             clock=clock,
             input_clock=True,
         )
-        slot.attach(run.conversation, options.slot_options())
+        slot.attach(run.conversation, options.slot_options(), run.apply)
         runs.append(run)
     try:
         scheduler.apply_slot_changes(raise_errors=True)  # bad sampling options fail here, not silently
@@ -145,13 +156,13 @@ def run_offline_batch(
         scheduler.shutdown()
         raise
     for run in runs:
-        run.conversation.start()
+        run.apply(run.conversation.start())
     try:
         for i in range(max(len(run.frames) for run in runs)):
             clock.advance()  # the frame is complete at the end of its 80 ms
             live = [(k, run) for k, run in enumerate(runs) if i < len(run.frames)]
             for _, run in live:
-                run.conversation.push_samples(run.frames[i])
+                run.apply(run.conversation.push_samples(run.frames[i]))
             scheduler.step_now()
             if on_frame is not None:
                 on_frame(i)
@@ -162,10 +173,10 @@ def run_offline_batch(
                         f"{which}the conversation stopped at frame {i}: {run.conversation.ended}"
                     )
                 if i == len(run.frames) - 1:
-                    run.conversation.end("input_ended")  # frees its slot; the longer recordings go on
+                    run.apply(run.conversation.end("input_ended"))  # frees its slot; the longer ones go on
     finally:
         for run in runs:
-            run.conversation.end("input_ended")  # no-op when it already ended
+            run.apply(run.conversation.end("input_ended"))  # nothing when it already ended
         scheduler.apply_slot_changes()
         scheduler.shutdown()
     return [OfflineResult(run.frames.reshape(-1), run.assistant.reshape(-1), run.events) for run in runs]

@@ -15,7 +15,7 @@ import pydantic
 import pytest
 from openai.types.live import ServerEvent
 
-from assistant.conversation.turns import ASSISTANT_STARTED, ASSISTANT_STOPPED, TurnTaking
+from assistant.conversation.turns import StretchEnded, StretchStarted, TurnTaking
 from audio import g711
 from server.protocols.live.events import UNSUPPORTED_CLIENT_EVENTS
 from server.protocols.live.state_machine import (
@@ -104,9 +104,9 @@ class CoreTurns:
     def frame(self, pcm16: bytes, speaking: bool) -> list:
         out: list = []
         for action in self.turns.assistant_frame(speaking, int(self.at_ms * 24)):
-            if action == ASSISTANT_STARTED:
+            if isinstance(action, StretchStarted):
                 out += self.conv.assistant_started()
-            elif action == ASSISTANT_STOPPED:
+            elif isinstance(action, StretchEnded):
                 out += self.conv.assistant_stopped()
         out += self.conv.output_audio(pcm16, speaking, self.at_ms)
         self.at_ms += 80

@@ -14,7 +14,7 @@ import pydantic
 import pytest
 from openai.types.realtime import RealtimeServerEvent
 
-from assistant.conversation.turns import ASSISTANT_STARTED, ASSISTANT_STOPPED, BARGE_IN, TurnTaking
+from assistant.conversation.turns import BargeInDetected, StretchEnded, StretchStarted, TurnTaking
 from server.protocols.realtime.state_machine import (
     ConfigureInput,
     PushAudio,
@@ -60,11 +60,11 @@ def _advance(conv: RealtimeConversation, at_ms: float) -> int:
 def _core_actions(conv: RealtimeConversation, actions: list[str], at_ms: float) -> list:
     out: list = []
     for action in actions:
-        if action == ASSISTANT_STARTED:
+        if isinstance(action, StretchStarted):
             out += conv.assistant_started()
-        elif action == ASSISTANT_STOPPED:
+        elif isinstance(action, StretchEnded):
             out += conv.assistant_stopped()
-        elif action == BARGE_IN:
+        elif isinstance(action, BargeInDetected):
             out += conv.barge_in(at_ms)
     return out
 

@@ -69,14 +69,14 @@ class LiveConnection(Connection):
             if isinstance(out, dict):
                 self.send_event(out)
             elif isinstance(out, PushAudio):
-                self.session.push_audio(out.pcm16)
+                self.apply_events(self.session.push_audio(out.pcm16))
             elif isinstance(out, OpenSession):
                 self.open(out)
             elif isinstance(out, SetPrompt):
-                self.session.update(instructions=out.instructions, voice=out.voice)
+                self.apply_events(self.session.update(instructions=out.instructions, voice=out.voice))
             elif isinstance(out, CloseSession):
                 if self.session is not None:
-                    self.session.end("client_ended")  # closes the socket when SessionEnded comes back
+                    self.apply_events(self.session.end("client_ended"))  # SessionEnded closes the socket
                 else:
                     self.close(CLOSE_NORMAL, "close_requested")
 
@@ -85,10 +85,11 @@ class LiveConnection(Connection):
             instructions=start.instructions, voice=start.voice, captions=start.captions
         )  # the state machine resolved the server's default prompt already
         try:
-            self.session = self.ctx.open_session(self.slot, start.sample_rate_hz, self.emit, options)
+            self.session = self.ctx.open_session(self.slot, start.sample_rate_hz, self.apply_events, options)
         except ValueError as exc:
             self.apply(self.live.start_refused(str(exc)))
             return
+        self.apply_events(self.session.start())
         self.apply(self.live.started(self.session.session_id, time.time()))
 
     def send_event(self, event: dict) -> None:
@@ -102,8 +103,8 @@ class LiveConnection(Connection):
         error_type = "server_error" if server_side else "invalid_request_error"
         return json.dumps(self.live.error(LiveError(code, message, error_type=error_type)))
 
-    # -- conversation events (event loop thread) -------------------------------------------------
-    def emit(self, event: Event) -> None:
+    # -- conversation events -------------------------------------------------------------------
+    def conversation_event(self, event: Event) -> None:
         live = self.live
         if isinstance(event, AudioOut):
             self.apply(live.output_audio(event.pcm16, event.speaking, event.at_ms))

@@ -74,7 +74,7 @@ class RealtimeConnection(Connection):
         # the Realtime state machine owns force_silence (manual turns, the hold after an interruption),
         # so the core's own policy stays "model" and never fights it.
         options = ctx.default_options().replace(barge_in="model", min_interrupt_ms=0)
-        self.session = ctx.open_session(slot, SAMPLE_RATE_HZ, self.emit, options)
+        self.session = ctx.open_session(slot, SAMPLE_RATE_HZ, self.apply_events, options)
         model = requested_model(ws) or ctx.engine.model_name or ctx.engine.name
         takes_prompts = ctx.engine.takes_prompts
         self.realtime = RealtimeConversation(
@@ -90,6 +90,7 @@ class RealtimeConnection(Connection):
             captions_model=ctx.captions_model,
             threshold_applies=ctx.config.vad.backend == "silero",
         )
+        self.apply_events(self.session.start())
         self.apply(self.realtime.start())
 
     # -- conversation outputs -> socket / session ------------------------------------------------
@@ -100,11 +101,11 @@ class RealtimeConnection(Connection):
             elif isinstance(out, PushAudio):
                 self.push_audio(out.pcm16, out.paced)
             elif isinstance(out, SetSilenced):
-                self.session.force_silence(out.silent)
+                self.apply_events(self.session.hold(out.silent))
             elif isinstance(out, ConfigureInput):
                 self.configure(out)
             elif isinstance(out, SetPrompt):
-                self.session.update(instructions=out.instructions, voice=out.voice)
+                self.apply_events(self.session.update(instructions=out.instructions, voice=out.voice))
 
     def send_event(self, event: dict) -> None:
         if event["type"] == "error":
@@ -126,11 +127,11 @@ class RealtimeConnection(Connection):
                 "min_silence_ms": td.silence_duration_ms,
                 "prefix_padding_ms": td.prefix_padding_ms,
             }
-        self.session.update(**changes)
+        self.apply_events(self.session.update(**changes))
 
     def push_audio(self, pcm16: bytes, paced: bool) -> None:
         if not paced and not self.paced:
-            self.session.push_audio(pcm16)
+            self.apply_events(self.session.push_audio(pcm16))
             return
         # Behind paced item audio, live audio waits its turn so the model hears everything in order.
         for i in range(0, len(pcm16), _FRAME_BYTES):
@@ -146,15 +147,13 @@ class RealtimeConnection(Connection):
         while self.paced and not self.session.ended:
             chunk = self.paced.popleft()
             self.paced_bytes -= len(chunk)
-            self.session.push_audio(chunk)
+            self.apply_events(self.session.push_audio(chunk))
             next_at += FRAME_MS / 1000
             await asyncio.sleep(max(0.0, next_at - loop.time()))
 
-    # -- session events (event loop thread) ------------------------------------------------------
-    def emit(self, event: Event) -> None:
+    # -- conversation events -------------------------------------------------------------------
+    def conversation_event(self, event: Event) -> None:
         realtime = self.realtime
-        if realtime is None:
-            return  # SessionReady during open_session: session.created is sent by Conversation.start
         if isinstance(event, AudioOut):
             self.apply(realtime.output_audio(event.pcm16, event.speaking))
         elif isinstance(event, AssistantSpeechStarted):
