@@ -42,7 +42,7 @@ from server.protocols.live.events import (
     decode_audio,
     parse_client_event,
 )
-from server.protocols.realtime.records import Action, PushAudio, SetPrompt
+from server.protocols.realtime.records import PushAudio, SetPrompt
 
 __all__ = ["CloseSession", "LiveConversation", "LiveError", "OpenSession", "PushAudio", "SetPrompt"]
 
@@ -50,7 +50,7 @@ USAGE_EVERY_FRAMES = 62  # session.usage.updated about every 5 s
 
 
 @dataclass(frozen=True)
-class OpenSession(Action):
+class OpenSession:
     """Start the conversation (session.start was valid); the adapter answers `started` or `start_refused`."""
 
     sample_rate_hz: int
@@ -60,7 +60,7 @@ class OpenSession(Action):
 
 
 @dataclass(frozen=True)
-class CloseSession(Action):
+class CloseSession:
     """End the conversation (session.closed is already out) and close the socket."""
 
 
