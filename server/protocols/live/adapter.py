@@ -2,10 +2,10 @@
 
 A connection takes an engine slot at the handshake (1013 when the server is full) and opens its
 conversation at `session.start`, at the sample rate of the audio format the client chose (the core
-resamples to and from the model's 24 kHz). JSON text frames go through `LiveConversation.receive`;
-conversation events (audio frames, speech stretches, text pieces, captions, barge-ins, the end) go
-through the matching `LiveConversation` methods; what comes back is sent or carried out. All
-protocol logic lives in server/protocols/live/state_machine.py; this file only does I/O.
+resamples to and from the model's 24 kHz). JSON text frames go through `LiveConversation.receive`,
+what the conversation returns through `LiveConversation.conversation_event`; what comes back is
+sent or carried out, after the call. All protocol logic lives in
+server/protocols/live/state_machine.py; this file only does I/O.
 """
 
 from __future__ import annotations
@@ -16,27 +16,12 @@ import time
 
 from websockets.asyncio.server import ServerConnection
 
-from assistant.conversation import (
-    AssistantSpeechStarted,
-    AssistantSpeechStopped,
-    AssistantText,
-    AudioOut,
-    BargeIn,
-    Error,
-    Event,
-    SessionEnded,
-    UserTranscript,
-)
+from assistant.conversation import Event, SessionEnded
 from server.connection import Connection
 from server.protocols.limits import CLOSE_NORMAL
-from server.protocols.live.state_machine import (
-    CloseSession,
-    LiveConversation,
-    LiveError,
-    OpenSession,
-    PushAudio,
-    SetPrompt,
-)
+from server.protocols.live.events import LiveError
+from server.protocols.live.state_machine import CloseSession, LiveConversation, LiveOutput, OpenSession
+from server.protocols.realtime.records import PushAudio, SendEvent, SetPrompt
 
 
 class LiveConnection(Connection):
@@ -64,10 +49,10 @@ class LiveConnection(Connection):
         )
 
     # -- state machine outputs -> socket / session -----------------------------------------------
-    def apply(self, outputs: list) -> None:
+    def apply(self, outputs: list[LiveOutput]) -> None:
         for out in outputs:
-            if isinstance(out, dict):
-                self.send_event(out)
+            if isinstance(out, SendEvent):
+                self.send_event(out.event)
             elif isinstance(out, PushAudio):
                 self.apply_events(self.session.push_audio(out.pcm16))
             elif isinstance(out, OpenSession):
@@ -105,27 +90,9 @@ class LiveConnection(Connection):
 
     # -- conversation events -------------------------------------------------------------------
     def conversation_event(self, event: Event) -> None:
-        live = self.live
-        if isinstance(event, AudioOut):
-            self.apply(live.output_audio(event.pcm16, event.speaking, event.at_ms))
-        elif isinstance(event, AssistantSpeechStarted):
-            live.assistant_started()
-        elif isinstance(event, AssistantSpeechStopped):
-            live.assistant_stopped()
-        elif isinstance(event, AssistantText):
-            self.apply(live.output_text(event.text, event.at_ms))
-        elif isinstance(event, UserTranscript):
-            self.apply(live.user_transcript(event.text, event.start_ms, event.end_ms))
-        elif isinstance(event, BargeIn):
-            self.apply(live.barge_in(event.at_ms))
-        elif isinstance(event, Error):
-            self.send_event(live.error(LiveError(event.code, event.message, error_type="server_error")))
-        elif isinstance(event, SessionEnded):
-            if event.reason != "client_disconnected":
-                self.apply(live.ended(event.reason))
+        self.apply(self.live.conversation_event(event))
+        if isinstance(event, SessionEnded):
             self.close(CLOSE_NORMAL, event.reason[:120])
-        # SessionReady, SessionUpdated, Stats, PlaybackClear and the VAD's turns have no Live counterpart:
-        # there are no turns, and session.started / the barge_in notice come from the state machine.
 
     # -- client messages -------------------------------------------------------------------------
     def handle_message(self, message: str | bytes) -> None:
