@@ -22,9 +22,6 @@ from assistant.conversation import (
     ConversationLimits,
     ConversationOptions,
     Event,
-    SessionEnded,
-    SetEngineOptions,
-    SetEngineSilent,
 )
 from assistant.engine import Engine
 from assistant.scheduler import OfflineClock, Scheduler, SlotHandle
@@ -86,17 +83,12 @@ class _Run:
     def apply(self, events: list[ConversationEvent]) -> None:
         """Carry out what the conversation returned: engine requests to the slot, the rest collected."""
         for event in events:
-            if isinstance(event, SetEngineSilent):
-                self.slot.force_silence(event.silent)
-            elif isinstance(event, SetEngineOptions):
-                self.slot.update(event.options)
-            elif isinstance(event, AudioOut):
+            self.slot.carry_out(event)
+            if isinstance(event, AudioOut):
                 self.assistant[self.heard] = event.pcm
                 self.heard += 1
-            else:  # no CaptionUtterance: offline conversations have no captioner
+            elif isinstance(event, Event):  # no CaptionUtterance comes: there is no captioner offline
                 self.events.append(event)
-            if isinstance(event, SessionEnded):
-                self.slot.release()
 
 
 def run_offline_batch(

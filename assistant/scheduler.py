@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from assistant.conversation.events import SessionEnded, SetEngineOptions, SetEngineSilent
 from assistant.engine import Engine, SlotOptions, StepOutput
 from assistant.frame_gc import FrameGarbageCollector
 from audio.frames import FRAME_MS
@@ -170,6 +171,16 @@ class SlotHandle:
         self.scheduler._ops.append(("open", self.slot, options or SlotOptions()))
         self.scheduler._sessions[self.slot] = session
         self.scheduler._hosts[self.slot] = host
+
+    def carry_out(self, event) -> None:
+        """The slot's part of one event a conversation returned: hold the engine or let it speak, new
+        options, and the slot given back at SessionEnded; nothing for the others."""
+        if isinstance(event, SetEngineSilent):
+            self.force_silence(event.silent)
+        elif isinstance(event, SetEngineOptions):
+            self.update(event.options)
+        elif isinstance(event, SessionEnded):
+            self.release()
 
     def force_silence(self, silent: bool) -> None:
         if not self.released:

@@ -22,9 +22,8 @@ from assistant.conversation import (
     ConversationEvent,
     ConversationLimits,
     ConversationOptions,
+    Event,
     SessionEnded,
-    SetEngineOptions,
-    SetEngineSilent,
 )
 from assistant.scheduler import Scheduler
 from client.errors import TalkError
@@ -72,14 +71,11 @@ class LocalConversation:
     def _apply(self, events: list[ConversationEvent]) -> None:
         """Carry out what the conversation returned: engine requests to the slot, the rest to the view."""
         for event in events:
-            if isinstance(event, SetEngineSilent):
-                self.slot.force_silence(event.silent)
-            elif isinstance(event, SetEngineOptions):
-                self.slot.update(event.options)
-            else:  # no CaptionUtterance: this conversation has no captioner
-                self._out.put_nowait(decode_message(encode_event(event)))
+            self.slot.carry_out(event)
+            if not isinstance(event, Event):
+                continue  # no CaptionUtterance comes: this conversation has no captioner
+            self._out.put_nowait(decode_message(encode_event(event)))
             if isinstance(event, SessionEnded):
-                self.slot.release()
                 # internal_error: the frame loop could not hand this conversation its frame.
                 if event.reason == "internal_error":
                     self.error = "the conversation failed to take the engine's output (see the log)"

@@ -24,15 +24,7 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from assistant.conversation import (
-    CaptionUtterance,
-    Conversation,
-    ConversationEvent,
-    Event,
-    SessionEnded,
-    SetEngineOptions,
-    SetEngineSilent,
-)
+from assistant.conversation import CaptionUtterance, Conversation, ConversationEvent, Event
 from server.protocols.limits import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_NORMAL,
@@ -197,19 +189,14 @@ class Connection:
 
     # -- the conversation's events ------------------------------------------------------------
     def apply_events(self, events: list[ConversationEvent]) -> None:
-        """Carry out what a conversation call returned, in order: the engine slot's requests, caption
-        jobs, and every event for the client (on SessionEnded the slot goes back first)."""
+        """Carry out what a conversation call returned, in order: the engine slot's part of each
+        event (on SessionEnded the slot goes back first), the client's events, caption jobs."""
         for event in events:
-            if isinstance(event, SetEngineSilent):
-                self.slot.force_silence(event.silent)
-            elif isinstance(event, SetEngineOptions):
-                self.slot.update(event.options)
+            self.slot.carry_out(event)
+            if isinstance(event, Event):
+                self.conversation_event(event)
             elif isinstance(event, CaptionUtterance):
                 self.ctx.caption(event, self.caption_done)
-            else:
-                if isinstance(event, SessionEnded):
-                    self.slot.release()
-                self.conversation_event(event)
 
     def caption_done(self, text: str, start_ms: float, end_ms: float) -> None:
         if self.session is not None:
