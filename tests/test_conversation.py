@@ -365,6 +365,14 @@ def test_update_to_the_model_policy_releases_a_barge_in_hold():
         h.session.update(barge_in="maybe")
 
 
+def test_a_new_vad_starts_from_silence_so_a_hold_until_the_user_stops_ends_with_it():
+    h = talked_over("model")
+    h.take(h.session.hold_until_user_stops())
+    assert h.engine_silent == [True]
+    h.take(h.session.update(vad={"min_silence_ms": 300}))
+    assert h.engine_silent == [True, False] and not h.session.turns.user_speaking
+
+
 def test_a_host_hold_and_a_hold_until_the_user_stops_add_up_to_one_engine_state():
     """What the Realtime API does with the one barge-in detector: it decides that a barge-in
     interrupts and asks for the hold; its own manual-turn hold comes and goes beside it."""
