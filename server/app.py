@@ -121,7 +121,7 @@ async def drain(ctx: ServerContext, servers: list, hurry: asyncio.Event) -> None
     def ended() -> bool:
         # Every round, so a connection that starts its session during the drain is told too.
         for session in list(ctx.sessions.values()):
-            session.end("server_shutdown")
+            ctx.end_session(session, "server_shutdown")
         return not ctx.sessions
 
     await _until(ended, config.drain_timeout_s)

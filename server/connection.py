@@ -6,7 +6,9 @@ most once a second, 1008 for a flood), the idle timeout before a client starts i
 close sequence (drain, close, abort a silent peer), and the handling of failures (a bug while
 handling one message costs that message, not the conversation; anything else closes with 1011).
 A protocol adapter (server/protocols/native/adapter.py, server/protocols/realtime/adapter.py, server/protocols/live/adapter.py) subclasses it and only
-translates messages and conversation events.
+translates messages and conversation events. Whatever the conversation returns goes through
+`apply_events`, after the call that returned it: the engine slot's part here, the rest to the
+adapter's `conversation_event`.
 `serve_connection` is the shared entry: take a slot or refuse with 1013, run, clean up.
 """
 
@@ -22,7 +24,7 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from assistant.conversation import Conversation
+from assistant.conversation import CaptionUtterance, Conversation, ConversationEvent, Event
 from server.protocols.limits import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_NORMAL,
@@ -164,6 +166,10 @@ class Connection:
     def handle_message(self, message: str | bytes) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def conversation_event(self, event: Event) -> None:  # pragma: no cover - interface
+        """One event of the conversation for the client, in the protocol's words."""
+        raise NotImplementedError
+
     def encode_error(self, code: str, message: str, *, server_side: bool = False) -> Any:  # pragma: no cover
         """The protocol's error message for the client (server_side: our failure, not theirs)."""
         raise NotImplementedError
@@ -180,6 +186,21 @@ class Connection:
             self.send_error(self.not_started_code, f"no session.start within {idle:g} s; closing")
             self.close(CLOSE_NORMAL, "idle_timeout", flush=True)
             return None
+
+    # -- the conversation's events ------------------------------------------------------------
+    def apply_events(self, events: list[ConversationEvent]) -> None:
+        """Carry out what a conversation call returned, in order: the engine slot's part of each
+        event (on SessionEnded the slot goes back first), the client's events, caption jobs."""
+        for event in events:
+            self.slot.carry_out(event)
+            if isinstance(event, Event):
+                self.conversation_event(event)
+            elif isinstance(event, CaptionUtterance):
+                self.ctx.caption(event, self.caption_done)
+
+    def caption_done(self, text: str, start_ms: float, end_ms: float) -> None:
+        if self.session is not None:
+            self.apply_events(self.session.add_caption(text, start_ms, end_ms))
 
     # -- sending -------------------------------------------------------------------------------
     def send(self, item: Any) -> None:
@@ -204,7 +225,9 @@ class Connection:
 
     async def _close(self, code: int, reason: str, flush: bool) -> None:
         if self.session:
-            self.session.end(reason if code != CLOSE_NORMAL else self.session.ended or reason)
+            self.apply_events(
+                self.session.end(reason if code != CLOSE_NORMAL else self.session.ended or reason)
+            )
         await close_connection(
             self.ws,
             self.outbox,
@@ -268,19 +291,14 @@ class Connection:
             self.close(CLOSE_INTERNAL_ERROR, "internal server error", flush=False)
         finally:
             if self.session is not None:
-                self.session.end("client_disconnected")
+                self.apply_events(self.session.end("client_disconnected"))
                 self.ctx.forget(self.session)
-            else:
-                self.slot.release()
+            self.slot.release()  # a no-op once the conversation's end gave it back
             self.finish()
             if self.closing is not None:
                 await asyncio.wait({self.closing})
             self.outbox.close()
             self.writer.cancel()
-            # The conversation calls back into this connection (its emit): drop the link both ways,
-            # so the pair is freed now by reference counting rather than by a collector pass that
-            # would pause every live session's frame loop.
-            self.session = None
 
     def finish(self) -> None:
         """Stop the adapter's own tasks (called once, when the connection ends)."""

@@ -51,10 +51,11 @@ class MoshiChatConnection(Connection):
         query = urlsplit(ws.request.path).query if ws.request else ""
         try:
             options = ctx.default_options().replace(**chat_query.session_options(query))
-            self.session = ctx.open_session(slot, SAMPLE_RATE_HZ, self.emit, options)
+            self.session = ctx.open_session(slot, SAMPLE_RATE_HZ, self.apply_events, options)
         except ValueError as exc:  # QueryError, or what the engine refuses (prompts, voices)
             self.refuse(CLOSE_POLICY, "invalid_value", str(exc))
             return
+        self.apply_events(self.session.start())
         if unknown := chat_query.unknown_parameters(query):
             log.info("moshi: %s ignores query parameters %s", self.session.session_id, unknown)
 
@@ -67,8 +68,8 @@ class MoshiChatConnection(Connection):
     def encode_error(self, code: str, message: str, *, server_side: bool = False) -> bytes:
         return moshi_wire.error_message(message)
 
-    # -- conversation events (event loop thread) -------------------------------------------------
-    def emit(self, event: Event) -> None:
+    # -- conversation events -------------------------------------------------------------------
+    def conversation_event(self, event: Event) -> None:
         if isinstance(event, AudioOut):
             if not self.handshake_sent:
                 if not self.slot.is_ready():
@@ -110,4 +111,4 @@ class MoshiChatConnection(Connection):
             self.skip_samples -= cut
             pcm = pcm[cut:]
         if pcm.shape[0]:
-            self.session.push_samples(pcm)
+            self.apply_events(self.session.push_samples(pcm))

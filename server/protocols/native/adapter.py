@@ -35,8 +35,7 @@ class NativeConnection(Connection):
     encoder: OpusPacketEncoder | None = None
     decoder: OpusPacketDecoder | None = None
 
-    # Events from the conversation (event loop thread).
-    def emit(self, event: Event) -> None:
+    def conversation_event(self, event: Event) -> None:
         if isinstance(event, AudioOut) and self.encoder is not None:
             for packet in self.encoder.encode(event.pcm):
                 self.send(packet)
@@ -55,12 +54,13 @@ class NativeConnection(Connection):
             if isinstance(message, bytes):
                 wire.check_audio(message, started=self.session is not None, audio_format=self.audio_format)
                 if self.decoder is None:
-                    self.session.push_audio(message)
+                    self.apply_events(self.session.push_audio(message))
                     return
                 try:
-                    self.session.push_samples(self.decoder.decode(message))
+                    pcm = self.decoder.decode(message)
                 except OpusPacketError as exc:
                     raise ProtocolError("bad_audio", str(exc)) from None
+                self.apply_events(self.session.push_samples(pcm))
                 return
             self.handle_event(wire.decode_text(message))
         except ProtocolError as exc:
@@ -75,27 +75,24 @@ class NativeConnection(Connection):
             self.use_audio_format(event.audio_format)
             try:
                 options = self.ctx.default_options().replace(**event.options())
-                self.session = self.ctx.open_session(self.slot, event.sample_rate, self.emit, options)
+                self.session = self.ctx.open_session(self.slot, event.sample_rate, self.apply_events, options)
             except ValueError as exc:
                 raise ProtocolError("invalid_value", str(exc)) from None
+            self.apply_events(self.session.start())
             return
         if self.session is None:
             raise ProtocolError("not_started", f"send session.start before {type(event).__name__}")
         if isinstance(event, SessionUpdate):
             options = event.options()
             try:
-                if options.keys() & {"instructions", "voice"}:
-                    current = self.session.options
-                    self.ctx.check_prompt(
-                        options.get("instructions", current.instructions), options.get("voice", current.voice)
-                    )
-                self.session.update(**options)
+                events = self.session.update(**options)  # checks a new prompt with the engine too
             except ValueError as exc:
                 raise ProtocolError("invalid_value", str(exc)) from None
+            self.apply_events(events)
         elif isinstance(event, PlaybackPosition):
             self.session.set_played_ms(event.played_ms)
         elif isinstance(event, SessionEnd):
-            self.session.end("client_ended")
+            self.apply_events(self.session.end("client_ended"))
 
     def use_audio_format(self, audio_format: str) -> None:
         """Set up the codec before the session starts, so its first frame already goes out encoded."""

@@ -1,5 +1,7 @@
-"""What the Realtime state machine (server/protocols/realtime/state_machine.py) works with besides events: the
-actions it asks its adapter to carry out, and its records of items and responses with their JSON."""
+"""What the Realtime state machine (server/protocols/realtime/state_machine.py) returns, and its
+records of items and responses with their JSON. Every method of the state machine returns a list of
+`RealtimeOutput`s for the adapter to carry out after the call: server events to send, and actions
+on the conversation."""
 
 from __future__ import annotations
 
@@ -9,16 +11,18 @@ from typing import Any
 from audio.frames import FRAME_MS
 from server.protocols.realtime.client_events import PCM_FORMAT, TurnDetection
 
-# -- actions for the adapter ------------------------------------------------------------------------
+# -- what the adapter carries out ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Action:
-    pass
+class SendEvent:
+    """Send this server event to the client (a JSON object, ready for `json.dumps`)."""
+
+    event: dict[str, Any]
 
 
 @dataclass(frozen=True)
-class PushAudio(Action):
+class PushAudio:
     """Feed user audio to the session. paced: the adapter feeds it at real-time speed (item audio)."""
 
     pcm16: bytes
@@ -26,14 +30,21 @@ class PushAudio(Action):
 
 
 @dataclass(frozen=True)
-class SetSilenced(Action):
-    """Hold the engine silent (True) or give it the floor back (False)."""
+class SetSilenced:
+    """Hold the assistant silent (True) or give it the floor back (False): turn control of the session
+    (manual turns, the hold after a cancel), beside the conversation's own barge-in hold."""
 
     silent: bool
 
 
 @dataclass(frozen=True)
-class SetPrompt(Action):
+class HoldUntilUserStops:
+    """A barge-in interrupted the response: the conversation keeps the assistant silent until the
+    user's speech ends (its own barge-in hold, which this protocol decides when to use)."""
+
+
+@dataclass(frozen=True)
+class SetPrompt:
     """Give the model a new role / voice prompt (models that take prompts); its context starts over."""
 
     instructions: str | None
@@ -41,11 +52,14 @@ class SetPrompt(Action):
 
 
 @dataclass(frozen=True)
-class ConfigureInput(Action):
+class ConfigureInput:
     """VAD settings (None: no turn detection, VAD still runs for captions) and whether captions run."""
 
     turn_detection: TurnDetection | None
     captions: bool
+
+
+RealtimeOutput = SendEvent | PushAudio | SetSilenced | HoldUntilUserStops | SetPrompt | ConfigureInput
 
 
 # -- conversation records -------------------------------------------------------------------------
@@ -132,3 +146,39 @@ class Response:
             "audio": {"output": {"format": dict(PCM_FORMAT), "voice": voice}},
             "usage": usage,
         }
+
+
+def session_json(
+    session_id: str,
+    model: str,
+    instructions: str,
+    max_output_tokens: int | None,
+    turn_detection: TurnDetection | None,
+    transcription: dict | None,
+    voice: str,
+) -> dict[str, Any]:
+    """The `session` object of session.created/updated."""
+    return {
+        "type": "realtime",
+        "object": "realtime.session",
+        "id": session_id,
+        "model": model,
+        "output_modalities": ["audio"],
+        "instructions": instructions,
+        "tools": [],
+        "tool_choice": "auto",
+        "max_output_tokens": "inf" if max_output_tokens is None else max_output_tokens,
+        "tracing": None,
+        "truncation": "disabled",
+        "prompt": None,
+        "include": None,
+        "audio": {
+            "input": {
+                "format": dict(PCM_FORMAT),
+                "transcription": transcription,
+                "noise_reduction": None,
+                "turn_detection": turn_detection.to_json() if turn_detection else None,
+            },
+            "output": {"format": dict(PCM_FORMAT), "voice": voice, "speed": 1.0},
+        },
+    }
