@@ -14,8 +14,6 @@ import json
 import secrets
 import time
 
-from websockets.asyncio.server import ServerConnection
-
 from assistant.conversation import (
     AssistantSpeechStarted,
     AssistantSpeechStopped,
@@ -27,7 +25,7 @@ from assistant.conversation import (
     SessionEnded,
     UserTranscript,
 )
-from server.connection import Connection
+from server.connection import Connection, Transport
 from server.protocols.limits import CLOSE_NORMAL
 from server.protocols.live.state_machine import (
     CloseSession,
@@ -46,7 +44,7 @@ class LiveConnection(Connection):
     outbox_scale = 2  # a frame is an audio delta and maybe a transcript delta
     not_started_code = "session_not_started"
 
-    def __init__(self, ctx, ws: ServerConnection, slot):
+    def __init__(self, ctx, ws: Transport, slot):
         super().__init__(ctx, ws, slot)
         engine = ctx.engine
         name = engine.model_name or engine.name

@@ -15,8 +15,6 @@ import json
 import secrets
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import ServerConnection
-
 from assistant.conversation import (
     AssistantSpeechStarted,
     AssistantSpeechStopped,
@@ -30,7 +28,7 @@ from assistant.conversation import (
     SessionEnded,
     UserTranscript,
 )
-from server.connection import Connection
+from server.connection import Connection, Transport
 from server.protocols.limits import CLOSE_NORMAL
 from server.protocols.realtime.state_machine import (
     BYTES_PER_MS,
@@ -47,9 +45,9 @@ from server.protocols.realtime.state_machine import (
 _FRAME_BYTES = FRAME_MS * BYTES_PER_MS
 
 
-def requested_model(ws: ServerConnection) -> str | None:
+def requested_model(ws: Transport) -> str | None:
     """The `model` query parameter the client connected with (the SDK always sends one)."""
-    query = urlsplit(ws.request.path).query if ws.request else ""
+    query = urlsplit(ws.path).query
     return (parse_qs(query).get("model") or [None])[0]
 
 
@@ -64,7 +62,7 @@ class RealtimeConnection(Connection):
     protocol_name = "realtime"
     outbox_scale = 4  # a Realtime frame is several messages (audio delta, transcript delta, response events)
 
-    def __init__(self, ctx, ws: ServerConnection, slot):
+    def __init__(self, ctx, ws: Transport, slot):
         super().__init__(ctx, ws, slot)
         self.realtime: RealtimeConversation | None = None  # the protocol state; self.session: the core's
         self.paced: collections.deque[bytes] = collections.deque()  # item audio fed at real-time speed
