@@ -8,9 +8,10 @@
 
 All websocket adapters are `Connection`s (server/connection.py) over a `WebSocketTransport`
 (server/websocket.py) that drive conversations through the `ServerContext` (server/context.py);
-the frame loop (assistant/scheduler.py) does the rest. Ctrl-C / SIGTERM drains (`drain`): the port stays open, refusing new sessions and
-saying "draining" on /healthz, while live sessions finish (up to --drain-seconds); the rest get
-`session.ended`, recordings are finalised, then the process exits.
+the frame loop (assistant/scheduler.py) does the rest. Ctrl-C / SIGTERM drains (`drain`): the
+port stays open, refusing new sessions and saying "draining" on /healthz, while live sessions
+finish (up to --drain-seconds); the rest get `session.ended`, recordings are finalised, then the
+process exits.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ async def serve_websocket(
 
 
 def make_server_app(ctx: ServerContext) -> web.Application:
+    """The port's aiohttp application: the HTTP routes and one websocket handler per endpoint."""
     return make_app(
         ctx,
         {
