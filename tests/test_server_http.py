@@ -451,3 +451,18 @@ async def test_permessage_deflate_is_declined_so_a_deflate_bomb_has_nothing_to_i
                 peer.receive_data(chunk)
     assert peer.close_rcvd is not None and peer.close_rcvd.code == 1002
     assert http_get(server, "/healthz")[0] == 200
+
+
+def test_a_connection_that_never_finishes_its_request_is_closed():
+    """No request head held open for ever (one socket each: an easy way to pile up idle sockets)."""
+    import socket
+
+    from server.app import HTTP_IDLE_TIMEOUT_S
+
+    with start_server("--backend", "silence") as address:
+        with socket.create_connection((address.host, address.port), timeout=30) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+            t0 = time.monotonic()
+            assert sock.recv(65536) == b""
+            closed_after_s = time.monotonic() - t0
+        assert HTTP_IDLE_TIMEOUT_S - 1 <= closed_after_s <= HTTP_IDLE_TIMEOUT_S + 5
