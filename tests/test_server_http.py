@@ -222,6 +222,11 @@ async def test_tls_serves_wss(tmp_path):
         async with connect(f"wss://{address.host}:{address.port}/ws", ssl=context) as ws:
             ready = await NativeClient(ws).start()
             assert ready["frame_ms"] == 80
+        # Static files over TLS take the chunked path (no sendfile through the TLS layer).
+        import urllib.request
+
+        page = urllib.request.urlopen(f"https://{address.host}:{address.port}/", context=context, timeout=10)
+        assert page.status == 200 and b"<html" in page.read().lower()
     with pytest.raises(RuntimeError, match="go together"):
         with start_server("--backend", "silence", "--ssl-cert", str(cert)):
             pass
