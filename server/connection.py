@@ -10,6 +10,8 @@ translates messages and conversation events. Whatever the conversation returns g
 `apply_events`, after the call that returned it: the engine slot's part here, the rest to the
 adapter's `conversation_event`.
 `serve_connection` is the shared entry: take a slot or refuse with 1013, run, clean up.
+The websocket itself is any `Transport` (server/websocket.py wraps aiohttp's), so nothing here or
+in an adapter depends on the HTTP library.
 """
 
 from __future__ import annotations
@@ -18,11 +20,8 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
-
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 from assistant.conversation import CaptionUtterance, Conversation, ConversationEvent, Event
 from server.protocols.limits import (
@@ -34,6 +33,30 @@ from server.protocols.limits import (
 )
 
 log = logging.getLogger("assistant.server")
+
+
+class TransportClosed(Exception):
+    """The websocket is closed or closing: nothing more can be sent or received."""
+
+
+class Transport(Protocol):
+    """One accepted websocket, as the connection base and the protocol adapters use it."""
+
+    path: str  # the upgrade request's target: path and query string, as sent
+    headers: Mapping[str, str]  # the upgrade request's headers
+    remote_address: tuple | None  # the peer's socket address
+
+    async def send(self, message: str | bytes) -> None:
+        """Send one text or binary message; raises TransportClosed."""
+
+    async def recv(self) -> str | bytes:
+        """The next text or binary message; raises TransportClosed."""
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with `code` and `reason` (the peer's answer is awaited for a bounded time)."""
+
+    def abort(self) -> None:
+        """Cut the connection now, unless a close is already under way."""
 
 
 # -- outgoing queue -------------------------------------------------------------------------------
@@ -101,7 +124,7 @@ class Outbox:
 
 
 async def close_connection(
-    ws: ServerConnection,
+    ws: Transport,
     outbox: Outbox,
     writer: asyncio.Task,
     code: int,
@@ -125,11 +148,10 @@ async def close_connection(
     try:
         # close() waits for the peer; a reader that stalled may never answer.
         await asyncio.wait_for(ws.close(code, reason), timeout_s)
-    except (TimeoutError, ConnectionClosed, OSError):
+    except (TimeoutError, TransportClosed, OSError):
         pass
     finally:
-        if ws.transport is not None and not ws.transport.is_closing():
-            ws.transport.abort()
+        ws.abort()
 
 
 # -- the connection base --------------------------------------------------------------------------
@@ -143,7 +165,7 @@ class Connection:
     outbox_scale = 1  # messages per frame this protocol sends, relative to one (native: audio + events)
     not_started_code = "not_started"  # the error code for a client that never starts its session
 
-    def __init__(self, ctx, ws: ServerConnection, slot):
+    def __init__(self, ctx, ws: Transport, slot):
         self.ctx = ctx
         self.ws = ws
         self.slot = slot
@@ -284,7 +306,7 @@ class Connection:
                 # Messages already buffered come back without a pause: let the writer send the
                 # replies between them, or a burst of refused messages fills the outbox by itself.
                 await asyncio.sleep(0)
-        except ConnectionClosed:
+        except TransportClosed:
             pass
         except Exception:
             log.exception("%s connection failed", self.protocol_name)
@@ -304,7 +326,7 @@ class Connection:
         """Stop the adapter's own tasks (called once, when the connection ends)."""
 
 
-async def serve_connection(ctx, ws: ServerConnection, connection_class: type[Connection]) -> None:
+async def serve_connection(ctx, ws: Transport, connection_class: type[Connection]) -> None:
     """Serve one websocket with `connection_class`: a slot, or close 1013 when full or draining."""
     slot = ctx.reserve()
     if slot is None:

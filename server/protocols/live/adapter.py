@@ -14,10 +14,8 @@ import json
 import secrets
 import time
 
-from websockets.asyncio.server import ServerConnection
-
 from assistant.conversation import Event, SessionEnded
-from server.connection import Connection
+from server.connection import Connection, Transport
 from server.protocols.limits import CLOSE_NORMAL
 from server.protocols.live.client_events import LiveError
 from server.protocols.live.state_machine import CloseSession, LiveConversation, LiveOutput, OpenSession
@@ -31,7 +29,7 @@ class LiveConnection(Connection):
     outbox_scale = 2  # a frame is an audio delta and maybe a transcript delta
     not_started_code = "session_not_started"
 
-    def __init__(self, ctx, ws: ServerConnection, slot):
+    def __init__(self, ctx, ws: Transport, slot):
         super().__init__(ctx, ws, slot)
         engine = ctx.engine
         name = engine.model_name or engine.name

@@ -23,12 +23,10 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlsplit
 
-from websockets.asyncio.server import ServerConnection
-
 from assistant.conversation import AssistantText, AudioOut, Error, Event, SessionEnded
 from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
 from audio.opus_ogg import OpusDecoder, OpusEncoder, OpusStreamError
-from server.connection import Connection
+from server.connection import Connection, Transport
 from server.protocols.limits import CLOSE_NORMAL, CLOSE_POLICY
 from server.protocols.moshi import query as chat_query
 from server.protocols.moshi import wire as moshi_wire
@@ -41,14 +39,14 @@ class MoshiChatConnection(Connection):
 
     protocol_name = "moshi"
 
-    def __init__(self, ctx, ws: ServerConnection, slot):
+    def __init__(self, ctx, ws: Transport, slot):
         super().__init__(ctx, ws, slot)
         self.decoder = OpusDecoder(SAMPLE_RATE_HZ)
         self.encoder = OpusEncoder(SAMPLE_RATE_HZ)
         self.handshake_sent = False
         self.skip_samples = FRAME_SAMPLES  # the stream's first frame, which the model never hears
         self.skipped: set[str | bytes] = set()  # kinds of messages skipped so far (logged once)
-        query = urlsplit(ws.request.path).query if ws.request else ""
+        query = urlsplit(ws.path).query
         try:
             options = ctx.default_options().replace(**chat_query.session_options(query))
             self.session = ctx.open_session(slot, SAMPLE_RATE_HZ, self.apply_events, options)

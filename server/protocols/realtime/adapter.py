@@ -15,11 +15,9 @@ import json
 import secrets
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import ServerConnection
-
 from assistant.conversation import Event, SessionEnded
 from audio.frames import FRAME_MS, SAMPLE_RATE_HZ
-from server.connection import Connection
+from server.connection import Connection, Transport
 from server.protocols.limits import CLOSE_NORMAL
 from server.protocols.realtime.client_events import BYTES_PER_MS, RealtimeError
 from server.protocols.realtime.records import (
@@ -36,9 +34,9 @@ from server.protocols.realtime.state_machine import RealtimeConversation
 _FRAME_BYTES = FRAME_MS * BYTES_PER_MS
 
 
-def requested_model(ws: ServerConnection) -> str | None:
+def requested_model(ws: Transport) -> str | None:
     """The `model` query parameter the client connected with (the SDK always sends one)."""
-    query = urlsplit(ws.request.path).query if ws.request else ""
+    query = urlsplit(ws.path).query
     return (parse_qs(query).get("model") or [None])[0]
 
 
@@ -48,7 +46,7 @@ class RealtimeConnection(Connection):
     protocol_name = "realtime"
     outbox_scale = 4  # a Realtime frame is several messages (audio delta, transcript delta, response events)
 
-    def __init__(self, ctx, ws: ServerConnection, slot):
+    def __init__(self, ctx, ws: Transport, slot):
         super().__init__(ctx, ws, slot)
         self.paced: collections.deque[bytes] = collections.deque()  # item audio fed at real-time speed
         self.paced_bytes = 0  # what `paced` holds, kept as it changes (read on every client event)
