@@ -327,8 +327,10 @@ async def test_an_event_flood_is_refused_once_a_second_then_closed_with_1008(ser
         reader = asyncio.create_task(read())
         message = json.dumps({"type": "input_audio_buffer.append", "audio": b64(b"\x00\x00" * 480)})
         started = time.monotonic()
+        # Until the server closes: a server that reads fast may take every message of a burst
+        # into its buffers before its rate limits catch up, so no fixed count is sure to be cut off.
         with pytest.raises(ConnectionClosed):
-            for _ in range(20_000):
+            while time.monotonic() - started < 10:
                 await ws.send(message)
         await asyncio.wait_for(reader, 10)
         assert ws.close_code == 1008 and "flood" in (ws.close_reason or "")
