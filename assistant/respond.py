@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.backends import BACKENDS
 from assistant.conversation import ConversationOptions
+from assistant.engine_args import add_engine_arguments, engine_kwargs
 from assistant.offline import frames_for, run_offline
 from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
 
@@ -27,17 +27,7 @@ __all__ = ["add_arguments", "frames_for", "read_user_audio", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="moshi",
-        help="engine backend (default moshi; scripted and silence need no weights)",
-    )
-    parser.add_argument(
-        "--model",
-        help="Moshi checkpoint: HF repo id or local dir (Kyutai or HF layout); "
-        "required with the moshi backend",
-    )
+    add_engine_arguments(parser)
     parser.add_argument(
         "--input", required=True, type=Path, help="the user's speech, a WAV file at any sample rate"
     )
@@ -76,10 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=5.0,
         help="seconds of silence fed after the input so the assistant can answer (default 5)",
-    )
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument(
-        "--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)"
     )
 
 
@@ -133,12 +119,6 @@ def run(args: argparse.Namespace) -> int:
 
     from assistant.backends import build_engine
 
-    if args.backend == "moshi" and not args.model:
-        print(
-            "respond: the moshi backend needs --model (a checkpoint dir or Hugging Face repo id)",
-            file=sys.stderr,
-        )
-        return 2
     if not args.input.is_file():
         print(f"respond: input file {args.input} does not exist", file=sys.stderr)
         return 2
@@ -152,12 +132,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         options = conversation_options(args)
-        engine_options = (
-            {"model": args.model, "device": args.device, "dtype": args.dtype}
-            if args.backend == "moshi"
-            else {}
-        )
-        engine = build_engine(args.backend, batch_size=1, **engine_options)
+        engine = build_engine(args.backend, batch_size=1, **engine_kwargs(args))
         engine.check_prompt(options.instructions, options.voice)
     except (ValueError, OSError) as exc:  # bad checkpoint, device or option: the message says what to fix
         print(f"respond: {exc}", file=sys.stderr)

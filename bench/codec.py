@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from transformers import MimiConfig, MimiModel
 
+from assistant.engine_args import dtype_name
 from audio.frames import FRAME_MS, SAMPLE_RATE_HZ
 from audio.mimi.codec import StreamingMimi
 
@@ -24,8 +25,14 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", default="1,4,16", help="comma-separated batch sizes (default 1,4,16)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="bf16/fp16 on cuda only")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default: cpu)")
+    parser.add_argument(
+        "--dtype",
+        type=dtype_name,
+        default="float32",
+        choices=sorted(DTYPES),
+        help="bfloat16 and float16 (bf16, fp16) on cuda only (default: float32)",
+    )
     parser.add_argument("--frames", type=int, default=50, help="timed frames per batch size (default 50)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed frames first (default 5)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")

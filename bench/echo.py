@@ -29,10 +29,17 @@ QUIET_MIC_DBFS = -100.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--audio-dir", type=Path, default=SHARED_AUDIO, help="folder with q1.wav, q2.wav, interrupt.wav"
+        "--audio-dir",
+        type=Path,
+        default=SHARED_AUDIO,
+        help="folder with q1.wav, q2.wav, interrupt.wav (default: the checkout's tests/data/speech)",
     )
-    parser.add_argument("--rates", default="16000,24000,48000", help="device rates, comma-separated")
-    parser.add_argument("--delays", default="40,120,300,700", help="echo delays in ms, comma-separated")
+    parser.add_argument(
+        "--rates", default="16000,24000,48000", help="device rates, comma-separated (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--delays", default="40,120,300,700", help="echo delays in ms, comma-separated (default: %(default)s)"
+    )
 
 
 def load_signals(audio_dir: Path, rate: int) -> tuple[np.ndarray, np.ndarray]:

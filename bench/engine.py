@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from assistant.engine import SlotOptions
+from assistant.engine_args import add_engine_arguments, model_of
 from audio.frames import FRAME_MS, FRAME_SAMPLES
 
 PARTS = ("codec_encode_ms", "temporal_ms", "depth_ms", "codec_decode_ms", "total_ms")
@@ -30,28 +31,12 @@ MARGIN_P99_MS = 0.8 * FRAME_MS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", default="tiny", help="tiny | 7b-random | checkpoint dir or HF repo id (default tiny)"
-    )
+    add_engine_arguments(parser, backend=None, model="tiny")
     parser.add_argument("--batch", default="1,4,16", help="comma-separated batch sizes (default 1,4,16)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--dtype", default=None, help="bf16 / fp32 (default: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--frames", type=int, default=50, help="timed steps per batch size (default 50)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
-    )
-    parser.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="CUDA-graph the LM step (default: env ASSISTANT_COMPILE, else on for CUDA)",
-    )
-    parser.add_argument(
-        "--quantize",
-        choices=("none", "int8"),
-        default=None,
-        help="int8 weight-only temporal/depth linears (default: env ASSISTANT_QUANTIZE, else none)",
     )
     parser.add_argument(
         "--context",
@@ -122,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         quantize = quantize_option(args.quantize)
-        loaded = load(args.model, args.device, args.dtype)
+        loaded = load(model_of(args), args.device, args.dtype)
     except (ValueError, FileNotFoundError) as exc:
         print(f"bench engine: {exc}")
         return 2
@@ -133,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     step_mode = compile_mode(args.compile, device)
     options = {"compile": args.compile, "quantize": quantize, "context": args.context, "warm_up": False}
     print(
-        f"model={args.model} device={device} dtype={str(param.dtype).removeprefix('torch.')} "
+        f"model={model_of(args)} device={device} dtype={str(param.dtype).removeprefix('torch.')} "
         f"step={step_mode} quantize={quantize or 'none'} frames={args.frames} "
         f"warmup={args.warmup} torch_threads={torch.get_num_threads()}"
     )

@@ -38,10 +38,17 @@ REPLY_WINDOW_S = 1.0  # the reply plays this long before the interruption
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="question + interruption rounds (default 3)")
     parser.add_argument(
-        "--rate", type=int, choices=(16000, 24000), default=24000, help="the session's PCM sample rate"
+        "--rate",
+        type=int,
+        choices=(16000, 24000),
+        default=24000,
+        help="the session's PCM sample rate (default: 24000)",
     )
     parser.add_argument(
-        "--audio-dir", type=Path, default=SHARED_AUDIO.parent, help="where q1.wav and interrupt.wav are"
+        "--audio-dir",
+        type=Path,
+        default=SHARED_AUDIO.parent,
+        help="where q1.wav and interrupt.wav are (default: the checkout's tests/data/speech)",
     )
 
 

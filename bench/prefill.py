@@ -20,20 +20,19 @@ import time
 
 import numpy as np
 
+from assistant.engine_args import add_engine_arguments, engine_kwargs, model_of
 from audio.frames import FRAME_MS, FRAME_SAMPLES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", default="tiny-personaplex", help="checkpoint or random model (default tiny-personaplex)"
-    )
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--dtype", default=None, help="bf16, fp16 or fp32")
+    add_engine_arguments(parser, backend=None, model="tiny-personaplex")
     parser.add_argument("--prompt-frames", type=int, default=200, help="frames per prompt (default 200)")
     parser.add_argument("--live", type=int, default=4, help="sessions already talking (default 4)")
     parser.add_argument("--joining", type=int, default=4, help="sessions joining with a prompt (default 4)")
     parser.add_argument("--ticks", type=int, default=100, help="80 ms ticks per clock run (default 100)")
-    parser.add_argument("--chunk", type=int, default=None, help="prompt positions per prefill pass")
+    parser.add_argument(
+        "--chunk", type=int, default=None, help="prompt positions per prefill pass (default: the engine's)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed prompts per prefill mode (default 3)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
 
@@ -54,9 +53,8 @@ def _engine(args, batch_size: int, prefill: str):
     options = {"prefill": prefill}
     if args.chunk:
         options["prefill_chunk"] = args.chunk
-    return MoshiEngine.from_pretrained(
-        args.model, batch_size=batch_size, device=args.device, dtype=args.dtype, compile=False, **options
-    )
+    engine = engine_kwargs(args)
+    return MoshiEngine.from_pretrained(engine.pop("model"), batch_size=batch_size, **engine, **options)
 
 
 def prompt_ms(args) -> dict:
@@ -69,7 +67,7 @@ def prompt_ms(args) -> dict:
     for mode in ("fast", "stepwise"):
         engine = _engine(args, 1, mode)
         if not engine.takes_prompts:
-            raise SystemExit(f"bench prefill: {args.model} takes no prompts; use a PersonaPlex model")
+            raise SystemExit(f"bench prefill: {model_of(args)} takes no prompts; use a PersonaPlex model")
         options = SlotOptions(instructions=_instructions(engine, args.prompt_frames))
         times = []
         for _ in range(args.repeats + 1):  # the first is a warm-up
@@ -145,13 +143,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_grad_enabled(False)
-    figures = {"model": args.model, "prompt_frames": args.prompt_frames, "prompt": prompt_ms(args)}
+    figures = {"model": model_of(args), "prompt_frames": args.prompt_frames, "prompt": prompt_ms(args)}
     figures["clock"] = [clock_run(args, 0), clock_run(args, args.joining)]
     if args.json:
         print(json.dumps(figures, indent=1))
         return 0
     p = figures["prompt"]
-    print(f"model {args.model}, prompts of {p['fast']['frames']} frames")
+    print(f"model {model_of(args)}, prompts of {p['fast']['frames']} frames")
     print(f"  fast prefill     {p['fast']['ms']:9.1f} ms per prompt")
     print(f"  stepwise prefill {p['stepwise']['ms']:9.1f} ms per prompt  ({p['speedup']}x slower)")
     print(f"frame clock, {args.live} live sessions, {args.ticks} ticks of {FRAME_MS} ms:")

@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--limit-s", type=float, default=600.0, help="stop after this many seconds (default 600)"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the traffic (default: 0)")
     parser.add_argument(
         "--trace-memory",
         action="store_true",

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from assistant.engine_args import add_engine_arguments, engine_kwargs, model_of
 from audio.frames import SAMPLE_RATE_HZ
 
 FRAME_S = 0.08
@@ -64,36 +65,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sessions", default="1,16,64", help="comma-separated session counts (default 1,16,64)"
     )
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per count (default 20)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds streamed before measuring")
-    parser.add_argument("--backend", choices=("silence", "scripted", "moshi"), default="silence")
     parser.add_argument(
-        "--model",
-        default=None,
-        help="moshi backend: tiny | 7b-random | checkpoint dir or HF repo id (default tiny)",
+        "--warmup", type=float, default=2.0, help="seconds streamed before measuring (default: 2)"
     )
-    parser.add_argument(
-        "--device", default=None, help="moshi backend: cpu or cuda (default: cuda when available)"
-    )
-    parser.add_argument("--dtype", default=None, help="moshi backend: torch dtype (default bf16 on CUDA)")
-    parser.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="moshi backend: CUDA-graph the step (sets ASSISTANT_COMPILE for the server)",
-    )
-    parser.add_argument(
-        "--quantize",
-        choices=("none", "int8"),
-        default=None,
-        help="moshi backend: int8 weights (sets ASSISTANT_QUANTIZE for the server)",
-    )
+    add_engine_arguments(parser, backend="silence", model="tiny")  # handed to each `assistant serve`
     parser.add_argument(
         "--audio",
         type=Path,
         default=None,
         help="24 kHz mono WAV the clients stream on a loop (default: the checkout's tests/data/speech/conversation.wav)",
     )
-    parser.add_argument("--vad", choices=("webrtc", "silero"), default="webrtc", help="the server's VAD")
+    parser.add_argument(
+        "--vad", choices=("webrtc", "silero"), default="webrtc", help="the server's VAD (default: webrtc)"
+    )
     parser.add_argument(
         "--captions",
         default="off",
@@ -381,16 +365,12 @@ def run_one(n: int, args: argparse.Namespace, audio: np.ndarray, packets: list[b
         "--clock-stats",
         str(stats_file),
     ]
-    env: dict[str, str] = {}
-    if args.backend == "moshi":
-        serve_args += ["--model", args.model or "tiny"]
-        serve_args += ["--device", args.device] if args.device else []
-        serve_args += ["--dtype", args.dtype] if args.dtype else []
-        if args.compile is not None:
-            env["ASSISTANT_COMPILE"] = "1" if args.compile else "0"
-        if args.quantize is not None:
-            env["ASSISTANT_QUANTIZE"] = args.quantize
-    with serving(serve_args, env) as (proc, port):
+    for name, value in engine_kwargs(args).items():
+        if isinstance(value, bool):
+            serve_args.append(f"--{name}" if value else f"--no-{name}")
+        elif value is not None:
+            serve_args += [f"--{name}", value]
+    with serving(serve_args) as (proc, port):
         if args.captions != "off":
             _wait_captions_ready(port)
         result = asyncio.run(
@@ -425,12 +405,10 @@ def run(args: argparse.Namespace) -> int:
     if not counts or min(counts) < 1 or args.seconds <= 0:
         print("--sessions needs counts >= 1 and --seconds > 0", file=sys.stderr)
         return 2
-    moshi_only = (args.model, args.device, args.dtype, args.compile, args.quantize)
-    if args.backend != "moshi" and any(v is not None for v in moshi_only):
-        print(
-            "--model, --device, --dtype, --compile and --quantize only apply to --backend moshi",
-            file=sys.stderr,
-        )
+    try:
+        engine_kwargs(args)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return 2
     if args.audio_format == "opus" and args.protocol != "native":
         print("--audio-format opus is a native-protocol option (--protocol native)", file=sys.stderr)
@@ -439,7 +417,7 @@ def run(args: argparse.Namespace) -> int:
     packets = opus_packets(audio) if args.audio_format == "opus" else None
     print(
         f"server bench: backend {args.backend}"
-        + (f" ({args.model or 'tiny'}, {args.device or 'default device'})" if args.backend == "moshi" else "")
+        + (f" ({model_of(args)}, {args.device or 'default device'})" if args.backend == "moshi" else "")
         + f", {args.protocol} protocol, {args.audio_format} audio, VAD {args.vad}, captions {args.captions}, clients stream {what} in "
         f"{args.chunk_ms} ms chunks from a separate process, {args.seconds:g} s measured per count, "
         f"{os.cpu_count()} CPUs"

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--wav", type=Path, default=DEFAULT_WAV, help="24 kHz mono speech (default: %(default)s)"
     )
     parser.add_argument(
-        "--repeat", type=int, default=5, help="times the file is streamed, for steadier figures"
+        "--repeat", type=int, default=5, help="times the file is streamed, for steadier figures (default: 5)"
     )
     parser.add_argument(
         "--no-jit", action="store_true", help="skip the TorchScript Silero comparison (imports torch)"

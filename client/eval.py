@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from assistant.backends import BACKENDS
+from assistant.engine_args import add_engine_arguments, engine_kwargs
 from assistant.eval import pipeline
 from assistant.eval.dataset import FDB_TASKS, TASKS, Sample, SampleError, load_samples, read_sample
 from assistant.eval.results import TaskResult, write_json
@@ -80,19 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _common_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
     parser.add_argument("--out", type=Path, help=out_help)
-    parser.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="moshi",
-        help="engine for output.wav in-process (default moshi)",
-    )
-    parser.add_argument(
-        "--model", help="Moshi checkpoint: HF repo id or local dir; required with the moshi backend"
-    )
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument(
-        "--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)"
-    )
+    add_engine_arguments(parser)  # the engine that makes output.wav in-process (without --server)
     parser.add_argument("--seed", type=int, default=None, help="random seed, for reproducible outputs")
     parser.add_argument(
         "--batch",
@@ -158,23 +146,21 @@ def _generator(args, pending: bool) -> pipeline.Generator:
         return lambda samples, on_done: generate_live(
             args.server, samples, concurrency=args.batch, token=args.token, options=prompts, on_done=on_done
         )
-    if pending and args.backend == "moshi" and not args.model:
-        raise UsageError(
-            "the moshi backend needs --model (a checkpoint dir or Hugging Face repo id), or use --server"
-        )
+    if pending:
+        try:
+            engine_kwargs(args)  # options that cannot apply are refused before any work starts
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
 
     def in_process(samples, on_done) -> None:
         from assistant.backends import build_engine
         from assistant.conversation import ConversationOptions
         from assistant.eval.generate import generate_in_process
 
-        options = (
-            {"model": args.model, "device": args.device, "dtype": args.dtype}
-            if args.backend == "moshi"
-            else {}
-        )
         try:
-            engine = build_engine(args.backend, batch_size=min(args.batch, len(samples)), **options)
+            engine = build_engine(
+                args.backend, batch_size=min(args.batch, len(samples)), **engine_kwargs(args)
+            )
             engine.check_prompt(args.instructions, args.voice)
         except (ValueError, OSError) as exc:  # bad checkpoint, device, option or prompt: it says what to fix
             raise UsageError(str(exc)) from exc

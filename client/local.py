@@ -118,11 +118,10 @@ class LocalConversation:
 
 def build_local(args: argparse.Namespace, sample_rate: int) -> LocalConversation:
     from assistant.backends import build_engine
+    from assistant.engine_args import engine_kwargs
 
     try:
-        engine = build_engine(
-            args.backend, model=args.model, batch_size=1, device=args.device, dtype=args.dtype
-        )
+        engine = build_engine(args.backend, batch_size=1, **engine_kwargs(args))
     except (ValueError, FileNotFoundError, OSError) as exc:
         raise TalkError(f"cannot build the {args.backend} engine: {exc}") from exc
     return LocalConversation(

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from websockets.exceptions import ConnectionClosed
 
-from assistant.backends import BACKENDS
+from assistant.engine_args import add_engine_arguments, engine_kwargs
 from audio.echo import EchoCanceller
 from audio.resample import SUPPORTED_RATES
 from client.devices import (
@@ -172,12 +172,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     local = parser.add_argument_group("local engine (no server)")
     local.add_argument("--local", action="store_true", help="run the engine in this process, for one user")
-    local.add_argument(
-        "--backend", default="moshi", choices=BACKENDS, help="engine backend with --local (default moshi)"
-    )
-    local.add_argument("--model", help="model with --local: checkpoint dir or Hugging Face repo id")
-    local.add_argument("--device", help="torch device with --local (default: cuda when available)")
-    local.add_argument("--dtype", help="torch dtype with --local (e.g. bfloat16)")
+    add_engine_arguments(local)
     parser.add_argument(
         "--plain",
         action="store_true",
@@ -208,8 +203,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         if not (math.isfinite(args.echo_delay_ms) and 0 <= args.echo_delay_ms <= 1000):
             raise TalkError(f"--echo-delay-ms must be between 0 and 1000 ms, got {args.echo_delay_ms}")
     if args.local:
-        if args.backend == "moshi" and not args.model:
-            raise TalkError("--local with the moshi backend needs --model (a checkpoint dir or HF repo id)")
+        try:
+            engine_kwargs(args)
+        except ValueError as exc:
+            raise TalkError(str(exc)) from exc
 
 
 def open_echo_canceller(args: argparse.Namespace, audio: Any) -> EchoCanceller | None:

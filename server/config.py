@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from assistant.auto import banner, choose_backend
-from assistant.backends import BACKENDS
 from assistant.conversation import ConversationLimits
+from assistant.engine_args import add_engine_arguments, engine_kwargs
 from audio.vad import VadConfig
 from server import static
 
 DEFAULT_PORT = 8998
 TEST_BACKEND_MAX_SESSIONS = 64
-DEFAULT_MOSHI_MODEL = "kyutai/moshiko-pytorch-bf16"
 
 
 @dataclass
@@ -91,19 +90,7 @@ def moshi_ui_root(directory: str) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--backend",
-        choices=(*BACKENDS, "auto"),
-        default="moshi",
-        help="engine backend (default moshi; scripted and silence need no weights; auto: moshi on a "
-        "cached checkpoint when a CUDA GPU can run it in real time, else scripted, saying why)",
-    )
-    parser.add_argument(
-        "--model",
-        default=os.environ.get("ASSISTANT_MODEL"),
-        help="checkpoint directory or Hugging Face id for the moshi backend "
-        f"(default $ASSISTANT_MODEL, else {DEFAULT_MOSHI_MODEL})",
-    )
+    add_engine_arguments(parser, auto=True)
     parser.add_argument(
         "--host",
         default=os.environ.get("ASSISTANT_HOST", "127.0.0.1"),
@@ -145,7 +132,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--barge-in",
         choices=("model", "vad"),
         default="model",
-        help="model: the model decides whether to stop; vad: force it silent while the user talks",
+        help="model: the model decides whether to stop; vad: force it silent while the user talks"
+        " (default: model)",
     )
     parser.add_argument(
         "--instructions",
@@ -158,43 +146,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("ASSISTANT_VOICE"),
         help="voice for sessions that set none: a preset of the model (see GET /v1/voices) or a .wav / .pt file",
     )
-    parser.add_argument("--vad", choices=("webrtc", "silero"), default="webrtc", help="VAD for turn-taking")
+    parser.add_argument(
+        "--vad", choices=("webrtc", "silero"), default="webrtc", help="VAD for turn-taking (default: webrtc)"
+    )
     parser.add_argument(
         "--moshi-ui",
         metavar="DIR",
         help="serve this static build of Kyutai's or PersonaPlex's web client at / instead of the "
         "built-in page (it talks to /api/chat; see docs/moshi-protocol.md)",
     )
-    parser.add_argument("--device", help="torch device for the moshi backend (cuda, cpu)")
-    parser.add_argument("--dtype", help="torch dtype for the moshi backend (bfloat16, float16, float32)")
-    parser.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="moshi backend: capture the frame step as CUDA graphs per batch bucket "
-        "(default: $ASSISTANT_COMPILE, on with CUDA)",
-    )
-    parser.add_argument(
-        "--quantize",
-        choices=("none", "int8"),
-        default=None,
-        help="moshi backend: int8 weight-only transformer linears (default: $ASSISTANT_QUANTIZE, none)",
-    )
     parser.add_argument("--script-reply", help="scripted backend: reply WAV (text from the .txt beside it)")
     parser.add_argument(
-        "--script-delay-ms", type=float, default=0.0, help="scripted backend: pause before replying"
+        "--script-delay-ms",
+        type=float,
+        default=0.0,
+        help="scripted backend: pause before replying (default: 0)",
     )
     parser.add_argument(
-        "--idle-timeout", type=float, default=60.0, help="end sessions with no audio for this many s"
+        "--idle-timeout",
+        type=float,
+        default=60.0,
+        help="end sessions with no audio for this many s (default: 60)",
     )
     parser.add_argument(
-        "--max-session-seconds", type=float, default=3600.0, help="end sessions after this many s"
+        "--max-session-seconds",
+        type=float,
+        default=3600.0,
+        help="end sessions after this many s (default: 3600)",
     )
     parser.add_argument(
         "--max-send-lag",
         type=float,
         default=2.0,
-        help="disconnect a client that is this many seconds behind reading (1008)",
+        help="disconnect a client that is this many seconds behind reading (1008) (default: 2)",
     )
     parser.add_argument(
         "--captions",
@@ -275,12 +259,14 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             raise ValueError(f"--{name.replace('_', '-')} {path} does not exist")
     web_root = static.WEB_ROOT if args.moshi_ui is None else moshi_ui_root(args.moshi_ui)
     vad = VadConfig(backend=args.vad)
-    backend, model, auto_banner = args.backend, args.model, None
+    backend, auto_banner = args.backend, None
     if backend == "auto":
-        choice = choose_backend(args.model)
-        backend, model, auto_banner = choice.backend, choice.model, banner(choice)
+        choice = choose_backend(args.model or os.environ.get("ASSISTANT_MODEL"))
+        backend, auto_banner = choice.backend, banner(choice)
+        args = argparse.Namespace(**{**vars(args), "backend": backend, "model": choice.model})
     # Under auto, options for the backend it did not pick are left unused rather than refused.
-    explicit = args.backend != "auto"
+    explicit = auto_banner is None
+    engine = engine_kwargs(args) if explicit or backend == "moshi" else {}
     engine_options: dict[str, Any] = {}
     if backend == "scripted":
         engine_options = {
@@ -291,12 +277,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     elif args.script_reply is not None and explicit:
         raise ValueError("--script-reply only applies to --backend scripted")
     if backend == "moshi":
-        engine_options = {"compile": args.compile, "quantize": args.quantize}
-    elif (args.compile is not None or args.quantize is not None) and explicit:
-        raise ValueError("--compile and --quantize only apply to --backend moshi")
+        engine_options = {"compile": engine["compile"], "quantize": engine["quantize"]}
     return ServerConfig(
         backend=backend,
-        model=model or (DEFAULT_MOSHI_MODEL if backend == "moshi" else None),
+        model=engine.get("model"),
         auto_banner=auto_banner,
         host=args.host,
         port=args.port,
@@ -310,7 +294,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         instructions=args.instructions or None,
         voice=args.voice or None,
         device=args.device,
-        dtype=args.dtype,
+        dtype=engine.get("dtype"),
         engine_options=engine_options,
         limits=ConversationLimits(idle_timeout_s=args.idle_timeout, max_session_s=args.max_session_seconds),
         vad=vad,

@@ -168,10 +168,12 @@ def test_eval_fdb_scores_existing_outputs_reports_a_malformed_folder_and_goes_on
     assert {p: p.stat().st_mtime_ns for p in data.rglob("output.*")} == before  # nothing remade
 
 
-def test_missing_outputs_with_the_moshi_backend_need_a_model(tmp_path, capsys):
+def test_missing_outputs_refuse_engine_options_their_backend_does_not_take(tmp_path, capsys):
     turn_sample(tmp_path, "1", 2.0)
-    assert main(["eval", "fdb", str(tmp_path), "--task", "smooth_turn_taking"]) == 2
-    assert "the moshi backend needs --model" in capsys.readouterr().err
+    args = ["eval", "fdb", str(tmp_path), "--task", "smooth_turn_taking", "--backend", "scripted"]
+    assert main([*args, "--model", "tiny"]) == 2
+    assert "only --backend moshi takes --model" in capsys.readouterr().err
+    assert not (tmp_path / "1" / "output.wav").exists()
 
 
 def test_prompts_are_refused_clearly_by_a_model_without_them(tmp_path, capsys):

@@ -26,9 +26,12 @@ def test_moshi_compile_and_quantize_reach_the_engine_options():
     assert config.engine_options == {"compile": None, "quantize": None}
 
 
-@pytest.mark.parametrize("flag", [("--compile",), ("--quantize", "int8")])
+@pytest.mark.parametrize(
+    "flag",
+    [("--compile",), ("--quantize", "int8"), ("--model", "tiny"), ("--device", "cpu"), ("--dtype", "fp32")],
+)
 def test_moshi_only_flags_are_refused_for_other_backends(flag):
-    with pytest.raises(ValueError, match="only apply to --backend moshi"):
+    with pytest.raises(ValueError, match=f"only --backend moshi takes {flag[0]}"):
         config_from_args(_args("--backend", "scripted", *flag))
 
 

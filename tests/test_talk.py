@@ -140,7 +140,7 @@ def test_devices_by_name_share_a_supported_rate(monkeypatch):
     [
         (["--input-file", "in.wav"], "--input-file and --output-file go together"),
         (["--input-file", "/nonexistent/in.wav", "--output-file", "out.wav"], "does not exist"),
-        (["--local"], "needs --model"),
+        (["--local", "--backend", "scripted", "--dtype", "bf16"], "only --backend moshi takes --dtype"),
         (["--block-ms", "100"], "--block-ms must be between"),
         (["--no-echo-cancel", "--echo-delay-ms", "50"], "does not go with --no-echo-cancel"),
         (["--echo-delay-ms", "5000"], "--echo-delay-ms must be between"),
