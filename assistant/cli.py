@@ -9,6 +9,7 @@ eval) and the benchmarks (`bench/` of a checkout, which the wheel does not ship)
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 from pathlib import Path
@@ -90,8 +91,19 @@ def main(argv: list[str] | None = None) -> int:
     if module is None:
         parser.print_help()
         return 0 if not argv else 2
-    result = _import(module).run(args)
+    try:
+        result = _import(module).run(args)
+    finally:
+        free_before_exit()
     return int(result or 0)
+
+
+def free_before_exit() -> None:
+    """Free what a command left in reference cycles (or set aside with gc.freeze) while the
+    interpreter still runs: at teardown such objects are never freed, and native extensions built
+    with nanobind (soxr's resamplers) then print a "leaked instances" report on stderr."""
+    gc.unfreeze()
+    gc.collect()
 
 
 if __name__ == "__main__":
