@@ -278,6 +278,9 @@ async def talk(
         on_pull=echo.played if echo else None,
     )
     view = TalkView()
+    ready = getattr(conv, "ready", None)
+    if ready is not None:
+        view.on_event(ready)  # a server's session.ready came before the view: it says if captions come
     mic: asyncio.Queue[np.ndarray] = asyncio.Queue()
 
     def heard_ms() -> float:
