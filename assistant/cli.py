@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -93,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if not argv else 2
     try:
         result = _import(module).run(args)
+        sys.stdout.flush()  # inside the try: a closed pipe shows up here for output shorter than a buffer
+    except BrokenPipeError:
+        # Whoever read stdout has stopped (`assistant models --json | head`): end quietly, as cat does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush goes nowhere
+        return 0
     finally:
         free_before_exit()
     return int(result or 0)

@@ -215,7 +215,7 @@ def _run(args: argparse.Namespace) -> int:
             transcriber = WhisperTranscriber(args.asr)
         except (RuntimeError, ValueError) as exc:
             raise UsageError(str(exc)) from exc
-        asr_used.append(transcriber.model_path)
+        asr_used.append(transcriber.name)
         return transcriber
 
     pipeline.make_transcripts(everything, load_transcriber, errors)

@@ -358,7 +358,8 @@ async def talk(
         if isinstance(audio, FileAudio):
             summary += f", wrote {audio.output_path}"
             if audio.late_blocks:
-                summary += f" ({audio.late_blocks} blocks ran late: busy machine)"
+                late = audio.late_blocks
+                summary += f" ({late} block{'s' if late != 1 else ''} ran late: busy machine)"
         view.lines.append(summary)
         display.close(view)
     if failure is not None:

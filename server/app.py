@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import gc
 import json
 import logging
@@ -210,7 +211,7 @@ async def serve_forever(
         shown = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
         print(
             f"assistant: serving {engine.describe().get('backend')} ({engine.describe().get('model')}), "
-            f"{ctx.scheduler.capacity} sessions max",
+            f"{ctx.scheduler.capacity} session{'s' if ctx.scheduler.capacity != 1 else ''} max",
             flush=True,
         )
         print(
@@ -268,6 +269,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"assistant serve: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"assistant serve: cannot listen ({exc})", file=sys.stderr)
+        if exc.errno == errno.EADDRINUSE:
+            print(
+                f"assistant serve: port {config.port} on {config.host} is in use (another server?); stop "
+                f"that one, or pick a free port with --port N (e.g. --port {config.port + 1})",
+                file=sys.stderr,
+            )
+        else:
+            print(f"assistant serve: cannot listen ({exc})", file=sys.stderr)
         return 1
     return 0
