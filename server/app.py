@@ -248,6 +248,10 @@ def build_server_engine(config: ServerConfig) -> Engine:
     )
 
 
+def _stop_starting(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM while the model loads ends the start-up as Ctrl-C does
+
+
 def run(args: argparse.Namespace) -> int:
     if hasattr(signal, "SIGUSR1"):  # a memory report asked for while the model loads is not a kill
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
@@ -256,9 +260,19 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        signal.signal(signal.SIGTERM, _stop_starting)  # serve_forever's own handlers take over once it runs
+        return _start_and_serve(args)
+    except KeyboardInterrupt:
+        print("assistant: stopped while starting", flush=True)
+        return 0
+
+
+def _start_and_serve(args: argparse.Namespace) -> int:
+    try:
         config = config_from_args(args)
         if config.auto_banner:
             print(config.auto_banner, file=sys.stderr, flush=True)
+        log.info("loading the %s engine%s", config.backend, f" ({config.model})" if config.model else "")
         engine = build_server_engine(config)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"assistant serve: {exc}", file=sys.stderr)
