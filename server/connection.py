@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -145,7 +146,7 @@ class Connection:
         self.ctx = ctx
         self.ws = ws
         self.slot = slot
-        self.session: Conversation | None = None
+        self._session: Conversation | None = None
         config = ctx.config
         self.outbox = Outbox(
             ws.send, max_items=config.max_outbox_items * self.outbox_scale, max_lag_s=config.max_send_lag_s
@@ -159,6 +160,40 @@ class Connection:
         self.last_rate_error = -1e9
         self.internal_errors = 0  # messages in a row the server failed to handle
         self.closing: asyncio.Task | None = None
+
+    @property
+    def session(self) -> Conversation | None:
+        return self._session
+
+    @session.setter
+    def session(self, session: Conversation | None) -> None:
+        if session is not None and self._session is None:  # however the adapter opened it: logged once
+            log.info("session %s open: %s", session.session_id, self.describe_peer())
+        self._session = session
+
+    def describe_peer(self) -> str:
+        """The endpoint and the client's address, for the log: the path only (a query may hold a token)."""
+        request = getattr(self.ws, "request", None)
+        endpoint = urlsplit(request.path).path if request is not None else "?"
+        address = getattr(self.ws, "remote_address", None)
+        client = f"{address[0]}:{address[1]}" if address else "unknown"
+        return f"{endpoint} from {client}"
+
+    def log_closed(self, session: Conversation) -> None:
+        """One line an operator can act on: who, how long, what the frame clock did, how it ended."""
+        code, reason = getattr(self.ws, "close_code", None), getattr(self.ws, "close_reason", None)
+        log.info(
+            "session %s closed: %s, %.1f s, %d frames, underruns %d, drops %d, ended %s, close %s%s",
+            session.session_id,
+            self.describe_peer(),
+            session.clock() - session.started_at,
+            session.frames_out,
+            session.underruns,
+            session.drops,
+            session.ended or "unknown",
+            code if code is not None else "none",
+            f" ({reason})" if reason else "",
+        )
 
     # -- what a protocol adapter provides ------------------------------------------------------
     def handle_message(self, message: str | bytes) -> None:  # pragma: no cover - interface
@@ -277,6 +312,8 @@ class Connection:
                 await asyncio.wait({self.closing})
             self.outbox.close()
             self.writer.cancel()
+            if self._session is not None:
+                self.log_closed(self._session)
             # The conversation calls back into this connection (its emit): drop the link both ways,
             # so the pair is freed now by reference counting rather than by a collector pass that
             # would pause every live session's frame loop.
