@@ -192,23 +192,20 @@ class TalkView:
             self._say(turn.line(), turn.at_ms)
 
     def _say(self, line: str, at_ms: float | None = None) -> None:
-        """Queue a line; one of a turn (`at_ms`) waits behind captions still due before it."""
-        if at_ms is not None and not self._held and not self._waits(at_ms):
-            self.lines.append(line)
-        elif at_ms is None and not self._held:
-            self.lines.append(line)
-        else:
-            self._held.append((at_ms, line))
-
-    def _waits(self, at_ms: float) -> bool:
-        """Whether a turn that began at `at_ms` still waits for the caption of an earlier utterance."""
-        now = self.clock()
-        self._uncaptioned = [u for u in self._uncaptioned if now - u[1] < CAPTION_WAIT_S]
-        return any(end_ms <= at_ms for end_ms, _ in self._uncaptioned)
+        """Queue a line; one of a turn (`at_ms`) waits behind captions still due before it, and
+        every line waits behind one that waits."""
+        self._held.append((at_ms, line))
+        self._release()
 
     def _release(self) -> None:
-        while self._held and (self._held[0][0] is None or not self._waits(self._held[0][0])):
+        now = self.clock()  # a caption that has not come within CAPTION_WAIT_S is not waited for
+        self._uncaptioned = [u for u in self._uncaptioned if now - u[1] < CAPTION_WAIT_S]
+        while self._held and not self._waits(self._held[0][0]):
             self.lines.append(self._held.pop(0)[1])
+
+    def _waits(self, at_ms: float | None) -> bool:
+        """Whether a line of a turn that began at `at_ms` waits for the caption of an earlier utterance."""
+        return at_ms is not None and any(end_ms <= at_ms for end_ms, _ in self._uncaptioned)
 
     def latency_text(self) -> str:
         parts = []

@@ -23,6 +23,9 @@ from client.view import CAPTION_WAIT_S, LiveDisplay, TalkView
 
 REPO = Path(__file__).resolve().parents[1]
 SPEECH = REPO / "tests" / "data" / "speech"
+# How long the session goes on after the last words, so their captions (tiny.en on a CPU that
+# other work keeps busy: up to ten seconds or so) arrive before it ends.
+CAPTION_TIME_S = 15
 
 
 def ev(type_: str, **data) -> ServerEvent:
@@ -173,7 +176,7 @@ def test_the_terminal_view_in_tmux(tmp_path):
     with start_server("--captions", "auto", startup_timeout_s=60) as server:
         cmd = (
             f"{sys.executable} -m assistant talk --server {server.ws_url} --input-file "
-            f"{SPEECH / 'conversation.wav'} --output-file {out} --tail-seconds 4; echo TALK-EXIT=$?; sleep 60"
+            f"{SPEECH / 'conversation.wav'} --output-file {out} --tail-seconds {CAPTION_TIME_S}; echo TALK-EXIT=$?; sleep 60"
         )
         tmux = ["tmux", "-S", socket]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -181,7 +184,7 @@ def test_the_terminal_view_in_tmux(tmp_path):
             [*tmux, "new-session", "-d", "-x", "100", "-y", "30", "-c", str(REPO), cmd], env=env, check=True
         )
         try:
-            deadline = time.monotonic() + 90
+            deadline = time.monotonic() + 60 + CAPTION_TIME_S
             screen = ""
             while "TALK-EXIT=" not in screen and time.monotonic() < deadline:
                 time.sleep(0.5)
