@@ -103,10 +103,15 @@ def decode_message(message: str | bytes) -> ServerEvent | np.ndarray:
     return ServerEvent(type=data.pop("type"), data=data)
 
 
-def describe_connect_error(url: str, exc: BaseException) -> str:
-    """A message for a failed connection that says what to do about it."""
+def describe_connect_error(url: str, exc: BaseException, token_sent: bool = False) -> str:
+    """A message for a failed connection that says what to do about it (token_sent: a token went with it)."""
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
+        if status == 401 and token_sent:
+            return (
+                f"{url} refused the connection (HTTP 401): the server refused the token; check --token "
+                "(or $ASSISTANT_AUTH_TOKEN) against the server's --auth-token"
+            )
         if status == 401:
             return f"{url} refused the connection (HTTP 401): the server needs an auth token; pass --token"
         if status == 403:
@@ -182,7 +187,7 @@ class NativeClient:
                 compression=None,  # PCM barely compresses; deflate would only add CPU and latency
             )
         except (OSError, asyncio.TimeoutError, InvalidStatus, InvalidURI, websockets.InvalidHandshake) as exc:
-            raise ClientError(describe_connect_error(url, exc)) from exc
+            raise ClientError(describe_connect_error(url, exc, token_sent=bool(token))) from exc
         try:
             await ws.send(message)
             ready = await asyncio.wait_for(cls._first_event(ws), timeout=open_timeout)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import functools
 import gc
 import json
@@ -212,7 +213,7 @@ async def serve_forever(
         shown = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
         print(
             f"assistant: serving {engine.describe().get('backend')} ({engine.describe().get('model')}), "
-            f"{ctx.scheduler.capacity} sessions max",
+            f"{ctx.scheduler.capacity} session{'s' if ctx.scheduler.capacity != 1 else ''} max",
             flush=True,
         )
         print(
@@ -255,6 +256,10 @@ def build_server_engine(config: ServerConfig) -> Engine:
     )
 
 
+def _stop_starting(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM while the model loads ends the start-up as Ctrl-C does
+
+
 def run(args: argparse.Namespace) -> int:
     if hasattr(signal, "SIGUSR1"):  # a memory report asked for while the model loads is not a kill
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
@@ -263,9 +268,19 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        signal.signal(signal.SIGTERM, _stop_starting)  # serve_forever's own handlers take over once it runs
+        return _start_and_serve(args)
+    except KeyboardInterrupt:
+        print("assistant: stopped while starting", flush=True)
+        return 0
+
+
+def _start_and_serve(args: argparse.Namespace) -> int:
+    try:
         config = config_from_args(args)
         if config.auto_banner:
             print(config.auto_banner, file=sys.stderr, flush=True)
+        log.info("loading the %s engine%s", config.backend, f" ({config.model})" if config.model else "")
         engine = build_server_engine(config)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"assistant serve: {exc}", file=sys.stderr)
@@ -276,6 +291,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"assistant serve: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"assistant serve: cannot listen ({exc})", file=sys.stderr)
+        if exc.errno == errno.EADDRINUSE:
+            print(
+                f"assistant serve: port {config.port} on {config.host} is in use (another server?); stop "
+                f"that one, or pick a free port with --port N (e.g. --port {config.port + 1})",
+                file=sys.stderr,
+            )
+        else:
+            print(f"assistant serve: cannot listen ({exc})", file=sys.stderr)
         return 1
     return 0

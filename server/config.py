@@ -90,7 +90,7 @@ def moshi_ui_root(directory: str) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_engine_arguments(parser, auto=True)
+    add_engine_arguments(parser, backend="auto", auto=True)
     parser.add_argument(
         "--host",
         default=os.environ.get("ASSISTANT_HOST", "127.0.0.1"),
@@ -185,7 +185,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MODEL",
         default="auto",
         help="user captions with faster-whisper: auto (tiny.en on cpu, small on cuda), a size, "
-        "a CTranslate2 model dir, or off (default auto)",
+        "a CTranslate2 model dir or Hugging Face repo id, or off (default auto)",
     )
     parser.add_argument(
         "--captions-device",

@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from assistant.conversation import CaptionUtterance, Conversation, ConversationEvent, Event
 from server.protocols.limits import (
@@ -45,6 +46,8 @@ class Transport(Protocol):
     path: str  # the upgrade request's target: path and query string, as sent
     headers: Mapping[str, str]  # the upgrade request's headers
     remote_address: tuple | None  # the peer's socket address
+    close_code: int | None  # how the websocket closed, whoever closed it (None while open)
+    close_reason: str | None
 
     async def send(self, message: str | bytes) -> None:
         """Send one text or binary message; raises TransportClosed."""
@@ -169,7 +172,7 @@ class Connection:
         self.ctx = ctx
         self.ws = ws
         self.slot = slot
-        self.session: Conversation | None = None
+        self._session: Conversation | None = None
         config = ctx.config
         self.outbox = Outbox(
             ws.send, max_items=config.max_outbox_items * self.outbox_scale, max_lag_s=config.max_send_lag_s
@@ -183,6 +186,39 @@ class Connection:
         self.last_rate_error = -1e9
         self.internal_errors = 0  # messages in a row the server failed to handle
         self.closing: asyncio.Task | None = None
+
+    @property
+    def session(self) -> Conversation | None:
+        return self._session
+
+    @session.setter
+    def session(self, session: Conversation | None) -> None:
+        if session is not None and self._session is None:  # however the adapter opened it: logged once
+            log.info("session %s open: %s", session.session_id, self.describe_peer())
+        self._session = session
+
+    def describe_peer(self) -> str:
+        """The endpoint and the client's address, for the log: the path only (a query may hold a token)."""
+        endpoint = urlsplit(self.ws.path).path
+        address = self.ws.remote_address
+        client = f"{address[0]}:{address[1]}" if address else "unknown"
+        return f"{endpoint} from {client}"
+
+    def log_closed(self, session: Conversation) -> None:
+        """One line an operator can act on: who, how long, what the frame clock did, how it ended."""
+        code, reason = self.ws.close_code, self.ws.close_reason
+        log.info(
+            "session %s closed: %s, %.1f s, %d frames, underruns %d, drops %d, ended %s, close %s%s",
+            session.session_id,
+            self.describe_peer(),
+            session.clock() - session.started_at,
+            session.frames_out,
+            session.underruns,
+            session.drops,
+            session.ended or "unknown",
+            code if code is not None else "none",
+            f" ({reason})" if reason else "",
+        )
 
     # -- what a protocol adapter provides ------------------------------------------------------
     def handle_message(self, message: str | bytes) -> None:  # pragma: no cover - interface
@@ -321,6 +357,8 @@ class Connection:
                 await asyncio.wait({self.closing})
             self.outbox.close()
             self.writer.cancel()
+            if self._session is not None:
+                self.log_closed(self._session)
 
     def finish(self) -> None:
         """Stop the adapter's own tasks (called once, when the connection ends)."""

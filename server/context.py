@@ -41,7 +41,7 @@ class ServerContext:
             # The model loads on the worker's own thread; the server is listening meanwhile.
             self.caption_worker = CaptionWorker(config.captions, device=config.captions_device)
             self.caption_worker.start()
-            self.captions_model = f"faster-whisper:{Path(self.caption_worker.model_path).name}"
+            self.captions_model = self.caption_worker.name
         self.metrics.gauge("live_sessions", "Sessions in progress.", lambda: len(self.sessions))
         self.metrics.gauge(
             "capacity_left", "Sessions that can still join.", lambda: self.scheduler.free_slots
@@ -142,7 +142,9 @@ class ServerContext:
         """Why a new connection was refused (the 1013 close reason)."""
         if self.draining:
             return "server is shutting down"
-        return f"server full: all {self.scheduler.capacity} sessions are taken; try later"
+        capacity = self.scheduler.capacity
+        taken = "its one session is" if capacity == 1 else f"all {capacity} sessions are"
+        return f"server full: {taken} taken; try later"
 
     def forget(self, session: Conversation) -> None:
         self.sessions.pop(session.session_id, None)

@@ -34,6 +34,8 @@ class WebSocketTransport:
         self.request = request
         self.response = response
         self._pong = asyncio.Event()
+        self.close_code: int | None = None  # the first close seen: ours (`close`) or the peer's
+        self.close_reason: str | None = None
         self._keepalive: asyncio.Task | None = asyncio.create_task(self._ping_until_silent(ping_interval_s))
 
     @property
@@ -72,13 +74,20 @@ class WebSocketTransport:
             elif message.type is WSMsgType.PONG:
                 self._pong.set()
             else:  # CLOSE, CLOSING, CLOSED or ERROR: aiohttp has answered or closed already
+                if message.type is WSMsgType.CLOSE:
+                    self._closed_with(message.data, message.extra)
                 raise TransportClosed(f"websocket closed ({self.response.close_code})")
 
     async def close(self, code: int, reason: str) -> None:
         """Send a close frame with `code` and `reason`, then end the connection (bounded by the
         response's close timeout when the peer does not answer)."""
         data = reason.encode()[:MAX_REASON_BYTES].decode(errors="ignore").encode()
+        self._closed_with(code, data.decode())
         await self.response.close(code=code, message=data)
+
+    def _closed_with(self, code: int | None, reason: str | None) -> None:
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason or None
 
     def abort(self) -> None:
         """Cut the TCP connection now, unless a close is already under way (what it queued for the
@@ -101,7 +110,7 @@ class WebSocketTransport:
                 await asyncio.wait_for(self._ping(), interval_s)
             except TimeoutError:
                 with contextlib.suppress(ConnectionError):
-                    await self.response.close(code=CLOSE_INTERNAL_ERROR, message=b"keepalive ping timeout")
+                    await self.close(CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
                 return
             except ConnectionError:
                 return

@@ -41,6 +41,7 @@ async def test_outbox_sends_in_order_and_flags_a_stalled_reader():
 
 class FakeWebsocket:
     path, headers, remote_address = "/ws", {}, None
+    close_code = close_reason = None
 
     def __init__(self):
         self.sent: list = []
