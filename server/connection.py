@@ -178,6 +178,7 @@ class Connection:
             ws.send, max_items=config.max_outbox_items * self.outbox_scale, max_lag_s=config.max_send_lag_s
         )
         self.writer = asyncio.create_task(self.outbox.run())
+        self.peer = self.describe_peer()
         now = time.monotonic()
         self.limiter = RateLimiter(config.messages_per_s, config.message_burst, now)
         # Refusals drain their own bucket: a client persistently over the rate is closed, one that
@@ -194,11 +195,12 @@ class Connection:
     @session.setter
     def session(self, session: Conversation | None) -> None:
         if session is not None and self._session is None:  # however the adapter opened it: logged once
-            log.info("session %s open: %s", session.session_id, self.describe_peer())
+            log.info("session %s open: %s", session.session_id, self.peer)
         self._session = session
 
     def describe_peer(self) -> str:
-        """The endpoint and the client's address, for the log: the path only (a query may hold a token)."""
+        """The endpoint and the client's address, for the log: the path only (a query may hold a token).
+        Read when the connection opens: once the peer has gone, its socket has no address."""
         endpoint = urlsplit(self.ws.path).path
         address = self.ws.remote_address
         client = f"{address[0]}:{address[1]}" if address else "unknown"
@@ -210,7 +212,7 @@ class Connection:
         log.info(
             "session %s closed: %s, %.1f s, %d frames, underruns %d, drops %d, ended %s, close %s%s",
             session.session_id,
-            self.describe_peer(),
+            self.peer,
             session.clock() - session.started_at,
             session.frames_out,
             session.underruns,
