@@ -46,7 +46,7 @@ from server.connection import serve_connection
 from server.context import ServerContext
 from server.http import BodyAwareConnection, make_process_request
 from server.memory import MemoryReporter
-from server.protocols.limits import CLOSE_POLICY, MAX_MESSAGE_BYTES
+from server.protocols.limits import CLOSE_POLICY, MAX_FRAME_BYTES
 from server.protocols.live.adapter import LiveConnection
 from server.protocols.moshi.adapter import MoshiChatConnection
 from server.protocols.native.adapter import NativeConnection
@@ -184,7 +184,7 @@ async def serve_forever(
         config.port,
         process_request=make_process_request(ctx),
         create_connection=BodyAwareConnection,
-        max_size=MAX_MESSAGE_BYTES,
+        max_size=MAX_FRAME_BYTES,  # a larger message closes the socket (1009); see Connection.receive
         compression=None,  # audio does not compress; deflate would only burn CPU per frame
         ssl=tls,
         close_timeout=config.drain_timeout_s,

@@ -163,6 +163,7 @@ class ServerContext:
             "captions": None if self.caption_worker is None else self.caption_worker.describe(),
             "takes_prompts": self.engine.takes_prompts,
             "voices": self.engine.voices(),
+            "takes_images": self.engine.takes_images,
         }
 
 
