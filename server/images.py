@@ -27,22 +27,17 @@ import binascii
 import collections
 import functools
 import logging
-import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from assistant.images import MIME_TYPES, CorruptImage, ImageError, PreparedImage, UnsupportedImageType
+from assistant.images import CorruptImage, ImageError, PreparedImage
+from server.protocols.schema import image_data_start
 
 log = logging.getLogger("assistant.server")
 
 IMAGE_CHECK_THREADS = 2  # images checked at once in the whole process
 _CHECKS = ThreadPoolExecutor(max_workers=IMAGE_CHECK_THREADS, thread_name_prefix="image-check")
-# "data:image/png;base64," and the like: the head of a data URL, as the OpenAI APIs and browsers write it.
-DATA_URL_HEAD = re.compile(r"data:([\w.+-]+/[\w.+-]+)((?:;[\w.+-]+=[\w.+-]+)*)(;base64)?,")
-MAX_DATA_URL_HEAD_CHARS = 200
-
-
 MAX_WAITING = 4  # images of one connection waiting for their check; more are refused at once
 
 
@@ -58,32 +53,13 @@ class ImagesTooFast(ImageError):
     code = "rate_limited"
 
 
-def data_url_payload(url: str) -> str:
-    """The base64 text of a `data:image/...;base64,` URL. Raises UnsupportedImageType for any other URL
-    or media type, CorruptImage for a data URL that is not base64. Reads only the URL's head."""
-    head = DATA_URL_HEAD.match(url, 0, MAX_DATA_URL_HEAD_CHARS)
-    if head is None:
-        shown = url[:40] + ("..." if len(url) > 40 else "")
-        raise UnsupportedImageType(
-            f"{shown!r} is not a data URL; send the image itself as data:image/jpeg;base64,... "
-            "(this server fetches no URLs)"
-        )
-    if head.group(1).lower() not in MIME_TYPES.values():
-        raise UnsupportedImageType(
-            f"a data URL of {head.group(1)!r}; images are {', '.join(MIME_TYPES.values())}"
-        )
-    if head.group(3) is None:
-        raise CorruptImage("the data URL is not base64 (it needs ';base64,' before the data)")
-    return url[head.end() :]
-
-
 def image_bytes(data: bytes | str) -> bytes:
     """An image file's bytes from what a client sent: the bytes, their base64 text, or a base64
     data URL of an image type. Raises an ImageError subclass."""
     if isinstance(data, bytes | bytearray | memoryview):
         return bytes(data)
     if data.startswith("data:"):
-        data = data_url_payload(data)
+        data = data[image_data_start(data) :]
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:

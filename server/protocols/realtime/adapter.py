@@ -31,7 +31,9 @@ from assistant.conversation import (
     UserTranscript,
 )
 from server.connection import Connection
-from server.protocols.limits import CLOSE_NORMAL
+from server.images import ImageInput
+from server.protocols.limits import CLOSE_NORMAL, MAX_MESSAGE_BYTES
+from server.protocols.realtime.records import CheckImage, RemoveImage
 from server.protocols.realtime.state_machine import (
     BYTES_PER_MS,
     FRAME_MS,
@@ -90,6 +92,11 @@ class RealtimeConnection(Connection):
             captions_model=ctx.captions_model,
             threshold_applies=ctx.config.vad.backend == "silero",
         )
+        self.images = ImageInput(
+            slot,
+            accepted=lambda check, _: self.apply(self.realtime.image_accepted(check)),
+            refused=lambda check, error: self.apply(self.realtime.image_refused(check, error)),
+        )
         self.apply(self.realtime.start())
 
     # -- conversation outputs -> socket / session ------------------------------------------------
@@ -105,6 +112,10 @@ class RealtimeConnection(Connection):
                 self.configure(out)
             elif isinstance(out, SetPrompt):
                 self.session.update(instructions=out.instructions, voice=out.voice)
+            elif isinstance(out, CheckImage):
+                self.images.show(out.image_url, tag=out)
+            elif isinstance(out, RemoveImage):
+                self.images.remove()
 
     def send_event(self, event: dict) -> None:
         if event["type"] == "error":
@@ -157,6 +168,7 @@ class RealtimeConnection(Connection):
             return  # SessionReady during open_session: session.created is sent by Conversation.start
         if isinstance(event, AudioOut):
             self.apply(realtime.output_audio(event.pcm16, event.speaking))
+            self.images.on_frame()
         elif isinstance(event, AssistantSpeechStarted):
             self.apply(realtime.assistant_started())
         elif isinstance(event, AssistantSpeechStopped):
@@ -187,6 +199,18 @@ class RealtimeConnection(Connection):
         self.realtime.audio_backlog_ms = self.paced_bytes / BYTES_PER_MS
         self.apply(self.realtime.receive(message))
 
+    def refuse_oversized(self, message: str | bytes, size: int) -> None:
+        head = message[:1000]
+        if isinstance(head, str) and ('"input_image"' in head or '"data:image/' in head):
+            self.send_error(
+                "image_too_large",
+                f"an event of {size} bytes was dropped unread; an event is at most {MAX_MESSAGE_BYTES} "
+                "bytes (send the image at 448 x 448, all the model sees)",
+            )
+        else:
+            super().refuse_oversized(message, size)
+
     def finish(self) -> None:
+        self.images.close()
         if self.feeder is not None:
             self.feeder.cancel()
