@@ -111,6 +111,10 @@ class TalkView:
                 self.lines.append(f"-- latency: {self.latency_text()}")
         elif kind == "error":
             self.lines.append(f"-- server error {event.get('code')}: {event.get('message')}")
+        elif kind == "session.image.updated":
+            image = event.get("image")
+            shown = f"a {image['width']} x {image['height']} image" if image else "no image"
+            self.lines.append(f"-- the assistant sees {shown}")
         elif kind == "session.ended":
             self._finish_turn(reveal_all=True)
             self.lines.append(f"-- session ended ({event.get('reason', 'unknown')})")

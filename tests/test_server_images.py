@@ -10,19 +10,35 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 from image_utils import BAD_IMAGES, IMAGE_A, MOSHIVIS_TINY, OVERSIZED_IMAGE
-from server_utils import http_get, start_server
+from PIL import Image
+from server_utils import REPO, http_get, start_server
 from websockets.asyncio.client import connect
+
+from client.native import MAX_WIRE_IMAGE_BYTES, image_for_wire
 
 pytestmark = pytest.mark.timeout(300)
 GREEDY = {"temperature": 0, "text_temperature": 0}
 
 
 @pytest.fixture(scope="module")
-def vision_server():
+def record_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("record")
+
+
+@pytest.fixture(scope="module")
+def vision_server(record_dir):
     with start_server(
         "--backend",
         "moshi",
@@ -33,6 +49,10 @@ def vision_server():
         "--no-compile",
         "--max-sessions",
         "2",
+        "--record",
+        str(record_dir),
+        "--temperature",
+        "0",
         startup_timeout_s=240,
     ) as address:
         assert json.loads(http_get(address, "/healthz")[2])["takes_images"] is True
@@ -116,11 +136,12 @@ async def test_bad_images_get_typed_errors_and_the_session_streams_on(vision_ser
     }
     audio, events = await greedy_session(vision_server.ws_url, 30, script)
     codes = [e["code"] for _, e in of(events, "error")]
-    assert codes == [
+    # Checked images are answered in the order sent; the oversized message (read by no one) at once.
+    assert codes.count("image_too_large") == 1
+    assert [c for c in codes if c != "image_too_large"] == [
         *(code for _, _, code in BAD_IMAGES),
         "corrupt_image",
         "unsupported_image_type",
-        "image_too_large",
     ]
     assert all(e["message"] for _, e in of(events, "error"))
     assert len(audio) == 30
@@ -151,3 +172,50 @@ async def test_an_oversized_message_is_refused_unread_and_the_session_goes_on():
                     event = json.loads(message)
                     seen.append(event["code"] if event["type"] == "error" else event["type"])
             assert "message_too_large" in seen
+
+
+def talk(server, tmp_path: Path, *args: str) -> str:
+    """`assistant talk` on 4 s of silence (files, no devices); its plain output."""
+    silence = tmp_path / "silence.wav"
+    sf.write(silence, np.zeros(4 * 24000, dtype=np.int16), 24000, subtype="PCM_16")
+    cmd = [sys.executable, "-m", "assistant", "talk", "--server", server.ws_url, "--input-file", str(silence)]
+    cmd += ["--output-file", str(tmp_path / f"out{time.monotonic_ns()}.wav"), "--tail-seconds", "0", *args]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def recorded_reply(record_dir: Path, output: str) -> np.ndarray:
+    """The assistant's side of the recording of the session `assistant talk` printed, int16 (n,)."""
+    session = re.search(r"session (sess_\w+)", output).group(1)
+    deadline = time.monotonic() + 10
+    while not (record_dir / f"{session}.wav").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # the recording's last flush
+    pcm, _ = sf.read(record_dir / f"{session}.wav", dtype="int16")
+    return pcm[:, 1]
+
+
+def test_talk_shows_the_image_and_the_assistant_answers_differently(vision_server, record_dir, tmp_path):
+    plain = talk(vision_server, tmp_path)
+    shown = talk(vision_server, tmp_path, "--image", str(MOSHIVIS_TINY / "image_a.png"))
+    assert "-- the assistant sees a 320 x 200 image" in shown and "sees" not in plain
+    without, with_image = recorded_reply(record_dir, plain), recorded_reply(record_dir, shown)
+    frames = min(len(without), len(with_image)) // 1920
+    assert frames >= 30
+    differ = [
+        i
+        for i in range(frames)
+        if not np.array_equal(without[i * 1920 : (i + 1) * 1920], with_image[i * 1920 : (i + 1) * 1920])
+    ]
+    assert differ and differ[0] == 16  # from 1.28 s, as the engine starts every image by default
+
+
+def test_talk_sends_a_large_image_at_448_px_and_a_small_one_as_it_is():
+    assert image_for_wire(IMAGE_A) == IMAGE_A
+    noise = np.random.default_rng(0).integers(0, 256, (1200, 900, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(noise).save(out, format="PNG")
+    assert len(out.getvalue()) > MAX_WIRE_IMAGE_BYTES
+    sent = Image.open(io.BytesIO(image_for_wire(out.getvalue())))
+    assert (sent.format, sent.size) == ("JPEG", (448, 448))
