@@ -212,4 +212,5 @@ def test_the_image_controls_stay_hidden_when_the_model_takes_no_images(page):
         page.wait_for_function(
             "document.querySelector('[data-testid=server-info]').hidden === false", timeout=10_000
         )
-        assert page.get_by_test_id("image-panel").is_hidden()
+        panel = page.get_by_test_id("image-panel")
+        assert panel.count() == 1 and panel.is_hidden()
