@@ -53,7 +53,7 @@ class ImagesTooFast(ImageError):
     code = "rate_limited"
 
 
-def image_bytes(data: bytes | str) -> bytes:
+def image_bytes(data: bytes | memoryview | str) -> bytes:
     """An image file's bytes from what a client sent: the bytes, their base64 text, or a base64
     data URL of an image type. Raises an ImageError subclass."""
     if isinstance(data, bytes | bytearray | memoryview):
@@ -91,7 +91,7 @@ class ImageInput:
         self._sent = 0  # requests (images and removals) so far: each image's number
         self._removed_at = 0  # the number of the last removal: images sent before it are dropped
         self._running: asyncio.Future | None = None  # this connection's check in the thread pool
-        self._waiting: collections.deque[tuple[int, Any, bytes | str]] = collections.deque()
+        self._waiting: collections.deque[tuple[int, Any, bytes | memoryview | str]] = collections.deque()
         # (tag, image or None for a removal, the tick during which it was queued): not yet in force.
         self._awaiting: tuple[Any, PreparedImage | None, int] | None = None
         self.closed = False
@@ -100,7 +100,7 @@ class ImageInput:
     def takes_images(self) -> bool:
         return self.slot.takes_images
 
-    def show(self, data: bytes | str, tag: Any = None) -> None:
+    def show(self, data: bytes | memoryview | str, tag: Any = None) -> None:
         """Check `data` in a worker thread, then show the model the image (replacing the one it sees)."""
         self._sent += 1
         if not self.slot.takes_images:
@@ -163,7 +163,7 @@ class ImageInput:
         self._running = loop.run_in_executor(_CHECKS, self._prepare, data)
         self._running.add_done_callback(functools.partial(self._checked, number, tag))
 
-    def _prepare(self, data: bytes | str) -> PreparedImage:
+    def _prepare(self, data: bytes | memoryview | str) -> PreparedImage:
         """In a worker thread: the bytes, then the engine's own validation and pixels."""
         return self.slot.check_image(image_bytes(data))
 

@@ -30,12 +30,13 @@ pytestmark = [
 ]
 FRAME = 1920
 CONVERSATION_S = 3.5
-# Drops or pastes a PNG the way a user's drag or Ctrl+V does: a DataTransfer holding the file.
+# Drops (on the captions, away from the image box) or pastes a PNG the way a user's drag or Ctrl+V
+# does: a DataTransfer holding the file.
 HAND_OVER = """([kind, b64]) => {
   const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
   const transfer = new DataTransfer();
   transfer.items.add(new File([bytes], "chart.png", {type: "image/png"}));
-  const target = kind === "drop" ? document.querySelector('[data-testid="image-drop"]') : document;
+  const target = kind === "drop" ? document.querySelector(".transcript") : document;
   const event = kind === "drop"
     ? new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true})
     : new ClipboardEvent("paste", {clipboardData: transfer, bubbles: true, cancelable: true});

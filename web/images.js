@@ -1,5 +1,5 @@
-// What the assistant sees: a camera snapshot, a screen snapshot, or an image dropped, pasted or
-// chosen, shown to a model that takes images (GET /healthz says `takes_images`).
+// What the assistant sees: a camera snapshot, a screen snapshot, or an image dropped (anywhere on
+// the page), pasted or chosen, shown to a model that takes images (GET /healthz says `takes_images`).
 //
 // The page keeps one image. It goes to the server in `session.image` (docs/protocol.md) as soon as
 // a conversation is ready, and again at the start of the next one; the server answers
@@ -47,13 +47,17 @@ export class ImagePanel {
       if (file) this.takeFile(file, "file");
     });
     this.el.remove.addEventListener("click", () => this.remove());
-    this.el.drop.addEventListener("dragover", (e) => {
-      if (!hasFiles(e.dataTransfer)) return;
+    // A file dropped anywhere on the page is taken (a browser would otherwise leave the page for it).
+    document.addEventListener("dragover", (e) => {
+      if (this.root.hidden || !hasFiles(e.dataTransfer)) return;
       e.preventDefault();
       this.el.drop.dataset.over = "true";
     });
-    this.el.drop.addEventListener("dragleave", () => delete this.el.drop.dataset.over);
-    this.el.drop.addEventListener("drop", (e) => {
+    document.addEventListener("dragleave", (e) => {
+      if (!e.relatedTarget) delete this.el.drop.dataset.over; // left the window
+    });
+    document.addEventListener("drop", (e) => {
+      if (this.root.hidden || !hasFiles(e.dataTransfer)) return;
       e.preventDefault();
       delete this.el.drop.dataset.over;
       const file = imageFile(e.dataTransfer);

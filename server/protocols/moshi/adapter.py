@@ -80,11 +80,7 @@ class MoshiChatConnection(Connection):
         return moshi_wire.error_message(message)
 
     def max_message_bytes(self, message: str | bytes) -> int:
-        return (
-            MAX_FRAME_BYTES
-            if moshi_wire.image_payload(message) is not None
-            else super().max_message_bytes(message)
-        )
+        return MAX_FRAME_BYTES if moshi_wire.is_image(message) else super().max_message_bytes(message)
 
     def refuse_oversized(self, message: str | bytes, size: int) -> None:
         log.warning("moshi: %s skips a message of %d bytes (too large)", self.session_id, size)
@@ -128,9 +124,8 @@ class MoshiChatConnection(Connection):
 
     # -- client messages -------------------------------------------------------------------------
     def handle_message(self, message: str | bytes) -> None:
-        image = moshi_wire.image_payload(message)
-        if image is not None:
-            self.images.show(image)
+        if moshi_wire.is_image(message):
+            self.images.show(moshi_wire.image_payload(message))
             return
         try:
             ogg = moshi_wire.audio_payload(message)

@@ -41,11 +41,14 @@ def error_message(description: str) -> bytes:
     return bytes([KIND_ERROR]) + description.encode("utf-8")
 
 
-def image_payload(message: str | bytes) -> bytes | None:
-    """The image file's bytes of a MoshiVis client's image message (0x08), or None for any other message."""
-    if isinstance(message, bytes) and message[:1] == bytes([KIND_IMAGE]):
-        return message[1:]
-    return None
+def is_image(message: str | bytes) -> bool:
+    """Whether `message` is a MoshiVis client's image message (0x08)."""
+    return isinstance(message, bytes) and message[:1] == bytes([KIND_IMAGE])
+
+
+def image_payload(message: bytes) -> memoryview:
+    """The image file's bytes of an image message, without copying them (they may be megabytes)."""
+    return memoryview(message)[1:]
 
 
 def audio_payload(message: str | bytes) -> bytes:
