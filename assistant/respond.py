@@ -62,6 +62,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="voice: a preset of the model (e.g. NATF2) or a .wav / .pt file (PersonaPlex-family models)",
     )
     parser.add_argument(
+        "--image",
+        type=Path,
+        help="a JPEG, PNG or WebP the model sees during the call (MoshiVis-family models)",
+    )
+    parser.add_argument(
+        "--image-at",
+        type=float,
+        default=0.0,
+        help="seconds into the input at which the image is shown (default 0: before the call; it "
+        "counts from 1.28 s at the earliest, as in Kyutai's MoshiVis client)",
+    )
+    parser.add_argument(
         "--tail-seconds",
         type=float,
         default=5.0,
@@ -134,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         options = conversation_options(args)
         engine = build_engine(args.backend, batch_size=1, **engine_kwargs(args))
         engine.check_prompt(options.instructions, options.voice)
+        images = _images(engine, args)
     except (ValueError, OSError) as exc:  # bad checkpoint, device or option: the message says what to fix
         print(f"respond: {exc}", file=sys.stderr)
         return 2
@@ -149,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
                 tail_seconds=args.tail_seconds,
                 on_frame=lambda i: advance(),
                 recorder=EventLog(args.events_output) if args.events_output else None,
+                images=images,
             )
         except (ValueError, RuntimeError) as exc:  # a refused option, or the engine failed mid-way
             print(f"respond: {exc}", file=sys.stderr)
@@ -168,6 +182,18 @@ def run(args: argparse.Namespace) -> int:
         f"({elapsed:.2f} s of compute for {audio_seconds:.2f} s of audio)"
     )
     return 0
+
+
+def _images(engine, args: argparse.Namespace) -> dict:
+    """--image / --image-at as run_offline's images: {frame index: the prepared image}."""
+    if args.image is None:
+        if args.image_at:
+            raise ValueError("--image-at needs --image")
+        return {}
+    if not args.image_at >= 0:
+        raise ValueError(f"--image-at must be >= 0 seconds, got {args.image_at}")
+    image = engine.check_image(args.image.read_bytes())  # ImageError is a ValueError: a clear message
+    return {round(args.image_at * SAMPLE_RATE_HZ / FRAME_SAMPLES): image}
 
 
 class _progress:

@@ -1,7 +1,7 @@
 """The 12.5 Hz frame clock: one batched engine step per 80 ms for every live session.
 
 Each tick (absolute wall-clock deadlines start + k * 80 ms, so no drift accumulates):
-  1. apply queued slot changes (open, close, force_silence, update) while no step is running,
+  1. apply queued slot changes (open, close, force_silence, update, image) while no step is running,
   2. take one input frame from every live session (silence on underrun; the session counts it);
      if a session's input is just short of a frame, wait a few ms (grace_ms) once before that,
   3. run `engine.step` on the whole batch in a worker thread (the event loop stays free),
@@ -17,7 +17,10 @@ This is the only frame loop. Three clocks drive it:
 
 The policy parts (`FrameClock`, `gather_batch`) are pure and tested without threads or sockets.
 A session is anything with `take_frame() -> float32 (1920,) | None`, `deliver(pcm, text,
-speaking, step_ms)` and `check_limits(now)` (assistant/conversation's Conversation).
+speaking, step_ms)`, `check_limits(now)` and `end(reason)` (assistant/conversation's
+Conversation). The last three return the session's events; the loop hands them, as soon as the
+call has returned, to the host that attached the session (`SlotHandle.attach(session, options,
+host)`), which carries them out as it does the events of its own calls.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from assistant.conversation.events import SessionEnded, SetEngineOptions, SetEngineSilent
 from assistant.engine import Engine, SlotOptions, StepOutput
 from assistant.frame_gc import FrameGarbageCollector
+from assistant.images import PreparedImage
 from audio.frames import FRAME_MS
 
 log = logging.getLogger(__name__)
@@ -68,11 +73,14 @@ class FrameSource(Protocol):
 
     def take_frame(self) -> np.ndarray | None: ...
 
-    def deliver(self, pcm: np.ndarray, text: str, speaking: bool, step_ms: float) -> None: ...
+    def deliver(self, pcm: np.ndarray, text: str, speaking: bool, step_ms: float) -> list: ...
 
-    def check_limits(self, now: float) -> None: ...
+    def check_limits(self, now: float) -> list: ...
 
-    def end(self, reason: str) -> None: ...
+    def end(self, reason: str) -> list: ...
+
+
+Host = Callable[[list], None]  # carries out a session's events (the list a FrameSource call returned)
 
 
 # -- pure policy ---------------------------------------------------------------------------------
@@ -156,10 +164,24 @@ class SlotHandle:
         self.slot = slot
         self.released = False
 
-    def attach(self, session: FrameSource, options: SlotOptions | None = None) -> None:
-        """Open the engine slot with `options` and start feeding `session` from the next tick."""
+    def attach(
+        self, session: FrameSource, options: SlotOptions | None = None, host: Host | None = None
+    ) -> None:
+        """Open the engine slot with `options` and start feeding `session` from the next tick;
+        `host` gets the events of every call the frame loop makes (None: they are dropped)."""
         self.scheduler._ops.append(("open", self.slot, options or SlotOptions()))
         self.scheduler._sessions[self.slot] = session
+        self.scheduler._hosts[self.slot] = host
+
+    def carry_out(self, event) -> None:
+        """The slot's part of one event a conversation returned: hold the engine or let it speak, new
+        options, and the slot given back at SessionEnded; nothing for the others."""
+        if isinstance(event, SetEngineSilent):
+            self.force_silence(event.silent)
+        elif isinstance(event, SetEngineOptions):
+            self.update(event.options)
+        elif isinstance(event, SessionEnded):
+            self.release()
 
     def force_silence(self, silent: bool) -> None:
         if not self.released:
@@ -182,12 +204,33 @@ class SlotHandle:
         if not self.released:
             self.scheduler._ops.append(("update", self.slot, options))
 
+    @property
+    def takes_images(self) -> bool:
+        return self.scheduler.engine.takes_images
+
+    def check_image(self, data: bytes) -> PreparedImage:
+        """Validate and prepare image bytes on the caller's thread (decoding and resizing take a few
+        ms: call it from a worker thread, not the event loop). Raises an `ImageError` subclass,
+        `ImagesNotSupported` for a model without vision; the session is untouched either way."""
+        return self.scheduler.engine.check_image(data)
+
+    def set_image(self, image: PreparedImage | None, *, start_frame: int | None = None) -> None:
+        """Show the conversation `image` (from `check_image`), or remove its image (None), at the
+        next tick; it is encoded in the following ticks' spare time and counts from the step after."""
+        if not self.released:
+            self.scheduler._ops.append(("image", self.slot, (image, start_frame)))
+
+    def image_status(self) -> str:
+        """ "none", "encoding" or "set" (see `Engine.image_status`)."""
+        return "none" if self.released else self.scheduler.engine.image_status(self.slot)
+
     def release(self) -> None:
         """Stop feeding the session and free its capacity now; the engine slot is wiped before the next step."""
         if self.released:
             return
         self.released = True
         self.scheduler._sessions.pop(self.slot, None)
+        self.scheduler._hosts.pop(self.slot, None)
         # Capacity is free at once: a new session's "open" is queued behind this "close", and the
         # slot is wiped before it opens again.
         self.scheduler._reserved.discard(self.slot)
@@ -221,6 +264,7 @@ class Scheduler:
         self.clock = clock
         self._sleep = sleep
         self._sessions: dict[int, FrameSource] = {}
+        self._hosts: dict[int, Host | None] = {}
         self._reserved: set[int] = set()
         self._ops: list[tuple[str, int, Any]] = []
         self._ready: set[int] = set()
@@ -273,6 +317,8 @@ class Scheduler:
                     self.engine.force_silence(slot, arg)
                 elif kind == "update" and self.engine.live[slot]:
                     self.engine.update(slot, arg)
+                elif kind == "image" and self.engine.live[slot]:
+                    self.engine.set_image(slot, arg[0], start_frame=arg[1])
             except Exception:  # one bad slot change must not stop the clock for everyone
                 if raise_errors:
                     raise
@@ -282,8 +328,8 @@ class Scheduler:
         """Slot changes, limits, then one input frame per live session (None when none is live)."""
         self._apply_ops()
         now = self.clock()
-        for session in list(self._sessions.values()):
-            session.check_limits(now)
+        for slot, session in list(self._sessions.items()):
+            self._hand_over(slot, session.check_limits(now))
         if not self._sessions:
             return None
         sessions = dict(self._sessions)
@@ -303,13 +349,20 @@ class Scheduler:
                 continue
             if slot in out.failed:
                 log.error("slot %d cannot go on (%s); ending its session", slot, out.failed[slot])
-                session.end("internal_error")
+                self._hand_over(slot, session.end("internal_error"))
                 continue
             try:
-                session.deliver(out.pcm_out[slot], out.text[slot], bool(out.speaking[slot]), step_ms)
+                events = session.deliver(out.pcm_out[slot], out.text[slot], bool(out.speaking[slot]), step_ms)
+                self._hand_over(slot, events)
             except Exception:
                 log.exception("session in slot %d failed to take its output; ending it", slot)
-                session.end("internal_error")
+                self._hand_over(slot, session.end("internal_error"))
+
+    def _hand_over(self, slot: int, events: list) -> None:
+        """A session's events to its host, right after the call that returned them."""
+        host = self._hosts.get(slot)
+        if host is not None and events:
+            host(events)
 
     async def tick(self) -> float:
         """One frame: apply slot changes, gather, step in the worker thread, dispatch.

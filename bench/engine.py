@@ -5,12 +5,16 @@ Models: `tiny` (a small random Moshi + small random Mimi, for CPU), `7b-random` 
 architecture and the real Mimi with random weights; bf16 on GPU), or a checkpoint PATH / repo id.
 The model is loaded once; each batch size gets its own engine (its own KV cache) with every slot
 open, stepped on noise (`--alternate-policies`: an engine per `--context-policy` value, stepped
-in turns, a row each, so that both see the same machine). `--compile` captures the LM step as CUDA graphs (the batch's bucket only),
-`--quantize int8` uses int8 weights. Prints per-part median / p99 ms, tokens/s, peak GPU memory, and
+in turns, a row each, so that both see the same machine). `--compile` captures the LM step as
+CUDA graphs (the batch's bucket only), `--quantize int8` uses int8 weights. Prints per-part median / p99 ms, tokens/s, peak GPU memory, and
 the largest batch that stays real time (p99 step < 80 ms; with margin < 64 ms). Never fails on speed.
 
 On an H100: `assistant bench engine --model 7b-random --device cuda --batch 1,8,16,32,64 --compile`
 (a 7B slot's KV cache is ~1.6 GB at the full 3000-frame context: pass `--context 1500` for 64 rows).
+
+`--images` (a model that takes images: `tiny-vis`, `medium-vis`, `7b-random-vis`, a MoshiVis
+checkpoint) gives every slot an image, so every row runs the cross-attention, and first times one
+image's encode (SigLIP, projection, keys and values).
 """
 
 from __future__ import annotations
@@ -46,6 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " comparison on a busy machine",
     )
     parser.add_argument(
+        "--images",
+        action="store_true",
+        help="every slot sees an image (vision models); also times one image's encode",
+    )
+    parser.add_argument(
         "--context",
         type=int,
         default=None,
@@ -73,17 +82,23 @@ def build(model, batch_size: int, device=None, dtype=None, **options):
     return MoshiEngine.from_loaded(loaded, batch_size=batch_size, profile=True, **options)
 
 
-def bench(engine, frames: int, warmup: int) -> dict[str, np.ndarray]:
-    """Step `engine` with every slot open on noise input; return per-step timings (ms) per part."""
-    return bench_in_turns([engine], frames, warmup)[0]
+def bench(engine, frames: int, warmup: int, images: bool = False) -> dict[str, np.ndarray]:
+    """Step `engine` with every slot open on noise input (each with an image in force from the
+    first step: `images`); return per-step timings (ms) per part."""
+    return bench_in_turns([engine], frames, warmup, images)[0]
 
 
-def bench_in_turns(engines: list, frames: int, warmup: int) -> list[dict[str, np.ndarray]]:
+def bench_in_turns(
+    engines: list, frames: int, warmup: int, images: bool = False
+) -> list[dict[str, np.ndarray]]:
     """`bench` of several engines of one batch size, one step of each in turn; timings per engine."""
     batch = engines[0].batch_size
     for engine in engines:
         for slot in range(batch):
             engine.open(slot, SlotOptions(seed=slot))
+            if images:
+                engine.set_image(slot, engine.check_image(_test_image(slot)), start_frame=0)
+        engine.finish_prompts()
     rng = np.random.default_rng(0)
     pcm = (0.1 * rng.standard_normal((batch, FRAME_SAMPLES))).astype(np.float32)
     times: list[dict[str, list[float]]] = [{p: [] for p in PARTS} for _ in engines]
@@ -126,6 +141,9 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"bench engine: {exc}")
         return 2
+    if args.images and not loaded.takes_images:
+        print(f"bench engine: --images needs a model that takes images (e.g. tiny-vis), not {args.model}")
+        return 2
     param = next(loaded.model.parameters())
     device, cuda = param.device, param.device.type == "cuda"
     if quantize:
@@ -142,9 +160,11 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"weights {weight_bytes(loaded.model) / 1e9:.2f} GB, KV cache {_kv_gb(loaded, args.context):.3f} GB per slot"
     )
+    if args.images:
+        print(_encode_line(loaded))
     print(
         "ms per step, median / p99 (temporal: temporal transformer; depth: sampling + depth transformer "
-        "+ token bookkeeping)"
+        "+ token bookkeeping)" + ("; every slot has an image" if args.images else "")
     )
     header = (
         f"{'batch':>5} | "
@@ -168,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
                         f"{batch:>5} | {step_mode} warm-up failed (see the log above): measuring {engine.runner.mode}"
                     )
                 engines.append(engine)
-            runs = bench_in_turns(engines, args.frames, args.warmup)
+            runs = bench_in_turns(engines, args.frames, args.warmup, images=args.images)
         except torch.OutOfMemoryError:
             engines = engine = None
             torch.cuda.empty_cache()
@@ -219,4 +239,45 @@ def _kv_gb(loaded, context: int | None) -> float:
         * frames
         * dtype_bytes
         / 1e9
+    )
+
+
+def _test_image(seed: int) -> bytes:
+    """A 640 x 480 PNG of smooth noise (different per seed)."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(small).resize((640, 480), Image.BILINEAR).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _encode_line(loaded, repeats: int = 5) -> str:
+    """One image's encode (SigLIP + projection + K/V), median of `repeats` after one warm-up; its
+    slowest single stage (what a tick spends at most on it when time is short)."""
+    from assistant.images import prepare_image
+
+    vision, dtype = loaded.vision, next(loaded.model.parameters()).dtype
+    device = next(vision.encoder.parameters()).device
+    image = prepare_image(_test_image(0), vision.image_size)
+    totals, slowest = [], 0.0
+    for i in range(repeats + 1):  # the first is a warm-up
+        t0 = last = time.perf_counter()
+        for tokens in vision.encoder.stages(image.pixels):
+            if tokens is not None:
+                vision.cross.keys_values(tokens, dtype)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            now = time.perf_counter()
+            slowest = max(slowest, now - last) if i else slowest
+            last = now
+        if i:
+            totals.append((last - t0) * 1000)
+    return (
+        f"image encode (SigLIP {vision.image_size} px, {vision.num_tokens} tokens, + projection + K/V): "
+        f"median {np.median(totals):.1f} ms over {repeats}, slowest stage {slowest * 1000:.1f} ms, "
+        f"{vision.encoder.num_stages} stages"
     )

@@ -11,8 +11,8 @@ import random
 import time
 from typing import Protocol
 
-from server.protocols.live import events as live_events
-from server.protocols.realtime import events as realtime_events
+from server.protocols.live import client_events as live_events
+from server.protocols.realtime import client_events as realtime_events
 
 
 class Target(Protocol):

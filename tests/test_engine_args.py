@@ -86,7 +86,9 @@ def test_an_unknown_dtype_is_refused_naming_the_spellings(capsys):
 def test_the_default_model_is_the_same_for_every_command_that_serves_a_user(monkeypatch):
     monkeypatch.delenv("ASSISTANT_MODEL", raising=False)
     for words in ENGINE_COMMANDS[:5]:
-        args = command_parser(words).parse_args(REQUIRED.get(words[-1], []))
+        # serve defaults to auto, which picks a checkpoint itself; asked for moshi, its default is the same.
+        moshi = ["--backend", "moshi"] if words == ["serve"] else []
+        args = command_parser(words).parse_args([*REQUIRED.get(words[-1], []), *moshi])
         assert engine_kwargs(args)["model"] == DEFAULT_MODEL, words
     monkeypatch.setenv("ASSISTANT_MODEL", "/models/mine")
     assert (
@@ -99,7 +101,9 @@ def test_the_default_model_is_the_same_for_every_command_that_serves_a_user(monk
 @pytest.mark.parametrize("words", ENGINE_COMMANDS, ids=" ".join)
 def test_context_policy_reaches_the_engine_and_defaults_to_the_engines_pin(words):
     parser = command_parser(words)
-    required = REQUIRED.get(words[-1], []) + (["--backend", "moshi"] if words == ["bench", "server"] else [])
+    # serve defaults to auto and bench server to silence: asked for moshi, the option reaches it
+    moshi = ["--backend", "moshi"] if words in (["serve"], ["bench", "server"]) else []
+    required = REQUIRED.get(words[-1], []) + moshi
     assert engine_kwargs(parser.parse_args(required))["context_policy"] is None  # the engine's default
     assert (
         engine_kwargs(parser.parse_args([*required, "--context-policy", "slide"]))["context_policy"]

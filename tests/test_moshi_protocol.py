@@ -16,6 +16,7 @@ from assistant.engine import SlotOptions
 from assistant.scheduler import Scheduler
 from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
 from audio.opus_ogg import OpusDecoder, OpusEncoder, OpusStreamError
+from server.protocols.moshi import query
 from server.protocols.moshi import wire as moshi
 
 # What the PersonaPlex web client sends on every connection (its buildURL), and Kyutai's (the same
@@ -36,7 +37,7 @@ PERSONAPLEX_QUERY = {
 
 
 def options(**params) -> dict:
-    return moshi.session_options(urlencode(params))
+    return query.session_options(urlencode(params))
 
 
 def test_the_personaplex_web_clients_query_sets_role_voice_and_sampling():
@@ -48,13 +49,13 @@ def test_the_personaplex_web_clients_query_sets_role_voice_and_sampling():
         "temperature": 0.8,
         "top_k": 250,
     }
-    assert moshi.unknown_parameters(urlencode(PERSONAPLEX_QUERY)) == []
+    assert query.unknown_parameters(urlencode(PERSONAPLEX_QUERY)) == []
 
 
 def test_kyutais_web_client_sets_sampling_only_and_unknown_names_are_skipped():
     kyutai = {k: v for k, v in PERSONAPLEX_QUERY.items() if k not in ("text_prompt", "voice_prompt")}
     assert set(options(**kyutai, colour="blue")) == {"text_temperature", "text_top_k", "temperature", "top_k"}
-    assert moshi.unknown_parameters(urlencode({**kyutai, "colour": "blue"})) == ["colour"]
+    assert query.unknown_parameters(urlencode({**kyutai, "colour": "blue"})) == ["colour"]
     assert options() == {}
 
 
@@ -62,7 +63,7 @@ def test_empty_values_and_seed_minus_one_mean_unset_as_in_nvidias_server():
     assert options(text_prompt="", voice_prompt=" ", seed="-1") == {}
     assert options(seed="42") == {"seed": 42}
     # a repeated name counts once, the first, as aiohttp's request.query reads it
-    assert moshi.session_options("seed=1&seed=2") == {"seed": 1}
+    assert query.session_options("seed=1&seed=2") == {"seed": 1}
     # the role may come already wrapped; the engine wraps it once either way
     assert options(text_prompt="<system> Be brief. <system>") == {
         "instructions": "<system> Be brief. <system>"
@@ -73,6 +74,7 @@ def test_empty_values_and_seed_minus_one_mean_unset_as_in_nvidias_server():
     ("params", "says"),
     [
         ({"seed": "abc"}, "seed must be an integer, got 'abc'"),
+        ({"seed": str(2**64)}, "seed must be between"),
         ({"text_topk": "2.5"}, "text_topk must be an integer"),
         ({"audio_temperature": "hot"}, "audio_temperature must be a number"),
         ({"text_temperature": "nan"}, "text_temperature must be a finite number"),
@@ -82,7 +84,7 @@ def test_empty_values_and_seed_minus_one_mean_unset_as_in_nvidias_server():
     ],
 )
 def test_values_that_cannot_be_honoured_are_refused_in_the_clients_words(params, says):
-    with pytest.raises(moshi.QueryError, match=says):
+    with pytest.raises(query.QueryError, match=says):
         options(**params)
 
 

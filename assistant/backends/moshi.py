@@ -22,10 +22,12 @@ import torch
 
 from assistant.engine import FRAME_MS, Engine, SlotOptions, StepOutput, checked_context_policy
 from assistant.moshi.graphs import StepRunner, bucket_for, compile_mode, topk_width
-from assistant.moshi.lm import MoshiStreamingLM, Sampling
+from assistant.moshi.image_feed import DEFAULT_IMAGE_START, ImageFeed, ImageSlots
+from assistant.moshi.lm import Sampling
 from assistant.moshi.loading import LoadedMoshi, load_moshi, resolve_device, resolve_dtype
 from assistant.moshi.persona import DEFAULT_CHUNK_FRAMES, Prompter, PromptJob
 from assistant.moshi.random_models import RANDOM_MODELS, random_loaded
+from assistant.moshi.vision_lm import streaming_lm
 
 DEFAULT_TEXT_TEMPERATURE = 0.7
 DEFAULT_TEXT_TOP_K = 25
@@ -45,7 +47,7 @@ class _SlotSampling:
     top_k: int
 
 
-class MoshiEngine(Engine):
+class MoshiEngine(ImageSlots, Engine):
     """Moshi + Mimi over `batch_size` slots. Build it with `from_pretrained` (or from parts, in tests)."""
 
     name = "moshi"
@@ -68,6 +70,7 @@ class MoshiEngine(Engine):
         warm_up: bool = True,
         prefill: str = "fast",
         prefill_chunk: int = DEFAULT_CHUNK_FRAMES,
+        image_start: int = DEFAULT_IMAGE_START,
     ):
         """compile: CUDA-graph the LM step per batch bucket (None: env ASSISTANT_COMPILE, default on CUDA).
         quantize: None or "int8" (None: env ASSISTANT_QUANTIZE), weight-only, applied to loaded.model in place.
@@ -77,7 +80,8 @@ class MoshiEngine(Engine):
         half the frame's spare time, at most `prefill_chunk`) or "stepwise" (one position per
         forward, all at once; the reference the fast path is checked against).
         context_policy: one of `CONTEXT_POLICIES`, what a full context window forgets (None: "pin",
-        the prompt stays while the conversation slides past it).
+        the prompt stays while the conversation slides past it; a model without prompts pins nothing).
+        image_start: a vision model's default first step at which a slot's image counts (`set_image`).
         """
         super().__init__(batch_size)
         if codec.batch_size != batch_size:
@@ -92,8 +96,9 @@ class MoshiEngine(Engine):
             quantize_moshi(loaded.model, self.quantize)
         self.context_policy = checked_context_policy(context_policy)
         pin = self.context_policy == "pin" and loaded.takes_prompts
-        self.lm = MoshiStreamingLM(
-            loaded.model, batch_size, delays=loaded.delays, context=context, pin_prompts=pin
+        step_mode = compile_mode(compile, next(loaded.model.parameters()).device)
+        self.lm = streaming_lm(
+            loaded, batch_size, context=context, static=step_mode != "eager", pin_prompts=pin
         )
         if codec.cardinality != self.lm.card:
             raise ValueError(
@@ -113,13 +118,14 @@ class MoshiEngine(Engine):
         dev = self.lm.device
         self._force_text = torch.full((batch_size,), loaded.text_pad_id, dtype=torch.long, device=dev)
         self._force_audio = self._silence_codes.expand(batch_size, -1).contiguous()
-        self.runner = StepRunner(self.lm, codec, compile_mode(compile, dev))
+        self.runner = StepRunner(self.lm, codec, step_mode)
         if prefill not in ("fast", "stepwise"):
             raise ValueError(f"prefill must be 'fast' or 'stepwise', got {prefill!r}")
         if prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
         self.prefill_mode, self.prefill_chunk = prefill, int(prefill_chunk)
         self.prompter = Prompter(self.lm, loaded, codec.model) if loaded.takes_prompts else None
+        self.images = ImageFeed(self.lm, image_start) if loaded.takes_images else None
         self._jobs: dict[int, PromptJob | None] = {}  # slot -> its prompt's prefill (None: not built yet)
         self._failed: dict[int, str] = {}  # slot -> why its prompt could not be fed (reported once)
         self._broken: set[int] = set()  # slots whose prompt failed: silent until closed
@@ -215,7 +221,9 @@ class MoshiEngine(Engine):
         return self.prompter.add_voice(path)
 
     def finish_prompts(self) -> None:
+        """Feed every pending prompt, and encode every pending image, now (offline runs)."""
         self._advance_prompts(all_now=True)
+        self._advance_images(time.perf_counter(), all_now=True)
         if self._failed:
             slot, reason = next(iter(self._failed.items()))
             raise RuntimeError(f"slot {slot}: the prompt could not be fed: {reason}")
@@ -359,6 +367,8 @@ class MoshiEngine(Engine):
         self._prompt_of.pop(slot, None)
         self._failed.pop(slot, None)
         self._broken.discard(slot)
+        if self.images is not None:
+            self.images.forget(slot)
         super().close(slot)
         if was_live and slot in self._row_of:
             self._release_row(slot)
@@ -523,6 +533,8 @@ class MoshiEngine(Engine):
         if self._jobs:
             self._last_step_ms = (time.perf_counter() - t0) * 1000
             timings["prefill_ms"] = self._advance_prompts()
+        if self.images is not None and self.images.jobs:
+            timings["image_ms"] = self._advance_images(t0, all_now=False)
         timings["total_ms"] = (time.perf_counter() - t0) * 1000
         return StepOutput(
             pcm_out=pcm_out, text=text, speaking=speaking, timings_ms=timings, failed=self._take_failures()
@@ -600,6 +612,7 @@ class MoshiEngine(Engine):
             "layout": self.loaded.layout,
             "model_type": self.loaded.model_type,
             "takes_prompts": self.takes_prompts,
+            "takes_images": self.takes_images,
             "voices": len(self.voices()),
             "prefill": self.prefill_mode,
             "device": str(self.lm.device),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from server.protocols.realtime.events import RealtimeError, SessionUpdate, warning
+from server.protocols.realtime.client_events import RealtimeError, SessionUpdate, warning
 
 
 def prompt_update(
@@ -26,12 +26,12 @@ def prompt_update(
 
     Warnings are appended to `warnings`. Raises RealtimeError, before anything changes, for a
     prompt the engine refuses (check_prompt raises ValueError for it)."""
-    changes = ev.changes
+    asked_instructions, asked_voice = ev.session.instructions, ev.session.audio.output.voice
     instructions, voice = current
-    if "instructions" in changes:
+    if asked_instructions is not None:
         if takes_prompts:
-            instructions = changes["instructions"]
-        elif changes["instructions"]:
+            instructions = asked_instructions
+        elif asked_instructions:
             warnings.append(
                 warning(
                     "session.instructions",
@@ -39,7 +39,7 @@ def prompt_update(
                     "PersonaPlex-family checkpoint; ignored",
                 )
             )
-    if "voice" in changes and changes["voice"] != current[1]:
+    if asked_voice is not None and asked_voice != current[1]:
         if not takes_prompts:
             warnings.append(
                 warning(
@@ -48,8 +48,8 @@ def prompt_update(
             )
         else:
             try:
-                check_prompt(None, changes["voice"])
-                voice = changes["voice"]
+                check_prompt(None, asked_voice)
+                voice = asked_voice
             except ValueError as exc:  # e.g. an OpenAI voice name: keep talking in the current one
                 warnings.append(warning("session.audio.output.voice", f"{exc}; keeping {current[1]}"))
     if (instructions, voice) == current:
