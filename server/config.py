@@ -29,6 +29,8 @@ class ServerConfig:
     auth_token: str | None = None
     allowed_origins: list[str] | None = None  # None: the server's own host:port
     record_dir: str | None = None
+    record_min_free_mb: float = 100.0  # sessions start unrecorded while the record dir has less free
+    record_required: bool = False  # /readyz says not ready while recordings fail
     ssl_cert: str | None = None
     ssl_key: str | None = None
     barge_in: str = "model"
@@ -121,6 +123,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--record", metavar="DIR", help="record every session (stereo WAV + JSONL events) in DIR"
+    )
+    parser.add_argument(
+        "--record-min-free-mb",
+        type=float,
+        default=100.0,
+        help="with --record: start a session unrecorded while DIR's disk has less than this many MB "
+        "free (default 100; a session records about 0.35 GB an hour)",
+    )
+    parser.add_argument(
+        "--record-required",
+        action="store_true",
+        help="with --record: /readyz (and the agent) say not ready while recordings fail, so a "
+        "balancer sends new sessions elsewhere; by default sessions go on unrecorded and only "
+        "/healthz's `recording` says so",
     )
     parser.add_argument(
         "--ssl-cert", default=os.environ.get("ASSISTANT_SSL_CERT"), help="TLS certificate (PEM)"
@@ -244,6 +260,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     for name in ("idle_timeout", "max_session_seconds", "max_send_lag", "ping_interval"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if args.record_min_free_mb < 0:
+        raise ValueError(f"--record-min-free-mb must be >= 0, got {args.record_min_free_mb}")
+    if args.record_required and not args.record:
+        raise ValueError("--record-required needs --record DIR")
     if args.drain_seconds < 0:
         raise ValueError(f"--drain-seconds must be >= 0, got {args.drain_seconds}")
     protect_metrics = _switch(args.protect_metrics, "ASSISTANT_PROTECT_METRICS")
@@ -288,6 +308,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         auth_token=args.auth_token or None,
         allowed_origins=args.allowed_origins,
         record_dir=args.record,
+        record_min_free_mb=args.record_min_free_mb,
+        record_required=args.record_required,
         ssl_cert=args.ssl_cert,
         ssl_key=args.ssl_key,
         barge_in=args.barge_in,

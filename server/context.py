@@ -17,7 +17,7 @@ from assistant.engine import Engine
 from assistant.scheduler import Host, Scheduler, SlotHandle
 from server.config import ServerConfig
 from server.metrics import Metrics
-from server.recording import Recorder
+from server.recording import Recordings
 
 
 class ServerContext:
@@ -28,6 +28,11 @@ class ServerContext:
         self.engine = engine
         self.metrics = Metrics()
         self.scheduler = Scheduler(engine, metrics=self.metrics, collect_garbage=True)
+        self.recordings = (
+            Recordings(config.record_dir, min_free_mb=config.record_min_free_mb, metrics=self.metrics)
+            if config.record_dir
+            else None
+        )
         self.sessions: dict[str, Conversation] = {}
         self._hosts: dict[str, Host] = {}  # who carries out each live session's events
         self.started_at = time.monotonic()
@@ -72,7 +77,7 @@ class ServerContext:
         options.vad_config(self.config.vad)  # raises ValueError for bad VAD options before any file is made
         self.check_prompt(options.instructions, options.voice)
         session_id = "sess_" + secrets.token_hex(6)
-        recorder = Recorder(self.config.record_dir, session_id) if self.config.record_dir else None
+        recorder = self.recordings.open(session_id) if self.recordings else None  # None: unrecorded
         session = Conversation(
             session_id,
             sample_rate_hz,
@@ -160,12 +165,21 @@ class ServerContext:
             return "draining"
         return "ok" if self.scheduler.free_slots > 0 else "full"
 
+    def recording_health(self) -> tuple[str, str | None]:
+        """("off" | "ok" | "failing", why it fails): sessions go on unrecorded while it fails."""
+        return ("off", None) if self.recordings is None else self.recordings.describe()
+
     def healthz(self) -> dict[str, Any]:
         info = self.engine.describe()
         status = self.status()
+        recording, recording_error = self.recording_health()
+        # Serving goes on unrecorded; readiness waits for the recordings only when the operator asks.
+        ready = status == "ok" and not (self.config.record_required and recording == "failing")
         return {
             "status": status,
-            "ready": status == "ok",
+            "ready": ready,
+            "recording": recording,
+            "recording_error": recording_error,
             "live_sessions": len(self.sessions),
             "max_sessions": self.scheduler.capacity,
             "capacity_left": 0 if self.draining else self.scheduler.free_slots,
