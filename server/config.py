@@ -191,6 +191,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="end sessions after this many s (default: 3600)",
     )
     parser.add_argument(
+        "--prompt-changes-per-second",
+        type=float,
+        default=1.0,
+        help="how often a session may set a new prompt (instructions or voice), each restarting the "
+        "model's context; sooner is refused with rate_limited and the prompt stays (default 1; 0 = "
+        "no limit)",
+    )
+    parser.add_argument(
         "--max-send-lag",
         type=float,
         default=2.0,
@@ -264,6 +272,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise ValueError(f"--record-min-free-mb must be >= 0, got {args.record_min_free_mb}")
     if args.record_required and not args.record:
         raise ValueError("--record-required needs --record DIR")
+    if args.prompt_changes_per_second < 0:
+        raise ValueError(f"--prompt-changes-per-second must be >= 0, got {args.prompt_changes_per_second}")
     if args.drain_seconds < 0:
         raise ValueError(f"--drain-seconds must be >= 0, got {args.drain_seconds}")
     protect_metrics = _switch(args.protect_metrics, "ASSISTANT_PROTECT_METRICS")
@@ -318,7 +328,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         device=args.device,
         dtype=engine.get("dtype"),
         engine_options=engine_options,
-        limits=ConversationLimits(idle_timeout_s=args.idle_timeout, max_session_s=args.max_session_seconds),
+        limits=ConversationLimits(
+            idle_timeout_s=args.idle_timeout,
+            max_session_s=args.max_session_seconds,
+            prompt_changes_per_s=args.prompt_changes_per_second or None,
+        ),
         vad=vad,
         web_root=web_root,
         max_send_lag_s=args.max_send_lag,

@@ -44,7 +44,12 @@ class LiveConnection(Connection):
             context_frames=engine.describe().get("context_frames"),
             max_session_s=ctx.config.limits.max_session_s,
             barge_in=ctx.config.barge_in,
+            check_prompt_change=self.check_prompt_change,
         )
+
+    def check_prompt_change(self) -> None:
+        if self.session is not None:  # before session.start the prompt is set, not changed
+            self.session.check_prompt_change()
 
     # -- state machine outputs -> socket / session -----------------------------------------------
     def apply(self, outputs: list[LiveOutput]) -> None:

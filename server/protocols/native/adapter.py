@@ -11,7 +11,7 @@ deferring the encode would let a `playback.clear` overtake the audio it clears.
 
 from __future__ import annotations
 
-from assistant.conversation import AudioOut, Event, SessionEnded, SessionReady
+from assistant.conversation import AudioOut, Event, PromptChangeLimited, SessionEnded, SessionReady
 from audio.frames import FRAME_MS
 from audio.opus_packets import PACKET_MS, OpusPacketDecoder, OpusPacketEncoder, OpusPacketError
 from server.connection import Connection
@@ -86,6 +86,8 @@ class NativeConnection(Connection):
             options = event.options()
             try:
                 events = self.session.update(**options)  # checks a new prompt with the engine too
+            except PromptChangeLimited as exc:
+                raise ProtocolError(exc.code, str(exc)) from None
             except ValueError as exc:
                 raise ProtocolError("invalid_value", str(exc)) from None
             self.apply_events(events)

@@ -68,6 +68,7 @@ class RealtimeConnection(Connection):
             takes_prompts=takes_prompts,
             instructions=options.instructions or "",
             check_prompt=ctx.check_prompt,
+            check_prompt_change=self.session.check_prompt_change,
             id_prefix=secrets.token_hex(4),
             captions_model=ctx.captions_model,
             threshold_applies=ctx.config.vad.backend == "silero",
