@@ -26,6 +26,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     max_sessions: int | None = None  # None: ask the backend
+    start_timeout_s: float = 5.0  # a connection that has not started its session by then is closed
+    max_connections_per_client: int = 16  # open websockets per client address; 0: no cap
     auth_token: str | None = None
     allowed_origins: list[str] | None = None  # None: the server's own host:port
     record_dir: str | None = None
@@ -109,6 +111,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=os.environ.get("ASSISTANT_MAX_SESSIONS"),
         help="concurrent sessions (default $ASSISTANT_MAX_SESSIONS, else what the backend holds)",
+    )
+    parser.add_argument(
+        "--start-timeout",
+        type=float,
+        default=5.0,
+        help="close a connection that has not started its session this many s after the upgrade; "
+        "it takes an engine slot only when it starts (default: 5)",
+    )
+    parser.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        default=os.environ.get("ASSISTANT_MAX_CONNECTIONS_PER_CLIENT", 16),
+        help="websockets one client address may hold open at once; more get 1013. Behind a proxy "
+        "every client has the proxy's address: set 0 (no cap) there and cap per client in the proxy "
+        "(default $ASSISTANT_MAX_CONNECTIONS_PER_CLIENT, else 16)",
     )
     parser.add_argument(
         "--auth-token",
@@ -265,7 +282,9 @@ def _switch(value: bool | str | None, env_name: str) -> bool:
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     if args.max_sessions is not None and args.max_sessions < 1:
         raise ValueError(f"--max-sessions must be >= 1, got {args.max_sessions}")
-    for name in ("idle_timeout", "max_session_seconds", "max_send_lag", "ping_interval"):
+    if args.max_connections_per_client < 0:
+        raise ValueError(f"--max-connections-per-client must be >= 0, got {args.max_connections_per_client}")
+    for name in ("start_timeout", "idle_timeout", "max_session_seconds", "max_send_lag", "ping_interval"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if args.record_min_free_mb < 0:
@@ -315,6 +334,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         host=args.host,
         port=args.port,
         max_sessions=args.max_sessions,
+        start_timeout_s=args.start_timeout,
+        max_connections_per_client=args.max_connections_per_client,
         auth_token=args.auth_token or None,
         allowed_origins=args.allowed_origins,
         record_dir=args.record,

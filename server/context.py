@@ -1,10 +1,12 @@
 """What every protocol adapter shares in one server process: the frame loop, capacity, sessions,
-captions, metrics and recording. `ctx.reserve()` takes an engine slot (None when full or
-draining); `ctx.open_session(...)` starts a conversation (assistant/conversation) in it."""
+captions, metrics and recording. `ctx.admit(address)` lets a websocket in (or says why not),
+`ctx.reserve()` takes an engine slot when it starts its session (None when full or draining);
+`ctx.open_session(...)` starts a conversation (assistant/conversation) in it."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import secrets
 import time
@@ -35,6 +37,7 @@ class ServerContext:
         )
         self.sessions: dict[str, Conversation] = {}
         self._hosts: dict[str, Host] = {}  # who carries out each live session's events
+        self.connections: collections.Counter[str] = collections.Counter()  # open websockets by address
         self.started_at = time.monotonic()
         self.port = config.port
         self.draining = False
@@ -55,8 +58,30 @@ class ServerContext:
             "max_sessions", "Sessions this server holds at most.", lambda: self.scheduler.capacity
         )
 
+    def admit(self, address: str | None) -> str | None:
+        """Let a new websocket from `address` in, counted until `leave`; or why not (the 1013 close
+        reason): the server is full or draining, or the address holds its share of connections.
+        No slot is taken: a connection takes one when it starts its session."""
+        if self.draining or self.scheduler.free_slots == 0:
+            self.metrics.inc("refused_total")
+            return self.refusal_reason()
+        cap = self.config.max_connections_per_client
+        if cap and address is not None and self.connections[address] >= cap:
+            self.metrics.inc("client_cap_refused_total")
+            return f"{cap} connections are open from this address already; close one or try later"
+        if address is not None:
+            self.connections[address] += 1
+        return None
+
+    def leave(self, address: str | None) -> None:
+        """A websocket `admit` let in has closed."""
+        if address is not None:
+            self.connections[address] -= 1
+            if self.connections[address] <= 0:
+                del self.connections[address]
+
     def reserve(self) -> SlotHandle | None:
-        """An engine slot for a new connection, or None when the server is full (or draining)."""
+        """An engine slot for a session about to start, or None when the server is full (or draining)."""
         if self.draining:
             return None
         slot = self.scheduler.reserve()

@@ -45,6 +45,11 @@ _DEFINITIONS: dict[str, tuple[str, str, tuple[float, ...]]] = {
     "sessions_total": ("counter", "Sessions started.", ()),
     "session_frames": ("counter", "80 ms frames processed, summed over sessions.", ()),
     "refused_total": ("counter", "Connections refused because every slot was taken.", ()),
+    "client_cap_refused_total": (
+        "counter",
+        "Connections refused because their address held --max-connections-per-client already.",
+        (),
+    ),
     "underruns": ("counter", "Input frames missing at a tick (silence fed instead).", ()),
     "drops": ("counter", "Input frames dropped to keep latency bounded.", ()),
     "barge_ins": ("counter", "User barge-ins while the assistant spoke.", ()),

@@ -75,10 +75,11 @@ class NativeConnection(Connection):
             self.use_audio_format(event.audio_format)
             try:
                 options = self.ctx.default_options().replace(**event.options())
-                self.session = self.ctx.open_session(self.slot, event.sample_rate, self.apply_events, options)
+                session = self.open_session(event.sample_rate, options)
             except ValueError as exc:
                 raise ProtocolError("invalid_value", str(exc)) from None
-            self.apply_events(self.session.start())
+            if session is not None:  # None: the server filled up meanwhile, and the connection closes
+                self.apply_events(session.start())
             return
         if self.session is None:
             raise ProtocolError("not_started", f"send session.start before {type(event).__name__}")

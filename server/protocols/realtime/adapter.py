@@ -46,8 +46,8 @@ class RealtimeConnection(Connection):
     protocol_name = "realtime"
     outbox_scale = 4  # a Realtime frame is several messages (audio delta, transcript delta, response events)
 
-    def __init__(self, ctx, ws: Transport, slot):
-        super().__init__(ctx, ws, slot)
+    def __init__(self, ctx, ws: Transport):
+        super().__init__(ctx, ws)
         self.paced: collections.deque[bytes] = collections.deque()  # item audio fed at real-time speed
         self.paced_bytes = 0  # what `paced` holds, kept as it changes (read on every client event)
         self.feeder: asyncio.Task | None = None
@@ -55,7 +55,8 @@ class RealtimeConnection(Connection):
         # and holds the engine after one only when the state machine says it interrupted a response
         # (`interrupt_response`, per response): so the core's policy is "model", report and let decide.
         options = ctx.default_options().replace(barge_in="model", min_interrupt_ms=0)
-        self.session = ctx.open_session(slot, SAMPLE_RATE_HZ, self.apply_events, options)
+        if self.open_session(SAMPLE_RATE_HZ, options) is None:  # the server filled up since the upgrade
+            return  # the connection closes with 1013
         model = requested_model(ws) or ctx.engine.model_name or ctx.engine.name
         takes_prompts = ctx.engine.takes_prompts
         # The protocol's state; self.session is the conversation's.
