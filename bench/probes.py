@@ -11,10 +11,8 @@ client streams a /ws session in real time on the same server:
 - long session: one Live session past the model's context window, its persona pinned: the session
   goes on, and the Live usage event reports the context's real fill;
 - big static file: a 64 MB asset of a `--moshi-ui` build fetched several times;
-- idle slot holders: upgrades that never start a session: no slot held, /readyz stays ready, a real
-  user gets in, and the server closes them after its start timeout.
-
-Each returns its figures as a dict; bench/reliability.py runs them and prints the table.
+Each returns its figures as a dict; bench/reliability.py runs them (and the idle slot holders of
+bench/idle_holders.py) and prints them.
 """
 
 from __future__ import annotations
@@ -375,7 +373,14 @@ async def prompted_model(workdir: Path, args) -> dict:
     if not PERSONAPLEX_TINY.is_dir():
         return {"skipped": f"no {PERSONAPLEX_TINY} (run from a checkout)"}
     serve = ["--backend", "moshi", "--model", str(PERSONAPLEX_TINY), "--device", "cpu", "--no-compile"]
-    serve += ["--captions", "off", "--max-sessions", str(STORM_CLIENTS + 3)]
+    serve += [
+        "--captions",
+        "off",
+        "--max-sessions",
+        str(STORM_CLIENTS + 3),
+        "--max-connections-per-client",
+        "0",
+    ]
     figures: dict = {}
     with Server(serve, workdir / "prompted.log", start_s=300) as server:
         async with Phases(server, workdir / "healthy-prompted.json") as phases:
@@ -462,6 +467,15 @@ def print_probes(figures: dict, main_gaps: dict[str, float]) -> None:
             f"{d['recording']} ({d['recording_error']}); failures {d['failures']}, {d['warnings']} warnings; "
             f"healthy gap {_gap(d['largest_gap_ms'] or None)}; {d['tracebacks']} tracebacks"
         )
+    i = figures["idle_holders"]
+    closes = ", ".join(f"{k} x{v}" for k, v in sorted(i["closes"].items()))
+    print(
+        f"idle slot holders: {i['holders']} from one address for {i['seconds']} s ({i['server']}): at most "
+        f"{i['most_open_at_once']} open at once; closed {closes}; /readyz not 200 {i['readyz_not_200']} times; "
+        f"real users in {i['real_users']}; slots held idle: {i['idle_slots_while_holding']} while holding, "
+        f"{i['idle_slots_after_timeout']} after the start timeout ({i['holders_open_after_timeout']} holders "
+        f"still open); healthy gap {_gap(i['largest_gap_ms'])}; {i['tracebacks']} tracebacks"
+    )
     p = figures["prompted_model"]
     if "skipped" in p:
         print(f"odd text, prompt storm, long session: skipped ({p['skipped']})")

@@ -13,7 +13,9 @@ one healthy client streams a session in real time on /ws the whole time, measure
 - the healthy client's largest gap between two audio frames, throughout;
 - kill -9: a recording server killed mid-session; seconds of the user's audio the recording lost;
 - drain: SIGTERM with a live session and --drain-seconds: /healthz while draining, how a new
-  session is refused, and seconds until the live session is ended and the process exits.
+  session is refused, and seconds until the live session is ended and the process exits;
+- a big static file, a full recording disk, idle slot holders, odd text, a prompt storm and a
+  long session (bench/probes.py, bench/idle_holders.py), each with its own healthy client.
 
 Bounded (counts and a wall-clock limit), loopback only, and it stops by itself. It prints figures
 and never fails on them; docs/reliability.md keeps the last table.
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.idle_holders import idle_holders
 from bench.loopback import HealthyClient, Server
 from bench.probes import big_static_file, full_disk, moshi_ui_with_a_big_file, print_probes, prompted_model
 from bench.traffic import FRAME_BYTES, STARTS, churn, fuzz_endpoint
@@ -86,6 +89,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=40.0,
         help="long session: its length; the tiny model's context window is 16 s (default 40)",
+    )
+    parser.add_argument(
+        "--holders", type=int, default=64, help="idle slot holders: upgrades kept open (default 64)"
+    )
+    parser.add_argument(
+        "--holders-seconds", type=float, default=8.0, help="idle slot holders: how long they hold (default 8)"
     )
     parser.add_argument("--static-mb", type=int, default=64, help="big static file: its size (default 64)")
     parser.add_argument("--static-fetches", type=int, default=5, help="big static file: fetches (default 5)")
@@ -225,6 +234,7 @@ async def bench(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-reliability-") as tmp:
         workdir = Path(tmp)
         serve = ["--backend", "scripted", "--captions", "off", "--max-sessions", str(args.max_sessions)]
+        serve += ["--max-connections-per-client", "0"]  # fuzz and churn come from one address
         serve += ["--moshi-ui", str(moshi_ui_with_a_big_file(workdir / "ui", args.static_mb))]
         with Server(serve, workdir / "server.log", args.trace_memory) as server:
             healthy = HealthyClient(server.url("/ws"), workdir / "healthy.json")
@@ -291,6 +301,7 @@ async def bench(args) -> dict:
         figures["kill_9"] = await killed_recording(workdir)
         figures["drain"] = await drain(workdir)
         figures["full_disk"] = await full_disk(workdir, args)
+        figures["idle_holders"] = await idle_holders(workdir, args)
         figures["prompted_model"] = await prompted_model(workdir, args)
     return figures
 

@@ -9,6 +9,7 @@ import pytest
 SMALL_PROBES = [
     *("--disk-seconds", "2", "--odd-texts", "5", "--storm-seconds", "3"),
     *("--long-session-s", "18", "--static-mb", "4", "--static-fetches", "2"),
+    *("--holders", "24", "--holders-seconds", "4"),
 ]
 
 
@@ -52,6 +53,12 @@ def test_bench_reliability_small_run(capsys):
     if "skipped" not in disk:  # a tmpfs as root, a read-only directory otherwise
         assert disk["sessions"] == 8 and disk["ended_other_than_asked"] == [] and disk["tracebacks"] == 0
         assert disk["healthz"] == "200 ok" and disk["recording"] == "failing" and disk["warnings"] >= 8
+    holders = figures["idle_holders"]
+    assert holders["readyz_not_200"] == 0 and holders["tracebacks"] == 0
+    assert holders["idle_slots_while_holding"] == holders["idle_slots_after_timeout"] == 0
+    assert holders["holders_open_after_timeout"] == 0 and 0 < holders["most_open_at_once"] <= 8
+    let_in, tried = map(int, holders["real_users"].split("/"))
+    assert tried > 0 and let_in == tried
     prompted = figures["prompted_model"]
     odd, storm, long = prompted["odd text"], prompted["prompt storm"], prompted["long session"]
     assert odd["tracebacks"] == storm["tracebacks"] == long["tracebacks"] == 0
