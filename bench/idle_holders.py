@@ -84,13 +84,12 @@ async def idle_holders(workdir: Path, args) -> dict:
                 asyncio.create_task(hold(server, paths[k % 2], stop, closes, open_now))
                 for k in range(args.holders)
             ]
-            not_ready, users, let_in, most_idle, most_open = 0, 0, 0, 0, 0
+            not_ready, users, let_in, most_idle = 0, 0, 0, 0
             t0 = time.monotonic()
             while time.monotonic() - t0 < args.holders_seconds:
                 status, _ = await asyncio.to_thread(server.get, "/readyz")
                 not_ready += status != 200
                 most_idle = max(most_idle, await asyncio.to_thread(slots_held_idle, server))
-                most_open = max(most_open, len(open_now))
                 users += 1
                 let_in += await real_user(server)
                 await asyncio.sleep(0.2)
@@ -107,7 +106,6 @@ async def idle_holders(workdir: Path, args) -> dict:
             "seconds": args.holders_seconds,
             "server": f"{MAX_SESSIONS} slots, --start-timeout {START_TIMEOUT_S:g}, "
             f"--max-connections-per-client {PER_CLIENT}",
-            "most_open_at_once": most_open,
             "closes": closes,
             "readyz_not_200": not_ready,
             "real_users": f"{let_in}/{users}",

@@ -470,8 +470,8 @@ def print_probes(figures: dict, main_gaps: dict[str, float]) -> None:
     i = figures["idle_holders"]
     closes = ", ".join(f"{k} x{v}" for k, v in sorted(i["closes"].items()))
     print(
-        f"idle slot holders: {i['holders']} from one address for {i['seconds']} s ({i['server']}): at most "
-        f"{i['most_open_at_once']} open at once; closed {closes}; /readyz not 200 {i['readyz_not_200']} times; "
+        f"idle slot holders: {i['holders']} from one address for {i['seconds']} s ({i['server']}): "
+        f"closed {closes}; /readyz not 200 {i['readyz_not_200']} times; "
         f"real users in {i['real_users']}; slots held idle: {i['idle_slots_while_holding']} while holding, "
         f"{i['idle_slots_after_timeout']} after the start timeout ({i['holders_open_after_timeout']} holders "
         f"still open); healthy gap {_gap(i['largest_gap_ms'])}; {i['tracebacks']} tracebacks"

@@ -56,7 +56,7 @@ def test_bench_reliability_small_run(capsys):
     holders = figures["idle_holders"]
     assert holders["readyz_not_200"] == 0 and holders["tracebacks"] == 0
     assert holders["idle_slots_while_holding"] == holders["idle_slots_after_timeout"] == 0
-    assert holders["holders_open_after_timeout"] == 0 and 0 < holders["most_open_at_once"] <= 8
+    assert holders["holders_open_after_timeout"] == 0 and holders["closes"].get("1000 start_timeout", 0) > 0
     let_in, tried = map(int, holders["real_users"].split("/"))
     assert tried > 0 and let_in == tried
     prompted = figures["prompted_model"]
