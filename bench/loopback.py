@@ -192,3 +192,14 @@ def healthy_main(url: str, out: str) -> None:
         pass
     finally:
         Path(out).write_text(json.dumps(figures))
+
+
+def gaps_by_phase(gaps: list[list[float]], phases: list[tuple[str, float]]) -> dict[str, float]:
+    """The largest of the healthy client's long gaps (ended at unix time t, lasting ms) in each phase
+    of the run, by the phase in which the gap began."""
+    worst: dict[str, float] = {}
+    for t, ms in gaps:
+        began = t - ms / 1000
+        name = next((n for n, start in reversed(phases) if start <= began), phases[0][0])
+        worst[name] = max(worst.get(name, 0.0), ms)
+    return worst

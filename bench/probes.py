@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from bench.loopback import HealthyClient, Server
+from bench.loopback import HealthyClient, Server, gaps_by_phase
 from bench.traffic import FRAME_BYTES, STARTS
 
 PERSONAPLEX_TINY = Path(__file__).resolve().parents[1] / "tests" / "data" / "personaplex_tiny"  # a checkout's
@@ -104,8 +104,6 @@ class Phases:
 
     def largest_gap_ms(self, name: str) -> float | None:
         """The healthy client's largest gap over 120 ms that began in phase `name` (None: none)."""
-        from bench.reliability import gaps_by_phase
-
         return gaps_by_phase(self.healthy.gaps, self.started).get(name)
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.idle_holders import idle_holders
-from bench.loopback import HealthyClient, Server
+from bench.loopback import HealthyClient, Server, gaps_by_phase
 from bench.probes import big_static_file, full_disk, moshi_ui_with_a_big_file, print_probes, prompted_model
 from bench.traffic import FRAME_BYTES, STARTS, churn, fuzz_endpoint
 
@@ -304,17 +304,6 @@ async def bench(args) -> dict:
         figures["idle_holders"] = await idle_holders(workdir, args)
         figures["prompted_model"] = await prompted_model(workdir, args)
     return figures
-
-
-def gaps_by_phase(gaps: list[list[float]], phases: list[tuple[str, float]]) -> dict[str, float]:
-    """The largest of the healthy client's long gaps (ended at unix time t, lasting ms) in each phase
-    of the run, by the phase in which the gap began."""
-    worst: dict[str, float] = {}
-    for t, ms in gaps:
-        began = t - ms / 1000
-        name = next((n for n, start in reversed(phases) if start <= began), phases[0][0])
-        worst[name] = max(worst.get(name, 0.0), ms)
-    return worst
 
 
 def _growth(before: float, after: float) -> str:

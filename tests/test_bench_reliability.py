@@ -112,7 +112,7 @@ def test_rounds_must_be_at_least_one(capsys):
 
 
 def test_gaps_are_put_in_the_phase_they_began_in():
-    from bench.reliability import gaps_by_phase
+    from bench.loopback import gaps_by_phase
 
     phases = [("idle", 100.0), ("fuzz /ws", 110.0), ("memory reports", 120.0), ("idle", 120.5)]
     gaps = [[110.1, 150.0], [115.0, 300.0], [120.4, 200.0], [130.0, 130.0], [120.6, 250.0]]
