@@ -27,9 +27,9 @@ REFERENCE = json.loads((DATA / "reference.json").read_text())
 ROLE = REFERENCE["role"]
 
 
-def engine(batch_size: int = 1, **options) -> MoshiEngine:
+def engine(batch_size: int = 1, source: Path = DATA, **options) -> MoshiEngine:
     return MoshiEngine.from_pretrained(
-        str(DATA),
+        str(source),
         batch_size=batch_size,
         device="cpu",
         temperature=0.0,
@@ -87,6 +87,35 @@ def test_greedy_tokens_equal_nvidias_reference(voice, prefill):
     want = REFERENCE["frames"][voice][1:]
     got = token_frames(eng, user_frames())[: len(want)]
     assert got == want
+
+
+def test_a_config_with_metadata_the_loader_never_saw_loads_and_equals_the_reference(tmp_path, caplog):
+    import logging
+    import shutil
+
+    from assistant.moshi.checkpoint import CheckpointError
+    from assistant.moshi.loading import load_moshi
+
+    copy = tmp_path / "personaplex_tiny"
+    shutil.copytree(DATA, copy)
+    config = json.loads((DATA / "config.json").read_text())
+    metadata = {"release": "2026-01", "trained_by": "NVIDIA", "notes": {"steps": 1000}}
+    (copy / "config.json").write_text(json.dumps(config | metadata))
+    with caplog.at_level(logging.INFO, logger="assistant.moshi.kyutai"):
+        eng = engine(source=copy, prefill_chunk=16)
+        engine(source=copy)  # a second load says nothing new
+    ignored = [r for r in caplog.records if "ignoring" in r.getMessage()]
+    assert len(ignored) == 1 and ignored[0].levelno == logging.INFO
+    assert all(key in ignored[0].getMessage() for key in metadata)
+    opened(eng, SlotOptions(instructions=ROLE, voice="TINYF0.wav"))
+    want = REFERENCE["frames"]["TINYF0.wav"][1:]
+    assert token_frames(eng, user_frames())[: len(want)] == want
+    # a key that may change the architecture is still refused, by name
+    (copy / "config.json").write_text(json.dumps(config | metadata | {"depformer_kv_heads": 1}))
+    with pytest.raises(
+        CheckpointError, match=r"unknown keys \['depformer_kv_heads'\] that may change the model"
+    ):
+        load_moshi(copy, device="cpu")
 
 
 def test_respond_with_instructions_and_voice_answers_like_the_reference(tmp_path):
