@@ -11,6 +11,7 @@ output k, and its first output (the prompt's last silence frame) has no counterp
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -287,7 +288,10 @@ def test_bench_prefill_reports_both_modes_and_the_clock(capsys):
     assert figures["prompt"]["fast"]["ms"] < figures["prompt"]["stepwise"]["ms"]
     none, joined = figures["clock"]
     assert none["joining"] == 0 and joined["joining"] == 1
-    assert joined["ticks_to_ready"][0] >= 3  # 40 positions, at most 16 a tick while another is live
+    # 40 positions while another session is live: between 4 and 16 a tick, however busy the CPU (the
+    # spare time of a frame sets how many); the run goes on until the prompt is in.
+    assert math.ceil(40 / 16) <= joined["ticks_to_ready"][0] <= math.ceil(40 / 4)
+    assert joined["ticks"] >= 15 and none["ticks"] == 15
 
 
 def test_voice_prefixes_are_bounded_least_recently_used_first(tmp_path, monkeypatch):
