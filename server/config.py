@@ -180,6 +180,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="moshi backend: int8 weight-only transformer linears (default: $ASSISTANT_QUANTIZE, none)",
     )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        help="moshi backend: audio sampling temperature of sessions that set none (0 = greedy)",
+    )
+    parser.add_argument(
+        "--text-temperature",
+        type=float,
+        help="moshi backend: text sampling temperature of sessions that set none (0 = greedy)",
+    )
     parser.add_argument("--script-reply", help="scripted backend: reply WAV (text from the .txt beside it)")
     parser.add_argument(
         "--script-delay-ms", type=float, default=0.0, help="scripted backend: pause before replying"
@@ -290,10 +300,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         }
     elif args.script_reply is not None and explicit:
         raise ValueError("--script-reply only applies to --backend scripted")
+    sampling = {"temperature": args.temperature, "text_temperature": args.text_temperature}
+    sampling = {name: value for name, value in sampling.items() if value is not None}
     if backend == "moshi":
-        engine_options = {"compile": args.compile, "quantize": args.quantize}
-    elif (args.compile is not None or args.quantize is not None) and explicit:
-        raise ValueError("--compile and --quantize only apply to --backend moshi")
+        engine_options = {"compile": args.compile, "quantize": args.quantize, **sampling}
+    elif (args.compile is not None or args.quantize is not None or sampling) and explicit:
+        raise ValueError("--compile, --quantize and the temperatures only apply to --backend moshi")
     return ServerConfig(
         backend=backend,
         model=model or (DEFAULT_MOSHI_MODEL if backend == "moshi" else None),

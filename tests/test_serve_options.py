@@ -24,9 +24,16 @@ def test_moshi_compile_and_quantize_reach_the_engine_options():
     # Unset flags defer to the engine's own defaults (env vars, then on with CUDA).
     config = config_from_args(_args("--backend", "moshi", "--model", "tiny"))
     assert config.engine_options == {"compile": None, "quantize": None}
+    config = config_from_args(_args("--backend", "moshi", "--temperature", "0", "--text-temperature", "0.5"))
+    assert config.engine_options == {
+        "compile": None,
+        "quantize": None,
+        "temperature": 0.0,
+        "text_temperature": 0.5,
+    }
 
 
-@pytest.mark.parametrize("flag", [("--compile",), ("--quantize", "int8")])
+@pytest.mark.parametrize("flag", [("--compile",), ("--quantize", "int8"), ("--temperature", "0")])
 def test_moshi_only_flags_are_refused_for_other_backends(flag):
     with pytest.raises(ValueError, match="only apply to --backend moshi"):
         config_from_args(_args("--backend", "scripted", *flag))
