@@ -90,6 +90,18 @@ def test_greedy_tokens_equal_nvidias_reference(voice, prefill):
     assert got == want
 
 
+def test_a_held_slot_takes_its_prompt_then_waits_for_its_first_frame_and_equals_the_reference():
+    eng = engine(prefill_chunk=16)
+    eng.open(0, SlotOptions(instructions=ROLE, voice="TINYF0.wav"), held=True)
+    for _ in range(3):  # the prompt goes in at the first step; the slot then waits, unstepped
+        out = eng.step(np.full((1, 1920), 0.1, np.float32))
+        assert not out.pcm_out.any()
+    assert eng.is_ready(0) and eng.row_of(0) is None
+    eng.start(0)
+    want = REFERENCE["frames"]["TINYF0.wav"][1:]
+    assert token_frames(eng, user_frames())[: len(want)] == want
+
+
 def test_a_config_with_metadata_the_loader_never_saw_loads_and_equals_the_reference(tmp_path, caplog):
     import logging
     import shutil
