@@ -15,6 +15,12 @@ This is the only frame loop. Three clocks drive it:
 - offline (`respond`, evaluation): `step_now()` once per frame of a recording, in this thread,
   with an `OfflineClock` that advances 80 ms per frame.
 
+A session that must announce itself to a client (the server's) is attached with `on_ready`: the
+frame loop opens its slot held, calls `on_ready` once the slot is open (and its prompt, if any, is
+in), and starts stepping it at the first tick that has a whole frame of its input, so the model's
+first step for it hears the client's first audio however late that comes after the announcement
+(or at `first_audio_wait_s` after it, for a client that listens first).
+
 The policy parts (`FrameClock`, `gather_batch`) are pure and tested without threads or sockets.
 A session is anything with `take_frame() -> float32 (1920,) | None`, `deliver(pcm, text,
 speaking, step_ms)` and `check_limits(now)` (assistant/conversation's Conversation).
@@ -65,6 +71,8 @@ class TickLog:
 
 class FrameSource(Protocol):
     def frame_ready(self) -> bool: ...  # optional: False makes the tick wait `grace_ms` once
+
+    def frames_queued(self) -> int: ...  # optional: whole frames of input waiting (0 holds a new session)
 
     def take_frame(self) -> np.ndarray | None: ...
 
@@ -156,10 +164,19 @@ class SlotHandle:
         self.slot = slot
         self.released = False
 
-    def attach(self, session: FrameSource, options: SlotOptions | None = None) -> None:
-        """Open the engine slot with `options` and start feeding `session` from the next tick."""
-        self.scheduler._ops.append(("open", self.slot, options or SlotOptions()))
-        self.scheduler._sessions[self.slot] = session
+    def attach(
+        self,
+        session: FrameSource,
+        options: SlotOptions | None = None,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        """Open the engine slot with `options` and feed `session` from the next tick; with `on_ready`,
+        hold it until the slot is open, call `on_ready`, and feed it from its first whole frame."""
+        scheduler = self.scheduler
+        scheduler._ops.append(("open", self.slot, (options or SlotOptions(), on_ready is not None)))
+        scheduler._sessions[self.slot] = session
+        if on_ready is not None:
+            scheduler._starting[self.slot] = _Starting(on_ready)
 
     def force_silence(self, silent: bool) -> None:
         if not self.released:
@@ -169,14 +186,14 @@ class SlotHandle:
         """Raise ValueError now (not at the next tick) unless the engine can use this prompt."""
         self.scheduler.engine.check_prompt(instructions, voice)
 
-    def is_ready(self) -> bool:
-        """Whether the frame the session is being handed (in `deliver`) is the engine's answer: the
-        slot was open and past its prompt when that step began, so prompt-feeding frames say False."""
-        return not self.released and self.slot in self.scheduler._ready
-
     def update(self, options: SlotOptions) -> None:
         if not self.released:
             self.scheduler._ops.append(("update", self.slot, options))
+
+    def reset_encoder(self) -> None:
+        """Encode the next input frame as a stream's first (see Engine.reset_encoder), from the next tick."""
+        if not self.released:
+            self.scheduler._ops.append(("reset_encoder", self.slot, None))
 
     def release(self) -> None:
         """Stop feeding the session and free its capacity now; the engine slot is wiped before the next step."""
@@ -184,10 +201,19 @@ class SlotHandle:
             return
         self.released = True
         self.scheduler._sessions.pop(self.slot, None)
+        self.scheduler._starting.pop(self.slot, None)
         # Capacity is free at once: a new session's "open" is queued behind this "close", and the
         # slot is wiped before it opens again.
         self.scheduler._reserved.discard(self.slot)
         self.scheduler._ops.append(("close", self.slot, None))
+
+
+@dataclass
+class _Starting:
+    """A session held until its slot is open (then announced) and its first frame is in (then fed)."""
+
+    on_ready: Callable[[], None]
+    announced_at: float | None = None
 
 
 # -- the clock -----------------------------------------------------------------------------------
@@ -206,20 +232,23 @@ class Scheduler:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         grace_ms: float = 5.0,
         collect_garbage: bool = False,
+        first_audio_wait_s: float = 0.5,
     ):
         """clock and sleep: the wall clock (seconds) and how to wait on it; tests inject a virtual pair.
         collect_garbage: while run() runs, Python's cycle collector runs only between ticks
-        (assistant/frame_gc.py); for a process whose frame clock matters (a server, a live talk)."""
+        (assistant/frame_gc.py); for a process whose frame clock matters (a server, a live talk).
+        first_audio_wait_s: how long an announced session is held for its first frame of input."""
         self.engine = engine
+        self.first_audio_wait_s = first_audio_wait_s
         self.grace_s = grace_ms / 1000.0  # how long a tick waits for input that is just late
         self.period_s = frame_ms / 1000.0
         self.metrics = metrics
         self.clock = clock
         self._sleep = sleep
         self._sessions: dict[int, FrameSource] = {}
+        self._starting: dict[int, _Starting] = {}  # attached sessions not fed yet (see attach)
         self._reserved: set[int] = set()
         self._ops: list[tuple[str, int, Any]] = []
-        self._ready: set[int] = set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-step")
         self._batch = np.zeros((engine.batch_size, engine.frame_samples), dtype=np.float32)
         self._stop = asyncio.Event()
@@ -261,7 +290,11 @@ class Scheduler:
                 if kind == "open":
                     if self.engine.live[slot]:
                         self.engine.close(slot)
-                    self.engine.open(slot, arg)
+                    options, held = arg
+                    if held:
+                        self.engine.open(slot, options, held=True)
+                    else:
+                        self.engine.open(slot, options)
                 elif kind == "close":
                     if self.engine.live[slot]:
                         self.engine.close(slot)
@@ -269,22 +302,49 @@ class Scheduler:
                     self.engine.force_silence(slot, arg)
                 elif kind == "update" and self.engine.live[slot]:
                     self.engine.update(slot, arg)
+                elif kind == "reset_encoder" and self.engine.live[slot]:
+                    self.engine.reset_encoder(slot)
             except Exception:  # one bad slot change must not stop the clock for everyone
                 if raise_errors:
                     raise
                 log.exception("engine %s of slot %d failed", kind, slot)
 
+    def _joined(self) -> dict[int, FrameSource]:
+        """The sessions fed this tick: attached, and not held by `attach(on_ready=...)`."""
+        return {slot: s for slot, s in self._sessions.items() if slot not in self._starting}
+
+    def _start_sessions(self, now: float) -> None:
+        """Announce held sessions whose slot is open, and let in those whose first frame has come."""
+        for slot, starting in list(self._starting.items()):
+            session = self._sessions[slot]
+            try:
+                if not self.engine.live[slot]:
+                    raise RuntimeError("the engine did not open its slot")  # why was logged
+                if starting.announced_at is None:
+                    if not self.engine.is_ready(slot):
+                        continue  # its prompt is still going in
+                    starting.announced_at = now
+                    starting.on_ready()
+                waited = now - starting.announced_at
+                if getattr(session, "frames_queued", lambda: 1)() < 1 and waited < self.first_audio_wait_s:
+                    continue
+                self.engine.start(slot)
+            except Exception:
+                log.exception("the start of the session in slot %d failed; ending it", slot)
+                session.end("internal_error")
+            self._starting.pop(slot, None)
+
     def _gather(self) -> tuple[dict[int, FrameSource], np.ndarray] | None:
-        """Slot changes, limits, then one input frame per live session (None when none is live)."""
+        """Slot changes, limits, held sessions, then one input frame per fed session (None when no
+        session is attached)."""
         self._apply_ops()
         now = self.clock()
         for session in list(self._sessions.values()):
             session.check_limits(now)
+        self._start_sessions(now)
         if not self._sessions:
             return None
-        sessions = dict(self._sessions)
-        # Slots whose output of this step is the engine's answer (open, and no prompt still being fed).
-        self._ready = {slot for slot in sessions if self.engine.is_ready(slot)}
+        sessions = self._joined()
         batch, _ = gather_batch(self._batch, sessions)
         return sessions, batch
 
@@ -293,6 +353,9 @@ class Scheduler:
         if self.metrics:
             self.metrics.observe("step_ms", step_ms)
             self.metrics.inc("session_frames", len(sessions))
+        for slot in out.failed.keys() & self._starting.keys():  # a held session whose prompt failed
+            log.error("slot %d cannot start (%s); ending its session", slot, out.failed[slot])
+            self._sessions[slot].end("internal_error")
         for slot, session in sessions.items():
             # A session that left during the step gets nothing more.
             if self._sessions.get(slot) is not session:
@@ -313,7 +376,7 @@ class Scheduler:
         Returns the step time in ms (nan when no session was live and nothing ran)."""
         if self.grace_s and self._sessions:
             self._apply_ops()
-            if not all(getattr(s, "frame_ready", lambda: True)() for s in self._sessions.values()):
+            if not all(getattr(s, "frame_ready", lambda: True)() for s in self._joined().values()):
                 # A talking user's chunk is a few ms late: wait that long rather than feed the model a gap
                 # (it would also push the user's timeline behind the clock for the rest of the turn).
                 await self._sleep(self.grace_s)

@@ -159,6 +159,10 @@ class Connection:
         self.last_rate_error = -1e9
         self.internal_errors = 0  # messages in a row the server failed to handle
         self.closing: asyncio.Task | None = None
+        # Set when the conversation is announced (SessionReady, from the frame loop) or the connection
+        # closes: until then the client's messages wait unread, so none is handled before the answer
+        # that announces its session, and its first audio is the first the model hears.
+        self.announced = asyncio.Event()
 
     # -- what a protocol adapter provides ------------------------------------------------------
     def handle_message(self, message: str | bytes) -> None:  # pragma: no cover - interface
@@ -201,6 +205,7 @@ class Connection:
     def close(self, code: int, reason: str, *, flush: bool = True) -> None:
         if self.closing is None:
             self.closing = asyncio.create_task(self._close(code, reason, flush))
+            self.announced.set()  # the receive loop stops waiting, and sees the close
 
     async def _close(self, code: int, reason: str, flush: bool) -> None:
         if self.session:
@@ -254,6 +259,9 @@ class Connection:
     async def run(self) -> None:
         try:
             while self.closing is None:
+                if self.session is not None and not self.announced.is_set():
+                    await self.announced.wait()
+                    continue
                 message = await self.next_message()
                 if message is None:
                     break

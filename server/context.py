@@ -64,7 +64,9 @@ class ServerContext:
         emit,
         options: ConversationOptions | None = None,
     ) -> Conversation:
-        """Start a conversation in `slot`; emits SessionReady. Raises ValueError for a bad rate/options."""
+        """Start a conversation in `slot`. It emits SessionReady from the frame loop once the engine
+        slot is open (and its prompt in), and is fed from its first whole frame of input on, so that
+        frame is what the model hears first. Raises ValueError for a bad rate/options."""
         options = options or self.default_options()
         options.vad_config(self.config.vad)  # raises ValueError for bad VAD options before any file is made
         self.check_prompt(options.instructions, options.voice)
@@ -82,10 +84,9 @@ class ServerContext:
             metrics=self.metrics,
             captions=self._caption_job if self.caption_worker is not None else None,
         )
-        slot.attach(session, options.slot_options())
+        slot.attach(session, options.slot_options(), on_ready=session.start)
         self.sessions[session_id] = session
         self.metrics.inc("sessions_total")
-        session.start()
         return session
 
     def _caption_job(self, pcm_24k, start_ms: float, end_ms: float, done) -> None:

@@ -1,7 +1,8 @@
 """`/v1/live/sessions`: the OpenAI Live API (full duplex) adapter on the shared connection base.
 
 A connection takes an engine slot at the handshake (1013 when the server is full) and opens its
-conversation at `session.start`, at the sample rate of the audio format the client chose (the core
+conversation at `session.start` (`session.started` goes out once the engine slot is open; the
+client's events wait until then), at the sample rate of the audio format the client chose (the core
 resamples to and from the model's 24 kHz). JSON text frames go through `LiveConversation.receive`;
 conversation events (audio frames, speech stretches, text pieces, captions, barge-ins, the end) go
 through the matching `LiveConversation` methods; what comes back is sent or carried out. All
@@ -25,6 +26,7 @@ from assistant.conversation import (
     Error,
     Event,
     SessionEnded,
+    SessionReady,
     UserTranscript,
 )
 from server.connection import Connection
@@ -81,8 +83,6 @@ class LiveConnection(Connection):
             self.session = self.ctx.open_session(self.slot, start.sample_rate_hz, self.emit, options)
         except ValueError as exc:
             self.apply(self.conv.start_refused(str(exc)))
-            return
-        self.apply(self.conv.started(self.session.session_id, time.time()))
 
     def send_event(self, event: dict) -> None:
         if event["type"] == "error":
@@ -98,7 +98,10 @@ class LiveConnection(Connection):
     # -- conversation events (event loop thread) -------------------------------------------------
     def emit(self, event: Event) -> None:
         conv = self.conv
-        if isinstance(event, AudioOut):
+        if isinstance(event, SessionReady):  # the slot is open: session.started
+            self.apply(conv.started(self.session.session_id, time.time()))
+            self.announced.set()
+        elif isinstance(event, AudioOut):
             self.apply(conv.output_audio(event.pcm16, event.speaking, event.at_ms))
         elif isinstance(event, AssistantSpeechStarted):
             conv.assistant_started()
@@ -116,7 +119,7 @@ class LiveConnection(Connection):
             if event.reason != "client_disconnected":
                 self.apply(conv.ended(event.reason))
             self.close(CLOSE_NORMAL, event.reason[:120])
-        # SessionReady, SessionUpdated, Stats, PlaybackClear and the VAD's turns have no Live counterpart:
+        # SessionUpdated, Stats, PlaybackClear and the VAD's turns have no Live counterpart:
         # there are no turns, and session.started / the barge_in notice come from the state machine.
 
     # -- client messages -------------------------------------------------------------------------

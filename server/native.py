@@ -41,6 +41,7 @@ class NativeConnection(Connection):
                 self.send(packet)
         elif isinstance(event, SessionReady):
             self.send(protocol.encode_event(event, audio_format=self.audio_format))
+            self.announced.set()
         else:
             self.send(protocol.encode_event(event))
         if isinstance(event, SessionEnded):

@@ -1,6 +1,7 @@
 """`/v1/realtime`: the OpenAI Realtime API (GA) adapter on the shared connection base.
 
-Per connection it opens a conversation at 24 kHz and moves data both ways:
+Per connection it opens a conversation at 24 kHz (`session.created` goes out once its engine slot is
+open; the client's events wait until then) and moves data both ways:
 JSON text frames -> `RealtimeConversation.receive` -> actions on the conversation / server events out;
 conversation events (audio frames, text pieces, VAD turns, captions, end) -> `RealtimeConversation`
 -> events out. All protocol logic lives in server/realtime_protocol.py; this file only does I/O
@@ -28,6 +29,7 @@ from assistant.conversation import (
     InputSpeechStarted,
     InputSpeechStopped,
     SessionEnded,
+    SessionReady,
     UserTranscript,
 )
 from server.connection import Connection
@@ -90,7 +92,6 @@ class RealtimeConnection(Connection):
             captions_model=ctx.captions_model,
             threshold_applies=ctx.config.vad.backend == "silero",
         )
-        self.apply(self.conv.start())
 
     # -- conversation outputs -> socket / session ------------------------------------------------
     def apply(self, outputs: list) -> None:
@@ -153,9 +154,10 @@ class RealtimeConnection(Connection):
     # -- session events (event loop thread) ------------------------------------------------------
     def emit(self, event: Event) -> None:
         conv = self.conv
-        if conv is None:
-            return  # SessionReady during open_session: session.created is sent by Conversation.start
-        if isinstance(event, AudioOut):
+        if isinstance(event, SessionReady):  # the slot is open: session.created
+            self.apply(conv.start())
+            self.announced.set()
+        elif isinstance(event, AudioOut):
             self.apply(conv.output_audio(event.pcm16, event.speaking))
         elif isinstance(event, AssistantSpeechStarted):
             self.apply(conv.assistant_started())
@@ -177,7 +179,7 @@ class RealtimeConnection(Connection):
             if event.reason not in ("client_disconnected", "client_ended"):
                 self.send_event(conv.error(_end_error(event.reason)))
             self.close(CLOSE_NORMAL, event.reason[:120])
-        # SessionReady/SessionUpdated/Stats/PlaybackClear have no Realtime counterpart: speech_started and
+        # SessionUpdated/Stats/PlaybackClear have no Realtime counterpart: speech_started and
         # response.done (cancelled) tell the client to stop playback.
 
     # -- client messages -------------------------------------------------------------------------
