@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from moshi_fixtures import (
+    kyutai_reference,
     random_moshi,
     tiny_kyutai_kwargs,
     train_tiny_spm,
@@ -169,24 +170,11 @@ def test_factory_builds_moshi_and_bad_options_are_refused(kyutai_dir):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # moshi's own torch.jit use
 def test_greedy_engine_equals_kyutais_mimi_and_lmgen_on_the_same_audio(kyutai_dir):
     """Same Kyutai-layout files, same audio: Kyutai's own Mimi + LMGen against our engine, greedy."""
-    import json
-
-    loaders = pytest.importorskip(
+    pytest.importorskip(
         "moshi.models.loaders",
         reason="Kyutai's moshi package is not installed (pip install --no-deps moshi==0.2.13 einops)",
     )
-    lm_module = pytest.importorskip("moshi.models.lm")
-    from safetensors.torch import load_file
-
-    config = json.loads((kyutai_dir / "config.json").read_text())
-    mimi_kwargs = json.loads((kyutai_dir / config.pop("mimi_config_name")).read_text())
-    mimi = loaders.get_mimi(
-        str(kyutai_dir / "tokenizer-e351c8d8-checkpoint125.safetensors"), mimi_kwargs, num_codebooks=8
-    )
-    lm = lm_module.LMModel(device="cpu", dtype=torch.float32, **config)
-    lm.load_state_dict(load_file(str(kyutai_dir / "model.safetensors")), strict=True)
-    lm.eval()
-    reference = lm_module.LMGen(lm, use_sampling=False, temp=0.0, temp_text=0.0)
+    mimi, reference = kyutai_reference(kyutai_dir)
 
     audio = user_audio(8, seed=12)
     engine = MoshiEngine.from_pretrained(str(kyutai_dir), batch_size=1, device="cpu")
@@ -238,24 +226,11 @@ def test_a_held_slot_is_not_stepped_until_started_then_answers_as_if_opened_then
 def test_an_encoder_reset_after_the_first_frame_is_kyutais_servers_skip(kyutai_dir):
     """Kyutai's server steps the model on the first frame, then resets Mimi's streaming state, so the
     second frame is encoded as a stream's first: `reset_encoder` after step 0 gives the same tokens."""
-    import json
-
-    loaders = pytest.importorskip(
+    pytest.importorskip(
         "moshi.models.loaders",
         reason="Kyutai's moshi package is not installed (pip install --no-deps moshi==0.2.13 einops)",
     )
-    lm_module = pytest.importorskip("moshi.models.lm")
-    from safetensors.torch import load_file
-
-    config = json.loads((kyutai_dir / "config.json").read_text())
-    mimi_kwargs = json.loads((kyutai_dir / config.pop("mimi_config_name")).read_text())
-    mimi = loaders.get_mimi(
-        str(kyutai_dir / "tokenizer-e351c8d8-checkpoint125.safetensors"), mimi_kwargs, num_codebooks=8
-    )
-    lm = lm_module.LMModel(device="cpu", dtype=torch.float32, **config)
-    lm.load_state_dict(load_file(str(kyutai_dir / "model.safetensors")), strict=True)
-    lm.eval()
-    reference = lm_module.LMGen(lm, use_sampling=False, temp=0.0, temp_text=0.0)
+    mimi, reference = kyutai_reference(kyutai_dir)
     audio = user_audio(8, seed=13)
     engine = MoshiEngine.from_pretrained(str(kyutai_dir), batch_size=1, device="cpu")
     engine.open(0, SlotOptions(seed=1, temperature=0.0, text_temperature=0.0))
