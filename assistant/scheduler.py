@@ -254,6 +254,7 @@ class Scheduler:
         self._stop = asyncio.Event()
         self.ticks = 0
         self.skipped = 0
+        self.skipped_at_once = 0  # the most ticks one stall cost: the longest gap was this + 1 periods
         self.tick_log = TickLog()
         self.gc = FrameGarbageCollector() if collect_garbage else None
 
@@ -418,6 +419,7 @@ class Scheduler:
                 tick = clock.next_tick(self.clock())
                 if tick.skipped:
                     self.skipped += tick.skipped
+                    self.skipped_at_once = max(self.skipped_at_once, tick.skipped)
                     if self.metrics:
                         self.metrics.inc("skipped_ticks", tick.skipped)
                 wait = tick.deadline - self.clock()
@@ -458,6 +460,7 @@ class Scheduler:
         return {
             "ticks": int(rows.shape[0]),
             "skipped": self.skipped,
+            "skipped_at_once": self.skipped_at_once,
             "late_ms": pct(rows[:, 0]),
             "step_ms": pct(rows[:, 1]),
             "max_live": int(rows[:, 2].max()) if rows.size else 0,

@@ -326,6 +326,7 @@ async def test_run_keeps_12_5_hz_and_skips_ticks_when_a_step_overruns():
     assert np.median(intervals) == pytest.approx(0.08, abs=0.01)
     slow = np.diff(starts[starts > starts[0] + 1.25])
     assert sched.skipped >= 3
+    assert sched.clock_stats()["skipped_at_once"] == 2  # a 200 ms step costs the two ticks it covers
     # No burst after an overrun: the next step waits for a fresh deadline (3 periods = 240 ms after
     # the last start) instead of starting the moment the 200 ms step returns.
     assert slow.min() >= 0.23
