@@ -55,7 +55,6 @@ def server(tmp_path_factory):
     with start_server(
         "--backend", "moshi", "--model", str(model_dir), "--device", "cpu", "--max-sessions", "1",
         "--temperature", "0", "--text-temperature", "0", "--record", str(records),
-        startup_timeout_s=120,
     ) as address:  # fmt: skip
         yield address, records, model_dir
 
