@@ -254,7 +254,7 @@ class Scheduler:
         self._stop = asyncio.Event()
         self.ticks = 0
         self.skipped = 0
-        self.skipped_at_once = 0  # the most ticks one stall cost: the longest gap was this + 1 periods
+        self.skipped_at_once = 0  # the most ticks one stall cost live sessions: a gap of this + 1 periods
         self.tick_log = TickLog()
         self.gc = FrameGarbageCollector() if collect_garbage else None
 
@@ -419,7 +419,8 @@ class Scheduler:
                 tick = clock.next_tick(self.clock())
                 if tick.skipped:
                     self.skipped += tick.skipped
-                    self.skipped_at_once = max(self.skipped_at_once, tick.skipped)
+                    if self._sessions:  # a stall while nobody is served (a model loading) costs nobody
+                        self.skipped_at_once = max(self.skipped_at_once, tick.skipped)
                     if self.metrics:
                         self.metrics.inc("skipped_ticks", tick.skipped)
                 wait = tick.deadline - self.clock()

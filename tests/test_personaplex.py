@@ -23,6 +23,8 @@ from assistant.backends.moshi import MoshiEngine
 from assistant.engine import SlotOptions
 from assistant.moshi.prompts import PromptError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 DATA = Path(__file__).parent / "data" / "personaplex_tiny"
 REFERENCE = json.loads((DATA / "reference.json").read_text())
 ROLE = REFERENCE["role"]
@@ -204,7 +206,11 @@ def test_four_slots_with_different_prompts_opening_at_different_frames_each_equa
     consumed: list[list[np.ndarray]] = [[] for _ in prompts]
     outputs: list[list[tuple[np.ndarray, str]]] = [[] for _ in prompts]
     waited = [0] * len(prompts)
-    for tick in range(len(user) + 8):
+    # A prompt joining live conversations goes in at 4 to 8 positions a tick, as the frame's spare time
+    # allows (on a busy CPU, 4): go on until every slot has answered a dozen frames.
+    tick = 0
+    while min(map(len, outputs)) < 12:
+        assert tick < 200, [len(o) for o in outputs]
         for slot, at in enumerate(opened_at):
             if tick == at:
                 batched.open(slot, prompts[slot])
@@ -221,11 +227,12 @@ def test_four_slots_with_different_prompts_opening_at_different_frames_each_equa
         for slot in range(4):
             if ready[slot]:
                 outputs[slot].append((out.pcm_out[slot].copy(), out.text[slot]))
+        tick += 1
     assert max(waited) > 0, "a prompt joining live conversations should have been spread over ticks"
-    assert [len(c) for c in consumed] == [len(o) for o in outputs] and min(map(len, outputs)) > 10
+    assert [len(c) for c in consumed] == [len(o) for o in outputs]
     for slot, options in enumerate(prompts):
         solo = opened(engine(), options)
-        for frame, (pcm, text) in zip(consumed[slot], outputs[slot], strict=True):
+        for frame, (pcm, text) in zip(consumed[slot][:12], outputs[slot][:12], strict=True):
             step = solo.step(frame[None])
             assert step.text[0] == text
             np.testing.assert_allclose(step.pcm_out[0], pcm, atol=1e-4)

@@ -13,11 +13,12 @@ lateness (a client that stalls sends its audio in a burst, which then waits in t
 from __future__ import annotations
 
 import asyncio
+import json
 
 import numpy as np
 import pytest
 from audio_utils import load_wav
-from server_utils import NativeClient, start_server
+from server_utils import NativeClient, http_get, start_server
 from websockets.asyncio.client import connect
 
 CLIENTS = 8
@@ -83,11 +84,11 @@ async def test_eight_clients_converse_in_real_time():
         clears.append(t_clear - t_interrupt)
         ((_, barge),) = client.of("barge_in")
         cuts.append(barge["at_ms"] - interrupt_onset * 1000 / rate)
-        # Each turn's reply: the user's audio the engine had heard at its first frame, past the end
-        # of the turn and the VAD's silence.
-        starts = [e for _, e in client.of("assistant.speech_started")]
-        for _, stop in stops:
-            reply = next(e for e in starts if e["input_ms"] > stop["at_ms"])
+        # Each turn's reply (the first stretch the server announced after the turn's end): the user's
+        # audio the engine had heard at its first frame, past the end of the turn and the VAD's silence.
+        for t_stop, stop in stops:
+            after = client.events[client.events.index((t_stop, stop)) :]
+            reply = next(e for _, e in after if e["type"] == "assistant.speech_started")
             answers.append(reply["input_ms"] - stop["at_ms"] - END_OF_TURN_SILENCE_MS)
         if policy == "vad":
             t_user_stop = stops[1][0]
@@ -125,6 +126,13 @@ async def test_captions_of_the_users_turn_arrive_off_the_hot_path():
     q1, rate = load_wav("q1.wav")
     pcm16 = (np.concatenate([q1, np.zeros(int(1.0 * rate), np.float32)]) * 32767).astype("<i2")
     with start_server("--backend", "scripted", "--captions", "auto") as address:
+        # The model loads on the caption thread while the server listens (parsing its tokenizer holds
+        # the GIL for a moment); this test is about the captions made once it is there.
+        for _ in range(1200):
+            health = json.loads((await asyncio.to_thread(http_get, address, "/healthz"))[2])
+            if health["captions"]["ready"]:
+                break
+            await asyncio.sleep(0.1)
         async with connect(address.ws_url) as ws:
             client = NativeClient(ws)
             ready = await client.start(24000, captions=True)
