@@ -272,3 +272,10 @@ def http_get(
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
         conn.close()
+
+
+def metric(address: ServerAddress, name: str) -> float:
+    """One counter of the server's /metrics, e.g. `assistant_skipped_ticks_total` (ticks a busy CPU or
+    a slow step made the frame clock skip: they sent no frame to anyone)."""
+    _, _, body = http_get(address, "/metrics")
+    return float(next(line.split()[1] for line in body.decode().splitlines() if line.startswith(name + " ")))

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from moshi_client import MoshiChatClient, read_clip, silence, voiced
-from server_utils import http_get, start_server
+from server_utils import http_get, metric, start_server
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -38,6 +38,7 @@ TOKEN = "chat-token"
 REPLY = load_reply()  # what the scripted backend says, and its words
 Q1_SPEECH_END_S = 3.87  # the last voiced sample of q1.wav
 END_OF_TURN_S = 0.5  # the server's VAD min_silence_ms
+SKIPPED = "assistant_skipped_ticks_total"
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +79,6 @@ def first_voiced_s(pcm: np.ndarray) -> float:
     return blocks[0] * 240 / SAMPLE_RATE_HZ
 
 
-async def skipped_ticks(address) -> float:
-    """Frame-clock ticks the server has skipped so far (a step or the CPU ran late), from /metrics."""
-    _, _, body = await asyncio.to_thread(http_get, address, "/metrics")
-    lines = body.decode().splitlines()
-    return float(next(line.split()[1] for line in lines if line.startswith("assistant_skipped_ticks_total")))
-
-
 # -- clients built as Kyutai's ---------------------------------------------------------------------
 
 
@@ -102,7 +96,7 @@ async def test_eight_kyutai_style_clients_at_once_each_hear_the_reply_and_its_cu
     gap_s = 1.3  # the reply starts about 0.5 s into it; the user cuts in at its end
     cut_at_s = q1.size / SAMPLE_RATE_HZ + gap_s
     user = np.concatenate([q1, silence(gap_s), interrupt[: round(3.05 * SAMPLE_RATE_HZ)]])
-    skipped_before = await skipped_ticks(chat_server)
+    skipped_before = metric(chat_server, SKIPPED)
     sessions = [asyncio.create_task(converse(chat_url(chat_server), user)) for _ in range(8)]
     await asyncio.sleep(1.0)
     # Eight is this server's --max-sessions: a ninth is told to come back later, the eight go on.
@@ -111,7 +105,7 @@ async def test_eight_kyutai_style_clients_at_once_each_hear_the_reply_and_its_cu
             await asyncio.wait_for(ws.recv(), 5)
     assert refused.value.rcvd.code == 1013 and "server full" in refused.value.rcvd.reason
     clients = await asyncio.gather(*sessions)
-    skipped_s = (await skipped_ticks(chat_server) - skipped_before) * FRAME_SAMPLES / SAMPLE_RATE_HZ
+    skipped_s = (metric(chat_server, SKIPPED) - skipped_before) * FRAME_SAMPLES / SAMPLE_RATE_HZ
     for client in clients:
         assert client.errors == [] and client.other == []
         assert client.audio[0][0] >= client.handshake_at  # the handshake came first
