@@ -292,10 +292,7 @@ class Scheduler:
                     if self.engine.live[slot]:
                         self.engine.close(slot)
                     options, held = arg
-                    if held:
-                        self.engine.open(slot, options, held=True)
-                    else:
-                        self.engine.open(slot, options)
+                    self.engine.open(slot, options, held=held)
                 elif kind == "close":
                     if self.engine.live[slot]:
                         self.engine.close(slot)
