@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from assistant.images import ImagesNotSupported, PreparedImage
 from audio.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE_HZ
 
 __all__ = [
@@ -73,11 +74,6 @@ class Engine:
         self.held = np.zeros(batch_size, dtype=bool)  # open, its prompt fed, but not stepped yet
 
     # -- slots -------------------------------------------------------------------------
-    def free_slot(self) -> int | None:
-        """Index of a closed slot, or None when every slot is taken."""
-        free = np.flatnonzero(~self.live)
-        return int(free[0]) if free.size else None
-
     def open(self, slot: int, options: SlotOptions | None = None, held: bool = False) -> None:
         """Start a new conversation in `slot` from a clean state.
 
@@ -140,6 +136,31 @@ class Engine:
     def finish_prompts(self) -> None:
         """Feed every pending prompt now, however long it takes (offline runs, which keep no clock)."""
 
+    # -- images ------------------------------------------------------------------------------
+    @property
+    def takes_images(self) -> bool:
+        """Whether this engine sees images (MoshiVis-family models)."""
+        return False
+
+    def check_image(self, data: bytes) -> PreparedImage:
+        """Validate image bytes (JPEG, PNG, WebP) and prepare them for this model.
+
+        Any thread may call it (it changes nothing); raises an `assistant.images.ImageError` subclass."""
+        raise self._no_images()
+
+    def set_image(self, slot: int, image: PreparedImage | None, *, start_frame: int | None = None) -> None:
+        """Show `image` (from `check_image`) to the conversation in `slot`; None removes its image.
+
+        start_frame: the step of the conversation from which the image counts at the earliest
+        (None: the engine's default). An image replaces the previous one once encoded."""
+        self._check_slot(slot)
+        if image is not None:
+            raise self._no_images()
+
+    def image_status(self, slot: int) -> str:
+        """ "none", "encoding" (a new image is being encoded) or "set" (the slot has an image)."""
+        return "none"
+
     def is_ready(self, slot: int) -> bool:
         """False while an open slot's prompt is still being fed to the model (its output is silence)."""
         return bool(self.live[slot])
@@ -167,6 +188,12 @@ class Engine:
 
     def _reset_slot(self, slot: int, options: SlotOptions) -> None:
         raise NotImplementedError
+
+    def _no_images(self) -> ImagesNotSupported:
+        return ImagesNotSupported(
+            f"this model ({self.model_name or self.name}) does not take images; they need a vision "
+            "checkpoint such as moshika-vis (see `assistant models`)"
+        )
 
     def _check_slot(self, slot: int) -> None:
         if not 0 <= slot < self.batch_size:

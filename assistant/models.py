@@ -1,6 +1,6 @@
 """`assistant models`: list the known checkpoints (and which are cached here), download one.
 
-    assistant models                     # table: name, repo, size, licence, layout, prompts, cached
+    assistant models                     # table: name, repo, size, licence, layout, prompts, images, cached
     assistant models --json              # the same for scripts
     assistant models download personaplex
 
@@ -57,6 +57,7 @@ def _as_json(checkpoint: KnownCheckpoint, status: CacheStatus) -> dict:
         "licence": checkpoint.licence,
         "layout": checkpoint.layout,
         "takes_prompts": checkpoint.takes_prompts,
+        "takes_images": checkpoint.takes_images,
         "gated": checkpoint.gated,
         "files": list(checkpoint.files),
         "cached": status.cached,
@@ -72,7 +73,7 @@ def _cached_cell(status: CacheStatus) -> str:
 
 
 def _table(rows: list[tuple[KnownCheckpoint, CacheStatus]]) -> str:
-    header = ("NAME", "REPO", "SIZE", "LICENCE", "LAYOUT", "PROMPTS", "CACHED")
+    header = ("NAME", "REPO", "SIZE", "LICENCE", "LAYOUT", "PROMPTS", "IMAGES", "CACHED")
     body = [
         (
             c.name,
@@ -81,6 +82,7 @@ def _table(rows: list[tuple[KnownCheckpoint, CacheStatus]]) -> str:
             c.licence,
             c.layout,
             "yes" if c.takes_prompts else "no",
+            "yes" if c.takes_images else "no",
             _cached_cell(s),
         )
         for c, s in rows

@@ -9,7 +9,7 @@ clock. Output frame i is what the assistant said while hearing input frame i.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,12 +18,14 @@ from assistant.conversation import (
     AssistantText,
     AudioOut,
     Conversation,
+    ConversationEvent,
     ConversationLimits,
     ConversationOptions,
     Event,
 )
 from assistant.engine import Engine
-from assistant.scheduler import OfflineClock, Scheduler
+from assistant.images import PreparedImage
+from assistant.scheduler import OfflineClock, Scheduler, SlotHandle
 from audio.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE_HZ
 
 
@@ -58,13 +60,21 @@ def run_offline(
     tail_seconds: float = 0.0,
     on_frame: Callable[[int], None] | None = None,
     recorder=None,
+    images: Mapping[int, PreparedImage | None] | None = None,
 ) -> OfflineResult:
     """One conversation over a recording (float32 (n,) at 24 kHz) on a free slot of `engine`.
 
     recorder: a sink for the conversation's log and audio (`log(record)`, `write(user, assistant)`,
-    `close()`), as `assistant serve --record` uses."""
+    `close()`), as `assistant serve --record` uses. images: frame index -> the image shown to the
+    model just before that frame (None removes it); see `run_offline_batch`."""
     return run_offline_batch(
-        engine, [user], options=options, tail_seconds=tail_seconds, on_frame=on_frame, recorders=[recorder]
+        engine,
+        [user],
+        options=options,
+        tail_seconds=tail_seconds,
+        on_frame=on_frame,
+        recorders=[recorder],
+        images=[images or {}],
     )[0]
 
 
@@ -74,16 +84,21 @@ class _Run:
 
     frames: np.ndarray  # float32 (n_frames, 1920)
     assistant: np.ndarray  # float32 (n_frames, 1920)
+    slot: SlotHandle
     events: list[Event] = field(default_factory=list)
     heard: int = 0
     conversation: Conversation | None = None
+    images: Mapping[int, PreparedImage | None] = field(default_factory=dict)
 
-    def emit(self, event: Event) -> None:
-        if isinstance(event, AudioOut):
-            self.assistant[self.heard] = event.pcm
-            self.heard += 1
-        else:
-            self.events.append(event)
+    def apply(self, events: list[ConversationEvent]) -> None:
+        """Carry out what the conversation returned: engine requests to the slot, the rest collected."""
+        for event in events:
+            self.slot.carry_out(event)
+            if isinstance(event, AudioOut):
+                self.assistant[self.heard] = event.pcm
+                self.heard += 1
+            elif isinstance(event, Event):  # no CaptionUtterance comes: there is no captioner offline
+                self.events.append(event)
 
 
 def run_offline_batch(
@@ -94,6 +109,7 @@ def run_offline_batch(
     tail_seconds: float = 0.0,
     on_frame: Callable[[int], None] | None = None,
     recorders: Sequence | None = None,
+    images: Sequence[Mapping[int, PreparedImage | None]] | None = None,
 ) -> list[OfflineResult]:
     """Several recordings at once, one conversation per engine slot, all in the same batched steps.
 
@@ -101,11 +117,16 @@ def run_offline_batch(
     frees its slot while the longer ones go on, so every result is the one `run_offline` would give
     it alone on a backend whose rows are independent. Faster than one at a time wherever a batched
     step costs less than its rows (a GPU). on_frame(i) is called after step i of the batch.
+
+    images: per recording, frame index -> an image (`engine.check_image`) shown to its conversation
+    just before that frame, or None to remove it. With no clock to keep it is encoded at once, so
+    it counts from that frame on (not before the engine's image start frame).
     """
     if not users:
         return []
     options = options or ConversationOptions()
     recorders = list(recorders) if recorders is not None else [None] * len(users)
+    images = list(images) if images is not None else [{}] * len(users)
     if len(recorders) != len(users):
         raise ValueError(f"{len(users)} recordings but {len(recorders)} recorders")
     clock = OfflineClock(FRAME_MS / 1000.0)
@@ -120,21 +141,19 @@ def run_offline_batch(
             raise RuntimeError("the engine has no free slot")
         raise RuntimeError(f"{len(users)} recordings but the engine has only {engine.batch_size} slots")
     runs = []
-    for k, (user, slot, recorder) in enumerate(zip(users, slots, recorders, strict=True)):
+    for k, (user, slot, recorder, shown) in enumerate(zip(users, slots, recorders, images, strict=True)):
         frames = frames_for(np.asarray(user, dtype=np.float32), tail_seconds)
-        run = _Run(frames, np.zeros_like(frames))
+        run = _Run(frames, np.zeros_like(frames), slot, images=shown)
         run.conversation = Conversation(
             "offline" if len(users) == 1 else f"offline-{k}",
             SAMPLE_RATE_HZ,
-            run.emit,
             options=options,
             limits=ConversationLimits(idle_timeout_s=None, max_session_s=None),
-            slot=slot,
             recorder=recorder,
             clock=clock,
             input_clock=True,
         )
-        slot.attach(run.conversation, options.slot_options())
+        slot.attach(run.conversation, options.slot_options(), run.apply)
         runs.append(run)
     try:
         scheduler.apply_slot_changes(raise_errors=True)  # bad sampling options fail here, not silently
@@ -145,13 +164,14 @@ def run_offline_batch(
         scheduler.shutdown()
         raise
     for run in runs:
-        run.conversation.start()
+        run.apply(run.conversation.start())
     try:
         for i in range(max(len(run.frames) for run in runs)):
             clock.advance()  # the frame is complete at the end of its 80 ms
             live = [(k, run) for k, run in enumerate(runs) if i < len(run.frames)]
             for _, run in live:
-                run.conversation.push_samples(run.frames[i])
+                run.apply(run.conversation.push_samples(run.frames[i]))
+            _show_images(engine, scheduler, [run for _, run in live], i)
             scheduler.step_now()
             if on_frame is not None:
                 on_frame(i)
@@ -162,10 +182,20 @@ def run_offline_batch(
                         f"{which}the conversation stopped at frame {i}: {run.conversation.ended}"
                     )
                 if i == len(run.frames) - 1:
-                    run.conversation.end("input_ended")  # frees its slot; the longer recordings go on
+                    run.apply(run.conversation.end("input_ended"))  # frees its slot; the longer ones go on
     finally:
         for run in runs:
-            run.conversation.end("input_ended")  # no-op when it already ended
+            run.apply(run.conversation.end("input_ended"))  # nothing when it already ended
         scheduler.apply_slot_changes()
         scheduler.shutdown()
     return [OfflineResult(run.frames.reshape(-1), run.assistant.reshape(-1), run.events) for run in runs]
+
+
+def _show_images(engine: Engine, scheduler: Scheduler, runs: list[_Run], frame: int) -> None:
+    """Hand the conversations the images due at `frame` and encode them now, before its step."""
+    due = [run for run in runs if frame in run.images]
+    for run in due:
+        run.slot.set_image(run.images[frame])
+    if due:
+        scheduler.apply_slot_changes(raise_errors=True)
+        engine.finish_prompts()

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.backends import BACKENDS
 from assistant.conversation import ConversationOptions
+from assistant.engine_args import add_engine_arguments, engine_kwargs
 from assistant.offline import frames_for, run_offline
 from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
 
@@ -27,17 +27,7 @@ __all__ = ["add_arguments", "frames_for", "read_user_audio", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="moshi",
-        help="engine backend (default moshi; scripted and silence need no weights)",
-    )
-    parser.add_argument(
-        "--model",
-        help="Moshi checkpoint: HF repo id or local dir (Kyutai or HF layout); "
-        "required with the moshi backend",
-    )
+    add_engine_arguments(parser)
     parser.add_argument(
         "--input", required=True, type=Path, help="the user's speech, a WAV file at any sample rate"
     )
@@ -72,14 +62,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="voice: a preset of the model (e.g. NATF2) or a .wav / .pt file (PersonaPlex-family models)",
     )
     parser.add_argument(
+        "--image",
+        type=Path,
+        help="a JPEG, PNG or WebP the model sees during the call (MoshiVis-family models)",
+    )
+    parser.add_argument(
+        "--image-at",
+        type=float,
+        default=0.0,
+        help="seconds into the input at which the image is shown (default 0: before the call; it "
+        "counts from 1.28 s at the earliest, as in Kyutai's MoshiVis client)",
+    )
+    parser.add_argument(
         "--tail-seconds",
         type=float,
         default=5.0,
         help="seconds of silence fed after the input so the assistant can answer (default 5)",
-    )
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument(
-        "--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)"
     )
 
 
@@ -134,12 +132,6 @@ def run(args: argparse.Namespace) -> int:
 
     from assistant.backends import build_engine
 
-    if args.backend == "moshi" and not args.model:
-        print(
-            "respond: the moshi backend needs --model (a checkpoint dir or Hugging Face repo id)",
-            file=sys.stderr,
-        )
-        return 2
     if not args.input.is_file():
         print(f"respond: input file {args.input} does not exist", file=sys.stderr)
         return 2
@@ -153,13 +145,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         options = conversation_options(args)
-        engine_options = (
-            {"model": args.model, "device": args.device, "dtype": args.dtype}
-            if args.backend == "moshi"
-            else {}
-        )
-        engine = build_engine(args.backend, batch_size=1, **engine_options)
+        engine = build_engine(args.backend, batch_size=1, **engine_kwargs(args))
         engine.check_prompt(options.instructions, options.voice)
+        images = _images(engine, args)
     except (ValueError, OSError) as exc:  # bad checkpoint, device or option: the message says what to fix
         print(f"respond: {exc}", file=sys.stderr)
         return 2
@@ -175,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
                 tail_seconds=args.tail_seconds,
                 on_frame=lambda i: advance(),
                 recorder=EventLog(args.events_output) if args.events_output else None,
+                images=images,
             )
         except (ValueError, RuntimeError) as exc:  # a refused option, or the engine failed mid-way
             print(f"respond: {exc}", file=sys.stderr)
@@ -194,6 +183,18 @@ def run(args: argparse.Namespace) -> int:
         f"({elapsed:.2f} s of compute for {audio_seconds:.2f} s of audio)"
     )
     return 0
+
+
+def _images(engine, args: argparse.Namespace) -> dict:
+    """--image / --image-at as run_offline's images: {frame index: the prepared image}."""
+    if args.image is None:
+        if args.image_at:
+            raise ValueError("--image-at needs --image")
+        return {}
+    if not args.image_at >= 0:
+        raise ValueError(f"--image-at must be >= 0 seconds, got {args.image_at}")
+    image = engine.check_image(args.image.read_bytes())  # ImageError is a ValueError: a clear message
+    return {round(args.image_at * SAMPLE_RATE_HZ / FRAME_SAMPLES): image}
 
 
 class _progress:

@@ -1,7 +1,7 @@
 """The 12.5 Hz frame clock: one batched engine step per 80 ms for every live session.
 
 Each tick (absolute wall-clock deadlines start + k * 80 ms, so no drift accumulates):
-  1. apply queued slot changes (open, close, force_silence, update) while no step is running,
+  1. apply queued slot changes (open, close, force_silence, update, image) while no step is running,
   2. take one input frame from every live session (silence on underrun; the session counts it);
      if a session's input is just short of a frame, wait a few ms (grace_ms) once before that,
   3. run `engine.step` on the whole batch in a worker thread (the event loop stays free),
@@ -15,15 +15,19 @@ This is the only frame loop. Three clocks drive it:
 - offline (`respond`, evaluation): `step_now()` once per frame of a recording, in this thread,
   with an `OfflineClock` that advances 80 ms per frame.
 
-A session that must announce itself to a client (the server's) is attached with `on_ready`: the
-frame loop opens its slot held, calls `on_ready` once the slot is open (and its prompt, if any, is
-in), and starts stepping it at the first tick that has a whole frame of its input, so the model's
-first step for it hears the client's first audio however late that comes after the announcement
-(or at `first_audio_wait_s` after it, for a client that listens first).
+A session that must announce itself to a client (the server's) is attached with `announce`: the
+frame loop opens its slot held, calls its `start()` once the slot is open (and its prompt, if any,
+is in) and hands the events to its host, and starts stepping it at the first tick that has a whole
+frame of its input, so the model's first step for it hears the client's first audio however late
+that comes after the announcement (or at `first_audio_wait_s` after it, for a client that listens
+first).
 
 The policy parts (`FrameClock`, `gather_batch`) are pure and tested without threads or sockets.
 A session is anything with `take_frame() -> float32 (1920,) | None`, `deliver(pcm, text,
-speaking, step_ms)` and `check_limits(now)` (assistant/conversation's Conversation).
+speaking, step_ms)`, `check_limits(now)` and `end(reason)` (assistant/conversation's
+Conversation). The last three return the session's events; the loop hands them, as soon as the
+call has returned, to the host that attached the session (`SlotHandle.attach(session, options,
+host)`), which carries them out as it does the events of its own calls.
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from assistant.conversation.events import SessionEnded, SetEngineOptions, SetEngineSilent
 from assistant.engine import Engine, SlotOptions, StepOutput
 from assistant.frame_gc import FrameGarbageCollector
+from assistant.images import PreparedImage
 from audio.frames import FRAME_MS
 
 log = logging.getLogger(__name__)
@@ -74,13 +80,18 @@ class FrameSource(Protocol):
 
     def frames_queued(self) -> int: ...  # optional: whole frames of input waiting (0 holds a new session)
 
+    def start(self) -> list: ...  # called once its slot is open, for a session attached with announce
+
     def take_frame(self) -> np.ndarray | None: ...
 
-    def deliver(self, pcm: np.ndarray, text: str, speaking: bool, step_ms: float) -> None: ...
+    def deliver(self, pcm: np.ndarray, text: str, speaking: bool, step_ms: float) -> list: ...
 
-    def check_limits(self, now: float) -> None: ...
+    def check_limits(self, now: float) -> list: ...
 
-    def end(self, reason: str) -> None: ...
+    def end(self, reason: str) -> list: ...
+
+
+Host = Callable[[list], None]  # carries out a session's events (the list a FrameSource call returned)
 
 
 # -- pure policy ---------------------------------------------------------------------------------
@@ -168,15 +179,30 @@ class SlotHandle:
         self,
         session: FrameSource,
         options: SlotOptions | None = None,
-        on_ready: Callable[[], None] | None = None,
+        host: Host | None = None,
+        *,
+        announce: bool = False,
     ) -> None:
-        """Open the engine slot with `options` and feed `session` from the next tick; with `on_ready`,
-        hold it until the slot is open, call `on_ready`, and feed it from its first whole frame."""
+        """Open the engine slot with `options` and start feeding `session` from the next tick;
+        `host` gets the events of every call the frame loop makes (None: they are dropped).
+        announce: hold the slot until it is open, then call `session.start()` (its events to `host`),
+        and feed the session from its first whole frame of input."""
         scheduler = self.scheduler
-        scheduler._ops.append(("open", self.slot, (options or SlotOptions(), on_ready is not None)))
+        scheduler._ops.append(("open", self.slot, (options or SlotOptions(), announce)))
         scheduler._sessions[self.slot] = session
-        if on_ready is not None:
-            scheduler._starting[self.slot] = _Starting(on_ready)
+        scheduler._hosts[self.slot] = host
+        if announce:
+            scheduler._starting[self.slot] = None
+
+    def carry_out(self, event) -> None:
+        """The slot's part of one event a conversation returned: hold the engine or let it speak, new
+        options, and the slot given back at SessionEnded; nothing for the others."""
+        if isinstance(event, SetEngineSilent):
+            self.force_silence(event.silent)
+        elif isinstance(event, SetEngineOptions):
+            self.update(event.options)
+        elif isinstance(event, SessionEnded):
+            self.release()
 
     def force_silence(self, silent: bool) -> None:
         if not self.released:
@@ -195,25 +221,38 @@ class SlotHandle:
         if not self.released:
             self.scheduler._ops.append(("reset_encoder", self.slot, None))
 
+    @property
+    def takes_images(self) -> bool:
+        return self.scheduler.engine.takes_images
+
+    def check_image(self, data: bytes) -> PreparedImage:
+        """Validate and prepare image bytes on the caller's thread (decoding and resizing take a few
+        ms: call it from a worker thread, not the event loop). Raises an `ImageError` subclass,
+        `ImagesNotSupported` for a model without vision; the session is untouched either way."""
+        return self.scheduler.engine.check_image(data)
+
+    def set_image(self, image: PreparedImage | None, *, start_frame: int | None = None) -> None:
+        """Show the conversation `image` (from `check_image`), or remove its image (None), at the
+        next tick; it is encoded in the following ticks' spare time and counts from the step after."""
+        if not self.released:
+            self.scheduler._ops.append(("image", self.slot, (image, start_frame)))
+
+    def image_status(self) -> str:
+        """ "none", "encoding" or "set" (see `Engine.image_status`)."""
+        return "none" if self.released else self.scheduler.engine.image_status(self.slot)
+
     def release(self) -> None:
         """Stop feeding the session and free its capacity now; the engine slot is wiped before the next step."""
         if self.released:
             return
         self.released = True
         self.scheduler._sessions.pop(self.slot, None)
+        self.scheduler._hosts.pop(self.slot, None)
         self.scheduler._starting.pop(self.slot, None)
         # Capacity is free at once: a new session's "open" is queued behind this "close", and the
         # slot is wiped before it opens again.
         self.scheduler._reserved.discard(self.slot)
         self.scheduler._ops.append(("close", self.slot, None))
-
-
-@dataclass
-class _Starting:
-    """A session held until its slot is open (then announced) and its first frame is in (then fed)."""
-
-    on_ready: Callable[[], None]
-    announced_at: float | None = None
 
 
 # -- the clock -----------------------------------------------------------------------------------
@@ -246,7 +285,9 @@ class Scheduler:
         self.clock = clock
         self._sleep = sleep
         self._sessions: dict[int, FrameSource] = {}
-        self._starting: dict[int, _Starting] = {}  # attached sessions not fed yet (see attach)
+        self._hosts: dict[int, Host | None] = {}
+        # Sessions attached with announce and not fed yet: slot -> when announced (None: not yet).
+        self._starting: dict[int, float | None] = {}
         self._reserved: set[int] = set()
         self._ops: list[tuple[str, int, Any]] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-step")
@@ -302,34 +343,38 @@ class Scheduler:
                     self.engine.update(slot, arg)
                 elif kind == "reset_encoder" and self.engine.live[slot]:
                     self.engine.reset_encoder(slot)
+                elif kind == "image" and self.engine.live[slot]:
+                    self.engine.set_image(slot, arg[0], start_frame=arg[1])
             except Exception:  # one bad slot change must not stop the clock for everyone
                 if raise_errors:
                     raise
                 log.exception("engine %s of slot %d failed", kind, slot)
 
     def _joined(self) -> dict[int, FrameSource]:
-        """The sessions fed this tick: attached, and not held by `attach(on_ready=...)`."""
+        """The sessions fed this tick: attached, and not held by `attach(announce=True)`."""
         return {slot: s for slot, s in self._sessions.items() if slot not in self._starting}
 
     def _start_sessions(self, now: float) -> None:
         """Announce held sessions whose slot is open, and let in those whose first frame has come."""
-        for slot, starting in list(self._starting.items()):
+        for slot, announced_at in list(self._starting.items()):
             session = self._sessions[slot]
             try:
                 if not self.engine.live[slot]:
                     raise RuntimeError("the engine did not open its slot")  # why was logged
-                if starting.announced_at is None:
+                if announced_at is None:
                     if not self.engine.is_ready(slot):
                         continue  # its prompt is still going in
-                    starting.announced_at = now
-                    starting.on_ready()
-                waited = now - starting.announced_at
+                    self._starting[slot] = announced_at = now
+                    self._hand_over(slot, session.start())
+                    if self._sessions.get(slot) is not session:
+                        continue  # its host ended it at the announcement
+                waited = now - announced_at
                 if getattr(session, "frames_queued", lambda: 1)() < 1 and waited < self.first_audio_wait_s:
                     continue
                 self.engine.start(slot)
             except Exception:
                 log.exception("the start of the session in slot %d failed; ending it", slot)
-                session.end("internal_error")
+                self._hand_over(slot, session.end("internal_error"))
             self._starting.pop(slot, None)
 
     def _gather(self) -> tuple[dict[int, FrameSource], np.ndarray] | None:
@@ -337,8 +382,8 @@ class Scheduler:
         session is attached)."""
         self._apply_ops()
         now = self.clock()
-        for session in list(self._sessions.values()):
-            session.check_limits(now)
+        for slot, session in list(self._sessions.items()):
+            self._hand_over(slot, session.check_limits(now))
         self._start_sessions(now)
         if not self._sessions:
             return None
@@ -353,20 +398,27 @@ class Scheduler:
             self.metrics.inc("session_frames", len(sessions))
         for slot in out.failed.keys() & self._starting.keys():  # a held session whose prompt failed
             log.error("slot %d cannot start (%s); ending its session", slot, out.failed[slot])
-            self._sessions[slot].end("internal_error")
+            self._hand_over(slot, self._sessions[slot].end("internal_error"))
         for slot, session in sessions.items():
             # A session that left during the step gets nothing more.
             if self._sessions.get(slot) is not session:
                 continue
             if slot in out.failed:
                 log.error("slot %d cannot go on (%s); ending its session", slot, out.failed[slot])
-                session.end("internal_error")
+                self._hand_over(slot, session.end("internal_error"))
                 continue
             try:
-                session.deliver(out.pcm_out[slot], out.text[slot], bool(out.speaking[slot]), step_ms)
+                events = session.deliver(out.pcm_out[slot], out.text[slot], bool(out.speaking[slot]), step_ms)
+                self._hand_over(slot, events)
             except Exception:
                 log.exception("session in slot %d failed to take its output; ending it", slot)
-                session.end("internal_error")
+                self._hand_over(slot, session.end("internal_error"))
+
+    def _hand_over(self, slot: int, events: list) -> None:
+        """A session's events to its host, right after the call that returned them."""
+        host = self._hosts.get(slot)
+        if host is not None and events:
+            host(events)
 
     async def tick(self) -> float:
         """One frame: apply slot changes, gather, step in the worker thread, dispatch.

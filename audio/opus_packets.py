@@ -3,7 +3,7 @@
 A browser's WebCodecs `AudioEncoder` hands out one such packet per `EncodedAudioChunk` and its
 `AudioDecoder` takes one per chunk, so the wire carries exactly that: one packet per binary message.
 
-PyAV's libopus does the coding. audio/opus.py's `sphn` only reads and writes Ogg streams, and
+PyAV's libopus does the coding. audio/opus_ogg.py's `sphn` only reads and writes Ogg streams, and
 `opuslib` (ctypes over a system libopus) has had no release since 2018 and no wheels; PyAV ships
 libopus in its wheels for Linux and macOS (x86_64 and arm64) and costs the same CPU (it is the same
 libopus). Two things it does that a server must guard against: its decoder always hands out

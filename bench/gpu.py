@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 TRANSFORMERS_MIN = (5, 24)  # MoshiDecoderLayer's `cache=` argument; pyproject pins the same
 MARGIN_P99_MS = 64.0  # 80 ms frame with 20% margin
 CUDA_TEST = "tests/test_moshi_static.py::test_cuda_graph_replay_equals_the_eager_step_on_cuda"
+WHEELS = REPO / "bench" / "gpu-wheels.txt"
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class Plan:
     sessions: tuple[int, ...]
     server_seconds: float
     server_warmup_s: float
-    budget_s: float  # no new point starts past this (the whole run must fit one 10-minute command)
+    budget_s: float  # no new point starts past this (a whole run ends within about 10 minutes)
 
 
 PLANS = {
@@ -116,7 +117,28 @@ class Run:
         (self.out / "gpu-bench.md").write_text(markdown(self.data))
 
 
+def carried() -> list[str]:
+    """The distributions bench/gpu-wheels.txt names: what the run imports besides torch."""
+    lines = (line.split("#")[0].strip() for line in WHEELS.read_text().splitlines())
+    return [line.split("==")[0] for line in lines if line]
+
+
+def missing_packages() -> list[str]:
+    """torch and the packages of bench/gpu-wheels.txt that this Python cannot import."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    missing = []
+    for name in ["torch", *carried()]:
+        try:
+            version(name)
+        except PackageNotFoundError:
+            missing.append(name)
+    return missing
+
+
 def environment() -> dict:
+    from importlib.metadata import version
+
     import torch
     import transformers
 
@@ -125,6 +147,7 @@ def environment() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "packages": {name: version(name) for name in carried()},
         "cuda": torch.version.cuda,
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "gpu_memory_gb": round(torch.cuda.get_device_properties(0).total_memory / 1e9, 1) if cuda else None,
@@ -182,8 +205,8 @@ def engine_point(loaded, batch: int, graphs: bool, quantize: str | None, plan: P
     """One engine of `batch` slots, every slot open, stepped `plan.frames` times: ms per part."""
     import torch
 
-    from assistant.bench_engine import PARTS, bench, build
     from assistant.moshi.graphs import compile_mode
+    from bench.engine import PARTS, bench, build
 
     device = next(loaded.model.parameters()).device
     cuda = device.type == "cuda"
@@ -239,8 +262,8 @@ def measure(run: Run, loaded, stage: str, batch: int, graphs: bool, quantize: st
 def engine_stages(run: Run) -> None:
     import torch
 
-    from assistant.bench_engine import load
     from assistant.moshi.quantize import quantize_moshi, weight_bytes
+    from bench.engine import load
 
     plan = run.plan
     loaded = load(plan.model, plan.device, None)
@@ -281,7 +304,7 @@ def engine_stages(run: Run) -> None:
 
 # -- 4. the real server ----------------------------------------------------------------------------
 def server_stage(run: Run) -> None:
-    from server import bench as server_bench
+    from bench import server as server_bench
 
     plan = run.plan
     parser = argparse.ArgumentParser()
@@ -412,6 +435,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu-bench.json and gpu-bench.md")
     args = parser.parse_args(argv)
     plan = PLANS[args.mode]
+    if missing := missing_packages():
+        print(
+            f"gpu bench: this Python lacks {', '.join(missing)}; torch must be the host's CUDA build, the"
+            " rest come as the wheels of bench/gpu-wheels.txt in .whl/ (see docs/performance.md)",
+            file=sys.stderr,
+        )
+        return 2
 
     import torch
     import transformers

@@ -15,11 +15,12 @@ scored), 2 when nothing could run (bad options, missing data, a model that does 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from assistant.backends import BACKENDS
+from assistant.engine_args import add_engine_arguments, engine_kwargs
 from assistant.eval import pipeline
 from assistant.eval.dataset import FDB_TASKS, TASKS, Sample, SampleError, load_samples, read_sample
 from assistant.eval.results import TaskResult, write_json
@@ -80,19 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _common_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
     parser.add_argument("--out", type=Path, help=out_help)
-    parser.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="moshi",
-        help="engine for output.wav in-process (default moshi)",
-    )
-    parser.add_argument(
-        "--model", help="Moshi checkpoint: HF repo id or local dir; required with the moshi backend"
-    )
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument(
-        "--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)"
-    )
+    add_engine_arguments(parser)  # the engine that makes output.wav in-process (without --server)
     parser.add_argument("--seed", type=int, default=None, help="random seed, for reproducible outputs")
     parser.add_argument(
         "--batch",
@@ -134,7 +123,12 @@ def _duplex_samples(args) -> list[_Group]:
 
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     root = args.scenarios or args.out / "scenarios"
-    folders = scenarios.build(root, kinds, full=args.full)
+    planned, to_make = scenarios.count(root, kinds, full=args.full)
+    stage = pipeline.Stage("scenarios", to_make)
+    try:
+        folders = scenarios.build(root, kinds, full=args.full, on_made=stage.advance)
+    finally:
+        stage.close(skipped=planned - to_make)
     groups = []
     for kind, kind_folders in folders.items():
         group = _Group(KINDS[kind], kind, [])
@@ -158,23 +152,21 @@ def _generator(args, pending: bool) -> pipeline.Generator:
         return lambda samples, on_done: generate_live(
             args.server, samples, concurrency=args.batch, token=args.token, options=prompts, on_done=on_done
         )
-    if pending and args.backend == "moshi" and not args.model:
-        raise UsageError(
-            "the moshi backend needs --model (a checkpoint dir or Hugging Face repo id), or use --server"
-        )
+    if pending:
+        try:
+            engine_kwargs(args)  # options that cannot apply are refused before any work starts
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
 
     def in_process(samples, on_done) -> None:
         from assistant.backends import build_engine
         from assistant.conversation import ConversationOptions
         from assistant.eval.generate import generate_in_process
 
-        options = (
-            {"model": args.model, "device": args.device, "dtype": args.dtype}
-            if args.backend == "moshi"
-            else {}
-        )
         try:
-            engine = build_engine(args.backend, batch_size=min(args.batch, len(samples)), **options)
+            engine = build_engine(
+                args.backend, batch_size=min(args.batch, len(samples)), **engine_kwargs(args)
+            )
             engine.check_prompt(args.instructions, args.voice)
         except (ValueError, OSError) as exc:  # bad checkpoint, device, option or prompt: it says what to fix
             raise UsageError(str(exc)) from exc
@@ -184,14 +176,31 @@ def _generator(args, pending: bool) -> pipeline.Generator:
     return in_process
 
 
-def _print_summary(tasks: list[TaskResult]) -> None:
-    columns = ("samples", "tor", "latency_s", "frequency", "jsd", "stop_latency_s", "held_floor")
-    print(f"{'task':<36}" + "".join(f"{c:>15}" for c in columns))
+def summary_lines(tasks: list[TaskResult]) -> list[str]:
+    """The run's figures as a table that fits a terminal, then one line per column saying what it
+    measures and which way is better (the report's words)."""
+    from assistant.eval.report import METRICS
+
+    names = [f"{task.kind} ({task.task})" if task.kind else task.task for task in tasks]
+    labels = ["samples", *(f"{label} {arrow}" for _, label, arrow, _ in METRICS), "errors"]
+    rows = []
     for task in tasks:
-        name = f"{task.kind} ({task.task})" if task.kind else task.task
         figures = task.summary()
-        cells = "".join(f"{'-' if figures[c] is None else figures[c]:>15}" for c in columns)
-        print(f"{name:<36}{cells}")
+        values = [figures[key] for key, _, _, _ in METRICS]
+        cells = ["-" if v is None else f"{v:.3f}" for v in values]
+        rows.append([str(figures["samples"]), *cells, str(len(task.errors))])
+    widths = [max(len(label), *(len(row[i]) for row in rows)) for i, label in enumerate(labels)]
+    first = max(len("task"), *(len(name) for name in names))
+    lines = [
+        "task".ljust(first) + "".join(f"  {label:>{w}}" for label, w in zip(labels, widths, strict=True))
+    ]
+    for name, row in zip(names, rows, strict=True):
+        lines.append(
+            name.ljust(first) + "".join(f"  {cell:>{w}}" for cell, w in zip(row, widths, strict=True))
+        )
+    lines.append("")
+    lines += [f"{label} {arrow}: {line}" for _, label, arrow, line in METRICS]
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -204,7 +213,18 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
+def _check_eval_extra(args: argparse.Namespace) -> None:
+    """The packages of the eval extra, asked for before any work starts rather than when first used."""
+    wanted = ("tqdm", "matplotlib") if args.report is not None else ("tqdm",)
+    missing = [name for name in wanted if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UsageError(
+            f"{' and '.join(missing)} missing; it comes with the eval extra: pip install 'duplex-assistant[eval]'"
+        )
+
+
 def _run(args: argparse.Namespace) -> int:
+    _check_eval_extra(args)
     if args.batch < 1:
         raise UsageError(f"--batch must be >= 1, got {args.batch}")
     try:
@@ -229,7 +249,7 @@ def _run(args: argparse.Namespace) -> int:
             transcriber = WhisperTranscriber(args.asr)
         except (RuntimeError, ValueError) as exc:
             raise UsageError(str(exc)) from exc
-        asr_used.append(transcriber.model_path)
+        asr_used.append(transcriber.name)
         return transcriber
 
     pipeline.make_transcripts(everything, load_transcriber, errors)
@@ -243,7 +263,7 @@ def _run(args: argparse.Namespace) -> int:
 
     for sample, message in errors.items():  # the skipped folders were reported as they were found
         print(f"eval: not scored: {sample.folder}: {message}", file=sys.stderr)
-    _print_summary(tasks)
+    print("\n".join(summary_lines(tasks)))
     if args.json is not None:
         data = (
             tasks[0].as_json()

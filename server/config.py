@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from assistant.auto import banner, choose_backend
-from assistant.backends import BACKENDS
 from assistant.conversation import ConversationLimits
+from assistant.engine_args import add_engine_arguments, engine_kwargs
 from audio.vad import VadConfig
 from server import static
+from server.protocols.schema import MAX_TEMPERATURE
 
 DEFAULT_PORT = 8998
 TEST_BACKEND_MAX_SESSIONS = 64
-DEFAULT_MOSHI_MODEL = "kyutai/moshiko-pytorch-bf16"
 
 
 @dataclass
@@ -35,6 +35,8 @@ class ServerConfig:
     barge_in: str = "model"
     instructions: str | None = None  # role prompt of sessions that set none (models that take prompts)
     voice: str | None = None  # voice of sessions that set none
+    temperature: float | None = None  # audio sampling of sessions that set none (None: the backend's)
+    text_temperature: float | None = None  # text sampling, likewise
     device: str | None = None
     dtype: str | None = None
     engine_options: dict[str, Any] = field(default_factory=dict)
@@ -54,6 +56,12 @@ class ServerConfig:
     clock_stats_path: str | None = None  # write frame-clock figures (JSON) here at exit
     captions: str | None = None  # caption model ("auto", a faster-whisper size or dir); None: off
     captions_device: str = "cpu"
+
+
+def _temperature(flag: str, value: float | None) -> float | None:
+    if value is not None and not 0.0 <= value <= MAX_TEMPERATURE:
+        raise ValueError(f"{flag} must be between 0 and {MAX_TEMPERATURE:g}, got {value:g}")
+    return value
 
 
 def default_max_sessions(backend: str, device: str | None = None) -> int:
@@ -91,19 +99,7 @@ def moshi_ui_root(directory: str) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--backend",
-        choices=(*BACKENDS, "auto"),
-        default="moshi",
-        help="engine backend (default moshi; scripted and silence need no weights; auto: moshi on a "
-        "cached checkpoint when a CUDA GPU can run it in real time, else scripted, saying why)",
-    )
-    parser.add_argument(
-        "--model",
-        default=os.environ.get("ASSISTANT_MODEL"),
-        help="checkpoint directory or Hugging Face id for the moshi backend "
-        f"(default $ASSISTANT_MODEL, else {DEFAULT_MOSHI_MODEL})",
-    )
+    add_engine_arguments(parser, backend="auto", auto=True)
     parser.add_argument(
         "--host",
         default=os.environ.get("ASSISTANT_HOST", "127.0.0.1"),
@@ -145,7 +141,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--barge-in",
         choices=("model", "vad"),
         default="model",
-        help="model: the model decides whether to stop; vad: force it silent while the user talks",
+        help="model: the model decides whether to stop; vad: force it silent while the user talks"
+        " (default: model)",
     )
     parser.add_argument(
         "--instructions",
@@ -158,60 +155,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("ASSISTANT_VOICE"),
         help="voice for sessions that set none: a preset of the model (see GET /v1/voices) or a .wav / .pt file",
     )
-    parser.add_argument("--vad", choices=("webrtc", "silero"), default="webrtc", help="VAD for turn-taking")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="audio sampling temperature of sessions that set none (moshi backend; default 0.8); 0 = greedy,"
+        " for text too unless --text-temperature is given",
+    )
+    parser.add_argument(
+        "--text-temperature",
+        type=float,
+        default=None,
+        help="text sampling temperature of sessions that set none (default 0.7)",
+    )
+    parser.add_argument(
+        "--vad", choices=("webrtc", "silero"), default="webrtc", help="VAD for turn-taking (default: webrtc)"
+    )
     parser.add_argument(
         "--moshi-ui",
         metavar="DIR",
         help="serve this static build of Kyutai's or PersonaPlex's web client at / instead of the "
         "built-in page (it talks to /api/chat; see docs/moshi-protocol.md)",
     )
-    parser.add_argument("--device", help="torch device for the moshi backend (cuda, cpu)")
-    parser.add_argument("--dtype", help="torch dtype for the moshi backend (bfloat16, float16, float32)")
-    parser.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="moshi backend: capture the frame step as CUDA graphs per batch bucket "
-        "(default: $ASSISTANT_COMPILE, on with CUDA)",
-    )
-    parser.add_argument(
-        "--quantize",
-        choices=("none", "int8"),
-        default=None,
-        help="moshi backend: int8 weight-only transformer linears (default: $ASSISTANT_QUANTIZE, none)",
-    )
-    parser.add_argument(
-        "--temperature",
-        type=float,
-        help="moshi backend: audio sampling temperature of sessions that set none (0 = greedy)",
-    )
-    parser.add_argument(
-        "--text-temperature",
-        type=float,
-        help="moshi backend: text sampling temperature of sessions that set none (0 = greedy)",
-    )
     parser.add_argument("--script-reply", help="scripted backend: reply WAV (text from the .txt beside it)")
     parser.add_argument(
-        "--script-delay-ms", type=float, default=0.0, help="scripted backend: pause before replying"
+        "--script-delay-ms",
+        type=float,
+        default=0.0,
+        help="scripted backend: pause before replying (default: 0)",
     )
     parser.add_argument(
-        "--idle-timeout", type=float, default=60.0, help="end sessions with no audio for this many s"
+        "--idle-timeout",
+        type=float,
+        default=60.0,
+        help="end sessions with no audio for this many s (default: 60)",
     )
     parser.add_argument(
-        "--max-session-seconds", type=float, default=3600.0, help="end sessions after this many s"
+        "--max-session-seconds",
+        type=float,
+        default=3600.0,
+        help="end sessions after this many s (default: 3600)",
     )
     parser.add_argument(
         "--max-send-lag",
         type=float,
         default=2.0,
-        help="disconnect a client that is this many seconds behind reading (1008)",
+        help="disconnect a client that is this many seconds behind reading (1008) (default: 2)",
     )
     parser.add_argument(
         "--captions",
         metavar="MODEL",
         default="auto",
         help="user captions with faster-whisper: auto (tiny.en on cpu, small on cuda), a size, "
-        "a CTranslate2 model dir, or off (default auto)",
+        "a CTranslate2 model dir or Hugging Face repo id, or off (default auto)",
     )
     parser.add_argument(
         "--captions-device",
@@ -285,12 +281,14 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             raise ValueError(f"--{name.replace('_', '-')} {path} does not exist")
     web_root = static.WEB_ROOT if args.moshi_ui is None else moshi_ui_root(args.moshi_ui)
     vad = VadConfig(backend=args.vad)
-    backend, model, auto_banner = args.backend, args.model, None
+    backend, auto_banner = args.backend, None
     if backend == "auto":
-        choice = choose_backend(args.model)
-        backend, model, auto_banner = choice.backend, choice.model, banner(choice)
+        choice = choose_backend(args.model or os.environ.get("ASSISTANT_MODEL"))
+        backend, auto_banner = choice.backend, banner(choice)
+        args = argparse.Namespace(**{**vars(args), "backend": backend, "model": choice.model})
     # Under auto, options for the backend it did not pick are left unused rather than refused.
-    explicit = args.backend != "auto"
+    explicit = auto_banner is None
+    engine = engine_kwargs(args) if explicit or backend == "moshi" else {}
     engine_options: dict[str, Any] = {}
     if backend == "scripted":
         engine_options = {
@@ -300,15 +298,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         }
     elif args.script_reply is not None and explicit:
         raise ValueError("--script-reply only applies to --backend scripted")
-    sampling = {"temperature": args.temperature, "text_temperature": args.text_temperature}
-    sampling = {name: value for name, value in sampling.items() if value is not None}
     if backend == "moshi":
-        engine_options = {"compile": args.compile, "quantize": args.quantize, **sampling}
-    elif (args.compile is not None or args.quantize is not None or sampling) and explicit:
-        raise ValueError("--compile, --quantize and the temperatures only apply to --backend moshi")
+        engine_options = {"compile": engine["compile"], "quantize": engine["quantize"]}
     return ServerConfig(
         backend=backend,
-        model=model or (DEFAULT_MOSHI_MODEL if backend == "moshi" else None),
+        model=engine.get("model"),
         auto_banner=auto_banner,
         host=args.host,
         port=args.port,
@@ -321,8 +315,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         barge_in=args.barge_in,
         instructions=args.instructions or None,
         voice=args.voice or None,
+        temperature=_temperature("--temperature", args.temperature),
+        text_temperature=_temperature(
+            "--text-temperature",
+            0.0 if args.text_temperature is None and args.temperature == 0 else args.text_temperature,
+        ),
         device=args.device,
-        dtype=args.dtype,
+        dtype=engine.get("dtype"),
         engine_options=engine_options,
         limits=ConversationLimits(idle_timeout_s=args.idle_timeout, max_session_s=args.max_session_seconds),
         vad=vad,

@@ -1,13 +1,22 @@
-"""Prometheus text exposition (format 0.0.4) without extra dependencies.
+"""The server's Prometheus metrics, through prometheus_client (text exposition format 0.0.4).
 
-Counters, gauges and histograms live in one `Metrics` registry; `render()` produces the text
-served at GET /metrics. Everything is updated from the event loop thread.
+Counters, histograms and gauges live in one `Metrics` per server, each in its own registry (so a
+test can build many); `render()` produces the text served at GET /metrics, label values escaped
+by the library. Everything is updated from the event loop thread.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 PREFIX = "assistant_"
 
@@ -44,58 +53,43 @@ _DEFINITIONS: dict[str, tuple[str, str, tuple[float, ...]]] = {
     "errors": ("counter", "Errors sent to clients, by code.", ()),
     "captions_dropped": ("counter", "User captions dropped because the caption queue was full.", ()),
 }
+LABELS = {"errors": ("code",)}  # counters counted per label value
+
+# Counters export only their value, as before: no `_created` timestamp series beside each.
+disable_created_metrics()
 
 
 class Metrics:
     def __init__(self):
-        self._counters: dict[tuple[str, str], float] = {}
-        self._hist: dict[str, tuple[list[int], list[float]]] = {}  # name -> (bucket counts, [sum, count])
-        self._gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.registry = CollectorRegistry()
+        self._counters: dict[str, Counter] = {}
+        self._histograms: dict[str, Histogram] = {}
+        for name, (kind, help_text, buckets) in _DEFINITIONS.items():
+            if kind == "counter":
+                labels = LABELS.get(name, ())
+                self._counters[name] = Counter(PREFIX + name, help_text, labels, registry=self.registry)
+            else:
+                self._histograms[name] = Histogram(
+                    PREFIX + name, help_text, buckets=buckets, registry=self.registry
+                )
 
     def inc(self, name: str, value: float = 1, label: str = "") -> None:
-        if _DEFINITIONS[name][0] != "counter":
+        if name not in self._counters:
             raise ValueError(f"{name} is not a counter")
-        key = (name, label)
-        self._counters[key] = self._counters.get(key, 0) + value
+        counter = self._counters[name]
+        (counter.labels(label) if name in LABELS else counter).inc(value)
 
     def observe(self, name: str, value: float) -> None:
-        _, _, buckets = _DEFINITIONS[name]
-        counts, total = self._hist.setdefault(name, ([0] * (len(buckets) + 1), [0.0, 0]))
-        counts[bisect.bisect_left(buckets, value)] += 1
-        total[0] += value
-        total[1] += 1
+        self._histograms[name].observe(value)
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         """A value read at render time (live sessions, capacity left)."""
-        self._gauges[name] = (help_text, read)
+        Gauge(PREFIX + name, help_text, registry=self.registry).set_function(read)
 
     def value(self, name: str, label: str = "") -> float:
-        return self._counters.get((name, label), 0)
+        labels = dict(zip(LABELS[name], (label,), strict=True)) if name in LABELS else None
+        full = PREFIX + name.removesuffix("_total") + "_total"
+        return self.registry.get_sample_value(full, labels) or 0.0
 
     def render(self) -> str:
-        lines: list[str] = []
-        for name, (help_text, read) in self._gauges.items():
-            full = PREFIX + name
-            lines += [f"# HELP {full} {help_text}", f"# TYPE {full} gauge", f"{full} {_fmt(read())}"]
-        for name, (kind, help_text, buckets) in _DEFINITIONS.items():
-            full = PREFIX + name + ("_total" if kind == "counter" and not name.endswith("_total") else "")
-            lines += [f"# HELP {full} {help_text}", f"# TYPE {full} {kind}"]
-            if kind == "counter":
-                labelled = sorted((lab, v) for (n, lab), v in self._counters.items() if n == name)
-                if not labelled:
-                    lines.append(f"{full} 0")
-                for lab, v in labelled:
-                    lines.append(f'{full}{{code="{lab}"}} {_fmt(v)}' if lab else f"{full} {_fmt(v)}")
-            else:
-                counts, (total, count) = self._hist.get(name, ([0] * (len(buckets) + 1), [0.0, 0]))
-                running = 0
-                for bound, c in zip((*buckets, float("inf")), counts, strict=True):
-                    running += c
-                    le = "+Inf" if bound == float("inf") else _fmt(bound)
-                    lines.append(f'{full}_bucket{{le="{le}"}} {running}')
-                lines += [f"{full}_sum {_fmt(total)}", f"{full}_count {count}"]
-        return "\n".join(lines) + "\n"
-
-
-def _fmt(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else f"{v:.6g}"
+        return generate_latest(self.registry).decode()

@@ -1,5 +1,5 @@
 """Helpers for the OpenAI Live API tests: an inbox that validates every server event against the
-official SDK's models as it arrives, and the benchmark's real-time microphone (server/bench_live.py).
+official SDK's models as it arrives, and the benchmark's real-time microphone (bench/live.py).
 
     inbox = LiveInbox(conn.recv_bytes)            # the SDK's raw receive, or a websocket's recv
     mic = Mic(lambda b64: conn.session.input_audio.append(audio=b64), rate_hz=24000)
@@ -19,7 +19,7 @@ import pydantic
 from audio_utils import speech_dir
 from openai.types.live import ServerEvent
 
-from server.bench_live import Mic, load_clip, voiced_span
+from bench.live import Mic, load_clip, voiced_span
 
 __all__ = ["LiveInbox", "Mic", "audio_of", "load_pcm16", "voiced_span"]
 SERVER_EVENT = pydantic.TypeAdapter(ServerEvent)

@@ -5,7 +5,7 @@
 
 Everything else is FileAudio's: the same wall clock, the same pull from the playout buffer and the
 same output file of what the listener heard. Each mic block is the input file's speech plus the
-echo of what the speaker played over that block (audio/room.py), so the assistant hears itself as
+echo of what the speaker played over that block (bench/room.py), so the assistant hears itself as
 it would through laptop speakers. `mic`, `echo` and `speech` keep the whole mic timeline for scoring.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audio.room import RoomConfig, SimulatedRoom
+from bench.room import RoomConfig, SimulatedRoom
 from client.devices import FileAudio
 
 

@@ -46,7 +46,7 @@ def test_bench_reliability_small_run(capsys):
 def test_memory_figures_name_the_line_that_grew(tmp_path):
     import tracemalloc
 
-    from server.bench_reliability import memory_figures
+    from bench.reliability import memory_figures
 
     tracemalloc.start()
     try:
@@ -87,7 +87,7 @@ def test_rounds_must_be_at_least_one(capsys):
 
 
 def test_gaps_are_put_in_the_phase_they_began_in():
-    from server.bench_reliability import gaps_by_phase
+    from bench.reliability import gaps_by_phase
 
     phases = [("idle", 100.0), ("fuzz /ws", 110.0), ("memory reports", 120.0), ("idle", 120.5)]
     gaps = [[110.1, 150.0], [115.0, 300.0], [120.4, 200.0], [130.0, 130.0], [120.6, 250.0]]

@@ -36,7 +36,7 @@ def test_opus_conversation_reply_captions_barge_in_and_bitrates(server, browser)
     tab.button.click()
     tab.wait("assistantClient.state === 'listening'", 15)
     assert tab.js("assistantClient.audioFormat") == "opus"
-    assert tab.js("assistantClient.sampleRate") == 24000
+    assert tab.js("assistantClient.wireRate") == 24000
 
     tab.wait("window.__seen.states.includes('speaking')", 20)
     tab.wait("assistantClient.stats.clearLatenciesMs.length >= 1", 15)
@@ -83,7 +83,7 @@ def test_without_webcodecs_the_page_falls_back_to_pcm(server, browser):  # noqa:
     assert tab.js("assistantClient.audioFormat") == "pcm16"
     assert tab.page.get_by_test_id("audio-format").inner_text() == "PCM 16-bit"
     rates = tab.js("assistantClient.bitrates()")
-    rate_kbps = tab.js("assistantClient.sampleRate") * 16 / 1000
+    rate_kbps = tab.js("assistantClient.wireRate") * 16 / 1000
     assert rates["downKbps"] > 0.8 * rate_kbps, rates
     tab.button.click()
     tab.wait("assistantClient.state === 'idle'", 5)

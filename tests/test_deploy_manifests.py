@@ -11,6 +11,7 @@ the HAProxy configuration get the same checks.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -24,14 +25,13 @@ from unittest import mock
 import kubernetes.client as k8s
 import pytest
 import yaml
-from websockets.datastructures import Headers
-from websockets.http11 import Request
+from aiohttp.test_utils import TestClient, TestServer
 
 from assistant.backends import build_engine
 from assistant.cli import COMMANDS, build_parser
+from server.app import make_server_app
 from server.config import ServerConfig, config_from_args
 from server.context import ServerContext
-from server.http import make_process_request
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -134,8 +134,12 @@ def answers(config: ServerConfig, path: str, *, state: str = "ok") -> int:
         while ctx.scheduler.reserve() is not None:
             pass
     ctx.draining = state == "draining"
-    response = make_process_request(ctx)(None, Request(path, Headers()))
-    return response.status_code
+
+    async def get() -> int:
+        async with TestClient(TestServer(make_server_app(ctx))) as client:
+            return (await client.get(path)).status
+
+    return asyncio.run(get())
 
 
 # -- Kubernetes ------------------------------------------------------------------------------------
@@ -269,6 +273,8 @@ def test_the_image_runs_the_server_it_copies_with_its_own_variables():
         assert (REPO / source).exists(), source
     packages = re.findall(r'"(\w+)\*"', pyproject.split("[tool.setuptools.packages.find]")[1])
     assert set(packages) | {"web", "pyproject.toml"} <= set(copied)
+    (install,) = [rest for instr, rest in steps if instr == "RUN" and "pip install -e" in rest]
+    assert install.split() == ["pip", "install", "-e", "."], "the image installs the server's set, no extras"
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     assert ignore[ignore.index("*") + 1 :] and {f"!{s}" for s in copied} <= set(ignore)
     # The same torch as `make test` installs, and the same user as the pods run as.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -198,10 +199,23 @@ def test_eval_fdb_scores_existing_outputs_reports_a_malformed_folder_and_goes_on
     assert {p: p.stat().st_mtime_ns for p in data.rglob("output.*")} == before  # nothing remade
 
 
-def test_missing_outputs_with_the_moshi_backend_need_a_model(tmp_path, capsys):
+def test_missing_outputs_refuse_engine_options_their_backend_does_not_take(tmp_path, capsys):
     turn_sample(tmp_path, "1", 2.0)
-    assert main(["eval", "fdb", str(tmp_path), "--task", "smooth_turn_taking"]) == 2
-    assert "the moshi backend needs --model" in capsys.readouterr().err
+    args = ["eval", "fdb", str(tmp_path), "--task", "smooth_turn_taking", "--backend", "scripted"]
+    assert main([*args, "--model", "tiny"]) == 2
+    assert "only --backend moshi takes --model" in capsys.readouterr().err
+    assert not (tmp_path / "1" / "output.wav").exists()
+
+
+def test_a_missing_eval_package_names_the_extra_before_any_work(tmp_path, capsys, monkeypatch):
+    turn_sample(tmp_path, "1", 2.0)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    args = ["eval", "fdb", str(tmp_path), "--task", "smooth_turn_taking", "--backend", "scripted"]
+    assert main([*args, "--report", str(tmp_path / "report")]) == 2
+    assert "matplotlib missing; it comes with the eval extra: pip install 'duplex-assistant[eval]'" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "1" / "output.wav").exists() and not (tmp_path / "report").exists()
 
 
 def test_prompts_are_refused_clearly_by_a_model_without_them(tmp_path, capsys):

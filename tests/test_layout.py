@@ -1,5 +1,6 @@
-"""The layering holds: audio <- assistant <- server, clients on the pure protocol, no import cycle;
-and the repository is whole: no file of it reads a folder beside the checkout.
+"""The layering holds: audio <- assistant <- server, clients on the pure protocol, bench on top of
+them all and shipped with none, no import cycle; and the repository is whole: no file of it reads a
+folder beside the checkout.
 
 Every `import` in the packages is read from the source (module level and inside functions alike), so
 a lazy import cannot hide a dependency. The one crossing on purpose is assistant/cli.py, which starts
@@ -9,13 +10,22 @@ each command's module by name (`importlib.import_module("server.app")`), never b
 from __future__ import annotations
 
 import ast
+import os
+import re
+import shutil
 import subprocess
+import sys
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
+from packaging.requirements import Requirement
+from setuptools.config.pyprojecttoml import read_configuration
+
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("audio", "assistant", "server", "client")
-# What clients may use of the server: its pure protocol definitions, nothing with sockets or state.
-CLIENT_MAY_IMPORT_FROM_SERVER = {"server.protocol"}
+SHIPPED = ("audio", "assistant", "server", "client")
+PACKAGES = (*SHIPPED, "bench")
+# What a pure protocol module (all of server/protocols/ but the adapters) may not import.
+IO_MODULES = {"asyncio", "socket", "ssl", "threading", "subprocess", "http", "websockets", "aiohttp"}
 
 
 def module_name(path: Path) -> str:
@@ -25,35 +35,134 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def import_nodes(path: Path):
+    """Every absolute import of a file: (module, names) for `from module import names`, (name, ()) for `import name`."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from ((a.name, ()) for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module, tuple(a.name for a in node.names)
+
+
+def project_files() -> dict[str, Path]:
+    return {module_name(p): p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")}
+
+
+def pure_protocol_modules() -> set[str]:
+    """What clients may use of the server: server/protocols/ but the adapters, which hold the sockets
+    (and the packages above them, which hold docstrings only)."""
+    modules = {m for m in project_files() if m.startswith("server.protocols") and not m.endswith(".adapter")}
+    return modules | {".".join(m.split(".")[:i]) for m in modules for i in (1, 2, 3)}
+
+
 def project_imports() -> dict[str, set[str]]:
     """module -> the project modules it imports (`from a.b import c` counts as a.b, or a.b.c if a module)."""
-    files = {module_name(p): p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")}
+    files = project_files()
     graph: dict[str, set[str]] = {}
     for name, path in files.items():
         deps: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                deps |= {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                deps.add(node.module)
-                deps |= {f"{node.module}.{a.name}" for a in node.names}
+        for module, names in import_nodes(path):
+            deps.add(module)
+            deps |= {f"{module}.{n}" for n in names}
         graph[name] = {d for d in deps if d in files and d != name}
     return graph
 
 
 def test_no_module_imports_a_layer_above_its_own():
     rank = {"audio": 0, "assistant": 1, "server": 2}
+    client_may_import = pure_protocol_modules()
     wrong = []
     for module, deps in project_imports().items():
         top = module.split(".")[0]
         for dep in deps:
             dep_top = dep.split(".")[0]
-            if top == "client":
-                if dep_top == "server" and dep not in CLIENT_MAY_IMPORT_FROM_SERVER:
+            if top == "bench":
+                continue  # bench sits on everything: see test_bench_uses_public_names_only
+            if dep_top == "bench":
+                wrong.append((module, dep))
+            elif top == "client":
+                if dep_top == "server" and dep not in client_may_import:
                     wrong.append((module, dep))
             elif dep_top == "client" or rank[dep_top] > rank[top]:
                 wrong.append((module, dep))
-    assert not wrong, f"imports against the layering (audio <- assistant <- server; clients): {wrong}"
+    assert not wrong, (
+        "imports against the layering (audio <- assistant <- server; clients use audio, assistant for"
+        f" in-process runs and of server/ only its pure protocol modules; nothing imports bench): {wrong}"
+    )
+
+
+def test_the_pure_protocol_modules_touch_no_socket():
+    """What clients may import of the server holds no I/O: no socket, event loop, thread or adapter."""
+    pure = pure_protocol_modules()
+    files = project_files()
+    wrong = []
+    for name in sorted(pure & files.keys()):
+        for module, names in import_nodes(files[name]):
+            if module.split(".")[0] in IO_MODULES:
+                wrong.append((name, module))
+            deps = {module, *(f"{module}.{n}" for n in names)} & files.keys()
+            wrong += [(name, dep) for dep in deps if dep.startswith("server") and dep not in pure]
+    assert not wrong, f"a pure protocol module imports I/O or a server module with I/O: {wrong}"
+
+
+def test_only_the_http_layer_knows_the_http_library():
+    """The connection base and the protocol adapters see a websocket through server/websocket.py's
+    small interface: swapping the HTTP library touches the three files of its layer only."""
+    http_layer = {"server.app", "server.http", "server.websocket"}
+    wrong = sorted(
+        (name, module)
+        for name, path in project_files().items()
+        if name.startswith("server") and name not in http_layer
+        for module, _ in import_nodes(path)
+        if module.split(".")[0] in ("aiohttp", "websockets")
+    )
+    assert not wrong, f"server modules outside the HTTP layer import the HTTP library: {wrong}"
+
+
+def test_bench_uses_public_names_only():
+    """bench/ may import audio, assistant, server and client, but only what they offer (no `_private`
+    name), and never the tests: a benchmark must run from any checkout, without pytest's fixtures."""
+    wrong = []
+    for name, path in project_files().items():
+        if not name.startswith("bench"):
+            continue
+        for module, names in import_nodes(path):
+            top = module.split(".")[0]
+            if top == "tests":
+                wrong.append((name, module))
+            elif top in SHIPPED:
+                wrong += [(name, f"{module}.{n}") for n in names if n.startswith("_")]
+                wrong += [(name, module) for part in module.split(".") if part.startswith("_")]
+    assert not wrong, f"bench/ imports the tests or a private name: {wrong}"
+
+
+def test_the_wheel_ships_no_benchmark():
+    shipped = read_configuration(REPO / "pyproject.toml")["tool"]["setuptools"][
+        "packages"
+    ]  # as pip builds it
+    assert {p.split(".")[0] for p in shipped} == set(SHIPPED)
+
+
+def test_assistant_bench_runs_from_a_checkout_and_says_why_not_elsewhere(tmp_path):
+    """An installed package that maps only the shipped packages finds bench/ beside itself in a
+    checkout (an editable install); a wheel, which has no bench/, says where benchmarks run."""
+    code = "import sys; from assistant.cli import main; sys.exit(main(['bench', 'vad', '--help']))"
+    linked, copied = tmp_path / "linked", tmp_path / "copied"
+    linked.mkdir()
+    (linked / "assistant").symlink_to(REPO / "assistant")
+    shutil.copytree(REPO / "assistant", copied / "assistant")
+
+    def run(site: Path) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONPATH": str(site)}
+        return subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
+
+    from_checkout = run(linked)
+    assert from_checkout.returncode == 0 and "--wav" in from_checkout.stdout, from_checkout.stderr
+    from_wheel = run(copied)
+    assert from_wheel.returncode == 1 and "Traceback" not in from_wheel.stderr
+    assert "run from a checkout of the repository" in from_wheel.stderr
 
 
 def test_there_is_no_import_cycle():
@@ -78,6 +187,58 @@ def test_there_is_no_import_cycle():
     for module in sorted(graph):
         if module not in state and (cycle := visit(module)):
             raise AssertionError(f"import cycle: {' -> '.join(cycle)}")
+
+
+# Which distributions each part may import: the server's needs are the core set; `talk` and `eval`
+# bring their own extras, and the tests everything (Kyutai's moshi and einops, which the reference
+# tests compare against, are installed beside it by `make install`, without dependencies).
+def declared() -> dict[str, set[str]]:
+    project = read_configuration(REPO / "pyproject.toml")["project"]
+    names = {"core": project["dependencies"], **project["optional-dependencies"]}
+    return {extra: {_dist(Requirement(r).name) for r in reqs} for extra, reqs in names.items()}
+
+
+def _dist(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def allowed_extras(path: Path) -> tuple[str, ...]:
+    rel = path.relative_to(REPO).as_posix()
+    if rel.startswith("tests/"):
+        return ("core", "talk", "eval", "captions", "dev", "reference")
+    if rel.startswith(("client/", "bench/")):
+        return ("core", "talk", "eval")
+    if rel.startswith("assistant/eval/"):
+        return ("core", "eval")
+    if rel == "audio/echo.py":  # the echo canceller of `assistant talk`
+        return ("core", "talk")
+    if rel == "assistant/captions.py":  # an offline caption model when the captions extra is there
+        return ("core", "captions")
+    return ("core",)
+
+
+# The scripts that record reference outputs run the reference code from a path given on their
+# command line (never by the suite), so what they import is that code's, not ours to declare.
+REFERENCE_SCRIPTS = REPO / "tests" / "reference"
+
+
+def test_every_imported_package_is_declared_in_the_set_its_part_installs():
+    extras = {**declared(), "reference": {"moshi", "einops"}}
+    by_module = {top: {_dist(d) for d in dists} for top, dists in packages_distributions().items()}
+    first_party = set(PACKAGES) | {p.stem for p in (REPO / "tests").glob("*.py")}
+    wrong = []
+    for path in sorted(p for pkg in (*PACKAGES, "tests") for p in (REPO / pkg).rglob("*.py")):
+        if path.is_relative_to(REFERENCE_SCRIPTS):
+            continue
+        allowed = set().union(*(extras[e] for e in allowed_extras(path)))
+        for module, _ in import_nodes(path):
+            top = module.split(".")[0]
+            if top in sys.stdlib_module_names or top in first_party or top == "__future__":
+                continue
+            dists = by_module.get(top, {top})
+            if not dists & allowed:
+                wrong.append(f"{path.relative_to(REPO)}: {module} ({', '.join(sorted(dists))})")
+    assert not wrong, "imported but not declared where this part installs it:\n" + "\n".join(wrong)
 
 
 # -- the checkout is self-contained ---------------------------------------------------------------

@@ -12,8 +12,9 @@ import sphn
 from audio_utils import load_wav
 
 from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
-from audio.opus import OpusDecoder, OpusEncoder, OpusStreamError
-from server import moshi_protocol as moshi
+from audio.opus_ogg import OpusDecoder, OpusEncoder, OpusStreamError
+from server.protocols.moshi import query
+from server.protocols.moshi import wire as moshi
 
 # What the PersonaPlex web client sends on every connection (its buildURL), and Kyutai's (the same
 # minus the two prompts).
@@ -33,7 +34,7 @@ PERSONAPLEX_QUERY = {
 
 
 def options(**params) -> dict:
-    return moshi.session_options(urlencode(params))
+    return query.session_options(urlencode(params))
 
 
 def test_the_personaplex_web_clients_query_sets_role_voice_and_sampling():
@@ -45,13 +46,13 @@ def test_the_personaplex_web_clients_query_sets_role_voice_and_sampling():
         "temperature": 0.8,
         "top_k": 250,
     }
-    assert moshi.unknown_parameters(urlencode(PERSONAPLEX_QUERY)) == []
+    assert query.unknown_parameters(urlencode(PERSONAPLEX_QUERY)) == []
 
 
 def test_kyutais_web_client_sets_sampling_only_and_unknown_names_are_skipped():
     kyutai = {k: v for k, v in PERSONAPLEX_QUERY.items() if k not in ("text_prompt", "voice_prompt")}
     assert set(options(**kyutai, colour="blue")) == {"text_temperature", "text_top_k", "temperature", "top_k"}
-    assert moshi.unknown_parameters(urlencode({**kyutai, "colour": "blue"})) == ["colour"]
+    assert query.unknown_parameters(urlencode({**kyutai, "colour": "blue"})) == ["colour"]
     assert options() == {}
 
 
@@ -59,7 +60,7 @@ def test_empty_values_and_seed_minus_one_mean_unset_as_in_nvidias_server():
     assert options(text_prompt="", voice_prompt=" ", seed="-1") == {}
     assert options(seed="42") == {"seed": 42}
     # a repeated name counts once, the first, as aiohttp's request.query reads it
-    assert moshi.session_options("seed=1&seed=2") == {"seed": 1}
+    assert query.session_options("seed=1&seed=2") == {"seed": 1}
     # the role may come already wrapped; the engine wraps it once either way
     assert options(text_prompt="<system> Be brief. <system>") == {
         "instructions": "<system> Be brief. <system>"
@@ -70,6 +71,7 @@ def test_empty_values_and_seed_minus_one_mean_unset_as_in_nvidias_server():
     ("params", "says"),
     [
         ({"seed": "abc"}, "seed must be an integer, got 'abc'"),
+        ({"seed": str(2**64)}, "seed must be between"),
         ({"text_topk": "2.5"}, "text_topk must be an integer"),
         ({"audio_temperature": "hot"}, "audio_temperature must be a number"),
         ({"text_temperature": "nan"}, "text_temperature must be a finite number"),
@@ -79,7 +81,7 @@ def test_empty_values_and_seed_minus_one_mean_unset_as_in_nvidias_server():
     ],
 )
 def test_values_that_cannot_be_honoured_are_refused_in_the_clients_words(params, says):
-    with pytest.raises(moshi.QueryError, match=says):
+    with pytest.raises(query.QueryError, match=says):
         options(**params)
 
 
@@ -110,7 +112,7 @@ def test_close_reasons_fit_a_close_frame():
     assert len(reason.encode("utf-8")) <= 123 and reason.endswith("...") and reason.startswith("voice 'é")
 
 
-# -- audio/opus.py -----------------------------------------------------------------------------
+# -- audio/opus_ogg.py -----------------------------------------------------------------------------
 
 
 def tone(seconds: float, hz: float = 440.0) -> np.ndarray:

@@ -251,7 +251,7 @@ def test_bench_server_runs_the_moshi_backend():
         text=True,
         timeout=60,
     )
-    assert refused.returncode == 2 and "only apply to --backend moshi" in refused.stderr
+    assert refused.returncode == 2 and "only --backend moshi takes --quantize" in refused.stderr
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")

@@ -154,6 +154,8 @@ def run_local_path(tmp_path, pcm16: np.ndarray, monkeypatch) -> list[dict]:
         model=None,
         device=None,
         dtype=None,
+        compile=None,
+        quantize=None,
         plain=True,
     )
 

@@ -16,7 +16,7 @@ from websockets.asyncio.client import connect
 
 from audio.opus_packets import PACKET_SAMPLES, OpusPacketDecoder, OpusPacketEncoder, OpusPacketError
 from client.native import NativeClient, start_message
-from server.protocol import ProtocolError, SessionStart, check_audio, decode_text
+from server.protocols.native.wire import ProtocolError, check_audio, decode_text
 
 CONVERSATION_WAV = REPO / "tests" / "data" / "speech" / "conversation.wav"
 RATE = 24000
@@ -80,7 +80,7 @@ def test_bad_packets_raise_and_the_decoder_goes_on():
 # -- the protocol ---------------------------------------------------------------------------------
 def test_audio_format_is_chosen_at_start_and_opus_takes_packets_only():
     start = decode_text('{"type": "session.start", "sample_rate": 24000, "audio_format": "opus"}')
-    assert start == SessionStart(sample_rate=24000, options={}, audio_format="opus")
+    assert (start.sample_rate, start.options(), start.audio_format) == (24000, {}, "opus")
     assert decode_text('{"type": "session.start", "sample_rate": 48000}').audio_format == "pcm16"
     refusals = [
         ('{"type": "session.start", "sample_rate": 24000, "audio_format": "mp3"}', "invalid_value"),

@@ -205,3 +205,43 @@ def test_serve_refuses_prompt_defaults_the_model_cannot_use(args, message):
         cmd.remove("cpu")
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+async def next_of(ws, *types: str) -> dict:
+    """The next JSON event of one of `types` (others, such as audio deltas, are skipped)."""
+    while True:
+        message = await asyncio.wait_for(ws.recv(), 20)
+        if isinstance(message, str) and (event := json.loads(message))["type"] in types:
+            return event
+
+
+async def test_odd_text_in_a_prompt_is_a_typed_error_on_every_endpoint(persona_server):
+    """A lone surrogate (valid JSON: "\\ud800") in a role prompt used to reach SentencePiece, which
+    raises a RuntimeError: a traceback and `internal_error` for each such message."""
+    odd = "You are \ud800 a pirate."
+    async with connect(ws_url(persona_server), additional_headers=HEADERS) as ws:
+        await ws.send(json.dumps({"type": "session.start", "sample_rate": 24000, "instructions": odd}))
+        error = await next_of(ws, "error", "session.ready")
+        assert error["code"] == "invalid_value" and error["message"].startswith("instructions"), error
+        client = NativeClient(ws)
+        await client.start(24000)
+        await ws.send(json.dumps({"type": "session.update", "instructions": odd}))
+        _, error = await client.wait_for("error")
+        assert error["code"] == "invalid_value" and error["message"].startswith("instructions"), error
+    async with connect(ws_url(persona_server, "/v1/realtime?model=m"), additional_headers=HEADERS) as ws:
+        await next_of(ws, "session.created")
+        await ws.send(
+            json.dumps({"type": "session.update", "session": {"type": "realtime", "instructions": odd}})
+        )
+        error = (await next_of(ws, "error", "session.updated"))["error"]
+        assert (error["code"], error["param"]) == ("invalid_value", "session.instructions"), error
+    async with connect(ws_url(persona_server, "/v1/live/sessions"), additional_headers=HEADERS) as ws:
+        await ws.send(json.dumps({"type": "session.start", "session": {"model": "m", "instructions": odd}}))
+        error = (await next_of(ws, "error", "session.started"))["error"]
+        assert (error["code"], error["param"]) == ("invalid_value", "session.instructions"), error
+        await ws.send(json.dumps({"type": "session.start", "session": {"model": "m"}}))
+        await next_of(ws, "session.started")
+        await ws.send(json.dumps({"type": "session.instructions.append", "content": odd}))
+        error = (await next_of(ws, "error", "session.instructions.appended"))["error"]
+        assert (error["code"], error["param"]) == ("invalid_value", "content"), error
+    assert not [line for line in persona_server.output if "Traceback" in line or "internal_error" in line]

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from assistant.conversation import SessionEnded, SetEngineSilent
 from assistant.engine import Engine, SlotOptions, StepOutput
 from assistant.scheduler import FrameClock, Scheduler, TickLog, gather_batch
 
@@ -60,6 +61,9 @@ class Source:
 
     def frames_queued(self) -> int:
         return len(self.frames)
+
+    def start(self):
+        return ["ready"]
 
     def deliver(self, pcm, text, speaking, step_ms):
         self.got.append((pcm.copy(), text, speaking))
@@ -251,7 +255,7 @@ def test_the_model_first_hears_the_clients_first_frame_however_late_it_comes_aft
     other = Source([frame(0.9)] * 8)
     sched.reserve().attach(other)  # someone already talking: the clock steps all along
     source, announced = Source([]), []
-    sched.reserve().attach(source, on_ready=lambda: announced.append(now[0]))
+    sched.reserve().attach(source, host=lambda _: announced.append(now[0]), announce=True)
     assert announced == []  # not before the frame loop opened the slot
     for _ in range(4):  # the client answers the announcement three ticks late
         sched.step_now()
@@ -271,7 +275,7 @@ def test_a_prompted_slot_is_announced_once_its_prompt_is_in():
     sched = Scheduler(engine)
     source, announced = Source([frame(0.5)]), []
     handle = sched.reserve()
-    handle.attach(source, on_ready=lambda: announced.append(len(engine.heard[0])))
+    handle.attach(source, host=lambda _: announced.append(len(engine.heard[0])), announce=True)
     for _ in range(3):
         sched.step_now()
         assert announced == [] and source.got == []  # three steps of prompt
@@ -286,7 +290,7 @@ def test_a_client_that_listens_first_is_fed_after_the_wait():
     now = [0.0]
     sched = Scheduler(engine, clock=lambda: now[0], first_audio_wait_s=0.5)
     source = Source([])
-    sched.reserve().attach(source, on_ready=lambda: None)
+    sched.reserve().attach(source, announce=True)
     while now[0] < 0.5:
         sched.step_now()
         assert source.got == []
@@ -294,6 +298,46 @@ def test_a_client_that_listens_first_is_fed_after_the_wait():
     sched.step_now()
     assert len(source.got) == 1 and len(engine.heard[0]) == 1  # silence, the client sent nothing
     sched.shutdown()
+
+
+async def test_the_loops_calls_hand_their_events_to_the_host_after_the_call():
+    """A session's events of deliver/check_limits/end go to the host that attached it, once the call
+    has returned; the host carries out the slot's part (here: hold the engine, then end)."""
+    engine = EchoEngine(1)
+    sched = Scheduler(engine)
+    handle = sched.reserve()
+    calls: list[str] = []
+
+    class Talking(Source):
+        def deliver(self, pcm, text, speaking, step_ms):
+            calls.append("deliver")
+            return [SetEngineSilent(True)] if len(calls) == 1 else []
+
+        def check_limits(self, now):
+            return self.end("idle_timeout") if self.got_all else []
+
+        def end(self, reason):
+            self.ended = reason
+            return [SessionEnded(reason)]
+
+    session = Talking([])
+    session.got_all = False
+    hosted: list = []
+
+    def host(events):
+        calls.append("host")
+        hosted.extend(events)
+        for event in events:
+            handle.carry_out(event)
+
+    handle.attach(session, SlotOptions(), host)
+    await sched.tick()
+    assert calls == ["deliver", "host"] and hosted == [SetEngineSilent(True)]
+    await sched.tick()
+    assert engine.log[-1][0] == "step" and engine.log[-1][2][0]  # held from the next step on
+    session.got_all = True
+    await sched.tick()  # the limit ends it: the host gives the slot back at once
+    assert hosted[-1] == SessionEnded("idle_timeout") and sched.free_slots == 1 and sched.live_sessions == 0
 
 
 async def test_run_keeps_12_5_hz_and_skips_ticks_when_a_step_overruns():

@@ -24,18 +24,14 @@ def test_moshi_compile_and_quantize_reach_the_engine_options():
     # Unset flags defer to the engine's own defaults (env vars, then on with CUDA).
     config = config_from_args(_args("--backend", "moshi", "--model", "tiny"))
     assert config.engine_options == {"compile": None, "quantize": None}
-    config = config_from_args(_args("--backend", "moshi", "--temperature", "0", "--text-temperature", "0.5"))
-    assert config.engine_options == {
-        "compile": None,
-        "quantize": None,
-        "temperature": 0.0,
-        "text_temperature": 0.5,
-    }
 
 
-@pytest.mark.parametrize("flag", [("--compile",), ("--quantize", "int8"), ("--temperature", "0")])
+@pytest.mark.parametrize(
+    "flag",
+    [("--compile",), ("--quantize", "int8"), ("--model", "tiny"), ("--device", "cpu"), ("--dtype", "fp32")],
+)
 def test_moshi_only_flags_are_refused_for_other_backends(flag):
-    with pytest.raises(ValueError, match="only apply to --backend moshi"):
+    with pytest.raises(ValueError, match=f"only --backend moshi takes {flag[0]}"):
         config_from_args(_args("--backend", "scripted", *flag))
 
 
@@ -59,7 +55,7 @@ def test_deployment_options_come_from_the_environment(monkeypatch):
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    config = config_from_args(_args("--backend", "scripted"))
+    config = config_from_args(_args("--backend", "moshi"))
     assert (config.host, config.port, config.model, config.max_sessions) == ("0.0.0.0", 9000, "tiny", 8)
     assert (config.drain_grace_s, config.agent_port, config.protect_metrics) == (120.0, 9001, True)
     config = config_from_args(_args("--backend", "scripted", "--port", "9100", "--no-protect-metrics"))
@@ -82,3 +78,13 @@ def test_protect_metrics_needs_a_token_and_a_clear_switch(monkeypatch):
 def test_drain_and_keepalive_bounds_are_checked(flag):
     with pytest.raises(ValueError, match=flag[0]):
         config_from_args(_args("--backend", "scripted", *flag))
+
+
+def test_the_sampling_temperature_of_sessions_that_set_none():
+    config = config_from_args(_args("--backend", "moshi", "--model", "tiny", "--temperature", "0"))
+    assert (config.temperature, config.text_temperature) == (0.0, 0.0)  # greedy: text too
+    config = config_from_args(_args("--temperature", "0", "--text-temperature", "0.5"))
+    assert (config.temperature, config.text_temperature) == (0.0, 0.5)
+    assert config_from_args(_args()).temperature is None  # the model's own
+    with pytest.raises(ValueError, match="--text-temperature must be between 0 and 5"):
+        config_from_args(_args("--text-temperature", "9"))

@@ -204,27 +204,28 @@ def test_captions_get_the_whole_utterance_with_padding(vad_backend):
     """What a session hands the captioner: the VAD's prefix padding of real audio before the onset,
     every audible sample of the utterance, and ~200 ms after the VAD's end (which can sit within
     30 ms of the last audible sample), cut from the input as the user sent it."""
-    from assistant.conversation import Conversation, ConversationOptions
+    from assistant.conversation import CaptionUtterance, Conversation, ConversationOptions
     from audio.vad import VadConfig
 
     q2, _ = load_wav("q2.wav")
     lead = 2 * RATE
     pcm = np.concatenate([np.zeros(lead, np.float32), q2, np.zeros(RATE, np.float32)])
     pcm += np.random.default_rng(0).normal(0, 1e-3, pcm.shape).astype(np.float32)  # a marker per sample
-    jobs = []
     session = Conversation(
         "s",
         RATE,
-        lambda event: None,
         options=ConversationOptions(captions=True),
         vad_config=VadConfig(backend=vad_backend),
-        captions=lambda audio, start_ms, end_ms, done: jobs.append((audio, start_ms, end_ms)),
+        can_caption=True,
     )
     session.start()
     pcm16 = (np.clip(pcm, -1, 1) * 32767).astype("<i2")
+    jobs = []
     for i in range(0, len(pcm16), 480):
-        session.push_audio(pcm16[i : i + 480].tobytes())
-    ((audio, start_ms, end_ms),) = jobs
+        jobs += [
+            e for e in session.push_audio(pcm16[i : i + 480].tobytes()) if isinstance(e, CaptionUtterance)
+        ]
+    ((audio, start_ms, end_ms),) = [(job.pcm, job.start_ms, job.end_ms) for job in jobs]
     first, last = _voiced_span(pcm)
     start, end = round(start_ms * 24), round(end_ms * 24)
     assert first - 400 * 24 <= start <= first - 200 * 24  # prefix padding: 300 ms before the onset

@@ -25,8 +25,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from audio.frames import FRAME_MS, FRAME_SAMPLES
-from audio.opus import OpusEncoder
-from server import moshi_protocol
+from audio.opus_ogg import OpusEncoder
+from server.protocols.moshi import wire as moshi_wire
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -110,9 +110,9 @@ def ogg_stream(speech: np.ndarray) -> bytes:
 
 async def moshi_chat(url: str, speech: np.ndarray, late_s: float, recording: Recording) -> None:
     async with connect(f"{url}/api/chat") as ws:
-        assert await asyncio.wait_for(ws.recv(), 30) == moshi_protocol.HANDSHAKE
+        assert await asyncio.wait_for(ws.recv(), 30) == moshi_wire.HANDSHAKE
         await asyncio.sleep(late_s)
-        await ws.send(moshi_protocol.audio_message(ogg_stream(speech)))
+        await ws.send(moshi_wire.audio_message(ogg_stream(speech)))
         await listen(ws, recording)
 
 
@@ -201,7 +201,7 @@ async def test_api_chat_answers_as_kyutais_server_does_from_the_first_frame(serv
 
     from assistant.moshi.checkpoint import KYUTAI_TOKENIZER_NAME
     from assistant.moshi.tokenizer import TextTokenizer
-    from audio.opus import OpusDecoder
+    from audio.opus_ogg import OpusDecoder
 
     address, records, model_dir = server
     recording = Recording(records)

@@ -186,6 +186,8 @@ def talk_args(tmp_path, url: str, seconds: float, **over) -> argparse.Namespace:
         model=None,
         device=None,
         dtype=None,
+        compile=None,
+        quantize=None,
         plain=True,
     )
     args.update(over)

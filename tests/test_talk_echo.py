@@ -24,7 +24,7 @@ from server_utils import start_server
 from assistant import cli
 from assistant.backends.scripted import load_reply
 from audio.resample import resample
-from audio.room import RoomConfig, erle_db
+from bench.room import RoomConfig, erle_db
 from client import talk
 from client.native import NativeClient, ServerEvent
 

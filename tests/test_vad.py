@@ -340,7 +340,7 @@ def test_bad_config_and_input_are_clear_errors():
 def test_bench_prints_cost_and_accuracy_for_both_backends(capsys):
     import argparse
 
-    from audio import bench_vad
+    from bench import vad as bench_vad
 
     wav = speech_dir() / "conversation.wav"
     parser = argparse.ArgumentParser()

@@ -1,9 +1,25 @@
-// The page: settings, the start/stop button, captions, meters and readouts around AssistantClient.
+// The page: settings, the start/stop button, mute, volume, devices, captions, meters and
+// readouts around AssistantClient.
 
+import { speakerChoiceSupported } from "./audio-graph.js";
+import { Captions } from "./captions.js";
 import { AssistantClient, STATES } from "./client.js";
+import { devicePicker } from "./devices.js";
+import { ImagePanel } from "./images.js";
 
 const STORAGE_KEY = "duplex-assistant.settings";
-const DEFAULT_SETTINGS = { outputMode: "headphones", bargeIn: "model", token: "", instructions: "", voice: "" };
+const DEFAULT_SETTINGS = {
+  outputMode: "headphones",
+  bargeIn: "model",
+  token: "",
+  instructions: "",
+  voice: "",
+  micId: "",
+  speakerId: "",
+  volume: 1,
+};
+// Backends that answer without a speech model (docs: README, "Models").
+const DEMO_BACKENDS = ["scripted", "silence"];
 
 function loadSettings() {
   let saved = {};
@@ -17,6 +33,8 @@ function loadSettings() {
   if (!["model", "vad"].includes(settings.bargeIn)) settings.bargeIn = "model";
   if (typeof settings.instructions !== "string") settings.instructions = "";
   if (typeof settings.voice !== "string") settings.voice = "";
+  for (const key of ["micId", "speakerId"]) if (typeof settings[key] !== "string") settings[key] = "";
+  if (!(settings.volume >= 0 && settings.volume <= 1)) settings.volume = 1;
   delete settings.takesPrompts; // learnt from the server on every visit, never remembered
   const params = new URLSearchParams(location.search);
   if (params.has("token")) {
@@ -55,6 +73,8 @@ form.addEventListener("change", (e) => {
   const { name, value } = e.target;
   if (name === "outputMode") client.setOutputMode(value);
   else if (name === "bargeIn") client.setBargeIn(value);
+  else if (name === "micId") client.setMicrophone(value);
+  else if (name === "speakerId") client.setSpeaker(value);
   else if (name === "token") settings.token = value;
   else if (name === "instructions" || name === "voice") settings[name] = value;
   saveSettings(settings);
@@ -100,6 +120,44 @@ form.elements.token.addEventListener("input", (e) => {
   saveSettings(settings);
 });
 
+// -- devices -----------------------------------------------------------------------------
+const refreshMicrophones = devicePicker(form.elements.micId, "audioinput", () => settings.micId);
+const speakerField = $('[data-testid="speaker-field"]');
+speakerField.hidden = !speakerChoiceSupported; // no way to choose: the system's output it is
+const refreshSpeakers = speakerChoiceSupported
+  ? devicePicker(form.elements.speakerId, "audiooutput", () => settings.speakerId)
+  : () => {};
+
+// -- what the assistant sees: shown when the server's model takes images -----------------
+const imagePanel = new ImagePanel($('[data-testid="image-panel"]'), client);
+
+// -- what the page is talking to -----------------------------------------------------------
+const serverInfo = $('[data-testid="server-info"]');
+async function showServer() {
+  let health;
+  try {
+    // With --protect-metrics the model's name is shown to token holders only.
+    const token = settings.token.trim();
+    const headers = token ? { Authorization: `Bearer ${token}` } : {};
+    const response = await fetch("/healthz", { cache: "no-store", headers });
+    health = await response.json();
+  } catch {
+    return; // unreachable: Start says so, with what to do
+  }
+  imagePanel.setAvailable(health.takes_images === true);
+  if (!health.backend) {
+    serverInfo.hidden = true; // figures withheld: a protected server, and no token or a wrong one
+    return;
+  }
+  const demo = DEMO_BACKENDS.includes(health.backend);
+  serverInfo.textContent = demo
+    ? "Demo mode: no speech model on this server (see README: Models)"
+    : `Model: ${health.model || "unnamed"} · ${health.backend} backend`;
+  serverInfo.dataset.demo = String(demo);
+  serverInfo.hidden = false;
+}
+showServer();
+
 // -- button and state --------------------------------------------------------------------
 const toggle = $("#toggle");
 const toggleLabel = toggle.querySelector(".toggle-label");
@@ -115,6 +173,7 @@ toggle.addEventListener("click", () => {
   else {
     clearError();
     client.start();
+    showServer(); // it may have been restarted with another model since the page loaded
   }
 });
 
@@ -130,6 +189,27 @@ function renderState() {
   hint.textContent = live ? HINT_LIVE : HINT_IDLE;
 }
 client.addEventListener("statechange", renderState);
+
+// -- mute and volume ---------------------------------------------------------------------
+const mute = $("#mute");
+const mutedTag = $(".muted-tag");
+mute.addEventListener("click", () => {
+  const muted = mute.getAttribute("aria-pressed") !== "true";
+  mute.setAttribute("aria-pressed", String(muted));
+  mutedTag.hidden = !muted;
+  client.setMuted(muted);
+});
+const volume = $("#volume");
+volume.value = String(Math.round(settings.volume * 100));
+function showVolume() {
+  volume.setAttribute("aria-valuetext", `${volume.value} percent`);
+}
+volume.addEventListener("input", () => {
+  client.setVolume(Number(volume.value) / 100);
+  showVolume();
+  saveSettings(settings);
+});
+showVolume();
 
 // -- errors ------------------------------------------------------------------------------
 const alertBox = $('[data-testid="error"]');
@@ -148,100 +228,27 @@ client.addEventListener("error", (e) => {
   else toggle.focus();
 });
 client.addEventListener("notice", (e) => {
-  notice.textContent = `The server said: ${e.detail.message ?? e.detail.code}`;
+  const text = e.detail.message ?? e.detail.code;
+  notice.textContent = e.detail.local ? text : `The server said: ${text}`;
   notice.hidden = false;
 });
 
-// -- captions ----------------------------------------------------------------------------
-const captions = $("#captions");
-let assistantTurn = null; // {el, textEl, text}
-
-function addTurn(who, atMs) {
-  captions.querySelector(".captions-empty")?.remove();
-  const el = document.createElement("div");
-  el.className = `turn turn--${who}`;
-  el.dataset.who = who;
-  el.dataset.at = String(atMs ?? Number.MAX_SAFE_INTEGER);
-  const label = document.createElement("span");
-  label.className = "turn-who";
-  label.textContent = who === "user" ? "You" : "Assistant";
-  const textEl = document.createElement("p");
-  textEl.className = "turn-text";
-  el.append(label, textEl);
-  // User captions arrive after the utterance ends, so place them by their start time.
-  const later = [...captions.children].find((c) => Number(c.dataset.at) > Number(el.dataset.at));
-  captions.insertBefore(el, later ?? null);
-  return { el, textEl, text: "" };
-}
-
-function scrollCaptions() {
-  captions.scrollTop = captions.scrollHeight;
-}
-
-function onAssistantText(event) {
-  if (!assistantTurn) assistantTurn = addTurn("assistant", event.at_ms);
-  assistantTurn.text += event.text;
-  assistantTurn.textEl.textContent = assistantTurn.text.trimStart();
-  scrollCaptions();
-}
-
-/** Strike through what the listener never heard, and close the turn. */
-function onBargeIn(event) {
-  const turn = assistantTurn ?? [...captions.querySelectorAll(".turn--assistant")].map((el) => ({ el })).at(-1);
-  assistantTurn = null;
-  if (!turn?.el) return;
-  const textEl = turn.el.querySelector(".turn-text");
-  const shown = textEl.textContent;
-  const cut = (event.cut_text ?? "").trim();
-  let heard = shown;
-  let unheard = cut;
-  const at = cut ? shown.lastIndexOf(cut) : -1;
-  if (at >= 0 && shown.slice(at + cut.length).trim() === "") {
-    heard = shown.slice(0, at);
-    unheard = shown.slice(at);
-  }
-  textEl.textContent = heard;
-  if (unheard) {
-    const del = document.createElement("del");
-    del.className = "cut";
-    del.title = "Not heard: you interrupted";
-    del.textContent = unheard;
-    textEl.append(del);
-  }
-  const badge = document.createElement("span");
-  badge.className = "turn-badge";
-  badge.textContent = "interrupted";
-  turn.el.querySelector(".turn-who").append(badge);
-  turn.el.classList.add("turn--cut");
-  scrollCaptions();
-}
-
+// -- captions and history --------------------------------------------------------------
+const captions = new Captions($("#captions"));
+const clearHistory = $("#clear-history");
 client.addEventListener("event", (e) => {
-  const event = e.detail;
-  switch (event.type) {
-    case "session.ready":
-      assistantTurn = null;
-      break;
-    case "input.speech_started":
-      // Whatever the assistant says after the user spoke is a new turn, even without a barge-in.
-      if (assistantTurn?.text.trim()) assistantTurn = null;
-      break;
-    case "assistant.text":
-      onAssistantText(event);
-      break;
-    case "barge_in":
-      onBargeIn(event);
-      break;
-    case "user.transcript": {
-      if (!event.text?.trim()) break;
-      const turn = addTurn("user", event.start_ms);
-      turn.textEl.textContent = event.text.trim();
-      scrollCaptions();
-      break;
-    }
-    default:
-      break;
+  captions.onEvent(e.detail);
+  clearHistory.disabled = captions.empty;
+  if (e.detail.type === "session.ready") {
+    // The browser names the devices once the microphone is allowed.
+    refreshMicrophones();
+    refreshSpeakers();
   }
+});
+clearHistory.addEventListener("click", () => {
+  captions.clear();
+  clearHistory.disabled = true;
+  $("#captions").focus(); // the button is disabled now, and would drop the keyboard focus
 });
 
 // -- meters and readouts -----------------------------------------------------------------
@@ -253,9 +260,40 @@ const latencyEl = $('[data-testid="latency"]');
 const bufferEl = $('[data-testid="buffer"]');
 const underrunsEl = $('[data-testid="underruns"]');
 const formatEl = $('[data-testid="audio-format"]');
+const ratesEl = $(".wire .rates");
 const kbpsUpEl = $('[data-testid="kbps-up"]');
 const kbpsDownEl = $('[data-testid="kbps-down"]');
+const timerEl = $('[data-testid="timer"]');
 const FORMAT_NAMES = { opus: "Opus (WebCodecs)", pcm16: "PCM 16-bit" };
+
+/** A number with its unit, or words (and no unit) when there is no number. */
+function showReadout(el, value, words) {
+  setText(el, value === null ? words : String(value));
+  el.nextElementSibling.hidden = value === null;
+}
+
+function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text; // unchanged text: no work for screen readers
+}
+
+function clock(ms) {
+  const s = Math.floor(ms / 1000);
+  const h = Math.floor(s / 3600);
+  const mm = String(Math.floor(s / 60) % 60);
+  const ss = String(s % 60).padStart(2, "0");
+  return h ? `${h}:${mm.padStart(2, "0")}:${ss}` : `${mm}:${ss}`;
+}
+
+/** The conversation's length: running while live, its final length after Stop. */
+function showTimer(stats) {
+  if (stats.readyAt === null) {
+    timerEl.hidden = true;
+    return;
+  }
+  const length = clock((stats.endedAt ?? performance.now()) - stats.readyAt);
+  setText(timerEl, stats.endedAt === null ? length : `lasted ${length}`);
+  timerEl.hidden = false;
+}
 
 /** RMS in [0, 1] -> meter position in [0, 1] over a 60 dB range. */
 function meterLevel(rms) {
@@ -280,13 +318,18 @@ function draw() {
     }
   }
   const { stats } = client;
-  latencyEl.textContent = stats.lastLatencyMs === null ? "–" : String(stats.lastLatencyMs);
-  bufferEl.textContent = client.live ? String(Math.round(stats.bufferedMs)) : "–";
-  underrunsEl.textContent = String(stats.underruns);
+  const ready = client.live && stats.readyAt !== null;
+  showReadout(latencyEl, stats.lastLatencyMs, "none yet");
+  showReadout(bufferEl, ready ? Math.round(stats.bufferedMs) : null, client.live ? "starting" : "not connected");
+  setText(underrunsEl, String(stats.underruns));
   const { upKbps, downKbps } = client.bitrates();
-  formatEl.textContent = client.live && client.audioFormat ? FORMAT_NAMES[client.audioFormat] : "–";
-  kbpsUpEl.textContent = client.live && upKbps !== null ? upKbps.toFixed(1) : "–";
-  kbpsDownEl.textContent = client.live && downKbps !== null ? downKbps.toFixed(1) : "–";
+  setText(formatEl, ready && client.audioFormat ? FORMAT_NAMES[client.audioFormat] : "not connected");
+  ratesEl.hidden = !ready || upKbps === null;
+  if (!ratesEl.hidden) {
+    setText(kbpsUpEl, upKbps.toFixed(1));
+    setText(kbpsDownEl, downKbps.toFixed(1));
+  }
+  showTimer(stats);
   requestAnimationFrame(draw);
 }
 

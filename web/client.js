@@ -5,13 +5,15 @@
 // error, or the server ends it. It never reconnects by itself: the user presses Start again.
 // It emits "statechange", "event" (every server JSON event), "levels", "stats", "notice" (a
 // refused request the session survives) and "error" (the conversation ended with a UserError).
-// Audio goes as Opus (web/opus-link.js) when the browser's WebCodecs can code it, else as PCM16.
+// Audio goes as Opus (web/opus-link.js) when the browser's WebCodecs can code it, else as PCM16,
+// at 24 kHz either way; the audio graph (web/audio-graph.js) converts to and from the device's rate.
 
-import { ERRORS, UserError, diagnoseHandshakeFailure, microphoneError, serverReachable } from "./errors.js";
+import { AudioGraph } from "./audio-graph.js";
+import { ERRORS, UserError, diagnoseHandshakeFailure, microphoneError } from "./errors.js";
 import { OPUS_RATE, OpusLink, opusSupported } from "./opus-link.js";
 
-const SUPPORTED_RATES = [8000, 16000, 24000, 44100, 48000];
-const FALLBACK_RATE = 48000;
+// The model's own rate (and Opus' on this protocol): the server resamples nothing.
+const WIRE_RATE = OPUS_RATE;
 const CHUNK_MS = 20; // capture chunk: small enough for low latency, big enough for few frames
 const PLAYOUT_TARGET_MS = 100;
 const POSITION_EVERY_MS = 200;
@@ -25,6 +27,7 @@ export const STATES = {
   idle: "Ready",
   connecting: "Connecting…",
   listening: "Listening",
+  userSpeaking: "Listening – waiting for you to pause",
   speaking: "Assistant speaking",
   interrupted: "You interrupted",
   stopping: "Ending…",
@@ -33,13 +36,16 @@ export const STATES = {
 export class AssistantClient extends EventTarget {
   constructor(settings) {
     super();
-    this.settings = settings; // {outputMode: "headphones"|"speakers", bargeIn: "model"|"vad", token}
+    // {outputMode: "headphones"|"speakers", bargeIn: "model"|"vad", token, micId, speakerId, volume}
+    this.settings = settings;
     this.state = "idle";
     this.stateHistory = [];
     this.error = null;
     this.sessionId = null;
     this.serverOptions = null; // the session's options as the server last confirmed them
-    this.sampleRate = null;
+    this.sampleRate = null; // the AudioContext's (the device's) rate
+    this.wireRate = WIRE_RATE; // the rate of the audio on the websocket, both ways
+    this.muted = false;
     this.audioFormat = null; // "opus" or "pcm16": what the live session's binary frames carry
     this.opusAvailable = null; // known long before a click, so the audio graph is made at the right rate
     opusSupported().then((ok) => {
@@ -49,6 +55,7 @@ export class AssistantClient extends EventTarget {
     this.serverStats = null;
     this.run = null; // everything owned by the current conversation
     this.assistantSpeaking = false;
+    this.userSpeaking = false;
     this.interruptedTimer = null;
   }
 
@@ -71,6 +78,7 @@ export class AssistantClient extends EventTarget {
       bytesSent: 0,
       bytesReceived: 0,
       readyAt: null,
+      endedAt: null,
       encodeMs: [],
       decodeMs: [],
     };
@@ -96,9 +104,10 @@ export class AssistantClient extends EventTarget {
 
   async start() {
     if (this.run) return;
-    const run = { ws: null, ready: false, opened: false, userStopped: false };
+    const run = { ws: null, ready: false, opened: false, userStopped: false, serverRate: WIRE_RATE };
     this.run = run;
     this.assistantSpeaking = false;
+    this.userSpeaking = false;
     this.error = null;
     this.stats = AssistantClient.freshStats();
     this.serverStats = null;
@@ -115,66 +124,22 @@ export class AssistantClient extends EventTarget {
   async openAudio(run) {
     if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) throw ERRORS.insecure();
     if (typeof AudioWorkletNode === "undefined") throw ERRORS.unsupported();
-    // Created before any await, inside the click: some browsers only let audio start there.
-    // Opus runs at 24 kHz: the browser then resamples the microphone and the speaker for us.
     run.audioFormat = this.opusAvailable ? "opus" : "pcm16";
-    const rate = run.audioFormat === "opus" ? { sampleRate: OPUS_RATE } : {};
-    let context = new AudioContext({ latencyHint: "interactive", ...rate });
-    run.context = context;
-    // Speakers need the browser's echo canceller or the assistant hears itself; headphones
-    // sound better without any processing.
-    const processing = this.settings.outputMode === "speakers";
-    try {
-      run.stream = await navigator.mediaDevices.getUserMedia({
-        audio: {
-          channelCount: 1,
-          echoCancellation: processing,
-          noiseSuppression: processing,
-          autoGainControl: processing,
-        },
-      });
-    } catch (err) {
-      throw microphoneError(err);
-    }
-    if (this.run !== run) {
-      run.stream.getTracks().forEach((t) => t.stop());
-      return;
-    }
-    if (!SUPPORTED_RATES.includes(context.sampleRate)) {
-      // The server accepts a few rates only; let the browser resample to one of them.
-      await context.close();
-      context = new AudioContext({ latencyHint: "interactive", sampleRate: FALLBACK_RATE });
-    }
-    run.context = context;
-    try {
-      await context.audioWorklet.addModule(new URL("./capture-worklet.js", import.meta.url));
-      await context.audioWorklet.addModule(new URL("./playback-worklet.js", import.meta.url));
-    } catch (err) {
-      // The modules come from the server: failing to load them usually means it is gone.
-      throw (await serverReachable()) ? ERRORS.audioFailed(err) : ERRORS.unreachable(location.host);
-    }
-    if (context.state !== "running") await context.resume();
-
-    run.source = context.createMediaStreamSource(run.stream);
-    run.capture = new AudioWorkletNode(context, "capture-processor", {
-      numberOfInputs: 1,
-      numberOfOutputs: 0,
-      channelCount: 1,
-      channelCountMode: "explicit",
-      processorOptions: { chunkMs: CHUNK_MS },
+    // Created before any await, inside the click: some browsers only let audio start there.
+    run.graph = new AudioGraph({
+      wireRate: WIRE_RATE,
+      chunkMs: CHUNK_MS,
+      targetMs: PLAYOUT_TARGET_MS,
+      outputMode: this.settings.outputMode,
+      micId: this.settings.micId,
+      speakerId: this.settings.speakerId,
+      muted: this.muted,
+      volume: this.settings.volume,
+      onChunk: (chunk) => this.onCaptureChunk(run, chunk),
+      onPlayback: (message) => this.onPlaybackMessage(run, message),
     });
-    run.capture.port.onmessage = (e) => this.onCaptureChunk(run, e.data);
-    run.source.connect(run.capture);
-
-    run.playback = new AudioWorkletNode(context, "playback-processor", {
-      numberOfInputs: 0,
-      numberOfOutputs: 1,
-      outputChannelCount: [1],
-      processorOptions: { targetMs: PLAYOUT_TARGET_MS },
-    });
-    run.playback.port.onmessage = (e) => this.onPlaybackMessage(run, e.data);
-    run.playback.connect(context.destination);
-    this.sampleRate = context.sampleRate;
+    await run.graph.open();
+    this.sampleRate = run.graph.sampleRate;
   }
 
   wsUrl() {
@@ -200,7 +165,7 @@ export class AssistantClient extends EventTarget {
       ws.send(
         JSON.stringify({
           type: "session.start",
-          sample_rate: run.context.sampleRate,
+          sample_rate: WIRE_RATE,
           ...(run.audioFormat === "opus" ? { audio_format: "opus" } : {}),
           barge_in: this.settings.bargeIn,
           captions: true,
@@ -221,19 +186,15 @@ export class AssistantClient extends EventTarget {
     this.stats.framesReceived += 1;
     this.stats.bytesReceived += data.byteLength;
     if (run.opus) run.opus.decode(data);
-    else this.play(run, data);
-  }
-
-  play(run, pcm) {
-    run.playback.port.postMessage({ type: "audio", pcm }, [pcm]);
+    else run.graph.play(pcm16ToFloat(data), run.serverRate);
   }
 
   /** The session's codec, once session.ready confirmed the format. */
   startOpus(run) {
     run.opus = new OpusLink({
       onPacket: (packet) => this.sendAudio(run, packet),
-      onPcm: (pcm) => this.run === run && this.play(run, pcm),
-      onError: (err) => this.dispatchEvent(new CustomEvent("notice", { detail: { code: "opus", message: String(err) } })),
+      onAudio: (samples, rate) => this.run === run && run.graph.play(samples, rate),
+      onError: (err) => this.notice("opus", String(err)),
     });
     this.stats.encodeMs = run.opus.encodeMs;
     this.stats.decodeMs = run.opus.decodeMs;
@@ -252,10 +213,19 @@ export class AssistantClient extends EventTarget {
         this.sessionId = event.session_id;
         this.serverOptions = event.options ?? null;
         this.audioFormat = event.audio_format ?? "pcm16";
+        run.serverRate = event.sample_rate ?? WIRE_RATE; // the rate of its PCM16 frames
         if (this.audioFormat === "opus") this.startOpus(run);
         this.stats.readyAt = performance.now();
         run.positionTimer = setInterval(() => this.sendPosition(run), POSITION_EVERY_MS);
         this.setState("listening");
+        break;
+      case "input.speech_started":
+        this.userSpeaking = true;
+        this.showTurn();
+        break;
+      case "input.speech_stopped":
+        this.userSpeaking = false;
+        this.showTurn();
         break;
       case "session.updated":
         this.serverOptions = event.options ?? null;
@@ -264,11 +234,11 @@ export class AssistantClient extends EventTarget {
         // The playhead will reach at_ms when the first reply sample plays: see onPlaybackMessage.
         run.pendingReply = { atMs: event.at_ms, arrivedAt: receivedAt };
         this.assistantSpeaking = true;
-        if (this.state !== "interrupted") this.setState("speaking");
+        this.showTurn();
         break;
       case "assistant.speech_stopped":
         this.assistantSpeaking = false;
-        if (this.state === "speaking") this.setState("listening");
+        this.showTurn();
         break;
       case "playback.clear":
         this.clearPlayback(run, receivedAt);
@@ -302,14 +272,27 @@ export class AssistantClient extends EventTarget {
     const id = this.stats.clears;
     run.clearSentAt.set(id, receivedAt);
     run.opus?.clear();
-    run.playback.port.postMessage({ type: "clear", id });
+    run.graph.clear(id);
+  }
+
+  /** Something went wrong that the conversation survives (shown, not fatal). */
+  notice(code, message) {
+    this.dispatchEvent(new CustomEvent("notice", { detail: { code, message, local: true } }));
+  }
+
+  /** Whose turn it is, unless "You interrupted" is still on show or the session is ending. */
+  showTurn() {
+    if (!["listening", "userSpeaking", "speaking"].includes(this.state)) return;
+    this.setState(this.assistantSpeaking ? "speaking" : this.userSpeaking ? "userSpeaking" : "listening");
   }
 
   showInterrupted() {
     this.setState("interrupted");
     clearTimeout(this.interruptedTimer);
     this.interruptedTimer = setTimeout(() => {
-      if (this.state === "interrupted") this.setState(this.assistantSpeaking ? "speaking" : "listening");
+      if (this.state !== "interrupted") return;
+      this.setState("listening");
+      this.showTurn();
     }, INTERRUPTED_HOLD_MS);
   }
 
@@ -348,7 +331,7 @@ export class AssistantClient extends EventTarget {
   }
 
   onPlaybackMessage(run, message) {
-    const rate = run.context.sampleRate;
+    const rate = this.sampleRate;
     this.stats.samplesPlayed = message.samplesPlayed;
     this.stats.samplesDropped = message.samplesDropped;
     this.stats.underruns = message.underruns;
@@ -358,7 +341,8 @@ export class AssistantClient extends EventTarget {
     if (reply && positionMs >= reply.atMs) {
       // The playhead passed the reply's first sample (positionMs - atMs) ago; the device adds its own.
       const playedAt = performance.now() - (positionMs - reply.atMs);
-      const deviceMs = ((run.context.baseLatency || 0) + (run.context.outputLatency || 0)) * 1000;
+      const { context } = run.graph;
+      const deviceMs = ((context.baseLatency || 0) + (context.outputLatency || 0)) * 1000;
       run.replyWaitMs = Math.max(0, playedAt - reply.arrivedAt) + deviceMs;
       this.stats.replyWaitMs = run.replyWaitMs;
       run.pendingReply = null;
@@ -391,7 +375,7 @@ export class AssistantClient extends EventTarget {
 
   /** What the browser applied to the microphone (echoCancellation etc.), or null when not live. */
   micSettings() {
-    return this.run?.stream?.getAudioTracks()[0]?.getSettings() ?? null;
+    return this.run?.graph?.micSettings() ?? null;
   }
 
   /** The persona and voice for session.start, when the server's model takes prompts and they are set. */
@@ -402,6 +386,17 @@ export class AssistantClient extends EventTarget {
     if (instructions) options.instructions = instructions;
     if (this.settings.voice) options.voice = this.settings.voice;
     return options;
+  }
+
+  /**
+   * Show the model an image (a data URL of a JPEG, PNG or WebP, or its base64), or none (null).
+   * False when no conversation is ready to take it; the server answers `session.image.updated`.
+   */
+  sendImage(data) {
+    const ws = this.run?.ws;
+    if (!this.run?.ready || ws?.readyState !== WebSocket.OPEN) return false;
+    ws.send(JSON.stringify({ type: "session.image", data }));
+    return true;
   }
 
   /** Change the barge-in policy; a live session is updated at once. */
@@ -416,12 +411,41 @@ export class AssistantClient extends EventTarget {
   /** Switch the microphone's processing for headphones or speakers, live when the browser can. */
   async setOutputMode(mode) {
     this.settings.outputMode = mode;
-    const track = this.run?.stream?.getAudioTracks()[0];
-    if (!track) return;
-    const processing = mode === "speakers";
-    await track
-      .applyConstraints({ echoCancellation: processing, noiseSuppression: processing, autoGainControl: processing })
-      .catch(() => {}); // some browsers only apply these at the next start; nothing else to do
+    await this.run?.graph?.setProcessing(mode);
+  }
+
+  /** Microphone off (silence goes to the server, the session stays) or back on. */
+  setMuted(muted) {
+    this.muted = muted;
+    this.run?.graph?.setMuted(muted);
+  }
+
+  /** Output volume in [0, 1]. */
+  setVolume(volume) {
+    this.settings.volume = volume;
+    this.run?.graph?.setVolume(volume);
+  }
+
+  /** Use another microphone ("" = the system's default); a live conversation switches at once. */
+  async setMicrophone(deviceId) {
+    this.settings.micId = deviceId;
+    const graph = this.run?.graph;
+    if (!graph?.source) return;
+    try {
+      await graph.setMicrophone(this.settings.outputMode, deviceId);
+    } catch (err) {
+      this.notice("microphone", microphoneError(err).message);
+    }
+  }
+
+  /** Play through another output device ("" = the system's default), at once when live. */
+  async setSpeaker(deviceId) {
+    this.settings.speakerId = deviceId;
+    try {
+      await this.run?.graph?.setSpeaker(deviceId);
+    } catch (err) {
+      this.notice("speaker", `The speaker could not be used: ${err.message ?? err}`);
+    }
   }
 
   async onClose(run, event) {
@@ -470,11 +494,9 @@ export class AssistantClient extends EventTarget {
       run.ws.onmessage = null;
       run.ws.onclose = null;
     }
-    run.capture?.port.postMessage({ type: "stop" });
-    run.playback?.port.postMessage({ type: "stop" });
-    run.stream?.getTracks().forEach((t) => t.stop());
+    run.graph?.close();
     run.opus?.close();
-    run.context?.close().catch(() => {});
+    if (this.stats.readyAt !== null) this.stats.endedAt = performance.now();
     this.error = error;
     this.setState("idle");
     if (error) this.dispatchEvent(new CustomEvent("error", { detail: error }));
@@ -488,7 +510,7 @@ export class AssistantClient extends EventTarget {
     const ws = run.ws;
     if (ws?.readyState === WebSocket.OPEN) {
       this.setState("stopping");
-      run.stream?.getTracks().forEach((t) => t.stop());
+      run.graph?.releaseMicrophone();
       ws.send(JSON.stringify({ type: "session.end" }));
       setTimeout(() => {
         if (ws.readyState <= WebSocket.OPEN) ws.close(1000);
@@ -512,4 +534,12 @@ export class AssistantClient extends EventTarget {
     }
     this.finish(run, null);
   }
+}
+
+/** The wire's PCM16 (little-endian, as every browser's typed arrays are) as float samples. */
+function pcm16ToFloat(buffer) {
+  const pcm = new Int16Array(buffer);
+  const samples = new Float32Array(pcm.length);
+  for (let i = 0; i < pcm.length; i++) samples[i] = pcm[i] / 32768;
+  return samples;
 }

@@ -32,12 +32,14 @@ export async function opusSupported() {
 /**
  * One session's encoder and decoder. `encode(int16)` takes microphone chunks (480 samples at
  * 24 kHz) and calls `onPacket(ArrayBuffer)` for each packet; `decode(ArrayBuffer)` takes server
- * packets and calls `onPcm(ArrayBuffer of Int16)`. `clear()` drops what is still being decoded, so
- * audio the server told us to discard cannot come back out of the decoder afterwards.
+ * packets and calls `onAudio(Float32Array, rate)` at the rate the decoder chose: Opus decodes at
+ * 48 kHz inside, and WebCodecs may hand that out whatever rate was configured (Chromium does), so
+ * the player resamples by the rate each AudioData declares. `clear()` drops what is still being
+ * decoded, so audio the server told us to discard cannot come back out of the decoder afterwards.
  * `encodeMs` / `decodeMs` hold the time each packet spent in the codec.
  */
 export class OpusLink {
-  constructor({ onPacket, onPcm, onError }) {
+  constructor({ onPacket, onAudio, onError }) {
     this.encodeMs = [];
     this.decodeMs = [];
     this.inFlight = new Map(); // timestamp (us) -> performance.now() when handed to a codec
@@ -54,7 +56,7 @@ export class OpusLink {
       error: onError,
     });
     this.encoder.configure(ENCODER_CONFIG);
-    this.onPcm = onPcm;
+    this.onAudio = onAudio;
     this.onError = onError;
     this.decoder = this.newDecoder();
   }
@@ -107,12 +109,11 @@ export class OpusLink {
       data.close();
       return;
     }
-    const f32 = new Float32Array(data.numberOfFrames);
-    data.copyTo(f32, { planeIndex: 0, format: "f32-planar" });
+    const samples = new Float32Array(data.numberOfFrames);
+    data.copyTo(samples, { planeIndex: 0, format: "f32-planar" });
+    const rate = data.sampleRate;
     data.close();
-    const pcm = new Int16Array(f32.length);
-    for (let i = 0; i < f32.length; i++) pcm[i] = Math.max(-32768, Math.min(32767, Math.round(f32[i] * 32768)));
-    this.onPcm(pcm.buffer);
+    this.onAudio(samples, rate);
   }
 
   clear() {

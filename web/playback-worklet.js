@@ -1,13 +1,19 @@
-// Playout buffer on the audio thread for the assistant's voice (PCM16 mono at the context rate).
+// Playout buffer on the audio thread for the assistant's voice (mono, played at the context rate).
 //
-// Messages in:  {type: "audio", pcm: ArrayBuffer (Int16)}  queue samples
-//               {type: "clear", id}                          drop everything queued, at once
+// Messages in:  {type: "audio", samples: ArrayBuffer (Float32), rate}  queue audio at any rate
+//               {type: "clear", id}                        drop everything queued, at once
 //               {type: "stop"}
-// Messages out: {type: "report", ...counters, rms, peak}    every `reportMs`
+// Messages out: {type: "report", ...counters, rms, peak}  every `reportMs`
 //               {type: "cleared", id, droppedSamples, ...}  right after a clear emptied the buffer
+//
+// Audio is resampled from its own rate (24 kHz PCM off the wire, 48 kHz out of an Opus decoder,
+// whatever a browser hands out) to the context's rate as it is queued, so the buffer and every
+// counter are in samples at the context rate.
 //
 // Playback starts once `targetMs` is queued and, after an underrun (the queue ran dry while
 // playing), waits for `targetMs` again so that one late frame does not turn into many clicks.
+
+import { Resampler } from "./resampler.js";
 
 const DEFAULT_TARGET_MS = 100;
 const DEFAULT_CAPACITY_MS = 10_000;
@@ -33,13 +39,15 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     this.sinceReport = 0;
     this.sumSquares = 0;
     this.peak = 0;
+    this.resampler = null; // from the rate of the audio last queued
     this.port.onmessage = (event) => this.onMessage(event.data);
   }
 
   onMessage(message) {
     if (message.type === "audio") {
-      this.push(new Int16Array(message.pcm));
+      this.push(this.toContextRate(new Float32Array(message.samples), message.rate));
     } else if (message.type === "clear") {
+      this.resampler?.reset(); // what follows a clear does not continue what was dropped
       this.samplesDropped += this.size;
       const droppedSamples = this.size;
       this.size = 0;
@@ -50,15 +58,20 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     }
   }
 
-  push(pcm) {
-    this.samplesReceived += pcm.length;
+  toContextRate(samples, rate) {
+    if (this.resampler?.fromRate !== rate) this.resampler = new Resampler(rate, sampleRate);
+    return this.resampler.process(samples);
+  }
+
+  push(samples) {
+    this.samplesReceived += samples.length;
     let start = 0;
     // More than the whole ring: only the newest `capacity` samples can ever be played.
-    if (pcm.length > this.capacity) {
-      start = pcm.length - this.capacity;
+    if (samples.length > this.capacity) {
+      start = samples.length - this.capacity;
       this.samplesDropped += start;
     }
-    const incoming = pcm.length - start;
+    const incoming = samples.length - start;
     const overflow = this.size + incoming - this.capacity;
     if (overflow > 0) {
       // Keep latency bounded: drop the oldest queued audio rather than the newest.
@@ -67,8 +80,8 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       this.samplesDropped += overflow;
     }
     let writeIndex = (this.readIndex + this.size) % this.capacity;
-    for (let i = start; i < pcm.length; i++) {
-      this.ring[writeIndex] = pcm[i] / 32768;
+    for (let i = start; i < samples.length; i++) {
+      this.ring[writeIndex] = samples[i];
       writeIndex = writeIndex + 1 === this.capacity ? 0 : writeIndex + 1;
     }
     this.size += incoming;

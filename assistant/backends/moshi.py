@@ -22,10 +22,12 @@ import torch
 
 from assistant.engine import FRAME_MS, Engine, SlotOptions, StepOutput
 from assistant.moshi.graphs import StepRunner, bucket_for, compile_mode, topk_width
-from assistant.moshi.lm import MoshiStreamingLM, Sampling
+from assistant.moshi.image_feed import DEFAULT_IMAGE_START, ImageFeed, ImageSlots
+from assistant.moshi.lm import Sampling
 from assistant.moshi.loading import LoadedMoshi, load_moshi, resolve_device, resolve_dtype
 from assistant.moshi.persona import DEFAULT_CHUNK_FRAMES, Prompter, PromptJob
 from assistant.moshi.random_models import RANDOM_MODELS, random_loaded
+from assistant.moshi.vision_lm import streaming_lm
 
 DEFAULT_TEXT_TEMPERATURE = 0.7
 DEFAULT_TEXT_TOP_K = 25
@@ -45,7 +47,7 @@ class _SlotSampling:
     top_k: int
 
 
-class MoshiEngine(Engine):
+class MoshiEngine(ImageSlots, Engine):
     """Moshi + Mimi over `batch_size` slots. Build it with `from_pretrained` (or from parts, in tests)."""
 
     name = "moshi"
@@ -67,6 +69,7 @@ class MoshiEngine(Engine):
         warm_up: bool = True,
         prefill: str = "fast",
         prefill_chunk: int = DEFAULT_CHUNK_FRAMES,
+        image_start: int = DEFAULT_IMAGE_START,
     ):
         """compile: CUDA-graph the LM step per batch bucket (None: env ASSISTANT_COMPILE, default on CUDA).
         quantize: None or "int8" (None: env ASSISTANT_QUANTIZE), weight-only, applied to loaded.model in place.
@@ -75,6 +78,7 @@ class MoshiEngine(Engine):
         pass; while others are live, one pass per tick after their step, as many positions as fit
         half the frame's spare time, at most `prefill_chunk`) or "stepwise" (one position per
         forward, all at once; the reference the fast path is checked against).
+        image_start: a vision model's default first step at which a slot's image counts (`set_image`).
         """
         super().__init__(batch_size)
         if codec.batch_size != batch_size:
@@ -87,14 +91,17 @@ class MoshiEngine(Engine):
             from assistant.moshi.quantize import quantize_moshi
 
             quantize_moshi(loaded.model, self.quantize)
-        self.lm = MoshiStreamingLM(loaded.model, batch_size, delays=loaded.delays, context=context)
+        step_mode = compile_mode(compile, next(loaded.model.parameters()).device)
+        self.lm = streaming_lm(loaded, batch_size, context=context, static=step_mode != "eager")
         if codec.cardinality != self.lm.card:
             raise ValueError(
                 f"Mimi has {codec.cardinality} codes per codebook but the LM expects {self.lm.card}"
             )
         self.profile = profile
         self.defaults = _SlotSampling(
-            *_checked(text_temperature, text_top_k, temperature, top_k, self.lm.text_card, self.lm.card)
+            *_validate_and_clamp(
+                text_temperature, text_top_k, temperature, top_k, self.lm.text_card, self.lm.card
+            )
         )
         self._sampling = [self.defaults] * batch_size
         self._generators = [torch.Generator() for _ in range(batch_size)]
@@ -104,13 +111,14 @@ class MoshiEngine(Engine):
         dev = self.lm.device
         self._force_text = torch.full((batch_size,), loaded.text_pad_id, dtype=torch.long, device=dev)
         self._force_audio = self._silence_codes.expand(batch_size, -1).contiguous()
-        self.runner = StepRunner(self.lm, codec, compile_mode(compile, dev))
+        self.runner = StepRunner(self.lm, codec, step_mode)
         if prefill not in ("fast", "stepwise"):
             raise ValueError(f"prefill must be 'fast' or 'stepwise', got {prefill!r}")
         if prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
         self.prefill_mode, self.prefill_chunk = prefill, int(prefill_chunk)
         self.prompter = Prompter(self.lm, loaded, codec.model) if loaded.takes_prompts else None
+        self.images = ImageFeed(self.lm, image_start) if loaded.takes_images else None
         self._jobs: dict[int, PromptJob | None] = {}  # slot -> its prompt's prefill (None: not built yet)
         self._parked: dict[int, PromptJob] = {}  # held slots whose prompt is in, waiting for `start`
         self._failed: dict[int, str] = {}  # slot -> why its prompt could not be fed (reported once)
@@ -206,7 +214,9 @@ class MoshiEngine(Engine):
         return self.prompter.add_voice(path)
 
     def finish_prompts(self) -> None:
+        """Feed every pending prompt, and encode every pending image, now (offline runs)."""
         self._advance_prompts(all_now=True)
+        self._advance_images(time.perf_counter(), all_now=True)
         if self._failed:
             slot, reason = next(iter(self._failed.items()))
             raise RuntimeError(f"slot {slot}: the prompt could not be fed: {reason}")
@@ -368,6 +378,8 @@ class MoshiEngine(Engine):
         self._prompt_of.pop(slot, None)
         self._failed.pop(slot, None)
         self._broken.discard(slot)
+        if self.images is not None:
+            self.images.forget(slot)
         super().close(slot)
         if was_live and slot in self._row_of:
             self._release_row(slot)
@@ -418,11 +430,11 @@ class MoshiEngine(Engine):
     def _apply_options(self, slot: int, options: SlotOptions, reseed: bool) -> None:
         current = self.defaults if reseed else self._sampling[slot]
         self._sampling[slot] = _SlotSampling(
-            *_checked(
-                _pick(options.text_temperature, current.text_temperature),
-                _pick(options.text_top_k, current.text_top_k),
-                _pick(options.temperature, current.temperature),
-                _pick(options.top_k, current.top_k),
+            *_validate_and_clamp(
+                _given_or(options.text_temperature, current.text_temperature),
+                _given_or(options.text_top_k, current.text_top_k),
+                _given_or(options.temperature, current.temperature),
+                _given_or(options.top_k, current.top_k),
                 self.lm.text_card,
                 self.lm.card,
             )
@@ -502,27 +514,27 @@ class MoshiEngine(Engine):
             self._force_audio[:bucket],
         )
         if self.runner.mode == "eager":
-            frame, pcm = self._eager_step(n, bucket, rows_pcm, step_args, timings)
+            tokens, pcm = self._eager_step(n, bucket, rows_pcm, step_args, timings)
         else:
             t1 = time.perf_counter()
             pcm_rows, out = self.runner.frame(
                 bucket, torch.from_numpy(rows_pcm).to(dev), *step_args, profile=self.profile
             )
             # one device -> host copy per output: text, 8 audio codes and ready; the audio
-            frame = torch.cat([out.text[:n, None], out.audio[:n], out.ready[:n, None].long()], dim=1).cpu()
+            tokens = torch.cat([out.text[:n, None], out.audio[:n], out.ready[:n, None].long()], dim=1).cpu()
             pcm = pcm_rows[:n].cpu()
             self.codec.frames_encoded[:n] += 1
-            self.codec.frames_decoded[:n] += frame[:, -1].numpy()
+            self.codec.frames_decoded[:n] += tokens[:, -1].numpy()
             timings["device_step_ms"] = (time.perf_counter() - t1) * 1000
             timings.update(out.timings_ms)
-        ready = frame[:, -1].bool()
+        ready = tokens[:, -1].bool()
 
         pcm = pcm.numpy().astype(np.float32, copy=False)
         quiet = ~ready.numpy() | self.silenced[slots]
         pcm[quiet] = 0.0  # a silenced slot, or one with no complete frame yet, outputs exact silence
         np.clip(pcm, -1.0, 1.0, out=pcm)
         pcm_out[slots] = pcm
-        text_ids = frame[:, 0].tolist()
+        text_ids = tokens[:, 0].tolist()
         for row, slot in enumerate(self._slot_at):
             if not quiet[row]:
                 text[slot] = self.loaded.tokenizer.piece(text_ids[row])
@@ -531,6 +543,8 @@ class MoshiEngine(Engine):
         if self._jobs:
             self._last_step_ms = (time.perf_counter() - t0) * 1000
             timings["prefill_ms"] = self._advance_prompts()
+        if self.images is not None and self.images.jobs:
+            timings["image_ms"] = self._advance_images(t0, all_now=False)
         timings["total_ms"] = (time.perf_counter() - t0) * 1000
         return StepOutput(
             pcm_out=pcm_out, text=text, speaking=speaking, timings_ms=timings, failed=self._take_failures()
@@ -541,7 +555,7 @@ class MoshiEngine(Engine):
         return failed
 
     def _eager_step(self, n: int, bucket: int, rows_pcm: np.ndarray, step_args, timings: dict[str, float]):
-        """The codec's own masked encode / decode around the LM step: (frame long (n, 1 + K + 1), pcm (n, samples))."""
+        """The codec's own masked encode / decode around the LM step: (tokens long (n, 1 + K + 1): text, K audio codes, ready; pcm (n, samples))."""
         B, dev = self.batch_size, self.lm.device
         t0 = time.perf_counter()
         live_rows = torch.zeros(B, dtype=torch.bool)
@@ -554,18 +568,18 @@ class MoshiEngine(Engine):
         t1 = time.perf_counter()
         out = self.runner.lm_step(bucket, codes[:bucket].to(dev), *step_args, profile=self.profile)
         # one device -> host copy: text, 8 audio codes, ready, per live row
-        frame = torch.cat([out.text[:n, None], out.audio[:n], out.ready[:n, None].long()], dim=1).cpu()
+        tokens = torch.cat([out.text[:n, None], out.audio[:n], out.ready[:n, None].long()], dim=1).cpu()
         timings["lm_ms"] = (time.perf_counter() - t1) * 1000
         timings.update(out.timings_ms)
 
         t2 = time.perf_counter()
         ready = torch.zeros(B, dtype=torch.bool)
-        ready[:n] = frame[:, -1].bool()
+        ready[:n] = tokens[:, -1].bool()
         rows_codes = torch.zeros(B, self.lm.num_codebooks, dtype=torch.long)
-        rows_codes[:n] = frame[:, 1:-1].clamp(0, self.lm.card - 1)
+        rows_codes[:n] = tokens[:, 1:-1].clamp(0, self.lm.card - 1)
         pcm = self.codec.decode(rows_codes, mask=ready if not ready.all() else None)
         timings["codec_decode_ms"] = (time.perf_counter() - t2) * 1000
-        return frame, pcm[:n]
+        return tokens, pcm[:n]
 
     def _sampling_tensors(self, bucket: int) -> Sampling:
         """Sampling settings and this frame's draws for rows [0, bucket); idle rows get the defaults."""
@@ -603,6 +617,7 @@ class MoshiEngine(Engine):
             "layout": self.loaded.layout,
             "model_type": self.loaded.model_type,
             "takes_prompts": self.takes_prompts,
+            "takes_images": self.takes_images,
             "voices": len(self.voices()),
             "prefill": self.prefill_mode,
             "device": str(self.lm.device),
@@ -632,12 +647,13 @@ def quantize_option(value: str | None) -> str | None:
     return value
 
 
-def _pick(value, default):
-    return default if value is None else value
+def _given_or(value, current):
+    """An option the caller set, else the slot's current one."""
+    return current if value is None else value
 
 
-def _checked(text_temperature, text_top_k, temperature, top_k, text_card: int, card: int):
-    """Validate sampling options; top_k < 1 means no limit (the whole vocabulary)."""
+def _validate_and_clamp(text_temperature, text_top_k, temperature, top_k, text_card: int, card: int):
+    """Sampling options, validated, with each top-k clamped to its vocabulary (< 1: the whole of it)."""
     for name, value in (("text_temperature", text_temperature), ("temperature", temperature)):
         if not isinstance(value, int | float) or not np.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a number >= 0 (0 = greedy), got {value!r}")

@@ -34,8 +34,16 @@ from assistant.moshi.kyutai import (
     mimi_config_from_kyutai,
 )
 from assistant.moshi.prompts import SILENCE_TOKENS, SINE_TOKENS, find_voices
-from assistant.moshi.registry import CHECKPOINTS, find
+from assistant.moshi.registry import CHECKPOINTS, find, hub_cache_dir
 from assistant.moshi.tokenizer import TextTokenizer
+from assistant.moshi.vision import MoshiVision, use_kyuteye_norms
+from assistant.moshi.vision_loading import (
+    build_cross_attention,
+    build_image_encoder,
+    is_moshivis,
+    moshivis_lm_kwargs,
+    split_state,
+)
 
 # Hub repos in PersonaPlex's layout: their config.json does not say so (nor give the architecture).
 PERSONAPLEX_REPOS = tuple(c.repo_id for c in CHECKPOINTS if c.layout == "personaplex")
@@ -61,10 +69,15 @@ class LoadedMoshi:
     default_voice: str | None = None
     silence_tokens: tuple[int, ...] = SILENCE_TOKENS  # codes of the prompts' silence and tone frames
     sine_tokens: tuple[int, ...] = SINE_TOKENS
+    vision: torch.nn.Module | None = None  # MoshiVision of a model that sees images (model_type "moshivis")
 
     @property
     def takes_prompts(self) -> bool:
         return self.model_type == "personaplex"
+
+    @property
+    def takes_images(self) -> bool:
+        return self.vision is not None
 
 
 # -- device and dtype --------------------------------------------------------------------------
@@ -175,10 +188,29 @@ def _local_dir(source: str) -> Path:
         return Path(
             snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.model", "voices.tgz"])
         )
-    except Exception as exc:  # network, auth, missing repo: the hub's message says which
-        raise CheckpointError(
-            f"--model {source}: could not fetch the repo from the Hugging Face hub: {exc}"
-        ) from exc
+    except Exception as exc:  # offline, gated, missing repo: say which, and what to do
+        raise CheckpointError(fetch_failure(source, exc)) from exc
+
+
+def fetch_failure(source: str, exc: Exception) -> str:
+    """What to do when the hub did not hand out `source` (a repo id), in place of the hub's own text."""
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    known = find(source)
+    get_it = f"`assistant models download {known.name}`" if known else f"`hf download {source}`"
+    no_weights = "or try the whole loop without weights: --backend scripted"
+    if isinstance(exc, LocalEntryNotFoundError):  # HF_HUB_OFFLINE=1, or no network
+        return (
+            f"--model {source} is not in the Hugging Face cache ({hub_cache_dir()}) and the hub cannot be "
+            f"reached (offline?); get it with {get_it} on a machine that is online, {no_weights}"
+        )
+    if isinstance(exc, (GatedRepoError, RepositoryNotFoundError)):  # the hub answers both for a gated repo
+        return (
+            f"--model {source}: the hub refused it (no such repo, or a gated one: accept its licence at "
+            f"https://huggingface.co/{source}, then `hf auth login` or set HF_TOKEN), {no_weights}"
+        )
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return f"--model {source}: fetching it from the Hugging Face hub failed ({first_line}); {no_weights}"
 
 
 def detect_layout(directory: Path) -> str:
@@ -199,7 +231,7 @@ def detect_layout(directory: Path) -> str:
     )
 
 
-def _need(directory: Path, name: str, what: str) -> Path:
+def need_file(directory: Path, name: str, what: str) -> Path:
     path = directory / name
     if not path.is_file():
         raise CheckpointError(f"checkpoint dir {directory} has no {name} ({what})")
@@ -245,17 +277,19 @@ def _load_kyutai(directory: Path, device, dtype, source: str) -> LoadedMoshi:
 
     config_path = directory / "config.json"
     raw = json.loads(config_path.read_text()) if config_path.is_file() else None
+    if is_moshivis(directory, raw):
+        return _load_moshivis(directory, device, dtype, source, raw)
     names = raw or {}
     model_type = model_type_of(directory, raw, source)
-    moshi_file = _need(directory, names.get("moshi_name", KYUTAI_MOSHI_NAME), "Kyutai LM weights")
-    mimi_file = _need(directory, names.get("mimi_name", KYUTAI_MIMI_NAME), "Kyutai Mimi weights")
-    tok_file = _need(
+    moshi_file = need_file(directory, names.get("moshi_name", KYUTAI_MOSHI_NAME), "Kyutai LM weights")
+    mimi_file = need_file(directory, names.get("mimi_name", KYUTAI_MIMI_NAME), "Kyutai Mimi weights")
+    tok_file = need_file(
         directory, names.get("tokenizer_name", KYUTAI_TOKENIZER_NAME), "SentencePiece text tokenizer"
     )
     kwargs = _personaplex_kwargs(raw) if model_type == "personaplex" else kyutai_lm_kwargs(raw)
     mimi_config = None
     if names.get("mimi_config_name"):
-        mimi_json = _need(directory, names["mimi_config_name"], "Kyutai Mimi config named by config.json")
+        mimi_json = need_file(directory, names["mimi_config_name"], "Kyutai Mimi config named by config.json")
         mimi_config = mimi_config_from_kyutai(json.loads(mimi_json.read_text()))
     config = kyutai_lm_config(kwargs, mimi_config)
     lm_state = convert_kyutai_lm_state_dict(
@@ -278,6 +312,43 @@ def _load_kyutai(directory: Path, device, dtype, source: str) -> LoadedMoshi:
         text_pad_id=pad,
         text_end_pad_id=end_pad,
         **_prompt_fields(directory, names, model_type),
+    )
+
+
+def _load_moshivis(directory: Path, device, dtype, source: str, raw: dict | None) -> LoadedMoshi:
+    """A MoshiVis checkpoint (assistant/moshi/vision_loading.py): the LM with Kyutai's norms, `vision` set."""
+    from safetensors.torch import load_file
+
+    names = raw or {}
+    weights = need_file(directory, names.get("model", KYUTAI_MOSHI_NAME), "MoshiVis weights")
+    mimi_file = need_file(directory, names.get("mimi_codec", KYUTAI_MIMI_NAME), "Kyutai Mimi weights")
+    tok_file = need_file(
+        directory, names.get("text_tokenizer", KYUTAI_TOKENIZER_NAME), "SentencePiece text tokenizer"
+    )
+    mimi_config = None
+    if names.get("mimi_config_name"):
+        mimi_json = need_file(directory, names["mimi_config_name"], "Kyutai Mimi config named by config.json")
+        mimi_config = mimi_config_from_kyutai(json.loads(mimi_json.read_text()))
+    kwargs = moshivis_lm_kwargs(raw)
+    config = kyutai_lm_config(kwargs, mimi_config)
+    lm, cross, image = split_state(load_file(str(weights)), str(weights))
+    lm_state = convert_kyutai_lm_state_dict(lm, config, filename=str(weights))
+    model = build_moshi_from_lm_state(config, lm_state, device, dtype, str(weights))
+    use_kyuteye_norms(model)
+    cross_attention = build_cross_attention(cross, config, str(weights)).to(device, dtype)
+    encoder = build_image_encoder(image, raw, config.hidden_size, str(weights)).to(device).eval()
+    pad = kwargs["existing_text_padding_id"]
+    return LoadedMoshi(
+        model=model,
+        tokenizer=TextTokenizer.from_file(tok_file, {pad, TEXT_END_PAD_ID}),
+        mimi=mimi_file,
+        mimi_config=mimi_config,
+        layout="kyutai",
+        source=source,
+        delays=tuple(kwargs["delays"]),
+        text_pad_id=pad,
+        model_type="moshivis",
+        vision=MoshiVision(encoder, cross_attention).eval(),
     )
 
 

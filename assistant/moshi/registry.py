@@ -8,7 +8,7 @@ Download sizes are approximate, computed from the architecture rather than read 
 (which this module never contacts): parameters x 2 bytes in bf16 (Moshi 7B: 7.69 B parameters;
 PersonaPlex, whose depth transformer also predicts the user's 8 codebooks: 8.37 B) plus the
 float32 Mimi codec (0.38 GB); the text tokenizer (0.5 MB) and PersonaPlex's voice prompts are
-left out.
+left out. MoshiVis adds its SigLIP image encoder (0.42 B) and gated cross-attention (0.20 B).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class KnownCheckpoint:
     repo_id: str
     size_gb: float  # approximate download, see the module docstring
     licence: str
-    layout: str  # "moshi" (Kyutai's files) | "personaplex" (the same plus voice prompts and config.json)
+    layout: str  # "moshi" (Kyutai's files) | "personaplex" (plus voice prompts, config.json) | "moshivis" (images)
     files: tuple[str, ...]  # what the loader needs from the repo
     gated: bool = False  # the Hub asks you to accept the licence (and log in) before downloading
 
@@ -38,6 +38,11 @@ class KnownCheckpoint:
     def takes_prompts(self) -> bool:
         """PersonaPlex-style checkpoints are conditioned on a voice prompt and a text (persona) prompt."""
         return self.layout == "personaplex"
+
+    @property
+    def takes_images(self) -> bool:
+        """MoshiVis checkpoints see an image during the call (an image encoder and cross-attention)."""
+        return self.layout == "moshivis"
 
     @property
     def url(self) -> str:
@@ -55,6 +60,14 @@ def _personaplex(name: str, repo_id: str, licence: str) -> KnownCheckpoint:
 CHECKPOINTS = (
     _moshi("moshiko", "kyutai/moshiko-pytorch-bf16", "CC-BY 4.0"),
     _moshi("moshika", "kyutai/moshika-pytorch-bf16", "CC-BY 4.0"),
+    KnownCheckpoint(
+        "moshika-vis",
+        "kyutai/moshika-vis-pytorch-bf16",
+        17.0,
+        "CC-BY 4.0 + Gemma terms (SigLIP)",
+        "moshivis",
+        MOSHI_FILES,
+    ),
     _personaplex("personaplex", "nvidia/personaplex-7b-v1", "NVIDIA Open Model License"),
     _moshi("moshika-rl-seamless", "kyutai/moshika-rl-seamless", "CC BY-NC 4.0", gated=True),
     _personaplex(

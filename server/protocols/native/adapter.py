@@ -1,0 +1,141 @@
+"""`/ws`: the native protocol adapter (docs/protocol.md) on the shared connection base.
+
+JSON text frames and binary audio frames from the client go through server/protocols/native/wire.py's pure
+decoders into the conversation; every conversation event goes out through its explicit encoder.
+With `audio_format: "opus"` the audio is decoded here, before the conversation (so the VAD, the
+recording and the captions get PCM as ever), and each 80 ms output frame leaves as four 20 ms
+packets. Together they cost about 1 ms of CPU per conversation and frame, the budget for everything
+outside the engine (`assistant bench server --audio-format opus` prints it), so they run inline:
+deferring the encode would let a `playback.clear` overtake the audio it clears.
+`session.image` goes to server/images.py, which checks the image off the event loop; its answer,
+`session.image.updated` once the model sees the image (or none), or an `error`, comes back here.
+"""
+
+from __future__ import annotations
+
+from assistant.conversation import AudioOut, Event, SessionEnded, SessionReady
+from assistant.images import ImageError
+from audio.frames import FRAME_MS
+from audio.opus_packets import PACKET_MS, OpusPacketDecoder, OpusPacketEncoder, OpusPacketError
+from server.connection import Connection
+from server.images import ImageInput
+from server.protocols.limits import CLOSE_NORMAL, MAX_MESSAGE_BYTES
+from server.protocols.native import wire
+from server.protocols.native.client_events import (
+    ClientEvent,
+    PlaybackPosition,
+    SessionEnd,
+    SessionImage,
+    SessionStart,
+    SessionUpdate,
+)
+from server.protocols.native.wire import ProtocolError
+
+
+class NativeConnection(Connection):
+    """One /ws connection: JSON events and PCM frames <-> a conversation."""
+
+    protocol_name = "native"
+    audio_format = "pcm16"
+    encoder: OpusPacketEncoder | None = None
+    decoder: OpusPacketDecoder | None = None
+
+    def __init__(self, ctx, ws, slot):
+        super().__init__(ctx, ws, slot)
+        self.images = ImageInput(
+            slot,
+            shown=lambda _, image: self.send(wire.image_updated_event(image)),
+            removed=lambda _: self.send(wire.image_updated_event(None)),
+            refused=self.refuse_image,
+        )
+
+    def conversation_event(self, event: Event) -> None:
+        if isinstance(event, AudioOut) and self.encoder is not None:
+            for packet in self.encoder.encode(event.pcm):
+                self.send(packet)
+        elif isinstance(event, SessionReady):
+            self.send(wire.encode_event(event, audio_format=self.audio_format))
+        else:
+            self.send(wire.encode_event(event))
+        if isinstance(event, AudioOut):
+            self.images.on_frame()  # after this frame's audio: the next frame is the first it changes
+        if isinstance(event, SessionEnded):
+            self.close(CLOSE_NORMAL, event.reason[:120], flush=True)
+
+    def encode_error(self, code: str, message: str, *, server_side: bool = False) -> str:
+        return wire.error_event(code, message)
+
+    def refuse_image(self, _tag, error: ImageError) -> None:
+        self.send_error(error.code, str(error), server_side=error.code == "internal_error")
+
+    def refuse_oversized(self, message: str | bytes, size: int) -> None:
+        if isinstance(message, str) and '"session.image"' in message[:200]:
+            self.send_error(
+                "image_too_large",
+                f"a session.image of {size} bytes was dropped unread; a message is at most "
+                f"{MAX_MESSAGE_BYTES} bytes (send the image at 448 x 448, all the model sees)",
+            )
+        else:
+            super().refuse_oversized(message, size)
+
+    def handle_message(self, message: str | bytes) -> None:
+        try:
+            if isinstance(message, bytes):
+                wire.check_audio(message, started=self.session is not None, audio_format=self.audio_format)
+                if self.decoder is None:
+                    self.apply_events(self.session.push_audio(message))
+                    return
+                try:
+                    pcm = self.decoder.decode(message)
+                except OpusPacketError as exc:
+                    raise ProtocolError("bad_audio", str(exc)) from None
+                self.apply_events(self.session.push_samples(pcm))
+                return
+            self.handle_event(wire.decode_text(message))
+        except ProtocolError as exc:
+            self.send_error(exc.code, exc.message)
+
+    def handle_event(self, event: ClientEvent) -> None:
+        if isinstance(event, SessionStart):
+            if self.session is not None:
+                raise ProtocolError(
+                    "already_started", f"session {self.session.session_id} is already running"
+                )
+            self.use_audio_format(event.audio_format)
+            try:
+                options = self.ctx.default_options().replace(**event.options())
+                self.session = self.ctx.open_session(self.slot, event.sample_rate, self.apply_events, options)
+            except ValueError as exc:
+                raise ProtocolError("invalid_value", str(exc)) from None
+            return  # session.ready goes out from the frame loop once the engine slot is open
+        if self.session is None:
+            raise ProtocolError("not_started", f"send session.start before {type(event).__name__}")
+        if isinstance(event, SessionUpdate):
+            options = event.options()
+            try:
+                events = self.session.update(**options)  # checks a new prompt with the engine too
+            except ValueError as exc:
+                raise ProtocolError("invalid_value", str(exc)) from None
+            self.apply_events(events)
+        elif isinstance(event, PlaybackPosition):
+            self.session.set_played_ms(event.played_ms)
+        elif isinstance(event, SessionEnd):
+            self.apply_events(self.session.end("client_ended"))
+        elif isinstance(event, SessionImage):
+            if event.data is None:
+                self.images.remove()
+            else:
+                self.images.show(event.data)
+
+    def use_audio_format(self, audio_format: str) -> None:
+        """Set up the codec before the session starts, so its first frame already goes out encoded."""
+        self.audio_format = audio_format
+        if audio_format == "opus":
+            self.encoder, self.decoder = OpusPacketEncoder(), OpusPacketDecoder()
+            # Four packets per frame instead of one PCM message: the same seconds of slack in the outbox.
+            self.outbox.max_items = self.ctx.config.max_outbox_items * (1 + FRAME_MS // PACKET_MS)
+        else:
+            self.encoder = self.decoder = None
+
+    def finish(self) -> None:
+        self.images.close()
