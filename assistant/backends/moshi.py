@@ -364,6 +364,8 @@ class MoshiEngine(ImageSlots, Engine):
             self._activate(slot, self._parked.pop(slot))
         elif self.live[slot] and self.prompter is None and slot not in self._row_of:
             self.lm.reset(self._new_row(slot))
+        if self.images is not None and slot in self._row_of:
+            self.images.place(slot, self._row_of[slot])  # an image encoded while the slot was held
 
     def reset_encoder(self, slot: int) -> None:
         super().reset_encoder(slot)
