@@ -602,6 +602,56 @@ def test_truncating_the_item_still_being_spoken_cancels_its_response():
     assert events(speak(conv, 3)) == []
 
 
+def test_retrieve_returns_the_item_as_held_with_its_transcripts_and_an_unknown_id_as_openai_words_it():
+    conv, _ = new_conversation()
+    send(conv, type="session.update", session={"audio": {"input": {"transcription": {"model": "whisper-1"}}}})
+    user_id = of_type(user_turn(conv, 200, 1500), "conversation.item.done")[0]["item"]["id"]
+    conv.user_transcript("Hello there.", 250, 1400)
+    out = speak(conv, 5, " w") + quiet(conv, 4)
+    assistant_id = of_type(out, "response.output_item.added")[0]["item"]["id"]
+    send(conv, type="conversation.item.truncate", item_id=assistant_id, content_index=0, audio_end_ms=170)
+
+    (user,) = of_type(
+        send(conv, type="conversation.item.retrieve", item_id=user_id), "conversation.item.retrieved"
+    )
+    assert user["item"]["id"] == user_id and user["item"]["role"] == "user"
+    assert user["item"]["status"] == "completed"
+    assert user["item"]["content"] == [{"type": "input_audio", "transcript": "Hello there."}]
+    out = send(conv, type="conversation.item.retrieve", item_id=assistant_id, event_id="r1")
+    (assistant,) = of_type(out, "conversation.item.retrieved")
+    assert assistant["item"]["role"] == "assistant" and assistant["item"]["status"] == "completed"
+    assert assistant["item"]["content"] == [{"type": "output_audio", "transcript": " w w w"}]  # as heard
+
+    (error,) = of_type(
+        send(conv, type="conversation.item.retrieve", item_id="item_gone", event_id="rci_x"), "error"
+    )
+    assert error["error"]["code"] == "item_retrieve_invalid_item_id"  # what Pipecat and OpenAI's server use
+    assert error["error"]["message"] == "Error retrieving item: the item with id 'item_gone' does not exist."
+    assert error["error"]["event_id"] == "rci_x"
+
+
+def test_refusals_clients_match_on_are_worded_as_openai_words_them():
+    conv, _ = new_conversation()
+    (error,) = of_type(send(conv, type="response.cancel"), "error")
+    assert (error["error"]["code"], error["error"]["message"]) == (
+        "response_cancel_not_active",
+        "Cancellation failed: no active response found",  # LiveKit ignores this barge-in race by it
+    )
+    (error,) = of_type(send(conv, type="input_audio_buffer.commit"), "error")
+    assert error["error"]["code"] == "input_audio_buffer_commit_empty"
+    assert "buffer too small. Expected at least 100ms of audio" in error["error"]["message"]
+    response_id = of_type(send(conv, type="response.create"), "response.created")[0]["response"]["id"]
+    (error,) = of_type(send(conv, type="response.create"), "error")
+    assert error["error"]["code"] == "conversation_already_has_active_response"
+    assert error["error"]["message"].startswith(
+        f"Conversation already has an active response in progress: {response_id}."
+    )
+    out = speak(conv, 2) + quiet(conv, 4)
+    item_id = of_type(out, "response.output_item.added")[0]["item"]["id"]
+    out = send(conv, type="conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=500)
+    assert out[0]["error"]["message"] == "Audio content of 160ms is already shorter than 500ms"
+
+
 def test_truncating_a_user_item_is_refused():
     conv, _ = new_conversation()
     out = user_turn(conv, 100, 900)

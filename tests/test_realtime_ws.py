@@ -150,9 +150,14 @@ ERROR_CASES = {
         None,
     ),
     "unsupported_event": (
-        json.dumps({"type": "conversation.item.retrieve", "item_id": "x", "event_id": "c1"}),
+        json.dumps({"type": "conversation.item.delete", "item_id": "x", "event_id": "c1"}),
         "unsupported_event",
         "type",
+    ),
+    "retrieve_unknown_item": (
+        json.dumps({"type": "conversation.item.retrieve", "item_id": "x", "event_id": "c1"}),
+        "item_retrieve_invalid_item_id",
+        "item_id",
     ),
 }
 

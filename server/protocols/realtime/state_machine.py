@@ -42,6 +42,7 @@ from server.protocols.realtime.client_events import (
     AudioCommit,
     ClientEvent,
     ItemCreate,
+    ItemRetrieve,
     ItemTruncate,
     RealtimeError,
     ResponseCancel,
@@ -205,6 +206,8 @@ class RealtimeConversation:
             return self._item_create(ev)
         if isinstance(ev, ItemTruncate):
             return self._truncate(ev)
+        if isinstance(ev, ItemRetrieve):
+            return self._retrieve(ev)
         if isinstance(ev, ResponseCreate):
             return self._response_create(ev)
         if isinstance(ev, ResponseCancel):
@@ -259,8 +262,8 @@ class RealtimeConversation:
         if buffered < MIN_COMMIT_MS:
             raise RealtimeError(
                 "input_audio_buffer_commit_empty",
-                f"the input audio buffer holds {buffered:.0f} ms; "
-                f"a commit needs at least {MIN_COMMIT_MS} ms of audio",
+                f"Error committing input audio buffer: buffer too small. Expected at least "
+                f"{MIN_COMMIT_MS}ms of audio, but buffer only has {buffered:.2f}ms of audio.",
                 None,
                 ev.event_id,
             )
@@ -327,7 +330,10 @@ class RealtimeConversation:
         item = self.items.get(ev.item_id)
         if item is None:
             raise RealtimeError(
-                "item_not_found", f"no item {ev.item_id!r} in this conversation", "item_id", ev.event_id
+                "item_not_found",
+                f"Error truncating item: the item with id {ev.item_id!r} does not exist.",
+                "item_id",
+                ev.event_id,
             )
         if item.role != "assistant":
             raise RealtimeError(
@@ -339,7 +345,7 @@ class RealtimeConversation:
         if ev.audio_end_ms > item.audio_ms:
             raise RealtimeError(
                 "invalid_audio_end_ms",
-                f"audio_end_ms {ev.audio_end_ms} is beyond the item's audio ({item.audio_ms} ms sent)",
+                f"Audio content of {item.audio_ms}ms is already shorter than {ev.audio_end_ms}ms",
                 "audio_end_ms",
                 ev.event_id,
             )
@@ -356,11 +362,24 @@ class RealtimeConversation:
         )
         return out + self._sync_silence()
 
+    def _retrieve(self, ev: ItemRetrieve) -> list:
+        """The item as the server holds it: id, role, status, transcripts (its audio is not kept)."""
+        item = self.items.get(ev.item_id)
+        if item is None:
+            raise RealtimeError(
+                "item_retrieve_invalid_item_id",
+                f"Error retrieving item: the item with id {ev.item_id!r} does not exist.",
+                "item_id",
+                ev.event_id,
+            )
+        return [self.event("conversation.item.retrieved", item=item.to_json())]
+
     def _response_create(self, ev: ResponseCreate) -> list:
         if self.response is not None:
             raise RealtimeError(
                 "conversation_already_has_active_response",
-                f"response {self.response.id} is still in progress; cancel it first",
+                f"Conversation already has an active response in progress: {self.response.id}. "
+                "Wait until the response is finished before creating a new one.",
                 None,
                 ev.event_id,
             )
@@ -374,10 +393,10 @@ class RealtimeConversation:
     def _response_cancel(self, ev: ResponseCancel) -> list:
         r = self.response
         if r is None or (ev.response_id is not None and ev.response_id != r.id):
-            which = f"response {ev.response_id!r}" if ev.response_id else "a response"
+            # OpenAI's wording: clients (LiveKit) ignore this race with a barge-in by its message.
             raise RealtimeError(
                 "response_cancel_not_active",
-                f"cannot cancel {which}: none is in progress",
+                "Cancellation failed: no active response found",
                 "response_id" if ev.response_id else None,
                 ev.event_id,
             )
