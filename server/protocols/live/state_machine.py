@@ -29,11 +29,13 @@ from typing import Any
 
 from audio.frames import FRAME_MS
 from server.protocols.live.client_events import (
+    NO_TEXT_CONTEXT,
     OPENAI_VOICES,
     AudioAppend,
     AudioFormat,
-    ClientDelegation,
     ClientEvent,
+    ContextAppend,
+    Delegation,
     InstructionsAppend,
     LiveError,
     Mute,
@@ -41,6 +43,7 @@ from server.protocols.live.client_events import (
     SessionStart,
     SessionUpdate,
     decode_audio,
+    notices,
     parse_client_event,
 )
 from server.protocols.realtime.records import Action, PushAudio, SetPrompt
@@ -105,7 +108,8 @@ class LiveConversation:
         self.format = AudioFormat()
         self.instructions = ""
         self.voice: str | None = None  # what the engine was given (None: a model without voices)
-        self.delegation: ClientDelegation | None = None
+        self.delegation: Delegation | None = None
+        self._notified: set[str] = set()  # codes of the `info` notices sent: each is sent once
         self.safety_identifier: str | None = None
         self.muted = False
         self.frames_out = 0  # the session clock: 80 ms frames since the session started
@@ -141,7 +145,7 @@ class LiveConversation:
             "status": "active",
             "audio": {"format": self.format.to_json(), "output": {"voice": self.voice or self.engine_name}},
             "instructions": self.instructions,
-            "delegation": self.delegation and self.delegation.model_dump(),
+            "delegation": self.delegation and self.delegation.applied,
             "input": [],
             "safety_identifier": self.safety_identifier,
             "store": False,
@@ -197,8 +201,20 @@ class LiveConversation:
         if isinstance(ev, SessionUpdate):
             if "delegation" in ev.session.model_fields_set:
                 self.delegation = ev.session.delegation
-            return [self.event("session.updated", ev.event_id, session=self.session_json())]
+            out = [self.event("session.updated", ev.event_id, session=self.session_json())]
+            return out + self._notices(notices(ev.session), ev.event_id)
+        if isinstance(ev, ContextAppend):
+            return self._notices([(f"{ev.kind}_not_supported", NO_TEXT_CONTEXT)], ev.event_id)
         raise TypeError(f"not a client event: {ev!r}")
+
+    def _notices(self, found: list[tuple[str, str]], client_event_id: str | None) -> list:
+        """An `info` event for each (code, message) not reported yet in this session."""
+        out = []
+        for code, message in found:
+            if code not in self._notified:
+                self._notified.add(code)
+                out.append(self.info(code, message, client_event_id))
+        return out
 
     def _start(self, ev: SessionStart) -> list:
         notices = ev.session.notices()
@@ -219,13 +235,7 @@ class LiveConversation:
         asked, voice = ev.session.instructions, ev.session.audio.output.voice
         if not self.takes_prompts:
             if asked and asked.strip():
-                notices.append(
-                    (
-                        "instructions_not_applied",
-                        f"this model ({self.engine_name}) takes no text prompt; instructions need a "
-                        "PersonaPlex-family checkpoint; ignored",
-                    )
-                )
+                notices.append(("instructions_not_applied", self._no_prompt()))
             if voice is not None:
                 notices.append(
                     (
@@ -259,6 +269,12 @@ class LiveConversation:
             raise LiveError("invalid_value", str(exc), "session.instructions", ev.event_id) from None
         return instructions, voice
 
+    def _no_prompt(self) -> str:
+        return (
+            f"this model ({self.engine_name}) takes no text prompt; instructions need a "
+            "PersonaPlex-family checkpoint; ignored"
+        )
+
     def started(self, session_id: str, now_s: float) -> list:
         """The adapter opened the session (`now_s`: unix time): session.started, then any notices."""
         ev, notices, self.instructions, self.voice = self._pending
@@ -271,7 +287,7 @@ class LiveConversation:
         self.delegation = ev.session.delegation
         self.safety_identifier = ev.session.safety_identifier
         out = [self.event("session.started", ev.event_id, session=self.session_json())]
-        return out + [self.info(code, message, ev.event_id) for code, message in notices]
+        return out + self._notices(notices, ev.event_id)
 
     def start_refused(self, message: str) -> list:
         """The session could not open (the core refused the options); the client may try again."""
@@ -281,13 +297,7 @@ class LiveConversation:
 
     def _append_instructions(self, ev: InstructionsAppend) -> list:
         if not self.takes_prompts:
-            raise LiveError(
-                "unsupported_feature",
-                f"this model ({self.engine_name}) takes no text prompt, so instructions cannot be "
-                "appended; a PersonaPlex-family checkpoint takes them",
-                "content",
-                ev.event_id,
-            )
+            return self._notices([("instructions_not_applied", self._no_prompt())], ev.event_id)
         content = ev.content.strip()
         out: list = []
         if content:
