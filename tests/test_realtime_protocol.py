@@ -567,7 +567,7 @@ def test_without_interrupt_response_user_speech_does_not_cancel():
     assert delta_bytes(speak(conv, 2)) == 2 * FRAME_BYTES
 
 
-def test_truncate_trims_the_item_to_what_was_played_and_refuses_beyond_the_audio_sent():
+def test_truncate_trims_the_item_to_what_was_played_and_keeps_it_whole_beyond_the_audio_sent():
     conv, _ = new_conversation()
     out = speak(conv, 5, " w") + quiet(conv, 4)
     item_id = of_type(out, "response.output_item.added")[0]["item"]["id"]
@@ -579,14 +579,16 @@ def test_truncate_trims_the_item_to_what_was_played_and_refuses_beyond_the_audio
         audio_end_ms=401,
         event_id="tr1",
     )
-    assert out[0]["error"]["code"] == "invalid_audio_end_ms"
-    assert out[0]["error"]["event_id"] == "tr1"
+    # Beyond the 400 ms sent (a client's playback clock runs ahead of a real-time server's audio):
+    # the listener heard it all, and the item stays whole, not an error a framework would die of.
+    (whole,) = of_type(out, "conversation.item.truncated")
+    assert whole["audio_end_ms"] == 400 and conv.items[item_id].text == " w w w w w"
     out = send(conv, type="conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=170)
     (truncated,) = of_type(out, "conversation.item.truncated")
     assert truncated["item_id"] == item_id and truncated["audio_end_ms"] == 170
     assert conv.items[item_id].text == " w w w"  # pieces of frames starting at 0, 80 and 160 ms
     out = send(conv, type="conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=200)
-    assert out[0]["error"]["code"] == "invalid_audio_end_ms"  # the item is now 170 ms long
+    assert of_type(out, "conversation.item.truncated")[0]["audio_end_ms"] == 170  # cut audio stays cut
     out = send(conv, type="conversation.item.truncate", item_id="item_nope", content_index=0, audio_end_ms=0)
     assert out[0]["error"]["code"] == "item_not_found"
 
@@ -646,10 +648,6 @@ def test_refusals_clients_match_on_are_worded_as_openai_words_them():
     assert error["error"]["message"].startswith(
         f"Conversation already has an active response in progress: {response_id}."
     )
-    out = speak(conv, 2) + quiet(conv, 4)
-    item_id = of_type(out, "response.output_item.added")[0]["item"]["id"]
-    out = send(conv, type="conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=500)
-    assert out[0]["error"]["message"] == "Audio content of 160ms is already shorter than 500ms"
 
 
 def test_truncating_a_user_item_is_refused():

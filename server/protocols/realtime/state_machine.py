@@ -342,23 +342,17 @@ class RealtimeConversation:
                 "item_id",
                 ev.event_id,
             )
-        if ev.audio_end_ms > item.audio_ms:
-            raise RealtimeError(
-                "invalid_audio_end_ms",
-                f"Audio content of {item.audio_ms}ms is already shorter than {ev.audio_end_ms}ms",
-                "audio_end_ms",
-                ev.event_id,
-            )
+        # Audio goes out in real time, so a client's playback clock can name more than was sent (Pipecat
+        # counts wall time from the first delta): the listener heard all of it.
+        end_ms = min(ev.audio_end_ms, item.audio_ms)
         out: list = []
         if self.response is not None and self.response.item is item:
             # The listener stopped hearing it: generating more of it makes no sense.
             out += self._finish("cancelled", "client_cancelled")
-        item.audio_end_ms = ev.audio_end_ms
-        item.pieces = [(i, p) for i, p in item.pieces if i * FRAME_MS < ev.audio_end_ms]
+        item.audio_end_ms = end_ms
+        item.pieces = [(i, p) for i, p in item.pieces if i * FRAME_MS < end_ms]
         out.append(
-            self.event(
-                "conversation.item.truncated", item_id=item.id, content_index=0, audio_end_ms=ev.audio_end_ms
-            )
+            self.event("conversation.item.truncated", item_id=item.id, content_index=0, audio_end_ms=end_ms)
         )
         return out + self._sync_silence()
 
