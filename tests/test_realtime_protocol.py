@@ -764,6 +764,28 @@ def test_captions_become_input_audio_transcription_completed_on_the_matching_ite
     assert of_type(out, "conversation.item.input_audio_transcription.completed")[0]["item_id"] == first
 
 
+def test_caption_words_go_to_the_item_the_speech_becomes_before_and_after_it_is_committed():
+    conv, _ = new_conversation()
+    assert conv.user_transcript_delta("What", 0) == []  # transcription off
+    send(conv, type="session.update", session={"audio": {"input": {"transcription": {"model": "whisper-1"}}}})
+    first = of_type(user_turn(conv, 200, 1500), "conversation.item.done")[0]["item"]["id"]
+    conv.receive(json.dumps({"type": "input_audio_buffer.append", "audio": b64(b"\x00\x00" * 24 * 1000)}))
+    started = of_type(checked(user_speech_started(conv, 2000)), "input_audio_buffer.speech_started")[0]
+    # While the user still speaks: the item speech_started announced, not committed yet.
+    (delta,) = checked(conv.user_transcript_delta("What is", 1700))
+    assert (delta["type"], delta["item_id"], delta["delta"]) == (
+        "conversation.item.input_audio_transcription.delta",
+        started["item_id"],
+        "What is",
+    )
+    # A late delta of the turn before goes to its own item.
+    assert checked(conv.user_transcript_delta(" there.", 0))[0]["item_id"] == first
+    user_speech_stopped(conv, 3000)
+    assert checked(conv.user_transcript_delta(" it?", 1700))[0]["item_id"] == started["item_id"]
+    (completed,) = checked(conv.user_transcript("What is it?", 1700, 3000))
+    assert completed["item_id"] == started["item_id"] and completed["transcript"] == "What is it?"
+
+
 def test_captions_are_not_sent_unless_transcription_is_on():
     conv, _ = new_conversation()
     user_turn(conv, 200, 1500)

@@ -129,6 +129,31 @@ def test_transcripts_of_spoken_questions_are_accurate_and_prompt(spoken):
     assert max(per_file.values()) <= MAX_FILE_WER, (per_file, hyps)
 
 
+def test_the_words_come_while_the_user_speaks_and_add_up_to_the_transcript(spoken):
+    """user.transcript.delta: words while the user still speaks (q1 lasts 4.2 s: interims each second),
+    each word once, before or with the utterance's final transcript, which they make up."""
+    client: NativeClient = spoken["client"]
+    stops = [t for t, _ in client.of("input.speech_stopped")]
+    lines = []
+    for (t_final, final), t_stop, (_, end) in zip(
+        client.of("user.transcript"), stops, spoken["spans"], strict=True
+    ):
+        deltas = [(t, e) for t, e in client.of("user.transcript.delta") if e["start_ms"] == final["start_ms"]]
+        assert deltas, final
+        joined = "".join(e["text"] for _, e in deltas)
+        assert word_error_rate([final["text"]], [joined]) <= 0.25, (joined, final["text"])
+        assert deltas[-1][0] <= t_final
+        speech_end = client.sent_time_of(end - 1)
+        lines.append(
+            f"  {final['text']!r}: {sum(t < t_stop for t, _ in deltas)} of {len(deltas)} deltas before the end of "
+            f"the turn; first {1000 * (deltas[0][0] - speech_end):+.0f} ms, last {1000 * (deltas[-1][0] - speech_end):+.0f} ms "
+            "from the end of speech"
+        )
+    print("\nuser.transcript.delta:\n" + "\n".join(lines))
+    q1_deltas = [t for t, e in client.of("user.transcript.delta") if t < stops[0]]
+    assert q1_deltas, "no words while q1 was being said"
+
+
 def test_frame_clock_keeps_time_while_captions_are_made(spoken):
     clock = spoken["clock"]
     print(f"\nframe clock with captions: {clock}")
@@ -218,13 +243,17 @@ def test_captions_get_the_whole_utterance_with_padding(vad_backend):
         lambda event: None,
         options=ConversationOptions(captions=True),
         vad_config=VadConfig(backend=vad_backend),
-        captions=lambda audio, start_ms, end_ms, done: jobs.append((audio, start_ms, end_ms)),
+        captions=lambda audio, start_ms, end_ms, done, interim: jobs.append(
+            (audio, start_ms, end_ms, interim)
+        ),
     )
     session.start()
     pcm16 = (np.clip(pcm, -1, 1) * 32767).astype("<i2")
     for i in range(0, len(pcm16), 480):
         session.push_audio(pcm16[i : i + 480].tobytes())
-    ((audio, start_ms, end_ms),) = jobs
+    # Interims of the part said so far while the user speaks (one a second), then the whole of it.
+    assert [interim for *_, interim in jobs[:2]] == [True, True]
+    audio, start_ms, end_ms, _ = [job for job in jobs if not job[3]][-1]
     first, last = _voiced_span(pcm)
     start, end = round(start_ms * 24), round(end_ms * 24)
     assert first - 400 * 24 <= start <= first - 200 * 24  # prefix padding: 300 ms before the onset

@@ -18,6 +18,7 @@ from assistant.conversation.events import (
     SessionUpdated,
     Stats,
     UserTranscript,
+    UserTranscriptDelta,
 )
 from assistant.conversation.options import (
     BARGE_IN_POLICIES,
@@ -49,4 +50,5 @@ __all__ = [
     "Stats",
     "TurnLatency",
     "UserTranscript",
+    "UserTranscriptDelta",
 ]

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from assistant.conversation.captioning import CaptionJob, UtteranceCaptions
 from assistant.conversation.events import (
     AssistantSpeechStarted,
     AssistantSpeechStopped,
@@ -51,6 +52,7 @@ from assistant.conversation.events import (
     SessionUpdated,
     Stats,
     UserTranscript,
+    UserTranscriptDelta,
 )
 from assistant.conversation.input_buffer import (
     FRAME_UNDERRUN,
@@ -81,6 +83,10 @@ _SAMPLES_PER_MS = SAMPLE_RATE_HZ // 1000
 # Audio after the VAD's end of speech given to captions: the end can sit 30 ms after the last audible
 # sample (silero, q2.wav), clipping a soft final phoneme; the end-of-turn silence has it buffered.
 _CAPTION_TAIL_SAMPLES = 200 * _SAMPLES_PER_MS
+# Interim captions while the user speaks, one a second; the final one starts after a pause this long
+# (within a sentence a pause rarely lasts it), so it is ready when the VAD's end of turn comes.
+_CAPTION_INTERIM_SAMPLES = 1000 * _SAMPLES_PER_MS
+_CAPTION_PAUSE_SAMPLES = 200 * _SAMPLES_PER_MS
 
 
 def _to_pcm16(x: np.ndarray) -> bytes:
@@ -153,10 +159,11 @@ class Conversation:
         self.base_vad = vad_config or VadConfig()
         self.slot = slot
         self.recorder = recorder
-        # captions(pcm_24k, start_ms, end_ms, done) queues a caption job; done(text) is called on the
-        # event loop thread. None: this server has no captioner.
+        # captions(pcm_24k, start_ms, end_ms, done, interim=False) queues a caption job; done(text) is
+        # called on the event loop thread. None: this server has no captioner.
         self.captions = captions
         self._utterance: UtteranceAudio | None = None
+        self._caption_jobs: UtteranceCaptions | None = None
         self.metrics = metrics
         self.clock = clock
         self.ended: str | None = None
@@ -222,7 +229,7 @@ class Conversation:
     def _apply_captions(self) -> Error | None:
         """Set up caption capture for the options; the error to send when captions are unavailable."""
         if not self.options.captions:
-            self._utterance = None
+            self._utterance = self._caption_jobs = None
             return None
         if self.captions is None:
             self.options = self.options.replace(captions=False)
@@ -233,6 +240,9 @@ class Conversation:
             )
         if self._utterance is None:
             self._utterance = UtteranceAudio()
+            self._caption_jobs = UtteranceCaptions(
+                _CAPTION_INTERIM_SAMPLES, _CAPTION_PAUSE_SAMPLES, _CAPTION_TAIL_SAMPLES
+            )
         return None
 
     def push_audio(self, pcm16: bytes) -> None:
@@ -257,6 +267,8 @@ class Conversation:
         for ev in self._vad.push(x):
             self._on_vad(ev, now)
         self._apply_turn_actions(self.turns.user_input(self.samples_in, self._vad.probability >= 0.5))
+        if self._caption_jobs is not None and self._vad.speaking:
+            self._caption(self._caption_jobs.progress(self.samples_in, self._vad.voiced_end))
         dropped = self._input.push(x)
         if dropped:
             self.dropped_samples += dropped
@@ -454,6 +466,7 @@ class Conversation:
             self._log({"event": "input.speech_started", "at_ms": at_ms})
             if self._utterance is not None:
                 self._utterance.active = True
+                self._caption_jobs.speech_started(ev.audio_start_sample, self.samples_in)
             self._apply_turn_actions(self.turns.user_speech_started(onset, self.samples_in))
         elif ev.type == "speech_stopped":
             # ev.sample is the end of speech (last voiced sample + 1).
@@ -463,20 +476,35 @@ class Conversation:
             self._log({"event": "input.speech_stopped", "at_ms": at_ms})
             if self._utterance is not None and self.captions is not None:
                 self._utterance.active = False
-                start, end = ev.audio_start_sample, ev.sample
-                self.captions(
-                    self._utterance.cut(start, min(end + _CAPTION_TAIL_SAMPLES, self.samples_in)),
-                    start / _SAMPLES_PER_MS,
-                    at_ms,
-                    lambda text, s=start / _SAMPLES_PER_MS, e=at_ms: self._on_caption(text, s, e),
-                )
+                job, ready = self._caption_jobs.speech_stopped(ev.sample, self.samples_in)
+                self._caption(job)
+                self._emit_caption(ready, ev.audio_start_sample, ev.sample)
             self._apply_turn_actions(self.turns.user_speech_stopped())
 
-    def _on_caption(self, text: str, start_ms: float, end_ms: float) -> None:
-        if self.ended or not text.strip():
+    def _caption(self, job: CaptionJob | None) -> None:
+        """Hand one caption job to the captioner (its text comes back on this thread, later)."""
+        if job is None or self.captions is None:
             return
-        self.emit(UserTranscript(text=text.strip(), start_ms=start_ms, end_ms=end_ms))
-        self._log({"event": "user.transcript", "text": text.strip(), "start_ms": start_ms, "end_ms": end_ms})
+        jobs = self._caption_jobs
+
+        def done(text: str) -> None:
+            if not self.ended and jobs is self._caption_jobs:
+                start, end = jobs.span(job)
+                self._emit_caption(jobs.transcribed(job, text), start, end)
+
+        pcm = self._utterance.cut(job.start, job.end)
+        self.captions(
+            pcm, job.start / _SAMPLES_PER_MS, job.voiced_end / _SAMPLES_PER_MS, done, job.kind == "interim"
+        )
+
+    def _emit_caption(self, pieces: list[tuple[str, str]], start: int, end: int) -> None:
+        start_ms, end_ms = start / _SAMPLES_PER_MS, end / _SAMPLES_PER_MS
+        for kind, text in pieces:
+            if kind == "delta":
+                self.emit(UserTranscriptDelta(text=text, start_ms=start_ms, end_ms=end_ms))
+            else:
+                self.emit(UserTranscript(text=text, start_ms=start_ms, end_ms=end_ms))
+                self._log({"event": "user.transcript", "text": text, "start_ms": start_ms, "end_ms": end_ms})
 
     def _apply_turn_actions(self, actions: list[str]) -> None:
         for action in actions:

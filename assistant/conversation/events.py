@@ -116,7 +116,20 @@ class Stats(Event):
 
 @dataclass(frozen=True)
 class UserTranscript(Event):
+    """The whole transcript of one finished user utterance."""
+
     type: ClassVar[str] = "user.transcript"
+    text: str
+    start_ms: float
+    end_ms: float
+
+
+@dataclass(frozen=True)
+class UserTranscriptDelta(Event):
+    """New words of the utterance in progress (or just finished): the deltas of one utterance
+    concatenate (later ones lead with a space); its UserTranscript follows them."""
+
+    type: ClassVar[str] = "user.transcript.delta"
     text: str
     start_ms: float
     end_ms: float

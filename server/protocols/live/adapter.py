@@ -25,7 +25,7 @@ from assistant.conversation import (
     Error,
     Event,
     SessionEnded,
-    UserTranscript,
+    UserTranscriptDelta,
 )
 from server.connection import Connection
 from server.protocols.limits import CLOSE_NORMAL
@@ -113,7 +113,7 @@ class LiveConnection(Connection):
             live.assistant_stopped()
         elif isinstance(event, AssistantText):
             self.apply(live.output_text(event.text, event.at_ms))
-        elif isinstance(event, UserTranscript):
+        elif isinstance(event, UserTranscriptDelta):  # the deltas are the transcript: no final event
             self.apply(live.user_transcript(event.text, event.start_ms, event.end_ms))
         elif isinstance(event, BargeIn):
             self.apply(live.barge_in(event.at_ms))

@@ -382,10 +382,10 @@ class LiveConversation:
         ]
 
     def user_transcript(self, text: str, start_ms: float, end_ms: float) -> list:
-        """A caption of one finished user utterance (fragments accumulate: later ones lead with a space)."""
+        """New words of a user utterance (fragments accumulate: later ones lead with a space)."""
         if self.state != "live" or not text:
             return []
-        delta = f" {text}" if self._captioned else text
+        delta = f" {text}" if self._captioned and not text.startswith(" ") else text
         self._captioned = True
         return [
             self.event(

@@ -29,6 +29,7 @@ from assistant.conversation import (
     InputSpeechStopped,
     SessionEnded,
     UserTranscript,
+    UserTranscriptDelta,
 )
 from server.connection import Connection
 from server.protocols.limits import CLOSE_NORMAL
@@ -169,6 +170,8 @@ class RealtimeConnection(Connection):
             self.apply(realtime.user_speech_started(event.at_ms))
         elif isinstance(event, InputSpeechStopped):
             self.apply(realtime.user_speech_stopped(event.at_ms))
+        elif isinstance(event, UserTranscriptDelta):
+            self.apply(realtime.user_transcript_delta(event.text, event.start_ms))
         elif isinstance(event, UserTranscript):
             self.apply(realtime.user_transcript(event.text, event.start_ms, event.end_ms))
         elif isinstance(event, Error):

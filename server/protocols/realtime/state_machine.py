@@ -568,16 +568,43 @@ class RealtimeConversation:
             out += self._add_user_item(item_id, self.buffer_start_ms, max(at_ms, self.buffer_start_ms))
         return out + self._sync_silence()
 
-    def user_transcript(self, text: str, start_ms: float, end_ms: float) -> list:
-        """A caption of a finished user utterance; attached to the user item it overlaps most."""
+    def user_transcript_delta(self, text: str, start_ms: float) -> list:
+        """New words of the user's utterance that began at `start_ms` (with its prefix padding), as the
+        caption of its item: the one the current speech will become (announced in speech_started), or
+        the committed one it became."""
         if self.transcription is None:
             return []
+        committed = self._user_item_at(start_ms, start_ms + 1)
+        if committed is not None:
+            item_id = committed.id
+        elif self._user_speaking and self._speech_item_id is not None:
+            item_id = self._speech_item_id
+        else:
+            return []
+        return [
+            self.event(
+                "conversation.item.input_audio_transcription.delta",
+                item_id=item_id,
+                content_index=0,
+                delta=text,
+            )
+        ]
+
+    def _user_item_at(self, start_ms: float, end_ms: float) -> Item | None:
+        """The user item without a transcript that overlaps [start_ms, end_ms) most."""
         best, best_overlap = None, 0.0
         for item in self.items.values():
             if item.role == "user" and item.transcript is None:
                 overlap = min(end_ms, item.end_ms) - max(start_ms, item.start_ms)
                 if overlap > best_overlap:
                     best, best_overlap = item, overlap
+        return best
+
+    def user_transcript(self, text: str, start_ms: float, end_ms: float) -> list:
+        """A caption of a finished user utterance; attached to the user item it overlaps most."""
+        if self.transcription is None:
+            return []
+        best = self._user_item_at(start_ms, end_ms)
         if best is None:
             return []
         best.transcript = text
