@@ -2,7 +2,8 @@
 pure code (input sample positions in, caption jobs and transcript pieces out).
 
 Three kinds of job per utterance (all from its start, prefix padding included, to the audio so far):
-- `interim`: every `interim_every` samples while the user is still speaking. Whisper revises what
+- `interim`: every `interim_every` samples while the user is still speaking (never in a gap of a
+  quarter of `pause`: a pause job may be due, and the worker takes one job at a time). Whisper revises what
   it heard as more audio comes, so of an interim only the words two transcriptions in a row agree
   on are passed on (the last word, perhaps cut, never), and never a word twice;
 - `pause`: once the user has been quiet `pause` samples inside the turn, long before the VAD's end
@@ -71,7 +72,7 @@ class UtteranceCaptions:
                 return None
             u.pause_end, u.pause_text = voiced_end, None
             return CaptionJob(u.id, "pause", u.start, min(voiced_end + self.tail, position), voiced_end)
-        if position >= u.next_interim:
+        if position >= u.next_interim and position - voiced_end < self.pause // 4:
             u.next_interim = position + self.interim_every
             return CaptionJob(u.id, "interim", u.start, position, voiced_end)
         return None
