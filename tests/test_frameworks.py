@@ -254,8 +254,8 @@ async def test_the_recorded_framework(server, driver):
             e for e in got if e["type"] == "response.done" and e["response"]["status"] == "cancelled"
         ]
         assert {e["response"]["status_details"]["reason"] for e in cancelled} == {"turn_detected"}
-        onset = mic_t0 + timeline()[1]["interrupt.wav"]
-        assert [e for e in cancelled if onset < e["_t"] < onset + 0.5]
+        onset = mic_t0 + timeline()[1]["interrupt.wav"]  # a client sends its audio a little ahead
+        assert [e for e in cancelled if onset - 0.3 < e["_t"] < onset + 0.5]
     _, clips = timeline()
     audio_ms = sum(len(base64.b64decode(e["delta"])) / 48 for e in deltas)
     assert_heard_the_reply_and_the_barge_in([e["_t"] - mic_t0 for e in deltas], audio_ms, transcript, clips)
