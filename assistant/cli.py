@@ -9,7 +9,9 @@ eval) and the benchmarks (`bench/` of a checkout, which the wheel does not ship)
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -92,8 +94,24 @@ def main(argv: list[str] | None = None) -> int:
     if module is None:
         parser.print_help()
         return 0 if not argv else 2
-    result = _import(module).run(args)
+    try:
+        result = _import(module).run(args)
+        sys.stdout.flush()  # inside the try: a closed pipe shows up here for output shorter than a buffer
+    except BrokenPipeError:
+        # Whoever read stdout has stopped (`assistant models --json | head`): end quietly, as cat does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush goes nowhere
+        return 0
+    finally:
+        free_before_exit()
     return int(result or 0)
+
+
+def free_before_exit() -> None:
+    """Free what a command left in reference cycles (or set aside with gc.freeze) while the
+    interpreter still runs: at teardown such objects are never freed, and native extensions built
+    with nanobind (soxr's resamplers) then print a "leaked instances" report on stderr."""
+    gc.unfreeze()
+    gc.collect()
 
 
 if __name__ == "__main__":

@@ -43,8 +43,8 @@ def add_engine_arguments(
     """Add the engine options to `parser` (or an argument group).
 
     backend: the command's default backend, None for a command of the moshi engine alone (no
-    --backend); model: a benchmark's default model (random weights), None for `$ASSISTANT_MODEL,
-    else DEFAULT_MODEL`; auto: offer `--backend auto` (serve).
+    --backend; "auto" for serve); model: a benchmark's default model (random weights), None for
+    `$ASSISTANT_MODEL, else DEFAULT_MODEL`; auto: offer `--backend auto` (serve).
     """
     if backend is not None:
         auto_help = (

@@ -2,7 +2,7 @@
 
 CPython collects when allocations cross a threshold, inside whatever code is running at that
 moment. On a server that has just seen a burst of connections (each one's objects end up in
-reference cycles: exceptions holding frames, websockets' connection/protocol pairs), a pass over
+reference cycles: exceptions holding frames, the web server's request/protocol pairs), a pass over
 the oldest generation takes tens of milliseconds and lands in the middle of a tick or of an audio
 write: a gap every live session hears. `FrameGarbageCollector` turns automatic collection off and
 runs the interpreter's own generational policy (its thresholds, read at start) right after a tick's

@@ -18,13 +18,14 @@ from assistant.conversation import (
     AssistantText,
     AudioOut,
     Conversation,
+    ConversationEvent,
     ConversationLimits,
     ConversationOptions,
     Event,
 )
 from assistant.engine import Engine
 from assistant.images import PreparedImage
-from assistant.scheduler import OfflineClock, Scheduler
+from assistant.scheduler import OfflineClock, Scheduler, SlotHandle
 from audio.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE_HZ
 
 
@@ -83,17 +84,21 @@ class _Run:
 
     frames: np.ndarray  # float32 (n_frames, 1920)
     assistant: np.ndarray  # float32 (n_frames, 1920)
+    slot: SlotHandle
     events: list[Event] = field(default_factory=list)
     heard: int = 0
     conversation: Conversation | None = None
     images: Mapping[int, PreparedImage | None] = field(default_factory=dict)
 
-    def emit(self, event: Event) -> None:
-        if isinstance(event, AudioOut):
-            self.assistant[self.heard] = event.pcm
-            self.heard += 1
-        else:
-            self.events.append(event)
+    def apply(self, events: list[ConversationEvent]) -> None:
+        """Carry out what the conversation returned: engine requests to the slot, the rest collected."""
+        for event in events:
+            self.slot.carry_out(event)
+            if isinstance(event, AudioOut):
+                self.assistant[self.heard] = event.pcm
+                self.heard += 1
+            elif isinstance(event, Event):  # no CaptionUtterance comes: there is no captioner offline
+                self.events.append(event)
 
 
 def run_offline_batch(
@@ -138,19 +143,17 @@ def run_offline_batch(
     runs = []
     for k, (user, slot, recorder, shown) in enumerate(zip(users, slots, recorders, images, strict=True)):
         frames = frames_for(np.asarray(user, dtype=np.float32), tail_seconds)
-        run = _Run(frames, np.zeros_like(frames), images=shown)
+        run = _Run(frames, np.zeros_like(frames), slot, images=shown)
         run.conversation = Conversation(
             "offline" if len(users) == 1 else f"offline-{k}",
             SAMPLE_RATE_HZ,
-            run.emit,
             options=options,
             limits=ConversationLimits(idle_timeout_s=None, max_session_s=None),
-            slot=slot,
             recorder=recorder,
             clock=clock,
             input_clock=True,
         )
-        slot.attach(run.conversation, options.slot_options())
+        slot.attach(run.conversation, options.slot_options(), run.apply)
         runs.append(run)
     try:
         scheduler.apply_slot_changes(raise_errors=True)  # bad sampling options fail here, not silently
@@ -161,13 +164,13 @@ def run_offline_batch(
         scheduler.shutdown()
         raise
     for run in runs:
-        run.conversation.start()
+        run.apply(run.conversation.start())
     try:
         for i in range(max(len(run.frames) for run in runs)):
             clock.advance()  # the frame is complete at the end of its 80 ms
             live = [(k, run) for k, run in enumerate(runs) if i < len(run.frames)]
             for _, run in live:
-                run.conversation.push_samples(run.frames[i])
+                run.apply(run.conversation.push_samples(run.frames[i]))
             _show_images(engine, scheduler, [run for _, run in live], i)
             scheduler.step_now()
             if on_frame is not None:
@@ -179,10 +182,10 @@ def run_offline_batch(
                         f"{which}the conversation stopped at frame {i}: {run.conversation.ended}"
                     )
                 if i == len(run.frames) - 1:
-                    run.conversation.end("input_ended")  # frees its slot; the longer recordings go on
+                    run.apply(run.conversation.end("input_ended"))  # frees its slot; the longer ones go on
     finally:
         for run in runs:
-            run.conversation.end("input_ended")  # no-op when it already ended
+            run.apply(run.conversation.end("input_ended"))  # nothing when it already ended
         scheduler.apply_slot_changes()
         scheduler.shutdown()
     return [OfflineResult(run.frames.reshape(-1), run.assistant.reshape(-1), run.events) for run in runs]
@@ -192,7 +195,7 @@ def _show_images(engine: Engine, scheduler: Scheduler, runs: list[_Run], frame: 
     """Hand the conversations the images due at `frame` and encode them now, before its step."""
     due = [run for run in runs if frame in run.images]
     for run in due:
-        run.conversation.slot.set_image(run.images[frame])
+        run.slot.set_image(run.images[frame])
     if due:
         scheduler.apply_slot_changes(raise_errors=True)
         engine.finish_prompts()

@@ -17,7 +17,10 @@ This is the only frame loop. Three clocks drive it:
 
 The policy parts (`FrameClock`, `gather_batch`) are pure and tested without threads or sockets.
 A session is anything with `take_frame() -> float32 (1920,) | None`, `deliver(pcm, text,
-speaking, step_ms)` and `check_limits(now)` (assistant/conversation's Conversation).
+speaking, step_ms)`, `check_limits(now)` and `end(reason)` (assistant/conversation's
+Conversation). The last three return the session's events; the loop hands them, as soon as the
+call has returned, to the host that attached the session (`SlotHandle.attach(session, options,
+host)`), which carries them out as it does the events of its own calls.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from assistant.conversation.events import SessionEnded, SetEngineOptions, SetEngineSilent
 from assistant.engine import Engine, SlotOptions, StepOutput
 from assistant.frame_gc import FrameGarbageCollector
 from assistant.images import PreparedImage
@@ -69,11 +73,14 @@ class FrameSource(Protocol):
 
     def take_frame(self) -> np.ndarray | None: ...
 
-    def deliver(self, pcm: np.ndarray, text: str, speaking: bool, step_ms: float) -> None: ...
+    def deliver(self, pcm: np.ndarray, text: str, speaking: bool, step_ms: float) -> list: ...
 
-    def check_limits(self, now: float) -> None: ...
+    def check_limits(self, now: float) -> list: ...
 
-    def end(self, reason: str) -> None: ...
+    def end(self, reason: str) -> list: ...
+
+
+Host = Callable[[list], None]  # carries out a session's events (the list a FrameSource call returned)
 
 
 # -- pure policy ---------------------------------------------------------------------------------
@@ -157,10 +164,24 @@ class SlotHandle:
         self.slot = slot
         self.released = False
 
-    def attach(self, session: FrameSource, options: SlotOptions | None = None) -> None:
-        """Open the engine slot with `options` and start feeding `session` from the next tick."""
+    def attach(
+        self, session: FrameSource, options: SlotOptions | None = None, host: Host | None = None
+    ) -> None:
+        """Open the engine slot with `options` and start feeding `session` from the next tick;
+        `host` gets the events of every call the frame loop makes (None: they are dropped)."""
         self.scheduler._ops.append(("open", self.slot, options or SlotOptions()))
         self.scheduler._sessions[self.slot] = session
+        self.scheduler._hosts[self.slot] = host
+
+    def carry_out(self, event) -> None:
+        """The slot's part of one event a conversation returned: hold the engine or let it speak, new
+        options, and the slot given back at SessionEnded; nothing for the others."""
+        if isinstance(event, SetEngineSilent):
+            self.force_silence(event.silent)
+        elif isinstance(event, SetEngineOptions):
+            self.update(event.options)
+        elif isinstance(event, SessionEnded):
+            self.release()
 
     def force_silence(self, silent: bool) -> None:
         if not self.released:
@@ -205,6 +226,7 @@ class SlotHandle:
             return
         self.released = True
         self.scheduler._sessions.pop(self.slot, None)
+        self.scheduler._hosts.pop(self.slot, None)
         # Capacity is free at once: a new session's "open" is queued behind this "close", and the
         # slot is wiped before it opens again.
         self.scheduler._reserved.discard(self.slot)
@@ -238,6 +260,7 @@ class Scheduler:
         self.clock = clock
         self._sleep = sleep
         self._sessions: dict[int, FrameSource] = {}
+        self._hosts: dict[int, Host | None] = {}
         self._reserved: set[int] = set()
         self._ops: list[tuple[str, int, Any]] = []
         self._ready: set[int] = set()
@@ -301,8 +324,8 @@ class Scheduler:
         """Slot changes, limits, then one input frame per live session (None when none is live)."""
         self._apply_ops()
         now = self.clock()
-        for session in list(self._sessions.values()):
-            session.check_limits(now)
+        for slot, session in list(self._sessions.items()):
+            self._hand_over(slot, session.check_limits(now))
         if not self._sessions:
             return None
         sessions = dict(self._sessions)
@@ -322,13 +345,20 @@ class Scheduler:
                 continue
             if slot in out.failed:
                 log.error("slot %d cannot go on (%s); ending its session", slot, out.failed[slot])
-                session.end("internal_error")
+                self._hand_over(slot, session.end("internal_error"))
                 continue
             try:
-                session.deliver(out.pcm_out[slot], out.text[slot], bool(out.speaking[slot]), step_ms)
+                events = session.deliver(out.pcm_out[slot], out.text[slot], bool(out.speaking[slot]), step_ms)
+                self._hand_over(slot, events)
             except Exception:
                 log.exception("session in slot %d failed to take its output; ending it", slot)
-                session.end("internal_error")
+                self._hand_over(slot, session.end("internal_error"))
+
+    def _hand_over(self, slot: int, events: list) -> None:
+        """A session's events to its host, right after the call that returned them."""
+        host = self._hosts.get(slot)
+        if host is not None and events:
+            host(events)
 
     async def tick(self) -> float:
         """One frame: apply slot changes, gather, step in the worker thread, dispatch.

@@ -178,6 +178,7 @@ async def _rounds(url: str, q1: np.ndarray, interrupt: np.ndarray, rounds: int, 
 def bench_protocol(frames: int = 3000) -> float:
     """CPU ms the Live state machine (with JSON) spends per 80 ms frame: two 40 ms appends in, one spoken
     frame with a text piece out."""
+    from assistant.conversation import AssistantSpeechStarted, AssistantText, AudioOut
     from server.protocols.live.state_machine import LiveConversation, OpenSession
 
     conv = LiveConversation(id_prefix="b", engine_name="bench")
@@ -194,14 +195,15 @@ def bench_protocol(frames: int = 3000) -> float:
         }
     )
     pcm = rng.integers(-3000, 3000, FRAME_SAMPLES, dtype="<i2").tobytes()
-    conv.assistant_started()
+    conv.conversation_event(AssistantSpeechStarted(at_ms=0.0))
     t = time.process_time()
     for i in range(frames):
         conv.receive(append)
         conv.receive(append)
-        out = conv.output_audio(pcm, True, i * 80.0) + conv.output_text(" word", i * 80.0)
-        for event in out:
-            json.dumps(event)
+        out = conv.conversation_event(AudioOut(pcm, i * 80.0, speaking=True))
+        out += conv.conversation_event(AssistantText(" word", i * 80.0))
+        for sent in out:
+            json.dumps(sent.event)
     return (time.process_time() - t) * 1000 / frames
 
 

@@ -130,6 +130,16 @@ def clock_run(args, joining: int) -> dict:
     }
 
 
+def ready_text(ticks_to_ready: list[int | None], ticks: int) -> str:
+    """How many ticks each joining session took to be ready; None is one still not ready at the end."""
+    ready = [str(t) for t in ticks_to_ready if t is not None]
+    text = f", ready after {', '.join(ready)} ticks" if ready else ""
+    waiting = len(ticks_to_ready) - len(ready)
+    if waiting:
+        text += f", {waiting} not ready within the run's {ticks} ticks"
+    return text
+
+
 def _percentiles(values: list[float]) -> dict:
     a = np.asarray(values)
     return {
@@ -152,10 +162,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"model {model_of(args)}, prompts of {p['fast']['frames']} frames")
     print(f"  fast prefill     {p['fast']['ms']:9.1f} ms per prompt")
     print(f"  stepwise prefill {p['stepwise']['ms']:9.1f} ms per prompt  ({p['speedup']}x slower)")
-    print(f"frame clock, {args.live} live sessions, {args.ticks} ticks of {FRAME_MS} ms:")
+    print(
+        f"frame clock, {args.live} live session{'s' if args.live != 1 else ''}, {args.ticks} ticks of {FRAME_MS} ms:"
+    )
     for run_ in figures["clock"]:
         s, late = run_["step_ms"], run_["late_ms"]
-        extra = f", ready after {run_['ticks_to_ready']} ticks" if run_["joining"] else ""
+        extra = ready_text(run_["ticks_to_ready"], args.ticks)
         print(
             f"  {run_['joining']} joining: step p50 {s['p50']} / p99 {s['p99']} / max {s['max']} ms; "
             f"late p99 {late['p99']} / max {late['max']} ms{extra}"

@@ -6,7 +6,8 @@ output sample i is what the ear hears while input sample i is being spoken. Each
 device block of input is sent when it is complete (like a capture callback), and the block
 pulled from the playout buffer at that moment plays during the next block; so output block k+1
 is the pull made when input block k was sent, which is the one-block output latency of a real
-device with no extra buffering.
+device with no extra buffering. With a speaker at another rate than the mic, "sample i" reads
+"the instant of sample i": output sample i * output_rate // input_rate.
 """
 
 from __future__ import annotations
@@ -80,21 +81,28 @@ def find_device(sd, device: str | None, kind: str) -> dict:
     return info
 
 
-def pick_sample_rate(sd, in_info: dict, out_info: dict, wanted: int | None) -> int:
-    """A rate both devices accept: `wanted`, else the mic's native rate, else a common one."""
-    native = int(in_info.get("default_samplerate") or 0)
+def pick_rates(sd, in_info: dict, out_info: dict, wanted: int | None) -> tuple[int, int]:
+    """(mic rate, speaker rate): both `wanted` when given, else each device's own native rate
+    when supported (a 44.1 kHz mic and a 48 kHz headset each run at theirs; the audio between them
+    is resampled), else the first common rate the device opens at."""
+    return pick_rate(sd, in_info, "input", wanted), pick_rate(sd, out_info, "output", wanted)
+
+
+def pick_rate(sd, info: dict, kind: str, wanted: int | None) -> int:
+    """The rate one device runs at: `wanted`, else its native rate, else a common one it opens at."""
+    native = int(info.get("default_samplerate") or 0)
     candidates = [wanted] if wanted else [native, 48000, 44100, 24000, 16000]
     errors = []
     for rate in dict.fromkeys(r for r in candidates if r in SUPPORTED_RATES):
         try:
-            pick_channels(sd, in_info, "input", rate)
-            pick_channels(sd, out_info, "output", rate)
+            pick_channels(sd, info, kind, rate)
             return rate
         except TalkError as exc:
             errors.append(f"{rate} Hz: {exc.__cause__ or exc}")
+    tried = "; ".join(errors) or f"its native {native} Hz is not one of {SUPPORTED_RATES}"
     raise TalkError(
-        f"devices {in_info['name']!r} and {out_info['name']!r} share no usable rate ({'; '.join(errors)}); "
-        f"pick others with --input-device/--output-device or a rate with --sample-rate"
+        f"{kind} device {info['name']!r} opens at no usable rate ({tried}); pick another with "
+        f"--{kind}-device or a rate with --sample-rate"
     )
 
 
@@ -127,7 +135,11 @@ def list_devices() -> str:
 
 
 class DeviceAudio:
-    """Microphone and headphones through sounddevice, in blocks of `block_ms` at one shared rate."""
+    """Microphone and headphones through sounddevice, in blocks of `block_ms`, each device at its rate.
+
+    sample_rate: the mic's rate, which the session runs at (what is sent and what comes back);
+    output_rate: the speaker's, which the playout buffer resamples to.
+    """
 
     def __init__(
         self,
@@ -138,14 +150,17 @@ class DeviceAudio:
         block_ms: float,
         in_channels: int = 1,
         out_channels: int = 1,
+        output_rate: int | None = None,
     ):
         self.sd = sd
         self.in_info = in_info
         self.out_info = out_info
         self.sample_rate = sample_rate
+        self.output_rate = output_rate or sample_rate
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.block_samples = max(1, round(sample_rate * block_ms / 1000))
+        self.out_block_samples = max(1, round(self.output_rate * block_ms / 1000))
         self._streams: list = []
         self.input_overflows = 0
 
@@ -154,19 +169,24 @@ class DeviceAudio:
         sd = load_sounddevice()
         in_info = find_device(sd, args.input_device, "input")
         out_info = find_device(sd, args.output_device, "output")
-        rate = pick_sample_rate(sd, in_info, out_info, args.sample_rate)
-        in_channels = pick_channels(sd, in_info, "input", rate)
-        out_channels = pick_channels(sd, out_info, "output", rate)
-        return cls(sd, in_info, out_info, rate, args.block_ms, in_channels, out_channels)
+        in_rate, out_rate = pick_rates(sd, in_info, out_info, args.sample_rate)
+        in_channels = pick_channels(sd, in_info, "input", in_rate)
+        out_channels = pick_channels(sd, out_info, "output", out_rate)
+        return cls(sd, in_info, out_info, in_rate, args.block_ms, in_channels, out_channels, out_rate)
 
     def describe(self) -> str:
-        return f"mic {self.in_info['name']!r}, output {self.out_info['name']!r}, {self.sample_rate} Hz"
+        if self.output_rate == self.sample_rate:
+            return f"mic {self.in_info['name']!r}, output {self.out_info['name']!r}, {self.sample_rate} Hz"
+        return (
+            f"mic {self.in_info['name']!r} at {self.sample_rate} Hz, "
+            f"output {self.out_info['name']!r} at {self.output_rate} Hz"
+        )
 
     async def run(self, on_input: Callable[[np.ndarray], None], playout: PlayoutBuffer) -> None:
         """Stream until cancelled: mic blocks go to on_input (on the loop), playout feeds the output."""
         loop = asyncio.get_running_loop()
 
-        mono = np.zeros(self.block_samples, dtype=np.float32)
+        mono = np.zeros(self.out_block_samples, dtype=np.float32)
 
         def capture(indata, frames, time_info, status):
             if status.input_overflow:
@@ -178,16 +198,25 @@ class DeviceAudio:
             playout.pull(frames, block)
             outdata[:] = block[:, None]  # the same voice in every channel (both ears)
 
-        common = dict(
-            samplerate=self.sample_rate, blocksize=self.block_samples, dtype="float32", latency="low"
-        )
         try:
             self._streams = [
                 self.sd.OutputStream(
-                    device=self.out_info["index"], channels=self.out_channels, callback=play, **common
+                    device=self.out_info["index"],
+                    channels=self.out_channels,
+                    callback=play,
+                    samplerate=self.output_rate,
+                    blocksize=self.out_block_samples,
+                    dtype="float32",
+                    latency="low",
                 ),
                 self.sd.InputStream(
-                    device=self.in_info["index"], channels=self.in_channels, callback=capture, **common
+                    device=self.in_info["index"],
+                    channels=self.in_channels,
+                    callback=capture,
+                    samplerate=self.sample_rate,
+                    blocksize=self.block_samples,
+                    dtype="float32",
+                    latency="low",
                 ),
             ]
             for stream in self._streams:
@@ -221,30 +250,50 @@ class DeviceAudio:
 
 
 class FileAudio:
-    """WAV files instead of devices, paced by the wall clock (see the module docstring for alignment)."""
+    """WAV files instead of devices, paced by the wall clock (see the module docstring for alignment).
 
-    def __init__(self, input_path: Path, output_path: Path, block_ms: float, tail_seconds: float):
+    sample_rate: the simulated mic's rate (the input is resampled to it; default: the file's own,
+    or 24 kHz for a rate the server does not take); output_rate: the simulated speaker's, at which
+    the output file is written (default: sample_rate).
+    """
+
+    def __init__(
+        self,
+        input_path: Path,
+        output_path: Path,
+        block_ms: float,
+        tail_seconds: float,
+        sample_rate: int | None = None,
+        output_rate: int | None = None,
+    ):
         try:
             pcm, rate = sf.read(input_path, dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError) as exc:
             raise TalkError(f"input file {input_path} is not a readable audio file: {exc}") from exc
         pcm = pcm.mean(axis=1)
-        if rate not in SUPPORTED_RATES:
-            # The session declares the file's rate; an unusual one is converted to the model's own.
-            pcm = soxr.resample(pcm, rate, SAMPLE_RATE_HZ).astype(np.float32)
-            rate = SAMPLE_RATE_HZ
+        target = sample_rate or (rate if rate in SUPPORTED_RATES else SAMPLE_RATE_HZ)
+        if rate != target:
+            pcm = soxr.resample(pcm, rate, target).astype(np.float32)
         self.input = pcm
-        self.sample_rate = int(rate)
+        self.sample_rate = int(target)
+        self.output_rate = int(output_rate or target)
         self.output_path = output_path
-        self.block_samples = max(1, round(rate * block_ms / 1000))
-        self.total_samples = pcm.shape[0] + round(tail_seconds * rate)
-        self.output = np.zeros(self.total_samples, dtype=np.float32)
+        self.block_samples = max(1, round(target * block_ms / 1000))
+        self.total_samples = pcm.shape[0] + round(tail_seconds * target)
+        self.output = np.zeros(self.output_index(self.total_samples), dtype=np.float32)
         self.late_blocks = 0  # ticks that ran more than one block behind the wall clock (busy machine)
         self.clock_samples = 0  # how far the simulated device clock got (less than total after Ctrl-C)
 
+    def output_index(self, input_sample: int) -> int:
+        """The output sample played at the instant of input sample `input_sample` (exact, no drift)."""
+        return input_sample * self.output_rate // self.sample_rate
+
     def describe(self) -> str:
         seconds = self.input.shape[0] / self.sample_rate
-        return f"input file ({seconds:.1f} s, {self.sample_rate} Hz) -> {self.output_path}"
+        rates = f"{self.sample_rate} Hz" + (
+            f" -> {self.output_rate} Hz" if self.output_rate != self.sample_rate else ""
+        )
+        return f"input file ({seconds:.1f} s, {rates}) -> {self.output_path}"
 
     async def run(self, on_input: Callable[[np.ndarray], None], playout: PlayoutBuffer) -> None:
         """Feed the input in real time and record the playout; returns after input + tail."""
@@ -252,7 +301,6 @@ class FileAudio:
         block = self.block_samples
         period_s = block / self.sample_rate
         t0 = loop.time()
-        pulled = np.zeros(block, dtype=np.float32)
         for start in range(0, self.total_samples, block):
             # Absolute deadlines: a late tick does not push every later one back (no drift).
             delay = t0 + (start + block) / self.sample_rate - loop.time()
@@ -261,10 +309,10 @@ class FileAudio:
             elif delay < -period_s:
                 self.late_blocks += 1
             on_input(self.capture(start, block))
-            playout.pull(block, pulled)
             # The pulled block plays while the next input block is spoken.
-            out_start = start + block
-            n = max(0, min(block, self.total_samples - out_start))
+            out_start, out_end = self.output_index(start + block), self.output_index(start + 2 * block)
+            pulled = playout.pull(out_end - out_start)
+            n = max(0, min(out_end, self.output.shape[0]) - out_start)
             self.output[out_start : out_start + n] = pulled[:n]
             self.clock_samples = start + block
 
@@ -287,4 +335,5 @@ class FileAudio:
 
     def finish(self) -> None:
         """Write what was heard (after Ctrl-C: up to where the clock stopped)."""
-        sf.write(self.output_path, self.output[: self.clock_samples], self.sample_rate, subtype="PCM_16")
+        end = self.output_index(self.clock_samples)
+        sf.write(self.output_path, self.output[:end], self.output_rate, subtype="PCM_16")

@@ -123,7 +123,12 @@ def _duplex_samples(args) -> list[_Group]:
 
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     root = args.scenarios or args.out / "scenarios"
-    folders = scenarios.build(root, kinds, full=args.full)
+    planned, to_make = scenarios.count(root, kinds, full=args.full)
+    stage = pipeline.Stage("scenarios", to_make)
+    try:
+        folders = scenarios.build(root, kinds, full=args.full, on_made=stage.advance)
+    finally:
+        stage.close(skipped=planned - to_make)
     groups = []
     for kind, kind_folders in folders.items():
         group = _Group(KINDS[kind], kind, [])
@@ -171,14 +176,31 @@ def _generator(args, pending: bool) -> pipeline.Generator:
     return in_process
 
 
-def _print_summary(tasks: list[TaskResult]) -> None:
-    columns = ("samples", "tor", "latency_s", "frequency", "jsd", "stop_latency_s", "held_floor")
-    print(f"{'task':<36}" + "".join(f"{c:>15}" for c in columns))
+def summary_lines(tasks: list[TaskResult]) -> list[str]:
+    """The run's figures as a table that fits a terminal, then one line per column saying what it
+    measures and which way is better (the report's words)."""
+    from assistant.eval.report import METRICS
+
+    names = [f"{task.kind} ({task.task})" if task.kind else task.task for task in tasks]
+    labels = ["samples", *(f"{label} {arrow}" for _, label, arrow, _ in METRICS), "errors"]
+    rows = []
     for task in tasks:
-        name = f"{task.kind} ({task.task})" if task.kind else task.task
         figures = task.summary()
-        cells = "".join(f"{'-' if figures[c] is None else figures[c]:>15}" for c in columns)
-        print(f"{name:<36}{cells}")
+        values = [figures[key] for key, _, _, _ in METRICS]
+        cells = ["-" if v is None else f"{v:.3f}" for v in values]
+        rows.append([str(figures["samples"]), *cells, str(len(task.errors))])
+    widths = [max(len(label), *(len(row[i]) for row in rows)) for i, label in enumerate(labels)]
+    first = max(len("task"), *(len(name) for name in names))
+    lines = [
+        "task".ljust(first) + "".join(f"  {label:>{w}}" for label, w in zip(labels, widths, strict=True))
+    ]
+    for name, row in zip(names, rows, strict=True):
+        lines.append(
+            name.ljust(first) + "".join(f"  {cell:>{w}}" for cell, w in zip(row, widths, strict=True))
+        )
+    lines.append("")
+    lines += [f"{label} {arrow}: {line}" for _, label, arrow, line in METRICS]
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -227,7 +249,7 @@ def _run(args: argparse.Namespace) -> int:
             transcriber = WhisperTranscriber(args.asr)
         except (RuntimeError, ValueError) as exc:
             raise UsageError(str(exc)) from exc
-        asr_used.append(transcriber.model_path)
+        asr_used.append(transcriber.name)
         return transcriber
 
     pipeline.make_transcripts(everything, load_transcriber, errors)
@@ -241,7 +263,7 @@ def _run(args: argparse.Namespace) -> int:
 
     for sample, message in errors.items():  # the skipped folders were reported as they were found
         print(f"eval: not scored: {sample.folder}: {message}", file=sys.stderr)
-    _print_summary(tasks)
+    print("\n".join(summary_lines(tasks)))
     if args.json is not None:
         data = (
             tasks[0].as_json()

@@ -2,9 +2,10 @@
 
 Nothing here is a second conversation: the user's audio goes into the same conversation core
 (assistant/conversation) and the same frame loop (assistant/scheduler.py) as on the server, and
-the core's events are encoded with the native protocol's own encoder, so the view sees exactly
-what a server would send. The only difference is the clock: the frame loop ticks whenever the
-microphone (or file) has completed a frame, since the sound device already runs in real time.
+the core's events are carried out as the server does (engine requests to the slot) and encoded
+with the native protocol's own encoder, so the view sees exactly what a server would send. The
+only difference is the clock: the frame loop ticks whenever the microphone (or file) has
+completed a frame, since the sound device already runs in real time.
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ import numpy as np
 
 from assistant.conversation import (
     Conversation,
+    ConversationEvent,
     ConversationLimits,
     ConversationOptions,
     Event,
     SessionEnded,
 )
+from assistant.images import ImageError
 from assistant.scheduler import Scheduler
 from client.errors import TalkError
 from client.native import ServerEvent, decode_message
-from server.protocols.native.wire import encode_event
+from server.protocols.native.wire import encode_event, image_updated_event
 
 
 class LocalConversation:
@@ -37,7 +40,6 @@ class LocalConversation:
         engine,
         sample_rate: int,
         barge_in: str = "model",
-        captions=None,
         instructions: str | None = None,
         voice: str | None = None,
     ):
@@ -49,7 +51,7 @@ class LocalConversation:
         self.sample_rate = sample_rate
         self.session_id = "local"
         self.scheduler = Scheduler(engine, grace_ms=0.0, collect_garbage=True)
-        slot = self.scheduler.reserve()
+        self.slot = slot = self.scheduler.reserve()
         if slot is None:
             raise TalkError("the local engine has no free slot")
         self._out: asyncio.Queue[ServerEvent | np.ndarray | None] = asyncio.Queue()
@@ -59,32 +61,48 @@ class LocalConversation:
         self.conversation = Conversation(
             self.session_id,
             sample_rate,
-            self._emit,
             options=options,
             limits=ConversationLimits(idle_timeout_s=None, max_session_s=None),
-            slot=slot,
-            captions=captions,
             input_clock=True,
         )
-        slot.attach(self.conversation, options.slot_options())
-        self.conversation.start()
+        slot.attach(self.conversation, options.slot_options(), self._apply)
+        self._apply(self.conversation.start())
         self._loop_task = asyncio.get_running_loop().create_task(self._frame_loop())
 
-    def _emit(self, event: Event) -> None:
-        self._out.put_nowait(decode_message(encode_event(event)))
-        if isinstance(event, SessionEnded):
-            if event.reason == "internal_error":  # the frame loop could not hand this conversation its frame
-                self.error = "the conversation failed to take the engine's output (see the log)"
-            self._out.put_nowait(None)  # nothing follows session.ended
+    def _apply(self, events: list[ConversationEvent]) -> None:
+        """Carry out what the conversation returned: engine requests to the slot, the rest to the view."""
+        for event in events:
+            self.slot.carry_out(event)
+            if not isinstance(event, Event):
+                continue  # no CaptionUtterance comes: this conversation has no captioner
+            self._out.put_nowait(decode_message(encode_event(event)))
+            if isinstance(event, SessionEnded):
+                # internal_error: the frame loop could not hand this conversation its frame.
+                if event.reason == "internal_error":
+                    self.error = "the conversation failed to take the engine's output (see the log)"
+                self._out.put_nowait(None)  # nothing follows session.ended
 
     async def send_audio(self, pcm: np.ndarray) -> None:
         """Microphone samples: float32 (n,) in [-1, 1] at the device rate."""
-        self.conversation.push_samples(np.asarray(pcm, dtype=np.float32))
+        self._apply(self.conversation.push_samples(np.asarray(pcm, dtype=np.float32)))
         if self.conversation.frames_queued() >= 1:
             self._frame_ready.set()
 
     async def send_position(self, played_ms: float) -> None:
         self.conversation.set_played_ms(played_ms)
+
+    async def show_image(self, data: bytes | None) -> None:
+        """Show the model an image file (None: no image), checked in a worker thread; the answer
+        comes as the server's would: session.image.updated once it is queued, or an error."""
+        image = None
+        if data is not None:
+            try:
+                image = await asyncio.get_running_loop().run_in_executor(None, self.slot.check_image, data)
+            except ImageError as exc:
+                self._out.put_nowait(ServerEvent("error", {"code": exc.code, "message": str(exc)}))
+                return
+        self.slot.set_image(image)
+        self._out.put_nowait(decode_message(image_updated_event(image)))
 
     async def _frame_loop(self) -> None:
         try:
@@ -105,7 +123,7 @@ class LocalConversation:
             yield item
 
     async def end(self, timeout: float = 2.0) -> None:
-        self.conversation.end("client_ended")
+        self._apply(self.conversation.end("client_ended"))
         self._frame_ready.set()
         with contextlib.suppress(Exception):  # a failed engine was already reported as an error event
             await asyncio.wait_for(asyncio.shield(self._loop_task), timeout)

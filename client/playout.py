@@ -1,12 +1,13 @@
 """Client-side playout buffer: network audio in, device-callback-sized blocks out.
 
 The network thread (or event loop) pushes the assistant's audio as it arrives; the sound device's
-callback pulls exactly the number of samples it needs. A short prebuffer absorbs network jitter;
+callback pulls exactly the number of samples it needs, at the device's own rate (audio pushed at
+another rate is resampled on the way in). A short prebuffer absorbs network jitter;
 `clear()` drops everything queued at once (barge-in). The buffer counts what the listener actually
 heard so the client can report the played position to the server, and can hand every pulled block
 to a listener (the echo canceller's reference: exactly what the device was given).
 
-Two positions are kept, both in samples at the buffer's sample rate:
+Two positions are kept, both in samples at the buffer's (the device's) sample rate:
 - `played_samples`: received samples that went out to the device (cleared or trimmed ones excluded).
 - `stream_position`: index, in the received stream, of the next sample to play; it advances over
   played, cleared and trimmed samples alike, so it stays on the sender's output timeline.
@@ -19,11 +20,14 @@ from collections.abc import Callable
 
 import numpy as np
 
+from audio.resample import StreamResampler
+
 
 class PlayoutBuffer:
     """A thread-safe FIFO of float32 mono samples with jitter prebuffer, clear and underrun counting.
 
-    sample_rate_hz: rate of everything pushed and pulled.
+    sample_rate_hz: the device's rate: of everything pulled, and of what is queued.
+    input_rate_hz: rate of what is pushed (default: sample_rate_hz); other rates are resampled.
     prebuffer_ms: audio that must be queued before playback starts (and restarts after an underrun).
     max_ms: queue bound; older audio beyond it is dropped (`trimmed_samples`) so latency stays bounded.
     on_pull: called with each block handed to the device, silence included, on the device's thread.
@@ -35,6 +39,7 @@ class PlayoutBuffer:
         prebuffer_ms: float = 100.0,
         max_ms: float = 1000.0,
         on_pull: Callable[[np.ndarray], None] | None = None,
+        input_rate_hz: int | None = None,
     ):
         if sample_rate_hz <= 0:
             raise ValueError(f"sample_rate_hz must be positive, got {sample_rate_hz}")
@@ -43,6 +48,13 @@ class PlayoutBuffer:
         if max_ms <= prebuffer_ms:
             raise ValueError(f"max_ms ({max_ms}) must be larger than prebuffer_ms ({prebuffer_ms})")
         self.sample_rate_hz = int(sample_rate_hz)
+        self.input_rate_hz = int(input_rate_hz or sample_rate_hz)
+        # Only push and clear use it, both on the producer's side.
+        self._resampler = (
+            StreamResampler(self.input_rate_hz, self.sample_rate_hz)
+            if self.input_rate_hz != self.sample_rate_hz
+            else None
+        )
         self.prebuffer_samples = round(prebuffer_ms * sample_rate_hz / 1000)
         self.max_samples = round(max_ms * sample_rate_hz / 1000)
         self._lock = threading.Lock()
@@ -60,8 +72,10 @@ class PlayoutBuffer:
 
     # -- producer side -------------------------------------------------------------------
     def push(self, pcm: np.ndarray | bytes) -> None:
-        """Queue audio: int16 or float (n,) samples, or little-endian PCM16 bytes."""
+        """Queue audio at input_rate_hz: int16 or float (n,) samples, or little-endian PCM16 bytes."""
         x = _as_float32(pcm)
+        if self._resampler is not None:
+            x = self._resampler.process(x)
         with self._lock:
             n = x.shape[0]
             if n >= self.max_samples:
@@ -81,6 +95,8 @@ class PlayoutBuffer:
 
     def clear(self) -> int:
         """Drop everything queued now (the listener will never hear it); return how many samples went."""
+        if self._resampler is not None:
+            self._resampler.reset()  # the few samples in its filter belong to the dropped audio
         with self._lock:
             dropped = self._len
             self.stream_position += dropped

@@ -1,8 +1,8 @@
 """`assistant talk`: talk to the assistant with a microphone and speakers or headphones (or WAV files).
 
-Remote (default): the microphone streams to a server's native `/ws` endpoint at the device's
+Remote (default): the microphone streams to a server's native `/ws` endpoint at the mic's
 native rate (declared in session.start; the server resamples) and the assistant's voice plays
-through a short playout buffer. `--local` runs an engine in this process instead, through the
+through a short playout buffer, resampled to the speaker's own rate when it runs at another. `--local` runs an engine in this process instead, through the
 same conversation core and frame loop as the server (client/local.py), behind the same playout.
 
 `playback.position` (every 150 ms) carries the playhead on the server's output timeline: samples
@@ -48,11 +48,11 @@ from client.devices import (
     load_sounddevice,
     looks_like_headphones,
     pick_channels,
-    pick_sample_rate,
+    pick_rates,
 )
 from client.errors import TalkError
 from client.local import build_local
-from client.native import BARGE_IN_POLICIES, ClientError, NativeClient, describe_connect_error
+from client.native import BARGE_IN_POLICIES, ClientError, NativeClient, describe_connect_error, image_for_wire
 from client.playout import PlayoutBuffer
 from client.view import LiveDisplay, PlainDisplay, TalkView, Turn
 
@@ -68,7 +68,7 @@ __all__ = [
     "find_device",
     "load_sounddevice",
     "pick_channels",
-    "pick_sample_rate",
+    "pick_rates",
     "run",
     "talk",
 ]
@@ -116,6 +116,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ask the server for captions of what you say (user.transcript; default on)",
     )
     conn.add_argument(
+        "--image",
+        type=Path,
+        metavar="FILE",
+        help="show the assistant this image (JPEG, PNG or WebP) from the start of the call (a vision model "
+        "such as moshika-vis); one too large for a message is sent at 448 x 448, all the model sees",
+    )
+    conn.add_argument(
         "--audio-format",
         choices=("pcm16", "opus"),
         default="pcm16",
@@ -131,7 +138,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sample-rate",
         type=int,
         choices=SUPPORTED_RATES,
-        help="device rate (default: the input device's native rate when supported)",
+        help="run both devices at this rate (default: each at its own native rate when supported); "
+        "with files: the rate of the simulated mic and speaker (default: the input file's)",
     )
     dev.add_argument(
         "--block-ms", type=float, default=20.0, help="device block size in ms, 5-40 (default 20)"
@@ -191,6 +199,9 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise TalkError(f"input file {args.input_file} does not exist")
         if not args.output_file.parent.is_dir():
             raise TalkError(f"output folder {args.output_file.parent} does not exist")
+    image = getattr(args, "image", None)
+    if image is not None and not image.is_file():
+        raise TalkError(f"image file {image} does not exist")
     if not (math.isfinite(args.tail_seconds) and 0 <= args.tail_seconds <= 600):
         raise TalkError(f"--tail-seconds must be between 0 and 600, got {args.tail_seconds}")
     if not (math.isfinite(args.block_ms) and 5 <= args.block_ms <= 40):
@@ -220,7 +231,7 @@ def open_echo_canceller(args: argparse.Namespace, audio: Any) -> EchoCanceller |
     if delay_ms is None:
         delay_ms = audio.echo_delay_ms()
     try:
-        return EchoCanceller(audio.sample_rate, delay_ms=delay_ms)
+        return EchoCanceller(audio.sample_rate, delay_ms=delay_ms, reference_rate_hz=audio.output_rate)
     except ImportError as exc:
         raise TalkError(f"{exc}; or pass --no-echo-cancel (with headphones)") from exc
 
@@ -234,7 +245,7 @@ async def talk(
     """
     if audio is None:
         audio = (
-            FileAudio(args.input_file, args.output_file, args.block_ms, args.tail_seconds)
+            FileAudio(args.input_file, args.output_file, args.block_ms, args.tail_seconds, args.sample_rate)
             if args.input_file
             else DeviceAudio.open(args)
         )
@@ -259,6 +270,12 @@ async def talk(
         except ClientError as exc:
             raise TalkError(str(exc)) from exc
         title = f"assistant talk - {args.server} session {conv.session_id} - {sound}"
+    if getattr(args, "image", None) is not None:
+        try:
+            await conv.show_image(image_for_wire(args.image.read_bytes()))
+        except (ClientError, OSError) as exc:
+            await conv.end()
+            raise TalkError(f"--image {args.image}: {exc}") from exc
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # From here on Ctrl-C ends the session cleanly (session.end, devices closed, output written).
@@ -270,12 +287,16 @@ async def talk(
     display = display_factory(title)
     display.say(title)
     playout = PlayoutBuffer(
-        rate,
+        audio.output_rate,
+        input_rate_hz=rate,  # the session's audio comes back at the mic's rate
         prebuffer_ms=args.buffer_ms,
         max_ms=max(1000.0, 4 * args.buffer_ms),
         on_pull=echo.played if echo else None,
     )
     view = TalkView()
+    ready = getattr(conv, "ready", None)
+    if ready is not None:
+        view.on_event(ready)  # a server's session.ready came before the view: it says if captions come
     mic: asyncio.Queue[np.ndarray] = asyncio.Queue()
 
     def heard_ms() -> float:
@@ -353,7 +374,8 @@ async def talk(
         if isinstance(audio, FileAudio):
             summary += f", wrote {audio.output_path}"
             if audio.late_blocks:
-                summary += f" ({audio.late_blocks} blocks ran late: busy machine)"
+                late = audio.late_blocks
+                summary += f" ({late} block{'s' if late != 1 else ''} ran late: busy machine)"
         view.lines.append(summary)
         display.close(view)
     if failure is not None:

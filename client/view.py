@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,18 +14,34 @@ import numpy as np
 
 from client.native import ServerEvent
 
+# How long a reply's line waits for the caption of what the user said before it (captions take
+# a second or two; one the server dropped must not hold the conversation's lines for ever).
+CAPTION_WAIT_S = 4.0
+
 
 @dataclass
 class Turn:
-    """One caption line: who spoke and what; for the assistant, `cut` is what was never heard."""
+    """One caption line: who spoke and what, and when on the session's input timeline (`at_ms`,
+    which orders the turns: a user's caption arrives after the reply to it has begun). For the
+    assistant, `interrupted` says the user cut it off and `cut` is the text never heard."""
 
     role: str
     pieces: list[str] = field(default_factory=list)
     cut: str = ""
+    at_ms: float = 0.0
+    interrupted: bool = False
 
     @property
     def text(self) -> str:
         return "".join(self.pieces)
+
+    def line(self) -> str:
+        """The turn as a plain line; an interrupted reply ends in "[cut: what was never heard]" or "[cut]"."""
+        text = self.text.strip()
+        if not self.interrupted:
+            return f"{self.role}: {text}"
+        cut = f"[cut: {self.cut}]" if self.cut else "[cut]"
+        return f"{self.role}: {text} {cut}" if text else f"{self.role}: {cut}"
 
     def drop_cut_overlap(self) -> None:
         """Remove trailing pieces that the cut text repeats (heard in part, so the server counts them cut)."""
@@ -41,21 +58,28 @@ class TalkView:
     """Conversation state for display, fed with server events; knows nothing about terminals.
 
     Assistant text is revealed as it is played: a piece tagged at_ms (output timeline) shows once
-    the playout's stream position reaches at_ms. `lines` collects plain-text lines for output
-    without a terminal.
+    the playout's stream position reaches at_ms. `turns` are in the order they began. `lines`
+    collects plain-text lines for output without a terminal, in that order too: a reply's line
+    waits (up to CAPTION_WAIT_S) for the caption of every utterance that ended before it began.
     """
 
-    state: str = "listening"  # listening | speaking | interrupted
+    state: str = "listening"  # listening | speaking | interrupted | ended
     turns: list[Turn] = field(default_factory=list)
     mic_db: float = -120.0
     stats: dict[str, Any] = field(default_factory=dict)
     queued_ms: float = 0.0
     underruns: int = 0
     lines: list[str] = field(default_factory=list)
+    captions: bool = False  # the session makes user captions (session.ready says)
+    clock: Callable[[], float] = time.monotonic
     _pending: list[tuple[float, str]] = field(default_factory=list)
     _speaking_turn: Turn | None = None
     _closing: bool = False  # the assistant stopped; its turn ends when its pending text is heard
     _last_gap: Any = None
+    # Utterances whose caption has not come yet: (end on the input timeline, when it ended by `clock`).
+    _uncaptioned: list[tuple[float, float]] = field(default_factory=list)
+    # Lines held back behind a reply that waits for an earlier caption: (input-timeline ms or None, line).
+    _held: list[tuple[float | None, str]] = field(default_factory=list)
 
     def on_mic(self, block: np.ndarray) -> None:
         rms = float(np.sqrt(np.mean(np.square(block, dtype=np.float64)))) if block.size else 0.0
@@ -63,57 +87,52 @@ class TalkView:
 
     def on_event(self, event: ServerEvent) -> None:
         kind = event.type
-        if kind == "assistant.speech_started":
+        if kind == "session.ready":
+            self.captions = bool((event.get("options") or {}).get("captions"))
+        elif kind == "assistant.speech_started":
             if self.state != "speaking":
-                self.lines.append("-- assistant speaking")
+                self._say("-- assistant speaking")
             self.state = "speaking"
             if self._closing:
                 self._finish_turn(reveal_all=True)  # a new stretch began before the last one was heard out
-            self._open_turn()
+            self._open_turn(float(event.get("input_ms", event.get("at_ms", 0.0))))
         elif kind == "assistant.text":
             self._pending.append((float(event.get("at_ms", 0.0)), str(event.get("text", ""))))
-            self._open_turn()
+            self._open_turn(float(event.get("at_ms", 0.0)))
         elif kind == "assistant.speech_stopped":
             if self.state == "speaking":
                 self.state = "listening"
             # The stretch's last words are still in the playout buffer: finish once they are heard.
             self._closing = self._speaking_turn is not None
         elif kind == "barge_in":
-            self.state = "interrupted"
-            cut_text = str(event.get("cut_text") or "").strip()
-            self._pending.clear()  # what was not yet heard is dropped with the playout buffer
-            turn = self._speaking_turn or (
-                self.turns[-1] if self.turns and self.turns[-1].role == "assistant" else None
-            )
-            if turn is not None:
-                turn.cut = cut_text
-                turn.drop_cut_overlap()
-                if self._speaking_turn is None:
-                    self._emit_turn(turn)
-            self._finish_turn(reveal_all=False)
-            if turn is None and cut_text:
-                self.lines.append(f"assistant: [cut: {cut_text}]")
-            self.lines.append("-- interrupted")
+            self._on_barge_in(str(event.get("cut_text") or "").strip())
         elif kind == "playback.clear":
             self._pending.clear()  # queued audio was dropped: its text will never be heard
-        elif kind == "input.speech_stopped" and self.state == "interrupted":
-            self.state = "listening"
+        elif kind == "input.speech_stopped":
+            if self.state == "interrupted":
+                self.state = "listening"
+            if self.captions:
+                self._uncaptioned.append((float(event.get("at_ms", 0.0)), self.clock()))
         elif kind == "user.transcript":
-            text = str(event.get("text", "")).strip()
-            if text:
-                self.turns.append(Turn("user", [text]))
-                self.lines.append(f"user: {text}")
+            self._on_transcript(event)
         elif kind == "stats":
             self.stats = dict(event.data)
             gap = self.stats.get("response_gap_ms")
             if gap is not None and gap != self._last_gap:
                 self._last_gap = gap
-                self.lines.append(f"-- latency: {self.latency_text()}")
+                self._say(f"-- latency: {self.latency_text()}")
         elif kind == "error":
-            self.lines.append(f"-- server error {event.get('code')}: {event.get('message')}")
+            self._say(f"-- server error {event.get('code')}: {event.get('message')}")
+        elif kind == "session.image.updated":
+            image = event.get("image")
+            shown = f"a {image['width']} x {image['height']} image" if image else "no image"
+            self._say(f"-- the assistant sees {shown}")
         elif kind == "session.ended":
+            self.state = "ended"
             self._finish_turn(reveal_all=True)
-            self.lines.append(f"-- session ended ({event.get('reason', 'unknown')})")
+            self._uncaptioned.clear()  # no caption comes after the end
+            self._say(f"-- session ended ({event.get('reason', 'unknown')})")
+        self._release()
 
     def on_played(self, stream_position_ms: float) -> None:
         """Reveal assistant text whose audio has reached the listener."""
@@ -121,11 +140,48 @@ class TalkView:
             self._speaking_turn.pieces.append(self._pending.pop(0)[1])
         if self._closing and not self._pending:
             self._finish_turn(reveal_all=False)
+        self._release()
 
-    def _open_turn(self) -> None:
+    def _on_barge_in(self, cut_text: str) -> None:
+        self.state = "interrupted"
+        self._pending.clear()  # what was not yet heard is dropped with the playout buffer
+        turn = self._speaking_turn or next((t for t in reversed(self.turns) if t.role == "assistant"), None)
+        if turn is not None and not turn.interrupted:
+            turn.interrupted = True
+            turn.cut = cut_text
+            turn.drop_cut_overlap()
+            if self._speaking_turn is None:  # its line went out already: say it again, marked
+                self._say(turn.line(), turn.at_ms)
+        elif cut_text:
+            orphan = Turn("assistant", cut=cut_text, interrupted=True)
+            self._say(orphan.line())
+        self._finish_turn(reveal_all=False)
+        self._say("-- interrupted")
+
+    def _on_transcript(self, event: ServerEvent) -> None:
+        text = str(event.get("text", "")).strip()
+        end_ms = float(event.get("end_ms", event.get("start_ms", 0.0)) or 0.0)
+        self._uncaptioned = [u for u in self._uncaptioned if u[0] > end_ms + 1]
+        if not text:
+            return
+        turn = Turn("user", [text], at_ms=float(event.get("start_ms", 0.0) or 0.0))
+        self._insert(turn)
+        # The caption goes before any held line of a reply that began after the utterance did.
+        at = next((i for i, (key, _) in enumerate(self._held) if key is not None and key > turn.at_ms), None)
+        if at is None:
+            self._say(turn.line())
+        else:
+            self._held.insert(at, (turn.at_ms, turn.line()))
+
+    def _insert(self, turn: Turn) -> None:
+        """Add a turn in the order the turns began."""
+        at = next((i for i, t in enumerate(self.turns) if t.at_ms > turn.at_ms), len(self.turns))
+        self.turns.insert(at, turn)
+
+    def _open_turn(self, at_ms: float) -> None:
         if self._speaking_turn is None:
-            self._speaking_turn = Turn("assistant")
-            self.turns.append(self._speaking_turn)
+            self._speaking_turn = Turn("assistant", at_ms=at_ms)
+            self._insert(self._speaking_turn)
 
     def _finish_turn(self, reveal_all: bool) -> None:
         turn = self._speaking_turn
@@ -136,13 +192,24 @@ class TalkView:
             turn.pieces.extend(text for _, text in self._pending)
         self._pending.clear()
         self._speaking_turn = None
-        self._emit_turn(turn)
+        if turn.text.strip() or turn.interrupted:
+            self._say(turn.line(), turn.at_ms)
 
-    def _emit_turn(self, turn: Turn) -> None:
-        text = turn.text.strip()
-        cut = f" [cut: {turn.cut}]" if turn.cut else ""
-        if text or cut:
-            self.lines.append(f"assistant: {text}{cut}")
+    def _say(self, line: str, at_ms: float | None = None) -> None:
+        """Queue a line; one of a turn (`at_ms`) waits behind captions still due before it, and
+        every line waits behind one that waits."""
+        self._held.append((at_ms, line))
+        self._release()
+
+    def _release(self) -> None:
+        now = self.clock()  # a caption that has not come within CAPTION_WAIT_S is not waited for
+        self._uncaptioned = [u for u in self._uncaptioned if now - u[1] < CAPTION_WAIT_S]
+        while self._held and not self._waits(self._held[0][0]):
+            self.lines.append(self._held.pop(0)[1])
+
+    def _waits(self, at_ms: float | None) -> bool:
+        """Whether a line of a turn that began at `at_ms` waits for the caption of an earlier utterance."""
+        return at_ms is not None and any(end_ms <= at_ms for end_ms, _ in self._uncaptioned)
 
     def latency_text(self) -> str:
         parts = []
@@ -181,9 +248,15 @@ class PlainDisplay:
 
 
 class LiveDisplay:
-    """A rich Live panel: state, mic level, latency and the last captions, redrawn ~10 times a second."""
+    """A rich Live panel: state, mic level, latency and the last captions, redrawn ~10 times a second.
 
-    STATE_STYLE = {"listening": "green", "speaking": "cyan", "interrupted": "bold red"}
+    The session's title (server, session, devices) is printed once above the panel, in full;
+    the panel's own title stays short, so a narrow terminal never cuts a URL or a path in it.
+    """
+
+    PANEL_TITLE = "assistant talk"
+
+    STATE_STYLE = {"listening": "green", "speaking": "cyan", "interrupted": "bold red", "ended": "dim"}
 
     def __init__(self, title: str):
         from rich.console import Console
@@ -196,7 +269,7 @@ class LiveDisplay:
         self.live.start()
 
     def say(self, line: str) -> None:
-        self.live.console.print(line, highlight=False, markup=False)
+        self.live.console.print(line, highlight=False, markup=False, overflow="fold")
 
     def render(self, view: TalkView):
         from rich.panel import Panel
@@ -215,11 +288,15 @@ class LiveDisplay:
             style = "bold" if turn.role == "user" else ""
             body.append(f"{turn.role:>9}: ", style="dim")
             body.append(turn.text.strip(), style=style)
-            if turn.cut:
-                body.append(f" {turn.cut}", style="strike red")
+            if turn.interrupted and turn.cut:  # what was never heard, struck through as on the page
+                body.append(" [cut: ", style="red")
+                body.append(turn.cut, style="strike red")
+                body.append("]", style="red")
+            elif turn.interrupted:
+                body.append(" [cut]", style="red")
             body.append("\n")
         body.append(header)
-        return Panel(body, title=self.title, subtitle="Ctrl-C to end")
+        return Panel(body, title=self.PANEL_TITLE, subtitle="Ctrl-C to end")
 
     def update(self, view: TalkView) -> None:
         # The panel shows the same information; only the end of the session is kept for close().

@@ -1,4 +1,4 @@
-"""`assistant serve`: the real-time server on one port.
+"""`assistant serve`: the real-time server on one port (aiohttp's web server).
 
 - GET / and the files of web/, GET /healthz (JSON), GET /metrics (Prometheus text): server/http.py,
 - /ws: the native protocol (docs/protocol.md), server/protocols/native/adapter.py,
@@ -6,11 +6,12 @@
 - /v1/live/sessions: the OpenAI Live API, full duplex (docs/live.md), server/protocols/live/adapter.py,
 - /api/chat: Kyutai's and NVIDIA's Moshi protocol (docs/moshi-protocol.md), server/protocols/moshi/adapter.py.
 
-All websocket adapters are `Connection`s (server/connection.py) that drive conversations
-through the `ServerContext` (server/context.py); the frame loop (assistant/scheduler.py) does
-the rest. Ctrl-C / SIGTERM drains (`drain`): the port stays open, refusing new sessions and
-saying "draining" on /healthz, while live sessions finish (up to --drain-seconds); the rest get
-`session.ended`, recordings are finalised, then the process exits.
+All websocket adapters are `Connection`s (server/connection.py) over a `WebSocketTransport`
+(server/websocket.py) that drive conversations through the `ServerContext` (server/context.py);
+the frame loop (assistant/scheduler.py) does the rest. Ctrl-C / SIGTERM drains (`drain`): the
+port stays open, refusing new sessions and saying "draining" on /healthz, while live sessions
+finish (up to --drain-seconds); the rest get `session.ended`, recordings are finalised, then the
+process exits.
 """
 
 from __future__ import annotations
@@ -18,18 +19,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
+import functools
 import gc
 import json
 import logging
 import signal
-import socket
 import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from websockets.asyncio.server import ServerConnection, serve
+from aiohttp import web
 
 from assistant.backends import build_engine
 from assistant.engine import Engine
@@ -42,42 +43,54 @@ from server.config import (
     default_max_sessions,
     default_origins,
 )
-from server.connection import serve_connection
+from server.connection import Connection, serve_connection
 from server.context import ServerContext
-from server.http import BodyAwareConnection, make_process_request
+from server.http import make_app, server_log, upgrade_required
 from server.memory import MemoryReporter
-from server.protocols.limits import CLOSE_POLICY, MAX_MESSAGE_BYTES
 from server.protocols.live.adapter import LiveConnection
 from server.protocols.moshi.adapter import MoshiChatConnection
 from server.protocols.native.adapter import NativeConnection
 from server.protocols.realtime.adapter import RealtimeConnection
+from server.websocket import accept
 
 __all__ = ["add_arguments", "config_from_args", "run", "serve_forever"]
 
 log = logging.getLogger("assistant.server")
 
-SEND_BUFFER_BYTES = 64 * 1024  # ~0.7 s of 24 kHz PCM16 per connection in the kernel
 ENDPOINTS = {
     "/ws": NativeConnection,
     "/v1/realtime": RealtimeConnection,
     "/v1/live/sessions": LiveConnection,
     "/api/chat": MoshiChatConnection,
 }
+# Plain HTTP connections idle (or never finishing a request head) this long are closed.
+HTTP_IDLE_TIMEOUT_S = 10.0
 
 
-async def route(ctx: ServerContext, ws: ServerConnection) -> None:
-    path = urlsplit(ws.request.path).path if ws.request else ""
-    sock = ws.transport.get_extra_info("socket") if ws.transport else None
-    if sock is not None:
-        # A small kernel send buffer makes a stalled reader show up in our own bounded queue within
-        # seconds instead of after megabytes of autotuned buffering (and keeps audio latency honest).
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-    connection_class = ENDPOINTS.get(path)
-    if connection_class is None:
-        await ws.close(CLOSE_POLICY, f"no websocket endpoint at {path}; use {', '.join(ENDPOINTS)}")
-        return
-    await serve_connection(ctx, ws, connection_class)
+async def serve_websocket(
+    ctx: ServerContext, connection_class: type[Connection], request: web.Request
+) -> web.StreamResponse:
+    """One upgrade on an endpoint (auth and Origin already checked): the connection, start to end."""
+    config = ctx.config
+    ws = await accept(request, ping_interval_s=config.ping_interval_s, close_timeout_s=config.drain_timeout_s)
+    if ws is None:
+        return upgrade_required()
+    try:
+        await serve_connection(ctx, ws, connection_class)
+    finally:
+        ws.finish()
+    return ws.response
+
+
+def make_server_app(ctx: ServerContext) -> web.Application:
+    """The port's aiohttp application: the HTTP routes and one websocket handler per endpoint."""
+    return make_app(
+        ctx,
+        {
+            path: functools.partial(serve_websocket, ctx, connection_class)
+            for path, connection_class in ENDPOINTS.items()
+        },
+    )
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -102,11 +115,11 @@ async def _until(done: Callable[[], bool], timeout_s: float, cut_short: asyncio.
         await asyncio.sleep(0.05)
 
 
-async def drain(ctx: ServerContext, servers: list, hurry: asyncio.Event) -> None:
+async def drain(ctx: ServerContext, hurry: asyncio.Event) -> None:
     """Stop taking sessions but keep listening, so balancers see it: /healthz says draining (503),
     new websockets get 1013 and the agent says drain. Live sessions go on for up to --drain-seconds
     (`hurry`, a second signal, cuts that short); the rest are told `server_shutdown` and get up to
-    `drain_timeout_s` to say goodbye. Then the port closes, with whatever is left on it."""
+    `drain_timeout_s` to say goodbye. The caller then closes the port, with whatever is left on it."""
     config = ctx.config
     ctx.draining = True
     if config.drain_grace_s > 0 and ctx.sessions:
@@ -121,15 +134,10 @@ async def drain(ctx: ServerContext, servers: list, hurry: asyncio.Event) -> None
     def ended() -> bool:
         # Every round, so a connection that starts its session during the drain is told too.
         for session in list(ctx.sessions.values()):
-            session.end("server_shutdown")
+            ctx.end_session(session, "server_shutdown")
         return not ctx.sessions
 
     await _until(ended, config.drain_timeout_s)
-    for server in servers:
-        server.close()
-    for server in servers:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), config.drain_timeout_s)
 
 
 def _warm_up_codecs() -> None:
@@ -178,28 +186,23 @@ async def serve_forever(
     gc.collect()
     gc.freeze()
     clock = asyncio.create_task(ctx.scheduler.run())
-    async with serve(
-        lambda ws: route(ctx, ws),
-        config.host,
-        config.port,
-        process_request=make_process_request(ctx),
-        create_connection=BodyAwareConnection,
-        max_size=MAX_MESSAGE_BYTES,
-        compression=None,  # audio does not compress; deflate would only burn CPU per frame
-        ssl=tls,
-        close_timeout=config.drain_timeout_s,
-        ping_interval=config.ping_interval_s,
-        ping_timeout=config.ping_interval_s,
-    ) as server:
-        sock = next(iter(server.sockets))
-        ctx.port = sock.getsockname()[1]
-        servers = [server]
+    runner = web.AppRunner(
+        make_server_app(ctx),
+        access_log=None,  # no line per request: a path is the client's text, and probes come every second
+        logger=server_log,
+        keepalive_timeout=HTTP_IDLE_TIMEOUT_S,
+        shutdown_timeout=config.drain_timeout_s,
+    )
+    await runner.setup()
+    agent = None
+    try:
+        await web.TCPSite(runner, config.host, config.port, ssl_context=tls).start()
+        ctx.port = runner.addresses[0][1]
         if config.agent_port is not None:
             try:
                 agent = await serve_agent(ctx, config.host, config.agent_port)
             except OSError as exc:
                 raise OSError(f"agent check port {config.host}:{config.agent_port}: {exc}") from exc
-            servers.append(agent)
             print(
                 f"assistant: HAProxy agent on {config.host}:{agent.sockets[0].getsockname()[1]}",
                 flush=True,
@@ -210,7 +213,7 @@ async def serve_forever(
         shown = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
         print(
             f"assistant: serving {engine.describe().get('backend')} ({engine.describe().get('model')}), "
-            f"{ctx.scheduler.capacity} sessions max",
+            f"{ctx.scheduler.capacity} session{'s' if ctx.scheduler.capacity != 1 else ''} max",
             flush=True,
         )
         print(
@@ -221,7 +224,13 @@ async def serve_forever(
         if ready is not None:
             ready(ctx)
         await stop.wait()
-        await drain(ctx, servers, hurry)
+        await drain(ctx, hurry)
+    finally:
+        if agent is not None:
+            agent.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(agent.wait_closed(), config.drain_timeout_s)
+        await runner.cleanup()  # stops listening, then waits up to drain_timeout_s for what is left
     ctx.scheduler.stop()
     await clock
     ctx.scheduler.shutdown()
@@ -247,6 +256,10 @@ def build_server_engine(config: ServerConfig) -> Engine:
     )
 
 
+def _stop_starting(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM while the model loads ends the start-up as Ctrl-C does
+
+
 def run(args: argparse.Namespace) -> int:
     if hasattr(signal, "SIGUSR1"):  # a memory report asked for while the model loads is not a kill
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
@@ -255,9 +268,19 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        signal.signal(signal.SIGTERM, _stop_starting)  # serve_forever's own handlers take over once it runs
+        return _start_and_serve(args)
+    except KeyboardInterrupt:
+        print("assistant: stopped while starting", flush=True)
+        return 0
+
+
+def _start_and_serve(args: argparse.Namespace) -> int:
+    try:
         config = config_from_args(args)
         if config.auto_banner:
             print(config.auto_banner, file=sys.stderr, flush=True)
+        log.info("loading the %s engine%s", config.backend, f" ({config.model})" if config.model else "")
         engine = build_server_engine(config)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"assistant serve: {exc}", file=sys.stderr)
@@ -268,6 +291,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"assistant serve: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"assistant serve: cannot listen ({exc})", file=sys.stderr)
+        if exc.errno == errno.EADDRINUSE:
+            print(
+                f"assistant serve: port {config.port} on {config.host} is in use (another server?); stop "
+                f"that one, or pick a free port with --port N (e.g. --port {config.port + 1})",
+                file=sys.stderr,
+            )
+        else:
+            print(f"assistant serve: cannot listen ({exc})", file=sys.stderr)
         return 1
     return 0

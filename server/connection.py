@@ -6,8 +6,12 @@ most once a second, 1008 for a flood), the idle timeout before a client starts i
 close sequence (drain, close, abort a silent peer), and the handling of failures (a bug while
 handling one message costs that message, not the conversation; anything else closes with 1011).
 A protocol adapter (server/protocols/native/adapter.py, server/protocols/realtime/adapter.py, server/protocols/live/adapter.py) subclasses it and only
-translates messages and conversation events.
+translates messages and conversation events. Whatever the conversation returns goes through
+`apply_events`, after the call that returned it: the engine slot's part here, the rest to the
+adapter's `conversation_event`.
 `serve_connection` is the shared entry: take a slot or refuse with 1013, run, clean up.
+The websocket itself is any `Transport` (server/websocket.py wraps aiohttp's), so nothing here or
+in an adapter depends on the HTTP library.
 """
 
 from __future__ import annotations
@@ -16,22 +20,48 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
-
-from assistant.conversation import Conversation
+from assistant.conversation import CaptionUtterance, Conversation, ConversationEvent, Event
 from server.protocols.limits import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_NORMAL,
     CLOSE_POLICY,
     CLOSE_TRY_AGAIN_LATER,
+    MAX_MESSAGE_BYTES,
     RateLimiter,
+    message_bytes,
 )
 
 log = logging.getLogger("assistant.server")
+
+
+class TransportClosed(Exception):
+    """The websocket is closed or closing: nothing more can be sent or received."""
+
+
+class Transport(Protocol):
+    """One accepted websocket, as the connection base and the protocol adapters use it."""
+
+    path: str  # the upgrade request's target: path and query string, as sent
+    headers: Mapping[str, str]  # the upgrade request's headers
+    remote_address: tuple | None  # the peer's socket address
+    close_code: int | None  # how the websocket closed, whoever closed it (None while open)
+    close_reason: str | None
+
+    async def send(self, message: str | bytes) -> None:
+        """Send one text or binary message; raises TransportClosed."""
+
+    async def recv(self) -> str | bytes:
+        """The next text or binary message; raises TransportClosed."""
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with `code` and `reason` (the peer's answer is awaited for a bounded time)."""
+
+    def abort(self) -> None:
+        """Cut the connection now, unless a close is already under way."""
 
 
 # -- outgoing queue -------------------------------------------------------------------------------
@@ -99,7 +129,7 @@ class Outbox:
 
 
 async def close_connection(
-    ws: ServerConnection,
+    ws: Transport,
     outbox: Outbox,
     writer: asyncio.Task,
     code: int,
@@ -123,11 +153,10 @@ async def close_connection(
     try:
         # close() waits for the peer; a reader that stalled may never answer.
         await asyncio.wait_for(ws.close(code, reason), timeout_s)
-    except (TimeoutError, ConnectionClosed, OSError):
+    except (TimeoutError, TransportClosed, OSError):
         pass
     finally:
-        if ws.transport is not None and not ws.transport.is_closing():
-            ws.transport.abort()
+        ws.abort()
 
 
 # -- the connection base --------------------------------------------------------------------------
@@ -141,16 +170,17 @@ class Connection:
     outbox_scale = 1  # messages per frame this protocol sends, relative to one (native: audio + events)
     not_started_code = "not_started"  # the error code for a client that never starts its session
 
-    def __init__(self, ctx, ws: ServerConnection, slot):
+    def __init__(self, ctx, ws: Transport, slot):
         self.ctx = ctx
         self.ws = ws
         self.slot = slot
-        self.session: Conversation | None = None
+        self._session: Conversation | None = None
         config = ctx.config
         self.outbox = Outbox(
             ws.send, max_items=config.max_outbox_items * self.outbox_scale, max_lag_s=config.max_send_lag_s
         )
         self.writer = asyncio.create_task(self.outbox.run())
+        self.peer = self.describe_peer()
         now = time.monotonic()
         self.limiter = RateLimiter(config.messages_per_s, config.message_burst, now)
         # Refusals drain their own bucket: a client persistently over the rate is closed, one that
@@ -160,13 +190,62 @@ class Connection:
         self.internal_errors = 0  # messages in a row the server failed to handle
         self.closing: asyncio.Task | None = None
 
+    @property
+    def session(self) -> Conversation | None:
+        return self._session
+
+    @session.setter
+    def session(self, session: Conversation | None) -> None:
+        if session is not None and self._session is None:  # however the adapter opened it: logged once
+            log.info("session %s open: %s", session.session_id, self.peer)
+        self._session = session
+
+    def describe_peer(self) -> str:
+        """The endpoint and the client's address, for the log: the path only (a query may hold a token).
+        Read when the connection opens: once the peer has gone, its socket has no address."""
+        endpoint = urlsplit(self.ws.path).path
+        address = self.ws.remote_address
+        client = f"{address[0]}:{address[1]}" if address else "unknown"
+        return f"{endpoint} from {client}"
+
+    def log_closed(self, session: Conversation) -> None:
+        """One line an operator can act on: who, how long, what the frame clock did, how it ended."""
+        code, reason = self.ws.close_code, self.ws.close_reason
+        log.info(
+            "session %s closed: %s, %.1f s, %d frames, underruns %d, drops %d, ended %s, close %s%s",
+            session.session_id,
+            self.peer,
+            session.clock() - session.started_at,
+            session.frames_out,
+            session.underruns,
+            session.drops,
+            session.ended or "unknown",
+            code if code is not None else "none",
+            f" ({reason})" if reason else "",
+        )
+
     # -- what a protocol adapter provides ------------------------------------------------------
     def handle_message(self, message: str | bytes) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def conversation_event(self, event: Event) -> None:  # pragma: no cover - interface
+        """One event of the conversation for the client, in the protocol's words."""
         raise NotImplementedError
 
     def encode_error(self, code: str, message: str, *, server_side: bool = False) -> Any:  # pragma: no cover
         """The protocol's error message for the client (server_side: our failure, not theirs)."""
         raise NotImplementedError
+
+    def max_message_bytes(self, message: str | bytes) -> int:
+        """The largest `message` of its kind this protocol reads (a binary image may be larger)."""
+        return MAX_MESSAGE_BYTES
+
+    def refuse_oversized(self, message: str | bytes, size: int) -> None:
+        """Tell the client a message was too large to read; it is dropped, the session goes on."""
+        self.send_error(
+            "message_too_large",
+            f"a message of {size} bytes was dropped unread; at most {MAX_MESSAGE_BYTES} are accepted",
+        )
 
     async def next_message(self) -> str | bytes | None:
         """The next client message; None ends the connection (after it was closed)."""
@@ -180,6 +259,21 @@ class Connection:
             self.send_error(self.not_started_code, f"no session.start within {idle:g} s; closing")
             self.close(CLOSE_NORMAL, "idle_timeout", flush=True)
             return None
+
+    # -- the conversation's events ------------------------------------------------------------
+    def apply_events(self, events: list[ConversationEvent]) -> None:
+        """Carry out what a conversation call returned, in order: the engine slot's part of each
+        event (on SessionEnded the slot goes back first), the client's events, caption jobs."""
+        for event in events:
+            self.slot.carry_out(event)
+            if isinstance(event, Event):
+                self.conversation_event(event)
+            elif isinstance(event, CaptionUtterance):
+                self.ctx.caption(event, self.caption_done)
+
+    def caption_done(self, utterance: CaptionUtterance, text: str) -> None:
+        if self.session is not None:
+            self.apply_events(self.session.add_caption(utterance, text))
 
     # -- sending -------------------------------------------------------------------------------
     def send(self, item: Any) -> None:
@@ -204,7 +298,9 @@ class Connection:
 
     async def _close(self, code: int, reason: str, flush: bool) -> None:
         if self.session:
-            self.session.end(reason if code != CLOSE_NORMAL else self.session.ended or reason)
+            self.apply_events(
+                self.session.end(reason if code != CLOSE_NORMAL else self.session.ended or reason)
+            )
         await close_connection(
             self.ws,
             self.outbox,
@@ -233,8 +329,12 @@ class Connection:
         return False
 
     def receive(self, message: str | bytes) -> None:
-        """One client message: rate limit, then the protocol; a bug costs this message only."""
+        """One client message: rate limit, size, then the protocol; a bug costs this message only."""
         if not self.allow_message():
+            return
+        size = message_bytes(message)
+        if size > self.max_message_bytes(message):
+            self.refuse_oversized(message, size)
             return
         try:
             self.handle_message(message)
@@ -261,32 +361,29 @@ class Connection:
                 # Messages already buffered come back without a pause: let the writer send the
                 # replies between them, or a burst of refused messages fills the outbox by itself.
                 await asyncio.sleep(0)
-        except ConnectionClosed:
+        except TransportClosed:
             pass
         except Exception:
             log.exception("%s connection failed", self.protocol_name)
             self.close(CLOSE_INTERNAL_ERROR, "internal server error", flush=False)
         finally:
             if self.session is not None:
-                self.session.end("client_disconnected")
+                self.apply_events(self.session.end("client_disconnected"))
                 self.ctx.forget(self.session)
-            else:
-                self.slot.release()
+            self.slot.release()  # a no-op once the conversation's end gave it back
             self.finish()
             if self.closing is not None:
                 await asyncio.wait({self.closing})
             self.outbox.close()
             self.writer.cancel()
-            # The conversation calls back into this connection (its emit): drop the link both ways,
-            # so the pair is freed now by reference counting rather than by a collector pass that
-            # would pause every live session's frame loop.
-            self.session = None
+            if self._session is not None:
+                self.log_closed(self._session)
 
     def finish(self) -> None:
         """Stop the adapter's own tasks (called once, when the connection ends)."""
 
 
-async def serve_connection(ctx, ws: ServerConnection, connection_class: type[Connection]) -> None:
+async def serve_connection(ctx, ws: Transport, connection_class: type[Connection]) -> None:
     """Serve one websocket with `connection_class`: a slot, or close 1013 when full or draining."""
     slot = ctx.reserve()
     if slot is None:

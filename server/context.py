@@ -8,12 +8,13 @@ import asyncio
 import dataclasses
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from assistant.conversation import Conversation, ConversationOptions
+from assistant.conversation import CaptionUtterance, Conversation, ConversationOptions
 from assistant.engine import Engine
-from assistant.scheduler import Scheduler, SlotHandle
+from assistant.scheduler import Host, Scheduler, SlotHandle
 from server.config import ServerConfig
 from server.metrics import Metrics
 from server.recording import Recorder
@@ -28,6 +29,7 @@ class ServerContext:
         self.metrics = Metrics()
         self.scheduler = Scheduler(engine, metrics=self.metrics, collect_garbage=True)
         self.sessions: dict[str, Conversation] = {}
+        self._hosts: dict[str, Host] = {}  # who carries out each live session's events
         self.started_at = time.monotonic()
         self.port = config.port
         self.draining = False
@@ -39,7 +41,7 @@ class ServerContext:
             # The model loads on the worker's own thread; the server is listening meanwhile.
             self.caption_worker = CaptionWorker(config.captions, device=config.captions_device)
             self.caption_worker.start()
-            self.captions_model = f"faster-whisper:{Path(self.caption_worker.model_path).name}"
+            self.captions_model = self.caption_worker.name
         self.metrics.gauge("live_sessions", "Sessions in progress.", lambda: len(self.sessions))
         self.metrics.gauge(
             "capacity_left", "Sessions that can still join.", lambda: self.scheduler.free_slots
@@ -61,10 +63,11 @@ class ServerContext:
         self,
         slot: SlotHandle,
         sample_rate_hz: int,
-        emit,
+        host: Host,
         options: ConversationOptions | None = None,
     ) -> Conversation:
-        """Start a conversation in `slot`; emits SessionReady. Raises ValueError for a bad rate/options."""
+        """A conversation in `slot`, fed by the frame loop from the next tick, whose events of the
+        loop's calls go to `host`; the caller starts it. Raises ValueError for a bad rate/options."""
         options = options or self.default_options()
         options.vad_config(self.config.vad)  # raises ValueError for bad VAD options before any file is made
         self.check_prompt(options.instructions, options.voice)
@@ -73,31 +76,37 @@ class ServerContext:
         session = Conversation(
             session_id,
             sample_rate_hz,
-            emit,
             options=options,
             limits=self.config.limits,
             vad_config=self.config.vad,
-            slot=slot,
             recorder=recorder,
             metrics=self.metrics,
-            captions=self._caption_job if self.caption_worker is not None else None,
+            can_caption=self.caption_worker is not None,
+            check_prompt=self.check_prompt,
         )
-        slot.attach(session, options.slot_options())
+        slot.attach(session, options.slot_options(), host)
         self.sessions[session_id] = session
+        self._hosts[session_id] = host
         self.metrics.inc("sessions_total")
-        session.start()
         return session
 
-    def _caption_job(self, pcm_24k, start_ms: float, end_ms: float, done, interim: bool = False) -> None:
-        """Queue one utterance (or, interim, the part said so far) for captioning; `done(text)` runs
-        on the event loop when it is ready."""
+    def caption(self, utterance: CaptionUtterance, done: Callable[[CaptionUtterance, str], None]) -> None:
+        """Queue one utterance (or, interim, the part said so far) for captioning; `done(utterance,
+        text)` runs on the event loop when it is ready."""
         loop = asyncio.get_running_loop()
 
         def finished(caption) -> None:
-            loop.call_soon_threadsafe(done, caption.text)
+            loop.call_soon_threadsafe(done, utterance, caption.text)
 
-        queued = self.caption_worker.submit(id(done), pcm_24k, start_ms, end_ms, finished, interim=interim)
-        if not queued and not interim:  # an interim is skipped, by design, while finals wait
+        queued = self.caption_worker.submit(
+            id(utterance),
+            utterance.pcm,
+            utterance.start_ms,
+            utterance.end_ms,
+            finished,
+            interim=utterance.interim,
+        )
+        if not queued and not utterance.interim:  # an interim is skipped, by design, while finals wait
             self.metrics.inc("captions_dropped")
 
     def close(self) -> None:
@@ -106,8 +115,13 @@ class ServerContext:
 
     def default_options(self) -> ConversationOptions:
         """What a session starts with before the client's own options: the server's flags."""
+        config = self.config
         return ConversationOptions(
-            barge_in=self.config.barge_in, instructions=self.config.instructions, voice=self.config.voice
+            barge_in=config.barge_in,
+            instructions=config.instructions,
+            voice=config.voice,
+            temperature=config.temperature,
+            text_temperature=config.text_temperature,
         )
 
     def check_prompt(self, instructions: str | None, voice: str | None) -> None:
@@ -139,10 +153,17 @@ class ServerContext:
         """Why a new connection was refused (the 1013 close reason)."""
         if self.draining:
             return "server is shutting down"
-        return f"server full: all {self.scheduler.capacity} sessions are taken; try later"
+        capacity = self.scheduler.capacity
+        taken = "its one session is" if capacity == 1 else f"all {capacity} sessions are"
+        return f"server full: {taken} taken; try later"
 
     def forget(self, session: Conversation) -> None:
         self.sessions.pop(session.session_id, None)
+        self._hosts.pop(session.session_id, None)
+
+    def end_session(self, session: Conversation, reason: str) -> None:
+        """End a live session from outside its connection (the shutdown); its host carries it out."""
+        self._hosts[session.session_id](session.end(reason))
 
     def status(self) -> str:
         """What a balancer acts on: "ok" (takes new sessions), "full" or "draining" (send them elsewhere)."""
@@ -165,6 +186,7 @@ class ServerContext:
             "captions": None if self.caption_worker is None else self.caption_worker.describe(),
             "takes_prompts": self.engine.takes_prompts,
             "voices": self.engine.voices(),
+            "takes_images": self.engine.takes_images,
         }
 
 

@@ -1,7 +1,8 @@
-"""Static files of `web/` for GET requests: content types, no listings, no path traversal.
+"""Static files of `web/` (or --moshi-ui) for GET requests: content types, no listings, no path
+traversal.
 
-`resolve(root, url_path)` is pure path logic (tested directly); `load(root, url_path)` returns
-(status, content type, body) for the HTTP shell in server/app.py.
+`resolve(root, url_path)` is pure path logic (tested directly); server/http.py sends the file it
+names (streamed, with caching headers) or 404.
 """
 
 from __future__ import annotations
@@ -59,11 +60,3 @@ def content_type(path: Path) -> str:
         or mimetypes.guess_type(path.name)[0]
         or "application/octet-stream"
     )
-
-
-def load(root: Path, url_path: str) -> tuple[int, str, bytes]:
-    """(status, content type, body) for a GET of `url_path`."""
-    path = resolve(root, url_path)
-    if path is None:
-        return 404, "text/plain; charset=utf-8", b"404 not found\n"
-    return 200, content_type(path), path.read_bytes()

@@ -8,7 +8,6 @@ import queue
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,7 +80,7 @@ def test_captions_of_test_speech_are_accurate_and_off_the_caller_thread(worker):
 def test_health_report_counts_captions(worker):
     health = worker.describe()
     assert health["ready"] is True and health["error"] is None
-    assert health["model"] == Path(worker.model_path).name
+    assert health["model"] == "tiny.en", "the model by its name, not the folder it was loaded from"
     before = health["completed"]
     _caption_all(worker, [("short", load_wav("q2.wav")[0])])
     assert worker.describe()["completed"] == before + 1
@@ -152,6 +151,18 @@ def test_model_resolution():
     # Larger sizes are left to faster-whisper (a download cache or the Hub).
     assert resolve_model("auto", "cuda") == "small"
     assert resolve_model("base.en", "cpu") == "base.en"
+    assert resolve_model("Systran/faster-whisper-small", "cpu") == "Systran/faster-whisper-small"
+
+
+def test_a_caption_model_is_named_as_the_user_named_it_never_by_a_path(tmp_path):
+    from assistant.captions import model_name
+
+    assert model_name("auto", "cpu") == "tiny.en" and model_name("auto", "cuda") == "small"
+    assert model_name("tiny.en", "cpu") == "tiny.en"
+    assert model_name("Systran/faster-whisper-small", "cpu") == "Systran/faster-whisper-small"
+    local = tmp_path / "whisper-medium-ct2"
+    local.mkdir()
+    assert model_name(str(local), "cpu") == "whisper-medium-ct2"
 
 
 def test_broken_model_is_reported_not_hung(tmp_path):

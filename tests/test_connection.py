@@ -40,16 +40,21 @@ async def test_outbox_sends_in_order_and_flags_a_stalled_reader():
 
 
 class FakeWebsocket:
+    path, headers, remote_address = "/ws", {}, None
+    close_code = close_reason = None
+
     def __init__(self):
         self.sent: list = []
         self.closed: tuple | None = None
-        self.transport = None
 
     async def send(self, item):
         self.sent.append(item)
 
     async def close(self, code, reason):
         self.closed = (code, reason)
+
+    def abort(self):
+        pass
 
 
 def fake_context():

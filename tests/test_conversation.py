@@ -1,5 +1,5 @@
 """The conversation core without sockets: turn-taking state machine, input buffering, barge-in with
-cut text, latencies and limits."""
+cut text, holds, latencies and limits. Every call's events are what it returns."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from assistant.conversation import (
     AssistantSpeechStarted,
     AudioOut,
     BargeIn,
+    CaptionUtterance,
     Conversation,
     ConversationLimits,
     ConversationOptions,
@@ -19,24 +20,29 @@ from assistant.conversation import (
     PlaybackClear,
     SessionEnded,
     SessionReady,
-    SlotControl,
+    SessionUpdated,
+    SetEngineOptions,
+    SetEngineSilent,
     Stats,
+    UserTranscript,
+    UserTranscriptDelta,
 )
 from assistant.conversation.input_buffer import FRAME_OK, FRAME_PADDED, FRAME_UNDERRUN, InputBuffer
 from assistant.conversation.turns import (
     ASSISTANT_SPEAKING,
-    ASSISTANT_STARTED,
-    ASSISTANT_STOPPED,
-    BARGE_IN,
     LISTENING,
-    SILENCE_OFF,
-    SILENCE_ON,
     USER_BARGING_IN,
+    AssistantHeld,
+    BargeInDetected,
+    StretchEnded,
+    StretchStarted,
     TurnTaking,
 )
-from assistant.engine import FRAME_SAMPLES
+from assistant.engine import FRAME_SAMPLES, SlotOptions
 
 MS = 24  # samples per ms at 24 kHz
+STARTED, ENDED, BARGE_IN = StretchStarted(), StretchEnded(), BargeInDetected()
+HELD, RELEASED = AssistantHeld(True), AssistantHeld(False)
 
 
 # -- TurnTaking (pure) ------------------------------------------------------------------------
@@ -44,16 +50,16 @@ MS = 24  # samples per ms at 24 kHz
 
 def test_assistant_stretch_starts_and_ends_after_hangover():
     tt = TurnTaking(min_interrupt_samples=100 * MS, hangover_frames=2)
-    assert tt.assistant_frame(True, 0) == [ASSISTANT_STARTED]
+    assert tt.assistant_frame(True, 0) == [STARTED]
     assert tt.state == ASSISTANT_SPEAKING
     assert tt.assistant_frame(False, 0) == []
     assert tt.assistant_frame(False, 0) == []
     assert tt.assistant_frame(True, 0) == []  # a short pause stays inside the stretch
-    assert [tt.assistant_frame(False, 0) for _ in range(3)] == [[], [], [ASSISTANT_STOPPED]]
+    assert [tt.assistant_frame(False, 0) for _ in range(3)] == [[], [], [ENDED]]
     assert tt.state == LISTENING
 
 
-@pytest.mark.parametrize("policy, expected", [("model", [BARGE_IN]), ("vad", [BARGE_IN, SILENCE_ON])])
+@pytest.mark.parametrize("policy, expected", [("model", [BARGE_IN]), ("vad", [BARGE_IN, HELD])])
 def test_barge_in_needs_min_interrupt_of_overlapping_speech(policy, expected):
     tt = TurnTaking(barge_in=policy, min_interrupt_samples=120 * MS)
     tt.assistant_frame(True, 0)
@@ -62,8 +68,8 @@ def test_barge_in_needs_min_interrupt_of_overlapping_speech(policy, expected):
     assert tt.user_input(1120 * MS) == expected
     assert tt.state == USER_BARGING_IN
     assert tt.user_input(1500 * MS) == []  # one barge-in per overlap
-    assert tt.user_speech_stopped() == ([SILENCE_OFF] if policy == "vad" else [])
-    assert not tt.silenced
+    assert tt.user_speech_stopped() == ([RELEASED] if policy == "vad" else [])
+    assert not tt.held
 
 
 def test_no_barge_in_while_the_assistant_is_quiet():
@@ -76,9 +82,9 @@ def test_no_barge_in_while_the_assistant_is_quiet():
 def test_assistant_starting_over_the_user_counts_overlap_from_its_start():
     tt = TurnTaking(barge_in="vad", min_interrupt_samples=200 * MS)
     tt.user_speech_started(0, 1000 * MS)  # the user has talked for a second already
-    assert tt.assistant_frame(True, 1000 * MS) == [ASSISTANT_STARTED]  # overlap only just began
+    assert tt.assistant_frame(True, 1000 * MS) == [STARTED]  # overlap only just began
     assert tt.user_input(1150 * MS) == []
-    assert tt.user_input(1200 * MS) == [BARGE_IN, SILENCE_ON]
+    assert tt.user_input(1200 * MS) == [BARGE_IN, HELD]
 
 
 def test_after_barge_in_user_stop_returns_to_listening_once_assistant_is_silent():
@@ -86,10 +92,23 @@ def test_after_barge_in_user_stop_returns_to_listening_once_assistant_is_silent(
     tt.assistant_frame(True, 0)
     tt.user_speech_started(0, 10)
     assert tt.state == USER_BARGING_IN
-    assert tt.assistant_frame(False, 20) == [ASSISTANT_STOPPED]
+    assert tt.assistant_frame(False, 20) == [ENDED]
     assert tt.state == USER_BARGING_IN  # still the user's floor
     tt.user_speech_stopped()
     assert tt.state == LISTENING
+
+
+def test_a_host_may_hold_the_assistant_until_the_user_stops_under_either_policy():
+    tt = TurnTaking(barge_in="model", min_interrupt_samples=0)
+    assert tt.hold_until_user_stops() == []  # nobody is speaking: nothing to wait for
+    tt.user_speech_started(0, 100 * MS)
+    assert tt.hold_until_user_stops() == [HELD]
+    assert tt.hold_until_user_stops() == []  # one hold at a time
+    assert tt.user_speech_stopped() == [RELEASED]
+    tt.user_speech_started(0, 2000 * MS)
+    tt.hold_until_user_stops()
+    assert tt.release() == [RELEASED] and tt.release() == []
+    assert tt.user_speech_stopped() == []
 
 
 # -- InputBuffer (pure) -----------------------------------------------------------------------
@@ -167,45 +186,37 @@ def test_barge_in_needs_the_user_voiced_not_just_inside_a_turn():
     tt.user_speech_started(0, 1000 * MS)
     tt.user_input(1500 * MS, voiced=False)  # the closing silence of the user's turn
     # The assistant answers in that silence: not an interruption, however long it lasts.
-    assert tt.assistant_frame(True, 1500 * MS) == [ASSISTANT_STARTED]
+    assert tt.assistant_frame(True, 1500 * MS) == [STARTED]
     assert tt.user_input(1800 * MS, voiced=False) == []
     assert tt.state == ASSISTANT_SPEAKING
     # The user speaks again over it: a barge-in.
-    assert tt.user_input(1820 * MS, voiced=True) == [BARGE_IN, SILENCE_ON]
+    assert tt.user_input(1820 * MS, voiced=True) == [BARGE_IN, HELD]
 
 
 # -- Session with the real VAD on test speech --------------------------------------------------
 
 
-class FakeSlot(SlotControl):
-    def __init__(self):
-        self.silenced: list[bool] = []
-        self.released = False
-
-    def force_silence(self, silent: bool) -> None:
-        self.silenced.append(silent)
-
-    def update(self, options) -> None:
-        pass
-
-    def release(self) -> None:
-        self.released = True
-
-
 class Harness:
-    """Drives a Session like the frame clock would, on a simulated clock: 20 ms chunks, 80 ms ticks."""
+    """Drives a Conversation like the frame clock would, on a simulated clock: 20 ms chunks, 80 ms
+    ticks; collects what every call returns, and what it asks of the engine slot."""
 
     def __init__(self, rate=24000, **kwargs):
         self.now = 0.0
         self.events: list = []
-        self.slot = FakeSlot()
-        self.session = Conversation(
-            "s1", rate, self.events.append, slot=self.slot, clock=lambda: self.now, **kwargs
-        )
-        self.session.start()
+        self.engine_silent: list[bool] = []  # SetEngineSilent requests, in order
+        self.session = Conversation("s1", rate, clock=lambda: self.now, **kwargs)
+        self.take(self.session.start())
         self.rate = rate
         self.reply: list[tuple[bool, str]] = []  # what the "engine" says in coming frames
         self.answer_turns = False
+
+    def take(self, events: list) -> list:
+        for event in events:
+            if isinstance(event, SetEngineSilent):
+                self.engine_silent.append(event.silent)
+            else:
+                self.events.append(event)
+        return events
 
     def run(self, pcm: np.ndarray, chunk_ms: int = 20) -> None:
         chunk = self.rate * chunk_ms // 1000
@@ -213,7 +224,7 @@ class Harness:
         pcm16 = (np.clip(pcm, -1, 1) * 32767).astype("<i2")
         for i, start in enumerate(range(0, len(pcm16), chunk)):
             self.now += chunk_ms / 1000
-            self.session.push_audio(pcm16[start : start + chunk].tobytes())
+            self.take(self.session.push_audio(pcm16[start : start + chunk].tobytes()))
             if (i + 1) % per_tick == 0:
                 self.tick()
 
@@ -224,7 +235,7 @@ class Harness:
         self.session.take_frame()
         speaking, text = self.reply.pop(0) if self.reply else (False, "")
         pcm = np.full(FRAME_SAMPLES, 0.1 if speaking else 0.0, dtype=np.float32)
-        self.session.deliver(pcm, text, speaking, step_ms=1.0)
+        self.take(self.session.deliver(pcm, text, speaking, step_ms=1.0))
 
     def of(self, kind):
         return [e for e in self.events if isinstance(e, kind)]
@@ -282,9 +293,9 @@ def test_barge_in_clears_playback_and_reports_what_was_not_heard(policy):
     # Detected from the VAD onset plus min_interrupt_ms, well inside the 300 ms budget.
     assert barge.at_ms - onset_ms <= 300
     assert h.events.index(clears[0]) < h.events.index(barge)
-    assert h.slot.silenced == ([True] if policy == "vad" else [])
+    assert h.engine_silent == ([True] if policy == "vad" else [])
     h.run(np.concatenate([interrupt[24000:], silence(1.0)]))
-    assert h.slot.silenced == ([True, False] if policy == "vad" else [])
+    assert h.engine_silent == ([True, False] if policy == "vad" else [])
     assert h.session.barge_ins == 1
 
 
@@ -315,36 +326,117 @@ def test_limits_end_idle_and_overlong_sessions():
     h = Harness(limits=ConversationLimits(idle_timeout_s=2.0, max_session_s=100.0))
     h.run(silence(1.0))
     h.now += 1.5
-    h.session.check_limits(h.now)
+    h.take(h.session.check_limits(h.now))
     assert not h.of(SessionEnded)
     h.now += 1.0
-    h.session.check_limits(h.now)
+    h.take(h.session.check_limits(h.now))
     ended = h.of(SessionEnded)
     assert len(ended) == 1 and ended[0].reason.startswith("idle_timeout")
-    assert h.slot.released
-    h.session.end("again")  # idempotent
-    assert len(h.of(SessionEnded)) == 1
+    assert h.session.end("again") == [] and h.session.check_limits(h.now + 10) == []  # ended once
+    assert (
+        h.session.push_audio(b"\x00\x00" * 480) == []
+        and h.session.deliver(np.zeros(1920), "", False, 1.0) == []
+    )
 
     h = Harness(limits=ConversationLimits(idle_timeout_s=None, max_session_s=0.5))
     h.run(silence(0.6))
-    h.session.check_limits(h.now)
+    h.take(h.session.check_limits(h.now))
     assert h.of(SessionEnded)[0].reason.startswith("max_duration")
 
 
-def test_update_changes_barge_in_policy_and_releases_forced_silence():
-    h = Harness(options=ConversationOptions(barge_in="vad", min_interrupt_ms=0))
-    h.session.turns.silenced = True
-    h.session.update(barge_in="model", vad={"min_silence_ms": 300})
+def talked_over(policy: str) -> Harness:
+    """The assistant speaks; the user talks over it and is still talking."""
+    interrupt, _ = load_wav("interrupt.wav")
+    h = Harness(options=ConversationOptions(barge_in=policy, min_interrupt_ms=120))
+    h.reply = [(True, " word")] * 60
+    h.run(silence(0.8))
+    h.run(interrupt[:24000])
+    assert len(h.of(BargeIn)) == 1 and h.session.turns.user_speaking
+    return h
+
+
+def test_update_to_the_model_policy_releases_a_barge_in_hold():
+    h = talked_over("vad")
+    assert h.engine_silent == [True]
+    out = h.take(h.session.update(barge_in="model", vad={"min_silence_ms": 300}))
+    assert h.engine_silent == [True, False] and isinstance(out[-1], SessionUpdated)
     assert h.session.options.barge_in == "model"
-    assert h.slot.silenced == [False]
     assert h.session.options.as_dict(h.session.base_vad)["vad"]["min_silence_ms"] == 300
     with pytest.raises(ValueError):
         h.session.update(barge_in="maybe")
 
 
+def test_a_new_vad_starts_from_silence_so_a_hold_until_the_user_stops_ends_with_it():
+    h = talked_over("model")
+    h.take(h.session.hold_until_user_stops())
+    assert h.engine_silent == [True]
+    h.take(h.session.update(vad={"min_silence_ms": 300}))
+    assert h.engine_silent == [True, False] and not h.session.turns.user_speaking
+
+
+def test_a_host_hold_and_a_hold_until_the_user_stops_add_up_to_one_engine_state():
+    """What the Realtime API does with the one barge-in detector: it decides that a barge-in
+    interrupts and asks for the hold; its own manual-turn hold comes and goes beside it."""
+    h = talked_over("model")
+    assert h.engine_silent == []  # the model policy only reports the barge-in
+    assert h.take(h.session.hold(True)) == [SetEngineSilent(True)]
+    assert h.session.hold(True) == []
+    assert h.session.hold_until_user_stops() == []  # silent already
+    assert h.session.hold(False) == []  # the user is still talking: the hold stands
+    h.reply = [(True, " late")] * 2  # frames the engine made before it was told are muted at once
+    h.tick()
+    (audio,) = h.of(AudioOut)[-1:]
+    assert not audio.speaking and audio.pcm16 == bytes(len(audio.pcm16))
+    h.run(silence(1.0))  # the user's turn ends
+    assert h.engine_silent == [True, False]
+    assert h.session.hold_until_user_stops() == []  # nobody is talking now
+
+
+def test_sampling_and_prompt_changes_go_to_the_engine_slot_and_a_bad_prompt_changes_nothing():
+    def check_prompt(instructions, voice):
+        if voice not in (None, "NATF0"):
+            raise ValueError(f"unknown voice {voice!r}")
+
+    h = Harness(check_prompt=check_prompt)
+    out = h.session.update(temperature=0.6, voice="NATF0")
+    assert out[0] == SetEngineOptions(SlotOptions(temperature=0.6, voice="NATF0"))
+    assert not [e for e in h.session.update(barge_in="vad") if isinstance(e, SetEngineOptions)]
+    with pytest.raises(ValueError, match="unknown voice"):
+        h.session.update(voice="NOBODY", temperature=0.1)
+    assert h.session.options.voice == "NATF0" and h.session.options.temperature == 0.6
+
+
+def test_captions_are_requested_from_the_host_and_come_back_as_transcripts():
+    q1, _ = load_wav("q1.wav")
+    h = Harness(options=ConversationOptions(captions=True), can_caption=True)
+    h.run(np.concatenate([silence(0.5), q1, silence(1.0)]))
+    # Interims, a reading at each pause, the last of them the whole utterance.
+    request = [r for r in h.of(CaptionUtterance) if not r.interim][-1]
+    stopped = h.of(InputSpeechStopped)[0]
+    assert request.end_ms == stopped.at_ms and request.start_ms < h.of(InputSpeechStarted)[0].at_ms
+    assert request.pcm.shape[0] >= (request.end_ms - request.start_ms) * 24
+    assert h.session.add_caption(request, " What is it? ") == [
+        UserTranscriptDelta("What is it?", request.start_ms, request.end_ms),
+        UserTranscript("What is it?", request.start_ms, request.end_ms),
+    ]
+    assert h.session.add_caption(request, "again") == []  # its transcript went out already
+    h.session.end("client_ended")
+    assert h.session.add_caption(request, "late") == []
+
+
+def test_captions_asked_of_a_host_without_a_captioner_are_refused_and_the_session_goes_on():
+    h = Harness(options=ConversationOptions(captions=True))
+    ready, refused = h.events
+    assert isinstance(ready, SessionReady) and ready.options["captions"] is False
+    assert refused.code == "invalid_value" and "captions are off" in refused.message
+    q1, _ = load_wav("q1.wav")
+    h.run(np.concatenate([q1, silence(1.0)]))
+    assert h.of(InputSpeechStopped) and not h.of(CaptionUtterance)
+
+
 def test_unsupported_rate_is_refused():
     with pytest.raises(ValueError, match="not supported"):
-        Conversation("x", 22050, lambda e: None)
+        Conversation("x", 22050)
 
 
 def test_bad_vad_update_changes_nothing():

@@ -11,6 +11,7 @@ the HAProxy configuration get the same checks.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -24,14 +25,13 @@ from unittest import mock
 import kubernetes.client as k8s
 import pytest
 import yaml
-from websockets.datastructures import Headers
-from websockets.http11 import Request
+from aiohttp.test_utils import TestClient, TestServer
 
 from assistant.backends import build_engine
 from assistant.cli import COMMANDS, build_parser
+from server.app import make_server_app
 from server.config import ServerConfig, config_from_args
 from server.context import ServerContext
-from server.http import make_process_request
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -134,8 +134,12 @@ def answers(config: ServerConfig, path: str, *, state: str = "ok") -> int:
         while ctx.scheduler.reserve() is not None:
             pass
     ctx.draining = state == "draining"
-    response = make_process_request(ctx)(None, Request(path, Headers()))
-    return response.status_code
+
+    async def get() -> int:
+        async with TestClient(TestServer(make_server_app(ctx))) as client:
+            return (await client.get(path)).status
+
+    return asyncio.run(get())
 
 
 # -- Kubernetes ------------------------------------------------------------------------------------

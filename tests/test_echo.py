@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from audio.echo import EchoCanceller
+from audio.resample import resample
 from bench.room import RoomConfig, SimulatedRoom, erle_db, run_through_room, speech_level_db
 
 ERLE_FLOOR_DB = 25.0
@@ -158,3 +159,31 @@ def test_bad_settings_are_refused():
         EchoCanceller(22050)
     with pytest.raises(ValueError, match="delay_ms"):
         EchoCanceller(16000, delay_ms=-5)
+
+
+def test_a_speaker_at_another_rate_than_the_mic_is_cancelled_too():
+    """A 48 kHz headset output beside a 44.1 kHz mic: the reference comes at 48 kHz, the echo at 44.1."""
+    mic_rate, speaker_rate = 44100, 48000
+    played = voice(speaker_rate, 8.0, 120, seed=5)
+    in_the_air = resample(played, speaker_rate, mic_rate)  # what the mic hears of it
+    room = SimulatedRoom(mic_rate, RoomConfig(delay_ms=80.0))
+    canceller = EchoCanceller(mic_rate, reference_rate_hz=speaker_rate)
+    mic_block, speaker_block = mic_rate // 50, speaker_rate // 50
+    near = np.zeros_like(in_the_air)
+    n = in_the_air.shape[0] // mic_block
+    mic, echo, cleaned = [], [], []
+    for k in range(n):
+        canceller.played(played[k * speaker_block : (k + 1) * speaker_block])
+        block_mic, block_echo = room.capture(
+            near[:mic_block], in_the_air[k * mic_block : (k + 1) * mic_block]
+        )
+        mic.append(block_mic)
+        echo.append(block_echo)
+        cleaned.append(canceller.process(block_mic))
+    mic, echo = np.concatenate(mic), np.concatenate(echo)
+    out = np.zeros_like(mic)
+    got = np.concatenate(cleaned)
+    out[: got.shape[0]] = got
+    erle = erle_db(mic, out, echo, near[: mic.shape[0]], mic_rate, settle_s=3.0)
+    print(f"\nmic {mic_rate} Hz, speaker {speaker_rate} Hz: ERLE {erle:.1f} dB")
+    assert erle >= ERLE_FLOOR_DB

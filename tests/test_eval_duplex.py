@@ -87,27 +87,61 @@ def test_a_second_run_resumes_from_the_files_and_scores_the_same(in_process):
 
 @pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM_MISSING is not None, reason=f"needs Chromium: {CHROMIUM_MISSING}")
-def test_the_report_opens_in_chromium_with_every_timeline_drawn(in_process):
+def test_the_report_reads_on_a_desktop_and_a_phone_with_every_timeline_and_player(in_process):
     from playwright.sync_api import sync_playwright
 
     report = in_process[0] / "report" / "index.html"
+    seen = {}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
         try:
-            page = browser.new_page()
-            page.goto(report.as_uri())
-            images = page.eval_on_selector_all(
-                ".sample img", "imgs => imgs.map(i => [i.complete, i.naturalWidth, i.naturalHeight])"
-            )
-            published = page.inner_text('[data-testid="published"]')
-            body = page.inner_text("body")
+            for name, width, height in (("desktop", 1280, 900), ("phone", 390, 844)):
+                page = browser.new_page(viewport={"width": width, "height": height})
+                page.goto(report.as_uri())
+                page.wait_for_function(
+                    "[...document.querySelectorAll('audio')].every(a => a.readyState >= 1)", timeout=10_000
+                )
+                seen[name] = page.evaluate(
+                    """() => ({
+                    page: document.documentElement.scrollWidth,
+                    body: document.body.clientWidth,
+                    charts: [...document.querySelectorAll('.chart img')].map(i =>
+                        [i.complete, i.naturalWidth, i.clientWidth, i.parentElement.clientWidth]),
+                    players: [...document.querySelectorAll('.sample')].map(s =>
+                        [...s.querySelectorAll('audio')].map(a => [a.getAttribute('src'), a.duration])),
+                    metrics: [...document.querySelectorAll('[data-testid=metrics] li')].map(li => li.innerText),
+                    published: document.querySelector('[data-testid=published]').innerText,
+                    text: document.body.innerText,
+                })"""
+                )
+                page.close()
         finally:
             browser.close()
-    assert len(images) == 10
-    assert all(complete and width > 300 and height > 50 for complete, width, height in images), images
-    assert "Moshi" in published and "0.985" in published and "GPT-Realtime" in published
-    assert "arXiv:2503.04721" in body and "not computed here" in body
-    assert "interrupt (user_interruption) / 1" in body
+    desktop, phone = seen["desktop"], seen["phone"]
+    assert len(desktop["charts"]) == 10 and all(c[0] and c[1] > 300 for c in desktop["charts"])
+    # The charts take the page's width on a desktop (no fixed size), and scroll in their own box on a phone.
+    assert all(c[2] >= 0.98 * c[3] and c[3] > 900 for c in desktop["charts"]), desktop["charts"]
+    assert phone["page"] <= 390, "nothing makes the phone's page scroll sideways"
+    assert all(c[2] >= 600 for c in phone["charts"]), "a chart keeps a readable size, scrolling sideways"
+    # A player for what the user said and one for what the assistant answered, files beside the page.
+    for players in desktop["players"]:
+        (said, said_s), (answered, answered_s) = players
+        assert said.endswith("-input.wav") and answered.endswith("-output.wav")
+        assert (report.parent / said).is_file() and said_s > 1 and abs(answered_s - said_s) < 0.01
+    assert len(desktop["metrics"]) == 6
+    assert all(("↓" in line or "↑" in line) and len(line.split()) > 6 for line in desktop["metrics"])
+    assert "Moshi" in desktop["published"] and "0.985" in desktop["published"]
+    assert "arXiv:2503.04721" in desktop["text"] and "not computed here" in desktop["text"]
+    assert "interrupt (user_interruption) / 1" in desktop["text"]
+    assert "output.json made by: tiny.en" in desktop["text"], "the ASR model by its name, not a folder"
+
+
+def test_the_summary_explains_its_columns(in_process):
+    _, proc, _ = in_process
+    out = proc.stdout
+    for column in ("TOR ↓↑", "latency s ↓", "stop latency s ↓", "held floor ↓"):
+        assert f"{column}:" in out, f"{column} is explained under the table"
+    assert "scenarios: 10 made" in out, "a line per stage, the scenario set's too"
 
 
 def test_a_live_server_makes_the_same_takeover_decisions(in_process, tmp_path):

@@ -104,6 +104,20 @@ def test_the_pure_protocol_modules_touch_no_socket():
     assert not wrong, f"a pure protocol module imports I/O or a server module with I/O: {wrong}"
 
 
+def test_only_the_http_layer_knows_the_http_library():
+    """The connection base and the protocol adapters see a websocket through server/websocket.py's
+    small interface: swapping the HTTP library touches the three files of its layer only."""
+    http_layer = {"server.app", "server.http", "server.websocket"}
+    wrong = sorted(
+        (name, module)
+        for name, path in project_files().items()
+        if name.startswith("server") and name not in http_layer
+        for module, _ in import_nodes(path)
+        if module.split(".")[0] in ("aiohttp", "websockets")
+    )
+    assert not wrong, f"server modules outside the HTTP layer import the HTTP library: {wrong}"
+
+
 def test_bench_uses_public_names_only():
     """bench/ may import audio, assistant, server and client, but only what they offer (no `_private`
     name), and never the tests: a benchmark must run from any checkout, without pytest's fixtures."""

@@ -14,6 +14,7 @@ from openai.types.live import ServerEvent
 
 from server.protocols.live.client_events import CLIENT_EVENTS, UNSUPPORTED_CLIENT_EVENTS
 from server.protocols.live.state_machine import LiveConversation, OpenSession
+from server.protocols.realtime.records import SendEvent
 
 SERVER_EVENT = pydantic.TypeAdapter(ServerEvent)
 # JSON values of any shape, biased towards the field names and types the decoder looks at.
@@ -57,13 +58,13 @@ def feed(conv: LiveConversation, message) -> None:
     """One message through the state machine, and the adapter's part of a session.start."""
     for out in conv.receive(message):
         if isinstance(out, OpenSession):
-            for event in conv.started("sess_fuzz", 0.0):
-                SERVER_EVENT.validate_python(event)
-        elif isinstance(out, dict):
-            SERVER_EVENT.validate_json(json.dumps(out))
-            if out["type"] == "error":
-                assert out["error"]["code"] and out["error"]["message"]
-                assert out["error"]["type"] == "invalid_request_error", out
+            for started in conv.started("sess_fuzz", 0.0):
+                SERVER_EVENT.validate_python(started.event)
+        elif isinstance(out, SendEvent):
+            SERVER_EVENT.validate_json(json.dumps(out.event))
+            if out.event["type"] == "error":
+                assert out.event["error"]["code"] and out.event["error"]["message"]
+                assert out.event["error"]["type"] == "invalid_request_error", out
 
 
 @FUZZ
@@ -87,4 +88,4 @@ def test_live_state_machine_answers_every_message_and_goes_on(messages, started_
         feed(conv, START)
     # Still a working session: a valid event gets its normal answer.
     (answer,) = conv.receive(json.dumps({"type": "session.input_audio.mute"}))
-    assert answer["type"] == "session.input_audio.muted"
+    assert answer.event["type"] == "session.input_audio.muted"

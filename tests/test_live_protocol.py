@@ -15,17 +15,28 @@ import pydantic
 import pytest
 from openai.types.live import ServerEvent
 
-from assistant.conversation.turns import ASSISTANT_STARTED, ASSISTANT_STOPPED, TurnTaking
+from assistant.conversation import (
+    AssistantSpeechStarted,
+    AssistantSpeechStopped,
+    AssistantText,
+    AudioOut,
+    BargeIn,
+    Error,
+    SessionEnded,
+    UserTranscript,
+    UserTranscriptDelta,
+)
+from assistant.conversation.turns import StretchEnded, StretchStarted, TurnTaking
 from audio import g711
 from server.protocols.live.client_events import UNSUPPORTED_CLIENT_EVENTS
 from server.protocols.live.state_machine import (
     USAGE_EVERY_FRAMES,
     CloseSession,
     LiveConversation,
+    LiveOutput,
     OpenSession,
-    PushAudio,
-    SetPrompt,
 )
+from server.protocols.realtime.records import PushAudio, SendEvent, SetPrompt
 
 SERVER_EVENT = pydantic.TypeAdapter(ServerEvent)
 VOICE = np.full(1920, 300, "<i2").tobytes()  # one 80 ms frame of (quiet) voice at 24 kHz
@@ -42,11 +53,21 @@ def fake_check_prompt(instructions, voice):
 
 
 def checked(out: list) -> list:
-    """Validate every server event against the SDK's Live models (actions pass through)."""
+    """Every output one of LiveOutput's types, every server event valid for the SDK's Live models;
+    the server events unwrapped (dicts, as sent) for the assertions, the actions as they are."""
+    unwrapped = []
     for item in out:
-        if isinstance(item, dict):
-            SERVER_EVENT.validate_json(json.dumps(item))
-    return out
+        assert isinstance(item, LiveOutput), item
+        if isinstance(item, SendEvent):
+            SERVER_EVENT.validate_json(json.dumps(item.event))
+            item = item.event
+        unwrapped.append(item)
+    return unwrapped
+
+
+def feed(conv: LiveConversation, *events) -> list:
+    """The conversation core's events through the state machine, in order."""
+    return checked([out for event in events for out in conv.conversation_event(event)])
 
 
 def events(out: list) -> list[dict]:
@@ -93,8 +114,8 @@ def error_of(out: list) -> dict:
 
 
 class CoreTurns:
-    """The core's stretch rule (assistant/conversation/turns.py) in front of the state machine, as
-    server/protocols/live/adapter.py hands the core's events over: stretch start/stop first, then that frame's audio."""
+    """The core's stretch rule (assistant/conversation/turns.py) in front of the state machine, in the
+    order the core returns its events: stretch start/stop first, then that frame's audio."""
 
     def __init__(self, conv: LiveConversation):
         self.conv = conv
@@ -102,15 +123,15 @@ class CoreTurns:
         self.at_ms = 0.0
 
     def frame(self, pcm16: bytes, speaking: bool) -> list:
-        out: list = []
-        for action in self.turns.assistant_frame(speaking, int(self.at_ms * 24)):
-            if action == ASSISTANT_STARTED:
-                out += self.conv.assistant_started()
-            elif action == ASSISTANT_STOPPED:
-                out += self.conv.assistant_stopped()
-        out += self.conv.output_audio(pcm16, speaking, self.at_ms)
+        events: list = []
+        for change in self.turns.assistant_frame(speaking, int(self.at_ms * 24)):
+            if isinstance(change, StretchStarted):
+                events.append(AssistantSpeechStarted(self.at_ms))
+            elif isinstance(change, StretchEnded):
+                events.append(AssistantSpeechStopped(self.at_ms))
+        events.append(AudioOut(pcm16, self.at_ms, speaking))
         self.at_ms += 80
-        return checked(out)
+        return feed(self.conv, *events)
 
     def frames(self, pattern: str) -> list:
         """`pattern`: one character per frame, "s" speaking, "." quiet."""
@@ -451,16 +472,17 @@ def test_audio_goes_out_per_stretch_with_inner_pauses_kept_and_the_tail_dropped(
 def test_text_and_captions_are_timed_deltas_on_the_session_timeline():
     conv = new_conversation(captions=True)
     start(conv)
-    (text,) = checked(conv.output_text(" Sure", 1200.0))
+    (text,) = feed(conv, AssistantText(" Sure", 1200.0))
     assert (text["type"], text["delta"], text["start_ms"], text["end_ms"]) == (
         "session.output_transcript.delta",
         " Sure",
         1200,
         1280,
     )
-    assert conv.output_text("", 1280.0) == []
-    first = checked(conv.user_transcript("Hi there.", 310.5, 4210.0))[0]
-    second = checked(conv.user_transcript("Wait.", 6000.0, 6900.0))[0]
+    assert feed(conv, AssistantText("", 1280.0)) == []
+    (first,) = feed(conv, UserTranscriptDelta("Hi there.", 310.5, 4210.0))
+    assert feed(conv, UserTranscript("Hi there.", 310.5, 4210.0)) == []  # the deltas are the transcript
+    (second,) = feed(conv, UserTranscriptDelta("Wait.", 6000.0, 6900.0))
     assert first["type"] == "session.input_transcript.delta"
     assert (first["delta"], first["start_ms"], first["end_ms"]) == ("Hi there.", 310, 4210)
     assert first["delta"] + second["delta"] == "Hi there. Wait."  # fragments accumulate in order
@@ -471,14 +493,14 @@ def test_a_vad_barge_in_tells_the_client_to_drop_queued_audio_and_drops_the_held
     start(conv)
     core = CoreTurns(conv)
     core.frames("sss..")  # two quiet frames held: a pause, if speech follows
-    (notice,) = checked(conv.barge_in(3000.0))
+    (notice,) = feed(conv, BargeIn(3000.0, cut_text=" sure"))
     assert notice["type"] == "info" and notice["code"] == "barge_in"
     # What the listener was not going to hear is not sent after the barge-in either.
     assert [d["start_ms"] for d in deltas(core.frames("s"))] == [400]
     assert deltas(core.frames(".....")) == []
     model = new_conversation(barge_in="model")
     start(model)
-    assert model.barge_in(3000.0) == []  # the model hears the user and decides itself
+    assert feed(model, BargeIn(3000.0, cut_text="")) == []  # the model hears the user and decides itself
 
 
 def test_usage_reports_session_seconds_and_how_full_the_context_is():
@@ -507,7 +529,7 @@ def test_session_close_answers_session_closed_then_the_session_is_silent():
     assert closed["session"]["id"] == "sess_test"
     assert action == CloseSession()
     assert conv.receive(json.dumps({"type": "session.input_audio.append", "audio": ""})) == []
-    assert conv.output_audio(VOICE, True, 0.0) == [] and conv.ended("client_ended") == []
+    assert feed(conv, AudioOut(VOICE, 0.0, True), SessionEnded("client_ended")) == []
     assert send(new_conversation(), type="session.close") == [CloseSession()]  # never started
 
 
@@ -522,7 +544,7 @@ def test_session_close_answers_session_closed_then_the_session_is_silent():
 def test_the_server_ending_a_session_says_why_then_session_closed(reason, code, closed_reason):
     conv = new_conversation()
     start(conv)
-    error, closed = checked(conv.ended(reason))
+    error, closed = feed(conv, SessionEnded(reason))
     assert error["error"]["code"] == code and reason in error["error"]["message"]
     assert closed["type"] == "session.closed" and closed["reason"] == closed_reason
 
@@ -534,3 +556,11 @@ def test_a_start_the_core_refuses_is_an_error_and_the_client_may_start_again():
     error = error_of(checked(conv.start_refused("sample_rate 16000 is not supported")))
     assert error["client_event_id"] == "s9" and conv.state == "new"
     assert types(start(conv))[0] == "session.started"
+
+
+def test_a_server_error_is_an_error_event_and_a_vanished_client_is_told_nothing():
+    conv = new_conversation()
+    start(conv)
+    (error,) = feed(conv, Error("invalid_value", "captions are off on this server"))
+    assert error["error"]["type"] == "server_error" and error["error"]["code"] == "invalid_value"
+    assert feed(conv, SessionEnded("client_disconnected")) == [] and conv.state == "live"

@@ -145,3 +145,22 @@ def test_every_block_handed_to_the_device_reaches_the_listener_prebuffer_clears_
     given += [buf.pull(120, out).copy() for _ in range(2)]  # cleared: silence again
     np.testing.assert_array_equal(np.concatenate(heard), np.concatenate(given))
     assert np.concatenate(given).any() and not given[0].any() and not given[-1].any()
+
+
+@pytest.mark.parametrize("device_rate", [44_100, 48_000])
+def test_audio_pushed_at_the_session_rate_plays_at_the_device_rate_with_its_pitch(device_rate):
+    """A 440 Hz tone sent at 24 kHz reaches a 44.1 or 48 kHz device as 440 Hz, as long as it was."""
+    buf = PlayoutBuffer(device_rate, prebuffer_ms=0, max_ms=2000, input_rate_hz=RATE)
+    tone = np.sin(2 * np.pi * 440 * np.arange(RATE) / RATE).astype(np.float32)  # 1 s
+    for start in range(0, RATE, 480):  # 20 ms network chunks
+        buf.push(tone[start : start + 480])
+    played = buf.pull(buf.queued_samples)
+    # The resampler works in blocks and holds back up to ~32 ms until more audio comes.
+    assert 0 <= device_rate - played.shape[0] <= device_rate * 0.04, "one second stays one second"
+    steady = played[device_rate // 10 : -device_rate // 10]
+    spectrum = np.abs(np.fft.rfft(steady * np.hanning(steady.shape[0])))
+    peak_hz = np.argmax(spectrum) * device_rate / steady.shape[0]
+    assert abs(peak_hz - 440) < 3, f"the tone plays at {peak_hz:.1f} Hz"
+    assert buf.clear() == 0 and buf.push(tone[:480]) is None
+    fresh = buf.queued_samples
+    assert fresh <= 480 * device_rate / RATE, "a clear leaves nothing of the old audio in the resampler"

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server.protocols.native import wire
+from server.protocols.realtime.records import SendEvent
 from server.protocols.realtime.state_machine import RealtimeConversation
 
 # JSON values of any shape, biased towards the field names and types the decoders look at.
@@ -89,11 +90,13 @@ def test_realtime_state_machine_answers_every_message_and_goes_on(messages):
     conv.start()
     for message in messages:
         for out in conv.receive(message):
-            if isinstance(out, dict) and out["type"] == "error":
-                assert out["error"]["code"] and out["error"]["message"]
-                assert out["error"]["type"] == "invalid_request_error", out
+            if isinstance(out, SendEvent) and out.event["type"] == "error":
+                assert out.event["error"]["code"] and out.event["error"]["message"]
+                assert out.event["error"]["type"] == "invalid_request_error", out
     # Still a working conversation: a valid event gets its normal answer.
     (answer,) = [
-        o for o in conv.receive(json.dumps({"type": "input_audio_buffer.clear"})) if isinstance(o, dict)
+        o.event
+        for o in conv.receive(json.dumps({"type": "input_audio_buffer.clear"}))
+        if isinstance(o, SendEvent)
     ]
     assert answer["type"] == "input_audio_buffer.cleared"

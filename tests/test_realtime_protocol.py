@@ -14,14 +14,33 @@ import pydantic
 import pytest
 from openai.types.realtime import RealtimeServerEvent
 
-from assistant.conversation.turns import ASSISTANT_STARTED, ASSISTANT_STOPPED, BARGE_IN, TurnTaking
-from server.protocols.realtime.state_machine import (
-    ConfigureInput,
-    PushAudio,
-    RealtimeConversation,
-    SetSilenced,
-    TurnDetection,
+from assistant.conversation import (
+    AssistantSpeechStarted,
+    AssistantSpeechStopped,
+    AssistantText,
+    AudioOut,
+    BargeIn,
+    Error,
+    InputSpeechStarted,
+    InputSpeechStopped,
+    PlaybackClear,
+    SessionEnded,
+    SessionUpdated,
+    Stats,
+    UserTranscript,
+    UserTranscriptDelta,
 )
+from assistant.conversation.turns import BargeInDetected, StretchEnded, StretchStarted, TurnTaking
+from server.protocols.realtime.client_events import TurnDetection
+from server.protocols.realtime.records import (
+    ConfigureInput,
+    HoldUntilUserStops,
+    PushAudio,
+    RealtimeOutput,
+    SendEvent,
+    SetSilenced,
+)
+from server.protocols.realtime.state_machine import RealtimeConversation
 
 SERVER_EVENT = pydantic.TypeAdapter(RealtimeServerEvent)
 FRAME_BYTES = 1920 * 2
@@ -38,65 +57,115 @@ def new_conversation(**kwargs) -> tuple[RealtimeConversation, list]:
         captions_model=kwargs.pop("captions_model", "whisper-test"),
         **kwargs,
     )
-    return conv, checked(conv.start())
+    return conv, checked(carry_out(conv, conv.start()))
 
 
-# What the adapter does: the core's turn-taking (one hangover rule, one barge-in detector, set as
-# server/protocols/realtime/adapter.py sets it) reports stretches and barge-ins to the state machine, in the core's order.
-_TURNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_NOW_MS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # time: 80 ms a frame, or a VAD event's
+class Core:
+    """The conversation core's part, as server/protocols/realtime/adapter.py sets it up: its
+    turn-taking (one hangover rule, one barge-in detector, policy "model", no minimum overlap)
+    reports stretches and barge-ins in the core's order, and it carries out what the state machine
+    asks of the conversation (the hold after an interruption, the session's own hold)."""
+
+    def __init__(self):
+        self.turns = TurnTaking("model", min_interrupt_samples=0, hangover_frames=3)
+        self.host_hold = False
+        self.now_ms = 0.0  # the input clock: 80 ms a frame, or a VAD event's time
+
+    @property
+    def engine_silent(self) -> bool:
+        return self.turns.held or self.host_hold  # as Conversation tells its engine slot
+
+    def advance(self, at_ms: float) -> int:
+        """Move the input clock to at_ms (never back); the sample position now."""
+        self.now_ms = max(self.now_ms, at_ms)
+        return int(self.now_ms * 24)
 
 
-def core_turns(conv: RealtimeConversation) -> TurnTaking:
-    return _TURNS.setdefault(conv, TurnTaking("model", min_interrupt_samples=0, hangover_frames=3))
+_CORES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _advance(conv: RealtimeConversation, at_ms: float) -> int:
-    """Move this conversation's input clock to at_ms (never back); the sample position now."""
-    _NOW_MS[conv] = max(_NOW_MS.get(conv, 0.0), at_ms)
-    return int(_NOW_MS[conv] * 24)
+def core_of(conv: RealtimeConversation) -> Core:
+    return _CORES.setdefault(conv, Core())
 
 
-def _core_actions(conv: RealtimeConversation, actions: list[str], at_ms: float) -> list:
+def engine_silent(conv: RealtimeConversation) -> bool:
+    return core_of(conv).engine_silent
+
+
+def carry_out(conv: RealtimeConversation, outputs: list) -> list:
+    """What the adapter does with the state machine's outputs, for the parts the core models."""
+    core = core_of(conv)
+    for out in outputs:
+        if isinstance(out, SetSilenced):
+            core.host_hold = out.silent
+        elif isinstance(out, HoldUntilUserStops):
+            core.turns.hold_until_user_stops()
+        elif isinstance(out, ConfigureInput) and out.turn_detection is not None and core.turns.user_speaking:
+            core.turns.user_speech_stopped()  # a new VAD starts from silence (Conversation.update)
+    return outputs
+
+
+def feed(conv: RealtimeConversation, events: list) -> list:
+    """The core's events through the state machine in order, each one's outputs carried out."""
     out: list = []
-    for action in actions:
-        if action == ASSISTANT_STARTED:
-            out += conv.assistant_started()
-        elif action == ASSISTANT_STOPPED:
-            out += conv.assistant_stopped()
-        elif action == BARGE_IN:
-            out += conv.barge_in(at_ms)
+    for event in events:
+        out += carry_out(conv, conv.conversation_event(event))
     return out
 
 
+def _turn_events(changes: list, at_ms: float) -> list:
+    """The core's events for its turn changes (a hold is its engine's business, not an event)."""
+    events: list = []
+    for change in changes:
+        if isinstance(change, StretchStarted):
+            events.append(AssistantSpeechStarted(at_ms))
+        elif isinstance(change, StretchEnded):
+            events.append(AssistantSpeechStopped(at_ms))
+        elif isinstance(change, BargeInDetected):
+            events += [PlaybackClear("barge_in"), BargeIn(at_ms, cut_text="")]
+    return events
+
+
 def engine_frame(conv: RealtimeConversation, pcm16: bytes, speaking: bool) -> list:
-    """One frame of engine output as the adapter hands it over: the core's stretch events, then audio."""
-    now = _advance(conv, _NOW_MS.get(conv, 0.0) + 80)
-    actions = core_turns(conv).assistant_frame(speaking, now)
-    return _core_actions(conv, actions, now / 24) + conv.output_audio(pcm16, speaking)
+    """One frame of engine output as the core returns it: its stretch events, then the audio."""
+    core = core_of(conv)
+    now = core.advance(core.now_ms + 80)
+    if core.turns.held:  # the core mutes at once what the engine made before it was told
+        pcm16, speaking = bytes(len(pcm16)), False
+    changes = core.turns.assistant_frame(speaking, now)
+    return feed(conv, _turn_events(changes, now / 24) + [AudioOut(pcm16, at_ms=now / 24, speaking=speaking)])
+
+
+def output_text(conv: RealtimeConversation, text: str) -> list:
+    return feed(conv, [AssistantText(text, at_ms=core_of(conv).now_ms)])
 
 
 def user_speech_started(conv: RealtimeConversation, at_ms: float) -> list:
     """The core's VAD onset: speech_started, then the core's barge-in check."""
-    out = conv.user_speech_started(at_ms)
-    now = _advance(conv, at_ms)
-    return out + _core_actions(conv, core_turns(conv).user_speech_started(int(at_ms * 24), now), at_ms)
+    core = core_of(conv)
+    changes = core.turns.user_speech_started(int(at_ms * 24), core.advance(at_ms))
+    return feed(conv, [InputSpeechStarted(at_ms)] + _turn_events(changes, at_ms))
 
 
 def user_speech_stopped(conv: RealtimeConversation, at_ms: float) -> list:
-    out = conv.user_speech_stopped(at_ms)
-    _advance(conv, at_ms)
-    core_turns(conv).user_speech_stopped()
-    return out
+    core = core_of(conv)
+    core.advance(at_ms)
+    core.turns.user_speech_stopped()
+    return feed(conv, [InputSpeechStopped(at_ms)])
 
 
 def checked(out: list) -> list:
-    """Validate every server event against the SDK's GA models (actions pass through)."""
+    """Every output one of RealtimeOutput's types, every server event valid for the SDK's GA models;
+    the server events unwrapped (dicts, as sent) for the assertions, the actions as they are."""
+    unwrapped = []
     for item in out:
-        if isinstance(item, dict):
-            json.dumps(item)
-            SERVER_EVENT.validate_python(item)
-    return out
+        assert isinstance(item, RealtimeOutput), item
+        if isinstance(item, SendEvent):
+            json.dumps(item.event)
+            SERVER_EVENT.validate_python(item.event)
+            item = item.event
+        unwrapped.append(item)
+    return unwrapped
 
 
 def events(out: list) -> list[dict]:
@@ -112,7 +181,7 @@ def of_type(out: list, type_: str) -> list[dict]:
 
 
 def send(conv: RealtimeConversation, **event) -> list:
-    return checked(conv.receive(json.dumps(event)))
+    return checked(carry_out(conv, conv.receive(json.dumps(event))))
 
 
 def b64(pcm: bytes) -> str:
@@ -123,7 +192,7 @@ def speak(conv: RealtimeConversation, frames: int, text: str = "") -> list:
     out: list = []
     for _ in range(frames):
         out += engine_frame(conv, VOICE, True)
-        out += conv.output_text(text)
+        out += output_text(conv, text)
     return checked(out)
 
 
@@ -157,9 +226,14 @@ def manual(conv: RealtimeConversation) -> list:
         (json.dumps({"event_id": "e1"}), "missing_field", "type"),
         (json.dumps({"type": "session.start", "event_id": "e1"}), "unknown_event", "type"),
         (
-            json.dumps({"type": "conversation.item.delete", "item_id": "x", "event_id": "e1"}),
+            json.dumps({"type": "transcription_session.update", "session": {}, "event_id": "e1"}),
             "unsupported_event",
             "type",
+        ),
+        (
+            json.dumps({"type": "conversation.item.delete", "item_id": "x", "event_id": "e1"}),
+            "item_not_found",
+            "item_id",
         ),
         (
             json.dumps({"type": "input_audio_buffer.append", "audio": "%%%not base64", "event_id": "e1"}),
@@ -527,7 +601,7 @@ def test_two_stretches_are_two_responses():
 
 def test_text_just_before_the_speech_lands_in_the_transcript():
     conv, _ = new_conversation()
-    out = checked(engine_frame(conv, QUIET, False) + conv.output_text("Hi"))
+    out = checked(engine_frame(conv, QUIET, False) + output_text(conv, "Hi"))
     out += speak(conv, 2, "!") + quiet(conv, 4)
     assert of_type(out, "response.done")[0]["response"]["output"][0]["content"][0]["transcript"] == "Hi!!"
 
@@ -542,11 +616,12 @@ def test_user_speech_interrupts_the_response_and_holds_the_engine_until_the_user
     assert done["response"]["id"] == response_id
     assert done["response"]["status"] == "cancelled"
     assert done["response"]["status_details"]["reason"] == "turn_detected"
-    assert SetSilenced(True) in out
+    # The core holds the engine: its own barge-in hold, which the state machine asked for.
+    assert HoldUntilUserStops() in out and engine_silent(conv)
     # Frames the engine produced before the hold took effect are not sent.
     assert events(speak(conv, 2)) == []
     out = checked(user_speech_stopped(conv, 3000))
-    assert SetSilenced(False) in out
+    assert not engine_silent(conv)  # the core's hold ended with the user's speech
     assert "conversation.item.done" in types(out)
     # The next stretch is a new response.
     out = quiet(conv, 4) + speak(conv, 2)
@@ -563,7 +638,7 @@ def test_without_interrupt_response_user_speech_does_not_cancel():
     speak(conv, 3)
     out = checked(user_speech_started(conv, 1000))
     assert "response.done" not in types(out)
-    assert not [a for a in out if isinstance(a, SetSilenced)]
+    assert not [a for a in out if isinstance(a, SetSilenced | HoldUntilUserStops)] and not engine_silent(conv)
     assert delta_bytes(speak(conv, 2)) == 2 * FRAME_BYTES
 
 
@@ -608,7 +683,7 @@ def test_retrieve_returns_the_item_as_held_with_its_transcripts_and_an_unknown_i
     conv, _ = new_conversation()
     send(conv, type="session.update", session={"audio": {"input": {"transcription": {"model": "whisper-1"}}}})
     user_id = of_type(user_turn(conv, 200, 1500), "conversation.item.done")[0]["item"]["id"]
-    conv.user_transcript("Hello there.", 250, 1400)
+    feed(conv, [UserTranscript("Hello there.", 250, 1400)])
     out = speak(conv, 5, " w") + quiet(conv, 4)
     assistant_id = of_type(out, "response.output_item.added")[0]["item"]["id"]
     send(conv, type="conversation.item.truncate", item_id=assistant_id, content_index=0, audio_end_ms=170)
@@ -757,39 +832,39 @@ def test_captions_become_input_audio_transcription_completed_on_the_matching_ite
     send(conv, type="session.update", session={"audio": {"input": {"transcription": {"model": "whisper-1"}}}})
     first = of_type(user_turn(conv, 200, 1500), "conversation.item.done")[0]["item"]["id"]
     second = of_type(user_turn(conv, 2000, 3000), "conversation.item.done")[0]["item"]["id"]
-    out = checked(conv.user_transcript("What is it?", 2100, 2900))
+    out = checked(feed(conv, [UserTranscript("What is it?", 2100, 2900)]))
     (completed,) = of_type(out, "conversation.item.input_audio_transcription.completed")
     assert completed["item_id"] == second and completed["transcript"] == "What is it?"
-    out = checked(conv.user_transcript("Hello there.", 250, 1400))
+    out = checked(feed(conv, [UserTranscript("Hello there.", 250, 1400)]))
     assert of_type(out, "conversation.item.input_audio_transcription.completed")[0]["item_id"] == first
 
 
 def test_caption_words_go_to_the_item_the_speech_becomes_before_and_after_it_is_committed():
     conv, _ = new_conversation()
-    assert conv.user_transcript_delta("What", 0) == []  # transcription off
+    assert feed(conv, [UserTranscriptDelta("What", 0, 500)]) == []  # transcription off
     send(conv, type="session.update", session={"audio": {"input": {"transcription": {"model": "whisper-1"}}}})
     first = of_type(user_turn(conv, 200, 1500), "conversation.item.done")[0]["item"]["id"]
     conv.receive(json.dumps({"type": "input_audio_buffer.append", "audio": b64(b"\x00\x00" * 24 * 1000)}))
     started = of_type(checked(user_speech_started(conv, 2000)), "input_audio_buffer.speech_started")[0]
     # While the user still speaks: the item speech_started announced, not committed yet.
-    (delta,) = checked(conv.user_transcript_delta("What is", 1700))
+    (delta,) = checked(feed(conv, [UserTranscriptDelta("What is", 1700, 2600)]))
     assert (delta["type"], delta["item_id"], delta["delta"]) == (
         "conversation.item.input_audio_transcription.delta",
         started["item_id"],
         "What is",
     )
     # A late delta of the turn before goes to its own item.
-    assert checked(conv.user_transcript_delta(" there.", 0))[0]["item_id"] == first
+    assert checked(feed(conv, [UserTranscriptDelta(" there.", 0, 1400)]))[0]["item_id"] == first
     user_speech_stopped(conv, 3000)
-    assert checked(conv.user_transcript_delta(" it?", 1700))[0]["item_id"] == started["item_id"]
-    (completed,) = checked(conv.user_transcript("What is it?", 1700, 3000))
+    assert checked(feed(conv, [UserTranscriptDelta(" it?", 1700, 3000)]))[0]["item_id"] == started["item_id"]
+    (completed,) = checked(feed(conv, [UserTranscript("What is it?", 1700, 3000)]))
     assert completed["item_id"] == started["item_id"] and completed["transcript"] == "What is it?"
 
 
 def test_captions_are_not_sent_unless_transcription_is_on():
     conv, _ = new_conversation()
     user_turn(conv, 200, 1500)
-    assert conv.user_transcript("hello", 200, 1400) == []
+    assert feed(conv, [UserTranscript("hello", 200, 1400)]) == []
 
 
 def test_clear_reports_cleared_and_empties_the_buffer():
@@ -812,14 +887,15 @@ def test_event_ids_are_unique():
 def test_a_new_vad_configuration_mid_barge_in_gives_the_floor_back():
     conv, _ = new_conversation()
     speak(conv, 3)
-    assert SetSilenced(True) in checked(user_speech_started(conv, 1000))
+    assert HoldUntilUserStops() in checked(user_speech_started(conv, 1000)) and engine_silent(conv)
     # The session restarts its VAD from silence, so no speech_stopped will come for that speech.
     out = send(
         conv,
         type="session.update",
         session={"audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 300}}}},
     )
-    assert SetSilenced(False) in out
+    assert ConfigureInput(TurnDetection(silence_duration_ms=300), captions=False) in out
+    assert not engine_silent(conv)
 
 
 def test_a_requested_response_not_yet_speaking_gives_way_to_the_user_and_the_engine_is_held():
@@ -829,8 +905,9 @@ def test_a_requested_response_not_yet_speaking_gives_way_to_the_user_and_the_eng
     (done,) = of_type(out, "response.done")
     assert done["response"]["status"] == "cancelled"
     assert done["response"]["status_details"]["reason"] == "turn_detected"
-    assert SetSilenced(True) in out
-    assert SetSilenced(False) in checked(user_speech_stopped(conv, 1500))
+    assert HoldUntilUserStops() in out and engine_silent(conv)
+    checked(user_speech_stopped(conv, 1500))
+    assert not engine_silent(conv)
 
 
 @pytest.mark.parametrize("requested", [False, True])
@@ -843,6 +920,8 @@ def test_the_model_starting_over_a_user_already_talking_is_not_an_interruption(r
         send(conv, type="response.create")
     out = speak(conv, 3)
     assert delta_bytes(out) == 3 * FRAME_BYTES and "response.done" not in types(out)
+    # The core saw a barge-in (the model starting over a voiced user), the state machine let it pass.
+    assert core_of(conv).turns.state == "user_barging_in" and not engine_silent(conv)
     # Speech that starts over it does interrupt it.
     user_speech_stopped(conv, 400)
     out = checked(user_speech_started(conv, 600))
@@ -867,3 +946,20 @@ def test_item_audio_beyond_the_backlog_bound_is_refused_and_nothing_is_queued():
     conv.audio_backlog_ms = 57_000.0  # 2 s more fits
     out = send(conv, type="conversation.item.create", item=item)
     assert out[0] == PushAudio(b"\x00\x00" * 48_000, paced=True)
+
+
+def test_server_errors_and_the_end_of_the_session_become_error_events_and_the_rest_is_not_sent():
+    conv, _ = new_conversation()
+    stats = Stats(None, None, 0, 0, 1.0, 0.0, 80.0)
+    assert feed(conv, [stats, PlaybackClear("barge_in"), SessionUpdated({})]) == []
+    (error,) = checked(feed(conv, [Error("invalid_value", "captions are off on this server")]))
+    assert error["error"]["type"] == "server_error" and error["error"]["code"] == "invalid_value"
+    for reason, code in [
+        ("idle_timeout: no audio for 60 s", "session_ended"),
+        ("max_duration: sessions are limited to 3600 s", "session_expired"),
+        ("server_shutdown", "session_ended"),
+    ]:
+        (ended,) = checked(feed(conv, [SessionEnded(reason)]))
+        assert ended["error"]["code"] == code and reason in ended["error"]["message"]
+    for reason in ("client_ended", "client_disconnected"):  # nobody to tell, or they know
+        assert feed(conv, [SessionEnded(reason)]) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 import urllib.request
@@ -150,7 +151,7 @@ ERROR_CASES = {
         None,
     ),
     "unsupported_event": (
-        json.dumps({"type": "conversation.item.delete", "item_id": "x", "event_id": "c1"}),
+        json.dumps({"type": "output_audio_buffer.clear", "event_id": "c1"}),
         "unsupported_event",
         "type",
     ),
@@ -290,14 +291,20 @@ async def test_wrong_or_missing_token_is_refused_at_the_handshake(server):
             pass
 
 
-async def test_messages_over_one_mib_close_the_socket_with_1009(server):
+async def test_events_over_one_mib_are_refused_and_over_16_mib_close_the_socket_with_1009(server):
     async with connect(url(server), additional_headers=HEADERS, max_size=None) as ws:
         await recv(ws)
         await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": "A" * (1 << 20)}))
-        with pytest.raises(ConnectionClosed) as info:
-            while True:
-                await recv(ws)
-        assert info.value.rcvd.code == 1009
+        error = await next_of(ws, "error")
+        assert error["error"]["code"] == "message_too_large"
+        await assert_usable(ws)
+    # Not `async with`: the client library fails to close a socket the server cut off mid-message.
+    ws = await connect(url(server), additional_headers=HEADERS, max_size=None)
+    await recv(ws)
+    with contextlib.suppress(ConnectionClosed):
+        await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": "A" * (16 << 20)}))
+    await asyncio.wait_for(ws.wait_closed(), 10)
+    assert ws.close_code == 1009
 
 
 async def test_item_audio_piling_up_beyond_60_s_is_refused_and_the_session_goes_on(server):
@@ -336,9 +343,14 @@ async def test_an_event_flood_is_refused_once_a_second_then_closed_with_1008(ser
         reader = asyncio.create_task(read())
         message = json.dumps({"type": "input_audio_buffer.append", "audio": b64(b"\x00\x00" * 480)})
         started = time.monotonic()
+        # Until the server closes: a server that reads fast may take every message of a burst
+        # into its buffers before its rate limits catch up, so no fixed count is sure to be cut off.
         with pytest.raises(ConnectionClosed):
-            for _ in range(20_000):
+            while time.monotonic() - started < 10:
                 await ws.send(message)
+                # A client's reader runs between sends, as any client's would: a send that never
+                # yields starves it, and the server, its close frame unanswered, cuts the TCP (1006).
+                await asyncio.sleep(0)
         await asyncio.wait_for(reader, 10)
         assert ws.close_code == 1008 and "flood" in (ws.close_reason or "")
         assert time.monotonic() - started < 10
@@ -429,7 +441,7 @@ async def test_user_captions_arrive_as_input_audio_transcription_completed_on_th
                 )
             )
             updated = await next_of(ws, "session.updated")
-            assert updated["session"]["audio"]["input"]["transcription"]["model"].startswith("faster-whisper")
+            assert updated["session"]["audio"]["input"]["transcription"]["model"] == "tiny.en"
             seen: list[dict] = []
             talk = asyncio.create_task(stream(ws, np.asarray(pcm).tobytes() + b"\x00\x00" * 24_000 * 12))
             try:

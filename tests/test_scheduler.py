@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from assistant.conversation import SessionEnded, SetEngineSilent
 from assistant.engine import Engine, SlotOptions, StepOutput
 from assistant.scheduler import FrameClock, Scheduler, TickLog, gather_batch
 
@@ -205,6 +206,46 @@ async def test_a_session_that_fails_is_ended_and_the_others_go_on():
     await sched.tick()
     assert bad.ended == "internal_error"
     assert len(good.got) == 1
+
+
+async def test_the_loops_calls_hand_their_events_to_the_host_after_the_call():
+    """A session's events of deliver/check_limits/end go to the host that attached it, once the call
+    has returned; the host carries out the slot's part (here: hold the engine, then end)."""
+    engine = EchoEngine(1)
+    sched = Scheduler(engine)
+    handle = sched.reserve()
+    calls: list[str] = []
+
+    class Talking(Source):
+        def deliver(self, pcm, text, speaking, step_ms):
+            calls.append("deliver")
+            return [SetEngineSilent(True)] if len(calls) == 1 else []
+
+        def check_limits(self, now):
+            return self.end("idle_timeout") if self.got_all else []
+
+        def end(self, reason):
+            self.ended = reason
+            return [SessionEnded(reason)]
+
+    session = Talking([])
+    session.got_all = False
+    hosted: list = []
+
+    def host(events):
+        calls.append("host")
+        hosted.extend(events)
+        for event in events:
+            handle.carry_out(event)
+
+    handle.attach(session, SlotOptions(), host)
+    await sched.tick()
+    assert calls == ["deliver", "host"] and hosted == [SetEngineSilent(True)]
+    await sched.tick()
+    assert engine.log[-1][0] == "step" and engine.log[-1][2][0]  # held from the next step on
+    session.got_all = True
+    await sched.tick()  # the limit ends it: the host gives the slot back at once
+    assert hosted[-1] == SessionEnded("idle_timeout") and sched.free_slots == 1 and sched.live_sessions == 0
 
 
 async def test_run_keeps_12_5_hz_and_skips_ticks_when_a_step_overruns():

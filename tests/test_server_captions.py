@@ -229,31 +229,32 @@ def test_captions_get_the_whole_utterance_with_padding(vad_backend):
     """What a session hands the captioner: the VAD's prefix padding of real audio before the onset,
     every audible sample of the utterance, and ~200 ms after the VAD's end (which can sit within
     30 ms of the last audible sample), cut from the input as the user sent it."""
-    from assistant.conversation import Conversation, ConversationOptions
+    from assistant.conversation import CaptionUtterance, Conversation, ConversationOptions
     from audio.vad import VadConfig
 
     q2, _ = load_wav("q2.wav")
     lead = 2 * RATE
     pcm = np.concatenate([np.zeros(lead, np.float32), q2, np.zeros(RATE, np.float32)])
     pcm += np.random.default_rng(0).normal(0, 1e-3, pcm.shape).astype(np.float32)  # a marker per sample
-    jobs = []
     session = Conversation(
         "s",
         RATE,
-        lambda event: None,
         options=ConversationOptions(captions=True),
         vad_config=VadConfig(backend=vad_backend),
-        captions=lambda audio, start_ms, end_ms, done, interim: jobs.append(
-            (audio, start_ms, end_ms, interim)
-        ),
+        can_caption=True,
     )
     session.start()
     pcm16 = (np.clip(pcm, -1, 1) * 32767).astype("<i2")
+    jobs = []
     for i in range(0, len(pcm16), 480):
-        session.push_audio(pcm16[i : i + 480].tobytes())
+        jobs += [
+            e for e in session.push_audio(pcm16[i : i + 480].tobytes()) if isinstance(e, CaptionUtterance)
+        ]
     # Interims of the part said so far while the user speaks (one a second), then the whole of it.
-    assert [interim for *_, interim in jobs[:2]] == [True, True]
-    audio, start_ms, end_ms, _ = [job for job in jobs if not job[3]][-1]
+    assert [job.interim for job in jobs[:2]] == [True, True]
+    audio, start_ms, end_ms = next(
+        (job.pcm, job.start_ms, job.end_ms) for job in reversed(jobs) if not job.interim
+    )
     first, last = _voiced_span(pcm)
     start, end = round(start_ms * 24), round(end_ms * 24)
     assert first - 400 * 24 <= start <= first - 200 * 24  # prefix padding: 300 ms before the onset

@@ -61,11 +61,8 @@ async def test_a_finished_session_leaves_nothing_for_the_garbage_collector():
                 break
         await asyncio.sleep(0.3)
         assert ctx.healthz()["live_sessions"] == 0
-        assert _alive("NativeConnection", "Conversation", "Outbox") == {
-            "NativeConnection": 0,
-            "Conversation": 0,
-            "Outbox": 0,
-        }
+        kinds = ("NativeConnection", "Conversation", "Outbox", "WebSocketTransport")
+        assert _alive(*kinds) == dict.fromkeys(kinds, 0)
     finally:
         stop.set()
         await asyncio.wait_for(server, 30)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
+import time
 
 import pytest
 from server_utils import NativeClient, http_get, start_server
@@ -17,7 +19,8 @@ from server.static import resolve
 
 @pytest.fixture(scope="module")
 def server():
-    with start_server("--backend", "silence", "--max-sessions", "2") as address:
+    # Verbose: every line the server logs is checked for what it must not say.
+    with start_server("--backend", "silence", "--max-sessions", "2", "--verbose") as address:
         yield address
 
 
@@ -125,6 +128,8 @@ async def test_origin_checks(server):
         async with connect(server.ws_url, origin="http://evil.example"):
             pass
     assert info.value.response.status_code == 403
+    # The page diagnoses a failed handshake with a plain GET of the same URL: the same answer.
+    assert http_get(server, "/ws", {"Origin": "http://evil.example"})[0] == 403
 
 
 async def test_auth_token_by_header_query_or_env():
@@ -144,6 +149,11 @@ async def test_auth_token_by_header_query_or_env():
             await NativeClient(ws).start()
         # Health checks stay open for load balancers.
         assert http_get(address, "/healthz")[0] == 200
+        # A plain GET of a websocket URL (the page's handshake diagnosis): the token first, then 426.
+        status, _, body = http_get(address, "/ws")
+        assert status == 401 and b"Bearer" in body
+        status, headers, _ = http_get(address, "/ws?token=s3cret")
+        assert status == 426 and headers["upgrade"] == "websocket"
 
 
 async def test_protect_metrics_needs_the_token_but_probes_still_get_their_status():
@@ -212,6 +222,11 @@ async def test_tls_serves_wss(tmp_path):
         async with connect(f"wss://{address.host}:{address.port}/ws", ssl=context) as ws:
             ready = await NativeClient(ws).start()
             assert ready["frame_ms"] == 80
+        # Static files over TLS take the chunked path (no sendfile through the TLS layer).
+        import urllib.request
+
+        page = urllib.request.urlopen(f"https://{address.host}:{address.port}/", context=context, timeout=10)
+        assert page.status == 200 and b"<html" in page.read().lower()
     with pytest.raises(RuntimeError, match="go together"):
         with start_server("--backend", "silence", "--ssl-cert", str(cert)):
             pass
@@ -292,7 +307,7 @@ def _raw_exchange(server, head: bytes, body_chunks=(), timeout=10.0) -> bytes:
     ],
 )
 def test_a_request_with_a_body_gets_an_answer(server, method, path, status):
-    # websockets alone drops such a request without a status line; clients then see a reset.
+    # A status line, not a bare reset: the client learns that this port takes no request bodies.
     body = b'{"probe": true}'
     head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
     raw = _raw_exchange(server, head, [body])
@@ -323,17 +338,18 @@ def test_large_and_chunked_bodies_are_answered_and_dropped(server):
 
 
 @pytest.mark.parametrize(
-    ("head", "status"),
+    "head",
     [
-        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: \x01abc\r\n\r\nab", 405),  # no valid value
-        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: 0\r\n\r\n0\r\n\r\n", 405),
-        (b"POST / HTTP/1.0\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab", 405),
-        (b"PUT /ws HTTP/1.1\r\nHost: x\r\n  content-LENGTH  : 3\r\n\r\nabc", 405),
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: \x01abc\r\n\r\nab",  # no valid value
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: 0\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.0\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab",
+        b"PUT /ws HTTP/1.1\r\nHost: x\r\n  content-LENGTH  : 3\r\n\r\nabc",
     ],
 )
-def test_odd_body_headers_are_answered_without_an_error_in_the_log(server, head, status):
+def test_malformed_body_headers_get_400_without_an_error_in_the_log(server, head):
+    # A request whose body cannot be framed is answered 400 and its connection closed (RFC 9112 6.3).
     raw = _raw_exchange(server, head)
-    assert raw.startswith(f"HTTP/1.1 {status} ".encode()), raw[:200]
+    assert re.match(rb"HTTP/1\.[01] 400 ", raw), raw[:200]
     assert not [line for line in server.output if "Traceback" in line or "ERROR" in line]
 
 
@@ -381,3 +397,80 @@ def test_head_gets_the_get_headers_and_no_body(server, path):
     assert f"content-type: {headers['content-type']}".encode() in head.lower()
     if path == "/":
         assert f"content-length: {len(body)}".encode() in head.lower()
+
+
+def test_a_long_junk_path_gets_404_and_stays_out_of_the_log(server):
+    assert http_get(server, "/" + "junk-" * 800)[0] == 404
+    raw = _raw_exchange(server, b"GET /" + b"x" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert re.match(rb"HTTP/1\.[01] 4\d\d ", raw), raw[:200]  # past the request-line limit
+    assert http_get(server, "/healthz")[0] == 200
+    log = "\n".join(server.output)
+    assert "junk-junk" not in log and "xxxxxxxx" not in log and "Traceback" not in log
+
+
+def test_a_huge_announced_body_is_answered_at_once_and_dropped_in_constant_memory(server):
+    import socket
+
+    from server.memory import rss_mb
+
+    before_mb = peak_mb = rss_mb(server.proc.pid)
+    sent = 0
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        announced = 3_700_000_000
+        sock.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % announced)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 405 ")  # before any of the body was sent
+        block = bytes(1 << 20)
+        deadline = time.monotonic() + 3.0
+        # Never past the announced length: a fast box sends all 3.7 GB in 3 s, and the server,
+        # having read the whole body, closes; bytes beyond it would meet a reset.
+        while time.monotonic() < deadline and sent + len(block) <= announced:
+            sock.sendall(block)
+            sent += len(block)
+            peak_mb = max(peak_mb, rss_mb(server.proc.pid))
+    assert sent >= 64 << 20, f"the server stopped reading the body after {sent >> 20} MB"
+    assert peak_mb - before_mb < 16, f"RSS {before_mb:.0f} -> {peak_mb:.0f} MB while {sent >> 20} MB arrived"
+    assert http_get(server, "/healthz")[0] == 200
+
+
+async def test_permessage_deflate_is_declined_so_a_deflate_bomb_has_nothing_to_inflate(server):
+    import os
+    import socket
+    import zlib
+
+    import numpy as np
+    from websockets.client import ClientProtocol
+    from websockets.uri import parse_uri
+
+    async with connect(server.ws_url) as ws:  # the client offers permessage-deflate
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+    # A frame flagged compressed anyway (RSV1): 64 MiB of zeros in 64 KiB, a protocol error (1002).
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    payload = deflate.compress(bytes(64 << 20)) + deflate.flush(zlib.Z_SYNC_FLUSH)
+    mask = os.urandom(4)
+    masked = np.frombuffer(payload, np.uint8) ^ np.resize(np.frombuffer(mask, np.uint8), len(payload))
+    frame = bytes([0xC2, 0x80 | 127]) + len(payload).to_bytes(8, "big") + mask + masked.tobytes()
+    peer = ClientProtocol(parse_uri(server.ws_url))
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        peer.send_request(peer.connect())
+        sock.sendall(b"".join(peer.data_to_send()))
+        sock.sendall(frame)
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                peer.receive_data(chunk)
+    assert peer.close_rcvd is not None and peer.close_rcvd.code == 1002
+    assert http_get(server, "/healthz")[0] == 200
+
+
+def test_a_connection_that_never_finishes_its_request_is_closed():
+    """No request head held open for ever (one socket each: an easy way to pile up idle sockets)."""
+    import socket
+
+    from server.app import HTTP_IDLE_TIMEOUT_S
+
+    with start_server("--backend", "silence") as address:
+        with socket.create_connection((address.host, address.port), timeout=30) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+            t0 = time.monotonic()
+            assert sock.recv(65536) == b""
+            closed_after_s = time.monotonic() - t0
+        assert HTTP_IDLE_TIMEOUT_S - 1 <= closed_after_s <= HTTP_IDLE_TIMEOUT_S + 5

@@ -124,15 +124,17 @@ def test_output_only_device_is_refused_as_microphone(monkeypatch, capsys):
     assert "has no input channels" in capsys.readouterr().err
 
 
-def test_devices_by_name_share_a_supported_rate(monkeypatch):
+def test_each_device_runs_at_its_own_native_rate_unless_one_is_asked_for(monkeypatch):
     sd = fake_sounddevice(HEADSET)
     mic = talk.find_device(sd, "headset mic", "input")
     phones = talk.find_device(sd, "1", "output")
     assert (mic["name"], phones["name"]) == ("USB Headset Mic", "USB Headset Phones")
-    assert talk.pick_sample_rate(sd, mic, phones, None) == 44100, "the mic's native rate comes first"
-    assert talk.pick_sample_rate(sd, mic, phones, 48000) == 48000
+    assert talk.pick_rates(sd, mic, phones, None) == (44100, 48000), "each at its native rate"
+    assert talk.pick_rates(sd, mic, phones, 48000) == (48000, 48000)
+    odd = {**mic, "default_samplerate": 22050.0}
+    assert talk.pick_rates(sd, odd, phones, None) == (48000, 48000), "else a common rate it opens at"
     with pytest.raises(talk.TalkError, match="--sample-rate"):
-        talk.pick_sample_rate(sd, mic, phones, 16000)
+        talk.pick_rates(sd, mic, phones, 16000)
 
 
 # -- arguments ------------------------------------------------------------------------------
@@ -349,21 +351,22 @@ async def test_device_audio_feeds_mic_blocks_and_plays_the_buffer(monkeypatch):
     args = SimpleNamespace(input_device="mic", output_device="phones", sample_rate=None, block_ms=10.0)
     use_sounddevice(monkeypatch, sd)
     audio = talk.DeviceAudio.open(args)
-    assert audio.sample_rate == 44100 and audio.block_samples == 441
-    playout = PlayoutBuffer(audio.sample_rate, prebuffer_ms=0)
-    playout.push(np.full(441 * 3, 0.5, dtype=np.float32))
+    assert (audio.sample_rate, audio.block_samples) == (44100, 441), "the mic at its 44.1 kHz"
+    assert (audio.output_rate, audio.out_block_samples) == (48000, 480), "the phones at their 48 kHz"
+    playout = PlayoutBuffer(audio.output_rate, prebuffer_ms=0)
+    playout.push(np.full(480 * 3, 0.5, dtype=np.float32))
     mic: list[np.ndarray] = []
     task = asyncio.create_task(audio.run(mic.append, playout))
     await asyncio.sleep(0.2)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     audio.close()
-    assert ("input", 0, 44100, 441, 1) in log and ("output", 1, 44100, 441, 2) in log
+    assert ("input", 0, 44100, 441, 1) in log and ("output", 1, 48000, 480, 2) in log
     assert ("input", "closed") in log and ("output", "closed") in log, "devices are closed at the end"
     assert len(mic) >= 5 and all(block.shape == (441,) and (block == 0.1).all() for block in mic)
     played = np.concatenate(next(s for s in streams if s.kind == "output").played)
-    assert (played[: 441 * 3] == 0.5).all(), "the output callback plays the buffer, in both ears"
-    assert not played[441 * 3 :].any(), "and silence (not stale memory) once it runs dry"
+    assert (played[: 480 * 3] == 0.5).all(), "the output callback plays the buffer, in both ears"
+    assert not played[480 * 3 :].any(), "and silence (not stale memory) once it runs dry"
 
 
 async def test_the_echo_reference_is_exactly_what_the_output_device_plays(monkeypatch):
@@ -384,16 +387,16 @@ async def test_the_echo_reference_is_exactly_what_the_output_device_plays(monkey
     )
     reference: list[np.ndarray] = []
     playout = PlayoutBuffer(
-        audio.sample_rate, prebuffer_ms=0, on_pull=lambda block: reference.append(block.copy())
+        audio.output_rate, prebuffer_ms=0, on_pull=lambda block: reference.append(block.copy())
     )
-    playout.push(np.linspace(-0.5, 0.5, 441 * 4, dtype=np.float32))
+    playout.push(np.linspace(-0.5, 0.5, 480 * 4, dtype=np.float32))
     task = asyncio.create_task(audio.run(lambda block: None, playout))
     await asyncio.sleep(0.15)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     audio.close()
     played = np.concatenate(next(s for s in streams if s.kind == "output").played)[:, 0]
-    assert played.shape[0] >= 441 * 5, "the voice and then silence were played"
+    assert played.shape[0] >= 480 * 5, "the voice and then silence were played"
     np.testing.assert_array_equal(np.concatenate(reference)[: played.shape[0]], played)
 
 
@@ -466,6 +469,7 @@ def local_args(tmp_path, seconds: float, rate: int = 16000) -> SimpleNamespace:
         dtype=None,
         compile=None,
         quantize=None,
+        _default_model=None,
         plain=True,
     )
 

@@ -1,13 +1,16 @@
 """The conversation core: turn-taking, barge-in, assistant stretches, latency and captions hand-off,
-as pure code that every path (server adapters, `talk --local`, `respond`) drives the same way."""
+as pure code that every path (server adapters, `talk --local`, `respond`) drives the same way:
+each method returns the events it caused, and the caller carries them out."""
 
-from assistant.conversation.core import Conversation, SlotControl, TurnLatency
+from assistant.conversation.core import Conversation, TurnLatency
 from assistant.conversation.events import (
     AssistantSpeechStarted,
     AssistantSpeechStopped,
     AssistantText,
     AudioOut,
     BargeIn,
+    CaptionUtterance,
+    ConversationEvent,
     Error,
     Event,
     InputSpeechStarted,
@@ -16,6 +19,8 @@ from assistant.conversation.events import (
     SessionEnded,
     SessionReady,
     SessionUpdated,
+    SetEngineOptions,
+    SetEngineSilent,
     Stats,
     UserTranscript,
     UserTranscriptDelta,
@@ -35,7 +40,9 @@ __all__ = [
     "AssistantText",
     "AudioOut",
     "BargeIn",
+    "CaptionUtterance",
     "Conversation",
+    "ConversationEvent",
     "ConversationLimits",
     "ConversationOptions",
     "Error",
@@ -46,7 +53,8 @@ __all__ = [
     "SessionEnded",
     "SessionReady",
     "SessionUpdated",
-    "SlotControl",
+    "SetEngineOptions",
+    "SetEngineSilent",
     "Stats",
     "TurnLatency",
     "UserTranscript",

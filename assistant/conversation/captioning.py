@@ -58,6 +58,11 @@ class UtteranceCaptions:
         self._finishing: dict[int, _Utterance] = {}  # turns ended, their final transcript to come
         self._count = 0
 
+    def reset(self) -> None:
+        """Forget every utterance (captions turned off): jobs in flight come back as nothing."""
+        self._current = None
+        self._finishing.clear()
+
     def speech_started(self, audio_start: int, position: int) -> None:
         self._count += 1
         self._current = _Utterance(self._count, audio_start, position + self.interim_every)

@@ -1,27 +1,32 @@
 """The conversation core: one conversation in one engine slot, as pure code.
 
-Every path that holds a conversation drives this class: the server's `/ws` and `/v1/realtime`
-adapters, `assistant talk --local` and `assistant respond`. It knows nothing of sockets, JSON,
-threads or wall clocks (the clock is injected); whoever carries it feeds it and forwards what it
-emits:
+Every path that holds a conversation drives this class: the server's four protocol adapters,
+`assistant talk --local` and `assistant respond`. It knows nothing of sockets, JSON, threads or
+wall clocks (the clock is injected). It calls nobody back: each method takes plain data and
+returns the `ConversationEvent`s it caused, in order, for its host to carry out after the call
+(events for the listener; `SetEngineSilent`/`SetEngineOptions` for the engine slot;
+`CaptionUtterance` for the captioner; on `SessionEnded` the host gives the slot back):
 
-    conv = Conversation(session_id, sample_rate_hz, emit, options=..., slot=...)
-    conv.start()                            # emits SessionReady
+    conv = Conversation(session_id, sample_rate_hz, options=..., can_caption=...)
+    conv.start()                            # [SessionReady]
     conv.push_audio(pcm16: bytes)           # user audio, PCM16 LE mono at sample_rate_hz, any length
     conv.push_samples(x: float32 (n,))      # the same as float samples at sample_rate_hz
-    conv.update(**options)                  # ConversationOptions fields; emits SessionUpdated
+    conv.update(**options)                  # ConversationOptions fields: [..., SessionUpdated]
     conv.set_played_ms(ms)                  # how much assistant audio the listener has played
-    conv.force_silence(True/False)          # keep the assistant quiet (manual turn control)
-    conv.clear_playback(reason)             # the adapter's own "cancel response": emits PlaybackClear
-    conv.end(reason)                        # emits SessionEnded and frees the slot (idempotent)
+    conv.hold(True/False)                   # the host keeps the assistant quiet (manual turn control)
+    conv.hold_until_user_stops()            # ... until the user's current speech ends (an interruption)
+    conv.add_caption(request, text)         # the captioner's text for a CaptionUtterance: transcripts
+    conv.end(reason)                        # [SessionEnded] (idempotent: [] once ended)
     conv.stats() -> dict                    # latency / underrun / drop figures
 
 The frame loop (assistant/scheduler.py) calls `take_frame` before each batched engine step and
-`deliver` after it. Inside, the input is resampled to 24 kHz, run through a streaming VAD as it
-arrives, and queued in an `InputBuffer` that hands out 80 ms frames with bounded latency. VAD
-events drive `TurnTaking` (listening / assistant speaking / user barging in). A barge-in clears
-the listener's playback at once and, with the `vad` policy, keeps the engine (and the audio
-sent) silent until the user's turn ends. Captions, recording and metrics are injected hooks.
+`deliver` after it, and hands what `deliver` returns to the host. Inside, the input is resampled
+to 24 kHz, run through a streaming VAD as it arrives, and queued in an `InputBuffer` that hands
+out 80 ms frames with bounded latency. VAD events drive `TurnTaking` (listening / assistant
+speaking / user barging in), the one barge-in detector: a barge-in clears the listener's playback
+at once and, with the `vad` policy (or when the host asks, as the Realtime API does when it
+interrupts a response), keeps the engine (and the audio sent) silent until the user's turn ends.
+The recording and metrics are injected sinks the core writes to; they never call back.
 """
 
 from __future__ import annotations
@@ -42,14 +47,17 @@ from assistant.conversation.events import (
     AssistantText,
     AudioOut,
     BargeIn,
+    CaptionUtterance,
+    ConversationEvent,
     Error,
-    Event,
     InputSpeechStarted,
     InputSpeechStopped,
     PlaybackClear,
     SessionEnded,
     SessionReady,
     SessionUpdated,
+    SetEngineOptions,
+    SetEngineSilent,
     Stats,
     UserTranscript,
     UserTranscriptDelta,
@@ -66,14 +74,13 @@ from assistant.conversation.options import (
     ConversationOptions,
 )
 from assistant.conversation.turns import (
-    ASSISTANT_STARTED,
-    ASSISTANT_STOPPED,
-    BARGE_IN,
-    SILENCE_OFF,
-    SILENCE_ON,
+    AssistantHeld,
+    BargeInDetected,
+    StretchEnded,
+    StretchStarted,
+    TurnChange,
     TurnTaking,
 )
-from assistant.engine import SlotOptions
 from audio.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE_HZ
 from audio.pcm import pcm16_to_float32
 from audio.resample import StreamResampler
@@ -87,28 +94,16 @@ _CAPTION_TAIL_SAMPLES = 200 * _SAMPLES_PER_MS
 # (within a sentence a pause rarely lasts it), so it is ready when the VAD's end of turn comes.
 _CAPTION_INTERIM_SAMPLES = 1000 * _SAMPLES_PER_MS
 _CAPTION_PAUSE_SAMPLES = 200 * _SAMPLES_PER_MS
+# Options the engine's slot takes: changing one sends SetEngineOptions.
+_SLOT_FIELDS = frozenset(
+    {"seed", "temperature", "text_temperature", "top_k", "text_top_k", "instructions", "voice"}
+)
 
 
 def _to_pcm16(x: np.ndarray) -> bytes:
     """float32 (n,) in [-1, 1] -> PCM16 LE bytes; audio.pcm.float32_to_pcm16's rounding, in float32
     (this runs for every conversation every frame)."""
     return np.clip(np.rint(x * np.float32(32768.0)), -32768, 32767).astype("<i2").tobytes()
-
-
-class SlotControl:
-    """What a conversation may ask of its engine slot; the frame loop applies it between steps."""
-
-    def force_silence(self, silent: bool) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def update(self, options: SlotOptions) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def check_prompt(self, instructions: str | None, voice: str | None) -> None:
-        """Raise ValueError unless the engine can use this prompt (default: any is fine)."""
-
-    def release(self) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
 
 
 @dataclass
@@ -131,19 +126,21 @@ class Conversation:
         self,
         session_id: str,
         sample_rate_hz: int,
-        emit: Callable[[Event], None],
         *,
         options: ConversationOptions | None = None,
         limits: ConversationLimits | None = None,
         vad_config: VadConfig | None = None,
-        slot: SlotControl | None = None,
         recorder=None,
         metrics=None,
-        captions=None,
+        can_caption: bool = False,
+        check_prompt: Callable[[str | None, str | None], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         input_clock: bool = False,
     ):
-        """clock: seconds, monotonic (latency, limits); an offline host passes its frame time.
+        """can_caption: the host carries out CaptionUtterance (else a client asking for captions
+            is told they are off).
+        check_prompt(instructions, voice): raises ValueError for a prompt the engine cannot use.
+        clock: seconds, monotonic (latency, limits); an offline host passes its frame time.
         input_clock: the frame loop ticks whenever a whole frame of input is queued (talk --local,
             respond) instead of on a wall clock, so no cushion against bursty input is kept.
         """
@@ -153,17 +150,16 @@ class Conversation:
             )
         self.session_id = session_id
         self.sample_rate_hz = sample_rate_hz
-        self.emit = emit
         self.options = options or ConversationOptions()
         self.limits = limits or ConversationLimits()
         self.base_vad = vad_config or VadConfig()
-        self.slot = slot
         self.recorder = recorder
-        # captions(pcm_24k, start_ms, end_ms, done, interim=False) queues a caption job; done(text) is
-        # called on the event loop thread. None: this server has no captioner.
-        self.captions = captions
+        self.can_caption = can_caption
+        self.check_prompt = check_prompt
         self._utterance: UtteranceAudio | None = None
-        self._caption_jobs: UtteranceCaptions | None = None
+        self._caption_jobs = UtteranceCaptions(
+            _CAPTION_INTERIM_SAMPLES, _CAPTION_PAUSE_SAMPLES, _CAPTION_TAIL_SAMPLES
+        )
         self.metrics = metrics
         self.clock = clock
         self.ended: str | None = None
@@ -184,6 +180,8 @@ class Conversation:
             self.options.min_interrupt_ms * _SAMPLES_PER_MS,
             self.limits.assistant_hangover_frames,
         )
+        self._host_hold = False  # the host keeps the assistant quiet (hold)
+        self._engine_silent = False  # what the engine slot was last told
 
         now = self.clock()
         self.started_at = now
@@ -204,34 +202,31 @@ class Conversation:
         self._turn_text: list[tuple[float, str]] = []  # (output ms, piece) of the assistant's stretch
         self._pending_user_frame: np.ndarray | None = None
 
-    # -- adapter-facing API --------------------------------------------------------------------
-    def start(self) -> None:
-        """Announce the session (emits SessionReady)."""
+    # -- host-facing API -----------------------------------------------------------------------
+    def start(self) -> list[ConversationEvent]:
+        """Announce the session: [SessionReady] (and an Error if captions cannot be had)."""
         refused = self._apply_captions()
-        self.emit(
+        options = self.options.as_dict(self.base_vad)
+        out: list[ConversationEvent] = [
             SessionReady(
                 session_id=self.session_id,
                 sample_rate=self.sample_rate_hz,
                 frame_ms=FRAME_MS,
-                options=self.options.as_dict(self.base_vad),
+                options=options,
             )
-        )
-        self._log(
-            {
-                "event": "session.ready",
-                "sample_rate": self.sample_rate_hz,
-                "options": self.options.as_dict(self.base_vad),
-            }
-        )
+        ]
+        self._log({"event": "session.ready", "sample_rate": self.sample_rate_hz, "options": options})
         if refused:
-            self.emit(refused)
+            out.append(refused)
+        return out
 
     def _apply_captions(self) -> Error | None:
         """Set up caption capture for the options; the error to send when captions are unavailable."""
         if not self.options.captions:
-            self._utterance = self._caption_jobs = None
+            self._utterance = None
+            self._caption_jobs.reset()
             return None
-        if self.captions is None:
+        if not self.can_caption:
             self.options = self.options.replace(captions=False)
             return Error(
                 code="invalid_value",
@@ -240,95 +235,101 @@ class Conversation:
             )
         if self._utterance is None:
             self._utterance = UtteranceAudio()
-            self._caption_jobs = UtteranceCaptions(
-                _CAPTION_INTERIM_SAMPLES, _CAPTION_PAUSE_SAMPLES, _CAPTION_TAIL_SAMPLES
-            )
         return None
 
-    def push_audio(self, pcm16: bytes) -> None:
+    def push_audio(self, pcm16: bytes) -> list[ConversationEvent]:
         """Client audio: PCM16 LE mono at sample_rate_hz, any (even) length."""
-        if not self.ended:
-            self.push_samples(pcm16_to_float32(pcm16))
+        if self.ended:
+            return []
+        return self.push_samples(pcm16_to_float32(pcm16))
 
-    def push_samples(self, x: np.ndarray) -> None:
+    def push_samples(self, x: np.ndarray) -> list[ConversationEvent]:
         """Client audio: float32 (n,) in [-1, 1] at sample_rate_hz, any length."""
         if self.ended:
-            return
+            return []
         now = self.clock()
         self.last_input_at = now
         if self._resample_in is not None:
             x = self._resample_in.process(x)
         if x.shape[0] == 0:
-            return
+            return []
         if self._utterance is not None:
             self._utterance.push(x)
         self.samples_in += x.shape[0]
         self._arrivals.append((self.samples_in, now))
+        out: list[ConversationEvent] = []
         for ev in self._vad.push(x):
-            self._on_vad(ev, now)
-        self._apply_turn_actions(self.turns.user_input(self.samples_in, self._vad.probability >= 0.5))
-        if self._caption_jobs is not None and self._vad.speaking:
-            self._caption(self._caption_jobs.progress(self.samples_in, self._vad.voiced_end))
+            out += self._on_vad(ev, now)
+        out += self._turn_changes(self.turns.user_input(self.samples_in, self._vad.probability >= 0.5))
+        if self._utterance is not None and self._vad.speaking:
+            out += self._caption(self._caption_jobs.progress(self.samples_in, self._vad.voiced_end))
         dropped = self._input.push(x)
         if dropped:
             self.dropped_samples += dropped
             if self.metrics:
                 self.metrics.inc("drops", dropped / FRAME_SAMPLES)
+        return out
 
-    def update(self, **changes: Any) -> None:
-        """Change options (ConversationOptions fields); emits SessionUpdated."""
+    def update(self, **changes: Any) -> list[ConversationEvent]:
+        """Change options (ConversationOptions fields): [..., SessionUpdated]. Raises ValueError
+        for a bad value, and then changes nothing."""
         options = self.options.replace(**changes)
-        vad_config = options.vad_config(self.base_vad)  # raises ValueError before anything changes
-        if self.slot and changes.keys() & {"instructions", "voice"}:
-            self.slot.check_prompt(options.instructions, options.voice)  # same: a bad voice changes nothing
+        vad_config = options.vad_config(self.base_vad)
+        if self.check_prompt and changes.keys() & {"instructions", "voice"}:
+            self.check_prompt(options.instructions, options.voice)
+        policy_was = self.options.barge_in
         self.options = options
         self.turns.barge_in = self.options.barge_in
         self.turns.min_interrupt_samples = self.options.min_interrupt_ms * _SAMPLES_PER_MS
+        out: list[ConversationEvent] = []
         if "vad" in changes:
             # A new VAD starts from silence; the turn state follows its events from here on.
             self._vad = StreamingVad(vad_config, sample_rate_hz=SAMPLE_RATE_HZ)
             if self.turns.user_speaking:
-                self._apply_turn_actions(self.turns.user_speech_stopped())
-        if self.slot and changes.keys() & {
-            "seed",
-            "temperature",
-            "text_temperature",
-            "top_k",
-            "text_top_k",
-            "instructions",
-            "voice",
-        }:
-            self.slot.update(self.options.slot_options())
-        if self.turns.silenced and self.options.barge_in != "vad":
-            self.turns.silenced = False
-            self._apply_turn_actions([SILENCE_OFF])
+                out += self._turn_changes(self.turns.user_speech_stopped())
+        if changes.keys() & _SLOT_FIELDS:
+            out.append(SetEngineOptions(self.options.slot_options()))
+        if policy_was == "vad" and self.options.barge_in != "vad":
+            out += self._turn_changes(self.turns.release())
         refused = self._apply_captions() if "captions" in changes else None
-        self.emit(SessionUpdated(options=self.options.as_dict(self.base_vad)))
+        out.append(SessionUpdated(options=self.options.as_dict(self.base_vad)))
         self._log({"event": "session.updated", "options": self.options.as_dict(self.base_vad)})
         if refused:
-            self.emit(refused)
+            out.append(refused)
+        return out
 
     def set_played_ms(self, played_ms: float) -> None:
         self.played_ms = min(float(played_ms), self.sent_ms)
 
-    def force_silence(self, silent: bool) -> None:
-        if self.slot:
-            self.slot.force_silence(silent)
+    def hold(self, silent: bool) -> list[ConversationEvent]:
+        """The host keeps the assistant quiet (True) or lets it talk (False); a barge-in hold stays
+        in force on its own until the user's speech ends."""
+        self._host_hold = silent
+        return self._sync_engine()
 
-    def clear_playback(self, reason: str) -> None:
-        self.emit(PlaybackClear(reason=reason))
+    def hold_until_user_stops(self) -> list[ConversationEvent]:
+        """Keep the assistant quiet until the user's current speech ends, as the `vad` barge-in
+        policy does after every barge-in (for a host that decides which ones interrupt)."""
+        return self._turn_changes(self.turns.hold_until_user_stops())
 
-    def end(self, reason: str) -> None:
-        """End the session: emit SessionEnded, free the slot, finalise the recording. Idempotent."""
+    def add_caption(self, request: CaptionUtterance, text: str) -> list[ConversationEvent]:
+        """The captioner's text for `request`: the words new to the listener (UserTranscriptDelta),
+        and once the utterance is over its UserTranscript; [] for a job overtaken or cancelled."""
         if self.ended:
-            return
+            return []
+        start, end = self._caption_jobs.span(request.job)
+        pieces = self._caption_jobs.transcribed(request.job, text)
+        return self._caption_events(pieces, start, end) if self._utterance is not None else []
+
+    def end(self, reason: str) -> list[ConversationEvent]:
+        """End the session and finalise the recording: [SessionEnded], then [] once ended."""
+        if self.ended:
+            return []
         self.ended = reason
-        self.emit(SessionEnded(reason=reason))
         self._log({"event": "session.ended", "reason": reason, **self.stats()})
-        if self.slot:
-            self.slot.release()
         if self.recorder:
             self.recorder.close()
+        return [SessionEnded(reason=reason)]
 
     @property
     def drops(self) -> int:
@@ -380,52 +381,37 @@ class Conversation:
         self._pending_user_frame = frame
         return frame
 
-    def deliver(self, pcm: np.ndarray, text: str, speaking: bool, step_ms: float) -> None:
+    def deliver(self, pcm: np.ndarray, text: str, speaking: bool, step_ms: float) -> list[ConversationEvent]:
         """The engine's output for this session's slot: float32 (1920,) at 24 kHz."""
         if self.ended:
-            return
+            return []
         now = self.clock()
         self.last_step_ms = step_ms
         at_ms = float(self.sent_ms)
         heard_ms = self.samples_heard / _SAMPLES_PER_MS
-        if self.turns.silenced:
-            # Barge-in policy vad: mute at once, even the frame the engine computed before it was told.
+        if self.turns.held:
+            # Held until the user stops: mute at once, even the frame the engine computed before it was told.
             if text:
                 self._log({"event": "assistant.text", "text": text, "at_ms": at_ms, "muted": True})
             pcm, text, speaking = np.zeros_like(pcm), "", False
-        for action in self.turns.assistant_frame(bool(speaking), self.samples_in):
-            if action == ASSISTANT_STARTED:
+        out: list[ConversationEvent] = []
+        for change in self.turns.assistant_frame(bool(speaking), self.samples_in):
+            if isinstance(change, StretchStarted):
                 self._turn_text = []
-                self.emit(AssistantSpeechStarted(at_ms=at_ms, input_ms=heard_ms))
+                out.append(AssistantSpeechStarted(at_ms=at_ms, input_ms=heard_ms))
                 self._log({"event": "assistant.speech_started", "at_ms": at_ms, "input_ms": heard_ms})
-            elif action == ASSISTANT_STOPPED:
-                self.emit(AssistantSpeechStopped(at_ms=at_ms, input_ms=heard_ms))
+            elif isinstance(change, StretchEnded):
+                out.append(AssistantSpeechStopped(at_ms=at_ms, input_ms=heard_ms))
                 self._log({"event": "assistant.speech_stopped", "at_ms": at_ms, "input_ms": heard_ms})
             else:
-                self._apply_turn_actions([action])
-        out = pcm if self._resample_out is None else self._resample_out.process(pcm)
-        self.emit(AudioOut(pcm16=_to_pcm16(out), at_ms=at_ms, speaking=bool(speaking), pcm=pcm))
+                out += self._turn_changes([change])
+        sent = pcm if self._resample_out is None else self._resample_out.process(pcm)
+        out.append(AudioOut(pcm16=_to_pcm16(sent), at_ms=at_ms, speaking=bool(speaking), pcm=pcm))
         if speaking and self._turn_end is not None:
-            voiced_at, detected_at = self._turn_end
-            self._turn_end = None
-            lat = TurnLatency(
-                (now - voiced_at) * 1000.0, (now - detected_at) * 1000.0, (detected_at - voiced_at) * 1000.0
-            )
-            self.latencies.append(lat)
-            self._log(
-                {
-                    "event": "latency",
-                    "response_gap_ms": round(lat.response_gap_ms, 1),
-                    "server_overhead_ms": round(lat.server_overhead_ms, 1),
-                    "end_of_turn_ms": round(lat.end_of_turn_ms, 1),
-                }
-            )
-            if self.metrics:
-                self.metrics.observe("response_gap_ms", lat.response_gap_ms)
-                self.metrics.observe("server_overhead_ms", lat.server_overhead_ms)
+            self._measure_latency(now)
         if text:
             self._turn_text.append((at_ms, text))
-            self.emit(AssistantText(text=text, at_ms=at_ms))
+            out.append(AssistantText(text=text, at_ms=at_ms))
             self._log({"event": "assistant.text", "text": text, "at_ms": at_ms})
         if self.recorder:
             user = self._pending_user_frame
@@ -433,18 +419,40 @@ class Conversation:
         self._pending_user_frame = None
         self.frames_out += 1
         if self.frames_out % self.limits.stats_every_frames == 0:
-            self.emit(Stats(**self.stats()))
+            out.append(Stats(**self.stats()))
+        return out
 
-    def check_limits(self, now: float) -> None:
+    def check_limits(self, now: float) -> list[ConversationEvent]:
         """End the session when it has been idle or live too long (called once per tick)."""
         if self.ended:
-            return
+            return []
         if self.limits.idle_timeout_s is not None and now - self.last_input_at > self.limits.idle_timeout_s:
-            self.end(f"idle_timeout: no audio for {self.limits.idle_timeout_s:g} s")
-        elif self.limits.max_session_s is not None and now - self.started_at > self.limits.max_session_s:
-            self.end(f"max_duration: sessions are limited to {self.limits.max_session_s:g} s")
+            return self.end(f"idle_timeout: no audio for {self.limits.idle_timeout_s:g} s")
+        if self.limits.max_session_s is not None and now - self.started_at > self.limits.max_session_s:
+            return self.end(f"max_duration: sessions are limited to {self.limits.max_session_s:g} s")
+        return []
 
     # -- internals -----------------------------------------------------------------------------
+    def _measure_latency(self, now: float) -> None:
+        """The first reply frame after a user turn: how long the assistant took to answer."""
+        voiced_at, detected_at = self._turn_end
+        self._turn_end = None
+        lat = TurnLatency(
+            (now - voiced_at) * 1000.0, (now - detected_at) * 1000.0, (detected_at - voiced_at) * 1000.0
+        )
+        self.latencies.append(lat)
+        self._log(
+            {
+                "event": "latency",
+                "response_gap_ms": round(lat.response_gap_ms, 1),
+                "server_overhead_ms": round(lat.server_overhead_ms, 1),
+                "end_of_turn_ms": round(lat.end_of_turn_ms, 1),
+            }
+        )
+        if self.metrics:
+            self.metrics.observe("response_gap_ms", lat.response_gap_ms)
+            self.metrics.observe("server_overhead_ms", lat.server_overhead_ms)
+
     def _played_estimate(self) -> float:
         # Without reports from the client, assume it plays what it gets as it gets it.
         return self.sent_ms if self.played_ms is None else self.played_ms
@@ -457,79 +465,82 @@ class Conversation:
             return self._arrivals[-1][1] if self._arrivals else self.clock()
         return self._arrivals[i][1]
 
-    def _on_vad(self, ev, now: float) -> None:
+    def _on_vad(self, ev, now: float) -> list[ConversationEvent]:
         at_ms = ev.sample / _SAMPLES_PER_MS
         if ev.type == "speech_started":
-            onset = ev.sample
             self._turn_end = None
-            self.emit(InputSpeechStarted(at_ms=at_ms))
             self._log({"event": "input.speech_started", "at_ms": at_ms})
             if self._utterance is not None:
                 self._utterance.active = True
                 self._caption_jobs.speech_started(ev.audio_start_sample, self.samples_in)
-            self._apply_turn_actions(self.turns.user_speech_started(onset, self.samples_in))
-        elif ev.type == "speech_stopped":
-            # ev.sample is the end of speech (last voiced sample + 1).
-            self._turn_end = (self._arrival_of(ev.sample - 1), now)
-            self._last_stop_sample = self.samples_in
-            self.emit(InputSpeechStopped(at_ms=at_ms))
-            self._log({"event": "input.speech_stopped", "at_ms": at_ms})
-            if self._utterance is not None and self.captions is not None:
-                self._utterance.active = False
-                job, ready = self._caption_jobs.speech_stopped(ev.sample, self.samples_in)
-                self._caption(job)
-                self._emit_caption(ready, ev.audio_start_sample, ev.sample)
-            self._apply_turn_actions(self.turns.user_speech_stopped())
+            return [InputSpeechStarted(at_ms=at_ms)] + self._turn_changes(
+                self.turns.user_speech_started(ev.sample, self.samples_in)
+            )
+        # speech_stopped: ev.sample is the end of speech (last voiced sample + 1).
+        self._turn_end = (self._arrival_of(ev.sample - 1), now)
+        self._last_stop_sample = self.samples_in
+        self._log({"event": "input.speech_stopped", "at_ms": at_ms})
+        out: list[ConversationEvent] = [InputSpeechStopped(at_ms=at_ms)]
+        if self._utterance is not None:
+            self._utterance.active = False
+            job, ready = self._caption_jobs.speech_stopped(ev.sample, self.samples_in)
+            out += self._caption(job) + self._caption_events(ready, ev.audio_start_sample, ev.sample)
+        return out + self._turn_changes(self.turns.user_speech_stopped())
 
-    def _caption(self, job: CaptionJob | None) -> None:
-        """Hand one caption job to the captioner (its text comes back on this thread, later)."""
-        if job is None or self.captions is None:
-            return
-        jobs = self._caption_jobs
-
-        def done(text: str) -> None:
-            if not self.ended and jobs is self._caption_jobs:
-                start, end = jobs.span(job)
-                self._emit_caption(jobs.transcribed(job, text), start, end)
-
+    def _caption(self, job: CaptionJob | None) -> list[ConversationEvent]:
+        """The request to the captioner for one caption job (its text comes back in add_caption)."""
+        if job is None:
+            return []
         pcm = self._utterance.cut(job.start, job.end)
-        self.captions(
-            pcm, job.start / _SAMPLES_PER_MS, job.voiced_end / _SAMPLES_PER_MS, done, job.kind == "interim"
-        )
+        return [CaptionUtterance(pcm, job.start / _SAMPLES_PER_MS, job.voiced_end / _SAMPLES_PER_MS, job)]
 
-    def _emit_caption(self, pieces: list[tuple[str, str]], start: int, end: int) -> None:
+    def _caption_events(self, pieces: list[tuple[str, str]], start: int, end: int) -> list[ConversationEvent]:
+        """Transcript pieces of the utterance at input samples [start, end) as events."""
         start_ms, end_ms = start / _SAMPLES_PER_MS, end / _SAMPLES_PER_MS
+        out: list[ConversationEvent] = []
         for kind, text in pieces:
             if kind == "delta":
-                self.emit(UserTranscriptDelta(text=text, start_ms=start_ms, end_ms=end_ms))
+                out.append(UserTranscriptDelta(text=text, start_ms=start_ms, end_ms=end_ms))
             else:
-                self.emit(UserTranscript(text=text, start_ms=start_ms, end_ms=end_ms))
+                out.append(UserTranscript(text=text, start_ms=start_ms, end_ms=end_ms))
                 self._log({"event": "user.transcript", "text": text, "start_ms": start_ms, "end_ms": end_ms})
+        return out
 
-    def _apply_turn_actions(self, actions: list[str]) -> None:
-        for action in actions:
-            if action == BARGE_IN:
-                self.barge_ins += 1
-                played = self._played_estimate()
-                cut = "".join(t for at, t in self._turn_text if at + FRAME_MS > played).strip()
-                at_ms = self.samples_in / _SAMPLES_PER_MS
-                self.emit(PlaybackClear(reason="barge_in"))
-                self.emit(BargeIn(at_ms=at_ms, cut_text=cut))
-                self._log(
-                    {
-                        "event": "barge_in",
-                        "at_ms": at_ms,
-                        "played_ms": played,
-                        "cut_text": cut,
-                        "heard_text": "".join(t for at, t in self._turn_text if at + FRAME_MS <= played),
-                    }
-                )
-                if self.metrics:
-                    self.metrics.inc("barge_ins")
-            elif action == SILENCE_ON:
-                self.force_silence(True)
-            elif action == SILENCE_OFF:
-                self.force_silence(False)
+    def _turn_changes(self, changes: list[TurnChange]) -> list[ConversationEvent]:
+        """What a barge-in or a hold means for the listener and the engine."""
+        out: list[ConversationEvent] = []
+        for change in changes:
+            if isinstance(change, BargeInDetected):
+                out += self._barge_in()
+            elif isinstance(change, AssistantHeld):
+                out += self._sync_engine()
+        return out
+
+    def _barge_in(self) -> list[ConversationEvent]:
+        self.barge_ins += 1
+        played = self._played_estimate()
+        cut = "".join(t for at, t in self._turn_text if at + FRAME_MS > played).strip()
+        at_ms = self.samples_in / _SAMPLES_PER_MS
+        self._log(
+            {
+                "event": "barge_in",
+                "at_ms": at_ms,
+                "played_ms": played,
+                "cut_text": cut,
+                "heard_text": "".join(t for at, t in self._turn_text if at + FRAME_MS <= played),
+            }
+        )
+        if self.metrics:
+            self.metrics.inc("barge_ins")
+        return [PlaybackClear(reason="barge_in"), BargeIn(at_ms=at_ms, cut_text=cut)]
+
+    def _sync_engine(self) -> list[ConversationEvent]:
+        """SetEngineSilent when the engine should change: silent while held by a barge-in or the host."""
+        silent = self.turns.held or self._host_hold
+        if silent == self._engine_silent:
+            return []
+        self._engine_silent = silent
+        return [SetEngineSilent(silent)]
 
     def _log(self, record: dict) -> None:
         if self.recorder:

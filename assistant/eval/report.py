@@ -1,19 +1,22 @@
-"""The HTML report: one self-contained page (plots are inline PNGs) that opens anywhere, offline.
+"""The HTML report: one page (charts are inline SVGs) with each sample's audio beside it, offline.
 
-It shows the run's figures beside FDB's published v1 table, then every sample's timeline: the
-user's speech and the assistant's (Silero VAD), the assistant's words (ASR), the task's marks
-(pause, end of turn, interruption, overlap event) and each overlap's stop.
+It shows the run's figures, each explained in a line with the direction that is better, beside
+FDB's published v1 table, then every sample: its figures, players for what the user said and what
+the assistant answered, and its timeline (assistant/eval/timeline.py). It reads on a phone: wide
+tables and charts scroll sideways in their own box, never the page.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
+import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from assistant.eval.results import SampleResult, TaskResult
+from assistant.eval.timeline import timeline_svg
 
 REPORT_FILE = "index.html"
 
@@ -42,15 +45,49 @@ FDB_V1_PUBLISHED = (
     ("Gemini Live 2.0", 0.255, 0.310, 0.091, 0.012, 0.896, 0.655, 1.301, 0.891, 3.376, 1.183),
     ("GPT-Realtime", 0.010, 0.120, 0.000, 0.007, 0.980, 1.000, 1.470, 0.970, 3.850, 1.500),
 )
-SUMMARY_COLUMNS = (
-    ("samples", "samples"),
-    ("tor", "TOR"),
-    ("latency_s", "latency s"),
-    ("frequency", "backchannels / s"),
-    ("jsd", "JSD"),
-    ("stop_latency_s", "stop latency s"),
-    ("held_floor", "held floor"),
+# The figures of a run, each with the direction that is better and one line on what it measures.
+METRICS = (
+    (
+        "tor",
+        "TOR",
+        "↓↑",
+        "takeover rate: the share of samples where the assistant took the turn (words spanning at least "
+        "1 s, or more than 3); ↓ better at a pause or a backchannel, ↑ at a turn end or an interruption",
+    ),
+    (
+        "latency_s",
+        "latency s",
+        "↓",
+        "from the end of the user's turn (or interruption) to the assistant's first word, over the samples "
+        "where it took the turn",
+    ),
+    (
+        "frequency",
+        "backchannels / s",
+        "↑",
+        "the assistant's backchannels (short mm-hmms) per second of input",
+    ),
+    (
+        "jsd",
+        "JSD",
+        "↓",
+        "how far the timing of those backchannels is from human listeners' (Jensen-Shannon divergence)",
+    ),
+    (
+        "stop_latency_s",
+        "stop latency s",
+        "↓",
+        "from the user starting to talk over the assistant to the assistant falling silent",
+    ),
+    (
+        "held_floor",
+        "held floor",
+        "↓",
+        "the share of those overlaps where the assistant kept talking after the user had finished",
+    ),
 )
+# Tasks where taking the turn is the right thing to do; elsewhere a lower TOR is better.
+TOR_BETTER_HIGH = ("smooth_turn_taking", "user_interruption")
 SAMPLE_FIGURES = (
     ("tor", "TOR"),
     ("latency_s", "latency s"),
@@ -59,59 +96,28 @@ SAMPLE_FIGURES = (
     ("frequency", "backchannels / s"),
     ("jsd", "JSD"),
 )
-_USER, _ASSISTANT, _MARK, _STOP = "#4c78a8", "#f58518", "#54a24b", "#e45756"
+AUDIO_DIR = "audio"
 
 _STYLE = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; padding: 1em; max-width: 1100px; color: #222; }
+h1 { font-size: 1.6em; } h2 { margin-top: 1.6em; }
+.scroll { overflow-x: auto; max-width: 100%; }
+table { border-collapse: collapse; margin: 0.5em 0; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
-.sample { border-top: 1px solid #ddd; padding: 0.5em 0; }
-.sample img { max-width: 100%; display: block; }
+.better { color: #555; font-weight: normal; white-space: nowrap; }
+ul.metrics { margin: 0.8em 0 1.5em; padding-left: 1.2em; color: #444; }
+ul.metrics b { color: #222; }
+.sample { border-top: 1px solid #ddd; padding: 0.5em 0 1em; }
+.chart { overflow-x: auto; }
+.chart img { display: block; width: 100%; min-width: 680px; height: auto; }
+.audio { display: flex; flex-wrap: wrap; gap: 0.5em 1.5em; margin: 0.5em 0; }
+.audio label { display: flex; flex-direction: column; font-size: 0.9em; color: #444; flex: 1 1 16em; }
+.audio audio { width: 100%; max-width: 28em; }
 .error { color: #b00020; }
 .note, .meta { color: #555; }
+.meta { padding-left: 1.2em; overflow-wrap: anywhere; }
 """
-
-
-def timeline_png(result: SampleResult) -> bytes:
-    """One sample's timeline as a PNG: user and assistant speech, words, task marks, stops."""
-    from matplotlib.figure import Figure  # no pyplot: no global figure state, no display needed
-
-    sample = result.sample
-    fig = Figure(figsize=(11, 2.3), dpi=80)
-    ax = fig.subplots()
-    ax.broken_barh(
-        [(s, e - s) for s, e in result.user_segments], (0.65, 0.7), color=_USER, label="user speech"
-    )
-    ax.broken_barh(
-        [(s, e - s) for s, e in result.assistant_segments],
-        (-0.35, 0.7),
-        color=_ASSISTANT,
-        label="assistant speech",
-    )
-    for i, word in enumerate(result.words):
-        if word.start is not None:
-            ax.text(word.start, -0.55 - 0.22 * (i % 2), word.text, fontsize=7, va="top", clip_on=True)
-    for n, mark in enumerate(sample.marks):
-        label = mark.label if n == 0 else None
-        if mark.end_s > mark.start_s:
-            ax.axvspan(mark.start_s, mark.end_s, color=_MARK, alpha=0.2, label=label)
-        else:
-            ax.axvline(mark.start_s, color=_MARK, linestyle="--", label=label)
-    for n, overlap in enumerate(result.overlaps):
-        style = ":" if overlap.held_floor else "-"
-        label = "overlap (dotted: held the floor)" if n == 0 else None
-        ax.plot(
-            [overlap.user_onset_s, overlap.overlap_end_s], [0.5, 0.5], style, color=_STOP, lw=2.5, label=label
-        )
-    ax.set_xlim(0, sample.duration_s)
-    ax.set_ylim(-1.1, 2.0)  # room above the user's row for the legend
-    ax.set_yticks([0, 1], ["assistant", "user"])
-    ax.set_xlabel("seconds")
-    ax.legend(loc="upper right", fontsize=7, ncol=4, framealpha=0.8)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
-    return buffer.getvalue()
 
 
 def _cell(value) -> str:
@@ -127,13 +133,33 @@ def _name(task: TaskResult) -> str:
 
 
 def _summary_table(tasks: Sequence[TaskResult]) -> str:
-    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in SUMMARY_COLUMNS)
+    head = "".join(
+        f'<th>{html.escape(label)} <span class="better">{arrow}</span></th>' for _, label, arrow, _ in METRICS
+    )
     rows = []
     for task in tasks:
         figures = task.summary()
-        cells = "".join(f"<td>{_cell(figures[key])}</td>" for key, _ in SUMMARY_COLUMNS)
-        rows.append(f"<tr><td>{html.escape(_name(task))}</td>{cells}<td>{len(task.errors)}</td></tr>")
-    return f"<table><tr><th>task</th>{head}<th>errors</th></tr>{''.join(rows)}</table>"
+        cells = []
+        for key, _, _, _ in METRICS:
+            cell = _cell(figures[key])
+            if key == "tor" and figures[key] is not None:  # which way is better depends on the task
+                cell += f' <span class="better">{"↑" if task.task in TOR_BETTER_HIGH else "↓"} better</span>'
+            cells.append(f"<td>{cell}</td>")
+        rows.append(
+            f"<tr><td>{html.escape(_name(task))}</td><td>{figures['samples']}</td>{''.join(cells)}"
+            f"<td>{len(task.errors)}</td></tr>"
+        )
+    table = f"<table><tr><th>task</th><th>samples</th>{head}<th>errors</th></tr>{''.join(rows)}</table>"
+    return f'<div class="scroll">{table}</div>'
+
+
+def _metrics_list() -> str:
+    """One line per figure: what it measures, and which way is better."""
+    items = "".join(
+        f"<li><b>{html.escape(label)} {arrow}</b> {html.escape(line)}</li>"
+        for _, label, arrow, line in METRICS
+    )
+    return f'<ul class="metrics" data-testid="metrics">{items}</ul>'
 
 
 def _published_table() -> str:
@@ -141,7 +167,22 @@ def _published_table() -> str:
     rows = "".join(
         "<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in FDB_V1_PUBLISHED
     )
-    return f'<table data-testid="published">{"<tr>" + head + "</tr>"}{rows}</table>'
+    return f'<div class="scroll"><table data-testid="published"><tr>{head}</tr>{rows}</table></div>'
+
+
+def audio_names(task: TaskResult, result: SampleResult) -> tuple[str, str]:
+    """Where a sample's input and output sit beside the page: audio/{task}-{id}-input.wav and -output.wav."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{task.kind or task.task}-{result.sample.id}")
+    return f"{AUDIO_DIR}/{stem}-input.wav", f"{AUDIO_DIR}/{stem}-output.wav"
+
+
+def _players(task: TaskResult, result: SampleResult) -> str:
+    heard, said = (html.escape(name) for name in audio_names(task, result))
+    return (
+        f'<div class="audio"><label>user (input.wav)<audio controls preload="metadata" src="{heard}"></audio>'
+        f'</label><label>assistant (output.wav)<audio controls preload="metadata" src="{said}"></audio>'
+        "</label></div>"
+    )
 
 
 def _sample_section(task: TaskResult, result: SampleResult) -> str:
@@ -150,12 +191,15 @@ def _sample_section(task: TaskResult, result: SampleResult) -> str:
     stops = [_cell(o.stop_latency_s) if not o.held_floor else "held" for o in result.overlaps]
     if stops:
         shown.append("stops " + ", ".join(stops))
-    png = base64.b64encode(timeline_png(result)).decode("ascii")
+    svg, left_out = timeline_svg(result)
+    if left_out:
+        shown.append(f"{left_out} word{'s' if left_out != 1 else ''} too close together to label")
     note = f'<p class="note">{html.escape(result.note)}</p>' if result.note else ""
-    title = f"{_name(task)} / {result.sample.id}"
+    title = html.escape(f"{_name(task)} / {result.sample.id}")
+    chart = base64.b64encode(svg).decode("ascii")
     return (
-        f'<div class="sample"><h3>{html.escape(title)}</h3><p>{" · ".join(shown)}</p>{note}'
-        f'<img alt="timeline of {html.escape(title)}" src="data:image/png;base64,{png}"></div>'
+        f'<div class="sample"><h3>{title}</h3><p>{" · ".join(shown)}</p>{note}{_players(task, result)}'
+        f'<div class="chart"><img alt="timeline of {title}" src="data:image/svg+xml;base64,{chart}"></div></div>'
     )
 
 
@@ -170,17 +214,16 @@ def render(tasks: Sequence[TaskResult], title: str, meta: dict[str, str]) -> str
     errors_html = f"<h2>Samples not scored</h2><ul>{''.join(errors)}</ul>" if errors else ""
     samples = "".join(_sample_section(task, r) for task in tasks for r in task.results)
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_STYLE}</style></head>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title><style>{_STYLE}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
 <ul class="meta">{meta_rows}</ul>
 <h2>This run</h2>
 {_summary_table(tasks)}
-<p class="note">TOR: takeover rate (FDB v1: words spanning at least 1 s, or more than 3 words). Latency: from the
-end of the user's turn (or interruption) to the first word, over samples that took the turn. Stop latency: from
-the user starting to talk over the assistant to the assistant falling silent (FDB v1.5's overlap timing); held
-floor: the share of those overlaps where the assistant kept talking after the user had finished. The
-interruption task's relevance score is FDB's GPT judge, which needs an external API: not computed here.</p>
+{_metrics_list()}
+<p class="note">The interruption task's relevance score is FDB's GPT judge, which needs an external API: not
+computed here.</p>
 <h2>Published Full-Duplex-Bench v1</h2>
 {_published_table()}
 <p class="note">{html.escape(FDB_SOURCE)}</p>
@@ -192,8 +235,14 @@ interruption task's relevance score is FDB's GPT judge, which needs an external 
 
 
 def write_report(directory: Path, tasks: Sequence[TaskResult], title: str, meta: dict[str, str]) -> Path:
-    """Write DIR/index.html; returns its path."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write DIR/index.html, with each sample's input.wav and output.wav copied beside it (DIR/audio/)
+    for its players; returns the page's path."""
+    (directory / AUDIO_DIR).mkdir(parents=True, exist_ok=True)
+    for task in tasks:
+        for result in task.results:
+            sources = (result.sample.input_wav, result.sample.output_wav)
+            for source, name in zip(sources, audio_names(task, result), strict=True):
+                shutil.copyfile(source, directory / name)
     path = directory / REPORT_FILE
     path.write_text(render(tasks, title, meta), encoding="utf-8")
     return path

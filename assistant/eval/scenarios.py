@@ -25,7 +25,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -239,26 +239,44 @@ def _spec_of(folder: Path) -> dict | None:
         return None
 
 
-def build(root: Path, kinds: Sequence[str] = tuple(KINDS), full: bool = False) -> dict[str, list[Path]]:
-    """Make the scenario folders `root/{kind}/{ID}/` that are missing; returns them per kind, in order.
-
-    A folder is made in a temporary place and moved in whole, so an interrupted build leaves none half
-    made; one made from other parameters (an older version of this file) is made again.
-    """
+def _planned(root: Path, kinds: Sequence[str], full: bool) -> list[tuple[str, Path, dict, dict]]:
+    """(kind, folder, parameters, spec) of every scenario asked for, in order."""
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise ValueError(f"unknown scenario kind(s) {unknown}; choose from {', '.join(KINDS)}")
-    folders: dict[str, list[Path]] = {}
-    for kind in kinds:
-        specs = SPECS[kind] if full else SPECS[kind][:DEFAULT_PER_KIND]
-        folders[kind] = []
-        for index, params in enumerate(specs):
-            folder = root / kind / str(index)
-            spec = {"version": SPEC_VERSION, "kind": kind, **params}
-            if _spec_of(folder) != spec:
-                check_tools()
-                _make(folder, kind, params, spec)
-            folders[kind].append(folder)
+    return [
+        (kind, root / kind / str(index), params, {"version": SPEC_VERSION, "kind": kind, **params})
+        for kind in kinds
+        for index, params in enumerate(SPECS[kind] if full else SPECS[kind][:DEFAULT_PER_KIND])
+    ]
+
+
+def count(root: Path, kinds: Sequence[str] = tuple(KINDS), full: bool = False) -> tuple[int, int]:
+    """(scenarios asked for, how many of them `build` would make), for a progress bar."""
+    planned = _planned(root, kinds, full)
+    return len(planned), sum(_spec_of(folder) != spec for _, folder, _, spec in planned)
+
+
+def build(
+    root: Path,
+    kinds: Sequence[str] = tuple(KINDS),
+    full: bool = False,
+    on_made: Callable[[], None] | None = None,
+) -> dict[str, list[Path]]:
+    """Make the scenario folders `root/{kind}/{ID}/` that are missing; returns them per kind, in order.
+
+    A folder is made in a temporary place and moved in whole, so an interrupted build leaves none half
+    made; one made from other parameters (an older version of this file) is made again. on_made:
+    called after each folder made.
+    """
+    folders: dict[str, list[Path]] = {kind: [] for kind in kinds}
+    for kind, folder, params, spec in _planned(root, kinds, full):
+        if _spec_of(folder) != spec:
+            check_tools()
+            _make(folder, kind, params, spec)
+            if on_made is not None:
+                on_made()
+        folders[kind].append(folder)
     return folders
 
 

@@ -34,7 +34,7 @@ from assistant.moshi.kyutai import (
     mimi_config_from_kyutai,
 )
 from assistant.moshi.prompts import SILENCE_TOKENS, SINE_TOKENS, find_voices
-from assistant.moshi.registry import CHECKPOINTS, find
+from assistant.moshi.registry import CHECKPOINTS, find, hub_cache_dir
 from assistant.moshi.tokenizer import TextTokenizer
 from assistant.moshi.vision import MoshiVision, use_kyuteye_norms
 from assistant.moshi.vision_loading import (
@@ -188,10 +188,29 @@ def _local_dir(source: str) -> Path:
         return Path(
             snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.model", "voices.tgz"])
         )
-    except Exception as exc:  # network, auth, missing repo: the hub's message says which
-        raise CheckpointError(
-            f"--model {source}: could not fetch the repo from the Hugging Face hub: {exc}"
-        ) from exc
+    except Exception as exc:  # offline, gated, missing repo: say which, and what to do
+        raise CheckpointError(fetch_failure(source, exc)) from exc
+
+
+def fetch_failure(source: str, exc: Exception) -> str:
+    """What to do when the hub did not hand out `source` (a repo id), in place of the hub's own text."""
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    known = find(source)
+    get_it = f"`assistant models download {known.name}`" if known else f"`hf download {source}`"
+    no_weights = "or try the whole loop without weights: --backend scripted"
+    if isinstance(exc, LocalEntryNotFoundError):  # HF_HUB_OFFLINE=1, or no network
+        return (
+            f"--model {source} is not in the Hugging Face cache ({hub_cache_dir()}) and the hub cannot be "
+            f"reached (offline?); get it with {get_it} on a machine that is online, {no_weights}"
+        )
+    if isinstance(exc, (GatedRepoError, RepositoryNotFoundError)):  # the hub answers both for a gated repo
+        return (
+            f"--model {source}: the hub refused it (no such repo, or a gated one: accept its licence at "
+            f"https://huggingface.co/{source}, then `hf auth login` or set HF_TOKEN), {no_weights}"
+        )
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return f"--model {source}: fetching it from the Hugging Face hub failed ({first_line}); {no_weights}"
 
 
 def detect_layout(directory: Path) -> str:

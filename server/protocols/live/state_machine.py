@@ -1,10 +1,11 @@
 """The OpenAI Live API on `/v1/live/sessions`, as pure code: no sockets, no clocks, no threads.
 
-`LiveConversation` is fed client messages (`receive`, parsed by server/protocols/live/client_events.py) and what the
-conversation core reports (each output frame with its speaking flag, the start and end of a stretch
-of assistant speech, text pieces, user captions, barge-ins, the end of the session). It returns, in
-order, server events (plain dicts, ready for `json.dumps`) and actions for the adapter
-(server/protocols/live/adapter.py) to carry out: open the session, push audio, give the model a new prompt, close.
+`LiveConversation` is fed client messages (`receive`, parsed by server/protocols/live/client_events.py)
+and the conversation core's events in the core's order (`conversation_event`: each output frame with
+its speaking flag, the start and end of a stretch of assistant speech, text pieces, user captions,
+barge-ins, the end of the session). Every method returns, in order, `LiveOutput`s for the adapter
+(server/protocols/live/adapter.py) to carry out after the call: server events to send (`SendEvent`),
+and actions: open the session, push audio, give the model a new prompt, close.
 
 How full duplex maps onto the Live API (docs/live.md says it for users):
 - There are no turns to commit: every appended sample reaches the model as it arrives, and the
@@ -27,6 +28,17 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
+from assistant.conversation import (
+    AssistantSpeechStarted,
+    AssistantSpeechStopped,
+    AssistantText,
+    AudioOut,
+    BargeIn,
+    ConversationEvent,
+    Error,
+    SessionEnded,
+    UserTranscriptDelta,
+)
 from audio.frames import FRAME_MS
 from server.protocols.live.client_events import (
     NO_TEXT_CONTEXT,
@@ -46,15 +58,13 @@ from server.protocols.live.client_events import (
     notices,
     parse_client_event,
 )
-from server.protocols.realtime.records import Action, PushAudio, SetPrompt
-
-__all__ = ["CloseSession", "LiveConversation", "LiveError", "OpenSession", "PushAudio", "SetPrompt"]
+from server.protocols.realtime.records import PushAudio, SendEvent, SetPrompt
 
 USAGE_EVERY_FRAMES = 62  # session.usage.updated about every 5 s
 
 
 @dataclass(frozen=True)
-class OpenSession(Action):
+class OpenSession:
     """Start the conversation (session.start was valid); the adapter answers `started` or `start_refused`."""
 
     sample_rate_hz: int
@@ -64,12 +74,15 @@ class OpenSession(Action):
 
 
 @dataclass(frozen=True)
-class CloseSession(Action):
+class CloseSession:
     """End the conversation (session.closed is already out) and close the socket."""
 
 
+LiveOutput = SendEvent | PushAudio | SetPrompt | OpenSession | CloseSession
+
+
 class LiveConversation:
-    """One `/v1/live/sessions` connection. Every method returns a list of server events (dicts) and Actions."""
+    """One `/v1/live/sessions` connection. Every method returns the `LiveOutput`s it caused, in order."""
 
     def __init__(
         self,
@@ -126,6 +139,9 @@ class LiveConversation:
             event["client_event_id"] = client_event_id
         return event
 
+    def send(self, type_: str, client_event_id: str | None = None, **fields: Any) -> SendEvent:
+        return SendEvent(self.event(type_, client_event_id, **fields))
+
     def error(self, err: LiveError) -> dict[str, Any]:
         body = {"type": err.error_type, "code": err.code, "message": err.message, "param": err.param}
         return self.event("error", err.event_id, error={**body, "client_event_id": err.event_id})
@@ -156,16 +172,16 @@ class LiveConversation:
         return {"seconds": float(self.session_ms // 1000)}
 
     # -- client events -------------------------------------------------------------------------
-    def receive(self, data: str | bytes) -> list:
+    def receive(self, data: str | bytes) -> list[LiveOutput]:
         """One raw websocket message in; events and actions out (an `error` event if it was refused)."""
         if self.state == "closed":
             return []
         try:
             return self.handle(parse_client_event(data))
         except LiveError as err:
-            return [self.error(err)]
+            return [SendEvent(self.error(err))]
 
-    def handle(self, ev: ClientEvent) -> list:
+    def handle(self, ev: ClientEvent) -> list[LiveOutput]:
         if isinstance(ev, SessionStart):
             if self.state != "new":
                 raise LiveError(
@@ -195,28 +211,28 @@ class LiveConversation:
         if isinstance(ev, Mute):
             self.muted = ev.muted
             kind = "session.input_audio.muted" if ev.muted else "session.input_audio.unmuted"
-            return [self.event(kind, ev.event_id)]
+            return [self.send(kind, ev.event_id)]
         if isinstance(ev, InstructionsAppend):
             return self._append_instructions(ev)
         if isinstance(ev, SessionUpdate):
             if "delegation" in ev.session.model_fields_set:
                 self.delegation = ev.session.delegation
-            out = [self.event("session.updated", ev.event_id, session=self.session_json())]
+            out = [self.send("session.updated", ev.event_id, session=self.session_json())]
             return out + self._notices(notices(ev.session), ev.event_id)
         if isinstance(ev, ContextAppend):
             return self._notices([(f"{ev.kind}_not_supported", NO_TEXT_CONTEXT)], ev.event_id)
         raise TypeError(f"not a client event: {ev!r}")
 
-    def _notices(self, found: list[tuple[str, str]], client_event_id: str | None) -> list:
+    def _notices(self, found: list[tuple[str, str]], client_event_id: str | None) -> list[LiveOutput]:
         """An `info` event for each (code, message) not reported yet in this session."""
-        out = []
+        out: list[LiveOutput] = []
         for code, message in found:
             if code not in self._notified:
                 self._notified.add(code)
-                out.append(self.info(code, message, client_event_id))
+                out.append(SendEvent(self.info(code, message, client_event_id)))
         return out
 
-    def _start(self, ev: SessionStart) -> list:
+    def _start(self, ev: SessionStart) -> list[LiveOutput]:
         notices = ev.session.notices()
         instructions, voice = self._resolve_prompt(ev, notices)
         if not self.captions:
@@ -275,7 +291,7 @@ class LiveConversation:
             "PersonaPlex-family checkpoint; ignored"
         )
 
-    def started(self, session_id: str, now_s: float) -> list:
+    def started(self, session_id: str, now_s: float) -> list[LiveOutput]:
         """The adapter opened the session (`now_s`: unix time): session.started, then any notices."""
         ev, notices, self.instructions, self.voice = self._pending
         self._pending = None
@@ -286,20 +302,20 @@ class LiveConversation:
         self.format = ev.session.audio_format
         self.delegation = ev.session.delegation
         self.safety_identifier = ev.session.safety_identifier
-        out = [self.event("session.started", ev.event_id, session=self.session_json())]
+        out = [self.send("session.started", ev.event_id, session=self.session_json())]
         return out + self._notices(notices, ev.event_id)
 
-    def start_refused(self, message: str) -> list:
+    def start_refused(self, message: str) -> list[LiveOutput]:
         """The session could not open (the core refused the options); the client may try again."""
         ev = self._pending[0]
         self._pending = None
-        return [self.error(LiveError("invalid_value", message, "session", ev.event_id))]
+        return [SendEvent(self.error(LiveError("invalid_value", message, "session", ev.event_id)))]
 
-    def _append_instructions(self, ev: InstructionsAppend) -> list:
+    def _append_instructions(self, ev: InstructionsAppend) -> list[LiveOutput]:
         if not self.takes_prompts:
             return self._notices([("instructions_not_applied", self._no_prompt())], ev.event_id)
         content = ev.content.strip()
-        out: list = []
+        out: list[LiveOutput] = []
         if content:
             instructions = f"{self.instructions}\n{content}" if self.instructions else content
             try:
@@ -310,12 +326,12 @@ class LiveConversation:
             self.context_used = 0  # the model starts over from its new prompt
             out.append(SetPrompt(instructions, self.voice))
         at = self.session_ms
-        return out + [self.event("session.instructions.appended", ev.event_id, start_ms=at, end_ms=at)]
+        return out + [self.send("session.instructions.appended", ev.event_id, start_ms=at, end_ms=at)]
 
-    def _close(self, reason: str, client_event_id: str | None) -> list:
+    def _close(self, reason: str, client_event_id: str | None) -> list[LiveOutput]:
         self.state = "closed"
         return [
-            self.event(
+            self.send(
                 "session.closed",
                 client_event_id,
                 reason=reason,
@@ -325,25 +341,37 @@ class LiveConversation:
         ]
 
     # -- what the conversation core reports ----------------------------------------------------
-    def assistant_started(self) -> list:
-        """A stretch of assistant speech began (reported before that frame's audio)."""
-        self._in_stretch = True
-        self._held = []
-        return []
-
-    def assistant_stopped(self) -> list:
-        """The stretch ended after its hangover of quiet frames: those are never sent."""
-        self._in_stretch = False
-        self._held = []
-        return []
-
-    def output_audio(self, pcm16: bytes, speaking: bool, at_ms: float) -> list:
-        """One 80 ms frame of the engine's output at the session's rate (PCM16), at `at_ms`."""
+    def conversation_event(self, event: ConversationEvent) -> list[LiveOutput]:
+        """One event the conversation returned, in the order it returned them."""
+        if isinstance(event, Error):
+            return [SendEvent(self.error(LiveError(event.code, event.message, error_type="server_error")))]
         if self.state != "live":
             return []
+        if isinstance(event, AudioOut):
+            return self._output_audio(event.pcm16, event.speaking, event.at_ms)
+        if isinstance(event, AssistantText):
+            return self._output_text(event.text, event.at_ms)
+        if isinstance(event, AssistantSpeechStarted | AssistantSpeechStopped):
+            # A stretch began (reported before that frame's audio) or ended after its hangover of
+            # quiet frames: those are never sent.
+            self._in_stretch = isinstance(event, AssistantSpeechStarted)
+            self._held = []
+            return []
+        if isinstance(event, UserTranscriptDelta):  # the deltas are the transcript: no final event
+            return self._user_transcript(event.text, event.start_ms, event.end_ms)
+        if isinstance(event, BargeIn):
+            return self._barge_in(event.at_ms)
+        if isinstance(event, SessionEnded) and event.reason != "client_disconnected":
+            return self._ended(event.reason)
+        # SessionReady, SessionUpdated, Stats, PlaybackClear and the VAD's turns have no Live counterpart:
+        # there are no turns, and the barge_in notice says what playback.clear would.
+        return []
+
+    def _output_audio(self, pcm16: bytes, speaking: bool, at_ms: float) -> list[LiveOutput]:
+        """One 80 ms frame of the engine's output at the session's rate (PCM16), at `at_ms`."""
         self.frames_out += 1
         self.context_used += 1
-        out: list = []
+        out: list[LiveOutput] = []
         if self._in_stretch:
             if speaking:
                 out += [self._delta(held_pcm, held_at) for held_pcm, held_at in self._held]
@@ -352,17 +380,19 @@ class LiveConversation:
             else:
                 self._held.append((pcm16, at_ms))
         if self.frames_out % USAGE_EVERY_FRAMES == 0:
-            out.append(self.usage_event())
+            out.append(SendEvent(self.usage_event()))
         return out
 
-    def _delta(self, pcm16: bytes, at_ms: float) -> dict[str, Any]:
+    def _delta(self, pcm16: bytes, at_ms: float) -> SendEvent:
         start = int(at_ms)
-        return {
-            "type": "session.output_audio.delta",
-            "delta": base64.b64encode(self.format.from_pcm16(pcm16)).decode(),
-            "start_ms": start,
-            "end_ms": start + FRAME_MS,
-        }
+        return SendEvent(
+            {
+                "type": "session.output_audio.delta",
+                "delta": base64.b64encode(self.format.from_pcm16(pcm16)).decode(),
+                "start_ms": start,
+                "end_ms": start + FRAME_MS,
+            }
+        )
 
     def usage_event(self) -> dict[str, Any]:
         body: dict[str, Any] = {"usage": self._usage()}
@@ -372,45 +402,41 @@ class LiveConversation:
             }
         return self.event("session.usage.updated", **body)
 
-    def output_text(self, text: str, at_ms: float) -> list:
+    def _output_text(self, text: str, at_ms: float) -> list[LiveOutput]:
         """A piece of the model's own text, produced with the frame at `at_ms`."""
-        if self.state != "live" or not text:
+        if not text:
             return []
         start = int(at_ms)
         return [
-            self.event("session.output_transcript.delta", delta=text, start_ms=start, end_ms=start + FRAME_MS)
+            self.send("session.output_transcript.delta", delta=text, start_ms=start, end_ms=start + FRAME_MS)
         ]
 
-    def user_transcript(self, text: str, start_ms: float, end_ms: float) -> list:
+    def _user_transcript(self, text: str, start_ms: float, end_ms: float) -> list[LiveOutput]:
         """New words of a user utterance (fragments accumulate: later ones lead with a space)."""
-        if self.state != "live" or not text:
+        if not text:
             return []
         delta = f" {text}" if self._captioned and not text.startswith(" ") else text
         self._captioned = True
         return [
-            self.event(
+            self.send(
                 "session.input_transcript.delta", delta=delta, start_ms=int(start_ms), end_ms=int(end_ms)
             )
         ]
 
-    def barge_in(self, at_ms: float) -> list:
+    def _barge_in(self, at_ms: float) -> list[LiveOutput]:
         """The core saw the user talk over the assistant; with the `vad` policy it holds the engine silent."""
-        if self.state != "live" or self.barge_in_policy != "vad":
+        if self.barge_in_policy != "vad":
             return []  # the model hears the user and decides itself whether to stop
         self._held = []
-        return [
-            self.info(
-                "barge_in",
-                f"the user talked over the assistant at {int(at_ms)} ms of input: its audio stops here; "
-                "drop what you have queued for playback",
-            )
-        ]
+        message = (
+            f"the user talked over the assistant at {int(at_ms)} ms of input: its audio stops here; "
+            "drop what you have queued for playback"
+        )
+        return [SendEvent(self.info("barge_in", message))]
 
-    def ended(self, reason: str) -> list:
+    def _ended(self, reason: str) -> list[LiveOutput]:
         """The core ended the session on its own (limits, shutdown): an error that says why, then session.closed."""
-        if self.state != "live":
-            return []
         expired = reason.startswith(("max_duration", "idle_timeout"))
         code = "session_expired" if expired else "session_ended"
-        out = [self.error(LiveError(code, f"the session is over: {reason}"))]
+        out: list[LiveOutput] = [SendEvent(self.error(LiveError(code, f"the session is over: {reason}")))]
         return out + self._close("expired" if expired else "connection_lost", None)

@@ -7,20 +7,25 @@ recording and the captions get PCM as ever), and each 80 ms output frame leaves 
 packets. Together they cost about 1 ms of CPU per conversation and frame, the budget for everything
 outside the engine (`assistant bench server --audio-format opus` prints it), so they run inline:
 deferring the encode would let a `playback.clear` overtake the audio it clears.
+`session.image` goes to server/images.py, which checks the image off the event loop; its answer,
+`session.image.updated` once the model sees the image (or none), or an `error`, comes back here.
 """
 
 from __future__ import annotations
 
 from assistant.conversation import AudioOut, Event, SessionEnded, SessionReady
+from assistant.images import ImageError
 from audio.frames import FRAME_MS
 from audio.opus_packets import PACKET_MS, OpusPacketDecoder, OpusPacketEncoder, OpusPacketError
 from server.connection import Connection
-from server.protocols.limits import CLOSE_NORMAL
+from server.images import ImageInput
+from server.protocols.limits import CLOSE_NORMAL, MAX_MESSAGE_BYTES
 from server.protocols.native import wire
 from server.protocols.native.client_events import (
     ClientEvent,
     PlaybackPosition,
     SessionEnd,
+    SessionImage,
     SessionStart,
     SessionUpdate,
 )
@@ -35,8 +40,16 @@ class NativeConnection(Connection):
     encoder: OpusPacketEncoder | None = None
     decoder: OpusPacketDecoder | None = None
 
-    # Events from the conversation (event loop thread).
-    def emit(self, event: Event) -> None:
+    def __init__(self, ctx, ws, slot):
+        super().__init__(ctx, ws, slot)
+        self.images = ImageInput(
+            slot,
+            shown=lambda _, image: self.send(wire.image_updated_event(image)),
+            removed=lambda _: self.send(wire.image_updated_event(None)),
+            refused=self.refuse_image,
+        )
+
+    def conversation_event(self, event: Event) -> None:
         if isinstance(event, AudioOut) and self.encoder is not None:
             for packet in self.encoder.encode(event.pcm):
                 self.send(packet)
@@ -44,23 +57,39 @@ class NativeConnection(Connection):
             self.send(wire.encode_event(event, audio_format=self.audio_format))
         else:
             self.send(wire.encode_event(event))
+        if isinstance(event, AudioOut):
+            self.images.on_frame()  # after this frame's audio: the next frame is the first it changes
         if isinstance(event, SessionEnded):
             self.close(CLOSE_NORMAL, event.reason[:120], flush=True)
 
     def encode_error(self, code: str, message: str, *, server_side: bool = False) -> str:
         return wire.error_event(code, message)
 
+    def refuse_image(self, _tag, error: ImageError) -> None:
+        self.send_error(error.code, str(error), server_side=error.code == "internal_error")
+
+    def refuse_oversized(self, message: str | bytes, size: int) -> None:
+        if isinstance(message, str) and '"session.image"' in message[:200]:
+            self.send_error(
+                "image_too_large",
+                f"a session.image of {size} bytes was dropped unread; a message is at most "
+                f"{MAX_MESSAGE_BYTES} bytes (send the image at 448 x 448, all the model sees)",
+            )
+        else:
+            super().refuse_oversized(message, size)
+
     def handle_message(self, message: str | bytes) -> None:
         try:
             if isinstance(message, bytes):
                 wire.check_audio(message, started=self.session is not None, audio_format=self.audio_format)
                 if self.decoder is None:
-                    self.session.push_audio(message)
+                    self.apply_events(self.session.push_audio(message))
                     return
                 try:
-                    self.session.push_samples(self.decoder.decode(message))
+                    pcm = self.decoder.decode(message)
                 except OpusPacketError as exc:
                     raise ProtocolError("bad_audio", str(exc)) from None
+                self.apply_events(self.session.push_samples(pcm))
                 return
             self.handle_event(wire.decode_text(message))
         except ProtocolError as exc:
@@ -75,27 +104,29 @@ class NativeConnection(Connection):
             self.use_audio_format(event.audio_format)
             try:
                 options = self.ctx.default_options().replace(**event.options())
-                self.session = self.ctx.open_session(self.slot, event.sample_rate, self.emit, options)
+                self.session = self.ctx.open_session(self.slot, event.sample_rate, self.apply_events, options)
             except ValueError as exc:
                 raise ProtocolError("invalid_value", str(exc)) from None
+            self.apply_events(self.session.start())
             return
         if self.session is None:
             raise ProtocolError("not_started", f"send session.start before {type(event).__name__}")
         if isinstance(event, SessionUpdate):
             options = event.options()
             try:
-                if options.keys() & {"instructions", "voice"}:
-                    current = self.session.options
-                    self.ctx.check_prompt(
-                        options.get("instructions", current.instructions), options.get("voice", current.voice)
-                    )
-                self.session.update(**options)
+                events = self.session.update(**options)  # checks a new prompt with the engine too
             except ValueError as exc:
                 raise ProtocolError("invalid_value", str(exc)) from None
+            self.apply_events(events)
         elif isinstance(event, PlaybackPosition):
             self.session.set_played_ms(event.played_ms)
         elif isinstance(event, SessionEnd):
-            self.session.end("client_ended")
+            self.apply_events(self.session.end("client_ended"))
+        elif isinstance(event, SessionImage):
+            if event.data is None:
+                self.images.remove()
+            else:
+                self.images.show(event.data)
 
     def use_audio_format(self, audio_format: str) -> None:
         """Set up the codec before the session starts, so its first frame already goes out encoded."""
@@ -106,3 +137,6 @@ class NativeConnection(Connection):
             self.outbox.max_items = self.ctx.config.max_outbox_items * (1 + FRAME_MS // PACKET_MS)
         else:
             self.encoder = self.decoder = None
+
+    def finish(self) -> None:
+        self.images.close()

@@ -1,10 +1,10 @@
 """`/v1/realtime`: the OpenAI Realtime API (GA) adapter on the shared connection base.
 
-Per connection it opens a conversation at 24 kHz and moves data both ways:
-JSON text frames -> `RealtimeConversation.receive` -> actions on the conversation / server events out;
-conversation events (audio frames, text pieces, VAD turns, captions, end) -> `RealtimeConversation`
--> events out. All protocol logic lives in server/protocols/realtime/state_machine.py; this file only does I/O
-and pacing.
+Per connection it opens a conversation at 24 kHz and moves data both ways: JSON text frames ->
+`RealtimeConversation.receive`; what the conversation returns -> `RealtimeConversation.
+conversation_event`; what the state machine returns (server events, actions on the conversation)
+is carried out here, after the call. All protocol logic lives in
+server/protocols/realtime/state_machine.py; this file only does I/O and pacing.
 """
 
 from __future__ import annotations
@@ -15,48 +15,32 @@ import json
 import secrets
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import ServerConnection
-
-from assistant.conversation import (
-    AssistantSpeechStarted,
-    AssistantSpeechStopped,
-    AssistantText,
-    AudioOut,
-    BargeIn,
-    Error,
-    Event,
-    InputSpeechStarted,
-    InputSpeechStopped,
-    SessionEnded,
-    UserTranscript,
-    UserTranscriptDelta,
-)
-from server.connection import Connection
-from server.protocols.limits import CLOSE_NORMAL
-from server.protocols.realtime.state_machine import (
-    BYTES_PER_MS,
-    FRAME_MS,
-    SAMPLE_RATE_HZ,
+from assistant.conversation import AudioOut, Event, SessionEnded
+from audio.frames import FRAME_MS, SAMPLE_RATE_HZ
+from server.connection import Connection, Transport
+from server.images import ImageInput
+from server.protocols.limits import CLOSE_NORMAL, MAX_MESSAGE_BYTES
+from server.protocols.realtime.client_events import BYTES_PER_MS, RealtimeError
+from server.protocols.realtime.records import (
+    CheckImage,
     ConfigureInput,
+    HoldUntilUserStops,
     PushAudio,
-    RealtimeConversation,
-    RealtimeError,
+    RealtimeOutput,
+    RemoveImage,
+    SendEvent,
     SetPrompt,
     SetSilenced,
 )
+from server.protocols.realtime.state_machine import RealtimeConversation
 
 _FRAME_BYTES = FRAME_MS * BYTES_PER_MS
 
 
-def requested_model(ws: ServerConnection) -> str | None:
+def requested_model(ws: Transport) -> str | None:
     """The `model` query parameter the client connected with (the SDK always sends one)."""
-    query = urlsplit(ws.request.path).query if ws.request else ""
+    query = urlsplit(ws.path).query
     return (parse_qs(query).get("model") or [None])[0]
-
-
-def _end_error(reason: str) -> RealtimeError:
-    code = "session_expired" if reason.startswith("max_duration") else "session_ended"
-    return RealtimeError(code, f"the session is over: {reason}")
 
 
 class RealtimeConnection(Connection):
@@ -65,19 +49,19 @@ class RealtimeConnection(Connection):
     protocol_name = "realtime"
     outbox_scale = 4  # a Realtime frame is several messages (audio delta, transcript delta, response events)
 
-    def __init__(self, ctx, ws: ServerConnection, slot):
+    def __init__(self, ctx, ws: Transport, slot):
         super().__init__(ctx, ws, slot)
-        self.realtime: RealtimeConversation | None = None  # the protocol state; self.session: the core's
         self.paced: collections.deque[bytes] = collections.deque()  # item audio fed at real-time speed
         self.paced_bytes = 0  # what `paced` holds, kept as it changes (read on every client event)
         self.feeder: asyncio.Task | None = None
-        # The core detects barge-ins (at the user's onset: the Realtime API interrupts on speech_started);
-        # the Realtime state machine owns force_silence (manual turns, the hold after an interruption),
-        # so the core's own policy stays "model" and never fights it.
+        # The core detects barge-ins at the user's onset (the Realtime API interrupts on speech_started)
+        # and holds the engine after one only when the state machine says it interrupted a response
+        # (`interrupt_response`, per response): so the core's policy is "model", report and let decide.
         options = ctx.default_options().replace(barge_in="model", min_interrupt_ms=0)
-        self.session = ctx.open_session(slot, SAMPLE_RATE_HZ, self.emit, options)
+        self.session = ctx.open_session(slot, SAMPLE_RATE_HZ, self.apply_events, options)
         model = requested_model(ws) or ctx.engine.model_name or ctx.engine.name
         takes_prompts = ctx.engine.takes_prompts
+        # The protocol's state; self.session is the conversation's.
         self.realtime = RealtimeConversation(
             session_id=self.session.session_id,
             model=model,
@@ -91,21 +75,33 @@ class RealtimeConnection(Connection):
             captions_model=ctx.captions_model,
             threshold_applies=ctx.config.vad.backend == "silero",
         )
+        self.images = ImageInput(
+            slot,
+            accepted=lambda check, _: self.apply(self.realtime.image_accepted(check)),
+            refused=lambda check, error: self.apply(self.realtime.image_refused(check, error)),
+        )
+        self.apply_events(self.session.start())
         self.apply(self.realtime.start())
 
-    # -- conversation outputs -> socket / session ------------------------------------------------
-    def apply(self, outputs: list) -> None:
+    # -- state machine outputs -> socket / conversation -----------------------------------------
+    def apply(self, outputs: list[RealtimeOutput]) -> None:
         for out in outputs:
-            if isinstance(out, dict):
-                self.send_event(out)
+            if isinstance(out, SendEvent):
+                self.send_event(out.event)
             elif isinstance(out, PushAudio):
                 self.push_audio(out.pcm16, out.paced)
             elif isinstance(out, SetSilenced):
-                self.session.force_silence(out.silent)
+                self.apply_events(self.session.hold(out.silent))
+            elif isinstance(out, HoldUntilUserStops):
+                self.apply_events(self.session.hold_until_user_stops())
             elif isinstance(out, ConfigureInput):
                 self.configure(out)
             elif isinstance(out, SetPrompt):
-                self.session.update(instructions=out.instructions, voice=out.voice)
+                self.apply_events(self.session.update(instructions=out.instructions, voice=out.voice))
+            elif isinstance(out, CheckImage):
+                self.images.show(out.image_url, tag=out)
+            elif isinstance(out, RemoveImage):
+                self.images.remove()
 
     def send_event(self, event: dict) -> None:
         if event["type"] == "error":
@@ -127,11 +123,11 @@ class RealtimeConnection(Connection):
                 "min_silence_ms": td.silence_duration_ms,
                 "prefix_padding_ms": td.prefix_padding_ms,
             }
-        self.session.update(**changes)
+        self.apply_events(self.session.update(**changes))
 
     def push_audio(self, pcm16: bytes, paced: bool) -> None:
         if not paced and not self.paced:
-            self.session.push_audio(pcm16)
+            self.apply_events(self.session.push_audio(pcm16))
             return
         # Behind paced item audio, live audio waits its turn so the model hears everything in order.
         for i in range(0, len(pcm16), _FRAME_BYTES):
@@ -147,49 +143,35 @@ class RealtimeConnection(Connection):
         while self.paced and not self.session.ended:
             chunk = self.paced.popleft()
             self.paced_bytes -= len(chunk)
-            self.session.push_audio(chunk)
+            self.apply_events(self.session.push_audio(chunk))
             next_at += FRAME_MS / 1000
             await asyncio.sleep(max(0.0, next_at - loop.time()))
 
-    # -- session events (event loop thread) ------------------------------------------------------
-    def emit(self, event: Event) -> None:
-        realtime = self.realtime
-        if realtime is None:
-            return  # SessionReady during open_session: session.created is sent by Conversation.start
+    # -- conversation events -------------------------------------------------------------------
+    def conversation_event(self, event: Event) -> None:
+        self.apply(self.realtime.conversation_event(event))
         if isinstance(event, AudioOut):
-            self.apply(realtime.output_audio(event.pcm16, event.speaking))
-        elif isinstance(event, AssistantSpeechStarted):
-            self.apply(realtime.assistant_started())
-        elif isinstance(event, AssistantSpeechStopped):
-            self.apply(realtime.assistant_stopped())
-        elif isinstance(event, BargeIn):
-            self.apply(realtime.barge_in(event.at_ms))
-        elif isinstance(event, AssistantText):
-            self.apply(realtime.output_text(event.text))
-        elif isinstance(event, InputSpeechStarted):
-            self.apply(realtime.user_speech_started(event.at_ms))
-        elif isinstance(event, InputSpeechStopped):
-            self.apply(realtime.user_speech_stopped(event.at_ms))
-        elif isinstance(event, UserTranscriptDelta):
-            self.apply(realtime.user_transcript_delta(event.text, event.start_ms))
-        elif isinstance(event, UserTranscript):
-            self.apply(realtime.user_transcript(event.text, event.start_ms, event.end_ms))
-        elif isinstance(event, Error):
-            self.send_event(
-                realtime.error(RealtimeError(event.code, event.message, error_type="server_error"))
-            )
-        elif isinstance(event, SessionEnded):
-            if event.reason not in ("client_disconnected", "client_ended"):
-                self.send_event(realtime.error(_end_error(event.reason)))
+            self.images.on_frame()  # after this frame's events: the next frame is the first it changes
+        if isinstance(event, SessionEnded):
             self.close(CLOSE_NORMAL, event.reason[:120])
-        # SessionReady/SessionUpdated/Stats/PlaybackClear have no Realtime counterpart: speech_started and
-        # response.done (cancelled) tell the client to stop playback.
 
     # -- client messages -------------------------------------------------------------------------
     def handle_message(self, message: str | bytes) -> None:
         self.realtime.audio_backlog_ms = self.paced_bytes / BYTES_PER_MS
         self.apply(self.realtime.receive(message))
 
+    def refuse_oversized(self, message: str | bytes, size: int) -> None:
+        head = message[:1000]
+        if isinstance(head, str) and ('"input_image"' in head or '"data:image/' in head):
+            self.send_error(
+                "image_too_large",
+                f"an event of {size} bytes was dropped unread; an event is at most {MAX_MESSAGE_BYTES} "
+                "bytes (send the image at 448 x 448, all the model sees)",
+            )
+        else:
+            super().refuse_oversized(message, size)
+
     def finish(self) -> None:
+        self.images.close()
         if self.feeder is not None:
             self.feeder.cancel()

@@ -1,5 +1,7 @@
-"""What the Realtime state machine (server/protocols/realtime/state_machine.py) works with besides events: the
-actions it asks its adapter to carry out, and its records of items and responses with their JSON."""
+"""What the Realtime state machine (server/protocols/realtime/state_machine.py) returns, and its
+records of items and responses with their JSON. Every method of the state machine returns a list of
+`RealtimeOutput`s for the adapter to carry out after the call: server events to send, and actions
+on the conversation."""
 
 from __future__ import annotations
 
@@ -7,18 +9,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from audio.frames import FRAME_MS
-from server.protocols.realtime.client_events import PCM_FORMAT, TurnDetection
+from server.protocols.realtime.client_events import PCM_FORMAT, InputImagePart, TurnDetection
 
-# -- actions for the adapter ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Action:
-    pass
+# -- what the adapter carries out ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class PushAudio(Action):
+class SendEvent:
+    """Send this server event to the client (a JSON object, ready for `json.dumps`)."""
+
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PushAudio:
     """Feed user audio to the session. paced: the adapter feeds it at real-time speed (item audio)."""
 
     pcm16: bytes
@@ -26,14 +30,21 @@ class PushAudio(Action):
 
 
 @dataclass(frozen=True)
-class SetSilenced(Action):
-    """Hold the engine silent (True) or give it the floor back (False)."""
+class SetSilenced:
+    """Hold the assistant silent (True) or give it the floor back (False): turn control of the session
+    (manual turns, the hold after a cancel), beside the conversation's own barge-in hold."""
 
     silent: bool
 
 
 @dataclass(frozen=True)
-class SetPrompt(Action):
+class HoldUntilUserStops:
+    """A barge-in interrupted the response: the conversation keeps the assistant silent until the
+    user's speech ends (its own barge-in hold, which this protocol decides when to use)."""
+
+
+@dataclass(frozen=True)
+class SetPrompt:
     """Give the model a new role / voice prompt (models that take prompts); its context starts over."""
 
     instructions: str | None
@@ -41,11 +52,41 @@ class SetPrompt(Action):
 
 
 @dataclass(frozen=True)
-class ConfigureInput(Action):
+class CheckImage:
+    """Check the image of an item (off the event loop) and show it to the model; the adapter tells
+    the state machine how it went (`image_accepted` / `image_refused`) with this action."""
+
+    event: Any  # the ItemCreate
+    item_id: str
+
+    @property
+    def image_url(self) -> str:
+        return self.event.item.part(InputImagePart)[1].image_url
+
+
+@dataclass(frozen=True)
+class RemoveImage:
+    """The model sees no image from its next step."""
+
+
+@dataclass(frozen=True)
+class ConfigureInput:
     """VAD settings (None: no turn detection, VAD still runs for captions) and whether captions run."""
 
     turn_detection: TurnDetection | None
     captions: bool
+
+
+RealtimeOutput = (
+    SendEvent
+    | PushAudio
+    | SetSilenced
+    | HoldUntilUserStops
+    | SetPrompt
+    | CheckImage
+    | RemoveImage
+    | ConfigureInput
+)
 
 
 # -- conversation records -------------------------------------------------------------------------
@@ -62,6 +103,8 @@ class Item:
     frames: int = 0  # assistant items: 80 ms frames of audio sent
     pieces: list[tuple[int, str]] = field(default_factory=list)  # assistant: (frame index, text piece)
     audio_end_ms: int | None = None  # set by a truncate
+    audio: bool = True  # user items: holds audio the model heard
+    image: bool = False  # user items: holds an image (never echoed back)
 
     @property
     def audio_ms(self) -> int:
@@ -73,7 +116,9 @@ class Item:
 
     def to_json(self) -> dict[str, Any]:
         if self.role == "user":
-            content = [{"type": "input_audio", "transcript": self.transcript}]
+            content = [{"type": "input_audio", "transcript": self.transcript}] if self.audio else []
+            if self.image:
+                content.append({"type": "input_image"})
         else:
             content = [{"type": "output_audio", "transcript": self.text}] if self.frames else []
         return {
@@ -132,3 +177,39 @@ class Response:
             "audio": {"output": {"format": dict(PCM_FORMAT), "voice": voice}},
             "usage": usage,
         }
+
+
+def session_json(
+    session_id: str,
+    model: str,
+    instructions: str,
+    max_output_tokens: int | None,
+    turn_detection: TurnDetection | None,
+    transcription: dict | None,
+    voice: str,
+) -> dict[str, Any]:
+    """The `session` object of session.created/updated."""
+    return {
+        "type": "realtime",
+        "object": "realtime.session",
+        "id": session_id,
+        "model": model,
+        "output_modalities": ["audio"],
+        "instructions": instructions,
+        "tools": [],
+        "tool_choice": "auto",
+        "max_output_tokens": "inf" if max_output_tokens is None else max_output_tokens,
+        "tracing": None,
+        "truncation": "disabled",
+        "prompt": None,
+        "include": None,
+        "audio": {
+            "input": {
+                "format": dict(PCM_FORMAT),
+                "transcription": transcription,
+                "noise_reduction": None,
+                "turn_detection": turn_detection.to_json() if turn_detection else None,
+            },
+            "output": {"format": dict(PCM_FORMAT), "voice": voice, "speed": 1.0},
+        },
+    }

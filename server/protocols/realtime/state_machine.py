@@ -3,11 +3,11 @@
 - `parse_client_event(text)` (server/protocols/realtime/client_events.py) turns one JSON text frame into a
   typed client event, or raises `RealtimeError` (code, message, param, event_id) that becomes an
   `error` server event.
-- `RealtimeConversation` is the response/item state machine. It is fed client events and what the
-  core reports (user speech started/stopped on the input timeline, one output frame of assistant
-  audio with its speaking flag, text pieces, user captions) and returns, in order, server events
-  (plain dicts, ready for `json.dumps`) and `Action`s (server/protocols/realtime/records.py) for the adapter
-  to carry out on the session (push audio, force silence, reconfigure VAD and captions).
+- `RealtimeConversation` is the response/item state machine. It is fed client messages (`receive`)
+  and the conversation core's events in the core's order (`conversation_event`), and returns, in
+  order, `RealtimeOutput`s (server/protocols/realtime/records.py) for the adapter to carry out
+  after the call: server events to send, actions on the conversation (push audio, hold the
+  assistant, reconfigure VAD and captions, a new prompt, an image to check or to remove).
 
 How a full-duplex model maps onto turns (docs/realtime.md says it for users):
 - The model hears every appended sample as it arrives; commit/clear only shape conversation items.
@@ -18,9 +18,9 @@ How a full-duplex model maps onto turns (docs/realtime.md says it for users):
 - `create_response: false` or `turn_detection: null`: the engine is held silent except while a
   response the client asked for (`response.create`) is open.
 - `interrupt_response`: the core's barge-in (user speech over the assistant's, detected once, in
-  the core) cancels the open response, drops the rest of its stretch, and holds the engine silent
-  until the user's speech stops; a user turn that starts before a requested response has begun
-  cancels that response.
+  the core) cancels the open response and drops the rest of its stretch, and the core holds the
+  engine silent until the user's speech stops (its own barge-in hold, asked for here); a user turn
+  that starts before a requested response has begun cancels that response the same way.
 - `response.cancel` and `max_output_tokens` (1 token = one 80 ms frame) cut the stretch and keep the
   engine silent until the user's next turn (or the next `response.create`).
 """
@@ -30,18 +30,32 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from audio.frames import FRAME_MS, SAMPLE_RATE_HZ
+from assistant.conversation import (
+    AssistantSpeechStarted,
+    AssistantSpeechStopped,
+    AssistantText,
+    AudioOut,
+    BargeIn,
+    ConversationEvent,
+    Error,
+    InputSpeechStarted,
+    InputSpeechStopped,
+    SessionEnded,
+    UserTranscript,
+    UserTranscriptDelta,
+)
+from audio.frames import FRAME_MS
 from server.protocols.realtime.client_events import (
     BYTES_PER_MS,
-    MAX_AUDIO_BACKLOG_MS,
     MIN_COMMIT_MS,
     NO_CAPTIONS,
-    PCM_FORMAT,
     AudioAppend,
     AudioClear,
     AudioCommit,
     ClientEvent,
+    InputImagePart,
     ItemCreate,
+    ItemDelete,
     ItemRetrieve,
     ItemTruncate,
     RealtimeError,
@@ -52,32 +66,24 @@ from server.protocols.realtime.client_events import (
     parse_client_event,
     warning,
 )
+from server.protocols.realtime.client_items import ClientItems
 from server.protocols.realtime.prompt import prompt_update
 from server.protocols.realtime.records import (
     ConfigureInput,
+    HoldUntilUserStops,
     Item,
     PushAudio,
+    RealtimeOutput,
     Response,
+    SendEvent,
     SetPrompt,
     SetSilenced,
+    session_json,
 )
 
-__all__ = [
-    "BYTES_PER_MS",
-    "FRAME_MS",
-    "SAMPLE_RATE_HZ",
-    "ConfigureInput",
-    "PushAudio",
-    "RealtimeConversation",
-    "RealtimeError",
-    "SetPrompt",
-    "SetSilenced",
-    "TurnDetection",
-]
 
-
-class RealtimeConversation:
-    """One `/v1/realtime` conversation. Every method returns a list of server events (dicts) and Actions."""
+class RealtimeConversation(ClientItems):
+    """One `/v1/realtime` conversation. Every method returns the `RealtimeOutput`s it caused, in order."""
 
     def __init__(
         self,
@@ -123,7 +129,6 @@ class RealtimeConversation:
         self._speech_from_frame = 0  # output frame at which the user's current speech began
         self._speech_item_id: str | None = None  # id announced in speech_started
         self._speech_committed = False  # the current speech was committed by the client already
-        self._barge_in_mute = False  # interrupt_response: hold the engine until the user stops
         self._muted_until_user_turn = False  # after response.cancel / max_output_tokens
         self._drop_stretch = False  # ignore the rest of a cut stretch of speech
         self._in_stretch = False  # the core reports a stretch of assistant speech in progress
@@ -132,6 +137,8 @@ class RealtimeConversation:
         self._suppress_vad_turn = False
         # Set by the adapter before each client event: user audio queued behind item audio, not yet heard.
         self.audio_backlog_ms = 0.0
+        self.image_item_id: str | None = None  # the item whose image the model sees
+        self.pending_image_ids: set[str] = set()  # items whose image is being checked
 
     # -- ids and events ------------------------------------------------------------------------
     def _new_id(self, kind: str) -> str:
@@ -141,55 +148,33 @@ class RealtimeConversation:
     def event(self, type_: str, **fields: Any) -> dict[str, Any]:
         return {"type": type_, "event_id": self._new_id("event"), **fields}
 
+    def send(self, type_: str, **fields: Any) -> SendEvent:
+        return SendEvent(self.event(type_, **fields))
+
     def error(self, err: RealtimeError) -> dict[str, Any]:
         return self.event("error", error=err.body())
 
     def session_json(self) -> dict[str, Any]:
-        td = self.turn_detection.to_json() if self.turn_detection else None
-        return {
-            "type": "realtime",
-            "object": "realtime.session",
-            "id": self.session_id,
-            "model": self.model,
-            "output_modalities": ["audio"],
-            "instructions": self.instructions,
-            "tools": [],
-            "tool_choice": "auto",
-            "max_output_tokens": "inf" if self.max_output_tokens is None else self.max_output_tokens,
-            "tracing": None,
-            "truncation": "disabled",
-            "prompt": None,
-            "include": None,
-            "audio": {
-                "input": {
-                    "format": dict(PCM_FORMAT),
-                    "transcription": self.transcription,
-                    "noise_reduction": None,
-                    "turn_detection": td,
-                },
-                "output": {"format": dict(PCM_FORMAT), "voice": self.voice, "speed": 1.0},
-            },
-        }
+        settings = (self.instructions, self.max_output_tokens, self.turn_detection, self.transcription)
+        return session_json(self.session_id, self.model, *settings, self.voice)
 
     # -- start ---------------------------------------------------------------------------------
-    def start(self) -> list:
-        out: list = [self.event("session.created", session=self.session_json())]
-        out.append(self._configure())
-        out += self._sync_silence()
-        return out
+    def start(self) -> list[RealtimeOutput]:
+        created = self.send("session.created", session=self.session_json())
+        return [created, self._configure(), *self._sync_silence()]
 
     def _configure(self) -> ConfigureInput:
         return ConfigureInput(self.turn_detection, self.transcription is not None)
 
     # -- client events -------------------------------------------------------------------------
-    def receive(self, data: str | bytes) -> list:
+    def receive(self, data: str | bytes) -> list[RealtimeOutput]:
         """One raw websocket message in; events and actions out (an `error` event if it was refused)."""
         try:
             return self.handle(parse_client_event(data))
         except RealtimeError as err:
-            return [self.error(err)]
+            return [SendEvent(self.error(err))]
 
-    def handle(self, ev: ClientEvent) -> list:
+    def handle(self, ev: ClientEvent) -> list[RealtimeOutput]:
         if isinstance(ev, SessionUpdate):
             return self._session_update(ev)
         if isinstance(ev, AudioAppend):
@@ -201,9 +186,11 @@ class RealtimeConversation:
             self.buffer_start_ms = self.input_ms
             if self._user_speaking:
                 self._speech_committed = True  # the cleared speech does not become an item
-            return [self.event("input_audio_buffer.cleared")]
+            return [self.send("input_audio_buffer.cleared")]
         if isinstance(ev, ItemCreate):
-            return self._item_create(ev)
+            return self._image_item_create(ev) if ev.item.part(InputImagePart)[1] else self._item_create(ev)
+        if isinstance(ev, ItemDelete):
+            return self._item_delete(ev)
         if isinstance(ev, ItemTruncate):
             return self._truncate(ev)
         if isinstance(ev, ItemRetrieve):
@@ -214,8 +201,8 @@ class RealtimeConversation:
             return self._response_cancel(ev)
         raise TypeError(f"not a client event: {ev!r}")
 
-    def _session_update(self, ev: SessionUpdate) -> list:
-        out: list = []
+    def _session_update(self, ev: SessionUpdate) -> list[RealtimeOutput]:
+        out: list[RealtimeOutput] = []
         session, audio_in = ev.session, ev.session.audio.input
         warnings = session.warnings()
         prompt = prompt_update(
@@ -239,7 +226,7 @@ class RealtimeConversation:
             )
             reconfigure = True
             # The session restarts its VAD from silence on a new configuration: so does the turn state here.
-            self._user_speaking = self._barge_in_mute = self._suppress_vad_turn = False
+            self._user_speaking = self._suppress_vad_turn = False
         if "transcription" in audio_in.model_fields_set:
             tr = audio_in.transcription
             if tr is None or self.captions_model is not None:
@@ -251,13 +238,14 @@ class RealtimeConversation:
             self.max_output_tokens = session.max_output_tokens
         if reconfigure:
             out.append(self._configure())
-        updated = self.event("session.updated", session=self.session_json())
-        if warnings:
-            updated["warnings"] = warnings
-        out.append(updated)
+        out.append(
+            self.send(
+                "session.updated", session=self.session_json(), **({"warnings": warnings} if warnings else {})
+            )
+        )
         return out + self._sync_silence()
 
-    def _commit(self, ev: AudioCommit) -> list:
+    def _commit(self, ev: AudioCommit) -> list[RealtimeOutput]:
         buffered = self.input_ms - self.buffer_start_ms
         if buffered < MIN_COMMIT_MS:
             raise RealtimeError(
@@ -279,54 +267,21 @@ class RealtimeConversation:
         end_ms: float,
         transcript: str | None = None,
         committed: bool = True,
-    ) -> list:
+        image: bool = False,
+    ) -> list[RealtimeOutput]:
         previous = self.order[-1] if self.order else None
-        item = Item(item_id, "user", start_ms=start_ms, end_ms=end_ms, transcript=transcript)
+        item = Item(item_id, "user", start_ms=start_ms, end_ms=end_ms, transcript=transcript, image=image)
         self.items[item_id] = item
         self.order.append(item_id)
         self.buffer_start_ms = max(self.buffer_start_ms, end_ms)
         out = []
         if committed:
-            out.append(self.event("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous))
-        out.append(self.event("conversation.item.added", previous_item_id=previous, item=item.to_json()))
-        out.append(self.event("conversation.item.done", previous_item_id=previous, item=item.to_json()))
+            out.append(self.send("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous))
+        out.append(self.send("conversation.item.added", previous_item_id=previous, item=item.to_json()))
+        out.append(self.send("conversation.item.done", previous_item_id=previous, item=item.to_json()))
         return out
 
-    def _item_create(self, ev: ItemCreate) -> list:
-        if ev.item.id is not None and ev.item.id in self.items:
-            raise RealtimeError(
-                "invalid_value", f"item.id {ev.item.id!r} already exists", "item.id", ev.event_id
-            )
-        last = self.order[-1] if self.order else None
-        appending = ev.previous_item_id in (None, last) or (ev.previous_item_id == "root" and not self.order)
-        if not appending:
-            raise RealtimeError(
-                "unsupported_feature",
-                "items can only be appended at the end of the conversation "
-                "(previous_item_id must be the last item or omitted)",
-                "previous_item_id",
-                ev.event_id,
-            )
-        part = ev.item.content[0]
-        item_ms = len(part.audio) / BYTES_PER_MS
-        if self.audio_backlog_ms + item_ms > MAX_AUDIO_BACKLOG_MS:
-            raise RealtimeError(
-                "input_audio_backlog_full",
-                f"{self.audio_backlog_ms / 1000:.1f} s of audio are still waiting to be heard (item audio is "
-                f"fed at real-time speed) and this item adds {item_ms / 1000:.1f} s; at most "
-                f"{MAX_AUDIO_BACKLOG_MS / 1000:g} s may wait: send it once the model has heard more",
-                "item.content[0].audio",
-                ev.event_id,
-            )
-        start = self.input_ms
-        self.input_ms += item_ms
-        self._injected.append((start, self.input_ms))
-        out: list = [PushAudio(part.audio, paced=True)]
-        return out + self._add_user_item(
-            ev.item.id or self._new_id("item"), start, self.input_ms, part.transcript, committed=False
-        )
-
-    def _truncate(self, ev: ItemTruncate) -> list:
+    def _truncate(self, ev: ItemTruncate) -> list[RealtimeOutput]:
         item = self.items.get(ev.item_id)
         if item is None:
             raise RealtimeError(
@@ -345,18 +300,18 @@ class RealtimeConversation:
         # Audio goes out in real time, so a client's playback clock can name more than was sent (Pipecat
         # counts wall time from the first delta): the listener heard all of it.
         end_ms = min(ev.audio_end_ms, item.audio_ms)
-        out: list = []
+        out: list[RealtimeOutput] = []
         if self.response is not None and self.response.item is item:
             # The listener stopped hearing it: generating more of it makes no sense.
             out += self._finish("cancelled", "client_cancelled")
         item.audio_end_ms = end_ms
         item.pieces = [(i, p) for i, p in item.pieces if i * FRAME_MS < end_ms]
         out.append(
-            self.event("conversation.item.truncated", item_id=item.id, content_index=0, audio_end_ms=end_ms)
+            self.send("conversation.item.truncated", item_id=item.id, content_index=0, audio_end_ms=end_ms)
         )
         return out + self._sync_silence()
 
-    def _retrieve(self, ev: ItemRetrieve) -> list:
+    def _retrieve(self, ev: ItemRetrieve) -> list[RealtimeOutput]:
         """The item as the server holds it: id, role, status, transcripts (its audio is not kept)."""
         item = self.items.get(ev.item_id)
         if item is None:
@@ -366,9 +321,9 @@ class RealtimeConversation:
                 "item_id",
                 ev.event_id,
             )
-        return [self.event("conversation.item.retrieved", item=item.to_json())]
+        return [self.send("conversation.item.retrieved", item=item.to_json())]
 
-    def _response_create(self, ev: ResponseCreate) -> list:
+    def _response_create(self, ev: ResponseCreate) -> list[RealtimeOutput]:
         if self.response is not None:
             raise RealtimeError(
                 "conversation_already_has_active_response",
@@ -384,7 +339,7 @@ class RealtimeConversation:
         )
         return out + self._sync_silence()
 
-    def _response_cancel(self, ev: ResponseCancel) -> list:
+    def _response_cancel(self, ev: ResponseCancel) -> list[RealtimeOutput]:
         r = self.response
         if r is None or (ev.response_id is not None and ev.response_id != r.id):
             # OpenAI's wording: clients (LiveKit) ignore this race with a barge-in by its message.
@@ -405,17 +360,17 @@ class RealtimeConversation:
         metadata: dict | None = None,
         max_frames: int | None = None,
         warnings: tuple = (),
-    ) -> list:
+    ) -> list[RealtimeOutput]:
         r = Response(self._new_id("resp"), metadata, max_frames, requested, input_ms_at_start=self.input_ms)
         self.response = r
-        created = self.event(
-            "response.created", response=r.to_json(self.conversation_id, self.input_ms, self.voice)
-        )
-        if warnings:
-            created["warnings"] = list(warnings)
-        return [created]
+        response = r.to_json(self.conversation_id, self.input_ms, self.voice)
+        return [
+            self.send(
+                "response.created", response=response, **({"warnings": list(warnings)} if warnings else {})
+            )
+        ]
 
-    def _open_item(self, r: Response) -> list:
+    def _open_item(self, r: Response) -> list[RealtimeOutput]:
         previous = self.order[-1] if self.order else None
         item = Item(self._new_id("item"), "assistant", status="in_progress")
         r.item = item
@@ -424,9 +379,9 @@ class RealtimeConversation:
         self.order.append(item.id)
         added = item.to_json()
         return [
-            self.event("response.output_item.added", response_id=r.id, output_index=0, item=added),
-            self.event("conversation.item.added", previous_item_id=previous, item=added),
-            self.event(
+            self.send("response.output_item.added", response_id=r.id, output_index=0, item=added),
+            self.send("conversation.item.added", previous_item_id=previous, item=added),
+            self.send(
                 "response.content_part.added",
                 response_id=r.id,
                 item_id=item.id,
@@ -436,7 +391,7 @@ class RealtimeConversation:
             ),
         ]
 
-    def _finish(self, status: str, reason: str | None = None) -> list:
+    def _finish(self, status: str, reason: str | None = None) -> list[RealtimeOutput]:
         """Close the open response with `status`; a cut (not completed) stretch is dropped from here on."""
         r = self.response
         assert r is not None
@@ -445,26 +400,24 @@ class RealtimeConversation:
         r.status_details = (
             None if status == "completed" else {"type": status, "reason": reason, "error": None}
         )
-        out: list = []
+        out: list[RealtimeOutput] = []
         if r.item is not None:
             item = r.item
             item.status = "completed" if status == "completed" else "incomplete"
             ids = {"response_id": r.id, "item_id": item.id, "output_index": 0, "content_index": 0}
             out += [
-                self.event("response.output_audio.done", **ids),
-                self.event("response.output_audio_transcript.done", **ids, transcript=item.text),
-                self.event(
+                self.send("response.output_audio.done", **ids),
+                self.send("response.output_audio_transcript.done", **ids, transcript=item.text),
+                self.send(
                     "response.content_part.done", **ids, part={"type": "audio", "transcript": item.text}
                 ),
-                self.event(
-                    "response.output_item.done", response_id=r.id, output_index=0, item=item.to_json()
-                ),
-                self.event(
+                self.send("response.output_item.done", response_id=r.id, output_index=0, item=item.to_json()),
+                self.send(
                     "conversation.item.done", previous_item_id=self._previous_of(item.id), item=item.to_json()
                 ),
             ]
         out.append(
-            self.event("response.done", response=r.to_json(self.conversation_id, self.input_ms, self.voice))
+            self.send("response.done", response=r.to_json(self.conversation_id, self.input_ms, self.voice))
         )
         if status != "completed" and r.item is not None and self._in_stretch:
             self._drop_stretch = True
@@ -480,23 +433,52 @@ class RealtimeConversation:
         return self.turn_detection is not None and self.turn_detection.create_response
 
     def _wanted_silence(self) -> bool:
-        if self._barge_in_mute:
-            return True
+        """The session's turn control: the engine held unless a response has (or may take) the floor."""
         if self.response is not None and self.response.requested:
             return False  # the client gave the model the floor
         if self._muted_until_user_turn:
             return True
         return self.response is None and not self._auto_responses()
 
-    def _sync_silence(self) -> list:
+    def _sync_silence(self) -> list[RealtimeOutput]:
         silent = self._wanted_silence()
         if silent == self._silenced:
             return []
         self._silenced = silent
         return [SetSilenced(silent)]
 
-    # -- what the session core reports ---------------------------------------------------------
-    def user_speech_started(self, at_ms: float) -> list:
+    # -- what the conversation core reports ----------------------------------------------------
+    def conversation_event(self, event: ConversationEvent) -> list[RealtimeOutput]:
+        """One event the conversation returned, in the order it returned them."""
+        if isinstance(event, AudioOut):
+            return self._output_audio(event.pcm16, event.speaking)
+        if isinstance(event, AssistantText):
+            return self._output_text(event.text)
+        if isinstance(event, AssistantSpeechStarted):
+            self._in_stretch = True  # comes before that frame's audio
+            return []
+        if isinstance(event, AssistantSpeechStopped):
+            return self._assistant_stopped()
+        if isinstance(event, BargeIn):
+            return self._barge_in()
+        if isinstance(event, InputSpeechStarted):
+            return self._user_speech_started(event.at_ms)
+        if isinstance(event, InputSpeechStopped):
+            return self._user_speech_stopped(event.at_ms)
+        if isinstance(event, UserTranscriptDelta):
+            return self._user_transcript_delta(event.text, event.start_ms)
+        if isinstance(event, UserTranscript):
+            return self._user_transcript(event.text, event.start_ms, event.end_ms)
+        if isinstance(event, Error):
+            return [
+                SendEvent(self.error(RealtimeError(event.code, event.message, error_type="server_error")))
+            ]
+        if isinstance(event, SessionEnded) and event.reason not in ("client_disconnected", "client_ended"):
+            code = "session_expired" if event.reason.startswith("max_duration") else "session_ended"
+            return [SendEvent(self.error(RealtimeError(code, f"the session is over: {event.reason}")))]
+        return []  # no counterpart: speech_started and response.done tell the client to stop playback
+
+    def _user_speech_started(self, at_ms: float) -> list[RealtimeOutput]:
         """Server VAD: user speech began at `at_ms` on the input timeline."""
         if self.turn_detection is None:
             return []
@@ -508,8 +490,8 @@ class RealtimeConversation:
         self._speech_item_id = self._new_id("item")
         self._speech_from_frame = self.frames_out
         self._muted_until_user_turn = False
-        out: list = [
-            self.event(
+        out: list[RealtimeOutput] = [
+            self.send(
                 "input_audio_buffer.speech_started", audio_start_ms=int(at_ms), item_id=self._speech_item_id
             )
         ]
@@ -517,10 +499,10 @@ class RealtimeConversation:
         if r is not None and r.item is None and self.turn_detection.interrupt_response:
             # A response the model has not started yet gives way to the user's turn.
             out += self._finish("cancelled", "turn_detected")
-            self._barge_in_mute = True
+            out.append(HoldUntilUserStops())
         return out + self._sync_silence()
 
-    def barge_in(self, at_ms: float) -> list:
+    def _barge_in(self) -> list[RealtimeOutput]:
         """The core detected the user talking over the assistant (its one barge-in detector)."""
         td = self.turn_detection
         r = self.response
@@ -531,15 +513,9 @@ class RealtimeConversation:
             # only speech that starts over the response interrupts it, as in the Realtime API.
             return []
         out = self._finish("cancelled", "turn_detected")
-        self._barge_in_mute = self._user_speaking  # hold the engine until the user stops
-        return out + self._sync_silence()
+        return out + [HoldUntilUserStops()] + self._sync_silence()
 
-    def assistant_started(self) -> list:
-        """The core saw a stretch of assistant speech begin (comes before that frame's audio)."""
-        self._in_stretch = True
-        return []
-
-    def assistant_stopped(self) -> list:
+    def _assistant_stopped(self) -> list[RealtimeOutput]:
         """The core saw the stretch end, after its hangover of quiet frames (before that frame's audio)."""
         self._in_stretch = False
         if self._drop_stretch:
@@ -550,7 +526,7 @@ class RealtimeConversation:
             return []
         return self._finish("completed") + self._sync_silence()
 
-    def user_speech_stopped(self, at_ms: float) -> list:
+    def _user_speech_stopped(self, at_ms: float) -> list[RealtimeOutput]:
         if self.turn_detection is None:
             return []
         if self._suppress_vad_turn:
@@ -559,16 +535,15 @@ class RealtimeConversation:
         if not self._user_speaking:
             return []
         self._user_speaking = False
-        self._barge_in_mute = False
         item_id = self._speech_item_id or self._new_id("item")
-        out: list = [
-            self.event("input_audio_buffer.speech_stopped", audio_end_ms=int(at_ms), item_id=item_id)
+        out: list[RealtimeOutput] = [
+            self.send("input_audio_buffer.speech_stopped", audio_end_ms=int(at_ms), item_id=item_id)
         ]
         if not self._speech_committed:
             out += self._add_user_item(item_id, self.buffer_start_ms, max(at_ms, self.buffer_start_ms))
         return out + self._sync_silence()
 
-    def user_transcript_delta(self, text: str, start_ms: float) -> list:
+    def _user_transcript_delta(self, text: str, start_ms: float) -> list[RealtimeOutput]:
         """New words of the user's utterance that began at `start_ms` (with its prefix padding), as the
         caption of its item: the one the current speech will become (announced in speech_started), or
         the committed one it became."""
@@ -582,7 +557,7 @@ class RealtimeConversation:
         else:
             return []
         return [
-            self.event(
+            self.send(
                 "conversation.item.input_audio_transcription.delta",
                 item_id=item_id,
                 content_index=0,
@@ -600,7 +575,7 @@ class RealtimeConversation:
                     best, best_overlap = item, overlap
         return best
 
-    def user_transcript(self, text: str, start_ms: float, end_ms: float) -> list:
+    def _user_transcript(self, text: str, start_ms: float, end_ms: float) -> list[RealtimeOutput]:
         """A caption of a finished user utterance; attached to the user item it overlaps most."""
         if self.transcription is None:
             return []
@@ -609,7 +584,7 @@ class RealtimeConversation:
             return []
         best.transcript = text
         return [
-            self.event(
+            self.send(
                 "conversation.item.input_audio_transcription.completed",
                 item_id=best.id,
                 content_index=0,
@@ -618,7 +593,7 @@ class RealtimeConversation:
             )
         ]
 
-    def output_audio(self, pcm16: bytes, speaking: bool) -> list:
+    def _output_audio(self, pcm16: bytes, speaking: bool) -> list[RealtimeOutput]:
         """One 80 ms frame of the engine's output (silence included) and its voice-activity flag."""
         self.frames_out += 1
         if self._drop_stretch:
@@ -631,8 +606,8 @@ class RealtimeConversation:
             return out + self._frame_in_response(self.response, pcm16, speaking)
         return self._frame_in_response(r, pcm16, speaking)
 
-    def _frame_in_response(self, r: Response, pcm16: bytes, speaking: bool) -> list:
-        out: list = []
+    def _frame_in_response(self, r: Response, pcm16: bytes, speaking: bool) -> list[RealtimeOutput]:
+        out: list[RealtimeOutput] = []
         if r.item is None:
             if not speaking:
                 r.waited_frames += 1
@@ -658,21 +633,21 @@ class RealtimeConversation:
             out += self._sync_silence()
         return out
 
-    def _send_frame(self, r: Response, pcm16: bytes, text: str) -> list:
+    def _send_frame(self, r: Response, pcm16: bytes, text: str) -> list[RealtimeOutput]:
         item = r.item
         ids = {"response_id": r.id, "item_id": item.id, "output_index": 0, "content_index": 0}
-        out: list = []
+        out: list[RealtimeOutput] = []
         if pcm16:
             item.frames += 1
             out.append(
-                self.event("response.output_audio.delta", **ids, delta=base64.b64encode(pcm16).decode())
+                self.send("response.output_audio.delta", **ids, delta=base64.b64encode(pcm16).decode())
             )
         if text:
             item.pieces.append((max(0, item.frames - 1), text))
-            out.append(self.event("response.output_audio_transcript.delta", **ids, delta=text))
+            out.append(self.send("response.output_audio_transcript.delta", **ids, delta=text))
         return out
 
-    def output_text(self, text: str) -> list:
+    def _output_text(self, text: str) -> list[RealtimeOutput]:
         """A piece of the model's own text, produced with the last output frame."""
         if not text or self._drop_stretch:
             return []
