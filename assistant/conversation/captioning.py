@@ -113,7 +113,7 @@ class UtteranceCaptions:
             return []  # an interim overtaken by the end of the turn
         agreed = []
         for a, b in zip(u.hypothesis, words[:-1], strict=False):
-            if a != b:
+            if _plain(a) != _plain(b):  # "there" then "there,": the same word, read on
                 break
             agreed.append(b)
         u.hypothesis = words
@@ -138,3 +138,8 @@ class UtteranceCaptions:
         u = self._finishing.get(job.utterance)
         end = u.stopped_end if u is not None and u.stopped_end is not None else job.voiced_end
         return job.start, end
+
+
+def _plain(word: str) -> str:
+    """A word as two readings are compared: without case or the punctuation around it."""
+    return word.strip(".,!?;:\"'-").lower()
