@@ -200,9 +200,13 @@ class Connection:
         self.internal_errors = 0  # messages in a row the server failed to handle
         self.closing: asyncio.Task | None = None
         # Set when the conversation is announced (SessionReady, from the frame loop) or the connection
-        # closes: until then the client's messages wait unread, so none is handled before the answer
+        # closes: until then the client's messages wait unhandled, so none is handled before the answer
         # that announces its session, and its first audio is the first the model hears.
         self.announced = asyncio.Event()
+        # Read ahead while the announcement is awaited (handled after it, in order): a client that
+        # leaves meanwhile is seen at once, and its slot is free for the next one.
+        self.early: collections.deque[str | bytes] = collections.deque()
+        self.reading: asyncio.Future | None = None  # a read under way, its message the next one
 
     def open_session(self, sample_rate_hz: int, options: ConversationOptions) -> Conversation | None:
         """Take an engine slot and open the conversation in it (the adapter starts it). None when the
@@ -280,6 +284,11 @@ class Connection:
 
     async def next_message(self) -> str | bytes | None:
         """The next client message; None ends the connection (after it was closed)."""
+        if self.early:
+            return self.early.popleft()
+        if self.reading is not None:
+            reading, self.reading = self.reading, None
+            return await reading
         if self.session is not None:
             return await self.ws.recv()
         # Until the client starts its session the start timeout bounds how long it stays, whatever it sends.
@@ -385,11 +394,27 @@ class Connection:
             return
         self.internal_errors = 0
 
+    async def wait_for_announcement(self) -> None:
+        """Until the conversation is announced, read what the client sends into `early` (up to about
+        a message's size limit), so a client that leaves meanwhile ends the connection at once."""
+        announced = asyncio.ensure_future(self.announced.wait())
+        try:
+            while not announced.done() and sum(map(len, self.early)) < MAX_MESSAGE_BYTES:
+                if self.reading is None:
+                    self.reading = asyncio.ensure_future(self.ws.recv())
+                await asyncio.wait({announced, self.reading}, return_when=asyncio.FIRST_COMPLETED)
+                if self.reading.done():
+                    reading, self.reading = self.reading, None
+                    self.early.append(reading.result())  # TransportClosed: the client left
+            await announced
+        finally:
+            announced.cancel()
+
     async def run(self) -> None:
         try:
             while self.closing is None:
                 if self.session is not None and not self.announced.is_set():
-                    await self.announced.wait()
+                    await self.wait_for_announcement()
                     continue
                 message = await self.next_message()
                 if message is None:
@@ -404,6 +429,8 @@ class Connection:
             log.exception("%s connection failed", self.protocol_name)
             self.close(CLOSE_INTERNAL_ERROR, "internal server error", flush=False)
         finally:
+            if self.reading is not None:
+                self.reading.cancel()
             if self.session is not None:
                 self.apply_events(self.session.end("client_disconnected"))
                 self.ctx.forget(self.session)

@@ -127,3 +127,17 @@ async def test_the_per_client_cap_can_be_turned_off_for_a_trusted_proxy():
         finally:
             for ws in held:
                 await ws.close()
+
+
+async def test_a_client_that_leaves_before_its_session_is_announced_frees_its_slot_at_once():
+    """The announcement waits for the next tick; a client gone meanwhile must not hold its slot
+    until then, or the next user finds a one-slot server full (churn refused 212 of 500 this way)."""
+    with start_server("--max-sessions", "1") as server:
+        for _ in range(5):
+            leaving = await connect(server.ws_url)
+            await leaving.send(json.dumps({"type": "session.start", "sample_rate": 24000}))
+            leaving.transport.abort()
+            await asyncio.sleep(0.02)  # well inside the 80 ms tick that announces the session
+            async with connect(server.ws_url) as ws:
+                ready = await NativeClient(ws).start()
+                assert ready["type"] == "session.ready", ready
