@@ -436,6 +436,7 @@ class Scheduler:
         rows = rows[rows[:, 2] > 0]
 
         def pct(values: np.ndarray) -> dict:
+            values = values[~np.isnan(values)]  # a tick whose sessions had all left ran no step
             if values.size == 0:
                 return {"p50": None, "p99": None, "max": None}
             return {
