@@ -52,6 +52,7 @@ ENDPOINTS = {
 }
 CHANGE_S = 2.4  # where B's noise starts
 FRAME_S = FRAME_SAMPLES / SAMPLE_RATE_HZ
+READY_EVENTS = ("session.ready", "session.created", "session.started")  # /ws, /v1/realtime, /v1/live
 GREEDY_QUERY = "text_temperature=0&audio_temperature=0"
 
 
@@ -130,7 +131,7 @@ def _output_payload(endpoint: str, message: str | bytes) -> bytes | None:
         return message if isinstance(message, bytes) else None
     if endpoint == "chat":
         return message[1:] if isinstance(message, bytes) and message[:1] == b"\x01" else None
-    if isinstance(message, str) and '"output_audio.delta"' in message[:60]:
+    if isinstance(message, str) and 'output_audio.delta"' in message[:60]:
         return json.loads(message)["delta"].encode()
     return None
 
@@ -186,10 +187,7 @@ async def stream_session(
             message = await ws.recv()
             if endpoint == "chat" and message == b"\x00":
                 break
-            if isinstance(message, str) and json.loads(message).get("type") in (
-                "session.ready",
-                "session.created",
-            ):
+            if isinstance(message, str) and json.loads(message).get("type") in READY_EVENTS:
                 break
         t0 = time.monotonic()
         if phase is not None:  # the opening tick, then one frame more (the next chunk is due a chunk later)
