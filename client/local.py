@@ -25,10 +25,11 @@ from assistant.conversation import (
     Event,
     SessionEnded,
 )
+from assistant.images import ImageError
 from assistant.scheduler import Scheduler
 from client.errors import TalkError
 from client.native import ServerEvent, decode_message
-from server.protocols.native.wire import encode_event
+from server.protocols.native.wire import encode_event, image_updated_event
 
 
 class LocalConversation:
@@ -89,6 +90,19 @@ class LocalConversation:
 
     async def send_position(self, played_ms: float) -> None:
         self.conversation.set_played_ms(played_ms)
+
+    async def show_image(self, data: bytes | None) -> None:
+        """Show the model an image file (None: no image), checked in a worker thread; the answer
+        comes as the server's would: session.image.updated once it is queued, or an error."""
+        image = None
+        if data is not None:
+            try:
+                image = await asyncio.get_running_loop().run_in_executor(None, self.slot.check_image, data)
+            except ImageError as exc:
+                self._out.put_nowait(ServerEvent("error", {"code": exc.code, "message": str(exc)}))
+                return
+        self.slot.set_image(image)
+        self._out.put_nowait(decode_message(image_updated_event(image)))
 
     async def _frame_loop(self) -> None:
         try:

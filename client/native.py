@@ -5,6 +5,7 @@ The wire format is handled by pure functions (`start_message`, `event_message`, 
 
     client = await NativeClient.connect("ws://127.0.0.1:8998/ws", sample_rate=48000, barge_in="vad")
     await client.send_audio(pcm)                 # float32 or int16 (n,), any length
+    await client.show_image(image_for_wire(data))   # a vision model sees it (None: no image)
     async for item in client.receive():          # np.ndarray int16 audio or ServerEvent, in order
         ...
     await client.end()                           # session.end, wait for session.ended, close
@@ -17,6 +18,8 @@ and receive PCM at `sample_rate`.
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -37,6 +40,9 @@ from server.protocols.native.client_events import AUDIO_FORMATS, OPTION_FIELDS
 
 # The client speaks the server's own protocol definitions, so the two cannot drift apart.
 SESSION_OPTIONS = tuple(sorted(OPTION_FIELDS))
+IMAGE_SIDE = 448  # the model sees every image squashed to this square
+# The largest image file one session.image message carries (base64: 4 bytes per 3, and the event).
+MAX_WIRE_IMAGE_BYTES = (MAX_MESSAGE_BYTES - 1024) // 4 * 3
 
 
 class ClientError(Exception):
@@ -85,6 +91,29 @@ def start_message(sample_rate: int, *, audio_format: str = "pcm16", **options: A
 def event_message(type_: str, **fields: Any) -> str:
     """Any other client event as JSON text (`playback.position`, `session.update`, `session.end`)."""
     return json.dumps({"type": type_, **fields})
+
+
+def image_message(data: bytes | None) -> str:
+    """The `session.image` event showing the model the image file `data` (None: no image)."""
+    return event_message("session.image", data=None if data is None else base64.b64encode(data).decode())
+
+
+def image_for_wire(data: bytes) -> bytes:
+    """An image file as `session.image` sends it: as it is when it fits one message (the server
+    then resizes it exactly as the model's own server does), else squashed to 448 x 448 as the model
+    sees it, as a JPEG. Raises ClientError for a file that is not an image this can read."""
+    if len(data) <= MAX_WIRE_IMAGE_BYTES:
+        return data
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as picture:
+            small = picture.convert("RGB").resize((IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.BICUBIC)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ClientError(f"cannot read the image ({len(data)} bytes): {exc}") from exc
+    out = io.BytesIO()
+    small.save(out, format="JPEG", quality=90)
+    return out.getvalue()
 
 
 def decode_message(message: str | bytes) -> ServerEvent | np.ndarray:
@@ -247,6 +276,11 @@ class NativeClient:
 
     async def update(self, **options: Any) -> None:
         await self._ws.send(event_message("session.update", **check_options(options)))
+
+    async def show_image(self, data: bytes | None) -> None:
+        """Show the model an image file's bytes (see `image_for_wire`), or none; the server answers
+        `session.image.updated` once the model sees it, or an `error`."""
+        await self._ws.send(image_message(data))
 
     async def receive(self) -> AsyncIterator[ServerEvent | np.ndarray]:
         """Yield server audio (int16 (n,)) and events in arrival order until the socket closes."""

@@ -52,7 +52,7 @@ from client.devices import (
 )
 from client.errors import TalkError
 from client.local import build_local
-from client.native import BARGE_IN_POLICIES, ClientError, NativeClient, describe_connect_error
+from client.native import BARGE_IN_POLICIES, ClientError, NativeClient, describe_connect_error, image_for_wire
 from client.playout import PlayoutBuffer
 from client.view import LiveDisplay, PlainDisplay, TalkView, Turn
 
@@ -114,6 +114,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="ask the server for captions of what you say (user.transcript; default on)",
+    )
+    conn.add_argument(
+        "--image",
+        type=Path,
+        metavar="FILE",
+        help="show the assistant this image (JPEG, PNG or WebP) from the start of the call (a vision model "
+        "such as moshika-vis); one too large for a message is sent at 448 x 448, all the model sees",
     )
     conn.add_argument(
         "--audio-format",
@@ -192,6 +199,9 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise TalkError(f"input file {args.input_file} does not exist")
         if not args.output_file.parent.is_dir():
             raise TalkError(f"output folder {args.output_file.parent} does not exist")
+    image = getattr(args, "image", None)
+    if image is not None and not image.is_file():
+        raise TalkError(f"image file {image} does not exist")
     if not (math.isfinite(args.tail_seconds) and 0 <= args.tail_seconds <= 600):
         raise TalkError(f"--tail-seconds must be between 0 and 600, got {args.tail_seconds}")
     if not (math.isfinite(args.block_ms) and 5 <= args.block_ms <= 40):
@@ -260,6 +270,12 @@ async def talk(
         except ClientError as exc:
             raise TalkError(str(exc)) from exc
         title = f"assistant talk - {args.server} session {conv.session_id} - {sound}"
+    if getattr(args, "image", None) is not None:
+        try:
+            await conv.show_image(image_for_wire(args.image.read_bytes()))
+        except (ClientError, OSError) as exc:
+            await conv.end()
+            raise TalkError(f"--image {args.image}: {exc}") from exc
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # From here on Ctrl-C ends the session cleanly (session.end, devices closed, output written).

@@ -123,6 +123,10 @@ class TalkView:
                 self._say(f"-- latency: {self.latency_text()}")
         elif kind == "error":
             self._say(f"-- server error {event.get('code')}: {event.get('message')}")
+        elif kind == "session.image.updated":
+            image = event.get("image")
+            shown = f"a {image['width']} x {image['height']} image" if image else "no image"
+            self._say(f"-- the assistant sees {shown}")
         elif kind == "session.ended":
             self.state = "ended"
             self._finish_turn(reveal_all=True)

@@ -13,6 +13,7 @@ from assistant.conversation import ConversationLimits
 from assistant.engine_args import add_engine_arguments, engine_kwargs
 from audio.vad import VadConfig
 from server import static
+from server.protocols.schema import MAX_TEMPERATURE
 
 DEFAULT_PORT = 8998
 TEST_BACKEND_MAX_SESSIONS = 64
@@ -34,6 +35,8 @@ class ServerConfig:
     barge_in: str = "model"
     instructions: str | None = None  # role prompt of sessions that set none (models that take prompts)
     voice: str | None = None  # voice of sessions that set none
+    temperature: float | None = None  # audio sampling of sessions that set none (None: the backend's)
+    text_temperature: float | None = None  # text sampling, likewise
     device: str | None = None
     dtype: str | None = None
     engine_options: dict[str, Any] = field(default_factory=dict)
@@ -53,6 +56,12 @@ class ServerConfig:
     clock_stats_path: str | None = None  # write frame-clock figures (JSON) here at exit
     captions: str | None = None  # caption model ("auto", a faster-whisper size or dir); None: off
     captions_device: str = "cpu"
+
+
+def _temperature(flag: str, value: float | None) -> float | None:
+    if value is not None and not 0.0 <= value <= MAX_TEMPERATURE:
+        raise ValueError(f"{flag} must be between 0 and {MAX_TEMPERATURE:g}, got {value:g}")
+    return value
 
 
 def default_max_sessions(backend: str, device: str | None = None) -> int:
@@ -145,6 +154,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--voice",
         default=os.environ.get("ASSISTANT_VOICE"),
         help="voice for sessions that set none: a preset of the model (see GET /v1/voices) or a .wav / .pt file",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="audio sampling temperature of sessions that set none (moshi backend; default 0.8); 0 = greedy,"
+        " for text too unless --text-temperature is given",
+    )
+    parser.add_argument(
+        "--text-temperature",
+        type=float,
+        default=None,
+        help="text sampling temperature of sessions that set none (default 0.7)",
     )
     parser.add_argument(
         "--vad", choices=("webrtc", "silero"), default="webrtc", help="VAD for turn-taking (default: webrtc)"
@@ -310,6 +332,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         barge_in=args.barge_in,
         instructions=args.instructions or None,
         voice=args.voice or None,
+        temperature=_temperature("--temperature", args.temperature),
+        text_temperature=_temperature(
+            "--text-temperature",
+            0.0 if args.text_temperature is None and args.temperature == 0 else args.text_temperature,
+        ),
         device=args.device,
         dtype=engine.get("dtype"),
         engine_options=engine_options,

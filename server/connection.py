@@ -30,7 +30,9 @@ from server.protocols.limits import (
     CLOSE_NORMAL,
     CLOSE_POLICY,
     CLOSE_TRY_AGAIN_LATER,
+    MAX_MESSAGE_BYTES,
     RateLimiter,
+    message_bytes,
 )
 
 log = logging.getLogger("assistant.server")
@@ -234,6 +236,17 @@ class Connection:
         """The protocol's error message for the client (server_side: our failure, not theirs)."""
         raise NotImplementedError
 
+    def max_message_bytes(self, message: str | bytes) -> int:
+        """The largest `message` of its kind this protocol reads (a binary image may be larger)."""
+        return MAX_MESSAGE_BYTES
+
+    def refuse_oversized(self, message: str | bytes, size: int) -> None:
+        """Tell the client a message was too large to read; it is dropped, the session goes on."""
+        self.send_error(
+            "message_too_large",
+            f"a message of {size} bytes was dropped unread; at most {MAX_MESSAGE_BYTES} are accepted",
+        )
+
     async def next_message(self) -> str | bytes | None:
         """The next client message; None ends the connection (after it was closed)."""
         if self.session is not None:
@@ -316,8 +329,12 @@ class Connection:
         return False
 
     def receive(self, message: str | bytes) -> None:
-        """One client message: rate limit, then the protocol; a bug costs this message only."""
+        """One client message: rate limit, size, then the protocol; a bug costs this message only."""
         if not self.allow_message():
+            return
+        size = message_bytes(message)
+        if size > self.max_message_bytes(message):
+            self.refuse_oversized(message, size)
             return
         try:
             self.handle_message(message)

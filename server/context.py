@@ -109,8 +109,13 @@ class ServerContext:
 
     def default_options(self) -> ConversationOptions:
         """What a session starts with before the client's own options: the server's flags."""
+        config = self.config
         return ConversationOptions(
-            barge_in=self.config.barge_in, instructions=self.config.instructions, voice=self.config.voice
+            barge_in=config.barge_in,
+            instructions=config.instructions,
+            voice=config.voice,
+            temperature=config.temperature,
+            text_temperature=config.text_temperature,
         )
 
     def check_prompt(self, instructions: str | None, voice: str | None) -> None:
@@ -175,6 +180,7 @@ class ServerContext:
             "captions": None if self.caption_worker is None else self.caption_worker.describe(),
             "takes_prompts": self.engine.takes_prompts,
             "voices": self.engine.voices(),
+            "takes_images": self.engine.takes_images,
         }
 
 

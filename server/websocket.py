@@ -17,7 +17,7 @@ import socket
 from aiohttp import WSMsgType, web
 
 from server.connection import TransportClosed
-from server.protocols.limits import CLOSE_INTERNAL_ERROR, MAX_MESSAGE_BYTES
+from server.protocols.limits import CLOSE_INTERNAL_ERROR, MAX_FRAME_BYTES
 
 # ~0.7 s of 24 kHz PCM16 in the kernel: a stalled reader shows up in the connection's own bounded
 # outbox within seconds instead of after megabytes of autotuned buffering (and audio latency stays honest).
@@ -124,13 +124,14 @@ async def accept(
     request: web.BaseRequest, *, ping_interval_s: float, close_timeout_s: float
 ) -> WebSocketTransport | None:
     """Complete the upgrade of `request`; None when it is not a websocket upgrade (the caller
-    answers 426). Text and binary messages up to 1 MiB (a larger one closes 1009); no
+    answers 426). Text and binary messages up to 16 MiB (a larger one closes 1009; one over 1 MiB
+    that is not an image the connection refuses unread, see `Connection.receive`); no
     permessage-deflate (audio does not compress, and an inflating server is a deflate bomb's target)."""
     response = web.WebSocketResponse(
         timeout=close_timeout_s,
         autoping=False,  # pongs are read in `recv`, so the keepalive knows the peer answered
         compress=False,
-        max_msg_size=MAX_MESSAGE_BYTES,
+        max_msg_size=MAX_FRAME_BYTES,
     )
     if request.method != "GET" or not response.can_prepare(request):
         return None

@@ -225,9 +225,14 @@ def manual(conv: RealtimeConversation) -> list:
         (json.dumps({"event_id": "e1"}), "missing_field", "type"),
         (json.dumps({"type": "session.start", "event_id": "e1"}), "unknown_event", "type"),
         (
-            json.dumps({"type": "conversation.item.delete", "item_id": "x", "event_id": "e1"}),
+            json.dumps({"type": "transcription_session.update", "session": {}, "event_id": "e1"}),
             "unsupported_event",
             "type",
+        ),
+        (
+            json.dumps({"type": "conversation.item.delete", "item_id": "x", "event_id": "e1"}),
+            "item_not_found",
+            "item_id",
         ),
         (
             json.dumps({"type": "input_audio_buffer.append", "audio": "%%%not base64", "event_id": "e1"}),

@@ -78,3 +78,13 @@ def test_protect_metrics_needs_a_token_and_a_clear_switch(monkeypatch):
 def test_drain_and_keepalive_bounds_are_checked(flag):
     with pytest.raises(ValueError, match=flag[0]):
         config_from_args(_args("--backend", "scripted", *flag))
+
+
+def test_the_sampling_temperature_of_sessions_that_set_none():
+    config = config_from_args(_args("--backend", "moshi", "--model", "tiny", "--temperature", "0"))
+    assert (config.temperature, config.text_temperature) == (0.0, 0.0)  # greedy: text too
+    config = config_from_args(_args("--temperature", "0", "--text-temperature", "0.5"))
+    assert (config.temperature, config.text_temperature) == (0.0, 0.5)
+    assert config_from_args(_args()).temperature is None  # the model's own
+    with pytest.raises(ValueError, match="--text-temperature must be between 0 and 5"):
+        config_from_args(_args("--text-temperature", "9"))

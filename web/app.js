@@ -5,6 +5,7 @@ import { speakerChoiceSupported } from "./audio-graph.js";
 import { Captions } from "./captions.js";
 import { AssistantClient, STATES } from "./client.js";
 import { devicePicker } from "./devices.js";
+import { ImagePanel } from "./images.js";
 
 const STORAGE_KEY = "duplex-assistant.settings";
 const DEFAULT_SETTINGS = {
@@ -127,6 +128,9 @@ const refreshSpeakers = speakerChoiceSupported
   ? devicePicker(form.elements.speakerId, "audiooutput", () => settings.speakerId)
   : () => {};
 
+// -- what the assistant sees: shown when the server's model takes images -----------------
+const imagePanel = new ImagePanel($('[data-testid="image-panel"]'), client);
+
 // -- what the page is talking to -----------------------------------------------------------
 const serverInfo = $('[data-testid="server-info"]');
 async function showServer() {
@@ -140,6 +144,7 @@ async function showServer() {
   } catch {
     return; // unreachable: Start says so, with what to do
   }
+  imagePanel.setAvailable(health.takes_images === true);
   if (!health.backend) {
     serverInfo.hidden = true; // figures withheld: a protected server, and no token or a wrong one
     return;

@@ -388,6 +388,17 @@ export class AssistantClient extends EventTarget {
     return options;
   }
 
+  /**
+   * Show the model an image (a data URL of a JPEG, PNG or WebP, or its base64), or none (null).
+   * False when no conversation is ready to take it; the server answers `session.image.updated`.
+   */
+  sendImage(data) {
+    const ws = this.run?.ws;
+    if (!this.run?.ready || ws?.readyState !== WebSocket.OPEN) return false;
+    ws.send(JSON.stringify({ type: "session.image", data }));
+    return true;
+  }
+
   /** Change the barge-in policy; a live session is updated at once. */
   setBargeIn(policy) {
     this.settings.bargeIn = policy;

@@ -3,8 +3,8 @@ OpenAI APIs, Realtime and Live (server/protocols/realtime/events.py). Each proto
 its own typed error (`invalid_json` in all three).
 
 Limits, all enforced before an event is looked at:
-- size: a frame is at most 1 MiB (server/protocols/limits.py MAX_MESSAGE_BYTES; websockets closes a larger
-  one with 1009);
+- size: a frame is at most 1 MiB (server/protocols/limits.py MAX_MESSAGE_BYTES; a larger one is refused
+  unread by the connection, server/connection.py, and one over 16 MiB closes the socket with 1009);
 - depth: nesting as deep as the interpreter's recursion limit (about 1000 levels) is refused, not
   a crash (`[[[[...]]]]`);
 - numbers: an integer literal of more than 4300 digits is refused (Python's own limit); a number

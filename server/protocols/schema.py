@@ -19,6 +19,7 @@ import base64
 import binascii
 import functools
 import operator
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from assistant.engine import MAX_PROMPT_CHARS
+from assistant.images import MIME_TYPES, CorruptImage, ImageError, UnsupportedImageType
 
 MAX_NAME_CHARS = 200  # voice names, model names: what fits a file name
 MAX_TOP_K = 100_000  # beyond any vocabulary; 0 = the whole vocabulary
@@ -148,7 +150,8 @@ VoiceName = Annotated[text(MAX_NAME_CHARS), AfterValidator(_voice_name)]
 
 
 # The sampling options of a conversation and its role prompt, as every protocol that sets them takes them.
-Temperature = number_in(0.0, 5.0)  # 0: greedy
+MAX_TEMPERATURE = 5.0
+Temperature = number_in(0.0, MAX_TEMPERATURE)  # 0: greedy
 TopK = integer_in(0, MAX_TOP_K)
 Seed = integer_in(-(2**63), 2**64 - 1)  # what a torch.Generator takes
 PromptText = text(MAX_PROMPT_CHARS)
@@ -170,6 +173,41 @@ def _base64_pcm16(value: str) -> bytes:
 
 Base64Audio = Annotated[str, AfterValidator(_base64)]  # the decoded bytes
 Base64Pcm16 = Annotated[str, AfterValidator(_base64_pcm16)]  # the decoded bytes, whole 16-bit samples
+
+# "data:image/png;base64," and the like: the head of a data URL, as the OpenAI APIs and browsers write it.
+_DATA_URL_HEAD = re.compile(r"data:([\w.+-]+/[\w.+-]+)((?:;[\w.+-]+=[\w.+-]+)*)(;base64)?,")
+_MAX_DATA_URL_HEAD_CHARS = 200
+
+
+def image_data_start(url: str) -> int:
+    """Where the base64 data of an image's data URL (`data:image/png;base64,...`) begins. Reads only
+    the head (the data is decoded off the event loop); raises UnsupportedImageType for another URL
+    or media type, CorruptImage for a data URL that is not base64."""
+    head = _DATA_URL_HEAD.match(url, 0, _MAX_DATA_URL_HEAD_CHARS)
+    if head is None:
+        raise UnsupportedImageType(
+            f"{preview(url)} is not a data URL: send the image itself, as data:image/jpeg;base64,... "
+            "(this server fetches no URLs)"
+        )
+    if head.group(1).lower() not in MIME_TYPES.values():
+        raise UnsupportedImageType(
+            f"a data URL of {head.group(1)!r}: images are {', '.join(MIME_TYPES.values())}"
+        )
+    if head.group(3) is None:
+        raise CorruptImage("the data URL is not base64 (';base64,' must come before the data)")
+    return head.end()
+
+
+def _image_data_url(value: str) -> str:
+    try:
+        image_data_start(value)
+    except ImageError as exc:
+        raise refuse(exc.code, f"{{param}}: {exc}") from None
+    return value
+
+
+# A JPEG, PNG or WebP image as a base64 data URL; only its head is checked here.
+ImageDataUrl = Annotated[str, AfterValidator(_image_data_url)]
 
 
 def refused_unless(allowed: tuple, code: str, message: str) -> AfterValidator:

@@ -14,8 +14,13 @@ one conversation in the batched frame loop, like every other endpoint's. Per con
   there. A stream that cannot be decoded is refused with 0x05 and close 1007;
 - output: every frame of the assistant's voice is Opus-encoded into the stream (0x01), every text
   piece sent as it comes (0x02);
-- anything else a client sends (text frames, other kinds, empty messages) is logged and skipped, as
-  the originals do.
+- images (MoshiVis): an image message (0x08), whenever it comes (Kyutai's clients send it first),
+  is checked off the event loop (server/images.py) and shown to the model from the query's
+  `xa_start` step on, replacing any image before it; one that cannot be shown is answered with an
+  error message (0x05, its code first) and the conversation goes on. An image message may be 16 MiB,
+  any other 1 MiB;
+- anything else a client sends (text frames, other kinds, empty messages, larger messages) is logged
+  and skipped, as the originals do (a message too large to read is also answered with 0x05).
 """
 
 from __future__ import annotations
@@ -24,10 +29,12 @@ import logging
 from urllib.parse import urlsplit
 
 from assistant.conversation import AssistantText, AudioOut, Error, Event, SessionEnded
+from assistant.images import ImageError
 from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
 from audio.opus_ogg import OpusDecoder, OpusEncoder, OpusStreamError
 from server.connection import Connection, Transport
-from server.protocols.limits import CLOSE_NORMAL, CLOSE_POLICY
+from server.images import ImageInput
+from server.protocols.limits import CLOSE_NORMAL, CLOSE_POLICY, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES
 from server.protocols.moshi import query as chat_query
 from server.protocols.moshi import wire as moshi_wire
 
@@ -46,13 +53,18 @@ class MoshiChatConnection(Connection):
         self.handshake_sent = False
         self.skip_samples = FRAME_SAMPLES  # the stream's first frame, which the model never hears
         self.skipped: set[str | bytes] = set()  # kinds of messages skipped so far (logged once)
+        self.images: ImageInput | None = None
         query = urlsplit(ws.path).query
         try:
             options = ctx.default_options().replace(**chat_query.session_options(query))
+            start_frame = chat_query.image_start(query)
             self.session = ctx.open_session(slot, SAMPLE_RATE_HZ, self.apply_events, options)
         except ValueError as exc:  # QueryError, or what the engine refuses (prompts, voices)
             self.refuse(CLOSE_POLICY, "invalid_value", str(exc))
             return
+        self.images = ImageInput(
+            slot, start_frame=start_frame, accepted=self.image_accepted, refused=self.image_refused
+        )
         self.apply_events(self.session.start())
         if unknown := chat_query.unknown_parameters(query):
             log.info("moshi: %s ignores query parameters %s", self.session.session_id, unknown)
@@ -66,9 +78,32 @@ class MoshiChatConnection(Connection):
     def encode_error(self, code: str, message: str, *, server_side: bool = False) -> bytes:
         return moshi_wire.error_message(message)
 
+    def max_message_bytes(self, message: str | bytes) -> int:
+        return MAX_FRAME_BYTES if moshi_wire.is_image(message) else super().max_message_bytes(message)
+
+    def refuse_oversized(self, message: str | bytes, size: int) -> None:
+        log.warning("moshi: %s skips a message of %d bytes (too large)", self.session_id, size)
+        self.send_error(
+            "message_too_large",
+            f"message_too_large: a message of {size} bytes was skipped unread; at most "
+            f"{MAX_MESSAGE_BYTES} are accepted ({MAX_FRAME_BYTES} for an image)",
+        )
+
+    @property
+    def session_id(self) -> str:
+        return self.session.session_id if self.session else "-"
+
+    def image_accepted(self, _tag, image) -> None:
+        log.info("moshi: %s shows the model a %d x %d image", self.session_id, image.width, image.height)
+
+    def image_refused(self, _tag, error: ImageError) -> None:
+        log.info("moshi: %s refused an image: %s", self.session_id, error)
+        self.send_error(error.code, f"{error.code}: {error}", server_side=error.code == "internal_error")
+
     # -- conversation events -------------------------------------------------------------------
     def conversation_event(self, event: Event) -> None:
         if isinstance(event, AudioOut):
+            self.images.on_frame()
             if not self.handshake_sent:
                 if not self.slot.is_ready():
                     return  # still feeding the prompt: its frames are silence, and nobody is listening
@@ -88,6 +123,9 @@ class MoshiChatConnection(Connection):
 
     # -- client messages -------------------------------------------------------------------------
     def handle_message(self, message: str | bytes) -> None:
+        if moshi_wire.is_image(message):
+            self.images.show(moshi_wire.image_payload(message))
+            return
         try:
             ogg = moshi_wire.audio_payload(message)
         except moshi_wire.Ignored as exc:
@@ -110,3 +148,7 @@ class MoshiChatConnection(Connection):
             pcm = pcm[cut:]
         if pcm.shape[0]:
             self.apply_events(self.session.push_samples(pcm))
+
+    def finish(self) -> None:
+        if self.images is not None:
+            self.images.close()

@@ -14,7 +14,16 @@ from urllib.parse import parse_qs
 
 from pydantic import ConfigDict, Field, ValidationError
 
-from server.protocols.schema import PromptText, Seed, Skipped, Temperature, TopK, VoiceName, refusal
+from server.protocols.schema import (
+    PromptText,
+    Seed,
+    Skipped,
+    Temperature,
+    TopK,
+    VoiceName,
+    integer_in,
+    refusal,
+)
 
 # What the originals' clients also send that has no counterpart here; skipped, as the Python servers
 # skip every parameter they do not read (the web clients send all of these on every connection).
@@ -27,7 +36,13 @@ IGNORED_QUERY = (
     "worker_auth_id",
     "email",
     "token",  # read by the handshake's auth check, not by the conversation
+    # MoshiVis' web client: images are always resized to the model's own size (448), uncropped, as
+    # Kyutai's server does (it reads image_resolution; nothing reads the other two)
+    "image_resolution",
+    "center_crop",
+    "text_temperature_gating_influence",
 )
+MAX_IMAGE_START = 1_000_000  # frames: about 22 hours
 
 
 class QueryError(ValueError):
@@ -47,6 +62,8 @@ class ChatQuery(Skipped):
     text_topk: TopK = Field(None, serialization_alias="text_top_k")
     audio_temperature: Temperature = Field(None, serialization_alias="temperature")
     audio_topk: TopK = Field(None, serialization_alias="top_k")
+    # MoshiVis: the step from which an image counts (their web client sends 16); not an option
+    xa_start: integer_in(0, MAX_IMAGE_START) = Field(None, exclude=True)
 
 
 def session_options(query: str) -> dict[str, Any]:
@@ -54,12 +71,22 @@ def session_options(query: str) -> dict[str, Any]:
     protocol validates them. Empty values are unset (PersonaPlex's client sends `text_prompt=` for
     no role); seed -1 is no seed (as NVIDIA's server reads it); a repeated name counts once, the
     first (as the originals' aiohttp reads it); unknown names are skipped. Raises QueryError."""
+    return _chat_query(query).model_dump(exclude_unset=True, by_alias=True)
+
+
+def image_start(query: str) -> int | None:
+    """MoshiVis' `xa_start`: the conversation's step from which an image counts (None: the
+    engine's default, which is what their web client sends). Raises QueryError."""
+    return _chat_query(query).xa_start
+
+
+def _chat_query(query: str) -> ChatQuery:
     params = {name: values[0].strip() for name, values in parse_qs(query, keep_blank_values=True).items()}
     sent = {name: value for name, value in params.items() if value and name in ChatQuery.model_fields}
     if sent.get("seed") == "-1":
         del sent["seed"]
     try:
-        return ChatQuery.model_validate(sent).model_dump(exclude_unset=True, by_alias=True)
+        return ChatQuery.model_validate(sent)
     except ValidationError as exc:
         raise QueryError(refusal(exc, ChatQuery).message) from None
 

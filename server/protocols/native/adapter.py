@@ -7,20 +7,25 @@ recording and the captions get PCM as ever), and each 80 ms output frame leaves 
 packets. Together they cost about 1 ms of CPU per conversation and frame, the budget for everything
 outside the engine (`assistant bench server --audio-format opus` prints it), so they run inline:
 deferring the encode would let a `playback.clear` overtake the audio it clears.
+`session.image` goes to server/images.py, which checks the image off the event loop; its answer,
+`session.image.updated` once the model sees the image (or none), or an `error`, comes back here.
 """
 
 from __future__ import annotations
 
 from assistant.conversation import AudioOut, Event, SessionEnded, SessionReady
+from assistant.images import ImageError
 from audio.frames import FRAME_MS
 from audio.opus_packets import PACKET_MS, OpusPacketDecoder, OpusPacketEncoder, OpusPacketError
 from server.connection import Connection
-from server.protocols.limits import CLOSE_NORMAL
+from server.images import ImageInput
+from server.protocols.limits import CLOSE_NORMAL, MAX_MESSAGE_BYTES
 from server.protocols.native import wire
 from server.protocols.native.client_events import (
     ClientEvent,
     PlaybackPosition,
     SessionEnd,
+    SessionImage,
     SessionStart,
     SessionUpdate,
 )
@@ -35,6 +40,15 @@ class NativeConnection(Connection):
     encoder: OpusPacketEncoder | None = None
     decoder: OpusPacketDecoder | None = None
 
+    def __init__(self, ctx, ws, slot):
+        super().__init__(ctx, ws, slot)
+        self.images = ImageInput(
+            slot,
+            shown=lambda _, image: self.send(wire.image_updated_event(image)),
+            removed=lambda _: self.send(wire.image_updated_event(None)),
+            refused=self.refuse_image,
+        )
+
     def conversation_event(self, event: Event) -> None:
         if isinstance(event, AudioOut) and self.encoder is not None:
             for packet in self.encoder.encode(event.pcm):
@@ -43,11 +57,26 @@ class NativeConnection(Connection):
             self.send(wire.encode_event(event, audio_format=self.audio_format))
         else:
             self.send(wire.encode_event(event))
+        if isinstance(event, AudioOut):
+            self.images.on_frame()  # after this frame's audio: the next frame is the first it changes
         if isinstance(event, SessionEnded):
             self.close(CLOSE_NORMAL, event.reason[:120], flush=True)
 
     def encode_error(self, code: str, message: str, *, server_side: bool = False) -> str:
         return wire.error_event(code, message)
+
+    def refuse_image(self, _tag, error: ImageError) -> None:
+        self.send_error(error.code, str(error), server_side=error.code == "internal_error")
+
+    def refuse_oversized(self, message: str | bytes, size: int) -> None:
+        if isinstance(message, str) and '"session.image"' in message[:200]:
+            self.send_error(
+                "image_too_large",
+                f"a session.image of {size} bytes was dropped unread; a message is at most "
+                f"{MAX_MESSAGE_BYTES} bytes (send the image at 448 x 448, all the model sees)",
+            )
+        else:
+            super().refuse_oversized(message, size)
 
     def handle_message(self, message: str | bytes) -> None:
         try:
@@ -93,6 +122,11 @@ class NativeConnection(Connection):
             self.session.set_played_ms(event.played_ms)
         elif isinstance(event, SessionEnd):
             self.apply_events(self.session.end("client_ended"))
+        elif isinstance(event, SessionImage):
+            if event.data is None:
+                self.images.remove()
+            else:
+                self.images.show(event.data)
 
     def use_audio_format(self, audio_format: str) -> None:
         """Set up the codec before the session starts, so its first frame already goes out encoded."""
@@ -103,3 +137,6 @@ class NativeConnection(Connection):
             self.outbox.max_items = self.ctx.config.max_outbox_items * (1 + FRAME_MS // PACKET_MS)
         else:
             self.encoder = self.decoder = None
+
+    def finish(self) -> None:
+        self.images.close()

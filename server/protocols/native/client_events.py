@@ -115,10 +115,21 @@ class SessionEnd(Skipped):
     type: Literal["session.end"]
 
 
-ClientEvent = SessionStart | SessionUpdate | PlaybackPosition | SessionEnd
+class SessionImage(Refused):
+    """Show the model an image (JPEG, PNG or WebP) from its next frames, or none (`data` null).
+
+    `data` is the file's base64 text or a base64 data URL; it is decoded and checked off the event
+    loop (server/images.py), so a bad image is refused after this event was read, with its own code."""
+
+    type: Literal["session.image"]
+    data: str | None
+
+
+ClientEvent = SessionStart | SessionUpdate | PlaybackPosition | SessionEnd | SessionImage
 CLIENT_EVENTS: dict[str, type[ClientEvent]] = {
     "session.start": SessionStart,
     "session.update": SessionUpdate,
     "playback.position": PlaybackPosition,
     "session.end": SessionEnd,
+    "session.image": SessionImage,
 }

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from assistant.conversation import events as ev
+from assistant.images import PreparedImage
 from server.protocols.json_frames import InvalidJson, load_object
 from server.protocols.native.client_events import CLIENT_EVENTS, ClientEvent
 from server.protocols.schema import any_event, refusal
@@ -31,6 +32,13 @@ ERROR_CODES = (
     "unsupported_sample_rate",
     "rate_limited",
     "bad_audio",
+    "message_too_large",  # dropped unread (over 1 MiB); the session goes on
+    # session.image: assistant/images.py's codes
+    "corrupt_image",
+    "unsupported_image_type",
+    "image_too_large",
+    "image_dimensions_too_large",
+    "images_not_supported",
     "internal_error",  # the server failed to handle a message; the session goes on
 )
 
@@ -148,3 +156,11 @@ def encode_event(event: ev.Event, *, audio_format: str = "pcm16") -> str | bytes
 
 def error_event(code: str, message: str) -> str:
     return _dumps({"type": "error", "code": code, "message": message})
+
+
+def image_updated_event(image: PreparedImage | None) -> str:
+    """`session.image.updated`: the image the model sees now (as it was sent), or null for none."""
+    shown = None
+    if image is not None:
+        shown = {"width": image.width, "height": image.height, "mime_type": image.mime_type}
+    return _dumps({"type": "session.image.updated", "image": shown})

@@ -15,16 +15,19 @@ import json
 import secrets
 from urllib.parse import parse_qs, urlsplit
 
-from assistant.conversation import Event, SessionEnded
+from assistant.conversation import AudioOut, Event, SessionEnded
 from audio.frames import FRAME_MS, SAMPLE_RATE_HZ
 from server.connection import Connection, Transport
-from server.protocols.limits import CLOSE_NORMAL
+from server.images import ImageInput
+from server.protocols.limits import CLOSE_NORMAL, MAX_MESSAGE_BYTES
 from server.protocols.realtime.client_events import BYTES_PER_MS, RealtimeError
 from server.protocols.realtime.records import (
+    CheckImage,
     ConfigureInput,
     HoldUntilUserStops,
     PushAudio,
     RealtimeOutput,
+    RemoveImage,
     SendEvent,
     SetPrompt,
     SetSilenced,
@@ -72,6 +75,11 @@ class RealtimeConnection(Connection):
             captions_model=ctx.captions_model,
             threshold_applies=ctx.config.vad.backend == "silero",
         )
+        self.images = ImageInput(
+            slot,
+            accepted=lambda check, _: self.apply(self.realtime.image_accepted(check)),
+            refused=lambda check, error: self.apply(self.realtime.image_refused(check, error)),
+        )
         self.apply_events(self.session.start())
         self.apply(self.realtime.start())
 
@@ -90,6 +98,10 @@ class RealtimeConnection(Connection):
                 self.configure(out)
             elif isinstance(out, SetPrompt):
                 self.apply_events(self.session.update(instructions=out.instructions, voice=out.voice))
+            elif isinstance(out, CheckImage):
+                self.images.show(out.image_url, tag=out)
+            elif isinstance(out, RemoveImage):
+                self.images.remove()
 
     def send_event(self, event: dict) -> None:
         if event["type"] == "error":
@@ -138,6 +150,8 @@ class RealtimeConnection(Connection):
     # -- conversation events -------------------------------------------------------------------
     def conversation_event(self, event: Event) -> None:
         self.apply(self.realtime.conversation_event(event))
+        if isinstance(event, AudioOut):
+            self.images.on_frame()  # after this frame's events: the next frame is the first it changes
         if isinstance(event, SessionEnded):
             self.close(CLOSE_NORMAL, event.reason[:120])
 
@@ -146,6 +160,18 @@ class RealtimeConnection(Connection):
         self.realtime.audio_backlog_ms = self.paced_bytes / BYTES_PER_MS
         self.apply(self.realtime.receive(message))
 
+    def refuse_oversized(self, message: str | bytes, size: int) -> None:
+        head = message[:1000]
+        if isinstance(head, str) and ('"input_image"' in head or '"data:image/' in head):
+            self.send_error(
+                "image_too_large",
+                f"an event of {size} bytes was dropped unread; an event is at most {MAX_MESSAGE_BYTES} "
+                "bytes (send the image at 448 x 448, all the model sees)",
+            )
+        else:
+            super().refuse_oversized(message, size)
+
     def finish(self) -> None:
+        self.images.close()
         if self.feeder is not None:
             self.feeder.cancel()

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, PlainValidator, ValidationError, model_validator
+from pydantic import AfterValidator, Discriminator, PlainValidator, Tag, ValidationError, model_validator
 
 from audio.frames import SAMPLE_RATE_HZ
 from server.protocols.openai_events import ClientEvent, ClientEvents
@@ -27,6 +27,7 @@ from server.protocols.openai_events import EventError as RealtimeError
 from server.protocols.schema import (
     MAX_NAME_CHARS,
     Base64Pcm16,
+    ImageDataUrl,
     NotApplied,
     Reported,
     Skipped,
@@ -53,7 +54,6 @@ MAX_TEXT_CHARS = 65_536
 
 # Client event types of the GA protocol that this server does not implement (answered with an error).
 UNSUPPORTED_CLIENT_EVENTS = {
-    "conversation.item.delete": "deleting items is not supported: the model's context is its audio stream",
     "conversation.item.retrieve": "retrieving items is not supported: item audio is not kept",
     "output_audio_buffer.clear": "output_audio_buffer.clear is WebRTC/SIP only; stop local playback and "
     "send conversation.item.truncate",
@@ -364,28 +364,48 @@ class InputAudioPart(Skipped):
         refused_unless(
             ("input_audio",),
             "unsupported_feature",
-            "{param} {got} is not supported: the model only hears audio (use input_audio)",
+            "{param} {got} is not supported: the model hears audio and sees images "
+            "(use input_audio or input_image)",
         ),
     ]
     audio: Annotated[Base64Pcm16, AfterValidator(_not_empty)]
     transcript: text(MAX_TEXT_CHARS) | None = None
 
 
-def _one_part(parts: list) -> list:
-    if len(parts) != 1:
-        raise refuse("invalid_value", "{param} must hold exactly one input_audio part")
+class InputImagePart(Skipped):
+    """An image the model sees from its next frames on (models that take images)."""
+
+    type: Literal["input_image"]
+    image_url: ImageDataUrl  # data:image/jpeg;base64,... (decoded and checked off the event loop)
+    detail: Literal["auto", "low", "high"] | None = None  # accepted; the model always sees 448 x 448
+
+
+UserPart = Annotated[
+    Annotated[InputAudioPart, Tag("audio")] | Annotated[InputImagePart, Tag("image")],
+    Discriminator(
+        lambda part: "image" if isinstance(part, dict) and part.get("type") == "input_image" else "audio"
+    ),
+]
+
+
+def _audio_and_or_image(parts: list) -> list:
+    kinds = [type(part) for part in parts]
+    if not parts or kinds.count(InputAudioPart) > 1 or kinds.count(InputImagePart) > 1:
+        raise refuse(
+            "invalid_value", "{param} must hold one input_audio part, one input_image part, or one of each"
+        )
     return parts
 
 
-class UserAudioItem(Skipped):
-    """A user message of one audio part: the only item a client may add (no tools, no text)."""
+class UserItem(Skipped):
+    """A user message of audio, an image, or both: the only item a client may add (no tools, no text)."""
 
     type: Annotated[
         str,
         refused_unless(
             ("message",),
             "unsupported_feature",
-            "{param} {got} is not supported: only user audio messages can be added (no tools)",
+            "{param} {got} is not supported: only user messages of audio and images can be added (no tools)",
         ),
     ] = "message"
     role: Annotated[
@@ -393,12 +413,16 @@ class UserAudioItem(Skipped):
         refused_unless(
             ("user",),
             "unsupported_feature",
-            "{param} {got} is not supported: only user audio messages can be added "
+            "{param} {got} is not supported: only user messages of audio and images can be added "
             "(the model takes no text context)",
         ),
     ]
-    content: Annotated[list[InputAudioPart], AfterValidator(_one_part)]
+    content: Annotated[list[UserPart], AfterValidator(_audio_and_or_image)]
     id: str | None = None
+
+    def part(self, kind: type[InputAudioPart] | type[InputImagePart]) -> tuple[int, Any]:
+        """(index, part) of the item's part of that kind, or (-1, None)."""
+        return next(((i, p) for i, p in enumerate(self.content) if isinstance(p, kind)), (-1, None))
 
 
 # -- the client events ------------------------------------------------------------------------------
@@ -424,8 +448,15 @@ class AudioClear(ClientEvent):
 
 class ItemCreate(ClientEvent):
     type: Literal["conversation.item.create"]
-    item: UserAudioItem
+    item: UserItem
     previous_item_id: str | None = None
+
+
+class ItemDelete(ClientEvent):
+    """Only an image item can be deleted (the model stops seeing it); audio is in the model's context."""
+
+    type: Literal["conversation.item.delete"]
+    item_id: str
 
 
 def _not_negative(value: int) -> int:
@@ -475,6 +506,7 @@ EVENTS = ClientEvents(
         AudioCommit,
         AudioClear,
         ItemCreate,
+        ItemDelete,
         ItemTruncate,
         ResponseCreate,
         ResponseCancel,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from audio.frames import FRAME_MS
-from server.protocols.realtime.client_events import PCM_FORMAT, TurnDetection
+from server.protocols.realtime.client_events import PCM_FORMAT, InputImagePart, TurnDetection
 
 # -- what the adapter carries out ------------------------------------------------------------------
 
@@ -52,6 +52,24 @@ class SetPrompt:
 
 
 @dataclass(frozen=True)
+class CheckImage:
+    """Check the image of an item (off the event loop) and show it to the model; the adapter tells
+    the state machine how it went (`image_accepted` / `image_refused`) with this action."""
+
+    event: Any  # the ItemCreate
+    item_id: str
+
+    @property
+    def image_url(self) -> str:
+        return self.event.item.part(InputImagePart)[1].image_url
+
+
+@dataclass(frozen=True)
+class RemoveImage:
+    """The model sees no image from its next step."""
+
+
+@dataclass(frozen=True)
 class ConfigureInput:
     """VAD settings (None: no turn detection, VAD still runs for captions) and whether captions run."""
 
@@ -59,7 +77,16 @@ class ConfigureInput:
     captions: bool
 
 
-RealtimeOutput = SendEvent | PushAudio | SetSilenced | HoldUntilUserStops | SetPrompt | ConfigureInput
+RealtimeOutput = (
+    SendEvent
+    | PushAudio
+    | SetSilenced
+    | HoldUntilUserStops
+    | SetPrompt
+    | CheckImage
+    | RemoveImage
+    | ConfigureInput
+)
 
 
 # -- conversation records -------------------------------------------------------------------------
@@ -76,6 +103,8 @@ class Item:
     frames: int = 0  # assistant items: 80 ms frames of audio sent
     pieces: list[tuple[int, str]] = field(default_factory=list)  # assistant: (frame index, text piece)
     audio_end_ms: int | None = None  # set by a truncate
+    audio: bool = True  # user items: holds audio the model heard
+    image: bool = False  # user items: holds an image (never echoed back)
 
     @property
     def audio_ms(self) -> int:
@@ -87,7 +116,9 @@ class Item:
 
     def to_json(self) -> dict[str, Any]:
         if self.role == "user":
-            content = [{"type": "input_audio", "transcript": self.transcript}]
+            content = [{"type": "input_audio", "transcript": self.transcript}] if self.audio else []
+            if self.image:
+                content.append({"type": "input_image"})
         else:
             content = [{"type": "output_audio", "transcript": self.text}] if self.frames else []
         return {

@@ -7,7 +7,7 @@
   and the conversation core's events in the core's order (`conversation_event`), and returns, in
   order, `RealtimeOutput`s (server/protocols/realtime/records.py) for the adapter to carry out
   after the call: server events to send, actions on the conversation (push audio, hold the
-  assistant, reconfigure VAD and captions, a new prompt).
+  assistant, reconfigure VAD and captions, a new prompt, an image to check or to remove).
 
 How a full-duplex model maps onto turns (docs/realtime.md says it for users):
 - The model hears every appended sample as it arrives; commit/clear only shape conversation items.
@@ -46,14 +46,15 @@ from assistant.conversation import (
 from audio.frames import FRAME_MS
 from server.protocols.realtime.client_events import (
     BYTES_PER_MS,
-    MAX_AUDIO_BACKLOG_MS,
     MIN_COMMIT_MS,
     NO_CAPTIONS,
     AudioAppend,
     AudioClear,
     AudioCommit,
     ClientEvent,
+    InputImagePart,
     ItemCreate,
+    ItemDelete,
     ItemTruncate,
     RealtimeError,
     ResponseCancel,
@@ -63,6 +64,7 @@ from server.protocols.realtime.client_events import (
     parse_client_event,
     warning,
 )
+from server.protocols.realtime.client_items import ClientItems
 from server.protocols.realtime.prompt import prompt_update
 from server.protocols.realtime.records import (
     ConfigureInput,
@@ -78,7 +80,7 @@ from server.protocols.realtime.records import (
 )
 
 
-class RealtimeConversation:
+class RealtimeConversation(ClientItems):
     """One `/v1/realtime` conversation. Every method returns the `RealtimeOutput`s it caused, in order."""
 
     def __init__(
@@ -133,6 +135,8 @@ class RealtimeConversation:
         self._suppress_vad_turn = False
         # Set by the adapter before each client event: user audio queued behind item audio, not yet heard.
         self.audio_backlog_ms = 0.0
+        self.image_item_id: str | None = None  # the item whose image the model sees
+        self.pending_image_ids: set[str] = set()  # items whose image is being checked
 
     # -- ids and events ------------------------------------------------------------------------
     def _new_id(self, kind: str) -> str:
@@ -182,7 +186,9 @@ class RealtimeConversation:
                 self._speech_committed = True  # the cleared speech does not become an item
             return [self.send("input_audio_buffer.cleared")]
         if isinstance(ev, ItemCreate):
-            return self._item_create(ev)
+            return self._image_item_create(ev) if ev.item.part(InputImagePart)[1] else self._item_create(ev)
+        if isinstance(ev, ItemDelete):
+            return self._item_delete(ev)
         if isinstance(ev, ItemTruncate):
             return self._truncate(ev)
         if isinstance(ev, ResponseCreate):
@@ -257,9 +263,10 @@ class RealtimeConversation:
         end_ms: float,
         transcript: str | None = None,
         committed: bool = True,
+        image: bool = False,
     ) -> list[RealtimeOutput]:
         previous = self.order[-1] if self.order else None
-        item = Item(item_id, "user", start_ms=start_ms, end_ms=end_ms, transcript=transcript)
+        item = Item(item_id, "user", start_ms=start_ms, end_ms=end_ms, transcript=transcript, image=image)
         self.items[item_id] = item
         self.order.append(item_id)
         self.buffer_start_ms = max(self.buffer_start_ms, end_ms)
@@ -269,40 +276,6 @@ class RealtimeConversation:
         out.append(self.send("conversation.item.added", previous_item_id=previous, item=item.to_json()))
         out.append(self.send("conversation.item.done", previous_item_id=previous, item=item.to_json()))
         return out
-
-    def _item_create(self, ev: ItemCreate) -> list[RealtimeOutput]:
-        if ev.item.id is not None and ev.item.id in self.items:
-            raise RealtimeError(
-                "invalid_value", f"item.id {ev.item.id!r} already exists", "item.id", ev.event_id
-            )
-        last = self.order[-1] if self.order else None
-        appending = ev.previous_item_id in (None, last) or (ev.previous_item_id == "root" and not self.order)
-        if not appending:
-            raise RealtimeError(
-                "unsupported_feature",
-                "items can only be appended at the end of the conversation "
-                "(previous_item_id must be the last item or omitted)",
-                "previous_item_id",
-                ev.event_id,
-            )
-        part = ev.item.content[0]
-        item_ms = len(part.audio) / BYTES_PER_MS
-        if self.audio_backlog_ms + item_ms > MAX_AUDIO_BACKLOG_MS:
-            raise RealtimeError(
-                "input_audio_backlog_full",
-                f"{self.audio_backlog_ms / 1000:.1f} s of audio are still waiting to be heard (item audio is "
-                f"fed at real-time speed) and this item adds {item_ms / 1000:.1f} s; at most "
-                f"{MAX_AUDIO_BACKLOG_MS / 1000:g} s may wait: send it once the model has heard more",
-                "item.content[0].audio",
-                ev.event_id,
-            )
-        start = self.input_ms
-        self.input_ms += item_ms
-        self._injected.append((start, self.input_ms))
-        out: list[RealtimeOutput] = [PushAudio(part.audio, paced=True)]
-        return out + self._add_user_item(
-            ev.item.id or self._new_id("item"), start, self.input_ms, part.transcript, committed=False
-        )
 
     def _truncate(self, ev: ItemTruncate) -> list[RealtimeOutput]:
         item = self.items.get(ev.item_id)
