@@ -13,7 +13,9 @@ one healthy client streams a session in real time on /ws the whole time, measure
 - the healthy client's largest gap between two audio frames, throughout;
 - kill -9: a recording server killed mid-session; seconds of the user's audio the recording lost;
 - drain: SIGTERM with a live session and --drain-seconds: /healthz while draining, how a new
-  session is refused, and seconds until the live session is ended and the process exits.
+  session is refused, and seconds until the live session is ended and the process exits;
+- a big static file, a full recording disk, idle slot holders, odd text, a prompt storm and a
+  long session (bench/probes.py, bench/idle_holders.py), each with its own healthy client.
 
 Bounded (counts and a wall-clock limit), loopback only, and it stops by itself. It prints figures
 and never fails on them; docs/reliability.md keeps the last table.
@@ -25,19 +27,17 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import re
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from bench.idle_holders import idle_holders
+from bench.loopback import HealthyClient, Server, gaps_by_phase
+from bench.probes import big_static_file, full_disk, moshi_ui_with_a_big_file, print_probes, prompted_model
 from bench.traffic import FRAME_BYTES, STARTS, churn, fuzz_endpoint
-from server.memory import rss_mb
 
 
 def _at_least_one(text: str) -> int:
@@ -70,171 +70,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed of the traffic (default: 0)")
     parser.add_argument(
+        "--disk-seconds",
+        type=float,
+        default=3.0,
+        help="full disk: seconds each of the recording sessions streams (default 3)",
+    )
+    parser.add_argument(
+        "--odd-texts",
+        type=int,
+        default=50,
+        help="odd text: random strings beside the fixed ones (default 50)",
+    )
+    parser.add_argument(
+        "--storm-seconds", type=float, default=10.0, help="prompt storm: how long it lasts (default 10)"
+    )
+    parser.add_argument(
+        "--long-session-s",
+        type=float,
+        default=40.0,
+        help="long session: its length; the tiny model's context window is 16 s (default 40)",
+    )
+    parser.add_argument(
+        "--holders", type=int, default=64, help="idle slot holders: upgrades kept open (default 64)"
+    )
+    parser.add_argument(
+        "--holders-seconds", type=float, default=8.0, help="idle slot holders: how long they hold (default 8)"
+    )
+    parser.add_argument("--static-mb", type=int, default=64, help="big static file: its size (default 64)")
+    parser.add_argument("--static-fetches", type=int, default=5, help="big static file: fetches (default 5)")
+    parser.add_argument(
         "--trace-memory",
         action="store_true",
         help="run the server under tracemalloc and report which source lines grew during fuzz and "
         "churn (slower: its timing figures are then not comparable)",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-
-
-# -- the server under test ------------------------------------------------------------------------
-class Server:
-    """`assistant serve` in its own process, its output in a log file; SIGTERM (then kill) at exit."""
-
-    def __init__(self, args: list[str], log_path: Path, trace_memory: bool = False):
-        self.log_path = log_path
-        self.trace_memory = trace_memory
-        self.reports = 0
-        self.cmd = [sys.executable, "-m", "assistant", "serve", "--host", "127.0.0.1", "--port", "0", *args]
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
-
-    def __enter__(self) -> Server:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        if self.trace_memory:
-            env["PYTHONTRACEMALLOC"] = "1"
-            env["TMPDIR"] = str(self.log_path.parent)  # the snapshots go with the bench's work folder
-        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in __exit__
-        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            m = re.search(r"open https?://[^:]+:(\d+)/", self.log_path.read_text())
-            if m:
-                self.port = int(m.group(1))
-                return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise SystemExit(f"bench reliability: the server did not start:\n{self.log_path.read_text()[-2000:]}")
-
-    def __exit__(self, *exc) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self._log.close()
-
-    def tracebacks(self) -> int:
-        return self.log_path.read_text(errors="replace").count("Traceback (most recent call last)")
-
-    def rss_mb(self) -> float:
-        return rss_mb(self.proc.pid)
-
-    async def memory_report(self) -> dict:
-        """SIGUSR1 (server/memory.py): the server's own count of its objects, and its tracemalloc
-        snapshot when it runs under --trace-memory."""
-        self.reports += 1
-        self.proc.send_signal(signal.SIGUSR1)
-        pattern = re.compile(
-            rf"memory report {self.reports}: RSS ([\d.]+) MB(?: \(([\d.]+) MB after malloc_trim\))?, (\d+) objects"
-            r"(?:.*?snapshot (\S+)\n)?.*?this report took (\d+) ms",
-            re.S,
-        )
-        for _ in range(600):
-            m = pattern.search(self.log_path.read_text(errors="replace"))
-            if m:
-                return {
-                    "rss_mb": float(m.group(1)),
-                    "rss_mb_trimmed": float(m.group(2)) if m.group(2) else None,
-                    "objects": int(m.group(3)),
-                    "snapshot": m.group(4),
-                    "took_ms": int(m.group(5)),
-                }
-            await asyncio.sleep(0.1)
-        return {}
-
-    def health(self) -> tuple[int, dict]:
-        import http.client
-
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        try:
-            conn.request("GET", "/healthz")
-            response = conn.getresponse()
-            return response.status, json.loads(response.read() or b"{}")
-        except OSError:
-            return 0, {}
-        finally:
-            conn.close()
-
-    def url(self, path: str) -> str:
-        return f"ws://127.0.0.1:{self.port}{path}"
-
-
-# -- the healthy client ------------------------------------------------------------------------------
-class HealthyClient:
-    """A /ws session streaming silence in real time, in its own process (so the fuzzing in this one
-    cannot delay it): records the largest gap between two audio frames from the server."""
-
-    def __init__(self, url: str, out: Path):
-        self.url, self.out = url, out
-        self.max_gap_ms = 0.0
-        self.frames = 0
-        self.gaps: list[list[float]] = []
-
-    async def start(self) -> None:
-        code = (
-            "import sys; from bench.reliability import healthy_main; healthy_main(sys.argv[1], sys.argv[2])"
-        )
-        self.proc = subprocess.Popen([sys.executable, "-c", code, self.url, str(self.out)])
-        deadline = time.monotonic() + 30
-        while not self.out.exists() and time.monotonic() < deadline:  # it writes the file once streaming
-            await asyncio.sleep(0.05)
-
-    async def stop(self) -> None:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()  # its figures are on disk already (written every second)
-            self.proc.wait(5)
-        figures = json.loads(self.out.read_text())
-        self.max_gap_ms, self.frames, self.gaps = figures["max_gap_ms"], figures["frames"], figures["gaps"]
-
-
-def healthy_main(url: str, out: str) -> None:
-    """The healthy client's process: stream until SIGINT, then write {"frames", "max_gap_ms"} to `out`."""
-    figures: dict = {"frames": 0, "max_gap_ms": 0.0, "gaps": []}  # gaps: [unix time, ms] over 120 ms
-
-    async def session() -> None:
-        from websockets.asyncio.client import connect
-
-        async with connect(url, max_size=None) as ws:
-            await ws.send(json.dumps(STARTS["/ws"]))
-
-            async def send() -> None:
-                t0, n = time.monotonic(), 0
-                while True:
-                    await ws.send(b"\x00" * FRAME_BYTES)
-                    n += 1
-                    await asyncio.sleep(max(0.0, t0 + n * 0.08 - time.monotonic()))
-
-            sender = asyncio.create_task(send())
-            last = None
-            try:
-                async for message in ws:
-                    if isinstance(message, bytes):
-                        now = time.monotonic()
-                        if last is not None and figures["frames"] > 25:  # past the start-up
-                            gap = round((now - last) * 1000, 1)
-                            figures["max_gap_ms"] = max(figures["max_gap_ms"], gap)
-                            if gap > 120 and len(figures["gaps"]) < 1000:
-                                figures["gaps"].append([time.time(), gap])
-                        last = now
-                        figures["frames"] += 1
-                        if figures["frames"] % 12 == 1:  # the first frame tells the bench it streams
-                            Path(out).write_text(json.dumps(figures))
-            finally:
-                sender.cancel()
-
-    try:
-        asyncio.run(session())
-    except KeyboardInterrupt:
-        pass
-    finally:
-        Path(out).write_text(json.dumps(figures))
 
 
 # -- kill -9 and drain -------------------------------------------------------------------------------
@@ -364,6 +234,8 @@ async def bench(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-reliability-") as tmp:
         workdir = Path(tmp)
         serve = ["--backend", "scripted", "--captions", "off", "--max-sessions", str(args.max_sessions)]
+        serve += ["--max-connections-per-client", "0"]  # fuzz and churn come from one address
+        serve += ["--moshi-ui", str(moshi_ui_with_a_big_file(workdir / "ui", args.static_mb))]
         with Server(serve, workdir / "server.log", args.trace_memory) as server:
             healthy = HealthyClient(server.url("/ws"), workdir / "healthy.json")
             await healthy.start()
@@ -415,6 +287,10 @@ async def bench(args) -> dict:
             )
             figures["churn"] = result
             figures["memory"] = memory_figures(reports)
+            phases.append(("big static file", time.time()))
+            figures["big_static_file"] = await big_static_file(server, args)
+            phases.append(("idle", time.time()))
+            await asyncio.sleep(1.0)
             await healthy.stop()
             figures["healthy_client"] = {
                 "frames": healthy.frames,
@@ -424,18 +300,10 @@ async def bench(args) -> dict:
             figures["tracebacks_total"] = server.tracebacks()
         figures["kill_9"] = await killed_recording(workdir)
         figures["drain"] = await drain(workdir)
+        figures["full_disk"] = await full_disk(workdir, args)
+        figures["idle_holders"] = await idle_holders(workdir, args)
+        figures["prompted_model"] = await prompted_model(workdir, args)
     return figures
-
-
-def gaps_by_phase(gaps: list[list[float]], phases: list[tuple[str, float]]) -> dict[str, float]:
-    """The largest of the healthy client's long gaps (ended at unix time t, lasting ms) in each phase
-    of the run, by the phase in which the gap began."""
-    worst: dict[str, float] = {}
-    for t, ms in gaps:
-        began = t - ms / 1000
-        name = next((n for n, start in reversed(phases) if start <= began), phases[0][0])
-        worst[name] = max(worst.get(name, 0.0), ms)
-    return worst
 
 
 def _growth(before: float, after: float) -> str:
@@ -499,4 +367,5 @@ def run(args: argparse.Namespace) -> int:
         f"drain: /healthz {d['healthz_while_draining']}, new session {d['new_session']}, live session "
         f"{d['live_session_ended']} after {d['session_end_s']} s, exit after {d['exit_s']} s"
     )
+    print_probes(figures, h["max_gap_ms_by_phase"])
     return 0

@@ -27,9 +27,13 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     max_sessions: int | None = None  # None: ask the backend
+    start_timeout_s: float = 5.0  # a connection that has not started its session by then is closed
+    max_connections_per_client: int = 16  # open websockets per client address; 0: no cap
     auth_token: str | None = None
     allowed_origins: list[str] | None = None  # None: the server's own host:port
     record_dir: str | None = None
+    record_min_free_mb: float = 100.0  # sessions start unrecorded while the record dir has less free
+    record_required: bool = False  # /readyz says not ready while recordings fail
     ssl_cert: str | None = None
     ssl_key: str | None = None
     barge_in: str = "model"
@@ -118,6 +122,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="concurrent sessions (default $ASSISTANT_MAX_SESSIONS, else what the backend holds)",
     )
     parser.add_argument(
+        "--start-timeout",
+        type=float,
+        default=5.0,
+        help="close a connection that has not started its session this many s after the upgrade; "
+        "it takes an engine slot only when it starts (default: 5)",
+    )
+    parser.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        default=os.environ.get("ASSISTANT_MAX_CONNECTIONS_PER_CLIENT", 16),
+        help="websockets one client address may hold open at once; more get 1013. Behind a proxy "
+        "every client has the proxy's address: set 0 (no cap) there and cap per client in the proxy "
+        "(default $ASSISTANT_MAX_CONNECTIONS_PER_CLIENT, else 16)",
+    )
+    parser.add_argument(
         "--auth-token",
         default=os.environ.get("ASSISTANT_AUTH_TOKEN"),
         help="require this token (Bearer header or ?token=); default $ASSISTANT_AUTH_TOKEN",
@@ -130,6 +149,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--record", metavar="DIR", help="record every session (stereo WAV + JSONL events) in DIR"
+    )
+    parser.add_argument(
+        "--record-min-free-mb",
+        type=float,
+        default=100.0,
+        help="with --record: start a session unrecorded while DIR's disk has less than this many MB "
+        "free (default 100; a session records about 0.35 GB an hour)",
+    )
+    parser.add_argument(
+        "--record-required",
+        action="store_true",
+        help="with --record: /readyz (and the agent) say not ready while recordings fail, so a "
+        "balancer sends new sessions elsewhere; by default sessions go on unrecorded and only "
+        "/healthz's `recording` says so",
     )
     parser.add_argument(
         "--ssl-cert", default=os.environ.get("ASSISTANT_SSL_CERT"), help="TLS certificate (PEM)"
@@ -209,6 +242,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="end sessions after this many s (default: 3600)",
     )
     parser.add_argument(
+        "--prompt-changes-per-second",
+        type=float,
+        default=1.0,
+        help="how often a session may set a new prompt (instructions or voice), each restarting the "
+        "model's context; sooner is refused with rate_limited and the prompt stays (default 1; 0 = "
+        "no limit)",
+    )
+    parser.add_argument(
         "--max-send-lag",
         type=float,
         default=2.0,
@@ -275,9 +316,17 @@ def _switch(value: bool | str | None, env_name: str) -> bool:
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     if args.max_sessions is not None and args.max_sessions < 1:
         raise ValueError(f"--max-sessions must be >= 1, got {args.max_sessions}")
-    for name in ("idle_timeout", "max_session_seconds", "max_send_lag", "ping_interval"):
+    if args.max_connections_per_client < 0:
+        raise ValueError(f"--max-connections-per-client must be >= 0, got {args.max_connections_per_client}")
+    for name in ("start_timeout", "idle_timeout", "max_session_seconds", "max_send_lag", "ping_interval"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if args.record_min_free_mb < 0:
+        raise ValueError(f"--record-min-free-mb must be >= 0, got {args.record_min_free_mb}")
+    if args.record_required and not args.record:
+        raise ValueError("--record-required needs --record DIR")
+    if args.prompt_changes_per_second < 0:
+        raise ValueError(f"--prompt-changes-per-second must be >= 0, got {args.prompt_changes_per_second}")
     if args.drain_seconds < 0:
         raise ValueError(f"--drain-seconds must be >= 0, got {args.drain_seconds}")
     protect_metrics = _switch(args.protect_metrics, "ASSISTANT_PROTECT_METRICS")
@@ -324,9 +373,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         host=args.host,
         port=args.port,
         max_sessions=args.max_sessions,
+        start_timeout_s=args.start_timeout,
+        max_connections_per_client=args.max_connections_per_client,
         auth_token=args.auth_token or None,
         allowed_origins=args.allowed_origins,
         record_dir=args.record,
+        record_min_free_mb=args.record_min_free_mb,
+        record_required=args.record_required,
         ssl_cert=args.ssl_cert,
         ssl_key=args.ssl_key,
         barge_in=args.barge_in,
@@ -340,7 +393,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         device=args.device,
         dtype=engine.get("dtype"),
         engine_options=engine_options,
-        limits=ConversationLimits(idle_timeout_s=args.idle_timeout, max_session_s=args.max_session_seconds),
+        limits=ConversationLimits(
+            idle_timeout_s=args.idle_timeout,
+            max_session_s=args.max_session_seconds,
+            prompt_changes_per_s=args.prompt_changes_per_second or None,
+        ),
         vad=vad,
         web_root=web_root,
         max_send_lag_s=args.max_send_lag,

@@ -2,14 +2,15 @@
 
 `Connection` owns one websocket and at most one conversation: the bounded outbox and its writer
 task (a stalled reader never blocks the frame clock), the per-connection rate limits (errors at
-most once a second, 1008 for a flood), the idle timeout before a client starts its session, the
+most once a second, 1008 for a flood), the engine slot taken when the client starts its session
+(`open_session`; none before), the start timeout that bounds how long it may wait to, the
 close sequence (drain, close, abort a silent peer), and the handling of failures (a bug while
 handling one message costs that message, not the conversation; anything else closes with 1011).
 A protocol adapter (server/protocols/native/adapter.py, server/protocols/realtime/adapter.py, server/protocols/live/adapter.py) subclasses it and only
 translates messages and conversation events. Whatever the conversation returns goes through
 `apply_events`, after the call that returned it: the engine slot's part here, the rest to the
 adapter's `conversation_event`.
-`serve_connection` is the shared entry: take a slot or refuse with 1013, run, clean up.
+`serve_connection` is the shared entry: admit the connection or refuse it with 1013, run, clean up.
 The websocket itself is any `Transport` (server/websocket.py wraps aiohttp's), so nothing here or
 in an adapter depends on the HTTP library.
 """
@@ -24,7 +25,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from assistant.conversation import CaptionUtterance, Conversation, ConversationEvent, Event
+from assistant.conversation import (
+    CaptionUtterance,
+    Conversation,
+    ConversationEvent,
+    ConversationOptions,
+    Event,
+)
+from assistant.scheduler import SlotHandle
 from server.protocols.limits import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_NORMAL,
@@ -170,12 +178,13 @@ class Connection:
     outbox_scale = 1  # messages per frame this protocol sends, relative to one (native: audio + events)
     not_started_code = "not_started"  # the error code for a client that never starts its session
 
-    def __init__(self, ctx, ws: Transport, slot):
+    def __init__(self, ctx, ws: Transport):
         self.ctx = ctx
         self.ws = ws
-        self.slot = slot
+        self.slot: SlotHandle | None = None  # taken when the session starts
         self._session: Conversation | None = None
         config = ctx.config
+        self.start_deadline = time.monotonic() + config.start_timeout_s
         self.outbox = Outbox(
             ws.send, max_items=config.max_outbox_items * self.outbox_scale, max_lag_s=config.max_send_lag_s
         )
@@ -189,6 +198,23 @@ class Connection:
         self.last_rate_error = -1e9
         self.internal_errors = 0  # messages in a row the server failed to handle
         self.closing: asyncio.Task | None = None
+
+    def open_session(self, sample_rate_hz: int, options: ConversationOptions) -> Conversation | None:
+        """Take an engine slot and open the conversation in it (the adapter starts it). None when the
+        server filled up since this connection came in: it is then closed with 1013, as at the
+        upgrade. Raises ValueError for options the conversation refuses (no slot is kept)."""
+        slot = self.ctx.reserve()
+        if slot is None:
+            self.close(CLOSE_TRY_AGAIN_LATER, self.ctx.refusal_reason())
+            return None
+        try:
+            session = self.ctx.open_session(slot, sample_rate_hz, self.apply_events, options)
+        except BaseException:
+            slot.release()
+            raise
+        self.slot = slot
+        self.session = session
+        return session
 
     @property
     def session(self) -> Conversation | None:
@@ -251,13 +277,13 @@ class Connection:
         """The next client message; None ends the connection (after it was closed)."""
         if self.session is not None:
             return await self.ws.recv()
-        # Before the client starts its session only the idle timeout bounds how long a slot stays taken.
-        idle = self.ctx.config.limits.idle_timeout_s
+        # Until the client starts its session the start timeout bounds how long it stays, whatever it sends.
         try:
-            return await asyncio.wait_for(self.ws.recv(), idle)
+            return await asyncio.wait_for(self.ws.recv(), max(0.0, self.start_deadline - time.monotonic()))
         except TimeoutError:
-            self.send_error(self.not_started_code, f"no session.start within {idle:g} s; closing")
-            self.close(CLOSE_NORMAL, "idle_timeout", flush=True)
+            timeout = self.ctx.config.start_timeout_s
+            self.send_error(self.not_started_code, f"no session.start within {timeout:g} s; closing")
+            self.close(CLOSE_NORMAL, "start_timeout", flush=True)
             return None
 
     # -- the conversation's events ------------------------------------------------------------
@@ -370,7 +396,8 @@ class Connection:
             if self.session is not None:
                 self.apply_events(self.session.end("client_disconnected"))
                 self.ctx.forget(self.session)
-            self.slot.release()  # a no-op once the conversation's end gave it back
+            if self.slot is not None:
+                self.slot.release()  # a no-op once the conversation's end gave it back
             self.finish()
             if self.closing is not None:
                 await asyncio.wait({self.closing})
@@ -384,14 +411,15 @@ class Connection:
 
 
 async def serve_connection(ctx, ws: Transport, connection_class: type[Connection]) -> None:
-    """Serve one websocket with `connection_class`: a slot, or close 1013 when full or draining."""
-    slot = ctx.reserve()
-    if slot is None:
-        await ws.close(CLOSE_TRY_AGAIN_LATER, ctx.refusal_reason())
+    """Serve one websocket with `connection_class`, or close it with 1013 when the server is full or
+    draining or its address holds --max-connections-per-client already. No engine slot is taken
+    here: idle upgrades never fill the server."""
+    address = ws.remote_address[0] if ws.remote_address else None
+    refusal = ctx.admit(address)
+    if refusal is not None:
+        await ws.close(CLOSE_TRY_AGAIN_LATER, refusal)
         return
     try:
-        conn = connection_class(ctx, ws, slot)
-    except Exception:
-        slot.release()
-        raise
-    await conn.run()
+        await connection_class(ctx, ws).run()
+    finally:
+        ctx.leave(address)

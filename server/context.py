@@ -1,10 +1,12 @@
 """What every protocol adapter shares in one server process: the frame loop, capacity, sessions,
-captions, metrics and recording. `ctx.reserve()` takes an engine slot (None when full or
-draining); `ctx.open_session(...)` starts a conversation (assistant/conversation) in it."""
+captions, metrics and recording. `ctx.admit(address)` lets a websocket in (or says why not),
+`ctx.reserve()` takes an engine slot when it starts its session (None when full or draining);
+`ctx.open_session(...)` starts a conversation (assistant/conversation) in it."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import secrets
 import time
@@ -17,7 +19,7 @@ from assistant.engine import Engine
 from assistant.scheduler import Host, Scheduler, SlotHandle
 from server.config import ServerConfig
 from server.metrics import Metrics
-from server.recording import Recorder
+from server.recording import Recordings
 
 
 class ServerContext:
@@ -28,8 +30,14 @@ class ServerContext:
         self.engine = engine
         self.metrics = Metrics()
         self.scheduler = Scheduler(engine, metrics=self.metrics, collect_garbage=True)
+        self.recordings = (
+            Recordings(config.record_dir, min_free_mb=config.record_min_free_mb, metrics=self.metrics)
+            if config.record_dir
+            else None
+        )
         self.sessions: dict[str, Conversation] = {}
         self._hosts: dict[str, Host] = {}  # who carries out each live session's events
+        self.connections: collections.Counter[str] = collections.Counter()  # open websockets by address
         self.started_at = time.monotonic()
         self.port = config.port
         self.draining = False
@@ -50,8 +58,30 @@ class ServerContext:
             "max_sessions", "Sessions this server holds at most.", lambda: self.scheduler.capacity
         )
 
+    def admit(self, address: str | None) -> str | None:
+        """Let a new websocket from `address` in, counted until `leave`; or why not (the 1013 close
+        reason): the server is full or draining, or the address holds its share of connections.
+        No slot is taken: a connection takes one when it starts its session."""
+        if self.draining or self.scheduler.free_slots == 0:
+            self.metrics.inc("refused_total")
+            return self.refusal_reason()
+        cap = self.config.max_connections_per_client
+        if cap and address is not None and self.connections[address] >= cap:
+            self.metrics.inc("client_cap_refused_total")
+            return f"{cap} connections are open from this address already; close one or try later"
+        if address is not None:
+            self.connections[address] += 1
+        return None
+
+    def leave(self, address: str | None) -> None:
+        """A websocket `admit` let in has closed."""
+        if address is not None:
+            self.connections[address] -= 1
+            if self.connections[address] <= 0:
+                del self.connections[address]
+
     def reserve(self) -> SlotHandle | None:
-        """An engine slot for a new connection, or None when the server is full (or draining)."""
+        """An engine slot for a session about to start, or None when the server is full (or draining)."""
         if self.draining:
             return None
         slot = self.scheduler.reserve()
@@ -72,7 +102,7 @@ class ServerContext:
         options.vad_config(self.config.vad)  # raises ValueError for bad VAD options before any file is made
         self.check_prompt(options.instructions, options.voice)
         session_id = "sess_" + secrets.token_hex(6)
-        recorder = Recorder(self.config.record_dir, session_id) if self.config.record_dir else None
+        recorder = self.recordings.open(session_id) if self.recordings else None  # None: unrecorded
         session = Conversation(
             session_id,
             sample_rate_hz,
@@ -165,12 +195,21 @@ class ServerContext:
             return "draining"
         return "ok" if self.scheduler.free_slots > 0 else "full"
 
+    def recording_health(self) -> tuple[str, str | None]:
+        """("off" | "ok" | "failing", why it fails): sessions go on unrecorded while it fails."""
+        return ("off", None) if self.recordings is None else self.recordings.describe()
+
     def healthz(self) -> dict[str, Any]:
         info = self.engine.describe()
         status = self.status()
+        recording, recording_error = self.recording_health()
+        # Serving goes on unrecorded; readiness waits for the recordings only when the operator asks.
+        ready = status == "ok" and not (self.config.record_required and recording == "failing")
         return {
             "status": status,
-            "ready": status == "ok",
+            "ready": ready,
+            "recording": recording,
+            "recording_error": recording_error,
             "live_sessions": len(self.sessions),
             "max_sessions": self.scheduler.capacity,
             "capacity_left": 0 if self.draining else self.scheduler.free_slots,

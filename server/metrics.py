@@ -45,6 +45,11 @@ _DEFINITIONS: dict[str, tuple[str, str, tuple[float, ...]]] = {
     "sessions_total": ("counter", "Sessions started.", ()),
     "session_frames": ("counter", "80 ms frames processed, summed over sessions.", ()),
     "refused_total": ("counter", "Connections refused because every slot was taken.", ()),
+    "client_cap_refused_total": (
+        "counter",
+        "Connections refused because their address held --max-connections-per-client already.",
+        (),
+    ),
     "underruns": ("counter", "Input frames missing at a tick (silence fed instead).", ()),
     "drops": ("counter", "Input frames dropped to keep latency bounded.", ()),
     "barge_ins": ("counter", "User barge-ins while the assistant spoke.", ()),
@@ -52,8 +57,14 @@ _DEFINITIONS: dict[str, tuple[str, str, tuple[float, ...]]] = {
     "slow_clients": ("counter", "Clients disconnected for reading too slowly.", ()),
     "errors": ("counter", "Errors sent to clients, by code.", ()),
     "captions_dropped": ("counter", "User captions dropped because the caption queue was full.", ()),
+    "recording_failures": (
+        "counter",
+        "Sessions left unrecorded by --record: too little free space (low_disk), the files could not "
+        "be opened (open), or writing failed mid-session (write).",
+        (),
+    ),
 }
-LABELS = {"errors": ("code",)}  # counters counted per label value
+LABELS = {"errors": ("code",), "recording_failures": ("stage",)}  # counters counted per label value
 
 # Counters export only their value, as before: no `_created` timestamp series beside each.
 disable_created_metrics()

@@ -6,13 +6,19 @@ import json
 
 import pytest
 
+SMALL_PROBES = [
+    *("--disk-seconds", "2", "--odd-texts", "5", "--storm-seconds", "3"),
+    *("--long-session-s", "18", "--static-mb", "4", "--static-fetches", "2"),
+    *("--holders", "24", "--holders-seconds", "4"),
+]
 
-@pytest.mark.timeout(180)
+
+@pytest.mark.timeout(420)
 def test_bench_reliability_small_run(capsys):
     from assistant.cli import main
 
     argv = ["bench", "reliability", "--fuzz", "150", "--churn", "30", "--rounds", "2", "--warm-up", "20"]
-    assert main([*argv, "--workers", "6", "--json"]) == 0
+    assert main([*argv, "--workers", "6", *SMALL_PROBES, "--json"]) == 0
     figures = json.loads(capsys.readouterr().out)
     assert set(figures["fuzz"]) >= {"/ws", "/v1/realtime"}
     for path, fuzz in figures["fuzz"].items():
@@ -41,6 +47,25 @@ def test_bench_reliability_small_run(capsys):
     assert drain["healthz_while_draining"] == "503 draining"
     assert drain["new_session"].startswith("1013")
     assert drain["live_session_ended"] == "server_shutdown"
+    static = figures["big_static_file"]
+    assert static["answers"] == ["200 4 MiB"] and static["revalidated"] == 304
+    disk = figures["full_disk"]
+    if "skipped" not in disk:  # a tmpfs as root, a read-only directory otherwise
+        assert disk["sessions"] == 8 and disk["ended_other_than_asked"] == [] and disk["tracebacks"] == 0
+        assert disk["healthz"] == "200 ok" and disk["recording"] == "failing" and disk["warnings"] >= 8
+    holders = figures["idle_holders"]
+    assert holders["readyz_not_200"] == 0 and holders["tracebacks"] == 0
+    assert holders["idle_slots_while_holding"] == holders["idle_slots_after_timeout"] == 0
+    assert holders["holders_open_after_timeout"] == 0 and holders["closes"].get("1000 start_timeout", 0) > 0
+    let_in, tried = map(int, holders["real_users"].split("/"))
+    assert tried > 0 and let_in == tried
+    prompted = figures["prompted_model"]
+    odd, storm, long = prompted["odd text"], prompted["prompt storm"], prompted["long session"]
+    assert odd["tracebacks"] == storm["tracebacks"] == long["tracebacks"] == 0
+    assert not [answer for answer in odd["answers"] if "internal" in answer or "server_error" in answer]
+    assert odd["answers"]["error invalid_value"] > 0 and odd["answers"]["accepted"] > 0
+    assert 0 < storm["accepted"] <= storm["clients"] * (storm["seconds"] + 1) and storm["rate_limited"] > 0
+    assert long["still_live"] and long["errors"] == [] and long["usage_ratio_first_last"][-1] > 0
 
 
 def test_memory_figures_name_the_line_that_grew(tmp_path):
@@ -87,7 +112,7 @@ def test_rounds_must_be_at_least_one(capsys):
 
 
 def test_gaps_are_put_in_the_phase_they_began_in():
-    from bench.reliability import gaps_by_phase
+    from bench.loopback import gaps_by_phase
 
     phases = [("idle", 100.0), ("fuzz /ws", 110.0), ("memory reports", 120.0), ("idle", 120.5)]
     gaps = [[110.1, 150.0], [115.0, 300.0], [120.4, 200.0], [130.0, 130.0], [120.6, 250.0]]

@@ -79,12 +79,8 @@ async def test_a_failing_handler_costs_one_message_then_the_connection_closes_10
         def encode_error(self, code, message, *, server_side=False):
             return f"{code}:{server_side}"
 
-    class Slot:
-        def release(self):
-            pass
-
     ws = FakeWebsocket()
-    conn = Flaky(fake_context(), ws, Slot())
+    conn = Flaky(fake_context(), ws)
     conn.receive("a")
     Flaky.fail = False
     conn.receive("b")  # handled: the conversation goes on

@@ -34,7 +34,9 @@ START = json.dumps(
 
 @pytest.fixture(scope="module")
 def server():
-    with start_server("--auth-token", TOKEN, "--max-sessions", "2", "--idle-timeout", "3") as address:
+    with start_server(
+        "--auth-token", TOKEN, "--max-sessions", "2", "--idle-timeout", "3", "--start-timeout", "3"
+    ) as address:
         yield address
 
 
@@ -177,7 +179,7 @@ async def test_a_full_server_closes_new_connections_with_1013_and_counts_them(se
     assert re.search(r'^assistant_errors_total\{code="invalid_json"\} \d+', metrics, re.M)
 
 
-async def test_no_session_start_or_no_audio_ends_the_session_after_the_idle_timeout(server):
+async def test_no_session_start_in_time_closes_and_no_audio_ends_the_session(server):
     async with connect(url(server), additional_headers=HEADERS) as ws:
         inbox = LiveInbox(ws.recv)
         error = await inbox.next("error", timeout=10)

@@ -24,6 +24,7 @@ FAMILIES = {
     "assistant_slow_clients": "counter",
     "assistant_errors": "counter",
     "assistant_captions_dropped": "counter",
+    "assistant_recording_failures": "counter",
 }
 
 

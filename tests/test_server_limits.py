@@ -137,7 +137,7 @@ async def test_bad_clients_get_errors_while_a_good_session_streams_without_gaps(
 
 async def test_idle_and_overlong_sessions_end_cleanly():
     with start_server(
-        "--backend", "silence", "--idle-timeout", "1", "--max-session-seconds", "2.5"
+        "--backend", "silence", "--idle-timeout", "1", "--max-session-seconds", "2.5", "--start-timeout", "1"
     ) as address:
         async with connect(address.ws_url) as idle_ws, connect(address.ws_url) as busy_ws:
             idle, busy = NativeClient(idle_ws), NativeClient(busy_ws)
@@ -154,7 +154,7 @@ async def test_idle_and_overlong_sessions_end_cleanly():
             await busy.wait_closed()
             assert busy_ws.close_code == 1000
             feeding.cancel()
-        # A connection that never starts a session does not hold a slot forever either.
+        # A connection that never starts a session is closed after the start timeout.
         async with connect(address.ws_url) as silent_ws:
             await asyncio.wait_for(silent_ws.wait_closed(), 5)
         assert json.loads(http_get(address, "/healthz")[2])["live_sessions"] == 0

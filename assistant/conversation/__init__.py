@@ -29,6 +29,7 @@ from assistant.conversation.options import (
     SUPPORTED_SAMPLE_RATES,
     ConversationLimits,
     ConversationOptions,
+    PromptChangeLimited,
 )
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "InputSpeechStarted",
     "InputSpeechStopped",
     "PlaybackClear",
+    "PromptChangeLimited",
     "SessionEnded",
     "SessionReady",
     "SessionUpdated",

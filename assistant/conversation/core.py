@@ -12,6 +12,7 @@ returns the `ConversationEvent`s it caused, in order, for its host to carry out 
     conv.push_audio(pcm16: bytes)           # user audio, PCM16 LE mono at sample_rate_hz, any length
     conv.push_samples(x: float32 (n,))      # the same as float samples at sample_rate_hz
     conv.update(**options)                  # ConversationOptions fields: [..., SessionUpdated]
+    conv.check_prompt_change()              # raises PromptChangeLimited while a new prompt must wait
     conv.set_played_ms(ms)                  # how much assistant audio the listener has played
     conv.hold(True/False)                   # the host keeps the assistant quiet (manual turn control)
     conv.hold_until_user_stops()            # ... until the user's current speech ends (an interruption)
@@ -70,6 +71,7 @@ from assistant.conversation.options import (
     SUPPORTED_SAMPLE_RATES,
     ConversationLimits,
     ConversationOptions,
+    PromptChangeLimited,
 )
 from assistant.conversation.turns import (
     AssistantHeld,
@@ -192,6 +194,7 @@ class Conversation:
         self.latencies: list[TurnLatency] = []
         self._turn_text: list[tuple[float, str]] = []  # (output ms, piece) of the assistant's stretch
         self._pending_user_frame: np.ndarray | None = None
+        self._prompt_free_at = -np.inf  # clock time from which the prompt may change again
 
     # -- host-facing API -----------------------------------------------------------------------
     def start(self) -> list[ConversationEvent]:
@@ -260,11 +263,16 @@ class Conversation:
 
     def update(self, **changes: Any) -> list[ConversationEvent]:
         """Change options (ConversationOptions fields): [..., SessionUpdated]. Raises ValueError
-        for a bad value, and then changes nothing."""
+        for a bad value (PromptChangeLimited for a new prompt too soon), and then changes nothing."""
         options = self.options.replace(**changes)
         vad_config = options.vad_config(self.base_vad)
         if self.check_prompt and changes.keys() & {"instructions", "voice"}:
             self.check_prompt(options.instructions, options.voice)
+        new_prompt = (options.instructions, options.voice) != (self.options.instructions, self.options.voice)
+        if new_prompt:
+            self.check_prompt_change()
+            per_s = self.limits.prompt_changes_per_s
+            self._prompt_free_at = self.clock() + (1.0 / per_s if per_s else 0.0)
         policy_was = self.options.barge_in
         self.options = options
         self.turns.barge_in = self.options.barge_in
@@ -285,6 +293,13 @@ class Conversation:
         if refused:
             out.append(refused)
         return out
+
+    def check_prompt_change(self) -> None:
+        """Raise PromptChangeLimited while a new prompt would come sooner than the limits allow (a
+        protocol that keeps its own copy of the prompt asks before changing it)."""
+        wait_s = self._prompt_free_at - self.clock()
+        if self.limits.prompt_changes_per_s and wait_s > 0:
+            raise PromptChangeLimited(wait_s, self.limits.prompt_changes_per_s)
 
     def set_played_ms(self, played_ms: float) -> None:
         self.played_ms = min(float(played_ms), self.sent_ms)

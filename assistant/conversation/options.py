@@ -86,3 +86,19 @@ class ConversationLimits:
     max_session_s: float | None = 3600.0
     stats_every_frames: int = 12  # ~1 s
     assistant_hangover_frames: int = 3  # silent frames before the assistant's stretch counts as over
+    # New prompts (instructions or voice) a session may set per second; each restarts the model's
+    # context and feeds the prompt again. None: no limit.
+    prompt_changes_per_s: float | None = 1.0
+
+
+class PromptChangeLimited(ValueError):
+    """A prompt change sooner than ConversationLimits.prompt_changes_per_s allows; nothing changed."""
+
+    code = "rate_limited"
+
+    def __init__(self, retry_after_s: float, per_s: float):
+        self.retry_after_s = retry_after_s
+        super().__init__(
+            f"the prompt (instructions, voice) may change {per_s:g} time{'s' if per_s != 1 else ''} a "
+            f"second; it stays as it was: retry in {retry_after_s:.2f} s"
+        )

@@ -1,7 +1,7 @@
 """`/v1/live/sessions`: the OpenAI Live API (full duplex) adapter on the shared connection base.
 
-A connection takes an engine slot at the handshake (1013 when the server is full) and opens its
-conversation at `session.start`, at the sample rate of the audio format the client chose (the core
+A connection is refused at the handshake when the server is full (1013), and takes an engine slot
+and opens its conversation at `session.start`, at the sample rate of the audio format the client chose (the core
 resamples to and from the model's 24 kHz). JSON text frames go through `LiveConversation.receive`,
 what the conversation returns through `LiveConversation.conversation_event`; what comes back is
 sent or carried out, after the call. All protocol logic lives in
@@ -29,8 +29,8 @@ class LiveConnection(Connection):
     outbox_scale = 2  # a frame is an audio delta and maybe a transcript delta
     not_started_code = "session_not_started"
 
-    def __init__(self, ctx, ws: Transport, slot):
-        super().__init__(ctx, ws, slot)
+    def __init__(self, ctx, ws: Transport):
+        super().__init__(ctx, ws)
         engine = ctx.engine
         name = engine.model_name or engine.name
         self.live = LiveConversation(
@@ -44,7 +44,12 @@ class LiveConnection(Connection):
             context_frames=engine.describe().get("context_frames"),
             max_session_s=ctx.config.limits.max_session_s,
             barge_in=ctx.config.barge_in,
+            check_prompt_change=self.check_prompt_change,
         )
+
+    def check_prompt_change(self) -> None:
+        if self.session is not None:  # before session.start the prompt is set, not changed
+            self.session.check_prompt_change()
 
     # -- state machine outputs -> socket / session -----------------------------------------------
     def apply(self, outputs: list[LiveOutput]) -> None:
@@ -68,11 +73,13 @@ class LiveConnection(Connection):
             instructions=start.instructions, voice=start.voice, captions=start.captions
         )  # the state machine resolved the server's default prompt already
         try:
-            self.session = self.ctx.open_session(self.slot, start.sample_rate_hz, self.apply_events, options)
+            session = self.open_session(start.sample_rate_hz, options)
         except ValueError as exc:
             self.apply(self.live.start_refused(str(exc)))
             return
-        self.apply_events(self.session.start())
+        if session is None:  # the server filled up meanwhile: the connection closes with 1013
+            return
+        self.apply_events(session.start())
         self.apply(self.live.started(self.session.session_id, time.time()))
 
     def send_event(self, event: dict) -> None:

@@ -36,6 +36,7 @@ from assistant.conversation import (
     BargeIn,
     ConversationEvent,
     Error,
+    PromptChangeLimited,
     SessionEnded,
     UserTranscript,
 )
@@ -94,15 +95,18 @@ class LiveConversation:
         context_frames: int | None = None,
         max_session_s: float | None = None,
         barge_in: str = "model",
+        check_prompt_change=None,
     ):
         """default_voice: the voice a session gets when it names none (models that take prompts; the
         others speak in their one voice, shown as `engine_name`). check_prompt(instructions, voice)
-        raises ValueError for a prompt the engine cannot use. context_frames: the model's context
+        raises ValueError for a prompt the engine cannot use; check_prompt_change() raises
+        PromptChangeLimited while a new prompt must wait. context_frames: the model's context
         window (None: unknown)."""
         self.engine_name = engine_name
         self.default_voice = default_voice
         self.takes_prompts = takes_prompts
         self.check_prompt = check_prompt or (lambda instructions, voice: None)
+        self.check_prompt_change = check_prompt_change or (lambda: None)
         self.default_instructions = default_instructions
         self.captions = captions
         self.context_frames = context_frames
@@ -312,6 +316,10 @@ class LiveConversation:
                 self.check_prompt(instructions, self.voice)
             except ValueError as exc:
                 raise LiveError("invalid_value", str(exc), "content", ev.event_id) from None
+            try:
+                self.check_prompt_change()
+            except PromptChangeLimited as exc:
+                raise LiveError(exc.code, str(exc), "content", ev.event_id) from None
             self.instructions = instructions
             self.context_used = 0  # the model starts over from its new prompt
             out.append(SetPrompt(instructions, self.voice))

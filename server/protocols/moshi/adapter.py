@@ -46,8 +46,8 @@ class MoshiChatConnection(Connection):
 
     protocol_name = "moshi"
 
-    def __init__(self, ctx, ws: Transport, slot):
-        super().__init__(ctx, ws, slot)
+    def __init__(self, ctx, ws: Transport):
+        super().__init__(ctx, ws)
         self.decoder = OpusDecoder(SAMPLE_RATE_HZ)
         self.encoder = OpusEncoder(SAMPLE_RATE_HZ)
         self.handshake_sent = False
@@ -58,14 +58,16 @@ class MoshiChatConnection(Connection):
         try:
             options = ctx.default_options().replace(**chat_query.session_options(query))
             start_frame = chat_query.image_start(query)
-            self.session = ctx.open_session(slot, SAMPLE_RATE_HZ, self.apply_events, options)
+            session = self.open_session(SAMPLE_RATE_HZ, options)
         except ValueError as exc:  # QueryError, or what the engine refuses (prompts, voices)
             self.refuse(CLOSE_POLICY, "invalid_value", str(exc))
             return
+        if session is None:  # the server filled up since the upgrade: the connection closes with 1013
+            return
         self.images = ImageInput(
-            slot, start_frame=start_frame, accepted=self.image_accepted, refused=self.image_refused
+            self.slot, start_frame=start_frame, accepted=self.image_accepted, refused=self.image_refused
         )
-        self.apply_events(self.session.start())
+        self.apply_events(session.start())
         if unknown := chat_query.unknown_parameters(query):
             log.info("moshi: %s ignores query parameters %s", self.session.session_id, unknown)
 

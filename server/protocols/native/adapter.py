@@ -13,7 +13,7 @@ deferring the encode would let a `playback.clear` overtake the audio it clears.
 
 from __future__ import annotations
 
-from assistant.conversation import AudioOut, Event, SessionEnded, SessionReady
+from assistant.conversation import AudioOut, Event, PromptChangeLimited, SessionEnded, SessionReady
 from assistant.images import ImageError
 from audio.frames import FRAME_MS
 from audio.opus_packets import PACKET_MS, OpusPacketDecoder, OpusPacketEncoder, OpusPacketError
@@ -40,14 +40,7 @@ class NativeConnection(Connection):
     encoder: OpusPacketEncoder | None = None
     decoder: OpusPacketDecoder | None = None
 
-    def __init__(self, ctx, ws, slot):
-        super().__init__(ctx, ws, slot)
-        self.images = ImageInput(
-            slot,
-            shown=lambda _, image: self.send(wire.image_updated_event(image)),
-            removed=lambda _: self.send(wire.image_updated_event(None)),
-            refused=self.refuse_image,
-        )
+    images: ImageInput | None = None  # once the session has its slot
 
     def conversation_event(self, event: Event) -> None:
         if isinstance(event, AudioOut) and self.encoder is not None:
@@ -104,10 +97,18 @@ class NativeConnection(Connection):
             self.use_audio_format(event.audio_format)
             try:
                 options = self.ctx.default_options().replace(**event.options())
-                self.session = self.ctx.open_session(self.slot, event.sample_rate, self.apply_events, options)
+                session = self.open_session(event.sample_rate, options)
             except ValueError as exc:
                 raise ProtocolError("invalid_value", str(exc)) from None
-            self.apply_events(self.session.start())
+            if session is None:  # the server filled up meanwhile, and the connection closes
+                return
+            self.images = ImageInput(
+                self.slot,
+                shown=lambda _, image: self.send(wire.image_updated_event(image)),
+                removed=lambda _: self.send(wire.image_updated_event(None)),
+                refused=self.refuse_image,
+            )
+            self.apply_events(session.start())
             return
         if self.session is None:
             raise ProtocolError("not_started", f"send session.start before {type(event).__name__}")
@@ -115,6 +116,8 @@ class NativeConnection(Connection):
             options = event.options()
             try:
                 events = self.session.update(**options)  # checks a new prompt with the engine too
+            except PromptChangeLimited as exc:
+                raise ProtocolError(exc.code, str(exc)) from None
             except ValueError as exc:
                 raise ProtocolError("invalid_value", str(exc)) from None
             self.apply_events(events)
@@ -139,4 +142,5 @@ class NativeConnection(Connection):
             self.encoder = self.decoder = None
 
     def finish(self) -> None:
-        self.images.close()
+        if self.images is not None:
+            self.images.close()

@@ -49,16 +49,18 @@ class RealtimeConnection(Connection):
     protocol_name = "realtime"
     outbox_scale = 4  # a Realtime frame is several messages (audio delta, transcript delta, response events)
 
-    def __init__(self, ctx, ws: Transport, slot):
-        super().__init__(ctx, ws, slot)
+    def __init__(self, ctx, ws: Transport):
+        super().__init__(ctx, ws)
         self.paced: collections.deque[bytes] = collections.deque()  # item audio fed at real-time speed
         self.paced_bytes = 0  # what `paced` holds, kept as it changes (read on every client event)
         self.feeder: asyncio.Task | None = None
+        self.images: ImageInput | None = None  # once the session has its slot
         # The core detects barge-ins at the user's onset (the Realtime API interrupts on speech_started)
         # and holds the engine after one only when the state machine says it interrupted a response
         # (`interrupt_response`, per response): so the core's policy is "model", report and let decide.
         options = ctx.default_options().replace(barge_in="model", min_interrupt_ms=0)
-        self.session = ctx.open_session(slot, SAMPLE_RATE_HZ, self.apply_events, options)
+        if self.open_session(SAMPLE_RATE_HZ, options) is None:  # the server filled up since the upgrade
+            return  # the connection closes with 1013
         model = requested_model(ws) or ctx.engine.model_name or ctx.engine.name
         takes_prompts = ctx.engine.takes_prompts
         # The protocol's state; self.session is the conversation's.
@@ -71,12 +73,13 @@ class RealtimeConnection(Connection):
             takes_prompts=takes_prompts,
             instructions=options.instructions or "",
             check_prompt=ctx.check_prompt,
+            check_prompt_change=self.session.check_prompt_change,
             id_prefix=secrets.token_hex(4),
             captions_model=ctx.captions_model,
             threshold_applies=ctx.config.vad.backend == "silero",
         )
         self.images = ImageInput(
-            slot,
+            self.slot,
             accepted=lambda check, _: self.apply(self.realtime.image_accepted(check)),
             refused=lambda check, error: self.apply(self.realtime.image_refused(check, error)),
         )
@@ -172,6 +175,7 @@ class RealtimeConnection(Connection):
             super().refuse_oversized(message, size)
 
     def finish(self) -> None:
-        self.images.close()
+        if self.images is not None:
+            self.images.close()
         if self.feeder is not None:
             self.feeder.cancel()

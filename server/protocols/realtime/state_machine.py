@@ -40,6 +40,7 @@ from assistant.conversation import (
     Error,
     InputSpeechStarted,
     InputSpeechStopped,
+    PromptChangeLimited,
     SessionEnded,
     UserTranscript,
 )
@@ -97,15 +98,18 @@ class RealtimeConversation(ClientItems):
         takes_prompts: bool = False,
         instructions: str = "",
         check_prompt=None,
+        check_prompt_change=None,
     ):
         """takes_prompts: the model honours instructions and voice (PersonaPlex family); then
-        check_prompt(instructions, voice) raises ValueError for a prompt the engine cannot use."""
+        check_prompt(instructions, voice) raises ValueError for a prompt the engine cannot use, and
+        check_prompt_change() raises PromptChangeLimited while a new prompt must wait."""
         self.session_id = session_id
         self.model = model
         self.voice = voice
         self.takes_prompts = takes_prompts
         self.instructions = instructions
         self.check_prompt = check_prompt or (lambda instructions, voice: None)
+        self.check_prompt_change = check_prompt_change or (lambda: None)
         self.captions_model = captions_model
         self.threshold_applies = threshold_applies  # False: the server's VAD decides voiced/unvoiced itself
         self.response_start_timeout_frames = max(1, response_start_timeout_ms // FRAME_MS)
@@ -211,6 +215,13 @@ class RealtimeConversation(ClientItems):
             heard_audio=self.input_ms > 0,
         )
         if prompt is not None:
+            try:
+                self.check_prompt_change()
+            except PromptChangeLimited as exc:  # before anything changes: the update is refused whole
+                param = (
+                    "session.instructions" if prompt[0] != self.instructions else "session.audio.output.voice"
+                )
+                raise RealtimeError(exc.code, str(exc), param, ev.event_id) from None
             self.instructions, self.voice = prompt
             out.append(SetPrompt(prompt[0] or None, prompt[1]))
         reconfigure = False
