@@ -71,6 +71,8 @@ class TickLog:
 class FrameSource(Protocol):
     def frame_ready(self) -> bool: ...  # optional: False makes the tick wait `grace_ms` once
 
+    def tick_due(self, tick_s: float) -> None: ...  # optional: when the tick taking the next frame is due
+
     def take_frame(self) -> np.ndarray | None: ...
 
     def deliver(self, pcm: np.ndarray, text: str, speaking: bool, step_ms: float) -> list: ...
@@ -320,8 +322,9 @@ class Scheduler:
                     raise
                 log.exception("engine %s of slot %d failed", kind, slot)
 
-    def _gather(self) -> tuple[dict[int, FrameSource], np.ndarray] | None:
-        """Slot changes, limits, then one input frame per live session (None when none is live)."""
+    def _gather(self, deadline: float | None = None) -> tuple[dict[int, FrameSource], np.ndarray] | None:
+        """Slot changes, limits, then one input frame per live session (None when none is live).
+        deadline: when this tick was due on the wall clock, for sessions that place their frames."""
         self._apply_ops()
         now = self.clock()
         for slot, session in list(self._sessions.items()):
@@ -329,6 +332,10 @@ class Scheduler:
         if not self._sessions:
             return None
         sessions = dict(self._sessions)
+        if deadline is not None:
+            for session in sessions.values():
+                if hasattr(session, "tick_due"):
+                    session.tick_due(deadline)
         # Slots whose output of this step is the engine's answer (open, and no prompt still being fed).
         self._ready = {slot for slot in sessions if self.engine.is_ready(slot)}
         batch, _ = gather_batch(self._batch, sessions)
@@ -360,8 +367,9 @@ class Scheduler:
         if host is not None and events:
             host(events)
 
-    async def tick(self) -> float:
+    async def tick(self, deadline: float | None = None) -> float:
         """One frame: apply slot changes, gather, step in the worker thread, dispatch.
+        deadline: when the wall clock's tick was due (`run`); None for a clock driven by the input.
 
         Returns the step time in ms (nan when no session was live and nothing ran)."""
         if self.grace_s and self._sessions:
@@ -370,7 +378,7 @@ class Scheduler:
                 # A talking user's chunk is a few ms late: wait that long rather than feed the model a gap
                 # (it would also push the user's timeline behind the clock for the rest of the turn).
                 await self._sleep(self.grace_s)
-        gathered = self._gather()
+        gathered = self._gather(deadline)
         if gathered is None:
             return float("nan")
         sessions, batch = gathered
@@ -420,7 +428,7 @@ class Scheduler:
                     self.metrics.observe("tick_late_ms", late_ms)
                 self.ticks += 1
                 live = len(self._sessions)
-                step_ms = await self.tick()
+                step_ms = await self.tick(tick.deadline)
                 self.tick_log.append(late_ms, step_ms, live)
                 if self.gc:
                     await asyncio.sleep(0)  # the writers send this tick's output first

@@ -218,18 +218,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="scripted backend: pause before replying (default: 0)",
     )
     parser.add_argument(
-        "--temperature",
-        type=float,
-        default=None,
-        help="moshi backend: audio sampling temperature of sessions that set none; 0 is greedy (default: 0.8)",
-    )
-    parser.add_argument(
-        "--text-temperature",
-        type=float,
-        default=None,
-        help="moshi backend: text sampling temperature of sessions that set none; 0 is greedy (default: 0.7)",
-    )
-    parser.add_argument(
         "--idle-timeout",
         type=float,
         default=60.0,
@@ -361,11 +349,6 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise ValueError("--script-reply only applies to --backend scripted")
     if backend == "moshi":
         engine_options = {"compile": engine["compile"], "quantize": engine["quantize"]}
-        for name in ("temperature", "text_temperature"):
-            if getattr(args, name) is not None:
-                engine_options[name] = getattr(args, name)
-    elif explicit and (args.temperature is not None or args.text_temperature is not None):
-        raise ValueError("--temperature and --text-temperature only apply to --backend moshi")
     return ServerConfig(
         backend=backend,
         model=engine.get("model"),

@@ -61,6 +61,7 @@ from assistant.conversation.events import (
     Stats,
     UserTranscript,
 )
+from assistant.conversation.frame_phase import FramePhase
 from assistant.conversation.input_buffer import (
     FRAME_UNDERRUN,
     InputBuffer,
@@ -195,6 +196,9 @@ class Conversation:
         self._turn_text: list[tuple[float, str]] = []  # (output ms, piece) of the assistant's stretch
         self._pending_user_frame: np.ndarray | None = None
         self._prompt_free_at = -np.inf  # clock time from which the prompt may change again
+        # Where frames end in the input, against a wall clock's ticks (an input clock needs none).
+        self._phase = None if input_clock else FramePhase()
+        self._tick_s: float | None = None  # when the tick that takes the next frame is due
 
     # -- host-facing API -----------------------------------------------------------------------
     def start(self) -> list[ConversationEvent]:
@@ -250,6 +254,8 @@ class Conversation:
             self._utterance.push(x)
         self.samples_in += x.shape[0]
         self._arrivals.append((self.samples_in, now))
+        if self._phase is not None:
+            self._phase.arrived(self.samples_in, now)
         out: list[ConversationEvent] = []
         for ev in self._vad.push(x):
             out += self._on_vad(ev, now)
@@ -366,6 +372,11 @@ class Conversation:
     def _user_silent(self) -> bool:
         return not self._vad.speaking and self._vad.probability < 0.5
 
+    def tick_due(self, tick_s: float) -> None:
+        """The tick that takes the next frame is due at `tick_s` (this conversation's clock): frames
+        then end where their last chunk is in just before their tick (FramePhase)."""
+        self._tick_s = tick_s
+
     def take_frame(self) -> np.ndarray | None:
         """The next 80 ms input frame, float32 (1920,) at 24 kHz, or None on underrun."""
         # The user counts as silent only when the VAD is outside a turn and its last frame was unvoiced,
@@ -373,7 +384,12 @@ class Conversation:
         silent = self._user_silent()
         front = self.samples_in - self._input.level  # input position of the oldest queued sample
         may_trim = self._last_stop_sample is None or front >= self._last_stop_sample
-        frame, status = self._input.take(silent, may_trim)
+        shift = None
+        if self._phase is not None and self._tick_s is not None:
+            shift = self._phase.shift(front + FRAME_SAMPLES, self._tick_s)
+            # The first frame is placed whatever the user is doing: nothing has been heard yet.
+            silent = silent or self.samples_heard == 0
+        frame, status = self._input.take(silent, may_trim, shift)
         self.samples_heard += self._input.last_taken
         if status == FRAME_UNDERRUN and self.samples_in > 0:  # before any audio the client cannot be late
             self.underruns += 1
