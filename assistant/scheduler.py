@@ -189,6 +189,14 @@ class SlotHandle:
         if not self.released:
             self.scheduler._ops.append(("silence", self.slot, bool(silent)))
 
+    def next_tick_after(self, t: float) -> float | None:
+        """When the frame loop's first tick after clock time `t` is due (None: no wall clock ticks)."""
+        return self.scheduler.next_tick_after(t)
+
+    def clock(self) -> float:
+        """The frame loop's clock, seconds."""
+        return self.scheduler.clock()
+
     def check_prompt(self, instructions: str | None, voice: str | None) -> None:
         """Raise ValueError now (not at the next tick) unless the engine can use this prompt."""
         self.scheduler.engine.check_prompt(instructions, voice)
@@ -272,6 +280,7 @@ class Scheduler:
         self.ticks = 0
         self.skipped = 0
         self.tick_log = TickLog()
+        self._grid: FrameClock | None = None  # the wall clock's tick deadlines while run() ticks
         self.gc = FrameGarbageCollector() if collect_garbage else None
 
     @property
@@ -406,9 +415,16 @@ class Scheduler:
         change that fails raises (an offline run has no one else to tell) instead of being logged."""
         self._apply_ops(raise_errors)
 
+    def next_tick_after(self, t: float) -> float | None:
+        """When the first tick after clock time `t` is due (None while `run` is not ticking)."""
+        grid = self._grid
+        if grid is None:
+            return None
+        return grid.deadline(max(0, math.floor((t - grid.start) / grid.period_s) + 1))
+
     async def run(self) -> None:
         """Tick until stop(); slot changes made meanwhile apply at the next tick."""
-        clock = FrameClock(self.period_s, self.clock())
+        clock = self._grid = FrameClock(self.period_s, self.clock())
         if self.gc:
             self.gc.start()
         try:
@@ -434,6 +450,7 @@ class Scheduler:
                     await asyncio.sleep(0)  # the writers send this tick's output first
                     self.gc.collect_if_due()
         finally:
+            self._grid = None
             if self.gc:
                 self.gc.stop()
             self._apply_ops()

@@ -86,7 +86,9 @@ class TinyCheckpoint:
         with torch.no_grad():  # untrained codebooks are all equal: every frame would encode the same
             for module in mimi.modules():
                 if hasattr(module, "embedding_sum") and hasattr(module, "cluster_usage"):
-                    module.embedding_sum.copy_(torch.randn(module.embedding_sum.shape, generator=generator))
+                    # small: the untrained encoder's latents are small, and far centroids would all lose to one
+                    centroids = torch.randn(module.embedding_sum.shape, generator=generator) * 0.01
+                    module.embedding_sum.copy_(centroids)
                     module.cluster_usage.fill_(1.0)
                     module._embedding = None
         return mimi

@@ -260,7 +260,7 @@ async def run_triples(
         a, a2, b = runs
         i = first_difference(a, b)
         sent = _sent_time_of(b, changed, chunk, change)
-        delay = None if i is None else (b.received_at[i] - sent) * 1000
+        delay = None if i is None or i >= len(b.received_at) else (b.received_at[i] - sent) * 1000
         same_until = first_difference(a, a2)
         valid = delay is not None and delay >= 0 and (same_until is None or same_until > i)
         triples.append(Triple(delay, same_until is None, valid))
@@ -376,6 +376,11 @@ def run(args: argparse.Namespace) -> int:
     )
     ours, clock = run_ours(args, pcm)
     rows = [summary(f"ours /{args.endpoint}", ours, (clock.get("step_ms") or {}).get("p50"))]
+    print(
+        f"our server: {clock.get('skipped', '-')} skipped ticks, {clock.get('underruns', '-')} underruns, "
+        f"{clock.get('drops', '-')} drops, tick late p50/p99 {clock.get('late_ms', {}).get('p50')}/"
+        f"{clock.get('late_ms', {}).get('p99')} ms"
+    )
     if args.reference_server:
         print("reference server, /api/chat:")
         theirs, steps = run_reference(args.reference_server, args, pcm)

@@ -6,8 +6,12 @@ one conversation in the batched frame loop, like every other endpoint's. Per con
 - set-up: the query string (server/protocols/moshi/query.py) becomes the conversation's options; one the
   engine cannot honour (a role prompt for a model without prompts, an unknown voice, a bad number)
   is refused with an error message (0x05) and close 1008, before any handshake;
-- handshake: 0x00 goes out with the first frame the engine answers in this slot, so a prompted
-  model has its role and voice in by then (the prefill's frames before it are not sent);
+- handshake: 0x00 goes out after the first frame the engine answers in this slot, so a prompted
+  model has its role and voice in by then (the prefill's frames before it are not sent), timed
+  `HANDSHAKE_LEAD_S` before a tick: a client that paces its audio from the handshake (Kyutai's
+  records 80 ms blocks from then on) completes each frame just before the tick that steps it, so no
+  frame waits for its tick (docs/architecture.md, frame phase). What the engine answered before it
+  goes out right behind it;
 - input: 0x01 chunks are one Ogg Opus stream, decoded as they come. Its first 80 ms are dropped,
   as Kyutai's server drops the first encoded frame (the model's past; it then resets its encoder,
   and ours never sees those samples), so the model's step k hears the stream's frame k + 1, as
@@ -25,6 +29,7 @@ one conversation in the batched frame loop, like every other endpoint's. Per con
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from urllib.parse import urlsplit
 
@@ -39,6 +44,9 @@ from server.protocols.moshi import query as chat_query
 from server.protocols.moshi import wire as moshi_wire
 
 log = logging.getLogger("assistant.server")
+# How long before a tick the handshake goes out: a client's frame, paced from it, then completes
+# this long before the tick that steps it (room for the network's and the event loop's jitter).
+HANDSHAKE_LEAD_S = 0.008
 
 
 class MoshiChatConnection(Connection):
@@ -50,7 +58,8 @@ class MoshiChatConnection(Connection):
         super().__init__(ctx, ws)
         self.decoder = OpusDecoder(SAMPLE_RATE_HZ)
         self.encoder = OpusEncoder(SAMPLE_RATE_HZ)
-        self.handshake_sent = False
+        self.handshake_sent = False  # sent, or due at a set time
+        self.before_handshake: list[bytes] | None = None  # what the engine answered before it went out
         self.skip_samples = FRAME_SAMPLES  # the stream's first frame, which the model never hears
         self.skipped: set[str | bytes] = set()  # kinds of messages skipped so far (logged once)
         self.images: ImageInput | None = None
@@ -109,19 +118,41 @@ class MoshiChatConnection(Connection):
             if not self.handshake_sent:
                 if not self.slot.is_ready():
                     return  # still feeding the prompt: its frames are silence, and nobody is listening
-                self.send(moshi_wire.HANDSHAKE)
-                self.handshake_sent = True
+                self.schedule_handshake()
             ogg = self.encoder.encode(event.pcm)
             if ogg:
-                self.send(moshi_wire.audio_message(ogg))
+                self.send_after_handshake(moshi_wire.audio_message(ogg))
         elif isinstance(event, AssistantText):
             if self.handshake_sent:
-                self.send(moshi_wire.text_message(event.text))
+                self.send_after_handshake(moshi_wire.text_message(event.text))
         elif isinstance(event, Error):
             self.send_error(event.code, event.message, server_side=True)
         elif isinstance(event, SessionEnded):
             self.close(CLOSE_NORMAL, moshi_wire.close_reason(event.reason), flush=True)
         # The rest (turns, barge-ins, stats, ...) has no Moshi message; the recording keeps them.
+
+    def schedule_handshake(self) -> None:
+        """Send the handshake `HANDSHAKE_LEAD_S` before the next tick that leaves time for it."""
+        self.handshake_sent = True
+        now = self.slot.clock()
+        tick = self.slot.next_tick_after(now + HANDSHAKE_LEAD_S)
+        if tick is None:  # no wall clock to meet
+            self.send(moshi_wire.HANDSHAKE)
+            return
+        self.before_handshake = []
+        asyncio.get_running_loop().call_later(tick - HANDSHAKE_LEAD_S - now, self.send_handshake)
+
+    def send_handshake(self) -> None:
+        held, self.before_handshake = self.before_handshake or [], None
+        self.send(moshi_wire.HANDSHAKE)
+        for message in held:
+            self.send(message)
+
+    def send_after_handshake(self, message: bytes) -> None:
+        if self.before_handshake is None:
+            self.send(message)
+        else:
+            self.before_handshake.append(message)
 
     # -- client messages -------------------------------------------------------------------------
     def handle_message(self, message: str | bytes) -> None:
