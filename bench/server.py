@@ -138,7 +138,9 @@ def process_cpu_s(pid: int, thread: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def codec_throughput(audio: np.ndarray, threads: int, sessions: int = 8, frames: int = 60) -> dict[str, float]:
+def codec_throughput(
+    audio: np.ndarray, threads: int, sessions: int = 8, frames: int = 60
+) -> dict[str, float]:
     """80 ms frames per second that the server's codec workers (server/codec_lanes.py) encode and
     decode for `sessions` sessions at once, per codec: PyAV's packets (/ws) and sphn's Ogg (/api/chat)."""
     from audio.opus_ogg import OpusDecoder, OpusEncoder

@@ -3,9 +3,10 @@
 Opus costs about 1.2 ms of CPU per session and 80 ms frame (encode and decode). On the event loop
 that is the whole per-session budget, and 64 Opus sessions would need more than a frame's time.
 Here the coding runs on a small pool of worker threads; the event loop only hands bytes over and
-takes results back. PyAV's libopus calls release the GIL (two workers code about 1.4 times as
-much as one on two busy cores); sphn's do not, so its work leaves the loop's turn but still holds
-the interpreter while it runs (`assistant bench server --audio-format opus` measures both).
+takes results back. PyAV's libopus calls (/ws's packets) release the GIL: two workers code about
+1.4 times as much as one on two busy cores. sphn's (/api/chat's Ogg) hold it, so two code no more
+than one, and /api/chat keeps them inline (`assistant bench server --audio-format opus` measures
+both).
 
 A lane keeps one connection's order in one direction: its jobs run one after another (a codec's
 state is sequential), and their results are handed back on the event loop in the order they were
