@@ -15,6 +15,7 @@ from assistant.images import ImagesNotSupported, PreparedImage
 from audio.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE_HZ
 
 __all__ = [
+    "CONTEXT_POLICIES",
     "FRAME_MS",
     "FRAME_SAMPLES",
     "MAX_PROMPT_CHARS",
@@ -22,6 +23,7 @@ __all__ = [
     "Engine",
     "SlotOptions",
     "StepOutput",
+    "checked_context_policy",
 ]
 
 
@@ -42,6 +44,18 @@ class StepOutput:
 
 
 MAX_PROMPT_CHARS = 4000  # longest role prompt (instructions) any endpoint accepts
+# What a full context window forgets: "pin" keeps the prompt and slides the conversation past it,
+# "slide" forgets the oldest frames whatever they are, the prompt first.
+CONTEXT_POLICIES = ("pin", "slide")
+
+
+def checked_context_policy(value: str | None) -> str:
+    """A context policy, validated (None: the default, the first of CONTEXT_POLICIES)."""
+    if value is None:
+        return CONTEXT_POLICIES[0]
+    if value not in CONTEXT_POLICIES:
+        raise ValueError(f"context policy must be one of {', '.join(CONTEXT_POLICIES)}, got {value!r}")
+    return value
 
 
 @dataclass
@@ -148,6 +162,13 @@ class Engine:
     def is_ready(self, slot: int) -> bool:
         """False while an open slot's prompt is still being fed to the model (its output is silence)."""
         return bool(self.live[slot])
+
+    def context_fill(self, slot: int) -> float | None:
+        """How full the model's context window of `slot` is, 0..1: the positions it holds (its prompt
+        and the conversation since) over the window; None for an engine without one or a closed slot.
+
+        Read from host-side counters, so the event loop may ask while a step runs."""
+        return None
 
     def force_silence(self, slot: int, silent: bool) -> None:
         """Keep the assistant in `slot` silent (barge-in policy `vad`, manual turns)."""

@@ -1,7 +1,7 @@
 """The engine's command-line arguments, defined once for every command that builds an engine.
 
 `serve`, `respond`, `talk --local`, `eval` and `bench server|engine|prefill` all take
-`--backend --model --device --dtype --compile --quantize` from here: the same names, help and
+`--backend --model --device --dtype --compile --quantize --context-policy` from here: the same names, help and
 defaults. What differs is what a command is for: a benchmark defaults to a model with random
 weights (no download), and `bench server` to the `silence` backend (the server's own cost).
 """
@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from assistant.backends import BACKENDS
+from assistant.engine import CONTEXT_POLICIES
 
 DEFAULT_MODEL = "kyutai/moshiko-pytorch-bf16"
 DTYPES = ("bfloat16", "float16", "float32")
@@ -23,7 +24,7 @@ DTYPE_ALIASES = {
     "fp32": "float32",
     "float": "float32",
 }
-MOSHI_ONLY = ("model", "device", "dtype", "compile", "quantize")
+MOSHI_ONLY = ("model", "device", "dtype", "compile", "quantize", "context_policy")
 
 
 def dtype_name(value: str) -> str:
@@ -93,6 +94,14 @@ def add_engine_arguments(
         default=None,
         help="moshi backend: int8 weight-only transformer linears (default: $ASSISTANT_QUANTIZE, else none)",
     )
+    parser.add_argument(
+        "--context-policy",
+        choices=CONTEXT_POLICIES,
+        default=None,
+        help="moshi backend: what a conversation longer than the model's context window forgets; pin:"
+        " the conversation's oldest frames, the role and voice prompt stays (PersonaPlex models);"
+        " slide: the oldest frames whatever they are, the prompt first (default: pin)",
+    )
     parser.set_defaults(_default_model=model)
 
 
@@ -108,7 +117,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """
     backend = getattr(args, "backend", "moshi")
     if backend != "moshi":
-        given = [f"--{name}" for name in MOSHI_ONLY if getattr(args, name) is not None]
+        given = [f"--{name.replace('_', '-')}" for name in MOSHI_ONLY if getattr(args, name) is not None]
         if given:
             raise ValueError(f"only --backend moshi takes {', '.join(given)} (this is --backend {backend})")
         return {}
@@ -118,4 +127,5 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "dtype": args.dtype,
         "compile": args.compile,
         "quantize": args.quantize,
+        "context_policy": args.context_policy,
     }

@@ -206,6 +206,10 @@ class SlotHandle:
         slot was open and past its prompt when that step began, so prompt-feeding frames say False."""
         return not self.released and self.slot in self.scheduler._ready
 
+    def context_fill(self) -> float | None:
+        """How full the slot's model context is, 0..1 (`Engine.context_fill`); None once released."""
+        return None if self.released else self.scheduler.engine.context_fill(self.slot)
+
     def update(self, options: SlotOptions) -> None:
         if not self.released:
             self.scheduler._ops.append(("update", self.slot, options))

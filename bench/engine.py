@@ -4,8 +4,9 @@ transformer, depth transformer (with sampling) and codec decode, at several batc
 Models: `tiny` (a small random Moshi + small random Mimi, for CPU), `7b-random` (the real 7B
 architecture and the real Mimi with random weights; bf16 on GPU), or a checkpoint PATH / repo id.
 The model is loaded once; each batch size gets its own engine (its own KV cache) with every slot
-open, stepped on noise. `--compile` captures the LM step as CUDA graphs (the batch's bucket only),
-`--quantize int8` uses int8 weights. Prints per-part median / p99 ms, tokens/s, peak GPU memory, and
+open, stepped on noise (`--alternate-policies`: an engine per `--context-policy` value, stepped
+in turns, a row each, so that both see the same machine). `--compile` captures the LM step as
+CUDA graphs (the batch's bucket only), `--quantize int8` uses int8 weights. Prints per-part median / p99 ms, tokens/s, peak GPU memory, and
 the largest batch that stays real time (p99 step < 80 ms; with margin < 64 ms). Never fails on speed.
 
 On an H100: `assistant bench engine --model 7b-random --device cuda --batch 1,8,16,32,64 --compile`
@@ -24,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from assistant.engine import SlotOptions
+from assistant.engine import CONTEXT_POLICIES, SlotOptions
 from assistant.engine_args import add_engine_arguments, model_of
 from audio.frames import FRAME_MS, FRAME_SAMPLES
 
@@ -41,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    parser.add_argument(
+        "--alternate-policies",
+        action="store_true",
+        help="measure an engine of each --context-policy (pin, slide) in turns, step by step: a fair"
+        " comparison on a busy machine",
     )
     parser.add_argument(
         "--images",
@@ -78,22 +85,32 @@ def build(model, batch_size: int, device=None, dtype=None, **options):
 def bench(engine, frames: int, warmup: int, images: bool = False) -> dict[str, np.ndarray]:
     """Step `engine` with every slot open on noise input (each with an image in force from the
     first step: `images`); return per-step timings (ms) per part."""
-    for slot in range(engine.batch_size):
-        engine.open(slot, SlotOptions(seed=slot))
-        if images:
-            engine.set_image(slot, engine.check_image(_test_image(slot)), start_frame=0)
-    engine.finish_prompts()
+    return bench_in_turns([engine], frames, warmup, images)[0]
+
+
+def bench_in_turns(
+    engines: list, frames: int, warmup: int, images: bool = False
+) -> list[dict[str, np.ndarray]]:
+    """`bench` of several engines of one batch size, one step of each in turn; timings per engine."""
+    batch = engines[0].batch_size
+    for engine in engines:
+        for slot in range(batch):
+            engine.open(slot, SlotOptions(seed=slot))
+            if images:
+                engine.set_image(slot, engine.check_image(_test_image(slot)), start_frame=0)
+        engine.finish_prompts()
     rng = np.random.default_rng(0)
-    pcm = (0.1 * rng.standard_normal((engine.batch_size, FRAME_SAMPLES))).astype(np.float32)
-    times: dict[str, list[float]] = {p: [] for p in PARTS}
+    pcm = (0.1 * rng.standard_normal((batch, FRAME_SAMPLES))).astype(np.float32)
+    times: list[dict[str, list[float]]] = [{p: [] for p in PARTS} for _ in engines]
     for i in range(warmup + frames):
-        t0 = time.perf_counter()
-        out = engine.step(pcm)
-        wall = (time.perf_counter() - t0) * 1000
-        if i >= warmup:
-            for part in PARTS:
-                times[part].append(wall if part == "total_ms" else out.timings_ms.get(part, float("nan")))
-    return {p: np.asarray(v) for p, v in times.items()}
+        for engine, kept in zip(engines, times, strict=True):
+            t0 = time.perf_counter()
+            out = engine.step(pcm)
+            wall = (time.perf_counter() - t0) * 1000
+            if i >= warmup:
+                for part in PARTS:
+                    kept[part].append(wall if part == "total_ms" else out.timings_ms.get(part, float("nan")))
+    return [{p: np.asarray(v) for p, v in kept.items()} for kept in times]
 
 
 def _batches(text: str) -> list[int] | None:
@@ -133,9 +150,11 @@ def run(args: argparse.Namespace) -> int:
         quantize_moshi(loaded.model, quantize)
     step_mode = compile_mode(args.compile, device)
     options = {"compile": args.compile, "quantize": quantize, "context": args.context, "warm_up": False}
+    policies = CONTEXT_POLICIES if args.alternate_policies else (args.context_policy or CONTEXT_POLICIES[0],)
     print(
         f"model={model_of(args)} device={device} dtype={str(param.dtype).removeprefix('torch.')} "
-        f"step={step_mode} quantize={quantize or 'none'} frames={args.frames} "
+        f"step={step_mode} quantize={quantize or 'none'} context_policy={','.join(policies)} "
+        f"frames={args.frames} "
         f"warmup={args.warmup} torch_threads={torch.get_num_threads()}"
     )
     print(
@@ -151,24 +170,27 @@ def run(args: argparse.Namespace) -> int:
         f"{'batch':>5} | "
         + " | ".join(f"{p.removesuffix('_ms'):>17}" for p in PARTS)
         + f" | {'rt x':>5} | {'tokens/s':>8} | {'GPU GB':>6}"
+        + (" | policy" if args.alternate_policies else "")
     )
     print(header)
     print("-" * len(header))
-    fits: list[tuple[int, float]] = []
+    fits: list[tuple[int, float, str]] = []
     for batch in batches:
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
-        engine = None
+        engines = []
         try:
-            engine = build(loaded, batch, **options)
-            engine.warm_up(buckets=[batch])
-            if engine.runner.mode != step_mode:
-                print(
-                    f"{batch:>5} | {step_mode} warm-up failed (see the log above): measuring {engine.runner.mode}"
-                )
-            times = bench(engine, args.frames, args.warmup, images=args.images)
+            for policy in policies:
+                engine = build(loaded, batch, context_policy=policy, **options)
+                engine.warm_up(buckets=[batch])
+                if engine.runner.mode != step_mode:
+                    print(
+                        f"{batch:>5} | {step_mode} warm-up failed (see the log above): measuring {engine.runner.mode}"
+                    )
+                engines.append(engine)
+            runs = bench_in_turns(engines, args.frames, args.warmup, images=args.images)
         except torch.OutOfMemoryError:
-            del engine
+            engines = engine = None
             torch.cuda.empty_cache()
             print(
                 f"{batch:>5} | out of GPU memory (KV cache {_kv_gb(loaded, args.context):.2f} GB per slot; "
@@ -176,17 +198,21 @@ def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
             continue
-        cells = [f"{np.median(times[p]):7.2f} / {np.percentile(times[p], 99):7.2f}" for p in PARTS]
-        median_s = float(np.median(times["total_ms"])) / 1000
-        realtime = FRAME_MS / 1000 / median_s
-        tokens_s = batch * TOKENS_PER_FRAME / median_s
         memory = f"{torch.cuda.max_memory_allocated(device) / 1e9:6.1f}" if cuda else f"{'-':>6}"
-        print(
-            f"{batch:>5} | " + " | ".join(cells) + f" | {realtime:5.1f} | {tokens_s:8.0f} | {memory}",
-            flush=True,
-        )
-        fits.append((batch, float(np.percentile(times["total_ms"], 99))))
-        engine = None
+        for policy, times in zip(policies, runs, strict=True):
+            cells = [f"{np.median(times[p]):7.2f} / {np.percentile(times[p], 99):7.2f}" for p in PARTS]
+            median_s = float(np.median(times["total_ms"])) / 1000
+            realtime = FRAME_MS / 1000 / median_s
+            tokens_s = batch * TOKENS_PER_FRAME / median_s
+            print(
+                f"{batch:>5} | "
+                + " | ".join(cells)
+                + f" | {realtime:5.1f} | {tokens_s:8.0f} | {memory}"
+                + (f" | {policy}" if args.alternate_policies else ""),
+                flush=True,
+            )
+            fits.append((batch, float(np.percentile(times["total_ms"], 99)), policy))
+        engines = engine = None
         if cuda:
             torch.cuda.empty_cache()
     print(
@@ -194,8 +220,10 @@ def run(args: argparse.Namespace) -> int:
         f"tokens/s: {TOKENS_PER_FRAME} tokens per slot per step"
     )
     for limit, label in ((REALTIME_P99_MS, "real time"), (MARGIN_P99_MS, "real time with 20% margin")):
-        ok = [b for b, p99 in fits if p99 < limit]
-        print(f"largest batch in {label} (p99 step < {limit:.0f} ms): {max(ok) if ok else 'none'}")
+        for policy in policies:
+            ok = [b for b, p99, of in fits if p99 < limit and of == policy]
+            which = f", {policy}" if args.alternate_policies else ""
+            print(f"largest batch in {label} (p99 step < {limit:.0f} ms{which}): {max(ok) if ok else 'none'}")
     return 0
 
 

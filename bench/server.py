@@ -405,10 +405,11 @@ def run_one(n: int, args: argparse.Namespace, audio: np.ndarray, packets: list[b
         str(stats_file),
     ]
     for name, value in engine_kwargs(args).items():
+        flag = name.replace("_", "-")
         if isinstance(value, bool):
-            serve_args.append(f"--{name}" if value else f"--no-{name}")
+            serve_args.append(f"--{flag}" if value else f"--no-{flag}")
         elif value is not None:
-            serve_args += [f"--{name}", value]
+            serve_args += [f"--{flag}", value]
     with serving(serve_args) as (proc, port):
         if args.captions != "off":
             _wait_captions_ready(port)

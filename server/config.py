@@ -357,7 +357,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     elif args.script_reply is not None and explicit:
         raise ValueError("--script-reply only applies to --backend scripted")
     if backend == "moshi":
-        engine_options = {"compile": engine["compile"], "quantize": engine["quantize"]}
+        engine_options = {name: engine[name] for name in ("compile", "quantize", "context_policy")}
     return ServerConfig(
         backend=backend,
         model=engine.get("model"),

@@ -20,7 +20,15 @@ ENGINE_COMMANDS = [
     ["bench", "engine"],
     ["bench", "prefill"],
 ]
-ENGINE_OPTIONS = ("--backend", "--model", "--device", "--dtype", "--compile", "--quantize")
+ENGINE_OPTIONS = (
+    "--backend",
+    "--model",
+    "--device",
+    "--dtype",
+    "--compile",
+    "--quantize",
+    "--context-policy",
+)
 REQUIRED = {"respond": ["--input", "in.wav", "--output", "out.wav"], "fdb": ["data", "--task", "backchannel"]}
 
 
@@ -88,6 +96,21 @@ def test_the_default_model_is_the_same_for_every_command_that_serves_a_user(monk
     )
     # A benchmark's default is random weights of the architecture, whatever the environment says.
     assert engine_kwargs(command_parser(["bench", "engine"]).parse_args([]))["model"] == "tiny"
+
+
+@pytest.mark.parametrize("words", ENGINE_COMMANDS, ids=" ".join)
+def test_context_policy_reaches_the_engine_and_defaults_to_the_engines_pin(words):
+    parser = command_parser(words)
+    # serve defaults to auto and bench server to silence: asked for moshi, the option reaches it
+    moshi = ["--backend", "moshi"] if words in (["serve"], ["bench", "server"]) else []
+    required = REQUIRED.get(words[-1], []) + moshi
+    assert engine_kwargs(parser.parse_args(required))["context_policy"] is None  # the engine's default
+    assert (
+        engine_kwargs(parser.parse_args([*required, "--context-policy", "slide"]))["context_policy"]
+        == "slide"
+    )
+    with pytest.raises(SystemExit):
+        parser.parse_args([*required, "--context-policy", "keep"])
 
 
 def test_a_moshi_option_given_to_another_backend_is_refused():

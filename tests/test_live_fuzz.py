@@ -76,7 +76,7 @@ def test_live_state_machine_answers_every_message_and_goes_on(messages, started_
         takes_prompts=True,
         default_voice="V",
         captions=True,
-        context_frames=100,
+        context_fill=lambda: 0.5,
     )
     if started_first:
         feed(conv, START)

@@ -12,7 +12,7 @@ import json
 import pytest
 from live_utils import LiveInbox
 from openai import AsyncOpenAI
-from server_utils import start_personaplex_server
+from server_utils import PERSONAPLEX_TINY, start_personaplex_server
 
 TOKEN = "live-persona-token"
 DEFAULT_ROLE = "You are a tiny model for tests."
@@ -95,5 +95,26 @@ async def test_an_openai_voice_gets_the_servers_default_and_an_unknown_voice_is_
         assert started.session.instructions == DEFAULT_ROLE  # the server's --instructions
         (notice,) = [e for e in inbox.of("info") if e.code == "voice_not_available"]
         assert "'marin' is an OpenAI voice" in notice.message
+    finally:
+        await conn.close()
+
+
+async def test_usage_counts_the_prompt_in_how_full_the_context_is(persona_server):
+    """The context window holds the prompt too: with a long prompt in the checkpoint's 200-frame
+    window, the first usage event (about 5 s in) reports the prompt and the frames since."""
+    from assistant.backends.moshi import MoshiEngine
+    from server.protocols.live.state_machine import USAGE_EVERY_FRAMES
+
+    engine = MoshiEngine.from_pretrained(str(PERSONAPLEX_TINY), device="cpu", compile=False)
+    n = engine.prompter.length("Talk about films.", "TINYF0.pt")
+    conn, inbox, started = await start_session(
+        persona_server, instructions="Talk about films.", audio={"output": {"voice": "TINYF0.pt"}}
+    )
+    try:
+        assert started.type == "session.started", started
+        usage = await inbox.next("session.usage.updated", timeout=60)
+        ratio = usage.context_window.usage_ratio
+        # the engine stepped the session for every frame but the few its prompt took to go in
+        assert (n + USAGE_EVERY_FRAMES - 5) / 200 <= ratio <= (n + USAGE_EVERY_FRAMES) / 200, (n, ratio)
     finally:
         await conn.close()

@@ -394,7 +394,6 @@ def test_instructions_append_restarts_a_prompted_model_with_the_longer_role():
     appended = out[1]
     assert appended["type"] == "session.instructions.appended" and appended["client_event_id"] == "i1"
     assert appended["start_ms"] == appended["end_ms"] == 400  # on the session clock
-    assert conv.context_used == 0  # the model's context starts over from the new prompt
     # What the engine cannot hold is refused and changes nothing.
     error = error_of(send(conv, type="session.instructions.append", content="y" * 80))
     assert (error["code"], error["param"]) == ("invalid_value", "content")
@@ -465,13 +464,15 @@ def test_a_vad_barge_in_tells_the_client_to_drop_queued_audio_and_drops_the_held
 
 
 def test_usage_reports_session_seconds_and_how_full_the_context_is():
-    conv = new_conversation(context_frames=3000)
+    held = [0]  # what the engine says its context holds, out of a 3000-frame window
+    conv = new_conversation(context_fill=lambda: held[0] / 3000)
     start(conv)
     core = CoreTurns(conv)
+    held[0] = 2990  # e.g. a long prompt: the engine's count, not the frames this session has seen
     out = core.frames("." * USAGE_EVERY_FRAMES)
     (usage,) = [e for e in events(out) if e["type"] == "session.usage.updated"]
     assert usage["usage"]["seconds"] == float(USAGE_EVERY_FRAMES * 80 // 1000)
-    assert usage["context_window"]["usage_ratio"] == pytest.approx(USAGE_EVERY_FRAMES / 3000, abs=1e-4)
+    assert usage["context_window"]["usage_ratio"] == pytest.approx(2990 / 3000, abs=1e-4)
     unknown = new_conversation()  # the scripted backend has no context window: the field is left out
     start(unknown)
     assert "context_window" not in unknown.usage_event()

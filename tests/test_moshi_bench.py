@@ -69,3 +69,12 @@ def test_bench_engine_runs_a_checkpoint_dir(tmp_path, capsys):
     )
     rows = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("2 |")]
     assert len(rows) == 1 and "nan" not in rows[0]
+
+
+def test_bench_engine_alternates_the_context_policies_a_row_each(capsys):
+    args = ["bench", "engine", "--model", "tiny-personaplex", "--batch", "1", "--device", "cpu"]
+    assert main([*args, "--frames", "2", "--warmup", "1", "--alternate-policies"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.strip().startswith("1 |")]
+    assert [row.rsplit("|", 1)[1].strip() for row in rows] == ["pin", "slide"]
+    assert "context_policy=pin,slide" in out

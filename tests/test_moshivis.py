@@ -260,6 +260,26 @@ def test_removing_the_image_returns_to_plain_moshi_from_the_next_step():
     assert rec.frames[1] == REFERENCE["frames"]["b_from_0"]
 
 
+def test_a_vision_model_has_no_prompt_to_pin_and_slides_under_either_context_policy():
+    """Past a 16-frame window with an image in force, pin (the default) and slide say the same:
+    a vision model's context holds only the conversation, and its image is outside it."""
+    from assistant.moshi.vision_lm import streaming_lm
+
+    said = {}
+    for policy in ("pin", "slide"):
+        eng = engine(context=16, context_policy=policy)
+        assert not eng.lm.pin_prompts
+        rec = Recorder(eng)
+        eng.open(0)
+        show(eng, 0, "image_a.png", 0)
+        for frame in speech():
+            rec.step(frame[None])
+        said[policy] = rec.frames[0]
+    assert len(said["pin"]) > 2 * 16 and said["pin"] == said["slide"]  # well past the window
+    with pytest.raises(ValueError, match="nothing to pin"):
+        streaming_lm(eng.loaded, 1, context=16, pin_prompts=True)
+
+
 def test_images_go_through_the_frame_loop_queue():
     """SlotHandle.set_image is queued like update: applied at the next tick, encoded after its step."""
     from assistant.scheduler import Scheduler

@@ -156,6 +156,7 @@ def run_local_path(tmp_path, pcm16: np.ndarray, monkeypatch) -> list[dict]:
         dtype=None,
         compile=None,
         quantize=None,
+        context_policy=None,
         plain=True,
     )
 

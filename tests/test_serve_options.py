@@ -16,19 +16,36 @@ def _args(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
-def test_moshi_compile_and_quantize_reach_the_engine_options():
+def test_moshi_compile_quantize_and_context_policy_reach_the_engine_options():
     config = config_from_args(
-        _args("--backend", "moshi", "--model", "tiny", "--no-compile", "--quantize", "int8")
+        _args(
+            "--backend",
+            "moshi",
+            "--model",
+            "tiny",
+            "--no-compile",
+            "--quantize",
+            "int8",
+            "--context-policy",
+            "slide",
+        )
     )
-    assert config.engine_options == {"compile": False, "quantize": "int8"}
-    # Unset flags defer to the engine's own defaults (env vars, then on with CUDA).
+    assert config.engine_options == {"compile": False, "quantize": "int8", "context_policy": "slide"}
+    # Unset flags defer to the engine's own defaults (env vars, then on with CUDA; pin).
     config = config_from_args(_args("--backend", "moshi", "--model", "tiny"))
-    assert config.engine_options == {"compile": None, "quantize": None}
+    assert config.engine_options == {"compile": None, "quantize": None, "context_policy": None}
 
 
 @pytest.mark.parametrize(
     "flag",
-    [("--compile",), ("--quantize", "int8"), ("--model", "tiny"), ("--device", "cpu"), ("--dtype", "fp32")],
+    [
+        ("--compile",),
+        ("--quantize", "int8"),
+        ("--model", "tiny"),
+        ("--device", "cpu"),
+        ("--dtype", "fp32"),
+        ("--context-policy", "slide"),
+    ],
 )
 def test_moshi_only_flags_are_refused_for_other_backends(flag):
     with pytest.raises(ValueError, match=f"only --backend moshi takes {flag[0]}"):

@@ -469,6 +469,7 @@ def local_args(tmp_path, seconds: float, rate: int = 16000) -> SimpleNamespace:
         dtype=None,
         compile=None,
         quantize=None,
+        context_policy=None,
         _default_model=None,
         plain=True,
     )

@@ -188,6 +188,7 @@ def talk_args(tmp_path, url: str, seconds: float, **over) -> argparse.Namespace:
         dtype=None,
         compile=None,
         quantize=None,
+        context_policy=None,
         plain=True,
     )
     args.update(over)

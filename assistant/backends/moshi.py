@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from assistant.engine import FRAME_MS, Engine, SlotOptions, StepOutput
+from assistant.engine import FRAME_MS, Engine, SlotOptions, StepOutput, checked_context_policy
 from assistant.moshi.graphs import StepRunner, bucket_for, compile_mode, topk_width
 from assistant.moshi.image_feed import DEFAULT_IMAGE_START, ImageFeed, ImageSlots
 from assistant.moshi.lm import Sampling
@@ -63,6 +63,7 @@ class MoshiEngine(ImageSlots, Engine):
         temperature: float = DEFAULT_TEMPERATURE,
         top_k: int = DEFAULT_TOP_K,
         context: int | None = None,
+        context_policy: str | None = None,
         profile: bool = False,
         compile: bool | None = None,
         quantize: str | None = None,
@@ -78,6 +79,8 @@ class MoshiEngine(ImageSlots, Engine):
         pass; while others are live, one pass per tick after their step, as many positions as fit
         half the frame's spare time, at most `prefill_chunk`) or "stepwise" (one position per
         forward, all at once; the reference the fast path is checked against).
+        context_policy: one of `CONTEXT_POLICIES`, what a full context window forgets (None: "pin",
+        the prompt stays while the conversation slides past it; a model without prompts pins nothing).
         image_start: a vision model's default first step at which a slot's image counts (`set_image`).
         """
         super().__init__(batch_size)
@@ -91,8 +94,12 @@ class MoshiEngine(ImageSlots, Engine):
             from assistant.moshi.quantize import quantize_moshi
 
             quantize_moshi(loaded.model, self.quantize)
+        self.context_policy = checked_context_policy(context_policy)
+        pin = self.context_policy == "pin" and loaded.takes_prompts
         step_mode = compile_mode(compile, next(loaded.model.parameters()).device)
-        self.lm = streaming_lm(loaded, batch_size, context=context, static=step_mode != "eager")
+        self.lm = streaming_lm(
+            loaded, batch_size, context=context, static=step_mode != "eager", pin_prompts=pin
+        )
         if codec.cardinality != self.lm.card:
             raise ValueError(
                 f"Mimi has {codec.cardinality} codes per codebook but the LM expects {self.lm.card}"
@@ -126,6 +133,7 @@ class MoshiEngine(ImageSlots, Engine):
         self.prefill_stats = {"prompts": 0, "positions": 0, "ms": 0.0}
         self._ms_per_position: float | None = None  # measured cost of a prefill position (moving average)
         self._last_step_ms = 0.0  # the live step of this tick, before any prefill
+        self._held = np.zeros(batch_size, dtype=np.int64)  # per slot: positions its context holds
         for slot in range(batch_size):
             self._reset_slot(slot, SlotOptions())
         if warm_up:
@@ -230,6 +238,7 @@ class MoshiEngine(ImageSlots, Engine):
         frame loop's thread, never the caller's); the slot gets its row when the prefill is done."""
         self._prompt_of[slot] = self._prompt_key(options)
         self._jobs[slot] = None  # built by _advance_prompts
+        self._held[slot] = 0
 
     def _advance_prompts(self, all_now: bool = False) -> float:
         """Feed pending prompts after this tick's live step.
@@ -300,6 +309,7 @@ class MoshiEngine(ImageSlots, Engine):
         del self._jobs[slot]
         row = self._new_row(slot)
         self.lm.load_prompt(row, job.cache, job.tail(), self._row_sampling(slot))
+        self._held[slot] = job.length
         self.prefill_stats["prompts"] += 1
 
     def _activate_stepwise(self, slot: int) -> None:
@@ -313,6 +323,7 @@ class MoshiEngine(ImageSlots, Engine):
         hidden, logits = self.lm.prefill_stepwise(row, embeds)
         tail = PromptTail(hidden=hidden, text_logits=logits, carry=carry, length=int(embeds.shape[0]))
         self.lm.load_prompt(row, None, tail, self._row_sampling(slot))
+        self._held[slot] = tail.length
         self.prefill_stats["positions"] += int(embeds.shape[0])
         self.prefill_stats["prompts"] += 1
 
@@ -379,6 +390,7 @@ class MoshiEngine(ImageSlots, Engine):
         return self._row_of.get(slot)
 
     def _reset_slot(self, slot: int, options: SlotOptions) -> None:
+        self._held[slot] = 0
         row = self._row_of.get(slot)
         if row is not None:
             self.lm.reset(row)
@@ -511,6 +523,7 @@ class MoshiEngine(ImageSlots, Engine):
         pcm[quiet] = 0.0  # a silenced slot, or one with no complete frame yet, outputs exact silence
         np.clip(pcm, -1.0, 1.0, out=pcm)
         pcm_out[slots] = pcm
+        self._held[slots] += 1
         text_ids = tokens[:, 0].tolist()
         for row, slot in enumerate(self._slot_at):
             if not quiet[row]:
@@ -588,6 +601,11 @@ class MoshiEngine(ImageSlots, Engine):
         self.codec.reset(0)
         return codes[:1].to(self.lm.device)
 
+    def context_fill(self, slot: int) -> float | None:
+        if not self.live[slot]:
+            return None
+        return min(int(self._held[slot]), self.lm.context) / self.lm.context
+
     def describe(self) -> dict:
         d = self.defaults
         return super().describe() | {
@@ -600,6 +618,7 @@ class MoshiEngine(ImageSlots, Engine):
             "device": str(self.lm.device),
             "dtype": str(self.lm.dtype).removeprefix("torch."),
             "context_frames": self.lm.context,
+            "context_policy": self.context_policy,
             "step_mode": self.runner.mode,
             "batch_buckets": self.runner.buckets,
             "quantize": self.quantize or "none",

@@ -9,6 +9,9 @@ return the un-delayed frame (text + 8 assistant codes) once one is complete.
 
 Rows are independent: each has its own position counter, ring and cache rows, so a slot can be
 reset at any step without touching the others.
+
+With `pin_prompts`, a row's prompt stays in the cache for the whole conversation (an attention
+sink, see `assistant.moshi.sink`): the ring slides the conversation past it instead of over it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from assistant.moshi.sampling import sample_tokens
+from assistant.moshi.sink import use_sink_attention
 
 UNGENERATED = -2  # ring value never read: a stream's initial token is used until it has real ones
 
@@ -28,26 +32,53 @@ class RingKVCache:
     """Per-layer key/value ring buffers (B, H_kv, window, head_dim) with per-row write positions.
 
     Duck-types the `update(key, value, layer_idx)` call transformers' MoshiAttention makes.
+    sink: rows may pin their first positions (`pin`): the ring then wraps in the slots after them,
+    and the step's mask is the two-part one `assistant.moshi.sink.sink_attention` reads.
     """
 
     def __init__(
-        self, num_layers: int, batch_size: int, num_kv_heads: int, window: int, head_dim: int, device, dtype
+        self,
+        num_layers: int,
+        batch_size: int,
+        num_kv_heads: int,
+        window: int,
+        head_dim: int,
+        device,
+        dtype,
+        sink: bool = False,
     ):
         shape = (batch_size, num_kv_heads, window, head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
         self.window = window
+        self.sink = sink
         self.filled = torch.zeros(batch_size, window, dtype=torch.bool, device=device)
+        self.pinned = torch.zeros(batch_size, dtype=torch.long, device=device)  # slots 0..pinned-1 kept
+        self._slots = torch.arange(window, device=device)
         self._rows = torch.arange(batch_size, device=device)
         self._write = torch.zeros(batch_size, dtype=torch.long, device=device)
 
     def begin_step(self, positions: torch.Tensor, dtype) -> torch.Tensor:
-        """Choose this step's ring slot per row; return the additive attention mask (B, 1, 1, window)."""
-        self._write = positions % self.window
+        """Choose this step's ring slot per row; return the additive attention mask (B, 1, 1, window),
+        or with `sink` (B, 1, 1, 2 x window): the unpinned slots, then the pinned ones."""
+        # position p < window lands in slot p whatever is pinned; later ones wrap after the pinned slots
+        self._write = self.pinned + (positions - self.pinned) % (self.window - self.pinned)
         self.filled[self._rows, self._write] = True
-        mask = torch.zeros(self.filled.shape, device=self.filled.device, dtype=dtype)
-        mask.masked_fill_(~self.filled, torch.finfo(dtype).min)
+        seen = self.filled
+        if self.sink:
+            pinned = self._slots[None, :] < self.pinned[:, None]
+            seen = torch.cat([self.filled & ~pinned, self.filled & pinned], dim=1)
+        mask = torch.zeros(seen.shape, device=seen.device, dtype=dtype)
+        mask.masked_fill_(~seen, torch.finfo(dtype).min)
         return mask[:, None, None, :]
+
+    def pin(self, row: int, n: int) -> None:
+        """Keep row `row`'s first n positions (its prompt, already written) for good."""
+        if not self.sink:
+            raise ValueError("this cache slides everything out; build it with sink=True to pin a prompt")
+        if not 0 <= n < self.window:
+            raise ValueError(f"{n} pinned frames leave no room in the {self.window}-frame context")
+        self.pinned[row] = n
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         self.keys[layer_idx][self._rows, :, self._write] = key_states[:, :, 0]
@@ -56,6 +87,7 @@ class RingKVCache:
 
     def reset_rows(self, rows: torch.Tensor) -> None:
         self.filled[rows] = False
+        self.pinned[rows] = 0
         for k, v in zip(self.keys, self.values, strict=True):
             k[rows] = 0
             v[rows] = 0
@@ -63,6 +95,7 @@ class RingKVCache:
     def move_row(self, src: int, dst: int) -> None:
         """Copy row `src`'s cache into row `dst` (compaction when a slot closes)."""
         self.filled[dst] = self.filled[src]
+        self.pinned[dst] = self.pinned[src]
         for k, v in zip(self.keys, self.values, strict=True):
             k[dst] = k[src]
             v[dst] = v[src]
@@ -77,6 +110,7 @@ class RingKVCache:
         view.keys = [k[start:stop] for k in self.keys]
         view.values = [v[start:stop] for v in self.values]
         view.filled = self.filled[start:stop]
+        view.pinned = self.pinned[start:stop]
         view._rows = self._rows[: stop - start]
         view._write = self._write[start:stop]
         return view
@@ -211,9 +245,15 @@ class LMStep:
 
 
 class MoshiStreamingLM:
-    """Streaming state + step for a MoshiForConditionalGeneration over `batch_size` independent rows."""
+    """Streaming state + step for a MoshiForConditionalGeneration over `batch_size` independent rows.
 
-    def __init__(self, model, batch_size: int, delays=None, context: int | None = None):
+    pin_prompts: a prompt loaded into a row (`load_prompt`) stays in its cache for good while the
+    conversation slides past it; otherwise the window slides over the prompt like over anything.
+    """
+
+    def __init__(
+        self, model, batch_size: int, delays=None, context: int | None = None, pin_prompts: bool = False
+    ):
         config = model.config
         self.model = model
         self.batch_size = batch_size
@@ -251,7 +291,11 @@ class MoshiStreamingLM:
             config.head_dim,
             dev,
             self.dtype,
+            sink=pin_prompts,
         )
+        self.pin_prompts = pin_prompts
+        if pin_prompts:
+            use_sink_attention(model)
         dep = self.depth.config
         self._depth_shape = (dep.num_hidden_layers, B, dep.num_key_value_heads, K, dep.head_dim)
         self._codebook_idx = [torch.tensor([k], device=dev) for k in range(K)]
@@ -364,6 +408,8 @@ class MoshiStreamingLM:
         K, dev = self.num_codebooks, self.device
         if cache is not None:
             self.kv.load_row(row, cache)
+        if self.pin_prompts:
+            self.kv.pin(row, tail.length)
         self.tokens[row] = UNGENERATED
         view = self.rows(row, row + 1)
         carry = tail.carry.to(dev, torch.long)[None]  # (1, 17)

@@ -177,12 +177,15 @@ class Prompter:
             raise PromptError(f"instructions are {len(instructions)} characters; at most {MAX_PROMPT_CHARS}")
         return self.loaded.tokenizer.encode(system_text(instructions))
 
-    def check(self, instructions: str | None, voice: str | None) -> None:
-        """Raise PromptError unless this prompt can be used (voice found, fits the context)."""
+    def length(self, instructions: str | None, voice: str | None) -> int:
+        """Positions the prompt takes in the model's context: voice, role text and two silences."""
         key = self.resolve_voice(voice)
         ids = self.instruction_ids(instructions)
-        frames = self.voice_length(key) if key else 0
-        total = frames + 2 * SPACER_FRAMES + len(ids)
+        return (self.voice_length(key) if key else 0) + 2 * SPACER_FRAMES + len(ids)
+
+    def check(self, instructions: str | None, voice: str | None) -> None:
+        """Raise PromptError unless this prompt can be used (voice found, fits the context)."""
+        total = self.length(instructions, voice)
         if total >= self.lm.context:
             raise PromptError(
                 f"the prompt takes {total} frames but the model remembers {self.lm.context}; shorten the "

@@ -123,14 +123,20 @@ class VisionStreamingLM(MoshiStreamingLM):
 
 
 def streaming_lm(
-    loaded, batch_size: int, context: int | None = None, static: bool = False
+    loaded, batch_size: int, context: int | None = None, static: bool = False, pin_prompts: bool = False
 ) -> MoshiStreamingLM:
     """The streaming LM for `loaded`: with per-row images when it has a vision side.
 
     static: the step will be compiled or captured (the cross-attention is then always computed).
+    pin_prompts: keep each row's prompt in its cache for good (`MoshiStreamingLM`); a vision model
+    takes no prompt, so it has nothing to pin.
     """
     if loaded.vision is None:
-        return MoshiStreamingLM(loaded.model, batch_size, delays=loaded.delays, context=context)
+        return MoshiStreamingLM(
+            loaded.model, batch_size, delays=loaded.delays, context=context, pin_prompts=pin_prompts
+        )
+    if pin_prompts:
+        raise ValueError("a vision model takes no prompt: there is nothing to pin in its context")
     return VisionStreamingLM(
         loaded.model,
         loaded.vision,

@@ -41,11 +41,15 @@ class LiveConnection(Connection):
             check_prompt=ctx.check_prompt,  # a client names the model's voices, never a file
             default_instructions=ctx.config.instructions or "",
             captions=ctx.captions_model is not None,
-            context_frames=engine.describe().get("context_frames"),
+            context_fill=self.context_fill,
             max_session_s=ctx.config.limits.max_session_s,
             barge_in=ctx.config.barge_in,
             check_prompt_change=self.check_prompt_change,
         )
+
+    def context_fill(self) -> float | None:
+        """How full the model's context is for this session (the engine's count, prompt included)."""
+        return self.slot.context_fill() if self.slot is not None else None
 
     def check_prompt_change(self) -> None:
         if self.session is not None:  # before session.start the prompt is set, not changed

@@ -25,6 +25,7 @@ How full duplex maps onto the Live API (docs/live.md says it for users):
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +93,7 @@ class LiveConversation:
         check_prompt=None,
         default_instructions: str = "",
         captions: bool = False,
-        context_frames: int | None = None,
+        context_fill: Callable[[], float | None] | None = None,
         max_session_s: float | None = None,
         barge_in: str = "model",
         check_prompt_change=None,
@@ -100,8 +101,8 @@ class LiveConversation:
         """default_voice: the voice a session gets when it names none (models that take prompts; the
         others speak in their one voice, shown as `engine_name`). check_prompt(instructions, voice)
         raises ValueError for a prompt the engine cannot use; check_prompt_change() raises
-        PromptChangeLimited while a new prompt must wait. context_frames: the model's context
-        window (None: unknown)."""
+        PromptChangeLimited while a new prompt must wait. context_fill() says how full the
+        model's context window is, 0..1 (None, or a None answer: an engine without one)."""
         self.engine_name = engine_name
         self.default_voice = default_voice
         self.takes_prompts = takes_prompts
@@ -109,7 +110,7 @@ class LiveConversation:
         self.check_prompt_change = check_prompt_change or (lambda: None)
         self.default_instructions = default_instructions
         self.captions = captions
-        self.context_frames = context_frames
+        self.context_fill = context_fill or (lambda: None)
         self.max_session_s = max_session_s
         self.barge_in_policy = barge_in
         self._prefix = id_prefix
@@ -126,7 +127,6 @@ class LiveConversation:
         self.safety_identifier: str | None = None
         self.muted = False
         self.frames_out = 0  # the session clock: 80 ms frames since the session started
-        self.context_used = 0  # frames the model has lived through since its prompt (its context)
         self._in_stretch = False
         self._held: list[tuple[bytes, float]] = []  # quiet frames inside a stretch: sent if speech follows
         self._captioned = False
@@ -321,7 +321,6 @@ class LiveConversation:
             except PromptChangeLimited as exc:
                 raise LiveError(exc.code, str(exc), "content", ev.event_id) from None
             self.instructions = instructions
-            self.context_used = 0  # the model starts over from its new prompt
             out.append(SetPrompt(instructions, self.voice))
         at = self.session_ms
         return out + [self.send("session.instructions.appended", ev.event_id, start_ms=at, end_ms=at)]
@@ -368,7 +367,6 @@ class LiveConversation:
     def _output_audio(self, pcm16: bytes, speaking: bool, at_ms: float) -> list[LiveOutput]:
         """One 80 ms frame of the engine's output at the session's rate (PCM16), at `at_ms`."""
         self.frames_out += 1
-        self.context_used += 1
         out: list[LiveOutput] = []
         if self._in_stretch:
             if speaking:
@@ -394,10 +392,9 @@ class LiveConversation:
 
     def usage_event(self) -> dict[str, Any]:
         body: dict[str, Any] = {"usage": self._usage()}
-        if self.context_frames:
-            body["context_window"] = {
-                "usage_ratio": round(min(1.0, self.context_used / self.context_frames), 4)
-            }
+        fill = self.context_fill()
+        if fill is not None:
+            body["context_window"] = {"usage_ratio": round(fill, 4)}
         return self.event("session.usage.updated", **body)
 
     def _output_text(self, text: str, at_ms: float) -> list[LiveOutput]:
