@@ -3,6 +3,8 @@ reference server of `assistant bench latency --reference-server`.
 
     python -m bench.kyutai_server --port 8998
 
+It needs Kyutai's `moshi` package (`pip install moshi==0.2.13`; it is not a dependency of ours).
+
 The same architecture as `--model tiny` here (the LM's sizes of assistant/moshi/random_models.py and
 its small Mimi), with Kyutai's own random initialisation: step times compare, weights do not matter.
 Three things are changed from outside, nothing is edited in the installed package:
