@@ -15,8 +15,13 @@ for ours, its log's "frame handled in" lines for Kyutai's), and "waiting" is del
 Endpoints: `ws` (/ws, PCM16 or `--audio-format opus`), `realtime` (/v1/realtime), `live`
 (/v1/live/sessions), `chat` (/api/chat, Ogg Opus as Kyutai's client sends it). With
 `--reference-server CMD` the same /api/chat client then runs against another server started by
-CMD (`{port}` in it is replaced by a free port), for instance Kyutai's own `moshi.server` with the
-same tiny model: `--reference-server "python -m bench.kyutai_server --port {port}"`.
+CMD (`{port}` in it is replaced by a free port): Kyutai's own `moshi.server` with the same weights,
+for instance (bench/kyutai_server.py):
+
+    python tests/reference/write_tiny_checkpoint.py /tmp/tiny
+    assistant bench latency --model /tmp/tiny --endpoint chat --chunk-ms 80 \
+        --reference-server "python -m bench.kyutai_server --checkpoint /tmp/tiny --port {port}"
+
 Prints figures only; it never fails on speed.
 """
 
@@ -246,7 +251,7 @@ async def run_triples(
     change = round(CHANGE_S * SAMPLE_RATE_HZ)
     noisy = pcm.copy()
     span = slice(change, change + args.noise_frames * FRAME_SAMPLES)
-    noisy[span] = rng.uniform(-0.3, 0.3, noisy[span].shape[0]).astype(np.float32)
+    noisy[span] = rng.uniform(-0.9, 0.9, noisy[span].shape[0]).astype(np.float32)
     opus = endpoint == "ws" and args.audio_format == "opus"
     plain = _encode_chunks(pcm, chunk, endpoint, args.audio_format)
     changed = _encode_chunks(noisy, chunk, endpoint, args.audio_format)

@@ -28,7 +28,8 @@ class FramePhase:
     Positions are input samples at 24 kHz since the session began; times are seconds of one clock.
     For a client streaming in real time, the chunk ending at position e arrives at about
     `offset + e / rate` (plus jitter); `late_offset` is a high quantile of that offset over the
-    recent arrivals, so the chunk ending at e is due by `late_offset + e / rate`.
+    recent arrivals (their median for the first few), so the chunk ending at e is due by
+    `late_offset + e / rate`.
     """
 
     def __init__(
@@ -38,7 +39,7 @@ class FramePhase:
         margin_s: float = 0.003,
         hysteresis_s: float = 0.006,
         window: int = 50,
-        quantile: float = 95.0,
+        quantile: float = 90.0,
     ):
         """margin_s: how long before its tick a frame's last chunk should be in (jitter).
         hysteresis_s: a boundary moves later (dropping silence) only when the frame would wait this
@@ -70,9 +71,10 @@ class FramePhase:
         """Arrival time less stream time, at the recent arrivals' `quantile` (None before any)."""
         if not self._offsets:
             return None
-        if len(self._offsets) < 20:
-            return max(self._offsets)
-        return float(np.percentile(self._offsets, self.quantile))
+        # A session's first few chunks (its set-up, a busy client) say little about its jitter: the
+        # median places its first frame, the quantile takes over once there are enough.
+        quantile = 50.0 if len(self._offsets) < 10 else self.quantile
+        return float(np.percentile(self._offsets, quantile))
 
     def frame_end(self, tick_s: float, margin_s: float | None = None) -> int | None:
         """The input position the frame stepped at `tick_s` should end at: the last chunk end due by

@@ -46,7 +46,7 @@ from server.protocols.moshi import wire as moshi_wire
 log = logging.getLogger("assistant.server")
 # How long before a tick the handshake goes out: a client's frame, paced from it, then completes
 # this long before the tick that steps it (room for the network's and the event loop's jitter).
-HANDSHAKE_LEAD_S = 0.008
+HANDSHAKE_LEAD_S = 0.012
 
 
 class MoshiChatConnection(Connection):
