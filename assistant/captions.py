@@ -7,8 +7,11 @@ worker thread too, so starting a server does not block on it.
 A thread, not a process, is enough: CTranslate2 releases the GIL while it computes (a 1 ms ticker
 thread waited at most ~5 ms during a tiny.en transcription). The one long hold is at load time:
 faster-whisper parses tokenizer.json under the GIL (~75 ms), so a clock already serving sessions
-sees one late tick then. The thread runs at a higher nice value so that, on a busy CPU, the frame
-clock gets the core first.
+sees one late tick then. The thread keeps the process's nice value by default: raised, it still
+takes the GIL between CTranslate2 calls, and on a busy CPU the scheduler can leave it off the core
+while it holds it, so the frame clock waits for a thread that is not running (a 1 ms ticker beside
+four tiny.en transcriptions, two CPU hogs on the 2 cores: longest wait 89-431 ms at nice 10,
+10-234 ms at nice 0, over five runs each).
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ class CaptionWorker:
     beam_size: 1 is greedy decoding. Beam 5 (Whisper's own default) costs ~25% more CPU per turn with
         tiny.en on one thread (1.06 -> 1.32 s, q1/q2) and made no difference to the test speech (tests/data/speech).
     nice: added to the worker thread's nice value (Linux; the CTranslate2 threads it starts inherit
-        it), so on a busy CPU the frame clock's thread is scheduled first and captions wait. 0: off.
+        it). 0 (the default) keeps it: see above for what a niced thread holding the GIL costs.
     """
 
     def __init__(
@@ -116,7 +119,7 @@ class CaptionWorker:
         cpu_threads: int = 1,
         compute_type: str | None = None,
         beam_size: int = 1,
-        nice: int = 10,
+        nice: int = 0,
     ):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"caption device must be 'cpu' or 'cuda', got {device!r}")

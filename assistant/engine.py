@@ -85,23 +85,39 @@ class Engine:
         self.batch_size = batch_size
         self.live = np.zeros(batch_size, dtype=bool)
         self.silenced = np.zeros(batch_size, dtype=bool)
+        self.held = np.zeros(batch_size, dtype=bool)  # open, its prompt fed, but not stepped yet
 
     # -- slots -------------------------------------------------------------------------
-    def open(self, slot: int, options: SlotOptions | None = None) -> None:
-        """Start a new conversation in `slot` from a clean state."""
+    def open(self, slot: int, options: SlotOptions | None = None, held: bool = False) -> None:
+        """Start a new conversation in `slot` from a clean state.
+
+        held: the slot takes its prompt (if any) but the model is not stepped for it until `start`,
+        so its first step hears the conversation's first frame whenever that comes."""
         self._check_slot(slot)
         if self.live[slot]:
             raise RuntimeError(f"slot {slot} is already open")
         self._reset_slot(slot, options or SlotOptions())
         self.live[slot] = True
         self.silenced[slot] = False
+        self.held[slot] = held
+
+    def start(self, slot: int) -> None:
+        """Step a held slot from the next step on (no-op for one that is not held)."""
+        self._check_slot(slot)
+        self.held[slot] = False
 
     def close(self, slot: int) -> None:
         """End the conversation in `slot`; its state is wiped so nothing leaks to the next one."""
         self._check_slot(slot)
         self.live[slot] = False
         self.silenced[slot] = False
+        self.held[slot] = False
         self._reset_slot(slot, SlotOptions())
+
+    def reset_encoder(self, slot: int) -> None:
+        """Encode the slot's next input frame as the first of a stream, the model's state untouched
+        (Kyutai's server does it after the first frame it hears; engines without a codec ignore it)."""
+        self._check_slot(slot)
 
     def update(self, slot: int, options: SlotOptions) -> None:
         """Change sampling options of an open slot (backends without sampling ignore it)."""

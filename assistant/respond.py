@@ -81,19 +81,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def read_user_audio(path: Path) -> np.ndarray:
-    """Any WAV -> float32 mono at 24 kHz."""
+def read_user_audio(path: Path, rate_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
+    """Any WAV -> float32 mono at `rate_hz` (default 24 kHz, the engine's), read at its own rate and
+    resampled once, straight to `rate_hz` (not at all when they are equal)."""
     import soundfile as sf
 
     from audio.resample import SUPPORTED_RATES, resample
 
     samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
     mono = samples.mean(axis=1)
-    if rate in SUPPORTED_RATES:
-        return resample(mono, rate, SAMPLE_RATE_HZ)
+    if rate in SUPPORTED_RATES and rate_hz in SUPPORTED_RATES:
+        return resample(mono, rate, rate_hz)
     import soxr
 
-    return soxr.resample(mono, rate, SAMPLE_RATE_HZ, quality="HQ").astype(np.float32)
+    return soxr.resample(mono, rate, rate_hz, quality="HQ").astype(np.float32)
 
 
 class EventLog:

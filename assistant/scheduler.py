@@ -15,6 +15,13 @@ This is the only frame loop. Three clocks drive it:
 - offline (`respond`, evaluation): `step_now()` once per frame of a recording, in this thread,
   with an `OfflineClock` that advances 80 ms per frame.
 
+A session that must announce itself to a client (the server's) is attached with `announce`: the
+frame loop opens its slot held, calls its `start()` once the slot is open (and its prompt, if any,
+is in) and hands the events to its host, and starts stepping it at the first tick that has a whole
+frame of its input, so the model's first step for it hears the client's first audio however late
+that comes after the announcement (or at `first_audio_wait_s` after it, for a client that listens
+first).
+
 The policy parts (`FrameClock`, `gather_batch`) are pure and tested without threads or sockets.
 A session is anything with `take_frame() -> float32 (1920,) | None`, `deliver(pcm, text,
 speaking, step_ms)`, `check_limits(now)` and `end(reason)` (assistant/conversation's
@@ -72,6 +79,10 @@ class FrameSource(Protocol):
     def frame_ready(self) -> bool: ...  # optional: False makes the tick wait `grace_ms` once
 
     def tick_due(self, tick_s: float) -> None: ...  # optional: when the tick taking the next frame is due
+
+    def frames_queued(self) -> int: ...  # optional: whole frames of input waiting (0 holds a new session)
+
+    def start(self) -> list: ...  # called once its slot is open, for a session attached with announce
 
     def take_frame(self) -> np.ndarray | None: ...
 
@@ -167,13 +178,23 @@ class SlotHandle:
         self.released = False
 
     def attach(
-        self, session: FrameSource, options: SlotOptions | None = None, host: Host | None = None
+        self,
+        session: FrameSource,
+        options: SlotOptions | None = None,
+        host: Host | None = None,
+        *,
+        announce: bool = False,
     ) -> None:
         """Open the engine slot with `options` and start feeding `session` from the next tick;
-        `host` gets the events of every call the frame loop makes (None: they are dropped)."""
-        self.scheduler._ops.append(("open", self.slot, options or SlotOptions()))
-        self.scheduler._sessions[self.slot] = session
-        self.scheduler._hosts[self.slot] = host
+        `host` gets the events of every call the frame loop makes (None: they are dropped).
+        announce: hold the slot until it is open, then call `session.start()` (its events to `host`),
+        and feed the session from its first whole frame of input."""
+        scheduler = self.scheduler
+        scheduler._ops.append(("open", self.slot, (options or SlotOptions(), announce)))
+        scheduler._sessions[self.slot] = session
+        scheduler._hosts[self.slot] = host
+        if announce:
+            scheduler._starting[self.slot] = None
 
     def carry_out(self, event) -> None:
         """The slot's part of one event a conversation returned: hold the engine or let it speak, new
@@ -201,11 +222,6 @@ class SlotHandle:
         """Raise ValueError now (not at the next tick) unless the engine can use this prompt."""
         self.scheduler.engine.check_prompt(instructions, voice)
 
-    def is_ready(self) -> bool:
-        """Whether the frame the session is being handed (in `deliver`) is the engine's answer: the
-        slot was open and past its prompt when that step began, so prompt-feeding frames say False."""
-        return not self.released and self.slot in self.scheduler._ready
-
     def context_fill(self) -> float | None:
         """How full the slot's model context is, 0..1 (`Engine.context_fill`); None once released."""
         return None if self.released else self.scheduler.engine.context_fill(self.slot)
@@ -213,6 +229,11 @@ class SlotHandle:
     def update(self, options: SlotOptions) -> None:
         if not self.released:
             self.scheduler._ops.append(("update", self.slot, options))
+
+    def reset_encoder(self) -> None:
+        """Encode the next input frame as a stream's first (see Engine.reset_encoder), from the next tick."""
+        if not self.released:
+            self.scheduler._ops.append(("reset_encoder", self.slot, None))
 
     @property
     def takes_images(self) -> bool:
@@ -241,6 +262,7 @@ class SlotHandle:
         self.released = True
         self.scheduler._sessions.pop(self.slot, None)
         self.scheduler._hosts.pop(self.slot, None)
+        self.scheduler._starting.pop(self.slot, None)
         # Capacity is free at once: a new session's "open" is queued behind this "close", and the
         # slot is wiped before it opens again.
         self.scheduler._reserved.discard(self.slot)
@@ -263,11 +285,14 @@ class Scheduler:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         grace_ms: float = 5.0,
         collect_garbage: bool = False,
+        first_audio_wait_s: float = 0.5,
     ):
         """clock and sleep: the wall clock (seconds) and how to wait on it; tests inject a virtual pair.
         collect_garbage: while run() runs, Python's cycle collector runs only between ticks
-        (assistant/frame_gc.py); for a process whose frame clock matters (a server, a live talk)."""
+        (assistant/frame_gc.py); for a process whose frame clock matters (a server, a live talk).
+        first_audio_wait_s: how long an announced session is held for its first frame of input."""
         self.engine = engine
+        self.first_audio_wait_s = first_audio_wait_s
         self.grace_s = grace_ms / 1000.0  # how long a tick waits for input that is just late
         self.period_s = frame_ms / 1000.0
         self.metrics = metrics
@@ -275,14 +300,16 @@ class Scheduler:
         self._sleep = sleep
         self._sessions: dict[int, FrameSource] = {}
         self._hosts: dict[int, Host | None] = {}
+        # Sessions attached with announce and not fed yet: slot -> when announced (None: not yet).
+        self._starting: dict[int, float | None] = {}
         self._reserved: set[int] = set()
         self._ops: list[tuple[str, int, Any]] = []
-        self._ready: set[int] = set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-step")
         self._batch = np.zeros((engine.batch_size, engine.frame_samples), dtype=np.float32)
         self._stop = asyncio.Event()
         self.ticks = 0
         self.skipped = 0
+        self.skipped_at_once = 0  # the most ticks one stall cost live sessions: a gap of this + 1 periods
         self.tick_log = TickLog()
         self._grid: FrameClock | None = None  # the wall clock's tick deadlines while run() ticks
         self.gc = FrameGarbageCollector() if collect_garbage else None
@@ -320,7 +347,8 @@ class Scheduler:
                 if kind == "open":
                     if self.engine.live[slot]:
                         self.engine.close(slot)
-                    self.engine.open(slot, arg)
+                    options, held = arg
+                    self.engine.open(slot, options, held=held)
                 elif kind == "close":
                     if self.engine.live[slot]:
                         self.engine.close(slot)
@@ -328,6 +356,8 @@ class Scheduler:
                     self.engine.force_silence(slot, arg)
                 elif kind == "update" and self.engine.live[slot]:
                     self.engine.update(slot, arg)
+                elif kind == "reset_encoder" and self.engine.live[slot]:
+                    self.engine.reset_encoder(slot)
                 elif kind == "image" and self.engine.live[slot]:
                     self.engine.set_image(slot, arg[0], start_frame=arg[1])
             except Exception:  # one bad slot change must not stop the clock for everyone
@@ -335,22 +365,49 @@ class Scheduler:
                     raise
                 log.exception("engine %s of slot %d failed", kind, slot)
 
+    def _joined(self) -> dict[int, FrameSource]:
+        """The sessions fed this tick: attached, and not held by `attach(announce=True)`."""
+        return {slot: s for slot, s in self._sessions.items() if slot not in self._starting}
+
+    def _start_sessions(self, now: float) -> None:
+        """Announce held sessions whose slot is open, and let in those whose first frame has come."""
+        for slot, announced_at in list(self._starting.items()):
+            session = self._sessions[slot]
+            try:
+                if not self.engine.live[slot]:
+                    raise RuntimeError("the engine did not open its slot")  # why was logged
+                if announced_at is None:
+                    if not self.engine.is_ready(slot):
+                        continue  # its prompt is still going in
+                    self._starting[slot] = announced_at = now
+                    self._hand_over(slot, session.start())
+                    if self._sessions.get(slot) is not session:
+                        continue  # its host ended it at the announcement
+                waited = now - announced_at
+                if getattr(session, "frames_queued", lambda: 1)() < 1 and waited < self.first_audio_wait_s:
+                    continue
+                self.engine.start(slot)
+            except Exception:
+                log.exception("the start of the session in slot %d failed; ending it", slot)
+                self._hand_over(slot, session.end("internal_error"))
+            self._starting.pop(slot, None)
+
     def _gather(self, deadline: float | None = None) -> tuple[dict[int, FrameSource], np.ndarray] | None:
-        """Slot changes, limits, then one input frame per live session (None when none is live).
-        deadline: when this tick was due on the wall clock, for sessions that place their frames."""
+        """Slot changes, limits, held sessions, then one input frame per fed session (None when no
+        session is attached). deadline: when this tick was due on the wall clock, for sessions that
+        place their frames."""
         self._apply_ops()
         now = self.clock()
         for slot, session in list(self._sessions.items()):
             self._hand_over(slot, session.check_limits(now))
+        self._start_sessions(now)
         if not self._sessions:
             return None
-        sessions = dict(self._sessions)
+        sessions = self._joined()
         if deadline is not None:
             for session in sessions.values():
                 if hasattr(session, "tick_due"):
                     session.tick_due(deadline)
-        # Slots whose output of this step is the engine's answer (open, and no prompt still being fed).
-        self._ready = {slot for slot in sessions if self.engine.is_ready(slot)}
         batch, _ = gather_batch(self._batch, sessions)
         return sessions, batch
 
@@ -359,6 +416,9 @@ class Scheduler:
         if self.metrics:
             self.metrics.observe("step_ms", step_ms)
             self.metrics.inc("session_frames", len(sessions))
+        for slot in out.failed.keys() & self._starting.keys():  # a held session whose prompt failed
+            log.error("slot %d cannot start (%s); ending its session", slot, out.failed[slot])
+            self._hand_over(slot, self._sessions[slot].end("internal_error"))
         for slot, session in sessions.items():
             # A session that left during the step gets nothing more.
             if self._sessions.get(slot) is not session:
@@ -387,7 +447,7 @@ class Scheduler:
         Returns the step time in ms (nan when no session was live and nothing ran)."""
         if self.grace_s and self._sessions:
             self._apply_ops()
-            if not all(getattr(s, "frame_ready", lambda: True)() for s in self._sessions.values()):
+            if not all(getattr(s, "frame_ready", lambda: True)() for s in self._joined().values()):
                 # A talking user's chunk is a few ms late: wait that long rather than feed the model a gap
                 # (it would also push the user's timeline behind the clock for the rest of the turn).
                 await self._sleep(self.grace_s)
@@ -436,6 +496,8 @@ class Scheduler:
                 tick = clock.next_tick(self.clock())
                 if tick.skipped:
                     self.skipped += tick.skipped
+                    if self._sessions:  # a stall while nobody is served (a model loading) costs nobody
+                        self.skipped_at_once = max(self.skipped_at_once, tick.skipped)
                     if self.metrics:
                         self.metrics.inc("skipped_ticks", tick.skipped)
                 wait = tick.deadline - self.clock()
@@ -478,6 +540,7 @@ class Scheduler:
         return {
             "ticks": int(rows.shape[0]),
             "skipped": self.skipped,
+            "skipped_at_once": self.skipped_at_once,
             "late_ms": pct(rows[:, 0]),
             "step_ms": pct(rows[:, 1]),
             "max_live": int(rows[:, 2].max()) if rows.size else 0,

@@ -31,6 +31,7 @@ from assistant.conversation import (
     ConversationEvent,
     ConversationOptions,
     Event,
+    SessionReady,
 )
 from assistant.scheduler import SlotHandle
 from server.protocols.limits import (
@@ -198,6 +199,10 @@ class Connection:
         self.last_rate_error = -1e9
         self.internal_errors = 0  # messages in a row the server failed to handle
         self.closing: asyncio.Task | None = None
+        # Set when the conversation is announced (SessionReady, from the frame loop) or the connection
+        # closes: until then the client's messages wait unread, so none is handled before the answer
+        # that announces its session, and its first audio is the first the model hears.
+        self.announced = asyncio.Event()
 
     def open_session(self, sample_rate_hz: int, options: ConversationOptions) -> Conversation | None:
         """Take an engine slot and open the conversation in it (the adapter starts it). None when the
@@ -294,6 +299,8 @@ class Connection:
             self.slot.carry_out(event)
             if isinstance(event, Event):
                 self.conversation_event(event)
+            if isinstance(event, SessionReady):
+                self.announced.set()  # the client's messages are read from now on
             elif isinstance(event, CaptionUtterance):
                 self.ctx.caption(event, self.caption_done)
 
@@ -321,6 +328,7 @@ class Connection:
     def close(self, code: int, reason: str, *, flush: bool = True) -> None:
         if self.closing is None:
             self.closing = asyncio.create_task(self._close(code, reason, flush))
+            self.announced.set()  # the receive loop stops waiting, and sees the close
 
     async def _close(self, code: int, reason: str, flush: bool) -> None:
         if self.session:
@@ -380,6 +388,9 @@ class Connection:
     async def run(self) -> None:
         try:
             while self.closing is None:
+                if self.session is not None and not self.announced.is_set():
+                    await self.announced.wait()
+                    continue
                 message = await self.next_message()
                 if message is None:
                     break

@@ -98,8 +98,10 @@ class ServerContext:
         host: Host,
         options: ConversationOptions | None = None,
     ) -> Conversation:
-        """A conversation in `slot`, fed by the frame loop from the next tick, whose events of the
-        loop's calls go to `host`; the caller starts it. Raises ValueError for a bad rate/options."""
+        """A conversation in `slot`, whose events of the frame loop's calls go to `host`. The frame
+        loop starts it (its SessionReady to `host`) once the engine slot is open (and its prompt in),
+        and feeds it from its first whole frame of input on, so that frame is what the model hears
+        first. Raises ValueError for a bad rate/options."""
         options = options or self.default_options()
         options.vad_config(self.config.vad)  # raises ValueError for bad VAD options before any file is made
         self.check_prompt(options.instructions, options.voice)
@@ -116,7 +118,7 @@ class ServerContext:
             can_caption=self.caption_worker is not None,
             check_prompt=self.check_prompt,
         )
-        slot.attach(session, options.slot_options(), host)
+        slot.attach(session, options.slot_options(), host, announce=True)
         self.sessions[session_id] = session
         self._hosts[session_id] = host
         self.metrics.inc("sessions_total")

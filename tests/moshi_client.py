@@ -114,7 +114,8 @@ class MoshiChatClient:
     def text(self) -> str:
         return "".join(piece for _, piece in self.texts)
 
-    def voiced_arrivals(self, threshold: float = 0.01) -> list[float]:
-        """Arrival times of audio messages that carry the assistant's voice, in seconds of the
-        client's own stream (0 = when it started streaming)."""
-        return [t - self.stream_start for t, pcm in self.audio if pcm.size and voiced(pcm, threshold).any()]
+    def voiced_in_stream(self, threshold: float = 0.01) -> np.ndarray:
+        """Where the assistant's voice is in the audio received, as a listener plays it: the start of
+        each voiced 10 ms block, in seconds from the stream's first sample (the answer to the first
+        frame the model heard, the client's own first 80 ms)."""
+        return np.flatnonzero(voiced(self.received(), threshold)) * 240 / SAMPLE_RATE_HZ

@@ -209,6 +209,22 @@ def write_kyutai_checkpoint(
     return directory
 
 
+def kyutai_reference(directory: Path):
+    """Kyutai's own Mimi and greedy LMGen on a checkpoint `write_kyutai_checkpoint` wrote: (mimi, lm_gen).
+    Needs Kyutai's moshi package (the equivalence tests skip without it)."""
+    from moshi.models import lm as lm_module
+    from moshi.models import loaders
+    from safetensors.torch import load_file
+
+    config = json.loads((directory / "config.json").read_text())
+    mimi_kwargs = json.loads((directory / config.pop("mimi_config_name")).read_text())
+    mimi = loaders.get_mimi(str(directory / KYUTAI_MIMI_NAME), mimi_kwargs, num_codebooks=8)
+    lm = lm_module.LMModel(device="cpu", dtype=torch.float32, **config)
+    lm.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)
+    lm.eval()
+    return mimi, lm_module.LMGen(lm, use_sampling=False, temp=0.0, temp_text=0.0)
+
+
 def write_hf_checkpoint(directory: Path, model, tokenizer: Path) -> Path:
     """Write `model` in Hugging Face's layout: config.json + safetensors (Mimi included) + tokenizer.model."""
     model.save_pretrained(directory)

@@ -12,11 +12,13 @@ real CLI, sockets and signal handling, and can kill it. The yielded address also
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -34,12 +36,23 @@ class ServerAddress(tuple):
 
     proc: subprocess.Popen
     output: list[str]
+    clock_stats_path: Path
+    stats_dir: tempfile.TemporaryDirectory | None = None
 
-    def __new__(cls, host: str, port: int, proc: subprocess.Popen, output: list[str]):
+    def __new__(cls, host: str, port: int, proc: subprocess.Popen, output: list[str], clock_stats_path: Path):
         self = super().__new__(cls, (host, port))
         self.proc = proc
         self.output = output
+        self.clock_stats_path = clock_stats_path
         return self
+
+    def clock_stats(self) -> dict:
+        """The server's frame-clock figures (`--clock-stats`: tick lateness, skipped ticks, step time,
+        underruns), written when it has exited. Whether the server kept its 80 ms grid is read here,
+        not from when frames reached a client: on a busy box the client's own process is late too."""
+        if self.proc.poll() is None:
+            raise RuntimeError("the clock figures are written when the server exits; leave its block first")
+        return json.loads(self.clock_stats_path.read_text())
 
     @property
     def host(self) -> str:
@@ -60,18 +73,26 @@ class ServerAddress(tuple):
 
 @contextlib.contextmanager
 def start_server(
-    *args: str, env: dict[str, str] | None = None, startup_timeout_s: float = 30.0, backend: str = "scripted"
+    *args: str, env: dict[str, str] | None = None, startup_timeout_s: float = 120.0, backend: str = "scripted"
 ) -> Iterator[ServerAddress]:
     """Run `assistant serve --host 127.0.0.1 --port 0 --backend BACKEND *args` until the block ends.
 
-    `args` may override --backend; captions are off unless `--captions` is given. On exit the
-    server gets SIGTERM (it drains) and is killed if it has not exited within 10 s.
+    `args` may override --backend; captions are off unless `--captions` is given. A server that
+    exits is reported at once; one still loading after `startup_timeout_s` (a busy CPU imports torch
+    slowly) is a failure. On exit the server gets SIGTERM (it drains) and is killed if it has not
+    exited within 10 s.
     """
     cmd = [sys.executable, "-m", "assistant", "serve", "--host", "127.0.0.1", "--port", "0"]
     if "--backend" not in args:
         cmd += ["--backend", backend]
     if "--captions" not in args:
         cmd += ["--captions", "off"]  # loading a caption model costs seconds of CPU per server
+    stats_dir = tempfile.TemporaryDirectory(prefix="clock-stats-")
+    clock_stats_path = Path(stats_dir.name) / "clock.json"
+    if "--clock-stats" not in args:
+        cmd += ["--clock-stats", str(clock_stats_path)]
+    else:
+        clock_stats_path = Path(args[list(args).index("--clock-stats") + 1])
     cmd += list(args)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.Popen(
@@ -100,7 +121,9 @@ def start_server(
         if not address:
             raise RuntimeError(f"server exited before listening (rc {proc.poll()}): " + "\n".join(output))
         host, port = address[0]
-        yield ServerAddress(host, port, proc, output)
+        served = ServerAddress(host, port, proc, output, clock_stats_path)
+        served.stats_dir = stats_dir  # removed with the address, after the test has read it
+        yield served
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -129,7 +152,6 @@ def start_personaplex_server(
         "--max-sessions",
         str(max_sessions),
         *args,
-        startup_timeout_s=120,
     )
 
 
@@ -250,3 +272,10 @@ def http_get(
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
         conn.close()
+
+
+def metric(address: ServerAddress, name: str) -> float:
+    """One counter of the server's /metrics, e.g. `assistant_skipped_ticks_total` (ticks a busy CPU or
+    a slow step made the frame clock skip: they sent no frame to anyone)."""
+    _, _, body = http_get(address, "/metrics")
+    return float(next(line.split()[1] for line in body.decode().splitlines() if line.startswith(name + " ")))

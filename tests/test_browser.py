@@ -27,7 +27,6 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.timeout(120),
     pytest.mark.skipif(_missing is not None, reason=f"browser tests need Chromium: {_missing}"),
-    pytest.mark.skipif(not CONVERSATION_WAV.exists(), reason=f"test speech {CONVERSATION_WAV} is absent"),
 ]
 
 # Recorded in the page from its first moment: every state the indicator showed, and the

@@ -15,7 +15,6 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.timeout(120),
     pytest.mark.skipif(_missing is not None, reason=f"browser tests need Chromium: {_missing}"),
-    pytest.mark.skipif(not CONVERSATION_WAV.exists(), reason=f"test speech {CONVERSATION_WAV} is absent"),
 ]
 OPUS_ALGORITHMIC_MS = 6.5  # libopus' lookahead at 24 kHz (tests/test_opus_wire.py measures it)
 NO_WEBCODECS = "delete window.AudioEncoder; delete window.AudioDecoder;"

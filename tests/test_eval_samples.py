@@ -145,6 +145,36 @@ def test_backchannel_count_frequency_and_jsd_from_a_hand_made_output(tmp_path):
     assert missing.jsd is None and "no distribution for sample 7" in missing.note
 
 
+@pytest.mark.parametrize("rate", [16000, 24000])
+def test_output_segments_equal_silero_vads_own_on_the_file_read_at_its_rate(tmp_path, rate):
+    """output.wav is read at its own rate and resampled once, straight to Silero's 16 kHz: its speech
+    segments are silero-vad's `get_speech_timestamps` (its own model) on that file, to the sample.
+    A detour through 24 kHz moves an edge of this recording by 32 ms (10.334 -> 10.366 s)."""
+    import soxr
+    import torch
+    from audio_utils import load_wav
+    from silero_vad import get_speech_timestamps, load_silero_vad
+
+    speech, speech_rate = load_wav("conversation.wav")
+    folder = tmp_path / "data" / "3"
+    folder.mkdir(parents=True)
+    output = soxr.resample(speech, speech_rate, rate).astype(np.float32)
+    sf.write(str(folder / "output.wav"), output, rate, subtype="PCM_16")
+    sf.write(str(folder / "input.wav"), np.zeros_like(output), rate, subtype="PCM_16")
+    write_json(folder / "output.json", {"text": "", "chunks": []})
+    (sample,), _ = load_samples(tmp_path / "data", FDB_TASKS["backchannel"])
+
+    on_file, file_rate = sf.read(str(folder / "output.wav"), dtype="float32")
+    at_16k = on_file if file_rate == 16000 else soxr.resample(on_file, file_rate, 16000).astype(np.float32)
+    found = get_speech_timestamps(torch.from_numpy(at_16k), load_silero_vad(), sampling_rate=16000)
+    expected = [(s["start"] / 16000, s["end"] / 16000) for s in found]
+    assert len(expected) == 4
+    result = score_sample(sample)
+    assert result.assistant_segments == expected
+    short = [(round(s, 1), round(e, 1)) for s, e in expected if e - s <= 3.0]
+    assert result.backchannels == short  # FDB's 0.1 s times of the segments of 3 s or less
+
+
 # -- the command on outputs that are already there ----------------------------------------------------
 
 

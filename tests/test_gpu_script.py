@@ -57,7 +57,10 @@ def test_dry_run_writes_every_figure_of_the_gpu_run(tmp_path):
     assert all(p["quantize"] == "int8" for p in int8["points"])
     [server] = data["server"]
     assert server["sessions"] == 1 and server["tick_late_p99_ms"] is not None
-    assert server["cpu_ms_per_session_frame"] > 0 and server["frames_received_ratio"] > 0.5
+    # Frames came from the real server: at least half of one per tick it ran (a busy CPU makes the
+    # tiny model's clock skip some; skipped ticks send no frame).
+    served = 1 - server["skipped_ticks"] / (plan["server_seconds"] * 12.5)
+    assert server["cpu_ms_per_session_frame"] > 0 and server["frames_received_ratio"] > 0.5 * served
 
     table = (tmp_path / "gpu-bench.md").read_text()
     for heading in ("## CUDA graphs == eager", "## Full step", "## Through the real server", "## int8"):

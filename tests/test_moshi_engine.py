@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from moshi_fixtures import (
+    kyutai_reference,
     random_moshi,
     tiny_kyutai_kwargs,
     train_tiny_spm,
@@ -169,24 +170,11 @@ def test_factory_builds_moshi_and_bad_options_are_refused(kyutai_dir):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # moshi's own torch.jit use
 def test_greedy_engine_equals_kyutais_mimi_and_lmgen_on_the_same_audio(kyutai_dir):
     """Same Kyutai-layout files, same audio: Kyutai's own Mimi + LMGen against our engine, greedy."""
-    import json
-
-    loaders = pytest.importorskip(
+    pytest.importorskip(
         "moshi.models.loaders",
         reason="Kyutai's moshi package is not installed (pip install --no-deps moshi==0.2.13 einops)",
     )
-    lm_module = pytest.importorskip("moshi.models.lm")
-    from safetensors.torch import load_file
-
-    config = json.loads((kyutai_dir / "config.json").read_text())
-    mimi_kwargs = json.loads((kyutai_dir / config.pop("mimi_config_name")).read_text())
-    mimi = loaders.get_mimi(
-        str(kyutai_dir / "tokenizer-e351c8d8-checkpoint125.safetensors"), mimi_kwargs, num_codebooks=8
-    )
-    lm = lm_module.LMModel(device="cpu", dtype=torch.float32, **config)
-    lm.load_state_dict(load_file(str(kyutai_dir / "model.safetensors")), strict=True)
-    lm.eval()
-    reference = lm_module.LMGen(lm, use_sampling=False, temp=0.0, temp_text=0.0)
+    mimi, reference = kyutai_reference(kyutai_dir)
 
     audio = user_audio(8, seed=12)
     engine = MoshiEngine.from_pretrained(str(kyutai_dir), batch_size=1, device="cpu")
@@ -216,3 +204,44 @@ def test_greedy_engine_equals_kyutais_mimi_and_lmgen_on_the_same_audio(kyutai_di
                 np.testing.assert_allclose(ours.pcm_out[0], np.clip(theirs_pcm, -1, 1), atol=1e-4)
     assert np.abs(theirs_pcm).max() > 1e-3
     assert len({tuple(c[0].tolist()) for c in decoded_codes}) > 3  # the frames really differ
+
+
+def test_a_held_slot_is_not_stepped_until_started_then_answers_as_if_opened_then(kyutai_dir):
+    frames = user_audio(6, seed=9)
+    greedy = SlotOptions(seed=1, temperature=0.0, text_temperature=0.0)
+    want_pcm, want_text = run_solo(kyutai_dir, frames, greedy)
+    engine = MoshiEngine.from_pretrained(str(kyutai_dir), batch_size=1, device="cpu")
+    engine.open(0, greedy, held=True)
+    for noise in user_audio(4, seed=10):  # ticks before the client's first frame reach nothing
+        out = engine.step(noise[None])
+        assert not out.pcm_out.any() and out.text == [""]
+    assert engine.is_ready(0) and engine.row_of(0) is None
+    engine.start(0)
+    outs = [engine.step(frame[None]) for frame in frames]
+    np.testing.assert_array_equal(np.stack([o.pcm_out[0] for o in outs]), want_pcm)
+    assert [o.text[0] for o in outs] == want_text
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # moshi's own torch.jit use
+def test_an_encoder_reset_after_the_first_frame_is_kyutais_servers_skip(kyutai_dir):
+    """Kyutai's server steps the model on the first frame, then resets Mimi's streaming state, so the
+    second frame is encoded as a stream's first: `reset_encoder` after step 0 gives the same tokens."""
+    pytest.importorskip(
+        "moshi.models.loaders",
+        reason="Kyutai's moshi package is not installed (pip install --no-deps moshi==0.2.13 einops)",
+    )
+    mimi, reference = kyutai_reference(kyutai_dir)
+    audio = user_audio(8, seed=13)
+    engine = MoshiEngine.from_pretrained(str(kyutai_dir), batch_size=1, device="cpu")
+    engine.open(0, SlotOptions(seed=1, temperature=0.0, text_temperature=0.0))
+    ours, theirs = [], []
+    with torch.no_grad(), mimi.streaming(1), reference.streaming(1):
+        for t, frame in enumerate(audio):
+            ours.append(engine.step(frame[None]).text[0])
+            codes = mimi.encode(torch.from_numpy(frame)[None, None])
+            if t == 0:  # the server's skip: encoded, then Mimi starts over; the model still steps
+                mimi.reset_streaming()
+                engine.reset_encoder(0)
+            tokens = reference.step(codes)
+            theirs.append("" if tokens is None else engine.loaded.tokenizer.piece(int(tokens[0, 0, 0])))
+    assert ours == theirs and any(ours)

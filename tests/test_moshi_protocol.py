@@ -11,9 +11,6 @@ import pytest
 import sphn
 from audio_utils import load_wav
 
-from assistant.backends.silence import SilenceEngine
-from assistant.engine import SlotOptions
-from assistant.scheduler import Scheduler
 from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
 from audio.opus_ogg import OpusDecoder, OpusEncoder, OpusStreamError
 from server.protocols.moshi import query
@@ -167,76 +164,3 @@ def test_a_broken_stream_is_a_typed_error_and_stays_broken():
         decoder.decode(pages[1])
     with pytest.raises(OpusStreamError):
         OpusDecoder().decode(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(48))  # a WAV, not Ogg
-
-
-# -- the readiness the handshake waits for ------------------------------------------------------
-
-
-class PromptedEngine(SilenceEngine):
-    """Opening a slot starts a prompt that takes `prefill_steps` engine steps, as PersonaPlex's does."""
-
-    def __init__(self, batch_size: int, prefill_steps: int):
-        super().__init__(batch_size)
-        self.prefill_steps = prefill_steps
-        self.pending = np.zeros(batch_size, dtype=int)
-
-    def open(self, slot: int, options: SlotOptions | None = None) -> None:
-        super().open(slot, options)
-        self.pending[slot] = self.prefill_steps
-
-    def is_ready(self, slot: int) -> bool:
-        return bool(self.live[slot]) and self.pending[slot] == 0
-
-    def _step(self, pcm_in):
-        self.pending = np.maximum(self.pending - 1, 0)
-        return super()._step(pcm_in)
-
-
-class Readiness:
-    """A session that notes, as each frame comes back, whether its slot is ready."""
-
-    def __init__(self):
-        self.slot = None
-        self.seen: list[bool] = []
-
-    def take_frame(self):
-        return np.zeros(FRAME_SAMPLES, np.float32)
-
-    def deliver(self, pcm, text, speaking, step_ms):
-        self.seen.append(self.slot.is_ready())
-
-    def check_limits(self, now):
-        pass
-
-    def end(self, reason):
-        pass
-
-
-def test_a_frame_counts_as_ready_once_the_prompt_was_in_before_its_step():
-    scheduler = Scheduler(PromptedEngine(2, prefill_steps=3))
-    first, second = Readiness(), Readiness()
-    first.slot = scheduler.reserve()
-    first.slot.attach(first)
-    for _ in range(5):
-        scheduler.step_now()
-    assert first.seen == [False, False, False, True, True]  # three steps of prompt, then answers
-    first.slot.release()
-    assert first.slot.is_ready() is False
-    # The next session in that slot starts over, though the engine marks the slot live all along.
-    second.slot = scheduler.reserve()
-    assert second.slot.slot == first.slot.slot
-    second.slot.attach(second)
-    for _ in range(4):
-        scheduler.step_now()
-    assert second.seen == [False, False, False, True]
-    scheduler.shutdown()
-
-
-def test_an_engine_without_prompts_answers_from_the_first_frame():
-    scheduler = Scheduler(SilenceEngine(1))
-    session = Readiness()
-    session.slot = scheduler.reserve()
-    session.slot.attach(session)
-    scheduler.step_now()
-    assert session.seen == [True]
-    scheduler.shutdown()

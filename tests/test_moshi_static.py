@@ -239,7 +239,11 @@ def test_bench_server_runs_the_moshi_backend():
     assert "backend moshi (tiny, cpu)" in out.stdout
     rows = [line.split() for line in out.stdout.splitlines() if re.match(r"\s+1\s+\d", line)]
     assert len(rows) == 1 and re.fullmatch(r"[\d.]+/[\d.]+", rows[0][4])  # engine step p50/p99 ms
-    assert 0.8 <= float(rows[0][-1]) <= 1.2  # the client got about one frame of reply audio per 80 ms
+    # The client got about one frame of reply audio per tick the server ran (a busy CPU makes a CPU
+    # Moshi skip some: 80 ms ticks over the 1.5 s measured, less those skipped).
+    skipped, received = float(rows[0][-2]), float(rows[0][-1])
+    served = 1 - skipped / (1.5 * 12.5)
+    assert served > 0.2 and 0.8 <= received / served <= 1.2, out.stdout
     refused = subprocess.run(
         [sys.executable, "-m", "assistant", "bench", "server", "--quantize", "int8"],
         cwd=Path(__file__).resolve().parents[1],

@@ -108,6 +108,19 @@ def test_greedy_tokens_equal_kyutais_reference(run):
     assert rec.frames[0] == REFERENCE["frames"][run]
 
 
+def test_an_image_given_to_a_held_slot_counts_from_its_first_step():
+    """The server opens a slot held until the client's first audio; an image encoded meanwhile
+    (a MoshiVis client sends it first) is in force from the first step, as in the reference."""
+    eng = engine()
+    rec = Recorder(eng)
+    eng.open(0, held=True)
+    show(eng, 0, "image_a.png", 0)
+    eng.start(0)
+    for frame in speech():
+        rec.step(frame[None])
+    assert rec.frames[0] == REFERENCE["frames"]["a_from_0"]
+
+
 def test_the_image_changes_what_the_model_says():
     """The fixture is discriminative: an image changes most tokens, and two images differ."""
     plain = np.array(REFERENCE["frames"]["none"])

@@ -11,6 +11,7 @@ output k, and its first output (the prompt's last silence frame) has no counterp
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +23,16 @@ from assistant.backends.moshi import MoshiEngine
 from assistant.engine import SlotOptions
 from assistant.moshi.prompts import PromptError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 DATA = Path(__file__).parent / "data" / "personaplex_tiny"
 REFERENCE = json.loads((DATA / "reference.json").read_text())
 ROLE = REFERENCE["role"]
 
 
-def engine(batch_size: int = 1, **options) -> MoshiEngine:
+def engine(batch_size: int = 1, source: Path = DATA, **options) -> MoshiEngine:
     return MoshiEngine.from_pretrained(
-        str(DATA),
+        str(source),
         batch_size=batch_size,
         device="cpu",
         temperature=0.0,
@@ -87,6 +90,47 @@ def test_greedy_tokens_equal_nvidias_reference(voice, prefill):
     want = REFERENCE["frames"][voice][1:]
     got = token_frames(eng, user_frames())[: len(want)]
     assert got == want
+
+
+def test_a_held_slot_takes_its_prompt_then_waits_for_its_first_frame_and_equals_the_reference():
+    eng = engine(prefill_chunk=16)
+    eng.open(0, SlotOptions(instructions=ROLE, voice="TINYF0.wav"), held=True)
+    for _ in range(3):  # the prompt goes in at the first step; the slot then waits, unstepped
+        out = eng.step(np.full((1, 1920), 0.1, np.float32))
+        assert not out.pcm_out.any()
+    assert eng.is_ready(0) and eng.row_of(0) is None
+    eng.start(0)
+    want = REFERENCE["frames"]["TINYF0.wav"][1:]
+    assert token_frames(eng, user_frames())[: len(want)] == want
+
+
+def test_a_config_with_metadata_the_loader_never_saw_loads_and_equals_the_reference(tmp_path, caplog):
+    import logging
+    import shutil
+
+    from assistant.moshi.checkpoint import CheckpointError
+    from assistant.moshi.loading import load_moshi
+
+    copy = tmp_path / "personaplex_tiny"
+    shutil.copytree(DATA, copy)
+    config = json.loads((DATA / "config.json").read_text())
+    metadata = {"release": "2026-01", "trained_by": "NVIDIA", "notes": {"steps": 1000}}
+    (copy / "config.json").write_text(json.dumps(config | metadata))
+    with caplog.at_level(logging.INFO, logger="assistant.moshi.kyutai"):
+        eng = engine(source=copy, prefill_chunk=16)
+        engine(source=copy)  # a second load says nothing new
+    ignored = [r for r in caplog.records if "ignoring" in r.getMessage()]
+    assert len(ignored) == 1 and ignored[0].levelno == logging.INFO
+    assert all(key in ignored[0].getMessage() for key in metadata)
+    opened(eng, SlotOptions(instructions=ROLE, voice="TINYF0.wav"))
+    want = REFERENCE["frames"]["TINYF0.wav"][1:]
+    assert token_frames(eng, user_frames())[: len(want)] == want
+    # a key that may change the architecture is still refused, by name
+    (copy / "config.json").write_text(json.dumps(config | metadata | {"depformer_kv_heads": 1}))
+    with pytest.raises(
+        CheckpointError, match=r"unknown keys \['depformer_kv_heads'\] that may change the model"
+    ):
+        load_moshi(copy, device="cpu")
 
 
 def test_respond_with_instructions_and_voice_answers_like_the_reference(tmp_path):
@@ -162,7 +206,11 @@ def test_four_slots_with_different_prompts_opening_at_different_frames_each_equa
     consumed: list[list[np.ndarray]] = [[] for _ in prompts]
     outputs: list[list[tuple[np.ndarray, str]]] = [[] for _ in prompts]
     waited = [0] * len(prompts)
-    for tick in range(len(user) + 8):
+    # A prompt joining live conversations goes in at 4 to 8 positions a tick, as the frame's spare time
+    # allows (on a busy CPU, 4): go on until every slot has answered a dozen frames.
+    tick = 0
+    while min(map(len, outputs)) < 12:
+        assert tick < 200, [len(o) for o in outputs]
         for slot, at in enumerate(opened_at):
             if tick == at:
                 batched.open(slot, prompts[slot])
@@ -179,11 +227,12 @@ def test_four_slots_with_different_prompts_opening_at_different_frames_each_equa
         for slot in range(4):
             if ready[slot]:
                 outputs[slot].append((out.pcm_out[slot].copy(), out.text[slot]))
+        tick += 1
     assert max(waited) > 0, "a prompt joining live conversations should have been spread over ticks"
-    assert [len(c) for c in consumed] == [len(o) for o in outputs] and min(map(len, outputs)) > 10
+    assert [len(c) for c in consumed] == [len(o) for o in outputs]
     for slot, options in enumerate(prompts):
         solo = opened(engine(), options)
-        for frame, (pcm, text) in zip(consumed[slot], outputs[slot], strict=True):
+        for frame, (pcm, text) in zip(consumed[slot][:12], outputs[slot][:12], strict=True):
             step = solo.step(frame[None])
             assert step.text[0] == text
             np.testing.assert_allclose(step.pcm_out[0], pcm, atol=1e-4)
@@ -258,7 +307,10 @@ def test_bench_prefill_reports_both_modes_and_the_clock(capsys):
     assert figures["prompt"]["fast"]["ms"] < figures["prompt"]["stepwise"]["ms"]
     none, joined = figures["clock"]
     assert none["joining"] == 0 and joined["joining"] == 1
-    assert joined["ticks_to_ready"][0] >= 3  # 40 positions, at most 16 a tick while another is live
+    # 40 positions while another session is live: between 4 and 16 a tick, however busy the CPU (the
+    # spare time of a frame sets how many); the run goes on until the prompt is in.
+    assert math.ceil(40 / 16) <= joined["ticks_to_ready"][0] <= math.ceil(40 / 4)
+    assert joined["ticks"] >= 15 and none["ticks"] == 15
 
 
 def test_voice_prefixes_are_bounded_least_recently_used_first(tmp_path, monkeypatch):

@@ -48,7 +48,6 @@ def moshi_server():
         "1",
         "--auth-token",
         TOKEN,
-        startup_timeout_s=120,
     ) as address:
         yield address
 

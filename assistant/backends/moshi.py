@@ -127,6 +127,7 @@ class MoshiEngine(ImageSlots, Engine):
         self.prompter = Prompter(self.lm, loaded, codec.model) if loaded.takes_prompts else None
         self.images = ImageFeed(self.lm, image_start) if loaded.takes_images else None
         self._jobs: dict[int, PromptJob | None] = {}  # slot -> its prompt's prefill (None: not built yet)
+        self._parked: dict[int, PromptJob] = {}  # held slots whose prompt is in, waiting for `start`
         self._failed: dict[int, str] = {}  # slot -> why its prompt could not be fed (reported once)
         self._broken: set[int] = set()  # slots whose prompt failed: silent until closed
         self._prompt_of: dict[int, tuple[str | None, str | None]] = {}
@@ -268,7 +269,11 @@ class MoshiEngine(ImageSlots, Engine):
                     spent_ms = (time.perf_counter() - t0) * 1000
                     self._timed_advance(job, self._positions_for(budget_ms - spent_ms))
                 if job.done:
-                    self._activate(slot, job)
+                    del self._jobs[slot]
+                    if self.held[slot]:
+                        self._parked[slot] = job
+                    else:
+                        self._activate(slot, job)
             except Exception as exc:  # this slot's prompt only: the others' frame clock goes on
                 log.exception("the prompt of slot %d failed", slot)
                 self._jobs.pop(slot, None)
@@ -306,7 +311,6 @@ class MoshiEngine(ImageSlots, Engine):
         return row
 
     def _activate(self, slot: int, job: PromptJob) -> None:
-        del self._jobs[slot]
         row = self._new_row(slot)
         self.lm.load_prompt(row, job.cache, job.tail(), self._row_sampling(slot))
         self._held[slot] = job.length
@@ -339,17 +343,22 @@ class MoshiEngine(ImageSlots, Engine):
         )
 
     # -- slots -----------------------------------------------------------------------------------
-    def open(self, slot: int, options: SlotOptions | None = None) -> None:
+    def open(self, slot: int, options: SlotOptions | None = None, held: bool = False) -> None:
+        """held: no row until `start` (a prompt is prefilled meanwhile, then waits); in the
+        "stepwise" prefill mode a prompted slot gets its row as soon as its prompt is in."""
         self._check_slot(slot)
         if self.live[slot]:
             raise RuntimeError(f"slot {slot} is already open")
         options = options or SlotOptions()
         if self.prompter is not None:
             self.prompter.check(options.instructions, options.voice)  # refuse before anything changes
-            super().open(slot, options)
+            super().open(slot, options, held)
             self._failed.pop(slot, None)
             self._broken.discard(slot)
             self._start_prompt(slot, options)
+            return
+        if held:
+            super().open(slot, options, held)
             return
         self._row_of[slot] = len(self._slot_at)
         self._slot_at.append(slot)
@@ -360,10 +369,25 @@ class MoshiEngine(ImageSlots, Engine):
             self._slot_at.pop()
             raise
 
+    def start(self, slot: int) -> None:
+        super().start(slot)
+        if slot in self._parked:
+            self._activate(slot, self._parked.pop(slot))
+        elif self.live[slot] and self.prompter is None and slot not in self._row_of:
+            self.lm.reset(self._new_row(slot))
+        if self.images is not None and slot in self._row_of:
+            self.images.place(slot, self._row_of[slot])  # an image encoded while the slot was held
+
+    def reset_encoder(self, slot: int) -> None:
+        super().reset_encoder(slot)
+        if slot in self._row_of:
+            self.codec.reset_encoder(self._row_of[slot])
+
     def close(self, slot: int) -> None:
         self._check_slot(slot)
         was_live = bool(self.live[slot])
         self._jobs.pop(slot, None)
+        self._parked.pop(slot, None)
         self._prompt_of.pop(slot, None)
         self._failed.pop(slot, None)
         self._broken.discard(slot)
@@ -409,6 +433,7 @@ class MoshiEngine(ImageSlots, Engine):
             self.prompter.check(options.instructions, options.voice)
             self._apply_options(slot, options, reseed=options.seed is not None)
             self._jobs.pop(slot, None)
+            self._parked.pop(slot, None)
             self._broken.discard(slot)
             if slot in self._row_of:
                 self._release_row(slot)

@@ -227,7 +227,7 @@ class ScriptedEngine(Engine):
         pcm_out = np.zeros((self.batch_size, self.frame_samples), dtype=np.float32)
         text = [""] * self.batch_size
         speaking = np.zeros(self.batch_size, dtype=bool)
-        for b in np.flatnonzero(self.live):
+        for b in np.flatnonzero(self.live & ~self.held):  # a held slot hears nothing yet
             state = self._slots[b]
             events = state.vad.push(pcm_in[b])
             state.samples_in += self.frame_samples

@@ -387,8 +387,8 @@ class Conversation:
         shift = None
         if self._phase is not None and self._tick_s is not None:
             shift = self._phase.shift(front + FRAME_SAMPLES, self._tick_s)
-            # The first frame is placed whatever the user is doing: nothing has been heard yet.
-            silent = silent or self.samples_heard == 0
+            # Silence in front of the very first frame cuts nothing, whatever the user is doing.
+            silent = silent or (self.samples_heard == 0 and shift < 0)
         frame, status = self._input.take(silent, may_trim, shift)
         self.samples_heard += self._input.last_taken
         if status == FRAME_UNDERRUN and self.samples_in > 0:  # before any audio the client cannot be late

@@ -21,8 +21,6 @@ from assistant.eval.dataset import Sample
 from assistant.eval.results import SampleResult, TaskResult, write_json
 from assistant.eval.segments import FDB_RESOLUTION_DECIMALS, speech_segments
 from assistant.respond import read_user_audio
-from audio.frames import SAMPLE_RATE_HZ
-from audio.resample import resample
 from audio.vad import CLASSIFIER_RATE_HZ
 
 # generate(samples, on_done): write output.wav of each sample, then on_done(sample, error or None).
@@ -54,8 +52,9 @@ class Stage:
 
 
 def read_16k(path: Path) -> np.ndarray:
-    """Any WAV -> float32 mono at 16 kHz, the rate of Silero VAD and Whisper."""
-    return resample(read_user_audio(path), SAMPLE_RATE_HZ, CLASSIFIER_RATE_HZ)
+    """Any WAV -> float32 mono at 16 kHz, the rate of Silero VAD and Whisper: read at its own rate
+    and resampled once (a round trip through 24 kHz moves segment edges)."""
+    return read_user_audio(path, CLASSIFIER_RATE_HZ)
 
 
 def make_outputs(samples: Sequence[Sample], generate: Generator, errors: Errors) -> None:

@@ -97,14 +97,20 @@ class ImageFeed:
                 continue
             if not job.done:
                 break
-            del self.jobs[slot]
             row = row_of(slot)
-            if row is not None:
-                self.lm.set_image(row, job.keys, job.values, job.start)
-                self.stats["images"] += 1
+            if row is not None:  # a held slot has no row yet: `place` puts it in when it has one
+                self.place(slot, row)
         spent = (time.perf_counter() - t0) * 1000
         self.stats["ms"] += spent
         return spent
+
+    def place(self, slot: int, row: int) -> None:
+        """Give `row` the image of `slot` if its encode is done (it counts from the row's next step)."""
+        job = self.jobs.get(slot)
+        if job is not None and job.done:
+            del self.jobs[slot]
+            self.lm.set_image(row, job.keys, job.values, job.start)
+            self.stats["images"] += 1
 
     def _timed_stage(self, job: ImageJob) -> None:
         t0 = time.perf_counter()

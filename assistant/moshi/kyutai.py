@@ -3,6 +3,7 @@ weights renamed (RoPE q/k rows permuted, fused and per-step depth weights split)
 
 from __future__ import annotations
 
+import logging
 import re
 
 import torch
@@ -93,6 +94,16 @@ _IGNORED_KYUTAI = {
     "sine_tokens",
     "default_voice",
 }
+# What an unknown key's name says when it may change the model: sizes, layers, heads, codebooks,
+# delays, the depth transformer, attention, adapters, conditioning, norms, positions. Such a key
+# is refused; any other unknown key is metadata (a version, a date, a training note) and ignored.
+_ARCHITECTURE_WORDS = re.compile(
+    r"dim|layer|head|card|n_q|dep_q|delay|depformer|attention|attn|cross|lora|condition|fuser|"
+    r"quantiz|norm|gating|emb|context|period|rope|causal|bias|scale|demux|kv|hidden|vocab|codebook|"
+    r"stream|rank|linear|dropout|window"
+)
+_logged_ignored: set[tuple[str, ...]] = set()
+log = logging.getLogger(__name__)
 
 
 # -- Kyutai config -> transformers config -------------------------------------------------------
@@ -129,8 +140,16 @@ def kyutai_lm_kwargs(raw_config: dict | None) -> dict:
             f"Kyutai config sets text_card_out={merged['text_card_out']} != text_card; not supported"
         )
     unknown = sorted(set(merged) - set(KYUTAI_7B_KWARGS) - _IGNORED_KYUTAI - set(_OFF_ONLY_KYUTAI))
-    if unknown:
-        raise CheckpointError(f"Kyutai config has unknown keys {unknown}; is this a Moshi LM config?")
+    architectural = [key for key in unknown if _ARCHITECTURE_WORDS.search(key.lower())]
+    if architectural:
+        raise CheckpointError(
+            f"Kyutai config has unknown keys {architectural} that may change the model; "
+            "is this a Moshi LM config?"
+        )
+    if unknown and tuple(unknown) not in _logged_ignored:
+        _logged_ignored.add(tuple(unknown))
+        log.info("config.json: ignoring %s (metadata: no effect on the model)", ", ".join(unknown))
+    merged = {k: v for k, v in merged.items() if k not in unknown}
     if merged["n_q"] % 2 or merged["dep_q"] not in (merged["n_q"] // 2, merged["n_q"]):
         raise CheckpointError(
             f"n_q={merged['n_q']}, dep_q={merged['dep_q']}: expected n_q = 2 x the assistant's codebooks "

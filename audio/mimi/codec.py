@@ -149,6 +149,17 @@ class StreamingMimi:
         self.frames_encoded[slot] = 0
         self.frames_decoded[slot] = 0
 
+    def reset_encoder(self, slot: int) -> None:
+        """Forget what row `slot` has encoded (its decoder goes on): its next frame is encoded as the
+        first of a stream, with the left padding a fresh state applies."""
+        if not 0 <= slot < self.batch_size:
+            raise IndexError(f"slot {slot} out of range 0..{self.batch_size - 1}")
+        with torch.inference_mode():  # the state tensors are inference tensors
+            for part in (self._enc_seanet, self._enc_transformer, self._downsample):
+                if part is not None:
+                    part.reset(slot)
+        self.frames_encoded[slot] = 0
+
     def copy_row(self, src: int, dst: int) -> None:
         """Make row `dst` continue exactly where row `src` is (all encoder/decoder state and counters),
         e.g. to compact live sessions into the first rows of a smaller batch."""

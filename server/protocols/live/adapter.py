@@ -1,7 +1,8 @@
 """`/v1/live/sessions`: the OpenAI Live API (full duplex) adapter on the shared connection base.
 
 A connection is refused at the handshake when the server is full (1013), and takes an engine slot
-and opens its conversation at `session.start`, at the sample rate of the audio format the client chose (the core
+and opens its conversation at `session.start` (`session.started` goes out once the engine slot is
+open; the client's events wait until then), at the sample rate of the audio format the client chose (the core
 resamples to and from the model's 24 kHz). JSON text frames go through `LiveConversation.receive`,
 what the conversation returns through `LiveConversation.conversation_event`; what comes back is
 sent or carried out, after the call. All protocol logic lives in
@@ -14,7 +15,7 @@ import json
 import secrets
 import time
 
-from assistant.conversation import Event, SessionEnded
+from assistant.conversation import Event, SessionEnded, SessionReady
 from server.connection import Connection, Transport
 from server.protocols.limits import CLOSE_NORMAL
 from server.protocols.live.client_events import LiveError
@@ -83,8 +84,7 @@ class LiveConnection(Connection):
             return
         if session is None:  # the server filled up meanwhile: the connection closes with 1013
             return
-        self.apply_events(session.start())
-        self.apply(self.live.started(self.session.session_id, time.time()))
+        # session.started goes out from the frame loop once the engine slot is open
 
     def send_event(self, event: dict) -> None:
         if event["type"] == "error":
@@ -99,6 +99,9 @@ class LiveConnection(Connection):
 
     # -- conversation events -------------------------------------------------------------------
     def conversation_event(self, event: Event) -> None:
+        if isinstance(event, SessionReady):  # the engine slot is open: session.started
+            self.apply(self.live.started(self.session.session_id, time.time()))
+            return
         self.apply(self.live.conversation_event(event))
         if isinstance(event, SessionEnded):
             self.close(CLOSE_NORMAL, event.reason[:120])

@@ -360,8 +360,9 @@ class LiveConversation:
             return self._barge_in(event.at_ms)
         if isinstance(event, SessionEnded) and event.reason != "client_disconnected":
             return self._ended(event.reason)
-        # SessionReady, SessionUpdated, Stats, PlaybackClear and the VAD's turns have no Live counterpart:
-        # there are no turns, and the barge_in notice says what playback.clear would.
+        # SessionReady is `started` (the host passes its time); SessionUpdated, Stats, PlaybackClear and
+        # the VAD's turns have no Live counterpart: there are no turns, and the barge_in notice says
+        # what playback.clear would.
         return []
 
     def _output_audio(self, pcm16: bytes, speaking: bool, at_ms: float) -> list[LiveOutput]:

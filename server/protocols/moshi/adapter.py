@@ -6,16 +6,16 @@ one conversation in the batched frame loop, like every other endpoint's. Per con
 - set-up: the query string (server/protocols/moshi/query.py) becomes the conversation's options; one the
   engine cannot honour (a role prompt for a model without prompts, an unknown voice, a bad number)
   is refused with an error message (0x05) and close 1008, before any handshake;
-- handshake: 0x00 goes out after the first frame the engine answers in this slot, so a prompted
-  model has its role and voice in by then (the prefill's frames before it are not sent), timed
+- handshake: 0x00 goes out once the engine slot is open, so a prompted model has its role and
+  voice in by then; the client's messages wait unread until it has gone. It is timed
   `HANDSHAKE_LEAD_S` before a tick: a client that paces its audio from the handshake (Kyutai's
-  records 80 ms blocks from then on) completes each frame just before the tick that steps it, so no
-  frame waits for its tick (docs/architecture.md, frame phase). What the engine answered before it
-  goes out right behind it;
-- input: 0x01 chunks are one Ogg Opus stream, decoded as they come. Its first 80 ms are dropped,
-  as Kyutai's server drops the first encoded frame (the model's past; it then resets its encoder,
-  and ours never sees those samples), so the model's step k hears the stream's frame k + 1, as
-  there. A stream that cannot be decoded is refused with 0x05 and close 1007;
+  records 80 ms blocks from then on) completes each frame just before the tick that steps it, not
+  just after the one before (docs/architecture.md, frame phase);
+- input: 0x01 chunks are one Ogg Opus stream, decoded as they come. The model's first step hears
+  the stream's first 80 ms, as on both originals. With a model that takes no prompts (Kyutai's
+  server), the codec's encoder then starts over, as Kyutai's does after that frame (its "skip"),
+  so the next frame is encoded as a stream's first; NVIDIA's server encodes on without a break.
+  A stream that cannot be decoded is refused with 0x05 and close 1007;
 - output: every frame of the assistant's voice is Opus-encoded into the stream (0x01), every text
   piece sent as it comes (0x02);
 - images (MoshiVis): an image message (0x08), whenever it comes (Kyutai's clients send it first),
@@ -33,9 +33,9 @@ import asyncio
 import logging
 from urllib.parse import urlsplit
 
-from assistant.conversation import AssistantText, AudioOut, Error, Event, SessionEnded
+from assistant.conversation import AssistantText, AudioOut, Error, Event, SessionEnded, SessionReady
 from assistant.images import ImageError
-from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
+from audio.frames import SAMPLE_RATE_HZ
 from audio.opus_ogg import OpusDecoder, OpusEncoder, OpusStreamError
 from server.connection import Connection, Transport
 from server.images import ImageInput
@@ -58,9 +58,8 @@ class MoshiChatConnection(Connection):
         super().__init__(ctx, ws)
         self.decoder = OpusDecoder(SAMPLE_RATE_HZ)
         self.encoder = OpusEncoder(SAMPLE_RATE_HZ)
-        self.handshake_sent = False  # sent, or due at a set time
-        self.before_handshake: list[bytes] | None = None  # what the engine answered before it went out
-        self.skip_samples = FRAME_SAMPLES  # the stream's first frame, which the model never hears
+        self.restart_encoder = not ctx.engine.takes_prompts  # after the first frame, as Kyutai's server
+        self.before_handshake: list[bytes] | None = None  # what is due after a handshake not yet sent
         self.skipped: set[str | bytes] = set()  # kinds of messages skipped so far (logged once)
         self.images: ImageInput | None = None
         query = urlsplit(ws.path).query
@@ -76,7 +75,6 @@ class MoshiChatConnection(Connection):
         self.images = ImageInput(
             self.slot, start_frame=start_frame, accepted=self.image_accepted, refused=self.image_refused
         )
-        self.apply_events(session.start())
         if unknown := chat_query.unknown_parameters(query):
             log.info("moshi: %s ignores query parameters %s", self.session.session_id, unknown)
 
@@ -113,18 +111,18 @@ class MoshiChatConnection(Connection):
 
     # -- conversation events -------------------------------------------------------------------
     def conversation_event(self, event: Event) -> None:
-        if isinstance(event, AudioOut):
+        if isinstance(event, SessionReady):
+            self.schedule_handshake()
+        elif isinstance(event, AudioOut):
             self.images.on_frame()
-            if not self.handshake_sent:
-                if not self.slot.is_ready():
-                    return  # still feeding the prompt: its frames are silence, and nobody is listening
-                self.schedule_handshake()
+            if self.restart_encoder:  # this is the answer to the first frame the model heard
+                self.restart_encoder = False
+                self.slot.reset_encoder()
             ogg = self.encoder.encode(event.pcm)
             if ogg:
                 self.send_after_handshake(moshi_wire.audio_message(ogg))
         elif isinstance(event, AssistantText):
-            if self.handshake_sent:
-                self.send_after_handshake(moshi_wire.text_message(event.text))
+            self.send_after_handshake(moshi_wire.text_message(event.text))
         elif isinstance(event, Error):
             self.send_error(event.code, event.message, server_side=True)
         elif isinstance(event, SessionEnded):
@@ -133,7 +131,6 @@ class MoshiChatConnection(Connection):
 
     def schedule_handshake(self) -> None:
         """Send the handshake `HANDSHAKE_LEAD_S` before the next tick that leaves time for it."""
-        self.handshake_sent = True
         now = self.slot.clock()
         tick = self.slot.next_tick_after(now + HANDSHAKE_LEAD_S)
         if tick is None:  # no wall clock to meet
@@ -143,7 +140,7 @@ class MoshiChatConnection(Connection):
         asyncio.get_running_loop().call_later(tick - HANDSHAKE_LEAD_S - now, self.send_handshake)
 
     def send_handshake(self) -> None:
-        held, self.before_handshake = self.before_handshake or [], None
+        held, self.before_handshake = self.before_handshake or [], None  # a session that started silent
         self.send(moshi_wire.HANDSHAKE)
         for message in held:
             self.send(message)
@@ -175,10 +172,6 @@ class MoshiChatConnection(Connection):
             log.warning("moshi: %s: %s", self.session.session_id, exc)
             self.refuse(moshi_wire.CLOSE_BAD_DATA, "bad_audio", str(exc))
             return
-        if self.skip_samples:
-            cut = min(self.skip_samples, pcm.shape[0])
-            self.skip_samples -= cut
-            pcm = pcm[cut:]
         if pcm.shape[0]:
             self.apply_events(self.session.push_samples(pcm))
 

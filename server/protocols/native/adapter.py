@@ -154,8 +154,7 @@ class NativeConnection(Connection):
                 removed=lambda _: self.send(wire.image_updated_event(None)),
                 refused=self.refuse_image,
             )
-            self.apply_events(session.start())
-            return
+            return  # session.ready goes out from the frame loop once the engine slot is open
         if self.session is None:
             raise ProtocolError("not_started", f"send session.start before {type(event).__name__}")
         if isinstance(event, SessionUpdate):

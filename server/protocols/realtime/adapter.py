@@ -1,6 +1,7 @@
 """`/v1/realtime`: the OpenAI Realtime API (GA) adapter on the shared connection base.
 
-Per connection it opens a conversation at 24 kHz and moves data both ways: JSON text frames ->
+Per connection it opens a conversation at 24 kHz (`session.created` goes out once its engine slot is
+open; the client's events wait until then) and moves data both ways: JSON text frames ->
 `RealtimeConversation.receive`; what the conversation returns -> `RealtimeConversation.
 conversation_event`; what the state machine returns (server events, actions on the conversation)
 is carried out here, after the call. All protocol logic lives in
@@ -15,7 +16,7 @@ import json
 import secrets
 from urllib.parse import parse_qs, urlsplit
 
-from assistant.conversation import AudioOut, Event, SessionEnded
+from assistant.conversation import AudioOut, Event, SessionEnded, SessionReady
 from audio.frames import FRAME_MS, SAMPLE_RATE_HZ
 from server.connection import Connection, Transport
 from server.images import ImageInput
@@ -83,8 +84,6 @@ class RealtimeConnection(Connection):
             accepted=lambda check, _: self.apply(self.realtime.image_accepted(check)),
             refused=lambda check, error: self.apply(self.realtime.image_refused(check, error)),
         )
-        self.apply_events(self.session.start())
-        self.apply(self.realtime.start())
 
     # -- state machine outputs -> socket / conversation -----------------------------------------
     def apply(self, outputs: list[RealtimeOutput]) -> None:
@@ -152,6 +151,9 @@ class RealtimeConnection(Connection):
 
     # -- conversation events -------------------------------------------------------------------
     def conversation_event(self, event: Event) -> None:
+        if isinstance(event, SessionReady):  # the engine slot is open: session.created
+            self.apply(self.realtime.start())
+            return
         self.apply(self.realtime.conversation_event(event))
         if isinstance(event, AudioOut):
             self.images.on_frame()  # after this frame's events: the next frame is the first it changes
