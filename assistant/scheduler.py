@@ -400,14 +400,12 @@ class Scheduler:
         now = self.clock()
         for slot, session in list(self._sessions.items()):
             self._hand_over(slot, session.check_limits(now))
+            if deadline is not None and hasattr(session, "tick_due"):
+                session.tick_due(deadline)
         self._start_sessions(now)
         if not self._sessions:
             return None
         sessions = self._joined()
-        if deadline is not None:
-            for session in sessions.values():
-                if hasattr(session, "tick_due"):
-                    session.tick_due(deadline)
         batch, _ = gather_batch(self._batch, sessions)
         return sessions, batch
 

@@ -112,8 +112,9 @@ def test_aligned_take_pads_in_front_or_drops_queued_silence_only_while_silent():
 def run_session(
     phase_s: float, chunk_ms: int, jitter_s: float, aligned: bool, seed: int = 0, seconds: float = 6.0
 ):
-    """Stream q1 (speech) in chunks arriving at `phase_s` against ticks at k * 80 ms; return (the wait
-    of each frame's newest sample for its tick, in s, while the user spoke; underruns; the frames)."""
+    """Stream q1 (speech) in chunks arriving at `phase_s` against ticks at k * 80 ms, the session
+    started as the frame loop starts it; return (the wait of each frame's newest sample for its tick,
+    in s, while the user spoke; underruns; the frames the model heard)."""
     pcm, rate = load_wav("q1.wav")
     assert rate == RATE
     chunk = RATE * chunk_ms // 1000
@@ -131,6 +132,8 @@ def run_session(
             continue
         if aligned:
             conversation.tick_due(at)
+        if not frames and conversation.frames_queued() < 1:
+            continue  # the frame loop starts a session once a whole frame of its input is in
         speaking = conversation.turns.user_speaking
         frame = conversation.take_frame()
         frames.append(

@@ -366,8 +366,18 @@ class Conversation:
         return self._input.level >= FRAME_SAMPLES or self._user_silent()
 
     def frames_queued(self) -> int:
-        """Whole frames of input waiting for the frame loop."""
-        return self._input.level // FRAME_SAMPLES
+        """Whole frames of input waiting for the frame loop. Against a wall clock's ticks, what the
+        next tick can take as FramePhase places it: only input reliably in before the tick, and
+        before the first frame any such input (the first frame goes in behind silence), so the
+        frame loop starts a session on a placed frame, never one whose last chunk races the tick."""
+        level = self._input.level
+        if self._phase is not None and self._tick_s is not None:
+            end = self._phase.frame_end(self._tick_s)
+            if end is not None:
+                level = min(level, end - (self.samples_in - level))
+                if self.samples_heard == 0 and level > 0:
+                    return max(1, level // FRAME_SAMPLES)
+        return max(0, level) // FRAME_SAMPLES
 
     def _user_silent(self) -> bool:
         return not self._vad.speaking and self._vad.probability < 0.5
@@ -387,8 +397,11 @@ class Conversation:
         shift = None
         if self._phase is not None and self._tick_s is not None:
             shift = self._phase.shift(front + FRAME_SAMPLES, self._tick_s)
-            # Silence in front of the very first frame cuts nothing, whatever the user is doing.
-            silent = silent or (self.samples_heard == 0 and shift < 0)
+            if self.samples_heard == 0:
+                # The model's first frame starts with the client's first audio, never cut, behind
+                # silence where that places it (which cuts nothing, whatever the user is doing).
+                shift = min(shift, 0)
+                silent = silent or shift < 0
         frame, status = self._input.take(silent, may_trim, shift)
         self.samples_heard += self._input.last_taken
         if status == FRAME_UNDERRUN and self.samples_in > 0:  # before any audio the client cannot be late
