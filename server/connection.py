@@ -304,9 +304,9 @@ class Connection:
             elif isinstance(event, CaptionUtterance):
                 self.ctx.caption(event, self.caption_done)
 
-    def caption_done(self, text: str, start_ms: float, end_ms: float) -> None:
+    def caption_done(self, utterance: CaptionUtterance, text: str) -> None:
         if self.session is not None:
-            self.apply_events(self.session.add_caption(text, start_ms, end_ms))
+            self.apply_events(self.session.add_caption(utterance, text))
 
     # -- sending -------------------------------------------------------------------------------
     def send(self, item: Any) -> None:

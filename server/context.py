@@ -124,17 +124,23 @@ class ServerContext:
         self.metrics.inc("sessions_total")
         return session
 
-    def caption(self, utterance: CaptionUtterance, done: Callable[[str, float, float], None]) -> None:
-        """Queue one utterance for captioning; `done(text, start_ms, end_ms)` runs on the event loop
-        when it is ready."""
+    def caption(self, utterance: CaptionUtterance, done: Callable[[CaptionUtterance, str], None]) -> None:
+        """Queue one utterance (or, interim, the part said so far) for captioning; `done(utterance,
+        text)` runs on the event loop when it is ready."""
         loop = asyncio.get_running_loop()
 
         def finished(caption) -> None:
-            loop.call_soon_threadsafe(done, caption.text, utterance.start_ms, utterance.end_ms)
+            loop.call_soon_threadsafe(done, utterance, caption.text)
 
-        if not self.caption_worker.submit(
-            id(utterance), utterance.pcm, utterance.start_ms, utterance.end_ms, finished
-        ):
+        queued = self.caption_worker.submit(
+            id(utterance),
+            utterance.pcm,
+            utterance.start_ms,
+            utterance.end_ms,
+            finished,
+            interim=utterance.interim,
+        )
+        if not queued and not utterance.interim:  # an interim is skipped, by design, while finals wait
             self.metrics.inc("captions_dropped")
 
     def close(self) -> None:

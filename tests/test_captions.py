@@ -186,3 +186,107 @@ def test_broken_model_is_reported_not_hung(tmp_path):
     q1, _ = load_wav("q1.wav")
     assert w.submit("x", q1, 0.0, 4200.0, lambda c: None) is False
     w.close()
+
+
+def test_an_utterance_is_read_in_a_window_its_length_for_a_third_of_the_cpu(worker):
+    """The words of the test speech as the standard 30 s window gives them (or better), for much less
+    CPU: what makes a caption come soon after the end of an utterance."""
+    from assistant.captions import WHISPER_RATE_HZ
+    from audio.resample import resample
+
+    references = reference_texts()
+    for name in ("q1", "q2", "interrupt"):
+        audio = resample(load_wav(f"{name}.wav")[0], 24_000, WHISPER_RATE_HZ)
+        cpu = []
+        texts = []
+        for read in (worker._in_short_window, worker._in_full_windows):
+            before = time.process_time()  # the model computes on threads of its own
+            texts.append(read(audio))
+            cpu.append(time.process_time() - before)
+        short, full = (word_error_rate([references[name]], [t]) for t in texts)
+        print(
+            f"\n{name}: short window {cpu[0]:.3f} s CPU, WER {short:.3f}; 30 s window {cpu[1]:.3f} s, WER {full:.3f}"
+        )
+        assert short <= full, texts
+        assert cpu[0] < 0.5 * cpu[1], cpu
+
+
+def test_a_transcript_that_loops_is_read_again_the_standard_way(worker, monkeypatch):
+    q2, _ = load_wav("q2.wav")
+    loop = worker._tokenizer.encode(" and" * 40)
+
+    class Looping:
+        sequences_ids = [loop]
+
+    class Stand:
+        """The loaded model, but its short-window pass answers with a loop."""
+
+        def __init__(self, real, **overrides):
+            self.real, self.overrides = real, overrides
+
+        def __getattr__(self, name):
+            return self.overrides[name] if name in self.overrides else getattr(self.real, name)
+
+    looping = Stand(worker._model.model, generate=lambda *a, **k: [Looping()])
+    monkeypatch.setattr(worker, "_model", Stand(worker._model, model=looping))
+    assert "Australia" in worker.transcribe(q2)  # the 30 s window's reading
+    assert worker.transcribe(q2, interim=True) == ""  # an interim is not worth a second reading
+
+
+def test_a_final_caption_goes_before_a_waiting_interim_and_an_interim_never_waits_behind_one(worker):
+    long_speech = np.tile(load_wav("q1.wav")[0], 6)  # ~25 s: the worker is busy with it a while
+    q2, _ = load_wav("q2.wav")
+    order: queue.Queue = queue.Queue()
+    assert worker.submit("busy", long_speech, 0.0, 25_000.0, lambda c: order.put(c.key))
+    deadline = time.monotonic() + 10
+    while worker.pending and time.monotonic() < deadline:
+        time.sleep(0.01)  # the worker took it
+    assert worker.submit(
+        "interim", q2[: q2.shape[0] // 2], 0.0, 1700.0, lambda c: order.put(c.key), interim=True
+    )
+    assert worker.submit("final", q2, 0.0, 3400.0, lambda c: order.put(c.key))
+    # With a final waiting, another interim is not taken (it would be stale by its turn).
+    assert not worker.submit("late", q2, 0.0, 3400.0, lambda c: order.put(c.key), interim=True)
+    assert [order.get(timeout=120) for _ in range(3)] == ["busy", "final", "interim"]
+    assert worker.dropped == 0
+
+
+def test_a_reading_that_starts_over_counts_as_a_loop_and_real_speech_does_not():
+    from assistant.captions import _looks_like_a_loop
+
+    assert _looks_like_a_loop("Hi there Hi there Hi there Hi there Hi there Hi")
+    # What a 5 s window made of q1: the whole of it, then again from the start.
+    assert _looks_like_a_loop(
+        "Hi there. Can you tell me a short story about a lighthouse keeper? Hi there. Can you tell me"
+    )
+    assert not any(_looks_like_a_loop(text) for text in reference_texts().values())
+    assert not _looks_like_a_loop("Wait, wait, wait, stop.")
+
+
+def test_finals_waiting_together_are_read_together_each_with_its_own_words(worker):
+    long_speech = np.tile(load_wav("q1.wav")[0], 6)  # ~25 s: the worker is busy with it a while
+    done: queue.Queue = queue.Queue()
+    assert worker.submit(
+        "busy", long_speech, 0.0, 25_000.0, lambda c: done.put((c.key, c.text, time.monotonic()))
+    )
+    deadline = time.monotonic() + 10
+    while worker.pending and time.monotonic() < deadline:
+        time.sleep(0.01)  # the worker took it
+    names = ("q1", "q2", "interrupt")
+    for name in names:
+        assert worker.submit(
+            name,
+            load_wav(f"{name}.wav")[0],
+            0.0,
+            4000.0,
+            lambda c: done.put((c.key, c.text, time.monotonic())),
+        )
+    got = [done.get(timeout=120) for _ in range(4)]
+    assert got[0][0] == "busy"
+    texts = {key: text for key, text, _ in got[1:]}
+    references = reference_texts()
+    for name in names:
+        assert word_error_rate([references[name]], [texts[name]]) <= 0.25, (name, texts[name])
+    # One reading for the three: they come back within moments of each other.
+    times = [t for *_, t in got[1:]]
+    assert max(times) - min(times) < 0.1, times

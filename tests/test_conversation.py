@@ -25,6 +25,7 @@ from assistant.conversation import (
     SetEngineSilent,
     Stats,
     UserTranscript,
+    UserTranscriptDelta,
 )
 from assistant.conversation.input_buffer import FRAME_OK, FRAME_PADDED, FRAME_UNDERRUN, InputBuffer
 from assistant.conversation.turns import (
@@ -409,16 +410,18 @@ def test_captions_are_requested_from_the_host_and_come_back_as_transcripts():
     q1, _ = load_wav("q1.wav")
     h = Harness(options=ConversationOptions(captions=True), can_caption=True)
     h.run(np.concatenate([silence(0.5), q1, silence(1.0)]))
-    (request,) = h.of(CaptionUtterance)
+    # Interims, a reading at each pause, the last of them the whole utterance.
+    request = [r for r in h.of(CaptionUtterance) if not r.interim][-1]
     stopped = h.of(InputSpeechStopped)[0]
     assert request.end_ms == stopped.at_ms and request.start_ms < h.of(InputSpeechStarted)[0].at_ms
     assert request.pcm.shape[0] >= (request.end_ms - request.start_ms) * 24
-    assert h.session.add_caption(" What is it? ", request.start_ms, request.end_ms) == [
-        UserTranscript("What is it?", request.start_ms, request.end_ms)
+    assert h.session.add_caption(request, " What is it? ") == [
+        UserTranscriptDelta("What is it?", request.start_ms, request.end_ms),
+        UserTranscript("What is it?", request.start_ms, request.end_ms),
     ]
-    assert h.session.add_caption("  ", 0, 1) == []
+    assert h.session.add_caption(request, "again") == []  # its transcript went out already
     h.session.end("client_ended")
-    assert h.session.add_caption("late", 0, 1) == []
+    assert h.session.add_caption(request, "late") == []
 
 
 def test_captions_asked_of_a_host_without_a_captioner_are_refused_and_the_session_goes_on():

@@ -24,6 +24,7 @@ from assistant.conversation import (
     Error,
     SessionEnded,
     UserTranscript,
+    UserTranscriptDelta,
 )
 from assistant.conversation.turns import StretchEnded, StretchStarted, TurnTaking
 from audio import g711
@@ -176,6 +177,40 @@ def test_session_start_echoes_the_model_and_reports_what_a_model_without_prompts
     assert all(n["type"] == "info" and n["client_event_id"] == "c0" for n in notices)
 
 
+def test_what_frameworks_send_by_default_that_needs_a_text_model_is_accepted_and_reported_once():
+    conv = new_conversation(captions=True)
+    # LiveKit's GPTLiveModel, as it starts a session by default (history after a reconnect).
+    out = start(
+        conv,
+        delegation={"type": "responses", "responses": {"model": "gpt-5.4-mini", "tools": None}},
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}],
+        triggers=[{"type": "predicate"}],
+        client={"data_channel": {}},
+    )
+    started, *notices = events(out)
+    assert started["type"] == "session.started" and started["session"]["delegation"] is None
+    assert {n["code"] for n in notices} == {
+        "delegation_not_supported",
+        "input_not_supported",
+        "triggers_not_supported",
+        "client_not_supported",
+    }
+    assert "text model" in next(n for n in notices if n["code"] == "delegation_not_supported")["message"]
+    # The same options again, and the context appends LiveKit's generate_reply sends: one notice each.
+    (updated,) = send(
+        conv, type="session.update", session={"delegation": {"type": "responses", "responses": {}}}
+    )
+    assert updated["type"] == "session.updated"
+    first = send(conv, type="session.commentary.append", content="Reply to the caller now.", event_id="k1")
+    assert [(e["type"], e["code"], e["client_event_id"]) for e in first] == [
+        ("info", "commentary_not_supported", "k1")
+    ]
+    assert send(conv, type="session.commentary.append", content="Again.") == []
+    (thinking,) = send(conv, type="session.thinking.append", content="The caller is in a hurry.")
+    assert thinking["code"] == "thinking_not_supported"
+    assert send(conv, type="session.input_audio.append", audio=b64(VOICE)) == [PushAudio(VOICE)]
+
+
 def test_a_model_with_prompts_gets_the_instructions_and_voice_or_its_defaults():
     conv = new_conversation(prompts=True, captions=True)
     out = start(conv, instructions="Talk about films.", audio={"output": {"voice": {"id": "NATM1"}}})
@@ -230,14 +265,7 @@ START_ERRORS = {
     ),
     "opus": ({"audio": {"format": {"type": "audio/opus"}}}, "unsupported_audio_format", None),
     "rate as text": ({"audio": {"format": {"rate": "24000"}}}, "unsupported_audio_format", None),
-    "responses delegation": (
-        {"delegation": {"type": "responses", "responses": {}}},
-        "unsupported_feature",
-        None,
-    ),
-    "decisions triggers": ({"triggers": [{"type": "predicate"}]}, "unsupported_feature", "session.triggers"),
-    "text history": ({"input": [{"role": "user", "content": "hi"}]}, "unsupported_feature", "session.input"),
-    "webrtc client": ({"client": {}}, "unsupported_feature", "session.client"),
+    "unknown delegation": ({"delegation": {"type": "elsewhere"}}, "invalid_value", "session.delegation.type"),
     "model missing": ({"model": None}, "missing_field", "session.model"),
     "model a number": ({"model": 5}, "invalid_value", "session.model"),
     "voice not a name": ({"audio": {"output": {"voice": 5}}}, "invalid_value", "session.audio.output.voice"),
@@ -377,8 +405,8 @@ def test_session_update_takes_client_delegation_and_refuses_startup_fields():
         assert (error["code"], error["param"]) == (code, f"session.{field}")
     error = error_of(send(conv, type="session.update", session={"instructions": "x"}))
     assert "session.instructions.append" in error["message"]
-    error = error_of(send(conv, type="session.update", session={"delegation": {"type": "decisions"}}))
-    assert error["code"] == "unsupported_feature" and "text model" in error["message"]
+    updated, notice = send(conv, type="session.update", session={"delegation": {"type": "decisions"}})
+    assert updated["session"]["delegation"] is None and notice["code"] == "delegation_not_supported"
 
 
 # -- instructions.append ----------------------------------------------------------------------------
@@ -402,11 +430,21 @@ def test_instructions_append_restarts_a_prompted_model_with_the_longer_role():
     assert error["param"] == "delegation_id"
 
 
-def test_instructions_append_on_a_model_without_prompts_is_a_typed_error():
+def test_instructions_append_on_a_model_without_prompts_is_reported_once_and_the_session_goes_on():
     conv = new_conversation()
     start(conv)
-    error = error_of(send(conv, type="session.instructions.append", content="Be brief.", delegation_id=None))
-    assert error["code"] == "unsupported_feature" and "takes no text prompt" in error["message"]
+    out = send(
+        conv, type="session.instructions.append", content="Be brief.", delegation_id=None, event_id="a1"
+    )
+    (notice,) = events(out)  # LiveKit appends a system message added mid-call this way
+    assert (notice["type"], notice["code"], notice["client_event_id"]) == (
+        "info",
+        "instructions_not_applied",
+        "a1",
+    )
+    assert "takes no text prompt" in notice["message"]
+    assert send(conv, type="session.instructions.append", content="Be kind.") == []
+    assert not [o for o in out if isinstance(o, SetPrompt)]
 
 
 # -- what the model says ----------------------------------------------------------------------------
@@ -441,8 +479,9 @@ def test_text_and_captions_are_timed_deltas_on_the_session_timeline():
         1280,
     )
     assert feed(conv, AssistantText("", 1280.0)) == []
-    (first,) = feed(conv, UserTranscript("Hi there.", 310.5, 4210.0))
-    (second,) = feed(conv, UserTranscript("Wait.", 6000.0, 6900.0))
+    (first,) = feed(conv, UserTranscriptDelta("Hi there.", 310.5, 4210.0))
+    assert feed(conv, UserTranscript("Hi there.", 310.5, 4210.0)) == []  # the deltas are the transcript
+    (second,) = feed(conv, UserTranscriptDelta("Wait.", 6000.0, 6900.0))
     assert first["type"] == "session.input_transcript.delta"
     assert (first["delta"], first["start_ms"], first["end_ms"]) == ("Hi there.", 310, 4210)
     assert first["delta"] + second["delta"] == "Hi there. Wait."  # fragments accumulate in order

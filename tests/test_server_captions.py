@@ -31,6 +31,7 @@ MAX_CORPUS_WER = 0.15
 # this per-file bound catches a file going badly wrong.
 MAX_FILE_WER = 0.25
 MAX_CAPTION_LATENCY_S = 15.0  # tiny.en on one CPU thread takes ~1.5 s per turn; CI boxes are slower
+MAX_AFTER_END_OF_TURN_S = 1.5
 
 
 def _need_offline_model() -> None:
@@ -124,9 +125,38 @@ def test_transcripts_of_spoken_questions_are_accurate_and_prompt(spoken):
             f"{1000 * latency_s:.0f} ms, speech_stopped -> event {1000 * (t_event - t_stop):.0f} ms"
         )
         assert 0 < latency_s <= MAX_CAPTION_LATENCY_S, (name, latency_s)
+        # The final reading starts at the first pause, 300 ms before the VAD ends the turn, so the
+        # transcript follows the end of the turn closely (bench captions, 2 cores: ~540 ms from the
+        # end of speech, so ~0 after the end of the turn); 1.5 s leaves room for a loaded box.
+        assert t_event - t_stop <= MAX_AFTER_END_OF_TURN_S, (name, t_event - t_stop)
     print(f"\nserver captions (tiny.en): corpus WER {corpus:.3f}\n" + "\n".join(lines))
     assert corpus <= MAX_CORPUS_WER, (corpus, hyps)
     assert max(per_file.values()) <= MAX_FILE_WER, (per_file, hyps)
+
+
+def test_the_words_come_while_the_user_speaks_and_add_up_to_the_transcript(spoken):
+    """user.transcript.delta: words while the user still speaks (q1 lasts 4.2 s: interims each second),
+    each word once, before or with the utterance's final transcript, which they make up."""
+    client: NativeClient = spoken["client"]
+    stops = [t for t, _ in client.of("input.speech_stopped")]
+    lines = []
+    for (t_final, final), t_stop, (_, end) in zip(
+        client.of("user.transcript"), stops, spoken["spans"], strict=True
+    ):
+        deltas = [(t, e) for t, e in client.of("user.transcript.delta") if e["start_ms"] == final["start_ms"]]
+        assert deltas, final
+        joined = "".join(e["text"] for _, e in deltas)
+        assert word_error_rate([final["text"]], [joined]) <= 0.25, (joined, final["text"])
+        assert deltas[-1][0] <= t_final
+        speech_end = client.sent_time_of(end - 1)
+        lines.append(
+            f"  {final['text']!r}: {sum(t < t_stop for t, _ in deltas)} of {len(deltas)} deltas before the end of "
+            f"the turn; first {1000 * (deltas[0][0] - speech_end):+.0f} ms, last {1000 * (deltas[-1][0] - speech_end):+.0f} ms "
+            "from the end of speech"
+        )
+    print("\nuser.transcript.delta:\n" + "\n".join(lines))
+    q1_deltas = [t for t, e in client.of("user.transcript.delta") if t < stops[0]]
+    assert q1_deltas, "no words while q1 was being said"
 
 
 def test_frame_clock_keeps_time_while_captions_are_made(spoken):
@@ -225,7 +255,11 @@ def test_captions_get_the_whole_utterance_with_padding(vad_backend):
         jobs += [
             e for e in session.push_audio(pcm16[i : i + 480].tobytes()) if isinstance(e, CaptionUtterance)
         ]
-    ((audio, start_ms, end_ms),) = [(job.pcm, job.start_ms, job.end_ms) for job in jobs]
+    # Interims of the part said so far while the user speaks (one a second), then the whole of it.
+    assert [job.interim for job in jobs[:2]] == [True, True]
+    audio, start_ms, end_ms = next(
+        (job.pcm, job.start_ms, job.end_ms) for job in reversed(jobs) if not job.interim
+    )
     first, last = _voiced_span(pcm)
     start, end = round(start_ms * 24), round(end_ms * 24)
     assert first - 400 * 24 <= start <= first - 200 * 24  # prefix padding: 300 ms before the onset

@@ -23,6 +23,7 @@ from assistant.conversation.events import (
     SetEngineSilent,
     Stats,
     UserTranscript,
+    UserTranscriptDelta,
 )
 from assistant.conversation.options import (
     BARGE_IN_POLICIES,
@@ -59,4 +60,5 @@ __all__ = [
     "Stats",
     "TurnLatency",
     "UserTranscript",
+    "UserTranscriptDelta",
 ]

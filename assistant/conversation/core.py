@@ -16,7 +16,7 @@ returns the `ConversationEvent`s it caused, in order, for its host to carry out 
     conv.set_played_ms(ms)                  # how much assistant audio the listener has played
     conv.hold(True/False)                   # the host keeps the assistant quiet (manual turn control)
     conv.hold_until_user_stops()            # ... until the user's current speech ends (an interruption)
-    conv.add_caption(text, start_ms, end_ms)  # the captioner's text: [UserTranscript]
+    conv.add_caption(request, text)         # the captioner's text for a CaptionUtterance: transcripts
     conv.end(reason)                        # [SessionEnded] (idempotent: [] once ended)
     conv.stats() -> dict                    # latency / underrun / drop figures
 
@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from assistant.conversation.captioning import CaptionJob, UtteranceCaptions
 from assistant.conversation.events import (
     AssistantSpeechStarted,
     AssistantSpeechStopped,
@@ -60,6 +61,7 @@ from assistant.conversation.events import (
     SetEngineSilent,
     Stats,
     UserTranscript,
+    UserTranscriptDelta,
 )
 from assistant.conversation.frame_phase import FramePhase
 from assistant.conversation.input_buffer import (
@@ -91,6 +93,10 @@ _SAMPLES_PER_MS = SAMPLE_RATE_HZ // 1000
 # Audio after the VAD's end of speech given to captions: the end can sit 30 ms after the last audible
 # sample (silero, q2.wav), clipping a soft final phoneme; the end-of-turn silence has it buffered.
 _CAPTION_TAIL_SAMPLES = 200 * _SAMPLES_PER_MS
+# Interim captions while the user speaks, one a second; the final one starts after a pause this long
+# (within a sentence a pause rarely lasts it), so it is ready when the VAD's end of turn comes.
+_CAPTION_INTERIM_SAMPLES = 1000 * _SAMPLES_PER_MS
+_CAPTION_PAUSE_SAMPLES = 200 * _SAMPLES_PER_MS
 # Options the engine's slot takes: changing one sends SetEngineOptions.
 _SLOT_FIELDS = frozenset(
     {"seed", "temperature", "text_temperature", "top_k", "text_top_k", "instructions", "voice"}
@@ -154,6 +160,9 @@ class Conversation:
         self.can_caption = can_caption
         self.check_prompt = check_prompt
         self._utterance: UtteranceAudio | None = None
+        self._caption_jobs = UtteranceCaptions(
+            _CAPTION_INTERIM_SAMPLES, _CAPTION_PAUSE_SAMPLES, _CAPTION_TAIL_SAMPLES
+        )
         self.metrics = metrics
         self.clock = clock
         self.ended: str | None = None
@@ -222,6 +231,7 @@ class Conversation:
         """Set up caption capture for the options; the error to send when captions are unavailable."""
         if not self.options.captions:
             self._utterance = None
+            self._caption_jobs.reset()
             return None
         if not self.can_caption:
             self.options = self.options.replace(captions=False)
@@ -260,6 +270,8 @@ class Conversation:
         for ev in self._vad.push(x):
             out += self._on_vad(ev, now)
         out += self._turn_changes(self.turns.user_input(self.samples_in, self._vad.probability >= 0.5))
+        if self._utterance is not None and self._vad.speaking:
+            out += self._caption(self._caption_jobs.progress(self.samples_in, self._vad.voiced_end))
         dropped = self._input.push(x)
         if dropped:
             self.dropped_samples += dropped
@@ -321,12 +333,14 @@ class Conversation:
         policy does after every barge-in (for a host that decides which ones interrupt)."""
         return self._turn_changes(self.turns.hold_until_user_stops())
 
-    def add_caption(self, text: str, start_ms: float, end_ms: float) -> list[ConversationEvent]:
-        """The captioner's text for the utterance of a CaptionUtterance: [UserTranscript]."""
-        if self.ended or not text.strip():
+    def add_caption(self, request: CaptionUtterance, text: str) -> list[ConversationEvent]:
+        """The captioner's text for `request`: the words new to the listener (UserTranscriptDelta),
+        and once the utterance is over its UserTranscript; [] for a job overtaken or cancelled."""
+        if self.ended:
             return []
-        self._log({"event": "user.transcript", "text": text.strip(), "start_ms": start_ms, "end_ms": end_ms})
-        return [UserTranscript(text=text.strip(), start_ms=start_ms, end_ms=end_ms)]
+        start, end = self._caption_jobs.span(request.job)
+        pieces = self._caption_jobs.transcribed(request.job, text)
+        return self._caption_events(pieces, start, end) if self._utterance is not None else []
 
     def end(self, reason: str) -> list[ConversationEvent]:
         """End the session and finalise the recording: [SessionEnded], then [] once ended."""
@@ -502,6 +516,7 @@ class Conversation:
             self._log({"event": "input.speech_started", "at_ms": at_ms})
             if self._utterance is not None:
                 self._utterance.active = True
+                self._caption_jobs.speech_started(ev.audio_start_sample, self.samples_in)
             return [InputSpeechStarted(at_ms=at_ms)] + self._turn_changes(
                 self.turns.user_speech_started(ev.sample, self.samples_in)
             )
@@ -510,12 +525,30 @@ class Conversation:
         self._last_stop_sample = self.samples_in
         self._log({"event": "input.speech_stopped", "at_ms": at_ms})
         out: list[ConversationEvent] = [InputSpeechStopped(at_ms=at_ms)]
-        if self._utterance is not None and self.can_caption:
+        if self._utterance is not None:
             self._utterance.active = False
-            start, end = ev.audio_start_sample, ev.sample
-            pcm = self._utterance.cut(start, min(end + _CAPTION_TAIL_SAMPLES, self.samples_in))
-            out.append(CaptionUtterance(pcm, start / _SAMPLES_PER_MS, at_ms))
+            job, ready = self._caption_jobs.speech_stopped(ev.sample, self.samples_in)
+            out += self._caption(job) + self._caption_events(ready, ev.audio_start_sample, ev.sample)
         return out + self._turn_changes(self.turns.user_speech_stopped())
+
+    def _caption(self, job: CaptionJob | None) -> list[ConversationEvent]:
+        """The request to the captioner for one caption job (its text comes back in add_caption)."""
+        if job is None:
+            return []
+        pcm = self._utterance.cut(job.start, job.end)
+        return [CaptionUtterance(pcm, job.start / _SAMPLES_PER_MS, job.voiced_end / _SAMPLES_PER_MS, job)]
+
+    def _caption_events(self, pieces: list[tuple[str, str]], start: int, end: int) -> list[ConversationEvent]:
+        """Transcript pieces of the utterance at input samples [start, end) as events."""
+        start_ms, end_ms = start / _SAMPLES_PER_MS, end / _SAMPLES_PER_MS
+        out: list[ConversationEvent] = []
+        for kind, text in pieces:
+            if kind == "delta":
+                out.append(UserTranscriptDelta(text=text, start_ms=start_ms, end_ms=end_ms))
+            else:
+                out.append(UserTranscript(text=text, start_ms=start_ms, end_ms=end_ms))
+                self._log({"event": "user.transcript", "text": text, "start_ms": start_ms, "end_ms": end_ms})
+        return out
 
     def _turn_changes(self, changes: list[TurnChange]) -> list[ConversationEvent]:
         """What a barge-in or a hold means for the listener and the engine."""

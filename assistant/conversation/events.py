@@ -21,6 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from assistant.conversation.captioning import CaptionJob
 from assistant.engine import SlotOptions
 
 
@@ -122,7 +123,20 @@ class Stats(Event):
 
 @dataclass(frozen=True)
 class UserTranscript(Event):
+    """The whole transcript of one finished user utterance."""
+
     type: ClassVar[str] = "user.transcript"
+    text: str
+    start_ms: float
+    end_ms: float
+
+
+@dataclass(frozen=True)
+class UserTranscriptDelta(Event):
+    """New words of the utterance in progress (or just finished): the deltas of one utterance
+    concatenate (later ones lead with a space); its UserTranscript follows them."""
+
+    type: ClassVar[str] = "user.transcript.delta"
     text: str
     start_ms: float
     end_ms: float
@@ -162,11 +176,18 @@ class SetEngineOptions:
 
 @dataclass(frozen=True)
 class CaptionUtterance:
-    """Caption this finished utterance; the host hands the text to `Conversation.add_caption`."""
+    """Caption this utterance (`interim`: the part said so far); the host hands the text, with this
+    request, to `Conversation.add_caption`."""
 
     pcm: np.ndarray = field(repr=False, compare=False)  # float32 (n,) at 24 kHz
     start_ms: float
-    end_ms: float
+    end_ms: float  # where its speech ends, as far as is known
+    job: CaptionJob
+
+    @property
+    def interim(self) -> bool:
+        """Read only the quick way, and only when the captioner has nothing else to do."""
+        return self.job.kind == "interim"
 
 
 ConversationEvent = (
@@ -181,6 +202,7 @@ ConversationEvent = (
     | PlaybackClear
     | BargeIn
     | Stats
+    | UserTranscriptDelta
     | UserTranscript
     | Error
     | SessionEnded

@@ -7,11 +7,13 @@ machine (server/protocols/live/state_machine.py) answers with one `error` server
 goes on.
 
 The session configuration is strict, as OpenAI's is: an unknown field is an `unknown_parameter`
-error, not a silent no-op (the events around it skip what they do not name). Features that need an
-external text model (Responses or Decisions delegation, triggers, text history, thinking/commentary,
-responses) are refused with a typed error that says so (`refused_unless`); an option accepted but
-not applied is marked `NotApplied` and reported in an `info` event (`store`). Moving an option from
-one to the other is a change of its annotation; a new event is one model, added to `EVENTS`.
+error, not a silent no-op (the events around it skip what they do not name). An option this server
+cannot honour but that need not stop a call (Responses or Decisions delegation, triggers, text
+history, a WebRTC frontend's settings, `store`) is accepted, marked `NotApplied`, and reported in an
+`info` event: frameworks send them by default and treat an error as a failed call. Refused, with a
+typed error that says so (`refused_unless`), is only what would make the call meaningless (an audio
+format it cannot play). Moving an option from one to the other is a change of its annotation; a new
+event is one model, added to `EVENTS`.
 """
 
 from __future__ import annotations
@@ -53,20 +55,22 @@ OPENAI_VOICES = frozenset(
 _NEEDS_TEXT_MODEL = (
     "needs an external text model (Responses or Decisions delegation); this server runs a speech model only"
 )
+_NO_DELEGATION = "no delegation is ever made, so none exists to"
 # Client event types of the Live API this server refuses (answered with an error; the session goes on).
 UNSUPPORTED_CLIENT_EVENTS = {
-    "response.create": f"responses {_NEEDS_TEXT_MODEL}",
-    "response.item.create": f"Responses items {_NEEDS_TEXT_MODEL}",
+    "response.create": f"responses {_NEEDS_TEXT_MODEL}; {_NO_DELEGATION} continue",
+    "response.item.create": f"Responses items {_NEEDS_TEXT_MODEL}; {_NO_DELEGATION} answer",
     "decision.create": f"decisions {_NEEDS_TEXT_MODEL}",
     "decision.item.create": f"decision items {_NEEDS_TEXT_MODEL}",
     "decision.item.delete": f"decision items {_NEEDS_TEXT_MODEL}",
-    "session.thinking.append": "the speech model takes no text context mid-session; thinking "
-    + _NEEDS_TEXT_MODEL,
-    "session.commentary.append": "the speech model takes no text context mid-session; commentary "
-    + _NEEDS_TEXT_MODEL,
     "session.output_audio.fixture.play": "audio fixtures are not supported: the model's own voice is the output",
     "transport.dtmf.send": "DTMF is SIP only; this is a WebSocket session",
 }
+# What an `info` event says of text context appended mid-session (thinking, commentary).
+NO_TEXT_CONTEXT = (
+    "the speech model takes no text context mid-session (it hears audio only); "
+    "accepted, not applied: the session goes on without it"
+)
 
 
 # -- the session ------------------------------------------------------------------------------------
@@ -138,26 +142,34 @@ class SessionAudio(Refused):
     output: null_as_empty(AudioOutput) = AudioOutput()
 
 
-class ClientDelegation(Refused):
-    """Delegated tasks go to the client (this server never delegates, so none ever comes)."""
+class Delegation(Refused):
+    """Where delegated work goes. This server never delegates, so no `session.delegation.created`
+    comes: `client` is what it does anyway; `responses` and `decisions` are accepted and not applied
+    (the speech model answers by itself). Their backend's settings are not this server's to check."""
 
-    type: Literal["client"]
+    type: Annotated[
+        Literal["client", "responses", "decisions"],
+        NotApplied(
+            f"delegation {_NEEDS_TEXT_MODEL}; the speech model answers by itself and no "
+            "session.delegation.created will come",
+            unless=("client",),
+        ),
+    ]
     acknowledgement_delay_ms: integer_in(0, 60_000) | None = None
+    responses: dict[str, Any] | None = None
+    decisions: dict[str, Any] | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _no_text_model(cls, value: Any) -> Any:
-        if isinstance(value, dict) and value.get("type") in ("responses", "decisions"):
-            kind = value["type"]
-            raise refuse(
-                "unsupported_feature", f"{{param}} {kind!r}: delegation {_NEEDS_TEXT_MODEL}", field="type"
-            )
-        return value
+    @property
+    def applied(self) -> dict[str, Any] | None:
+        """What the session reports: the client delegation it holds to, or None (none applies)."""
+        if self.type != "client":
+            return None
+        return {"type": "client", "acknowledgement_delay_ms": self.acknowledgement_delay_ms}
 
 
 Triggers = Annotated[
     list[Any] | None,
-    refused_unless((None, []), "unsupported_feature", f"{{param}}: Decisions triggers {_NEEDS_TEXT_MODEL}"),
+    NotApplied(f"Decisions triggers {_NEEDS_TEXT_MODEL}; they never fire", unless=(None, [])),
 ]
 
 
@@ -173,22 +185,17 @@ class LiveSession(Refused):
     model: Annotated[str, AfterValidator(_model_name)]  # any name: echoed back
     instructions: text(MAX_PROMPT_CHARS) | None = None  # None or blank: the server's default
     audio: null_as_empty(SessionAudio) = SessionAudio()
-    delegation: ClientDelegation | None = None
+    delegation: Delegation | None = None
     input: Annotated[
         list[Any] | None,
-        refused_unless(
-            (None, []),
-            "unsupported_feature",
-            "{param}: text history is not supported: the speech model takes no text context",
+        NotApplied(
+            "text history is not applied: the speech model takes no text context and starts from its prompt",
+            unless=(None, []),
         ),
     ] = None
     client: Annotated[
         dict[str, Any] | None,
-        refused_unless(
-            (None,),
-            "unsupported_feature",
-            "{param} configures WebRTC frontends; this server serves WebSockets only",
-        ),
+        NotApplied("it configures WebRTC frontends; this server serves WebSockets only"),
     ] = None
     safety_identifier: str | None = None
     store: Annotated[
@@ -206,11 +213,13 @@ class LiveSession(Refused):
         return self.audio.format or AudioFormat()
 
     def notices(self) -> list[tuple[str, str]]:
-        """(code, message) of an `info` event for each field accepted but not applied: the code
-        is `<field>_not_supported`."""
-        return [
-            (f"{param.rsplit('.', 1)[1]}_not_supported", why) for param, why in not_applied(self, "session")
-        ]
+        return notices(self)
+
+
+def notices(session: Refused) -> list[tuple[str, str]]:
+    """(code, message) of an `info` event for each field of a session.start or session.update
+    accepted but not applied: the code is `<session field>_not_supported`."""
+    return [(f"{param.split('.')[1]}_not_supported", why) for param, why in not_applied(session, "session")]
 
 
 _UPDATABLE = ("delegation", "triggers")
@@ -219,7 +228,7 @@ _UPDATABLE = ("delegation", "triggers")
 class LiveSessionUpdate(Refused):
     """The `session` of a session.update: a field left out stays as it is."""
 
-    delegation: ClientDelegation | None = None
+    delegation: Delegation | None = None
     triggers: Triggers = None
 
     @model_validator(mode="before")
@@ -275,12 +284,24 @@ class InstructionsAppend(ClientEvent):
     ] = None
 
 
+class ContextAppend(ClientEvent):
+    """Thinking or commentary: text context for the model, which takes none (accepted, not applied)."""
+
+    type: Literal["session.thinking.append", "session.commentary.append"]
+    content: text(MAX_APPEND_CHARS)
+    delegation_id: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.type.split(".")[1]
+
+
 class SessionClose(ClientEvent):
     type: Literal["session.close"]
 
 
 EVENTS = ClientEvents(
-    (SessionStart, SessionUpdate, AudioAppend, Mute, InstructionsAppend, SessionClose),
+    (SessionStart, SessionUpdate, AudioAppend, Mute, InstructionsAppend, ContextAppend, SessionClose),
     UNSUPPORTED_CLIENT_EVENTS,
     protocol="Live",
     audio_event="session.input_audio.append",

@@ -39,15 +39,17 @@ from assistant.conversation import (
     Error,
     PromptChangeLimited,
     SessionEnded,
-    UserTranscript,
+    UserTranscriptDelta,
 )
 from audio.frames import FRAME_MS
 from server.protocols.live.client_events import (
+    NO_TEXT_CONTEXT,
     OPENAI_VOICES,
     AudioAppend,
     AudioFormat,
-    ClientDelegation,
     ClientEvent,
+    ContextAppend,
+    Delegation,
     InstructionsAppend,
     LiveError,
     Mute,
@@ -55,6 +57,7 @@ from server.protocols.live.client_events import (
     SessionStart,
     SessionUpdate,
     decode_audio,
+    notices,
     parse_client_event,
 )
 from server.protocols.realtime.records import PushAudio, SendEvent, SetPrompt
@@ -123,7 +126,8 @@ class LiveConversation:
         self.format = AudioFormat()
         self.instructions = ""
         self.voice: str | None = None  # what the engine was given (None: a model without voices)
-        self.delegation: ClientDelegation | None = None
+        self.delegation: Delegation | None = None
+        self._notified: set[str] = set()  # codes of the `info` notices sent: each is sent once
         self.safety_identifier: str | None = None
         self.muted = False
         self.frames_out = 0  # the session clock: 80 ms frames since the session started
@@ -161,7 +165,7 @@ class LiveConversation:
             "status": "active",
             "audio": {"format": self.format.to_json(), "output": {"voice": self.voice or self.engine_name}},
             "instructions": self.instructions,
-            "delegation": self.delegation and self.delegation.model_dump(),
+            "delegation": self.delegation and self.delegation.applied,
             "input": [],
             "safety_identifier": self.safety_identifier,
             "store": False,
@@ -217,8 +221,20 @@ class LiveConversation:
         if isinstance(ev, SessionUpdate):
             if "delegation" in ev.session.model_fields_set:
                 self.delegation = ev.session.delegation
-            return [self.send("session.updated", ev.event_id, session=self.session_json())]
+            out = [self.send("session.updated", ev.event_id, session=self.session_json())]
+            return out + self._notices(notices(ev.session), ev.event_id)
+        if isinstance(ev, ContextAppend):
+            return self._notices([(f"{ev.kind}_not_supported", NO_TEXT_CONTEXT)], ev.event_id)
         raise TypeError(f"not a client event: {ev!r}")
+
+    def _notices(self, found: list[tuple[str, str]], client_event_id: str | None) -> list[LiveOutput]:
+        """An `info` event for each (code, message) not reported yet in this session."""
+        out: list[LiveOutput] = []
+        for code, message in found:
+            if code not in self._notified:
+                self._notified.add(code)
+                out.append(SendEvent(self.info(code, message, client_event_id)))
+        return out
 
     def _start(self, ev: SessionStart) -> list[LiveOutput]:
         notices = ev.session.notices()
@@ -239,13 +255,7 @@ class LiveConversation:
         asked, voice = ev.session.instructions, ev.session.audio.output.voice
         if not self.takes_prompts:
             if asked and asked.strip():
-                notices.append(
-                    (
-                        "instructions_not_applied",
-                        f"this model ({self.engine_name}) takes no text prompt; instructions need a "
-                        "PersonaPlex-family checkpoint; ignored",
-                    )
-                )
+                notices.append(("instructions_not_applied", self._no_prompt()))
             if voice is not None:
                 notices.append(
                     (
@@ -279,6 +289,12 @@ class LiveConversation:
             raise LiveError("invalid_value", str(exc), "session.instructions", ev.event_id) from None
         return instructions, voice
 
+    def _no_prompt(self) -> str:
+        return (
+            f"this model ({self.engine_name}) takes no text prompt; instructions need a "
+            "PersonaPlex-family checkpoint; ignored"
+        )
+
     def started(self, session_id: str, now_s: float) -> list[LiveOutput]:
         """The adapter opened the session (`now_s`: unix time): session.started, then any notices."""
         ev, notices, self.instructions, self.voice = self._pending
@@ -291,7 +307,7 @@ class LiveConversation:
         self.delegation = ev.session.delegation
         self.safety_identifier = ev.session.safety_identifier
         out = [self.send("session.started", ev.event_id, session=self.session_json())]
-        return out + [SendEvent(self.info(code, message, ev.event_id)) for code, message in notices]
+        return out + self._notices(notices, ev.event_id)
 
     def start_refused(self, message: str) -> list[LiveOutput]:
         """The session could not open (the core refused the options); the client may try again."""
@@ -301,13 +317,7 @@ class LiveConversation:
 
     def _append_instructions(self, ev: InstructionsAppend) -> list[LiveOutput]:
         if not self.takes_prompts:
-            raise LiveError(
-                "unsupported_feature",
-                f"this model ({self.engine_name}) takes no text prompt, so instructions cannot be "
-                "appended; a PersonaPlex-family checkpoint takes them",
-                "content",
-                ev.event_id,
-            )
+            return self._notices([("instructions_not_applied", self._no_prompt())], ev.event_id)
         content = ev.content.strip()
         out: list[LiveOutput] = []
         if content:
@@ -354,7 +364,7 @@ class LiveConversation:
             self._in_stretch = isinstance(event, AssistantSpeechStarted)
             self._held = []
             return []
-        if isinstance(event, UserTranscript):
+        if isinstance(event, UserTranscriptDelta):  # the deltas are the transcript: no final event
             return self._user_transcript(event.text, event.start_ms, event.end_ms)
         if isinstance(event, BargeIn):
             return self._barge_in(event.at_ms)
@@ -408,10 +418,10 @@ class LiveConversation:
         ]
 
     def _user_transcript(self, text: str, start_ms: float, end_ms: float) -> list[LiveOutput]:
-        """A caption of one finished user utterance (fragments accumulate: later ones lead with a space)."""
+        """New words of a user utterance (fragments accumulate: later ones lead with a space)."""
         if not text:
             return []
-        delta = f" {text}" if self._captioned else text
+        delta = f" {text}" if self._captioned and not text.startswith(" ") else text
         self._captioned = True
         return [
             self.send(

@@ -138,6 +138,7 @@ _ENCODERS: dict[type, Callable[[Any], dict[str, Any]]] = {
         "end_of_turn_ms": e.end_of_turn_ms,
     },
     ev.UserTranscript: lambda e: {"text": e.text, "start_ms": e.start_ms, "end_ms": e.end_ms},
+    ev.UserTranscriptDelta: lambda e: {"text": e.text, "start_ms": e.start_ms, "end_ms": e.end_ms},
     ev.Error: lambda e: {"code": e.code, "message": e.message},
     ev.SessionEnded: lambda e: {"reason": e.reason},
 }

@@ -54,7 +54,6 @@ MAX_TEXT_CHARS = 65_536
 
 # Client event types of the GA protocol that this server does not implement (answered with an error).
 UNSUPPORTED_CLIENT_EVENTS = {
-    "conversation.item.retrieve": "retrieving items is not supported: item audio is not kept",
     "output_audio_buffer.clear": "output_audio_buffer.clear is WebRTC/SIP only; stop local playback and "
     "send conversation.item.truncate",
     "transcription_session.update": "transcription-only sessions are not supported",
@@ -477,6 +476,11 @@ class ItemTruncate(ClientEvent):
     audio_end_ms: Annotated[int, AfterValidator(_not_negative)]
 
 
+class ItemRetrieve(ClientEvent):
+    type: Literal["conversation.item.retrieve"]
+    item_id: str
+
+
 class ResponseCreate(ClientEvent):
     type: Literal["response.create"]
     response: null_as_empty(ResponseParams) = ResponseParams()
@@ -508,6 +512,7 @@ EVENTS = ClientEvents(
         ItemCreate,
         ItemDelete,
         ItemTruncate,
+        ItemRetrieve,
         ResponseCreate,
         ResponseCancel,
     ),

@@ -43,6 +43,7 @@ from assistant.conversation import (
     PromptChangeLimited,
     SessionEnded,
     UserTranscript,
+    UserTranscriptDelta,
 )
 from audio.frames import FRAME_MS
 from server.protocols.realtime.client_events import (
@@ -56,6 +57,7 @@ from server.protocols.realtime.client_events import (
     InputImagePart,
     ItemCreate,
     ItemDelete,
+    ItemRetrieve,
     ItemTruncate,
     RealtimeError,
     ResponseCancel,
@@ -195,6 +197,8 @@ class RealtimeConversation(ClientItems):
             return self._item_delete(ev)
         if isinstance(ev, ItemTruncate):
             return self._truncate(ev)
+        if isinstance(ev, ItemRetrieve):
+            return self._retrieve(ev)
         if isinstance(ev, ResponseCreate):
             return self._response_create(ev)
         if isinstance(ev, ResponseCancel):
@@ -257,8 +261,8 @@ class RealtimeConversation(ClientItems):
         if buffered < MIN_COMMIT_MS:
             raise RealtimeError(
                 "input_audio_buffer_commit_empty",
-                f"the input audio buffer holds {buffered:.0f} ms; "
-                f"a commit needs at least {MIN_COMMIT_MS} ms of audio",
+                f"Error committing input audio buffer: buffer too small. Expected at least "
+                f"{MIN_COMMIT_MS}ms of audio, but buffer only has {buffered:.2f}ms of audio.",
                 None,
                 ev.event_id,
             )
@@ -292,7 +296,10 @@ class RealtimeConversation(ClientItems):
         item = self.items.get(ev.item_id)
         if item is None:
             raise RealtimeError(
-                "item_not_found", f"no item {ev.item_id!r} in this conversation", "item_id", ev.event_id
+                "item_not_found",
+                f"Error truncating item: the item with id {ev.item_id!r} does not exist.",
+                "item_id",
+                ev.event_id,
             )
         if item.role != "assistant":
             raise RealtimeError(
@@ -301,31 +308,38 @@ class RealtimeConversation(ClientItems):
                 "item_id",
                 ev.event_id,
             )
-        if ev.audio_end_ms > item.audio_ms:
-            raise RealtimeError(
-                "invalid_audio_end_ms",
-                f"audio_end_ms {ev.audio_end_ms} is beyond the item's audio ({item.audio_ms} ms sent)",
-                "audio_end_ms",
-                ev.event_id,
-            )
+        # Audio goes out in real time, so a client's playback clock can name more than was sent (Pipecat
+        # counts wall time from the first delta): the listener heard all of it.
+        end_ms = min(ev.audio_end_ms, item.audio_ms)
         out: list[RealtimeOutput] = []
         if self.response is not None and self.response.item is item:
             # The listener stopped hearing it: generating more of it makes no sense.
             out += self._finish("cancelled", "client_cancelled")
-        item.audio_end_ms = ev.audio_end_ms
-        item.pieces = [(i, p) for i, p in item.pieces if i * FRAME_MS < ev.audio_end_ms]
+        item.audio_end_ms = end_ms
+        item.pieces = [(i, p) for i, p in item.pieces if i * FRAME_MS < end_ms]
         out.append(
-            self.send(
-                "conversation.item.truncated", item_id=item.id, content_index=0, audio_end_ms=ev.audio_end_ms
-            )
+            self.send("conversation.item.truncated", item_id=item.id, content_index=0, audio_end_ms=end_ms)
         )
         return out + self._sync_silence()
+
+    def _retrieve(self, ev: ItemRetrieve) -> list[RealtimeOutput]:
+        """The item as the server holds it: id, role, status, transcripts (its audio is not kept)."""
+        item = self.items.get(ev.item_id)
+        if item is None:
+            raise RealtimeError(
+                "item_retrieve_invalid_item_id",
+                f"Error retrieving item: the item with id {ev.item_id!r} does not exist.",
+                "item_id",
+                ev.event_id,
+            )
+        return [self.send("conversation.item.retrieved", item=item.to_json())]
 
     def _response_create(self, ev: ResponseCreate) -> list[RealtimeOutput]:
         if self.response is not None:
             raise RealtimeError(
                 "conversation_already_has_active_response",
-                f"response {self.response.id} is still in progress; cancel it first",
+                f"Conversation already has an active response in progress: {self.response.id}. "
+                "Wait until the response is finished before creating a new one.",
                 None,
                 ev.event_id,
             )
@@ -339,10 +353,10 @@ class RealtimeConversation(ClientItems):
     def _response_cancel(self, ev: ResponseCancel) -> list[RealtimeOutput]:
         r = self.response
         if r is None or (ev.response_id is not None and ev.response_id != r.id):
-            which = f"response {ev.response_id!r}" if ev.response_id else "a response"
+            # OpenAI's wording: clients (LiveKit) ignore this race with a barge-in by its message.
             raise RealtimeError(
                 "response_cancel_not_active",
-                f"cannot cancel {which}: none is in progress",
+                "Cancellation failed: no active response found",
                 "response_id" if ev.response_id else None,
                 ev.event_id,
             )
@@ -462,6 +476,8 @@ class RealtimeConversation(ClientItems):
             return self._user_speech_started(event.at_ms)
         if isinstance(event, InputSpeechStopped):
             return self._user_speech_stopped(event.at_ms)
+        if isinstance(event, UserTranscriptDelta):
+            return self._user_transcript_delta(event.text, event.start_ms)
         if isinstance(event, UserTranscript):
             return self._user_transcript(event.text, event.start_ms, event.end_ms)
         if isinstance(event, Error):
@@ -538,16 +554,43 @@ class RealtimeConversation(ClientItems):
             out += self._add_user_item(item_id, self.buffer_start_ms, max(at_ms, self.buffer_start_ms))
         return out + self._sync_silence()
 
-    def _user_transcript(self, text: str, start_ms: float, end_ms: float) -> list[RealtimeOutput]:
-        """A caption of a finished user utterance; attached to the user item it overlaps most."""
+    def _user_transcript_delta(self, text: str, start_ms: float) -> list[RealtimeOutput]:
+        """New words of the user's utterance that began at `start_ms` (with its prefix padding), as the
+        caption of its item: the one the current speech will become (announced in speech_started), or
+        the committed one it became."""
         if self.transcription is None:
             return []
+        committed = self._user_item_at(start_ms, start_ms + 1)
+        if committed is not None:
+            item_id = committed.id
+        elif self._user_speaking and self._speech_item_id is not None:
+            item_id = self._speech_item_id
+        else:
+            return []
+        return [
+            self.send(
+                "conversation.item.input_audio_transcription.delta",
+                item_id=item_id,
+                content_index=0,
+                delta=text,
+            )
+        ]
+
+    def _user_item_at(self, start_ms: float, end_ms: float) -> Item | None:
+        """The user item without a transcript that overlaps [start_ms, end_ms) most."""
         best, best_overlap = None, 0.0
         for item in self.items.values():
             if item.role == "user" and item.transcript is None:
                 overlap = min(end_ms, item.end_ms) - max(start_ms, item.start_ms)
                 if overlap > best_overlap:
                     best, best_overlap = item, overlap
+        return best
+
+    def _user_transcript(self, text: str, start_ms: float, end_ms: float) -> list[RealtimeOutput]:
+        """A caption of a finished user utterance; attached to the user item it overlaps most."""
+        if self.transcription is None:
+            return []
+        best = self._user_item_at(start_ms, end_ms)
         if best is None:
             return []
         best.transcript = text
