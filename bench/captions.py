@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.live import Mic, load_clip, voiced_span
-from bench.server import SHARED_AUDIO, serving, wait_captions_ready
+from bench.server import SPEECH_DIR, serving, wait_captions_ready
 
 CLIPS = ("q2.wav", "interrupt.wav")
 GAP_S = 3.0  # silence after each utterance: the end of its turn, its caption, a breath
@@ -45,7 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="what the clients speak (default live)",
     )
     parser.add_argument(
-        "--audio-dir", type=Path, default=SHARED_AUDIO.parent, help="where the clips are (tests/data/speech)"
+        "--audio-dir",
+        type=Path,
+        default=SPEECH_DIR,
+        help="where the clips are (default: the checkout's tests/data/speech)",
     )
 
 

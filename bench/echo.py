@@ -21,7 +21,7 @@ from audio.echo import EchoCanceller
 from audio.resample import SUPPORTED_RATES, resample
 from bench.room import RoomConfig, SimulatedRoom, erle_db, run_through_room, speech_level_db
 
-SHARED_AUDIO = Path(__file__).resolve().parents[1] / "tests" / "data" / "speech"  # in a checkout
+SPEECH_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "speech"  # in a checkout
 BLOCK_MS = 20  # `assistant talk`'s default device block
 DOUBLE_TALK_S = 9.0
 QUIET_MIC_DBFS = -100.0
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--audio-dir",
         type=Path,
-        default=SHARED_AUDIO,
+        default=SPEECH_DIR,
         help="folder with q1.wav, q2.wav, interrupt.wav (default: the checkout's tests/data/speech)",
     )
     parser.add_argument(

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from audio.frames import FRAME_SAMPLES
-from bench.server import SHARED_AUDIO, http_get, metric_value, process_cpu_s, serving
+from bench.server import SPEECH_DIR, http_get, metric_value, process_cpu_s, serving
 
 CHUNK_MS = 40
 LEAD_CHUNKS = 3  # a client's send buffer, so a busy box does not starve the model
@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--audio-dir",
         type=Path,
-        default=SHARED_AUDIO.parent,
+        default=SPEECH_DIR,
         help="where q1.wav and interrupt.wav are (default: the checkout's tests/data/speech)",
     )
 

@@ -59,7 +59,7 @@ PROTOCOLS = {
 }
 CHUNK_MS = 40  # default size of the clients' audio messages (the web page sends 20 ms)
 SPEECH_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "speech"  # in a checkout
-SHARED_AUDIO = SPEECH_DIR / "conversation.wav"
+CONVERSATION_WAV = SPEECH_DIR / "conversation.wav"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -194,7 +194,7 @@ def http_get(host: str, port: int, path: str) -> str:
 
 def load_audio(path: Path | None) -> tuple[np.ndarray, str]:
     """int16 samples at 24 kHz to stream, and what they are."""
-    path = path or (SHARED_AUDIO if SHARED_AUDIO.is_file() else None)
+    path = path or (CONVERSATION_WAV if CONVERSATION_WAV.is_file() else None)
     if path is None:
         return np.zeros(24000 * 10, dtype="<i2"), "silence"
     import soundfile as sf

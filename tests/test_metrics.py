@@ -17,6 +17,7 @@ FAMILIES = {
     "assistant_sessions": "counter",
     "assistant_session_frames": "counter",
     "assistant_refused": "counter",
+    "assistant_client_cap_refused": "counter",
     "assistant_underruns": "counter",
     "assistant_drops": "counter",
     "assistant_barge_ins": "counter",

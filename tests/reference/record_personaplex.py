@@ -27,7 +27,7 @@ import torch
 ROLE = "You are a tiny model for tests. Talk about music and films."
 VOICE_SECONDS = 1.2
 USER_SECONDS = 2.4
-SHARED_AUDIO = Path(__file__).resolve().parents[1] / "data" / "speech"
+SPEECH_DIR = Path(__file__).resolve().parents[1] / "data" / "speech"
 
 
 def tiny_kwargs() -> dict:
@@ -112,7 +112,7 @@ def write_audio(out: Path) -> tuple[Path, Path]:
     import soxr
 
     def cut(name: str, seconds: float, start: float = 0.0) -> np.ndarray:
-        audio, rate = soundfile.read(str(SHARED_AUDIO / name), dtype="float32", always_2d=True)
+        audio, rate = soundfile.read(str(SPEECH_DIR / name), dtype="float32", always_2d=True)
         audio = audio[:, 0]
         if rate != 24000:
             audio = soxr.resample(audio, rate, 24000)
