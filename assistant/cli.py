@@ -37,6 +37,7 @@ BENCHMARKS = {
     "reliability": ("bench.reliability", "hostile input, churn, kill -9 and drain figures (loopback)"),
     "protocol": ("bench.protocol", "CPU per client event of each websocket protocol: decode and validate"),
     "prefill": ("bench.prefill", "role/voice prompt cost, and the frame clock while sessions join"),
+    "latency": ("bench.latency", "reaction time: output change after an input change, step vs waiting"),
 }
 
 

@@ -78,6 +78,8 @@ class TickLog:
 class FrameSource(Protocol):
     def frame_ready(self) -> bool: ...  # optional: False makes the tick wait `grace_ms` once
 
+    def tick_due(self, tick_s: float) -> None: ...  # optional: when the tick taking the next frame is due
+
     def frames_queued(self) -> int: ...  # optional: whole frames of input waiting (0 holds a new session)
 
     def start(self) -> list: ...  # called once its slot is open, for a session attached with announce
@@ -208,6 +210,14 @@ class SlotHandle:
         if not self.released:
             self.scheduler._ops.append(("silence", self.slot, bool(silent)))
 
+    def next_tick_after(self, t: float) -> float | None:
+        """When the frame loop's first tick after clock time `t` is due (None: no wall clock ticks)."""
+        return self.scheduler.next_tick_after(t)
+
+    def clock(self) -> float:
+        """The frame loop's clock, seconds."""
+        return self.scheduler.clock()
+
     def check_prompt(self, instructions: str | None, voice: str | None) -> None:
         """Raise ValueError now (not at the next tick) unless the engine can use this prompt."""
         self.scheduler.engine.check_prompt(instructions, voice)
@@ -301,6 +311,7 @@ class Scheduler:
         self.skipped = 0
         self.skipped_at_once = 0  # the most ticks one stall cost live sessions: a gap of this + 1 periods
         self.tick_log = TickLog()
+        self._grid: FrameClock | None = None  # the wall clock's tick deadlines while run() ticks
         self.gc = FrameGarbageCollector() if collect_garbage else None
 
     @property
@@ -381,13 +392,16 @@ class Scheduler:
                 self._hand_over(slot, session.end("internal_error"))
             self._starting.pop(slot, None)
 
-    def _gather(self) -> tuple[dict[int, FrameSource], np.ndarray] | None:
+    def _gather(self, deadline: float | None = None) -> tuple[dict[int, FrameSource], np.ndarray] | None:
         """Slot changes, limits, held sessions, then one input frame per fed session (None when no
-        session is attached)."""
+        session is attached). deadline: when this tick was due on the wall clock, for sessions that
+        place their frames."""
         self._apply_ops()
         now = self.clock()
         for slot, session in list(self._sessions.items()):
             self._hand_over(slot, session.check_limits(now))
+            if deadline is not None and hasattr(session, "tick_due"):
+                session.tick_due(deadline)
         self._start_sessions(now)
         if not self._sessions:
             return None
@@ -424,8 +438,9 @@ class Scheduler:
         if host is not None and events:
             host(events)
 
-    async def tick(self) -> float:
+    async def tick(self, deadline: float | None = None) -> float:
         """One frame: apply slot changes, gather, step in the worker thread, dispatch.
+        deadline: when the wall clock's tick was due (`run`); None for a clock driven by the input.
 
         Returns the step time in ms (nan when no session was live and nothing ran)."""
         if self.grace_s and self._sessions:
@@ -434,7 +449,7 @@ class Scheduler:
                 # A talking user's chunk is a few ms late: wait that long rather than feed the model a gap
                 # (it would also push the user's timeline behind the clock for the rest of the turn).
                 await self._sleep(self.grace_s)
-        gathered = self._gather()
+        gathered = self._gather(deadline)
         if gathered is None:
             return float("nan")
         sessions, batch = gathered
@@ -462,9 +477,16 @@ class Scheduler:
         change that fails raises (an offline run has no one else to tell) instead of being logged."""
         self._apply_ops(raise_errors)
 
+    def next_tick_after(self, t: float) -> float | None:
+        """When the first tick after clock time `t` is due (None while `run` is not ticking)."""
+        grid = self._grid
+        if grid is None:
+            return None
+        return grid.deadline(max(0, math.floor((t - grid.start) / grid.period_s) + 1))
+
     async def run(self) -> None:
         """Tick until stop(); slot changes made meanwhile apply at the next tick."""
-        clock = FrameClock(self.period_s, self.clock())
+        clock = self._grid = FrameClock(self.period_s, self.clock())
         if self.gc:
             self.gc.start()
         try:
@@ -486,12 +508,13 @@ class Scheduler:
                     self.metrics.observe("tick_late_ms", late_ms)
                 self.ticks += 1
                 live = len(self._sessions)
-                step_ms = await self.tick()
+                step_ms = await self.tick(tick.deadline)
                 self.tick_log.append(late_ms, step_ms, live)
                 if self.gc:
                     await asyncio.sleep(0)  # the writers send this tick's output first
                     self.gc.collect_if_due()
         finally:
+            self._grid = None
             if self.gc:
                 self.gc.stop()
             self._apply_ops()
@@ -502,6 +525,7 @@ class Scheduler:
         rows = rows[rows[:, 2] > 0]
 
         def pct(values: np.ndarray) -> dict:
+            values = values[~np.isnan(values)]  # a tick whose sessions had all left ran no step
             if values.size == 0:
                 return {"p50": None, "p99": None, "max": None}
             return {

@@ -4,7 +4,8 @@ For each session count N: start `assistant serve` as its own process, connect N 
 from this process (so the server's CPU time is its own), stream speech (tests/data/speech/
 conversation.wav on a loop when present, else silence) paced by the wall clock, and measure over
 `--seconds` after a short warm-up:
-- server CPU ms per session per 80 ms frame (the server process's user+system time),
+- server CPU ms per session per 80 ms frame (the server process's user+system time), and the
+  event loop's share (its thread's time: what stalls every session when it grows),
 - how late the frame-clock ticks started (p50/p99/max) and the engine step time,
 - underruns and drops (the server's counters) and skipped ticks,
 - with `--captions MODEL`: the clients ask for captions, so every finished utterance is transcribed
@@ -13,8 +14,9 @@ conversation.wav on a loop when present, else silence) paced by the wall clock, 
   base64 audio) instead of the native protocol (/ws: binary PCM); the CPU difference is the price of
   the JSON protocol. Live sends only the assistant's speech, so `recv` is the share of frames it spoke,
 - with `--audio-format opus`: the native clients send 20 ms Opus packets (encoded once, before the
-  run) and get four per frame back, so the server decodes and encodes every session's audio; compare
-  the CPU column with `--audio-format pcm16` for the codec's share, and see "Opus alone".
+  run) and get four per frame back, so the server decodes and encodes every session's audio, on its
+  codec worker threads; compare the columns with `--audio-format pcm16` for the codec's share, and see
+  "Opus alone" and the workers' throughput with 1 and 2 threads.
 The largest N held without underruns, drops or skipped ticks is the capacity figure. Prints
 figures only; it never fails on speed.
 """
@@ -129,9 +131,49 @@ def bench_opus(audio: np.ndarray) -> tuple[float, float]:
     return encode_ms, (time.process_time() - t) * 1000 / frames
 
 
-def process_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def process_cpu_s(pid: int, thread: int | None = None) -> float:
+    """CPU seconds of process `pid`, or of its thread `thread` (the main thread, the event loop's, is pid)."""
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def codec_throughput(
+    audio: np.ndarray, threads: int, sessions: int = 8, frames: int = 60
+) -> dict[str, float]:
+    """80 ms frames per second that the server's codec workers (server/codec_lanes.py) encode and
+    decode for `sessions` sessions at once, per codec: PyAV's packets (/ws) and sphn's Ogg (/api/chat)."""
+    from audio.opus_ogg import OpusDecoder, OpusEncoder
+    from audio.opus_packets import OpusPacketDecoder, OpusPacketEncoder
+    from server.codec_lanes import CodecPool
+
+    x = audio.astype(np.float32) / 32768.0
+    pcm = [x[i * 1920 : (i + 1) * 1920] for i in range(min(frames, len(x) // 1920))]
+
+    def packets() -> None:
+        encoder, decoder = OpusPacketEncoder(), OpusPacketDecoder()
+        for frame in pcm:
+            for packet in encoder.encode(frame):
+                decoder.decode(packet)
+
+    def ogg() -> None:
+        encoder, decoder = OpusEncoder(), OpusDecoder()
+        for frame in pcm:
+            if data := encoder.encode(frame):
+                decoder.decode(data)
+
+    pool = CodecPool(threads)
+    result = {}
+    try:
+        for name, work in (("packets", packets), ("ogg", ogg)):
+            work()  # warm
+            t = time.perf_counter()
+            for job in [pool.executor.submit(work) for _ in range(sessions)]:
+                job.result()
+            result[name] = sessions * len(pcm) / (time.perf_counter() - t)
+    finally:
+        pool.shutdown()
+    return result
 
 
 def metric_value(text: str, name: str) -> float:
@@ -261,14 +303,15 @@ async def _measure(
         for _ in range(n)
     ]
 
-    def reading() -> tuple[str, float, int, float]:
-        return http_get(host, port, "/metrics"), process_cpu_s(pid), received[0], time.monotonic()
+    def reading() -> tuple[str, float, float, int, float]:
+        metrics, cpu, loop_cpu = http_get(host, port, "/metrics"), process_cpu_s(pid), process_cpu_s(pid, pid)
+        return metrics, cpu, loop_cpu, received[0], time.monotonic()
 
     await asyncio.sleep(0.5 + warmup_s)
-    metrics0, cpu0, recv0, w0 = reading()
+    metrics0, cpu0, loop0, recv0, w0 = reading()
     captions0 = len(transcripts)
     await asyncio.sleep(seconds)
-    metrics1, cpu1, recv1, w1 = reading()
+    metrics1, cpu1, loop1, recv1, w1 = reading()
     captions1 = len(transcripts)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -282,6 +325,8 @@ async def _measure(
         "sessions": n,
         # Per frame the server actually processed: skipped ticks do no work and must not flatter it.
         "cpu_ms_per_session_frame": (cpu1 - cpu0) * 1000 / max(delta["session_frames"], 1),
+        # the event loop's thread alone (sockets, protocol, conversation core; Opus now on workers)
+        "loop_ms_per_session_frame": (loop1 - loop0) * 1000 / max(delta["session_frames"], 1),
         "server_cpu_percent": 100 * (cpu1 - cpu0) / (w1 - w0),
         "frames_received_ratio": (recv1 - recv0) / frames,
         "captions_received": captions1 - captions0,
@@ -427,8 +472,16 @@ def run(args: argparse.Namespace) -> int:
             f"Opus alone: encode {encode_ms:.3f} + decode {decode_ms:.3f} = {encode_ms + decode_ms:.3f} ms "
             f"CPU per 80 ms frame, {sum(map(len, packets)) * 8 / (len(packets) * 20):.1f} kbit/s"
         )
+        one, two = codec_throughput(audio, 1), codec_throughput(audio, 2)
+        print(
+            "Opus on the codec workers (8 sessions, 80 ms frames encoded + decoded per second): "
+            + ", ".join(
+                f"{name} {one[name]:.0f} with 1 thread, {two[name]:.0f} with 2 (x{two[name] / one[name]:.2f})"
+                for name in ("packets", "ogg")
+            )
+        )
     header = (
-        f"{'sessions':>8} {'CPU ms/sess/frame':>18} {'server CPU %':>12} {'tick late p50/p99/max ms':>25} "
+        f"{'sessions':>8} {'CPU ms/sess/frame':>18} {'event loop ms':>13} {'server CPU %':>12} {'tick late p50/p99/max ms':>25} "
         f"{'step p50/p99 ms':>16} {'underruns':>9} {'underrun %':>10} {'drops':>6} {'skipped':>7} {'recv':>5}"
         + (
             f" {'captions made/dropped':>21} {'caption latency p50/max s':>25}"
@@ -443,7 +496,8 @@ def run(args: argparse.Namespace) -> int:
         late, step = r["late_ms"], r["step_ms"]
         fmt = lambda d, *ks: "/".join("-" if d.get(k) is None else f"{d[k]:.1f}" for k in ks)  # noqa: E731
         print(
-            f"{n:>8} {r['cpu_ms_per_session_frame']:>18.3f} {r['server_cpu_percent']:>12.1f} "
+            f"{n:>8} {r['cpu_ms_per_session_frame']:>18.3f} {r['loop_ms_per_session_frame']:>13.3f} "
+            f"{r['server_cpu_percent']:>12.1f} "
             f"{fmt(late, 'p50', 'p99', 'max'):>25} {fmt(step, 'p50', 'p99'):>16} {r['underruns']:>9.0f} "
             f"{100 * r['underruns'] / max(r['session_frames'], 1):>10.2f} "
             f"{r['drops']:>6.0f} {r['skipped_ticks']:>7.0f} {r['frames_received_ratio']:>5.2f}"

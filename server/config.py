@@ -48,6 +48,7 @@ class ServerConfig:
     vad: VadConfig = field(default_factory=VadConfig)
     web_root: Path = static.WEB_ROOT
     max_outbox_items: int = 64
+    codec_threads: int = 2  # worker threads for Opus coding (server/codec_lanes.py)
     max_send_lag_s: float = 2.0  # a client this far behind reading is disconnected (1008)
     messages_per_s: float = 250.0  # per connection, audio and events together
     message_burst: float = 500.0
@@ -238,6 +239,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "no limit)",
     )
     parser.add_argument(
+        "--codec-threads",
+        type=int,
+        default=2,
+        help="worker threads that encode and decode Opus off the event loop (default: 2)",
+    )
+    parser.add_argument(
         "--max-send-lag",
         type=float,
         default=2.0,
@@ -302,6 +309,8 @@ def _switch(value: bool | str | None, env_name: str) -> bool:
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    if args.codec_threads < 1:
+        raise ValueError(f"--codec-threads must be >= 1, got {args.codec_threads}")
     if args.max_sessions is not None and args.max_sessions < 1:
         raise ValueError(f"--max-sessions must be >= 1, got {args.max_sessions}")
     if args.max_connections_per_client < 0:
@@ -384,6 +393,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         vad=vad,
         web_root=web_root,
         max_send_lag_s=args.max_send_lag,
+        codec_threads=args.codec_threads,
         clock_stats_path=args.clock_stats,
         drain_grace_s=args.drain_seconds,
         ping_interval_s=args.ping_interval,

@@ -17,6 +17,7 @@ from typing import Any
 from assistant.conversation import CaptionUtterance, Conversation, ConversationOptions
 from assistant.engine import Engine
 from assistant.scheduler import Host, Scheduler, SlotHandle
+from server.codec_lanes import CodecPool
 from server.config import ServerConfig
 from server.metrics import Metrics
 from server.recording import Recordings
@@ -30,6 +31,7 @@ class ServerContext:
         self.engine = engine
         self.metrics = Metrics()
         self.scheduler = Scheduler(engine, metrics=self.metrics, collect_garbage=True)
+        self.codecs = CodecPool(config.codec_threads)  # Opus coding, off the event loop
         self.recordings = (
             Recordings(config.record_dir, min_free_mb=config.record_min_free_mb, metrics=self.metrics)
             if config.record_dir
@@ -144,6 +146,7 @@ class ServerContext:
     def close(self) -> None:
         if self.caption_worker is not None:
             self.caption_worker.close(timeout=5)
+        self.codecs.shutdown()
 
     def default_options(self) -> ConversationOptions:
         """What a session starts with before the client's own options: the server's flags."""

@@ -63,6 +63,7 @@ from assistant.conversation.events import (
     UserTranscript,
     UserTranscriptDelta,
 )
+from assistant.conversation.frame_phase import FramePhase
 from assistant.conversation.input_buffer import (
     FRAME_UNDERRUN,
     InputBuffer,
@@ -204,6 +205,9 @@ class Conversation:
         self._turn_text: list[tuple[float, str]] = []  # (output ms, piece) of the assistant's stretch
         self._pending_user_frame: np.ndarray | None = None
         self._prompt_free_at = -np.inf  # clock time from which the prompt may change again
+        # Where frames end in the input, against a wall clock's ticks (an input clock needs none).
+        self._phase = None if input_clock else FramePhase()
+        self._tick_s: float | None = None  # when the tick that takes the next frame is due
 
     # -- host-facing API -----------------------------------------------------------------------
     def start(self) -> list[ConversationEvent]:
@@ -260,6 +264,8 @@ class Conversation:
             self._utterance.push(x)
         self.samples_in += x.shape[0]
         self._arrivals.append((self.samples_in, now))
+        if self._phase is not None:
+            self._phase.arrived(self.samples_in, now)
         out: list[ConversationEvent] = []
         for ev in self._vad.push(x):
             out += self._on_vad(ev, now)
@@ -374,11 +380,26 @@ class Conversation:
         return self._input.level >= FRAME_SAMPLES or self._user_silent()
 
     def frames_queued(self) -> int:
-        """Whole frames of input waiting for the frame loop."""
-        return self._input.level // FRAME_SAMPLES
+        """Whole frames of input waiting for the frame loop. Against a wall clock's ticks, what the
+        next tick can take as FramePhase places it: only input reliably in before the tick, and
+        before the first frame any such input (the first frame goes in behind silence), so the
+        frame loop starts a session on a placed frame, never one whose last chunk races the tick."""
+        level = self._input.level
+        if self._phase is not None and self._tick_s is not None:
+            end = self._phase.frame_end(self._tick_s)
+            if end is not None:
+                level = min(level, end - (self.samples_in - level))
+                if self.samples_heard == 0 and level > 0:
+                    return max(1, level // FRAME_SAMPLES)
+        return max(0, level) // FRAME_SAMPLES
 
     def _user_silent(self) -> bool:
         return not self._vad.speaking and self._vad.probability < 0.5
+
+    def tick_due(self, tick_s: float) -> None:
+        """The tick that takes the next frame is due at `tick_s` (this conversation's clock): frames
+        then end where their last chunk is in just before their tick (FramePhase)."""
+        self._tick_s = tick_s
 
     def take_frame(self) -> np.ndarray | None:
         """The next 80 ms input frame, float32 (1920,) at 24 kHz, or None on underrun."""
@@ -387,7 +408,15 @@ class Conversation:
         silent = self._user_silent()
         front = self.samples_in - self._input.level  # input position of the oldest queued sample
         may_trim = self._last_stop_sample is None or front >= self._last_stop_sample
-        frame, status = self._input.take(silent, may_trim)
+        shift = None
+        if self._phase is not None and self._tick_s is not None:
+            shift = self._phase.shift(front + FRAME_SAMPLES, self._tick_s)
+            if self.samples_heard == 0:
+                # The model's first frame starts with the client's first audio, never cut, behind
+                # silence where that places it (which cuts nothing, whatever the user is doing).
+                shift = min(shift, 0)
+                silent = silent or shift < 0
+        frame, status = self._input.take(silent, may_trim, shift)
         self.samples_heard += self._input.last_taken
         if status == FRAME_UNDERRUN and self.samples_in > 0:  # before any audio the client cannot be late
             self.underruns += 1

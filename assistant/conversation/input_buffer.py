@@ -85,7 +85,9 @@ class InputBuffer:
         self._buf[: self._len - n] = self._buf[n : self._len]
         self._len -= n
 
-    def take(self, user_silent: bool, may_trim: bool = False) -> tuple[np.ndarray | None, str]:
+    def take(
+        self, user_silent: bool, may_trim: bool = False, shift: int | None = None
+    ) -> tuple[np.ndarray | None, str]:
         """The frame for this tick, float32 (frame_samples,) or None, and FRAME_OK/PADDED/UNDERRUN.
 
         A short buffer is taken whole behind leading zeros, so late input never adds latency: the
@@ -93,11 +95,18 @@ class InputBuffer:
         nothing came at all), and harmless padding of silence otherwise.
         may_trim: the engine has already heard the end of the last turn, so queued silence beyond
             one frame may go (dropping it earlier would delay the engine's own end-of-turn).
+        shift: where the frame should end against a whole frame from the front of the queue
+            (assistant/conversation/frame_phase.py), applied only while the user is silent: < 0 pads
+            that much silence in front of fewer input samples, > 0 drops that much queued input
+            first (quiet, or `may_trim`). None: no phase is kept (the frame ends at the newest sample
+            when the buffer is short, and a quiet backlog is trimmed).
         """
         f = self.frame_samples
         self.last_taken = 0
         if self._len == 0:
             return None, FRAME_UNDERRUN
+        if shift is not None:
+            return self._take_aligned(user_silent, may_trim, shift)
         if self._len < f or (user_silent and self._len < f + self.lead_samples):
             # Take what there is behind leading zeros, keeping the cushion.
             take = max(0, self._len - self.lead_samples)
@@ -121,6 +130,22 @@ class InputBuffer:
         self._discard(f)
         self.last_taken = f
         return frame, FRAME_OK
+
+    def _take_aligned(self, user_silent: bool, may_trim: bool, shift: int) -> tuple[np.ndarray, str]:
+        f = self.frame_samples
+        if user_silent and shift > 0 and self._len > f:
+            drop = min(shift, self._len - f)
+            if may_trim or np.abs(self._buf[:drop]).max() < self.quiet_level:
+                self._discard(drop)
+        need = max(0, f + shift) if user_silent and shift < 0 else f
+        status = FRAME_OK if need == f else FRAME_PADDED
+        if self._len < need:  # late: what there is, behind zeros (the next silence re-aligns)
+            need, status = self._len, (FRAME_PADDED if user_silent else FRAME_UNDERRUN)
+        frame = np.zeros(f, dtype=np.float32)
+        frame[f - need :] = self._buf[:need]
+        self._discard(need)
+        self.last_taken = need
+        return frame, status
 
     def reset(self) -> None:
         self._len = 0

@@ -7,7 +7,10 @@ one conversation in the batched frame loop, like every other endpoint's. Per con
   engine cannot honour (a role prompt for a model without prompts, an unknown voice, a bad number)
   is refused with an error message (0x05) and close 1008, before any handshake;
 - handshake: 0x00 goes out once the engine slot is open, so a prompted model has its role and
-  voice in by then; the client's messages wait unread until it has gone;
+  voice in by then; the client's messages wait unread until it has gone. It is timed
+  `HANDSHAKE_LEAD_S` before a tick: a client that paces its audio from the handshake (Kyutai's
+  records 80 ms blocks from then on) completes each frame just before the tick that steps it, not
+  just after the one before (docs/architecture.md, frame phase);
 - input: 0x01 chunks are one Ogg Opus stream, decoded as they come. The model's first step hears
   the stream's first 80 ms, as on both originals. With a model that takes no prompts (Kyutai's
   server), the codec's encoder then starts over, as Kyutai's does after that frame (its "skip"),
@@ -26,6 +29,7 @@ one conversation in the batched frame loop, like every other endpoint's. Per con
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from urllib.parse import urlsplit
 
@@ -40,6 +44,9 @@ from server.protocols.moshi import query as chat_query
 from server.protocols.moshi import wire as moshi_wire
 
 log = logging.getLogger("assistant.server")
+# How long before a tick the handshake goes out: a client's frame, paced from it, then completes
+# this long before the tick that steps it (room for the network's and the event loop's jitter).
+HANDSHAKE_LEAD_S = 0.012
 
 
 class MoshiChatConnection(Connection):
@@ -52,6 +59,7 @@ class MoshiChatConnection(Connection):
         self.decoder = OpusDecoder(SAMPLE_RATE_HZ)
         self.encoder = OpusEncoder(SAMPLE_RATE_HZ)
         self.restart_encoder = not ctx.engine.takes_prompts  # after the first frame, as Kyutai's server
+        self.before_handshake: list[bytes] | None = None  # what is due after a handshake not yet sent
         self.skipped: set[str | bytes] = set()  # kinds of messages skipped so far (logged once)
         self.images: ImageInput | None = None
         query = urlsplit(ws.path).query
@@ -104,7 +112,7 @@ class MoshiChatConnection(Connection):
     # -- conversation events -------------------------------------------------------------------
     def conversation_event(self, event: Event) -> None:
         if isinstance(event, SessionReady):
-            self.send(moshi_wire.HANDSHAKE)
+            self.schedule_handshake()
         elif isinstance(event, AudioOut):
             self.images.on_frame()
             if self.restart_encoder:  # this is the answer to the first frame the model heard
@@ -112,14 +120,36 @@ class MoshiChatConnection(Connection):
                 self.slot.reset_encoder()
             ogg = self.encoder.encode(event.pcm)
             if ogg:
-                self.send(moshi_wire.audio_message(ogg))
+                self.send_after_handshake(moshi_wire.audio_message(ogg))
         elif isinstance(event, AssistantText):
-            self.send(moshi_wire.text_message(event.text))
+            self.send_after_handshake(moshi_wire.text_message(event.text))
         elif isinstance(event, Error):
             self.send_error(event.code, event.message, server_side=True)
         elif isinstance(event, SessionEnded):
             self.close(CLOSE_NORMAL, moshi_wire.close_reason(event.reason), flush=True)
         # The rest (turns, barge-ins, stats, ...) has no Moshi message; the recording keeps them.
+
+    def schedule_handshake(self) -> None:
+        """Send the handshake `HANDSHAKE_LEAD_S` before the next tick that leaves time for it."""
+        now = self.slot.clock()
+        tick = self.slot.next_tick_after(now + HANDSHAKE_LEAD_S)
+        if tick is None:  # no wall clock to meet
+            self.send(moshi_wire.HANDSHAKE)
+            return
+        self.before_handshake = []
+        asyncio.get_running_loop().call_later(tick - HANDSHAKE_LEAD_S - now, self.send_handshake)
+
+    def send_handshake(self) -> None:
+        held, self.before_handshake = self.before_handshake or [], None  # a session that started silent
+        self.send(moshi_wire.HANDSHAKE)
+        for message in held:
+            self.send(message)
+
+    def send_after_handshake(self, message: bytes) -> None:
+        if self.before_handshake is None:
+            self.send(message)
+        else:
+            self.before_handshake.append(message)
 
     # -- client messages -------------------------------------------------------------------------
     def handle_message(self, message: str | bytes) -> None:

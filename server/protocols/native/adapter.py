@@ -5,18 +5,22 @@ decoders into the conversation; every conversation event goes out through its ex
 With `audio_format: "opus"` the audio is decoded here, before the conversation (so the VAD, the
 recording and the captions get PCM as ever), and each 80 ms output frame leaves as four 20 ms
 packets. Together they cost about 1 ms of CPU per conversation and frame, the budget for everything
-outside the engine (`assistant bench server --audio-format opus` prints it), so they run inline:
-deferring the encode would let a `playback.clear` overtake the audio it clears.
+outside the engine, so they run on the codec workers (server/codec_lanes.py), one lane each way:
+every message of an Opus session goes through its lane, in order, so a `playback.clear` never
+overtakes the audio it clears and a `session.end` never the audio sent before it.
 `session.image` goes to server/images.py, which checks the image off the event loop; its answer,
 `session.image.updated` once the model sees the image (or none), or an `error`, comes back here.
 """
 
 from __future__ import annotations
 
+import logging
+
 from assistant.conversation import AudioOut, Event, PromptChangeLimited, SessionEnded, SessionReady
 from assistant.images import ImageError
 from audio.frames import FRAME_MS
 from audio.opus_packets import PACKET_MS, OpusPacketDecoder, OpusPacketEncoder, OpusPacketError
+from server.codec_lanes import CodecLane
 from server.connection import Connection
 from server.images import ImageInput
 from server.protocols.limits import CLOSE_NORMAL, MAX_MESSAGE_BYTES
@@ -31,6 +35,8 @@ from server.protocols.native.client_events import (
 )
 from server.protocols.native.wire import ProtocolError
 
+log = logging.getLogger("assistant.server")
+
 
 class NativeConnection(Connection):
     """One /ws connection: JSON events and PCM frames <-> a conversation."""
@@ -39,21 +45,41 @@ class NativeConnection(Connection):
     audio_format = "pcm16"
     encoder: OpusPacketEncoder | None = None
     decoder: OpusPacketDecoder | None = None
+    incoming: CodecLane | None = None  # an Opus session's lanes (client -> conversation, and back)
+    outgoing: CodecLane | None = None
 
     images: ImageInput | None = None  # once the session has its slot
 
     def conversation_event(self, event: Event) -> None:
         if isinstance(event, AudioOut) and self.encoder is not None:
-            for packet in self.encoder.encode(event.pcm):
-                self.send(packet)
+            pcm, encode = event.pcm.copy(), self.encoder.encode
+            self.outgoing.submit(lambda: encode(pcm), self.send_packets)
         elif isinstance(event, SessionReady):
-            self.send(wire.encode_event(event, audio_format=self.audio_format))
+            self.send_in_order(wire.encode_event(event, audio_format=self.audio_format))
         else:
-            self.send(wire.encode_event(event))
+            self.send_in_order(wire.encode_event(event))
         if isinstance(event, AudioOut):
             self.images.on_frame()  # after this frame's audio: the next frame is the first it changes
         if isinstance(event, SessionEnded):
-            self.close(CLOSE_NORMAL, event.reason[:120], flush=True)
+            reason = event.reason[:120]
+            if self.outgoing is None:
+                self.close(CLOSE_NORMAL, reason, flush=True)
+            else:
+                self.outgoing.submit(None, lambda _: self.close(CLOSE_NORMAL, reason, flush=True))
+
+    def send_in_order(self, message: str | bytes) -> None:
+        """Send now, or behind the audio the Opus lane is still encoding."""
+        if self.outgoing is None:
+            self.send(message)
+        else:
+            self.outgoing.submit(None, lambda _: self.send(message))
+
+    def send_packets(self, packets: list[bytes] | Exception) -> None:
+        if isinstance(packets, Exception):
+            log.error("native: %s: encoding a frame failed: %s", self.session.session_id, packets)
+            return
+        for packet in packets:
+            self.send(packet)
 
     def encode_error(self, code: str, message: str, *, server_side: bool = False) -> str:
         return wire.error_event(code, message)
@@ -72,21 +98,41 @@ class NativeConnection(Connection):
             super().refuse_oversized(message, size)
 
     def handle_message(self, message: str | bytes) -> None:
+        if self.incoming is not None:  # an Opus session: everything in order behind the decoding
+            if isinstance(message, bytes):
+                try:
+                    wire.check_audio(message, started=True, audio_format=self.audio_format)
+                except ProtocolError as exc:
+                    code, text = exc.code, exc.message
+                    self.incoming.submit(None, lambda _: self.send_error(code, text))
+                    return
+                decode = self.decoder.decode
+                self.incoming.submit(lambda: decode(message), self.push_decoded)
+            else:
+                self.incoming.submit(None, lambda _: self.handle_text(message))
+            return
         try:
             if isinstance(message, bytes):
                 wire.check_audio(message, started=self.session is not None, audio_format=self.audio_format)
-                if self.decoder is None:
-                    self.apply_events(self.session.push_audio(message))
-                    return
-                try:
-                    pcm = self.decoder.decode(message)
-                except OpusPacketError as exc:
-                    raise ProtocolError("bad_audio", str(exc)) from None
-                self.apply_events(self.session.push_samples(pcm))
+                self.apply_events(self.session.push_audio(message))
                 return
             self.handle_event(wire.decode_text(message))
         except ProtocolError as exc:
             self.send_error(exc.code, exc.message)
+
+    def handle_text(self, message: str) -> None:
+        try:
+            self.handle_event(wire.decode_text(message))
+        except ProtocolError as exc:
+            self.send_error(exc.code, exc.message)
+
+    def push_decoded(self, pcm) -> None:
+        if isinstance(pcm, OpusPacketError):
+            self.send_error("bad_audio", str(pcm))
+        elif isinstance(pcm, Exception):
+            raise pcm
+        else:
+            self.apply_events(self.session.push_samples(pcm))
 
     def handle_event(self, event: ClientEvent) -> None:
         if isinstance(event, SessionStart):
@@ -135,6 +181,7 @@ class NativeConnection(Connection):
         self.audio_format = audio_format
         if audio_format == "opus":
             self.encoder, self.decoder = OpusPacketEncoder(), OpusPacketDecoder()
+            self.incoming, self.outgoing = self.ctx.codecs.lane(), self.ctx.codecs.lane()
             # Four packets per frame instead of one PCM message: the same seconds of slack in the outbox.
             self.outbox.max_items = self.ctx.config.max_outbox_items * (1 + FRAME_MS // PACKET_MS)
         else:

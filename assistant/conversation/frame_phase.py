@@ -1,0 +1,106 @@
+"""Where a session's 80 ms frames end in its input stream, so that each completes just before a tick.
+
+The frame clock steps every session at the same ticks, but each client's audio arrives at its own
+phase against them. A frame that is complete 70 ms before its tick has the user wait 70 ms for
+nothing; one completed 1 ms after a tick waits a whole period. Where a session's frames begin in its
+stream is ours to choose: `FramePhase` watches when each chunk arrives (its end's input position
+and arrival time), and says, for a tick, which input position the frame stepped then should end at:
+the last chunk end that has reliably arrived `margin_s` before the tick. The input buffer gets there
+by padding silence in front of a frame (the boundary moves earlier) or dropping queued silence (it
+moves later), only while the user is silent; `hysteresis_s` keeps it from moving back and forth.
+
+Pure: arrival times and tick times are passed in; no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+
+import numpy as np
+
+from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
+
+
+class FramePhase:
+    """A session's arrival phase against the tick grid, and the frame end each tick should take.
+
+    Positions are input samples at 24 kHz since the session began; times are seconds of one clock.
+    For a client streaming in real time, the chunk ending at position e arrives at about
+    `offset + e / rate` (plus jitter); `late_offset` is a high quantile of that offset over the
+    recent arrivals (their median for the first few), so the chunk ending at e is due by
+    `late_offset + e / rate`.
+    """
+
+    def __init__(
+        self,
+        sample_rate_hz: int = SAMPLE_RATE_HZ,
+        frame_samples: int = FRAME_SAMPLES,
+        margin_s: float = 0.003,
+        hysteresis_s: float = 0.006,
+        window: int = 50,
+        quantile: float = 90.0,
+    ):
+        """margin_s: how long before its tick a frame's last chunk should be in (jitter).
+        hysteresis_s: a boundary moves later (dropping silence) only when the frame would wait this
+            much more than the margin beyond a whole chunk, so it never hops back and forth.
+        window, quantile: the arrivals the late offset is taken over, and its percentile."""
+        self.rate = sample_rate_hz
+        self.frame_samples = frame_samples
+        self.margin_s = margin_s
+        self.hysteresis_s = hysteresis_s
+        self.quantile = quantile
+        self._offsets: collections.deque[float] = collections.deque(maxlen=window)
+        self._sizes: collections.deque[int] = collections.deque(maxlen=window)
+        self.last_end = 0  # input position of the newest chunk's end
+
+    def arrived(self, end_sample: int, at_s: float) -> None:
+        """A chunk ending at input position `end_sample` arrived at `at_s`."""
+        if end_sample <= self.last_end:
+            return
+        self._sizes.append(end_sample - self.last_end)
+        self._offsets.append(at_s - end_sample / self.rate)
+        self.last_end = end_sample
+
+    @property
+    def chunk_samples(self) -> int:
+        """The client's usual chunk (the median of the recent ones)."""
+        return int(np.median(self._sizes)) if self._sizes else self.frame_samples
+
+    def late_offset(self) -> float | None:
+        """Arrival time less stream time, at the recent arrivals' `quantile` (None before any)."""
+        if not self._offsets:
+            return None
+        # A session's first few chunks (its set-up, a busy client) say little about its jitter: the
+        # median places its first frame, the quantile takes over once there are enough.
+        quantile = 50.0 if len(self._offsets) < 10 else self.quantile
+        return float(np.percentile(self._offsets, quantile))
+
+    def frame_end(self, tick_s: float, margin_s: float | None = None) -> int | None:
+        """The input position the frame stepped at `tick_s` should end at: the last chunk end due by
+        `tick_s - margin_s`, on the grid of the newest chunk's end and the usual chunk size."""
+        late = self.late_offset()
+        if late is None:
+            return None
+        margin = self.margin_s if margin_s is None else margin_s
+        target = (tick_s - margin - late) * self.rate
+        chunk = self.chunk_samples
+        return self.last_end + math.floor((target - self.last_end) / chunk) * chunk
+
+    def shift(self, natural_end: int, tick_s: float) -> int:
+        """How far the frame stepped at `tick_s` should move its end from `natural_end` (where a whole
+        frame from the front of the queue would end): < 0 earlier (pad that much silence in front:
+        its last chunk would come too close to the tick or after it), > 0 later (drop that much
+        queued input first: a whole chunk more is due even `hysteresis_s` earlier), 0 where it is."""
+        end = self.frame_end(tick_s)
+        if end is None:
+            return 0
+        chunk = self.chunk_samples
+        # The natural end is heard once the chunk holding it is in: the next chunk end at or after it.
+        due_end = self.last_end - math.floor((self.last_end - natural_end) / chunk) * chunk
+        if due_end > end:
+            return end - natural_end
+        later = self.frame_end(tick_s, self.margin_s + self.hysteresis_s)
+        if later is not None and later - natural_end >= chunk:
+            return end - natural_end
+        return 0

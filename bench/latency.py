@@ -1,0 +1,398 @@
+"""`assistant bench latency`: how soon the model's output reacts to a change in the user's audio.
+
+The perturbation method. One freshly started server (`assistant serve`, any backend and model; the
+tiny random Moshi by default), greedy decoding, one session at a time. Each triple streams three
+fresh sessions, paced by the wall clock in `--chunk-ms` chunks from the moment the session is ready:
+  A  the recording (the first `--seconds` of tests/data/speech/q1.wav),
+  A' the same again: greedy decoding makes it identical to A, which this checks,
+  B  the same with `--noise-frames` frames of white noise from 2.4 s on.
+The delay is the time from sending the first changed sample (B's chunk that starts at 2.4 s) to
+receiving B's first output message that differs from A's. The model reacts in the very step that
+hears the change, so the delay is the frame still to fill after that chunk, the wait for the tick,
+the step (compute), and the network. The step time comes from the server itself (`--clock-stats`
+for ours, its log's "frame handled in" lines for Kyutai's), and "waiting" is delay - step.
+
+Endpoints: `ws` (/ws, PCM16 or `--audio-format opus`), `realtime` (/v1/realtime), `live`
+(/v1/live/sessions), `chat` (/api/chat, Ogg Opus as Kyutai's client sends it). With
+`--reference-server CMD` the same /api/chat client then runs against another server started by
+CMD (`{port}` in it is replaced by a free port): Kyutai's own `moshi.server` with the same weights,
+for instance (bench/kyutai_server.py):
+
+    python tests/reference/write_tiny_checkpoint.py /tmp/tiny
+    assistant bench latency --model /tmp/tiny --endpoint chat --chunk-ms 80 \
+        --reference-server "python -m bench.kyutai_server --checkpoint /tmp/tiny --port {port}"
+
+Prints figures only; it never fails on speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from assistant.engine_args import add_engine_arguments, engine_kwargs, model_of
+from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
+from bench.server import SPEECH_DIR, http_get, metric_value, serving
+
+ENDPOINTS = {
+    "ws": "/ws",
+    "realtime": "/v1/realtime?model=bench",
+    "live": "/v1/live/sessions",
+    "chat": "/api/chat",
+}
+CHANGE_S = 2.4  # where B's noise starts
+FRAME_S = FRAME_SAMPLES / SAMPLE_RATE_HZ
+READY_EVENTS = ("session.ready", "session.created", "session.started")  # /ws, /v1/realtime, /v1/live
+GREEDY_QUERY = "text_temperature=0&audio_temperature=0"
+
+
+@dataclass
+class SessionRun:
+    """One streamed session: when each chunk went out, and each output message with its arrival."""
+
+    sent_at: list[float] = field(default_factory=list)  # time.monotonic() per chunk, in order
+    outputs: list[bytes] = field(default_factory=list)  # output audio payloads, in order
+    received_at: list[float] = field(default_factory=list)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--endpoint", choices=tuple(ENDPOINTS), default="ws", help="which endpoint (default ws)"
+    )
+    parser.add_argument(
+        "--audio-format",
+        choices=("pcm16", "opus"),
+        default="pcm16",
+        help="ws only: pcm16 (default) or opus (20 ms packets both ways); chat is always Ogg Opus",
+    )
+    parser.add_argument(
+        "--chunk-ms", type=int, default=20, choices=(10, 20, 40, 80), help="audio message size (default 20)"
+    )
+    parser.add_argument("--triples", type=int, default=10, help="A/A'/B triples (default 10)")
+    parser.add_argument(
+        "--seconds", type=float, default=3.2, help="seconds of audio per session (default 3.2)"
+    )
+    parser.add_argument("--noise-frames", type=int, default=3, help="80 ms frames of noise in B (default 3)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each server (default 1)")
+    parser.add_argument(
+        "--reference-server",
+        metavar="CMD",
+        default=None,
+        help="also run the /api/chat client against the server CMD starts ({port} is replaced)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="noise and start-phase seed (default 0)")
+    add_engine_arguments(parser, backend="moshi", model="tiny")
+
+
+# -- the clients ---------------------------------------------------------------------------------
+
+
+def _encode_chunks(pcm: np.ndarray, chunk: int, endpoint: str, audio_format: str) -> list[bytes | str]:
+    """The messages that carry `pcm` (float32 at 24 kHz), one per `chunk` samples (empty ones kept)."""
+    n = len(pcm) // chunk
+    pieces = [pcm[i * chunk : (i + 1) * chunk] for i in range(n)]
+    pcm16 = [np.clip(np.rint(p * 32768), -32768, 32767).astype("<i2").tobytes() for p in pieces]
+    if endpoint == "chat":
+        import sphn
+
+        writer = sphn.OpusStreamWriter(SAMPLE_RATE_HZ)
+        return [b"\x01" + writer.append_pcm(p) for p in pieces]
+    if endpoint == "ws" and audio_format == "opus":
+        from audio.opus_packets import OpusPacketEncoder
+
+        encoder = OpusPacketEncoder()
+        return [b"".join(encoder.encode(p)) for p in pieces]
+    if endpoint == "realtime":
+        return [
+            json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(b).decode()})
+            for b in pcm16
+        ]
+    if endpoint == "live":
+        return [
+            json.dumps({"type": "session.input_audio.append", "audio": base64.b64encode(b).decode()})
+            for b in pcm16
+        ]
+    return pcm16
+
+
+def _output_payload(endpoint: str, message: str | bytes) -> bytes | None:
+    """The output audio a message carries (None: not audio)."""
+    if endpoint in ("ws",):
+        return message if isinstance(message, bytes) else None
+    if endpoint == "chat":
+        return message[1:] if isinstance(message, bytes) and message[:1] == b"\x01" else None
+    if isinstance(message, str) and 'output_audio.delta"' in message[:60]:
+        return json.loads(message)["delta"].encode()
+    return None
+
+
+async def tick_phase(host: str, port: int, frames: int = 25) -> float:
+    """When the server's ticks start, as a time.monotonic() value modulo 80 ms: the earliest arrival of
+    an idle /ws session's frames (each less its index times 80 ms), less the mean step (/metrics)."""
+    from websockets.asyncio.client import connect
+
+    arrivals = []
+    async with connect(f"ws://{host}:{port}/ws", compression=None, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "session.start", "sample_rate": SAMPLE_RATE_HZ}))
+        while len(arrivals) < frames:
+            if isinstance(await ws.recv(), bytes):
+                arrivals.append(time.monotonic())
+    metrics = await asyncio.to_thread(http_get, host, port, "/metrics")
+    step_s = metric_value(metrics, "assistant_step_ms_sum") / max(
+        metric_value(metrics, "assistant_step_ms_count"), 1
+    )
+    return min(t - i * FRAME_S for i, t in enumerate(arrivals)) - step_s / 1000
+
+
+async def stream_session(
+    url: str,
+    endpoint: str,
+    messages: list[bytes | str],
+    chunk_s: float,
+    tail_s: float,
+    opus: bool,
+    phase: float | None = None,
+) -> SessionRun:
+    """Open a session, wait until it is ready, send `messages` one per `chunk_s` (chunk k when its last
+    sample would have been recorded), keep reading `tail_s` after the last, and close.
+    phase: the first chunk is due one frame after the tick that opens the session's slot (the first
+    after it is ready) plus `phase` (seconds modulo 80 ms from a tick, `tick_phase` + an offset), so
+    every session of a triple starts at the same place on the server's tick grid, after the same
+    number of steps; None: the first chunk is due one chunk after the session is ready."""
+    from websockets.asyncio.client import connect
+
+    run = SessionRun()
+    async with connect(url, compression=None, max_queue=None, max_size=None) as ws:
+        if endpoint == "ws":
+            start = {
+                "type": "session.start",
+                "sample_rate": SAMPLE_RATE_HZ,
+                "temperature": 0,
+                "text_temperature": 0,
+            }
+            await ws.send(json.dumps({**start, "audio_format": "opus"} if opus else start))
+        elif endpoint == "live":
+            await ws.send(json.dumps({"type": "session.start", "session": {"model": "bench"}}))
+        while True:  # the session is ready: session.ready / session.created / the handshake
+            message = await ws.recv()
+            if endpoint == "chat" and message == b"\x00":
+                break
+            if isinstance(message, str) and json.loads(message).get("type") in READY_EVENTS:
+                break
+        t0 = time.monotonic()
+        if phase is not None:  # the opening tick, then one frame more (the next chunk is due a chunk later)
+            t0 = phase + np.ceil((t0 - phase) / FRAME_S) * FRAME_S + FRAME_S - chunk_s
+
+        async def read() -> None:
+            async for message in ws:
+                payload = _output_payload(endpoint, message)
+                if payload is not None:
+                    run.outputs.append(payload)
+                    run.received_at.append(time.monotonic())
+
+        reader = asyncio.create_task(read())
+        for k, message in enumerate(messages):
+            wait = t0 + (k + 1) * chunk_s - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if message not in (b"\x01", b""):
+                await ws.send(message)
+            run.sent_at.append(time.monotonic())
+        await asyncio.sleep(tail_s)
+        reader.cancel()
+    return run
+
+
+def first_difference(a: SessionRun, b: SessionRun) -> int | None:
+    """Index of the first output message of `b` that differs from `a`'s (None: all equal)."""
+    for i in range(min(len(a.outputs), len(b.outputs))):
+        if a.outputs[i] != b.outputs[i]:
+            return i
+    return None if len(a.outputs) == len(b.outputs) else min(len(a.outputs), len(b.outputs))
+
+
+def _sent_time_of(run: SessionRun, messages: list, chunk: int, sample: int) -> float:
+    """When the message carrying input `sample` went out (an empty Ogg message rides with the next)."""
+    k = sample // chunk
+    while k < len(messages) - 1 and messages[k] in (b"\x01", b""):
+        k += 1
+    return run.sent_at[k]
+
+
+@dataclass
+class Triple:
+    delay_ms: float | None  # None: B never differed from A
+    deterministic: bool  # A == A' (every output)
+    valid: bool  # B first differed after the change was sent, where A' still equalled A
+
+
+async def run_triples(
+    url: str, endpoint: str, args: argparse.Namespace, pcm: np.ndarray, grid: float | None
+) -> list[Triple]:
+    """grid: the server's tick phase (`tick_phase`); each triple then starts its three streams at one
+    random place on the grid. None (/api/chat): the client paces from the handshake, as Kyutai's does."""
+    rng = np.random.default_rng(args.seed)
+    chunk = SAMPLE_RATE_HZ * args.chunk_ms // 1000
+    change = round(CHANGE_S * SAMPLE_RATE_HZ)
+    noisy = pcm.copy()
+    span = slice(change, change + args.noise_frames * FRAME_SAMPLES)
+    noisy[span] = rng.uniform(-0.9, 0.9, noisy[span].shape[0]).astype(np.float32)
+    opus = endpoint == "ws" and args.audio_format == "opus"
+    plain = _encode_chunks(pcm, chunk, endpoint, args.audio_format)
+    changed = _encode_chunks(noisy, chunk, endpoint, args.audio_format)
+    triples = []
+    for _ in range(args.triples):
+        runs = []
+        phase = None if grid is None else grid + float(rng.uniform(0, FRAME_S))  # a random place on the grid
+        for messages in (plain, plain, changed):
+            await asyncio.sleep(float(rng.uniform(0.05, 0.05 + FRAME_S)))
+            runs.append(await stream_session(url, endpoint, messages, args.chunk_ms / 1000, 0.8, opus, phase))
+        a, a2, b = runs
+        i = first_difference(a, b)
+        sent = _sent_time_of(b, changed, chunk, change)
+        delay = None if i is None or i >= len(b.received_at) else (b.received_at[i] - sent) * 1000
+        same_until = first_difference(a, a2)
+        valid = delay is not None and delay >= 0 and (same_until is None or same_until > i)
+        triples.append(Triple(delay, same_until is None, valid))
+        print(
+            f"  triple {len(triples)}: A==A' {same_until is None}, delay "
+            + ("-" if delay is None else f"{delay:.1f} ms")
+            + ("" if valid else " (not counted: B differed before the change, or A' differed from A first)"),
+            flush=True,
+        )
+    return triples
+
+
+# -- servers -------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_reference(cmd: str, args: argparse.Namespace, pcm: np.ndarray) -> tuple[list[Triple], list[float]]:
+    """The /api/chat triples against the server `cmd` starts; (triples, its per-frame compute in ms)."""
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(
+        shlex.split(cmd.replace("{port}", str(port))),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                raise SystemExit(f"the reference server exited: {log.read()[-2000:]}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise SystemExit("the reference server did not listen within 180 s")
+            time.sleep(0.2)
+        triples = asyncio.run(run_triples(f"ws://127.0.0.1:{port}/api/chat", "chat", args, pcm, None))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    log.seek(0)
+    steps = [float(m) for m in re.findall(r"frame handled in ([0-9.]+)ms", log.read())]
+    return triples, steps
+
+
+def run_ours(args: argparse.Namespace, pcm: np.ndarray) -> tuple[list[Triple], dict]:
+    stats_file = Path(tempfile.mkstemp(suffix=".json")[1])
+    serve_args = ["--backend", args.backend, "--max-sessions", "8", "--clock-stats", str(stats_file)]
+    for name, value in engine_kwargs(args).items():
+        if isinstance(value, bool):
+            serve_args.append(f"--{name}" if value else f"--no-{name}")
+        elif value is not None:
+            serve_args += [f"--{name}", value]
+    if args.backend == "moshi" and args.endpoint in ("realtime", "live"):
+        serve_args += ["--temperature", "0", "--text-temperature", "0"]  # their protocols set no sampling
+    path = ENDPOINTS[args.endpoint] + (f"?{GREEDY_QUERY}" if args.endpoint == "chat" else "")
+    with serving(serve_args, env={"OMP_NUM_THREADS": str(args.threads)}) as (_, port):
+        grid = None if args.endpoint == "chat" else asyncio.run(tick_phase("127.0.0.1", port))
+        triples = asyncio.run(run_triples(f"ws://127.0.0.1:{port}{path}", args.endpoint, args, pcm, grid))
+    clock = json.loads(stats_file.read_text()) if stats_file.stat().st_size else {}
+    stats_file.unlink(missing_ok=True)
+    return triples, clock
+
+
+def summary(name: str, triples: list[Triple], step_ms: float | None) -> str:
+    delays = np.array([t.delay_ms for t in triples if t.valid])
+    same = sum(t.deterministic for t in triples)
+    if delays.size == 0:
+        return f"{name:<28} no triple reacted ({same}/{len(triples)} A==A')"
+    lo, med, p95 = delays.min(), np.median(delays), np.percentile(delays, 95)
+    step = "-" if step_ms is None else f"{step_ms:.1f}"
+    wait = "-" if step_ms is None else f"{med - step_ms:.1f} / {p95 - step_ms:.1f}"
+    return (
+        f"{name:<28} {lo:>6.1f} {med:>7.1f} {p95:>6.1f} {step:>8} {wait:>17} {same:>3}/{len(triples):<3}"
+        f" {len(delays):>3}"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        engine_kwargs(args)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.audio_format == "opus" and args.endpoint != "ws":
+        print("--audio-format opus is for --endpoint ws (chat always sends Ogg Opus)", file=sys.stderr)
+        return 2
+    if args.seconds < CHANGE_S + args.noise_frames * 0.08 + 0.16:
+        print(f"--seconds must leave room for the noise after {CHANGE_S} s", file=sys.stderr)
+        return 2
+    import soundfile as sf
+
+    audio, rate = sf.read(SPEECH_DIR / "q1.wav", dtype="float32")
+    pcm = np.ascontiguousarray(audio[: round(args.seconds * rate)], dtype=np.float32)
+    fmt = "Ogg Opus" if args.endpoint == "chat" else args.audio_format
+    print(
+        f"latency bench: {args.backend}"
+        + (f" ({model_of(args)})" if args.backend == "moshi" else "")
+        + f", {args.threads} torch thread(s), /{args.endpoint} {fmt} in {args.chunk_ms} ms chunks, "
+        f"{args.triples} triples, {args.noise_frames} frames of noise at {CHANGE_S} s, {os.cpu_count()} CPUs"
+    )
+    ours, clock = run_ours(args, pcm)
+    rows = [summary(f"ours /{args.endpoint}", ours, (clock.get("step_ms") or {}).get("p50"))]
+    print(
+        f"our server: {clock.get('skipped', '-')} skipped ticks, {clock.get('underruns', '-')} underruns, "
+        f"{clock.get('drops', '-')} drops, tick late p50/p99 {clock.get('late_ms', {}).get('p50')}/"
+        f"{clock.get('late_ms', {}).get('p99')} ms"
+    )
+    if args.reference_server:
+        print("reference server, /api/chat:")
+        theirs, steps = run_reference(args.reference_server, args, pcm)
+        rows.append(summary("reference /api/chat", theirs, float(np.median(steps)) if steps else None))
+    print(
+        f"{'server':<28} {'min':>6} {'median':>7} {'p95':>6} {'step ms':>8} {'wait median/p95':>17} A==A' n"
+    )
+    for row in rows:
+        print(row)
+    return 0

@@ -1,0 +1,104 @@
+"""Audio coding off the event loop: worker threads, one ordered lane per connection and direction.
+
+Opus costs about 1.2 ms of CPU per session and 80 ms frame (encode and decode). On the event loop
+that is the whole per-session budget, and 64 Opus sessions would need more than a frame's time.
+Here the coding runs on a small pool of worker threads; the event loop only hands bytes over and
+takes results back. PyAV's libopus calls (/ws's packets) release the GIL: two workers code about
+1.4 times as much as one on two busy cores. sphn's (/api/chat's Ogg) hold it, so two code no more
+than one, and /api/chat keeps them inline (`assistant bench server --audio-format opus` measures
+both).
+
+A lane keeps one connection's order in one direction: its jobs run one after another (a codec's
+state is sequential), and their results are handed back on the event loop in the order they were
+submitted, so a message that needs no coding (a `playback.clear`, a text piece) submitted behind
+an audio frame still goes out behind it. Jobs queued while the lane is busy run together in one
+worker call, so a busy lane costs the loop one hand-over per batch, not per job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+log = logging.getLogger("assistant.server")
+
+DEFAULT_THREADS = 2
+
+Job = Callable[[], Any] | None  # None: nothing to compute, the result is None
+Done = Callable[[Any], None]  # gets the job's result, or the exception it raised
+
+
+def _run_all(jobs: list[Job]) -> list[Any]:
+    results = []
+    for job in jobs:
+        try:
+            results.append(None if job is None else job())
+        except Exception as exc:  # handed to its own callback: one bad packet fails only itself
+            results.append(exc)
+    return results
+
+
+class CodecPool:
+    """The worker threads every lane shares."""
+
+    def __init__(self, threads: int = DEFAULT_THREADS):
+        if threads < 1:
+            raise ValueError(f"codec threads must be >= 1, got {threads}")
+        self.threads = threads
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="codec")
+
+    def lane(self) -> CodecLane:
+        return CodecLane(self)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True)
+
+
+class CodecLane:
+    """One connection's jobs in one direction, in order. Call from the event loop only."""
+
+    def __init__(self, pool: CodecPool):
+        self.pool = pool
+        self._queue: collections.deque[tuple[Job, Done]] = collections.deque()
+        self._busy = False
+        self.closed = False
+
+    def submit(self, job: Job, done: Done) -> None:
+        """Run `job()` on a worker (None: nothing to run), then `done(result)` on the event loop,
+        after every earlier job's `done`. A job that raises hands `done` the exception instead."""
+        if self.closed:
+            return
+        self._queue.append((job, done))
+        if not self._busy:
+            self._start()
+
+    def close(self) -> None:
+        """Drop what has not run; results still coming are not handed over."""
+        self.closed = True
+        self._queue.clear()
+
+    def _start(self) -> None:
+        batch = list(self._queue)
+        self._queue.clear()
+        self._busy = True
+        if all(job is None for job, _ in batch):  # nothing to code: hand over now, in order
+            self._finish(batch, [None] * len(batch))
+            return
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.pool.executor, _run_all, [job for job, _ in batch])
+        future.add_done_callback(lambda f: self._finish(batch, f.result()))
+
+    def _finish(self, batch: list[tuple[Job, Done]], results: list[Any]) -> None:
+        if not self.closed:
+            for (_, done), result in zip(batch, results, strict=True):
+                try:
+                    done(result)
+                except Exception:
+                    log.exception("a codec result could not be handed over")
+        self._busy = False
+        if self._queue and not self.closed:
+            self._start()

@@ -1,0 +1,166 @@
+"""Frame-phase alignment: a session's frames end where its last chunk is in just before a tick.
+
+The pure policy (FramePhase), the input buffer's aligned take, and the conversation fed by a
+virtual clock: chunks arrive at their own phase (with jitter) against 80 ms ticks, and each tick
+takes one frame. What a user would notice is measured: how long the newest audio a frame carries
+waited for its tick, and the gaps (underruns) the model hears in the middle of speech.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from audio_utils import load_wav
+
+from assistant.conversation import Conversation
+from assistant.conversation.frame_phase import FramePhase
+from assistant.conversation.input_buffer import FRAME_OK, FRAME_PADDED, InputBuffer
+
+F = 1920
+RATE = 24000
+PERIOD = 0.08
+
+
+def steady_arrivals(phase_s: float, chunk: int, count: int, jitter_s: float = 0.0, seed: int = 0):
+    """(end position, arrival time) of `count` chunks of a real-time client whose stream starts at
+    `phase_s` (chunk k is in when its last sample would have been recorded), plus jitter."""
+    rng = np.random.default_rng(seed)
+    return [
+        ((k + 1) * chunk, phase_s + (k + 1) * chunk / RATE + float(rng.uniform(0, jitter_s)))
+        for k in range(count)
+    ]
+
+
+# -- FramePhase (pure) ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_ms", [10, 20, 40])
+def test_each_frame_ends_at_the_last_chunk_in_just_before_its_tick(chunk_ms):
+    chunk = RATE * chunk_ms // 1000
+    for phase_ms in range(0, 80, 3):
+        phase = FramePhase(margin_s=0.003)
+        arrivals = steady_arrivals(phase_ms / 1000, chunk, round(1.3 * RATE / chunk))
+        for end, at in arrivals:
+            phase.arrived(end, at)
+        arrived_at = dict(arrivals)
+        tick = 1.2  # with chunks arrived past it
+        end = phase.frame_end(tick)
+        wait = tick - arrived_at[end]
+        assert 0.003 - 1e-9 <= wait < 0.003 + chunk / RATE + 1e-9, (phase_ms, wait)
+
+
+def test_a_frame_that_would_end_too_late_moves_earlier_and_a_backlog_later():
+    phase = FramePhase(margin_s=0.003, hysteresis_s=0.006)
+    for end, at in steady_arrivals(-0.005, 480, 100):  # chunk k in at (k + 1) * 20 ms - 5 ms
+        phase.arrived(end, at)
+    tick = 2.0
+    assert phase.frame_end(tick) == round(2.0 * RATE)  # in 5 ms before the tick: the margin is 3
+    assert phase.shift(round(2.02 * RATE), tick) == -480  # in after the tick: pad a chunk in front
+    assert phase.shift(round(2.0 * RATE), tick) == 0  # where it should be
+    assert phase.shift(round(1.98 * RATE), tick) == 0  # waits 25 ms: within margin + hysteresis + chunk
+    assert phase.shift(round(1.96 * RATE), tick) == 960  # waits 45 ms: drop the backlog up to 2.0 s
+
+
+def test_jitter_does_not_make_the_boundary_hop():
+    phase = FramePhase()
+    arrivals = steady_arrivals(0.0137, 480, 400, jitter_s=0.002, seed=3)
+    shifts = []
+    natural = None
+    i = 0
+    for k in range(1, 95):
+        tick = k * PERIOD
+        while i < len(arrivals) and arrivals[i][1] <= tick:
+            phase.arrived(*arrivals[i])
+            i += 1
+        if i == 0:
+            continue
+        natural = F if natural is None else natural + F
+        shift = phase.shift(natural, tick)
+        natural += shift
+        shifts.append(shift)
+    assert shifts[0] != 0  # the first frame is placed
+    assert shifts[1:].count(0) == len(shifts) - 1  # then stays where it is
+
+
+# -- InputBuffer: the aligned take -------------------------------------------------------------
+
+
+def test_aligned_take_pads_in_front_or_drops_queued_silence_only_while_silent():
+    buf = InputBuffer(frame_samples=4)
+    buf.push(np.arange(1, 7, dtype=np.float32))
+    frame, status = buf.take(user_silent=True, shift=-1)  # end one sample earlier: 1 zero + 3 samples
+    assert status == FRAME_PADDED and frame.tolist() == [0, 1, 2, 3]
+    buf.push(np.arange(7, 15, dtype=np.float32))  # queued: 4..14
+    frame, status = buf.take(user_silent=False, shift=2)  # speaking: the boundary stays
+    assert status == FRAME_OK and frame.tolist() == [4, 5, 6, 7]
+    frame, status = buf.take(user_silent=False, shift=-2)
+    assert status == FRAME_OK and frame.tolist() == [8, 9, 10, 11]
+    buf.push(np.full(4, 0.5, dtype=np.float32))  # queued: 12, 13, 14 (loud), then 0.5 x 4
+    frame, status = buf.take(user_silent=True, shift=3)  # silent, but not quiet: kept
+    assert frame.tolist() == [12, 13, 14, 0.5]
+    buf.push(np.zeros(3, dtype=np.float32))
+    frame, status = buf.take(user_silent=True, shift=2)  # quiet enough? 0.5 is not: kept
+    assert frame.tolist() == [0.5, 0.5, 0.5, 0]
+    buf.push(np.arange(1, 5, dtype=np.float32))  # queued: 0, 0, 1..4
+    frame, status = buf.take(user_silent=True, shift=2)  # quiet: dropped, the frame ends later
+    assert status == FRAME_OK and frame.tolist() == [1, 2, 3, 4]
+
+
+# -- the conversation against a virtual tick grid ------------------------------------------------
+
+
+def run_session(
+    phase_s: float, chunk_ms: int, jitter_s: float, aligned: bool, seed: int = 0, seconds: float = 6.0
+):
+    """Stream q1 (speech) in chunks arriving at `phase_s` against ticks at k * 80 ms, the session
+    started as the frame loop starts it; return (the wait of each frame's newest sample for its tick,
+    in s, while the user spoke; underruns; the frames the model heard)."""
+    pcm, rate = load_wav("q1.wav")
+    assert rate == RATE
+    chunk = RATE * chunk_ms // 1000
+    count = min(len(pcm), round(seconds * RATE)) // chunk
+    now = [0.0]
+    conversation = Conversation("s", RATE, clock=lambda: now[0])
+    arrivals = steady_arrivals(phase_s, chunk, count, jitter_s, seed)
+    events = [(at, 0, k) for k, (_, at) in enumerate(arrivals)]
+    events += [(k * PERIOD, 1, k) for k in range(1, int(arrivals[-1][1] / PERIOD))]
+    waits, frames = [], []
+    for at, kind, k in sorted(events):
+        now[0] = at
+        if kind == 0:
+            conversation.push_samples(pcm[k * chunk : (k + 1) * chunk])
+            continue
+        if aligned:
+            conversation.tick_due(at)
+        if not frames and conversation.frames_queued() < 1:
+            continue  # the frame loop starts a session once a whole frame of its input is in
+        speaking = conversation.turns.user_speaking
+        frame = conversation.take_frame()
+        frames.append(
+            np.zeros(F, np.float32).tobytes() if frame is None else frame.tobytes()
+        )  # as the model hears it
+        heard = conversation.samples_in - conversation._input.level  # input position the frame ends at
+        if speaking and heard:
+            waits.append(at - arrivals[(heard - 1) // chunk][1])
+    return np.array(waits), conversation.underruns, frames
+
+
+@pytest.mark.parametrize("chunk_ms", [10, 20])
+def test_speech_in_small_chunks_waits_about_a_chunk_and_is_never_cut(chunk_ms):
+    """At every phase, chunks with 2 ms of jitter: the frame's newest audio waited less than a
+    chunk plus the margin, and the model heard no gap in the middle of speech."""
+    for phase_ms in range(0, 80, 7):
+        waits, underruns, _ = run_session(phase_ms / 1000, chunk_ms, 0.002, aligned=True)
+        assert underruns == 0, phase_ms
+        assert waits.max() < chunk_ms / 1000 + 0.003 + 0.002 + 1e-9, (phase_ms, waits.max())
+
+
+def test_the_model_hears_the_same_frames_whatever_the_jitter():
+    """Two runs of one recording from one phase, with different 2 ms jitter (greedy decoding then
+    gives the same answer): the same frames, even where chunks land on the ticks. Frames that end
+    at whatever is in at the tick race those chunks, and the runs hear different frames."""
+    for phase_ms in (79.0, 59.0, 39.5, 19.5, 13.0):  # chunks due 1 ms before a tick, +0-2 ms
+        runs = [run_session(phase_ms / 1000, 20, 0.002, aligned=True, seed=seed)[2] for seed in (1, 2)]
+        assert runs[0] == runs[1], phase_ms
+    races = [run_session(0.079, 20, 0.002, aligned=False, seed=seed)[2] for seed in (1, 2)]
+    assert races[0] != races[1]
