@@ -20,12 +20,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from assistant.engine import FRAME_MS, Engine, SlotOptions, StepOutput, checked_context_policy
+from assistant.engine import Engine, SlotOptions, StepOutput, checked_context_policy
 from assistant.moshi.graphs import StepRunner, bucket_for, compile_mode, topk_width
 from assistant.moshi.image_feed import DEFAULT_IMAGE_START, ImageFeed, ImageSlots
 from assistant.moshi.lm import Sampling
 from assistant.moshi.loading import LoadedMoshi, load_moshi, resolve_device, resolve_dtype
 from assistant.moshi.persona import DEFAULT_CHUNK_FRAMES, Prompter, PromptJob
+from assistant.moshi.prompt_feed import PromptSlots
 from assistant.moshi.random_models import RANDOM_MODELS, random_loaded
 from assistant.moshi.vision_lm import streaming_lm
 
@@ -33,7 +34,6 @@ DEFAULT_TEXT_TEMPERATURE = 0.7
 DEFAULT_TEXT_TOP_K = 25
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_K = 250
-MIN_PREFILL_CHUNK = 4  # prompt positions fed per tick at least, so a prompt always gets in
 SPEAKING_RMS = 3e-3  # about -50 dBFS: quieter output frames count as the assistant not speaking
 log = logging.getLogger(__name__)
 _SILENCE_WARMUP_FRAMES = 4  # frames of zeros the encoder sees before its "silence" codes are taken
@@ -47,7 +47,7 @@ class _SlotSampling:
     top_k: int
 
 
-class MoshiEngine(ImageSlots, Engine):
+class MoshiEngine(PromptSlots, ImageSlots, Engine):
     """Moshi + Mimi over `batch_size` slots. Build it with `from_pretrained` (or from parts, in tests)."""
 
     name = "moshi"
@@ -199,137 +199,12 @@ class MoshiEngine(ImageSlots, Engine):
         weights, headroom, per_slot = 15.4e9, 6e9, 1.6e9
         return int(max(1, min(16, (free_bytes - weights - headroom) // per_slot)))
 
-    # -- prompts ---------------------------------------------------------------------------------
-    @property
-    def takes_prompts(self) -> bool:
-        return self.prompter is not None
-
-    def voices(self) -> list[str]:
-        return self.prompter.voice_names() if self.prompter else []
-
-    def check_prompt(self, instructions: str | None, voice: str | None) -> None:
-        if self.prompter is None:
-            super().check_prompt(instructions, voice)
-        else:
-            self.prompter.check(instructions, voice)
-
-    def is_ready(self, slot: int) -> bool:
-        return bool(self.live[slot]) and slot not in self._jobs and slot not in self._broken
-
-    def add_voice(self, path: str) -> str:
-        if self.prompter is None:
-            return super().add_voice(path)
-        return self.prompter.add_voice(path)
-
-    def finish_prompts(self) -> None:
-        """Feed every pending prompt, and encode every pending image, now (offline runs)."""
-        self._advance_prompts(all_now=True)
-        self._advance_images(time.perf_counter(), all_now=True)
-        if self._failed:
-            slot, reason = next(iter(self._failed.items()))
-            raise RuntimeError(f"slot {slot}: the prompt could not be fed: {reason}")
-
-    def _prompt_key(self, options: SlotOptions) -> tuple[str | None, str | None]:
-        """What decides a slot's prompt: the stripped instructions and the resolved voice."""
-        instructions = (options.instructions or "").strip() or None
-        return instructions, self.prompter.resolve_voice(options.voice)
-
-    def _start_prompt(self, slot: int, options: SlotOptions) -> None:
-        """Queue `slot`'s prompt. Its voice is encoded and its prefill run by the next steps (in the
-        frame loop's thread, never the caller's); the slot gets its row when the prefill is done."""
-        self._prompt_of[slot] = self._prompt_key(options)
-        self._jobs[slot] = None  # built by _advance_prompts
-        self._held[slot] = 0
-
-    def _advance_prompts(self, all_now: bool = False) -> float:
-        """Feed pending prompts after this tick's live step.
-
-        With nobody live (or `all_now`), every pending prompt goes in whole. Otherwise the prompts
-        share half of what is left of the 80 ms frame, oldest first, each pass at least
-        MIN_PREFILL_CHUNK positions so every prompt gets in. A prompt that fails (an unreadable
-        voice, no memory) ends only its own slot: it is reported in `StepOutput.failed`.
-        """
-        if not self._jobs:
-            return 0.0
-        t0 = time.perf_counter()
-        waiting = bool(self._slot_at) and not all_now
-        budget_ms = max(0.0, FRAME_MS - self._last_step_ms) * 0.5
-        for slot in list(self._jobs):
-            try:
-                if self.prefill_mode == "stepwise":
-                    self._activate_stepwise(slot)
-                    continue
-                job = self._jobs[slot]
-                if job is None:
-                    job = self._jobs[slot] = self.prompter.job(*self._prompt_of[slot])
-                if not waiting:
-                    while not job.done:
-                        self._timed_advance(job, job.remaining)
-                else:
-                    spent_ms = (time.perf_counter() - t0) * 1000
-                    self._timed_advance(job, self._positions_for(budget_ms - spent_ms))
-                if job.done:
-                    del self._jobs[slot]
-                    if self.held[slot]:
-                        self._parked[slot] = job
-                    else:
-                        self._activate(slot, job)
-            except Exception as exc:  # this slot's prompt only: the others' frame clock goes on
-                log.exception("the prompt of slot %d failed", slot)
-                self._jobs.pop(slot, None)
-                self._failed[slot] = f"{type(exc).__name__}: {exc}"
-                self._broken.add(slot)
-            if waiting and (time.perf_counter() - t0) * 1000 >= budget_ms:
-                break
-        spent = (time.perf_counter() - t0) * 1000
-        self.prefill_stats["ms"] += spent
-        return spent
-
-    def _positions_for(self, budget_ms: float) -> int:
-        """Prompt positions that fit `budget_ms` at the measured cost per position, between
-        MIN_PREFILL_CHUNK and prefill_chunk (a small first pass while nothing is measured yet)."""
-        if self._ms_per_position is None:
-            return min(self.prefill_chunk, MIN_PREFILL_CHUNK * 4)
-        fits = int(max(0.0, budget_ms) / max(self._ms_per_position, 1e-6))
-        return max(MIN_PREFILL_CHUNK, min(self.prefill_chunk, fits))
-
-    def _timed_advance(self, job: PromptJob, positions: int) -> None:
-        t0 = time.perf_counter()
-        done = job.advance(positions)
-        if self.lm.device.type == "cuda":
-            torch.cuda.synchronize(self.lm.device)
-        per = (time.perf_counter() - t0) * 1000 / max(done, 1)
-        old = self._ms_per_position
-        self._ms_per_position = per if old is None else 0.7 * old + 0.3 * per
-        self.prefill_stats["positions"] += done
-
     def _new_row(self, slot: int) -> int:
         row = len(self._slot_at)
         self._row_of[slot] = row
         self._slot_at.append(slot)
         self.codec.reset(row)
         return row
-
-    def _activate(self, slot: int, job: PromptJob) -> None:
-        row = self._new_row(slot)
-        self.lm.load_prompt(row, job.cache, job.tail(), self._row_sampling(slot))
-        self._held[slot] = job.length
-        self.prefill_stats["prompts"] += 1
-
-    def _activate_stepwise(self, slot: int) -> None:
-        from assistant.moshi.lm import PromptTail
-
-        instructions, voice = self._prompt_of[slot]
-        embeds, carry = self.prompter.embeds(instructions, voice)
-        del self._jobs[slot]
-        row = self._new_row(slot)
-        self.lm.reset(row)
-        hidden, logits = self.lm.prefill_stepwise(row, embeds)
-        tail = PromptTail(hidden=hidden, text_logits=logits, carry=carry, length=int(embeds.shape[0]))
-        self.lm.load_prompt(row, None, tail, self._row_sampling(slot))
-        self._held[slot] = tail.length
-        self.prefill_stats["positions"] += int(embeds.shape[0])
-        self.prefill_stats["prompts"] += 1
 
     def _row_sampling(self, slot: int) -> Sampling:
         s, dev = self._sampling[slot], self.lm.device

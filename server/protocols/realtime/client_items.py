@@ -1,6 +1,7 @@
 """The items a Realtime client adds to its conversation (`conversation.item.create`: user audio, an
-image, or both) and deletes (`conversation.item.delete`: image items only), as a mixin of
-`RealtimeConversation` (server/protocols/realtime/state_machine.py), pure as it is.
+image, or both), retrieves (`conversation.item.retrieve`), truncates (`conversation.item.truncate`:
+assistant audio, to what was heard) and deletes (`conversation.item.delete`: image items only), as a
+mixin of `RealtimeConversation` (server/protocols/realtime/state_machine.py), pure as it is.
 
 An item's audio is fed to the model at real-time speed (the adapter paces it). An item's image is
 checked off the event loop first: `conversation.item.create` with an `input_image` part returns a
@@ -14,6 +15,7 @@ other item can be deleted.
 from __future__ import annotations
 
 from assistant.images import ImageError
+from audio.frames import FRAME_MS
 from server.protocols.realtime.client_events import (
     BYTES_PER_MS,
     MAX_AUDIO_BACKLOG_MS,
@@ -21,6 +23,8 @@ from server.protocols.realtime.client_events import (
     InputImagePart,
     ItemCreate,
     ItemDelete,
+    ItemRetrieve,
+    ItemTruncate,
     RealtimeError,
 )
 from server.protocols.realtime.records import (
@@ -35,7 +39,50 @@ from server.protocols.realtime.records import (
 
 class ClientItems:
     """Needs of its host: `items`, `order`, `image_item_id`, `pending_image_ids`, `input_ms`,
-    `audio_backlog_ms`, `_injected`, `_new_id`, `_add_user_item`, `send` and `error`."""
+    `audio_backlog_ms`, `_injected`, `_new_id`, `_add_user_item`, `response`, `_finish`,
+    `_sync_silence`, `send` and `error`."""
+
+    def _truncate(self, ev: ItemTruncate) -> list[RealtimeOutput]:
+        item = self.items.get(ev.item_id)
+        if item is None:
+            raise RealtimeError(
+                "item_not_found",
+                f"Error truncating item: the item with id {ev.item_id!r} does not exist.",
+                "item_id",
+                ev.event_id,
+            )
+        if item.role != "assistant":
+            raise RealtimeError(
+                "invalid_value",
+                f"item {ev.item_id!r} is a {item.role} item; only assistant audio can be truncated",
+                "item_id",
+                ev.event_id,
+            )
+        # Audio goes out in real time, so a client's playback clock can name more than was sent (Pipecat
+        # counts wall time from the first delta): the listener heard all of it.
+        end_ms = min(ev.audio_end_ms, item.audio_ms)
+        out: list[RealtimeOutput] = []
+        if self.response is not None and self.response.item is item:
+            # The listener stopped hearing it: generating more of it makes no sense.
+            out += self._finish("cancelled", "client_cancelled")
+        item.audio_end_ms = end_ms
+        item.pieces = [(i, p) for i, p in item.pieces if i * FRAME_MS < end_ms]
+        out.append(
+            self.send("conversation.item.truncated", item_id=item.id, content_index=0, audio_end_ms=end_ms)
+        )
+        return out + self._sync_silence()
+
+    def _retrieve(self, ev: ItemRetrieve) -> list[RealtimeOutput]:
+        """The item as the server holds it: id, role, status, transcripts (its audio is not kept)."""
+        item = self.items.get(ev.item_id)
+        if item is None:
+            raise RealtimeError(
+                "item_retrieve_invalid_item_id",
+                f"Error retrieving item: the item with id {ev.item_id!r} does not exist.",
+                "item_id",
+                ev.event_id,
+            )
+        return [self.send("conversation.item.retrieved", item=item.to_json())]
 
     def _check_new_item(self, ev: ItemCreate) -> None:
         if ev.item.id is not None and (ev.item.id in self.items or ev.item.id in self.pending_image_ids):

@@ -292,48 +292,6 @@ class RealtimeConversation(ClientItems):
         out.append(self.send("conversation.item.done", previous_item_id=previous, item=item.to_json()))
         return out
 
-    def _truncate(self, ev: ItemTruncate) -> list[RealtimeOutput]:
-        item = self.items.get(ev.item_id)
-        if item is None:
-            raise RealtimeError(
-                "item_not_found",
-                f"Error truncating item: the item with id {ev.item_id!r} does not exist.",
-                "item_id",
-                ev.event_id,
-            )
-        if item.role != "assistant":
-            raise RealtimeError(
-                "invalid_value",
-                f"item {ev.item_id!r} is a {item.role} item; only assistant audio can be truncated",
-                "item_id",
-                ev.event_id,
-            )
-        # Audio goes out in real time, so a client's playback clock can name more than was sent (Pipecat
-        # counts wall time from the first delta): the listener heard all of it.
-        end_ms = min(ev.audio_end_ms, item.audio_ms)
-        out: list[RealtimeOutput] = []
-        if self.response is not None and self.response.item is item:
-            # The listener stopped hearing it: generating more of it makes no sense.
-            out += self._finish("cancelled", "client_cancelled")
-        item.audio_end_ms = end_ms
-        item.pieces = [(i, p) for i, p in item.pieces if i * FRAME_MS < end_ms]
-        out.append(
-            self.send("conversation.item.truncated", item_id=item.id, content_index=0, audio_end_ms=end_ms)
-        )
-        return out + self._sync_silence()
-
-    def _retrieve(self, ev: ItemRetrieve) -> list[RealtimeOutput]:
-        """The item as the server holds it: id, role, status, transcripts (its audio is not kept)."""
-        item = self.items.get(ev.item_id)
-        if item is None:
-            raise RealtimeError(
-                "item_retrieve_invalid_item_id",
-                f"Error retrieving item: the item with id {ev.item_id!r} does not exist.",
-                "item_id",
-                ev.event_id,
-            )
-        return [self.send("conversation.item.retrieved", item=item.to_json())]
-
     def _response_create(self, ev: ResponseCreate) -> list[RealtimeOutput]:
         if self.response is not None:
             raise RealtimeError(
