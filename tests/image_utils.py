@@ -3,16 +3,38 @@ kind each protocol must refuse with a typed error (the codes of assistant/images
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from PIL import Image
+from server_utils import ServerAddress, start_server
 
 MOSHIVIS_TINY = Path(__file__).parent / "data" / "moshivis_tiny"
 IMAGE_A = (MOSHIVIS_TINY / "image_a.png").read_bytes()
 IMAGE_B = (MOSHIVIS_TINY / "image_b.png").read_bytes()
+
+
+@contextlib.contextmanager
+def vision_server_running(*args: str, max_sessions: int = 2) -> Iterator[ServerAddress]:
+    """`assistant serve` with the tiny MoshiVis model on the CPU (uncompiled), and `args`."""
+    with start_server(
+        "--backend",
+        "moshi",
+        "--model",
+        str(MOSHIVIS_TINY),
+        "--device",
+        "cpu",
+        "--no-compile",
+        "--max-sessions",
+        str(max_sessions),
+        *args,
+        startup_timeout_s=240,
+    ) as address:
+        yield address
 
 
 def encoded(image: Image.Image, kind: str, **options) -> bytes:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from browser_utils import CHROMIUM, chromium_args, chromium_missing_reason
-from image_utils import IMAGE_B, MOSHIVIS_TINY
+from image_utils import IMAGE_B, vision_server_running
 from listening_utils import recorded_session
 from server_utils import start_server
 
@@ -60,22 +60,7 @@ def silent_mic(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def vision_server(tmp_path_factory):
     record = tmp_path_factory.mktemp("record")
-    with start_server(
-        "--backend",
-        "moshi",
-        "--model",
-        str(MOSHIVIS_TINY),
-        "--device",
-        "cpu",
-        "--no-compile",
-        "--max-sessions",
-        "1",
-        "--temperature",
-        "0",
-        "--record",
-        str(record),
-        startup_timeout_s=240,
-    ) as address:
+    with vision_server_running("--temperature", "0", "--record", str(record), max_sessions=1) as address:
         address.record_dir = record
         yield address
 

@@ -13,7 +13,7 @@ import asyncio
 import time
 
 import pytest
-from image_utils import BAD_IMAGES, IMAGE_A, MOSHIVIS_TINY
+from image_utils import BAD_IMAGES, IMAGE_A, vision_server_running
 from moshi_client import MoshiChatClient
 from server_utils import start_server
 from websockets.asyncio.client import connect
@@ -29,18 +29,7 @@ QUERY = (
 
 @pytest.fixture(scope="module")
 def vision_server():
-    with start_server(
-        "--backend",
-        "moshi",
-        "--model",
-        str(MOSHIVIS_TINY),
-        "--device",
-        "cpu",
-        "--no-compile",
-        "--max-sessions",
-        "2",
-        startup_timeout_s=240,
-    ) as address:
+    with vision_server_running() as address:
         yield address
 
 

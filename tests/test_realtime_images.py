@@ -16,7 +16,7 @@ import time
 
 import pydantic
 import pytest
-from image_utils import BAD_IMAGES, IMAGE_A, MOSHIVIS_TINY, OVERSIZED_IMAGE
+from image_utils import BAD_IMAGES, IMAGE_A, OVERSIZED_IMAGE, vision_server_running
 from openai import AsyncOpenAI
 from openai.types.realtime import RealtimeServerEvent
 from server_utils import start_server
@@ -132,20 +132,7 @@ def test_deleting_the_image_item_removes_the_image_and_no_other_item_can_be_dele
 
 @pytest.fixture(scope="module")
 def vision_server():
-    with start_server(
-        "--backend",
-        "moshi",
-        "--model",
-        str(MOSHIVIS_TINY),
-        "--device",
-        "cpu",
-        "--no-compile",
-        "--max-sessions",
-        "2",
-        "--temperature",
-        "0",
-        startup_timeout_s=240,
-    ) as address:
+    with vision_server_running("--temperature", "0") as address:
         yield address
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from image_utils import BAD_IMAGES, IMAGE_A, MOSHIVIS_TINY, OVERSIZED_IMAGE
+from image_utils import BAD_IMAGES, IMAGE_A, MOSHIVIS_TINY, OVERSIZED_IMAGE, vision_server_running
 from PIL import Image
 from server_utils import REPO, http_get, start_server
 from websockets.asyncio.client import connect
@@ -39,22 +39,7 @@ def record_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def vision_server(record_dir):
-    with start_server(
-        "--backend",
-        "moshi",
-        "--model",
-        str(MOSHIVIS_TINY),
-        "--device",
-        "cpu",
-        "--no-compile",
-        "--max-sessions",
-        "2",
-        "--record",
-        str(record_dir),
-        "--temperature",
-        "0",
-        startup_timeout_s=240,
-    ) as address:
+    with vision_server_running("--record", str(record_dir), "--temperature", "0") as address:
         assert json.loads(http_get(address, "/healthz")[2])["takes_images"] is True
         yield address
 
