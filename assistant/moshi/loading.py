@@ -272,6 +272,14 @@ def _personaplex_kwargs(raw: dict | None) -> dict:
     )
 
 
+def _mimi_config_named(directory: Path, names: dict):
+    """The Mimi config a Kyutai-layout config.json names (`mimi_config_name`), or None: the default Mimi."""
+    if not names.get("mimi_config_name"):
+        return None
+    mimi_json = need_file(directory, names["mimi_config_name"], "Kyutai Mimi config named by config.json")
+    return mimi_config_from_kyutai(json.loads(mimi_json.read_text()))
+
+
 def _load_kyutai(directory: Path, device, dtype, source: str) -> LoadedMoshi:
     from safetensors.torch import load_file
 
@@ -287,10 +295,7 @@ def _load_kyutai(directory: Path, device, dtype, source: str) -> LoadedMoshi:
         directory, names.get("tokenizer_name", KYUTAI_TOKENIZER_NAME), "SentencePiece text tokenizer"
     )
     kwargs = _personaplex_kwargs(raw) if model_type == "personaplex" else kyutai_lm_kwargs(raw)
-    mimi_config = None
-    if names.get("mimi_config_name"):
-        mimi_json = need_file(directory, names["mimi_config_name"], "Kyutai Mimi config named by config.json")
-        mimi_config = mimi_config_from_kyutai(json.loads(mimi_json.read_text()))
+    mimi_config = _mimi_config_named(directory, names)
     config = kyutai_lm_config(kwargs, mimi_config)
     lm_state = convert_kyutai_lm_state_dict(
         load_file(str(moshi_file)),
@@ -325,10 +330,7 @@ def _load_moshivis(directory: Path, device, dtype, source: str, raw: dict | None
     tok_file = need_file(
         directory, names.get("text_tokenizer", KYUTAI_TOKENIZER_NAME), "SentencePiece text tokenizer"
     )
-    mimi_config = None
-    if names.get("mimi_config_name"):
-        mimi_json = need_file(directory, names["mimi_config_name"], "Kyutai Mimi config named by config.json")
-        mimi_config = mimi_config_from_kyutai(json.loads(mimi_json.read_text()))
+    mimi_config = _mimi_config_named(directory, names)
     kwargs = moshivis_lm_kwargs(raw)
     config = kyutai_lm_config(kwargs, mimi_config)
     lm, cross, image = split_state(load_file(str(weights)), str(weights))
