@@ -79,7 +79,7 @@ def launched_chromium(fake_mic: Path) -> Iterator:
 
 # An init script: records what reaches each AudioContext's destination (see `playback_tap`).
 _TAP = """
-window.__tap = {chunks: [], rate: 0, lastLoud: 0, buffered: []};
+window.__tap = {chunks: [], rate: 0, lastLoud: 0, buffered: [], handed: []};
 (() => {
   const forcedRate = %(rate)d;
   if (forcedRate) {
@@ -136,6 +136,15 @@ window.__tap = {chunks: [], rate: 0, lastLoud: 0, buffered: []};
     }
     return result;
   };
+  // When each piece of the assistant's audio is handed to the playout buffer, and how long it is:
+  // what the audio thread is given, whatever came before it (server, network, decoder, page).
+  const postMessage = MessagePort.prototype.postMessage;
+  MessagePort.prototype.postMessage = function (message, ...rest) {
+    if (message?.type === "audio" && message.samples instanceof ArrayBuffer && message.rate) {
+      window.__tap.handed.push([performance.now(), (message.samples.byteLength / 4 / message.rate) * 1000]);
+    }
+    return postMessage.call(this, message, ...rest);
+  };
   setInterval(() => {
     const client = window.assistantClient;
     if (client?.live && client.stats.readyAt !== null) {
@@ -164,7 +173,8 @@ def playback_tap(context_rate: int = 0) -> str:
     to an AudioContext's destination is also connected to a recording AudioWorklet (the page is
     not changed). With `context_rate` every AudioContext runs at that rate, whatever the page asks.
     `window.__tap`: `rate`, `lastLoud` (performance.now() of the last chunk above 0.01), and
-    `buffered`: [seconds since session.ready, the playout buffer's ms] every 20 ms."""
+    `buffered`: [seconds since session.ready, the playout buffer's ms] every 20 ms; `handed`:
+    [performance.now(), ms of audio] for each piece of audio the page hands its playout buffer."""
     return _TAP % {"rate": context_rate}
 
 

@@ -126,3 +126,24 @@ def recorded_session(
         time.sleep(0.1)
     recorded, rate = sf.read(record_dir / f"{session_id}.wav", dtype="float32", always_2d=True)
     return recorded[:, 0], recorded[:, 1], rate
+
+
+def playout_headroom_ms(handed: list[tuple[float, float]], target_ms: float) -> float:
+    """The least audio an ideal playout buffer would have held, in ms, when each piece came in.
+
+    `handed`: (arrival ms, duration ms) of each piece of audio, in order. The ideal buffer starts
+    playing once `target_ms` is queued and then plays without pause; just before each later piece
+    arrives it holds what has come in less what has played. Below 0 it would have run dry: that
+    audio came in too late for any player with that buffer, whatever the player does. Once dry it
+    waits for `target_ms` again, as the page's does. inf if it never started."""
+    queued, playing, last, least = 0.0, False, 0.0, float("inf")
+    for at, duration in handed:
+        if playing:
+            queued -= at - last
+            least = min(least, queued)
+            if queued < 0:
+                queued, playing = 0.0, False
+        queued += duration
+        last = at
+        playing = playing or queued >= target_ms
+    return least

@@ -11,6 +11,7 @@ the model the same way (a quarter second at a time: the server may pad or trim p
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from browser_utils import (
     playback_tap,
     tapped_audio,
 )
-from listening_utils import compare, recorded_session, window_correlations
+from listening_utils import compare, playout_headroom_ms, recorded_session, window_correlations
 from server_utils import start_server
 
 QUESTION_WAV = AUDIO_DIR / "q1.wav"
@@ -37,6 +38,9 @@ pytestmark = [
 ]
 NO_WEBCODECS = "delete window.AudioEncoder; delete window.AudioDecoder;"
 MAX_BUFFER_MS = 300
+PLAYOUT_TARGET_MS = 100  # web/client.js
+LATE_MARGIN_MS = 10  # an ideal buffer this close to running dry: the audio came in late
+LATE_ATTEMPTS = 3
 STEADY_AFTER_S = 1.0  # the playout buffer's start-up is not steady state
 
 
@@ -55,11 +59,21 @@ def question_mic(tmp_path_factory) -> Path:
     return fake_mic_wav(QUESTION_WAV, dest, lead_silence_s=0.5, tail_silence_s=20.0)
 
 
-@pytest.mark.parametrize("context_rate", [24000, 48000])
-@pytest.mark.parametrize("audio_format", ["opus", "pcm16"])
-def test_the_reply_plays_at_its_own_speed_and_pitch_and_the_question_arrives_intact(
-    server, question_mic, audio_format, context_rate
-):
+@dataclass
+class Session:
+    """One session through the page: what it played and what the server recorded."""
+
+    played: np.ndarray
+    stats: dict
+    server_stats: dict
+    buffered: list
+    headroom_ms: float  # the least an ideal playout buffer would have held (listening_utils)
+    heard_by_model: np.ndarray
+    sent: np.ndarray
+    record_rate: int
+
+
+def talk_once(server, question_mic: Path, audio_format: str, context_rate: int) -> Session:
     init = playback_tap(context_rate) + (NO_WEBCODECS if audio_format == "pcm16" else "")
     with launched_chromium(question_mic) as browser:
         page = browser.new_page()
@@ -90,28 +104,59 @@ def test_the_reply_plays_at_its_own_speed_and_pitch_and_the_question_arrives_int
         stats = page.evaluate("assistantClient.stats")
         server_stats = page.evaluate("assistantClient.serverStats")
         buffered = page.evaluate("window.__tap.buffered")
+        handed = page.evaluate("window.__tap.handed")
         played, _ = tapped_audio(page)
         page.get_by_test_id("start-button").click()
         page.wait_for_function("assistantClient.state === 'idle'", timeout=5_000)
         assert errors == []
-
     heard_by_model, sent, record_rate = recorded_session(server.record_dir, session_id)
-    question, question_rate = sf.read(QUESTION_WAV, dtype="float32")
+    return Session(
+        played,
+        stats,
+        server_stats,
+        buffered,
+        playout_headroom_ms(handed, PLAYOUT_TARGET_MS),
+        heard_by_model,
+        sent,
+        record_rate,
+    )
 
-    playback = compare(played, context_rate, sent, record_rate)
-    capture = compare(heard_by_model, record_rate, question, question_rate)
+
+@pytest.mark.parametrize("context_rate", [24000, 48000])
+@pytest.mark.parametrize("audio_format", ["opus", "pcm16"])
+def test_the_reply_plays_at_its_own_speed_and_pitch_and_the_question_arrives_intact(
+    server, question_mic, audio_format, context_rate
+):
+    # A machine busy elsewhere can hold the reply's audio up before it reaches the playout buffer
+    # (server, network, decoder, the page's main thread); no player could then play it without a
+    # pause, and the session says nothing about the player. Measured, not guessed: such a session
+    # is run again, and the assertions below are never relaxed.
+    for attempt in range(1, LATE_ATTEMPTS + 1):
+        session = talk_once(server, question_mic, audio_format, context_rate)
+        if session.headroom_ms >= LATE_MARGIN_MS:
+            break
+        print(
+            f"\nattempt {attempt}: the audio reached the playout buffer late (an ideal "
+            f"{PLAYOUT_TARGET_MS} ms buffer would have held {session.headroom_ms:.0f} ms)"
+        )
+    question, question_rate = sf.read(QUESTION_WAV, dtype="float32")
+    stats, server_stats = session.stats, session.server_stats
+    playback = compare(session.played, context_rate, session.sent, session.record_rate)
+    capture = compare(session.heard_by_model, session.record_rate, question, question_rate)
     # The server pads late input and trims piled-up silence (docs/protocol.md, Audio), which a busy
     # machine provokes now and then, so the question is matched a quarter second at a time.
-    windows = window_correlations(heard_by_model, record_rate, question, question_rate)
+    windows = window_correlations(session.heard_by_model, session.record_rate, question, question_rate)
     matched = float(np.mean(windows > 0.9))
-    steady = [ms for t, ms in buffered if t >= STEADY_AFTER_S]
+    steady = [ms for t, ms in session.buffered if t >= STEADY_AFTER_S]
     max_buffer_ms = max(steady)
     print(
         f"\n{audio_format} @ {context_rate} Hz: played: {playback}; max buffer {max_buffer_ms:.0f} ms, "
-        f"dropped {stats['samplesDropped']}, underruns {stats['underruns']}; model heard: {capture} "
+        f"dropped {stats['samplesDropped']}, underruns {stats['underruns']} (ideal buffer's headroom "
+        f"{session.headroom_ms:.0f} ms); model heard: {capture} "
         f"(server: input underruns {server_stats['underruns']}, drops {server_stats['drops']}), "
         f"{matched:.0%} of {len(windows)} windows match (median {np.median(windows):.3f})"
     )
+    assert session.headroom_ms >= LATE_MARGIN_MS, f"the audio came in late in all {LATE_ATTEMPTS} sessions"
     assert abs(playback.duration_ratio - 1) <= 0.03, playback
     assert playback.correlation > 0.9, playback
     assert max_buffer_ms <= MAX_BUFFER_MS, steady
