@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+
+# One torch/OpenMP thread in every test process and what it starts, unless the caller says otherwise:
+# the suite runs a process per core, and a second spin-waiting thread per process on a shared box
+# makes the tiny models several times slower (tests/test_moshivis.py beside a busy core: 104 s with
+# torch's default threads, 60 s with one). Set before any test module imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
 from server_utils import start_server
 
 
