@@ -38,6 +38,7 @@ pytestmark = [
 ]
 LEAD_S, TAIL_S = 0.5, 7.0  # the reply (about 4.2 s) starts well within a second of the question's end
 BUFFER_MS = 500
+LATE_ATTEMPTS = 3
 
 
 @pytest.fixture(scope="module")
@@ -76,26 +77,57 @@ def check_listening(label: str, server, session_id: str, out: Path, device_rate:
     assert matched >= 0.8, np.round(windows, 3)
 
 
+def listened(label: str, server, q1: np.ndarray, run_once) -> None:
+    """`check_listening` on `run_once()` -> (session id, output file, device rate, blocks that ran late).
+    The simulated speaker plays by the wall clock: when the whole process was starved (a busy
+    machine), it plays on time what had not yet been taken off the network, as a real sound card
+    would. Such a session is run again, at most LATE_ATTEMPTS times; one whose clock kept time must
+    pass at once, and the checks are never relaxed."""
+    for attempt in range(1, LATE_ATTEMPTS + 1):
+        session_id, out, device_rate, late_blocks = run_once()
+        try:
+            check_listening(label, server, session_id, out, device_rate, q1)
+            return
+        except AssertionError:
+            if not late_blocks or attempt == LATE_ATTEMPTS:
+                raise
+            print(f"attempt {attempt}: {late_blocks} blocks ran late (the process was starved); once more")
+
+
 @pytest.mark.parametrize("device_rate", [24000, 44100, 48000])
 @pytest.mark.parametrize("audio_format", ["pcm16", "opus"])
 def test_the_output_file_is_what_the_server_sent_at_the_device_rate(
     server, question, audio_format, device_rate, tmp_path
 ):
     path, q1 = question
-    out = tmp_path / "heard.wav"
-    cmd = [sys.executable, "-m", "assistant", "talk", "--server", server.ws_url, "--input-file", str(path)]
-    cmd += ["--output-file", str(out), "--tail-seconds", "0", "--sample-rate", str(device_rate)]
-    # A deep playout buffer: on a busy machine a late block must not leave a gap (an underrun
-    # breaks the single-lag match below just as a wrong rate does).
-    cmd += ["--audio-format", audio_format, "--no-captions", "--buffer-ms", str(BUFFER_MS)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=90)
-    assert result.returncode == 0, result.stdout + result.stderr
-    title = result.stdout.splitlines()[0]
-    assert f"{device_rate} Hz" in title, title
-    session_id = re.search(r"session (sess_\w+)", title).group(1)
-    print(result.stdout.splitlines()[-1])
-    check_listening(f"{audio_format} @ {device_rate} Hz", server, session_id, out, device_rate, q1)
+
+    def run_once():
+        out = tmp_path / "heard.wav"
+        cmd = [
+            sys.executable,
+            "-m",
+            "assistant",
+            "talk",
+            "--server",
+            server.ws_url,
+            "--input-file",
+            str(path),
+        ]
+        cmd += ["--output-file", str(out), "--tail-seconds", "0", "--sample-rate", str(device_rate)]
+        # A deep playout buffer: on a busy machine a late block must not leave a gap (an underrun
+        # breaks the single-lag match below just as a wrong rate does).
+        cmd += ["--audio-format", audio_format, "--no-captions", "--buffer-ms", str(BUFFER_MS)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=90)
+        assert result.returncode == 0, result.stdout + result.stderr
+        title, summary = result.stdout.splitlines()[0], result.stdout.splitlines()[-1]
+        assert f"{device_rate} Hz" in title, title
+        print(summary)
+        late = re.search(r"\((\d+) blocks? ran late", summary)
+        session_id = re.search(r"session (sess_\w+)", title).group(1)
+        return session_id, out, device_rate, int(late.group(1)) if late else 0
+
+    listened(f"{audio_format} @ {device_rate} Hz", server, q1, run_once)
 
 
 class Lines:
@@ -119,7 +151,6 @@ def test_a_mic_and_a_speaker_at_different_rates(server, question, tmp_path):
     server's audio resampled to 48 kHz (not the mic's rate played at 48 kHz, too fast and high)."""
     path, q1 = question
     out = tmp_path / "heard.wav"
-    audio = FileAudio(path, out, block_ms=20.0, tail_seconds=0.0, sample_rate=44100, output_rate=48000)
     args = SimpleNamespace(
         local=False,
         server=server.ws_url,
@@ -131,9 +162,14 @@ def test_a_mic_and_a_speaker_at_different_rates(server, question, tmp_path):
         echo_cancel=None,
         plain=True,
     )
-    display = Lines()
-    assert asyncio.run(talk.talk(args, display_factory=lambda title: display, audio=audio)) == 0
-    assert "44100 Hz -> 48000 Hz" in display.lines[0], display.lines[0]
-    session_id = re.search(r"session (sess_\w+)", display.lines[0]).group(1)
-    print(display.lines[-1])
-    check_listening("mic 44.1 kHz, speaker 48 kHz", server, session_id, out, 48000, q1)
+
+    def run_once():
+        audio = FileAudio(path, out, block_ms=20.0, tail_seconds=0.0, sample_rate=44100, output_rate=48000)
+        display = Lines()
+        assert asyncio.run(talk.talk(args, display_factory=lambda title: display, audio=audio)) == 0
+        assert "44100 Hz -> 48000 Hz" in display.lines[0], display.lines[0]
+        print(display.lines[-1])
+        session_id = re.search(r"session (sess_\w+)", display.lines[0]).group(1)
+        return session_id, out, 48000, audio.late_blocks
+
+    listened("mic 44.1 kHz, speaker 48 kHz", server, q1, run_once)
