@@ -158,5 +158,6 @@ async def test_asking_for_captions_on_a_server_without_them_says_so():
             client = NativeClient(ws)
             ready = await client.start(24000, captions=True)
             assert ready["options"]["captions"] is False
-            ((_, error),) = client.of("error")
+            _, error = await client.wait_for("error", 5)  # it follows session.ready
+            assert len(client.of("error")) == 1
             assert error["code"] == "invalid_value" and "--captions" in error["message"]

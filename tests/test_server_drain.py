@@ -69,7 +69,8 @@ async def test_the_process_exits_once_its_last_session_has_ended():
             _, ended = await client.wait_for("session.ended", 5)
             assert ended["reason"] == "client_ended"
         assert await asyncio.to_thread(address.proc.wait, 5) == 0
-        assert time.monotonic() - sent < 3.0, "the drain waited for its bound with no session left"
+        # Well within the 60 s bound, with room for a busy machine's slow exit.
+        assert time.monotonic() - sent < 15.0, "the drain waited for its bound with no session left"
 
 
 async def test_a_second_signal_ends_live_sessions_at_once():

@@ -8,6 +8,7 @@ checks what the listener would have heard: the output WAV, sample-aligned with t
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ AUDIO = Path(__file__).resolve().parent / "data" / "speech"
 WINDOW_MS = 10
 SILENT_DB = -70.0  # the scripted engine's silence is digital zero; anything audible is far above this
 VOICED_DB = -45.0
+LATE_ATTEMPTS = 3
 
 
 def envelope_db(pcm: np.ndarray, rate: int) -> np.ndarray:
@@ -58,21 +60,29 @@ def test_talk_to_scripted_server_hears_the_reply_and_silence_after_barge_in(tmp_
     conversation = AUDIO / "conversation.wav"
     out = tmp_path / "out.wav"
     with start_server("--backend", "scripted") as server:
-        # A deep playout buffer (500 ms) so that only playback.clear, not the buffer running dry, can
-        # silence the reply within the time allowed below.
-        result = talk(
-            "--server",
-            server.ws_url,
-            "--input-file",
-            str(conversation),
-            "--output-file",
-            str(out),
-            "--tail-seconds",
-            "1",
-            "--buffer-ms",
-            "500",
-        )
-    assert result.returncode == 0, result.stdout + result.stderr
+        for attempt in range(1, LATE_ATTEMPTS + 1):
+            # A deep playout buffer (500 ms) so that only playback.clear, not the buffer running dry,
+            # can silence the reply within the time allowed below.
+            result = talk(
+                *("--server", server.ws_url, "--input-file", str(conversation), "--output-file", str(out)),
+                *("--tail-seconds", "1", "--buffer-ms", "500"),
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+            # The file mic and speaker keep the wall clock; a process starved past a block sends its
+            # speech late, and the server rightly hears pauses in it. Such a session is run again.
+            late = re.search(r"\((\d+) blocks? ran late", result.stdout)
+            try:
+                check_barge_in(result, conversation, out)
+                return
+            except AssertionError:
+                if late is None or attempt == LATE_ATTEMPTS:
+                    raise
+                print(
+                    f"attempt {attempt}: {late.group(1)} blocks ran late (the process was starved); once more"
+                )
+
+
+def check_barge_in(result: subprocess.CompletedProcess, conversation: Path, out: Path) -> None:
     pcm_in, rate = sf.read(conversation, dtype="float32")
     pcm_out, out_rate = sf.read(out, dtype="float32")
     assert out_rate == rate and pcm_out.shape[0] == pcm_in.shape[0] + rate, "input + 1 s tail, same rate"
