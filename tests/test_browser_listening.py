@@ -7,6 +7,8 @@ the AudioContext at 24 and 48 kHz (whatever rate the page asks for), the reply m
 own speed and pitch (voiced duration within 3 %, correlation > 0.9 at a single lag), the playout
 buffer must stay under 300 ms once running, nothing may be dropped, and the question must reach
 the model the same way (a quarter second at a time: the server may pad or trim pauses).
+A session that fails while its audio reached the playout buffer too late for any 100 ms buffer
+(measured on the page, `listening_utils.playout_headroom_ms`) is run again, at most three times.
 """
 
 from __future__ import annotations
@@ -129,16 +131,24 @@ def test_the_reply_plays_at_its_own_speed_and_pitch_and_the_question_arrives_int
 ):
     # A machine busy elsewhere can hold the reply's audio up before it reaches the playout buffer
     # (server, network, decoder, the page's main thread); no player could then play it without a
-    # pause, and the session says nothing about the player. Measured, not guessed: such a session
-    # is run again, and the assertions below are never relaxed.
+    # pause, and the session says nothing about the player. Measured, not guessed: a session that
+    # fails the checks below while its audio came in late is run again (at most LATE_ATTEMPTS);
+    # one whose audio came in time must pass at once, and the checks are never relaxed.
     for attempt in range(1, LATE_ATTEMPTS + 1):
         session = talk_once(server, question_mic, audio_format, context_rate)
-        if session.headroom_ms >= LATE_MARGIN_MS:
-            break
-        print(
-            f"\nattempt {attempt}: the audio reached the playout buffer late (an ideal "
-            f"{PLAYOUT_TARGET_MS} ms buffer would have held {session.headroom_ms:.0f} ms)"
-        )
+        try:
+            check(session, audio_format, context_rate)
+            return
+        except AssertionError:
+            if session.headroom_ms >= LATE_MARGIN_MS or attempt == LATE_ATTEMPTS:
+                raise
+            print(
+                f"attempt {attempt}: the audio reached the playout buffer late (an ideal "
+                f"{PLAYOUT_TARGET_MS} ms buffer would have held {session.headroom_ms:.0f} ms); once more"
+            )
+
+
+def check(session: Session, audio_format: str, context_rate: int) -> None:
     question, question_rate = sf.read(QUESTION_WAV, dtype="float32")
     stats, server_stats = session.stats, session.server_stats
     playback = compare(session.played, context_rate, session.sent, session.record_rate)
@@ -156,7 +166,6 @@ def test_the_reply_plays_at_its_own_speed_and_pitch_and_the_question_arrives_int
         f"(server: input underruns {server_stats['underruns']}, drops {server_stats['drops']}), "
         f"{matched:.0%} of {len(windows)} windows match (median {np.median(windows):.3f})"
     )
-    assert session.headroom_ms >= LATE_MARGIN_MS, f"the audio came in late in all {LATE_ATTEMPTS} sessions"
     assert abs(playback.duration_ratio - 1) <= 0.03, playback
     assert playback.correlation > 0.9, playback
     assert max_buffer_ms <= MAX_BUFFER_MS, steady
