@@ -33,9 +33,12 @@ def test_bench_server_prints_cpu_jitter_and_capacity():
     rows = [line.split() for line in out.stdout.splitlines() if re.match(r"\s+\d+\s+\d", line)]
     assert [int(r[0]) for r in rows] == [1, 3]
     for row in rows:
-        cpu_ms, loop_ms = float(row[1]), float(row[2])
+        sessions, cpu_ms, loop_ms = int(row[0]), float(row[1]), float(row[2])
         assert 0 < cpu_ms < 80  # CPU per session per frame: positive and less than the frame itself
-        assert 0 < loop_ms <= cpu_ms + 0.01  # the event loop's thread: a share of it
+        # The event loop's thread: a share of it, read from /proc in clock ticks (10 ms); the thread's
+        # and the process's counts are each rounded on their own, so allow 2 ticks over the frames.
+        resolution_ms = 2 * 10.0 / (sessions * 1.5 / 0.08)
+        assert 0 < loop_ms <= cpu_ms + resolution_ms, (loop_ms, cpu_ms, resolution_ms)
         assert re.fullmatch(r"[\d.]+/[\d.]+/[\d.]+", row[4])  # tick lateness p50/p99/max
         assert 0.8 <= float(row[-1]) <= 1.2  # the clients got ~one audio frame per 80 ms
     assert "VAD alone: webrtc" in out.stdout
