@@ -108,10 +108,7 @@ def test_the_output_file_is_what_the_server_sent_at_the_device_rate(
             "-m",
             "assistant",
             "talk",
-            "--server",
-            server.ws_url,
-            "--input-file",
-            str(path),
+            *("--server", server.ws_url, "--input-file", str(path)),
         ]
         cmd += ["--output-file", str(out), "--tail-seconds", "0", "--sample-rate", str(device_rate)]
         # A deep playout buffer: on a busy machine a late block must not leave a gap (an underrun
