@@ -116,7 +116,11 @@ async def test_eight_clients_converse_in_real_time():
     # resampler (a few tens of ms past 500), then the reply comes with the next tick: within 100 ms of
     # audio. The scripted engine runs its own VAD on the frames it is fed, whose 30 ms grid can end the
     # turn up to 30 ms after the server's VAD did; when that crosses a tick the reply is a tick later.
-    assert np.percentile(answers, 95) <= 100 + 30
+    # A tick the clock skipped, or late input it padded, puts the next reply a frame later on this
+    # timeline: read from the server's own clock, not guessed.
+    clock = address.clock_stats()
+    slack = 80 if clock["skipped"] or clock.get("underruns") else 0
+    assert np.percentile(answers, 95) <= 100 + 30 + slack, clock
 
 
 async def test_captions_of_the_users_turn_arrive_off_the_hot_path():
