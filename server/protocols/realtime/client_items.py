@@ -42,15 +42,18 @@ class ClientItems:
     `audio_backlog_ms`, `_injected`, `_new_id`, `_add_user_item`, `response`, `_finish`,
     `_sync_silence`, `send` and `error`."""
 
-    def _truncate(self, ev: ItemTruncate) -> list[RealtimeOutput]:
+    def _item_named(self, ev: ItemTruncate | ItemRetrieve | ItemDelete, code: str, message: str):
+        """The item `ev.item_id` names; otherwise `code` and `message` (each operation words its own,
+        as OpenAI's server does, and clients match on them) against the `item_id` param."""
         item = self.items.get(ev.item_id)
         if item is None:
-            raise RealtimeError(
-                "item_not_found",
-                f"Error truncating item: the item with id {ev.item_id!r} does not exist.",
-                "item_id",
-                ev.event_id,
-            )
+            raise RealtimeError(code, message, "item_id", ev.event_id)
+        return item
+
+    def _truncate(self, ev: ItemTruncate) -> list[RealtimeOutput]:
+        item = self._item_named(
+            ev, "item_not_found", f"Error truncating item: the item with id {ev.item_id!r} does not exist."
+        )
         if item.role != "assistant":
             raise RealtimeError(
                 "invalid_value",
@@ -74,14 +77,11 @@ class ClientItems:
 
     def _retrieve(self, ev: ItemRetrieve) -> list[RealtimeOutput]:
         """The item as the server holds it: id, role, status, transcripts (its audio is not kept)."""
-        item = self.items.get(ev.item_id)
-        if item is None:
-            raise RealtimeError(
-                "item_retrieve_invalid_item_id",
-                f"Error retrieving item: the item with id {ev.item_id!r} does not exist.",
-                "item_id",
-                ev.event_id,
-            )
+        item = self._item_named(
+            ev,
+            "item_retrieve_invalid_item_id",
+            f"Error retrieving item: the item with id {ev.item_id!r} does not exist.",
+        )
         return [self.send("conversation.item.retrieved", item=item.to_json())]
 
     def _check_new_item(self, ev: ItemCreate) -> None:
@@ -174,11 +174,7 @@ class ClientItems:
         return [SendEvent(self.error(refusal))]
 
     def _item_delete(self, ev: ItemDelete) -> list[RealtimeOutput]:
-        item = self.items.get(ev.item_id)
-        if item is None:
-            raise RealtimeError(
-                "item_not_found", f"no item {ev.item_id!r} in this conversation", "item_id", ev.event_id
-            )
+        item = self._item_named(ev, "item_not_found", f"no item {ev.item_id!r} in this conversation")
         if not item.image:
             raise RealtimeError(
                 "unsupported_feature",
