@@ -8,7 +8,8 @@ own speed and pitch (voiced duration within 3 %, correlation > 0.9 at a single l
 buffer must stay under 300 ms once running, nothing may be dropped, and the question must reach
 the model the same way (a quarter second at a time: the server may pad or trim pauses).
 A session that fails while its audio reached the playout buffer too late for any 100 ms buffer
-(measured on the page, `listening_utils.playout_headroom_ms`) is run again, at most three times.
+(measured on the page, `listening_utils.playout_headroom_ms`) is run again, at most three times
+(`listening_utils.checked_unless_late`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ from browser_utils import (
     playback_tap,
     tapped_audio,
 )
-from listening_utils import compare, playout_headroom_ms, recorded_session, window_correlations
+from listening_utils import (
+    checked_unless_late,
+    compare,
+    playout_headroom_ms,
+    recorded_session,
+    window_correlations,
+)
 from server_utils import start_server
 
 QUESTION_WAV = AUDIO_DIR / "q1.wav"
@@ -42,7 +49,6 @@ NO_WEBCODECS = "delete window.AudioEncoder; delete window.AudioDecoder;"
 MAX_BUFFER_MS = 300
 PLAYOUT_TARGET_MS = 100  # web/client.js
 LATE_MARGIN_MS = 10  # an ideal buffer this close to running dry: the audio came in late
-LATE_ATTEMPTS = 3
 STEADY_AFTER_S = 1.0  # the playout buffer's start-up is not steady state
 
 
@@ -132,20 +138,18 @@ def test_the_reply_plays_at_its_own_speed_and_pitch_and_the_question_arrives_int
     # A machine busy elsewhere can hold the reply's audio up before it reaches the playout buffer
     # (server, network, decoder, the page's main thread); no player could then play it without a
     # pause, and the session says nothing about the player. Measured, not guessed: a session that
-    # fails the checks below while its audio came in late is run again (at most LATE_ATTEMPTS);
+    # fails the checks below while its audio came in late is run again (at most three times);
     # one whose audio came in time must pass at once, and the checks are never relaxed.
-    for attempt in range(1, LATE_ATTEMPTS + 1):
-        session = talk_once(server, question_mic, audio_format, context_rate)
-        try:
-            check(session, audio_format, context_rate)
-            return
-        except AssertionError:
-            if session.headroom_ms >= LATE_MARGIN_MS or attempt == LATE_ATTEMPTS:
-                raise
-            print(
-                f"attempt {attempt}: the audio reached the playout buffer late (an ideal "
-                f"{PLAYOUT_TARGET_MS} ms buffer would have held {session.headroom_ms:.0f} ms); once more"
-            )
+    checked_unless_late(
+        lambda: talk_once(server, question_mic, audio_format, context_rate),
+        lambda session: check(session, audio_format, context_rate),
+        lambda session: (
+            f"the audio reached the playout buffer late (an ideal {PLAYOUT_TARGET_MS} ms buffer would "
+            f"have held {session.headroom_ms:.0f} ms)"
+            if session.headroom_ms < LATE_MARGIN_MS
+            else None
+        ),
+    )
 
 
 def check(session: Session, audio_format: str, context_rate: int) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from listening_utils import checked_unless_late
 
 from assistant.backends.scripted import load_reply
 from audio.resample import resample
@@ -27,7 +28,6 @@ AUDIO = Path(__file__).resolve().parent / "data" / "speech"
 WINDOW_MS = 10
 SILENT_DB = -70.0  # the scripted engine's silence is digital zero; anything audible is far above this
 VOICED_DB = -45.0
-LATE_ATTEMPTS = 3
 
 
 def envelope_db(pcm: np.ndarray, rate: int) -> np.ndarray:
@@ -60,7 +60,8 @@ def test_talk_to_scripted_server_hears_the_reply_and_silence_after_barge_in(tmp_
     conversation = AUDIO / "conversation.wav"
     out = tmp_path / "out.wav"
     with start_server("--backend", "scripted") as server:
-        for attempt in range(1, LATE_ATTEMPTS + 1):
+
+        def run_once() -> subprocess.CompletedProcess:
             # A deep playout buffer (500 ms) so that only playback.clear, not the buffer running dry,
             # can silence the reply within the time allowed below.
             result = talk(
@@ -68,18 +69,19 @@ def test_talk_to_scripted_server_hears_the_reply_and_silence_after_barge_in(tmp_
                 *("--tail-seconds", "1", "--buffer-ms", "500"),
             )
             assert result.returncode == 0, result.stdout + result.stderr
-            # The file mic and speaker keep the wall clock; a process starved past a block sends its
-            # speech late, and the server rightly hears pauses in it. Such a session is run again.
-            late = re.search(r"\((\d+) blocks? ran late", result.stdout)
-            try:
-                check_barge_in(result, conversation, out)
-                return
-            except AssertionError:
-                if late is None or attempt == LATE_ATTEMPTS:
-                    raise
-                print(
-                    f"attempt {attempt}: {late.group(1)} blocks ran late (the process was starved); once more"
-                )
+            return result
+
+        # The file mic and speaker keep the wall clock; a process starved past a block sends its
+        # speech late, and the server rightly hears pauses in it. Such a session is run again.
+        checked_unless_late(
+            run_once,
+            lambda result: check_barge_in(result, conversation, out),
+            lambda result: (
+                f"{late.group(1)} blocks ran late (the process was starved)"
+                if (late := re.search(r"\((\d+) blocks? ran late", result.stdout))
+                else None
+            ),
+        )
 
 
 def check_barge_in(result: subprocess.CompletedProcess, conversation: Path, out: Path) -> None:

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import soundfile as sf
-from listening_utils import compare, recorded_session, window_correlations
+from listening_utils import checked_unless_late, compare, recorded_session, window_correlations
 from server_utils import start_server
 
 from client import talk
@@ -38,7 +38,6 @@ pytestmark = [
 ]
 LEAD_S, TAIL_S = 0.5, 7.0  # the reply (about 4.2 s) starts well within a second of the question's end
 BUFFER_MS = 500
-LATE_ATTEMPTS = 3
 
 
 @pytest.fixture(scope="module")
@@ -81,17 +80,13 @@ def listened(label: str, server, q1: np.ndarray, run_once) -> None:
     """`check_listening` on `run_once()` -> (session id, output file, device rate, blocks that ran late).
     The simulated speaker plays by the wall clock: when the whole process was starved (a busy
     machine), it plays on time what had not yet been taken off the network, as a real sound card
-    would. Such a session is run again, at most LATE_ATTEMPTS times; one whose clock kept time must
+    would. Such a session is run again, at most three times; one whose clock kept time must
     pass at once, and the checks are never relaxed."""
-    for attempt in range(1, LATE_ATTEMPTS + 1):
-        session_id, out, device_rate, late_blocks = run_once()
-        try:
-            check_listening(label, server, session_id, out, device_rate, q1)
-            return
-        except AssertionError:
-            if not late_blocks or attempt == LATE_ATTEMPTS:
-                raise
-            print(f"attempt {attempt}: {late_blocks} blocks ran late (the process was starved); once more")
+    checked_unless_late(
+        run_once,
+        lambda run: check_listening(label, server, run[0], run[1], run[2], q1),
+        lambda run: f"{run[3]} blocks ran late (the process was starved)" if run[3] else None,
+    )
 
 
 @pytest.mark.parametrize("device_rate", [24000, 44100, 48000])
