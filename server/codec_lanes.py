@@ -65,6 +65,7 @@ class CodecLane:
         self.pool = pool
         self._queue: collections.deque[tuple[Job, Done]] = collections.deque()
         self._busy = False
+        self._idle: asyncio.Event | None = None  # made by `idle`, set whenever the lane runs dry
         self.closed = False
 
     def submit(self, job: Job, done: Done) -> None:
@@ -80,6 +81,15 @@ class CodecLane:
         """Drop what has not run; results still coming are not handed over."""
         self.closed = True
         self._queue.clear()
+
+    async def idle(self) -> None:
+        """Until every job submitted so far has run and its result was handed over (or the lane
+        closed): what a client sent just before it left is still carried out."""
+        while self._busy and not self.closed:
+            if self._idle is None:
+                self._idle = asyncio.Event()
+            self._idle.clear()
+            await self._idle.wait()
 
     def _start(self) -> None:
         batch = list(self._queue)
@@ -102,3 +112,5 @@ class CodecLane:
         self._busy = False
         if self._queue and not self.closed:
             self._start()
+        elif self._idle is not None:
+            self._idle.set()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -45,6 +46,10 @@ from server.protocols.limits import (
 )
 
 log = logging.getLogger("assistant.server")
+
+# How long a client that left may still have its last messages carried out (an Opus session's are
+# decoded off the event loop, in order): a few frames' work, bounded so a stuck codec holds nothing.
+RECEIVED_WAIT_S = 1.0
 
 
 class TransportClosed(Exception):
@@ -432,6 +437,10 @@ class Connection:
             if self.reading is not None:
                 self.reading.cancel()
             if self.session is not None:
+                # What the client sent before it left is carried out first: a session.end queued
+                # behind its last audio still ends the session as the client asked.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.received(), RECEIVED_WAIT_S)
                 self.apply_events(self.session.end("client_disconnected"))
                 self.ctx.forget(self.session)
             if self.slot is not None:
@@ -443,6 +452,10 @@ class Connection:
             self.writer.cancel()
             if self._session is not None:
                 self.log_closed(self._session)
+
+    async def received(self) -> None:
+        """Until every message already read from the client has been handled (an adapter that
+        handles messages off the event loop waits for them here)."""
 
     def finish(self) -> None:
         """Stop the adapter's own tasks (called once, when the connection ends)."""

@@ -276,7 +276,7 @@ def _ended_reason(record_dir: Path, session_id: str) -> str | None:
 
 def test_closing_the_tab_ends_the_session_then_server_stop_and_unreachable(browser, tmp_path):
     record_dir = tmp_path / "sessions"
-    with start_server("--backend", "scripted", "--record", str(record_dir)) as address:
+    with start_server("--backend", "scripted", "--record", str(record_dir), "--verbose") as address:
         # Settings persist across a reload and reach the microphone and the session.
         tab = Page(browser, f"{address.http_url}/")
         tab.page.get_by_label("Speakers").check()
@@ -300,7 +300,8 @@ def test_closing_the_tab_ends_the_session_then_server_stop_and_unreachable(brows
         while live_sessions(address) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert live_sessions(address) == 0
-        assert _ended_reason(record_dir, session_id) == "client_ended"
+        closed = [line for line in address.output if " closed: " in line]  # --verbose logs them
+        assert _ended_reason(record_dir, session_id) == "client_ended", closed
 
         # The server stops mid-conversation: the page says so and offers Start again.
         tab = Page(browser, f"{address.http_url}/")

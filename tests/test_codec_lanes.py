@@ -93,3 +93,18 @@ async def test_a_closed_lane_drops_what_is_left(pool):
     lane.close()
     await asyncio.sleep(0.2)
     assert got == []
+
+
+async def test_idle_waits_for_every_result_submitted_so_far(pool):
+    lane = pool.lane()
+    got: list = []
+    await asyncio.wait_for(lane.idle(), 1)  # a lane with nothing to do is idle at once
+    for i in range(3):
+        lane.submit(lambda i=i: time.sleep(0.02) or i, got.append)
+    lane.submit(None, lambda _: got.append("end"))
+    await asyncio.wait_for(lane.idle(), 5)
+    assert got == [0, 1, 2, "end"]
+    lane.submit(lambda: time.sleep(0.05), got.append)
+    lane.close()  # a closed lane hands nothing over: nothing to wait for
+    await asyncio.wait_for(lane.idle(), 1)
+    assert got == [0, 1, 2, "end"]

@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -146,6 +147,31 @@ def test_bad_packets_get_errors_and_the_session_goes_on(server):
     assert [e["code"] for e in errors] == ["bad_audio"] * 4, errors
     assert "Opus" in errors[0]["message"]
     assert audio >= 60  # ~2 s of 20 ms packets kept coming after the refusals
+
+
+async def speak_then_end_and_leave(url: str) -> str:
+    """Two seconds of packets in one burst, then session.end and the close at once, as a page does
+    when its tab closes: the packets are still being decoded when the socket is gone."""
+    async with connect(url) as ws:
+        await ws.send(json.dumps({"type": "session.start", "sample_rate": 24000, "audio_format": "opus"}))
+        ready = json.loads(await ws.recv())
+        _, packets = roundtrip(speech()[: 2 * RATE])
+        for packet in packets:
+            await ws.send(packet)
+        await ws.send(json.dumps({"type": "session.end"}))
+    return ready["session_id"]
+
+
+def test_a_session_end_sent_behind_audio_counts_though_the_client_left_at_once(server):
+    session_id = asyncio.run(speak_then_end_and_leave(server.ws_url))
+    record = server.record_dir / f"{session_id}.jsonl"
+    deadline = time.monotonic() + 10
+    ended: list[dict] = []
+    while not ended and time.monotonic() < deadline:
+        time.sleep(0.05)
+        lines = record.read_text().splitlines() if record.exists() else []
+        ended = [e for e in map(json.loads, lines) if e["event"] == "session.ended"]
+    assert [e["reason"] for e in ended] == ["client_ended"]
 
 
 async def converse(url: str, pcm: np.ndarray, rate: int) -> tuple[NativeClient, np.ndarray, list]:

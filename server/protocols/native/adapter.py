@@ -187,6 +187,10 @@ class NativeConnection(Connection):
         else:
             self.encoder = self.decoder = None
 
+    async def received(self) -> None:
+        if self.incoming is not None:
+            await self.incoming.idle()
+
     def finish(self) -> None:
         if self.images is not None:
             self.images.close()
