@@ -147,22 +147,3 @@ def playout_headroom_ms(handed: list[tuple[float, float]], target_ms: float) -> 
         last = at
         playing = playing or queued >= target_ms
     return least
-
-
-LATE_ATTEMPTS = 3
-
-
-def checked_unless_late(attempt, check, late, attempts: int = LATE_ATTEMPTS) -> None:
-    """`check(attempt())`; when it fails and `late(session)` names a delay measured outside the code
-    under test (audio that came in late, a starved process's clock), the session is run again, at
-    most `attempts` times. A session that came in time must pass at once; `check` is never relaxed."""
-    for n in range(1, attempts + 1):
-        session = attempt()
-        try:
-            check(session)
-            return
-        except AssertionError:
-            reason = late(session)
-            if reason is None or n == attempts:
-                raise
-            print(f"attempt {n}: {reason}; once more")

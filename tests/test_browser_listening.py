@@ -8,8 +8,8 @@ own speed and pitch (voiced duration within 3 %, correlation > 0.9 at a single l
 buffer must stay under 300 ms once running, nothing may be dropped, and the question must reach
 the model the same way (a quarter second at a time: the server may pad or trim pauses).
 A session that fails while its audio reached the playout buffer too late for any 100 ms buffer
-(measured on the page, `listening_utils.playout_headroom_ms`) is run again, at most three times
-(`listening_utils.checked_unless_late`).
+(measured on the page, `listening_utils.playout_headroom_ms`) is run again once the machine has
+quieted down, at most three times (`busy_box.checked_unless_late`).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from browser_utils import (
     playback_tap,
     tapped_audio,
 )
+from busy_box import checked_unless_late
 from listening_utils import (
-    checked_unless_late,
     compare,
     playout_headroom_ms,
     recorded_session,

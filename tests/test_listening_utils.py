@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import busy_box
 import pytest
-from listening_utils import checked_unless_late, playout_headroom_ms
+from busy_box import checked_unless_late
+from listening_utils import playout_headroom_ms
 
 
 def test_audio_in_time_leaves_the_buffer_its_start_target_less_one_piece():
@@ -32,15 +40,61 @@ def test_only_a_session_that_failed_and_came_in_late_is_run_again():
 
         return check
 
+    settled: list[int] = []
+
+    def settle() -> float:
+        settled.append(1)
+        return 0.0
+
     runs = iter(["late-and-wrong", "right"])
     checked_unless_late(
-        lambda: next(runs), failing_when({"late-and-wrong"}), lambda s: "late" if "late" in s else None
+        lambda: next(runs),
+        failing_when({"late-and-wrong"}),
+        lambda s: "late" if "late" in s else None,
+        settle=settle,
     )
+    assert settled == [1]  # the rerun waited for a quiet box first
     runs = iter(["wrong-in-time", "right"])
     with pytest.raises(AssertionError):  # in time: no second chance
-        checked_unless_late(lambda: next(runs), failing_when({"wrong-in-time"}), lambda s: None)
+        checked_unless_late(
+            lambda: next(runs), failing_when({"wrong-in-time"}), lambda s: None, settle=settle
+        )
+    assert settled == [1]
     runs = iter(["late-1", "late-2"])
     with pytest.raises(AssertionError):  # late every time: the last failure stands
         checked_unless_late(
-            lambda: next(runs), failing_when({"late-1", "late-2"}), lambda s: "late", attempts=2
+            lambda: next(runs),
+            failing_when({"late-1", "late-2"}),
+            lambda s: "late",
+            attempts=2,
+            settle=settle,
         )
+
+
+def busy_processes(n: int) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+@pytest.mark.parametrize("source", ["pressure", "running tasks"])
+def test_a_box_with_more_busy_processes_than_cores_reads_as_contended(source, monkeypatch):
+    if source == "running tasks":
+        monkeypatch.setattr(busy_box, "PRESSURE", Path("/nonexistent/pressure"))
+    elif busy_box._waiting_s() is None:
+        pytest.skip("this kernel does not report CPU pressure")
+    hogs = busy_processes((os.cpu_count() or 1) + 1)
+    try:
+        time.sleep(0.2)  # they are running
+        with busy_box.Contention() as box:
+            time.sleep(1.0)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert box.share > 0.5, box.share
+
+
+def test_a_quiet_box_is_waited_for_no_longer_than_asked(monkeypatch):
+    monkeypatch.setattr(busy_box, "QUIET_SHARE", -1.0)  # never quiet
+    t0 = time.monotonic()
+    waited = busy_box.wait_for_a_quiet_box(max_s=0.5, window_s=0.2)
+    assert 0.5 <= waited <= time.monotonic() - t0 < 1.5

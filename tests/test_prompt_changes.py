@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from busy_box import Contention, busy_reason, checked_unless_late
 from server_utils import NativeClient, http_get, start_personaplex_server
 from websockets.asyncio.client import connect
 
@@ -187,32 +189,58 @@ async def storm(address, k: int, stop: asyncio.Event) -> tuple[int, int]:
         return len(client.of("session.updated")), len(refused)
 
 
-@pytest.mark.timeout(300)
-async def test_eight_storming_clients_get_a_restart_a_second_and_the_healthy_clock_goes_on():
+@dataclass
+class Storm:
+    results: list[tuple[int, int]]  # per stormer: (accepted, refused)
+    arrivals: np.ndarray  # when the healthy client got each frame while the storm lasted (s)
+    elapsed_s: float
+    busy: float | None  # the share of the storm during which runnable tasks waited for a CPU
+    tracebacks: list[str]
+
+
+async def eight_stormers_beside_a_healthy_session() -> Storm:
     with start_personaplex_server(max_sessions=STORMERS + 1) as address:
         async with connect(address.ws_url) as ws:
             healthy = NativeClient(ws)
             await healthy.start(24000)
             await healthy.stream(np.zeros(24000, dtype="<i2"))  # 1 s to settle
             stop = asyncio.Event()
-            t0 = time.monotonic()
-            storms = [asyncio.create_task(storm(address, k, stop)) for k in range(STORMERS)]
-            frames_before = len(healthy.audio)
-            await healthy.stream(np.zeros(int(STORM_S * 24000), dtype="<i2"))
-            stop.set()
-            results = await asyncio.gather(*storms)
-            frames = healthy.audio[frames_before:]
-            elapsed_s = time.monotonic() - t0
-        # Each stormer got about one new prompt a second; the rest were refused, none lost silently.
-        for accepted, refused in results:
-            assert 1 <= accepted <= elapsed_s + 1 and refused >= 1
-        # The healthy session kept its real-time stream: a frame for each 80 ms it streamed.
-        arrivals = np.array([t for t, _ in frames])
-        gaps_ms = np.diff(arrivals) * 1000
-        print(
-            f"\n{STORMERS} stormers over {elapsed_s:.1f} s: accepted {[a for a, _ in results]}, "
-            f"healthy client {len(frames)} frames, largest gap {gaps_ms.max():.0f} ms, "
-            f"p99 {np.percentile(gaps_ms, 99):.0f} ms"
-        )
-        assert len(frames) >= 0.9 * STORM_S * 12.5
-    assert not [line for line in address.output if "Traceback" in line]
+            with Contention() as box:
+                t0 = time.monotonic()
+                storms = [asyncio.create_task(storm(address, k, stop)) for k in range(STORMERS)]
+                frames_before = len(healthy.audio)
+                await healthy.stream(np.zeros(int(STORM_S * 24000), dtype="<i2"))
+                stop.set()
+                results = await asyncio.gather(*storms)
+                frames = healthy.audio[frames_before:]
+                elapsed_s = time.monotonic() - t0
+    arrivals = np.array([t for t, _ in frames])
+    tracebacks = [line for line in address.output if "Traceback" in line]
+    return Storm(results, arrivals, elapsed_s, box.share, tracebacks)
+
+
+def check_storm(s: Storm) -> None:
+    gaps_ms = np.diff(s.arrivals) * 1000
+    print(
+        f"\n{STORMERS} stormers over {s.elapsed_s:.1f} s: accepted {[a for a, _ in s.results]}, "
+        f"healthy client {len(s.arrivals)} frames, largest gap {gaps_ms.max():.0f} ms, "
+        f"p99 {np.percentile(gaps_ms, 99):.0f} ms; busy box {s.busy:.0%}"
+    )
+    assert not s.tracebacks, s.tracebacks
+    # Each stormer got about one new prompt a second; the rest were refused, none lost silently.
+    for accepted, refused in s.results:
+        assert 1 <= accepted <= s.elapsed_s + 1 and refused >= 1
+    # The healthy session kept its real-time stream: a frame for each 80 ms it streamed.
+    assert len(s.arrivals) >= 0.9 * STORM_S * 12.5
+
+
+@pytest.mark.timeout(400)
+def test_eight_storming_clients_get_a_restart_a_second_and_the_healthy_clock_goes_on():
+    # Nine tiny PersonaPlex sessions take most of a core; on a box whose cores are all taken besides
+    # (measured: busy 5% here alone, 51% beside two spinning processes), the frame clock starves
+    # whatever the prompts do. A run that fails on such a box is made again once it quiets down.
+    checked_unless_late(
+        lambda: asyncio.run(eight_stormers_beside_a_healthy_session()),
+        check_storm,
+        lambda s: busy_reason(s.busy),
+    )

@@ -8,9 +8,11 @@ import asyncio
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from busy_box import Contention, busy_reason, checked_unless_late
 from server_utils import NativeClient, http_get, start_server
 from websockets.asyncio.client import connect
 
@@ -77,36 +79,63 @@ for _ in range(5):
 """
 
 
-async def test_a_64_mb_asset_fetched_five_times_leaves_live_audio_and_the_servers_memory_alone(ui_server):
-    async with connect(ui_server.ws_url) as ws:
+@dataclass
+class Downloads:
+    out: str  # what the downloading process printed: status and size per fetch
+    arrivals: np.ndarray  # when the live session got each frame while the downloads ran (s)
+    span_s: float
+    baseline_mb: float
+    peak_mb: float
+    busy: float | None  # the share of the downloads' time runnable tasks waited for a CPU
+
+
+async def five_downloads_beside_a_live_session(server) -> Downloads:
+    async with connect(server.ws_url) as ws:
         client = NativeClient(ws)
         await client.start()
         streaming = asyncio.create_task(client.stream(np.zeros(24000 * 60, dtype="<i2")))
         await asyncio.sleep(1.0)
-        baseline_mb = rss_mb(ui_server.proc.pid)
+        baseline_mb = rss_mb(server.proc.pid)
         peak_mb = baseline_mb
         # The downloads run in their own process: this one only streams, reads and times the audio.
-        fetch = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            FETCH_FIVE_TIMES,
-            ui_server.host,
-            str(ui_server.port),
-            stdout=asyncio.subprocess.PIPE,
-        )
-        t0 = time.monotonic()
-        waiting = asyncio.create_task(fetch.communicate())
-        while not waiting.done():
-            peak_mb = max(peak_mb, rss_mb(ui_server.proc.pid))
-            await asyncio.sleep(0.01)
-        t1 = time.monotonic()
+        with Contention() as box:
+            fetch = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                FETCH_FIVE_TIMES,
+                server.host,
+                str(server.port),
+                stdout=asyncio.subprocess.PIPE,
+            )
+            t0 = time.monotonic()
+            waiting = asyncio.create_task(fetch.communicate())
+            while not waiting.done():
+                peak_mb = max(peak_mb, rss_mb(server.proc.pid))
+                await asyncio.sleep(0.01)
+            t1 = time.monotonic()
         out, _ = waiting.result()
         await asyncio.sleep(0.3)
         streaming.cancel()
+    arrivals = np.array([t for t, _ in client.audio if t0 <= t <= t1 + 0.2])
+    return Downloads(out.decode(), arrivals, t1 - t0, baseline_mb, peak_mb, box.share)
 
-    assert out.decode().split() == ["200", str(BIG_BYTES)] * 5
-    during = np.array([t for t, _ in client.audio if t0 <= t <= t1 + 0.2])
-    assert len(during) >= (t1 - t0) / 0.08 * 0.9, "audio frames went missing during the downloads"
-    largest_gap_s = np.diff(during).max()
+
+def check_downloads(d: Downloads) -> None:
+    largest_gap_s = np.diff(d.arrivals).max()
+    print(
+        f"\n{len(d.arrivals)} frames in {d.span_s:.1f} s, largest gap {largest_gap_s * 1000:.0f} ms, busy box {d.busy:.0%}"
+    )
+    assert d.out.split() == ["200", str(BIG_BYTES)] * 5
+    assert len(d.arrivals) >= d.span_s / 0.08 * 0.9, "audio frames went missing during the downloads"
     assert largest_gap_s < 0.12, f"a {largest_gap_s * 1000:.0f} ms gap in the live session's audio"
-    assert peak_mb - baseline_mb < BIG_BYTES / 2**20 / 4, f"RSS {baseline_mb:.0f} -> {peak_mb:.0f} MB"
+    assert d.peak_mb - d.baseline_mb < BIG_BYTES / 2**20 / 4, f"RSS {d.baseline_mb:.0f} -> {d.peak_mb:.0f} MB"
+
+
+def test_a_64_mb_asset_fetched_five_times_leaves_live_audio_and_the_servers_memory_alone(ui_server):
+    # The frames' arrival is timed in this process; on a box whose cores were all taken meanwhile,
+    # it reads them late whatever the server did. Such a run is made again once the box quiets down.
+    checked_unless_late(
+        lambda: asyncio.run(five_downloads_beside_a_live_session(ui_server)),
+        check_downloads,
+        lambda d: busy_reason(d.busy),
+    )

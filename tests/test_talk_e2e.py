@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from listening_utils import checked_unless_late
+from busy_box import checked_unless_late
 
 from assistant.backends.scripted import load_reply
 from audio.resample import resample

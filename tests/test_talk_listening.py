@@ -24,7 +24,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import soundfile as sf
-from listening_utils import checked_unless_late, compare, recorded_session, window_correlations
+from busy_box import checked_unless_late
+from listening_utils import compare, recorded_session, window_correlations
 from server_utils import start_server
 
 from client import talk
