@@ -85,6 +85,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--triples", type=int, default=10, help="A/A'/B triples (default 10)")
     parser.add_argument(
+        "--sessions",
+        type=int,
+        default=1,
+        help="sessions streaming at once, each at its own random place on the tick grid, kept for "
+        "the whole run; every triple runs all of them (default 1; not with --endpoint chat)",
+    )
+    parser.add_argument(
         "--seconds", type=float, default=3.2, help="seconds of audio per session (default 3.2)"
     )
     parser.add_argument("--noise-frames", type=int, default=3, help="80 ms frames of noise in B (default 3)")
@@ -249,12 +256,7 @@ async def run_triples(
     rng = np.random.default_rng(args.seed)
     chunk = SAMPLE_RATE_HZ * args.chunk_ms // 1000
     change = round(CHANGE_S * SAMPLE_RATE_HZ)
-    noisy = pcm.copy()
-    span = slice(change, change + args.noise_frames * FRAME_SAMPLES)
-    noisy[span] = rng.uniform(-0.9, 0.9, noisy[span].shape[0]).astype(np.float32)
-    opus = endpoint == "ws" and args.audio_format == "opus"
-    plain = _encode_chunks(pcm, chunk, endpoint, args.audio_format)
-    changed = _encode_chunks(noisy, chunk, endpoint, args.audio_format)
+    plain, changed, opus = _inputs(pcm, chunk, change, endpoint, args, rng)
     triples = []
     for _ in range(args.triples):
         runs = []
@@ -262,20 +264,76 @@ async def run_triples(
         for messages in (plain, plain, changed):
             await asyncio.sleep(float(rng.uniform(0.05, 0.05 + FRAME_S)))
             runs.append(await stream_session(url, endpoint, messages, args.chunk_ms / 1000, 0.8, opus, phase))
-        a, a2, b = runs
-        i = first_difference(a, b)
-        sent = _sent_time_of(b, changed, chunk, change)
-        delay = None if i is None or i >= len(b.received_at) else (b.received_at[i] - sent) * 1000
-        same_until = first_difference(a, a2)
-        valid = delay is not None and delay >= 0 and (same_until is None or same_until > i)
-        triples.append(Triple(delay, same_until is None, valid))
+        triples.append(_judge(*runs, changed, chunk, change))
+        _print_triple(len(triples), triples[-1])
+    return triples
+
+
+async def run_concurrent_triples(
+    url: str, endpoint: str, args: argparse.Namespace, pcm: np.ndarray, grid: float
+) -> tuple[list[float], list[list[Triple]]]:
+    """`args.sessions` sessions streaming at once, each at its own random place on the tick grid for
+    the whole run: every triple streams all of them as A, then as A', then as B. Returns each
+    session's phase (ms after a tick) and its triples."""
+    rng = np.random.default_rng(args.seed)
+    chunk = SAMPLE_RATE_HZ * args.chunk_ms // 1000
+    change = round(CHANGE_S * SAMPLE_RATE_HZ)
+    plain, changed, opus = _inputs(pcm, chunk, change, endpoint, args, rng)
+    offsets = [float(rng.uniform(0, FRAME_S)) for _ in range(args.sessions)]
+    per_session: list[list[Triple]] = [[] for _ in offsets]
+    for n in range(args.triples):
+        waves = []
+        for messages in (plain, plain, changed):
+            await asyncio.sleep(float(rng.uniform(0.05, 0.05 + FRAME_S)))
+            waves.append(
+                await asyncio.gather(
+                    *(
+                        stream_session(
+                            url, endpoint, messages, args.chunk_ms / 1000, 0.8, opus, grid + offset
+                        )
+                        for offset in offsets
+                    )
+                )
+            )
+        for k, runs in enumerate(zip(*waves, strict=True)):
+            per_session[k].append(_judge(*runs, changed, chunk, change))
+        delays = [t[-1].delay_ms for t in per_session if t[-1].valid]
         print(
-            f"  triple {len(triples)}: A==A' {same_until is None}, delay "
-            + ("-" if delay is None else f"{delay:.1f} ms")
-            + ("" if valid else " (not counted: B differed before the change, or A' differed from A first)"),
+            f"  triple {n + 1}: {len(delays)}/{len(offsets)} sessions reacted, A==A' "
+            f"{sum(t[-1].deterministic for t in per_session)}/{len(offsets)}, delay median "
+            + (f"{np.median(delays):.1f} ms" if delays else "-"),
             flush=True,
         )
-    return triples
+    return [o * 1000 for o in offsets], per_session
+
+
+def _inputs(pcm, chunk, change, endpoint, args, rng):
+    """(A's messages, B's messages, opus?): B has `--noise-frames` frames of noise from `change`."""
+    noisy = pcm.copy()
+    span = slice(change, change + args.noise_frames * FRAME_SAMPLES)
+    noisy[span] = rng.uniform(-0.9, 0.9, noisy[span].shape[0]).astype(np.float32)
+    opus = endpoint == "ws" and args.audio_format == "opus"
+    plain = _encode_chunks(pcm, chunk, endpoint, args.audio_format)
+    changed = _encode_chunks(noisy, chunk, endpoint, args.audio_format)
+    return plain, changed, opus
+
+
+def _judge(a: SessionRun, a2: SessionRun, b: SessionRun, changed: list, chunk: int, change: int) -> Triple:
+    i = first_difference(a, b)
+    sent = _sent_time_of(b, changed, chunk, change)
+    delay = None if i is None or i >= len(b.received_at) else (b.received_at[i] - sent) * 1000
+    same_until = first_difference(a, a2)
+    valid = delay is not None and delay >= 0 and (same_until is None or same_until > i)
+    return Triple(delay, same_until is None, valid)
+
+
+def _print_triple(n: int, t: Triple) -> None:
+    print(
+        f"  triple {n}: A==A' {t.deterministic}, delay "
+        + ("-" if t.delay_ms is None else f"{t.delay_ms:.1f} ms")
+        + ("" if t.valid else " (not counted: B differed before the change, or A' differed from A first)"),
+        flush=True,
+    )
 
 
 # -- servers -------------------------------------------------------------------------------------
@@ -323,9 +381,12 @@ def run_reference(cmd: str, args: argparse.Namespace, pcm: np.ndarray) -> tuple[
     return triples, steps
 
 
-def run_ours(args: argparse.Namespace, pcm: np.ndarray) -> tuple[list[Triple], dict]:
+def run_ours(args: argparse.Namespace, pcm: np.ndarray) -> tuple[list[Triple] | tuple, dict]:
+    """Our server's triples (with --sessions > 1: `run_concurrent_triples`' phases and triples), and
+    its frame-clock figures."""
     stats_file = Path(tempfile.mkstemp(suffix=".json")[1])
-    serve_args = ["--backend", args.backend, "--max-sessions", "8", "--clock-stats", str(stats_file)]
+    most = str(max(8, args.sessions))
+    serve_args = ["--backend", args.backend, "--max-sessions", most, "--clock-stats", str(stats_file)]
     for name, value in engine_kwargs(args).items():
         if isinstance(value, bool):
             serve_args.append(f"--{name}" if value else f"--no-{name}")
@@ -335,8 +396,12 @@ def run_ours(args: argparse.Namespace, pcm: np.ndarray) -> tuple[list[Triple], d
         serve_args += ["--temperature", "0", "--text-temperature", "0"]  # their protocols set no sampling
     path = ENDPOINTS[args.endpoint] + (f"?{GREEDY_QUERY}" if args.endpoint == "chat" else "")
     with serving(serve_args, env={"OMP_NUM_THREADS": str(args.threads)}) as (_, port):
+        url = f"ws://127.0.0.1:{port}{path}"
         grid = None if args.endpoint == "chat" else asyncio.run(tick_phase("127.0.0.1", port))
-        triples = asyncio.run(run_triples(f"ws://127.0.0.1:{port}{path}", args.endpoint, args, pcm, grid))
+        if args.sessions > 1:
+            triples = asyncio.run(run_concurrent_triples(url, args.endpoint, args, pcm, grid))
+        else:
+            triples = asyncio.run(run_triples(url, args.endpoint, args, pcm, grid))
     clock = json.loads(stats_file.read_text()) if stats_file.stat().st_size else {}
     stats_file.unlink(missing_ok=True)
     return triples, clock
@@ -365,6 +430,9 @@ def run(args: argparse.Namespace) -> int:
     if args.audio_format == "opus" and args.endpoint != "ws":
         print("--audio-format opus is for --endpoint ws (chat always sends Ogg Opus)", file=sys.stderr)
         return 2
+    if args.sessions < 1 or (args.sessions > 1 and (args.endpoint == "chat" or args.reference_server)):
+        print("--sessions takes 1 or more, and more than 1 only for ws, realtime and live", file=sys.stderr)
+        return 2
     if args.seconds < CHANGE_S + args.noise_frames * 0.08 + 0.16:
         print(f"--seconds must leave room for the noise after {CHANGE_S} s", file=sys.stderr)
         return 2
@@ -378,9 +446,19 @@ def run(args: argparse.Namespace) -> int:
         + (f" ({model_of(args)})" if args.backend == "moshi" else "")
         + f", {args.threads} torch thread(s), /{args.endpoint} {fmt} in {args.chunk_ms} ms chunks, "
         f"{args.triples} triples, {args.noise_frames} frames of noise at {CHANGE_S} s, {os.cpu_count()} CPUs"
+        + (f", {args.sessions} sessions at once" if args.sessions > 1 else "")
     )
     ours, clock = run_ours(args, pcm)
-    rows = [summary(f"ours /{args.endpoint}", ours, (clock.get("step_ms") or {}).get("p50"))]
+    step_ms = (clock.get("step_ms") or {}).get("p50")
+    if args.sessions > 1:
+        phases, per_session = ours
+        rows = [
+            summary(f"ours /{args.endpoint} #{k + 1} +{phase:.0f} ms", triples, step_ms)
+            for k, (phase, triples) in enumerate(zip(phases, per_session, strict=True))
+        ]
+        rows.append(summary(f"ours /{args.endpoint}, all", [t for ts in per_session for t in ts], step_ms))
+    else:
+        rows = [summary(f"ours /{args.endpoint}", ours, step_ms)]
     print(
         f"our server: {clock.get('skipped', '-')} skipped ticks, {clock.get('underruns', '-')} underruns, "
         f"{clock.get('drops', '-')} drops, tick late p50/p99 {clock.get('late_ms', {}).get('p50')}/"

@@ -37,3 +37,15 @@ def test_a_bad_setup_is_refused():
     assert out.returncode == 2 and "--audio-format opus" in out.stderr
     out = bench("--seconds", "1", timeout=60)
     assert out.returncode == 2 and "--seconds" in out.stderr
+
+
+def test_sessions_at_once_each_get_their_own_row():
+    out = bench("--endpoint", "ws", "--triples", "1", "--sessions", "2", "--threads", "1", timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("ours /ws")]
+    assert [re.match(r"ours /ws( #\d|, all)", r).group(1) for r in rows] == [" #1", " #2", ", all"], rows
+    phases = [float(re.search(r"\+(\d+) ms", r).group(1)) for r in rows[:2]]
+    assert all(0 <= p <= 80 for p in phases)  # each at its own place on the 80 ms tick grid
+    assert "2 sessions at once" in out.stdout
+    out = bench("--endpoint", "chat", "--sessions", "2", timeout=60)
+    assert out.returncode == 2 and "--sessions" in out.stderr
