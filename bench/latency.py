@@ -10,7 +10,11 @@ The delay is the time from sending the first changed sample (B's chunk that star
 receiving B's first output message that differs from A's. The model reacts in the very step that
 hears the change, so the delay is the frame still to fill after that chunk, the wait for the tick,
 the step (compute), and the network. The step time comes from the server itself (`--clock-stats`
-for ours, its log's "frame handled in" lines for Kyutai's), and "waiting" is delay - step.
+for ours, its log's "frame handled in" lines for Kyutai's), and "waiting" is delay - step. That
+waiting also holds the model's own answer: a model that changes its output a step after the one
+that hears the change adds a frame. "frame wait" (/ws) is the server's own figure, from its `stats`
+events: how long each frame's newest input had been in when its tick came (p50/p95, the medians
+over the sessions), the wait the frame clock adds whatever the model does.
 
 Endpoints: `ws` (/ws, PCM16 or `--audio-format opus`), `realtime` (/v1/realtime), `live`
 (/v1/live/sessions), `chat` (/api/chat, Ogg Opus as Kyutai's client sends it). With
@@ -68,6 +72,7 @@ class SessionRun:
     sent_at: list[float] = field(default_factory=list)  # time.monotonic() per chunk, in order
     outputs: list[bytes] = field(default_factory=list)  # output audio payloads, in order
     received_at: list[float] = field(default_factory=list)
+    frame_wait_ms: dict | None = None  # /ws: the server's last `stats` figure for the session
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -211,6 +216,8 @@ async def stream_session(
                 if payload is not None:
                     run.outputs.append(payload)
                     run.received_at.append(time.monotonic())
+                elif endpoint == "ws" and isinstance(message, str) and '"stats"' in message[:20]:
+                    run.frame_wait_ms = json.loads(message).get("frame_wait_ms")
 
         reader = asyncio.create_task(read())
         for k, message in enumerate(messages):
@@ -246,6 +253,7 @@ class Triple:
     delay_ms: float | None  # None: B never differed from A
     deterministic: bool  # A == A' (every output)
     valid: bool  # B first differed after the change was sent, where A' still equalled A
+    frame_wait_ms: list[dict] = field(default_factory=list)  # /ws: the server's figure, per session
 
 
 async def run_triples(
@@ -324,7 +332,8 @@ def _judge(a: SessionRun, a2: SessionRun, b: SessionRun, changed: list, chunk: i
     delay = None if i is None or i >= len(b.received_at) else (b.received_at[i] - sent) * 1000
     same_until = first_difference(a, a2)
     valid = delay is not None and delay >= 0 and (same_until is None or same_until > i)
-    return Triple(delay, same_until is None, valid)
+    waits = [r.frame_wait_ms for r in (a, a2, b) if r.frame_wait_ms]
+    return Triple(delay, same_until is None, valid, waits)
 
 
 def _print_triple(n: int, t: Triple) -> None:
@@ -415,9 +424,16 @@ def summary(name: str, triples: list[Triple], step_ms: float | None) -> str:
     lo, med, p95 = delays.min(), np.median(delays), np.percentile(delays, 95)
     step = "-" if step_ms is None else f"{step_ms:.1f}"
     wait = "-" if step_ms is None else f"{med - step_ms:.1f} / {p95 - step_ms:.1f}"
+    # The server's own figure: each session's median and p95, their medians over the sessions.
+    waits = [w for t in triples for w in t.frame_wait_ms]
+    frame_wait = (
+        f"{np.median([w['p50'] for w in waits]):.1f}/{np.median([w['p95'] for w in waits]):.1f}"
+        if waits
+        else "-"
+    )
     return (
-        f"{name:<28} {lo:>6.1f} {med:>7.1f} {p95:>6.1f} {step:>8} {wait:>17} {same:>3}/{len(triples):<3}"
-        f" {len(delays):>3}"
+        f"{name:<28} {lo:>6.1f} {med:>7.1f} {p95:>6.1f} {step:>8} {wait:>17} {frame_wait:>13}"
+        f" {same:>3}/{len(triples):<3} {len(delays):>3}"
     )
 
 
@@ -469,7 +485,8 @@ def run(args: argparse.Namespace) -> int:
         theirs, steps = run_reference(args.reference_server, args, pcm)
         rows.append(summary("reference /api/chat", theirs, float(np.median(steps)) if steps else None))
     print(
-        f"{'server':<28} {'min':>6} {'median':>7} {'p95':>6} {'step ms':>8} {'wait median/p95':>17} A==A' n"
+        f"{'server':<28} {'min':>6} {'median':>7} {'p95':>6} {'step ms':>8} {'wait median/p95':>17}"
+        f" {'frame wait':>13} A==A' n"
     )
     for row in rows:
         print(row)

@@ -32,6 +32,11 @@ _DEFINITIONS: dict[str, tuple[str, str, tuple[float, ...]]] = {
         "How late each frame-clock tick started after its deadline (ms).",
         (0.5, 1, 2, 5, 10, 20, 40, 80),
     ),
+    "frame_wait_ms": (
+        "histogram",
+        "How long each frame's newest input waited for the tick that took it (ms).",
+        (1, 2, 5, 10, 20, 40, 60, 80, 120),
+    ),
     "response_gap_ms": (
         "histogram",
         "Last voiced user sample to first reply sample sent (ms).",

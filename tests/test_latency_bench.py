@@ -29,6 +29,8 @@ def test_the_answer_changes_after_the_change_was_sent():
     delay, step = float(row[3]), float(row[5])
     assert 0 < step < delay < 1000  # the answer changed after the change was sent, and after a step
     assert re.fullmatch(r"[012]/2", row[-2])  # A == A' counted
+    p50, p95 = map(float, row[-3].split("/"))  # the server's own frame wait, from its stats events
+    assert 0 <= p50 <= p95 <= 80
     assert re.search(r"our server: \d+ skipped ticks", out.stdout)
 
 

@@ -12,6 +12,7 @@ FAMILIES = {
     "assistant_capacity_left": "gauge",
     "assistant_step_ms": "histogram",
     "assistant_tick_late_ms": "histogram",
+    "assistant_frame_wait_ms": "histogram",
     "assistant_response_gap_ms": "histogram",
     "assistant_server_overhead_ms": "histogram",
     "assistant_sessions": "counter",

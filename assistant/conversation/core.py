@@ -97,6 +97,7 @@ _CAPTION_TAIL_SAMPLES = 200 * _SAMPLES_PER_MS
 # (within a sentence a pause rarely lasts it), so it is ready when the VAD's end of turn comes.
 _CAPTION_INTERIM_SAMPLES = 1000 * _SAMPLES_PER_MS
 _CAPTION_PAUSE_SAMPLES = 200 * _SAMPLES_PER_MS
+_FRAME_WAITS_KEPT = 4500  # the last 6 minutes of frames
 # Options the engine's slot takes: changing one sends SetEngineOptions.
 _SLOT_FIELDS = frozenset(
     {"seed", "temperature", "text_temperature", "top_k", "text_top_k", "instructions", "voice"}
@@ -199,6 +200,9 @@ class Conversation:
         self.played_ms: float | None = None  # from playback.position; None until the client reports
         # (input sample position at the end of a push, arrival time), to time the last voiced sample.
         self._arrivals: collections.deque[tuple[int, float]] = collections.deque(maxlen=256)
+        # How long each frame's newest input sample waited for the tick that took it (s): the
+        # wait the frame clock adds before the step, whatever the model does with the frame.
+        self._frame_waits: collections.deque[float] = collections.deque(maxlen=_FRAME_WAITS_KEPT)
         self._last_stop_sample: int | None = None  # where the VAD's last end of turn fired (input position)
         self._turn_end: tuple[float, float] | None = None  # (last voiced sample arrival, end detected)
         self.latencies: list[TurnLatency] = []
@@ -372,7 +376,17 @@ class Conversation:
             "played_ms": round(self._played_estimate(), 1),
             "sent_ms": self.sent_ms,
             "end_of_turn_ms": None if last is None else round(last.end_of_turn_ms, 1),
+            "frame_wait_ms": self.frame_wait_ms(),
         }
+
+    def frame_wait_ms(self) -> dict[str, float] | None:
+        """How long each frame's newest input waited for its tick (ms): p50, p95 and max over the
+        recent frames; None before any frame of input was taken."""
+        if not self._frame_waits:
+            return None
+        waits = np.array(self._frame_waits) * 1000
+        p50, p95 = np.percentile(waits, [50, 95])
+        return {"p50": round(float(p50), 1), "p95": round(float(p95), 1), "max": round(float(waits.max()), 1)}
 
     # -- scheduler-facing API ------------------------------------------------------------------
     def frame_ready(self) -> bool:
@@ -416,8 +430,15 @@ class Conversation:
                 # silence where that places it (which cuts nothing, whatever the user is doing).
                 shift = min(shift, 0)
                 silent = silent or shift < 0
+        heard_before = self.samples_in - self._input.level
         frame, status = self._input.take(silent, may_trim, shift)
         self.samples_heard += self._input.last_taken
+        heard = self.samples_in - self._input.level  # the input position this frame ends at
+        if self._input.last_taken and heard > heard_before:
+            wait_s = self.clock() - self._arrival_of(heard)
+            self._frame_waits.append(wait_s)
+            if self.metrics:
+                self.metrics.observe("frame_wait_ms", wait_s * 1000)
         if status == FRAME_UNDERRUN and self.samples_in > 0:  # before any audio the client cannot be late
             self.underruns += 1
             if self.metrics:

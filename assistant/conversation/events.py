@@ -119,6 +119,9 @@ class Stats(Event):
     played_ms: float
     sent_ms: float
     end_of_turn_ms: float | None = None
+    frame_wait_ms: dict[str, float] | None = (
+        None  # p50/p95/max: each frame's newest input, waiting for its tick
+    )
 
 
 @dataclass(frozen=True)

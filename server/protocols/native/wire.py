@@ -136,6 +136,7 @@ _ENCODERS: dict[type, Callable[[Any], dict[str, Any]]] = {
         "played_ms": e.played_ms,
         "sent_ms": e.sent_ms,
         "end_of_turn_ms": e.end_of_turn_ms,
+        "frame_wait_ms": e.frame_wait_ms,
     },
     ev.UserTranscript: lambda e: {"text": e.text, "start_ms": e.start_ms, "end_ms": e.end_ms},
     ev.UserTranscriptDelta: lambda e: {"text": e.text, "start_ms": e.start_ms, "end_ms": e.end_ms},
