@@ -119,9 +119,8 @@ class Stats(Event):
     played_ms: float
     sent_ms: float
     end_of_turn_ms: float | None = None
-    frame_wait_ms: dict[str, float] | None = (
-        None  # p50/p95/max: each frame's newest input, waiting for its tick
-    )
+    # p50/p95/max: how long each frame's newest input waited for its tick
+    frame_wait_ms: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
