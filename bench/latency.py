@@ -447,7 +447,11 @@ def run(args: argparse.Namespace) -> int:
         print("--audio-format opus is for --endpoint ws (chat always sends Ogg Opus)", file=sys.stderr)
         return 2
     if args.sessions < 1 or (args.sessions > 1 and (args.endpoint == "chat" or args.reference_server)):
-        print("--sessions takes 1 or more, and more than 1 only for ws, realtime and live", file=sys.stderr)
+        print(
+            "--sessions takes 1 or more, and more than 1 only for ws, realtime and live, "
+            "without --reference-server",
+            file=sys.stderr,
+        )
         return 2
     if args.seconds < CHANGE_S + args.noise_frames * 0.08 + 0.16:
         print(f"--seconds must leave room for the noise after {CHANGE_S} s", file=sys.stderr)

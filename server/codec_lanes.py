@@ -81,10 +81,12 @@ class CodecLane:
         """Drop what has not run; results still coming are not handed over."""
         self.closed = True
         self._queue.clear()
+        if self._idle is not None:
+            self._idle.set()
 
     async def idle(self) -> None:
-        """Until every job submitted so far has run and its result was handed over (or the lane
-        closed): what a client sent just before it left is still carried out."""
+        """Until the lane has run dry (jobs submitted meanwhile included: their results handed
+        over too) or is closed: what a client sent just before it left is still carried out."""
         while self._busy and not self.closed:
             if self._idle is None:
                 self._idle = asyncio.Event()

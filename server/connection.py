@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -416,6 +415,7 @@ class Connection:
             announced.cancel()
 
     async def run(self) -> None:
+        client_left = interrupted = False
         try:
             while self.closing is None:
                 if self.session is not None and not self.announced.is_set():
@@ -429,7 +429,7 @@ class Connection:
                 # replies between them, or a burst of refused messages fills the outbox by itself.
                 await asyncio.sleep(0)
         except TransportClosed:
-            pass
+            client_left = True
         except Exception:
             log.exception("%s connection failed", self.protocol_name)
             self.close(CLOSE_INTERNAL_ERROR, "internal server error", flush=False)
@@ -437,25 +437,41 @@ class Connection:
             if self.reading is not None:
                 self.reading.cancel()
             if self.session is not None:
-                # What the client sent before it left is carried out first: a session.end queued
-                # behind its last audio still ends the session as the client asked.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.received(), RECEIVED_WAIT_S)
+                if client_left:
+                    # What the client sent before it left is carried out first: a session.end
+                    # queued behind its last audio still ends the session as the client asked.
+                    # Nothing more can reach the client meanwhile.
+                    self.outbox.close()
+                    interrupted = not await self.carry_out_received()
                 self.apply_events(self.session.end("client_disconnected"))
                 self.ctx.forget(self.session)
             if self.slot is not None:
                 self.slot.release()  # a no-op once the conversation's end gave it back
             self.finish()
-            if self.closing is not None:
+            if self.closing is not None and not interrupted:
                 await asyncio.wait({self.closing})
             self.outbox.close()
             self.writer.cancel()
             if self._session is not None:
                 self.log_closed(self._session)
+        if interrupted:
+            raise asyncio.CancelledError
+
+    async def carry_out_received(self) -> bool:
+        """`received`, bounded by RECEIVED_WAIT_S; False when the connection's task was cancelled
+        meanwhile (the caller finishes its clean-up, then stops)."""
+        try:
+            await asyncio.wait_for(self.received(), RECEIVED_WAIT_S)
+        except (TimeoutError, asyncio.TimeoutError):
+            pass
+        except asyncio.CancelledError:
+            return False
+        return True
 
     async def received(self) -> None:
-        """Until every message already read from the client has been handled (an adapter that
-        handles messages off the event loop waits for them here)."""
+        """Until the messages the adapter took from the client have been handled (one that handles
+        them off the event loop waits for them here). Messages read before the session was
+        announced are not among them: those are only handled once it is."""
 
     def finish(self) -> None:
         """Stop the adapter's own tasks (called once, when the connection ends)."""

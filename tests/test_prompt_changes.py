@@ -220,11 +220,9 @@ async def eight_stormers_beside_a_healthy_session() -> Storm:
 
 
 def check_storm(s: Storm) -> None:
-    gaps_ms = np.diff(s.arrivals) * 1000
     print(
         f"\n{STORMERS} stormers over {s.elapsed_s:.1f} s: accepted {[a for a, _ in s.results]}, "
-        f"healthy client {len(s.arrivals)} frames, largest gap {gaps_ms.max():.0f} ms, "
-        f"p99 {np.percentile(gaps_ms, 99):.0f} ms; busy box {s.busy:.0%}"
+        f"healthy client {len(s.arrivals)} frames; busy box {s.busy:.0%}"
     )
     assert not s.tracebacks, s.tracebacks
     # Each stormer got about one new prompt a second; the rest were refused, none lost silently.

@@ -121,12 +121,11 @@ async def five_downloads_beside_a_live_session(server) -> Downloads:
 
 
 def check_downloads(d: Downloads) -> None:
-    largest_gap_s = np.diff(d.arrivals).max()
-    print(
-        f"\n{len(d.arrivals)} frames in {d.span_s:.1f} s, largest gap {largest_gap_s * 1000:.0f} ms, busy box {d.busy:.0%}"
-    )
+    print(f"\n{len(d.arrivals)} frames in {d.span_s:.1f} s, busy box {d.busy:.0%}")
     assert d.out.split() == ["200", str(BIG_BYTES)] * 5
-    assert len(d.arrivals) >= d.span_s / 0.08 * 0.9, "audio frames went missing during the downloads"
+    frames_due = max(2, d.span_s / 0.08 * 0.9)
+    assert len(d.arrivals) >= frames_due, "audio frames went missing during the downloads"
+    largest_gap_s = np.diff(d.arrivals).max()
     assert largest_gap_s < 0.12, f"a {largest_gap_s * 1000:.0f} ms gap in the live session's audio"
     assert d.peak_mb - d.baseline_mb < BIG_BYTES / 2**20 / 4, f"RSS {d.baseline_mb:.0f} -> {d.peak_mb:.0f} MB"
 

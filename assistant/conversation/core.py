@@ -97,7 +97,7 @@ _CAPTION_TAIL_SAMPLES = 200 * _SAMPLES_PER_MS
 # (within a sentence a pause rarely lasts it), so it is ready when the VAD's end of turn comes.
 _CAPTION_INTERIM_SAMPLES = 1000 * _SAMPLES_PER_MS
 _CAPTION_PAUSE_SAMPLES = 200 * _SAMPLES_PER_MS
-_FRAME_WAITS_KEPT = 4500  # the last 6 minutes of frames
+_FRAME_WAITS_KEPT = 750  # the last minute of frames
 # Options the engine's slot takes: changing one sends SetEngineOptions.
 _SLOT_FIELDS = frozenset(
     {"seed", "temperature", "text_temperature", "top_k", "text_top_k", "instructions", "voice"}
@@ -524,8 +524,7 @@ class Conversation:
 
     def _arrival_of(self, sample: int) -> float:
         """Wall time when input sample `sample` reached the server."""
-        ends = [end for end, _ in self._arrivals]
-        i = bisect.bisect_left(ends, sample)
+        i = bisect.bisect_left(self._arrivals, sample, key=lambda arrival: arrival[0])
         if i >= len(self._arrivals):
             return self._arrivals[-1][1] if self._arrivals else self.clock()
         return self._arrivals[i][1]
