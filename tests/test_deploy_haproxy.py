@@ -152,6 +152,15 @@ class Call:
         stops = self.client.of("input.speech_stopped")
         return bool(stops) and any(t > stops[0][0] for t in self.client.voiced_audio_times())
 
+    def describe(self) -> str:
+        """What this call got, for a failure message: its server, events and audio."""
+        kinds = collections.Counter(e["type"] for _, e in self.client.events)
+        stats = self.client.of("stats")
+        return (
+            f"{self.served_by}: {len(self.client.audio)} frames, {len(self.client.voiced_audio_times())} voiced, "
+            f"events {dict(kinds)}, last stats {stats[-1][1] if stats else None}"
+        )
+
     def largest_frame_gap_s(self, start: float, end: float) -> float:
         times = [t for t, _ in self.client.audio if start <= t <= end]
         assert len(times) > (end - start) / 0.08 / 2, "the session stopped receiving audio"
@@ -230,7 +239,8 @@ async def test_haproxy_spreads_conversations_by_free_capacity_and_drains_a_stopp
             deadline = time.monotonic() + 15
             while not all(c.heard_a_reply() for c in calls) and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
-            assert all(c.heard_a_reply() for c in calls), "a client heard no reply"
+            unanswered = [c.describe() for c in calls if not c.heard_a_reply()]
+            assert not unanswered, unanswered
 
             # 2. One process filled by clients of its own: its agent drains it, and new clients
             # land on the others, none refused.
