@@ -114,7 +114,7 @@ def run_session(
 ):
     """Stream q1 (speech) in chunks arriving at `phase_s` against ticks at k * 80 ms, the session
     started as the frame loop starts it; return (the wait of each frame's newest sample for its tick,
-    in s, while the user spoke; underruns; the frames the model heard)."""
+    in s, while the user spoke; underruns; the frames the model heard; the conversation)."""
     pcm, rate = load_wav("q1.wav")
     assert rate == RATE
     chunk = RATE * chunk_ms // 1000
@@ -142,8 +142,7 @@ def run_session(
         heard = conversation.samples_in - conversation._input.level  # input position the frame ends at
         if speaking and heard:
             waits.append(at - arrivals[(heard - 1) // chunk][1])
-    run_session.conversation = conversation  # the last run's, for what it reports itself
-    return np.array(waits), conversation.underruns, frames
+    return np.array(waits), conversation.underruns, frames, conversation
 
 
 @pytest.mark.parametrize("chunk_ms", [10, 20])
@@ -151,7 +150,7 @@ def test_speech_in_small_chunks_waits_about_a_chunk_and_is_never_cut(chunk_ms):
     """At every phase, chunks with 2 ms of jitter: the frame's newest audio waited less than a
     chunk plus the margin, and the model heard no gap in the middle of speech."""
     for phase_ms in range(0, 80, 7):
-        waits, underruns, _ = run_session(phase_ms / 1000, chunk_ms, 0.002, aligned=True)
+        waits, underruns, _, _ = run_session(phase_ms / 1000, chunk_ms, 0.002, aligned=True)
         assert underruns == 0, phase_ms
         assert waits.max() < chunk_ms / 1000 + 0.003 + 0.002 + 1e-9, (phase_ms, waits.max())
 
@@ -160,12 +159,12 @@ def test_the_session_reports_the_wait_its_frames_had_for_their_ticks():
     """What the server tells an operator (session stats, the frame_wait_ms histogram) is the wait
     measured above: under a chunk plus the margin with frame phase, most of a frame without it."""
     for phase_ms in (5, 41, 77):
-        waits, _, _ = run_session(phase_ms / 1000, 20, 0.0, aligned=True)
-        reported = run_session.conversation.stats()["frame_wait_ms"]
+        waits, _, _, conversation = run_session(phase_ms / 1000, 20, 0.0, aligned=True)
+        reported = conversation.stats()["frame_wait_ms"]
         assert reported["max"] < 20 + 3 + 0.1, (phase_ms, reported)
         assert reported["p50"] == pytest.approx(np.median(waits) * 1000, abs=1.0), (phase_ms, reported)
-    run_session(0.001, 80, 0.0, aligned=False)  # 80 ms chunks 1 ms after each tick: a whole period
-    assert run_session.conversation.stats()["frame_wait_ms"]["p50"] > 75
+    *_, conversation = run_session(0.001, 80, 0.0, aligned=False)  # 80 ms chunks 1 ms after each tick
+    assert conversation.stats()["frame_wait_ms"]["p50"] > 75  # wait a whole period
 
 
 def test_the_model_hears_the_same_frames_whatever_the_jitter():

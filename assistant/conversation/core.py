@@ -430,11 +430,10 @@ class Conversation:
                 # silence where that places it (which cuts nothing, whatever the user is doing).
                 shift = min(shift, 0)
                 silent = silent or shift < 0
-        heard_before = self.samples_in - self._input.level
         frame, status = self._input.take(silent, may_trim, shift)
         self.samples_heard += self._input.last_taken
-        heard = self.samples_in - self._input.level  # the input position this frame ends at
-        if self._input.last_taken and heard > heard_before:
+        if self._input.last_taken:  # the frame holds input: its newest sample waited for this tick
+            heard = self.samples_in - self._input.level  # the input position this frame ends at
             wait_s = self.clock() - self._arrival_of(heard)
             self._frame_waits.append(wait_s)
             if self.metrics:
