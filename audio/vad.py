@@ -142,6 +142,11 @@ class TurnHysteresis:
         """End of the last voiced frame (inside a turn: where the user's speech so far ends)."""
         return self._last_voiced_end
 
+    @property
+    def onset(self) -> int:
+        """Onset of the current turn (or of the last one)."""
+        return self._onset
+
     def _event(self, kind: str, sample: int) -> VadEvent:
         return VadEvent(
             type=kind,
@@ -261,6 +266,55 @@ class SileroClassifier:
         return float(prob[0, 0])
 
 
+class SoundTrail:
+    """Where a stream's sound last stood near its speaker's level: the end of the last 10 ms block
+    whose energy came within `range_db` of the loudest block heard lately (a peak that falls
+    `decay_db_per_s`, so one cough does not set the bar for good) and above `floor_dbfs`.
+
+    The classifiers keep calling frames voiced for a while after the sound has died away (webrtc on
+    tests/data/speech: the turn's voiced end 100 ms after the last sample above -40 dBFS), so a pause
+    measured from here is known that much sooner. Over a noise floor within `range_db` of the speech
+    every block counts as sound, and the trail follows the noise: then it is no earlier than the
+    classifier's end, and nothing is gained or lost.
+    """
+
+    BLOCK_MS = 10
+
+    def __init__(
+        self,
+        sample_rate_hz: int,
+        range_db: float = 30.0,
+        floor_dbfs: float = -60.0,
+        decay_db_per_s: float = 10.0,
+    ):
+        self.block = sample_rate_hz * self.BLOCK_MS // 1000
+        self.range_db = range_db
+        self.floor_dbfs = floor_dbfs
+        self.decay_per_block = decay_db_per_s * self.BLOCK_MS / 1000
+        self.reset()
+
+    def reset(self) -> None:
+        self._carry = np.zeros(0, np.float32)
+        self._position = 0  # samples in whole blocks so far
+        self._peak = self.floor_dbfs
+        self.end = 0  # end of the last block of sound
+
+    def push(self, pcm: np.ndarray) -> None:
+        """Float32 mono samples (any length) at the stream's rate."""
+        x = np.concatenate([self._carry, pcm]) if self._carry.size else pcm
+        n = x.shape[0] // self.block
+        self._carry = x[n * self.block :].copy()
+        if not n:
+            return
+        blocks = x[: n * self.block].reshape(n, self.block).astype(np.float64)
+        db = 10.0 * np.log10(np.mean(blocks * blocks, axis=1) + 1e-12)
+        for i, level in enumerate(db.tolist()):
+            self._peak = max(level, self._peak - self.decay_per_block, self.floor_dbfs)
+            if level >= max(self._peak - self.range_db, self.floor_dbfs):
+                self.end = self._position + (i + 1) * self.block
+        self._position += n * self.block
+
+
 class StreamingVad:
     """Streaming VAD for one audio stream: float32 chunks of any size in, turn events out.
 
@@ -285,6 +339,7 @@ class StreamingVad:
             threshold = self.config.threshold
         self._resampler = StreamResampler(self.sample_rate_hz, self._classifier.sample_rate_hz)
         self._chunker = FrameChunker(self._classifier.frame_samples)
+        self._trail = SoundTrail(self.sample_rate_hz)
         self._hysteresis = TurnHysteresis(
             self.sample_rate_hz,
             min_speech_ms=self.config.min_speech_ms,
@@ -300,6 +355,7 @@ class StreamingVad:
         self._chunker.reset()
         self._classifier.reset()
         self._hysteresis.reset()
+        self._trail.reset()
         self._position = 0
         self._classified = 0  # classifier-rate samples already classified
         self._probability = 0.0
@@ -322,6 +378,13 @@ class StreamingVad:
         return self._hysteresis.voiced_end
 
     @property
+    def quiet_since(self) -> int:
+        """Inside a turn, where the pause the user is in began as a listener hears it: the end of
+        their last sound (`SoundTrail`), never after `voiced_end`, never before the turn's onset."""
+        onset, sound_end = self._hysteresis.onset, self._trail.end
+        return sound_end if onset <= sound_end < self.voiced_end else self.voiced_end
+
+    @property
     def probability(self) -> float:
         """The last classifier frame's speech probability (0/1 for webrtc), for level meters."""
         return self._probability
@@ -340,6 +403,7 @@ class StreamingVad:
         pcm = as_mono_float32(pcm)
         t0 = time.thread_time_ns()
         self._position += pcm.shape[0]
+        self._trail.push(pcm)
         events: list[VadEvent] = []
         for frame in self._chunker.push(self._resampler.process(pcm)):
             self._probability = self._classifier(frame)

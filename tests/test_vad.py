@@ -4,7 +4,7 @@ from audio_utils import load_wav, speech_dir
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audio.vad import StreamingVad, TurnHysteresis, VadConfig, VadEvent
+from audio.vad import SoundTrail, StreamingVad, TurnHysteresis, VadConfig, VadEvent
 
 RATE = 24000
 BACKENDS = ["webrtc", "silero"]
@@ -305,6 +305,60 @@ def test_speaking_probability_and_reset(backend):
     # After reset the timeline restarts at 0: q1 now begins 1 s in.
     (started,) = vad.push(x[: RATE // 2])
     assert abs(started.sample - RATE) < 0.1 * RATE
+
+
+def _pauses(x: np.ndarray, backend: str, chunk: int = 480) -> list[tuple[int, int, int]]:
+    """(position, quiet_since, voiced_end) after each chunk inside a turn."""
+    vad, out = StreamingVad(VadConfig(backend=backend)), []
+    for pos in range(0, len(x), chunk):
+        vad.push(x[pos : pos + chunk])
+        if vad.speaking:
+            out.append((vad.position, vad.quiet_since, vad.voiced_end))
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["q1.wav", "q2.wav", "interrupt.wav"])
+def test_a_pause_is_timed_from_where_the_sound_ended(backend, name):
+    clip, _ = load_wav(name)
+    x = np.concatenate([np.zeros(RATE // 2, np.float32), clip, np.zeros(RATE, np.float32)])
+    sound_end = RATE // 2 + np.flatnonzero(np.abs(clip) > 300 / 32768)[-1] + 1  # -40 dBFS, as heard
+    pauses = _pauses(x, backend)
+    # 200 ms after the sound stopped, the user is known to be 200 ms into a pause (a block of
+    # 10 ms and a chunk of 20 ms late at most), while the classifier still hears voice up to 100
+    # ms on (webrtc): timed from its voiced end, the same pause would be known that much later.
+    at = next(p for p in pauses if p[0] >= sound_end + RATE // 5)
+    assert at[0] - at[1] >= RATE // 5 - RATE * 30 // 1000, (at, sound_end)
+    assert all(q <= v for _, q, v in pauses)  # never after the classifier's end
+    # Inside the speech, the short gaps between words are still speech to it.
+    assert all(p - q < RATE // 2 for p, q, _ in pauses if p < sound_end)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_over_a_noise_floor_near_the_speech_the_pause_is_the_classifiers(backend):
+    clip, _ = load_wav("q2.wav")
+    x = np.concatenate([np.zeros(RATE // 2, np.float32), clip, np.zeros(RATE, np.float32)])
+    x = x + np.random.default_rng(1).normal(0, 10 ** (-40 / 20), len(x)).astype(np.float32)
+    pauses = _pauses(x, backend)
+    assert pauses and all(q == v for _, q, v in pauses[len(pauses) // 2 :])
+
+
+def test_the_sound_trail_follows_whole_blocks_whatever_the_chunks_and_forgets_a_cough():
+    rng = np.random.default_rng(2)
+    speech = rng.normal(0, 0.02, RATE).astype(np.float32)  # -34 dBFS
+    x = np.concatenate([np.full(240, 0.9, np.float32), np.zeros(RATE * 4, np.float32), speech])
+    x = np.concatenate([x, np.zeros(RATE // 2, np.float32)])
+    ends = []
+    for sizes in ([len(x)], [1, 239, 7, 4800], [333]):
+        trail, pos, i = SoundTrail(RATE), 0, 0
+        while pos < len(x):
+            trail.push(x[pos : pos + sizes[i % len(sizes)]])
+            pos += sizes[i % len(sizes)]
+            i += 1
+        ends.append(trail.end)
+    assert len(set(ends)) == 1
+    # The cough (-1 dBFS) came 4 s before speech 33 dB quieter: by then the bar has come down.
+    assert len(x) - RATE // 2 - 240 * 5 <= ends[0] <= len(x) - RATE // 2
 
 
 def test_silero_sessions_do_not_share_state():
