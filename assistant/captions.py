@@ -24,7 +24,10 @@ sees one late tick then. The thread keeps the process's nice value by default: r
 takes the GIL between CTranslate2 calls, and on a busy CPU the scheduler can leave it off the core
 while it holds it, so the frame clock waits for a thread that is not running (a 1 ms ticker beside
 four tiny.en transcriptions, two CPU hogs on the 2 cores: longest wait 89-431 ms at nice 10,
-10-234 ms at nice 0, over five runs each). It computes on one core, so the frame clock keeps the other.
+10-234 ms at nice 0, over five runs each). It computes on `cpu_threads` cores: the server gives it
+one where the conversation model computes on the same CPU, so the frame clock keeps the others, and
+up to four where the model is elsewhere (`--caption-threads`; tiny.en reads 3.4 s of speech in about
+180 ms on one thread, 100 ms on two).
 """
 
 from __future__ import annotations
@@ -67,12 +70,13 @@ _LOOP_WORDS = 4  # a run of this many words said twice in one short reading is t
 class Caption:
     """The transcript of one user utterance.
 
+    text: None when a quick reading (see `CaptionWorker.submit`) did not work.
     start_ms, end_ms: where the utterance sits on the session's timeline (as submitted).
     latency_ms: from `submit` to the text being ready (queue wait + transcription).
     """
 
     key: Hashable
-    text: str
+    text: str | None
     start_ms: float
     end_ms: float
     latency_ms: float
@@ -128,7 +132,7 @@ class CaptionWorker:
     model: a faster-whisper size name ("tiny.en", "small", ...), a local CTranslate2 model dir, or
         "auto" (tiny.en on cpu, small on cuda).
     max_queue: utterances waiting beyond this are dropped (counted in `dropped`).
-    cpu_threads: CTranslate2 threads; kept small so transcription leaves the frame clock a core.
+    cpu_threads: CTranslate2 threads; 1 leaves a model computing on the same CPU the other cores.
     beam_size: 1 is greedy decoding. Beam 5 (Whisper's own default) costs ~25% more CPU per turn with
         tiny.en on one thread (1.06 -> 1.32 s, q1/q2) and made no difference to the test speech (tests/data/speech).
     nice: added to the worker thread's nice value (Linux; the CTranslate2 threads it starts inherit
@@ -216,12 +220,16 @@ class CaptionWorker:
         end_ms: float,
         callback: Callable[[Caption], None],
         interim: bool = False,
+        quick: bool = False,
     ) -> bool:
         """Queue one utterance; `callback(Caption)` runs on the worker thread when it is transcribed.
 
         pcm_24k: float (n,) in [-1, 1] at 24 kHz (copied, so the caller may reuse its buffer).
         interim: the part of an utterance said so far; taken only when nothing else waits (False
-            returned otherwise, not counted as a drop), and read only the quick way.
+            returned otherwise, not counted as a drop), and read quickly.
+        quick: read only in a short window, never again the standard way (up to 1 s of CPU for a
+            few seconds of speech): the caption's text is None where that reading does not work.
+            For a reading that may turn out not to be needed (one made at a pause in the speech).
         Returns False, counting a drop, when the queue is full or the worker is closed or broken.
         """
         pcm = np.asarray(pcm_24k)
@@ -232,7 +240,14 @@ class CaptionWorker:
         if self._closed or self.load_error is not None:
             self.dropped += 1
             return False
-        item = (key, pcm.astype(np.float32, copy=True), float(start_ms), float(end_ms), callback, interim)
+        item = (
+            key,
+            pcm.astype(np.float32, copy=True),
+            float(start_ms),
+            float(end_ms),
+            callback,
+            interim or quick,
+        )
         priority = _INTERIM if interim else _FINAL
         try:
             self._queue.put_nowait((priority, next(self._order), time.perf_counter(), item))
@@ -253,6 +268,7 @@ class CaptionWorker:
         """The worker's state and counters, for health reports."""
         return {
             "model": self.name,
+            "threads": self.cpu_threads,
             "ready": self.ready,
             "completed": self.completed,
             "dropped": self.dropped,
@@ -316,14 +332,19 @@ class CaptionWorker:
     def transcribe_all(self, pcms_24k: list[np.ndarray], interim: bool = False) -> list[str]:
         """`transcribe` for several utterances, those that fit short windows in one batch (four of
         ~3 s with tiny.en on one thread: 735 ms together, 1260 ms one after another)."""
+        return [text or "" for text in self._read(pcms_24k, [interim] * len(pcms_24k))]
+
+    def _read(self, pcms_24k: list[np.ndarray], quick: list[bool]) -> list[str | None]:
+        """`transcribe_all`, each utterance quick or not: None for a quick one the short window
+        did not read."""
         if self._model is None:
             raise RuntimeError("the caption model is not loaded yet; call start() and wait_ready()")
         audios = [resample(pcm, SAMPLE_RATE_HZ, WHISPER_RATE_HZ) for pcm in pcms_24k]
         texts = self._in_short_windows(audios)
         for i, audio in enumerate(audios):
-            if texts[i] is None and not interim and audio.shape[0]:
-                texts[i] = self._in_full_windows(audio)
-        return [text or "" for text in texts]
+            if texts[i] is None and (not quick[i] or not audio.shape[0]):
+                texts[i] = self._in_full_windows(audio) if audio.shape[0] else ""
+        return texts
 
     def _in_short_window(self, audio: np.ndarray) -> str | None:
         return self._in_short_windows([audio])[0]
@@ -395,15 +416,15 @@ class CaptionWorker:
         self._ready.set()
         stop = False
         while not stop:
-            _, _, submitted, item = self._queue.get()
+            priority, _, submitted, item = self._queue.get()
             if item is _STOP:
                 return
             jobs = [(submitted, item)]
-            interim = item[5]
-            if not interim:  # the finals waiting behind it are read with it
+            if priority == _FINAL:  # the finals waiting behind it are read with it
                 stop = self._take_finals(jobs)
+            interim = priority == _INTERIM
             try:
-                texts = self.transcribe_all([pcm for _, (_, pcm, *_) in jobs], interim)
+                texts = self._read([pcm for _, (_, pcm, *_) in jobs], [quick for _, (*_, quick) in jobs])
             except Exception:  # one bad utterance must not stop the captions
                 self.failed += len(jobs)
                 log.exception("captioning %r failed", [key for _, (key, *_) in jobs])

@@ -317,7 +317,7 @@ class Connection:
             elif isinstance(event, CaptionUtterance):
                 self.ctx.caption(event, self.caption_done)
 
-    def caption_done(self, utterance: CaptionUtterance, text: str) -> None:
+    def caption_done(self, utterance: CaptionUtterance, text: str | None) -> None:
         if self.session is not None:
             self.apply_events(self.session.add_caption(utterance, text))
 

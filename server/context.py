@@ -49,7 +49,9 @@ class ServerContext:
             from assistant.captions import CaptionWorker
 
             # The model loads on the worker's own thread; the server is listening meanwhile.
-            self.caption_worker = CaptionWorker(config.captions, device=config.captions_device)
+            self.caption_worker = CaptionWorker(
+                config.captions, device=config.captions_device, cpu_threads=config.caption_threads
+            )
             self.caption_worker.start()
             self.captions_model = self.caption_worker.name
         self.metrics.gauge("live_sessions", "Sessions in progress.", lambda: len(self.sessions))
@@ -124,9 +126,11 @@ class ServerContext:
         self.metrics.inc("sessions_total")
         return session
 
-    def caption(self, utterance: CaptionUtterance, done: Callable[[CaptionUtterance, str], None]) -> None:
+    def caption(
+        self, utterance: CaptionUtterance, done: Callable[[CaptionUtterance, str | None], None]
+    ) -> None:
         """Queue one utterance (or, interim, the part said so far) for captioning; `done(utterance,
-        text)` runs on the event loop when it is ready."""
+        text)` runs on the event loop when it is ready (text None: a quick reading did not work)."""
         loop = asyncio.get_running_loop()
 
         def finished(caption) -> None:
@@ -139,6 +143,7 @@ class ServerContext:
             utterance.end_ms,
             finished,
             interim=utterance.interim,
+            quick=utterance.quick,
         )
         if not queued and not utterance.interim:  # an interim is skipped, by design, while finals wait
             self.metrics.inc("captions_dropped")

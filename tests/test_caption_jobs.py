@@ -106,3 +106,50 @@ def test_two_readings_agree_on_a_word_whatever_its_case_or_punctuation():
     first, second, _ = speak(c, 300, 3300)
     c.transcribed(first, "Hi there can")
     assert c.transcribed(second, "Hi there, Can you tell") == [("delta", "Hi there, Can")]
+
+
+def test_a_pause_timed_from_the_end_of_the_sound_is_final_where_the_vad_lets_go_later():
+    c = captions()
+    c.speech_started(0, 300 * MS)
+    speak(c, 300, 2000)
+    (pause,) = quiet(c, 2000, 2280)  # the sound ended at 2000 ms
+    assert (pause.end, pause.voiced_end) == (2200 * MS, 2000 * MS)
+    # The classifier heard voice up to 2100 ms: the turn's end lies inside what the pause job read.
+    assert c.speech_stopped(2100 * MS, 2600 * MS) == (None, [])
+    assert c.span(pause) == (0, 2100 * MS)  # the turn as the VAD cut it
+    assert c.transcribed(pause, "Stop.") == [("delta", "Stop."), ("final", "Stop.")]
+
+
+def test_voice_after_what_a_pause_job_read_gets_a_final_job():
+    c = captions()
+    c.speech_started(0, 300 * MS)
+    speak(c, 300, 2000)
+    (pause,) = quiet(c, 2000, 2200)
+    # A soft sound the trail missed, voiced to the classifier past the pause job's 2200 ms.
+    job, ready = c.speech_stopped(2240 * MS, 2740 * MS)
+    assert ready == [] and (job.kind, job.end) == ("final", 2440 * MS)
+    assert c.transcribed(pause, "Stop") == [("delta", "Stop")]  # not final: it missed the end
+    assert c.transcribed(job, "Stop it.") == [("delta", " it."), ("final", "Stop it.")]
+
+
+def test_a_pause_reading_that_did_not_work_leaves_a_final_job_over_the_same_audio():
+    c = captions()
+    c.speech_started(0, 300 * MS)
+    speak(c, 300, 2000)
+    (pause,) = quiet(c, 2000, 2200)
+    assert c.speech_stopped(2100 * MS, 2600 * MS) == (None, [])  # waiting on the pause job
+    job = c.unread(pause)
+    assert (job.kind, job.start, job.end, job.voiced_end) == ("final", 0, 2200 * MS, 2100 * MS)
+    assert c.transcribed(job, "Stop.") == [("delta", "Stop."), ("final", "Stop.")]
+    assert c.unread(job) is None and c.unread(pause) is None  # the utterance is done
+
+
+def test_a_pause_reading_that_did_not_work_before_the_end_of_turn_gets_a_final_job_then():
+    c = captions()
+    c.speech_started(0, 300 * MS)
+    speak(c, 300, 2000)
+    (pause,) = quiet(c, 2000, 2200)
+    assert c.unread(pause) is None  # nothing waits on it yet
+    assert quiet(c, 2000, 2400) == []  # and the same pause is not read again
+    job, ready = c.speech_stopped(2100 * MS, 2600 * MS)
+    assert ready == [] and (job.kind, job.end) == ("final", 2300 * MS)

@@ -231,6 +231,9 @@ def test_a_transcript_that_loops_is_read_again_the_standard_way(worker, monkeypa
     monkeypatch.setattr(worker, "_model", Stand(worker._model, model=looping))
     assert "Australia" in worker.transcribe(q2)  # the 30 s window's reading
     assert worker.transcribe(q2, interim=True) == ""  # an interim is not worth a second reading
+    got: queue.Queue = queue.Queue()
+    assert worker.submit("pause", q2, 0.0, 3400.0, got.put, quick=True)
+    assert got.get(timeout=60).text is None  # a quick reading says it did not read
 
 
 def test_a_final_caption_goes_before_a_waiting_interim_and_an_interim_never_waits_behind_one(worker):

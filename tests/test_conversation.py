@@ -413,15 +413,35 @@ def test_captions_are_requested_from_the_host_and_come_back_as_transcripts():
     # Interims, a reading at each pause, the last of them the whole utterance.
     request = [r for r in h.of(CaptionUtterance) if not r.interim][-1]
     stopped = h.of(InputSpeechStopped)[0]
-    assert request.end_ms == stopped.at_ms and request.start_ms < h.of(InputSpeechStarted)[0].at_ms
-    assert request.pcm.shape[0] >= (request.end_ms - request.start_ms) * 24
+    assert request.start_ms < h.of(InputSpeechStarted)[0].at_ms
+    # It was asked for once the sound had stopped, before the VAD's classifier let go of the turn
+    # (100 ms later on q1.wav), and it read the whole turn.
+    assert stopped.at_ms - 150 <= request.end_ms < stopped.at_ms
+    assert request.pcm.shape[0] >= (stopped.at_ms - request.start_ms) * 24
+    # Asked for 150 ms into the silence as a listener hears it (+ a 20 ms chunk, a 10 ms block).
+    sound_end_ms = 500 + (np.flatnonzero(np.abs(q1) > 300 / 32768)[-1] + 1) / 24
+    asked_at_ms = request.start_ms + request.pcm.shape[0] / 24
+    assert asked_at_ms <= sound_end_ms + 180, (asked_at_ms, sound_end_ms)
     assert h.session.add_caption(request, " What is it? ") == [
-        UserTranscriptDelta("What is it?", request.start_ms, request.end_ms),
-        UserTranscript("What is it?", request.start_ms, request.end_ms),
+        UserTranscriptDelta("What is it?", request.start_ms, stopped.at_ms),
+        UserTranscript("What is it?", request.start_ms, stopped.at_ms),
     ]
     assert h.session.add_caption(request, "again") == []  # its transcript went out already
     h.session.end("client_ended")
     assert h.session.add_caption(request, "late") == []
+
+
+def test_a_pause_reading_that_did_not_work_is_read_again_in_full():
+    q1, _ = load_wav("q1.wav")
+    h = Harness(options=ConversationOptions(captions=True), can_caption=True)
+    h.run(np.concatenate([silence(0.5), q1, silence(1.0)]))
+    pause = [r for r in h.of(CaptionUtterance) if not r.interim][-1]
+    assert pause.quick and h.of(InputSpeechStopped)
+    (again,) = h.session.add_caption(pause, None)
+    assert isinstance(again, CaptionUtterance) and not again.quick and again.pcm is pause.pcm
+    assert h.session.add_caption(again, "What is it?")[-1] == UserTranscript(
+        "What is it?", pause.start_ms, h.of(InputSpeechStopped)[0].at_ms
+    )
 
 
 def test_captions_asked_of_a_host_without_a_captioner_are_refused_and_the_session_goes_on():

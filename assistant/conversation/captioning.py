@@ -9,7 +9,9 @@ Three kinds of job per utterance (all from its start, prefix padding included, t
 - `pause`: once the user has been quiet `pause` samples inside the turn, long before the VAD's end
   of turn (its min_silence_ms, 500 ms by default): the transcript of everything said so far, ready
   when the turn ends. Its words are all passed on at once (the audio through a pause is whole);
-  when the turn ends where the pause began, it is the final transcript;
+  when the turn ends inside the audio it read (no voice came after it), it is the final transcript.
+  The pause is timed from where the user's sound ended (`quiet_since`), which a listener hears up
+  to 100 ms before the VAD's classifier stops calling frames voiced;
 - `final`: at the end of the turn when no pause job covers it (a turn cut short of `pause`).
 
 `transcribed` turns a job's text into ("delta", words) pieces, which concatenate (later ones lead
@@ -42,8 +44,9 @@ class _Utterance:
     next_interim: int
     sent: list[str] = field(default_factory=list)  # words passed on as deltas
     hypothesis: list[str] = field(default_factory=list)  # the last interim's words
-    pause_end: int | None = None  # voiced end of the last pause job
-    pause_text: str | None = None  # its transcript, while no voice came after it
+    pause: CaptionJob | None = None  # the last pause job
+    pause_text: str | None = None  # its transcript
+    pause_unread: bool = False  # its quick reading did not work
     stopped_end: int | None = None  # the VAD's end of speech, once the turn ended
 
 
@@ -67,30 +70,33 @@ class UtteranceCaptions:
         self._count += 1
         self._current = _Utterance(self._count, audio_start, position + self.interim_every)
 
-    def progress(self, position: int, voiced_end: int) -> CaptionJob | None:
-        """The job due now, if any: `position` is the input so far, `voiced_end` where speech last was."""
+    def progress(self, position: int, quiet_since: int) -> CaptionJob | None:
+        """The job due now, if any: `position` is the input so far, `quiet_since` where the user's
+        sound last ended (the VAD's `quiet_since`)."""
         u = self._current
         if u is None:
             return None
-        if position - voiced_end >= self.pause:
-            if u.pause_end == voiced_end:
+        if position - quiet_since >= self.pause:
+            if u.pause is not None and u.pause.voiced_end == quiet_since:
                 return None
-            u.pause_end, u.pause_text = voiced_end, None
-            return CaptionJob(u.id, "pause", u.start, min(voiced_end + self.tail, position), voiced_end)
-        if position >= u.next_interim and position - voiced_end < self.pause // 4:
+            u.pause = CaptionJob(u.id, "pause", u.start, min(quiet_since + self.tail, position), quiet_since)
+            u.pause_text, u.pause_unread = None, False
+            return u.pause
+        if position >= u.next_interim and position - quiet_since < self.pause // 4:
             u.next_interim = position + self.interim_every
-            return CaptionJob(u.id, "interim", u.start, position, voiced_end)
+            return CaptionJob(u.id, "interim", u.start, position, quiet_since)
         return None
 
     def speech_stopped(self, end: int, position: int) -> tuple[CaptionJob | None, list[tuple[str, str]]]:
-        """The turn ended at `end`: the final job, unless a pause job covers it (then its transcript,
-        if it came already, is the final one: returned as pieces)."""
+        """The turn ended at `end` (the VAD's voiced end): the final job, unless the last pause job
+        read through `end` (then its transcript, if it came already, is the final one: returned
+        as pieces)."""
         u, self._current = self._current, None
         if u is None:
             return None, []
         u.stopped_end = end
         self._finishing[u.id] = u
-        if u.pause_end == end:
+        if self._covers(u, u.pause):
             return None, ([] if u.pause_text is None else self._finish(u, u.pause_text))
         return CaptionJob(u.id, "final", u.start, min(end + self.tail, position), end), []
 
@@ -102,11 +108,11 @@ class UtteranceCaptions:
         if u is None:
             return []  # its final transcript went out already
         words = text.split()
-        if job.kind == "final" or (job.kind == "pause" and u.stopped_end == job.voiced_end):
+        if job.kind == "final" or (job.kind == "pause" and self._covers(u, job)):
             return self._finish(u, text)
         if job.kind == "pause":
-            if u.stopped_end is None and u.pause_end == job.voiced_end:
-                u.pause_text = text  # no voice since: the final transcript, when the turn ends here
+            if u.stopped_end is None and job == u.pause:
+                u.pause_text = text  # the final transcript, if the turn ends inside what it read
             u.hypothesis = words
             return self._deltas(u, words)
         if u.stopped_end is not None:
@@ -118,6 +124,29 @@ class UtteranceCaptions:
             agreed.append(b)
         u.hypothesis = words
         return self._deltas(u, agreed)
+
+    def unread(self, job: CaptionJob) -> CaptionJob | None:
+        """A job's quick reading did not work (a pause job is read only in a short window): the
+        final job over the same audio when the ended turn was waiting on it, else None."""
+        u = self._finishing.get(job.utterance)
+        if u is None and self._current is not None and self._current.id == job.utterance:
+            u = self._current
+        if u is None or job.kind != "pause" or job != u.pause:
+            return None
+        waited = self._covers(u, job)
+        u.pause_unread = True
+        return CaptionJob(u.id, "final", job.start, job.end, u.stopped_end) if waited else None
+
+    @staticmethod
+    def _covers(u: _Utterance, job: CaptionJob | None) -> bool:
+        """Whether `job` is the last pause job of an ended turn, read all its voice and can be read."""
+        return (
+            job is not None
+            and job == u.pause
+            and not u.pause_unread
+            and u.stopped_end is not None
+            and u.stopped_end <= job.end
+        )
 
     def _deltas(self, u: _Utterance, words: list[str]) -> list[tuple[str, str]]:
         new = words[len(u.sent) :]

@@ -191,6 +191,12 @@ class CaptionUtterance:
         """Read only the quick way, and only when the captioner has nothing else to do."""
         return self.job.kind == "interim"
 
+    @property
+    def quick(self) -> bool:
+        """Read only the quick way (its text None where that does not work): an interim, or a
+        reading at a pause in the speech, which a final reading can follow."""
+        return self.job.kind != "final"
+
 
 ConversationEvent = (
     AudioOut
