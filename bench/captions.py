@@ -13,7 +13,8 @@ chunk that holds an utterance's last voiced sample (the end of the utterance):
   the last `...transcription.delta` before it (the text complete),
 - interim: how many transcript deltas came while the user was still speaking, and the first one's
   delay from the start of the utterance.
-Prints p50/p95 figures; never fails on speed.
+and, from the server's own frame clock, how late its ticks came (p99 / max): what reading
+captions on the same CPU costs the conversations. Prints p50/p95 figures; never fails on speed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sessions", default="1,4", help="comma-separated session counts (default 1,4)")
     parser.add_argument("--rounds", type=int, default=4, help="utterances per session (default 4)")
     parser.add_argument("--captions", default="tiny.en", help="the server's caption model (default tiny.en)")
+    parser.add_argument(
+        "--caption-threads",
+        type=int,
+        help="the server's --caption-threads (default: the server's own default)",
+    )
     parser.add_argument(
         "--protocol",
         choices=("live", "realtime"),
@@ -162,8 +169,10 @@ def run(args: argparse.Namespace) -> int:
     final = "completed" if args.protocol == "realtime" else "last delta"
     print(
         f"{'sessions':>8} {'utterances':>10} {'end -> final (' + final + ') p50/p95 ms':>36} "
-        f"{'end -> text complete p50/p95 ms':>32} {'interims/utterance':>18} {'first interim after onset p50 ms':>33}"
+        f"{'end -> text complete p50/p95 ms':>32} {'interims/utterance':>18} {'first interim after onset p50 ms':>33} "
+        f"{'tick late p99/max ms':>20}"
     )
+    stats_path = tempfile.mkstemp(suffix=".json")[1]
     for n in counts:
         serve_args = [
             "--backend",
@@ -174,20 +183,29 @@ def run(args: argparse.Namespace) -> int:
             str(n),
             "--idle-timeout",
             "3600",
+            "--clock-stats",
+            stats_path,
         ]
+        if args.caption_threads:
+            serve_args += ["--caption-threads", str(args.caption_threads)]
         with serving(serve_args) as (_, port):
             wait_captions_ready(port)
             url = f"ws://127.0.0.1:{port}{path}"
             phases = np.random.default_rng(0).uniform(0, 0.08, n)
             sessions = _everyone(url, args.protocol, clips, args.rounds, phases)
             results = [r for session in asyncio.run(sessions) for r in session]
+        # The server wrote its clock figures as it stopped.
+        late = json.loads(Path(stats_path).read_text() or "{}").get("late_ms", {})
+        tick = "-" if late.get("max") is None else f"{late['p99']:.1f}/{late['max']:.1f}"
         finals = [r["final_ms"] for r in results if r["final_ms"] is not None]
         texts = [r["text_ms"] for r in results if r["text_ms"] is not None]
         firsts = [r["first_interim_ms"] for r in results if r["first_interim_ms"] is not None]
         print(
             f"{n:>8} {len(finals):>4}/{len(results):<5} {_percentiles(finals):>36} {_percentiles(texts):>32} "
             f"{np.mean([r['interims'] for r in results]):>18.1f} "
-            f"{(f'{np.median(firsts):.0f}' if firsts else '-'):>33}",
+            f"{(f'{np.median(firsts):.0f}' if firsts else '-'):>33} "
+            f"{tick:>20}",
             flush=True,
         )
+    Path(stats_path).unlink(missing_ok=True)
     return 0

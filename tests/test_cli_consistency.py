@@ -92,9 +92,10 @@ def test_one_session_is_one_session():
 
 
 def test_the_captions_model_is_named_as_the_user_named_it():
-    with start_server("--captions", "auto") as server:
+    with start_server("--captions", "auto", "--caption-threads", "3") as server:
         _, _, body = http_get(server, "/healthz")
     assert json.loads(body)["captions"]["model"] == "tiny.en", "the name, never a folder on the server"
+    assert json.loads(body)["captions"]["threads"] == 3
 
 
 def test_models_json_piped_into_head_ends_quietly():

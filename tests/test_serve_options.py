@@ -105,3 +105,22 @@ def test_the_sampling_temperature_of_sessions_that_set_none():
     assert config_from_args(_args()).temperature is None  # the model's own
     with pytest.raises(ValueError, match="--text-temperature must be between 0 and 5"):
         config_from_args(_args("--text-temperature", "9"))
+
+
+def test_captions_read_on_one_thread_beside_a_model_on_the_cpu_and_on_more_without_one(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert config_from_args(_args("--backend", "moshi", "--device", "cpu")).caption_threads == 1
+    assert config_from_args(_args("--backend", "moshi", "--device", "cuda:0")).caption_threads == 4
+    assert config_from_args(_args("--backend", "scripted")).caption_threads == 4
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert config_from_args(_args("--backend", "scripted")).caption_threads == 2
+    assert (
+        config_from_args(
+            _args("--backend", "moshi", "--device", "cpu", "--caption-threads", "2")
+        ).caption_threads
+        == 2
+    )
+    with pytest.raises(ValueError, match="--caption-threads must be >= 1"):
+        config_from_args(_args("--backend", "scripted", "--caption-threads", "0"))
