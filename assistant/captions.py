@@ -227,9 +227,10 @@ class CaptionWorker:
         pcm_24k: float (n,) in [-1, 1] at 24 kHz (copied, so the caller may reuse its buffer).
         interim: the part of an utterance said so far; taken only when nothing else waits (False
             returned otherwise, not counted as a drop), and read quickly.
-        quick: read only in a short window, never again the standard way (up to 1 s of CPU for a
-            few seconds of speech): the caption's text is None where that reading does not work.
-            For a reading that may turn out not to be needed (one made at a pause in the speech).
+        quick: a reading in a short window that looks like a loop is not read again the standard
+            way (up to 1 s of CPU for a few seconds of speech): the caption's text is None then, and
+            where reading failed. For a reading that may turn out not to be needed (one made at a
+            pause in the speech). An utterance too long for a short window is read the standard way.
         Returns False, counting a drop, when the queue is full or the worker is closed or broken.
         """
         pcm = np.asarray(pcm_24k)
@@ -246,7 +247,7 @@ class CaptionWorker:
             float(start_ms),
             float(end_ms),
             callback,
-            interim or quick,
+            "interim" if interim else "quick" if quick else "full",
         )
         priority = _INTERIM if interim else _FINAL
         try:
@@ -332,18 +333,23 @@ class CaptionWorker:
     def transcribe_all(self, pcms_24k: list[np.ndarray], interim: bool = False) -> list[str]:
         """`transcribe` for several utterances, those that fit short windows in one batch (four of
         ~3 s with tiny.en on one thread: 735 ms together, 1260 ms one after another)."""
-        return [text or "" for text in self._read(pcms_24k, [interim] * len(pcms_24k))]
+        mode = "interim" if interim else "full"
+        return [text or "" for text in self._read(pcms_24k, [mode] * len(pcms_24k))]
 
-    def _read(self, pcms_24k: list[np.ndarray], quick: list[bool]) -> list[str | None]:
-        """`transcribe_all`, each utterance quick or not: None for a quick one the short window
-        did not read."""
+    def _read(self, pcms_24k: list[np.ndarray], modes: list[str]) -> list[str | None]:
+        """`transcribe_all`, each utterance in its mode ("interim", "quick", "full": see `submit`):
+        None where an interim or quick one was not read."""
         if self._model is None:
             raise RuntimeError("the caption model is not loaded yet; call start() and wait_ready()")
         audios = [resample(pcm, SAMPLE_RATE_HZ, WHISPER_RATE_HZ) for pcm in pcms_24k]
         texts = self._in_short_windows(audios)
-        for i, audio in enumerate(audios):
-            if texts[i] is None and (not quick[i] or not audio.shape[0]):
-                texts[i] = self._in_full_windows(audio) if audio.shape[0] else ""
+        for i, (audio, mode) in enumerate(zip(audios, modes, strict=True)):
+            if texts[i] is not None or mode == "interim":
+                continue
+            if not audio.shape[0]:
+                texts[i] = ""
+            elif mode == "full" or not _fits_a_short_window(audio.shape[0] // _SAMPLES_PER_FRAME):
+                texts[i] = self._in_full_windows(audio)
         return texts
 
     def _in_short_window(self, audio: np.ndarray) -> str | None:
@@ -354,7 +360,7 @@ class CaptionWorker:
         for a clip where it does not apply (empty, long, a language to detect) or reads like a loop."""
         texts: list[str | None] = [None] * len(audios)
         frames = [audio.shape[0] // _SAMPLES_PER_FRAME for audio in audios]
-        fits = [i for i, n in enumerate(frames) if 0 < n and n + _WINDOW_MARGIN_FRAMES < _FULL_WINDOW_FRAMES]
+        fits = [i for i, n in enumerate(frames) if _fits_a_short_window(n)]
         if self._prompt is None or not fits:
             return texts
         window = max(max(frames[i] for i in fits) + _WINDOW_MARGIN_FRAMES, _MIN_WINDOW_FRAMES)
@@ -422,16 +428,20 @@ class CaptionWorker:
             jobs = [(submitted, item)]
             if priority == _FINAL:  # the finals waiting behind it are read with it
                 stop = self._take_finals(jobs)
-            interim = priority == _INTERIM
+            modes = [mode for _, (*_, mode) in jobs]
             try:
-                texts = self._read([pcm for _, (_, pcm, *_) in jobs], [quick for _, (*_, quick) in jobs])
+                texts = self._read([pcm for _, (_, pcm, *_) in jobs], modes)
             except Exception:  # one bad utterance must not stop the captions
                 self.failed += len(jobs)
                 log.exception("captioning %r failed", [key for _, (key, *_) in jobs])
-                continue
-            for (submitted, (key, _, start_ms, end_ms, callback, _)), text in zip(jobs, texts, strict=True):
+                # A quick reading is told it did not work (its final may wait on it); a full one is lost.
+                jobs = [job for job, mode in zip(jobs, modes, strict=True) if mode == "quick"]
+                texts = [None] * len(jobs)
+            for (submitted, (key, _, start_ms, end_ms, callback, mode)), text in zip(
+                jobs, texts, strict=True
+            ):
                 caption = Caption(key, text, start_ms, end_ms, (time.perf_counter() - submitted) * 1000.0)
-                self.completed += not interim
+                self.completed += mode != "interim" and text is not None
                 try:
                     callback(caption)
                 except Exception:  # a consumer's bug must not stop the captions
@@ -455,6 +465,11 @@ class CaptionWorker:
                 return False
             jobs.append((submitted, item))
         return False
+
+
+def _fits_a_short_window(frames: int) -> bool:
+    """Whether a clip of this many mel frames is read in a window its length (else in 30 s ones)."""
+    return 0 < frames and frames + _WINDOW_MARGIN_FRAMES < _FULL_WINDOW_FRAMES
 
 
 def _looks_like_a_loop(text: str) -> bool:

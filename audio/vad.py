@@ -30,6 +30,9 @@ BACKENDS = ("webrtc", "silero")
 CLASSIFIER_RATE_HZ = 16000  # both classifiers run at 16 kHz: webrtcvad supports it, Silero is trained on it
 WEBRTC_FRAME_SAMPLES = 480  # 30 ms: the cheapest webrtcvad frame, and its most stable decisions
 SILERO_FRAME_SAMPLES = 512  # 32 ms: the only chunk size the 16 kHz Silero model accepts
+# How far a pause as heard may begin before the classifier's voiced end: webrtc lets go of voice
+# 100-120 ms after the sound (tests/data/speech), silero 40-80 ms.
+QUIET_LEAD_MS = 100
 _SILERO_CONTEXT_SAMPLES = 64  # Silero sees the previous chunk's last 64 samples in front of each chunk
 
 
@@ -141,11 +144,6 @@ class TurnHysteresis:
     def voiced_end(self) -> int:
         """End of the last voiced frame (inside a turn: where the user's speech so far ends)."""
         return self._last_voiced_end
-
-    @property
-    def onset(self) -> int:
-        """Onset of the current turn (or of the last one)."""
-        return self._onset
 
     def _event(self, kind: str, sample: int) -> VadEvent:
         return VadEvent(
@@ -272,7 +270,7 @@ class SoundTrail:
     `decay_db_per_s`, so one cough does not set the bar for good) and above `floor_dbfs`.
 
     The classifiers keep calling frames voiced for a while after the sound has died away (webrtc on
-    tests/data/speech: the turn's voiced end 100 ms after the last sample above -40 dBFS), so a pause
+    tests/data/speech: the turn's voiced end 100-120 ms after the last sample above -40 dBFS), so a pause
     measured from here is known that much sooner. Over a noise floor within `range_db` of the speech
     every block counts as sound, and the trail follows the noise: then it is no earlier than the
     classifier's end, and nothing is gained or lost.
@@ -340,6 +338,7 @@ class StreamingVad:
         self._resampler = StreamResampler(self.sample_rate_hz, self._classifier.sample_rate_hz)
         self._chunker = FrameChunker(self._classifier.frame_samples)
         self._trail = SoundTrail(self.sample_rate_hz)
+        self._quiet_lead = self.sample_rate_hz * QUIET_LEAD_MS // 1000
         self._hysteresis = TurnHysteresis(
             self.sample_rate_hz,
             min_speech_ms=self.config.min_speech_ms,
@@ -380,9 +379,15 @@ class StreamingVad:
     @property
     def quiet_since(self) -> int:
         """Inside a turn, where the pause the user is in began as a listener hears it: the end of
-        their last sound (`SoundTrail`), never after `voiced_end`, never before the turn's onset."""
-        onset, sound_end = self._hysteresis.onset, self._trail.end
-        return sound_end if onset <= sound_end < self.voiced_end else self.voiced_end
+        their last sound (`SoundTrail`), never after `voiced_end` and at most QUIET_LEAD_MS before
+        it (a trail held back by a loud sound earlier, over speech much softer, is not believed
+        further: the user is still speaking as far as the classifier hears)."""
+        voiced_end = self.voiced_end
+        return (
+            max(self._trail.end, voiced_end - self._quiet_lead)
+            if self._trail.end < voiced_end
+            else voiced_end
+        )
 
     @property
     def probability(self) -> float:

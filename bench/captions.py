@@ -172,8 +172,10 @@ def run(args: argparse.Namespace) -> int:
         f"{'end -> text complete p50/p95 ms':>32} {'interims/utterance':>18} {'first interim after onset p50 ms':>33} "
         f"{'tick late p99/max ms':>20}"
     )
-    stats_path = tempfile.mkstemp(suffix=".json")[1]
+    fd, stats_path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
     for n in counts:
+        Path(stats_path).write_text("")  # a server that writes none shows none, not the last one's
         serve_args = [
             "--backend",
             "silence",

@@ -93,7 +93,8 @@ def default_caption_threads(backend: str, device: str | None) -> int:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if not device.startswith("cuda"):
             return 1
-    return max(1, min(4, os.cpu_count() or 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, cores))
 
 
 def default_origins(host: str, port: int, tls: bool) -> list[str]:
@@ -361,6 +362,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         if path and not Path(path).is_file():
             raise ValueError(f"--{name.replace('_', '-')} {path} does not exist")
     web_root = static.WEB_ROOT if args.moshi_ui is None else moshi_ui_root(args.moshi_ui)
+    captions = None if args.captions in (None, "off", "none") else args.captions
     vad = VadConfig(backend=args.vad)
     backend, auto_banner = args.backend, None
     if backend == "auto":
@@ -422,7 +424,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         ping_interval_s=args.ping_interval,
         agent_port=args.agent_port,
         protect_metrics=protect_metrics,
-        captions=None if args.captions in (None, "off", "none") else args.captions,
+        captions=captions,
         captions_device=args.captions_device or ("cuda" if (args.device or "").startswith("cuda") else "cpu"),
-        caption_threads=args.caption_threads or default_caption_threads(backend, args.device),
+        caption_threads=args.caption_threads
+        or (default_caption_threads(backend, args.device) if captions else 1),
     )

@@ -147,6 +147,8 @@ class ServerContext:
         )
         if not queued and not utterance.interim:  # an interim is skipped, by design, while finals wait
             self.metrics.inc("captions_dropped")
+            if utterance.quick:  # a reading at a pause: the end of the turn may wait on it
+                loop.call_soon(done, utterance, None)
 
     def close(self) -> None:
         if self.caption_worker is not None:

@@ -153,3 +153,34 @@ def test_a_pause_reading_that_did_not_work_before_the_end_of_turn_gets_a_final_j
     assert quiet(c, 2000, 2400) == []  # and the same pause is not read again
     job, ready = c.speech_stopped(2100 * MS, 2600 * MS)
     assert ready == [] and (job.kind, job.end) == ("final", 2300 * MS)
+
+
+def test_a_pause_job_is_final_only_with_the_margin_of_quiet_after_the_end_of_the_turn():
+    for stopped_ms, final in ((2150, True), (2151, False)):
+        c = UtteranceCaptions(EVERY, PAUSE, TAIL, margin=50 * MS)
+        c.speech_started(0, 300 * MS)
+        speak(c, 300, 2000)
+        (pause,) = quiet(c, 2000, 2200)  # read to 2200 ms
+        job, _ = c.speech_stopped(stopped_ms * MS, 2700 * MS)
+        assert (job is None) == final, stopped_ms
+
+
+def test_a_pause_that_began_inside_the_last_reading_is_not_read_again():
+    c = captions()
+    c.speech_started(0, 300 * MS)
+    speak(c, 300, 1000)
+    (pause,) = quiet(c, 1000, 1200)  # read to 1200 ms
+    # The classifier's late voice moves the start of the pause to 1100 ms, inside that reading.
+    assert quiet(c, 1100, 1400) == []
+    (later,) = quiet(c, 1250, 1450)  # a new sound after it: its pause is read
+    assert later.voiced_end == 1250 * MS
+    assert c.unread(pause) is None  # an older pause job is nobody's final
+
+
+def test_no_interim_starts_while_the_classifier_is_in_a_gap():
+    c = captions()
+    c.speech_started(0, 300 * MS)
+    # 1 s in, the sound stopped 100 ms ago (no pause yet), the classifier heard voice 60 ms ago.
+    assert c.progress(1300 * MS, 1200 * MS, voiced_end=1240 * MS) is None
+    job = c.progress(1320 * MS, 1200 * MS, voiced_end=1310 * MS)
+    assert job.kind == "interim" and job.end == 1320 * MS

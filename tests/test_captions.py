@@ -293,3 +293,26 @@ def test_finals_waiting_together_are_read_together_each_with_its_own_words(worke
     # One reading for the three: they come back within moments of each other.
     times = [t for *_, t in got[1:]]
     assert max(times) - min(times) < 0.1, times
+
+
+def test_a_quick_reading_too_long_for_a_short_window_is_read_the_standard_way(worker, monkeypatch):
+    monkeypatch.setattr(
+        worker, "_in_full_windows", lambda audio: f"{audio.shape[0] / 16000:.0f} s read in full"
+    )
+    long_quiet = np.zeros(30 * 24_000, np.float32)
+    assert worker._read([long_quiet], ["quick"]) == ["30 s read in full"]
+    assert worker._read([long_quiet], ["interim"]) == [None]
+
+
+def test_a_reading_that_fails_tells_a_quick_job_and_not_a_full_one(worker, monkeypatch):
+    def broken(*_):
+        raise RuntimeError("no memory")
+
+    got: queue.Queue = queue.Queue()
+    monkeypatch.setattr(worker, "_read", broken)
+    assert worker.submit("full", np.zeros(24_000, np.float32), 0.0, 1000.0, got.put)
+    assert worker.submit("pause", np.zeros(24_000, np.float32), 0.0, 1000.0, got.put, quick=True)
+    caption = got.get(timeout=60)
+    assert (caption.key, caption.text) == ("pause", None)
+    time.sleep(0.2)
+    assert got.empty() and worker.failed >= 1

@@ -110,11 +110,11 @@ def test_the_sampling_temperature_of_sessions_that_set_none():
 def test_captions_read_on_one_thread_beside_a_model_on_the_cpu_and_on_more_without_one(monkeypatch):
     import os
 
-    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     assert config_from_args(_args("--backend", "moshi", "--device", "cpu")).caption_threads == 1
     assert config_from_args(_args("--backend", "moshi", "--device", "cuda:0")).caption_threads == 4
     assert config_from_args(_args("--backend", "scripted")).caption_threads == 4
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     assert config_from_args(_args("--backend", "scripted")).caption_threads == 2
     assert (
         config_from_args(

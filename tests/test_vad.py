@@ -329,9 +329,24 @@ def test_a_pause_is_timed_from_where_the_sound_ended(backend, name):
     # ms on (webrtc): timed from its voiced end, the same pause would be known that much later.
     at = next(p for p in pauses if p[0] >= sound_end + RATE // 5)
     assert at[0] - at[1] >= RATE // 5 - RATE * 30 // 1000, (at, sound_end)
-    assert all(q <= v for _, q, v in pauses)  # never after the classifier's end
+    assert sound_end <= at[1] <= sound_end + RATE * 30 // 1000  # to 10 ms blocks (and the lead bound)
+    assert all(v - RATE // 10 <= q <= v for _, q, v in pauses)  # at most 100 ms before the classifier
     # Inside the speech, the short gaps between words are still speech to it.
     assert all(p - q < RATE // 2 for p, q, _ in pauses if p < sound_end)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_soft_speech_after_a_loud_click_is_not_taken_for_a_pause(backend):
+    clip, _ = load_wav("q1.wav")
+    x = np.concatenate([np.zeros(RATE // 2, np.float32), clip * 0.1, np.zeros(RATE, np.float32)])
+    x[RATE // 2 + RATE // 4 : RATE // 2 + RATE // 4 + 240] = 0.9  # a click 40 dB above the speech
+    sound_end = RATE // 2 + np.flatnonzero(np.abs(clip * 0.1) > 300 / 32768)[-1] + 1
+    pauses = _pauses(x, backend)
+    # The trail stops below the click's bar, but a pause is never heard more than 100 ms before the
+    # classifier's end, so none of 150 ms is found while the classifier hears voice.
+    assert all(v - RATE // 10 <= q <= v for _, q, v in pauses)
+    assert not [p for p, q, v in pauses if p - q >= RATE * 150 // 1000 and p - v < RATE * 50 // 1000]
+    assert any(p - q >= RATE * 150 // 1000 for p, q, _ in pauses if p > sound_end)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -53,10 +53,13 @@ class _Utterance:
 class UtteranceCaptions:
     """One conversation's utterances and their caption jobs (positions in input samples)."""
 
-    def __init__(self, interim_every: int, pause: int, tail: int):
+    def __init__(self, interim_every: int, pause: int, tail: int, margin: int = 0):
+        """margin: quiet a pause job must hold after the VAD's end of the turn to be its final
+        transcript (a soft last sound the classifier still heard is read whole)."""
         self.interim_every = interim_every
         self.pause = pause
         self.tail = tail
+        self.margin = margin
         self._current: _Utterance | None = None
         self._finishing: dict[int, _Utterance] = {}  # turns ended, their final transcript to come
         self._count = 0
@@ -70,19 +73,21 @@ class UtteranceCaptions:
         self._count += 1
         self._current = _Utterance(self._count, audio_start, position + self.interim_every)
 
-    def progress(self, position: int, quiet_since: int) -> CaptionJob | None:
+    def progress(self, position: int, quiet_since: int, voiced_end: int | None = None) -> CaptionJob | None:
         """The job due now, if any: `position` is the input so far, `quiet_since` where the user's
-        sound last ended (the VAD's `quiet_since`)."""
+        sound last ended (the VAD's `quiet_since`), `voiced_end` where its classifier last heard
+        voice (no interim is started in a gap: a pause job may be due; default `quiet_since`)."""
         u = self._current
         if u is None:
             return None
         if position - quiet_since >= self.pause:
-            if u.pause is not None and u.pause.voiced_end == quiet_since:
-                return None
+            if u.pause is not None and quiet_since <= u.pause.end:
+                return None  # this pause began inside what the last pause job read
             u.pause = CaptionJob(u.id, "pause", u.start, min(quiet_since + self.tail, position), quiet_since)
             u.pause_text, u.pause_unread = None, False
             return u.pause
-        if position >= u.next_interim and position - quiet_since < self.pause // 4:
+        voiced_end = quiet_since if voiced_end is None else voiced_end
+        if position >= u.next_interim and position - voiced_end < self.pause // 4:
             u.next_interim = position + self.interim_every
             return CaptionJob(u.id, "interim", u.start, position, quiet_since)
         return None
@@ -137,15 +142,15 @@ class UtteranceCaptions:
         u.pause_unread = True
         return CaptionJob(u.id, "final", job.start, job.end, u.stopped_end) if waited else None
 
-    @staticmethod
-    def _covers(u: _Utterance, job: CaptionJob | None) -> bool:
-        """Whether `job` is the last pause job of an ended turn, read all its voice and can be read."""
+    def _covers(self, u: _Utterance, job: CaptionJob | None) -> bool:
+        """Whether `job` is the last pause job of an ended turn, read all its voice (and `margin`
+        after it) and can be read."""
         return (
             job is not None
             and job == u.pause
             and not u.pause_unread
             and u.stopped_end is not None
-            and u.stopped_end <= job.end
+            and u.stopped_end + self.margin <= job.end
         )
 
     def _deltas(self, u: _Utterance, words: list[str]) -> list[tuple[str, str]]:

@@ -96,13 +96,15 @@ _CAPTION_TAIL_SAMPLES = 200 * _SAMPLES_PER_MS
 # Interim captions while the user speaks, one a second; the final one is read once the user's sound
 # has stopped this long, so it is ready when the VAD's end of turn comes (500 ms of silence by
 # default). Shorter means an earlier final caption and more readings at pauses inside a sentence,
-# none of them wasted as words (they go out as deltas): 8 readings for the 4 utterances of
+# none of them wasted as words (they go out as deltas): 6 readings for the 4 utterances of
 # tests/data/speech (q1, q2, interrupt, backchannel) at 150 ms, 5 at 200 ms timed from the
 # classifier's voiced end, as this was before.
-# The classifier lets go of voice up to 100 ms after the sound (webrtc), within what the reading
-# holds, so the turn's end lies inside it and it is the final caption.
 _CAPTION_INTERIM_SAMPLES = 1000 * _SAMPLES_PER_MS
 _CAPTION_PAUSE_SAMPLES = 150 * _SAMPLES_PER_MS
+# The quiet a pause reading must hold after the classifier's end of the turn to be its final
+# transcript. The pause is timed from at most 100 ms before that end (audio.vad.QUIET_LEAD_MS), so
+# when no voice came after the reading began it holds 50 ms at least.
+_CAPTION_MARGIN_SAMPLES = 50 * _SAMPLES_PER_MS
 _FRAME_WAITS_KEPT = 750  # the last minute of frames
 # Options the engine's slot takes: changing one sends SetEngineOptions.
 _SLOT_FIELDS = frozenset(
@@ -168,7 +170,7 @@ class Conversation:
         self.check_prompt = check_prompt
         self._utterance: UtteranceAudio | None = None
         self._caption_jobs = UtteranceCaptions(
-            _CAPTION_INTERIM_SAMPLES, _CAPTION_PAUSE_SAMPLES, _CAPTION_TAIL_SAMPLES
+            _CAPTION_INTERIM_SAMPLES, _CAPTION_PAUSE_SAMPLES, _CAPTION_TAIL_SAMPLES, _CAPTION_MARGIN_SAMPLES
         )
         self.metrics = metrics
         self.clock = clock
@@ -281,7 +283,8 @@ class Conversation:
             out += self._on_vad(ev, now)
         out += self._turn_changes(self.turns.user_input(self.samples_in, self._vad.probability >= 0.5))
         if self._utterance is not None and self._vad.speaking:
-            out += self._caption(self._caption_jobs.progress(self.samples_in, self._vad.quiet_since))
+            job = self._caption_jobs.progress(self.samples_in, self._vad.quiet_since, self._vad.voiced_end)
+            out += self._caption(job)
         dropped = self._input.push(x)
         if dropped:
             self.dropped_samples += dropped
