@@ -3,9 +3,11 @@
 For each session count N: start `assistant serve --backend silence --captions MODEL` as its own
 process (its caption model loaded before anything is measured), connect N clients from this process
 that ask for user captions, and have each say tests/data/speech q2.wav and interrupt.wav (3.4 and
-3.3 s) in turn, `--rounds` times, with silence between, streamed in real time. All N talk at once
-(their streams start within one 80 ms frame of each other): the worst case for the captioner, which
-gets every session's utterance at the same moment. Measured on the client's side, from sending the
+3.3 s) in turn, `--rounds` times, with silence between, streamed in real time. By default all N
+talk at once (their streams start within one 80 ms frame of each other): the worst case for the
+captioner, which gets every session's utterance at the same moment. `--staggered`: each starts at
+its own random point of a turn (utterance and the silence after it), as people in separate
+conversations do, so utterances end at different moments but overlap. Measured on the client's side, from sending the
 chunk that holds an utterance's last voiced sample (the end of the utterance):
 - final: `--protocol live`: the utterance's last `session.input_transcript.delta`;
   `--protocol realtime`: `conversation.item.input_audio_transcription.completed`, which the API
@@ -40,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sessions", default="1,4", help="comma-separated session counts (default 1,4)")
     parser.add_argument("--rounds", type=int, default=4, help="utterances per session (default 4)")
     parser.add_argument("--captions", default="tiny.en", help="the server's caption model (default tiny.en)")
+    parser.add_argument(
+        "--staggered",
+        action="store_true",
+        help="sessions start at random points of a turn, not all at once",
+    )
     parser.add_argument(
         "--caption-threads",
         type=int,
@@ -163,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
     path = "/v1/live/sessions" if args.protocol == "live" else "/v1/realtime"
     print(
         f"captions bench: {args.captions} on the server's CPU, {args.protocol} protocol, each session says "
-        f"{' and '.join(CLIPS)} in turn ({args.rounds} utterances), all sessions at once; "
+        f"{' and '.join(CLIPS)} in turn ({args.rounds} utterances), "
+        f"{'sessions staggered' if args.staggered else 'all sessions at once'}; "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     )
     final = "completed" if args.protocol == "realtime" else "last delta"
@@ -193,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
         with serving(serve_args) as (_, port):
             wait_captions_ready(port)
             url = f"ws://127.0.0.1:{port}{path}"
-            phases = np.random.default_rng(0).uniform(0, 0.08, n)
+            turn_s = np.mean([clip.shape[0] for clip in clips]) / 24_000 + GAP_S
+            phases = np.random.default_rng(0).uniform(0, turn_s if args.staggered else 0.08, n)
             sessions = _everyone(url, args.protocol, clips, args.rounds, phases)
             results = [r for session in asyncio.run(sessions) for r in session]
         # The server wrote its clock figures as it stopped.
