@@ -27,6 +27,7 @@ import logging
 import signal
 import ssl
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -256,8 +257,15 @@ def build_server_engine(config: ServerConfig) -> Engine:
     )
 
 
+_stop_asked = threading.Event()  # a signal came while starting
+
+
 def _stop_starting(signum, frame) -> None:
-    raise KeyboardInterrupt  # SIGTERM while the model loads ends the start-up as Ctrl-C does
+    """Ctrl-C or SIGTERM while the model loads ends the start-up. The KeyboardInterrupt raised here
+    can be swallowed by the code it lands in (a library's `except BaseException` while it loads),
+    so the signal is also remembered, and the start-up looks before it begins to serve."""
+    _stop_asked.set()
+    raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace) -> int:
@@ -268,7 +276,9 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        signal.signal(signal.SIGTERM, _stop_starting)  # serve_forever's own handlers take over once it runs
+        # serve_forever's own handlers take over once it runs.
+        signal.signal(signal.SIGTERM, _stop_starting)
+        signal.signal(signal.SIGINT, _stop_starting)
         return _start_and_serve(args)
     except KeyboardInterrupt:
         print("assistant: stopped while starting", flush=True)
@@ -285,6 +295,8 @@ def _start_and_serve(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"assistant serve: {exc}", file=sys.stderr)
         return 2
+    if _stop_asked.is_set():
+        raise KeyboardInterrupt
     try:
         asyncio.run(serve_forever(config, engine))
     except ValueError as exc:  # e.g. an unknown --captions model

@@ -151,3 +151,33 @@ def test_make_run_then_ctrl_c_in_a_terminal(tmp_path):
     assert len(lines) <= 4, "the command, two start-up lines and one on Ctrl-C"
     assert "leaked" not in text and "Traceback" not in text and "Error" not in text
     assert os.waitstatus_to_exitcode(status) in (0, -signal.SIGINT), "make ends with its server"
+
+
+def test_a_stop_signal_swallowed_while_the_model_loads_still_stops_the_start_up(monkeypatch, capsys):
+    """The KeyboardInterrupt a signal raises lands in whatever code the model load is running; a
+    library that catches BaseException there must not leave the server to serve after Ctrl-C."""
+    from assistant.cli import build_parser
+    from server import app
+
+    def load_swallowing_the_signal(config):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here
+        except BaseException:
+            pass  # what such a library does
+        return None
+
+    def serve(*_):
+        raise AssertionError("it went on to serve")
+
+    monkeypatch.setattr(app, "build_server_engine", load_swallowing_the_signal)
+    monkeypatch.setattr(app, "serve_forever", serve)
+    argv = ["serve", "--backend", "scripted", "--captions", "off"]
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        assert app.run(build_parser(argv).parse_args(argv)) == 0
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        app._stop_asked.clear()
+    assert capsys.readouterr().out == "assistant: stopped while starting\n"
