@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -304,9 +305,10 @@ class SoundTrail:
         self._carry = x[n * self.block :].copy()
         if not n:
             return
-        blocks = x[: n * self.block].reshape(n, self.block).astype(np.float64)
-        db = 10.0 * np.log10(np.mean(blocks * blocks, axis=1) + 1e-12)
-        for i, level in enumerate(db.tolist()):
+        blocks = x[: n * self.block].reshape(n, self.block)
+        energies = np.einsum("ij,ij->i", blocks, blocks, dtype=np.float64) / self.block
+        for i, energy in enumerate(energies.tolist()):
+            level = 10.0 * math.log10(energy + 1e-12)
             self._peak = max(level, self._peak - self.decay_per_block, self.floor_dbfs)
             if level >= max(self._peak - self.range_db, self.floor_dbfs):
                 self.end = self._position + (i + 1) * self.block
