@@ -27,7 +27,6 @@ import logging
 import signal
 import ssl
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -257,14 +256,16 @@ def build_server_engine(config: ServerConfig) -> Engine:
     )
 
 
-_stop_asked = threading.Event()  # a signal came while starting
+_stop_asked = False  # a signal came while starting (a plain flag: set in a signal handler)
 
 
 def _stop_starting(signum, frame) -> None:
     """Ctrl-C or SIGTERM while the model loads ends the start-up. The KeyboardInterrupt raised here
-    can be swallowed by the code it lands in (a library's `except BaseException` while it loads),
-    so the signal is also remembered, and the start-up looks before it begins to serve."""
-    _stop_asked.set()
+    can be swallowed by the code it lands in (a library's `except BaseException` while it loads,
+    or one that turns it into an error of its own), so the signal is also remembered, and the
+    start-up looks before it begins to serve."""
+    global _stop_asked
+    _stop_asked = True
     raise KeyboardInterrupt
 
 
@@ -275,6 +276,9 @@ def run(args: argparse.Namespace) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    global _stop_asked
+    _stop_asked = False
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         # serve_forever's own handlers take over once it runs.
         signal.signal(signal.SIGTERM, _stop_starting)
@@ -283,6 +287,9 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("assistant: stopped while starting", flush=True)
         return 0
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def _start_and_serve(args: argparse.Namespace) -> int:
@@ -293,9 +300,11 @@ def _start_and_serve(args: argparse.Namespace) -> int:
         log.info("loading the %s engine%s", config.backend, f" ({config.model})" if config.model else "")
         engine = build_server_engine(config)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        if _stop_asked:  # the interrupt, turned into an error on its way
+            raise KeyboardInterrupt from None
         print(f"assistant serve: {exc}", file=sys.stderr)
         return 2
-    if _stop_asked.is_set():
+    if _stop_asked:
         raise KeyboardInterrupt
     try:
         asyncio.run(serve_forever(config, engine))

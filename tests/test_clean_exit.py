@@ -173,11 +173,35 @@ def test_a_stop_signal_swallowed_while_the_model_loads_still_stops_the_start_up(
     monkeypatch.setattr(app, "build_server_engine", load_swallowing_the_signal)
     monkeypatch.setattr(app, "serve_forever", serve)
     argv = ["serve", "--backend", "scripted", "--captions", "off"]
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        assert app.run(build_parser(argv).parse_args(argv)) == 0
+        assert {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} == {
+            sig: handlers[sig] for sig in (signal.SIGINT, signal.SIGTERM)
+        }, "the process's own handlers are back"
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert capsys.readouterr().out == "assistant: stopped while starting\n"
+
+
+def test_a_stop_signal_turned_into_an_error_while_the_model_loads_is_still_a_stop(monkeypatch, capsys):
+    from assistant.cli import build_parser
+    from server import app
+
+    def load_turning_the_signal_into_an_error(config):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        except BaseException as exc:
+            raise RuntimeError("loading was interrupted") from exc
+
+    monkeypatch.setattr(app, "build_server_engine", load_turning_the_signal_into_an_error)
+    argv = ["serve", "--backend", "scripted", "--captions", "off"]
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     try:
         assert app.run(build_parser(argv).parse_args(argv)) == 0
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-        app._stop_asked.clear()
-    assert capsys.readouterr().out == "assistant: stopped while starting\n"
+    assert capsys.readouterr() == ("assistant: stopped while starting\n", "")

@@ -116,7 +116,8 @@ class FramePhase:
 
 
 def _percentile(ordered: list[float], q: float) -> float:
-    """numpy.percentile's default (linear) of values already sorted, without numpy's overhead."""
+    """numpy.percentile's default (linear) of values already sorted (equal to it up to rounding),
+    without numpy's overhead."""
     at = (len(ordered) - 1) * q / 100.0
     low = math.floor(at)
     high = min(low + 1, len(ordered) - 1)
