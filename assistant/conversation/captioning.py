@@ -107,9 +107,7 @@ class UtteranceCaptions:
 
     def transcribed(self, job: CaptionJob, text: str) -> list[tuple[str, str]]:
         """A job's transcript -> the pieces for the listener: ("delta", text) and ("final", text)."""
-        u = self._finishing.get(job.utterance)
-        if u is None and self._current is not None and self._current.id == job.utterance:
-            u = self._current
+        u = self._utterance_of(job)
         if u is None:
             return []  # its final transcript went out already
         words = text.split()
@@ -133,14 +131,19 @@ class UtteranceCaptions:
     def unread(self, job: CaptionJob) -> CaptionJob | None:
         """A job's quick reading did not work (a pause job is read only in a short window): the
         final job over the same audio when the ended turn was waiting on it, else None."""
-        u = self._finishing.get(job.utterance)
-        if u is None and self._current is not None and self._current.id == job.utterance:
-            u = self._current
+        u = self._utterance_of(job)
         if u is None or job.kind != "pause" or job != u.pause:
             return None
         waited = self._covers(u, job)
         u.pause_unread = True
         return CaptionJob(u.id, "final", job.start, job.end, u.stopped_end) if waited else None
+
+    def _utterance_of(self, job: CaptionJob) -> _Utterance | None:
+        """The utterance a job was made for, while its transcript is still to come."""
+        u = self._finishing.get(job.utterance)
+        if u is None and self._current is not None and self._current.id == job.utterance:
+            u = self._current
+        return u
 
     def _covers(self, u: _Utterance, job: CaptionJob | None) -> bool:
         """Whether `job` is the last pause job of an ended turn, read all its voice (and `margin`
