@@ -87,7 +87,7 @@ from assistant.conversation.turns import (
 from audio.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE_HZ
 from audio.pcm import pcm16_to_float32
 from audio.resample import StreamResampler
-from audio.vad import StreamingVad, VadConfig
+from audio.vad import QUIET_LEAD_MS, StreamingVad, VadConfig
 
 _SAMPLES_PER_MS = SAMPLE_RATE_HZ // 1000
 # Audio after the VAD's end of speech given to captions: the end can sit 30 ms after the last audible
@@ -102,9 +102,9 @@ _CAPTION_TAIL_SAMPLES = 200 * _SAMPLES_PER_MS
 _CAPTION_INTERIM_SAMPLES = 1000 * _SAMPLES_PER_MS
 _CAPTION_PAUSE_SAMPLES = 150 * _SAMPLES_PER_MS
 # The quiet a pause reading must hold after the classifier's end of the turn to be its final
-# transcript. The pause is timed from at most 100 ms before that end (audio.vad.QUIET_LEAD_MS), so
-# when no voice came after the reading began it holds 50 ms at least.
-_CAPTION_MARGIN_SAMPLES = 50 * _SAMPLES_PER_MS
+# transcript (50 ms). The pause is timed from at most QUIET_LEAD_MS before that end, so when no
+# voice came after the reading began it holds this much at least.
+_CAPTION_MARGIN_SAMPLES = _CAPTION_PAUSE_SAMPLES - QUIET_LEAD_MS * _SAMPLES_PER_MS
 _FRAME_WAITS_KEPT = 750  # the last minute of frames
 # Options the engine's slot takes: changing one sends SetEngineOptions.
 _SLOT_FIELDS = frozenset(
