@@ -88,9 +88,9 @@ def default_caption_threads(backend: str, device: str | None) -> int:
     is read in about half the time with 2: tiny.en, 3.4 s of speech, 180 -> 100 ms)."""
     if backend == "moshi":
         if device is None:
-            import torch
+            from assistant.moshi.loading import resolve_device
 
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = resolve_device(None).type
         if not device.startswith("cuda"):
             return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
