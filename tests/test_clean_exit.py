@@ -153,11 +153,35 @@ def test_make_run_then_ctrl_c_in_a_terminal(tmp_path):
     assert os.waitstatus_to_exitcode(status) in (0, -signal.SIGINT), "make ends with its server"
 
 
-def test_a_stop_signal_swallowed_while_the_model_loads_still_stops_the_start_up(monkeypatch, capsys):
-    """The KeyboardInterrupt a signal raises lands in whatever code the model load is running; a
-    library that catches BaseException there must not leave the server to serve after Ctrl-C."""
+@pytest.fixture
+def own_handlers():
+    """This process's SIGINT, SIGTERM and SIGUSR1 handlers, put back after a test that runs
+    `serve` in-process (it sets its own)."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    yield handlers
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+
+
+def _start_up(monkeypatch, load) -> int:
+    """`assistant serve` in this process, its model loaded by `load(config)`; serving fails the test."""
     from assistant.cli import build_parser
     from server import app
+
+    def serve(*_):
+        raise AssertionError("it went on to serve")
+
+    monkeypatch.setattr(app, "build_server_engine", load)
+    monkeypatch.setattr(app, "serve_forever", serve)
+    argv = ["serve", "--backend", "scripted", "--captions", "off"]
+    return app.run(build_parser(argv).parse_args(argv))
+
+
+def test_a_stop_signal_swallowed_while_the_model_loads_still_stops_the_start_up(
+    monkeypatch, capsys, own_handlers
+):
+    """The KeyboardInterrupt a signal raises lands in whatever code the model load is running; a
+    library that catches BaseException there must not leave the server to serve after Ctrl-C."""
 
     def load_swallowing_the_signal(config):
         try:
@@ -167,28 +191,16 @@ def test_a_stop_signal_swallowed_while_the_model_loads_still_stops_the_start_up(
             pass  # what such a library does
         return None
 
-    def serve(*_):
-        raise AssertionError("it went on to serve")
-
-    monkeypatch.setattr(app, "build_server_engine", load_swallowing_the_signal)
-    monkeypatch.setattr(app, "serve_forever", serve)
-    argv = ["serve", "--backend", "scripted", "--captions", "off"]
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
-    try:
-        assert app.run(build_parser(argv).parse_args(argv)) == 0
-        assert {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} == {
-            sig: handlers[sig] for sig in (signal.SIGINT, signal.SIGTERM)
-        }, "the process's own handlers are back"
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    assert _start_up(monkeypatch, load_swallowing_the_signal) == 0
+    assert {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} == {
+        sig: own_handlers[sig] for sig in (signal.SIGINT, signal.SIGTERM)
+    }, "the process's own handlers are back"
     assert capsys.readouterr().out == "assistant: stopped while starting\n"
 
 
-def test_a_stop_signal_turned_into_an_error_while_the_model_loads_is_still_a_stop(monkeypatch, capsys):
-    from assistant.cli import build_parser
-    from server import app
-
+def test_a_stop_signal_turned_into_an_error_while_the_model_loads_is_still_a_stop(
+    monkeypatch, capsys, own_handlers
+):
     def load_turning_the_signal_into_an_error(config):
         try:
             os.kill(os.getpid(), signal.SIGTERM)
@@ -196,12 +208,5 @@ def test_a_stop_signal_turned_into_an_error_while_the_model_loads_is_still_a_sto
         except BaseException as exc:
             raise RuntimeError("loading was interrupted") from exc
 
-    monkeypatch.setattr(app, "build_server_engine", load_turning_the_signal_into_an_error)
-    argv = ["serve", "--backend", "scripted", "--captions", "off"]
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
-    try:
-        assert app.run(build_parser(argv).parse_args(argv)) == 0
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    assert _start_up(monkeypatch, load_turning_the_signal_into_an_error) == 0
     assert capsys.readouterr() == ("assistant: stopped while starting\n", "")
