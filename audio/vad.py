@@ -5,7 +5,9 @@ The layering follows the sans-I/O style of the rest of the project:
 - `TurnHysteresis` is pure logic fed one classifier frame at a time (probability, start sample, length);
   it owns every timing rule (min speech to start, min silence to stop, onset/end bookkeeping).
 - `WebRtcClassifier` and `SileroClassifier` turn one fixed-size 16 kHz frame into a speech probability.
-- `StreamingVad` is the thin shell: any-size float32 chunks at the session's rate in, events out.
+- `VadFrontEnd` is the signal half: any-size float32 chunks at the session's rate in, classifier
+  frames and the sound trail out (`VadAnalysis`); it may run on another thread than the turns.
+- `StreamingVad` is the thin shell: chunks in (or their analyses), events out.
 
 Timestamps are sample positions on the caller's input timeline, so they line up with the audio the
 session buffered. Events are emitted late by design (a turn is only confirmed after min_speech_ms, a
@@ -20,11 +22,12 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from audio.frames import FRAME_MS, SAMPLE_RATE_HZ
-from audio.pcm import FrameChunker, as_mono_float32, float32_to_pcm16
+from audio.pcm import FrameChunker, as_mono_float32
 from audio.resample import SUPPORTED_RATES, StreamResampler
 
 BACKENDS = ("webrtc", "silero")
@@ -202,7 +205,10 @@ class WebRtcClassifier:
         self.reset()
 
     def __call__(self, frame: np.ndarray) -> float:
-        return 1.0 if self._vad.is_speech(float32_to_pcm16(frame), self.sample_rate_hz) else 0.0
+        # audio.pcm.float32_to_pcm16's result in three numpy calls (float32 is exact here: x 2^15).
+        pcm = np.rint(frame * np.float32(32768.0))
+        np.clip(pcm, -32768, 32767, out=pcm)
+        return 1.0 if self._vad.is_speech(pcm.astype("<i2").tobytes(), self.sample_rate_hz) else 0.0
 
     def reset(self) -> None:
         import webrtcvad
@@ -315,11 +321,63 @@ class SoundTrail:
         self._position += n * self.block
 
 
+class VadAnalysis(NamedTuple):
+    """What a `VadFrontEnd` made of one chunk, for its `StreamingVad.apply`."""
+
+    front: VadFrontEnd  # the front end that made it (a VAD takes only its own front end's)
+    samples: int  # input samples in the chunk
+    frames: list[tuple[float, int, int]]  # classifier frames completed: (probability, start, length)
+    trail_end: int  # SoundTrail.end after the chunk
+    cpu_ns: int  # the analysis's CPU time, on the thread that made it
+
+
+class VadFrontEnd:
+    """The signal half of a `StreamingVad`: resampling to 16 kHz, classifier frames and their
+    probabilities, and the sound trail. It holds no turn state, so it can run off the thread that
+    owns the turns (a server's codec worker, right after decoding the chunk): `analyse` there, then
+    `StreamingVad.apply` the result where the turns are kept. One thread at a time, chunks in order."""
+
+    def __init__(self, config: VadConfig, sample_rate_hz: int):
+        self.sample_rate_hz = sample_rate_hz
+        if config.backend == "webrtc":
+            self._classifier: WebRtcClassifier | SileroClassifier = WebRtcClassifier(config.aggressiveness)
+        else:
+            self._classifier = SileroClassifier()
+        self._resampler = StreamResampler(sample_rate_hz, self._classifier.sample_rate_hz)
+        self._chunker = FrameChunker(self._classifier.frame_samples)
+        self._trail = SoundTrail(sample_rate_hz)
+        self.reset()
+
+    def reset(self) -> None:
+        self._resampler.reset()
+        self._chunker.reset()
+        self._classifier.reset()
+        self._trail.reset()
+        self._classified = 0  # classifier-rate samples already classified
+
+    def _to_input_sample(self, classifier_sample: int) -> int:
+        return round(classifier_sample * self.sample_rate_hz / self._classifier.sample_rate_hz)
+
+    def analyse(self, pcm: np.ndarray) -> VadAnalysis:
+        """Float32 mono samples (1-D, any length, 0 allowed) at sample_rate_hz."""
+        pcm = as_mono_float32(pcm)
+        t0 = time.thread_time_ns()
+        self._trail.push(pcm)
+        frames = []
+        for frame in self._chunker.push(self._resampler.process(pcm)):
+            start = self._to_input_sample(self._classified)
+            self._classified += frame.shape[0]
+            frames.append((self._classifier(frame), start, self._to_input_sample(self._classified) - start))
+        return VadAnalysis(self, pcm.shape[0], frames, self._trail.end, time.thread_time_ns() - t0)
+
+
 class StreamingVad:
     """Streaming VAD for one audio stream: float32 chunks of any size in, turn events out.
 
-    Audio is resampled to 16 kHz, cut into classifier frames, classified, and the per-frame decisions
-    go through `TurnHysteresis` on the input timeline. Chunk boundaries never change the events.
+    Audio is resampled to 16 kHz, cut into classifier frames, classified (`front`, a `VadFrontEnd`),
+    and the per-frame decisions go through `TurnHysteresis` on the input timeline. Chunk boundaries
+    never change the events. `push` does both here; a host that analyses elsewhere hands
+    `front.analyse`'s results to `apply`, in order.
     """
 
     def __init__(self, config: VadConfig | None = None, sample_rate_hz: int = SAMPLE_RATE_HZ):
@@ -329,17 +387,9 @@ class StreamingVad:
             )
         self.config = config or VadConfig()
         self.sample_rate_hz = int(sample_rate_hz)
-        if self.config.backend == "webrtc":
-            self._classifier: WebRtcClassifier | SileroClassifier = WebRtcClassifier(
-                self.config.aggressiveness
-            )
-            threshold = 0.5  # webrtc decisions are 0 or 1
-        else:
-            self._classifier = SileroClassifier()
-            threshold = self.config.threshold
-        self._resampler = StreamResampler(self.sample_rate_hz, self._classifier.sample_rate_hz)
-        self._chunker = FrameChunker(self._classifier.frame_samples)
-        self._trail = SoundTrail(self.sample_rate_hz)
+        self.front = VadFrontEnd(self.config, self.sample_rate_hz)
+        # webrtc decisions are 0 or 1
+        threshold = 0.5 if self.config.backend == "webrtc" else self.config.threshold
         self._quiet_lead = self.sample_rate_hz * QUIET_LEAD_MS // 1000
         self._hysteresis = TurnHysteresis(
             self.sample_rate_hz,
@@ -352,13 +402,10 @@ class StreamingVad:
 
     def reset(self) -> None:
         """Forget everything: a new stream starts at sample 0 (e.g. a slot reused by a new session)."""
-        self._resampler.reset()
-        self._chunker.reset()
-        self._classifier.reset()
+        self.front.reset()
         self._hysteresis.reset()
-        self._trail.reset()
         self._position = 0
-        self._classified = 0  # classifier-rate samples already classified
+        self._trail_end = 0
         self._probability = 0.0
         self._cpu_ns = 0
 
@@ -386,8 +433,8 @@ class StreamingVad:
         further: the user is still speaking as far as the classifier hears)."""
         voiced_end = self.voiced_end
         return (
-            max(self._trail.end, voiced_end - self._quiet_lead)
-            if self._trail.end < voiced_end
+            max(self._trail_end, voiced_end - self._quiet_lead)
+            if self._trail_end < voiced_end
             else voiced_end
         )
 
@@ -398,25 +445,23 @@ class StreamingVad:
 
     @property
     def cpu_ms_per_frame(self) -> float:
-        """Mean CPU time this VAD spent per 80 ms of input so far (this thread's CPU clock)."""
+        """Mean CPU time this VAD spent per 80 ms of input so far (the analysing thread's CPU clock)."""
         seconds = self._position / self.sample_rate_hz
         return self._cpu_ns / 1e6 / (seconds * 1000.0 / FRAME_MS) if seconds else 0.0
 
-    def _to_input_sample(self, classifier_sample: int) -> int:
-        return round(classifier_sample * self.sample_rate_hz / self._classifier.sample_rate_hz)
-
     def push(self, pcm: np.ndarray) -> list[VadEvent]:
         """Feed float32 mono samples (1-D, any length, 0 allowed) at sample_rate_hz; return events in order."""
-        pcm = as_mono_float32(pcm)
-        t0 = time.thread_time_ns()
-        self._position += pcm.shape[0]
-        self._trail.push(pcm)
+        return self.apply(self.front.analyse(pcm))
+
+    def apply(self, analysis: VadAnalysis) -> list[VadEvent]:
+        """The next chunk as `front.analyse` made it (on any thread, chunks in order): events in order."""
+        if analysis.front is not self.front:
+            raise ValueError("a VAD applies only what its own front end analysed")
+        self._position += analysis.samples
+        self._trail_end = analysis.trail_end
         events: list[VadEvent] = []
-        for frame in self._chunker.push(self._resampler.process(pcm)):
-            self._probability = self._classifier(frame)
-            start = self._to_input_sample(self._classified)
-            self._classified += frame.shape[0]
-            end = self._to_input_sample(self._classified)
-            events.extend(self._hysteresis.update(self._probability, start, end - start))
-        self._cpu_ns += time.thread_time_ns() - t0
+        for probability, start, length in analysis.frames:
+            self._probability = probability
+            events.extend(self._hysteresis.update(probability, start, length))
+        self._cpu_ns += analysis.cpu_ns
         return events

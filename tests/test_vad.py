@@ -1,3 +1,5 @@
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from audio_utils import load_wav, speech_dir
@@ -305,6 +307,24 @@ def test_speaking_probability_and_reset(backend):
     # After reset the timeline restarts at 0: q1 now begins 1 s in.
     (started,) = vad.push(x[: RATE // 2])
     assert abs(started.sample - RATE) < 0.1 * RATE
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_analysed_on_a_worker_thread_the_turns_and_pauses_are_the_same(backend):
+    # A server analyses a chunk on its codec worker and applies the result on the event loop.
+    x, _ = load_wav("interrupt.wav")
+    here, there = StreamingVad(VadConfig(backend=backend)), StreamingVad(VadConfig(backend=backend))
+    chunks = [x[pos : pos + 480] for pos in range(0, len(x), 480)]
+    with ThreadPoolExecutor(2) as workers:
+        analyses = [workers.submit(there.front.analyse, chunk).result() for chunk in chunks]
+    for chunk, analysis in zip(chunks, analyses, strict=True):
+        assert there.apply(analysis) == here.push(chunk)
+        state = lambda v: (v.position, v.speaking, v.probability, v.voiced_end, v.quiet_since)  # noqa: E731
+        assert state(there) == state(here)
+    assert there.cpu_ms_per_frame > 0
+    other = StreamingVad(VadConfig(backend=backend))
+    with pytest.raises(ValueError, match="its own front end"):
+        other.apply(there.front.analyse(x[:480]))
 
 
 def _pauses(x: np.ndarray, backend: str, chunk: int = 480) -> list[tuple[int, int, int]]:
