@@ -262,6 +262,36 @@ def test_session_reports_user_turns_and_streams_audio_every_frame():
     assert len(h.of(Stats)) == len(audio) // 12
 
 
+def test_audio_analysed_off_the_loop_gives_the_same_turns_even_across_a_vad_change():
+    # A server's codec worker runs the VAD's front end on each decoded chunk (analysis made before
+    # the chunk reaches the conversation); the turns must be the ones the conversation finds alone,
+    # and an analysis made before a session.update replaced the VAD is redone, not misapplied.
+    q1, _ = load_wav("q1.wav")
+    pcm = np.concatenate([silence(0.3), q1, silence(1.0), q1, silence(1.0)])
+    plain, analysed = Harness(), Harness()
+    assert plain.session.vad_front is not None
+    chunk, change_at = 480, len(pcm) // 2
+    for pos in range(0, len(pcm), chunk):
+        x = pcm[pos : pos + chunk]
+        analysis = analysed.session.vad_front.analyse(x)
+        if pos == change_at // chunk * chunk:  # the update arrives while this chunk is being decoded
+            for h in (plain, analysed):
+                h.take(h.session.update(vad={"min_silence_ms": 300}))
+        plain.take(plain.session.push_samples(x))
+        analysed.take(analysed.session.push_samples(x, analysis))
+        for h in (plain, analysed):
+            h.now += chunk / 24000
+            if (pos // chunk + 1) % 4 == 0:
+                h.tick()
+    turns = lambda h: [
+        (type(e).__name__, e.at_ms)
+        for e in h.events
+        if isinstance(e, (InputSpeechStarted, InputSpeechStopped))
+    ]  # noqa: E731
+    assert len(turns(plain)) == 4 and turns(analysed) == turns(plain)
+    assert Harness(rate=16000).session.vad_front is None  # input resampled first: analysed here
+
+
 def test_response_latency_is_measured_from_the_last_voiced_sample():
     q1, _ = load_wav("q1.wav")
     h = Harness()

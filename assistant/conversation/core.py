@@ -87,7 +87,7 @@ from assistant.conversation.turns import (
 from audio.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE_HZ
 from audio.pcm import pcm16_to_float32
 from audio.resample import StreamResampler
-from audio.vad import QUIET_LEAD_MS, StreamingVad, VadConfig
+from audio.vad import QUIET_LEAD_MS, StreamingVad, VadAnalysis, VadConfig, VadFrontEnd
 
 _SAMPLES_PER_MS = SAMPLE_RATE_HZ // 1000
 # Audio after the VAD's end of speech given to captions: the end can sit 30 ms after the last audible
@@ -262,12 +262,23 @@ class Conversation:
             return []
         return self.push_samples(pcm16_to_float32(pcm16))
 
-    def push_samples(self, x: np.ndarray) -> list[ConversationEvent]:
-        """Client audio: float32 (n,) in [-1, 1] at sample_rate_hz, any length."""
+    @property
+    def vad_front(self) -> VadFrontEnd | None:
+        """The VAD's signal half, for a host that analyses its input off this thread (a server's
+        codec worker): `push_samples(x, vad_front.analyse(x))`, in order, one chunk at a time. An
+        analysis made by a front end the VAD has since replaced is redone here. None where the input
+        is resampled first (the VAD hears 24 kHz)."""
+        return self._vad.front if self._resample_in is None else None
+
+    def push_samples(self, x: np.ndarray, analysis: VadAnalysis | None = None) -> list[ConversationEvent]:
+        """Client audio: float32 (n,) in [-1, 1] at sample_rate_hz, any length. analysis: what
+        `vad_front.analyse(x)` made of it, where the host has run that already."""
         if self.ended:
             return []
         now = self.clock()
         self.last_input_at = now
+        if analysis is not None and analysis.front is not self.vad_front:
+            analysis = None  # the VAD changed meanwhile (session.update): analysed again below
         if self._resample_in is not None:
             x = self._resample_in.process(x)
         if x.shape[0] == 0:
@@ -279,7 +290,7 @@ class Conversation:
         if self._phase is not None:
             self._phase.arrived(self.samples_in, now)
         out: list[ConversationEvent] = []
-        for ev in self._vad.push(x):
+        for ev in self._vad.push(x) if analysis is None else self._vad.apply(analysis):
             out += self._on_vad(ev, now)
         out += self._turn_changes(self.turns.user_input(self.samples_in, self._vad.probability >= 0.5))
         if self._utterance is not None and self._vad.speaking:
