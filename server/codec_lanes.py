@@ -42,17 +42,44 @@ def _run_all(jobs: list[Job]) -> list[Any]:
     return results
 
 
+def _run_group(batches: list[list[Job]]) -> list[list[Any]]:
+    return [_run_all(jobs) for jobs in batches]
+
+
 class CodecPool:
-    """The worker threads every lane shares."""
+    """The worker threads every lane shares.
+
+    The batches lanes start in one pass of the event loop (every session's frame at a tick, the
+    packets of all the sockets one poll found readable) go to the workers together: one worker call
+    per thread, not per lane. Each hand-over wakes a thread and comes back through the loop's
+    self-pipe, and those context switches were a quarter of the loop's time with 16 Opus sessions.
+    """
 
     def __init__(self, threads: int = DEFAULT_THREADS):
         if threads < 1:
             raise ValueError(f"codec threads must be >= 1, got {threads}")
         self.threads = threads
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="codec")
+        self._waiting: list[tuple[CodecLane, list[tuple[Job, Done]]]] = []
 
     def lane(self) -> CodecLane:
         return CodecLane(self)
+
+    def run(self, lane: CodecLane, batch: list[tuple[Job, Done]]) -> None:
+        """Code `batch` on a worker, then hand it back to `lane` on the event loop."""
+        if not self._waiting:
+            asyncio.get_running_loop().call_soon(self._hand_out)
+        self._waiting.append((lane, batch))
+
+    def _hand_out(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        loop = asyncio.get_running_loop()
+        for k in range(min(self.threads, len(waiting))):
+            group = waiting[k :: self.threads]
+            future = loop.run_in_executor(
+                self.executor, _run_group, [[job for job, _ in batch] for _, batch in group]
+            )
+            future.add_done_callback(lambda f, group=group: _hand_back(group, f.result()))
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=True)
@@ -100,9 +127,7 @@ class CodecLane:
         if all(job is None for job, _ in batch):  # nothing to code: hand over now, in order
             self._finish(batch, [None] * len(batch))
             return
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.pool.executor, _run_all, [job for job, _ in batch])
-        future.add_done_callback(lambda f: self._finish(batch, f.result()))
+        self.pool.run(self, batch)
 
     def _finish(self, batch: list[tuple[Job, Done]], results: list[Any]) -> None:
         if not self.closed:
@@ -116,3 +141,8 @@ class CodecLane:
             self._start()
         elif self._idle is not None:
             self._idle.set()
+
+
+def _hand_back(group: list[tuple[CodecLane, list[tuple[Job, Done]]]], results: list[list[Any]]) -> None:
+    for (lane, batch), batch_results in zip(group, results, strict=True):
+        lane._finish(batch, batch_results)

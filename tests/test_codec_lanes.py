@@ -108,3 +108,25 @@ async def test_idle_waits_for_every_result_submitted_so_far(pool):
     lane.close()  # a closed lane hands nothing over: nothing to wait for
     await asyncio.wait_for(lane.idle(), 1)
     assert got == [0, 1, 2, "end"]
+
+
+async def test_lanes_started_in_one_pass_of_the_loop_go_to_the_workers_together(pool):
+    # Every session's frame at a tick: one worker call per thread, not one per lane (each call is a
+    # thread woken and a trip back through the loop's self-pipe).
+    calls = []
+    submit = pool.executor.submit
+    pool.executor.submit = lambda fn, *args: calls.append(fn) or submit(fn, *args)
+    lanes = [pool.lane() for _ in range(16)]
+    got: list = []
+    finished = asyncio.Event()
+
+    def one_done(result):
+        got.append(result)
+        if len(got) == 16:
+            finished.set()
+
+    for k, lane in enumerate(lanes):
+        lane.submit(lambda k=k: k, one_done)
+    await asyncio.wait_for(finished.wait(), 5)
+    assert len(calls) == pool.threads == 2
+    assert sorted(got) == list(range(16))
