@@ -283,11 +283,14 @@ def test_audio_analysed_off_the_loop_gives_the_same_turns_even_across_a_vad_chan
             h.now += chunk / 24000
             if (pos // chunk + 1) % 4 == 0:
                 h.tick()
-    turns = lambda h: [
-        (type(e).__name__, e.at_ms)
-        for e in h.events
-        if isinstance(e, (InputSpeechStarted, InputSpeechStopped))
-    ]  # noqa: E731
+
+    def turns(h: Harness) -> list:
+        return [
+            (type(e).__name__, e.at_ms)
+            for e in h.events
+            if isinstance(e, (InputSpeechStarted, InputSpeechStopped))
+        ]
+
     assert len(turns(plain)) == 4 and turns(analysed) == turns(plain)
     assert Harness(rate=16000).session.vad_front is None  # input resampled first: analysed here
 

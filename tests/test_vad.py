@@ -309,6 +309,10 @@ def test_speaking_probability_and_reset(backend):
     assert abs(started.sample - RATE) < 0.1 * RATE
 
 
+def _state(v: StreamingVad) -> tuple:
+    return (v.position, v.speaking, v.probability, v.voiced_end, v.quiet_since)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_analysed_on_a_worker_thread_the_turns_and_pauses_are_the_same(backend):
     # A server analyses a chunk on its codec worker and applies the result on the event loop.
@@ -319,8 +323,7 @@ def test_analysed_on_a_worker_thread_the_turns_and_pauses_are_the_same(backend):
         analyses = [workers.submit(there.front.analyse, chunk).result() for chunk in chunks]
     for chunk, analysis in zip(chunks, analyses, strict=True):
         assert there.apply(analysis) == here.push(chunk)
-        state = lambda v: (v.position, v.speaking, v.probability, v.voiced_end, v.quiet_since)  # noqa: E731
-        assert state(there) == state(here)
+        assert _state(there) == _state(here)
     assert there.cpu_ms_per_frame > 0
     other = StreamingVad(VadConfig(backend=backend))
     with pytest.raises(ValueError, match="its own front end"):
