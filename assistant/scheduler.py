@@ -51,6 +51,18 @@ from audio.frames import FRAME_MS
 
 log = logging.getLogger(__name__)
 
+# The least a lone session's tick is brought forward by (s): FramePhase's hysteresis, so the
+# jitter of its arrivals does not move the clock back and forth (Scheduler._follow_lone_session).
+FOLLOW_MIN_S = 0.006
+# The least and the most it is put back by (s): when the chunk that completes its frame would come
+# within 2 ms of the tick (of the 3 ms margin asked for), so it still makes it (a whole period's
+# wait otherwise); a little, which the client's player covers.
+FOLLOW_LATER_MIN_S = 0.001
+FOLLOW_LATER_MAX_S = 0.010
+# How often the clock, waiting for its next tick, looks again at a lone session held for its first
+# audio (s): that chunk places its first step to within this.
+FOLLOW_POLL_S = 0.004
+
 
 class TickLog:
     """(tick start - deadline ms, step ms or nan, live sessions) of the last `size` ticks, for
@@ -77,6 +89,8 @@ class TickLog:
 
 class FrameSource(Protocol):
     def frame_ready(self) -> bool: ...  # optional: False makes the tick wait `grace_ms` once
+
+    def wanted_tick(self) -> float | None: ...  # optional: when it would have its next tick (a lone session)
 
     def tick_due(self, tick_s: float) -> None: ...  # optional: when the tick taking the next frame is due
 
@@ -138,6 +152,10 @@ class FrameClock:
 
     def deadline(self, index: int) -> float:
         return self.start + index * self.period_s
+
+    def move(self, seconds: float) -> None:
+        """Move every deadline from the next tick on by `seconds` (< 0: sooner)."""
+        self.start += seconds
 
     def next_tick(self, now: float) -> Tick:
         index = self._next
@@ -310,6 +328,7 @@ class Scheduler:
         self.ticks = 0
         self.skipped = 0
         self.skipped_at_once = 0  # the most ticks one stall cost live sessions: a gap of this + 1 periods
+        self.clock_moves = 0  # times the clock came sooner to the one session it served
         self.tick_log = TickLog()
         self._grid: FrameClock | None = None  # the wall clock's tick deadlines while run() ticks
         self.gc = FrameGarbageCollector() if collect_garbage else None
@@ -491,7 +510,7 @@ class Scheduler:
             self.gc.start()
         try:
             while not self._stop.is_set():
-                tick = clock.next_tick(self.clock())
+                tick = self._follow_lone_session(clock, clock.next_tick(self.clock()))
                 if tick.skipped:
                     self.skipped += tick.skipped
                     if self._sessions:  # a stall while nobody is served (a model loading) costs nobody
@@ -499,8 +518,12 @@ class Scheduler:
                     if self.metrics:
                         self.metrics.inc("skipped_ticks", tick.skipped)
                 wait = tick.deadline - self.clock()
-                if wait > 0:
-                    await self._sleep(wait)
+                while wait > 0 and not self._stop.is_set():
+                    # A lone session held for its first audio: that can come at any moment.
+                    poll = self._starting and self._follows()
+                    await self._sleep(min(wait, FOLLOW_POLL_S) if poll else wait)
+                    tick = self._follow_lone_session(clock, tick)
+                    wait = tick.deadline - self.clock()
                 if self._stop.is_set():
                     break
                 late_ms = (self.clock() - tick.deadline) * 1000.0
@@ -518,6 +541,35 @@ class Scheduler:
             if self.gc:
                 self.gc.stop()
             self._apply_ops()
+
+    def _follows(self) -> bool:
+        """Whether the clock may move to a session now: only one, and it says where it would go."""
+        return len(self._sessions) == 1 and hasattr(next(iter(self._sessions.values())), "wanted_tick")
+
+    def _follow_lone_session(self, clock: FrameClock, tick: Tick) -> Tick:
+        """With one session fed, move the clock to where that session's next frame is in
+        (`wanted_tick`, a small margin included). A client's chunks as long as a frame all end at
+        one phase against the ticks, and only the clock can take the wait after them away (shorter
+        chunks get their frames placed, FramePhase, and this takes the rest of their wait). The tick
+        comes sooner when it would wait FOLLOW_MIN_S or more for nothing (any phase is less than a
+        period back), and later by FOLLOW_LATER_MIN_S to FOLLOW_LATER_MAX_S when the frame's last
+        chunk would otherwise come too close to it or miss it (clocks drift apart: the client's chunks come a little later each minute).
+        Never with two sessions or more: each has its own phase, and their frames are placed
+        instead. What the model hears is unchanged; only when it hears it."""
+        if not self._follows():
+            return tick
+        # Not yet fed (held for its first frame) included: moved before its first step, the clock
+        # sets when its replies reach a client that plays them as a stream, not just when they leave.
+        (session,) = self._sessions.values()
+        wanted = session.wanted_tick()
+        if wanted is None:
+            return tick
+        move = max(wanted, self.clock()) - tick.deadline
+        if -FOLLOW_MIN_S < move < FOLLOW_LATER_MIN_S or move > FOLLOW_LATER_MAX_S:
+            return tick
+        clock.move(move)
+        self.clock_moves += 1
+        return Tick(index=tick.index, deadline=clock.deadline(tick.index), skipped=tick.skipped)
 
     def clock_stats(self) -> dict:
         """Frame-clock figures over the logged ticks that served at least one session."""
@@ -539,6 +591,7 @@ class Scheduler:
             "ticks": int(rows.shape[0]),
             "skipped": self.skipped,
             "skipped_at_once": self.skipped_at_once,
+            "moves": self.clock_moves,
             "late_ms": pct(rows[:, 0]),
             "step_ms": pct(rows[:, 1]),
             "max_live": int(rows[:, 2].max()) if rows.size else 0,

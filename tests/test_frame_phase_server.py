@@ -1,5 +1,6 @@
 """Frame phase through the server: a Kyutai-style /api/chat client that paces its 80 ms frames from
-the handshake has each frame stepped just after it arrives, not a frame later.
+the handshake has each frame stepped just after it arrives, not a frame later, and a /ws client
+sending 80 ms chunks at any phase has the clock come to it.
 
 The client sends a click in one frame; the server's recording (--record: the user's input as the
 engine heard it, frame by frame beside the output) says which step heard it, and the client's
@@ -10,6 +11,7 @@ the frame's wait for its tick, the step (the scripted backend's is ~0) and the l
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import numpy as np
@@ -62,3 +64,43 @@ async def test_a_client_pacing_from_the_handshake_is_answered_in_the_tick_after_
     # would have every frame land just after a tick and wait a whole 80 ms period for the next.
     assert np.median(delays) < 0.040, delays
     assert min(delays) >= 0.0, delays
+
+
+async def frame_wait_of_80_ms_chunks(address, offset_s: float, seconds: float = 4.0) -> tuple[dict, float]:
+    """A lone /ws client sending 80 ms of PCM every 80 ms, starting `offset_s` after session.ready:
+    the frame wait the server's last stats event reports, and the seconds from sending the first
+    chunk to receiving the first audio (the step that heard it)."""
+    async with connect(address.ws_url) as ws:
+        await ws.send(json.dumps({"type": "session.start", "sample_rate": SAMPLE_RATE_HZ}))
+        assert json.loads(await ws.recv())["type"] == "session.ready"
+        loop = asyncio.get_running_loop()
+        stats: list[dict] = []
+        first_audio: list[float] = []
+
+        async def read() -> None:
+            async for message in ws:
+                if isinstance(message, bytes):
+                    first_audio.append(first_audio[0] if first_audio else loop.time())
+                elif (event := json.loads(message))["type"] == "stats":
+                    stats.append(event)
+
+        reader = asyncio.create_task(read())
+        await asyncio.sleep(offset_s)
+        start, chunk = loop.time(), np.zeros(FRAME_SAMPLES, "<i2").tobytes()
+        for k in range(round(seconds / 0.08)):
+            await ws.send(chunk)
+            await asyncio.sleep(max(0.0, start + (k + 1) * 0.08 - loop.time()))
+        reader.cancel()
+    return stats[-1]["frame_wait_ms"], first_audio[0] - start
+
+
+async def test_a_lone_client_sending_whole_frames_has_the_clock_come_to_it(recorded_server):
+    # Chunks of 80 ms all end at one phase against the ticks, so placing the frames cannot help:
+    # each would wait (tick - arrival) mod 80 ms, 3 to 83 ms by where the client started. Serving
+    # it alone, the clock moves to it before its first step (a client playing the replies as a
+    # stream keeps the phase of the first), and every frame waits the margin (3 ms) plus jitter.
+    address, _ = recorded_server
+    for offset_ms in (0, 27, 53):
+        waits, first_reply_s = await frame_wait_of_80_ms_chunks(address, offset_ms / 1000)
+        assert waits["p50"] < 15, (offset_ms, waits)
+        assert first_reply_s < 0.035, (offset_ms, first_reply_s)

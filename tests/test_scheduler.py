@@ -426,3 +426,70 @@ async def test_clock_stats_count_only_ticks_that_served_someone():
     stats = sched.clock_stats()
     assert stats["ticks"] == 2 and stats["max_live"] == 2
     assert stats["late_ms"]["max"] == 3.0 and stats["step_ms"]["p50"] == 3.0
+
+
+class PacedClient(Source):
+    """A client whose k-th 80 ms chunk is in at `first + k * (80 ms + drift)` of a VirtualTime,
+    and that asks for its tick as a Conversation does (`wanted_tick`: its next chunk due + 3 ms)."""
+
+    def __init__(self, clock: VirtualTime, first: float, drift: float = 0.0):
+        super().__init__([])
+        self.clock, self.first, self.drift = clock, first, drift
+        self.waits: list[float] = []  # each frame's wait from its chunk to the tick that took it
+        self.underruns = 0
+
+    def due(self, k: int) -> float:
+        return self.first + k * (0.08 + self.drift)
+
+    def wanted_tick(self) -> float:
+        return self.due(len(self.waits)) + 0.003
+
+    def take_frame(self):
+        if self.clock() < self.due(len(self.waits)):
+            self.underruns += bool(self.waits)  # before its first chunk a client cannot be late
+            return None
+        self.waits.append(self.clock() - self.due(len(self.waits)))
+        return np.zeros(F, np.float32)
+
+
+async def run_for(sched: Scheduler, clock: VirtualTime, seconds: float) -> None:
+    end = clock.now + seconds
+    task = asyncio.create_task(sched.run())
+    while clock.now < end:
+        await asyncio.sleep(0.0005)
+    sched.stop()
+    await asyncio.wait_for(task, 2)
+    sched.shutdown()
+
+
+async def test_the_clock_comes_to_a_lone_client_and_follows_it_as_it_drifts():
+    clock = VirtualTime()
+    sched = Scheduler(EchoEngine(2), clock=clock, sleep=clock.sleep)
+    steady = PacedClient(clock, first=clock.now + 0.035)  # 45 ms before each tick, left alone
+    sched.reserve().attach(steady)
+    await run_for(sched, clock, 1.0)
+    # Every frame waits the margin: the clock moved before its first tick (a conversation asks
+    # once its arrivals say, after a dozen chunks), and never again.
+    assert len(steady.waits) >= 11 and steady.waits == pytest.approx([0.003] * len(steady.waits), abs=1e-6)
+    assert sched.clock_moves == 1 and steady.underruns == 0
+
+    clock = VirtualTime()
+    sched = Scheduler(EchoEngine(2), clock=clock, sleep=clock.sleep)
+    slower = PacedClient(clock, first=clock.now + 0.035, drift=0.0005)  # its clock 0.6 % slow
+    sched.reserve().attach(slower)
+    await run_for(sched, clock, 2.0)
+    # Each chunk comes 0.5 ms later than the last: the clock steps back with it, never a frame late.
+    assert slower.underruns == 0 and 0.002 - 1e-6 <= min(slower.waits) and max(slower.waits) <= 0.003 + 1e-6
+    assert sched.clock_moves >= 5  # about one a millisecond of drift
+
+
+async def test_with_two_clients_the_clock_stays_where_it_is():
+    clock = VirtualTime()
+    sched = Scheduler(EchoEngine(2), clock=clock, sleep=clock.sleep)
+    clients = [PacedClient(clock, first=clock.now + 0.035), PacedClient(clock, first=clock.now + 0.065)]
+    for client in clients:
+        sched.reserve().attach(client)
+    await run_for(sched, clock, 1.0)
+    assert sched.clock_moves == 0
+    assert clients[0].waits[1:] == pytest.approx([0.045] * (len(clients[0].waits) - 1), abs=1e-6)
+    assert clients[1].waits[1:] == pytest.approx([0.015] * (len(clients[1].waits) - 1), abs=1e-6)

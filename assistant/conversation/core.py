@@ -436,6 +436,17 @@ class Conversation:
     def _user_silent(self) -> bool:
         return not self._vad.speaking and self._vad.probability < 0.5
 
+    def wanted_tick(self) -> float | None:
+        """When the tick that takes the next frame would best come (this conversation's clock): its
+        last chunk due (FramePhase), plus the margin for jitter. For a frame clock serving this
+        session alone, which may move to it: chunks as long as a frame all end at one phase, and
+        only the clock can take the wait after them away. None before any audio."""
+        if self._phase is None:
+            return None
+        front = self.samples_in - self._input.level
+        due = self._phase.due(front + FRAME_SAMPLES)
+        return None if due is None else due + self._phase.margin_s
+
     def tick_due(self, tick_s: float) -> None:
         """The tick that takes the next frame is due at `tick_s` (this conversation's clock): frames
         then end where their last chunk is in just before their tick (FramePhase)."""

@@ -105,14 +105,24 @@ class FramePhase:
         if end is None:
             return 0
         chunk = self.chunk_samples
-        # The natural end is heard once the chunk holding it is in: the next chunk end at or after it.
-        due_end = self.last_end - math.floor((self.last_end - natural_end) / chunk) * chunk
-        if due_end > end:
+        if self._chunk_end(natural_end) > end:
             return end - natural_end
         later = self.frame_end(tick_s, self.margin_s + self.hysteresis_s)
         if later is not None and later - natural_end >= chunk:
             return end - natural_end
         return 0
+
+    def due(self, position: int) -> float | None:
+        """When input up to `position` will reliably be in (the chunk holding it, at the late
+        offset), for a clock that may move to this session; None before any arrival."""
+        late = self.late_offset()
+        return None if late is None else late + self._chunk_end(position) / self.rate
+
+    def _chunk_end(self, position: int) -> int:
+        """Where the chunk holding `position` ends (on the grid of the newest chunk's end and the
+        usual chunk size): the input there is heard once that chunk is in."""
+        chunk = self.chunk_samples
+        return self.last_end - math.floor((self.last_end - position) / chunk) * chunk
 
 
 def _percentile(ordered: list[float], q: float) -> float:
