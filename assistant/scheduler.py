@@ -51,14 +51,6 @@ from audio.frames import FRAME_MS
 
 log = logging.getLogger(__name__)
 
-# The least a lone session's tick is brought forward by (s): FramePhase's hysteresis, so the
-# jitter of its arrivals does not move the clock back and forth (Scheduler._follow_lone_session).
-FOLLOW_MIN_S = 0.006
-# The least and the most it is put back by (s): when the chunk that completes its frame would come
-# within 2 ms of the tick (of the 3 ms margin asked for), so it still makes it (a whole period's
-# wait otherwise); a little, which the client's player covers.
-FOLLOW_LATER_MIN_S = 0.001
-FOLLOW_LATER_MAX_S = 0.010
 # How often the clock, waiting for its next tick, looks again at a lone session held for its first
 # audio (s): that chunk places its first step to within this.
 FOLLOW_POLL_S = 0.004
@@ -90,7 +82,9 @@ class TickLog:
 class FrameSource(Protocol):
     def frame_ready(self) -> bool: ...  # optional: False makes the tick wait `grace_ms` once
 
-    def wanted_tick(self) -> float | None: ...  # optional: when it would have its next tick (a lone session)
+    def tick_move(
+        self, tick_s: float
+    ) -> float | None: ...  # optional: how far a lone session's tick should move
 
     def tick_due(self, tick_s: float) -> None: ...  # optional: when the tick taking the next frame is due
 
@@ -544,28 +538,30 @@ class Scheduler:
 
     def _follows(self) -> bool:
         """Whether the clock may move to a session now: only one, and it says where it would go."""
-        return len(self._sessions) == 1 and hasattr(next(iter(self._sessions.values())), "wanted_tick")
+        return len(self._sessions) == 1 and hasattr(next(iter(self._sessions.values())), "tick_move")
 
     def _follow_lone_session(self, clock: FrameClock, tick: Tick) -> Tick:
-        """With one session fed, move the clock to where that session's next frame is in
-        (`wanted_tick`, a small margin included). A client's chunks as long as a frame all end at
-        one phase against the ticks, and only the clock can take the wait after them away (shorter
-        chunks get their frames placed, FramePhase, and this takes the rest of their wait). The tick
-        comes sooner when it would wait FOLLOW_MIN_S or more for nothing (any phase is less than a
-        period back), and later by FOLLOW_LATER_MIN_S to FOLLOW_LATER_MAX_S when the frame's last
-        chunk would otherwise come too close to it or miss it (clocks drift apart: the client's chunks come a little later each minute).
-        Never with two sessions or more: each has its own phase, and their frames are placed
-        instead. What the model hears is unchanged; only when it hears it."""
+        """With one session, move the clock to that session's phase (`tick_move`). A client's
+        chunks as long as a frame all end at one phase against the ticks, and only the clock can
+        take the wait after them away (shorter chunks get their frames placed, FramePhase, and this
+        takes the rest of their wait).
+
+        Sooner only while the session is held for its first frame: a client that plays the replies
+        as one stream (the page, `talk`, Kyutai's client) keeps the phase its first reply set, so a
+        clock brought forward later would only pile the replies up in its buffer, not have them
+        heard sooner. Later, by a millisecond or a few, at any time: when the client's chunks come
+        later and later (its clock runs slow, or its first chunks came early), so that no frame
+        waits a period for its last chunk; the client's player covers that small gap. Never with
+        two sessions or more: each has its own phase, and their frames are placed instead. What
+        the model hears is unchanged; only when."""
         if not self._follows():
             return tick
-        # Not yet fed (held for its first frame) included: moved before its first step, the clock
-        # sets when its replies reach a client that plays them as a stream, not just when they leave.
-        (session,) = self._sessions.values()
-        wanted = session.wanted_tick()
-        if wanted is None:
-            return tick
-        move = max(wanted, self.clock()) - tick.deadline
-        if -FOLLOW_MIN_S < move < FOLLOW_LATER_MIN_S or move > FOLLOW_LATER_MAX_S:
+        ((slot, session),) = self._sessions.items()
+        held = slot in self._starting
+        move = session.tick_move(tick.deadline, sooner=held) or 0.0
+        if move < 0:
+            move = min(0.0, max(move, self.clock() - tick.deadline))  # at the soonest, now
+        if not move:
             return tick
         clock.move(move)
         self.clock_moves += 1

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from assistant.conversation import SessionEnded, SetEngineSilent
+from assistant.conversation.frame_phase import FramePhase
 from assistant.engine import Engine, SlotOptions, StepOutput
-from assistant.scheduler import FrameClock, Scheduler, TickLog, gather_batch
+from assistant.scheduler import FOLLOW_POLL_S, FrameClock, Scheduler, TickLog, gather_batch
 
 F = 1920
 
@@ -429,20 +430,25 @@ async def test_clock_stats_count_only_ticks_that_served_someone():
 
 
 class PacedClient(Source):
-    """A client whose k-th 80 ms chunk is in at `first + k * (80 ms + drift)` of a VirtualTime,
-    and that asks for its tick as a Conversation does (`wanted_tick`: its next chunk due + 3 ms)."""
+    """A client whose k-th 80 ms chunk is in at `first + k * (80 ms + drift)` of a VirtualTime; it
+    asks for its tick as a Conversation does (FramePhase.tick_move over the chunks in so far)."""
 
     def __init__(self, clock: VirtualTime, first: float, drift: float = 0.0):
         super().__init__([])
         self.clock, self.first, self.drift = clock, first, drift
+        self.phase = FramePhase()
+        self.arrived = 0
         self.waits: list[float] = []  # each frame's wait from its chunk to the tick that took it
         self.underruns = 0
 
     def due(self, k: int) -> float:
         return self.first + k * (0.08 + self.drift)
 
-    def wanted_tick(self) -> float:
-        return self.due(len(self.waits)) + 0.003
+    def tick_move(self, tick_s: float, *, sooner: bool) -> float | None:
+        while self.due(self.arrived) <= self.clock():
+            self.arrived += 1
+            self.phase.arrived(self.arrived * F, self.due(self.arrived - 1))
+        return self.phase.tick_move(tick_s, sooner=sooner)
 
     def take_frame(self):
         if self.clock() < self.due(len(self.waits)):
@@ -462,25 +468,44 @@ async def run_for(sched: Scheduler, clock: VirtualTime, seconds: float) -> None:
     sched.shutdown()
 
 
-async def test_the_clock_comes_to_a_lone_client_and_follows_it_as_it_drifts():
+def held_client(clock: VirtualTime, first: float, drift: float = 0.0) -> PacedClient:
+    """A PacedClient the frame loop holds until its first chunk is in, as the server's sessions."""
+    client = PacedClient(clock, first=first, drift=drift)
+    client.frames_queued = lambda: int(clock() >= client.due(len(client.waits)))
+    return client
+
+
+async def test_the_clock_comes_to_a_lone_client_before_its_first_step_and_follows_it_as_it_drifts():
+    # The client's chunks end 45 ms before the ticks the clock would have. Held for its first
+    # frame, the clock looks every few ms, and its first step comes just after its first chunk.
     clock = VirtualTime()
     sched = Scheduler(EchoEngine(2), clock=clock, sleep=clock.sleep)
-    steady = PacedClient(clock, first=clock.now + 0.035)  # 45 ms before each tick, left alone
-    sched.reserve().attach(steady)
+    steady = held_client(clock, first=clock.now + 0.195)
+    sched.reserve().attach(steady, announce=True)
     await run_for(sched, clock, 1.0)
-    # Every frame waits the margin: the clock moved before its first tick (a conversation asks
-    # once its arrivals say, after a dozen chunks), and never again.
-    assert len(steady.waits) >= 11 and steady.waits == pytest.approx([0.003] * len(steady.waits), abs=1e-6)
+    assert len(steady.waits) >= 8 and max(steady.waits) <= 0.003 + FOLLOW_POLL_S + 1e-6, steady.waits
     assert sched.clock_moves == 1 and steady.underruns == 0
 
     clock = VirtualTime()
     sched = Scheduler(EchoEngine(2), clock=clock, sleep=clock.sleep)
-    slower = PacedClient(clock, first=clock.now + 0.035, drift=0.0005)  # its clock 0.6 % slow
-    sched.reserve().attach(slower)
-    await run_for(sched, clock, 2.0)
-    # Each chunk comes 0.5 ms later than the last: the clock steps back with it, never a frame late.
-    assert slower.underruns == 0 and 0.002 - 1e-6 <= min(slower.waits) and max(slower.waits) <= 0.003 + 1e-6
-    assert sched.clock_moves >= 5  # about one a millisecond of drift
+    slower = held_client(clock, first=clock.now + 0.195, drift=0.0001)  # its clock 0.125 % slow
+    sched.reserve().attach(slower, announce=True)
+    await run_for(sched, clock, 10.0)
+    # Each chunk comes 0.1 ms later than the last, 12 ms in all: the clock steps back with it, a
+    # millisecond at a time, and no frame misses its tick.
+    assert slower.underruns == 0 and max(slower.waits) <= 0.003 + FOLLOW_POLL_S + 1e-6
+    assert min(slower.waits) >= 0.001 and sched.clock_moves >= 6
+
+
+async def test_once_a_session_is_fed_the_clock_comes_no_sooner():
+    # Its replies already play: a sooner clock would pile them up in the client's buffer.
+    clock = VirtualTime()
+    sched = Scheduler(EchoEngine(2), clock=clock, sleep=clock.sleep)
+    fed = PacedClient(clock, first=clock.now + 0.035)  # fed from the first tick (not held)
+    sched.reserve().attach(fed)
+    await run_for(sched, clock, 1.0)
+    assert sched.clock_moves == 0
+    assert fed.waits == pytest.approx([0.045] * len(fed.waits), abs=1e-6)
 
 
 async def test_with_two_clients_the_clock_stays_where_it_is():

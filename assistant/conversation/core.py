@@ -436,16 +436,13 @@ class Conversation:
     def _user_silent(self) -> bool:
         return not self._vad.speaking and self._vad.probability < 0.5
 
-    def wanted_tick(self) -> float | None:
-        """When the tick that takes the next frame would best come (this conversation's clock): its
-        last chunk due (FramePhase), plus the margin for jitter. For a frame clock serving this
-        session alone, which may move to it: chunks as long as a frame all end at one phase, and
-        only the clock can take the wait after them away. None before any audio."""
-        if self._phase is None:
-            return None
-        front = self.samples_in - self._input.level
-        due = self._phase.due(front + FRAME_SAMPLES)
-        return None if due is None else due + self._phase.margin_s
+    def tick_move(self, tick_s: float, *, sooner: bool) -> float | None:
+        """How far a frame clock serving this conversation alone should move its tick due at
+        `tick_s` to have the client's next chunk in just before it (FramePhase.tick_move; sooner:
+        bring it forward, else only put it back a little). Chunks as long as a frame all end at
+        one phase, and only the clock can take the wait after them away. None before any audio,
+        or where no wall clock drives the frames."""
+        return None if self._phase is None else self._phase.tick_move(tick_s, sooner=sooner)
 
     def tick_due(self, tick_s: float) -> None:
         """The tick that takes the next frame is due at `tick_s` (this conversation's clock): frames

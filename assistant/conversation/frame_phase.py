@@ -94,7 +94,8 @@ class FramePhase:
         margin = self.margin_s if margin_s is None else margin_s
         target = (tick_s - margin - late) * self.rate
         chunk = self.chunk_samples
-        return self.last_end + math.floor((target - self.last_end) / chunk) * chunk
+        # (a tick placed on a chunk's due time takes that chunk, whatever the rounding: + 1e-6)
+        return self.last_end + math.floor((target - self.last_end) / chunk + 1e-6) * chunk
 
     def shift(self, natural_end: int, tick_s: float) -> int:
         """How far the frame stepped at `tick_s` should move its end from `natural_end` (where a whole
@@ -112,11 +113,27 @@ class FramePhase:
             return end - natural_end
         return 0
 
-    def due(self, position: int) -> float | None:
-        """When input up to `position` will reliably be in (the chunk holding it, at the late
-        offset), for a clock that may move to this session; None before any arrival."""
+    def tick_move(self, tick_s: float, *, sooner: bool, later_max_s: float = 0.010) -> float | None:
+        """For a frame clock serving this session alone, which may move to it: how far the tick due
+        at `tick_s` should move (s; < 0 sooner, 0 where it is) to have a chunk end reliably in
+        `margin_s` before it. By the client's phase alone, never its queue (a backlog is the input
+        buffer's to trim, not a reason to tick early). sooner: by the slack after the last chunk
+        end in, when that is `hysteresis_s` or more. Otherwise later, by up to `later_max_s`, when
+        the next chunk end would come too late by that much or less (the client's clock runs slow,
+        or its first chunks came early): by exactly as much, since `frame_end` would otherwise
+        leave that chunk to the next tick, a period later. Chunk ends repeat every chunk, or every
+        frame for longer chunks, so no move is more than that. None before any arrival."""
         late = self.late_offset()
-        return None if late is None else late + self._chunk_end(position) / self.rate
+        if late is None:
+            return None
+        step = min(self.chunk_samples, self.frame_samples)
+        target = (tick_s - self.margin_s - late) * self.rate
+        end = self.last_end + math.floor((target - self.last_end) / step + 1e-6) * step
+        slack = max(0.0, tick_s - self.margin_s - (late + end / self.rate))  # in [0, step)
+        if sooner:
+            return -slack if slack >= self.hysteresis_s else 0.0
+        later = step / self.rate - slack  # for the next chunk end to be in `margin_s` before it
+        return later if later <= later_max_s else 0.0
 
     def _chunk_end(self, position: int) -> int:
         """Where the chunk holding `position` ends (on the grid of the newest chunk's end and the
