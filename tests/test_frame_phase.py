@@ -49,6 +49,34 @@ def test_each_frame_ends_at_the_last_chunk_in_just_before_its_tick(chunk_ms):
         assert 0.003 - 1e-9 <= wait < 0.003 + chunk / RATE + 1e-9, (phase_ms, wait)
 
 
+@pytest.mark.parametrize("chunk_ms", [20, 80])
+def test_a_lone_sessions_tick_moves_to_its_phase_by_less_than_a_chunk(chunk_ms):
+    """The move a clock serving one session alone is asked for: sooner (only while the session is
+    held, before its first step) to 2 ms past the margin after the last chunk end in, when the tick
+    would wait 6 ms or more for nothing; later by up to 10 ms when the next chunk end would miss
+    it. Judged from the phase alone: the same for every tick of the grid."""
+    chunk = RATE * chunk_ms // 1000
+    phase = FramePhase()
+    for end, at in steady_arrivals(0.0213, chunk, 30):  # chunk ends at 21.3 ms past each chunk
+        phase.arrived(end, at)
+    step = chunk_ms / 1000
+    for lag_ms in np.arange(0.25, chunk_ms, 0.5):  # the tick's lag behind a chunk end
+        tick = 0.0213 + 0.96 + lag_ms / 1000  # 0.96 s: a whole number of chunks of either size
+        slack = (lag_ms / 1000 - 0.003) % step  # since the last chunk end in 3 ms before the tick
+        sooner = phase.tick_move(tick, sooner=True)
+        later = phase.tick_move(tick, sooner=False)
+        assert sooner == (pytest.approx(0.002 - slack) if slack >= 0.006 - 1e-9 else 0.0), lag_ms
+        if step - slack <= 0.010:  # the next chunk end would miss the margin by this much
+            assert later == pytest.approx(step - slack + 0.002), lag_ms
+        else:
+            assert later == 0.0, lag_ms
+        for move in (sooner, later):
+            assert abs(move) < step + 0.002
+        # Any tick a period later asks the same: the phase decides, not how much is queued.
+        assert phase.tick_move(tick + 0.08 * 7, sooner=True) == pytest.approx(sooner, abs=1e-9)
+    assert FramePhase().tick_move(1.0, sooner=True) is None  # nothing to go by yet
+
+
 def test_a_frame_that_would_end_too_late_moves_earlier_and_a_backlog_later():
     phase = FramePhase(margin_s=0.003, hysteresis_s=0.006)
     for end, at in steady_arrivals(-0.005, 480, 100):  # chunk k in at (k + 1) * 20 ms - 5 ms

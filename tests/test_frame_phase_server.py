@@ -98,7 +98,8 @@ async def test_a_lone_client_sending_whole_frames_has_the_clock_come_to_it(recor
     # Chunks of 80 ms all end at one phase against the ticks, so placing the frames cannot help:
     # each would wait (tick - arrival) mod 80 ms, 3 to 83 ms by where the client started. Serving
     # it alone, the clock moves to it before its first step (a client playing the replies as a
-    # stream keeps the phase of the first), and every frame waits the margin (3 ms) plus jitter.
+    # stream keeps the phase of the first), and every frame waits the margin (3 ms), 2 ms of
+    # headroom, and the client's jitter.
     address, _ = recorded_server
     for offset_ms in (0, 27, 53):
         waits, first_reply_s = await frame_wait_of_80_ms_chunks(address, offset_ms / 1000)

@@ -118,10 +118,10 @@ class FramePhase:
         at `tick_s` should move (s; < 0 sooner, 0 where it is) to have a chunk end reliably in
         `margin_s` before it. By the client's phase alone, never its queue (a backlog is the input
         buffer's to trim, not a reason to tick early). sooner: by the slack after the last chunk
-        end in, when that is `hysteresis_s` or more. Otherwise later, by up to `later_max_s`, when
-        the next chunk end would come too late by that much or less (the client's clock runs slow,
-        or its first chunks came early): by exactly as much, since `frame_end` would otherwise
-        leave that chunk to the next tick, a period later. Chunk ends repeat every chunk, or every
+        end in, when that is `hysteresis_s` or more. Otherwise later, when the next chunk end would
+        come too late by `later_max_s` or less (the client's clock runs slow, or its first chunks
+        came early), since `frame_end` would otherwise leave that chunk to the next tick, a period
+        later. Either way to a third of the hysteresis (2 ms) past margin and due time. Chunk ends repeat every chunk, or every
         frame for longer chunks, so no move is more than that. None before any arrival."""
         late = self.late_offset()
         if late is None:
@@ -130,10 +130,13 @@ class FramePhase:
         target = (tick_s - self.margin_s - late) * self.rate
         end = self.last_end + math.floor((target - self.last_end) / step + 1e-6) * step
         slack = max(0.0, tick_s - self.margin_s - (late + end / self.rate))  # in [0, step)
+        # Moved ticks land `headroom` past margin and due time: both are estimates, and a tick on the
+        # very edge would flip between two frame ends as more arrivals refine them.
+        headroom = self.hysteresis_s / 3
         if sooner:
-            return -slack if slack >= self.hysteresis_s else 0.0
+            return headroom - slack if slack >= self.hysteresis_s else 0.0
         later = step / self.rate - slack  # for the next chunk end to be in `margin_s` before it
-        return later if later <= later_max_s else 0.0
+        return later + headroom if later <= later_max_s else 0.0
 
     def _chunk_end(self, position: int) -> int:
         """Where the chunk holding `position` ends (on the grid of the newest chunk's end and the
