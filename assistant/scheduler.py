@@ -82,9 +82,8 @@ class TickLog:
 class FrameSource(Protocol):
     def frame_ready(self) -> bool: ...  # optional: False makes the tick wait `grace_ms` once
 
-    def tick_move(
-        self, tick_s: float
-    ) -> float | None: ...  # optional: how far a lone session's tick should move
+    # optional: how far the tick due at tick_s should move for a lone session (sooner: while held)
+    def tick_move(self, tick_s: float, *, sooner: bool) -> float | None: ...
 
     def tick_due(self, tick_s: float) -> None: ...  # optional: when the tick taking the next frame is due
 
@@ -322,7 +321,7 @@ class Scheduler:
         self.ticks = 0
         self.skipped = 0
         self.skipped_at_once = 0  # the most ticks one stall cost live sessions: a gap of this + 1 periods
-        self.clock_moves = 0  # times the clock came sooner to the one session it served
+        self.clock_moves = 0  # times the clock moved to the one session it served (either way)
         self.tick_log = TickLog()
         self._grid: FrameClock | None = None  # the wall clock's tick deadlines while run() ticks
         self.gc = FrameGarbageCollector() if collect_garbage else None
@@ -513,10 +512,12 @@ class Scheduler:
                         self.metrics.inc("skipped_ticks", tick.skipped)
                 wait = tick.deadline - self.clock()
                 while wait > 0 and not self._stop.is_set():
-                    # A lone session held for its first audio: that can come at any moment.
+                    # A lone session held for its first audio: that can come at any moment. (Once
+                    # fed, it is followed once a tick, above: only ever a little later.)
                     poll = self._starting and self._follows()
                     await self._sleep(min(wait, FOLLOW_POLL_S) if poll else wait)
-                    tick = self._follow_lone_session(clock, tick)
+                    if poll:
+                        tick = self._follow_lone_session(clock, tick)
                     wait = tick.deadline - self.clock()
                 if self._stop.is_set():
                     break

@@ -387,7 +387,6 @@ class StreamingVad:
             )
         self.config = config or VadConfig()
         self.sample_rate_hz = int(sample_rate_hz)
-        self.front = VadFrontEnd(self.config, self.sample_rate_hz)
         # webrtc decisions are 0 or 1
         threshold = 0.5 if self.config.backend == "webrtc" else self.config.threshold
         self._quiet_lead = self.sample_rate_hz * QUIET_LEAD_MS // 1000
@@ -401,8 +400,10 @@ class StreamingVad:
         self.reset()
 
     def reset(self) -> None:
-        """Forget everything: a new stream starts at sample 0 (e.g. a slot reused by a new session)."""
-        self.front.reset()
+        """Forget everything: a new stream starts at sample 0 (e.g. a slot reused by a new session).
+        A new front end too: one handed to another thread may be analysing still, and what it
+        makes no longer applies here."""
+        self.front = VadFrontEnd(self.config, self.sample_rate_hz)
         self._hysteresis.reset()
         self._position = 0
         self._trail_end = 0

@@ -76,10 +76,14 @@ class CodecPool:
         loop = asyncio.get_running_loop()
         for k in range(min(self.threads, len(waiting))):
             group = waiting[k :: self.threads]
-            future = loop.run_in_executor(
-                self.executor, _run_group, [[job for job, _ in batch] for _, batch in group]
-            )
-            future.add_done_callback(lambda f, group=group: _hand_back(group, f.result()))
+            try:
+                future = loop.run_in_executor(
+                    self.executor, _run_group, [[job for job, _ in batch] for _, batch in group]
+                )
+            except RuntimeError as exc:  # the pool was shut down: every job gets the error
+                _hand_back(group, exc)
+            else:
+                future.add_done_callback(lambda f, group=group: _hand_back(group, f))
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=True)
@@ -143,6 +147,16 @@ class CodecLane:
             self._idle.set()
 
 
-def _hand_back(group: list[tuple[CodecLane, list[tuple[Job, Done]]]], results: list[list[Any]]) -> None:
+def _hand_back(
+    group: list[tuple[CodecLane, list[tuple[Job, Done]]]], done: asyncio.Future | BaseException
+) -> None:
+    """Each lane of a group its results, or, where the worker call itself failed (cancelled, the
+    pool shut down), the error for each of its jobs: no lane is left waiting for a batch."""
+    try:
+        if isinstance(done, BaseException):
+            raise done
+        results = done.result()
+    except BaseException as exc:  # noqa: BLE001 - handed to the jobs' callbacks, as a job's own error is
+        results = [[exc] * len(batch) for _, batch in group]
     for (lane, batch), batch_results in zip(group, results, strict=True):
         lane._finish(batch, batch_results)

@@ -130,3 +130,14 @@ async def test_lanes_started_in_one_pass_of_the_loop_go_to_the_workers_together(
     await asyncio.wait_for(finished.wait(), 5)
     assert len(calls) == pool.threads == 2
     assert sorted(got) == list(range(16))
+
+
+async def test_batches_waiting_when_the_pool_shuts_down_get_the_error_and_no_lane_hangs():
+    pool = CodecPool(2)
+    lanes = [pool.lane() for _ in range(3)]
+    got: list = []
+    for lane in lanes:
+        lane.submit(lambda: "coded", got.append)  # handed out at the loop's next pass...
+    pool.shutdown()  # ...which comes after the workers are gone
+    await asyncio.wait_for(asyncio.gather(*(lane.idle() for lane in lanes)), 5)
+    assert len(got) == 3 and all(isinstance(r, RuntimeError) for r in got), got

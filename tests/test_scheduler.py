@@ -498,6 +498,35 @@ async def test_the_clock_comes_to_a_lone_client_before_its_first_step_and_follow
     assert min(slower.waits) >= 0.001 and sched.clock_moves >= 6
 
 
+@pytest.mark.parametrize("chunk_ms", [10, 15, 20, 30, 50, 80, 120])
+async def test_the_clock_keeps_its_period_whatever_the_clients_chunks(chunk_ms):
+    # Following a lone client moves ticks a little, never the rate: chunk ends that fall at another
+    # phase every tick (15, 30, 50, 120 ms) are not followed at all, and tiny chunks are not
+    # followed round and round.
+    clock = VirtualTime()
+    engine = EchoEngine(2, clock=clock)
+    sched = Scheduler(engine, clock=clock, sleep=clock.sleep)
+    client = held_client(clock, first=clock.now + 0.195)
+    client.chunk_s = chunk_ms / 1000
+
+    def tick_move(tick_s: float, *, sooner: bool) -> float | None:
+        while client.first + client.arrived * client.chunk_s <= clock():
+            client.arrived += 1
+            client.phase.arrived(
+                client.arrived * F * chunk_ms // 80, client.first + (client.arrived - 1) * client.chunk_s
+            )
+        return client.phase.tick_move(tick_s, sooner=sooner)
+
+    client.tick_move = tick_move
+    sched.reserve().attach(client, announce=True)
+    await run_for(sched, clock, 8.0)
+    starts = np.array(engine.step_starts)
+    starts = starts[starts > client.first]  # from its first step on (the one move sooner is before it)
+    assert len(starts) >= 95  # 8 s less the wait for the first chunk, at 12.5 Hz
+    assert np.diff(starts).mean() == pytest.approx(0.08, abs=0.0015), chunk_ms
+    assert np.diff(starts).min() >= 0.079 and sched.clock_moves <= 3, (chunk_ms, sched.clock_moves)
+
+
 async def test_once_a_session_is_fed_the_clock_comes_no_sooner():
     # Its replies already play: a sooner clock would pile them up in the client's buffer.
     clock = VirtualTime()

@@ -277,6 +277,8 @@ class Conversation:
             return []
         now = self.clock()
         self.last_input_at = now
+        if analysis is not None and analysis.samples != x.shape[0]:
+            raise ValueError(f"the analysis is of {analysis.samples} samples, the chunk {x.shape[0]}")
         if analysis is not None and analysis.front is not self.vad_front:
             analysis = None  # the VAD changed meanwhile (session.update): analysed again below
         if self._resample_in is not None:

@@ -119,14 +119,19 @@ class FramePhase:
         `margin_s` before it. By the client's phase alone, never its queue (a backlog is the input
         buffer's to trim, not a reason to tick early). sooner: by the slack after the last chunk
         end in, when that is `hysteresis_s` or more. Otherwise later, when the next chunk end would
-        come too late by `later_max_s` or less (the client's clock runs slow, or its first chunks
-        came early), since `frame_end` would otherwise leave that chunk to the next tick, a period
-        later. Either way to a third of the hysteresis (2 ms) past margin and due time. Chunk ends repeat every chunk, or every
-        frame for longer chunks, so no move is more than that. None before any arrival."""
+        come too late by `later_max_s` or less, and less than half a chunk (the client's clock
+        runs slow, or its first chunks came early), since `frame_end` would otherwise leave that
+        chunk to the next tick, a period later. Either way to a third of the hysteresis (2 ms)
+        past margin and due time. Only for chunks that divide a frame or that frames divide: other
+        chunk ends fall at another phase every tick, and no one phase serves them (0). None
+        before any arrival."""
         late = self.late_offset()
         if late is None:
             return None
-        step = min(self.chunk_samples, self.frame_samples)
+        chunk = self.chunk_samples
+        if self.frame_samples % chunk and chunk % self.frame_samples:
+            return 0.0
+        step = min(chunk, self.frame_samples)
         target = (tick_s - self.margin_s - late) * self.rate
         end = self.last_end + math.floor((target - self.last_end) / step + 1e-6) * step
         slack = max(0.0, tick_s - self.margin_s - (late + end / self.rate))  # in [0, step)
@@ -136,7 +141,7 @@ class FramePhase:
         if sooner:
             return headroom - slack if slack >= self.hysteresis_s else 0.0
         later = step / self.rate - slack  # for the next chunk end to be in `margin_s` before it
-        return later + headroom if later <= later_max_s else 0.0
+        return later + headroom if later <= min(later_max_s, step / self.rate / 2) else 0.0
 
     def _chunk_end(self, position: int) -> int:
         """Where the chunk holding `position` ends (on the grid of the newest chunk's end and the

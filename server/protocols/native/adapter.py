@@ -111,7 +111,9 @@ class NativeConnection(Connection):
         if self.incoming is not None:  # an Opus session: everything in order behind the decoding
             if isinstance(message, bytes):
                 try:
-                    wire.check_audio(message, started=True, audio_format=self.audio_format)
+                    wire.check_audio(
+                        message, started=self.session is not None, audio_format=self.audio_format
+                    )
                 except ProtocolError as exc:
                     code, text = exc.code, exc.message
                     self.incoming.submit(None, lambda _: self.send_error(code, text))
