@@ -237,3 +237,22 @@ def test_the_server_opens_its_opus_codecs_before_any_session():
     with start_server("--backend", "silence", "--captions", "off") as fresh:
         maps = Path(f"/proc/{fresh.proc.pid}/maps").read_text()
     assert "libavcodec" in maps and "sphn" in maps
+
+
+async def refused_start_then_a_packet(url: str) -> list[dict]:
+    async with connect(url) as ws:
+        start = {"type": "session.start", "sample_rate": 24000, "audio_format": "opus", "temperature": -3}
+        await ws.send(json.dumps(start))
+        events = [json.loads(await ws.recv())]
+        _, packets = roundtrip(np.zeros(RATE // 10, dtype=np.float32))
+        await ws.send(packets[0])
+        events.append(json.loads(await asyncio.wait_for(ws.recv(), 5)))
+        return events
+
+
+def test_a_packet_after_a_refused_opus_start_is_refused_as_audio_before_a_session(server):
+    # The refused start chose Opus before its options were checked: the packet still meets a clear
+    # error, not an internal one.
+    refused, packet = asyncio.run(refused_start_then_a_packet(server.ws_url))
+    assert refused["code"] == "invalid_value" and "temperature" in refused["message"]
+    assert packet["code"] == "not_started", packet
