@@ -316,7 +316,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--clock-stats",
         metavar="FILE",
-        help="at exit, write frame-clock figures (tick lateness, step time) as JSON to FILE",
+        help="at exit, write frame-clock figures (tick lateness, step time, skipped ticks, the moves "
+        "it made to a lone session's phase) as JSON to FILE",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
 
