@@ -89,6 +89,20 @@ def test_a_frame_that_would_end_too_late_moves_earlier_and_a_backlog_later():
     assert phase.shift(round(1.96 * RATE), tick) == 960  # waits 45 ms: drop the backlog up to 2.0 s
 
 
+def test_a_whole_frame_of_backlog_goes_even_where_the_tick_is_close_behind_the_chunks():
+    # 80 ms chunks in 5 ms before each tick (where a clock following a lone client puts it): one
+    # chunk that came late had its frame padded, and a whole frame waits behind it. Within margin +
+    # hysteresis of the tick, a single chunk more would be jitter and stay; a whole frame is a
+    # backlog, and goes (while the user is silent: the input buffer's rule).
+    phase = FramePhase(margin_s=0.003, hysteresis_s=0.006)
+    for end, at in steady_arrivals(-0.005, F, 30):
+        phase.arrived(end, at)
+    tick = 2.0
+    assert phase.frame_end(tick) == round(2.0 * RATE)
+    assert phase.shift(round(2.0 * RATE), tick) == 0
+    assert phase.shift(round(1.92 * RATE), tick) == F  # a frame behind: it waited 85 ms, and goes
+
+
 def test_jitter_does_not_make_the_boundary_hop():
     phase = FramePhase()
     arrivals = steady_arrivals(0.0137, 480, 400, jitter_s=0.002, seed=3)

@@ -101,12 +101,17 @@ class FramePhase:
         """How far the frame stepped at `tick_s` should move its end from `natural_end` (where a whole
         frame from the front of the queue would end): < 0 earlier (pad that much silence in front:
         its last chunk would come too close to the tick or after it), > 0 later (drop that much
-        queued input first: a whole chunk more is due even `hysteresis_s` earlier), 0 where it is."""
+        queued input first: a whole chunk more is due even `hysteresis_s` earlier, or a whole frame
+        more is due), 0 where it is."""
         end = self.frame_end(tick_s)
         if end is None:
             return 0
         chunk = self.chunk_samples
         if self._chunk_end(natural_end) > end:
+            return end - natural_end
+        if end - natural_end >= self.frame_samples:
+            # A whole frame more is in: a backlog (a chunk that came late had its frame padded),
+            # not jitter, and a tick placed close behind its chunks would never clear it otherwise.
             return end - natural_end
         later = self.frame_end(tick_s, self.margin_s + self.hysteresis_s)
         if later is not None and later - natural_end >= chunk:
