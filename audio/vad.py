@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from audio.frames import FRAME_MS, SAMPLE_RATE_HZ
-from audio.pcm import FrameChunker, as_mono_float32
+from audio.pcm import FrameChunker, as_mono_float32, float32_to_pcm16
 from audio.resample import SUPPORTED_RATES, StreamResampler
 
 BACKENDS = ("webrtc", "silero")
@@ -205,10 +205,7 @@ class WebRtcClassifier:
         self.reset()
 
     def __call__(self, frame: np.ndarray) -> float:
-        # audio.pcm.float32_to_pcm16's result in three numpy calls (float32 is exact here: x 2^15).
-        pcm = np.rint(frame * np.float32(32768.0))
-        np.clip(pcm, -32768, 32767, out=pcm)
-        return 1.0 if self._vad.is_speech(pcm.astype("<i2").tobytes(), self.sample_rate_hz) else 0.0
+        return 1.0 if self._vad.is_speech(float32_to_pcm16(frame), self.sample_rate_hz) else 0.0
 
     def reset(self) -> None:
         import webrtcvad

@@ -85,7 +85,7 @@ from assistant.conversation.turns import (
     TurnTaking,
 )
 from audio.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE_HZ
-from audio.pcm import pcm16_to_float32
+from audio.pcm import float32_to_pcm16, pcm16_to_float32
 from audio.resample import StreamResampler
 from audio.vad import QUIET_LEAD_MS, StreamingVad, VadAnalysis, VadConfig, VadFrontEnd
 
@@ -110,12 +110,6 @@ _FRAME_WAITS_KEPT = 750  # the last minute of frames
 _SLOT_FIELDS = frozenset(
     {"seed", "temperature", "text_temperature", "top_k", "text_top_k", "instructions", "voice"}
 )
-
-
-def _to_pcm16(x: np.ndarray) -> bytes:
-    """float32 (n,) in [-1, 1] -> PCM16 LE bytes; audio.pcm.float32_to_pcm16's rounding, in float32
-    (this runs for every conversation every frame)."""
-    return np.clip(np.rint(x * np.float32(32768.0)), -32768, 32767).astype("<i2").tobytes()
 
 
 @dataclass
@@ -506,7 +500,7 @@ class Conversation:
             else:
                 out += self._turn_changes([change])
         sent = pcm if self._resample_out is None else self._resample_out.process(pcm)
-        out.append(AudioOut(pcm16=_to_pcm16(sent), at_ms=at_ms, speaking=bool(speaking), pcm=pcm))
+        out.append(AudioOut(pcm16=float32_to_pcm16(sent), at_ms=at_ms, speaking=bool(speaking), pcm=pcm))
         if speaking and self._turn_end is not None:
             self._measure_latency(now)
         if text:
