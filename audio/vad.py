@@ -332,7 +332,8 @@ class VadFrontEnd:
     """The signal half of a `StreamingVad`: resampling to 16 kHz, classifier frames and their
     probabilities, and the sound trail. It holds no turn state, so it can run off the thread that
     owns the turns (a server's codec worker, right after decoding the chunk): `analyse` there, then
-    `StreamingVad.apply` the result where the turns are kept. One thread at a time, chunks in order."""
+    `StreamingVad.apply` the result where the turns are kept. One thread at a time, chunks in order;
+    a new stream gets a new one (`StreamingVad.reset`)."""
 
     def __init__(self, config: VadConfig, sample_rate_hz: int):
         self.sample_rate_hz = sample_rate_hz
@@ -343,13 +344,6 @@ class VadFrontEnd:
         self._resampler = StreamResampler(sample_rate_hz, self._classifier.sample_rate_hz)
         self._chunker = FrameChunker(self._classifier.frame_samples)
         self._trail = SoundTrail(sample_rate_hz)
-        self.reset()
-
-    def reset(self) -> None:
-        self._resampler.reset()
-        self._chunker.reset()
-        self._classifier.reset()
-        self._trail.reset()
         self._classified = 0  # classifier-rate samples already classified
 
     def _to_input_sample(self, classifier_sample: int) -> int:

@@ -91,11 +91,9 @@ class FramePhase:
         late = self.late_offset()
         if late is None:
             return None
-        margin = self.margin_s if margin_s is None else margin_s
-        target = (tick_s - margin - late) * self.rate
-        chunk = self.chunk_samples
-        # (a tick placed on a chunk's due time takes that chunk, whatever the rounding: + 1e-6)
-        return self.last_end + math.floor((target - self.last_end) / chunk + 1e-6) * chunk
+        return self._last_due(
+            tick_s - (self.margin_s if margin_s is None else margin_s), late, self.chunk_samples
+        )
 
     def shift(self, natural_end: int, tick_s: float) -> int:
         """How far the frame stepped at `tick_s` should move its end from `natural_end` (where a whole
@@ -137,8 +135,7 @@ class FramePhase:
         if self.frame_samples % chunk and chunk % self.frame_samples:
             return 0.0
         step = min(chunk, self.frame_samples)
-        target = (tick_s - self.margin_s - late) * self.rate
-        end = self.last_end + math.floor((target - self.last_end) / step + 1e-6) * step
+        end = self._last_due(tick_s - self.margin_s, late, step)
         slack = max(0.0, tick_s - self.margin_s - (late + end / self.rate))  # in [0, step)
         # Moved ticks land `headroom` past margin and due time: both are estimates, and a tick on the
         # very edge would flip between two frame ends as more arrivals refine them.
@@ -147,6 +144,12 @@ class FramePhase:
             return headroom - slack if slack >= self.hysteresis_s else 0.0
         later = step / self.rate - slack  # for the next chunk end to be in `margin_s` before it
         return later + headroom if later <= min(later_max_s, step / self.rate / 2) else 0.0
+
+    def _last_due(self, by_s: float, late: float, step: int) -> int:
+        """The last position on the grid of the newest chunk's end, `step` apart, due by `by_s`
+        (a chunk due exactly then counts, whatever the rounding: + 1e-6)."""
+        target = (by_s - late) * self.rate
+        return self.last_end + math.floor((target - self.last_end) / step + 1e-6) * step
 
     def _chunk_end(self, position: int) -> int:
         """Where the chunk holding `position` ends (on the grid of the newest chunk's end and the
