@@ -430,12 +430,14 @@ async def test_clock_stats_count_only_ticks_that_served_someone():
 
 
 class PacedClient(Source):
-    """A client whose k-th 80 ms chunk is in at `first + k * (80 ms + drift)` of a VirtualTime; it
-    asks for its tick as a Conversation does (FramePhase.tick_move over the chunks in so far)."""
+    """A client whose k-th frame is due at `first + k * (80 ms + drift)` of a VirtualTime, sent in
+    chunks of `chunk_ms` (the first in at `first`); it asks for its tick as a Conversation does
+    (FramePhase.tick_move over the chunks in so far)."""
 
-    def __init__(self, clock: VirtualTime, first: float, drift: float = 0.0):
+    def __init__(self, clock: VirtualTime, first: float, drift: float = 0.0, chunk_ms: int = 80):
         super().__init__([])
         self.clock, self.first, self.drift = clock, first, drift
+        self.chunk = F * chunk_ms // 80
         self.phase = FramePhase()
         self.arrived = 0
         self.waits: list[float] = []  # each frame's wait from its chunk to the tick that took it
@@ -444,10 +446,13 @@ class PacedClient(Source):
     def due(self, k: int) -> float:
         return self.first + k * (0.08 + self.drift)
 
+    def chunk_due(self, k: int) -> float:
+        return self.first + k * self.chunk / F * (0.08 + self.drift)
+
     def tick_move(self, tick_s: float, *, sooner: bool) -> float | None:
-        while self.due(self.arrived) <= self.clock():
+        while self.chunk_due(self.arrived) <= self.clock():
             self.arrived += 1
-            self.phase.arrived(self.arrived * F, self.due(self.arrived - 1))
+            self.phase.arrived(self.arrived * self.chunk, self.chunk_due(self.arrived - 1))
         return self.phase.tick_move(tick_s, sooner=sooner)
 
     def take_frame(self):
@@ -468,9 +473,9 @@ async def run_for(sched: Scheduler, clock: VirtualTime, seconds: float) -> None:
     sched.shutdown()
 
 
-def held_client(clock: VirtualTime, first: float, drift: float = 0.0) -> PacedClient:
+def held_client(clock: VirtualTime, first: float, drift: float = 0.0, chunk_ms: int = 80) -> PacedClient:
     """A PacedClient the frame loop holds until its first chunk is in, as the server's sessions."""
-    client = PacedClient(clock, first=first, drift=drift)
+    client = PacedClient(clock, first=first, drift=drift, chunk_ms=chunk_ms)
     client.frames_queued = lambda: int(clock() >= client.due(len(client.waits)))
     return client
 
@@ -506,18 +511,7 @@ async def test_the_clock_keeps_its_period_whatever_the_clients_chunks(chunk_ms):
     clock = VirtualTime()
     engine = EchoEngine(2, clock=clock)
     sched = Scheduler(engine, clock=clock, sleep=clock.sleep)
-    client = held_client(clock, first=clock.now + 0.195)
-    client.chunk_s = chunk_ms / 1000
-
-    def tick_move(tick_s: float, *, sooner: bool) -> float | None:
-        while client.first + client.arrived * client.chunk_s <= clock():
-            client.arrived += 1
-            client.phase.arrived(
-                client.arrived * F * chunk_ms // 80, client.first + (client.arrived - 1) * client.chunk_s
-            )
-        return client.phase.tick_move(tick_s, sooner=sooner)
-
-    client.tick_move = tick_move
+    client = held_client(clock, first=clock.now + 0.195, chunk_ms=chunk_ms)
     sched.reserve().attach(client, announce=True)
     await run_for(sched, clock, 8.0)
     starts = np.array(engine.step_starts)
