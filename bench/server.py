@@ -143,9 +143,10 @@ def codec_throughput(
 ) -> dict[str, float]:
     """80 ms frames per second that the server's codec workers (server/codec_lanes.py) encode and
     decode for `sessions` sessions at once, per codec: PyAV's packets (/ws) and sphn's Ogg (/api/chat)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from audio.opus_ogg import OpusDecoder, OpusEncoder
     from audio.opus_packets import OpusPacketDecoder, OpusPacketEncoder
-    from server.codec_lanes import CodecPool
 
     x = audio.astype(np.float32) / 32768.0
     pcm = [x[i * 1920 : (i + 1) * 1920] for i in range(min(frames, len(x) // 1920))]
@@ -162,17 +163,14 @@ def codec_throughput(
             if data := encoder.encode(frame):
                 decoder.decode(data)
 
-    pool = CodecPool(threads)
     result = {}
-    try:
+    with ThreadPoolExecutor(threads) as pool:  # as many threads as the server's codec workers
         for name, work in (("packets", packets), ("ogg", ogg)):
             work()  # warm
             t = time.perf_counter()
-            for job in [pool.executor.submit(work) for _ in range(sessions)]:
+            for job in [pool.submit(work) for _ in range(sessions)]:
                 job.result()
             result[name] = sessions * len(pcm) / (time.perf_counter() - t)
-    finally:
-        pool.shutdown()
     return result
 
 

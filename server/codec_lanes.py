@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 log = logging.getLogger("assistant.server")
@@ -30,6 +31,7 @@ DEFAULT_THREADS = 2
 
 Job = Callable[[], Any] | None  # None: nothing to compute, the result is None
 Done = Callable[[Any], None]  # gets the job's result, or the exception it raised
+Group = list[tuple["CodecLane", list[tuple[Job, Done]]]]  # the batches one worker codes in one go
 
 
 def _run_all(jobs: list[Job]) -> list[Any]:
@@ -42,25 +44,35 @@ def _run_all(jobs: list[Job]) -> list[Any]:
     return results
 
 
-def _run_group(batches: list[list[Job]]) -> list[list[Any]]:
-    return [_run_all(jobs) for jobs in batches]
-
-
 class CodecPool:
     """The worker threads every lane shares.
 
     The batches lanes start in one pass of the event loop (every session's frame at a tick, the
-    packets of all the sockets one poll found readable) go to the workers together: one worker call
-    per thread, not per lane. Each hand-over wakes a thread and comes back through the loop's
-    self-pipe, and those context switches were a quarter of the loop's time with 16 Opus sessions.
+    packets of all the sockets one poll found readable) go to the workers together: one hand-over
+    per thread, not per lane. Results come back through one queue, and a worker wakes the loop
+    (its self-pipe) only when that queue was empty: results that finish while the loop is busy
+    ride along with the wake already under way. Every hand-over is a thread woken and a trip back
+    through the loop, and those context switches were a quarter of the loop's time with 16 Opus
+    sessions; asyncio's executor futures (three callbacks and two futures per call) were another
+    tenth.
     """
 
     def __init__(self, threads: int = DEFAULT_THREADS):
         if threads < 1:
             raise ValueError(f"codec threads must be >= 1, got {threads}")
         self.threads = threads
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="codec")
         self._waiting: list[tuple[CodecLane, list[tuple[Job, Done]]]] = []
+        self._inboxes: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in range(threads)]
+        self._done: collections.deque[tuple[Group, list[list[Any]]]] = collections.deque()
+        self._wake_pending = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._workers = [
+            threading.Thread(target=self._work, args=(inbox,), name=f"codec_{k}", daemon=True)
+            for k, inbox in enumerate(self._inboxes)
+        ]
+        for worker in self._workers:
+            worker.start()
 
     def lane(self) -> CodecLane:
         return CodecLane(self)
@@ -68,25 +80,51 @@ class CodecPool:
     def run(self, lane: CodecLane, batch: list[tuple[Job, Done]]) -> None:
         """Code `batch` on a worker, then hand it back to `lane` on the event loop."""
         if not self._waiting:
-            asyncio.get_running_loop().call_soon(self._hand_out)
+            loop = asyncio.get_running_loop()
+            if self._loop is None:
+                self._loop = loop
+            elif loop is not self._loop:
+                raise RuntimeError("a codec pool serves one event loop")
+            loop.call_soon(self._hand_out)
         self._waiting.append((lane, batch))
 
     def _hand_out(self) -> None:
         waiting, self._waiting = self._waiting, []
-        loop = asyncio.get_running_loop()
         for k in range(min(self.threads, len(waiting))):
             group = waiting[k :: self.threads]
-            try:
-                future = loop.run_in_executor(
-                    self.executor, _run_group, [[job for job, _ in batch] for _, batch in group]
-                )
-            except RuntimeError as exc:  # the pool was shut down: every job gets the error
-                _hand_back(group, exc)
+            if self._closed:  # every job gets the error: no lane is left waiting for a batch
+                error = RuntimeError("the codec pool is shut down")
+                _hand_back(group, [[error] * len(batch) for _, batch in group])
             else:
-                future.add_done_callback(lambda f, group=group: _hand_back(group, f))
+                self._inboxes[k].put(group)
+
+    def _work(self, inbox: queue.SimpleQueue) -> None:
+        while (group := inbox.get()) is not None:
+            try:
+                results = [_run_all([job for job, _ in batch]) for _, batch in group]
+            except BaseException as exc:  # noqa: BLE001 - not a job's own error (those are caught)
+                results = [[exc] * len(batch) for _, batch in group]
+            self._done.append((group, results))
+            if not self._wake_pending:
+                self._wake_pending = True
+                try:
+                    self._loop.call_soon_threadsafe(self._collect)
+                except RuntimeError:  # the loop is closed: nobody is waiting for these results
+                    return
+
+    def _collect(self) -> None:
+        self._wake_pending = False  # before reading: a result added after this wakes the loop again
+        while self._done:
+            _hand_back(*self._done.popleft())
 
     def shutdown(self) -> None:
-        self.executor.shutdown(wait=True)
+        """Stop the workers once the groups handed to them are coded (their results are handed
+        back if the loop still runs); batches handed out later get an error."""
+        self._closed = True
+        for inbox in self._inboxes:
+            inbox.put(None)
+        for worker in self._workers:
+            worker.join()
 
 
 class CodecLane:
@@ -147,16 +185,8 @@ class CodecLane:
             self._idle.set()
 
 
-def _hand_back(
-    group: list[tuple[CodecLane, list[tuple[Job, Done]]]], done: asyncio.Future | BaseException
-) -> None:
-    """Each lane of a group its results, or, where the worker call itself failed (cancelled, the
-    pool shut down), the error for each of its jobs: no lane is left waiting for a batch."""
-    try:
-        if isinstance(done, BaseException):
-            raise done
-        results = done.result()
-    except BaseException as exc:  # noqa: BLE001 - handed to the jobs' callbacks, as a job's own error is
-        results = [[exc] * len(batch) for _, batch in group]
+def _hand_back(group: Group, results: list[list[Any]]) -> None:
+    """Each lane of a group its batch's results (an error for each job where the worker call itself
+    failed), in order."""
     for (lane, batch), batch_results in zip(group, results, strict=True):
         lane._finish(batch, batch_results)

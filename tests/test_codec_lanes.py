@@ -114,8 +114,16 @@ async def test_lanes_started_in_one_pass_of_the_loop_go_to_the_workers_together(
     # Every session's frame at a tick: one worker call per thread, not one per lane (each call is a
     # thread woken and a trip back through the loop's self-pipe).
     calls = []
-    submit = pool.executor.submit
-    pool.executor.submit = lambda fn, *args: calls.append(fn) or submit(fn, *args)
+
+    class Counted:  # an inbox that counts what is handed to its worker
+        def __init__(self, inbox):
+            self.inbox = inbox
+
+        def put(self, group):
+            calls.append(group)
+            self.inbox.put(group)
+
+    pool._inboxes = [Counted(inbox) for inbox in pool._inboxes]
     lanes = [pool.lane() for _ in range(16)]
     got: list = []
     finished = asyncio.Event()
