@@ -49,6 +49,8 @@ log = logging.getLogger("assistant.server")
 # How long a client that left may still have its last messages carried out (an Opus session's are
 # decoded off the event loop, in order): a few frames' work, bounded so a stuck codec holds nothing.
 RECEIVED_WAIT_S = 1.0
+# Client messages handled at most between two passes of the event loop (when none of them queued a reply).
+YIELD_EVERY_MESSAGES = 8
 
 
 class TransportClosed(Exception):
@@ -416,6 +418,7 @@ class Connection:
 
     async def run(self) -> None:
         client_left = interrupted = False
+        handled = 0
         try:
             while self.closing is None:
                 if self.session is not None and not self.announced.is_set():
@@ -426,8 +429,12 @@ class Connection:
                     break
                 self.receive(message)
                 # Messages already buffered come back without a pause: let the writer send the
-                # replies between them, or a burst of refused messages fills the outbox by itself.
-                await asyncio.sleep(0)
+                # replies between them, or a burst of refused messages fills the outbox by itself,
+                # and let the frame clock in now and then, whatever a client has buffered. Not after
+                # every message: a pass of the loop per audio chunk was a tenth of the loop's time.
+                handled += 1
+                if self.outbox or handled % YIELD_EVERY_MESSAGES == 0:
+                    await asyncio.sleep(0)
         except TransportClosed:
             client_left = True
         except Exception:
