@@ -114,8 +114,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # -- the clients ---------------------------------------------------------------------------------
 
 
-def _encode_chunks(pcm: np.ndarray, chunk: int, endpoint: str, audio_format: str) -> list[bytes | str]:
-    """The messages that carry `pcm` (float32 at 24 kHz), one per `chunk` samples (empty ones kept)."""
+def _encode_chunks(
+    pcm: np.ndarray, chunk: int, endpoint: str, audio_format: str
+) -> list[bytes | str | list[bytes]]:
+    """What carries `pcm` (float32 at 24 kHz), one entry per `chunk` samples (empty ones kept): a
+    message, or for /ws Opus the list of 20 ms packets the chunk completed, each a message of its own."""
     n = len(pcm) // chunk
     pieces = [pcm[i * chunk : (i + 1) * chunk] for i in range(n)]
     pcm16 = [np.clip(np.rint(p * 32768), -32768, 32767).astype("<i2").tobytes() for p in pieces]
@@ -128,7 +131,7 @@ def _encode_chunks(pcm: np.ndarray, chunk: int, endpoint: str, audio_format: str
         from audio.opus_packets import OpusPacketEncoder
 
         encoder = OpusPacketEncoder()
-        return [b"".join(encoder.encode(p)) for p in pieces]
+        return [encoder.encode(p) for p in pieces]
     if endpoint == "realtime":
         return [
             json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(b).decode()})
@@ -224,8 +227,9 @@ async def stream_session(
             wait = t0 + (k + 1) * chunk_s - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            if message not in (b"\x01", b""):
-                await ws.send(message)
+            for part in message if isinstance(message, list) else [message]:
+                if not _empty(part):
+                    await ws.send(part)
             run.sent_at.append(time.monotonic())
         await asyncio.sleep(tail_s)
         reader.cancel()
@@ -240,10 +244,15 @@ def first_difference(a: SessionRun, b: SessionRun) -> int | None:
     return None if len(a.outputs) == len(b.outputs) else min(len(a.outputs), len(b.outputs))
 
 
+def _empty(message: bytes | str | list[bytes]) -> bool:
+    """A chunk that carries no audio yet (an Ogg page or an Opus packet still short): nothing is sent."""
+    return message in (b"\x01", b"", [])
+
+
 def _sent_time_of(run: SessionRun, messages: list, chunk: int, sample: int) -> float:
     """When the message carrying input `sample` went out (an empty Ogg message rides with the next)."""
     k = sample // chunk
-    while k < len(messages) - 1 and messages[k] in (b"\x01", b""):
+    while k < len(messages) - 1 and _empty(messages[k]):
         k += 1
     return run.sent_at[k]
 

@@ -19,6 +19,8 @@ import math
 
 from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
 
+SNAP_SAMPLES = SAMPLE_RATE_HZ // 1000  # how near a usual chunk size counts as a frame's divisor or multiple
+
 
 class FramePhase:
     """A session's arrival phase against the tick grid, and the frame end each tick should take.
@@ -38,19 +40,27 @@ class FramePhase:
         hysteresis_s: float = 0.006,
         window: int = 50,
         quantile: float = 90.0,
+        together_s: float = 0.002,
     ):
         """margin_s: how long before its tick a frame's last chunk should be in (jitter).
         hysteresis_s: a boundary moves later (dropping silence) only when the frame would wait this
             much more than the margin beyond a whole chunk, so it never hops back and forth.
-        window, quantile: the arrivals the late offset is taken over, and its percentile."""
+        window, quantile: the arrivals the late offset is taken over, and its percentile.
+        together_s: pieces arriving this close after the one before (the packets of one socket read,
+            a burst a client sends at once) count as one chunk, up to a frame: all of it is due
+            when its end came. Taken one by one, the burst's first piece, in as late as its last,
+            would say every chunk end is due that much later than it is (with 20 ms Opus packets
+            sent four at a time, every frame waited 60 ms for a tick placed for it)."""
         self.rate = sample_rate_hz
         self.frame_samples = frame_samples
         self.margin_s = margin_s
         self.hysteresis_s = hysteresis_s
         self.quantile = quantile
+        self.together_s = together_s
         self._offsets: collections.deque[float] = collections.deque(maxlen=window)
         self._sizes: collections.deque[int] = collections.deque(maxlen=window)
         self.last_end = 0  # input position of the newest chunk's end
+        self._last_at: float | None = None  # when the newest piece came
         # What the arrivals say, worked out once per change (a tick asks 2-5 times; numpy's
         # percentile of 50 values took 30 us each, a tenth of a session's event-loop time a frame).
         self._late: float | None = None
@@ -60,18 +70,29 @@ class FramePhase:
         """A chunk ending at input position `end_sample` arrived at `at_s`."""
         if end_sample <= self.last_end:
             return
-        self._sizes.append(end_sample - self.last_end)
-        self._offsets.append(at_s - end_sample / self.rate)
+        size = end_sample - self.last_end
+        together = self._last_at is not None and at_s - self._last_at < self.together_s
+        if together and self._sizes[-1] + size <= self.frame_samples:
+            self._sizes[-1] += size  # the newest chunk goes on: due when its end came
+            self._offsets[-1] = at_s - end_sample / self.rate
+        else:
+            self._sizes.append(size)
+            self._offsets.append(at_s - end_sample / self.rate)
         self.last_end = end_sample
+        self._last_at = at_s
         self._late = self._chunk = None
 
     @property
     def chunk_samples(self) -> int:
-        """The client's usual chunk (the median of the recent ones)."""
+        """The client's usual chunk (the median of the recent ones). Within a millisecond of a size
+        that divides a frame, or of a whole number of frames, it is that size: a decoder's or a
+        resampler's filter holds back a few samples of the first chunk (an Opus session's first
+        20 ms packet gives 464 samples, not 480), and the session's first frame is placed on that
+        chunk alone."""
         if not self._sizes:
             return self.frame_samples
         if self._chunk is None:
-            self._chunk = int(_percentile(sorted(self._sizes), 50.0))
+            self._chunk = _snapped(int(_percentile(sorted(self._sizes), 50.0)), self.frame_samples)
         return self._chunk
 
     def late_offset(self) -> float | None:
@@ -156,6 +177,21 @@ class FramePhase:
         usual chunk size): the input there is heard once that chunk is in."""
         chunk = self.chunk_samples
         return self.last_end - math.floor((self.last_end - position) / chunk) * chunk
+
+
+def _snapped(chunk: int, frame: int) -> int:
+    """`chunk`, or the nearest size that divides `frame` or is a multiple of it, when that is less
+    than a millisecond (24 samples at 24 kHz) away."""
+    if chunk >= frame:
+        near = [round(chunk / frame) * frame]
+    else:
+        near = [
+            frame // n
+            for n in {max(1, math.floor(frame / chunk)), math.ceil(frame / chunk)}
+            if frame % n == 0
+        ]
+    best = min(near, key=lambda size: abs(size - chunk), default=chunk)
+    return best if abs(best - chunk) < SNAP_SAMPLES else chunk
 
 
 def _percentile(ordered: list[float], q: float) -> float:
