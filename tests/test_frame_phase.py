@@ -103,6 +103,45 @@ def test_a_whole_frame_of_backlog_goes_even_where_the_tick_is_close_behind_the_c
     assert phase.shift(round(1.92 * RATE), tick) == F  # a frame behind: it waited 85 ms, and goes
 
 
+def test_packets_that_come_together_are_one_chunk_due_when_its_end_came():
+    # An Opus client sending its four 20 ms packets at once, every 80 ms, 30 ms after each tick.
+    # Taken one by one, the first packet of each burst, in 60 ms after its own end, said every chunk
+    # end is due 60 ms later than it is: each frame waited 60 ms past its burst for a tick.
+    phase = FramePhase(margin_s=0.003, hysteresis_s=0.006)
+    burst_at = [0.03 + k * PERIOD for k in range(30)]
+    for k, at in enumerate(burst_at):
+        for piece in range(4):
+            phase.arrived(k * F + (piece + 1) * 480, at + piece * 0.0001)
+    assert phase.chunk_samples == F
+    tick = 30 * PERIOD
+    end = phase.frame_end(tick)
+    assert end == 30 * F  # the last burst, in 50 ms before the tick
+    waited = tick - burst_at[end // F - 1]
+    assert waited == pytest.approx(0.05, abs=1e-3)
+    # A clock serving this session alone comes to 5 ms after the bursts (2 ms past the 3 ms margin).
+    assert phase.tick_move(tick, sooner=True) == pytest.approx(-0.045, abs=1e-3)
+    # Packets that come one by one, 20 ms apart, stay chunks of their own.
+    steady = FramePhase()
+    for end, at in steady_arrivals(0.0, 480, 20):
+        steady.arrived(end, at)
+    assert steady.chunk_samples == 480
+
+
+@pytest.mark.parametrize(("first", "usual"), [(464, 480), (1904, 1920), (3824, 3840)])
+def test_a_first_chunk_a_decoders_filter_shortened_still_places_the_first_frame(first, usual):
+    # The first 20 ms Opus packet decodes to 464 samples at 24 kHz (the resampler keeps 16 back),
+    # and a session's first frame is placed on its first chunk alone: a size that divided no frame
+    # left the tick where it was, up to 80 ms after the client's audio, for the whole session.
+    phase = FramePhase()
+    phase.arrived(first, 0.5)
+    assert phase.chunk_samples == usual
+    assert phase.tick_move(0.5 + 0.015, sooner=True) == pytest.approx(-0.010)  # to 5 ms after it
+    for odd in (360, 456, 504, 1000):  # 15 ms, or a whole millisecond off: sizes of their own
+        other = FramePhase()
+        other.arrived(odd, 0.5)
+        assert other.chunk_samples == odd
+
+
 def test_jitter_does_not_make_the_boundary_hop():
     phase = FramePhase()
     arrivals = steady_arrivals(0.0137, 480, 400, jitter_s=0.002, seed=3)
@@ -152,11 +191,19 @@ def test_aligned_take_pads_in_front_or_drops_queued_silence_only_while_silent():
 
 
 def run_session(
-    phase_s: float, chunk_ms: int, jitter_s: float, aligned: bool, seed: int = 0, seconds: float = 6.0
+    phase_s: float,
+    chunk_ms: int,
+    jitter_s: float,
+    aligned: bool,
+    seed: int = 0,
+    seconds: float = 6.0,
+    decode_s: float = 0.0,
 ):
     """Stream q1 (speech) in chunks arriving at `phase_s` against ticks at k * 80 ms, the session
     started as the frame loop starts it; return (the wait of each frame's newest sample for its tick,
-    in s, while the user spoke; underruns; the frames the model heard; the conversation)."""
+    in s, while the user spoke; underruns; the frames the model heard; the conversation).
+    decode_s: each chunk reaches the conversation this long after it arrived (an Opus session's
+    packets are decoded on a worker first), with its arrival time."""
     pcm, rate = load_wav("q1.wav")
     assert rate == RATE
     chunk = RATE * chunk_ms // 1000
@@ -164,13 +211,13 @@ def run_session(
     now = [0.0]
     conversation = Conversation("s", RATE, clock=lambda: now[0])
     arrivals = steady_arrivals(phase_s, chunk, count, jitter_s, seed)
-    events = [(at, 0, k) for k, (_, at) in enumerate(arrivals)]
+    events = [(at + decode_s, 0, k) for k, (_, at) in enumerate(arrivals)]
     events += [(k * PERIOD, 1, k) for k in range(1, int(arrivals[-1][1] / PERIOD))]
     waits, frames = [], []
     for at, kind, k in sorted(events):
         now[0] = at
         if kind == 0:
-            conversation.push_samples(pcm[k * chunk : (k + 1) * chunk])
+            conversation.push_samples(pcm[k * chunk : (k + 1) * chunk], arrived_at=arrivals[k][1])
             continue
         if aligned:
             conversation.tick_due(at)
@@ -218,3 +265,13 @@ def test_the_model_hears_the_same_frames_whatever_the_jitter():
         assert runs[0] == runs[1], phase_ms
     races = [run_session(0.079, 20, 0.002, aligned=False, seed=seed)[2] for seed in (1, 2)]
     assert races[0] != races[1]
+
+
+def test_audio_decoded_after_it_arrived_is_placed_and_timed_by_its_arrival():
+    """The frames' wait an operator sees counts from when the client's audio reached the server,
+    the time it then spent being decoded included; the model hears the same frames."""
+    _, _, frames, conversation = run_session(0.041, 20, 0.0, aligned=True)
+    _, _, decoded_frames, decoded = run_session(0.041, 20, 0.0, aligned=True, decode_s=0.004)
+    assert decoded_frames == frames
+    waits, decoded_waits = conversation.stats()["frame_wait_ms"], decoded.stats()["frame_wait_ms"]
+    assert decoded_waits == waits, (decoded_waits, waits)
