@@ -22,6 +22,7 @@ from server_utils import start_server
 from websockets.asyncio.client import connect
 
 from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
+from audio.opus_packets import OpusPacketEncoder
 
 CLICK_FRAME = 6  # the frame of the client's stream that carries the click
 FRAMES = 14
@@ -66,12 +67,16 @@ async def test_a_client_pacing_from_the_handshake_is_answered_in_the_tick_after_
     assert min(delays) >= 0.0, delays
 
 
-async def frame_wait_of_80_ms_chunks(address, offset_s: float, seconds: float = 4.0) -> tuple[dict, float]:
-    """A lone /ws client sending 80 ms of PCM every 80 ms, starting `offset_s` after session.ready:
+async def frame_wait_of_80_ms_chunks(
+    address, offset_s: float, seconds: float = 4.0, opus: str | None = None
+) -> tuple[dict, float]:
+    """A lone /ws client sending 80 ms of audio every 80 ms, starting `offset_s` after session.ready:
     the frame wait the server's last stats event reports, and the seconds from sending the first
-    chunk to receiving the first audio (the step that heard it)."""
+    chunk to receiving the first audio (the step that heard it). opus: None sends PCM16; "burst" the
+    frame's four 20 ms Opus packets at once, "paced" one every 20 ms."""
     async with connect(address.ws_url) as ws:
-        await ws.send(json.dumps({"type": "session.start", "sample_rate": SAMPLE_RATE_HZ}))
+        start_event = {"type": "session.start", "sample_rate": SAMPLE_RATE_HZ}
+        await ws.send(json.dumps({**start_event, "audio_format": "opus"} if opus else start_event))
         assert json.loads(await ws.recv())["type"] == "session.ready"
         loop = asyncio.get_running_loop()
         stats: list[dict] = []
@@ -86,9 +91,21 @@ async def frame_wait_of_80_ms_chunks(address, offset_s: float, seconds: float = 
 
         reader = asyncio.create_task(read())
         await asyncio.sleep(offset_s)
-        start, chunk = loop.time(), np.zeros(FRAME_SAMPLES, "<i2").tobytes()
-        for k in range(round(seconds / 0.08)):
-            await ws.send(chunk)
+        frames = round(seconds / 0.08)
+        noise = np.random.default_rng(1).uniform(-0.01, 0.01, frames * FRAME_SAMPLES).astype(np.float32)
+        if opus:
+            encoder = OpusPacketEncoder()
+            chunks = [
+                encoder.encode(noise[k * FRAME_SAMPLES : (k + 1) * FRAME_SAMPLES]) for k in range(frames)
+            ]
+        else:
+            chunks = [[np.zeros(FRAME_SAMPLES, "<i2").tobytes()]] * frames
+        start = loop.time()
+        for k, messages in enumerate(chunks):
+            for i, message in enumerate(messages):
+                if opus == "paced":  # one packet every 20 ms
+                    await asyncio.sleep(max(0.0, start + k * 0.08 + i * 0.02 - loop.time()))
+                await ws.send(message)
             await asyncio.sleep(max(0.0, start + (k + 1) * 0.08 - loop.time()))
         reader.cancel()
     return stats[-1]["frame_wait_ms"], first_audio[0] - start
@@ -105,3 +122,14 @@ async def test_a_lone_client_sending_whole_frames_has_the_clock_come_to_it(recor
         waits, first_reply_s = await frame_wait_of_80_ms_chunks(address, offset_ms / 1000)
         assert waits["p50"] < 15, (offset_ms, waits)
         assert first_reply_s < 0.045, (offset_ms, first_reply_s)
+
+
+@pytest.mark.parametrize("opus", ["burst", "paced"])
+async def test_a_lone_opus_client_has_the_clock_come_to_it_too(recorded_server, opus):
+    # The first 20 ms packet decodes to 464 samples (the decoder's resampler keeps 16 back): a chunk
+    # size that divided no frame kept the clock where it was. And four packets sent at once, taken
+    # one by one, said each frame was due 60 ms after it was in: every frame waited about 60 ms.
+    address, _ = recorded_server
+    waits, first_reply_s = await frame_wait_of_80_ms_chunks(address, 0.027, opus=opus)
+    assert waits["p50"] < 15, (opus, waits)
+    assert first_reply_s < 0.045 + (0.06 if opus == "paced" else 0.0), (opus, first_reply_s)

@@ -264,12 +264,17 @@ class Conversation:
         is resampled first (the VAD hears 24 kHz)."""
         return self._vad.front if self._resample_in is None else None
 
-    def push_samples(self, x: np.ndarray, analysis: VadAnalysis | None = None) -> list[ConversationEvent]:
+    def push_samples(
+        self, x: np.ndarray, analysis: VadAnalysis | None = None, arrived_at: float | None = None
+    ) -> list[ConversationEvent]:
         """Client audio: float32 (n,) in [-1, 1] at sample_rate_hz, any length. analysis: what
-        `vad_front.analyse(x)` made of it, where the host has run that already."""
+        `vad_front.analyse(x)` made of it, where the host has run that already. arrived_at: when
+        the audio reached the server (this clock), where the host decoded it first: the frame
+        phase and the frames' wait go by the client's arrivals, not by how long decoding took."""
         if self.ended:
             return []
         now = self.clock()
+        arrived_at = now if arrived_at is None else min(arrived_at, now)
         self.last_input_at = now
         if analysis is not None and analysis.samples != x.shape[0]:
             raise ValueError(f"the analysis is of {analysis.samples} samples, the chunk {x.shape[0]}")
@@ -282,9 +287,9 @@ class Conversation:
         if self._utterance is not None:
             self._utterance.push(x)
         self.samples_in += x.shape[0]
-        self._arrivals.append((self.samples_in, now))
+        self._arrivals.append((self.samples_in, arrived_at))
         if self._phase is not None:
-            self._phase.arrived(self.samples_in, now)
+            self._phase.arrived(self.samples_in, arrived_at)
         out: list[ConversationEvent] = []
         for ev in self._vad.push(x) if analysis is None else self._vad.apply(analysis):
             out += self._on_vad(ev, now)

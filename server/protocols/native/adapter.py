@@ -118,8 +118,10 @@ class NativeConnection(Connection):
                     code, text = exc.code, exc.message
                     self.incoming.submit(None, lambda _: self.send_error(code, text))
                     return
-                decode, front = self.decoder.decode, self.session.vad_front
-                self.incoming.submit(lambda: _decoded(decode(message), front), self.push_decoded)
+                decode, front, at = self.decoder.decode, self.session.vad_front, self.session.clock()
+                self.incoming.submit(
+                    lambda: _decoded(decode(message), front), lambda decoded: self.push_decoded(decoded, at)
+                )
             else:
                 self.incoming.submit(None, lambda _: self.handle_text(message))
             return
@@ -138,13 +140,13 @@ class NativeConnection(Connection):
         except ProtocolError as exc:
             self.send_error(exc.code, exc.message)
 
-    def push_decoded(self, decoded) -> None:
+    def push_decoded(self, decoded, arrived_at: float) -> None:
         if isinstance(decoded, OpusPacketError):
             self.send_error("bad_audio", str(decoded))
         elif isinstance(decoded, Exception):
             raise decoded
         else:
-            self.apply_events(self.session.push_samples(*decoded))
+            self.apply_events(self.session.push_samples(*decoded, arrived_at=arrived_at))
 
     def handle_event(self, event: ClientEvent) -> None:
         if isinstance(event, SessionStart):
