@@ -68,12 +68,12 @@ async def test_a_client_pacing_from_the_handshake_is_answered_in_the_tick_after_
 
 
 async def frame_wait_of_80_ms_chunks(
-    address, offset_s: float, seconds: float = 4.0, opus: str | None = None
+    address, offset_s: float, seconds: float = 4.0, opus: bool = False
 ) -> tuple[dict, float]:
     """A lone /ws client sending 80 ms of audio every 80 ms, starting `offset_s` after session.ready:
     the frame wait the server's last stats event reports, and the seconds from sending the first
-    chunk to receiving the first audio (the step that heard it). opus: None sends PCM16; "burst" the
-    frame's four 20 ms Opus packets at once, "paced" one every 20 ms."""
+    chunk to receiving the first audio (the step that heard it). opus: each frame's four 20 ms Opus
+    packets at once, instead of PCM16."""
     async with connect(address.ws_url) as ws:
         start_event = {"type": "session.start", "sample_rate": SAMPLE_RATE_HZ}
         await ws.send(json.dumps({**start_event, "audio_format": "opus"} if opus else start_event))
@@ -102,9 +102,7 @@ async def frame_wait_of_80_ms_chunks(
             chunks = [[np.zeros(FRAME_SAMPLES, "<i2").tobytes()]] * frames
         start = loop.time()
         for k, messages in enumerate(chunks):
-            for i, message in enumerate(messages):
-                if opus == "paced":  # one packet every 20 ms
-                    await asyncio.sleep(max(0.0, start + k * 0.08 + i * 0.02 - loop.time()))
+            for message in messages:
                 await ws.send(message)
             await asyncio.sleep(max(0.0, start + (k + 1) * 0.08 - loop.time()))
         reader.cancel()
@@ -124,12 +122,14 @@ async def test_a_lone_client_sending_whole_frames_has_the_clock_come_to_it(recor
         assert first_reply_s < 0.045, (offset_ms, first_reply_s)
 
 
-@pytest.mark.parametrize("opus", ["burst", "paced"])
-async def test_a_lone_opus_client_has_the_clock_come_to_it_too(recorded_server, opus):
-    # The first 20 ms packet decodes to 464 samples (the decoder's resampler keeps 16 back): a chunk
-    # size that divided no frame kept the clock where it was. And four packets sent at once, taken
-    # one by one, said each frame was due 60 ms after it was in: every frame waited about 60 ms.
+async def test_a_lone_opus_client_sending_a_frames_packets_at_once_has_the_clock_come_to_it_too(
+    recorded_server,
+):
+    # Four 20 ms packets sent at once, taken one by one, said each frame was due 60 ms after it was
+    # in: every frame waited about 60 ms (46 ms here before the fix); and the first packet decodes
+    # to 464 samples (the decoder's resampler keeps 16 back), a chunk size that divided no frame,
+    # so the clock stayed where it was (the pure rules: tests/test_frame_phase.py).
     address, _ = recorded_server
-    waits, first_reply_s = await frame_wait_of_80_ms_chunks(address, 0.027, opus=opus)
-    assert waits["p50"] < 15, (opus, waits)
-    assert first_reply_s < 0.045 + (0.06 if opus == "paced" else 0.0), (opus, first_reply_s)
+    waits, first_reply_s = await frame_wait_of_80_ms_chunks(address, 0.027, opus=True)
+    assert waits["p50"] < 30, waits  # 5-9 ms on a quiet machine, 15-21 with the suite beside it
+    assert first_reply_s < 0.045, first_reply_s

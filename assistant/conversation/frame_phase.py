@@ -40,47 +40,57 @@ class FramePhase:
         hysteresis_s: float = 0.006,
         window: int = 50,
         quantile: float = 90.0,
-        together_s: float = 0.002,
     ):
         """margin_s: how long before its tick a frame's last chunk should be in (jitter).
         hysteresis_s: a boundary moves later (dropping silence) only when the frame would wait this
             much more than the margin beyond a whole chunk, so it never hops back and forth.
-        window, quantile: the arrivals the late offset is taken over, and its percentile.
-        together_s: pieces arriving this close after the one before (the packets of one socket read,
-            a burst a client sends at once) count as one chunk, up to a frame: all of it is due
-            when its end came. Taken one by one, the burst's first piece, in as late as its last,
-            would say every chunk end is due that much later than it is (with 20 ms Opus packets
-            sent four at a time, every frame waited 60 ms for a tick placed for it)."""
+        window, quantile: the arrivals the late offset is taken over, and its percentile."""
         self.rate = sample_rate_hz
         self.frame_samples = frame_samples
         self.margin_s = margin_s
         self.hysteresis_s = hysteresis_s
         self.quantile = quantile
-        self.together_s = together_s
-        self._offsets: collections.deque[float] = collections.deque(maxlen=window)
-        self._sizes: collections.deque[int] = collections.deque(maxlen=window)
+        # Each piece of input as it came, and the same grouped into bursts: pieces that came sooner
+        # after the one before than half their own length (the packets of one socket read, four
+        # 20 ms packets a client sends at once), up to a frame. A client that usually sends bursts is
+        # judged by them: all of a burst is due when its end came. Taken one by one, a burst's first
+        # piece, in as late as its last, said every chunk end was due that much later than it was
+        # (with four 20 ms Opus packets sent at once, every frame waited 60 ms for a tick placed
+        # for it). One whose pieces only now and then come together (jitter) is judged piece by
+        # piece, so a late piece's lateness still counts.
+        self._pieces = _Arrivals(window)
+        self._bursts = _Arrivals(window)
         self.last_end = 0  # input position of the newest chunk's end
         self._last_at: float | None = None  # when the newest piece came
         # What the arrivals say, worked out once per change (a tick asks 2-5 times; numpy's
         # percentile of 50 values took 30 us each, a tenth of a session's event-loop time a frame).
         self._late: float | None = None
         self._chunk: int | None = None
+        self._by: _Arrivals | None = None
 
     def arrived(self, end_sample: int, at_s: float) -> None:
         """A chunk ending at input position `end_sample` arrived at `at_s`."""
         if end_sample <= self.last_end:
             return
         size = end_sample - self.last_end
-        together = self._last_at is not None and at_s - self._last_at < self.together_s
-        if together and self._sizes[-1] + size <= self.frame_samples:
-            self._sizes[-1] += size  # the newest chunk goes on: due when its end came
-            self._offsets[-1] = at_s - end_sample / self.rate
+        offset = at_s - end_sample / self.rate
+        self._pieces.add(size, offset)
+        together = self._last_at is not None and at_s - self._last_at < size / self.rate / 2
+        if together and self._bursts.sizes[-1] + size <= self.frame_samples:
+            self._bursts.extend(size, offset)
         else:
-            self._sizes.append(size)
-            self._offsets.append(at_s - end_sample / self.rate)
+            self._bursts.add(size, offset)
         self.last_end = end_sample
         self._last_at = at_s
-        self._late = self._chunk = None
+        self._late = self._chunk = self._by = None
+
+    def _arrivals(self) -> _Arrivals:
+        """The bursts where the client usually sends several pieces at once, else the pieces."""
+        if self._by is None:
+            piece = _percentile(sorted(self._pieces.sizes), 50.0)
+            burst = _percentile(sorted(self._bursts.sizes), 50.0)
+            self._by = self._bursts if burst >= 2 * piece else self._pieces
+        return self._by
 
     @property
     def chunk_samples(self) -> int:
@@ -89,21 +99,23 @@ class FramePhase:
         resampler's filter holds back a few samples of the first chunk (an Opus session's first
         20 ms packet gives 464 samples, not 480), and the session's first frame is placed on that
         chunk alone."""
-        if not self._sizes:
+        if not self._pieces.sizes:
             return self.frame_samples
         if self._chunk is None:
-            self._chunk = _snapped(int(_percentile(sorted(self._sizes), 50.0)), self.frame_samples)
+            sizes = self._arrivals().sizes
+            self._chunk = _snapped(int(_percentile(sorted(sizes), 50.0)), self.frame_samples)
         return self._chunk
 
     def late_offset(self) -> float | None:
         """Arrival time less stream time, at the recent arrivals' `quantile` (None before any)."""
-        if not self._offsets:
+        if not self._pieces.offsets:
             return None
         # A session's first few chunks (its set-up, a busy client) say little about its jitter: the
         # median places its first frame, the quantile takes over once there are enough.
         if self._late is None:
-            quantile = 50.0 if len(self._offsets) < 10 else self.quantile
-            self._late = _percentile(sorted(self._offsets), quantile)
+            offsets = self._arrivals().offsets
+            quantile = 50.0 if len(offsets) < 10 else self.quantile
+            self._late = _percentile(sorted(offsets), quantile)
         return self._late
 
     def frame_end(self, tick_s: float, margin_s: float | None = None) -> int | None:
@@ -177,6 +189,23 @@ class FramePhase:
         usual chunk size): the input there is heard once that chunk is in."""
         chunk = self.chunk_samples
         return self.last_end - math.floor((self.last_end - position) / chunk) * chunk
+
+
+class _Arrivals:
+    """The recent chunks: each one's size and its offset (arrival time less its end's stream time)."""
+
+    def __init__(self, window: int):
+        self.sizes: collections.deque[int] = collections.deque(maxlen=window)
+        self.offsets: collections.deque[float] = collections.deque(maxlen=window)
+
+    def add(self, size: int, offset: float) -> None:
+        self.sizes.append(size)
+        self.offsets.append(offset)
+
+    def extend(self, size: int, offset: float) -> None:
+        """The newest chunk goes on: due when its new end came."""
+        self.sizes[-1] += size
+        self.offsets[-1] = offset
 
 
 def _snapped(chunk: int, frame: int) -> int:
