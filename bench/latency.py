@@ -14,7 +14,12 @@ for ours, its log's "frame handled in" lines for Kyutai's), and "waiting" is del
 waiting also holds the model's own answer: a model that changes its output a step after the one
 that hears the change adds a frame. "frame wait" (/ws) is the server's own figure, from its `stats`
 events: how long each frame's newest input had been in when its tick came (p50/p95, the medians
-over the sessions), the wait the frame clock adds whatever the model does.
+over the sessions), the wait the frame clock adds whatever the model does. "reply wait" (/ws) is
+the same from the client's side, for every step and whatever the model does: our server records
+each session (`--record`), each frame the engine heard is found, sample for sample, in what the
+client sent (the bench decodes its own Opus packets as the server does), and the step's wait is
+from sending the chunk that completed that frame to receiving the step's audio, less the step
+(median/p95 over every step of every session, frames ending in silence left out).
 
 Endpoints: `ws` (/ws, PCM16 or `--audio-format opus`), `realtime` (/v1/realtime), `live`
 (/v1/live/sessions), `chat` (/api/chat, Ogg Opus as Kyutai's client sends it). With
@@ -38,6 +43,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -73,6 +79,8 @@ class SessionRun:
     outputs: list[bytes] = field(default_factory=list)  # output audio payloads, in order
     received_at: list[float] = field(default_factory=list)
     frame_wait_ms: dict | None = None  # /ws: the server's last `stats` figure for the session
+    session_id: str | None = None  # /ws: from session.ready (its recording is named after it)
+    messages: list = field(default_factory=list, repr=False)  # what was sent, one entry per chunk
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -191,7 +199,7 @@ async def stream_session(
     number of steps; None: the first chunk is due one chunk after the session is ready."""
     from websockets.asyncio.client import connect
 
-    run = SessionRun()
+    run = SessionRun(messages=messages)
     async with connect(url, compression=None, max_queue=None, max_size=None) as ws:
         if endpoint == "ws":
             start = {
@@ -207,7 +215,8 @@ async def stream_session(
             message = await ws.recv()
             if endpoint == "chat" and message == b"\x00":
                 break
-            if isinstance(message, str) and json.loads(message).get("type") in READY_EVENTS:
+            if isinstance(message, str) and (event := json.loads(message)).get("type") in READY_EVENTS:
+                run.session_id = event.get("session_id")
                 break
         t0 = time.monotonic()
         if phase is not None:  # the opening tick, then one frame more (the next chunk is due a chunk later)
@@ -263,6 +272,8 @@ class Triple:
     deterministic: bool  # A == A' (every output)
     valid: bool  # B first differed after the change was sent, where A' still equalled A
     frame_wait_ms: list[dict] = field(default_factory=list)  # /ws: the server's figure, per session
+    runs: tuple = field(default=(), repr=False)  # A, A', B
+    reply_wait_ms: list[float] = field(default_factory=list)  # /ws: every step's, all three sessions
 
 
 async def run_triples(
@@ -342,7 +353,7 @@ def _judge(a: SessionRun, a2: SessionRun, b: SessionRun, changed: list, chunk: i
     same_until = first_difference(a, a2)
     valid = delay is not None and delay >= 0 and (same_until is None or same_until > i)
     waits = [r.frame_wait_ms for r in (a, a2, b) if r.frame_wait_ms]
-    return Triple(delay, same_until is None, valid, waits)
+    return Triple(delay, same_until is None, valid, waits, (a, a2, b))
 
 
 def _print_triple(n: int, t: Triple) -> None:
@@ -352,6 +363,75 @@ def _print_triple(n: int, t: Triple) -> None:
         + ("" if t.valid else " (not counted: B differed before the change, or A' differed from A first)"),
         flush=True,
     )
+
+
+# -- every step's wait, from the server's recording ---------------------------------------------
+
+
+def _client_stream(messages: list, opus: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The client's audio as the server decoded it (int16 at 24 kHz, as its recording stores it),
+    and where each chunk's audio ends in it."""
+    if opus:
+        from audio.opus_packets import OpusPacketDecoder
+
+        decoder = OpusPacketDecoder()
+        parts = [
+            np.concatenate([decoder.decode(p) for p in chunk] or [np.zeros(0, np.float32)])
+            for chunk in messages
+        ]
+        pieces = [np.clip(np.rint(x * 32768.0), -32768, 32767).astype(np.int16) for x in parts]
+    else:
+        pieces = [np.frombuffer(m, dtype="<i2") for m in messages]
+    return np.concatenate(pieces), np.cumsum([len(x) for x in pieces])
+
+
+def heard_frame_ends(heard: np.ndarray, sent: np.ndarray, window: int = 64) -> list[int | None]:
+    """For each frame the engine heard (`heard`: the recording's user channel, int16), where in the
+    client's stream (`sent`) it ends: the position just past its last `window` samples, found
+    exactly; None where they are silence (padding, or the client's own digital silence)."""
+    views = np.lib.stride_tricks.sliding_window_view(sent, window)
+    ends: list[int | None] = []
+    expected = FRAME_SAMPLES
+    for k in range(heard.shape[0] // FRAME_SAMPLES):
+        tail = heard[(k + 1) * FRAME_SAMPLES - window : (k + 1) * FRAME_SAMPLES]
+        end = None
+        if tail.any():
+            lo = max(0, expected - 3 * FRAME_SAMPLES)
+            hits = (
+                np.flatnonzero((views[lo : expected + 3 * FRAME_SAMPLES] == tail).all(axis=1)) + lo + window
+            )
+            if hits.size:
+                end = int(hits[np.argmin(np.abs(hits - expected))])
+        ends.append(end)
+        expected = (end if end is not None else expected) + FRAME_SAMPLES
+    return ends
+
+
+def reply_waits_ms(run: SessionRun, recording: Path, opus: bool, step_ms: float) -> list[float]:
+    """Every step's wait beyond compute, as the client saw it: from sending the chunk that completed
+    the frame the step heard to receiving that step's audio, less the step. Steps whose frame ends
+    in silence are left out (the client's audio there cannot be told apart from padding)."""
+    import soundfile as sf
+
+    heard = sf.read(recording, dtype="int16")[0][:, 0]
+    sent, chunk_ends = _client_stream(run.messages, opus)
+    per_step = 4 if opus else 1  # output messages per step (/ws: one PCM16 frame, or four packets)
+    waits = []
+    for k, end in enumerate(heard_frame_ends(heard, sent)):
+        if end is None or k * per_step >= len(run.received_at):
+            continue
+        chunk = int(np.searchsorted(chunk_ends, end))  # the first chunk whose audio reaches `end`
+        if chunk < len(run.sent_at):
+            waits.append((run.received_at[k * per_step] - run.sent_at[chunk]) * 1000 - step_ms)
+    return waits
+
+
+def _add_reply_waits(triples: list[Triple], records: Path, opus: bool, step_ms: float | None) -> None:
+    for triple in triples:
+        for run in triple.runs:
+            path = records / f"{run.session_id}.wav"
+            if step_ms is not None and path.is_file():
+                triple.reply_wait_ms += reply_waits_ms(run, path, opus, step_ms)
 
 
 # -- servers -------------------------------------------------------------------------------------
@@ -410,6 +490,9 @@ def run_ours(args: argparse.Namespace, pcm: np.ndarray) -> tuple[list[Triple] | 
             serve_args.append(f"--{name}" if value else f"--no-{name}")
         elif value is not None:
             serve_args += [f"--{name}", value]
+    records = Path(tempfile.mkdtemp(prefix="latency-records-"))
+    if args.endpoint == "ws":  # what each step heard: every step's wait, as the client saw it
+        serve_args += ["--record", str(records)]
     if args.backend == "moshi" and args.endpoint in ("realtime", "live"):
         serve_args += ["--temperature", "0", "--text-temperature", "0"]  # their protocols set no sampling
     path = ENDPOINTS[args.endpoint] + (f"?{GREEDY_QUERY}" if args.endpoint == "chat" else "")
@@ -422,14 +505,21 @@ def run_ours(args: argparse.Namespace, pcm: np.ndarray) -> tuple[list[Triple] | 
             triples = asyncio.run(run_triples(url, args.endpoint, args, pcm, grid))
     clock = json.loads(stats_file.read_text()) if stats_file.stat().st_size else {}
     stats_file.unlink(missing_ok=True)
+    step_ms = (clock.get("step_ms") or {}).get("p50")
+    opus = args.endpoint == "ws" and args.audio_format == "opus"
+    for session_triples in triples[1] if args.sessions > 1 else [triples]:
+        _add_reply_waits(session_triples, records, opus, step_ms)
+    shutil.rmtree(records, ignore_errors=True)
     return triples, clock
 
 
 def summary(name: str, triples: list[Triple], step_ms: float | None) -> str:
     delays = np.array([t.delay_ms for t in triples if t.valid])
     same = sum(t.deterministic for t in triples)
+    replies = [w for t in triples for w in t.reply_wait_ms]
+    reply_wait = f"{np.median(replies):.1f}/{np.percentile(replies, 95):.1f}" if replies else "-"
     if delays.size == 0:
-        return f"{name:<28} no triple reacted ({same}/{len(triples)} A==A')"
+        return f"{name:<28} no triple reacted ({same}/{len(triples)} A==A'), reply wait {reply_wait} ms"
     lo, med, p95 = delays.min(), np.median(delays), np.percentile(delays, 95)
     step = "-" if step_ms is None else f"{step_ms:.1f}"
     wait = "-" if step_ms is None else f"{med - step_ms:.1f} / {p95 - step_ms:.1f}"
@@ -442,7 +532,7 @@ def summary(name: str, triples: list[Triple], step_ms: float | None) -> str:
     )
     return (
         f"{name:<28} {lo:>6.1f} {med:>7.1f} {p95:>6.1f} {step:>8} {wait:>17} {frame_wait:>13}"
-        f" {same:>3}/{len(triples):<3} {len(delays):>3}"
+        f" {reply_wait:>13} {same:>3}/{len(triples):<3} {len(delays):>3}"
     )
 
 
@@ -499,7 +589,7 @@ def run(args: argparse.Namespace) -> int:
         rows.append(summary("reference /api/chat", theirs, float(np.median(steps)) if steps else None))
     print(
         f"{'server':<28} {'min':>6} {'median':>7} {'p95':>6} {'step ms':>8} {'wait median/p95':>17}"
-        f" {'frame wait':>13} A==A' n"
+        f" {'frame wait':>13} {'reply wait':>13} A==A' n"
     )
     for row in rows:
         print(row)

@@ -9,7 +9,10 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 from server_utils import REPO
+
+F = 1920
 
 
 def bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -29,9 +32,36 @@ def test_the_answer_changes_after_the_change_was_sent():
     delay, step = float(row[3]), float(row[5])
     assert 0 < step < delay < 1000  # the answer changed after the change was sent, and after a step
     assert re.fullmatch(r"[012]/2", row[-2])  # A == A' counted
-    p50, p95 = map(float, row[-3].split("/"))  # the server's own frame wait, from its stats events
+    p50, p95 = map(float, row[-4].split("/"))  # the server's own frame wait, from its stats events
     assert 0 <= p50 <= p95 <= 80
+    # Every step's wait beyond compute as the client saw it (the recording tells which frame each
+    # step heard): a step matched to the wrong frame would be a whole 80 ms off.
+    p50, p95 = map(float, row[-3].split("/"))
+    assert -step < p50 <= p95 and p50 < 60
     assert re.search(r"our server: \d+ skipped ticks", out.stdout)
+
+
+def test_each_frame_the_engine_heard_is_found_in_what_the_client_sent():
+    from bench.latency import heard_frame_ends
+
+    rng = np.random.default_rng(0)
+    sent = rng.integers(-3000, 3000, F * 20).astype(np.int16)
+    sent[F * 5 : F * 6] = 0  # the client's own digital silence
+    pad, inserted = 700, 300  # silence the server put in front of the first frame, and mid-stream
+    cut = F * 12 - pad
+    heard = np.concatenate(
+        [
+            np.zeros(pad, np.int16),
+            sent[:cut],
+            np.zeros(inserted, np.int16),
+            sent[cut : F * 19 - pad - inserted],
+        ]
+    )
+    ends = heard_frame_ends(heard, sent)
+    expected = [(k + 1) * F - pad - (inserted if (k + 1) * F > F * 12 else 0) for k in range(len(ends))]
+    assert len(ends) == 19
+    assert [e for e, x in zip(ends, expected, strict=True) if e != x] == [None]  # the silent frame: unknown
+    assert ends[5] is None
 
 
 def test_a_bad_setup_is_refused():
