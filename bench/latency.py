@@ -14,12 +14,14 @@ for ours, its log's "frame handled in" lines for Kyutai's), and "waiting" is del
 waiting also holds the model's own answer: a model that changes its output a step after the one
 that hears the change adds a frame. "frame wait" (/ws) is the server's own figure, from its `stats`
 events: how long each frame's newest input had been in when its tick came (p50/p95, the medians
-over the sessions), the wait the frame clock adds whatever the model does. "reply wait" (/ws) is
-the same from the client's side, for every step and whatever the model does: our server records
-each session (`--record`), each frame the engine heard is found, sample for sample, in what the
-client sent (the bench decodes its own Opus packets as the server does), and the step's wait is
-from sending the chunk that completed that frame to receiving the step's audio, less the step
-(median/p95 over every step of every session, frames ending in silence left out).
+over the sessions), the wait the frame clock adds whatever the model does. "reply wait" is the
+same from the client's side, for every step and whatever the model does (/ws, /v1/realtime,
+/v1/live): our server records each session (`--record`), each frame the engine heard is found,
+sample for sample, in what the client sent (the bench decodes its own Opus packets as the server
+does), each step's audio among what the client received, and the step's wait is from sending the
+chunk that completed its frame to receiving its audio, less the step (median/p95 over every step
+of every session; frames ending in silence, and on /v1/realtime and /v1/live the steps outside a
+response, which send no audio, left out).
 
 Endpoints: `ws` (/ws, PCM16 or `--audio-format opus`), `realtime` (/v1/realtime), `live`
 (/v1/live/sessions), `chat` (/api/chat, Ogg Opus as Kyutai's client sends it). With
@@ -216,7 +218,7 @@ async def stream_session(
             if endpoint == "chat" and message == b"\x00":
                 break
             if isinstance(message, str) and (event := json.loads(message)).get("type") in READY_EVENTS:
-                run.session_id = event.get("session_id")
+                run.session_id = event.get("session_id") or (event.get("session") or {}).get("id")
                 break
         t0 = time.monotonic()
         if phase is not None:  # the opening tick, then one frame more (the next chunk is due a chunk later)
@@ -368,7 +370,7 @@ def _print_triple(n: int, t: Triple) -> None:
 # -- every step's wait, from the server's recording ---------------------------------------------
 
 
-def _client_stream(messages: list, opus: bool) -> tuple[np.ndarray, np.ndarray]:
+def _client_stream(messages: list, endpoint: str, opus: bool) -> tuple[np.ndarray, np.ndarray]:
     """The client's audio as the server decoded it (int16 at 24 kHz, as its recording stores it),
     and where each chunk's audio ends in it."""
     if opus:
@@ -380,9 +382,33 @@ def _client_stream(messages: list, opus: bool) -> tuple[np.ndarray, np.ndarray]:
             for chunk in messages
         ]
         pieces = [np.clip(np.rint(x * 32768.0), -32768, 32767).astype(np.int16) for x in parts]
+    elif endpoint in ("realtime", "live"):
+        pieces = [np.frombuffer(base64.b64decode(json.loads(m)["audio"]), dtype="<i2") for m in messages]
     else:
         pieces = [np.frombuffer(m, dtype="<i2") for m in messages]
     return np.concatenate(pieces), np.cumsum([len(x) for x in pieces])
+
+
+def step_arrivals(run: SessionRun, said: np.ndarray, endpoint: str, opus: bool, window: int = 64) -> dict:
+    """{step: when the client received that step's audio}. /ws sends every step's audio as it is
+    made (one PCM16 message, or four Opus packets); /v1/realtime and /v1/live only what falls in a
+    response, a message a frame or more: each is placed by its last `window` samples, found in
+    `said` (the recording's assistant channel) at the end of a frame."""
+    if endpoint == "ws":
+        per_step = 4 if opus else 1
+        return {k: run.received_at[k * per_step] for k in range(len(run.received_at) // per_step)}
+    frame_tails = {
+        said[(k + 1) * FRAME_SAMPLES - window : (k + 1) * FRAME_SAMPLES].tobytes(): k
+        for k in range(said.shape[0] // FRAME_SAMPLES)
+    }
+    arrivals: dict[int, float] = {}
+    for payload, at in zip(run.outputs, run.received_at, strict=True):
+        audio = np.frombuffer(base64.b64decode(payload), dtype="<i2")
+        tail = audio[-window:]
+        step = frame_tails.get(tail.tobytes()) if tail.shape[0] == window and tail.any() else None
+        if step is not None:
+            arrivals.setdefault(step, at)
+    return arrivals
 
 
 def heard_frame_ends(heard: np.ndarray, sent: np.ndarray, window: int = 64) -> list[int | None]:
@@ -407,31 +433,35 @@ def heard_frame_ends(heard: np.ndarray, sent: np.ndarray, window: int = 64) -> l
     return ends
 
 
-def reply_waits_ms(run: SessionRun, recording: Path, opus: bool, step_ms: float) -> list[float]:
+def reply_waits_ms(
+    run: SessionRun, recording: Path, endpoint: str, opus: bool, step_ms: float
+) -> list[float]:
     """Every step's wait beyond compute, as the client saw it: from sending the chunk that completed
     the frame the step heard to receiving that step's audio, less the step. Steps whose frame ends
     in silence are left out (the client's audio there cannot be told apart from padding)."""
     import soundfile as sf
 
-    heard = sf.read(recording, dtype="int16")[0][:, 0]
-    sent, chunk_ends = _client_stream(run.messages, opus)
-    per_step = 4 if opus else 1  # output messages per step (/ws: one PCM16 frame, or four packets)
+    recorded = sf.read(recording, dtype="int16")[0]
+    sent, chunk_ends = _client_stream(run.messages, endpoint, opus)
+    arrivals = step_arrivals(run, recorded[:, 1], endpoint, opus)
     waits = []
-    for k, end in enumerate(heard_frame_ends(heard, sent)):
-        if end is None or k * per_step >= len(run.received_at):
+    for k, end in enumerate(heard_frame_ends(recorded[:, 0], sent)):
+        if end is None or k not in arrivals:
             continue
         chunk = int(np.searchsorted(chunk_ends, end))  # the first chunk whose audio reaches `end`
         if chunk < len(run.sent_at):
-            waits.append((run.received_at[k * per_step] - run.sent_at[chunk]) * 1000 - step_ms)
+            waits.append((arrivals[k] - run.sent_at[chunk]) * 1000 - step_ms)
     return waits
 
 
-def _add_reply_waits(triples: list[Triple], records: Path, opus: bool, step_ms: float | None) -> None:
+def _add_reply_waits(
+    triples: list[Triple], records: Path, endpoint: str, opus: bool, step_ms: float | None
+) -> None:
     for triple in triples:
         for run in triple.runs:
             path = records / f"{run.session_id}.wav"
             if step_ms is not None and path.is_file():
-                triple.reply_wait_ms += reply_waits_ms(run, path, opus, step_ms)
+                triple.reply_wait_ms += reply_waits_ms(run, path, endpoint, opus, step_ms)
 
 
 # -- servers -------------------------------------------------------------------------------------
@@ -491,7 +521,7 @@ def run_ours(args: argparse.Namespace, pcm: np.ndarray) -> tuple[list[Triple] | 
         elif value is not None:
             serve_args += [f"--{name}", value]
     records = Path(tempfile.mkdtemp(prefix="latency-records-"))
-    if args.endpoint == "ws":  # what each step heard: every step's wait, as the client saw it
+    if args.endpoint != "chat":  # what each step heard: every step's wait, as the client saw it
         serve_args += ["--record", str(records)]
     if args.backend == "moshi" and args.endpoint in ("realtime", "live"):
         serve_args += ["--temperature", "0", "--text-temperature", "0"]  # their protocols set no sampling
@@ -508,7 +538,7 @@ def run_ours(args: argparse.Namespace, pcm: np.ndarray) -> tuple[list[Triple] | 
     step_ms = (clock.get("step_ms") or {}).get("p50")
     opus = args.endpoint == "ws" and args.audio_format == "opus"
     for session_triples in triples[1] if args.sessions > 1 else [triples]:
-        _add_reply_waits(session_triples, records, opus, step_ms)
+        _add_reply_waits(session_triples, records, args.endpoint, opus, step_ms)
     shutil.rmtree(records, ignore_errors=True)
     return triples, clock
 

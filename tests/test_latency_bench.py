@@ -64,6 +64,27 @@ def test_each_frame_the_engine_heard_is_found_in_what_the_client_sent():
     assert ends[5] is None
 
 
+def test_each_steps_audio_is_found_among_the_realtime_deltas_the_client_received():
+    import base64
+
+    from bench.latency import SessionRun, step_arrivals
+
+    rng = np.random.default_rng(1)
+    said = rng.integers(-3000, 3000, F * 6).astype(np.int16)  # the recording's assistant channel
+    said[F * 5 : F * 6] = 0  # a silent frame cannot be told from another
+
+    def delta(first: int, last: int) -> bytes:
+        return base64.b64encode(said[first * F : (last + 1) * F].tobytes())
+
+    # Frame 1 alone, frames 2-3 held and sent together, frame 4, the silent frame 5.
+    run = SessionRun(
+        outputs=[delta(1, 1), delta(2, 3), delta(4, 4), delta(5, 5)], received_at=[1.0, 2.0, 3.0, 4.0]
+    )
+    assert step_arrivals(run, said, "realtime", opus=False) == {1: 1.0, 3: 2.0, 4: 3.0}
+    ws = SessionRun(outputs=[b""] * 8, received_at=[float(t) for t in range(8)])
+    assert step_arrivals(ws, said, "ws", opus=True) == {0: 0.0, 1: 4.0}  # four packets a step
+
+
 def test_a_bad_setup_is_refused():
     out = bench("--endpoint", "live", "--audio-format", "opus", timeout=60)
     assert out.returncode == 2 and "--audio-format opus" in out.stderr
