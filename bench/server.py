@@ -98,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=CHUNK_MS,
         choices=(10, 20, 40, 80),
-        help=f"audio message size the clients send (default {CHUNK_MS})",
+        help=f"audio message size the clients send (default {CHUNK_MS}; Opus: always 20, one packet a message)",
     )
     parser.add_argument(
         "--audio-format",
@@ -461,6 +461,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     audio, what = load_audio(args.audio)
     packets = opus_packets(audio) if args.audio_format == "opus" else None
+    if packets:
+        args.chunk_ms = 20  # one Opus packet per message, whatever was asked
     print(
         f"server bench: backend {args.backend}"
         + (f" ({model_of(args)}, {args.device or 'default device'})" if args.backend == "moshi" else "")
