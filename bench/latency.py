@@ -15,9 +15,9 @@ waiting also holds the model's own answer: a model that changes its output a ste
 that hears the change adds a frame. "frame wait" (/ws) is the server's own figure, from its `stats`
 events: how long each frame's newest input had been in when its tick came (p50/p95, the medians
 over the sessions), the wait the frame clock adds whatever the model does. "reply wait" is the
-same from the client's side, for every step and whatever the model does (/ws, /v1/realtime,
-/v1/live): our server records each session (`--record`), each frame the engine heard is found,
-sample for sample, in what the client sent (the bench decodes its own Opus packets as the server
+same from the client's side, for every step and whatever the model does (our server, every
+endpoint): it records each session (`--record`), each frame the engine heard is found, sample for
+sample, in what the client sent (the bench decodes its own Opus packets and Ogg pages as the server
 does), each step's audio among what the client received, and the step's wait is from sending the
 chunk that completed its frame to receiving its audio, less the step (median/p95 over every step
 of every session; frames ending in silence, and on /v1/realtime and /v1/live the steps outside a
@@ -81,7 +81,7 @@ class SessionRun:
     outputs: list[bytes] = field(default_factory=list)  # output audio payloads, in order
     received_at: list[float] = field(default_factory=list)
     frame_wait_ms: dict | None = None  # /ws: the server's last `stats` figure for the session
-    session_id: str | None = None  # /ws: from session.ready (its recording is named after it)
+    session_id: str | None = None  # its recording is named after it (/api/chat: found by its arrival)
     messages: list = field(default_factory=list, repr=False)  # what was sent, one entry per chunk
 
 
@@ -279,10 +279,18 @@ class Triple:
 
 
 async def run_triples(
-    url: str, endpoint: str, args: argparse.Namespace, pcm: np.ndarray, grid: float | None
+    url: str,
+    endpoint: str,
+    args: argparse.Namespace,
+    pcm: np.ndarray,
+    grid: float | None,
+    records: Path | None = None,
 ) -> list[Triple]:
     """grid: the server's tick phase (`tick_phase`); each triple then starts its three streams at one
-    random place on the grid. None (/api/chat): the client paces from the handshake, as Kyutai's does."""
+    random place on the grid. None (/api/chat): the client paces from the handshake, as Kyutai's does.
+    records: the server's recordings, where a session's id is not on the wire (/api/chat): each
+    session is the recording that appeared while it ran."""
+    seen = set(records.glob("*.wav")) if records else set()
     rng = np.random.default_rng(args.seed)
     chunk = SAMPLE_RATE_HZ * args.chunk_ms // 1000
     change = round(CHANGE_S * SAMPLE_RATE_HZ)
@@ -294,6 +302,11 @@ async def run_triples(
         for messages in (plain, plain, changed):
             await asyncio.sleep(float(rng.uniform(0.05, 0.05 + FRAME_S)))
             runs.append(await stream_session(url, endpoint, messages, args.chunk_ms / 1000, 0.8, opus, phase))
+            if records is not None and runs[-1].session_id is None:
+                new = set(records.glob("*.wav")) - seen
+                seen |= new
+                if len(new) == 1:
+                    runs[-1].session_id = new.pop().stem
         triples.append(_judge(*runs, changed, chunk, change))
         _print_triple(len(triples), triples[-1])
     return triples
@@ -382,6 +395,12 @@ def _client_stream(messages: list, endpoint: str, opus: bool) -> tuple[np.ndarra
             for chunk in messages
         ]
         pieces = [np.clip(np.rint(x * 32768.0), -32768, 32767).astype(np.int16) for x in parts]
+    elif endpoint == "chat":  # Ogg Opus pages, as the server reads them
+        from audio.opus_ogg import OpusDecoder
+
+        decoder = OpusDecoder()
+        parts = [decoder.decode(m[1:]) for m in messages]
+        pieces = [np.clip(np.rint(x * 32768.0), -32768, 32767).astype(np.int16) for x in parts]
     elif endpoint in ("realtime", "live"):
         pieces = [np.frombuffer(base64.b64decode(json.loads(m)["audio"]), dtype="<i2") for m in messages]
     else:
@@ -390,11 +409,12 @@ def _client_stream(messages: list, endpoint: str, opus: bool) -> tuple[np.ndarra
 
 
 def step_arrivals(run: SessionRun, said: np.ndarray, endpoint: str, opus: bool, window: int = 64) -> dict:
-    """{step: when the client received that step's audio}. /ws sends every step's audio as it is
-    made (one PCM16 message, or four Opus packets); /v1/realtime and /v1/live only what falls in a
+    """{step: when the client received that step's audio}. /ws and /api/chat send every step's audio
+    as it is made (one PCM16 message, four Opus packets, or one Ogg page); /v1/realtime and /v1/live
+    only what falls in a
     response, a message a frame or more: each is placed by its last `window` samples, found in
     `said` (the recording's assistant channel) at the end of a frame."""
-    if endpoint == "ws":
+    if endpoint in ("ws", "chat"):  # /api/chat: one Ogg page a step
         per_step = 4 if opus else 1
         return {k: run.received_at[k * per_step] for k in range(len(run.received_at) // per_step)}
     frame_tails = {
@@ -521,8 +541,7 @@ def run_ours(args: argparse.Namespace, pcm: np.ndarray) -> tuple[list[Triple] | 
         elif value is not None:
             serve_args += [f"--{name}", value]
     records = Path(tempfile.mkdtemp(prefix="latency-records-"))
-    if args.endpoint != "chat":  # what each step heard: every step's wait, as the client saw it
-        serve_args += ["--record", str(records)]
+    serve_args += ["--record", str(records)]  # what each step heard: every step's wait, as the client saw it
     if args.backend == "moshi" and args.endpoint in ("realtime", "live"):
         serve_args += ["--temperature", "0", "--text-temperature", "0"]  # their protocols set no sampling
     path = ENDPOINTS[args.endpoint] + (f"?{GREEDY_QUERY}" if args.endpoint == "chat" else "")
@@ -532,7 +551,7 @@ def run_ours(args: argparse.Namespace, pcm: np.ndarray) -> tuple[list[Triple] | 
         if args.sessions > 1:
             triples = asyncio.run(run_concurrent_triples(url, args.endpoint, args, pcm, grid))
         else:
-            triples = asyncio.run(run_triples(url, args.endpoint, args, pcm, grid))
+            triples = asyncio.run(run_triples(url, args.endpoint, args, pcm, grid, records))
     clock = json.loads(stats_file.read_text()) if stats_file.stat().st_size else {}
     stats_file.unlink(missing_ok=True)
     step_ms = (clock.get("step_ms") or {}).get("p50")

@@ -83,6 +83,7 @@ def test_each_steps_audio_is_found_among_the_realtime_deltas_the_client_received
     assert step_arrivals(run, said, "realtime", opus=False) == {1: 1.0, 3: 2.0, 4: 3.0}
     ws = SessionRun(outputs=[b""] * 8, received_at=[float(t) for t in range(8)])
     assert step_arrivals(ws, said, "ws", opus=True) == {0: 0.0, 1: 4.0}  # four packets a step
+    assert step_arrivals(ws, said, "chat", opus=False) == {k: float(k) for k in range(8)}  # a page a step
 
 
 def test_a_bad_setup_is_refused():
