@@ -59,6 +59,7 @@ import numpy as np
 
 from assistant.engine_args import add_engine_arguments, engine_kwargs, model_of
 from audio.frames import FRAME_SAMPLES, SAMPLE_RATE_HZ
+from audio.pcm import float32_to_pcm16
 from bench.server import SPEECH_DIR, http_get, metric_value, serving
 
 ENDPOINTS = {
@@ -131,7 +132,7 @@ def _encode_chunks(
     message, or for /ws Opus the list of 20 ms packets the chunk completed, each a message of its own."""
     n = len(pcm) // chunk
     pieces = [pcm[i * chunk : (i + 1) * chunk] for i in range(n)]
-    pcm16 = [np.clip(np.rint(p * 32768), -32768, 32767).astype("<i2").tobytes() for p in pieces]
+    pcm16 = [float32_to_pcm16(p) for p in pieces]
     if endpoint == "chat":
         import sphn
 
@@ -275,7 +276,7 @@ class Triple:
     valid: bool  # B first differed after the change was sent, where A' still equalled A
     frame_wait_ms: list[dict] = field(default_factory=list)  # /ws: the server's figure, per session
     runs: tuple = field(default=(), repr=False)  # A, A', B
-    reply_wait_ms: list[float] = field(default_factory=list)  # /ws: every step's, all three sessions
+    reply_wait_ms: list[float] = field(default_factory=list)  # our server: every step's, all three sessions
 
 
 async def run_triples(
@@ -390,30 +391,25 @@ def _client_stream(messages: list, endpoint: str, opus: bool) -> tuple[np.ndarra
         from audio.opus_packets import OpusPacketDecoder
 
         decoder = OpusPacketDecoder()
-        parts = [
-            np.concatenate([decoder.decode(p) for p in chunk] or [np.zeros(0, np.float32)])
-            for chunk in messages
-        ]
-        pieces = [np.clip(np.rint(x * 32768.0), -32768, 32767).astype(np.int16) for x in parts]
+        pcm16 = [b"".join(float32_to_pcm16(decoder.decode(p)) for p in chunk) for chunk in messages]
     elif endpoint == "chat":  # Ogg Opus pages, as the server reads them
         from audio.opus_ogg import OpusDecoder
 
         decoder = OpusDecoder()
-        parts = [decoder.decode(m[1:]) for m in messages]
-        pieces = [np.clip(np.rint(x * 32768.0), -32768, 32767).astype(np.int16) for x in parts]
+        pcm16 = [float32_to_pcm16(decoder.decode(m[1:])) for m in messages]
     elif endpoint in ("realtime", "live"):
-        pieces = [np.frombuffer(base64.b64decode(json.loads(m)["audio"]), dtype="<i2") for m in messages]
+        pcm16 = [base64.b64decode(json.loads(m)["audio"]) for m in messages]
     else:
-        pieces = [np.frombuffer(m, dtype="<i2") for m in messages]
+        pcm16 = messages
+    pieces = [np.frombuffer(b, dtype="<i2") for b in pcm16]
     return np.concatenate(pieces), np.cumsum([len(x) for x in pieces])
 
 
 def step_arrivals(run: SessionRun, said: np.ndarray, endpoint: str, opus: bool, window: int = 64) -> dict:
     """{step: when the client received that step's audio}. /ws and /api/chat send every step's audio
     as it is made (one PCM16 message, four Opus packets, or one Ogg page); /v1/realtime and /v1/live
-    only what falls in a
-    response, a message a frame or more: each is placed by its last `window` samples, found in
-    `said` (the recording's assistant channel) at the end of a frame."""
+    only what falls in a response, a message a frame or more: each is placed by its last `window`
+    samples, found in `said` (the recording's assistant channel) at the end of a frame."""
     if endpoint in ("ws", "chat"):  # /api/chat: one Ogg page a step
         per_step = 4 if opus else 1
         return {k: run.received_at[k * per_step] for k in range(len(run.received_at) // per_step)}
