@@ -218,8 +218,7 @@ async def _client(
 ) -> None:
     from websockets.asyncio.client import connect
 
-    if packets:
-        chunk_ms = 20  # one Opus packet per message
+    if packets:  # 20 ms each, one a message: chunk_ms is 20 (run sets it)
         start_msg = {**PROTOCOLS[protocol][1], "audio_format": "opus"}
     chunk = SAMPLE_RATE_HZ * chunk_ms // 1000
     start = t0 + phase_s  # chunk i is sent at start + (i + 1) * chunk_ms
@@ -462,7 +461,9 @@ def run(args: argparse.Namespace) -> int:
     audio, what = load_audio(args.audio)
     packets = opus_packets(audio) if args.audio_format == "opus" else None
     if packets:
-        args.chunk_ms = 20  # one Opus packet per message, whatever was asked
+        args.chunk_ms = (
+            20  # one Opus packet per message, whatever was asked (the clients, the VAD, the header)
+        )
     print(
         f"server bench: backend {args.backend}"
         + (f" ({model_of(args)}, {args.device or 'default device'})" if args.backend == "moshi" else "")
