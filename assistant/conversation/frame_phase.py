@@ -85,11 +85,13 @@ class FramePhase:
         self._late = self._chunk = self._by = None
 
     def _arrivals(self) -> _Arrivals:
-        """The bursts where the client usually sends several pieces at once, else the pieces."""
+        """The bursts where the client usually sends several pieces at once, else the pieces (and
+        the usual chunk, `chunk_samples`, their median size)."""
         if self._by is None:
             piece = _percentile(sorted(self._pieces.sizes), 50.0)
             burst = _percentile(sorted(self._bursts.sizes), 50.0)
-            self._by = self._bursts if burst >= 2 * piece else self._pieces
+            self._by, usual = (self._bursts, burst) if burst >= 2 * piece else (self._pieces, piece)
+            self._chunk = _snapped(int(usual), self.frame_samples)
         return self._by
 
     @property
@@ -101,9 +103,7 @@ class FramePhase:
         chunk alone."""
         if not self._pieces.sizes:
             return self.frame_samples
-        if self._chunk is None:
-            sizes = self._arrivals().sizes
-            self._chunk = _snapped(int(_percentile(sorted(sizes), 50.0)), self.frame_samples)
+        self._arrivals()
         return self._chunk
 
     def late_offset(self) -> float | None:
