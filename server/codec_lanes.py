@@ -61,7 +61,7 @@ class CodecPool:
         if threads < 1:
             raise ValueError(f"codec threads must be >= 1, got {threads}")
         self.threads = threads
-        self._waiting: list[tuple[CodecLane, list[tuple[Job, Done]]]] = []
+        self._waiting: Group = []  # batches lanes started in this pass of the loop
         self._inboxes: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in range(threads)]
         self._done: collections.deque[tuple[Group, list[list[Any]]]] = collections.deque()
         self._wake_pending = False
