@@ -84,8 +84,11 @@ def default_max_sessions(backend: str, device: str | None = None) -> int:
 
 def default_caption_threads(backend: str, device: str | None) -> int:
     """CPU threads for captions when --caption-threads is not given: 1 where the conversation model
-    computes on this CPU (the frame clock keeps the other cores), else up to 4 of them (an utterance
-    is read in about half the time with 2: tiny.en, 3.4 s of speech, 180 -> 100 ms)."""
+    computes on this CPU (the frame clock keeps the other cores), else up to 4, one core fewer than
+    this process may use. An utterance is read in about half the time with 2 threads on a quiet CPU
+    (tiny.en, 3.4 s of speech, 180 -> 100 ms), but threads that wait on each other collapse when
+    they outnumber the free cores: on 2 cores beside other busy processes, 2 threads took 1.0-2.3 s
+    after the end of the turn where 1 took 0.2-0.4 s. The core left over is the event loop's."""
     if backend == "moshi":
         if device is None:
             from assistant.moshi.loading import resolve_device
@@ -94,7 +97,7 @@ def default_caption_threads(backend: str, device: str | None) -> int:
         if not device.startswith("cuda"):
             return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(4, cores))
+    return max(1, min(4, cores - 1))
 
 
 def default_origins(host: str, port: int, tls: bool) -> list[str]:
@@ -282,7 +285,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--caption-threads",
         type=int,
         help="CPU threads that read captions (default: 1 when the model computes on the CPU, "
-        "else up to 4 of the cores)",
+        "else up to 4, one fewer than the cores)",
     )
     parser.add_argument(
         "--drain-seconds",

@@ -114,8 +114,12 @@ def test_captions_read_on_one_thread_beside_a_model_on_the_cpu_and_on_more_witho
     assert config_from_args(_args("--backend", "moshi", "--device", "cpu")).caption_threads == 1
     assert config_from_args(_args("--backend", "moshi", "--device", "cuda:0")).caption_threads == 4
     assert config_from_args(_args("--backend", "scripted")).caption_threads == 4
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
     assert config_from_args(_args("--backend", "scripted")).caption_threads == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # a core left for the event loop
+    assert config_from_args(_args("--backend", "scripted")).caption_threads == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert config_from_args(_args("--backend", "scripted")).caption_threads == 1
     assert (
         config_from_args(
             _args("--backend", "moshi", "--device", "cpu", "--caption-threads", "2")
