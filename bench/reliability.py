@@ -127,7 +127,8 @@ async def killed_recording(workdir: Path) -> dict:
     with Server(
         ["--backend", "scripted", "--captions", "off", "--record", str(record)], workdir / "kill.log"
     ) as s:
-        async with connect(s.url("/ws")) as ws:
+        # The killed server answers no close frame: the client waits no more than a second for it.
+        async with connect(s.url("/ws"), close_timeout=1.0) as ws:
             await ws.send(json.dumps(STARTS["/ws"]))
             sent = await stream_speech(ws, 3.0)
             s.proc.kill()  # SIGKILL: no chance to flush

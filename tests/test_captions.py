@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -236,20 +237,41 @@ def test_a_transcript_that_loops_is_read_again_the_standard_way(worker, monkeypa
     assert got.get(timeout=60).text is None  # a quick reading says it did not read
 
 
-def test_a_final_caption_goes_before_a_waiting_interim_and_an_interim_never_waits_behind_one(worker):
-    long_speech = np.tile(load_wav("q1.wav")[0], 6)  # ~25 s: the worker is busy with it a while
+@contextlib.contextmanager
+def busy_reading(worker: CaptionWorker, monkeypatch):
+    """The worker's next reading holds it until the block ends (as a long utterance would), once it
+    has started: yields the Event that says so."""
+    started, release = threading.Event(), threading.Event()
+    read = worker._read
+
+    def held(pcms, modes):
+        if not started.is_set():
+            started.set()
+            release.wait(60)
+        return read(pcms, modes)
+
+    monkeypatch.setattr(worker, "_read", held)
+    try:
+        yield started
+    finally:
+        release.set()
+
+
+def test_a_final_caption_goes_before_a_waiting_interim_and_an_interim_never_waits_behind_one(
+    worker, monkeypatch
+):
+    q1, _ = load_wav("q1.wav")
     q2, _ = load_wav("q2.wav")
     order: queue.Queue = queue.Queue()
-    assert worker.submit("busy", long_speech, 0.0, 25_000.0, lambda c: order.put(c.key))
-    deadline = time.monotonic() + 10
-    while worker.pending and time.monotonic() < deadline:
-        time.sleep(0.01)  # the worker took it
-    assert worker.submit(
-        "interim", q2[: q2.shape[0] // 2], 0.0, 1700.0, lambda c: order.put(c.key), interim=True
-    )
-    assert worker.submit("final", q2, 0.0, 3400.0, lambda c: order.put(c.key))
-    # With a final waiting, another interim is not taken (it would be stale by its turn).
-    assert not worker.submit("late", q2, 0.0, 3400.0, lambda c: order.put(c.key), interim=True)
+    with busy_reading(worker, monkeypatch) as started:
+        assert worker.submit("busy", q1, 0.0, 4200.0, lambda c: order.put(c.key))
+        assert started.wait(10)  # the worker took it
+        assert worker.submit(
+            "interim", q2[: q2.shape[0] // 2], 0.0, 1700.0, lambda c: order.put(c.key), interim=True
+        )
+        assert worker.submit("final", q2, 0.0, 3400.0, lambda c: order.put(c.key))
+        # With a final waiting, another interim is not taken (it would be stale by its turn).
+        assert not worker.submit("late", q2, 0.0, 3400.0, lambda c: order.put(c.key), interim=True)
     assert [order.get(timeout=120) for _ in range(3)] == ["busy", "final", "interim"]
     assert worker.dropped == 0
 
@@ -266,24 +288,22 @@ def test_a_reading_that_starts_over_counts_as_a_loop_and_real_speech_does_not():
     assert not _looks_like_a_loop("Wait, wait, wait, stop.")
 
 
-def test_finals_waiting_together_are_read_together_each_with_its_own_words(worker):
-    long_speech = np.tile(load_wav("q1.wav")[0], 6)  # ~25 s: the worker is busy with it a while
+def test_finals_waiting_together_are_read_together_each_with_its_own_words(worker, monkeypatch):
     done: queue.Queue = queue.Queue()
-    assert worker.submit(
-        "busy", long_speech, 0.0, 25_000.0, lambda c: done.put((c.key, c.text, time.monotonic()))
-    )
-    deadline = time.monotonic() + 10
-    while worker.pending and time.monotonic() < deadline:
-        time.sleep(0.01)  # the worker took it
     names = ("q1", "q2", "interrupt")
-    for name in names:
+    with busy_reading(worker, monkeypatch) as started:
         assert worker.submit(
-            name,
-            load_wav(f"{name}.wav")[0],
-            0.0,
-            4000.0,
-            lambda c: done.put((c.key, c.text, time.monotonic())),
+            "busy", load_wav("q1.wav")[0], 0.0, 4200.0, lambda c: done.put((c.key, c.text, time.monotonic()))
         )
+        assert started.wait(10)  # the worker took it
+        for name in names:
+            assert worker.submit(
+                name,
+                load_wav(f"{name}.wav")[0],
+                0.0,
+                4000.0,
+                lambda c: done.put((c.key, c.text, time.monotonic())),
+            )
     got = [done.get(timeout=120) for _ in range(4)]
     assert got[0][0] == "busy"
     texts = {key: text for key, text, _ in got[1:]}

@@ -3,7 +3,7 @@
 A session is announced (session.ready, session.created, session.started, the 0x00 handshake) once
 its engine slot is open, and the model's first step for it hears the client's first audio, so with
 greedy decoding on the tiny random Moshi every run of one input gives the same output to the
-sample: ten runs per endpoint, the client speaking at once, at points within a tick, or three ticks
+sample: six runs per endpoint, the client speaking at once, at points across a tick, or three ticks
 after the announcement. What the model said is read from the server's recording (the same for every
 endpoint: what each frame's step returned, before any encoding for the wire). /api/chat's answer
 is also compared with Kyutai's own server's on the same Ogg stream.
@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 SPEECH_FRAMES = 8  # the input: the first 640 ms of q1.wav, sent in one message
 COMPARED_FRAMES = 12  # what the model says over the first 960 ms is compared
 # When each run's client speaks after the announcement: at once, across one 80 ms tick, three ticks on.
-LATE_S = (0.0, 0.25, 0.01, 0.03, 0.05, 0.07, 0.09, 0.11, 0.13, 0.17)
+LATE_S = (0.0, 0.25, 0.01, 0.05, 0.09, 0.13)
 
 
 @pytest.fixture(scope="module")
