@@ -26,8 +26,9 @@ while it holds it, so the frame clock waits for a thread that is not running (a 
 four tiny.en transcriptions, two CPU hogs on the 2 cores: longest wait 89-431 ms at nice 10,
 10-234 ms at nice 0, over five runs each). It computes on `cpu_threads` cores: the server gives it
 one where the conversation model computes on the same CPU, so the frame clock keeps the others, and
-up to four where the model is elsewhere (`--caption-threads`; tiny.en reads 3.4 s of speech in about
-180 ms on one thread, 100 ms on two).
+up to four, a core fewer than it has, where the model is elsewhere (`--caption-threads`; tiny.en
+reads 3.4 s of speech in about 180 ms on one thread, 100 ms on two on free cores, and far slower
+on two when other work keeps both cores of two busy).
 """
 
 from __future__ import annotations
