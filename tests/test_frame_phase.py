@@ -143,6 +143,34 @@ def test_a_first_chunk_a_decoders_filter_shortened_still_places_the_first_frame(
         assert other.chunk_samples == odd
 
 
+@pytest.mark.parametrize("first_tick_ms", [30.5, 31.5, 33.0, 35.0])
+def test_ticks_that_come_while_a_burst_is_half_read_still_end_frames_where_bursts_end(first_tick_ms):
+    # Four 20 ms packets sent at once, read over 6 ms (a busy server), with up to 1 ms of jitter:
+    # the first ticks come while a burst is only partly in (the grid the newest chunk's end gives
+    # is then mid-burst), then the clock moves to 45 ms past the grid. Every frame still ends
+    # where a burst ends, and once placed the boundary stays there.
+    rng = np.random.default_rng(int(first_tick_ms * 10))
+    arrivals = []
+    for k in range(120):
+        at = 0.030 + k * PERIOD + float(rng.uniform(0, 0.001))
+        arrivals += [(k * F + (piece + 1) * 480, at + piece * 0.002) for piece in range(4)]
+    phase = FramePhase()
+    natural, i, shifts = None, 0, []
+    for t in range(1, 120):
+        tick = t * PERIOD + (first_tick_ms / 1000 if t <= 3 else 0.045)
+        while i < len(arrivals) and arrivals[i][1] <= tick:
+            phase.arrived(*arrivals[i])
+            i += 1
+        if i == 0:
+            continue
+        natural = F if natural is None else natural + F
+        shift = phase.shift(natural, tick)
+        natural += shift
+        shifts.append(shift)
+        assert natural % F == 0, (t, natural)  # on a burst's end
+    assert shifts[4:].count(0) == len(shifts) - 4, shifts  # placed, then where it is
+
+
 def test_jitter_does_not_make_the_boundary_hop():
     phase = FramePhase()
     arrivals = steady_arrivals(0.0137, 480, 400, jitter_s=0.002, seed=3)
