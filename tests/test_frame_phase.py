@@ -31,6 +31,23 @@ def steady_arrivals(phase_s: float, chunk: int, count: int, jitter_s: float = 0.
     ]
 
 
+def placed_frames(arrivals, ticks) -> list[tuple[int, int]]:
+    """(frame end, the shift that placed it) of each tick from the first with input: a FramePhase
+    told of the `arrivals` as they come, each frame a whole one after the last before its shift."""
+    phase = FramePhase()
+    frames, natural, i = [], 0, 0
+    for tick in ticks:
+        while i < len(arrivals) and arrivals[i][1] <= tick:
+            phase.arrived(*arrivals[i])
+            i += 1
+        if i == 0:
+            continue
+        shift = phase.shift(natural + F, tick)
+        natural += F + shift
+        frames.append((natural, shift))
+    return frames
+
+
 # -- FramePhase (pure) ---------------------------------------------------------------------------
 
 
@@ -154,40 +171,16 @@ def test_ticks_that_come_while_a_burst_is_half_read_still_end_frames_where_burst
     for k in range(120):
         at = 0.030 + k * PERIOD + float(rng.uniform(0, 0.001))
         arrivals += [(k * F + (piece + 1) * 480, at + piece * 0.002) for piece in range(4)]
-    phase = FramePhase()
-    natural, i, shifts = None, 0, []
-    for t in range(1, 120):
-        tick = t * PERIOD + (first_tick_ms / 1000 if t <= 3 else 0.045)
-        while i < len(arrivals) and arrivals[i][1] <= tick:
-            phase.arrived(*arrivals[i])
-            i += 1
-        if i == 0:
-            continue
-        natural = F if natural is None else natural + F
-        shift = phase.shift(natural, tick)
-        natural += shift
-        shifts.append(shift)
-        assert natural % F == 0, (t, natural)  # on a burst's end
+    ticks = [t * PERIOD + (first_tick_ms / 1000 if t <= 3 else 0.045) for t in range(1, 120)]
+    frames = placed_frames(arrivals, ticks)
+    assert all(end % F == 0 for end, _ in frames), frames  # on a burst's end
+    shifts = [shift for _, shift in frames]
     assert shifts[4:].count(0) == len(shifts) - 4, shifts  # placed, then where it is
 
 
 def test_jitter_does_not_make_the_boundary_hop():
-    phase = FramePhase()
     arrivals = steady_arrivals(0.0137, 480, 400, jitter_s=0.002, seed=3)
-    shifts = []
-    natural = None
-    i = 0
-    for k in range(1, 95):
-        tick = k * PERIOD
-        while i < len(arrivals) and arrivals[i][1] <= tick:
-            phase.arrived(*arrivals[i])
-            i += 1
-        if i == 0:
-            continue
-        natural = F if natural is None else natural + F
-        shift = phase.shift(natural, tick)
-        natural += shift
-        shifts.append(shift)
+    shifts = [shift for _, shift in placed_frames(arrivals, [k * PERIOD for k in range(1, 95)])]
     assert shifts[0] != 0  # the first frame is placed
     assert shifts[1:].count(0) == len(shifts) - 1  # then stays where it is
 
