@@ -460,10 +460,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     audio, what = load_audio(args.audio)
     packets = opus_packets(audio) if args.audio_format == "opus" else None
-    if packets:
-        args.chunk_ms = (
-            20  # one Opus packet per message, whatever was asked (the clients, the VAD, the header)
-        )
+    if packets:  # one 20 ms Opus packet per message, whatever was asked (the clients, VAD, header read it)
+        args.chunk_ms = 20
     print(
         f"server bench: backend {args.backend}"
         + (f" ({model_of(args)}, {args.device or 'default device'})" if args.backend == "moshi" else "")
